@@ -1,0 +1,64 @@
+# sbx — Makefile. `make` builds, `make test` runs every test against real
+# services, `make run` starts a demo, `make asan` builds and tests with
+# AddressSanitizer and UndefinedBehaviorSanitizer.
+#
+# Each part keeps its rules in its own fragment (producers/producers.mk,
+# worker/worker.mk, agent/agent.mk, tests/tests.mk); this file holds what
+# they share. Objects go to $(BUILD)/obj, programs to $(BUILD)/bin.
+
+BUILD    ?= build
+CC       ?= cc
+SANITIZE ?=
+PKGS     := rdkafka hiredis libpq libcurl json-c
+
+WARN     := -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-format-nonliteral
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -Iproducers/include -Iworker -MMD -MP
+LDFLAGS  ?=
+ifeq ($(SANITIZE),1)
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+# Recursive on purpose: evaluated after $(DEPS_STAMP) has installed pkg-config files.
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm
+
+DEPS_STAMP := $(BUILD)/.deps-ok
+BINS       :=
+TEST_BINS  :=
+
+.PHONY: all deps test unit e2e run asan clean install check bench chaos
+all: bins
+
+$(DEPS_STAMP): docker/install-deps.sh
+	@sh docker/install-deps.sh
+	@mkdir -p $(dir $@) && touch $@
+deps: $(DEPS_STAMP)
+
+$(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+include producers/producers.mk
+include worker/worker.mk
+-include agent/agent.mk
+include tests/tests.mk
+
+bins: $(BINS)
+
+asan:
+	$(MAKE) BUILD=build-asan SANITIZE=1 test
+
+check: test
+
+clean:
+	rm -rf build build-asan
+
+PREFIX ?= /usr/local
+install: bins
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/sbx/migrations $(DESTDIR)$(PREFIX)/share/sbx/schemas
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 migrations/*.sql $(DESTDIR)$(PREFIX)/share/sbx/migrations/
+	install -m 644 schemas/*.json $(DESTDIR)$(PREFIX)/share/sbx/schemas/
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

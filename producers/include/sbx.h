@@ -1,0 +1,143 @@
+/* sbx.h — the public API of libsbx, the sbx producer library.
+ *
+ * Two halves:
+ *  1. The job message (schema sbx.job.v1, schemas/job.v1.schema.json): parse
+ *     and validate a message exactly as the JSON Schema does. The worker uses
+ *     the same code, so the CLI, the worker and any JSON Schema validator agree
+ *     on every vector in schemas/examples/.
+ *  2. A producer handle that publishes jobs to Kafka keyed by project_id and
+ *     waits for the delivery report.
+ *
+ * Errors: functions return an sbx_err (0 = SBX_OK); where a message can be
+ * wrong, a caller-supplied buffer receives one human-readable line.
+ * Ownership: what sbx_*_parse()/sbx_*_new() returns is the caller's and is
+ * released with the matching sbx_*_free(); free functions accept NULL.
+ */
+#ifndef SBX_H
+#define SBX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum sbx_err {
+    SBX_OK = 0,
+    SBX_EINVAL,      /* invalid argument or message; see the error text */
+    SBX_ENOMEM,
+    SBX_EKAFKA,      /* Kafka client error; see the error text */
+    SBX_ETIMEDOUT,
+    SBX_EIO,
+} sbx_err;
+
+const char *sbx_strerror(sbx_err e);
+
+/* Limits of the v1 message (the schema says the same numbers). */
+#define SBX_MSG_MAX_BYTES     (1024 * 1024) /* whole message: Kafka's default message.max.bytes */
+#define SBX_ID_MAX            128           /* job_id, project_id */
+#define SBX_ARGV_MAX          256
+#define SBX_ENV_MAX           128
+#define SBX_FILES_MAX         64
+#define SBX_FILES_BYTES_MAX   (512 * 1024)  /* sum of inline file contents */
+#define SBX_TIMEOUT_MAX_S     86400
+#define SBX_DEFAULT_TIMEOUT_S 600
+
+/* Why a message was refused: the "reason" of a dead-letter envelope. */
+typedef enum sbx_reject {
+    SBX_REJECT_NONE = 0,
+    SBX_REJECT_TOO_LARGE,      /* "too_large" */
+    SBX_REJECT_NOT_UTF8,       /* "not_utf8" */
+    SBX_REJECT_INVALID_JSON,   /* "invalid_json" */
+    SBX_REJECT_SCHEMA,         /* "schema_violation" */
+} sbx_reject;
+const char *sbx_reject_name(sbx_reject r);
+
+typedef struct sbx_kv { char *key; char *value; } sbx_kv;
+
+typedef struct sbx_job {
+    char job_id[SBX_ID_MAX + 1];
+    char project_id[SBX_ID_MAX + 1];
+    char **argv;         /* "command": argv, NULL-terminated; NULL if "script" */
+    size_t argc;
+    char *script;        /* "script": run with /bin/sh -c; NULL if "command" */
+    sbx_kv *env;         /* "env" */
+    size_t nenv;
+    sbx_kv *files;       /* "files": path -> content, written into the workspace */
+    size_t nfiles;
+    char *image;         /* "image" or NULL */
+    int timeout_s;       /* "timeout_s", default SBX_DEFAULT_TIMEOUT_S */
+    double cpus;         /* "resources.cpus", 0 = provider default */
+    int memory_mb;       /* "resources.memory_mb", 0 = provider default */
+    int pids;            /* "resources.pids", 0 = provider default */
+    int disk_mb;         /* "resources.disk_mb", 0 = provider default */
+    bool network;        /* "network", default false */
+    char provider[16];   /* "provider"; "" when absent or "any" */
+    char *traceparent;   /* "trace.traceparent" or NULL */
+    char *tracestate;    /* "trace.tracestate" or NULL */
+    sbx_kv *metadata;    /* "metadata": labels for the run and the sandbox */
+    size_t nmetadata;
+} sbx_job;
+
+/* Parses and validates one message. On refusal returns SBX_EINVAL, sets
+ * *reject (if not NULL) and writes one line into err ("job_id: required");
+ * the line is valid UTF-8 without control characters, cut to errlen.
+ * Gates, in order: size (too_large), UTF-8 (not_utf8), RFC 8259 text with
+ * unique member names and no "\u0000" or unpaired surrogate escape
+ * (invalid_json), then the schema (schema_violation). See producers/lib/job.c.
+ * SBX_ENOMEM leaves *reject at SBX_REJECT_NONE. */
+sbx_err sbx_job_parse(const char *buf, size_t len, sbx_job **out,
+                      sbx_reject *reject, char *err, size_t errlen);
+void sbx_job_free(sbx_job *job);
+
+/* Best effort: pulls "job_id" and "project_id" out of a refused message, for
+ * the dead-letter envelope, even from truncated or otherwise invalid JSON
+ * when they come before the damage. Leaves "" where absent, escaped, or not a
+ * valid id (so what it returns is always safe ASCII). */
+void sbx_job_peek_ids(const char *buf, size_t len,
+                      char job_id[SBX_ID_MAX + 1], char project_id[SBX_ID_MAX + 1]);
+
+/* Whether s is a valid job_id / project_id: 1..128 characters matching
+ * ^[A-Za-z0-9][A-Za-z0-9._:-]*$. */
+bool sbx_id_valid(const char *s);
+
+/* ---- producer ----
+ * A handle is used by one thread at a time. Delivery reports are served
+ * inside sbx_producer_send(), sbx_producer_send_raw() and sbx_producer_flush(). */
+typedef struct sbx_producer sbx_producer;
+
+/* brokers: "host:port,..."; topic: e.g. "sbx.jobs". extra: NULL or a
+ * NULL-terminated list of "key=value" librdkafka settings. */
+sbx_err sbx_producer_new(const char *brokers, const char *topic,
+                         const char *const *extra, sbx_producer **out,
+                         char *err, size_t errlen);
+/* Validates msg, publishes it keyed by its project_id and waits up to
+ * timeout_ms for the delivery report. job_id_out (if not NULL) receives the id.
+ * SBX_EINVAL: refused by sbx_job_parse (nothing sent). SBX_ETIMEDOUT: no
+ * report in time; the message may still be delivered later, and sending it
+ * again is safe because workers run a job_id once. */
+sbx_err sbx_producer_send(sbx_producer *p, const char *msg, size_t len, int timeout_ms,
+                          char job_id_out[SBX_ID_MAX + 1], char *err, size_t errlen);
+/* Publishes without validating (for tests of the dead-letter path). */
+sbx_err sbx_producer_send_raw(sbx_producer *p, const char *key, const char *msg,
+                              size_t len, int timeout_ms, char *err, size_t errlen);
+
+/* Bulk publishing: sbx_producer_queue() validates msg and queues it without
+ * waiting; cb (if not NULL) is called once with the outcome, from inside a
+ * later send/flush/free call of the same handle. Returns SBX_EINVAL (nothing
+ * queued, cb never called) for a refused message. */
+typedef void sbx_delivery_fn(void *arg, const char *job_id, sbx_err err, const char *errstr);
+sbx_err sbx_producer_queue(sbx_producer *p, const char *msg, size_t len,
+                           sbx_delivery_fn *cb, void *arg,
+                           char job_id_out[SBX_ID_MAX + 1], char *err, size_t errlen);
+/* Serves delivery reports until none is outstanding (SBX_OK) or timeout_ms
+ * has passed (SBX_ETIMEDOUT). */
+sbx_err sbx_producer_flush(sbx_producer *p, int timeout_ms);
+/* Purges what was never sent (their callbacks run with SBX_EKAFKA), waits
+ * briefly for in-flight reports, and destroys the handle. */
+void sbx_producer_free(sbx_producer *p);
+
+/* Generates a random job id: "j_" + 26 characters of lowercase Crockford
+ * base32, 48 bits of milliseconds then 80 random bits (getrandom()), so ids
+ * sort by creation time. */
+void sbx_new_job_id(char out[SBX_ID_MAX + 1]);
+
+#endif

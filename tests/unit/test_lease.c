@@ -1,0 +1,197 @@
+/* test_lease.c — the lease scripts against a real redis-server: one build per
+ * project, tokens only grow, a lost token cannot renew or release, expired
+ * leases are reaped and their slots come back, a Redis restart is survived. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lease.h"
+#include "svc.h"
+
+static test_redis srv;
+static sbx_loop *L;
+static sbx_redis *R;
+static sbx_leases *LS;
+static volatile int got;
+static sbx_lease_reply last;
+static char last_slot[192];
+static volatile int connected;
+
+static void on_state(void *arg, int up) { (void)arg; connected = up; }
+
+static void on_rep(void *arg, const sbx_lease_reply *rep)
+{
+    (void)arg;
+    last = *rep;
+    snprintf(last_slot, sizeof(last_slot), "%s", rep->slot);
+    got = 1;
+}
+
+#define CALL(expr)                                   \
+    do {                                             \
+        got = 0;                                     \
+        assert_int_equal((expr), 0);                 \
+        assert_true(test_run_until(L, &got, 5000));  \
+    } while (0)
+
+static int setup(void **state)
+{
+    char url[64], err[128];
+    (void)state;
+    if (test_redis_start(&srv) != 0)
+        return -1;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv.port);
+    sbx_loop_new(&L);
+    connected = 0;
+    if (sbx_redis_new(L, url, on_state, NULL, &R, err, sizeof(err)) != 0)
+        return -1;
+    test_run_until(L, &connected, 5000);
+    sbx_leases_new(R, &LS);
+    return connected ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    sbx_leases_free(LS);
+    sbx_redis_free(R);
+    sbx_loop_free(L);
+    test_redis_stop(&srv);
+    return 0;
+}
+
+static void reg(const char *pool, int n)
+{
+    const char *ids[8];
+    static char buf[8][64];
+    for (int i = 0; i < n; i++) {
+        snprintf(buf[i], sizeof(buf[i]), "%s/%d", pool, i);
+        ids[i] = buf[i];
+    }
+    CALL(sbx_lease_register(LS, pool, ids, n, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
+static void test_one_build_per_project_and_tokens_grow(void **state)
+{
+    int64_t t1, t2;
+    char s1[192];
+    (void)state;
+    reg("p1", 2);
+    CALL(sbx_lease_acquire(LS, "p1", "projA", "job1", "w1", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    t1 = last.token;
+    snprintf(s1, sizeof(s1), "%s", last_slot);
+    CALL(sbx_lease_acquire(LS, "p1", "projA", "job2", "w2", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_BUSY);
+    CALL(sbx_lease_acquire(LS, "p1", "projA", "job1", "w2", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_HELD);
+    assert_true(last.ttl_left_ms > 5000);
+    CALL(sbx_lease_acquire(LS, "p1", "projB", "job3", "w1", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    t2 = last.token;
+    assert_true(t2 > t1);
+    CALL(sbx_lease_acquire(LS, "p1", "projC", "job4", "w1", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+    /* A stale token can neither renew nor release. */
+    CALL(sbx_lease_renew(LS, s1, t1 + 1000, 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+    CALL(sbx_lease_release(LS, s1, t1 - 1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+    CALL(sbx_lease_renew(LS, s1, t1, 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    CALL(sbx_lease_release(LS, s1, t1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    /* The project is free again and the slot is back. */
+    CALL(sbx_lease_acquire(LS, "p1", "projA", "job2", "w2", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_true(last.token > t2);
+}
+
+static void test_expired_lease_is_reaped(void **state)
+{
+    int64_t t;
+    char s[192];
+    struct timespec ts = {0, 400 * 1000000};
+    (void)state;
+    reg("p2", 1);
+    CALL(sbx_lease_acquire(LS, "p2", "projX", "jobX", "dead-worker", 300, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    t = last.token;
+    snprintf(s, sizeof(s), "%s", last_slot);
+    nanosleep(&ts, NULL);
+    /* The dead worker's renew is refused once expired... */
+    CALL(sbx_lease_renew(LS, s, t, 300, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+    /* ...and the next acquire reaps it and takes the slot with a newer token. */
+    CALL(sbx_lease_acquire(LS, "p2", "projX", "jobX", "w2", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_int_equal(last.reaped, 1);
+    assert_string_equal(last_slot, s);
+    assert_true(last.token > t);
+    /* The old owner's release is refused: it cannot free the new lease. */
+    CALL(sbx_lease_release(LS, s, t, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+}
+
+static void test_register_shrinks_pool(void **state)
+{
+    (void)state;
+    reg("p3", 3);
+    reg("p3", 1);
+    CALL(sbx_lease_acquire(LS, "p3", "a", "j-a", "w", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last_slot, "p3/0");
+    CALL(sbx_lease_acquire(LS, "p3", "b", "j-b", "w", 10000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+}
+
+static void test_survives_redis_restart(void **state)
+{
+    struct timespec ts = {0, 50 * 1000000};
+    char port[16];
+    pid_t pid;
+    (void)state;
+    /* Kill the server: commands are refused while it is down... */
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    for (int i = 0; i < 100 && connected; i++)
+        sbx_loop_once(L, 20);
+    assert_false(connected);
+    assert_int_not_equal(sbx_lease_acquire(LS, "p1", "q", "j", "w", 1000, on_rep, NULL), 0);
+    /* ...and after it comes back (empty), the client reconnects and the
+     * scripts load again (NOSCRIPT is handled). */
+    snprintf(port, sizeof(port), "%d", srv.port);
+    pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", srv.dir, (char *)NULL);
+        _exit(127);
+    }
+    srv.pid = pid;
+    nanosleep(&ts, NULL);
+    assert_true(test_run_until(L, &connected, 10000));
+    reg("p4", 1);
+    CALL(sbx_lease_acquire(LS, "p4", "q", "j", "w", 1000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_one_build_per_project_and_tokens_grow),
+        cmocka_unit_test(test_expired_lease_is_reaped),
+        cmocka_unit_test(test_register_shrinks_pool),
+        cmocka_unit_test(test_survives_redis_restart),
+    };
+    return cmocka_run_group_tests_name("lease", tests, setup, teardown);
+}

@@ -1,0 +1,43 @@
+/* config.h — sbx-worker settings: environment variables, overridden by flags.
+ *
+ * Every setting has one environment name (SBX_*) and one flag (--kebab-case);
+ * README.md's configuration table is generated from the same list
+ * (`sbx-worker --help`). Validation happens once at start; each bad setting
+ * prints one line naming the variable and the fix, and start-up stops.
+ */
+#ifndef SBX_CONFIG_H
+#define SBX_CONFIG_H
+
+#include <stdio.h>
+
+typedef struct sbx_config {
+    char brokers[512];
+    char topic[128];
+    char dlq_topic[128];
+    char group[128];
+    char redis_url[512];
+    char database_url[1024];
+    char worker_id[128];
+    char node[128];
+    char provider[16];
+    int local_slots;
+    char work_dir[512];
+    int uid_base;
+    int allow_network;
+    int lease_ttl_ms;
+    int max_inflight;
+    int max_attempts;
+    int retry_base_ms;
+    int session_timeout_ms;
+    int shutdown_grace_ms;
+    char log_level[16];
+    char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
+} sbx_config;
+
+/* Fills cfg from the environment and argv. Returns 0, or 1 after printing
+ * one line per problem to err, or 2 when --help was asked (usage printed). */
+int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err);
+void sbx_config_usage(FILE *out);
+void sbx_config_print(const sbx_config *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,342 @@
+/* db.c — libpq, non-blocking, pipeline mode, driven by the sbx loop.
+ *
+ * States of the connection:
+ *   DOWN        no PGconn; a reconnect timer is armed (100 ms doubling to 5 s)
+ *   CONNECTING  PQconnectStart done, PQconnectPoll drives it
+ *   READY       in pipeline mode; statements flow
+ * Requests live on one FIFO: [in flight (sent, awaiting Sync)] [waiting].
+ * When the link breaks, the in-flight ones simply become waiting again.
+ */
+#include "db.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 5000
+/* Statements sent ahead of their answers. More buys little once the server
+ * is busy and delays noticing a broken link. */
+#define PIPELINE_DEPTH 256
+#define PARAMS_MAX 12
+
+typedef struct req {
+    struct req *next;
+    char *sql;              /* not owned: callers pass static strings */
+    int nparams;
+    char *params[PARAMS_MAX];
+    sbx_db_cb cb;
+    void *arg;
+    PGresult *res;          /* first result received for it */
+} req;
+
+enum conn_state { DB_DOWN, DB_CONNECTING, DB_READY };
+
+struct sbx_db {
+    sbx_loop *loop;
+    char *conninfo;
+    PGconn *conn;
+    enum conn_state state;
+    sbx_io io;
+    sbx_timer reconnect;
+    uint64_t backoff_ms;
+    req *head, *tail;       /* FIFO */
+    size_t inflight;        /* the first `inflight` of the FIFO were sent */
+    size_t queued;          /* length of the FIFO */
+    sbx_db_state_cb state_cb;
+    void *state_arg;
+};
+
+static void set_state(sbx_db *db, enum conn_state s)
+{
+    static const char *const names[] = {"down", "connecting", "ready"};
+    if (db->state == s)
+        return;
+    sbx_debug("db", "connection %s -> %s", names[db->state], names[s]);
+    db->state = s;
+    if (db->state_cb && (s == DB_READY || s == DB_DOWN))
+        db->state_cb(db->state_arg, s == DB_READY);
+}
+
+static void req_free(req *r)
+{
+    for (int i = 0; i < r->nparams; i++)
+        free(r->params[i]);
+    if (r->res)
+        PQclear(r->res);
+    free(r);
+}
+
+static void schedule_reconnect(sbx_db *db)
+{
+    uint64_t d = db->backoff_ms / 2 + (uint64_t)(rand() % (int)(db->backoff_ms + 1));
+    db->backoff_ms = db->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : db->backoff_ms * 2;
+    sbx_timer_start(db->loop, &db->reconnect, d);
+}
+
+static void drop_conn(sbx_db *db, const char *why)
+{
+    if (db->conn) {
+        /* libpq's messages span lines; the log keeps the first. */
+        if (db->state == DB_READY)
+            sbx_warn("db", "connection lost: %.*s (%zu statements will be sent again)",
+                     (int)strcspn(why, "\n"), why, db->inflight);
+        sbx_io_stop(&db->io);
+        PQfinish(db->conn);
+        db->conn = NULL;
+    }
+    for (req *r = db->head; r; r = r->next)
+        if (r->res) {
+            PQclear(r->res);
+            r->res = NULL;
+        }
+    db->inflight = 0;
+    set_state(db, DB_DOWN);
+    schedule_reconnect(db);
+}
+
+static void watch(sbx_db *db, int want_write)
+{
+    sbx_io_set(db->loop, &db->io, SBX_READ | (want_write ? SBX_WRITE : 0));
+}
+
+/* Sends waiting statements while the pipeline has room. */
+static void pump(sbx_db *db)
+{
+    req *r = db->head;
+
+    if (db->state != DB_READY)
+        return;
+    for (size_t i = 0; i < db->inflight && r; i++)
+        r = r->next;
+    while (r && db->inflight < PIPELINE_DEPTH) {
+        if (!PQsendQueryParams(db->conn, r->sql, r->nparams, NULL,
+                               (const char *const *)r->params, NULL, NULL, 0) ||
+            !PQpipelineSync(db->conn)) {
+            drop_conn(db, PQerrorMessage(db->conn));
+            return;
+        }
+        db->inflight++;
+        r = r->next;
+    }
+    {
+        int f = PQflush(db->conn);
+        if (f < 0) {
+            drop_conn(db, PQerrorMessage(db->conn));
+            return;
+        }
+        watch(db, f == 1);
+    }
+}
+
+static void complete_head(sbx_db *db)
+{
+    req *r = db->head;
+    const char *err = NULL;
+    PGresult *res = r->res;
+    ExecStatusType st;
+
+    db->head = r->next;
+    if (!db->head)
+        db->tail = NULL;
+    db->inflight--;
+    db->queued--;
+    st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (!res)
+        err = "no result";
+    else if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+        err = PQresultErrorMessage(res);
+    if (r->cb)
+        r->cb(r->arg, err ? NULL : res, err);
+    req_free(r);
+}
+
+static void read_results(sbx_db *db)
+{
+    while (db->inflight > 0 && db->conn && !PQisBusy(db->conn)) {
+        PGresult *res = PQgetResult(db->conn);
+        if (!res)
+            continue; /* end of one statement's results; its Sync follows */
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            complete_head(db);
+            continue;
+        }
+        if (!db->head->res)
+            db->head->res = res;
+        else
+            PQclear(res);
+    }
+}
+
+static void on_io(sbx_io *io, int events);
+
+static void connect_poll(sbx_db *db)
+{
+    PostgresPollingStatusType st = PQconnectPoll(db->conn);
+
+    /* libpq may move to another socket while trying a host's addresses. */
+    if (db->conn && PQsocket(db->conn) != db->io.fd) {
+        sbx_io_stop(&db->io);
+        sbx_io_init(&db->io, PQsocket(db->conn), on_io, db);
+    }
+    switch (st) {
+    case PGRES_POLLING_READING:
+        sbx_io_set(db->loop, &db->io, SBX_READ);
+        return;
+    case PGRES_POLLING_WRITING:
+        sbx_io_set(db->loop, &db->io, SBX_WRITE);
+        return;
+    case PGRES_POLLING_OK:
+        if (PQsetnonblocking(db->conn, 1) != 0 || !PQenterPipelineMode(db->conn)) {
+            drop_conn(db, PQerrorMessage(db->conn));
+            return;
+        }
+        sbx_info("db", "connected (server %d)", PQserverVersion(db->conn));
+        db->backoff_ms = RECONNECT_MIN_MS;
+        set_state(db, DB_READY);
+        watch(db, 0);
+        pump(db);
+        return;
+    default: {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(db->conn));
+        msg[strcspn(msg, "\n")] = '\0';
+        sbx_warn("db", "connect failed: %s", msg);
+        sbx_io_stop(&db->io);
+        PQfinish(db->conn);
+        db->conn = NULL;
+        set_state(db, DB_DOWN);
+        schedule_reconnect(db);
+        return;
+    }
+    }
+}
+
+static void on_io(sbx_io *io, int events)
+{
+    sbx_db *db = io->data;
+
+    if (db->state == DB_CONNECTING) {
+        connect_poll(db);
+        return;
+    }
+    if (events & SBX_READ) {
+        if (!PQconsumeInput(db->conn)) {
+            drop_conn(db, PQerrorMessage(db->conn));
+            return;
+        }
+        read_results(db);
+        /* A server gone away shows as EOF here. */
+        if (db->conn && PQstatus(db->conn) == CONNECTION_BAD) {
+            drop_conn(db, "server closed the connection");
+            return;
+        }
+    }
+    if (db->conn && db->state == DB_READY) {
+        int f = PQflush(db->conn);
+        if (f < 0) {
+            drop_conn(db, PQerrorMessage(db->conn));
+            return;
+        }
+        pump(db);
+    }
+}
+
+static void start_connect(sbx_db *db)
+{
+    db->conn = PQconnectStart(db->conninfo);
+    if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
+        sbx_warn("db", "connect failed: %s", db->conn ? PQerrorMessage(db->conn) : "out of memory");
+        if (db->conn)
+            PQfinish(db->conn);
+        db->conn = NULL;
+        schedule_reconnect(db);
+        return;
+    }
+    set_state(db, DB_CONNECTING);
+    sbx_io_init(&db->io, PQsocket(db->conn), on_io, db);
+    sbx_io_set(db->loop, &db->io, SBX_WRITE);
+}
+
+static void on_reconnect(sbx_timer *t)
+{
+    sbx_db *db = t->data;
+    if (db->state == DB_DOWN)
+        start_connect(db);
+}
+
+int sbx_db_new(sbx_loop *loop, const char *conninfo, sbx_db_state_cb state_cb, void *arg,
+               sbx_db **out)
+{
+    sbx_db *db = calloc(1, sizeof(*db));
+    if (!db)
+        return -ENOMEM;
+    db->loop = loop;
+    db->conninfo = strdup(conninfo);
+    if (!db->conninfo) {
+        free(db);
+        return -ENOMEM;
+    }
+    db->state_cb = state_cb;
+    db->state_arg = arg;
+    db->backoff_ms = RECONNECT_MIN_MS;
+    sbx_timer_init(&db->reconnect, on_reconnect, db);
+    start_connect(db);
+    *out = db;
+    return 0;
+}
+
+void sbx_db_free(sbx_db *db)
+{
+    req *r, *n;
+    if (!db)
+        return;
+    sbx_timer_stop(db->loop, &db->reconnect);
+    if (db->conn) {
+        sbx_io_stop(&db->io);
+        PQfinish(db->conn);
+    }
+    for (r = db->head; r; r = n) {
+        n = r->next;
+        req_free(r);
+    }
+    free(db->conninfo);
+    free(db);
+}
+
+int sbx_db_connected(const sbx_db *db) { return db->state == DB_READY; }
+size_t sbx_db_queued(const sbx_db *db) { return db->queued; }
+
+int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,
+                 sbx_db_cb cb, void *arg)
+{
+    req *r;
+    if (db->queued >= SBX_DB_QUEUE_MAX || nparams > PARAMS_MAX)
+        return -ENOBUFS;
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->sql = (char *)sql;
+    r->cb = cb;
+    r->arg = arg;
+    for (int i = 0; i < nparams; i++) {
+        if (params[i] && !(r->params[i] = strdup(params[i]))) {
+            r->nparams = i;
+            req_free(r);
+            return -ENOMEM;
+        }
+    }
+    r->nparams = nparams;
+    if (db->tail)
+        db->tail->next = r;
+    else
+        db->head = r;
+    db->tail = r;
+    db->queued++;
+    pump(db);
+    return 0;
+}

@@ -1,0 +1,43 @@
+/* db.h — one non-blocking PostgreSQL connection in pipeline mode.
+ *
+ * Callers queue parameterised statements; the connection sends them without
+ * waiting for earlier answers (libpq pipeline mode, one Sync per statement so
+ * each is its own transaction and one failure aborts nothing else) and calls
+ * back in order. While PostgreSQL is away the queue keeps growing up to
+ * SBX_DB_QUEUE_MAX and the connection retries with backoff; statements that
+ * were in flight when the link broke are sent again after reconnecting, so
+ * every statement sent through here must be idempotent (the sbx.* functions
+ * of migrations/ are: see their comments).
+ */
+#ifndef SBX_DB_H
+#define SBX_DB_H
+
+#include <stddef.h>
+#include <libpq-fe.h>
+
+#include "loop.h"
+
+/* Statements waiting or in flight. Bounded so an outage cannot eat memory:
+ * about 4 KiB each with a log tail, so 64k is ~256 MiB at worst; the worker
+ * stops taking jobs long before (max in-flight jobs). */
+#define SBX_DB_QUEUE_MAX 65536
+
+typedef struct sbx_db sbx_db;
+
+/* res is NULL when the statement failed (err says why); it is cleared after
+ * the call. A failed statement is not retried: the caller decides. */
+typedef void (*sbx_db_cb)(void *arg, PGresult *res, const char *err);
+typedef void (*sbx_db_state_cb)(void *arg, int connected);
+
+int sbx_db_new(sbx_loop *loop, const char *conninfo, sbx_db_state_cb state_cb, void *arg,
+               sbx_db **out);
+void sbx_db_free(sbx_db *db);
+int sbx_db_connected(const sbx_db *db);
+size_t sbx_db_queued(const sbx_db *db);
+
+/* Queues a statement; params are copied. Returns 0 (cb will be called once),
+ * or -ENOBUFS when the queue is full (cb will not be called). */
+int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,
+                 sbx_db_cb cb, void *arg);
+
+#endif

@@ -1,0 +1,449 @@
+/* kafka.c — librdkafka 2.0 on the sbx loop.
+ *
+ * librdkafka runs its own threads; we talk to it only through queues. Each
+ * queue (the consumer's, the dead-letter producer's) writes a byte into a
+ * pipe when it goes from empty to non-empty (rd_kafka_queue_io_event_enable),
+ * and the loop watches the pipe. Because that wake-up is edge-like, a wake-up
+ * drains the queue; to bound one iteration's work, at most DRAIN_BUDGET
+ * messages are taken and a 0 ms timer continues. A 1 s timer polls as well so
+ * max.poll.interval.ms is never hit while idle.
+ *
+ * Rebalance: the eager `range` strategy (cooperative-sticky has known bugs
+ * before librdkafka 2.1). On revoke we commit what is stored and drop the
+ * partitions' trackers; builds keep running (the new owner sees the job's
+ * live lease and waits for it; see job.c).
+ */
+#include "kafka.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "log.h"
+
+/* Messages handled per loop iteration before yielding to other sockets. */
+#define DRAIN_BUDGET 512
+/* The queue of messages fetched ahead: small, since intake is paused by
+ * back-pressure anyway, and a pause purges what was prefetched. */
+#define QUEUED_MAX_KB "4096"
+
+typedef struct dlq_op {
+    sbx_offset_ref ref;
+    int has_ref;
+    sbx_kafka *k;
+} dlq_op;
+
+struct sbx_kafka {
+    sbx_loop *loop;
+    rd_kafka_t *rk, *dlq;
+    rd_kafka_queue_t *q, *dlq_q;
+    rd_kafka_topic_partition_list_t *assigned;
+    int pipe_c[2], pipe_d[2];
+    sbx_io io_c, io_d;
+    sbx_timer drain, tick;
+    char *topic, *dlq_topic;
+    sbx_offsets *offsets;
+    sbx_kafka_msg_cb cb;
+    void *arg;
+    int max_inflight;
+    int paused;     /* by back-pressure */
+    int held;       /* by shutdown */
+    int closing;
+};
+
+static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
+{
+    char e[256];
+    if (rd_kafka_conf_set(c, k, v, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka setting %s=%s: %s", k, v, e);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    sbx_log(level <= 3 ? SBX_LOG_ERROR : level <= 4 ? SBX_LOG_WARN : level <= 6 ? SBX_LOG_INFO
+                                                                              : SBX_LOG_DEBUG,
+            "kafka", "%s: %s", fac, buf);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    sbx_warn("kafka", "%s: %s", rd_kafka_err2name(err), reason);
+}
+
+/* ---- partitions and back-pressure ---- */
+
+static void set_paused(sbx_kafka *k, int paused)
+{
+    rd_kafka_resp_err_t e;
+    if (!k->assigned || k->assigned->cnt == 0)
+        return;
+    e = paused ? rd_kafka_pause_partitions(k->rk, k->assigned)
+               : rd_kafka_resume_partitions(k->rk, k->assigned);
+    if (e)
+        sbx_warn("kafka", "%s partitions: %s", paused ? "pause" : "resume", rd_kafka_err2str(e));
+}
+
+static void update_pause(sbx_kafka *k)
+{
+    size_t pending = sbx_offsets_pending(k->offsets);
+    int want = k->held || pending >= (size_t)k->max_inflight;
+    /* Resume at half so a busy worker does not flap per message. */
+    if (k->paused && !k->held && pending > (size_t)k->max_inflight / 2)
+        want = 1;
+    if (want == k->paused)
+        return;
+    k->paused = want;
+    sbx_info("kafka", "intake %s (%zu jobs in flight, max %d)", want ? "paused" : "resumed",
+             pending, k->max_inflight);
+    set_paused(k, want);
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    sbx_kafka *k = opaque;
+    int i;
+
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        for (i = 0; i < parts->cnt; i++)
+            sbx_offsets_assign(k->offsets, parts->elems[i].partition);
+        sbx_info("kafka", "assigned %d partitions", parts->cnt);
+        rd_kafka_assign(rk, parts);
+        if (k->assigned)
+            rd_kafka_topic_partition_list_destroy(k->assigned);
+        k->assigned = rd_kafka_topic_partition_list_copy(parts);
+        if (k->paused)
+            set_paused(k, 1);
+        return;
+    }
+    /* Revoke: commit what is durable, then let go. */
+    {
+        rd_kafka_resp_err_t ce = rd_kafka_commit(rk, NULL, 0);
+        if (ce && ce != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            sbx_warn("kafka", "commit on revoke: %s", rd_kafka_err2str(ce));
+    }
+    for (i = 0; i < parts->cnt; i++)
+        sbx_offsets_revoke(k->offsets, parts->elems[i].partition);
+    sbx_info("kafka", "revoked %d partitions", parts->cnt);
+    rd_kafka_assign(rk, NULL);
+    if (k->assigned) {
+        rd_kafka_topic_partition_list_destroy(k->assigned);
+        k->assigned = NULL;
+    }
+}
+
+/* ---- consuming ---- */
+
+static void handle(sbx_kafka *k, rd_kafka_message_t *m)
+{
+    sbx_kafka_msg msg;
+    char keybuf[512];
+    int rc;
+
+    if (m->err) {
+        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            sbx_warn("kafka", "consume: %s", rd_kafka_message_errstr(m));
+        return;
+    }
+    memset(&msg, 0, sizeof(msg));
+    rc = sbx_offsets_track(k->offsets, m->partition, m->offset, &msg.ref);
+    if (rc == -EALREADY) {
+        sbx_debug("kafka", "p%d@%lld seen already", (int)m->partition, (long long)m->offset);
+        return;
+    }
+    if (rc) {
+        sbx_warn("kafka", "p%d@%lld arrived for a partition not assigned; skipped",
+                 (int)m->partition, (long long)m->offset);
+        return;
+    }
+    msg.topic = rd_kafka_topic_name(m->rkt);
+    msg.partition = m->partition;
+    msg.offset = m->offset;
+    if (m->key && m->key_len < sizeof(keybuf)) {
+        memcpy(keybuf, m->key, m->key_len);
+        keybuf[m->key_len] = '\0';
+        msg.key = keybuf;
+        msg.key_len = m->key_len;
+    }
+    msg.payload = m->payload ? m->payload : "";
+    msg.len = m->len;
+    k->cb(k->arg, &msg);
+}
+
+static void drain_consumer(sbx_kafka *k)
+{
+    char buf[64];
+    int n;
+
+    while (read(k->pipe_c[0], buf, sizeof(buf)) > 0)
+        ;
+    for (n = 0; n < DRAIN_BUDGET; n++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(k->rk, 0);
+        if (!m)
+            break;
+        handle(k, m);
+        rd_kafka_message_destroy(m);
+        update_pause(k);
+    }
+    if (n == DRAIN_BUDGET)
+        sbx_timer_start(k->loop, &k->drain, 0);
+}
+
+static void on_consumer_io(sbx_io *io, int events)
+{
+    (void)events;
+    drain_consumer(io->data);
+}
+
+static void on_drain_timer(sbx_timer *t) { drain_consumer(t->data); }
+
+/* ---- dead letters ---- */
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    dlq_op *op = m->_private;
+    (void)rk;
+    (void)opaque;
+    if (m->err) {
+        /* The offset stays unfinished: the message is redelivered later and
+         * dead-lettered again, rather than lost. */
+        sbx_error("kafka", "dead-letter publish failed: %s", rd_kafka_err2str(m->err));
+    } else if (op->has_ref) {
+        sbx_kafka_done(op->k, &op->ref);
+    }
+    free(op);
+}
+
+static void drain_dlq(sbx_kafka *k)
+{
+    char buf[64];
+    while (read(k->pipe_d[0], buf, sizeof(buf)) > 0)
+        ;
+    rd_kafka_poll(k->dlq, 0);
+}
+
+static void on_dlq_io(sbx_io *io, int events)
+{
+    (void)events;
+    drain_dlq(io->data);
+}
+
+static void on_tick(sbx_timer *t)
+{
+    sbx_kafka *k = t->data;
+    drain_consumer(k);
+    drain_dlq(k);
+    sbx_timer_start(k->loop, &k->tick, 1000);
+}
+
+int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const char *json,
+                          size_t len, const sbx_offset_ref *ref)
+{
+    dlq_op *op = calloc(1, sizeof(*op));
+    rd_kafka_resp_err_t e;
+
+    if (!op)
+        return -ENOMEM;
+    op->k = k;
+    if (ref) {
+        op->ref = *ref;
+        op->has_ref = 1;
+    }
+    e = rd_kafka_producev(k->dlq, RD_KAFKA_V_TOPIC(k->dlq_topic),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_KEY(key, key ? key_len : 0),
+                          RD_KAFKA_V_VALUE((void *)json, len), RD_KAFKA_V_OPAQUE(op),
+                          RD_KAFKA_V_END);
+    if (e) {
+        sbx_error("kafka", "dead-letter publish: %s", rd_kafka_err2str(e));
+        free(op);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* ---- life ---- */
+
+void sbx_kafka_done(sbx_kafka *k, const sbx_offset_ref *ref)
+{
+    int64_t wm = sbx_offsets_done(k->offsets, ref);
+    if (wm >= 0) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, k->topic, ref->partition)->offset = wm;
+        rd_kafka_resp_err_t e = rd_kafka_offsets_store(k->rk, l);
+        if (e)
+            sbx_warn("kafka", "store offset p%d@%lld: %s", (int)ref->partition, (long long)wm,
+                     rd_kafka_err2str(e));
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    update_pause(k);
+}
+
+void sbx_kafka_hold(sbx_kafka *k, int hold)
+{
+    k->held = hold;
+    update_pause(k);
+}
+
+size_t sbx_kafka_pending(const sbx_kafka *k) { return sbx_offsets_pending(k->offsets); }
+int sbx_kafka_assigned_count(const sbx_kafka *k) { return k->assigned ? k->assigned->cnt : 0; }
+
+static int make_pipe(int p[2])
+{
+    return pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0 ? -errno : 0;
+}
+
+int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb cb, void *arg,
+                  sbx_kafka **out, char *err, size_t errlen)
+{
+    sbx_kafka *k;
+    rd_kafka_conf_t *cc = NULL, *pc = NULL;
+    rd_kafka_topic_partition_list_t *topics = NULL;
+    char e[512], num[32];
+    int rc = -EINVAL;
+
+    k = calloc(1, sizeof(*k));
+    if (!k)
+        return -ENOMEM;
+    k->pipe_c[0] = k->pipe_c[1] = k->pipe_d[0] = k->pipe_d[1] = -1;
+    k->loop = loop;
+    k->cb = cb;
+    k->arg = arg;
+    k->max_inflight = cfg->max_inflight;
+    k->offsets = sbx_offsets_new();
+    k->topic = strdup(cfg->topic);
+    k->dlq_topic = strdup(cfg->dlq_topic);
+    sbx_timer_init(&k->drain, on_drain_timer, k);
+    sbx_timer_init(&k->tick, on_tick, k);
+    if (!k->offsets || !k->topic || !k->dlq_topic || make_pipe(k->pipe_c) || make_pipe(k->pipe_d)) {
+        snprintf(err, errlen, "out of memory or file descriptors");
+        goto fail;
+    }
+
+    /* Consumer. */
+    cc = rd_kafka_conf_new();
+    pc = rd_kafka_conf_new();
+    snprintf(num, sizeof(num), "%d", cfg->session_timeout_ms);
+    if (conf_set(cc, "bootstrap.servers", cfg->brokers, err, errlen) ||
+        conf_set(cc, "group.id", cfg->group, err, errlen) ||
+        conf_set(cc, "client.id", cfg->client_id, err, errlen) ||
+        conf_set(cc, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(cc, "enable.auto.commit", "true", err, errlen) ||
+        conf_set(cc, "auto.commit.interval.ms", "500", err, errlen) ||
+        conf_set(cc, "auto.offset.reset", "earliest", err, errlen) ||
+        conf_set(cc, "partition.assignment.strategy", "range", err, errlen) ||
+        conf_set(cc, "session.timeout.ms", num, err, errlen) ||
+        conf_set(cc, "queued.max.messages.kbytes", QUEUED_MAX_KB, err, errlen) ||
+        conf_set(pc, "bootstrap.servers", cfg->brokers, err, errlen) ||
+        conf_set(pc, "client.id", cfg->client_id, err, errlen) ||
+        conf_set(pc, "enable.idempotence", "true", err, errlen) ||
+        conf_set(pc, "linger.ms", "5", err, errlen))
+        goto fail;
+    for (const char *const *x = cfg->extra; x && *x; x++) {
+        char kv[512], *eq;
+        snprintf(kv, sizeof(kv), "%s", *x);
+        eq = strchr(kv, '=');
+        if (!eq) {
+            snprintf(err, errlen, "kafka setting '%s' is not key=value", *x);
+            goto fail;
+        }
+        *eq = '\0';
+        if (conf_set(cc, kv, eq + 1, err, errlen) ||
+            (strncmp(kv, "test.", 5) == 0 && conf_set(pc, kv, eq + 1, err, errlen)))
+            goto fail;
+    }
+    rd_kafka_conf_set_log_cb(cc, on_log);
+    rd_kafka_conf_set_log_cb(pc, on_log);
+    rd_kafka_conf_set_error_cb(cc, on_error);
+    rd_kafka_conf_set_error_cb(pc, on_error);
+    rd_kafka_conf_set_rebalance_cb(cc, on_rebalance);
+    rd_kafka_conf_set_opaque(cc, k);
+    rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
+
+    k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, cc, e, sizeof(e));
+    if (!k->rk) {
+        snprintf(err, errlen, "kafka consumer: %s", e);
+        goto fail;
+    }
+    cc = NULL;
+    k->dlq = rd_kafka_new(RD_KAFKA_PRODUCER, pc, e, sizeof(e));
+    if (!k->dlq) {
+        snprintf(err, errlen, "kafka producer: %s", e);
+        goto fail;
+    }
+    pc = NULL;
+    rd_kafka_poll_set_consumer(k->rk);
+    k->q = rd_kafka_queue_get_consumer(k->rk);
+    k->dlq_q = rd_kafka_queue_get_main(k->dlq);
+    rd_kafka_queue_io_event_enable(k->q, k->pipe_c[1], "1", 1);
+    rd_kafka_queue_io_event_enable(k->dlq_q, k->pipe_d[1], "1", 1);
+    sbx_io_init(&k->io_c, k->pipe_c[0], on_consumer_io, k);
+    sbx_io_init(&k->io_d, k->pipe_d[0], on_dlq_io, k);
+    sbx_io_set(loop, &k->io_c, SBX_READ);
+    sbx_io_set(loop, &k->io_d, SBX_READ);
+
+    topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, cfg->topic, RD_KAFKA_PARTITION_UA);
+    if (rd_kafka_subscribe(k->rk, topics)) {
+        snprintf(err, errlen, "kafka subscribe to %s failed", cfg->topic);
+        goto fail;
+    }
+    rd_kafka_topic_partition_list_destroy(topics);
+    sbx_timer_start(loop, &k->tick, 1000);
+    *out = k;
+    return 0;
+fail:
+    if (topics)
+        rd_kafka_topic_partition_list_destroy(topics);
+    if (cc)
+        rd_kafka_conf_destroy(cc);
+    if (pc)
+        rd_kafka_conf_destroy(pc);
+    sbx_kafka_close(k);
+    return rc;
+}
+
+void sbx_kafka_close(sbx_kafka *k)
+{
+    if (!k)
+        return;
+    sbx_timer_stop(k->loop, &k->drain);
+    sbx_timer_stop(k->loop, &k->tick);
+    sbx_io_stop(&k->io_c);
+    sbx_io_stop(&k->io_d);
+    if (k->dlq) {
+        rd_kafka_flush(k->dlq, 5000);
+        if (k->dlq_q)
+            rd_kafka_queue_destroy(k->dlq_q);
+        rd_kafka_destroy(k->dlq);
+    }
+    if (k->rk) {
+        if (k->q)
+            rd_kafka_queue_destroy(k->q);
+        rd_kafka_consumer_close(k->rk);
+        rd_kafka_destroy(k->rk);
+    }
+    if (k->assigned)
+        rd_kafka_topic_partition_list_destroy(k->assigned);
+    for (int i = 0; i < 2; i++) {
+        if (k->pipe_c[i] >= 0)
+            close(k->pipe_c[i]);
+        if (k->pipe_d[i] >= 0)
+            close(k->pipe_d[i]);
+    }
+    sbx_offsets_free(k->offsets);
+    free(k->topic);
+    free(k->dlq_topic);
+    free(k);
+}

@@ -1,0 +1,55 @@
+/* kafka.h — intake: the consumer group, commit watermarks, the dead-letter
+ * producer, and back-pressure.
+ *
+ * Offsets are stored for commit only through sbx_kafka_done(), which the job
+ * state machine calls once a job's outcome is durable in PostgreSQL (or its
+ * message is safely in the dead-letter topic). librdkafka's auto-commit then
+ * commits only those stored offsets (enable.auto.offset.store=false).
+ */
+#ifndef SBX_KAFKA_H
+#define SBX_KAFKA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loop.h"
+#include "offsets.h"
+
+typedef struct sbx_kafka sbx_kafka;
+
+typedef struct sbx_kafka_msg {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    const char *key;        /* NUL-terminated copy, or NULL */
+    size_t key_len;
+    const char *payload;
+    size_t len;
+    sbx_offset_ref ref;     /* hand to sbx_kafka_done() when finished */
+} sbx_kafka_msg;
+
+typedef void (*sbx_kafka_msg_cb)(void *arg, const sbx_kafka_msg *m);
+
+typedef struct sbx_kafka_config {
+    const char *brokers, *topic, *dlq_topic, *group, *client_id;
+    int session_timeout_ms;
+    int max_inflight;               /* intake pauses at this many unfinished offsets */
+    const char *const *extra;       /* "key=value" librdkafka settings, NULL-terminated */
+} sbx_kafka_config;
+
+int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb cb, void *arg,
+                  sbx_kafka **out, char *err, size_t errlen);
+/* Leaves the group (commits stored offsets) and frees. */
+void sbx_kafka_close(sbx_kafka *k);
+
+void sbx_kafka_done(sbx_kafka *k, const sbx_offset_ref *ref);
+/* Publishes a dead-letter envelope (JSON) keyed like the original; once the
+ * broker acknowledged it, ref is marked done (unless ref is NULL). */
+int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const char *json,
+                          size_t len, const sbx_offset_ref *ref);
+/* Stop / start taking new messages (shutdown). */
+void sbx_kafka_hold(sbx_kafka *k, int hold);
+size_t sbx_kafka_pending(const sbx_kafka *k);
+int sbx_kafka_assigned_count(const sbx_kafka *k);
+
+#endif

@@ -1,0 +1,256 @@
+/* lease.c — the Lua scripts behind lease.h and their typed replies.
+ *
+ * Each script is the whole decision: Redis runs a script atomically, so
+ * "is the project busy? is a slot free? take it, stamp a token" cannot
+ * interleave with another worker. The scripts return flat arrays whose first
+ * element is the status word.
+ */
+#include "lease.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Reaping is bounded per call so one acquire never runs long inside Redis. */
+/* A pool registers at most this many slots per call (redis.c EVAL_MAX_ARGS). */
+#define EVAL_ARGS_MAX_LEASE 64
+
+#define REAP_LUA                                                                          \
+    "local t = redis.call('TIME')\n"                                                      \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"            \
+    "local reaped = 0\n"                                                                  \
+    "for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now,"  \
+    " 'LIMIT', 0, 64)) do\n"                                                              \
+    "  local lk = '{sbx}:lease:' .. slot\n"                                               \
+    "  local l = redis.call('HMGET', lk, 'project', 'pool')\n"                            \
+    "  if l[1] and redis.call('GET', '{sbx}:project:' .. l[1]) == slot then\n"            \
+    "    redis.call('DEL', '{sbx}:project:' .. l[1])\n"                                   \
+    "  end\n"                                                                             \
+    "  redis.call('DEL', lk)\n"                                                           \
+    "  redis.call('ZREM', '{sbx}:deadlines', slot)\n"                                     \
+    "  if l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then\n"    \
+    "    redis.call('SADD', '{sbx}:free:' .. l[2], slot)\n"                               \
+    "  end\n"                                                                             \
+    "  reaped = reaped + 1\n"                                                             \
+    "end\n"
+
+/* ARGV: pool, project, job, worker, ttl_ms */
+static const char acquire_lua[] =
+    REAP_LUA
+    "local pool, project, job, worker, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4],"
+    " tonumber(ARGV[5])\n"
+    "local held = redis.call('GET', '{sbx}:project:' .. project)\n"
+    "if held then\n"
+    "  local l = redis.call('HMGET', '{sbx}:lease:' .. held, 'job', 'expires')\n"
+    "  local left = (tonumber(l[2]) or now) - now\n"
+    "  if l[1] == job then return {'HELD', held, 0, left, reaped} end\n"
+    "  return {'BUSY', held, 0, left, reaped}\n"
+    "end\n"
+    "local slot = redis.call('SPOP', '{sbx}:free:' .. pool)\n"
+    "if not slot then return {'NOCAP', '', 0, 0, reaped} end\n"
+    "local token = redis.call('INCR', '{sbx}:fence')\n"
+    "redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker',"
+    " worker, 'token', token, 'pool', pool, 'expires', now + ttl)\n"
+    "redis.call('SET', '{sbx}:project:' .. project, slot)\n"
+    "redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)\n"
+    "return {'OK', slot, token, ttl, reaped}\n";
+
+/* ARGV: slot, token, ttl_ms */
+static const char renew_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local lk = '{sbx}:lease:' .. ARGV[1]\n"
+    "local l = redis.call('HMGET', lk, 'token', 'expires')\n"
+    "if l[1] ~= ARGV[2] or tonumber(l[2]) < now then return {'LOST', '', 0, 0, 0} end\n"
+    "local exp = now + tonumber(ARGV[3])\n"
+    "redis.call('HSET', lk, 'expires', exp)\n"
+    "redis.call('ZADD', '{sbx}:deadlines', exp, ARGV[1])\n"
+    "return {'OK', ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 0}\n";
+
+/* ARGV: slot, token */
+static const char release_lua[] =
+    "local slot = ARGV[1]\n"
+    "local lk = '{sbx}:lease:' .. slot\n"
+    "local l = redis.call('HMGET', lk, 'token', 'project', 'pool')\n"
+    "if l[1] ~= ARGV[2] then return {'LOST', '', 0, 0, 0} end\n"
+    "if redis.call('GET', '{sbx}:project:' .. l[2]) == slot then\n"
+    "  redis.call('DEL', '{sbx}:project:' .. l[2])\n"
+    "end\n"
+    "redis.call('DEL', lk)\n"
+    "redis.call('ZREM', '{sbx}:deadlines', slot)\n"
+    "if redis.call('SISMEMBER', '{sbx}:slots:' .. l[3], slot) == 1 then\n"
+    "  redis.call('SADD', '{sbx}:free:' .. l[3], slot)\n"
+    "end\n"
+    "return {'OK', slot, tonumber(ARGV[2]), 0, 0}\n";
+
+/* ARGV: pool, slot... */
+static const char register_lua[] =
+    "local pool = ARGV[1]\n"
+    "local want = {}\n"
+    "for i = 2, #ARGV do want[ARGV[i]] = true end\n"
+    "for _, s in ipairs(redis.call('SMEMBERS', '{sbx}:slots:' .. pool)) do\n"
+    "  if not want[s] then\n"
+    "    redis.call('SREM', '{sbx}:slots:' .. pool, s)\n"
+    "    redis.call('SREM', '{sbx}:free:' .. pool, s)\n"
+    "  end\n"
+    "end\n"
+    "for i = 2, #ARGV do\n"
+    "  local s = ARGV[i]\n"
+    "  redis.call('SADD', '{sbx}:slots:' .. pool, s)\n"
+    "  if redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
+    "    redis.call('SADD', '{sbx}:free:' .. pool, s)\n"
+    "  end\n"
+    "end\n"
+    "return {'OK', '', 0, 0, 0}\n";
+
+struct sbx_leases {
+    sbx_redis *r;
+    sbx_redis_script *acquire, *renew, *release, *reg;
+};
+
+typedef struct call {
+    sbx_lease_cb cb;
+    void *arg;
+} call;
+
+const char *sbx_lease_status_name(sbx_lease_status s)
+{
+    static const char *const names[] = {"ok", "busy", "held", "no_capacity", "lost", "error"};
+    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+int sbx_leases_new(sbx_redis *r, sbx_leases **out)
+{
+    sbx_leases *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->r = r;
+    l->acquire = sbx_redis_script_new(acquire_lua);
+    l->renew = sbx_redis_script_new(renew_lua);
+    l->release = sbx_redis_script_new(release_lua);
+    l->reg = sbx_redis_script_new(register_lua);
+    if (!l->acquire || !l->renew || !l->release || !l->reg) {
+        sbx_leases_free(l);
+        return -ENOMEM;
+    }
+    *out = l;
+    return 0;
+}
+
+void sbx_leases_free(sbx_leases *l)
+{
+    if (!l)
+        return;
+    sbx_redis_script_free(l->acquire);
+    sbx_redis_script_free(l->renew);
+    sbx_redis_script_free(l->release);
+    sbx_redis_script_free(l->reg);
+    free(l);
+}
+
+static int64_t int_elem(const redisReply *e)
+{
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    if (e->type == REDIS_REPLY_STRING)
+        return strtoll(e->str, NULL, 10);
+    return 0;
+}
+
+static void on_reply(void *arg, redisReply *rep)
+{
+    call *c = arg;
+    sbx_lease_reply out;
+    static const struct { const char *word; sbx_lease_status st; } words[] = {
+        {"OK", SBX_LEASE_OK},       {"BUSY", SBX_LEASE_BUSY}, {"HELD", SBX_LEASE_HELD},
+        {"NOCAP", SBX_LEASE_NOCAP}, {"LOST", SBX_LEASE_LOST},
+    };
+
+    memset(&out, 0, sizeof(out));
+    out.status = SBX_LEASE_ERROR;
+    if (!rep) {
+        out.error = "redis connection lost";
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        out.error = rep->str;
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 5 ||
+               rep->element[0]->type != REDIS_REPLY_STRING) {
+        out.error = "unexpected reply shape from lease script";
+    } else {
+        for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+            if (strcmp(rep->element[0]->str, words[i].word) == 0)
+                out.status = words[i].st;
+        if (rep->element[1]->type == REDIS_REPLY_STRING)
+            snprintf(out.slot, sizeof(out.slot), "%s", rep->element[1]->str);
+        out.token = int_elem(rep->element[2]);
+        out.ttl_left_ms = int_elem(rep->element[3]);
+        out.reaped = (int)int_elem(rep->element[4]);
+        if (out.status == SBX_LEASE_ERROR)
+            out.error = "unknown status word from lease script";
+    }
+    if (c->cb)
+        c->cb(c->arg, &out);
+    free(c);
+}
+
+static int eval(sbx_leases *l, sbx_redis_script *s, sbx_lease_cb cb, void *arg, int argc,
+                const char **argv)
+{
+    size_t lens[EVAL_ARGS_MAX_LEASE];
+    call *c;
+    int rc;
+
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    c = malloc(sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->cb = cb;
+    c->arg = arg;
+    rc = sbx_redis_evalsha(l->r, s, on_reply, c, argc, argv, lens);
+    if (rc)
+        free(c);
+    return rc;
+}
+
+int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
+                      const char *worker, int64_t ttl_ms, sbx_lease_cb cb, void *arg)
+{
+    char ttl[24];
+    const char *argv[] = {"0", pool, project, job, worker, ttl};
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    return eval(l, l->acquire, cb, arg, 6, argv);
+}
+
+int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_ms,
+                    sbx_lease_cb cb, void *arg)
+{
+    char tok[24], ttl[24];
+    const char *argv[] = {"0", slot, tok, ttl};
+    snprintf(tok, sizeof(tok), "%" PRId64, token);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    return eval(l, l->renew, cb, arg, 4, argv);
+}
+
+int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
+                      void *arg)
+{
+    char tok[24];
+    const char *argv[] = {"0", slot, tok};
+    snprintf(tok, sizeof(tok), "%" PRId64, token);
+    return eval(l, l->release, cb, arg, 3, argv);
+}
+
+int sbx_lease_register(sbx_leases *l, const char *pool, const char *const *slots, int nslots,
+                       sbx_lease_cb cb, void *arg)
+{
+    const char *argv[EVAL_ARGS_MAX_LEASE];
+    if (nslots + 2 > EVAL_ARGS_MAX_LEASE)
+        return -E2BIG;
+    argv[0] = "0";
+    argv[1] = pool;
+    for (int i = 0; i < nslots; i++)
+        argv[i + 2] = slots[i];
+    return eval(l, l->reg, cb, arg, nslots + 2, argv);
+}

@@ -1,0 +1,63 @@
+/* lease.h — slot leases and fencing tokens in Redis, one Lua script per
+ * operation (acquire, renew, release, register), each one EVALSHA.
+ *
+ * Keys (all under the {sbx} hash tag, so the scripts also run on a Redis
+ * Cluster node):
+ *   {sbx}:fence            counter; every acquire INCRs it: tokens only grow
+ *   {sbx}:slots:<pool>     set of the pool's registered slots
+ *   {sbx}:free:<pool>      set of its free slots
+ *   {sbx}:lease:<slot>     hash job, project, worker, token, pool, expires_ms
+ *   {sbx}:project:<id>     the slot the project's one build holds
+ *   {sbx}:deadlines        zset slot -> lease expiry (ms, Redis server clock)
+ * Time comes from redis.call('TIME') inside the scripts, never from workers.
+ * Expired leases are reaped at the start of every acquire (any worker may
+ * reap, reaping twice is harmless), so a killed worker's slots come back
+ * without a separate process.
+ */
+#ifndef SBX_LEASE_H
+#define SBX_LEASE_H
+
+#include <stdint.h>
+
+#include "redis.h"
+
+typedef enum sbx_lease_status {
+    SBX_LEASE_OK,        /* acquired / renewed / released */
+    SBX_LEASE_BUSY,      /* the project has a build on another job */
+    SBX_LEASE_HELD,      /* this very job holds a lease (another worker, or our past self) */
+    SBX_LEASE_NOCAP,     /* no free slot in the pool */
+    SBX_LEASE_LOST,      /* renew/release: the token is no longer the slot's */
+    SBX_LEASE_ERROR,     /* Redis down or a script error: retry later */
+} sbx_lease_status;
+
+const char *sbx_lease_status_name(sbx_lease_status s);
+
+typedef struct sbx_lease_reply {
+    sbx_lease_status status;
+    char slot[192];         /* OK on acquire */
+    int64_t token;          /* OK on acquire */
+    int64_t ttl_left_ms;    /* BUSY/HELD: how long the holder's lease still runs */
+    int reaped;             /* expired leases this call reaped */
+    const char *error;      /* ERROR: Redis' text, valid during the callback */
+} sbx_lease_reply;
+
+typedef void (*sbx_lease_cb)(void *arg, const sbx_lease_reply *rep);
+
+typedef struct sbx_leases sbx_leases;
+
+int sbx_leases_new(sbx_redis *r, sbx_leases **out);
+void sbx_leases_free(sbx_leases *l);
+
+/* Every call returns 0 and later calls cb once, or returns an error and never
+ * calls cb (Redis down). */
+int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
+                      const char *worker, int64_t ttl_ms, sbx_lease_cb cb, void *arg);
+int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_ms,
+                    sbx_lease_cb cb, void *arg);
+int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
+                      void *arg);
+/* Makes the pool's slot set exactly `slots` (free unless leased). */
+int sbx_lease_register(sbx_leases *l, const char *pool, const char *const *slots, int nslots,
+                       sbx_lease_cb cb, void *arg);
+
+#endif

@@ -1,0 +1,241 @@
+/* main.c — sbx-worker: configuration, wiring, signals, periodic duties.
+ *
+ *   sbx-worker [--flag value]...   run (see --help for every setting)
+ *   sbx-worker --check-config      print the effective settings and exit
+ *
+ * Shutdown (SIGTERM/SIGINT): intake stops at once; running builds get
+ * SBX_SHUTDOWN_GRACE_MS to finish and be recorded; what is left is abandoned
+ * without a write (its lease expires, its offset was never committed, so the
+ * next owner runs it with a newer token); then the consumer leaves the group.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "worker.h"
+
+/* Extra librdkafka settings from SBX_KAFKA_CONF, split on commas. */
+#define KAFKA_EXTRA_MAX 32
+
+static void on_message(void *arg, const sbx_kafka_msg *m) { sbx__job_intake(arg, m); }
+
+static void on_registered(void *arg, const sbx_lease_reply *rep)
+{
+    sbx_worker *w = arg;
+    if (rep->status == SBX_LEASE_OK)
+        sbx_info("lease", "pool %s registered", w->prov->ops->pool(w->prov));
+    else
+        sbx_warn("lease", "pool registration failed: %s", rep->error ? rep->error : "?");
+}
+
+static void register_pool(sbx_worker *w)
+{
+    const char **ids;
+    size_t n = w->prov->ops->slots(w->prov, &ids);
+    if (sbx_lease_register(w->leases, w->prov->ops->pool(w->prov), ids, (int)n, on_registered,
+                           w) != 0)
+        sbx_warn("lease", "pool registration deferred: redis unavailable");
+}
+
+/* Redis may have restarted empty: put our slots back every time it returns. */
+static void on_redis_state(void *arg, int up)
+{
+    sbx_worker *w = arg;
+    if (up && w->leases && w->prov)
+        register_pool(w);
+}
+
+static void before_sleep(void *arg) { sbx__jobs_reap(arg); }
+
+static void log_stats(sbx_worker *w, const char *why)
+{
+    sbx_stats *s = &w->stats;
+    sbx_info("stats", "%s: jobs=%zu pending_offsets=%zu received=%" PRIu64 " succeeded=%" PRIu64
+             " failed=%" PRIu64 " timed_out=%" PRIu64 " canceled=%" PRIu64 " dead_lettered=%" PRIu64
+             " duplicates=%" PRIu64 " lease_waits=%" PRIu64 " fenced_out=%" PRIu64 " retries=%" PRIu64
+             " db_queue=%zu redis=%s db=%s",
+             why, sbx__jobs_count(w), sbx_kafka_pending(w->kafka), s->received, s->succeeded,
+             s->failed, s->timed_out, s->canceled, s->dead_lettered, s->duplicates, s->lease_waits,
+             s->fenced_out, s->retries, sbx_db_queued(w->db),
+             sbx_redis_connected(w->redis) ? "up" : "down", sbx_db_connected(w->db) ? "up" : "down");
+}
+
+/* Periodic duties, each with its own period (redis serverCron). */
+static void cron(sbx_timer *t)
+{
+    sbx_worker *w = t->data;
+    static uint64_t last_stats, last_register;
+    uint64_t now = sbx_now_ms();
+
+    if (now - last_stats >= 30000) {
+        last_stats = now;
+        log_stats(w, "periodic");
+    }
+    if (now - last_register >= 60000) {
+        last_register = now;
+        register_pool(w);
+    }
+    if (w->stopping) {
+        if (sbx__jobs_count(w) == 0) {
+            sbx_info("worker", "all jobs finished; leaving");
+            sbx_loop_stop(w->loop);
+            return;
+        }
+        if (now >= w->stop_deadline_ms) {
+            sbx_warn("worker", "grace period over with %zu jobs unfinished; abandoning them",
+                     sbx__jobs_count(w));
+            sbx_loop_stop(w->loop);
+            return;
+        }
+    }
+    sbx_timer_start(w->loop, t, w->stopping ? 100 : 1000);
+}
+
+static void on_signal(sbx_io *io, int events)
+{
+    sbx_worker *w = io->data;
+    struct signalfd_siginfo si;
+    (void)events;
+    while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (w->stopping) {
+            sbx_warn("worker", "second signal: stopping now");
+            sbx_loop_stop(w->loop);
+            return;
+        }
+        sbx_info("worker", "signal %d: no new jobs; %zu running get %d ms to finish",
+                 (int)si.ssi_signo, sbx__jobs_count(w), w->cfg.shutdown_grace_ms);
+        w->stopping = 1;
+        w->stop_deadline_ms = sbx_now_ms() + (uint64_t)w->cfg.shutdown_grace_ms;
+        sbx_kafka_hold(w->kafka, 1);
+    }
+}
+
+static int make_provider(sbx_worker *w, char *err, size_t errlen)
+{
+    sbx_local_config lc;
+    memset(&lc, 0, sizeof(lc));
+    lc.node = w->cfg.node;
+    lc.slots = w->cfg.local_slots;
+    lc.work_dir = w->cfg.work_dir;
+    lc.uid_base = w->cfg.uid_base;
+    lc.allow_network = w->cfg.allow_network;
+    lc.default_memory_mb = 1024;
+    lc.default_pids = 256;
+    lc.default_cpus = 1;
+    lc.kill_grace_ms = 2000;
+    lc.bwrap = "bwrap";
+    return sbx_local_new(w->loop, &lc, &w->prov, err, errlen);
+}
+
+int main(int argc, char **argv)
+{
+    sbx_worker w;
+    sbx_kafka_config kc;
+    char err[512], redacted[1024], kextra[sizeof(w.cfg.kafka_conf)];
+    const char *extra[KAFKA_EXTRA_MAX + 1];
+    int nextra = 0, rc, check_only = 0, sfd = -1;
+    sbx_io sig_io;
+    sbx_timer cron_t;
+    sigset_t mask;
+
+    memset(&w, 0, sizeof(w));
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--check-config") == 0) {
+            check_only = 1;
+            memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(char *));
+            argc--;
+            break;
+        }
+    rc = sbx_config_load(&w.cfg, argc, argv, stderr);
+    if (rc == 2)
+        return 0;
+    if (rc)
+        return 2;
+    if (check_only) {
+        sbx_config_print(&w.cfg, stdout);
+        return 0;
+    }
+    srand((unsigned)(getpid() ^ sbx_now_us()));
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+
+    if (sbx_loop_new(&w.loop) != 0) {
+        fprintf(stderr, "sbx-worker: cannot create the event loop\n");
+        return 1;
+    }
+    sbx_log_redact(w.cfg.database_url, redacted, sizeof(redacted));
+    sbx_info("worker", "starting %s: brokers=%s topic=%s group=%s redis=%s db=%s provider=%s",
+             w.cfg.worker_id, w.cfg.brokers, w.cfg.topic, w.cfg.group, w.cfg.redis_url, redacted,
+             w.cfg.provider);
+
+    rc = make_provider(&w, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "sbx-worker: provider %s: %s\n", w.cfg.provider, err);
+        return 2;
+    }
+    rc = sbx_redis_new(w.loop, w.cfg.redis_url, on_redis_state, &w, &w.redis, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "sbx-worker: SBX_REDIS_URL=%s: %s\n", w.cfg.redis_url, err);
+        return 2;
+    }
+    if (sbx_leases_new(w.redis, &w.leases) != 0)
+        return 1;
+    if (sbx_redis_connected(w.redis))
+        register_pool(&w);
+    rc = sbx_db_new(w.loop, w.cfg.database_url, NULL, NULL, &w.db);
+    if (rc)
+        return 1;
+
+    snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
+    for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))
+        extra[nextra++] = s;
+    extra[nextra] = NULL;
+    memset(&kc, 0, sizeof(kc));
+    kc.brokers = w.cfg.brokers;
+    kc.topic = w.cfg.topic;
+    kc.dlq_topic = w.cfg.dlq_topic;
+    kc.group = w.cfg.group;
+    kc.client_id = w.cfg.worker_id;
+    kc.session_timeout_ms = w.cfg.session_timeout_ms;
+    kc.max_inflight = w.cfg.max_inflight;
+    kc.extra = extra;
+    rc = sbx_kafka_new(w.loop, &kc, on_message, &w, &w.kafka, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "sbx-worker: SBX_BROKERS / SBX_KAFKA_CONF: %s\n", err);
+        return 2;
+    }
+
+    sbx_io_init(&sig_io, sfd, on_signal, &w);
+    sbx_io_set(w.loop, &sig_io, SBX_READ);
+    sbx_timer_init(&cron_t, cron, &w);
+    sbx_timer_start(w.loop, &cron_t, 1000);
+    sbx_loop_before_sleep(w.loop, before_sleep, &w);
+    sbx_info("worker", "ready");
+
+    rc = sbx_loop_run(w.loop);
+
+    log_stats(&w, "exit");
+    sbx_timer_stop(w.loop, &cron_t);
+    sbx_io_stop(&sig_io);
+    w.prov->ops->destroy(w.prov);
+    w.prov = NULL;
+    sbx_kafka_close(w.kafka);
+    sbx_redis_free(w.redis);
+    sbx_db_free(w.db);
+    sbx__jobs_abandon(&w);
+    sbx_leases_free(w.leases);
+    sbx_loop_free(w.loop);
+    close(sfd);
+    sbx_info("worker", "stopped");
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,101 @@
+/* provider.h — the one interface every build backend implements.
+ *
+ * A provider turns a leased slot plus a job into a build and reports its end.
+ * The job state machine (job.c) never knows which backend it talks to.
+ *
+ * Life of a run:
+ *   ops->start()  ->  cb(SBX_RUN_STARTED)  ->  cb(SBX_RUN_FINISHED)
+ * cb(SBX_RUN_FINISHED) is called exactly once per successful start(), always
+ * from the event loop, never from inside start() or cancel(). After it the
+ * provider has forgotten the run; the sbx_run pointer is dangling.
+ * When start() returns an error, cb is never called.
+ *
+ * Every call carries the lease's fencing token (req->token): a provider that
+ * talks to a remote agent sends it along so the remote side can refuse a
+ * stale owner.
+ */
+#ifndef SBX_PROVIDER_H
+#define SBX_PROVIDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sbx.h"
+#include "loop.h"
+
+typedef struct sbx_provider sbx_provider;
+typedef struct sbx_run sbx_run;
+
+typedef enum sbx_outcome {
+    SBX_OUTCOME_SUCCEEDED,   /* exit code 0 */
+    SBX_OUTCOME_FAILED,      /* exit code != 0, or killed by a limit (memory, pids) */
+    SBX_OUTCOME_TIMED_OUT,   /* outlived job->timeout_s; all its processes are gone */
+    SBX_OUTCOME_CANCELED,    /* cancel() was called */
+    SBX_OUTCOME_ERROR,       /* the provider could not run it (transient: retry) */
+} sbx_outcome;
+
+/* Bounded: the log tail is what the runs table keeps (see migrations). */
+#define SBX_LOG_TAIL_MAX 8192
+
+typedef struct sbx_result {
+    sbx_outcome outcome;
+    int exit_code;                 /* -1 when there is none */
+    char error[256];               /* "" or why */
+    char log_tail[SBX_LOG_TAIL_MAX + 1];
+    size_t log_tail_len;           /* bytes in log_tail, which is NUL-terminated */
+    char preview_url[256];         /* "" when the provider has none */
+    char instance[128];            /* vm / machine / container id, "" if none */
+} sbx_result;
+
+typedef enum sbx_run_event { SBX_RUN_STARTED, SBX_RUN_FINISHED } sbx_run_event;
+
+/* res is valid only during the call. */
+typedef void (*sbx_run_cb)(void *arg, sbx_run_event ev, const sbx_result *res);
+
+typedef struct sbx_run_req {
+    const sbx_job *job;      /* valid until FINISHED */
+    const char *slot;        /* the leased slot id */
+    int64_t token;           /* fencing token of the lease */
+    int attempt;             /* 1-based */
+} sbx_run_req;
+
+typedef struct sbx_provider_ops {
+    const char *name;
+    /* Starts a build. Returns 0 and sets *out, or an errno-style code and
+     * writes a line into err. */
+    int (*start)(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
+                 sbx_run **out, char *err, size_t errlen);
+    /* Asks a run to stop; FINISHED with SBX_OUTCOME_CANCELED follows. */
+    void (*cancel)(sbx_provider *p, sbx_run *r);
+    /* The slot ids this provider offers on this host (for pool registration).
+     * Returns the count; ids[i] point into provider memory. */
+    size_t (*slots)(sbx_provider *p, const char ***ids);
+    /* The pool name the slots belong to ("local/<node>"). */
+    const char *(*pool)(sbx_provider *p);
+    /* Kills every run at once (worker exit); no callbacks follow. */
+    void (*destroy)(sbx_provider *p);
+} sbx_provider_ops;
+
+struct sbx_provider {
+    const sbx_provider_ops *ops;
+    sbx_loop *loop;
+};
+
+/* ---- the local provider (provider_local.c) ---- */
+typedef struct sbx_local_config {
+    const char *node;          /* host name for the pool, e.g. "box1" */
+    int slots;                 /* concurrent builds on this host */
+    const char *work_dir;      /* parent of per-run workspaces */
+    int uid_base;              /* slot i runs as uid/gid uid_base+i when root */
+    int allow_network;         /* jobs may ask for network */
+    int default_memory_mb;
+    int default_pids;
+    double default_cpus;
+    int kill_grace_ms;         /* SIGTERM -> SIGKILL */
+    const char *bwrap;         /* path of bwrap */
+} sbx_local_config;
+
+int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **out,
+                  char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,56 @@
+/* worker.h — the process: one loop, its connections, and the jobs it owns.
+ * Internal to sbx-worker (sbx__ names); main.c and job.c share it. */
+#ifndef SBX_WORKER_H
+#define SBX_WORKER_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "db.h"
+#include "kafka.h"
+#include "lease.h"
+#include "loop.h"
+#include "provider.h"
+#include "redis.h"
+
+typedef struct sbx_worker sbx_worker;
+typedef struct job job;
+
+/* Counters the cron logs and tests read from the log. */
+typedef struct sbx_stats {
+    uint64_t received, duplicates, dead_lettered, succeeded, failed, timed_out, canceled;
+    uint64_t lease_waits, fenced_out, retries;
+} sbx_stats;
+
+/* Jobs are found by id in a chained hash table that doubles as it fills. */
+typedef struct sbx_jobtab {
+    job **slots;
+    size_t nslots, count;
+} sbx_jobtab;
+
+struct sbx_worker {
+    sbx_config cfg;
+    sbx_loop *loop;
+    sbx_kafka *kafka;
+    sbx_db *db;
+    sbx_redis *redis;
+    sbx_leases *leases;
+    sbx_provider *prov;
+    sbx_jobtab jobs;
+    job *wait_head, *wait_tail;   /* jobs waiting for capacity, FIFO */
+    job *dead;                    /* finished jobs, freed before the loop sleeps */
+    sbx_stats stats;
+    int stopping;
+    uint64_t stop_deadline_ms;
+};
+
+void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m);
+/* A lease of `project` (or any slot) was released here: wake waiters. */
+void sbx__jobs_wake(sbx_worker *w, const char *project);
+/* Frees finished jobs (a safe point: no callback of theirs is on the stack). */
+void sbx__jobs_reap(sbx_worker *w);
+/* Shutdown: cancels every running build, frees every job. */
+void sbx__jobs_abandon(sbx_worker *w);
+size_t sbx__jobs_count(const sbx_worker *w);
+
+#endif
