@@ -48,7 +48,20 @@ static const char acquire_lua[] =
     "  if l[1] == job then return {'HELD', held, 0, left, reaped} end\n"
     "  return {'BUSY', held, 0, left, reaped}\n"
     "end\n"
-    "local slot = redis.call('SPOP', '{sbx}:free:' .. pool)\n"
+    /* A slot on a VM whose agent stopped heartbeating is never handed out:
+     * it leaves the pool (the agent registers again when it comes back).
+     * Slots without a {sbx}:vm: hash (local, docker, fly) skip the check. */
+    "local slot\n"
+    "for _ = 1, 64 do\n"
+    "  slot = redis.call('SPOP', '{sbx}:free:' .. pool)\n"
+    "  if not slot then return {'NOCAP', '', 0, 0, reaped} end\n"
+    "  local vm = string.match(slot, '^[^#]+')\n"
+    "  local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')\n"
+    "  if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then break end\n"
+    "  redis.call('SREM', '{sbx}:slots:' .. pool, slot)\n"
+    "  redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')\n"
+    "  slot = nil\n"
+    "end\n"
     "if not slot then return {'NOCAP', '', 0, 0, reaped} end\n"
     "local token = redis.call('INCR', '{sbx}:fence')\n"
     "redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker',"

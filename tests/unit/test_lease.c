@@ -154,6 +154,45 @@ static void test_register_shrinks_pool(void **state)
     assert_int_equal(last.status, SBX_LEASE_NOCAP);
 }
 
+static volatile int cmd_done;
+static void on_cmd(void *arg, redisReply *rep) { (void)arg; (void)rep; cmd_done = 1; }
+
+static void redis_do(const char *a0, const char *a1, const char *a2, const char *a3,
+                     const char *a4, const char *a5)
+{
+    const char *argv[6] = {a0, a1, a2, a3, a4, a5};
+    size_t lens[6];
+    int n = 0;
+    while (n < 6 && argv[n]) {
+        lens[n] = strlen(argv[n]);
+        n++;
+    }
+    cmd_done = 0;
+    assert_int_equal(sbx_redis_cmd(R, on_cmd, NULL, n, argv, lens), 0);
+    assert_true(test_run_until(L, &cmd_done, 5000));
+}
+
+static void test_vm_without_heartbeat_is_never_handed_out(void **state)
+{
+    const char *ids[2] = {"vm-dead", "vm-live"};
+    (void)state;
+    /* Heartbeats in Redis server time: one from 1970, one far in the future. */
+    redis_do("HSET", "{sbx}:vm:vm-dead", "heartbeat_ms", "1000", "ttl_ms", "90000");
+    redis_do("HSET", "{sbx}:vm:vm-live", "heartbeat_ms", "99999999999999", "ttl_ms", "90000");
+    CALL(sbx_lease_register(LS, "vmp", ids, 2, on_rep, NULL));
+    for (int i = 0; i < 2; i++) {
+        char proj[16];
+        snprintf(proj, sizeof(proj), "vp%d", i);
+        CALL(sbx_lease_acquire(LS, "vmp", proj, proj, "w", 10000, on_rep, NULL));
+        if (i == 0) {
+            assert_int_equal(last.status, SBX_LEASE_OK);
+            assert_string_equal(last_slot, "vm-live");
+        } else {
+            assert_int_equal(last.status, SBX_LEASE_NOCAP);
+        }
+    }
+}
+
 static void test_survives_redis_restart(void **state)
 {
     struct timespec ts = {0, 50 * 1000000};
@@ -191,6 +230,7 @@ int main(void)
         cmocka_unit_test(test_one_build_per_project_and_tokens_grow),
         cmocka_unit_test(test_expired_lease_is_reaped),
         cmocka_unit_test(test_register_shrinks_pool),
+        cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),
         cmocka_unit_test(test_survives_redis_restart),
     };
     return cmocka_run_group_tests_name("lease", tests, setup, teardown);
