@@ -122,8 +122,8 @@ sbx_err sbx_producer_send_raw(sbx_producer *p, const char *key, const char *msg,
 
 /* Bulk publishing: sbx_producer_queue() validates msg and queues it without
  * waiting; cb (if not NULL) is called once with the outcome, from inside a
- * later send/flush/free call of the same handle. Returns SBX_EINVAL (nothing
- * queued, cb never called) for a refused message. */
+ * later send/flush/free call of the same handle. Any error return means
+ * nothing was queued and cb is never called; SBX_EINVAL: a refused message. */
 typedef void sbx_delivery_fn(void *arg, const char *job_id, sbx_err err, const char *errstr);
 sbx_err sbx_producer_queue(sbx_producer *p, const char *msg, size_t len,
                            sbx_delivery_fn *cb, void *arg,

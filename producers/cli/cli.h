@@ -1,0 +1,53 @@
+/* cli.h — what the `sbx` subcommands share: configuration, exit codes, the
+ * database connection. Internal to producers/cli/. */
+#ifndef SBX_CLI_H
+#define SBX_CLI_H
+
+#include <getopt.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+/* Exit codes of every subcommand. */
+enum {
+    SBX_EXIT_OK = 0,
+    SBX_EXIT_FAIL = 1,     /* the operation failed, or (status) the job is unknown */
+    SBX_EXIT_USAGE = 2,    /* bad arguments, missing configuration, refused message */
+    SBX_EXIT_TIMEOUT = 3,  /* wait: not every job finished in time */
+};
+
+/* From the environment, overridden by flags. NULL = not configured. */
+struct sbx__cli_config {
+    const char *brokers;       /* SBX_BROKERS, --brokers */
+    const char *topic;         /* SBX_TOPIC, --topic; default "sbx.jobs" */
+    const char *database_url;  /* SBX_DATABASE_URL, --database-url */
+};
+
+/* Options every subcommand accepts; the short codes are out of the char range
+ * so they never collide with a subcommand's own. */
+enum { OPT_BROKERS = 1000, OPT_TOPIC, OPT_DATABASE_URL, OPT_HELP };
+#define SBX_CLI_COMMON_OPTIONS                                          \
+    { "brokers", required_argument, NULL, OPT_BROKERS },                \
+    { "topic", required_argument, NULL, OPT_TOPIC },                    \
+    { "database-url", required_argument, NULL, OPT_DATABASE_URL },      \
+    { "help", no_argument, NULL, OPT_HELP }
+
+/* Applies a common option; returns false if c is not one. */
+bool sbx__cli_common_option(struct sbx__cli_config *cfg, int c, const char *arg);
+
+/* Prints the usage of cmd ("" for the program) to stdout or stderr. */
+void sbx__cli_usage(const char *cmd, bool to_stderr);
+
+/* Connects to cfg->database_url; on failure prints one line and returns NULL
+ * with *exit_code set (2: not configured, 1: connection failed). */
+PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code);
+
+/* Prints a libpq error as one line: "sbx: <what>: <message>". */
+void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res);
+
+int sbx__cmd_enqueue(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_status(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg);
+
+#endif

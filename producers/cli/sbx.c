@@ -1,0 +1,190 @@
+/* sbx.c — the `sbx` command: submit jobs and look at their runs.
+ *
+ * One program with subcommands, each in its own file: enqueue.c (Kafka),
+ * runs.c (status, wait, cancel: the sbx.runs tables) and migrate.c (the
+ * schema). This file holds what they share: configuration from the
+ * environment with flags overriding, usage text, and the database
+ * connection. Messages for people go to stderr; what scripts read (job ids,
+ * statuses, JSON) goes to stdout.
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct command {
+    const char *name;
+    int (*run)(int argc, char **argv, struct sbx__cli_config *cfg);
+    const char *usage;
+} commands[] = {
+    { "enqueue", sbx__cmd_enqueue,
+      "usage: sbx enqueue [options] (-- ARGV... | --script TEXT | --json FILE|-)\n"
+      "Publishes a job to Kafka (keyed by its project_id), waits for the brokers to\n"
+      "acknowledge it, and prints its job id. The message is checked against\n"
+      "schemas/job.v1.schema.json first: a refused message is never sent (exit 2).\n"
+      "  --project P            project id (required unless --json)\n"
+      "  --job-id J             job id (default: a new random id)\n"
+      "  --timeout S            timeout_s of the job\n"
+      "  --env K=V              an environment variable (repeatable); --env K takes\n"
+      "                         the value of K from this environment\n"
+      "  --file PATH=CONTENT    a file written into the workspace (repeatable)\n"
+      "  --network              give the sandbox network access\n"
+      "  --provider NAME        any, local, vmpool, docker or fly\n"
+      "  --image I              image reference for the provider\n"
+      "  -- ARGV...             the command to run (no shell)\n"
+      "  --script TEXT          shell text to run with /bin/sh -c\n"
+      "  --json FILE|-          send the message(s) in FILE or stdin as they are: one\n"
+      "                         JSON document, or one message per line (all are\n"
+      "                         checked before any is sent; a message without job_id\n"
+      "                         gets a new one); prints one job id per line\n"
+      "  --raw                  with --json: send the bytes unchecked as one message,\n"
+      "                         keyed by --project if given (for dead-letter tests)\n"
+      "  --delivery-timeout S   how long to wait for the brokers (default 30)\n"
+      "  -X, --kafka KEY=VALUE  a librdkafka setting (repeatable)\n" },
+    { "status", sbx__cmd_status,
+      "usage: sbx status JOB_ID [--json] [--history]\n"
+      "Prints a run from sbx.runs: status, attempt, exit code, error, provider and\n"
+      "slot, worker, times, preview URL and the end of its log.\n"
+      "  --json      print the row as one JSON object\n"
+      "  --history   also print its transitions (sbx.run_events), oldest first\n"
+      "Exit status: 0 found, 1 unknown job.\n" },
+    { "wait", sbx__cmd_wait,
+      "usage: sbx wait JOB_ID... [--timeout S]\n"
+      "Waits until every job is finished (succeeded, failed, timed_out, canceled or\n"
+      "dead_lettered), then prints \"JOB_ID STATUS\" for each.\n"
+      "  --timeout S   give up after S seconds (default 600)\n"
+      "Exit status: 0 all finished, 3 timed out (statuses so far are printed).\n" },
+    { "cancel", sbx__cmd_cancel,
+      "usage: sbx cancel JOB_ID\n"
+      "Marks the run cancel_requested and notifies channel sbx_cancel, which the\n"
+      "worker running it listens to. A finished run is left alone.\n"
+      "Exit status: 0 done (or already finished), 1 unknown job.\n" },
+    { "migrate", sbx__cmd_migrate,
+      "usage: sbx migrate [--dir DIR]\n"
+      "Applies migrations DIR/NNNN_*.sql in order, each in its own transaction,\n"
+      "and records them in public.sbx_schema_migrations with their sha256. Safe to\n"
+      "run twice or concurrently (it holds an advisory lock). A migration whose\n"
+      "file changed after it was applied is an error.\n"
+      "  --dir DIR   default: $SBX_MIGRATIONS_DIR, else ./migrations, else\n"
+      "              /usr/local/share/sbx/migrations\n" },
+};
+
+static const char program_usage[] =
+    "usage: sbx [--brokers B] [--topic T] [--database-url URL] COMMAND [ARGS]\n"
+    "Commands:\n"
+    "  enqueue   publish a job to Kafka and print its id\n"
+    "  status    show a run\n"
+    "  wait      wait until runs finish\n"
+    "  cancel    ask the worker to cancel a run\n"
+    "  migrate   create or upgrade the database schema\n"
+    "Run `sbx COMMAND --help` for a command's options.\n";
+
+static const char common_usage[] =
+    "Configuration (flags override the environment):\n"
+    "  --brokers B          SBX_BROKERS       Kafka bootstrap servers, host:port,...\n"
+    "  --topic T            SBX_TOPIC         job topic (default sbx.jobs)\n"
+    "  --database-url URL   SBX_DATABASE_URL  PostgreSQL connection string\n";
+
+void sbx__cli_usage(const char *cmd, bool to_stderr)
+{
+    FILE *f = to_stderr ? stderr : stdout;
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        if (strcmp(cmd, commands[i].name) == 0) {
+            fprintf(f, "%s%s", commands[i].usage, common_usage);
+            return;
+        }
+    }
+    fprintf(f, "%s%s", program_usage, common_usage);
+}
+
+bool sbx__cli_common_option(struct sbx__cli_config *cfg, int c, const char *arg)
+{
+    switch (c) {
+    case OPT_BROKERS:      cfg->brokers = arg; return true;
+    case OPT_TOPIC:        cfg->topic = arg; return true;
+    case OPT_DATABASE_URL: cfg->database_url = arg; return true;
+    }
+    return false;
+}
+
+void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
+{
+    const char *msg = res ? PQresultErrorMessage(res) : "";
+    char line[1024];
+    if (!msg || !*msg)
+        msg = conn ? PQerrorMessage(conn) : "unknown error";
+    snprintf(line, sizeof line, "%s", msg);
+    for (char *p = line; *p; p++)
+        if (*p == '\n')
+            *p = p[1] ? ' ' : '\0';
+    fprintf(stderr, "sbx: %s: %s\n", what, line);
+}
+
+PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code)
+{
+    if (!cfg->database_url || !*cfg->database_url) {
+        fprintf(stderr, "sbx: no database configured: set SBX_DATABASE_URL (e.g. "
+                        "postgresql://sbx@127.0.0.1:5432/sbx) or pass --database-url\n");
+        *exit_code = SBX_EXIT_USAGE;
+        return NULL;
+    }
+    /* dbname last: settings in the URL win over these defaults. */
+    const char *const keys[] = { "application_name", "connect_timeout", "dbname", NULL };
+    const char *const vals[] = { "sbx", "10", cfg->database_url, NULL };
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        sbx__cli_pg_error("database", conn, NULL);
+        PQfinish(conn);
+        *exit_code = SBX_EXIT_FAIL;
+        return NULL;
+    }
+    /* IF NOT EXISTS and friends talk at NOTICE level; keep stderr for problems. */
+    PQclear(PQexec(conn, "SET client_min_messages = warning"));
+    return conn;
+}
+
+int main(int argc, char **argv)
+{
+    struct sbx__cli_config cfg = {
+        .brokers = getenv("SBX_BROKERS"),
+        .topic = getenv("SBX_TOPIC"),
+        .database_url = getenv("SBX_DATABASE_URL"),
+    };
+    static const struct option opts[] = { SBX_CLI_COMMON_OPTIONS, { 0, 0, 0, 0 } };
+    int c;
+
+    if (!cfg.topic || !*cfg.topic)
+        cfg.topic = "sbx.jobs";
+    /* Options before the command; "+" stops at the command name. */
+    opterr = 1;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        if (c == OPT_HELP) {
+            sbx__cli_usage("", false);
+            return SBX_EXIT_OK;
+        }
+        if (!sbx__cli_common_option(&cfg, c, optarg)) {
+            sbx__cli_usage("", true);
+            return SBX_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        sbx__cli_usage("", true);
+        return SBX_EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        if (strcmp(name, commands[i].name) == 0) {
+            int sub_argc = argc - optind;
+            char **sub_argv = argv + optind;
+            optind = 0; /* glibc: 0 restarts getopt for the subcommand's argv */
+            return commands[i].run(sub_argc, sub_argv, &cfg);
+        }
+    }
+    if (strcmp(name, "help") == 0) {
+        sbx__cli_usage(optind + 1 < argc ? argv[optind + 1] : "", false);
+        return SBX_EXIT_OK;
+    }
+    fprintf(stderr, "sbx: unknown command \"%s\"; run `sbx --help`\n", name);
+    return SBX_EXIT_USAGE;
+}
