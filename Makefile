@@ -46,6 +46,14 @@ include tests/tests.mk
 
 bins: $(BINS)
 
+# The embedded Kafka of `make run` (librdkafka's mock cluster; never the tests').
+$(BUILD)/bin/sbx-mockbroker: $(BUILD)/obj/tests/services/mockbroker.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+run: bins $(BUILD)/bin/sbx-mockbroker
+	tests/services/demo.sh $(BUILD)
+
 asan:
 	$(MAKE) BUILD=build-asan SANITIZE=1 test
 

@@ -1,15 +1,20 @@
 # tests/tests.mk — `make test` = unit tests (cmocka, one program per module,
-# each run in its own process) + schema vectors (ajv vs C) + end-to-end tests
-# (pytest driving real sbx processes against real Kafka, Redis, PostgreSQL).
+# each run in its own process, against a private Redis/PostgreSQL) + schema
+# vectors (Ajv vs the C validator) + end-to-end tests (pytest driving real sbx
+# processes against a real Kafka broker, Redis and PostgreSQL).
 UNIT_LIBS := -lcmocka
+PYTEST    ?= python3 -m pytest
 
 -include tests/unit/*.mk
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(WORKER_LIB_OBJS) $(LIBSBX)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(UNIT_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(PKG_LIBS) $(UNIT_LIBS)
 
-unit: $(TEST_BINS)
-	@set -e; for t in $(TEST_BINS); do echo "== $$t"; $$t; done
+unit: $(TEST_BINS) $(BUILD)/bin/sbx
+	python3 tests/services/sbxsvc.py run --no-kafka -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
 
-test: bins unit
+e2e: bins
+	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra tests/e2e
+
+test: bins unit schema-test e2e

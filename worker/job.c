@@ -831,8 +831,17 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     job *j;
 
     w->stats.received++;
-    if (sbx_job_parse(m->payload, m->len, &spec, &why, err, sizeof(err)) != SBX_OK) {
+    switch (sbx_job_parse(m->payload, m->len, &spec, &why, err, sizeof(err))) {
+    case SBX_OK:
+        break;
+    case SBX_EINVAL:
         dead_letter(w, m, why, err);
+        return;
+    default:
+        /* Out of memory is ours, not the message's: leave the offset
+         * unfinished so it is redelivered, rather than dead-letter it. */
+        sbx_error("job", "p%d@%" PRId64 " not parsed: %s; left unfinished", (int)m->partition,
+                  m->offset, err);
         return;
     }
     j = tab_find(&w->jobs, spec->job_id);

@@ -1,0 +1,259 @@
+"""test_worker.py — sbx-worker end to end: real Kafka, Redis, PostgreSQL,
+real bubblewrap sandboxes, real processes killed and restarted.
+
+Each test gets its own job topic, dead-letter topic and consumer group, so
+tests never see each other's messages. Assertions are made from what a UI
+backend would read (sbx.runs, sbx.run_events) and from what the sandboxed
+builds themselves printed.
+"""
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+import sbxsvc
+from conftest import wait_until
+
+TERMINAL = ("succeeded", "failed", "timed_out", "canceled", "dead_lettered")
+
+
+@pytest.fixture
+def topics(services):
+    """A fresh job topic (8 partitions), dead-letter topic and group."""
+    tag = uuid.uuid4().hex[:10]
+    jobs, dlq = "sbx.e2e.%s" % tag, "sbx.e2e.%s.dlq" % tag
+    port = int(services["SBX_BROKERS"].rsplit(":", 1)[1])
+
+    def created():
+        with sbxsvc._KafkaConn(port, 5.0) as k:
+            errs = dict(k.create_topics({jobs: 8, dlq: 1}, 5000))
+        return all(e in (0, 36) for e in errs.values())
+
+    wait_until(created, 30, "topics created")
+
+    def leaders():
+        out = subprocess.run(["kcat", "-b", services["SBX_BROKERS"], "-L", "-J", "-t", jobs],
+                             capture_output=True, text=True, timeout=30).stdout
+        try:
+            meta = json.loads(out)
+        except ValueError:
+            return False
+        parts = [p for t in meta["topics"] for p in t.get("partitions", [])]
+        return len(parts) == 8 and all(p.get("leader", -1) >= 0 for p in parts)
+
+    wait_until(leaders, 30, "partition leaders")
+    return {"SBX_TOPIC": jobs, "SBX_DLQ_TOPIC": dlq, "SBX_GROUP": "g-" + tag}
+
+
+@pytest.fixture
+def workdir():
+    # Builds run as unprivileged slot uids: the workspace parent must be
+    # traversable by them (pytest's tmp_path is 0700).
+    d = tempfile.mkdtemp(prefix="sbx-e2e-work-")
+    os.chmod(d, 0o755)
+    yield d
+    subprocess.run(["rm", "-rf", d])
+
+
+def enqueue(run_sbx, topics, jobs):
+    """Publishes job dicts through `sbx enqueue --json -` (one connection)."""
+    lines = "".join(json.dumps(j) + "\n" for j in jobs)
+    r = run_sbx("enqueue", "--json", "-", input=lines, env={"SBX_TOPIC": topics["SBX_TOPIC"]})
+    ids = r.stdout.split()
+    assert ids == [j["job_id"] for j in jobs]
+    return ids
+
+
+def statuses(pg, ids):
+    rows = pg.query("SELECT job_id, status FROM sbx.runs WHERE job_id = ANY(%s)", list(ids))
+    return {r[0]: r[1] for r in rows}
+
+
+def wait_terminal(pg, ids, timeout, workers=()):
+    def all_done():
+        st = statuses(pg, ids)
+        return len(st) == len(ids) and all(s in TERMINAL for s in st.values())
+    try:
+        wait_until(all_done, timeout, "%d jobs terminal" % len(ids))
+    except BaseException:
+        st = statuses(pg, ids)
+        print("not terminal:", {k: v for k, v in st.items() if v not in TERMINAL},
+              "missing:", len(ids) - len(st))
+        for w in workers:
+            print(w.tail(40))
+        raise
+    return statuses(pg, ids)
+
+
+def history(pg, job_id):
+    return [r[0] for r in pg.query(
+        "SELECT to_status FROM sbx.run_events WHERE job_id = %s ORDER BY id", job_id)]
+
+
+def job(project, script, **kw):
+    d = {"job_id": "e2e-" + uuid.uuid4().hex[:16], "project_id": project, "script": script}
+    d.update(kw)
+    return d
+
+
+def test_200_jobs_20_projects(run_sbx, pg, start_worker, topics, workdir):
+    """200 jobs across 20 projects, two workers with three slots each: every
+    job succeeds exactly once with its own output, and no project ever had
+    two builds at once — judged from the builds' own clocks."""
+    jobs = []
+    for i in range(200):
+        j = job("proj-%02d" % (i % 20), "")
+        j["script"] = ('echo start=$(date +%%s%%N); echo "out-%s"; sleep 0.05; '
+                       'echo end=$(date +%%s%%N)' % j["job_id"])
+        jobs.append(j)
+    # Two "hosts": own node names and disjoint slot uids (one box in a test).
+    ws = [start_worker(SBX_LOCAL_SLOTS=3, SBX_NODE="n%d" % k, SBX_UID_BASE=61000 + 100 * k,
+                       SBX_WORK_DIR=workdir, **topics)
+          for k in range(2)]
+    t0 = time.monotonic()
+    ids = enqueue(run_sbx, topics, jobs)
+    st = wait_terminal(pg, ids, 240, ws)
+    elapsed = time.monotonic() - t0
+    assert set(st.values()) == {"succeeded"}, st
+    rows = pg.query("SELECT job_id, project_id, attempt, log_tail, worker_id FROM sbx.runs "
+                    "WHERE job_id = ANY(%s)", ids)
+    by_project = {}
+    for job_id, project, attempt, tail, worker in rows:
+        assert attempt == 1, job_id
+        assert "out-%s" % job_id in tail
+        h = history(pg, job_id)
+        assert h.count("running") == 1 and h[-1] == "succeeded", (job_id, h)
+        s = int(re.search(r"start=(\d+)", tail).group(1))
+        e = int(re.search(r"end=(\d+)", tail).group(1))
+        by_project.setdefault(project, []).append((s, e, job_id))
+    for project, spans in by_project.items():
+        spans.sort()
+        for (s1, e1, j1), (s2, e2, j2) in zip(spans, spans[1:]):
+            assert e1 <= s2, "%s: %s and %s overlapped" % (project, j1, j2)
+    used = {r[4] for r in rows}
+    print("200 jobs in %.1f s (%.0f jobs/s) over workers %s" % (elapsed, 200 / elapsed, sorted(used)))
+
+
+def test_exit_code_and_timeout(run_sbx, pg, start_worker, topics, workdir):
+    """exit 3 ends failed with exit_code 3; a build that outlives its timeout
+    ends timed_out and none of its processes survive."""
+    marker = str(31000 + os.getpid() % 1000)
+    fail = job("p-fail", "echo failing; exit 3")
+    slow = job("p-slow", "sleep %s & sleep %s; echo never" % (marker, marker), timeout_s=2)
+    w = start_worker(SBX_WORK_DIR=workdir, **topics)
+    ids = enqueue(run_sbx, topics, [fail, slow])
+    wait_terminal(pg, ids, 60, [w])
+    (st, code, tail) = pg.query("SELECT status, exit_code, log_tail FROM sbx.runs "
+                                "WHERE job_id = %s", fail["job_id"])[0]
+    assert (st, code) == ("failed", 3) and "failing" in tail
+    (st, tail, err) = pg.query("SELECT status, log_tail, error FROM sbx.runs WHERE job_id = %s",
+                               slow["job_id"])[0]
+    assert st == "timed_out" and "never" not in (tail or ""), (st, tail, err)
+    ps = subprocess.run(["pgrep", "-f", "sleep %s" % marker], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "processes of the timed-out build survived: " + ps.stdout
+
+
+def test_malformed_messages_dead_lettered(run_sbx, pg, kafka, start_worker, topics, workdir):
+    """Bad JSON, wrong types, a missing job_id and non-UTF-8 bytes land in the
+    dead-letter topic with their reason and original bytes; the worker keeps
+    going and runs the valid job published after them."""
+    bad = [
+        ("k1", b'{"job_id": "x", "project_id": '),                                  # bad JSON
+        ("k2", json.dumps({"job_id": "e2e-types", "project_id": 7, "script": 1}).encode()),
+        ("k3", json.dumps({"project_id": "p", "script": "true"}).encode()),        # no job_id
+        ("k4", b'{"job_id": "e2e-\xff", "project_id": "p", "script": "true"}'),    # not UTF-8
+    ]
+    w = start_worker(SBX_WORK_DIR=workdir, **topics)
+    kafka.produce(topics["SBX_TOPIC"], bad)
+    good = job("p-good", "echo still-alive")
+    enqueue(run_sbx, topics, [good])
+    st = wait_terminal(pg, [good["job_id"]], 60, [w])
+    assert st[good["job_id"]] == "succeeded"
+    env = kafka.consume(topics["SBX_DLQ_TOPIC"], 4, timeout=60)
+    got = {}
+    for m in env:
+        e = json.loads(m["payload"])
+        got[m["key"]] = e
+        assert e["v"] == 1 and e["topic"] == topics["SBX_TOPIC"] and e["worker_id"] == w.name
+        assert isinstance(e["partition"], int) and isinstance(e["offset"], int)
+    assert {k: got[k]["reason"] for k in got} == {
+        "k1": "invalid_json", "k2": "schema_violation", "k3": "schema_violation", "k4": "not_utf8"}
+    for key, raw in bad:
+        assert base64.b64decode(got[key]["payload_base64"]) == raw
+    assert "job_id" in got["k3"]["detail"]
+    assert got["k4"]["payload"] is None
+    assert w.running
+
+
+def test_duplicate_delivery_runs_once(run_sbx, pg, kafka, start_worker, topics, workdir):
+    """The same job published three times (twice while it runs, once after it
+    finished) runs once."""
+    j = job("p-dup", "sleep 1; echo once")
+    msg = json.dumps(j)
+    w = start_worker(SBX_WORK_DIR=workdir, **topics)
+    kafka.produce(topics["SBX_TOPIC"], [("p-dup", msg), ("p-dup", msg)])
+    wait_terminal(pg, [j["job_id"]], 60, [w])
+    mark = w.mark()
+    kafka.produce(topics["SBX_TOPIC"], [("p-dup", msg)])
+    w.wait_log(r"%s already succeeded; skipped" % j["job_id"], 30, since=mark)
+    assert history(pg, j["job_id"]).count("running") == 1
+    assert pg.scalar("SELECT attempt FROM sbx.runs WHERE job_id = %s", j["job_id"]) == 1
+
+
+def test_kill9_restart_every_job_once(run_sbx, pg, start_worker, topics, workdir):
+    """kill -9 of the worker while builds run, then a restart: every job still
+    reaches exactly one terminal state; the killed builds left no process."""
+    marker = "sbx-kill9-%d" % os.getpid()
+    jobs = [job("k9-%d" % (i % 6), "echo %s >/dev/null; sleep 1; echo done-%d" % (marker, i))
+            for i in range(24)]
+    env = dict(SBX_LOCAL_SLOTS=3, SBX_LEASE_TTL_MS=3000, SBX_KAFKA_SESSION_TIMEOUT_MS=6000,
+               SBX_WORK_DIR=workdir, **topics)
+    w1 = start_worker(**env)
+    ids = enqueue(run_sbx, topics, jobs)
+    wait_until(lambda: pg.scalar("SELECT count(*) FROM sbx.runs WHERE job_id = ANY(%s) "
+                                 "AND status = 'succeeded'", ids) >= 3, 60, "first jobs done")
+    def running_now():
+        return pg.scalar("SELECT count(*) FROM sbx.runs WHERE job_id = ANY(%s) AND status = "
+                         "'running'", ids)
+    wait_until(lambda: running_now() >= 2, 30, "builds running")
+    running = running_now()
+    w1.kill(signal.SIGKILL)
+    w1.wait(10)
+    wait_until(lambda: subprocess.run(["pgrep", "-f", "sleep 1; echo done"],
+                                      capture_output=True).returncode != 0,
+               10, "the killed worker's sandboxes to be gone")
+    t0 = time.monotonic()
+    w2 = start_worker(**env)
+    st = wait_terminal(pg, ids, 180, [w2])
+    assert set(st.values()) == {"succeeded"}, st
+    reran = 0
+    for job_id in ids:
+        h = history(pg, job_id)
+        assert sum(1 for s in h if s in TERMINAL) == 1, (job_id, h)
+        if h.count("running") > 1:
+            reran += 1
+    print("killed with %d builds running; %d jobs re-ran; settled %.1f s after restart"
+          % (running, reran, time.monotonic() - t0))
+
+
+def test_bad_config_stops_startup(sbx_bin, services):
+    """One clear line per bad setting, naming the variable and the fix."""
+    env = dict(os.environ, **services)
+    env.update(SBX_LOCAL_SLOTS="lots", SBX_LEASE_TTL_MS="5")
+    env.pop("SBX_BROKERS")
+    r = subprocess.run([str(sbx_bin / "sbx-worker")], env=env, capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert any("SBX_BROKERS" in l and "not set" in l for l in lines), r.stderr
+    assert any("SBX_LOCAL_SLOTS=lots" in l and "integer" in l for l in lines), r.stderr
+    assert any("SBX_LEASE_TTL_MS=5" in l for l in lines), r.stderr
+    assert len(lines) == 3, r.stderr
