@@ -1,0 +1,875 @@
+/* test_local.c — the local provider: first the shared conformance scenarios,
+ * then what only a bubblewrap sandbox on this host promises: the slot's uid,
+ * no network unless both sides allow it, read-only host, rlimits, a fork
+ * bomb and a memory hog contained, file paths that escape refused, graceful
+ * cancel, daemons killed, secrets kept off the host's command lines, and the
+ * host chores (uid sweep, stale workspaces).
+ *
+ * Real bwrap, real processes. Runs as root to test the per-slot uids (the
+ * worker's production mode); as another user those tests are skipped. The
+ * uid range is derived from our pid so two runs at once (plain and ASan
+ * builds) never sweep each other's builds.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conformance.h"
+#include "log.h"
+#include "provider.h"
+#include "sandbox.h"
+
+static char g_work_dir[256];
+static int g_uid_base;
+static int g_root;
+static int64_t g_token = 5000;
+
+/* ---- a provider with a given config ---- */
+
+typedef struct lcfg {
+    int allow_network;
+    int kill_grace_ms;
+    const char *bwrap;
+} lcfg;
+
+static sbx_provider *make_cfg(sbx_loop *loop, const lcfg *o)
+{
+    sbx_local_config cfg;
+    sbx_provider *p = NULL;
+    char err[256];
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.node = "testbox";
+    cfg.slots = 2;
+    cfg.work_dir = g_work_dir;
+    cfg.uid_base = g_uid_base;
+    cfg.allow_network = o->allow_network;
+    cfg.default_memory_mb = 512;
+    cfg.default_pids = 64;
+    cfg.default_cpus = 1;
+    cfg.kill_grace_ms = o->kill_grace_ms;
+    cfg.bwrap = o->bwrap;
+    if (sbx_local_new(loop, &cfg, &p, err, sizeof(err)) != 0) {
+        print_error("sbx_local_new: %s\n", err);
+        return NULL;
+    }
+    return p;
+}
+
+static sbx_provider *make_default(sbx_loop *loop)
+{
+    lcfg o = {0, 1000, "bwrap"};
+    return make_cfg(loop, &o);
+}
+
+/* ---- running one job ---- */
+
+typedef struct lrun {
+    sbx_run *run;
+    int started, finished, order_bad;
+    uint64_t t_start_ms, t_finished_ms;
+    int64_t token;
+    sbx_result res;
+} lrun;
+
+typedef struct lenv {
+    sbx_loop *loop;
+    sbx_provider *p;
+    const char **slots;
+} lenv;
+
+static void on_event(void *arg, sbx_run_event ev, const sbx_result *res)
+{
+    lrun *r = arg;
+    if (r->finished)
+        r->order_bad = 1;
+    if (ev == SBX_RUN_STARTED) {
+        r->started++;
+        return;
+    }
+    if (!r->started)
+        r->order_bad = 1;
+    r->finished++;
+    r->t_finished_ms = sbx_now_ms();
+    r->res = *res;
+}
+
+static int env_open(lenv *e, const lcfg *o)
+{
+    memset(e, 0, sizeof(*e));
+    if (sbx_loop_new(&e->loop) != 0)
+        return -1;
+    e->p = o ? make_cfg(e->loop, o) : make_default(e->loop);
+    if (!e->p)
+        return -1;
+    e->p->ops->slots(e->p, &e->slots);
+    return 0;
+}
+
+static void env_close(lenv *e)
+{
+    if (e->p)
+        e->p->ops->destroy(e->p);
+    if (e->loop)
+        sbx_loop_free(e->loop);
+}
+
+static void job_init(sbx_job *j, const char *script, int timeout_s)
+{
+    memset(j, 0, sizeof(*j));
+    snprintf(j->job_id, sizeof(j->job_id), "j_local_%" PRId64, g_token);
+    snprintf(j->project_id, sizeof(j->project_id), "p_local");
+    j->script = (char *)script;
+    j->timeout_s = timeout_s;
+}
+
+static int start(lenv *e, int slot, const sbx_job *job, lrun *r, char *err, size_t errlen)
+{
+    sbx_run_req req;
+    memset(r, 0, sizeof(*r));
+    r->token = g_token++;
+    req.job = job;
+    req.slot = e->slots[slot];
+    req.token = r->token;
+    req.attempt = 1;
+    r->t_start_ms = sbx_now_ms();
+    return e->p->ops->start(e->p, &req, on_event, r, &r->run, err, errlen);
+}
+
+static int wait_done(lenv *e, lrun *r, uint64_t deadline_ms)
+{
+    uint64_t until = sbx_now_ms() + deadline_ms;
+    while (!r->finished && sbx_now_ms() < until)
+        sbx_loop_once(e->loop, 20);
+    return r->finished;
+}
+
+/* Starts, waits, checks the callback contract; the result is in r->res. */
+static void run_job(lenv *e, int slot, const sbx_job *job, lrun *r)
+{
+    char err[256] = "";
+    int rc = start(e, slot, job, r, err, sizeof(err));
+    if (rc)
+        print_error("start: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_true(wait_done(e, r, 30000));
+    assert_int_equal(r->started, 1);
+    assert_int_equal(r->finished, 1);
+    assert_false(r->order_bad);
+}
+
+static void run_script(const char *script, int slot, lrun *r)
+{
+    lenv e;
+    sbx_job job;
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, script, 60);
+    run_job(&e, slot, &job, r);
+    env_close(&e);
+}
+
+static int wait_marker(lenv *e, lrun *r, const char *marker)
+{
+    uint64_t until = sbx_now_ms() + 5000;
+    while (sbx_now_ms() < until && !r->finished) {
+        if (sbx_conformance_procs_with(marker, 1) > 0)
+            return 1;
+        sbx_loop_once(e->loop, 10);
+    }
+    return 0;
+}
+
+static int limit_of(const char *limits, const char *name, long long *soft, long long *hard)
+{
+    const char *l = strstr(limits, name);
+    char s[32], h[32];
+    if (!l || sscanf(l + strlen(name), " %31s %31s", s, h) != 2)
+        return -1;
+    *soft = strcmp(s, "unlimited") == 0 ? -1 : atoll(s);
+    *hard = strcmp(h, "unlimited") == 0 ? -1 : atoll(h);
+    return 0;
+}
+
+static int dir_entries(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *de;
+    int n = 0;
+    if (!d)
+        return -1;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* ---- identity and filesystem ---- */
+
+static void t_identity(void **state)
+{
+    lrun r;
+    char want[64];
+    (void)state;
+
+    run_script("id -u; id -g; id -G; whoami; pwd; echo \"HOME=$HOME\"; hostname; "
+               "for p in /root /home /var /work /etc/shadow /etc/sudoers /sys /run; do "
+               "test -e $p && echo HAS$p; done; ls /etc | tr '\\n' ' '; echo",
+               0, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    if (g_root) {
+        snprintf(want, sizeof(want), "%d\n%d\n%d\nbuild\n", g_uid_base, g_uid_base, g_uid_base);
+        assert_true(strncmp(r.res.log_tail, want, strlen(want)) == 0);
+    }
+    assert_non_null(strstr(r.res.log_tail, "\n/workspace\nHOME=/workspace\nsbx\n"));
+    assert_null(strstr(r.res.log_tail, "HAS/"));
+    assert_non_null(strstr(r.res.log_tail, "group "));
+    assert_non_null(strstr(r.res.log_tail, "passwd "));
+    assert_null(strstr(r.res.log_tail, "shadow"));
+}
+
+static void t_second_slot_uid(void **state)
+{
+    lrun r;
+    char want[32];
+    (void)state;
+    if (!g_root)
+        skip();
+    run_script("id -u", 1, &r);
+    snprintf(want, sizeof(want), "%d\n", g_uid_base + 1);
+    assert_string_equal(r.res.log_tail, want);
+}
+
+static void t_read_only_host(void **state)
+{
+    lrun r;
+    (void)state;
+    run_script("touch /usr/x 2>/dev/null && echo W_USR; touch /x 2>/dev/null && echo W_ROOT; "
+               "touch /etc/passwd 2>/dev/null && echo W_ETC; touch /dev/x 2>/dev/null && echo W_DEV; "
+               "touch /tmp/x && echo TMP_OK; touch /workspace/x && echo WS_OK; "
+               "touch /dev/shm/x && echo SHM_OK; echo > /dev/null && echo DEVNULL_OK; "
+               "unshare -U true 2>/dev/null && echo USERNS; true",
+               0, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_null(strstr(r.res.log_tail, "W_"));
+    assert_null(strstr(r.res.log_tail, "USERNS"));
+    assert_non_null(strstr(r.res.log_tail, "TMP_OK\nWS_OK\nSHM_OK\nDEVNULL_OK\n"));
+}
+
+static void t_workspace_lifecycle(void **state)
+{
+    lenv e;
+    sbx_job job;
+    sbx_kv files[] = {{"src/in.txt", "input\n"}};
+    lrun r;
+    char err[256] = "", ws[512], out[600], in[600];
+    struct stat st;
+    uint64_t until;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "cat src/in.txt > out.txt; sleep 1", 60);
+    job.files = files;
+    job.nfiles = 1;
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    snprintf(ws, sizeof(ws), "%s/0-%" PRId64, g_work_dir, r.token);
+    snprintf(out, sizeof(out), "%s/out.txt", ws);
+    snprintf(in, sizeof(in), "%s/src/in.txt", ws);
+    until = sbx_now_ms() + 5000;
+    while (stat(out, &st) != 0 && sbx_now_ms() < until && !r.finished)
+        sbx_loop_once(e.loop, 10);
+    assert_int_equal(stat(out, &st), 0);
+    assert_int_equal(stat(ws, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    if (g_root) {
+        assert_int_equal(st.st_uid, (uid_t)g_uid_base);
+        assert_int_equal(stat(in, &st), 0);
+        assert_int_equal(st.st_uid, (uid_t)g_uid_base);
+    }
+    assert_true(wait_done(&e, &r, 10000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    /* Gone by the time FINISHED is delivered. */
+    assert_int_equal(lstat(ws, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    env_close(&e);
+}
+
+static void t_files_escaping_refused(void **state)
+{
+    static const char *const bad[] = {"../escape", "/etc/evil", "a/../../escape", "", "a//b",
+                                      "./x", "a/", "..", "a/./b"};
+    lenv e;
+    sbx_job job;
+    sbx_kv files[2];
+    lrun r;
+    char err[256], path[512];
+    struct stat st;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        job_init(&job, "echo must-not-run", 60);
+        files[0].key = (char *)bad[i];
+        files[0].value = "x";
+        job.files = files;
+        job.nfiles = 1;
+        err[0] = '\0';
+        assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "files"));
+    }
+    /* Clashing paths are found while writing: the half-made workspace goes. */
+    files[0].key = "a";
+    files[0].value = "1";
+    files[1].key = "a/b";
+    files[1].value = "2";
+    job.nfiles = 2;
+    err[0] = '\0';
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "files"));
+    sbx_loop_once(e.loop, 50);
+    assert_int_equal(r.started + r.finished, 0);
+    assert_int_equal(dir_entries(g_work_dir), 0);
+    snprintf(path, sizeof(path), "%s/../escape", g_work_dir);
+    assert_int_equal(stat(path, &st), -1);
+    /* The slot was never taken. */
+    job_init(&job, "echo fine", 60);
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    env_close(&e);
+}
+
+static void t_env_not_on_cmdline(void **state)
+{
+    lenv e;
+    sbx_job job;
+    sbx_kv env[] = {{"SBX_SECRET", "hunter2-not-for-ps"}};
+    lrun r;
+    char err[256] = "", m[64], script[128];
+    (void)state;
+
+    sbx_conformance_marker(m, 20);
+    snprintf(script, sizeof(script), "echo \"len=${#SBX_SECRET}\"; %s", m);
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, script, 60);
+    job.env = env;
+    job.nenv = 1;
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m));
+    assert_int_equal(sbx_conformance_procs_with("hunter2", 0), 0);
+    e.p->ops->cancel(e.p, r.run);
+    assert_true(wait_done(&e, &r, 10000));
+    assert_non_null(strstr(r.res.log_tail, "len=18\n"));
+    env_close(&e);
+}
+
+/* ---- network ---- */
+
+static int listen_local(int *port)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 1) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        return -1;
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Whether the sandbox sees our listening socket in its /proc/net/tcp. */
+static int sees_host_socket(int allow_network, int job_network, int port)
+{
+    lcfg o = {allow_network, 1000, "bwrap"};
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char script[128];
+    int seen;
+
+    snprintf(script, sizeof(script), "grep -c ':%04X ' /proc/net/tcp; true", port);
+    assert_int_equal(env_open(&e, &o), 0);
+    job_init(&job, script, 60);
+    job.network = job_network;
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    seen = atoi(r.res.log_tail) > 0;
+    env_close(&e);
+    return seen;
+}
+
+static void t_network(void **state)
+{
+    int port = 0, fd = listen_local(&port);
+    (void)state;
+    assert_true(fd >= 0);
+    assert_false(sees_host_socket(0, 1, port)); /* the job asks, the host refuses */
+    assert_false(sees_host_socket(1, 0, port)); /* the host allows, the job does not ask */
+    assert_true(sees_host_socket(1, 1, port));  /* both: the check can see it */
+    close(fd);
+}
+
+/* ---- limits ---- */
+
+static void t_rlimits(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    long long s, h;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "cat /proc/self/limits", 30);
+    job.memory_mb = 256;
+    job.pids = 40;
+    job.disk_mb = 16;
+    job.cpus = 2;
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(limit_of(r.res.log_tail, "Max address space", &s, &h), 0);
+    assert_true(s == 256LL << 20 && h == 256LL << 20);
+    assert_int_equal(limit_of(r.res.log_tail, "Max processes", &s, &h), 0);
+    assert_true(s == 42 && h == 42);
+    assert_int_equal(limit_of(r.res.log_tail, "Max file size", &s, &h), 0);
+    assert_true(s == 16LL << 20 && h == 16LL << 20);
+    assert_int_equal(limit_of(r.res.log_tail, "Max cpu time", &s, &h), 0);
+    assert_true(s == 60 && h == 65);
+    assert_int_equal(limit_of(r.res.log_tail, "Max core file size", &s, &h), 0);
+    assert_true(s == 0 && h == 0);
+    env_close(&e);
+}
+
+static void t_fork_bomb_contained(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char err[256] = "";
+    int max = 0;
+    uint64_t until;
+    (void)state;
+    if (!g_root)
+        skip();
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "bomb() { bomb | bomb & }; bomb; sleep 3; echo bomb-survived", 4);
+    job.pids = 32;
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    until = sbx_now_ms() + 20000;
+    while (!r.finished && sbx_now_ms() < until) {
+        int n = sbx_sandbox_count_uid((uid_t)g_uid_base);
+        if (n > max)
+            max = n;
+        sbx_loop_once(e.loop, 5);
+    }
+    assert_true(r.finished);
+    print_message("    fork bomb: at most %d processes of the slot uid (limit 32 + 2)\n", max);
+    assert_true(max > 2);
+    assert_true(max <= 32 + 2);
+    assert_non_null(strstr(r.res.log_tail, "fork"));
+    assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
+    env_close(&e);
+}
+
+/* pids is what the build gets: its shell plus pids-1 children. */
+static void t_pids_limit_exact(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    const char *last;
+    (void)state;
+    if (!g_root)
+        skip();
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); echo $i; done", 30);
+    job.pids = 32;
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_non_null(strstr(r.res.log_tail, "Cannot fork"));
+    last = strstr(r.res.log_tail, "\n31\n");
+    if (!last)
+        print_error("tail: %s\n", r.res.log_tail);
+    assert_non_null(last);
+    assert_null(strstr(r.res.log_tail, "\n32\n"));
+    assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
+    env_close(&e);
+}
+
+static void t_memory_hog_killed(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "dd if=/dev/zero of=/dev/null bs=256M count=1", 30);
+    job.memory_mb = 64;
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_non_null(strstr(r.res.log_tail, "memory exhausted"));
+    /* The same with room for it works: the limit is what stopped it. */
+    job_init(&job, "dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null && echo dd-ok", 30);
+    job.memory_mb = 1024;
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(r.res.log_tail, "dd-ok\n");
+    env_close(&e);
+}
+
+static void t_disk_limits(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "head -c 4000000 /dev/zero > big", 30);
+    job.disk_mb = 1;
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_int_equal(r.res.exit_code, 128 + SIGXFSZ);
+    job_init(&job, "for i in 1 2 3; do head -c 700000 /dev/zero > /tmp/f$i || echo TMP_FULL; done", 30);
+    job.disk_mb = 1;
+    run_job(&e, 0, &job, &r);
+    assert_non_null(strstr(r.res.log_tail, "TMP_FULL"));
+    env_close(&e);
+}
+
+/* /tmp is RAM: its size is the smaller of disk_mb and memory_mb. */
+static void t_tmpfs_size(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    long long blocks, bsize;
+    const char *p;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "stat -f -c 'tmp=%b*%S' /tmp; stat -f -c 'shm=%b*%S' /dev/shm", 30);
+    job.disk_mb = 16;
+    job.memory_mb = 256;
+    run_job(&e, 0, &job, &r);
+    p = strstr(r.res.log_tail, "tmp=");
+    assert_non_null(p);
+    assert_int_equal(sscanf(p, "tmp=%lld*%lld", &blocks, &bsize), 2);
+    assert_true(blocks * bsize == 16LL << 20);
+    job_init(&job, "stat -f -c 'tmp=%b*%S' /tmp; stat -f -c 'shm=%b*%S' /dev/shm", 30);
+    job.disk_mb = 4096;
+    job.memory_mb = 64;
+    run_job(&e, 0, &job, &r);
+    p = strstr(r.res.log_tail, "shm=");
+    assert_non_null(p);
+    assert_int_equal(sscanf(p, "shm=%lld*%lld", &blocks, &bsize), 2);
+    assert_true(blocks * bsize == 64LL << 20);
+    env_close(&e);
+}
+
+static void t_signal_exit_code(void **state)
+{
+    lrun r;
+    (void)state;
+    run_script("kill -SEGV $$", 0, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_int_equal(r.res.exit_code, 128 + SIGSEGV);
+}
+
+/* ---- ending builds ---- */
+
+static void t_cancel_graceful(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char err[256] = "", m[64], script[160];
+    uint64_t t;
+    (void)state;
+
+    sbx_conformance_marker(m, 21);
+    snprintf(script, sizeof(script), "trap 'echo got-term; exit 0' TERM; %s & wait", m);
+    assert_int_equal(env_open(&e, NULL), 0); /* grace 1000 ms */
+    job_init(&job, script, 600);
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m));
+    t = sbx_now_ms();
+    e.p->ops->cancel(e.p, r.run);
+    assert_true(wait_done(&e, &r, 10000));
+    print_message("    graceful cancel -> FINISHED: %" PRIu64 " ms\n", r.t_finished_ms - t);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_non_null(strstr(r.res.log_tail, "got-term"));
+    assert_true(r.t_finished_ms - t < 900); /* the build's own exit, not the SIGKILL */
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    env_close(&e);
+}
+
+static void t_cancel_term_ignored(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char err[256] = "", m[64], script[160];
+    uint64_t t, took;
+    (void)state;
+
+    sbx_conformance_marker(m, 22);
+    snprintf(script, sizeof(script), "trap '' TERM; %s & wait", m);
+    assert_int_equal(env_open(&e, NULL), 0); /* grace 1000 ms */
+    job_init(&job, script, 600);
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m));
+    t = sbx_now_ms();
+    e.p->ops->cancel(e.p, r.run);
+    assert_true(wait_done(&e, &r, 10000));
+    took = r.t_finished_ms - t;
+    print_message("    cancel ignoring SIGTERM -> FINISHED: %" PRIu64 " ms (grace 1000)\n", took);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_true(took >= 950 && took < 4000);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    env_close(&e);
+}
+
+static void t_daemons_killed(void **state)
+{
+    lrun r;
+    char m1[64], m2[64], script[256];
+    (void)state;
+    sbx_conformance_marker(m1, 23);
+    sbx_conformance_marker(m2, 24);
+    snprintf(script, sizeof(script),
+             "setsid %s >/dev/null 2>&1 </dev/null & (%s >/dev/null 2>&1 &); echo parent-done", m1,
+             m2);
+    run_script(script, 0, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(r.res.log_tail, "parent-done\n");
+    assert_int_equal(sbx_conformance_procs_with(m1, 0), 0);
+    assert_int_equal(sbx_conformance_procs_with(m2, 0), 0);
+}
+
+static void t_bwrap_failure_is_error(void **state)
+{
+    lcfg broken = {0, 1000, "/bin/false"}, missing = {0, 1000, "/nonexistent/bwrap"};
+    lenv e;
+    sbx_job job;
+    lrun r;
+    sbx_provider *p = NULL;
+    sbx_local_config cfg;
+    char err[256] = "";
+    (void)state;
+
+    assert_int_equal(env_open(&e, &broken), 0);
+    job_init(&job, "echo never", 30);
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_int_equal(r.res.exit_code, -1);
+    assert_true(r.res.error[0] != '\0');
+    env_close(&e);
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.node = "testbox";
+    cfg.slots = 1;
+    cfg.work_dir = g_work_dir;
+    cfg.uid_base = g_uid_base;
+    cfg.bwrap = missing.bwrap;
+    assert_int_equal(sbx_loop_new(&e.loop), 0);
+    assert_int_equal(sbx_local_new(e.loop, &cfg, &p, err, sizeof(err)), -ENOENT);
+    assert_null(p);
+    assert_non_null(strstr(err, "bwrap"));
+    cfg.bwrap = "bwrap";
+    cfg.slots = 0;
+    assert_int_equal(sbx_local_new(e.loop, &cfg, &p, err, sizeof(err)), -EINVAL);
+    sbx_loop_free(e.loop);
+}
+
+/* ---- host chores ---- */
+
+static void t_leftover_of_slot_uid_swept(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    int status;
+    pid_t pid;
+    uint64_t until;
+    char m[64];
+    (void)state;
+    if (!g_root)
+        skip();
+
+    sbx_conformance_marker(m, 25);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uid_t u = (uid_t)(g_uid_base + 1);
+        if (setresgid(u, u, u) == 0 && setresuid(u, u, u) == 0)
+            execl("/bin/sleep", "sleep", m + 6, (char *)NULL);
+        _exit(127);
+    }
+    until = sbx_now_ms() + 5000;
+    while (sbx_conformance_procs_with(m, 1) == 0 && sbx_now_ms() < until)
+        usleep(5000);
+    assert_int_equal(sbx_conformance_procs_with(m, 1), 1);
+
+    assert_int_equal(env_open(&e, NULL), 0); /* sweeps the slot uids */
+    assert_int_equal(sbx_conformance_procs_with(m, 1), 0);
+    /* A zombie child of ours with a sandbox uid is reaped by the sweep. */
+    if (waitpid(pid, &status, WNOHANG) == pid)
+        assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    else
+        assert_int_equal(errno, ECHILD);
+    job_init(&job, "echo slot-1-clean", 30);
+    run_job(&e, 1, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    env_close(&e);
+}
+
+static void t_stale_workspaces_removed(void **state)
+{
+    lenv e;
+    char stale[512], keep[512], f[600];
+    struct stat st;
+    FILE *fp;
+    (void)state;
+
+    snprintf(stale, sizeof(stale), "%s/1-77", g_work_dir);
+    snprintf(keep, sizeof(keep), "%s/keep-me", g_work_dir);
+    assert_int_equal(mkdir(stale, 0700), 0);
+    snprintf(f, sizeof(f), "%s/junk", stale);
+    fp = fopen(f, "w");
+    assert_non_null(fp);
+    fputs("junk", fp);
+    fclose(fp);
+    assert_int_equal(mkdir(keep, 0700), 0);
+    assert_int_equal(env_open(&e, NULL), 0);
+    assert_int_equal(stat(stale, &st), -1);
+    assert_int_equal(stat(keep, &st), 0);
+    assert_int_equal(rmdir(keep), 0);
+    env_close(&e);
+}
+
+/* Every process of the slot uids, zombies too: a zombie nobody reaps still
+ * counts against RLIMIT_NPROC. Runs last, over everything above. */
+static void t_nothing_left_of_slot_uids(void **state)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    int n = 0;
+    (void)state;
+    if (!g_root)
+        skip();
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL) {
+        char path[64], buf[1025];
+        const char *u;
+        unsigned r;
+        ssize_t len;
+        int fd;
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%.32s/status", de->d_name);
+        fd = open(path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        len = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        u = strstr(buf, "\nUid:\t");
+        if (u && sscanf(u, "\nUid:\t%u", &r) == 1 && (r == (unsigned)g_uid_base ||
+                                                       r == (unsigned)g_uid_base + 1)) {
+            const char *st = strstr(buf, "State:"), *pp = strstr(buf, "PPid:");
+            print_error("left: pid %s uid %u name %.20s %.12s %.12s\n", de->d_name, r, buf + 6,
+                        st ? st : "", pp ? pp : "");
+            n++;
+        }
+    }
+    closedir(d);
+    assert_int_equal(n, 0);
+}
+
+static void t_slots_and_pool(void **state)
+{
+    lenv e;
+    const char **ids;
+    (void)state;
+    assert_int_equal(env_open(&e, NULL), 0);
+    assert_int_equal(e.p->ops->slots(e.p, &ids), 2);
+    assert_string_equal(ids[0], "local/testbox/0");
+    assert_string_equal(ids[1], "local/testbox/1");
+    assert_string_equal(e.p->ops->pool(e.p), "local/testbox");
+    assert_string_equal(e.p->ops->name, "local");
+    env_close(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(t_slots_and_pool),
+        cmocka_unit_test(t_identity),
+        cmocka_unit_test(t_second_slot_uid),
+        cmocka_unit_test(t_read_only_host),
+        cmocka_unit_test(t_workspace_lifecycle),
+        cmocka_unit_test(t_files_escaping_refused),
+        cmocka_unit_test(t_env_not_on_cmdline),
+        cmocka_unit_test(t_network),
+        cmocka_unit_test(t_rlimits),
+        cmocka_unit_test(t_fork_bomb_contained),
+        cmocka_unit_test(t_pids_limit_exact),
+        cmocka_unit_test(t_memory_hog_killed),
+        cmocka_unit_test(t_disk_limits),
+        cmocka_unit_test(t_tmpfs_size),
+        cmocka_unit_test(t_signal_exit_code),
+        cmocka_unit_test(t_cancel_graceful),
+        cmocka_unit_test(t_cancel_term_ignored),
+        cmocka_unit_test(t_daemons_killed),
+        cmocka_unit_test(t_bwrap_failure_is_error),
+        cmocka_unit_test(t_leftover_of_slot_uid_swept),
+        cmocka_unit_test(t_stale_workspaces_removed),
+        cmocka_unit_test(t_nothing_left_of_slot_uids),
+    };
+    sbx_conformance_opts opts;
+    const char *scale = getenv("SBX_TEST_TIME_SCALE");
+    int failed;
+
+    /* SBX_TEST_FILTER=t_cancel* runs only the matching scenarios. */
+    if (getenv("SBX_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("SBX_TEST_FILTER"));
+    sbx_log_set_level(SBX_LOG_WARN);
+    g_root = geteuid() == 0;
+    g_uid_base = 200000 + (int)(getpid() % 100000) * 4;
+    snprintf(g_work_dir, sizeof(g_work_dir), "/tmp/sbx-test-local-%d", (int)getpid());
+    if (mkdir(g_work_dir, 0711) < 0 || chmod(g_work_dir, 0711) < 0) {
+        fprintf(stderr, "mkdir %s: %s\n", g_work_dir, strerror(errno));
+        return 1;
+    }
+    memset(&opts, 0, sizeof(opts));
+    opts.host_procs = 1;
+    opts.time_scale = scale ? atoi(scale) : 1;
+    failed = sbx_conformance_run("local conformance", make_default, &opts);
+    failed += cmocka_run_group_tests_name("local", tests, NULL, NULL);
+    sbx_sandbox_remove_tree(g_work_dir);
+    return failed ? 1 : 0;
+}

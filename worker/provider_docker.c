@@ -1,0 +1,1471 @@
+/* provider_docker.c — one container per run, through the Docker Engine API
+ * (Podman's compatible service), on the event loop via http.c.
+ *
+ * A run is a chain of engine calls, one in flight at a time, plus at most
+ * one kill beside the wait:
+ *
+ *   create ─▶ put archive ─▶ start ─▶ wait ─▶ logs ─▶ delete ─▶ FINISHED
+ *
+ * Choices, and why:
+ *  - Job files: the archive endpoint (PUT /containers/{id}/archive) with a
+ *    tar built in memory, before start. The root fs is read-only and
+ *    /workspace and /tmp are tmpfs mounts, which do not exist before start;
+ *    so the tar goes into the container's own layer and the tmpfs options
+ *    "tmpcopyup" (copy what is underneath into the fresh tmpfs, Podman's
+ *    default, stated explicitly) and "U" (chown the tmpfs to the container's
+ *    user; Podman) carry it into the workspace at start. No wrapper command,
+ *    no assumption about the image beyond /bin/sh for scripts, no size limit
+ *    of argv or env on the files. The tar also carries /tmp with mode 1777,
+ *    which the copy-up keeps.
+ *  - Logs are read once, after the exit, from the beginning, and only then
+ *    is the container deleted (never AutoRemove). The engine keeps a
+ *    container's output in its log file until delete, so nothing is lost,
+ *    not even from a command that exits right after printing. Following
+ *    the stream is what loses output on Podman 4.3 (measured here):
+ *    logs?follow=1 before start answers an empty 200 at once; started
+ *    after start it ends when the container exits but before the end of
+ *    the output (1.1-1.9 MB of 2.9 MB arrived, the last lines never); and
+ *    "tail=N" merges a partial last line into the line before it. Nothing
+ *    needs the output while the build runs (the result keeps a tail), so
+ *    the one complete read is the right trade.
+ *  - Stop (timeout or cancel): POST kill with SIGKILL, and the pending wait
+ *    returns. If the engine does not report the exit within kill_grace_ms,
+ *    we stop waiting and force-delete.
+ *  - Everything the engine refuses (4xx/5xx) or a dead socket ends the run
+ *    with SBX_OUTCOME_ERROR and the engine's own message; the container, if
+ *    one was created, is still deleted, and the sweeper catches whatever a
+ *    failed delete leaves behind.
+ *
+ * The log stream is Docker's multiplexed format (Tty false): frames of an
+ * 8-byte header {stream, 0, 0, 0, big-endian u32 size} and a payload. Frames
+ * arrive split at any byte, so the demultiplexer keeps its place across
+ * chunks. Only the last SBX_LOG_TAIL_MAX bytes are kept.
+ */
+#include "provider_docker.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "log.h"
+
+/* Engine API version in every path: 1.41 is the newest Podman 4.3 serves
+ * in its compatible API, and Docker 20.10+ speaks it too. */
+#define API "/v1.41"
+/* Slot ids "docker/<host>/<i>" and host names are short by construction. */
+#define SLOT_ID_MAX 96
+#define HOST_NAME_MAX_LEN 48
+/* Container ids are 64 hex digits. */
+#define CONTAINER_ID_MAX 64
+/* A URL: base + API + a path of ids and a few query parameters. */
+#define URL_MAX 512
+/* One sweep's list reply: an entry is 1-2 KiB with our labels, so 4 MiB is
+ * a couple of thousand containers, far above any host's capacity (and the
+ * filter returns only ours). */
+#define LIST_MAX_BYTES (4 * 1024 * 1024)
+
+static const char COMP[] = "docker";
+
+typedef struct host {
+    char name[HOST_NAME_MAX_LEN + 1];
+    char base[256];          /* "http://docker" for a unix socket */
+    char *unix_path;         /* NULL for TCP */
+    int capacity;
+    char **slot_ids;         /* capacity entries, into d->slot_ptrs */
+    sbx_run **busy;          /* the run on each slot, or NULL */
+} host;
+
+typedef struct sweep sweep;
+
+typedef struct sbx_docker {
+    sbx_provider base;       /* first: sbx_provider * <-> sbx_docker * */
+    sbx_http *http;
+    host *hosts;
+    size_t nhosts;
+    const char **slot_ptrs;  /* every slot id, host by host */
+    size_t nslots;
+    char *worker_id;
+    char *default_image;
+    char *user;
+    unsigned uid, gid;
+    int allow_network;
+    int memory_mb, pids, disk_mb, tmp_mb;
+    double cpus;
+    uint32_t req_timeout_ms;
+    int kill_grace_ms;
+    sbx_run *runs;           /* active runs */
+    size_t nruns;
+    sweep *sweep;            /* the sweep in progress, or NULL */
+} sbx_docker;
+
+typedef enum run_state {
+    RUN_CREATING,    /* POST /containers/create in flight */
+    RUN_COPYING,     /* PUT archive (workspace, job files) in flight */
+    RUN_STARTING,    /* POST start in flight */
+    RUN_RUNNING,     /* POST wait in flight (and a kill, once asked to stop) */
+    RUN_COLLECTING,  /* exited; GET logs in flight */
+    RUN_REMOVING,    /* DELETE in flight; FINISHED when it answers */
+} run_state;
+
+static const char *const state_names[] = {"creating", "copying", "starting",
+                                          "running", "collecting", "removing"};
+
+struct sbx_run {
+    sbx_docker *d;
+    host *host;
+    int slot_idx;
+    run_state state;
+    sbx_run_cb cb;
+    void *arg;
+    char job_id[SBX_ID_MAX + 1];
+    char slot[SLOT_ID_MAX + 1];
+    int64_t token;
+    int timeout_s;
+    char id[CONTAINER_ID_MAX + 1];    /* "" until create answered */
+    char *tar;                        /* the archive, until PUT is sent */
+    size_t tar_len;
+    sbx_http_handle *step;            /* the one chained call in flight */
+    sbx_http_handle *kill;
+    sbx_timer deadline;               /* job timeout, then kill grace */
+    sbx_outcome stop;                 /* TIMED_OUT or CANCELED once asked, else SUCCEEDED */
+    int killing;                      /* kill asked; deadline now counts the grace */
+    int started;                      /* STARTED reported */
+    int exited;
+    int failed;                       /* res.error says why */
+    unsigned char hdr[8];             /* log frame header being read */
+    size_t hdr_have;
+    uint32_t frame_left;
+    int raw_logs;                     /* the stream was not framed: keep bytes as they come */
+    sbx_run *prev, *next;
+    sbx_result res;
+};
+
+typedef struct sweep_list {
+    sweep *s;
+    host *h;
+} sweep_list;
+
+struct sweep {
+    sbx_docker *d;
+    sbx_docker_sweep_cb done;
+    void *arg;
+    sbx_timer kick;          /* drops the sweep's own count from the loop */
+    int pending;             /* list and delete calls in flight, plus our own count */
+    int removed, failed;
+    char **seen;             /* ids already sent a delete: two host entries may
+                              * name one engine */
+    size_t nseen, capseen;
+    sweep_list lists[];      /* one per host */
+};
+
+static sbx_docker *docker_of(sbx_provider *p) { return (sbx_docker *)p; }
+
+/* ---- small helpers ---- */
+
+static void set_state(sbx_run *r, run_state to)
+{
+    sbx_debug(COMP, "run %s -> %s job=%s slot=%s", state_names[r->state], state_names[to],
+              r->job_id, r->slot);
+    r->state = to;
+}
+
+/* Records the first error only: later ones are usually its consequences. */
+static void run_fail(sbx_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void run_fail(sbx_run *r, const char *fmt, ...)
+{
+    va_list ap;
+    if (r->failed)
+        return;
+    r->failed = 1;
+    va_start(ap, fmt);
+    vsnprintf(r->res.error, sizeof(r->res.error), fmt, ap);
+    va_end(ap);
+    sbx_warn(COMP, "run failed job=%s slot=%s container=%.12s error=\"%s\"", r->job_id, r->slot,
+             r->id, r->res.error);
+}
+
+/* "what: 404 no such container" from an engine reply; the engine's JSON
+ * message when there is one, else the start of the body. */
+static void engine_error(char *out, size_t outlen, const char *what, const sbx_http_res *res)
+{
+    json_object *o, *m;
+    if (res->code != SBX_HTTP_OK) {
+        snprintf(out, outlen, "%s: %s", what, res->error);
+        return;
+    }
+    o = json_tokener_parse(res->body);
+    if (o && json_object_object_get_ex(o, "message", &m) && json_object_is_type(m, json_type_string))
+        snprintf(out, outlen, "%s: engine said %ld: %s", what, res->status, json_object_get_string(m));
+    else
+        snprintf(out, outlen, "%s: engine said %ld: %.120s", what, res->status, res->body);
+    json_object_put(o);
+}
+
+/* Engine ids are hex; anything else never goes into a URL of ours. */
+static int id_ok(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    return n >= 12 && n <= CONTAINER_ID_MAX && strspn(id, "0123456789abcdef") == n;
+}
+
+static void fail_engine(sbx_run *r, const char *what, const sbx_http_res *res)
+{
+    char msg[sizeof(r->res.error)];
+    engine_error(msg, sizeof(msg), what, res);
+    run_fail(r, "%s", msg);
+}
+
+static void tail_append(sbx_run *r, const char *p, size_t n)
+{
+    sbx_result *res = &r->res;
+    if (n >= SBX_LOG_TAIL_MAX) {
+        memcpy(res->log_tail, p + n - SBX_LOG_TAIL_MAX, SBX_LOG_TAIL_MAX);
+        res->log_tail_len = SBX_LOG_TAIL_MAX;
+    } else {
+        if (res->log_tail_len + n > SBX_LOG_TAIL_MAX) {
+            size_t drop = res->log_tail_len + n - SBX_LOG_TAIL_MAX;
+            memmove(res->log_tail, res->log_tail + drop, res->log_tail_len - drop);
+            res->log_tail_len -= drop;
+        }
+        memcpy(res->log_tail + res->log_tail_len, p, n);
+        res->log_tail_len += n;
+    }
+    res->log_tail[res->log_tail_len] = '\0';
+}
+
+static void demux(sbx_run *r, const char *p, size_t n)
+{
+    while (n > 0) {
+        size_t k;
+        if (r->raw_logs) {
+            tail_append(r, p, n);
+            return;
+        }
+        if (r->frame_left == 0) {
+            k = 8 - r->hdr_have < n ? 8 - r->hdr_have : n;
+            memcpy(r->hdr + r->hdr_have, p, k);
+            r->hdr_have += k;
+            p += k;
+            n -= k;
+            if (r->hdr_have < 8)
+                return;
+            r->hdr_have = 0;
+            if (r->hdr[0] > 2 || r->hdr[1] || r->hdr[2] || r->hdr[3]) {
+                /* Not a frame header: a TTY stream or a confused engine.
+                 * Keep the bytes rather than guess at frames. */
+                r->raw_logs = 1;
+                tail_append(r, (const char *)r->hdr, 8);
+                continue;
+            }
+            r->frame_left = (uint32_t)r->hdr[4] << 24 | (uint32_t)r->hdr[5] << 16 |
+                            (uint32_t)r->hdr[6] << 8 | (uint32_t)r->hdr[7];
+            continue;
+        }
+        k = r->frame_left < n ? r->frame_left : n;
+        tail_append(r, p, k);
+        r->frame_left -= (uint32_t)k;
+        p += k;
+        n -= k;
+    }
+}
+
+/* ---- the tar of the workspace ---- */
+
+typedef struct tarbuf {
+    char *p;
+    size_t len, cap;
+} tarbuf;
+
+static int tar_reserve(tarbuf *t, size_t n)
+{
+    if (t->len + n > t->cap) {
+        size_t cap = t->cap ? t->cap : 16384;
+        char *q;
+        while (cap < t->len + n)
+            cap *= 2;
+        q = realloc(t->p, cap);
+        if (!q)
+            return -ENOMEM;
+        t->p = q;
+        t->cap = cap;
+    }
+    return 0;
+}
+
+/* ustar names: up to 100 bytes, or a prefix of up to 155 and a name of up
+ * to 100 split at a '/'. */
+static int tar_split(const char *full, char name[101], char prefix[156])
+{
+    size_t len = strlen(full);
+    prefix[0] = '\0';
+    if (len <= 100) {
+        memcpy(name, full, len + 1);
+        return 0;
+    }
+    for (size_t i = len - 1; i > 0; i--) {
+        if (full[i] != '/' || i == len - 1)
+            continue;
+        if (i <= 155 && len - i - 1 <= 100) {
+            memcpy(prefix, full, i);
+            prefix[i] = '\0';
+            memcpy(name, full + i + 1, len - i);
+            return 0;
+        }
+    }
+    return -ENAMETOOLONG;
+}
+
+static int tar_add(tarbuf *t, const char *path, char type, unsigned mode, unsigned uid,
+                   unsigned gid, const char *data, size_t len)
+{
+    char name[101], prefix[156];
+    unsigned char *h;
+    unsigned sum = 0;
+    size_t pad = (512 - len % 512) % 512;
+    int rc;
+
+    if (len > 077777777777ULL) /* what 11 octal digits hold; jobs are far smaller */
+        return -EFBIG;
+    if ((rc = tar_split(path, name, prefix)) < 0)
+        return rc;
+    if ((rc = tar_reserve(t, 512 + len + pad)) < 0)
+        return rc;
+    h = (unsigned char *)t->p + t->len;
+    memset(h, 0, 512);
+    memcpy(h, name, strlen(name));
+    snprintf((char *)h + 100, 8, "%07o", mode & 07777);
+    snprintf((char *)h + 108, 8, "%07o", uid & 07777777);
+    snprintf((char *)h + 116, 8, "%07o", gid & 07777777);
+    snprintf((char *)h + 124, 12, "%011llo", (unsigned long long)len & 077777777777ULL);
+    snprintf((char *)h + 136, 12, "%011o", (unsigned)(sbx_wall_ms() / 1000) & 07777777777u);
+    memset(h + 148, ' ', 8);
+    h[156] = (unsigned char)type;
+    memcpy(h + 257, "ustar", 6);
+    memcpy(h + 263, "00", 2);
+    memcpy(h + 345, prefix, strlen(prefix));
+    for (int i = 0; i < 512; i++)
+        sum += h[i];
+    snprintf((char *)h + 148, 8, "%06o", sum & 0777777);
+    h[155] = ' ';
+    t->len += 512;
+    if (len)
+        memcpy(t->p + t->len, data, len);
+    memset(t->p + t->len + len, 0, pad);
+    t->len += len + pad;
+    return 0;
+}
+
+/* A job path must stay inside the workspace: relative, no "." or ".."
+ * components, no empty ones. */
+static int path_ok(const char *p)
+{
+    const char *c = p;
+    if (!*p || *p == '/')
+        return 0;
+    while (*c) {
+        const char *e = strchr(c, '/');
+        size_t n = e ? (size_t)(e - c) : strlen(c);
+        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+            return 0;
+        if (!e)
+            break;
+        c = e + 1;
+        if (!*c)
+            return 0; /* trailing '/' */
+    }
+    return 1;
+}
+
+/* Adds "workspace/<dir>/" entries for every parent of path not yet in t. */
+static int tar_parents(tarbuf *t, const sbx_docker *d, const char *path, char **seen, size_t *nseen,
+                       size_t maxseen)
+{
+    char dir[300];
+    const char *s = path;
+    while ((s = strchr(s, '/'))) {
+        size_t i;
+        int n = snprintf(dir, sizeof(dir), "workspace/%.*s/", (int)(s - path), path);
+        if (n < 0 || (size_t)n >= sizeof(dir))
+            return -ENAMETOOLONG;
+        for (i = 0; i < *nseen && strcmp(seen[i], dir) != 0; i++)
+            ;
+        if (i == *nseen) {
+            int rc;
+            if (*nseen == maxseen)
+                return -E2BIG;
+            if (!(seen[*nseen] = strdup(dir)))
+                return -ENOMEM;
+            (*nseen)++;
+            if ((rc = tar_add(t, dir, '5', 0755, d->uid, d->gid, NULL, 0)) < 0)
+                return rc;
+        }
+        s++;
+    }
+    return 0;
+}
+
+/* The archive PUT at "/": workspace/ owned by the run's user, tmp/ 1777,
+ * and the job's files (mode 0755 when they start with "#!", else 0644). */
+static int build_tar(const sbx_docker *d, const sbx_job *job, char **out, size_t *outlen,
+                     char *err, size_t errlen)
+{
+    /* Parent directories: each file adds at most its depth, and a job has at
+     * most SBX_FILES_MAX files; 16 levels each is plenty for a workspace. */
+    enum { MAX_DIRS = SBX_FILES_MAX * 16 };
+    char **seen = calloc(MAX_DIRS, sizeof(*seen));
+    size_t nseen = 0;
+    tarbuf t = {0};
+    int rc = -ENOMEM;
+
+    if (!seen)
+        goto out;
+    if ((rc = tar_add(&t, "workspace/", '5', 0755, d->uid, d->gid, NULL, 0)) < 0 ||
+        (rc = tar_add(&t, "tmp/", '5', 01777, 0, 0, NULL, 0)) < 0)
+        goto out;
+    for (size_t i = 0; i < job->nfiles; i++) {
+        const char *path = job->files[i].key, *data = job->files[i].value;
+        size_t len = strlen(data);
+        char full[300];
+        if (!path_ok(path)) {
+            snprintf(err, errlen, "file path \"%.100s\" leaves the workspace", path);
+            rc = -EINVAL;
+            goto out;
+        }
+        snprintf(full, sizeof(full), "workspace/%s", path);
+        if ((rc = tar_parents(&t, d, path, seen, &nseen, MAX_DIRS)) < 0 ||
+            (rc = tar_add(&t, full, '0', len >= 2 && data[0] == '#' && data[1] == '!' ? 0755 : 0644,
+                          d->uid, d->gid, data, len)) < 0) {
+            snprintf(err, errlen, "file \"%.100s\": %s", path, strerror(-rc));
+            goto out;
+        }
+    }
+    if ((rc = tar_reserve(&t, 1024)) < 0)
+        goto out;
+    memset(t.p + t.len, 0, 1024);
+    t.len += 1024;
+    *out = t.p;
+    *outlen = t.len;
+    t.p = NULL;
+    rc = 0;
+out:
+    if (rc == -ENOMEM)
+        snprintf(err, errlen, "out of memory building the workspace archive");
+    for (size_t i = 0; i < nseen; i++)
+        free(seen[i]);
+    free(seen);
+    free(t.p);
+    return rc;
+}
+
+/* ---- the create body ---- */
+
+typedef struct jb {
+    int oom;
+} jb;
+
+static json_object *jchk(jb *b, json_object *o)
+{
+    if (!o)
+        b->oom = 1;
+    return o;
+}
+
+static void jset(jb *b, json_object *obj, const char *key, json_object *v)
+{
+    if (!v || !obj || json_object_object_add(obj, key, v) != 0) {
+        b->oom = 1;
+        json_object_put(v);
+    }
+}
+
+static void jpush(jb *b, json_object *arr, json_object *v)
+{
+    if (!v || !arr || json_object_array_add(arr, v) != 0) {
+        b->oom = 1;
+        json_object_put(v);
+    }
+}
+
+static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err, size_t errlen)
+{
+    const sbx_job *job = req->job;
+    jb b = {0};
+    json_object *o = jchk(&b, json_object_new_object());
+    json_object *hc = jchk(&b, json_object_new_object());
+    json_object *cmd = jchk(&b, json_object_new_array());
+    json_object *env = jchk(&b, json_object_new_array());
+    json_object *labels = jchk(&b, json_object_new_object());
+    json_object *tmpfs = jchk(&b, json_object_new_object());
+    json_object *caps = jchk(&b, json_object_new_array());
+    json_object *secopt = jchk(&b, json_object_new_array());
+    char buf[128], *out = NULL;
+    int memory_mb = job->memory_mb > 0 ? job->memory_mb : d->memory_mb;
+    int pids = job->pids > 0 ? job->pids : d->pids;
+    int disk_mb = job->disk_mb > 0 ? job->disk_mb : d->disk_mb;
+    double cpus = job->cpus > 0 ? job->cpus : d->cpus;
+    int home = 0;
+
+    if (job->argv && job->argc > 0) {
+        for (size_t i = 0; i < job->argc; i++)
+            jpush(&b, cmd, json_object_new_string(job->argv[i]));
+    } else if (job->script) {
+        jpush(&b, cmd, json_object_new_string("/bin/sh"));
+        jpush(&b, cmd, json_object_new_string("-c"));
+        jpush(&b, cmd, json_object_new_string(job->script));
+    } else {
+        snprintf(err, errlen, "job has neither command nor script");
+        goto out;
+    }
+    for (size_t i = 0; i < job->nenv; i++) {
+        size_t kl = strlen(job->env[i].key), vl = strlen(job->env[i].value);
+        char *kv = malloc(kl + vl + 2);
+        if (!kv) {
+            b.oom = 1;
+            break;
+        }
+        memcpy(kv, job->env[i].key, kl);
+        kv[kl] = '=';
+        memcpy(kv + kl + 1, job->env[i].value, vl + 1);
+        jpush(&b, env, json_object_new_string(kv));
+        free(kv);
+        home |= strcmp(job->env[i].key, "HOME") == 0;
+    }
+    /* The user has no home in most images, and the root fs is read-only. */
+    if (!home)
+        jpush(&b, env, json_object_new_string("HOME=/workspace"));
+
+    jset(&b, labels, "sbx.job", json_object_new_string(job->job_id));
+    jset(&b, labels, "sbx.project", json_object_new_string(job->project_id));
+    snprintf(buf, sizeof(buf), "%" PRId64, req->token);
+    jset(&b, labels, "sbx.token", json_object_new_string(buf));
+    jset(&b, labels, "sbx.slot", json_object_new_string(req->slot));
+    jset(&b, labels, "sbx.worker", json_object_new_string(d->worker_id));
+    jset(&b, labels, "sbx.pool", json_object_new_string(SBX_DOCKER_POOL));
+
+    /* The workspace lives in memory: its pages count toward Memory. */
+    snprintf(buf, sizeof(buf), "rw,exec,nosuid,nodev,size=%dm,tmpcopyup,U", disk_mb);
+    jset(&b, tmpfs, "/workspace", json_object_new_string(buf));
+    snprintf(buf, sizeof(buf), "rw,nosuid,nodev,size=%dm,tmpcopyup", d->tmp_mb);
+    jset(&b, tmpfs, "/tmp", json_object_new_string(buf));
+    jpush(&b, caps, json_object_new_string("ALL"));
+    jpush(&b, secopt, json_object_new_string("no-new-privileges"));
+
+    jset(&b, hc, "Memory", json_object_new_int64((int64_t)memory_mb * 1024 * 1024));
+    jset(&b, hc, "MemorySwap", json_object_new_int64((int64_t)memory_mb * 1024 * 1024));
+    jset(&b, hc, "NanoCpus", json_object_new_int64((int64_t)(cpus * 1e9)));
+    jset(&b, hc, "PidsLimit", json_object_new_int64(pids));
+    jset(&b, hc, "ReadonlyRootfs", json_object_new_boolean(1));
+    jset(&b, hc, "CapDrop", caps);
+    caps = NULL;
+    jset(&b, hc, "SecurityOpt", secopt);
+    secopt = NULL;
+    jset(&b, hc, "Tmpfs", tmpfs);
+    tmpfs = NULL;
+
+    jset(&b, o, "Image", json_object_new_string(job->image ? job->image : d->default_image));
+    jset(&b, o, "Cmd", cmd);
+    cmd = NULL;
+    jset(&b, o, "Env", env);
+    env = NULL;
+    jset(&b, o, "User", json_object_new_string(d->user));
+    jset(&b, o, "WorkingDir", json_object_new_string("/workspace"));
+    jset(&b, o, "Labels", labels);
+    labels = NULL;
+    jset(&b, o, "Tty", json_object_new_boolean(0));
+    jset(&b, o, "StopTimeout", json_object_new_int(1));
+    if (!(job->network && d->allow_network)) {
+        jset(&b, o, "NetworkDisabled", json_object_new_boolean(1));
+        jset(&b, hc, "NetworkMode", json_object_new_string("none"));
+    }
+    jset(&b, o, "HostConfig", hc);
+    hc = NULL;
+
+    if (!b.oom) {
+        out = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+        b.oom = !out;
+    }
+    if (b.oom)
+        snprintf(err, errlen, "out of memory building the create request");
+out:
+    json_object_put(caps);
+    json_object_put(secopt);
+    json_object_put(tmpfs);
+    json_object_put(cmd);
+    json_object_put(env);
+    json_object_put(labels);
+    json_object_put(hc);
+    json_object_put(o);
+    return out;
+}
+
+/* ---- engine calls ---- */
+
+static int call(sbx_docker *d, host *h, const char *method, const char *path, const char *ctype,
+                const void *body, size_t body_len, uint32_t timeout_ms, size_t max_bytes,
+                sbx_http_chunk_cb chunk_cb, sbx_http_done_cb done_cb, void *arg,
+                sbx_http_handle **out)
+{
+    char url[URL_MAX], hdr[64];
+    const char *hdrs[2] = {NULL, NULL};
+    sbx_http_req q = {0};
+    int n = snprintf(url, sizeof(url), "%s" API "%s", h->base, path);
+
+    if (n < 0 || (size_t)n >= sizeof(url))
+        return -ENAMETOOLONG;
+    if (ctype) {
+        snprintf(hdr, sizeof(hdr), "Content-Type: %s", ctype);
+        hdrs[0] = hdr;
+    }
+    q.method = method;
+    q.url = url;
+    q.unix_socket_path = h->unix_path;
+    q.headers = hdrs;
+    q.body = body;
+    q.body_len = body_len;
+    q.timeout_ms = timeout_ms;
+    q.connect_timeout_ms = d->req_timeout_ms < 10000 ? d->req_timeout_ms : 10000;
+    q.max_response_bytes = max_bytes;
+    if (chunk_cb)
+        return sbx_http_stream(d->http, &q, chunk_cb, done_cb, arg, out);
+    return sbx_http_request(d->http, &q, done_cb, arg, out);
+}
+
+static int run_call(sbx_run *r, const char *method, const char *fmt_path, const char *ctype,
+                    const void *body, size_t body_len, sbx_http_done_cb done_cb)
+{
+    char path[URL_MAX];
+    snprintf(path, sizeof(path), fmt_path, r->id);
+    return call(r->d, r->host, method, path, ctype, body, body_len, r->d->req_timeout_ms, 0,
+                NULL, done_cb, r, &r->step);
+}
+
+/* ---- the run's chain ---- */
+
+static void run_remove(sbx_run *r);
+static void send_kill(sbx_run *r);
+
+static void finish(sbx_run *r)
+{
+    sbx_docker *d = r->d;
+    sbx_result *res = &r->res;
+
+    sbx_timer_stop(d->base.loop, &r->deadline);
+    /* provider.h's life of a run is STARTED then FINISHED; a run that was
+     * stopped or failed before its container started still gets both. */
+    if (!r->started) {
+        r->started = 1;
+        r->cb(r->arg, SBX_RUN_STARTED, res);
+    }
+    if (r->stop != SBX_OUTCOME_SUCCEEDED)
+        res->outcome = r->stop;
+    else if (r->failed)
+        res->outcome = SBX_OUTCOME_ERROR;
+    else
+        res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
+    if (r->stop == SBX_OUTCOME_TIMED_OUT && !res->error[0])
+        snprintf(res->error, sizeof(res->error), "timed out after %d s", r->timeout_s);
+
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        d->runs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    d->nruns--;
+    r->host->busy[r->slot_idx] = NULL;
+
+    sbx_info(COMP, "run finished job=%s slot=%s container=%.12s outcome=%d exit=%d", r->job_id,
+             r->slot, r->id, (int)res->outcome, res->exit_code);
+    r->cb(r->arg, SBX_RUN_FINISHED, res);
+    free(r->tar);
+    free(r);
+}
+
+static void on_removed(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->step = NULL;
+    if (res->code != SBX_HTTP_OK || (res->status >= 300 && res->status != 404)) {
+        char msg[256];
+        engine_error(msg, sizeof(msg), "delete", res);
+        /* The build's outcome stands; the sweeper removes the container. */
+        sbx_warn(COMP, "container left behind container=%.12s error=\"%s\"", r->id, msg);
+    }
+    finish(r);
+}
+
+/* Everything else is over or abandoned: delete the container (if there is
+ * one), then finish. */
+static void run_remove(sbx_run *r)
+{
+    sbx_docker *d = r->d;
+    int rc;
+
+    sbx_http_cancel(r->kill);
+    r->kill = NULL;
+    sbx_http_cancel(r->step);
+    r->step = NULL;
+    sbx_timer_stop(d->base.loop, &r->deadline);
+    set_state(r, RUN_REMOVING);
+    if (!r->id[0]) {
+        finish(r);
+        return;
+    }
+    rc = run_call(r, "DELETE", "/containers/%s?force=1&v=1", NULL, NULL, 0, on_removed);
+    if (rc < 0) {
+        sbx_warn(COMP, "container left behind container=%.12s error=\"%s\"", r->id, strerror(-rc));
+        finish(r);
+    }
+}
+
+static int on_log_chunk(void *arg, const char *data, size_t len)
+{
+    demux(arg, data, len);
+    return 0;
+}
+
+static void on_logs_done(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->step = NULL;
+    if (res->code != SBX_HTTP_OK || res->status != 200)
+        fail_engine(r, "logs", res);
+    run_remove(r);
+}
+
+static void on_wait(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    char path[URL_MAX];
+    json_object *o, *code;
+
+    r->step = NULL;
+    snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1", r->id);
+    if (res->code != SBX_HTTP_OK || res->status != 200) {
+        fail_engine(r, "wait", res);
+        run_remove(r);
+        return;
+    }
+    o = json_tokener_parse(res->body);
+    if (!o || !json_object_object_get_ex(o, "StatusCode", &code)) {
+        run_fail(r, "wait: no StatusCode in the engine's reply");
+        json_object_put(o);
+        run_remove(r);
+        return;
+    }
+    r->res.exit_code = json_object_get_int(code);
+    json_object_put(o);
+    r->exited = 1;
+    sbx_timer_stop(r->d->base.loop, &r->deadline);
+    sbx_http_cancel(r->kill);
+    r->kill = NULL;
+    set_state(r, RUN_COLLECTING);
+    if (call(r->d, r->host, "GET", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, on_log_chunk,
+             on_logs_done, r, &r->step) < 0) {
+        run_fail(r, "logs: could not send the request");
+        run_remove(r);
+    }
+}
+
+static void on_killed(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->kill = NULL;
+    /* 404/409: it is gone or no longer running, which is what we wanted. */
+    if (res->code != SBX_HTTP_OK ||
+        (res->status >= 300 && res->status != 404 && res->status != 409)) {
+        char msg[256];
+        engine_error(msg, sizeof(msg), "kill", res);
+        sbx_warn(COMP, "kill failed container=%.12s error=\"%s\"", r->id, msg);
+    }
+}
+
+static void send_kill(sbx_run *r)
+{
+    char path[URL_MAX];
+    int rc;
+    if (r->kill || r->exited)
+        return;
+    snprintf(path, sizeof(path), "/containers/%s/kill?signal=KILL", r->id);
+    rc = call(r->d, r->host, "POST", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, NULL, on_killed,
+              r, &r->kill);
+    if (rc < 0)
+        sbx_warn(COMP, "kill not sent container=%.12s error=\"%s\"", r->id, strerror(-rc));
+}
+
+static void on_started(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    char path[URL_MAX];
+    int rc;
+
+    r->step = NULL;
+    if (res->code != SBX_HTTP_OK || (res->status != 204 && res->status != 304)) {
+        fail_engine(r, "start", res);
+        run_remove(r);
+        return;
+    }
+    set_state(r, RUN_RUNNING);
+    /* No timeout: the job's deadline and the kill grace bound the wait. */
+    snprintf(path, sizeof(path), "/containers/%s/wait", r->id);
+    rc = call(r->d, r->host, "POST", path, NULL, NULL, 0, 0, 0, NULL, on_wait, r, &r->step);
+    if (rc < 0) {
+        run_fail(r, "wait: %s", strerror(-rc));
+        run_remove(r);
+        return;
+    }
+    if (r->stop != SBX_OUTCOME_SUCCEEDED)
+        send_kill(r);
+    /* Last: the callback may cancel this run, which is ready for it now. */
+    r->started = 1;
+    r->cb(r->arg, SBX_RUN_STARTED, &r->res);
+}
+
+static void on_copied(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->step = NULL;
+    free(r->tar);
+    r->tar = NULL;
+    if (res->code != SBX_HTTP_OK || res->status != 200) {
+        fail_engine(r, "copy files", res);
+        run_remove(r);
+        return;
+    }
+    if (r->stop != SBX_OUTCOME_SUCCEEDED) {
+        run_remove(r);
+        return;
+    }
+    set_state(r, RUN_STARTING);
+    if (run_call(r, "POST", "/containers/%s/start", NULL, NULL, 0, on_started) < 0) {
+        run_fail(r, "start: could not send the request");
+        run_remove(r);
+    }
+}
+
+static void on_created(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    json_object *o, *id;
+
+    r->step = NULL;
+    if (res->code != SBX_HTTP_OK || (res->status != 201 && res->status != 200)) {
+        fail_engine(r, "create", res);
+        run_remove(r);
+        return;
+    }
+    o = json_tokener_parse(res->body);
+    if (!o || !json_object_object_get_ex(o, "Id", &id) || !id_ok(json_object_get_string(id))) {
+        run_fail(r, "create: no container id in the engine's reply");
+        json_object_put(o);
+        run_remove(r);
+        return;
+    }
+    snprintf(r->id, sizeof(r->id), "%s", json_object_get_string(id));
+    snprintf(r->res.instance, sizeof(r->res.instance), "%s", r->id);
+    json_object_put(o);
+    if (r->stop != SBX_OUTCOME_SUCCEEDED) {
+        run_remove(r);
+        return;
+    }
+    set_state(r, RUN_COPYING);
+    if (run_call(r, "PUT", "/containers/%s/archive?path=/", "application/x-tar", r->tar,
+                 r->tar_len, on_copied) < 0) {
+        run_fail(r, "copy files: could not send the request");
+        run_remove(r);
+    }
+}
+
+/* The job's time is up, or after a kill the engine took too long. */
+static void on_deadline(sbx_timer *t)
+{
+    sbx_run *r = t->data;
+    if (!r->killing) {
+        if (r->stop == SBX_OUTCOME_SUCCEEDED)
+            r->stop = SBX_OUTCOME_TIMED_OUT;
+        r->killing = 1;
+        sbx_timer_start(r->d->base.loop, &r->deadline, (uint64_t)r->d->kill_grace_ms);
+        if (r->state == RUN_RUNNING)
+            send_kill(r);
+        return;
+    }
+    run_fail(r, "engine did not report the end of %s within %d ms of the kill",
+             r->id[0] ? r->id : "the container", r->d->kill_grace_ms);
+    run_remove(r);
+}
+
+/* ---- provider ops ---- */
+
+static int parse_slot(sbx_docker *d, const char *slot, host **h, int *idx)
+{
+    const char *name, *slash;
+    char *end;
+    long i;
+    if (strncmp(slot, SBX_DOCKER_POOL "/", sizeof(SBX_DOCKER_POOL)) != 0)
+        return -1;
+    name = slot + sizeof(SBX_DOCKER_POOL);
+    if (!(slash = strchr(name, '/')))
+        return -1;
+    for (size_t k = 0; k < d->nhosts; k++) {
+        host *hh = &d->hosts[k];
+        if (strlen(hh->name) != (size_t)(slash - name) || strncmp(hh->name, name, (size_t)(slash - name)))
+            continue;
+        i = strtol(slash + 1, &end, 10);
+        if (*end || end == slash + 1 || i < 0 || i >= hh->capacity)
+            return -1;
+        *h = hh;
+        *idx = (int)i;
+        return 0;
+    }
+    return -1;
+}
+
+static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
+                        sbx_run **out, char *err, size_t errlen)
+{
+    sbx_docker *d = docker_of(p);
+    sbx_run *r = NULL;
+    char *body = NULL;
+    host *h;
+    int idx, rc;
+
+    if (parse_slot(d, req->slot, &h, &idx) < 0) {
+        snprintf(err, errlen, "slot %.100s is not one of this provider's", req->slot);
+        return -EINVAL;
+    }
+    if (h->busy[idx]) {
+        snprintf(err, errlen, "slot %.100s is busy with job %s", req->slot, h->busy[idx]->job_id);
+        return -EBUSY;
+    }
+    if (!req->job->image && !d->default_image) {
+        snprintf(err, errlen, "job names no image and the provider has no default");
+        return -EINVAL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r->d = d;
+    r->host = h;
+    r->slot_idx = idx;
+    r->cb = cb;
+    r->arg = arg;
+    r->token = req->token;
+    r->timeout_s = req->job->timeout_s > 0 ? req->job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
+    r->stop = SBX_OUTCOME_SUCCEEDED;
+    r->res.exit_code = -1;
+    snprintf(r->job_id, sizeof(r->job_id), "%s", req->job->job_id);
+    snprintf(r->slot, sizeof(r->slot), "%s", req->slot);
+    sbx_timer_init(&r->deadline, on_deadline, r);
+
+    if ((rc = build_tar(d, req->job, &r->tar, &r->tar_len, err, errlen)) < 0)
+        goto fail;
+    if (!(body = build_create(d, req, err, errlen))) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    r->state = RUN_CREATING;
+    rc = call(d, h, "POST", "/containers/create", "application/json", body, strlen(body),
+              d->req_timeout_ms, 0, NULL, on_created, r, &r->step);
+    if (rc < 0) {
+        snprintf(err, errlen, "create: %s", strerror(-rc));
+        goto fail;
+    }
+    /* The job's time counts from here: a slow engine is part of it. */
+    rc = sbx_timer_start(p->loop, &r->deadline, (uint64_t)r->timeout_s * 1000);
+    if (rc < 0) {
+        sbx_http_cancel(r->step);
+        snprintf(err, errlen, "timer: %s", strerror(-rc));
+        goto fail;
+    }
+    free(body);
+    h->busy[idx] = r;
+    r->next = d->runs;
+    if (d->runs)
+        d->runs->prev = r;
+    d->runs = r;
+    d->nruns++;
+    sbx_info(COMP, "run creating job=%s slot=%s token=%" PRId64 " attempt=%d", r->job_id, r->slot,
+             r->token, req->attempt);
+    *out = r;
+    return 0;
+
+fail:
+    free(body);
+    free(r->tar);
+    free(r);
+    return rc;
+}
+
+static void docker_cancel(sbx_provider *p, sbx_run *r)
+{
+    (void)p;
+    if (r->stop != SBX_OUTCOME_SUCCEEDED)
+        return;
+    r->stop = SBX_OUTCOME_CANCELED;
+    if (r->state == RUN_REMOVING)
+        return; /* the delete's answer finishes it, as canceled */
+    sbx_info(COMP, "run cancel job=%s slot=%s state=%s", r->job_id, r->slot, state_names[r->state]);
+    if (r->state == RUN_RUNNING)
+        send_kill(r);
+    /* Creating/copying/starting: the step's answer sees r->stop. Bound the
+     * wait for it as for a kill. */
+    r->killing = 1;
+    sbx_timer_start(p->loop, &r->deadline, (uint64_t)r->d->kill_grace_ms);
+}
+
+static size_t docker_slots(sbx_provider *p, const char ***ids)
+{
+    sbx_docker *d = docker_of(p);
+    *ids = d->slot_ptrs;
+    return d->nslots;
+}
+
+static const char *docker_pool(sbx_provider *p)
+{
+    (void)p;
+    return SBX_DOCKER_POOL;
+}
+
+/* ---- the sweeper ---- */
+
+static void sweep_free(sweep *s)
+{
+    for (size_t i = 0; i < s->nseen; i++)
+        free(s->seen[i]);
+    free(s->seen);
+    free(s);
+}
+
+static void sweep_step_done(sweep *s)
+{
+    if (--s->pending > 0)
+        return;
+    s->d->sweep = NULL;
+    sbx_info(COMP, "sweep done removed=%d failed=%d", s->removed, s->failed);
+    if (s->done)
+        s->done(s->arg, s->removed, s->failed);
+    sweep_free(s);
+}
+
+/* 1 if id was already taken care of in this sweep, else records it. */
+static int sweep_seen(sweep *s, const char *id)
+{
+    for (size_t i = 0; i < s->nseen; i++)
+        if (strcmp(s->seen[i], id) == 0)
+            return 1;
+    if (s->nseen == s->capseen) {
+        size_t cap = s->capseen ? s->capseen * 2 : 16;
+        char **n = realloc(s->seen, cap * sizeof(*n));
+        if (!n)
+            return 0;
+        s->seen = n;
+        s->capseen = cap;
+    }
+    if ((s->seen[s->nseen] = strdup(id)))
+        s->nseen++;
+    return 0;
+}
+
+static void on_sweep_kick(sbx_timer *t) { sweep_step_done(t->data); }
+
+static void on_sweep_removed(void *arg, const sbx_http_res *res)
+{
+    sweep *s = arg;
+    if (res->code == SBX_HTTP_OK && res->status < 300)
+        s->removed++;
+    else if (!(res->code == SBX_HTTP_OK && res->status == 404)) /* someone beat us to it */
+        s->failed++;
+    sweep_step_done(s);
+}
+
+static int run_owns(const sbx_docker *d, const char *slot, const char *token)
+{
+    char buf[32];
+    for (const sbx_run *r = d->runs; r; r = r->next) {
+        snprintf(buf, sizeof(buf), "%" PRId64, r->token);
+        if (strcmp(r->slot, slot) == 0 && strcmp(buf, token) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static const char *label_of(json_object *labels, const char *key)
+{
+    json_object *v;
+    if (!labels || !json_object_object_get_ex(labels, key, &v) || !json_object_is_type(v, json_type_string))
+        return "";
+    return json_object_get_string(v);
+}
+
+static void on_sweep_list(void *arg, const sbx_http_res *res)
+{
+    sweep_list *sl = arg;
+    sweep *s = sl->s;
+    host *h = sl->h;
+    json_object *arr = NULL;
+
+    if (res->code != SBX_HTTP_OK || res->status != 200 ||
+        !(arr = json_tokener_parse(res->body)) || !json_object_is_type(arr, json_type_array)) {
+        char msg[256];
+        engine_error(msg, sizeof(msg), "list containers", res);
+        sbx_warn(COMP, "sweep skipped host=%s error=\"%s\"", h->name, msg);
+        s->failed++;
+        goto out;
+    }
+    for (size_t i = 0; i < json_object_array_length(arr); i++) {
+        json_object *c = json_object_array_get_idx(arr, i), *idv, *labels = NULL;
+        const char *id, *slot, *token;
+        char path[URL_MAX];
+        if (!json_object_object_get_ex(c, "Id", &idv))
+            continue;
+        id = json_object_get_string(idv);
+        json_object_object_get_ex(c, "Labels", &labels);
+        slot = label_of(labels, "sbx.slot");
+        token = label_of(labels, "sbx.token");
+        /* The filter asked for these labels; check anyway before deleting. */
+        if (strcmp(label_of(labels, "sbx.worker"), s->d->worker_id) != 0 ||
+            strcmp(label_of(labels, "sbx.pool"), SBX_DOCKER_POOL) != 0 ||
+            !id_ok(id) || run_owns(s->d, slot, token) || sweep_seen(s, id))
+            continue;
+        sbx_info(COMP, "sweep removing orphan host=%s container=%.12s job=%s slot=%s token=%s", h->name,
+                 id, label_of(labels, "sbx.job"), slot, token);
+        snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", id);
+        if (call(s->d, h, "DELETE", path, NULL, NULL, 0, s->d->req_timeout_ms, 0, NULL,
+                 on_sweep_removed, s, NULL) < 0) {
+            s->failed++;
+            continue;
+        }
+        s->pending++;
+    }
+out:
+    json_object_put(arr);
+    sweep_step_done(s);
+}
+
+int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
+{
+    sbx_docker *d = docker_of(p);
+    char filters[512], path[URL_MAX], *esc;
+    sweep *s;
+
+    if (d->sweep)
+        return -EBUSY;
+    snprintf(filters, sizeof(filters), "{\"label\":[\"sbx.worker=%s\",\"sbx.pool=" SBX_DOCKER_POOL "\"]}",
+             d->worker_id);
+    if (!(esc = curl_easy_escape(NULL, filters, 0)))
+        return -ENOMEM;
+    snprintf(path, sizeof(path), "/containers/json?all=1&filters=%s", esc);
+    curl_free(esc);
+    if (!(s = calloc(1, sizeof(*s) + d->nhosts * sizeof(s->lists[0]))))
+        return -ENOMEM;
+    s->d = d;
+    s->done = done;
+    s->arg = arg;
+    sbx_timer_init(&s->kick, on_sweep_kick, s);
+    /* Our own count keeps the sweep open while the lists are being sent; a
+     * zero timer drops it, so done never runs inside this call. */
+    s->pending = 1;
+    if (sbx_timer_start(p->loop, &s->kick, 0) < 0) {
+        free(s);
+        return -ENOMEM;
+    }
+    d->sweep = s;
+    for (size_t i = 0; i < d->nhosts; i++) {
+        s->lists[i].s = s;
+        s->lists[i].h = &d->hosts[i];
+        if (call(d, &d->hosts[i], "GET", path, NULL, NULL, 0, d->req_timeout_ms, LIST_MAX_BYTES,
+                 NULL, on_sweep_list, &s->lists[i], NULL) < 0) {
+            s->failed++;
+            continue;
+        }
+        s->pending++;
+    }
+    return 0;
+}
+
+/* ---- lifetime ---- */
+
+static size_t discard(char *p, size_t size, size_t nmemb, void *u)
+{
+    (void)p;
+    (void)u;
+    return size * nmemb;
+}
+
+/* Worker exit: no loop to come back to, so delete the containers with a
+ * blocking multi transfer, all at once, within DESTROY_MS. What it misses,
+ * the next start-up sweep of this worker id removes. */
+#define DESTROY_MS 10000
+static void delete_all_now(sbx_docker *d)
+{
+    CURLM *m = curl_multi_init();
+    CURL **all = calloc(d->nruns + 1, sizeof(*all));
+    uint64_t end = sbx_now_ms() + DESTROY_MS;
+    size_t n = 0;
+    int running = 0;
+
+    if (!m || !all)
+        goto out;
+    for (sbx_run *r = d->runs; r; r = r->next) {
+        char url[URL_MAX];
+        CURL *e;
+        if (!r->id[0] || !(e = curl_easy_init()))
+            continue;
+        snprintf(url, sizeof(url), "%s" API "/containers/%s?force=1&v=1", r->host->base, r->id);
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)DESTROY_MS);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+        if (r->host->unix_path)
+            curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->host->unix_path);
+        if (curl_multi_add_handle(m, e) != CURLM_OK)
+            curl_easy_cleanup(e);
+        else
+            all[n++] = e;
+    }
+    do {
+        curl_multi_perform(m, &running);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    } while (running && sbx_now_ms() < end);
+    for (CURLMsg *msg; (msg = curl_multi_info_read(m, &running));)
+        if (msg->msg == CURLMSG_DONE && msg->data.result != CURLE_OK)
+            sbx_warn(COMP, "delete at exit failed: %s", curl_easy_strerror(msg->data.result));
+    for (size_t i = 0; i < n; i++) {
+        curl_multi_remove_handle(m, all[i]);
+        curl_easy_cleanup(all[i]);
+    }
+out:
+    free(all);
+    if (m)
+        curl_multi_cleanup(m);
+}
+
+static void docker_free(sbx_docker *d)
+{
+    if (!d)
+        return;
+    if (d->sweep) {
+        sbx_timer_stop(d->base.loop, &d->sweep->kick);
+        sweep_free(d->sweep);
+    }
+    sbx_http_free(d->http); /* cancels every call: no callback runs after this */
+    while (d->runs) {
+        sbx_run *r = d->runs;
+        d->runs = r->next;
+        sbx_timer_stop(d->base.loop, &r->deadline);
+        free(r->tar);
+        free(r);
+    }
+    for (size_t i = 0; d->hosts && i < d->nhosts; i++) {
+        host *h = &d->hosts[i];
+        for (int k = 0; h->slot_ids && k < h->capacity; k++)
+            free(h->slot_ids[k]);
+        free(h->slot_ids);
+        free(h->busy);
+        free(h->unix_path);
+    }
+    free(d->hosts);
+    free(d->slot_ptrs);
+    free(d->worker_id);
+    free(d->default_image);
+    free(d->user);
+    free(d);
+}
+
+static void docker_destroy(sbx_provider *p)
+{
+    sbx_docker *d = docker_of(p);
+    if (d->nruns)
+        sbx_info(COMP, "deleting %zu containers at exit", d->nruns);
+    delete_all_now(d);
+    docker_free(d);
+}
+
+static const sbx_provider_ops docker_ops = {
+    .name = "docker",
+    .start = docker_start,
+    .cancel = docker_cancel,
+    .slots = docker_slots,
+    .pool = docker_pool,
+    .destroy = docker_destroy,
+};
+
+static int host_init(sbx_docker *d, host *h, const sbx_docker_host *cfg, char *err, size_t errlen)
+{
+    const char *ep = cfg->endpoint ? cfg->endpoint : "";
+    if (!cfg->name || !cfg->name[0] || strlen(cfg->name) > HOST_NAME_MAX_LEN ||
+        strspn(cfg->name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+            strlen(cfg->name)) {
+        snprintf(err, errlen, "docker host name \"%.60s\" must be 1-%d of [A-Za-z0-9._-]",
+                 cfg->name ? cfg->name : "", HOST_NAME_MAX_LEN);
+        return -EINVAL;
+    }
+    /* Slot ids and the per-slot table: a host's capacity is its CPU count
+     * or so; 1024 is far above any real one and keeps the tables small. */
+    if (cfg->capacity < 1 || cfg->capacity > 1024) {
+        snprintf(err, errlen, "docker host %s: capacity must be 1..1024", cfg->name);
+        return -EINVAL;
+    }
+    snprintf(h->name, sizeof(h->name), "%s", cfg->name);
+    if (strncmp(ep, "unix://", 7) == 0 && ep[7] == '/') {
+        if (!(h->unix_path = strdup(ep + 7)))
+            return -ENOMEM;
+        snprintf(h->base, sizeof(h->base), "http://docker");
+    } else if (strncmp(ep, "tcp://", 6) == 0 && ep[6] && strlen(ep) < sizeof(h->base) - 1) {
+        snprintf(h->base, sizeof(h->base), "http://%s", ep + 6);
+    } else if (strncmp(ep, "http://", 7) == 0 && ep[7] && strlen(ep) < sizeof(h->base)) {
+        snprintf(h->base, sizeof(h->base), "%s", ep);
+    } else {
+        snprintf(err, errlen, "docker host %s: endpoint \"%.100s\" is not unix:///path, tcp://h:p or http://h:p",
+                 cfg->name, ep);
+        return -EINVAL;
+    }
+    {
+        size_t bl = strlen(h->base);
+        if (bl > 0 && h->base[bl - 1] == '/')
+            h->base[bl - 1] = '\0';
+    }
+    h->capacity = cfg->capacity;
+    h->slot_ids = calloc((size_t)cfg->capacity, sizeof(*h->slot_ids));
+    h->busy = calloc((size_t)cfg->capacity, sizeof(*h->busy));
+    if (!h->slot_ids || !h->busy)
+        return -ENOMEM;
+    for (int i = 0; i < cfg->capacity; i++) {
+        char id[SLOT_ID_MAX + 1];
+        snprintf(id, sizeof(id), SBX_DOCKER_POOL "/%s/%d", h->name, i);
+        if (!(h->slot_ids[i] = strdup(id)))
+            return -ENOMEM;
+        d->slot_ptrs[d->nslots++] = h->slot_ids[i];
+    }
+    return 0;
+}
+
+static int parse_user(sbx_docker *d, const char *user, char *err, size_t errlen)
+{
+    unsigned long uid, gid;
+    char *end;
+    uid = strtoul(user, &end, 10);
+    if (end == user || (*end != ':' && *end) || uid > 0x7fffffffUL)
+        goto bad;
+    gid = uid;
+    if (*end == ':') {
+        const char *g = end + 1;
+        gid = strtoul(g, &end, 10);
+        if (end == g || *end || gid > 0x7fffffffUL)
+            goto bad;
+    }
+    if (uid == 0) {
+        snprintf(err, errlen, "docker user must not be root");
+        return -EINVAL;
+    }
+    d->uid = (unsigned)uid;
+    d->gid = (unsigned)gid;
+    return 0;
+bad:
+    snprintf(err, errlen, "docker user \"%.40s\" must be numeric uid[:gid]", user);
+    return -EINVAL;
+}
+
+int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **out,
+                   char *err, size_t errlen)
+{
+    sbx_docker *d;
+    size_t total = 0;
+    int rc = -ENOMEM;
+
+    if (!cfg->worker_id || !cfg->worker_id[0] || strlen(cfg->worker_id) > 128 ||
+        strpbrk(cfg->worker_id, "\"\\")) {
+        snprintf(err, errlen, "docker provider needs a worker id (1-128 chars, no quotes)");
+        return -EINVAL;
+    }
+    if (cfg->nhosts == 0 || !cfg->hosts) {
+        snprintf(err, errlen, "docker provider needs at least one host");
+        return -EINVAL;
+    }
+    if (!(d = calloc(1, sizeof(*d))))
+        goto nomem;
+    d->base.ops = &docker_ops;
+    d->base.loop = loop;
+    d->allow_network = cfg->allow_network;
+    d->memory_mb = cfg->default_memory_mb > 0 ? cfg->default_memory_mb : 1024;
+    d->pids = cfg->default_pids > 0 ? cfg->default_pids : 512;
+    d->cpus = cfg->default_cpus > 0 ? cfg->default_cpus : 1.0;
+    d->disk_mb = cfg->default_disk_mb > 0 ? cfg->default_disk_mb : 1024;
+    d->tmp_mb = cfg->tmp_mb > 0 ? cfg->tmp_mb : 256;
+    d->req_timeout_ms = cfg->request_timeout_ms > 0 ? (uint32_t)cfg->request_timeout_ms : 30000;
+    d->kill_grace_ms = cfg->kill_grace_ms > 0 ? cfg->kill_grace_ms : 10000;
+    if (!(d->worker_id = strdup(cfg->worker_id)) ||
+        !(d->user = strdup(cfg->user ? cfg->user : "65534:65534")) ||
+        (cfg->default_image && !(d->default_image = strdup(cfg->default_image))))
+        goto nomem;
+    if ((rc = parse_user(d, d->user, err, errlen)) < 0)
+        goto fail;
+    for (size_t i = 0; i < cfg->nhosts; i++)
+        total += cfg->hosts[i].capacity > 0 ? (size_t)cfg->hosts[i].capacity : 0;
+    if (!(d->hosts = calloc(cfg->nhosts, sizeof(*d->hosts))) ||
+        !(d->slot_ptrs = calloc(total + 1, sizeof(*d->slot_ptrs))))
+        goto nomem;
+    for (size_t i = 0; i < cfg->nhosts; i++) {
+        for (size_t k = 0; k < i; k++) {
+            if (cfg->hosts[i].name && strcmp(cfg->hosts[i].name, cfg->hosts[k].name) == 0) {
+                snprintf(err, errlen, "docker host %s is listed twice", cfg->hosts[i].name);
+                rc = -EINVAL;
+                goto fail;
+            }
+        }
+        d->nhosts = i + 1;
+        if ((rc = host_init(d, &d->hosts[i], &cfg->hosts[i], err, errlen)) < 0) {
+            if (rc == -ENOMEM)
+                goto nomem;
+            goto fail;
+        }
+    }
+    if ((rc = sbx_http_new(loop, &d->http)) < 0)
+        goto nomem;
+    if (!cfg->no_start_sweep && (rc = sbx_docker_sweep(&d->base, NULL, NULL)) < 0)
+        goto nomem;
+    sbx_info(COMP, "provider ready worker=%s hosts=%zu slots=%zu", d->worker_id, d->nhosts, d->nslots);
+    *out = &d->base;
+    return 0;
+
+nomem:
+    rc = -ENOMEM;
+    snprintf(err, errlen, "out of memory");
+fail:
+    docker_free(d);
+    return rc;
+}
+
+size_t sbx_docker_host_count(sbx_provider *p) { return docker_of(p)->nhosts; }
+
+const char *sbx_docker_host_name(sbx_provider *p, size_t host_i)
+{
+    sbx_docker *d = docker_of(p);
+    return host_i < d->nhosts ? d->hosts[host_i].name : NULL;
+}
+
+size_t sbx_docker_host_slots(sbx_provider *p, size_t host_i, const char ***ids)
+{
+    sbx_docker *d = docker_of(p);
+    size_t first = 0;
+    if (host_i >= d->nhosts) {
+        *ids = NULL;
+        return 0;
+    }
+    for (size_t i = 0; i < host_i; i++)
+        first += (size_t)d->hosts[i].capacity;
+    *ids = d->slot_ptrs + first;
+    return (size_t)d->hosts[host_i].capacity;
+}
+
+size_t sbx_docker_active(sbx_provider *p) { return docker_of(p)->nruns; }

@@ -1,0 +1,497 @@
+/* provider_local.c — the `local` provider: builds in bubblewrap sandboxes on
+ * the worker's own host.
+ *
+ * This file is the thin part: it maps slots to sandboxes and jobs to sandbox
+ * specs, and sandbox endings to outcomes. sandbox.c does the processes,
+ * limits, output and cleanup, and its design comment says how each is
+ * bounded (rlimits: cgroup v2 is not available on these hosts, which run the
+ * cgroup v1 hybrid layout).
+ *
+ * Slots. The host offers cfg->slots slots, "local/<node>/<i>", in the pool
+ * "local/<node>". start() refuses an id not in that list (-EINVAL) and a slot
+ * that already runs something (-EBUSY): the lease in Redis should make that
+ * impossible, so it means a bug or a stale lease, and running two builds in
+ * one slot would share a uid and its limits.
+ *
+ * One uid per slot. When the worker runs as root, slot i's builds run as
+ * uid/gid cfg->uid_base + i, so RLIMIT_NPROC counts one sandbox, and
+ * "kill every process of uid X" is a complete way to end one. Those uids must
+ * be reserved for sandboxes on this host. At startup we sweep them and remove
+ * workspaces a crashed predecessor left in work_dir: one provider per
+ * (work_dir, uid range) on a host. As non-root (development), builds run as
+ * the worker's uid: no sweeps, and RLIMIT_NPROC counts every process of it.
+ *
+ * Limits from the job, else the config (0 = none):
+ *   memory_mb -> RLIMIT_AS per process; pids -> RLIMIT_NPROC of the slot uid;
+ *   disk_mb (default LOCAL_DEFAULT_DISK_MB) -> RLIMIT_FSIZE per file and the
+ *   size of /tmp and /dev/shm (at most memory_mb: they are RAM);
+ *   timeout_s -> wall timer (TIMED_OUT);
+ *   RLIMIT_CPU = timeout_s * max(cpus, 1): a single process may always use
+ *   its whole wall time; the limit only stops one process burning more cores
+ *   than asked for the whole run. Fractional cpus are not enforceable
+ *   without cgroups.
+ *
+ * Outcomes: canceled -> CANCELED (even if the build ended meanwhile: the
+ * caller asked, provider.h promises it); wall timer -> TIMED_OUT; bwrap never
+ * reached the command -> ERROR (a host problem, worth a retry); exit 0 ->
+ * SUCCEEDED; anything else, including limits killing it -> FAILED.
+ */
+#include "provider.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "sandbox.h"
+
+_Static_assert(SBX_SANDBOX_TAIL_MAX == SBX_LOG_TAIL_MAX, "the sandbox keeps what the runs table stores");
+
+/* disk_mb when the job gives none: a generous build tree per file and tmpfs. */
+#define LOCAL_DEFAULT_DISK_MB 4096
+/* More slots than this on one host would be a configuration mistake; it also
+ * bounds the uid range we reserve and sweep. */
+#define LOCAL_SLOTS_MAX 1024
+/* uid sweep at startup: how long orphans of a crashed worker may take. */
+#define LOCAL_SWEEP_MS 2000
+
+typedef struct local_provider {
+    sbx_provider base;
+    char *node;
+    char *work_dir;
+    char *bwrap;
+    char *pool;                  /* "local/<node>" */
+    char **ids;                  /* "local/<node>/<i>" */
+    int nslots;
+    int uid_base;                /* -1 when not root */
+    int allow_network;
+    int default_memory_mb;
+    int default_pids;
+    double default_cpus;
+    int kill_grace_ms;
+    struct sbx_run **busy;       /* per slot, NULL when free */
+} local_provider;
+
+struct sbx_run {
+    local_provider *p;
+    int slot;
+    int64_t token;
+    char job_id[SBX_ID_MAX + 1];
+    sbx_sandbox *sb;
+    sbx_run_cb cb;
+    void *arg;
+    int canceled;
+    int pid;
+};
+
+static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled",
+                                            "error"};
+
+static int slot_index(const local_provider *p, const char *slot)
+{
+    if (!slot)
+        return -1;
+    for (int i = 0; i < p->nslots; i++)
+        if (strcmp(p->ids[i], slot) == 0)
+            return i;
+    return -1;
+}
+
+static void set_instance(const struct sbx_run *r, sbx_result *res)
+{
+    snprintf(res->instance, sizeof(res->instance), "%s:%d", r->p->node, r->pid);
+}
+
+static void on_sb_start(void *arg, sbx_sandbox *sb)
+{
+    struct sbx_run *r = arg;
+    sbx_result res;
+    (void)sb;
+
+    memset(&res, 0, sizeof(res));
+    res.exit_code = -1;
+    set_instance(r, &res);
+    r->cb(r->arg, SBX_RUN_STARTED, &res);
+}
+
+static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
+{
+    struct sbx_run *r = arg;
+    local_provider *p = r->p;
+    sbx_run_cb cb = r->cb;
+    void *cb_arg = r->arg;
+    sbx_result res;
+
+    memset(&res, 0, sizeof(res));
+    res.exit_code = st->exit_code;
+    if (r->canceled)
+        res.outcome = SBX_OUTCOME_CANCELED;
+    else if (st->end == SBX_SANDBOX_TIMED_OUT)
+        res.outcome = SBX_OUTCOME_TIMED_OUT;
+    else if (!st->ran)
+        res.outcome = SBX_OUTCOME_ERROR;
+    else
+        res.outcome = st->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
+    if (res.outcome == SBX_OUTCOME_ERROR) {
+        snprintf(res.error, sizeof(res.error), "sandbox did not start the command (bwrap exit %d)",
+                 st->exit_code);
+        res.exit_code = -1;
+    } else if (st->error[0]) {
+        snprintf(res.error, sizeof(res.error), "%s", st->error);
+    } else if (res.outcome == SBX_OUTCOME_TIMED_OUT) {
+        snprintf(res.error, sizeof(res.error), "killed after the timeout");
+    }
+    memcpy(res.log_tail, st->tail, st->tail_len);
+    res.log_tail[st->tail_len] = '\0';
+    res.log_tail_len = st->tail_len;
+    set_instance(r, &res);
+    sbx_log(st->error[0] || res.outcome == SBX_OUTCOME_ERROR ? SBX_LOG_WARN : SBX_LOG_INFO,
+        "local",
+        "run end slot=%s token=%" PRId64 " job=%s pid=%d outcome=%s exit_code=%d out_bytes=%" PRIu64
+        " duration_ms=%" PRIu64 "%s%s",
+        p->ids[r->slot], r->token, r->job_id, r->pid, outcome_names[res.outcome], st->exit_code,
+        st->out_bytes, st->duration_ms, res.error[0] ? " error=" : "", res.error);
+
+    /* Forget the run before telling: the callback may start the next build
+     * in this slot, and the sbx_run pointer is dangling once it is told. */
+    p->busy[r->slot] = NULL;
+    sbx_sandbox_free(sb);
+    free(r);
+    cb(cb_arg, SBX_RUN_FINISHED, &res);
+}
+
+static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, void *arg,
+                       sbx_run **out, char *err, size_t errlen)
+{
+    local_provider *p = (local_provider *)bp;
+    const sbx_job *job = req->job;
+    sbx_sandbox_spec spec;
+    struct sbx_run *r;
+    char name[64];
+    double cpus, cpu_s;
+    int i, rc, timeout_s;
+
+    i = slot_index(p, req->slot);
+    if (i < 0) {
+        snprintf(err, errlen, "slot %.128s is not one of %s's", req->slot ? req->slot : "(null)",
+                 p->pool);
+        return -EINVAL;
+    }
+    if (p->busy[i]) {
+        snprintf(err, errlen, "slot %s is busy with job %s (token %" PRId64 ")", p->ids[i],
+                 p->busy[i]->job_id, p->busy[i]->token);
+        return -EBUSY;
+    }
+    if (!job || (!job->script && !(job->argv && job->argv[0]))) {
+        snprintf(err, errlen, "job has neither command nor script");
+        return -EINVAL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r->p = p;
+    r->slot = i;
+    r->token = req->token;
+    r->cb = cb;
+    r->arg = arg;
+    snprintf(r->job_id, sizeof(r->job_id), "%s", job->job_id);
+
+    timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
+    cpus = job->cpus > 0 ? job->cpus : p->default_cpus;
+    snprintf(name, sizeof(name), "%d-%" PRId64, i, req->token);
+    memset(&spec, 0, sizeof(spec));
+    spec.bwrap = p->bwrap;
+    spec.work_dir = p->work_dir;
+    spec.name = name;
+    spec.argv = job->script ? NULL : job->argv;
+    spec.script = job->script;
+    spec.env = job->env;
+    spec.nenv = job->nenv;
+    spec.files = job->files;
+    spec.nfiles = job->nfiles;
+    spec.uid = p->uid_base >= 0 ? p->uid_base + i : -1;
+    spec.gid = spec.uid;
+    spec.network = job->network && p->allow_network;
+    spec.memory_mb = job->memory_mb > 0 ? job->memory_mb : p->default_memory_mb;
+    spec.pids = job->pids > 0 ? job->pids : p->default_pids;
+    cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
+    spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
+    spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : LOCAL_DEFAULT_DISK_MB;
+    spec.timeout_s = timeout_s;
+    spec.kill_grace_ms = p->kill_grace_ms;
+
+    rc = sbx_sandbox_spawn(p->base.loop, &spec, on_sb_start, on_sb_exit, r, &r->sb, err, errlen);
+    if (rc) {
+        sbx_warn("local", "run refused slot=%s token=%" PRId64 " job=%s: %s", p->ids[i],
+                 req->token, r->job_id, err);
+        free(r);
+        return rc;
+    }
+    r->pid = (int)sbx_sandbox_pid(r->sb);
+    p->busy[i] = r;
+    sbx_info("local",
+             "run start slot=%s token=%" PRId64 " job=%s attempt=%d pid=%d uid=%d network=%d "
+             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d",
+             p->ids[i], req->token, r->job_id, req->attempt, r->pid, spec.uid, spec.network,
+             spec.memory_mb, spec.pids, cpus, spec.disk_mb, timeout_s);
+    if (job->network && !p->allow_network)
+        sbx_info("local", "run job=%s asked for network; this host allows none", r->job_id);
+    *out = r;
+    return 0;
+}
+
+static void local_cancel(sbx_provider *bp, sbx_run *r)
+{
+    (void)bp;
+    if (!r->canceled)
+        sbx_info("local", "run cancel slot=%s token=%" PRId64 " job=%s pid=%d", r->p->ids[r->slot],
+                 r->token, r->job_id, r->pid);
+    r->canceled = 1;
+    sbx_sandbox_cancel(r->sb);
+}
+
+static size_t local_slots(sbx_provider *bp, const char ***ids)
+{
+    local_provider *p = (local_provider *)bp;
+    *ids = (const char **)p->ids;
+    return (size_t)p->nslots;
+}
+
+static const char *local_pool(sbx_provider *bp) { return ((local_provider *)bp)->pool; }
+
+static void free_provider(local_provider *p)
+{
+    if (!p)
+        return;
+    if (p->ids)
+        for (int i = 0; i < p->nslots; i++)
+            free(p->ids[i]);
+    free(p->ids);
+    free(p->busy);
+    free(p->node);
+    free(p->work_dir);
+    free(p->bwrap);
+    free(p->pool);
+    free(p);
+}
+
+static void local_destroy(sbx_provider *bp)
+{
+    local_provider *p = (local_provider *)bp;
+    int killed = 0;
+
+    for (int i = 0; i < p->nslots; i++) {
+        struct sbx_run *r = p->busy[i];
+        if (!r)
+            continue;
+        sbx_sandbox_free(r->sb); /* SIGKILL, reap, remove; no callbacks */
+        sbx_info("local", "run killed at shutdown slot=%s token=%" PRId64 " job=%s pid=%d",
+                 p->ids[i], r->token, r->job_id, r->pid);
+        free(r);
+        p->busy[i] = NULL;
+        killed++;
+    }
+    sbx_info("local", "provider closed pool=%s killed=%d", p->pool, killed);
+    free_provider(p);
+}
+
+static const sbx_provider_ops local_ops = {
+    .name = "local",
+    .start = local_start,
+    .cancel = local_cancel,
+    .slots = local_slots,
+    .pool = local_pool,
+    .destroy = local_destroy,
+};
+
+/* bwrap given as a bare name is looked up in PATH, once: the sandbox execs an
+ * absolute path with an empty environment. */
+static char *resolve_exe(const char *name)
+{
+    const char *path, *c;
+    char buf[4096];
+
+    if (strchr(name, '/'))
+        return access(name, X_OK) == 0 ? realpath(name, NULL) : NULL;
+    path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (c = path; *c;) {
+        const char *e = strchr(c, ':');
+        size_t n = e ? (size_t)(e - c) : strlen(c);
+        if (n > 0 && (size_t)snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, c, name) < sizeof(buf) &&
+            buf[0] == '/' && access(buf, X_OK) == 0)
+            return strdup(buf);
+        if (!e)
+            break;
+        c = e + 1;
+    }
+    return NULL;
+}
+
+/* "<digits>-<token>": what a workspace is named; anything else is not ours. */
+static int is_workspace_name(const char *n)
+{
+    const char *c = n;
+    if (*c < '0' || *c > '9')
+        return 0;
+    while (*c >= '0' && *c <= '9')
+        c++;
+    if (*c++ != '-')
+        return 0;
+    if (*c == '-')
+        c++;
+    if (*c < '0' || *c > '9')
+        return 0;
+    while (*c >= '0' && *c <= '9')
+        c++;
+    return *c == '\0';
+}
+
+static void remove_stale_workspaces(local_provider *p)
+{
+    DIR *d = opendir(p->work_dir);
+    struct dirent *de;
+    char path[4096];
+    int n = 0;
+
+    if (!d)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        if (!is_workspace_name(de->d_name))
+            continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", p->work_dir, de->d_name) >= sizeof(path))
+            continue;
+        if (sbx_sandbox_remove_tree(path) == 0)
+            n++;
+        else
+            sbx_warn("local", "stale workspace not removed path=%s", path);
+    }
+    closedir(d);
+    if (n)
+        sbx_info("local", "removed stale workspaces count=%d work_dir=%s", n, p->work_dir);
+}
+
+static int prepare_work_dir(const char *dir, int as_root, char *err, size_t errlen)
+{
+    struct stat st;
+
+    if (mkdir(dir, 0711) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "work_dir %s: %s", dir, strerror(errno));
+        return -errno;
+    }
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "work_dir %s: not a directory", dir);
+        return -ENOTDIR;
+    }
+    /* bwrap runs as the slot uid and must reach <work_dir>/<ws> to bind it. */
+    if (as_root && !(st.st_mode & S_IXOTH)) {
+        snprintf(err, errlen, "work_dir %s: sandbox uids cannot enter it (chmod o+x)", dir);
+        return -EACCES;
+    }
+    return 0;
+}
+
+int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **out, char *err,
+                  size_t errlen)
+{
+    local_provider *p = NULL;
+    int as_root = geteuid() == 0, rc = 0;
+    size_t n;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if (!loop || !cfg || !out) {
+        snprintf(err, errlen, "local: missing loop, config or out");
+        return -EINVAL;
+    }
+    if (!cfg->node || !cfg->node[0] || strchr(cfg->node, '/') || strlen(cfg->node) > 64) {
+        snprintf(err, errlen, "local: node must be a short name without '/'");
+        return -EINVAL;
+    }
+    if (cfg->slots < 1 || cfg->slots > LOCAL_SLOTS_MAX) {
+        snprintf(err, errlen, "local: slots must be 1..%d", LOCAL_SLOTS_MAX);
+        return -EINVAL;
+    }
+    if (!cfg->work_dir || cfg->work_dir[0] != '/') {
+        snprintf(err, errlen, "local: work_dir must be an absolute path");
+        return -EINVAL;
+    }
+    if (as_root && (cfg->uid_base <= 0 || cfg->uid_base > INT32_MAX - LOCAL_SLOTS_MAX)) {
+        snprintf(err, errlen, "local: running as root needs uid_base > 0, a uid range reserved "
+                              "for sandboxes");
+        return -EINVAL;
+    }
+    p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    p->base.ops = &local_ops;
+    p->base.loop = loop;
+    p->nslots = cfg->slots;
+    p->uid_base = as_root ? cfg->uid_base : -1;
+    p->allow_network = cfg->allow_network;
+    p->default_memory_mb = cfg->default_memory_mb > 0 ? cfg->default_memory_mb : 0;
+    p->default_pids = cfg->default_pids > 0 ? cfg->default_pids : 0;
+    p->default_cpus = cfg->default_cpus > 0 ? cfg->default_cpus : 1;
+    p->kill_grace_ms = cfg->kill_grace_ms > 0 ? cfg->kill_grace_ms : 0;
+    p->node = strdup(cfg->node);
+    p->work_dir = strdup(cfg->work_dir);
+    p->bwrap = resolve_exe(cfg->bwrap && cfg->bwrap[0] ? cfg->bwrap : "bwrap");
+    n = strlen(cfg->node) + sizeof("local/");
+    p->pool = malloc(n);
+    p->ids = calloc((size_t)p->nslots, sizeof(*p->ids));
+    p->busy = calloc((size_t)p->nslots, sizeof(*p->busy));
+    if (!p->node || !p->work_dir || !p->pool || !p->ids || !p->busy) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (!p->bwrap) {
+        rc = -ENOENT;
+        snprintf(err, errlen, "local: bwrap %s: not found or not executable",
+                 cfg->bwrap ? cfg->bwrap : "bwrap");
+        goto out;
+    }
+    snprintf(p->pool, n, "local/%s", cfg->node);
+    for (int i = 0; i < p->nslots; i++) {
+        char id[128];
+        snprintf(id, sizeof(id), "%s/%d", p->pool, i);
+        p->ids[i] = strdup(id);
+        if (!p->ids[i]) {
+            rc = -ENOMEM;
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+    }
+    rc = prepare_work_dir(p->work_dir, as_root, err, errlen);
+    if (rc)
+        goto out;
+
+    /* Whatever a crashed predecessor left: its processes, then its disk. */
+    if (as_root)
+        for (int i = 0; i < p->nslots; i++)
+            if (sbx_sandbox_sweep_uid((uid_t)(p->uid_base + i), LOCAL_SWEEP_MS) != 0)
+                sbx_warn("local", "processes of uid %d survive SIGKILL; slot %s will refuse builds",
+                         p->uid_base + i, p->ids[i]);
+    remove_stale_workspaces(p);
+
+    if (!as_root)
+        sbx_warn("local", "not root: builds run as uid %d, no per-slot uid, RLIMIT_NPROC counts "
+                          "all of its processes", (int)geteuid());
+    sbx_info("local", "provider ready pool=%s slots=%d work_dir=%s bwrap=%s uid_base=%d network=%d",
+             p->pool, p->nslots, p->work_dir, p->bwrap, p->uid_base, p->allow_network);
+    *out = &p->base;
+    p = NULL;
+out:
+    free_provider(p);
+    return rc;
+}

@@ -1,0 +1,1352 @@
+/* sandbox.c — one build in a bubblewrap sandbox: spawn, watch, kill, clean.
+ *
+ * What a sandbox owns on the host, and how each thing is bounded:
+ *  - A workspace <work_dir>/<name>, mode 0700, owned by the build's uid,
+ *    bound read-write at /workspace. The job's files are written into it by
+ *    us before anything runs (fresh directory, no racing writer), with every
+ *    path checked to stay inside. Removed by an `rm -rf --one-file-system`
+ *    child (rm walks any depth safely; removing a big tree must not block the
+ *    loop) before on_exit, so a finished slot never leaves disk behind.
+ *  - bwrap, exec'd by a forked child that first drops to the build's uid
+ *    (setgroups(0), setresgid, setresuid), applies the rlimits, starts a new
+ *    session and sets PR_SET_PDEATHSIG so a crashed worker takes its builds
+ *    down. bwrap then makes every namespace (--unshare-all; the network one is
+ *    kept only on request), its own pid 1, a tmpfs root remounted read-only,
+ *    read-only /usr plus the merged-/usr symlinks, a generated /etc/passwd and
+ *    /etc/group, a handful of read-only /etc files, and size-capped tmpfs
+ *    /tmp and /dev/shm. --die-with-parent: killing bwrap kills its pid 1, and
+ *    the kernel then kills every process of that pid namespace.
+ *  - Secrets stay off the host's `ps`: bwrap's options, including every
+ *    --setenv, are passed through a memfd (--args 3), not argv; bwrap itself
+ *    is exec'd with an empty environment, so nothing the job sets (say
+ *    LD_PRELOAD) acts on bwrap outside the sandbox.
+ *  - A wrapper (`printf x >&6 && exec "$@"`) writes one byte just before it
+ *    execs the command. No byte means bwrap never got that far (bad setup, no
+ *    user namespaces left): the caller should report a provider error, not a
+ *    failed build.
+ *  - stdout and stderr share one pipe read non-blocking into a ring that
+ *    keeps the last SBX_SANDBOX_TAIL_MAX bytes, so memory is bounded however
+ *    much a build prints; the total is counted.
+ *
+ * Limits. cgroup v2 is not available on the hosts we target (cgroup v1
+ * hybrid), so limits are rlimits set before exec, inherited by everything in
+ * the sandbox:
+ *  - RLIMIT_AS = memory_mb, per process (a sandbox with N processes may use
+ *    N times that; runtimes that reserve address space need a larger value).
+ *  - RLIMIT_NPROC = pids + 2 (bwrap and its pid 1). Counted per uid, which is
+ *    why each slot has its own uid: the limit is then per sandbox. A user
+ *    namespace created under it inherits it as its ceiling.
+ *  - RLIMIT_CPU = cpu_s per process, soft (SIGXCPU) then hard (SIGKILL) a few
+ *    seconds later: a backstop against one process spinning on more cores
+ *    than it paid for; wall time is the timer's job.
+ *  - RLIMIT_FSIZE = disk_mb per file (SIGXFSZ). /tmp and /dev/shm are tmpfs
+ *    of min(disk_mb, memory_mb) each: tmpfs is RAM that RLIMIT_AS does not
+ *    count. The workspace has no total quota without cgroups or project
+ *    quotas.
+ *  - RLIMIT_CORE = 0.
+ *
+ * Killing. Timeout: SIGKILL to bwrap's pid 1, which takes its whole pid
+ * namespace with it; bwrap reaps it and exits (bwrap itself is killed only
+ * if it has not within SB_KILL_WAIT_MS: killing it first would orphan its
+ * pid 1). Cancel: SIGTERM to the command's process group (bwrap's pid 1
+ * ignores it, as a pid-namespace init with no handler does), then the same
+ * SIGKILL after kill_grace_ms. When we run as root each build has a uid of
+ * its own, which gives the strongest guarantee there is: a child that
+ * setuid()s to that uid and calls kill(-1, SIGKILL) kills every process of
+ * it, inside or outside any namespace. Before every spawn, and after bwrap
+ * exits, /proc must show no live process of the uid (swept if needed), and
+ * on_exit waits for that. The uids from uid_base on must be reserved for
+ * sandboxes: anything else running as them is killed.
+ *
+ * Orphans. bwrap exits as soon as its pid 1 reports the command's status, so
+ * that pid 1 is sometimes reparented; a zombie left to a host init that never
+ * reaps (common in containers) would count against the uid's RLIMIT_NPROC
+ * forever. With per-slot uids the worker makes itself a child subreaper
+ * (process-wide, once) and reaps zombie children of a sandbox uid while it
+ * sweeps.
+ *
+ * Processes are watched with pidfds on the loop and reaped with
+ * waitid(P_PIDFD), so the worker must not reap children it did not spawn
+ * (no SIGCHLD = SIG_IGN, no waitpid(-1)).
+ *
+ * Cost: each spawn and each end of a run scans /proc (a few hundred small
+ * reads on a build host) in the loop; forks happen only to exec bwrap and
+ * rm, and to sweep a uid that is not empty.
+ */
+#include "sandbox.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* After bwrap exits, wait this long for output EOF: every writer lives in
+ * the pid namespace, which dies with bwrap's pid 1, so EOF normally arrives
+ * in the same loop turn. */
+#define SB_DRAIN_MS 1000
+/* After SIGKILL, how long processes of the uid may take to disappear (a task
+ * in uninterruptible sleep finishes its syscall first). */
+#define SB_REAP_MS 5000
+/* Poll period while waiting for either of the above. */
+#define SB_POLL_MS 10
+/* After SIGKILL to bwrap's pid 1, how long bwrap may take to reap it and
+ * exit before it is killed too. */
+#define SB_KILL_WAIT_MS 1000
+/* After bwrap exits, how long its pid 1 may take to follow before the uid
+ * is swept: normally well under this. */
+#define SB_LINGER_MS 200
+/* Before a spawn, how long leftovers of the uid may take to die. */
+#define SB_CLAIM_MS 500
+/* One read: the default pipe capacity (16 pages). */
+#define SB_READ_CHUNK 65536
+/* Reads per callback: 1 MB, so a chatty build cannot starve the loop. */
+#define SB_READS_PER_TURN 16
+/* bwrap options: env and argv of a job are bounded by the message size
+ * (SBX_MSG_MAX_BYTES), mounts add little; twice that is plenty. */
+#define SB_ARGS_MAX (2 * SBX_MSG_MAX_BYTES)
+/* RLIMIT_NPROC headroom for bwrap itself and its pid 1. */
+#define SB_BWRAP_PROCS 2
+/* RLIMIT_CPU hard limit after the soft one: time to handle SIGXCPU. */
+#define SB_CPU_HARD_SLACK_S 5
+/* Bytes of /proc/<pid>/status we need: State and Uid are in the first lines. */
+#define SB_STATUS_HEAD 1024
+
+#define SB_RM "/bin/rm"
+#define SB_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+/* Runs inside the sandbox: mark "the command starts now" on fd 6, then
+ * become the command with our private fds closed. */
+#define SB_WRAPPER "printf x >&6 && exec \"$@\" 3>&- 4>&- 5>&- 6>&-"
+
+typedef enum sb_state {
+    SB_RUNNING,   /* bwrap alive; output flows into the ring */
+    SB_REAPING,   /* bwrap reaped; waiting for output EOF and an empty uid */
+    SB_CLEANING,  /* rm -rf of the workspace running */
+    SB_DONE,      /* on_exit due or delivered */
+} sb_state;
+
+static const char *const state_names[] = {"running", "reaping", "cleaning", "done"};
+
+struct sbx_sandbox {
+    sbx_loop *loop;
+    sb_state state;
+    sbx_sandbox_start_cb on_start;
+    sbx_sandbox_exit_cb on_exit;
+    void *arg;
+
+    char ws[PATH_MAX];
+    int ws_exists;        /* ours to remove */
+    int uid, gid;         /* -1: not switching, no uid sweeps */
+    int grace_ms;
+
+    pid_t pid;            /* bwrap */
+    int reaped;           /* pid is no longer ours to signal */
+    int pidfd;
+    sbx_io pid_io;
+    int out_fd;           /* read end of stdout+stderr; -1 after EOF */
+    sbx_io out_io;
+    int mark_fd;          /* read end of the wrapper's "exec now" byte */
+    pid_t rm_pid;
+    int rm_pidfd;
+    sbx_io rm_io;
+
+    sbx_timer start_t;    /* on_start, next turn */
+    sbx_timer wall_t;     /* timeout_s */
+    sbx_timer kill_t;     /* cancel grace; then bwrap's time to follow its pid 1 */
+    sbx_timer reap_t;     /* REAPING poll */
+    sbx_timer done_t;     /* on_exit */
+
+    int started;          /* on_start delivered */
+    int end_set;
+    sbx_sandbox_end end;
+    int killed;           /* SIGKILL sent (to pid 1 first, see kill_all) */
+    int exit_code;
+    int ran;
+    int uid_clear;
+    uint64_t t0_ms, t_exit_ms, drain_deadline_ms, reap_deadline_ms;
+
+    char ring[SBX_SANDBOX_TAIL_MAX];
+    size_t ring_head, ring_len;
+    uint64_t out_bytes;
+    char tail[SBX_SANDBOX_TAIL_MAX + 1];
+    char error[256];
+};
+
+/* ---- small helpers ---- */
+
+static int pidfd_open_(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+static int pidfd_kill(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+static void set_state(sbx_sandbox *s, sb_state to)
+{
+    sbx_debug("sandbox", "state %s -> %s pid=%d", state_names[s->state], state_names[to],
+              (int)s->pid);
+    s->state = to;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static pid_t wait_blocking(pid_t pid, int *status)
+{
+    pid_t r;
+    do
+        r = waitpid(pid, status, 0);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+/* ---- uid sweeps ---- */
+
+/* Scans /proc for processes of uid (real, effective or saved). Counts the
+ * live ones; zombies that are our children (bwrap's pid 1, adopted, see
+ * adopt_orphans) are reaped when reap is set; other zombies run nothing and
+ * are not ours to reap. */
+static int scan_uid(uid_t uid, int reap)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    pid_t self = getpid();
+    int n = 0;
+
+    if (!d)
+        return -errno;
+    while ((de = readdir(d)) != NULL) {
+        char path[64], buf[SB_STATUS_HEAD + 1];
+        const char *st, *u, *pp;
+        unsigned r, e, sv;
+        int ppid = 0, status;
+        ssize_t len;
+        int fd;
+
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%.32s/status", de->d_name);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue; /* exited meanwhile */
+        len = read(fd, buf, SB_STATUS_HEAD);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        st = strstr(buf, "\nState:\t");
+        pp = strstr(buf, "\nPPid:\t");
+        u = strstr(buf, "\nUid:\t");
+        if (!u || sscanf(u, "\nUid:\t%u\t%u\t%u", &r, &e, &sv) != 3)
+            continue;
+        if (r != uid && e != uid && sv != uid)
+            continue;
+        if (st && (st[8] == 'Z' || st[8] == 'X')) {
+            if (reap && pp && sscanf(pp, "\nPPid:\t%d", &ppid) == 1 && ppid == (int)self)
+                waitpid((pid_t)atoi(de->d_name), &status, WNOHANG);
+            continue;
+        }
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+int sbx_sandbox_count_uid(uid_t uid) { return scan_uid(uid, 0); }
+
+/* bwrap does not always outlive its pid 1: it exits as soon as pid 1 reports
+ * the command's status, and pid 1 is then reparented. Without a subreaper it
+ * goes to the host's init, and a zombie that init does not reap (container
+ * inits often never do) still counts against the uid's RLIMIT_NPROC. As a
+ * subreaper the worker adopts it and scan_uid() reaps it. Process-wide, set
+ * once, only when we have per-slot uids to tell those zombies apart. */
+static void adopt_orphans(void)
+{
+    static int done;
+    if (!done && prctl(PR_SET_CHILD_SUBREAPER, 1) == 0)
+        done = 1;
+}
+
+/* kill(-1, sig) as uid: every process the uid may signal, i.e. all of its. */
+static int kill_uid(uid_t uid, int sig)
+{
+    int status;
+    pid_t pid = fork();
+
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        if (setresgid(uid, uid, uid) < 0 || setresuid(uid, uid, uid) < 0)
+            _exit(1);
+        kill(-1, sig);
+        _exit(0);
+    }
+    if (wait_blocking(pid, &status) < 0)
+        return -errno;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EPERM;
+}
+
+int sbx_sandbox_sweep_uid(uid_t uid, int wait_ms)
+{
+    uint64_t deadline = sbx_now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+    int n;
+
+    adopt_orphans();
+    n = scan_uid(uid, 1);
+
+    while (n != 0) {
+        int rc = kill_uid(uid, SIGKILL);
+        if (rc < 0)
+            return rc;
+        if (sbx_now_ms() >= deadline)
+            return -EBUSY;
+        sleep_ms(5);
+        n = scan_uid(uid, 1);
+    }
+    return 0;
+}
+
+/* ---- workspace ---- */
+
+static pid_t spawn_rm(const char *path)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *const argv[] = {"rm", "-rf", "--one-file-system", "--", (char *)path, NULL};
+        int fd = open("/dev/null", O_RDWR);
+        if (fd >= 0) {
+            dup2(fd, 0);
+            dup2(fd, 1);
+        }
+        close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+        execv(SB_RM, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+int sbx_sandbox_remove_tree(const char *path)
+{
+    struct stat st;
+    int status;
+    pid_t pid;
+
+    if (lstat(path, &st) < 0 && errno == ENOENT)
+        return 0;
+    pid = spawn_rm(path);
+    if (pid < 0)
+        return -errno;
+    if (wait_blocking(pid, &status) < 0)
+        return -errno;
+    if (lstat(path, &st) == 0)
+        return -ENOTEMPTY;
+    return 0;
+}
+
+/* A file path must name something strictly inside the workspace: relative,
+ * no empty, "." or ".." component. */
+static int path_ok(const char *p)
+{
+    const char *c = p;
+    size_t len = strlen(p);
+
+    if (len == 0 || len >= PATH_MAX || p[0] == '/')
+        return 0;
+    while (*c) {
+        const char *e = strchr(c, '/');
+        size_t n = e ? (size_t)(e - c) : strlen(c);
+        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+            return 0;
+        if (!e)
+            break;
+        c = e + 1;
+        if (!*c)
+            return 0; /* trailing '/' */
+    }
+    return 1;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Creates path (already checked) under root, with its missing parents. */
+static int write_file(int root, const char *path, const char *content, int uid, int gid)
+{
+    char comp[PATH_MAX];
+    const char *c = path;
+    int dir = root, rc = 0, fd;
+
+    for (;;) {
+        const char *e = strchr(c, '/');
+        size_t n;
+        int next;
+        if (!e)
+            break;
+        n = (size_t)(e - c);
+        memcpy(comp, c, n);
+        comp[n] = '\0';
+        if (mkdirat(dir, comp, 0755) == 0) {
+            if (uid >= 0 && fchownat(dir, comp, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) < 0) {
+                rc = -errno;
+                goto out;
+            }
+        } else if (errno != EEXIST) {
+            rc = -errno;
+            goto out;
+        }
+        next = openat(dir, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0) {
+            rc = -errno;
+            goto out;
+        }
+        if (dir != root)
+            close(dir);
+        dir = next;
+        c = e + 1;
+    }
+    fd = openat(dir, c, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    rc = write_all(fd, content, strlen(content));
+    if (!rc && uid >= 0 && fchown(fd, (uid_t)uid, (gid_t)gid) < 0)
+        rc = -errno;
+    close(fd);
+out:
+    if (dir != root)
+        close(dir);
+    return rc;
+}
+
+static int make_workspace(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, size_t errlen)
+{
+    int dir = -1, rc = 0;
+
+    if (mkdir(s->ws, 0700) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
+        return rc;
+    }
+    s->ws_exists = 1;
+    dir = open(s->ws, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir < 0 || (s->uid >= 0 && fchown(dir, (uid_t)s->uid, (gid_t)s->gid) < 0)) {
+        rc = -errno;
+        snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
+        goto out;
+    }
+    for (size_t i = 0; i < spec->nfiles; i++) {
+        rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
+                        s->uid, s->gid);
+        if (rc) {
+            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
+                     rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP
+                         ? "clashes with another file" : strerror(-rc));
+            if (rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP)
+                rc = -EINVAL;
+            goto out;
+        }
+    }
+out:
+    if (dir >= 0)
+        close(dir);
+    return rc;
+}
+
+/* ---- bwrap's options ---- */
+
+typedef struct abuf {
+    char *p;
+    size_t len, cap;
+    int err;
+} abuf;
+
+static void add(abuf *b, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    if (b->err)
+        return;
+    if (b->len + n > SB_ARGS_MAX) {
+        b->err = -E2BIG;
+        return;
+    }
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        char *p;
+        while (cap < b->len + n)
+            cap *= 2;
+        p = realloc(b->p, cap);
+        if (!p) {
+            b->err = -ENOMEM;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void add2(abuf *b, const char *a, const char *c) { add(b, a); add(b, c); }
+static void add3(abuf *b, const char *a, const char *c, const char *d)
+{
+    add(b, a);
+    add(b, c);
+    add(b, d);
+}
+
+/* Read-only /etc entries a build commonly needs; everything else of the
+ * host's /etc stays out. */
+static const char *const etc_always[] = {
+    "/etc/alternatives", /* Debian's cc, awk, editor... are symlinks through it */
+    "/etc/ld.so.cache", "/etc/hosts", "/etc/localtime",
+};
+static const char *const etc_network[] = {
+    "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/ssl",
+    "/etc/ca-certificates", "/etc/ca-certificates.conf",
+};
+
+/* /bin, /lib... are symlinks into /usr on merged-/usr systems (Debian 12):
+ * recreate them; bind them read-only where they are real directories. */
+static void add_root_dirs(abuf *b)
+{
+    static const char *const dirs[] = {"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        struct stat st;
+        char target[PATH_MAX];
+        ssize_t n;
+        if (lstat(dirs[i], &st) < 0)
+            continue;
+        if (S_ISLNK(st.st_mode)) {
+            n = readlink(dirs[i], target, sizeof(target) - 1);
+            if (n <= 0)
+                continue;
+            target[n] = '\0';
+            add3(b, "--symlink", target, dirs[i]);
+        } else if (S_ISDIR(st.st_mode)) {
+            add3(b, "--ro-bind", dirs[i], dirs[i]);
+        }
+    }
+}
+
+static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws)
+{
+    char size[32];
+    int tmpfs_mb;
+
+    add2(b, "--unshare-all", "--unshare-user");
+    add(b, "--disable-userns"); /* no nested user namespaces: less kernel surface */
+    if (spec->network)
+        add(b, "--share-net");
+    add3(b, "--die-with-parent", "--new-session", "--hostname");
+    add(b, "sbx");
+    add3(b, "--ro-bind", "/usr", "/usr");
+    add_root_dirs(b);
+    add2(b, "--proc", "/proc");
+    add2(b, "--dev", "/dev");
+    /* tmpfs lives in RAM, which RLIMIT_AS does not see: cap it by both. */
+    tmpfs_mb = spec->disk_mb;
+    if (spec->memory_mb > 0 && (tmpfs_mb <= 0 || spec->memory_mb < tmpfs_mb))
+        tmpfs_mb = spec->memory_mb;
+    snprintf(size, sizeof(size), "%llu", (unsigned long long)tmpfs_mb << 20);
+    if (tmpfs_mb > 0)
+        add2(b, "--size", size);
+    add2(b, "--tmpfs", "/dev/shm");
+    if (tmpfs_mb > 0)
+        add2(b, "--size", size);
+    add2(b, "--tmpfs", "/tmp");
+    add3(b, "--bind", ws, "/workspace");
+    add2(b, "--chdir", "/workspace");
+    add3(b, "--perms", "0444", "--ro-bind-data");
+    add2(b, "4", "/etc/passwd");
+    add3(b, "--perms", "0444", "--ro-bind-data");
+    add2(b, "5", "/etc/group");
+    for (size_t i = 0; i < sizeof(etc_always) / sizeof(etc_always[0]); i++)
+        add3(b, "--ro-bind-try", etc_always[i], etc_always[i]);
+    if (spec->network)
+        for (size_t i = 0; i < sizeof(etc_network) / sizeof(etc_network[0]); i++)
+            add3(b, "--ro-bind-try", etc_network[i], etc_network[i]);
+    add2(b, "--remount-ro", "/dev");
+    add2(b, "--remount-ro", "/");
+    add(b, "--clearenv");
+    add3(b, "--setenv", "PATH", SB_PATH);
+    add3(b, "--setenv", "HOME", "/workspace");
+    for (size_t i = 0; i < spec->nenv; i++)
+        add3(b, "--setenv", spec->env[i].key, spec->env[i].value ? spec->env[i].value : "");
+}
+
+static int memfd_with(const char *name, const char *data, size_t len)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (write_all(fd, data, len) < 0 || lseek(fd, 0, SEEK_SET) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+/* ---- the child between fork and exec: async-signal-safe calls only ---- */
+
+enum { STAGE_SIGNALS = 1, STAGE_FDS, STAGE_LIMITS, STAGE_IDS, STAGE_EXEC };
+static const char *const stage_names[] = {"", "signals", "fds", "rlimits", "uid/gid", "exec"};
+
+typedef struct child_plan {
+    const char *bwrap;
+    char **argv;
+    int src[5];          /* out_w, args, passwd, group, mark_w -> fds 1(+2), 3, 4, 5, 6 */
+    int err_w;
+    int uid, gid;
+    int memory_mb, pids, cpu_s, disk_mb;
+    pid_t parent;
+} child_plan;
+
+typedef struct child_err {
+    int stage;
+    int err;
+} child_err;
+
+static _Noreturn void child_fail(int err_w, int stage)
+{
+    child_err ce = {stage, errno};
+    (void)!write(err_w, &ce, sizeof(ce));
+    _exit(127);
+}
+
+static int set_limit(int res, rlim_t soft, rlim_t hard)
+{
+    struct rlimit rl = {soft, hard};
+    return setrlimit(res, &rl);
+}
+
+static _Noreturn void child_exec(const child_plan *cp)
+{
+    static const int target[5] = {1, 3, 4, 5, 6};
+    char *envp[] = {NULL};
+    struct sigaction sa;
+    sigset_t none;
+    int hi[5], err_w, fd;
+    rlim_t mb = 1024 * 1024;
+
+    /* The build sees default signal handling, whatever the worker set up. */
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        sigaction(sig, &sa, NULL);
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+        child_fail(cp->err_w, STAGE_SIGNALS);
+    if (setsid() < 0)
+        child_fail(cp->err_w, STAGE_SIGNALS);
+
+    /* Move everything above the targets first, so no dup2 clobbers a source. */
+    err_w = fcntl(cp->err_w, F_DUPFD_CLOEXEC, 10);
+    if (err_w < 0)
+        child_fail(cp->err_w, STAGE_FDS);
+    for (int i = 0; i < 5; i++) {
+        hi[i] = fcntl(cp->src[i], F_DUPFD_CLOEXEC, 10);
+        if (hi[i] < 0)
+            child_fail(err_w, STAGE_FDS);
+    }
+    fd = open("/dev/null", O_RDONLY);
+    if (fd < 0 || dup2(fd, 0) < 0 || dup2(hi[0], 2) < 0)
+        child_fail(err_w, STAGE_FDS);
+    for (int i = 0; i < 5; i++)
+        if (dup2(hi[i], target[i]) < 0)
+            child_fail(err_w, STAGE_FDS);
+    if (close_range(7, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+        child_fail(err_w, STAGE_FDS);
+
+    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
+        (cp->memory_mb > 0 &&
+         set_limit(RLIMIT_AS, (rlim_t)cp->memory_mb * mb, (rlim_t)cp->memory_mb * mb) < 0) ||
+        (cp->pids > 0 && set_limit(RLIMIT_NPROC, (rlim_t)cp->pids + SB_BWRAP_PROCS,
+                                   (rlim_t)cp->pids + SB_BWRAP_PROCS) < 0) ||
+        (cp->cpu_s > 0 && set_limit(RLIMIT_CPU, (rlim_t)cp->cpu_s,
+                                    (rlim_t)cp->cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
+        (cp->disk_mb > 0 &&
+         set_limit(RLIMIT_FSIZE, (rlim_t)cp->disk_mb * mb, (rlim_t)cp->disk_mb * mb) < 0))
+        child_fail(err_w, STAGE_LIMITS);
+
+    if (cp->uid >= 0) {
+        if (setgroups(0, NULL) < 0 || setresgid((gid_t)cp->gid, (gid_t)cp->gid, (gid_t)cp->gid) < 0 ||
+            setresuid((uid_t)cp->uid, (uid_t)cp->uid, (uid_t)cp->uid) < 0)
+            child_fail(err_w, STAGE_IDS);
+    }
+    /* After the uid change, which clears it. If the worker died before this
+     * line, nobody would kill us: check. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != cp->parent)
+        child_fail(err_w, STAGE_IDS);
+    if (chdir("/") < 0)
+        child_fail(err_w, STAGE_EXEC);
+    execve(cp->bwrap, cp->argv, envp);
+    child_fail(err_w, STAGE_EXEC);
+}
+
+/* ---- loop side ---- */
+
+/* Finds bwrap's pid 1 (its only child) and opens a pidfd on it, checking
+ * after the open that it is still bwrap's child, so a recycled pid is never
+ * signalled. Returns the pidfd or -1. */
+static int open_init(pid_t bwrap, pid_t *init_out)
+{
+    char path[64], buf[512];
+    const char *paren;
+    ssize_t n;
+    pid_t init;
+    int fd, pfd, ppid;
+
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)bwrap, (int)bwrap);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    init = (pid_t)atoi(buf);
+    if (init <= 0)
+        return -1;
+    pfd = pidfd_open_(init);
+    if (pfd < 0)
+        return -1;
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)init);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n > 0) {
+        buf[n] = '\0';
+        paren = strrchr(buf, ')'); /* the name may contain anything but ends there */
+        if (paren && sscanf(paren + 1, " %*c %d", &ppid) == 1 && ppid == (int)bwrap) {
+            *init_out = init;
+            return pfd;
+        }
+    }
+    close(pfd);
+    return -1;
+}
+
+/* SIGKILL, in the order that orphans nothing: bwrap's pid 1 first (the
+ * kernel then kills its whole pid namespace, and bwrap reaps it and exits by
+ * itself); bwrap and every process of the uid only if that did not work
+ * within SB_KILL_WAIT_MS. Killing bwrap first would leave its pid 1 to the
+ * host's init, and a zombie there still counts against the uid's
+ * RLIMIT_NPROC until that init reaps it (container inits often never do). */
+static void kill_all(sbx_sandbox *s)
+{
+    if (s->pid > 0 && !s->reaped && !s->killed) {
+        pid_t init;
+        int fd = open_init(s->pid, &init);
+        s->killed = 1;
+        if (fd >= 0) {
+            int sent = pidfd_kill(fd, SIGKILL) == 0;
+            close(fd);
+            if (sent) {
+                sbx_timer_start(s->loop, &s->kill_t, SB_KILL_WAIT_MS);
+                return;
+            }
+        }
+    }
+    s->killed = 1;
+    /* Not reaped yet, so the pid cannot have been reused. */
+    if (s->pid > 0 && !s->reaped && (s->pidfd < 0 || pidfd_kill(s->pidfd, SIGKILL) < 0))
+        kill(s->pid, SIGKILL);
+    if (s->uid >= 0)
+        kill_uid((uid_t)s->uid, SIGKILL);
+}
+
+static void tail_append(sbx_sandbox *s, const char *p, size_t n)
+{
+    size_t first;
+    s->out_bytes += n;
+    if (n >= SBX_SANDBOX_TAIL_MAX) {
+        p += n - SBX_SANDBOX_TAIL_MAX;
+        n = SBX_SANDBOX_TAIL_MAX;
+    }
+    first = SBX_SANDBOX_TAIL_MAX - s->ring_head;
+    if (first > n)
+        first = n;
+    memcpy(s->ring + s->ring_head, p, first);
+    memcpy(s->ring, p + first, n - first);
+    s->ring_head = (s->ring_head + n) % SBX_SANDBOX_TAIL_MAX;
+    s->ring_len = s->ring_len + n > SBX_SANDBOX_TAIL_MAX ? SBX_SANDBOX_TAIL_MAX : s->ring_len + n;
+}
+
+static void close_output(sbx_sandbox *s)
+{
+    sbx_io_stop(&s->out_io);
+    close_fd(&s->out_fd);
+}
+
+static void advance(sbx_sandbox *s);
+
+static void on_output(sbx_io *io, int events)
+{
+    sbx_sandbox *s = io->data;
+    char buf[SB_READ_CHUNK];
+    (void)events;
+
+    for (int i = 0; i < SB_READS_PER_TURN; i++) {
+        ssize_t n = read(s->out_fd, buf, sizeof(buf));
+        if (n > 0) {
+            tail_append(s, buf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        close_output(s); /* EOF, or an error that will not go away */
+        advance(s);
+        return;
+    }
+}
+
+static void finish(sbx_sandbox *s)
+{
+    set_state(s, SB_DONE);
+    sbx_timer_start(s->loop, &s->done_t, 0);
+}
+
+static void on_rm_exit(sbx_io *io, int events)
+{
+    sbx_sandbox *s = io->data;
+    siginfo_t si;
+    struct stat st;
+    (void)events;
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)s->rm_pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (errno == EINTR)
+            return;
+    } else if (si.si_pid == 0) {
+        return; /* not yet */
+    }
+    sbx_io_stop(&s->rm_io);
+    close_fd(&s->rm_pidfd);
+    s->rm_pid = 0;
+    if (lstat(s->ws, &st) == 0) {
+        snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->ws);
+        sbx_warn("sandbox", "workspace not removed ws=%s", s->ws);
+    } else {
+        s->ws_exists = 0;
+    }
+    finish(s);
+}
+
+static void start_cleaning(sbx_sandbox *s)
+{
+    set_state(s, SB_CLEANING);
+    if (!s->ws_exists) {
+        finish(s);
+        return;
+    }
+    s->rm_pid = spawn_rm(s->ws);
+    if (s->rm_pid > 0)
+        s->rm_pidfd = pidfd_open_(s->rm_pid);
+    if (s->rm_pid <= 0 || s->rm_pidfd < 0) {
+        /* No child to wait for: remove inline, which blocks the loop. */
+        int status;
+        if (s->rm_pid > 0)
+            wait_blocking(s->rm_pid, &status);
+        s->rm_pid = 0;
+        if (sbx_sandbox_remove_tree(s->ws) == 0)
+            s->ws_exists = 0;
+        else
+            snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->ws);
+        finish(s);
+        return;
+    }
+    sbx_io_init(&s->rm_io, s->rm_pidfd, on_rm_exit, s);
+    sbx_io_set(s->loop, &s->rm_io, SBX_READ);
+}
+
+/* REAPING: done when output hit EOF (or the drain deadline passed) and no
+ * process of the uid is left (or the reap deadline passed). */
+static void advance(sbx_sandbox *s)
+{
+    uint64_t now = sbx_now_ms();
+
+    if (s->state != SB_REAPING)
+        return;
+    if (s->out_fd >= 0 && now >= s->drain_deadline_ms) {
+        sbx_warn("sandbox", "output still open %d ms after exit, cut pid=%d", SB_DRAIN_MS,
+                 (int)s->pid);
+        close_output(s);
+    }
+    if (s->uid >= 0 && !s->uid_clear) {
+        int n = scan_uid((uid_t)s->uid, 1);
+        if (n == 0) {
+            s->uid_clear = 1;
+        } else if (now >= s->reap_deadline_ms) {
+            snprintf(s->error, sizeof(s->error), "%d processes of uid %d survived SIGKILL", n,
+                     s->uid);
+            sbx_warn("sandbox", "processes survived SIGKILL uid=%d count=%d", s->uid, n);
+            s->uid_clear = 1;
+        } else if (now >= s->t_exit_ms + SB_LINGER_MS) {
+            kill_uid((uid_t)s->uid, SIGKILL);
+        }
+    }
+    if (s->out_fd >= 0 || (s->uid >= 0 && !s->uid_clear)) {
+        if (!sbx_timer_active(&s->reap_t))
+            sbx_timer_start(s->loop, &s->reap_t, SB_POLL_MS);
+        return;
+    }
+    sbx_timer_stop(s->loop, &s->reap_t);
+    if (s->mark_fd >= 0) {
+        char c;
+        s->ran = read(s->mark_fd, &c, 1) == 1;
+        close_fd(&s->mark_fd);
+    }
+    start_cleaning(s);
+}
+
+static void on_reap_timer(sbx_timer *t) { advance(t->data); }
+
+static void on_pid_exit(sbx_io *io, int events)
+{
+    sbx_sandbox *s = io->data;
+    siginfo_t si;
+    (void)events;
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (errno == EINTR)
+            return;
+        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(errno));
+        s->exit_code = -1;
+    } else if (si.si_pid == 0) {
+        return; /* not yet */
+    } else {
+        s->exit_code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+    }
+    s->reaped = 1;
+    s->t_exit_ms = sbx_now_ms();
+    sbx_io_stop(&s->pid_io);
+    close_fd(&s->pidfd);
+    sbx_timer_stop(s->loop, &s->wall_t);
+    sbx_timer_stop(s->loop, &s->kill_t);
+    set_state(s, SB_REAPING);
+    s->drain_deadline_ms = s->t_exit_ms + SB_DRAIN_MS;
+    s->reap_deadline_ms = s->t_exit_ms + SB_REAP_MS;
+    /* bwrap's pid namespace is gone or going (its pid 1 may still be
+     * exiting); advance() waits for the uid to empty and sweeps it if
+     * anything lingers. */
+    advance(s);
+}
+
+static void on_wall(sbx_timer *t)
+{
+    sbx_sandbox *s = t->data;
+    if (!s->end_set) {
+        s->end = SBX_SANDBOX_TIMED_OUT;
+        s->end_set = 1;
+    }
+    kill_all(s);
+}
+
+static void on_grace(sbx_timer *t) { kill_all(t->data); }
+
+static void on_start_timer(sbx_timer *t)
+{
+    sbx_sandbox *s = t->data;
+    s->started = 1;
+    s->on_start(s->arg, s);
+}
+
+static void on_done(sbx_timer *t)
+{
+    sbx_sandbox *s = t->data;
+    sbx_sandbox_status st;
+    size_t start;
+
+    if (!s->started) {
+        /* on_start first; it may free s, so on_exit waits a turn. */
+        sbx_timer_stop(s->loop, &s->start_t);
+        sbx_timer_start(s->loop, &s->done_t, 0);
+        on_start_timer(&s->start_t);
+        return;
+    }
+    start = (s->ring_head + SBX_SANDBOX_TAIL_MAX - s->ring_len) % SBX_SANDBOX_TAIL_MAX;
+    for (size_t i = 0; i < s->ring_len; i++)
+        s->tail[i] = s->ring[(start + i) % SBX_SANDBOX_TAIL_MAX];
+    s->tail[s->ring_len] = '\0';
+    memset(&st, 0, sizeof(st));
+    st.end = s->end_set ? s->end : SBX_SANDBOX_EXITED;
+    st.ran = s->ran;
+    st.exit_code = s->exit_code;
+    st.tail = s->tail;
+    st.tail_len = s->ring_len;
+    st.out_bytes = s->out_bytes;
+    st.duration_ms = s->t_exit_ms - s->t0_ms;
+    st.error = s->error;
+    s->on_exit(s->arg, s, &st);
+}
+
+void sbx_sandbox_cancel(sbx_sandbox *s)
+{
+    pid_t init;
+    int fd;
+
+    if (!s->end_set) {
+        s->end = SBX_SANDBOX_CANCELED;
+        s->end_set = 1;
+    }
+    if (s->state != SB_RUNNING || s->killed || sbx_timer_active(&s->kill_t))
+        return;
+    /* With --new-session the command is in a session and process group whose
+     * id is bwrap's pid 1, which ignores SIGTERM as a namespace init without
+     * a handler does. A pid cannot be reused while a group carries its id. */
+    fd = s->grace_ms > 0 ? open_init(s->pid, &init) : -1;
+    if (fd >= 0) {
+        int sent = kill(-init, SIGTERM) == 0;
+        close(fd);
+        if (sent) {
+            sbx_timer_start(s->loop, &s->kill_t, (uint64_t)s->grace_ms);
+            return;
+        }
+    }
+    kill_all(s);
+}
+
+/* ---- spawn / free ---- */
+
+static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
+{
+    if (!spec->bwrap || spec->bwrap[0] != '/') {
+        snprintf(err, errlen, "bwrap: need an absolute path");
+        return -EINVAL;
+    }
+    if (!spec->work_dir || spec->work_dir[0] != '/') {
+        snprintf(err, errlen, "work_dir: need an absolute path");
+        return -EINVAL;
+    }
+    if (!spec->name || !spec->name[0] || strchr(spec->name, '/') || !strcmp(spec->name, ".") ||
+        !strcmp(spec->name, "..")) {
+        snprintf(err, errlen, "workspace name: need one path component");
+        return -EINVAL;
+    }
+    if (!(spec->argv && spec->argv[0] && spec->argv[0][0]) && !spec->script) {
+        snprintf(err, errlen, "nothing to run: need argv or script");
+        return -EINVAL;
+    }
+    if ((spec->uid >= 0) != (spec->gid >= 0)) {
+        snprintf(err, errlen, "uid and gid: set both or neither");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < spec->nenv; i++) {
+        const char *k = spec->env[i].key;
+        if (!k || !k[0] || strchr(k, '=')) {
+            snprintf(err, errlen, "env: invalid variable name");
+            return -EINVAL;
+        }
+    }
+    for (size_t i = 0; i < spec->nfiles; i++) {
+        if (!spec->files[i].key || !path_ok(spec->files[i].key)) {
+            snprintf(err, errlen, "files: path %.128s escapes the workspace",
+                     spec->files[i].key ? spec->files[i].key : "(null)");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* argv of bwrap: options come from fd 3; the wrapper then the command. */
+static char **build_argv(const sbx_sandbox_spec *spec)
+{
+    static char *const head[] = {"bwrap", "--args", "3", "--", "/bin/sh", "-c", SB_WRAPPER,
+                                 "sbx-start"};
+    size_t nhead = sizeof(head) / sizeof(head[0]), ncmd = 0;
+    char **argv;
+
+    if (spec->argv && spec->argv[0])
+        while (spec->argv[ncmd])
+            ncmd++;
+    else
+        ncmd = 3;
+    argv = calloc(nhead + ncmd + 1, sizeof(*argv));
+    if (!argv)
+        return NULL;
+    memcpy(argv, head, sizeof(head));
+    if (spec->argv && spec->argv[0]) {
+        for (size_t i = 0; i < ncmd; i++)
+            argv[nhead + i] = spec->argv[i];
+    } else {
+        argv[nhead] = "/bin/sh";
+        argv[nhead + 1] = "-c";
+        argv[nhead + 2] = (char *)spec->script;
+    }
+    return argv;
+}
+
+static void init_handles(sbx_sandbox *s)
+{
+    s->pidfd = s->out_fd = s->mark_fd = s->rm_pidfd = -1;
+    sbx_timer_init(&s->start_t, on_start_timer, s);
+    sbx_timer_init(&s->wall_t, on_wall, s);
+    sbx_timer_init(&s->kill_t, on_grace, s);
+    sbx_timer_init(&s->reap_t, on_reap_timer, s);
+    sbx_timer_init(&s->done_t, on_done, s);
+}
+
+int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
+                      sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,
+                      sbx_sandbox **out, char *err, size_t errlen)
+{
+    sbx_sandbox *s = NULL;
+    abuf opts = {0};
+    child_plan cp;
+    child_err ce;
+    char pw[512], gr[256];
+    char **argv = NULL;
+    int memfds[3] = {-1, -1, -1}, outp[2] = {-1, -1}, markp[2] = {-1, -1}, errp[2] = {-1, -1};
+    int rc, in_uid, in_gid;
+    ssize_t n;
+
+    if (err && errlen)
+        err[0] = '\0';
+    rc = check_spec(spec, err, errlen);
+    if (rc)
+        goto out;
+    if (spec->uid >= 0) {
+        rc = sbx_sandbox_sweep_uid((uid_t)spec->uid, SB_CLAIM_MS);
+        if (rc) {
+            snprintf(err, errlen, "processes of uid %d survive SIGKILL", spec->uid);
+            rc = -EBUSY;
+            goto out;
+        }
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    init_handles(s);
+    s->loop = loop;
+    s->on_start = on_start;
+    s->on_exit = on_exit;
+    s->arg = arg;
+    s->uid = spec->uid;
+    s->gid = spec->gid;
+    s->grace_ms = spec->kill_grace_ms;
+    if ((size_t)snprintf(s->ws, sizeof(s->ws), "%s/%s", spec->work_dir, spec->name) >=
+        sizeof(s->ws)) {
+        rc = -ENAMETOOLONG;
+        snprintf(err, errlen, "workspace path too long");
+        goto out;
+    }
+
+    /* 1. The workspace, with the job's files. */
+    rc = make_workspace(s, spec, err, errlen);
+    if (rc)
+        goto out;
+
+    /* 2. What bwrap reads: options on fd 3, passwd and group on fds 4, 5. */
+    in_uid = spec->uid >= 0 ? spec->uid : (int)geteuid();
+    in_gid = spec->gid >= 0 ? spec->gid : (int)getegid();
+    snprintf(pw, sizeof(pw),
+             "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+             "build:x:%d:%d:sbx build:/workspace:/bin/sh\n"
+             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+             in_uid, in_gid);
+    snprintf(gr, sizeof(gr), "root:x:0:\nbuild:x:%d:\nnogroup:x:65534:\n", in_gid);
+    build_options(&opts, spec, s->ws);
+    argv = build_argv(spec);
+    if (opts.err || !argv) {
+        rc = opts.err ? opts.err : -ENOMEM;
+        snprintf(err, errlen, "bwrap options: %s", strerror(-rc));
+        goto out;
+    }
+    memfds[0] = memfd_with("sbx-args", opts.p, opts.len);
+    memfds[1] = memfd_with("sbx-passwd", pw, strlen(pw));
+    memfds[2] = memfd_with("sbx-group", gr, strlen(gr));
+    for (int i = 0; i < 3; i++) {
+        if (memfds[i] < 0) {
+            rc = memfds[i];
+            snprintf(err, errlen, "memfd: %s", strerror(-rc));
+            goto out;
+        }
+    }
+    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(markp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        goto out;
+    }
+
+    /* 3. Fork; the child execs bwrap or reports why not on errp. */
+    memset(&cp, 0, sizeof(cp));
+    cp.bwrap = spec->bwrap;
+    cp.argv = argv;
+    cp.src[0] = outp[1];
+    cp.src[1] = memfds[0];
+    cp.src[2] = memfds[1];
+    cp.src[3] = memfds[2];
+    cp.src[4] = markp[1];
+    cp.err_w = errp[1];
+    cp.uid = spec->uid;
+    cp.gid = spec->gid;
+    cp.memory_mb = spec->memory_mb;
+    cp.pids = spec->pids;
+    cp.cpu_s = spec->cpu_s;
+    cp.disk_mb = spec->disk_mb;
+    cp.parent = getpid();
+    s->t0_ms = sbx_now_ms();
+    s->pid = fork();
+    if (s->pid < 0) {
+        rc = -errno;
+        s->pid = 0;
+        snprintf(err, errlen, "fork: %s", strerror(errno));
+        goto out;
+    }
+    if (s->pid == 0)
+        child_exec(&cp);
+    close_fd(&outp[1]);
+    close_fd(&markp[1]);
+    close_fd(&errp[1]);
+    do
+        n = read(errp[0], &ce, sizeof(ce));
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof(ce)) {
+        int status;
+        wait_blocking(s->pid, &status);
+        s->pid = 0;
+        rc = ce.err ? -ce.err : -EIO;
+        snprintf(err, errlen, "starting %s: %s: %s", spec->bwrap,
+                 stage_names[ce.stage >= 1 && ce.stage <= STAGE_EXEC ? ce.stage : 0],
+                 strerror(ce.err));
+        goto out;
+    }
+
+    /* 4. Watch it. */
+    s->pidfd = pidfd_open_(s->pid);
+    if (s->pidfd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "pidfd_open: %s", strerror(errno));
+        goto out;
+    }
+    s->out_fd = outp[0];
+    outp[0] = -1;
+    s->mark_fd = markp[0];
+    markp[0] = -1;
+    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
+    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
+    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
+    if ((rc = sbx_io_set(loop, &s->pid_io, SBX_READ)) != 0 ||
+        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0 ||
+        (rc = sbx_timer_start(loop, &s->start_t, 0)) != 0 ||
+        (spec->timeout_s > 0 &&
+         (rc = sbx_timer_start(loop, &s->wall_t, (uint64_t)spec->timeout_s * 1000u)) != 0)) {
+        snprintf(err, errlen, "loop: %s", strerror(-rc));
+        goto out;
+    }
+    sbx_debug("sandbox", "spawned pid=%d ws=%s uid=%d", (int)s->pid, s->ws, s->uid);
+    *out = s;
+    s = NULL;
+out:
+    if (s)
+        sbx_sandbox_free(s); /* kills, reaps and removes what got made */
+    for (int i = 0; i < 3; i++)
+        close_fd(&memfds[i]);
+    for (int i = 0; i < 2; i++) {
+        close_fd(&outp[i]);
+        close_fd(&markp[i]);
+        close_fd(&errp[i]);
+    }
+    free(opts.p);
+    free(argv);
+    return rc;
+}
+
+pid_t sbx_sandbox_pid(const sbx_sandbox *s) { return s->pid; }
+const char *sbx_sandbox_workspace(const sbx_sandbox *s) { return s->ws; }
+
+void sbx_sandbox_free(sbx_sandbox *s)
+{
+    int status;
+
+    if (!s)
+        return;
+    sbx_timer_stop(s->loop, &s->start_t);
+    sbx_timer_stop(s->loop, &s->wall_t);
+    sbx_timer_stop(s->loop, &s->kill_t);
+    sbx_timer_stop(s->loop, &s->reap_t);
+    sbx_timer_stop(s->loop, &s->done_t);
+    sbx_io_stop(&s->pid_io);
+    sbx_io_stop(&s->rm_io);
+    close_output(s);
+    if (s->pid > 0 && !s->reaped) {
+        uint64_t until = sbx_now_ms() + SB_KILL_WAIT_MS;
+        pid_t r;
+        s->killed = 0;
+        kill_all(s); /* pid 1 first, then poll for bwrap to follow */
+        sbx_timer_stop(s->loop, &s->kill_t);
+        for (;;) {
+            r = waitpid(s->pid, &status, WNOHANG);
+            if (r != 0 && !(r < 0 && errno == EINTR))
+                break;
+            if (sbx_now_ms() >= until)
+                break;
+            sleep_ms(2);
+        }
+        if (r == 0 || (r < 0 && errno == EINTR)) {
+            kill_all(s);
+            wait_blocking(s->pid, &status);
+        }
+        s->reaped = 1;
+    }
+    if (s->uid >= 0 && s->state != SB_DONE &&
+        sbx_sandbox_sweep_uid((uid_t)s->uid, SB_REAP_MS) != 0)
+        sbx_warn("sandbox", "processes survived SIGKILL uid=%d", s->uid);
+    if (s->rm_pid > 0) {
+        wait_blocking(s->rm_pid, &status);
+        s->rm_pid = 0;
+    }
+    if (s->ws_exists && sbx_sandbox_remove_tree(s->ws) != 0)
+        sbx_warn("sandbox", "workspace not removed ws=%s", s->ws);
+    close_fd(&s->pidfd);
+    close_fd(&s->rm_pidfd);
+    close_fd(&s->mark_fd);
+    free(s);
+}

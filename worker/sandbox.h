@@ -1,0 +1,105 @@
+/* sandbox.h — run one command in a bubblewrap sandbox, driven by the loop.
+ *
+ * A sandbox owns everything one build touches on the host: its workspace
+ * directory, the bwrap process and the processes inside it, the pipe carrying
+ * their output, and (when the caller runs as root) the uid it runs as. It
+ * knows nothing about jobs, slots or providers, so the local provider and the
+ * VM agent share it: the caller says what to run and with which limits, and
+ * hears back twice, from the loop:
+ *
+ *   sbx_sandbox_spawn() -> on_start -> on_exit
+ *
+ * on_start fires on the next loop turn after a successful spawn; on_exit
+ * fires exactly once, always after on_start, and only when the process has
+ * exited, its output has reached EOF (or a short drain deadline passed), no
+ * process of the sandbox's uid is left, and the workspace is removed. When
+ * spawn returns an error, neither callback is called.
+ *
+ * Memory: the sandbox is the caller's to free with sbx_sandbox_free(), which
+ * may be called from inside on_exit (both callbacks run from timers, never
+ * from an fd callback). Freeing a sandbox that has not finished kills it,
+ * reaps it and removes its workspace synchronously, without callbacks.
+ */
+#ifndef SBX_SANDBOX_H
+#define SBX_SANDBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "loop.h"
+#include "sbx.h"
+
+/* Bytes of output kept: the last ones. Same number as SBX_LOG_TAIL_MAX in
+ * provider.h (what the runs table stores); provider_local.c asserts it. */
+#define SBX_SANDBOX_TAIL_MAX 8192
+
+typedef struct sbx_sandbox sbx_sandbox;
+
+typedef struct sbx_sandbox_spec {
+    const char *bwrap;       /* absolute path of bwrap */
+    const char *work_dir;    /* absolute, existing parent of the workspace */
+    const char *name;        /* workspace directory name; no '/' */
+    char *const *argv;       /* NULL-terminated command, or NULL to run script */
+    const char *script;      /* run with /bin/sh -c when argv is NULL */
+    const sbx_kv *env;       /* the command's environment, after PATH and HOME=/workspace */
+    size_t nenv;
+    const sbx_kv *files;     /* relative path -> content, written into the workspace */
+    size_t nfiles;
+    int uid, gid;            /* run as these (needs root); -1: as the caller */
+    int network;             /* share the host's network namespace */
+    int memory_mb;           /* RLIMIT_AS per process; 0: none */
+    int pids;                /* RLIMIT_NPROC of the uid; 0: none */
+    int cpu_s;               /* RLIMIT_CPU per process; 0: none */
+    int disk_mb;             /* RLIMIT_FSIZE per file; 0: none. /tmp and /dev/shm
+                                are tmpfs of min(disk_mb, memory_mb) */
+    int timeout_s;           /* wall time from spawn; 0: none */
+    int kill_grace_ms;       /* cancel: SIGTERM, then SIGKILL after this */
+} sbx_sandbox_spec;
+
+typedef enum sbx_sandbox_end {
+    SBX_SANDBOX_EXITED,      /* the command ended by itself */
+    SBX_SANDBOX_TIMED_OUT,   /* killed at timeout_s */
+    SBX_SANDBOX_CANCELED,    /* sbx_sandbox_cancel() was called first */
+} sbx_sandbox_end;
+
+typedef struct sbx_sandbox_status {
+    sbx_sandbox_end end;
+    int ran;                 /* 0: bwrap never got to exec the command */
+    int exit_code;           /* 0..255; 128+signal when killed */
+    const char *tail;        /* last output bytes, NUL-terminated; valid during the call */
+    size_t tail_len;
+    uint64_t out_bytes;      /* all output bytes, kept or not */
+    uint64_t duration_ms;    /* spawn to exit */
+    const char *error;       /* "" or a cleanup problem worth reporting */
+} sbx_sandbox_status;
+
+typedef void (*sbx_sandbox_start_cb)(void *arg, sbx_sandbox *s);
+typedef void (*sbx_sandbox_exit_cb)(void *arg, sbx_sandbox *s, const sbx_sandbox_status *st);
+
+/* Creates the workspace, writes the files and starts bwrap. Returns 0 and
+ * sets *out, or a negative errno and one line in err: -EINVAL for a bad spec
+ * (a file path escaping the workspace, an env name with '='), -EBUSY when
+ * processes of spec->uid survive a kill, -EEXIST when the workspace exists. */
+int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
+                      sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,
+                      sbx_sandbox **out, char *err, size_t errlen);
+/* SIGTERM to the command's session now, SIGKILL to everything after
+ * kill_grace_ms; on_exit reports SBX_SANDBOX_CANCELED. */
+void sbx_sandbox_cancel(sbx_sandbox *s);
+pid_t sbx_sandbox_pid(const sbx_sandbox *s);
+const char *sbx_sandbox_workspace(const sbx_sandbox *s);
+void sbx_sandbox_free(sbx_sandbox *s);
+
+/* Host chores, synchronous, for startup and shutdown. */
+/* SIGKILLs every process of uid (the caller must be root; uid must be one
+ * reserved for sandboxes) and waits up to wait_ms until none is left.
+ * Returns 0, or -EBUSY if some remain. */
+int sbx_sandbox_sweep_uid(uid_t uid, int wait_ms);
+/* Counts the live (non-zombie) processes whose real, effective or saved uid
+ * is uid. */
+int sbx_sandbox_count_uid(uid_t uid);
+/* rm -rf --one-file-system path; returns 0 or a negative errno. */
+int sbx_sandbox_remove_tree(const char *path);
+
+#endif
