@@ -78,7 +78,8 @@ CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE OF status ON sbx.runs
 -- unless known; returns its current status, attempt and token either way.
 CREATE FUNCTION sbx.record_run(p_job text, p_project text, p_spec jsonb, p_worker text,
                                p_partition integer, p_offset bigint,
-                               OUT status text, OUT attempt integer, OUT lease_token bigint)
+                               OUT status text, OUT attempt integer, OUT lease_token bigint,
+                               OUT cancel_requested boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO sbx.runs (job_id, project_id, spec, kafka_partition, kafka_offset)
@@ -88,7 +89,8 @@ BEGIN
         INSERT INTO sbx.run_events (job_id, from_status, to_status, worker_id)
         VALUES (p_job, NULL, 'queued', p_worker);
     END IF;
-    SELECT r.status, r.attempt, r.lease_token INTO status, attempt, lease_token
+    SELECT r.status, r.attempt, r.lease_token, r.cancel_requested
+      INTO status, attempt, lease_token, cancel_requested
       FROM sbx.runs r WHERE r.job_id = p_job;
 END $$;
 
@@ -105,28 +107,57 @@ BEGIN
     RETURN true;
 END $$;
 
+-- cancel_unclaimed: a job whose cancel was requested and that no build has
+-- claimed (queued, waiting_capacity, or handed back) ends canceled. Not fenced:
+-- no token exists yet. Returns whether it did.
+CREATE FUNCTION sbx.cancel_unclaimed(p_job text, p_worker text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    old text;
+BEGIN
+    SELECT r.status INTO old FROM sbx.runs r
+     WHERE r.job_id = p_job AND r.cancel_requested
+       AND r.status IN ('queued', 'waiting_capacity') FOR UPDATE;
+    IF NOT FOUND THEN RETURN false; END IF;
+    UPDATE sbx.runs SET status = 'canceled', finished_at = now(), updated_at = now(),
+           error = 'canceled before it started'
+     WHERE job_id = p_job;
+    INSERT INTO sbx.run_events (job_id, from_status, to_status, worker_id, detail)
+    VALUES (p_job, old, 'canceled', p_worker, 'canceled before it started');
+    RETURN true;
+END $$;
+
 -- claim_run: store a newer fencing token and move to provisioning.
 -- result: 'claimed' | 'terminal' (already finished: skip) | 'stale' (a newer
 -- token owns the row) | 'busy' (another build of the project is active).
 CREATE FUNCTION sbx.claim_run(p_job text, p_token bigint, p_worker text, p_provider text,
                               p_slot text, OUT result text, OUT status text,
-                              OUT attempt integer)
+                              OUT attempt integer, OUT lease_token bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     old text;
 BEGIN
     SELECT r.status INTO old FROM sbx.runs r WHERE r.job_id = p_job FOR UPDATE;
     IF NOT FOUND THEN RAISE EXCEPTION 'sbx: unknown job %', p_job; END IF;
+    -- Canceled before any build started: end it here, nothing to stop.
+    IF sbx.cancel_unclaimed(p_job, p_worker) THEN
+        result := 'terminal';
+        status := 'canceled';
+        SELECT r.attempt, r.lease_token INTO attempt, lease_token FROM sbx.runs r
+         WHERE r.job_id = p_job;
+        RETURN;
+    END IF;
     BEGIN
         UPDATE sbx.runs r SET status = 'provisioning', lease_token = p_token,
                attempt = r.attempt + 1, worker_id = p_worker, provider = p_provider,
                slot = p_slot, instance = NULL, exit_code = NULL, error = NULL,
                updated_at = now()
          WHERE r.job_id = p_job AND r.lease_token < p_token AND NOT sbx.is_terminal(r.status)
-        RETURNING r.status, r.attempt INTO status, attempt;
+        RETURNING r.status, r.attempt, r.lease_token INTO status, attempt, lease_token;
     EXCEPTION WHEN unique_violation THEN
         result := 'busy';
-        SELECT r.status, r.attempt INTO status, attempt FROM sbx.runs r WHERE r.job_id = p_job;
+        SELECT r.status, r.attempt, r.lease_token INTO status, attempt, lease_token
+          FROM sbx.runs r WHERE r.job_id = p_job;
         RETURN;
     END;
     IF FOUND THEN
@@ -135,10 +166,10 @@ BEGIN
         VALUES (p_job, old, 'provisioning', p_token, p_worker, 'slot ' || p_slot);
         RETURN;
     END IF;
-    SELECT r.status, r.attempt INTO status, attempt FROM sbx.runs r WHERE r.job_id = p_job;
+    SELECT r.status, r.attempt, r.lease_token INTO status, attempt, lease_token
+      FROM sbx.runs r WHERE r.job_id = p_job;
     -- A replay of our own claim (the reply was lost with the connection).
-    IF NOT sbx.is_terminal(status) AND
-       (SELECT r.lease_token FROM sbx.runs r WHERE r.job_id = p_job) = p_token THEN
+    IF NOT sbx.is_terminal(status) AND lease_token = p_token THEN
         result := 'claimed';
         RETURN;
     END IF;

@@ -12,7 +12,8 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(WORKER_LIB_OBJS) $(LIBSBX)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(PKG_LIBS) $(UNIT_LIBS)
 
 unit: $(TEST_BINS) $(BUILD)/bin/sbx
-	python3 tests/services/sbxsvc.py run --no-kafka -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
+	tests/services/podman/podman-service.sh -- \
+	    python3 tests/services/sbxsvc.py run --no-kafka -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
 
 e2e: bins
 	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra tests/e2e

@@ -32,6 +32,8 @@ typedef struct sbx_config {
     int shutdown_grace_ms;
     char log_level[16];
     char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
+    char docker_hosts[2048];/* name=endpoint@capacity[,...] */
+    char docker_image[512];
 } sbx_config;
 
 /* Fills cfg from the environment and argv. Returns 0, or 1 after printing

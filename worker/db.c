@@ -48,6 +48,9 @@ struct sbx_db {
     size_t queued;          /* length of the FIFO */
     sbx_db_state_cb state_cb;
     void *state_arg;
+    char listen_sql[128];       /* "LISTEN <channel>", "" if none */
+    sbx_db_notify_cb notify_cb;
+    void *notify_arg;
 };
 
 static void set_state(sbx_db *db, enum conn_state s)
@@ -174,6 +177,18 @@ static void read_results(sbx_db *db)
 
 static void on_io(sbx_io *io, int events);
 
+static void deliver_notifies(sbx_db *db)
+{
+    PGnotify *n;
+    while (db->conn && (n = PQnotifies(db->conn)) != NULL) {
+        if (db->notify_cb)
+            db->notify_cb(db->notify_arg, n->extra);
+        PQfreemem(n);
+    }
+}
+
+static int push_front(sbx_db *db, const char *sql, sbx_db_cb cb, void *arg);
+
 static void connect_poll(sbx_db *db)
 {
     PostgresPollingStatusType st = PQconnectPoll(db->conn);
@@ -197,6 +212,8 @@ static void connect_poll(sbx_db *db)
         }
         sbx_info("db", "connected (server %d)", PQserverVersion(db->conn));
         db->backoff_ms = RECONNECT_MIN_MS;
+        if (db->listen_sql[0])
+            push_front(db, db->listen_sql, NULL, NULL);
         set_state(db, DB_READY);
         watch(db, 0);
         pump(db);
@@ -230,6 +247,7 @@ static void on_io(sbx_io *io, int events)
             return;
         }
         read_results(db);
+        deliver_notifies(db);
         /* A server gone away shows as EOF here. */
         if (db->conn && PQstatus(db->conn) == CONNECTION_BAD) {
             drop_conn(db, "server closed the connection");
@@ -306,6 +324,39 @@ void sbx_db_free(sbx_db *db)
     }
     free(db->conninfo);
     free(db);
+}
+
+/* Puts a statement first in line (nothing is in flight right after a
+ * connect, so it is sent before anything replayed). */
+static int push_front(sbx_db *db, const char *sql, sbx_db_cb cb, void *arg)
+{
+    req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->sql = (char *)sql;
+    r->cb = cb;
+    r->arg = arg;
+    r->next = db->head;
+    db->head = r;
+    if (!db->tail)
+        db->tail = r;
+    db->queued++;
+    return 0;
+}
+
+int sbx_db_listen(sbx_db *db, const char *channel, sbx_db_notify_cb cb, void *arg)
+{
+    snprintf(db->listen_sql, sizeof(db->listen_sql), "LISTEN %s", channel);
+    db->notify_cb = cb;
+    db->notify_arg = arg;
+    if (db->state == DB_READY && db->inflight == 0) {
+        int rc = push_front(db, db->listen_sql, NULL, NULL);
+        pump(db);
+        return rc;
+    }
+    if (db->state == DB_READY)
+        return sbx_db_query(db, db->listen_sql, 0, NULL, NULL, NULL);
+    return 0;
 }
 
 int sbx_db_connected(const sbx_db *db) { return db->state == DB_READY; }

@@ -35,6 +35,13 @@ void sbx_db_free(sbx_db *db);
 int sbx_db_connected(const sbx_db *db);
 size_t sbx_db_queued(const sbx_db *db);
 
+/* Notifications: after every (re)connect the connection LISTENs to channel
+ * and calls cb(arg, payload) for each NOTIFY on it. A notification sent while
+ * the link was down is lost: callers re-check state after reconnecting
+ * (state_cb). One channel per connection is all sbx needs. */
+typedef void (*sbx_db_notify_cb)(void *arg, const char *payload);
+int sbx_db_listen(sbx_db *db, const char *channel, sbx_db_notify_cb cb, void *arg);
+
 /* Queues a statement; params are copied. Returns 0 (cb will be called once),
  * or -ENOBUFS when the queue is full (cb will not be called). */
 int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,

@@ -119,6 +119,11 @@ static void finish(sbx_http_handle *h, CURLcode result)
     memset(&res, 0, sizeof(res));
     res.status = status;
     res.error = "";
+    {
+        curl_off_t ra = 0;
+        if (curl_easy_getinfo(h->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
+            res.retry_after_s = (long)ra;
+    }
     if (result != CURLE_OK) {
         if (h->too_big) {
             res.code = SBX_HTTP_ETOOBIG;

@@ -61,6 +61,7 @@ typedef struct sbx_http_res {
     const char *body;     /* NUL-terminated; for streams only a non-2xx body */
     size_t body_len;
     const char *error;    /* "" when code is SBX_HTTP_OK */
+    long retry_after_s;   /* the response's Retry-After in seconds, 0 if none */
 } sbx_http_res;
 
 /* res and everything it points to are valid only during the call. */

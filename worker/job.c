@@ -70,9 +70,11 @@ struct job {
     sbx_offset_ref *refs;       /* every delivery of this job we hold */
     int nrefs, caprefs;
     int attempt;                /* as counted by PostgreSQL */
+    int64_t row_token;          /* the run row's newest token: floor for ours */
     int backoff;                /* consecutive local retries */
     int marked_waiting;         /* wrote waiting_capacity already */
     int ops;                    /* callbacks outstanding */
+    int cancel;                 /* `sbx cancel` asked for it */
     /* lease */
     int have_lease;
     char slot[192];
@@ -278,6 +280,39 @@ static int is_terminal(const char *s)
     return 0;
 }
 
+static void on_cancel_unclaimed(void *arg, PGresult *res, const char *err)
+{
+    job *j = arg;
+    j->ops--;
+    if (j->st == J_DONE)
+        return;
+    if (res && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        sbx_info("job", "%s canceled before it started", j->id);
+        j->w->stats.canceled++;
+        finish(j);
+        return;
+    }
+    if (err)
+        sbx_warn("job", "%s cancel: %s", j->id, err);
+    /* Claimed elsewhere or not cancelable here: the claim sees the flag. */
+    transition(j, J_LEASING);
+    step(j);
+}
+
+/* The job is not claimed (queued or waiting) and its cancel was asked. */
+static void cancel_unclaimed(job *j)
+{
+    const char *p[2] = {j->id, j->w->cfg.worker_id};
+    sbx_timer_stop(j->w->loop, &j->timer);
+    wait_unlist(j);
+    transition(j, J_RECORDING); /* a write in flight; no timer acts on it */
+    if (sbx_db_query(j->w->db, "SELECT sbx.cancel_unclaimed($1,$2)", 2, p, on_cancel_unclaimed,
+                     j) == 0)
+        j->ops++;
+    else
+        retry_later(j, "database queue full");
+}
+
 static void on_recorded(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
@@ -292,6 +327,7 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
     free(j->raw);
     j->raw = NULL;
     j->attempt = atoi(PQgetvalue(res, 0, 1));
+    j->row_token = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     if (is_terminal(PQgetvalue(res, 0, 0))) {
         sbx_info("job", "%s already %s; skipped", j->id, PQgetvalue(res, 0, 0));
         j->w->stats.duplicates++;
@@ -299,6 +335,10 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
         return;
     }
     j->marked_waiting = strcmp(PQgetvalue(res, 0, 0), "waiting_capacity") == 0;
+    if (strcmp(PQgetvalue(res, 0, 3), "t") == 0) {
+        cancel_unclaimed(j);
+        return;
+    }
     transition(j, J_LEASING);
     step(j);
 }
@@ -316,7 +356,8 @@ static void record(job *j)
     p[3] = w->cfg.worker_id;
     p[4] = part;
     p[5] = off;
-    if (sbx_db_query(w->db, "SELECT status, attempt, lease_token FROM sbx.record_run($1,$2,$3,$4,$5,$6)",
+    if (sbx_db_query(w->db, "SELECT status, attempt, lease_token, cancel_requested"
+                            " FROM sbx.record_run($1,$2,$3,$4,$5,$6)",
                      6, p, on_recorded, j) != 0) {
         retry_later(j, "database queue full");
         return;
@@ -404,7 +445,7 @@ static void acquire(job *j)
     int rc;
     j->renew_sent_ms = sbx_now_ms();
     rc = sbx_lease_acquire(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id, j->id,
-                           w->cfg.worker_id, w->cfg.lease_ttl_ms, on_acquired, j);
+                           w->cfg.worker_id, w->cfg.lease_ttl_ms, j->row_token, on_acquired, j);
     if (rc) {
         transition(j, J_WAITING);
         wait_list(j);
@@ -556,6 +597,8 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
     }
     result = PQgetvalue(res, 0, 0);
     j->attempt = atoi(PQgetvalue(res, 0, 2));
+    if (strtoll(PQgetvalue(res, 0, 3), NULL, 10) > j->row_token)
+        j->row_token = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
     if (strcmp(result, "claimed") == 0) {
         start_build(j);
         return;
@@ -582,7 +625,8 @@ static void claim(job *j)
     p[2] = w->cfg.worker_id;
     p[3] = w->prov->ops->name;
     p[4] = j->slot;
-    if (sbx_db_query(w->db, "SELECT result, status, attempt FROM sbx.claim_run($1,$2,$3,$4,$5)", 5,
+    if (sbx_db_query(w->db, "SELECT result, status, attempt, lease_token"
+                            " FROM sbx.claim_run($1,$2,$3,$4,$5)", 5,
                      p, on_claimed, j) != 0) {
         release(j, AR_WAIT);
         return;
@@ -891,6 +935,28 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     }
     sbx_debug("job", "%s received p%d@%" PRId64, j->id, (int)m->partition, m->offset);
     step(j);
+}
+
+void sbx__jobs_cancel(sbx_worker *w, const char *job_id)
+{
+    job *j = tab_find(&w->jobs, job_id);
+    if (!j)
+        return;
+    sbx_info("job", "%s cancel requested (state %s)", j->id, state_names[j->st]);
+    j->cancel = 1;
+    switch (j->st) {
+    case J_STARTING:
+    case J_RUNNING:
+        if (j->run && !j->lost)
+            w->prov->ops->cancel(w->prov, j->run);
+        break;
+    case J_WAITING:
+        cancel_unclaimed(j);
+        break;
+    default:
+        /* In flight: claim_run sees the flag and ends the run canceled. */
+        break;
+    }
 }
 
 void sbx__jobs_abandon(sbx_worker *w)

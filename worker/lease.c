@@ -36,7 +36,7 @@
     "  reaped = reaped + 1\n"                                                             \
     "end\n"
 
-/* ARGV: pool, project, job, worker, ttl_ms */
+/* ARGV: pool, project, job, worker, ttl_ms, token floor */
 static const char acquire_lua[] =
     REAP_LUA
     "local pool, project, job, worker, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4],"
@@ -63,6 +63,11 @@ static const char acquire_lua[] =
     "  slot = nil\n"
     "end\n"
     "if not slot then return {'NOCAP', '', 0, 0, reaped} end\n"
+    /* Tokens must outgrow every token PostgreSQL has seen, even after Redis
+     * lost its data: the caller passes the run row's token as a floor. */
+    "if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[6]) then\n"
+    "  redis.call('SET', '{sbx}:fence', ARGV[6])\n"
+    "end\n"
     "local token = redis.call('INCR', '{sbx}:fence')\n"
     "redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker',"
     " worker, 'token', token, 'pool', pool, 'expires', now + ttl)\n"
@@ -228,12 +233,14 @@ static int eval(sbx_leases *l, sbx_redis_script *s, sbx_lease_cb cb, void *arg, 
 }
 
 int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
-                      const char *worker, int64_t ttl_ms, sbx_lease_cb cb, void *arg)
+                      const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
+                      void *arg)
 {
-    char ttl[24];
-    const char *argv[] = {"0", pool, project, job, worker, ttl};
+    char ttl[24], floor[24];
+    const char *argv[] = {"0", pool, project, job, worker, ttl, floor};
     snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
-    return eval(l, l->acquire, cb, arg, 6, argv);
+    snprintf(floor, sizeof(floor), "%" PRId64, token_floor);
+    return eval(l, l->acquire, cb, arg, 7, argv);
 }
 
 int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_ms,

@@ -50,8 +50,11 @@ void sbx_leases_free(sbx_leases *l);
 
 /* Every call returns 0 and later calls cb once, or returns an error and never
  * calls cb (Redis down). */
+/* token_floor: the newest token PostgreSQL holds for the job's run; the new
+ * token is above it even if Redis lost its counter (restart without data). */
 int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
-                      const char *worker, int64_t ttl_ms, sbx_lease_cb cb, void *arg);
+                      const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
+                      void *arg);
 int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_ms,
                     sbx_lease_cb cb, void *arg);
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,

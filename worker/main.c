@@ -51,6 +51,8 @@ static void on_redis_state(void *arg, int up)
         register_pool(w);
 }
 
+static void on_cancel_notify(void *arg, const char *job_id) { sbx__jobs_cancel(arg, job_id); }
+
 static void before_sleep(void *arg) { sbx__jobs_reap(arg); }
 
 static void log_stats(sbx_worker *w, const char *why)
@@ -116,23 +118,6 @@ static void on_signal(sbx_io *io, int events)
     }
 }
 
-static int make_provider(sbx_worker *w, char *err, size_t errlen)
-{
-    sbx_local_config lc;
-    memset(&lc, 0, sizeof(lc));
-    lc.node = w->cfg.node;
-    lc.slots = w->cfg.local_slots;
-    lc.work_dir = w->cfg.work_dir;
-    lc.uid_base = w->cfg.uid_base;
-    lc.allow_network = w->cfg.allow_network;
-    lc.default_memory_mb = 1024;
-    lc.default_pids = 256;
-    lc.default_cpus = 1;
-    lc.kill_grace_ms = 2000;
-    lc.bwrap = "bwrap";
-    return sbx_local_new(w->loop, &lc, &w->prov, err, errlen);
-}
-
 int main(int argc, char **argv)
 {
     sbx_worker w;
@@ -178,7 +163,7 @@ int main(int argc, char **argv)
              w.cfg.worker_id, w.cfg.brokers, w.cfg.topic, w.cfg.group, w.cfg.redis_url, redacted,
              w.cfg.provider);
 
-    rc = make_provider(&w, err, sizeof(err));
+    rc = sbx__provider_new(&w, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sbx-worker: provider %s: %s\n", w.cfg.provider, err);
         return 2;
@@ -195,6 +180,7 @@ int main(int argc, char **argv)
     rc = sbx_db_new(w.loop, w.cfg.database_url, NULL, NULL, &w.db);
     if (rc)
         return 1;
+    sbx_db_listen(w.db, "sbx_cancel", on_cancel_notify, &w);
 
     snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
     for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))

@@ -51,6 +51,11 @@ void sbx__jobs_wake(sbx_worker *w, const char *project);
 void sbx__jobs_reap(sbx_worker *w);
 /* Shutdown: cancels every running build, frees every job. */
 void sbx__jobs_abandon(sbx_worker *w);
+/* `sbx cancel` (NOTIFY sbx_cancel): stops the job if this worker holds it. */
+void sbx__jobs_cancel(sbx_worker *w, const char *job_id);
 size_t sbx__jobs_count(const sbx_worker *w);
+
+/* Builds w->prov from w->cfg (providers.c). */
+int sbx__provider_new(sbx_worker *w, char *err, size_t errlen);
 
 #endif

@@ -257,3 +257,28 @@ def test_bad_config_stops_startup(sbx_bin, services):
     assert any("SBX_LOCAL_SLOTS=lots" in l and "integer" in l for l in lines), r.stderr
     assert any("SBX_LEASE_TTL_MS=5" in l for l in lines), r.stderr
     assert len(lines) == 3, r.stderr
+
+
+def test_cancel_running_and_waiting(run_sbx, pg, start_worker, topics, workdir):
+    """`sbx cancel` stops a running build within seconds (its processes gone)
+    and ends a job still waiting for its project without ever running it."""
+    marker = str(32000 + os.getpid() % 1000)
+    running = job("p-cancel", "echo started; sleep %s; echo never" % marker)
+    waiting = job("p-cancel", "echo should-not-run")
+    w = start_worker(SBX_WORK_DIR=workdir, **topics)
+    enqueue(run_sbx, topics, [running, waiting])
+    wait_until(lambda: statuses(pg, [running["job_id"]]).get(running["job_id"]) == "running",
+               30, "the first build running")
+    wait_until(lambda: statuses(pg, [waiting["job_id"]]).get(waiting["job_id"]) ==
+               "waiting_capacity", 30, "the second waiting for its project")
+    t0 = time.monotonic()
+    run_sbx("cancel", waiting["job_id"])
+    run_sbx("cancel", running["job_id"])
+    st = wait_terminal(pg, [running["job_id"], waiting["job_id"]], 30, [w])
+    took = time.monotonic() - t0
+    assert st == {running["job_id"]: "canceled", waiting["job_id"]: "canceled"}
+    assert took < 10, took
+    assert "running" not in history(pg, waiting["job_id"])
+    ps = subprocess.run(["pgrep", "-f", "sleep %s" % marker], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "the canceled build's processes survived"
+    print("canceled in %.2f s" % took)

@@ -1,0 +1,758 @@
+/* test_fly.c — the fly provider against the Machines API emulator.
+ *
+ * Fly.io cannot be reached from here, so this test starts tests/flyemu/
+ * flyemu.py (path from SBX_FLYEMU, else compiled in; python from
+ * SBX_PYTHON, else python3) on a free port. The emulator runs every build as
+ * a real bubblewrap sandbox on this host, so the shared conformance
+ * scenarios can also check that no process is left (host_procs).
+ *
+ * Then Fly-only scenarios, with faults injected through the emulator's
+ * /_emu/faults and checked in its request log (/_emu/requests):
+ *   429 on create retried no sooner than Retry-After; 503 on create followed
+ *   by a look for the machine and exactly one create that succeeds; a
+ *   create that made its machine but answered 500 is adopted, not repeated;
+ *   capacity
+ *   409 falls back to the next region, or ERROR when none is left; a
+ *   machine that goes `failed` is an ERROR; waits that time out (408) are
+ *   issued again; the orphan sweep destroys unwatched machines of this
+ *   worker only; the create -> STARTED latency over 20 runs.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conformance.h"
+#include "http.h"
+#include "loop.h"
+#include "provider_fly.h"
+
+#ifndef SBX_FLYEMU_PATH
+#define SBX_FLYEMU_PATH "tests/flyemu/flyemu.py"
+#endif
+
+#define TOKEN "test-token-fly"
+#define APP "sbx-unit"
+#define WORKER "w-unit"
+#define IMAGE "registry-1.docker.io/library/alpine:3.19"
+
+static pid_t emu_pid;
+static char emu_base[64];
+static char api_url[96];
+static char logs_url[96];
+
+/* ---- the emulator process ---- */
+
+static int emu_start(void)
+{
+    const char *path = getenv("SBX_FLYEMU") ? getenv("SBX_FLYEMU") : SBX_FLYEMU_PATH;
+    const char *py = getenv("SBX_PYTHON") ? getenv("SBX_PYTHON") : "python3";
+    char line[32];
+    size_t n = 0;
+    int fds[2];
+    uint64_t deadline;
+
+    if (pipe(fds) != 0)
+        return -1;
+    emu_pid = fork();
+    if (emu_pid < 0)
+        return -1;
+    if (emu_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execlp(py, py, path, "--port", "0", "--print-port", "--token", TOKEN, "--regions",
+               "iad=16,ord=16", "--destroyed-grace-ms", "1000", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    /* The first line is the port; python needs well under 10 s to get there. */
+    deadline = sbx_now_ms() + 10000;
+    while (n < sizeof(line) - 1 && sbx_now_ms() < deadline) {
+        struct pollfd p = {fds[0], POLLIN, 0};
+        ssize_t r;
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        r = read(fds[0], line + n, 1);
+        if (r <= 0)
+            break;
+        if (line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    close(fds[0]);
+    if (n == 0 || atoi(line) <= 0) {
+        fprintf(stderr, "test_fly: the emulator (%s %s) did not start\n", py, path);
+        return -1;
+    }
+    snprintf(emu_base, sizeof(emu_base), "http://127.0.0.1:%d", atoi(line));
+    snprintf(api_url, sizeof(api_url), "%s/v1", emu_base);
+    snprintf(logs_url, sizeof(logs_url), "%s/_emu/machines", emu_base);
+    return 0;
+}
+
+static void emu_stop(void)
+{
+    if (emu_pid > 0) {
+        kill(emu_pid, SIGTERM);
+        waitpid(emu_pid, NULL, 0);
+        emu_pid = 0;
+    }
+}
+
+/* ---- synchronous calls to the emulator, on a loop of their own ---- */
+
+typedef struct emu_res {
+    int done;
+    long status;
+    char *body;
+} emu_res;
+
+static void emu_done(void *arg, const sbx_http_res *res)
+{
+    emu_res *er = arg;
+    er->done = 1;
+    er->status = res->code == SBX_HTTP_OK ? res->status : -1;
+    er->body = strdup(res->body ? res->body : "");
+}
+
+/* Returns the HTTP status; *out (if not NULL) gets the parsed JSON body. */
+static long emu_call(const char *method, const char *path, const char *body, json_object **out)
+{
+    static const char *const hdrs[] = {"Authorization: Bearer " TOKEN,
+                                       "Content-Type: application/json", NULL};
+    sbx_loop *loop;
+    sbx_http *http;
+    sbx_http_req req;
+    emu_res er = {0, 0, NULL};
+    char url[512];
+    uint64_t until = sbx_now_ms() + 20000;
+
+    assert_int_equal(sbx_loop_new(&loop), 0);
+    assert_int_equal(sbx_http_new(loop, &http), 0);
+    snprintf(url, sizeof(url), "%s%s", emu_base, path);
+    memset(&req, 0, sizeof(req));
+    req.method = method;
+    req.url = url;
+    req.headers = hdrs;
+    req.body = body;
+    req.body_len = body ? strlen(body) : 0;
+    req.timeout_ms = 15000;
+    assert_int_equal(sbx_http_request(http, &req, emu_done, &er, NULL), 0);
+    while (!er.done && sbx_now_ms() < until)
+        sbx_loop_once(loop, 50);
+    sbx_http_free(http);
+    sbx_loop_free(loop);
+    assert_true(er.done);
+    if (out)
+        *out = json_tokener_parse(er.body);
+    free(er.body);
+    return er.status;
+}
+
+static void emu_post(const char *path, const char *body)
+{
+    assert_int_equal(emu_call("POST", path, body, NULL), 200);
+}
+
+/* ---- the provider ---- */
+
+static sbx_fly_config base_cfg(void)
+{
+    sbx_fly_config c;
+    memset(&c, 0, sizeof(c));
+    c.api_url = api_url;
+    c.app = APP;
+    c.token = TOKEN;
+    c.regions = "iad,ord";
+    c.worker_id = WORKER;
+    c.max_machines = 4;
+    c.image = IMAGE;
+    c.logs_url = logs_url;
+    c.backoff_base_ms = 100;
+    c.backoff_max_ms = 2000;
+    c.stop_grace_s = 2;
+    return c;
+}
+
+static sbx_provider *make_provider(sbx_loop *loop)
+{
+    sbx_fly_config c = base_cfg();
+    sbx_provider *p = NULL;
+    char err[256] = "";
+    if (sbx_fly_new(loop, &c, &p, err, sizeof(err)) != 0) {
+        fprintf(stderr, "sbx_fly_new: %s\n", err);
+        return NULL;
+    }
+    return p;
+}
+
+typedef struct frun {
+    sbx_run *run;
+    int started, finished;
+    uint64_t t0_us, started_us, finished_us;
+    sbx_result res;
+} frun;
+
+static void on_event(void *arg, sbx_run_event ev, const sbx_result *res)
+{
+    frun *r = arg;
+    if (ev == SBX_RUN_STARTED) {
+        r->started++;
+        r->started_us = sbx_now_us();
+        return;
+    }
+    r->finished++;
+    r->finished_us = sbx_now_us();
+    r->res = *res;
+}
+
+typedef struct fenv {
+    sbx_loop *loop;
+    sbx_provider *p;
+    const char **slots;
+    sbx_job job;
+    char id[64];
+} fenv;
+
+static int64_t next_token = 5000;
+
+static int run_start(fenv *e, size_t slot, const char *script, int timeout_s, frun *r)
+{
+    sbx_run_req req;
+    char err[256] = "";
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    memset(&e->job, 0, sizeof(e->job));
+    snprintf(e->job.job_id, sizeof(e->job.job_id), "j_fly_%" PRId64, next_token);
+    snprintf(e->job.project_id, sizeof(e->job.project_id), "p_fly");
+    e->job.script = (char *)script;
+    e->job.timeout_s = timeout_s;
+    req.job = &e->job;
+    req.slot = e->slots[slot];
+    req.token = next_token++;
+    req.attempt = 1;
+    r->t0_us = sbx_now_us();
+    rc = e->p->ops->start(e->p, &req, on_event, r, &r->run, err, sizeof(err));
+    if (rc)
+        fprintf(stderr, "start: %s\n", err);
+    return rc;
+}
+
+static int drive_until(fenv *e, const int *flag, uint64_t ms)
+{
+    uint64_t until = sbx_now_ms() + ms;
+    while (!*flag && sbx_now_ms() < until)
+        sbx_loop_once(e->loop, 20);
+    return *flag;
+}
+
+static int setup_with(void **state, const sbx_fly_config *c)
+{
+    fenv *e = calloc(1, sizeof(*e));
+    char err[256] = "";
+    if (!e || sbx_loop_new(&e->loop) != 0)
+        return -1;
+    if (sbx_fly_new(e->loop, c, &e->p, err, sizeof(err)) != 0) {
+        fprintf(stderr, "sbx_fly_new: %s\n", err);
+        return -1;
+    }
+    e->p->ops->slots(e->p, &e->slots);
+    emu_post("/_emu/reset", "{}");
+    *state = e;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    sbx_fly_config c = base_cfg();
+    return setup_with(state, &c);
+}
+
+static int setup_short_waits(void **state)
+{
+    sbx_fly_config c = base_cfg();
+    c.run_wait_s = 1;
+    return setup_with(state, &c);
+}
+
+static int teardown(void **state)
+{
+    fenv *e = *state;
+    if (!e)
+        return 0;
+    if (e->p)
+        e->p->ops->destroy(e->p);
+    sbx_loop_free(e->loop);
+    free(e);
+    emu_post("/_emu/reset", "{}");
+    return 0;
+}
+
+/* Requests of one action in the emulator's log, in order: statuses and times. */
+static size_t requests_of(const char *action, const char *method, long *status, double *t,
+                          size_t max)
+{
+    json_object *log = NULL;
+    size_t n = 0;
+
+    assert_int_equal(emu_call("GET", "/_emu/requests", NULL, &log), 200);
+    for (size_t i = 0; i < json_object_array_length(log) && n < max; i++) {
+        json_object *r = json_object_array_get_idx(log, i), *v;
+        json_object_object_get_ex(r, "action", &v);
+        if (strcmp(json_object_get_string(v), action) != 0)
+            continue;
+        json_object_object_get_ex(r, "method", &v);
+        if (method && strcmp(json_object_get_string(v), method) != 0)
+            continue;
+        json_object_object_get_ex(r, "status", &v);
+        status[n] = json_object_get_int(v);
+        json_object_object_get_ex(r, "t", &v);
+        t[n] = json_object_get_double(v);
+        n++;
+    }
+    json_object_put(log);
+    return n;
+}
+
+/* The machine as the emulator remembers it (destroyed ones too). */
+static json_object *emu_machine(const char *id)
+{
+    json_object *all = NULL, *found = NULL;
+    assert_int_equal(emu_call("GET", "/_emu/machines", NULL, &all), 200);
+    for (size_t i = 0; i < json_object_array_length(all); i++) {
+        json_object *m = json_object_array_get_idx(all, i), *v;
+        json_object_object_get_ex(m, "id", &v);
+        if (strcmp(json_object_get_string(v), id) == 0)
+            found = json_object_get(m);
+    }
+    json_object_put(all);
+    return found;
+}
+
+/* ---- scenarios ---- */
+
+static void t_429_retried_after_retry_after(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    long st[8];
+    double t[8];
+    size_t n;
+
+    emu_post("/_emu/faults", "{\"throttle\": {\"action\": \"create\", \"count\": 2, "
+                             "\"retry_after\": 1}}");
+    assert_int_equal(run_start(e, 0, "echo throttled-ok", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "throttled-ok"));
+    n = requests_of("create", "POST", st, t, 8);
+    assert_int_equal(n, 3);
+    assert_int_equal(st[0], 429);
+    assert_int_equal(st[1], 429);
+    assert_int_equal(st[2], 200);
+    print_message("    429 -> retry after %.3f s, %.3f s (Retry-After: 1)\n", t[1] - t[0],
+                  t[2] - t[1]);
+    assert_true(t[1] - t[0] >= 0.99);
+    assert_true(t[2] - t[1] >= 0.99);
+}
+
+static void t_wait_429_and_408_loop(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    long st[64];
+    double t[64];
+    size_t n, n408 = 0, n429 = 0;
+
+    /* run_wait_s = 1: a 4 s build outlives the two throttled waits and sees 408s */
+    emu_post("/_emu/faults", "{\"throttle\": {\"action\": \"wait\", \"count\": 2, "
+                             "\"retry_after\": 1}}");
+    assert_int_equal(run_start(e, 0, "sleep 4; echo waited-ok; exit 4", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 30000));
+    assert_int_equal(r.started, 1);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_int_equal(r.res.exit_code, 4);
+    assert_non_null(strstr(r.res.log_tail, "waited-ok"));
+    n = requests_of("wait", "GET", st, t, 64);
+    for (size_t i = 0; i < n; i++) {
+        n408 += st[i] == 408;
+        n429 += st[i] == 429;
+    }
+    assert_int_equal(n429, 2);
+    assert_true(n408 >= 1);
+}
+
+static void t_503_create_retried_once(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    long st[8];
+    double t[8];
+    size_t n, ok = 0;
+
+    emu_post("/_emu/faults", "{\"fail_creates\": 2, \"fail_status\": 503}");
+    assert_int_equal(run_start(e, 0, "echo after-503", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "after-503"));
+    n = requests_of("create", "POST", st, t, 8);
+    assert_int_equal(n, 3);
+    assert_int_equal(st[0], 503);
+    assert_int_equal(st[1], 503);
+    for (size_t i = 0; i < n; i++)
+        ok += st[i] == 200;
+    assert_int_equal(ok, 1);
+    /* each 503 made the provider look for a machine it might have created */
+    assert_int_equal(requests_of("list", "GET", st, t, 8), 2);
+}
+
+static void t_lost_create_reply_adopted(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    json_object *list = NULL;
+    char q[256];
+    long st[8];
+    double t[8];
+
+    /* the create makes the machine but answers 500: no second machine may run */
+    emu_post("/_emu/faults", "{\"lose_creates\": 1}");
+    assert_int_equal(run_start(e, 0, "echo adopted-ok", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "adopted-ok"));
+    assert_int_equal(requests_of("create", "POST", st, t, 8), 1);
+    assert_int_equal(st[0], 500);
+    snprintf(q, sizeof(q), "/v1/apps/" APP "/machines?include_deleted=true&metadata.sbx_job=%s",
+             e->job.job_id);
+    assert_int_equal(emu_call("GET", q, NULL, &list), 200);
+    assert_int_equal(json_object_array_length(list), 1);
+    json_object_put(list);
+}
+
+static void t_region_fallback(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    json_object *m, *v;
+    long st[8];
+    double t[8];
+
+    emu_post("/_emu/faults", "{\"capacity\": {\"iad\": 0}}");
+    assert_int_equal(run_start(e, 0, "echo in-ord", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_true(r.res.instance[0] != '\0');
+    m = emu_machine(r.res.instance);
+    assert_non_null(m);
+    json_object_object_get_ex(m, "region", &v);
+    assert_string_equal(json_object_get_string(v), "ord");
+    json_object_put(m);
+    assert_int_equal(requests_of("create", "POST", st, t, 8), 2);
+    assert_int_equal(st[0], 409);
+    assert_int_equal(st[1], 200);
+
+    /* no room anywhere: an ERROR the worker may retry later */
+    emu_post("/_emu/faults", "{\"capacity\": {\"iad\": 0, \"ord\": 0}}");
+    assert_int_equal(run_start(e, 0, "echo nowhere", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "capacity"));
+    assert_string_equal(r.res.instance, "");
+    emu_post("/_emu/faults", "{\"capacity\": {\"iad\": 16, \"ord\": 16}}");
+}
+
+static void t_failed_machine_is_error(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    emu_post("/_emu/faults", "{\"fail_boots\": 1}");
+    assert_int_equal(run_start(e, 0, "echo never", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "failed to start"));
+}
+
+static void t_failed_while_running_is_error(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    json_object *list = NULL, *v;
+    char q[256], path[128], marker[64];
+
+    sbx_conformance_marker(marker, 80);
+    assert_int_equal(run_start(e, 0, marker, 60, &r), 0);
+    assert_true(drive_until(e, &r.started, 20000));
+    /* the machine of this job, found the way the sweep finds machines */
+    snprintf(q, sizeof(q), "/v1/apps/" APP "/machines?metadata.sbx_job=%s", e->job.job_id);
+    assert_int_equal(emu_call("GET", q, NULL, &list), 200);
+    assert_int_equal(json_object_array_length(list), 1);
+    json_object_object_get_ex(json_object_array_get_idx(list, 0), "id", &v);
+    snprintf(path, sizeof(path), "/_emu/fail/%s", json_object_get_string(v));
+    json_object_put(list);
+    emu_post(path, "{}");
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "failed"));
+    assert_int_equal(sbx_conformance_procs_with(marker, 0), 0);
+}
+
+static int swept, sweep_failed, sweep_done;
+static char sweep_err[256];
+
+static void on_sweep(void *arg, int destroyed, int failed, const char *err)
+{
+    (void)arg;
+    swept = destroyed;
+    sweep_failed = failed;
+    sweep_done = 1;
+    snprintf(sweep_err, sizeof(sweep_err), "%s", err);
+}
+
+/* A machine made behind the provider's back, running `marker`. */
+static char *create_direct(const char *worker, const char *job, const char *marker)
+{
+    char body[512];
+    json_object *m = NULL, *v;
+    char *id;
+
+    snprintf(body, sizeof(body),
+             "{\"config\": {\"image\": \"%s\", \"init\": {\"exec\": [\"/bin/sh\", \"-c\", "
+             "\"%s\"]}, \"restart\": {\"policy\": \"no\"}, \"auto_destroy\": true, "
+             "\"metadata\": {\"sbx_worker\": \"%s\", \"sbx_job\": \"%s\"}}}",
+             IMAGE, marker, worker, job);
+    assert_int_equal(emu_call("POST", "/v1/apps/" APP "/machines", body, &m), 200);
+    json_object_object_get_ex(m, "id", &v);
+    id = strdup(json_object_get_string(v));
+    json_object_put(m);
+    return id;
+}
+
+/* Destroy answers while the machine is `destroying`; `destroyed` follows. */
+static int becomes_destroyed(const char *id)
+{
+    uint64_t until = sbx_now_ms() + 5000;
+    while (sbx_now_ms() < until) {
+        json_object *m = emu_machine(id), *v;
+        int yes;
+        assert_non_null(m);
+        json_object_object_get_ex(m, "state", &v);
+        yes = strcmp(json_object_get_string(v), "destroyed") == 0;
+        json_object_put(m);
+        if (yes)
+            return 1;
+        usleep(20000);
+    }
+    return 0;
+}
+
+static const char *machine_state(const char *id)
+{
+    static char st[32];
+    json_object *m = emu_machine(id), *v;
+    assert_non_null(m);
+    json_object_object_get_ex(m, "state", &v);
+    snprintf(st, sizeof(st), "%s", json_object_get_string(v));
+    json_object_put(m);
+    return st;
+}
+
+static void t_orphan_sweep(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    char lost[64], theirs[64], mine[64];
+    char *orphan1, *orphan2, *other;
+
+    sbx_conformance_marker(lost, 90);
+    sbx_conformance_marker(theirs, 91);
+    sbx_conformance_marker(mine, 92);
+    orphan1 = create_direct(WORKER, "j_lost_1", lost);
+    orphan2 = create_direct(WORKER, "j_lost_2", lost);
+    other = create_direct("w-someone-else", "j_theirs", theirs);
+    assert_int_equal(run_start(e, 0, mine, 120, &r), 0);
+    assert_true(drive_until(e, &r.started, 20000));
+    sweep_done = 0;
+    assert_int_equal(sbx_fly_sweep(e->p, NULL, on_sweep, NULL), 0);
+    assert_true(drive_until(e, &sweep_done, 30000));
+    assert_string_equal(sweep_err, "");
+    assert_int_equal(swept, 2);
+    assert_int_equal(sweep_failed, 0);
+    assert_true(becomes_destroyed(orphan1));
+    assert_true(becomes_destroyed(orphan2));
+    assert_string_not_equal(machine_state(other), "destroyed");
+    assert_int_equal(r.finished, 0);       /* the watched build is left alone */
+    assert_int_equal(sbx_conformance_procs_with(lost, 1), 0);
+    assert_true(sbx_conformance_procs_with(mine, 1) > 0);
+
+    e->p->ops->cancel(e->p, r.run);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+
+    /* another worker's leftovers, swept by name (a reaper for dead workers) */
+    sweep_done = 0;
+    assert_int_equal(sbx_fly_sweep(e->p, "w-someone-else", on_sweep, NULL), 0);
+    assert_true(drive_until(e, &sweep_done, 30000));
+    assert_int_equal(swept, 1);
+    assert_true(becomes_destroyed(other));
+    assert_int_equal(sbx_conformance_procs_with(theirs, 0), 0);
+    free(orphan1);
+    free(orphan2);
+    free(other);
+}
+
+static void t_bad_config_refused(void **state)
+{
+    sbx_fly_config c = base_cfg();
+    sbx_provider *p = NULL;
+    sbx_loop *loop = NULL;
+    char err[256] = "";
+    (void)state;
+
+    assert_int_equal(sbx_loop_new(&loop), 0);
+    c.token = "";
+    assert_int_equal(sbx_fly_new(loop, &c, &p, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "TOKEN"));
+    c = base_cfg();
+    c.app = "Bad App";
+    assert_int_equal(sbx_fly_new(loop, &c, &p, err, sizeof(err)), -EINVAL);
+    c = base_cfg();
+    c.regions = "iad,ORD";
+    assert_int_equal(sbx_fly_new(loop, &c, &p, err, sizeof(err)), -EINVAL);
+    c = base_cfg();
+    c.memory_mb = 300;
+    assert_int_equal(sbx_fly_new(loop, &c, &p, err, sizeof(err)), -EINVAL);
+    sbx_loop_free(loop);
+}
+
+static void t_config_from_env(void **state)
+{
+    sbx_fly_config c;
+    char err[256] = "";
+    (void)state;
+
+    setenv("SBX_FLY_APP", "env-app", 1);
+    setenv("SBX_FLY_API_TOKEN", "env-token", 1);
+    setenv("SBX_FLY_REGIONS", "ams,iad", 1);
+    setenv("SBX_FLY_MAX_MACHINES", "7", 1);
+    setenv("SBX_FLY_MEMORY_MB", "512", 1);
+    assert_int_equal(sbx_fly_config_from_env(&c, "w-env", err, sizeof(err)), 0);
+    assert_string_equal(c.app, "env-app");
+    assert_string_equal(c.token, "env-token");
+    assert_string_equal(c.regions, "ams,iad");
+    assert_string_equal(c.worker_id, "w-env");
+    assert_int_equal(c.max_machines, 7);
+    assert_int_equal(c.memory_mb, 512);
+    unsetenv("SBX_FLY_API_TOKEN");
+    setenv("FLY_API_TOKEN", "fly-token", 1);
+    setenv("SBX_FLY_CPUS", "two", 1);
+    assert_int_equal(sbx_fly_config_from_env(&c, "w-env", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "SBX_FLY_CPUS"));
+    unsetenv("SBX_FLY_CPUS");
+    assert_int_equal(sbx_fly_config_from_env(&c, "w-env", err, sizeof(err)), 0);
+    assert_string_equal(c.token, "fly-token");
+    unsetenv("FLY_API_TOKEN");
+    unsetenv("SBX_FLY_APP");
+    unsetenv("SBX_FLY_REGIONS");
+    unsetenv("SBX_FLY_MAX_MACHINES");
+    unsetenv("SBX_FLY_MEMORY_MB");
+}
+
+static void t_wrong_token_is_error(void **state)
+{
+    sbx_fly_config c = base_cfg();
+    fenv e;
+    frun r;
+    char err[256] = "";
+    (void)state;
+
+    memset(&e, 0, sizeof(e));
+    c.token = "not-the-token";
+    assert_int_equal(sbx_loop_new(&e.loop), 0);
+    assert_int_equal(sbx_fly_new(e.loop, &c, &e.p, err, sizeof(err)), 0);
+    e.p->ops->slots(e.p, &e.slots);
+    assert_int_equal(run_start(&e, 0, "echo no", 60, &r), 0);
+    assert_true(drive_until(&e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "401"));
+    assert_null(strstr(r.res.error, "not-the-token"));
+    e.p->ops->destroy(e.p);
+    sbx_loop_free(e.loop);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void t_create_to_running_latency(void **state)
+{
+    enum { RUNS = 20 };
+    fenv *e = *state;
+    uint64_t lat[RUNS];
+    frun r;
+
+    for (int i = 0; i < RUNS; i++) {
+        assert_int_equal(run_start(e, 0, "sleep 0.3", 60, &r), 0);
+        assert_true(drive_until(e, &r.finished, 20000));
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_int_equal(r.started, 1);
+        lat[i] = r.started_us - r.t0_us;
+    }
+    qsort(lat, RUNS, sizeof(lat[0]), cmp_u64);
+    print_message("    create -> STARTED over %d runs: median %.1f ms, p95 %.1f ms, "
+                  "max %.1f ms (emulated boot 100-300 ms)\n",
+                  RUNS, (double)lat[RUNS / 2] / 1000.0, (double)lat[RUNS * 95 / 100] / 1000.0,
+                  (double)lat[RUNS - 1] / 1000.0);
+    assert_true(lat[RUNS / 2] < 1000000);   /* the seed plan's p50 < 1 s */
+}
+
+int main(void)
+{
+    const struct CMUnitTest fly_tests[] = {
+        cmocka_unit_test(t_bad_config_refused),
+        cmocka_unit_test(t_config_from_env),
+        cmocka_unit_test(t_wrong_token_is_error),
+        cmocka_unit_test_setup_teardown(t_429_retried_after_retry_after, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_wait_429_and_408_loop, setup_short_waits, teardown),
+        cmocka_unit_test_setup_teardown(t_503_create_retried_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_lost_create_reply_adopted, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_region_fallback, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_failed_machine_is_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_failed_while_running_is_error, setup_short_waits,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(t_orphan_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_create_to_running_latency, setup, teardown),
+    };
+    sbx_conformance_opts opts;
+    int failed;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (emu_start() != 0)
+        return 1;
+    memset(&opts, 0, sizeof(opts));
+    opts.host_procs = 1;   /* the emulator's sandboxes run on this host */
+    opts.image = IMAGE;
+    failed = sbx_conformance_run("fly_conformance", make_provider, &opts);
+    failed += cmocka_run_group_tests_name("fly", fly_tests, NULL, NULL);
+    emu_stop();
+    return failed ? 1 : 0;
+}

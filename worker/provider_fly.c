@@ -1,0 +1,1656 @@
+/* provider_fly.c — one build = one Fly Machine, driven through the Machines
+ * API on the worker's event loop.
+ *
+ * A run walks these states; every transition goes through run_set(), which
+ * logs "from -> to":
+ *
+ *   CREATING     POST /apps/{app}/machines. A capacity refusal (409 or 422
+ *                "insufficient_capacity", "insufficient CPUs", "no capacity")
+ *                moves on to the next configured region.
+ *   ADOPTING     a create answered 5xx or not at all may still have made the
+ *                machine: list ?metadata.sbx_run=<this run> and adopt what is
+ *                there before creating again, so a build never runs twice.
+ *   BOOTING      GET .../wait?state=started. Slices start short (first_wait_s)
+ *                and double: a build that exits before the wait is served
+ *                leaves the machine `stopped`, and wait(started) would then
+ *                sit out its whole timeout.
+ *   PROBING      after a wait answered 408, GET the machine: `failed` is an
+ *                ERROR, stopped/destroyed means it already ran (the events
+ *                have its exit), started waits for stopped, anything else
+ *                waits again until boot_timeout_s says it is wedged. A wait
+ *                never returns for a machine that went `failed`, so this look
+ *                once per slice is what notices it.
+ *   RUNNING      STARTED reported; GET .../wait?state=stopped&instance_id=..
+ *                in slices of at most 60 s (the documented maximum) until the
+ *                job's deadline, which the deadline timer enforces.
+ *   INSPECTING   GET the machine: the exit code is in the newest `exit`
+ *                event, request.exit_event.exit_code (or under MonitorEvent);
+ *                Go's omitempty drops a 0, so a missing code means 0.
+ *   STOPPING     timeout or cancel: POST .../stop {SIGTERM, grace}.
+ *   STOP_WAIT    wait?state=stopped for the grace plus a margin.
+ *   LOGS         only with logs_url (see below).
+ *   DESTROYING   DELETE ?force=true; 404 is fine (auto_destroy got there).
+ *
+ * Retries: every call is retried on 429 and on transport errors and 5xx
+ * (except create, see ADOPTING) with exponential backoff and full jitter,
+ * never sooner than a Retry-After, at most max_attempts times. Waits are not
+ * failures when they answer 408; they are simply issued again.
+ *
+ * Cancel and timeout never call back from inside cancel(): a running machine
+ * is stopped then destroyed, a create in flight is let finish so its reply
+ * says whether there is a machine to destroy, and a run with nothing to undo
+ * finishes from a zero-delay timer.
+ *
+ * Logs: the Machines API has no way to read a machine's output (Fly sends
+ * logs through NATS to `fly logs`; `exec` needs a running machine, and the
+ * output is wanted after the build stopped). The tail is therefore read from
+ * logs_url only when one is configured, which today means the emulator's
+ * extension GET /_emu/machines/{id}/logs; against real Fly the log tail stays
+ * empty. Machines get auto_destroy so a lost worker leaves nothing billing
+ * after its builds end; builds that never end are what sbx_fly_sweep() is for.
+ *
+ * Not available on Fly and ignored: job->pids, job->disk_mb, and network=false
+ * (Machines always have a network; the VM is the isolation boundary). Jobs run
+ * under /bin/sh in /workspace, where job->files are written (config.files),
+ * so the image needs a /bin/sh.
+ */
+#include "provider_fly.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "log.h"
+#include "text.h"
+
+#define FLY_DEFAULT_URL "https://api.machines.dev/v1"
+/* The wait endpoint takes 1..60 s (machines-resource); longer requests are cut
+ * by Fly's proxy, which is why its Go client caps them the same way. */
+#define FLY_WAIT_MAX_S 60
+/* How much longer than a wait's own timeout the HTTP request may take. */
+#define FLY_WAIT_SLACK_MS 15000
+/* Plain calls answer in well under a second; 30 s means something is broken. */
+#define FLY_CALL_TIMEOUT_MS 30000
+#define FLY_CONNECT_TIMEOUT_MS 10000
+/* Bounds of what goes into a URL, checked in sbx_fly_new(): the base URL, an
+ * app name (Fly: at most 63 characters), a machine id (14 hex characters
+ * today; 32 leaves room) and a query with a percent-encoded worker id. */
+#define FLY_API_URL_MAX 512
+#define FLY_APP_MAX 63
+#define FLY_ID_MAX 32
+#define FLY_IID_MAX 64
+#define FLY_WORKER_MAX 128
+#define FLY_URL_MAX (FLY_API_URL_MAX + FLY_APP_MAX + FLY_ID_MAX + 3 * FLY_WORKER_MAX + 128)
+/* Region codes are three letters; 15 allows anything Fly might add. */
+#define FLY_REGION_MAX 15
+#define FLY_REGIONS_MAX 16
+/* "fly/" + app + "/" + a size_t index */
+#define FLY_SLOT_MAX (4 + FLY_APP_MAX + 1 + 20 + 1)
+/* A sanity bound on configured slots, far above any Fly org's quota. */
+#define FLY_MAX_MACHINES 4096
+/* Machines one sweep destroys; more wait for the next sweep. */
+#define FLY_SWEEP_MAX 512
+/* How long destroy() keeps deleting machines at worker exit. */
+#define FLY_EXIT_REAP_MS 5000
+#define FLY_WORKSPACE "/workspace"
+
+typedef struct fly_provider fly_provider;
+typedef struct fly_call fly_call;
+typedef struct fly_sweep fly_sweep;
+typedef void (*fly_call_cb)(fly_call *c, const sbx_http_res *res);
+
+/* One API call and its retries. Owned by a run or a sweep. */
+struct fly_call {
+    fly_provider *f;
+    const char *method;           /* a string literal */
+    char url[FLY_URL_MAX];
+    char *body;                   /* NULL or a JSON document we own */
+    uint32_t timeout_ms;
+    int attempt;                  /* 1-based */
+    int retry_5xx;                /* 0 for create: a 5xx may have made a machine */
+    int start_failed;             /* sbx_http_request() itself failed */
+    sbx_http_handle *h;           /* in flight */
+    sbx_timer retry_t;
+    fly_call_cb cb;
+    void *owner;
+};
+
+typedef enum fly_state {
+    FLY_CREATING,
+    FLY_ADOPTING,
+    FLY_BOOTING,
+    FLY_PROBING,
+    FLY_RUNNING,
+    FLY_INSPECTING,
+    FLY_STOPPING,
+    FLY_STOP_WAIT,
+    FLY_LOGS,
+    FLY_DESTROYING,
+    FLY_DONE,
+} fly_state;
+
+static const char *const state_names[] = {
+    "creating", "adopting", "booting", "probing", "running", "inspecting",
+    "stopping", "stop_wait", "logs", "destroying", "done",
+};
+
+typedef void (*fly_step)(sbx_run *r);
+
+struct sbx_run {
+    fly_provider *f;
+    sbx_run *prev, *next;
+    fly_state state;
+    char job_id[SBX_ID_MAX + 1];
+    size_t slot;                  /* index into the provider's slots */
+    int64_t token;
+    char run_id[17];              /* metadata sbx_run: finds a create whose reply was lost */
+    json_object *create;          /* the create body; "region" changes per try */
+    size_t region_idx;
+    int creates;                  /* create requests sent */
+    char id[FLY_ID_MAX + 1];
+    char instance_id[FLY_IID_MAX + 1];
+    int wait_s;                   /* next wait?state=started slice */
+    int timeout_s;
+    uint64_t deadline_ms, boot_deadline_ms;
+    int started;                  /* STARTED was reported */
+    int aborting;                 /* cancel or timeout asked; abort says which */
+    sbx_outcome abort;
+    int error;                    /* res.error says what went wrong: ERROR */
+    sbx_result res;
+    fly_call call;
+    sbx_timer deadline_t;
+    sbx_timer defer_t;            /* runs `deferred` from the loop */
+    fly_step deferred;
+    sbx_run_cb cb;
+    void *arg;
+};
+
+struct fly_sweep {
+    fly_provider *f;
+    fly_sweep *next;
+    fly_call call;
+    char (*ids)[FLY_ID_MAX + 1];
+    size_t n, i;
+    int destroyed, failed;
+    sbx_fly_sweep_cb cb;
+    void *arg;
+};
+
+struct fly_provider {
+    sbx_provider base;            /* first: the vtable's sbx_provider * is this */
+    sbx_http *http;
+    char api_url[FLY_API_URL_MAX + 1];
+    char app[FLY_APP_MAX + 1];
+    char worker_id[FLY_WORKER_MAX + 1];
+    char *auth;                   /* "Authorization: ..." — secret, never logged */
+    const char *headers[4];
+    char regions[FLY_REGIONS_MAX][FLY_REGION_MAX + 1];
+    size_t nregions;
+    char cpu_kind[16];
+    int cpus, memory_mb;
+    char *image;
+    char *logs_url;
+    int max_attempts, backoff_base_ms, backoff_max_ms;
+    int stop_grace_s, boot_timeout_s, first_wait_s, run_wait_s;
+    char **slot_ids;
+    sbx_run **slot_runs;          /* the run holding each slot, or NULL */
+    size_t nslots;
+    sbx_run *runs;
+    size_t nruns;
+    fly_sweep *sweeps;
+    uint64_t rng;
+};
+
+/* ---- small helpers ---- */
+
+static uint64_t rng_next(fly_provider *f)
+{
+    /* splitmix64: jitter and run ids need spread, not secrecy */
+    uint64_t z = (f->rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int valid_chars(const char *s, size_t max, const char *extra)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!(isdigit(c) || (c >= 'a' && c <= 'z') || strchr(extra, c)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Percent-encodes s for a query value (RFC 3986 unreserved pass through). */
+static void url_escape(const char *s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s && o + 4 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static json_object *jobj(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!o || !json_object_object_get_ex(o, key, &v))
+        return NULL;
+    return v;
+}
+
+/* The "error" of a Fly error body, or the start of the raw body. */
+static void api_error(const sbx_http_res *res, char *out, size_t cap)
+{
+    json_object *o;
+    const char *msg;
+
+    if (res->code != SBX_HTTP_OK) {
+        snprintf(out, cap, "%s", res->error);
+        return;
+    }
+    o = res->body ? json_tokener_parse(res->body) : NULL;
+    msg = jstr(o, "error");
+    if (msg)
+        snprintf(out, cap, "HTTP %ld: %s", res->status, msg);
+    else
+        snprintf(out, cap, "HTTP %ld: %.120s", res->status, res->body ? res->body : "");
+    json_object_put(o);
+}
+
+/* A create refused for lack of room: documented as 409 "insufficient CPUs"
+ * with status "insufficient_capacity"; the Go client also knows 422 with that
+ * status and flyd's "no capacity" / "insufficient ... available" phrases. */
+static int capacity_error(const sbx_http_res *res)
+{
+    json_object *o;
+    const char *st, *msg;
+    int yes = 0;
+
+    if (res->code != SBX_HTTP_OK || (res->status != 409 && res->status != 422))
+        return 0;
+    o = res->body ? json_tokener_parse(res->body) : NULL;
+    st = jstr(o, "status");
+    msg = jstr(o, "error");
+    if ((st && strcmp(st, "insufficient_capacity") == 0) ||
+        (msg && (strstr(msg, "insufficient") || strstr(msg, "no capacity"))))
+        yes = 1;
+    json_object_put(o);
+    return yes;
+}
+
+/* ---- calls with retries ---- */
+
+static void call_issue(fly_call *c);
+
+/* Fly limits each action to 1 request/s per machine (working-with-machines-api,
+ * "Rate Limits"): a 429 is never retried sooner than that window. */
+#define FLY_RATE_WINDOW_MS 1000
+
+/* How long a 429 asks us to wait: the server's Retry-After, else the
+ * documented rate window. */
+static uint64_t retry_after_ms(const sbx_http_res *res)
+{
+    if (res->code != SBX_HTTP_OK || res->status != 429)
+        return 0;
+    if (res->retry_after_s > 0)
+        return (uint64_t)res->retry_after_s * 1000u;
+    return FLY_RATE_WINDOW_MS;
+}
+
+/* Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"):
+ * uniform in [0, min(max, base * 2^(attempt-1))], but never before the
+ * server's Retry-After. */
+static uint64_t backoff_ms(fly_provider *f, int attempt, uint64_t retry_after_ms)
+{
+    uint64_t cap = (uint64_t)f->backoff_base_ms << (attempt > 20 ? 20 : attempt - 1);
+    uint64_t d;
+    if (cap > (uint64_t)f->backoff_max_ms)
+        cap = (uint64_t)f->backoff_max_ms;
+    d = rng_next(f) % (cap + 1);
+    return d < retry_after_ms ? retry_after_ms : d;
+}
+
+static int retryable(const fly_call *c, const sbx_http_res *res)
+{
+    if (res->code == SBX_HTTP_ETOOBIG || res->code == SBX_HTTP_EABORTED)
+        return 0;
+    if (res->code != SBX_HTTP_OK)
+        return c->retry_5xx;
+    if (res->status == 429)
+        return 1;
+    return res->status >= 500 && c->retry_5xx;
+}
+
+static void call_done(void *arg, const sbx_http_res *res)
+{
+    fly_call *c = arg;
+    fly_provider *f = c->f;
+
+    c->h = NULL;
+    if (c->attempt < f->max_attempts && retryable(c, res)) {
+        uint64_t d = backoff_ms(f, c->attempt, retry_after_ms(res));
+        sbx_debug("fly", "%s %s: status=%ld code=%d, retry %d/%d in %llu ms", c->method,
+                  c->url + strlen(f->api_url), res->status, (int)res->code, c->attempt + 1,
+                  f->max_attempts, (unsigned long long)d);
+        c->attempt++;
+        sbx_timer_start(f->base.loop, &c->retry_t, d);
+        return;
+    }
+    c->cb(c, res);
+}
+
+static void call_retry_fire(sbx_timer *t)
+{
+    fly_call *c = t->data;
+    if (c->start_failed && c->attempt >= c->f->max_attempts) {
+        sbx_http_res res;
+        memset(&res, 0, sizeof(res));
+        res.code = SBX_HTTP_ETRANSPORT;
+        res.error = "could not start the HTTP request";
+        res.body = "";
+        c->start_failed = 0;
+        c->cb(c, &res);
+        return;
+    }
+    call_issue(c);
+}
+
+static void call_issue(fly_call *c)
+{
+    fly_provider *f = c->f;
+    sbx_http_req req;
+    int rc;
+
+    memset(&req, 0, sizeof(req));
+    req.method = c->method;
+    req.url = c->url;
+    req.headers = f->headers;
+    req.body = c->body;
+    req.body_len = c->body ? strlen(c->body) : 0;
+    req.timeout_ms = c->timeout_ms;
+    req.connect_timeout_ms = FLY_CONNECT_TIMEOUT_MS;
+    c->start_failed = 0;
+    rc = sbx_http_request(f->http, &req, call_done, c, &c->h);
+    if (rc != 0) {
+        /* Reported from the loop like any other failure, after a backoff. */
+        sbx_warn("fly", "%s: cannot start request: %s", c->method, strerror(-rc));
+        c->h = NULL;
+        c->start_failed = 1;
+        if (c->attempt < f->max_attempts)
+            c->attempt++;
+        sbx_timer_start(f->base.loop, &c->retry_t, backoff_ms(f, c->attempt, 0));
+    }
+}
+
+static void call_init(fly_call *c, fly_provider *f, void *owner)
+{
+    memset(c, 0, sizeof(*c));
+    c->f = f;
+    c->owner = owner;
+    sbx_timer_init(&c->retry_t, call_retry_fire, c);
+}
+
+static void call_cancel(fly_call *c)
+{
+    if (c->h) {
+        sbx_http_cancel(c->h);
+        c->h = NULL;
+    }
+    sbx_timer_stop(c->f->base.loop, &c->retry_t);
+    c->start_failed = 0;
+}
+
+/* Starts a call; body (may be NULL) becomes the call's. The URL is
+ * api_url + path. */
+static void call_start(fly_call *c, const char *method, char *body, uint32_t timeout_ms,
+                       int retry_5xx, fly_call_cb cb, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void call_start(fly_call *c, const char *method, char *body, uint32_t timeout_ms,
+                       int retry_5xx, fly_call_cb cb, const char *fmt, ...)
+{
+    va_list ap;
+    size_t n = strlen(c->f->api_url);
+
+    call_cancel(c);
+    memcpy(c->url, c->f->api_url, n);
+    va_start(ap, fmt);
+    vsnprintf(c->url + n, sizeof(c->url) - n, fmt, ap);
+    va_end(ap);
+    free(c->body);
+    c->body = body;
+    c->method = method;
+    c->timeout_ms = timeout_ms;
+    c->retry_5xx = retry_5xx;
+    c->cb = cb;
+    c->attempt = 1;
+    call_issue(c);
+}
+
+static void call_free(fly_call *c)
+{
+    call_cancel(c);
+    free(c->body);
+    c->body = NULL;
+}
+
+/* ---- runs ---- */
+
+static void run_set(sbx_run *r, fly_state s)
+{
+    sbx_debug("fly", "run %s machine=%s %s -> %s", r->job_id, r->id[0] ? r->id : "-",
+              state_names[r->state], state_names[s]);
+    r->state = s;
+}
+
+static void run_defer(sbx_run *r, fly_step step, uint64_t after_ms)
+{
+    r->deferred = step;
+    sbx_timer_start(r->f->base.loop, &r->defer_t, after_ms);
+}
+
+static void defer_fire(sbx_timer *t)
+{
+    sbx_run *r = t->data;
+    fly_step step = r->deferred;
+    r->deferred = NULL;
+    if (step)
+        step(r);
+}
+
+static void run_fail(sbx_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void run_fail(sbx_run *r, const char *fmt, ...)
+{
+    va_list ap;
+    if (r->error)
+        return;                   /* the first cause is the one worth keeping */
+    r->error = 1;
+    va_start(ap, fmt);
+    vsnprintf(r->res.error, sizeof(r->res.error), fmt, ap);
+    va_end(ap);
+}
+
+static long remaining_s(const sbx_run *r)
+{
+    uint64_t now = sbx_now_ms();
+    if (now >= r->deadline_ms)
+        return 0;
+    return (long)((r->deadline_ms - now + 999) / 1000);
+}
+
+static int wait_slice(long want, long left)
+{
+    long s = want < left ? want : left;
+    if (s > FLY_WAIT_MAX_S)
+        s = FLY_WAIT_MAX_S;
+    return s < 1 ? 1 : (int)s;
+}
+
+static void run_finish(sbx_run *r)
+{
+    fly_provider *f = r->f;
+    sbx_result *res = &r->res;
+    sbx_run_cb cb = r->cb;
+    void *arg = r->arg;
+
+    run_set(r, FLY_DONE);
+    call_free(&r->call);
+    sbx_timer_stop(f->base.loop, &r->deadline_t);
+    sbx_timer_stop(f->base.loop, &r->defer_t);
+    /* provider.h's life of a run is STARTED then FINISHED, and the other
+     * providers and the conformance scenarios read it as "always both": a
+     * run that ended before its machine started still gets STARTED first. */
+    if (!r->started) {
+        r->started = 1;
+        cb(arg, SBX_RUN_STARTED, res);
+    }
+    if (r->aborting) {
+        res->outcome = r->abort;
+        if (!res->error[0])
+            snprintf(res->error, sizeof(res->error), "%s",
+                     r->abort == SBX_OUTCOME_TIMED_OUT ? "timed out" : "canceled");
+    } else if (r->error) {
+        res->outcome = SBX_OUTCOME_ERROR;
+    } else {
+        res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
+    }
+    sbx_info("fly", "run %s machine=%s outcome=%d exit=%d %s", r->job_id,
+             r->id[0] ? r->id : "-", (int)res->outcome, res->exit_code, res->error);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        f->runs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    f->nruns--;
+    f->slot_runs[r->slot] = NULL;
+    json_object_put(r->create);
+    r->create = NULL;
+    cb(arg, SBX_RUN_FINISHED, res);
+    free(r);
+}
+
+/* Reports STARTED once. Returns 0 when the callback canceled the run, which
+ * then already moved on (the caller must not touch the call). */
+static int run_started(sbx_run *r)
+{
+    if (!r->started) {
+        r->started = 1;
+        r->cb(r->arg, SBX_RUN_STARTED, &r->res);
+    }
+    return !r->aborting;
+}
+
+static void step_create(sbx_run *r);
+static void step_boot_wait(sbx_run *r);
+static void step_run_wait(sbx_run *r);
+static void step_probe(sbx_run *r);
+static void step_inspect(sbx_run *r);
+static void step_stop(sbx_run *r);
+static void step_logs(sbx_run *r);
+static void step_destroy(sbx_run *r);
+
+/* What comes after the build stopped (or was found stopped). */
+static void step_after_stop(sbx_run *r)
+{
+    if (r->f->logs_url && r->started)
+        step_logs(r);
+    else
+        step_destroy(r);
+}
+
+/* Reads the exit code from a machine's events. Returns 0, or -1 when there
+ * is no exit event. */
+static int parse_exit(sbx_run *r, json_object *m)
+{
+    json_object *events = jobj(m, "events"), *best = NULL, *req, *ee, *v;
+    int64_t best_ts = INT64_MIN;
+    size_t n;
+
+    if (!events || !json_object_is_type(events, json_type_array))
+        return -1;
+    n = json_object_array_length(events);
+    for (size_t i = 0; i < n; i++) {
+        json_object *ev = json_object_array_get_idx(events, i);
+        const char *type = jstr(ev, "type");
+        int64_t ts = json_object_get_int64(jobj(ev, "timestamp"));
+        if (type && strcmp(type, "exit") == 0 && ts > best_ts) {
+            best = ev;
+            best_ts = ts;
+        }
+    }
+    if (!best)
+        return -1;
+    req = jobj(best, "request");
+    ee = jobj(jobj(req, "MonitorEvent"), "exit_event");
+    if (!ee)
+        ee = jobj(req, "exit_event");
+    v = jobj(ee, "exit_code");
+    r->res.exit_code = v ? json_object_get_int(v) : 0;
+    v = jobj(ee, "oom_killed");
+    if (v && json_object_get_boolean(v)) {
+        if (r->res.exit_code == 0)
+            r->res.exit_code = 137;
+        snprintf(r->res.error, sizeof(r->res.error), "out of memory");
+    }
+    return 0;
+}
+
+static int take_machine(sbx_run *r, json_object *m)
+{
+    const char *id = jstr(m, "id"), *iid = jstr(m, "instance_id");
+    if (!id || !valid_chars(id, FLY_ID_MAX, "") || !iid || strlen(iid) > FLY_IID_MAX)
+        return -1;
+    snprintf(r->id, sizeof(r->id), "%s", id);
+    snprintf(r->instance_id, sizeof(r->instance_id), "%s", iid);
+    snprintf(r->res.instance, sizeof(r->res.instance), "%s", id);
+    return 0;
+}
+
+static void on_created(sbx_run *r, json_object *m)
+{
+    if (take_machine(r, m) != 0) {
+        run_fail(r, "create: reply has no usable machine id");
+        run_finish(r);
+        return;
+    }
+    sbx_info("fly", "run %s machine=%s region=%s", r->job_id, r->id,
+             jstr(m, "region") ? jstr(m, "region") : "?");
+    if (r->aborting) {
+        step_destroy(r);
+        return;
+    }
+    r->wait_s = r->f->first_wait_s;
+    step_boot_wait(r);
+}
+
+static void on_adopt(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    fly_provider *f = r->f;
+    json_object *list = NULL, *found = NULL;
+    char why[200];
+
+    if (res->code != SBX_HTTP_OK || res->status != 200 ||
+        !(list = json_tokener_parse(res->body)) || !json_object_is_type(list, json_type_array)) {
+        api_error(res, why, sizeof(why));
+        run_fail(r, "create failed and the machine list too (%s); a sweep removes any leftover",
+                 why);
+        json_object_put(list);
+        run_finish(r);
+        return;
+    }
+    for (size_t i = 0; i < json_object_array_length(list) && !found; i++) {
+        json_object *m = json_object_array_get_idx(list, i);
+        const char *st = jstr(m, "state");
+        if (st && strcmp(st, "destroyed") != 0 && strcmp(st, "destroying") != 0)
+            found = m;
+    }
+    if (found) {
+        sbx_info("fly", "run %s: adopting machine %s from a create whose reply was lost",
+                 r->job_id, jstr(found, "id") ? jstr(found, "id") : "?");
+        on_created(r, found);
+    } else if (r->aborting) {
+        run_finish(r);
+    } else if (r->creates >= f->max_attempts) {
+        run_fail(r, "create: gave up after %d attempts", r->creates);
+        run_finish(r);
+    } else {
+        run_set(r, FLY_CREATING);
+        run_defer(r, step_create, backoff_ms(f, r->creates, 0));
+    }
+    json_object_put(list);
+}
+
+static void on_create(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    fly_provider *f = r->f;
+    json_object *m;
+    char why[200];
+
+    if (res->code == SBX_HTTP_OK && res->status == 200) {
+        m = json_tokener_parse(res->body);
+        on_created(r, m);
+        json_object_put(m);
+        return;
+    }
+    if (capacity_error(res)) {
+        sbx_info("fly", "run %s: no capacity in %s", r->job_id,
+                 f->nregions ? f->regions[r->region_idx] : "the default region");
+        if (!r->aborting && r->region_idx + 1 < f->nregions) {
+            r->region_idx++;
+            step_create(r);
+            return;
+        }
+        run_fail(r, "no capacity in any configured region");
+        run_finish(r);
+        return;
+    }
+    if (res->code != SBX_HTTP_OK || res->status >= 500) {
+        /* Maybe created: look before creating again. */
+        api_error(res, why, sizeof(why));
+        sbx_warn("fly", "run %s: create answered %s; checking for the machine", r->job_id, why);
+        run_set(r, FLY_ADOPTING);
+        call_start(&r->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_adopt,
+                   "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s", f->app,
+                   r->run_id);
+        return;
+    }
+    api_error(res, why, sizeof(why));
+    run_fail(r, "create: %s", why);
+    run_finish(r);
+}
+
+static void step_create(sbx_run *r)
+{
+    fly_provider *f = r->f;
+    const char *body;
+    char *copy;
+
+    if (r->aborting) {
+        run_finish(r);
+        return;
+    }
+    run_set(r, FLY_CREATING);
+    if (f->nregions)
+        json_object_object_add(r->create, "region",
+                               json_object_new_string(f->regions[r->region_idx]));
+    body = json_object_to_json_string_ext(r->create, JSON_C_TO_STRING_PLAIN |
+                                                     JSON_C_TO_STRING_NOSLASHESCAPE);
+    copy = body ? strdup(body) : NULL;
+    if (!copy) {
+        run_fail(r, "create: out of memory");
+        run_defer(r, run_finish, 0);
+        return;
+    }
+    r->creates++;
+    call_start(&r->call, "POST", copy, FLY_CALL_TIMEOUT_MS, 0, on_create, "/apps/%s/machines",
+               f->app);
+}
+
+/* The machine as a GET shows it, after BOOTING's wait ran out. */
+static void on_probe(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    json_object *m = NULL;
+    const char *st;
+    char why[200];
+
+    if (res->code != SBX_HTTP_OK || res->status != 200 || !(m = json_tokener_parse(res->body))) {
+        api_error(res, why, sizeof(why));
+        run_fail(r, "machine %s: %s", r->id, why);
+        if (res->status == 404)
+            run_finish(r);
+        else
+            step_destroy(r);
+        return;
+    }
+    st = jstr(m, "state");
+    st = st ? st : "";
+    if (strcmp(st, "started") == 0) {
+        if (run_started(r))
+            step_run_wait(r);
+    } else if (strcmp(st, "stopped") == 0 || strcmp(st, "destroying") == 0 ||
+               strcmp(st, "destroyed") == 0) {
+        /* It ran and ended between two looks: the events have the exit. */
+        if (run_started(r)) {
+            if (parse_exit(r, m) != 0)
+                run_fail(r, "machine %s %s without an exit event", r->id, st);
+            step_after_stop(r);
+        }
+    } else if (strcmp(st, "failed") == 0) {
+        run_fail(r, "machine %s failed%s", r->id, r->started ? "" : " to start");
+        step_destroy(r);
+    } else if (sbx_now_ms() >= r->boot_deadline_ms) {
+        run_fail(r, "machine %s stuck in %s", r->id, st);
+        step_destroy(r);
+    } else {
+        r->wait_s *= 2;
+        step_boot_wait(r);
+    }
+    json_object_put(m);
+}
+
+static void step_probe(sbx_run *r)
+{
+    run_set(r, FLY_PROBING);
+    call_start(&r->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_probe, "/apps/%s/machines/%s",
+               r->f->app, r->id);
+}
+
+static void on_boot_wait(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+
+    if (res->code == SBX_HTTP_OK && res->status == 200) {
+        if (run_started(r))
+            step_run_wait(r);
+        return;
+    }
+    /* 408, or anything else: look at the machine to know what it is doing. */
+    step_probe(r);
+}
+
+static void step_boot_wait(sbx_run *r)
+{
+    int s = wait_slice(r->wait_s, remaining_s(r));
+    run_set(r, FLY_BOOTING);
+    call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1, on_boot_wait,
+               "/apps/%s/machines/%s/wait?state=started&timeout=%d", r->f->app, r->id, s);
+}
+
+static void on_run_wait(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    char why[200];
+
+    if (res->code == SBX_HTTP_OK && (res->status == 200 || res->status == 404)) {
+        step_inspect(r);          /* 404: gone already; the GET says how */
+    } else if (res->code == SBX_HTTP_OK && res->status == 408) {
+        step_probe(r);            /* still started: wait again; the deadline timer ends this */
+    } else {
+        api_error(res, why, sizeof(why));
+        run_fail(r, "waiting for machine %s: %s", r->id, why);
+        step_stop(r);
+    }
+}
+
+static void step_run_wait(sbx_run *r)
+{
+    int s = wait_slice(r->f->run_wait_s, remaining_s(r));
+    run_set(r, FLY_RUNNING);
+    call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1, on_run_wait,
+               "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d", r->f->app,
+               r->id, r->instance_id, s);
+}
+
+static void on_inspect(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    json_object *m = NULL;
+    const char *st;
+    char why[200];
+
+    if (res->code != SBX_HTTP_OK || res->status != 200 || !(m = json_tokener_parse(res->body))) {
+        api_error(res, why, sizeof(why));
+        run_fail(r, "reading machine %s after it stopped: %s", r->id, why);
+        if (res->status == 404)
+            run_finish(r);
+        else
+            step_destroy(r);
+        return;
+    }
+    st = jstr(m, "state");
+    if (st && strcmp(st, "failed") == 0)
+        run_fail(r, "machine %s failed", r->id);
+    else if (parse_exit(r, m) != 0)
+        run_fail(r, "machine %s stopped without an exit event", r->id);
+    json_object_put(m);
+    step_after_stop(r);
+}
+
+static void step_inspect(sbx_run *r)
+{
+    run_set(r, FLY_INSPECTING);
+    call_start(&r->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_inspect,
+               "/apps/%s/machines/%s", r->f->app, r->id);
+}
+
+static void on_stop_wait(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    (void)res;                    /* stopped or not, DELETE ?force=true follows */
+    step_after_stop(r);
+}
+
+static void on_stop(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+    int s = r->f->stop_grace_s + 5;
+
+    if (res->code == SBX_HTTP_OK && res->status == 404) {
+        run_finish(r);
+        return;
+    }
+    if (res->code != SBX_HTTP_OK || res->status != 200) {
+        step_destroy(r);
+        return;
+    }
+    run_set(r, FLY_STOP_WAIT);
+    call_start(&r->call, "GET", NULL, (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, 1,
+               on_stop_wait, "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
+               r->f->app, r->id, r->instance_id, wait_slice(s, s));
+}
+
+static void step_stop(sbx_run *r)
+{
+    char body[64];
+    snprintf(body, sizeof(body), "{\"signal\":\"SIGTERM\",\"timeout\":\"%ds\"}",
+             r->f->stop_grace_s);
+    run_set(r, FLY_STOPPING);
+    /* NULL from strdup only costs the signal: Fly's default stop then applies */
+    call_start(&r->call, "POST", strdup(body), FLY_CALL_TIMEOUT_MS, 1, on_stop,
+               "/apps/%s/machines/%s/stop", r->f->app, r->id);
+}
+
+static void on_logs(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+
+    if (res->code == SBX_HTTP_OK && res->status == 200) {
+        size_t n = res->body_len, skip = n > SBX_LOG_TAIL_MAX ? n - SBX_LOG_TAIL_MAX : 0;
+        r->res.log_tail_len = sbx__utf8_sanitize(res->body + skip, n - skip, r->res.log_tail,
+                                                 sizeof(r->res.log_tail));
+    } else {
+        char why[200];
+        api_error(res, why, sizeof(why));
+        sbx_warn("fly", "run %s: no log tail for machine %s: %s", r->job_id, r->id, why);
+    }
+    step_destroy(r);
+}
+
+static void step_logs(sbx_run *r)
+{
+    fly_provider *f = r->f;
+    int n;
+
+    run_set(r, FLY_LOGS);
+    call_cancel(&r->call);
+    n = snprintf(r->call.url, sizeof(r->call.url), "%s/%s/logs?tail=%d", f->logs_url, r->id,
+                 SBX_LOG_TAIL_MAX);
+    if (n < 0 || (size_t)n >= sizeof(r->call.url)) {
+        step_destroy(r);
+        return;
+    }
+    free(r->call.body);
+    r->call.body = NULL;
+    r->call.method = "GET";
+    r->call.timeout_ms = FLY_CALL_TIMEOUT_MS;
+    r->call.retry_5xx = 1;
+    r->call.cb = on_logs;
+    r->call.attempt = 1;
+    call_issue(&r->call);
+}
+
+static void on_destroy(fly_call *c, const sbx_http_res *res)
+{
+    sbx_run *r = c->owner;
+
+    if (res->code != SBX_HTTP_OK || (res->status != 200 && res->status != 404)) {
+        char why[200];
+        api_error(res, why, sizeof(why));
+        sbx_warn("fly", "run %s: machine %s not destroyed (%s); the sweep will", r->job_id,
+                 r->id, why);
+    }
+    run_finish(r);
+}
+
+static void step_destroy(sbx_run *r)
+{
+    run_set(r, FLY_DESTROYING);
+    call_start(&r->call, "DELETE", NULL, FLY_CALL_TIMEOUT_MS, 1, on_destroy,
+               "/apps/%s/machines/%s?force=true", r->f->app, r->id);
+}
+
+/* Cancel or timeout. Never calls back from here (see provider.h). */
+static void run_abort(sbx_run *r, sbx_outcome why)
+{
+    if (r->aborting)
+        return;
+    r->aborting = 1;
+    r->abort = why;
+    switch (r->state) {
+    case FLY_CREATING:
+    case FLY_ADOPTING:
+        if (r->call.h)
+            return;               /* its reply says whether a machine exists */
+        call_cancel(&r->call);
+        run_defer(r, run_finish, 0);
+        return;
+    case FLY_BOOTING:
+    case FLY_PROBING:
+    case FLY_RUNNING:
+        call_cancel(&r->call);
+        step_stop(r);
+        return;
+    default:
+        return;                   /* already on its way to DESTROYING */
+    }
+}
+
+static void deadline_fire(sbx_timer *t)
+{
+    sbx_run *r = t->data;
+    if (r->aborting)
+        return;
+    snprintf(r->res.error, sizeof(r->res.error), "timed out after %d s", r->timeout_s);
+    run_abort(r, SBX_OUTCOME_TIMED_OUT);
+}
+
+/* ---- the create body ---- */
+
+static int round_cpus(double want, int dflt)
+{
+    static const int allowed[] = {1, 2, 4, 8, 16};
+    if (want <= 0)
+        return dflt;
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+        if (want <= allowed[i])
+            return allowed[i] > dflt ? allowed[i] : dflt;
+    return -1;
+}
+
+/* Fly's sizes: memory in multiples of 256 MB, per CPU between 256 and 2048
+ * (shared) or 2048 and 8192 (performance). More memory than the CPUs allow
+ * takes more CPUs. */
+static int size_guest(const fly_provider *f, const sbx_job *job, int *cpus, int *mem)
+{
+    int perf = strcmp(f->cpu_kind, "performance") == 0;
+    int lo = perf ? 2048 : 256, hi = perf ? 8192 : 2048;
+    int m = job->memory_mb > f->memory_mb ? job->memory_mb : f->memory_mb;
+
+    *cpus = round_cpus(job->cpus, f->cpus);
+    if (*cpus < 0)
+        return -1;
+    m = (m + 255) / 256 * 256;
+    while (m > hi * *cpus && *cpus < 16)
+        *cpus *= 2;
+    if (m > hi * *cpus)
+        return -1;
+    if (m < lo * *cpus)
+        m = lo * *cpus;
+    *mem = m;
+    return 0;
+}
+
+static json_object *str_array(const char *const *v, size_t n)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(a, json_object_new_string(v[i]));
+    return a;
+}
+
+static json_object *build_create(fly_provider *f, const sbx_run_req *req, const char *image,
+                                 int cpus, int mem, const char *run_id)
+{
+    const sbx_job *job = req->job;
+    json_object *body = json_object_new_object(), *cfg = json_object_new_object();
+    json_object *guest = json_object_new_object(), *env = json_object_new_object();
+    json_object *meta = json_object_new_object(), *init = json_object_new_object();
+    json_object *restart = json_object_new_object(), *exec;
+    char tok[24];
+
+    json_object_object_add(cfg, "image", json_object_new_string(image));
+    json_object_object_add(guest, "cpu_kind", json_object_new_string(f->cpu_kind));
+    json_object_object_add(guest, "cpus", json_object_new_int(cpus));
+    json_object_object_add(guest, "memory_mb", json_object_new_int(mem));
+    json_object_object_add(cfg, "guest", guest);
+    for (size_t i = 0; i < job->nenv; i++)
+        json_object_object_add(env, job->env[i].key, json_object_new_string(job->env[i].value));
+    json_object_object_add(cfg, "env", env);
+
+    /* /bin/sh puts the build in the workspace; "$@" keeps argv exact. */
+    if (job->argv) {
+        static const char *const pre[] = {
+            "/bin/sh", "-c",
+            "mkdir -p " FLY_WORKSPACE " && cd " FLY_WORKSPACE " || exit 126; exec \"$@\"", "sbx"};
+        exec = str_array(pre, 4);
+        for (size_t i = 0; i < job->argc; i++)
+            json_object_array_add(exec, json_object_new_string(job->argv[i]));
+    } else {
+        static const char prefix[] = "mkdir -p " FLY_WORKSPACE " && cd " FLY_WORKSPACE
+                                     " || exit 126\n";
+        size_t n = sizeof(prefix) + strlen(job->script);
+        char *s = malloc(n);
+        const char *sh[3] = {"/bin/sh", "-c", s};
+        if (!s)
+            goto fail;
+        snprintf(s, n, "%s%s", prefix, job->script);
+        exec = str_array(sh, 3);
+        free(s);
+    }
+    json_object_object_add(init, "exec", exec);
+    json_object_object_add(cfg, "init", init);
+
+    if (job->nfiles) {
+        json_object *files = json_object_new_array();
+        for (size_t i = 0; i < job->nfiles; i++) {
+            json_object *fo = json_object_new_object();
+            char path[SBX_ID_MAX * 8];
+            char *b64 = sbx__base64((const unsigned char *)job->files[i].value,
+                                    strlen(job->files[i].value));
+            if (!b64) {
+                json_object_put(files);
+                json_object_put(fo);
+                goto fail;
+            }
+            snprintf(path, sizeof(path), FLY_WORKSPACE "/%s", job->files[i].key);
+            json_object_object_add(fo, "guest_path", json_object_new_string(path));
+            json_object_object_add(fo, "raw_value", json_object_new_string(b64));
+            free(b64);
+            json_object_array_add(files, fo);
+        }
+        json_object_object_add(cfg, "files", files);
+    }
+
+    snprintf(tok, sizeof(tok), "%lld", (long long)req->token);
+    json_object_object_add(meta, "sbx_job", json_object_new_string(job->job_id));
+    json_object_object_add(meta, "sbx_token", json_object_new_string(tok));
+    json_object_object_add(meta, "sbx_worker", json_object_new_string(f->worker_id));
+    json_object_object_add(meta, "sbx_slot", json_object_new_string(req->slot));
+    json_object_object_add(meta, "sbx_run", json_object_new_string(run_id));
+    json_object_object_add(cfg, "metadata", meta);
+    json_object_object_add(cfg, "auto_destroy", json_object_new_boolean(1));
+    json_object_object_add(restart, "policy", json_object_new_string("no"));
+    json_object_object_add(cfg, "restart", restart);
+    json_object_object_add(body, "config", cfg);
+    return body;
+fail:
+    json_object_put(body);
+    json_object_put(cfg);
+    json_object_put(init);
+    json_object_put(restart);
+    json_object_put(meta);
+    return NULL;
+}
+
+/* ---- the provider ops ---- */
+
+static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
+                     sbx_run **out, char *err, size_t errlen)
+{
+    fly_provider *f = (fly_provider *)p;
+    const sbx_job *job = req->job;
+    const char *image = job->image ? job->image : f->image;
+    sbx_run *r = NULL;
+    size_t slot = 0;
+    int cpus, mem, rc = 0;
+
+    if (!image) {
+        snprintf(err, errlen, "job has no image and SBX_FLY_IMAGE is not set");
+        rc = -EINVAL;
+        goto out;
+    }
+    if (size_guest(f, job, &cpus, &mem) != 0) {
+        snprintf(err, errlen, "resources beyond what a Fly machine offers (16 CPUs)");
+        rc = -EINVAL;
+        goto out;
+    }
+    for (size_t i = 0; i < job->nfiles; i++)
+        if (strlen(job->files[i].key) > SBX_ID_MAX * 6) {
+            snprintf(err, errlen, "file path too long for config.files");
+            rc = -EINVAL;
+            goto out;
+        }
+    while (slot < f->nslots && strcmp(f->slot_ids[slot], req->slot) != 0)
+        slot++;
+    if (slot == f->nslots) {
+        snprintf(err, errlen, "unknown slot %.64s", req->slot);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (f->slot_runs[slot]) {
+        snprintf(err, errlen, "slot %s is busy with %s", req->slot, f->slot_runs[slot]->job_id);
+        rc = -EBUSY;
+        goto out;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    r->f = f;
+    r->cb = cb;
+    r->arg = arg;
+    r->token = req->token;
+    r->timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
+    snprintf(r->job_id, sizeof(r->job_id), "%s", job->job_id);
+    r->slot = slot;
+    snprintf(r->run_id, sizeof(r->run_id), "%016llx", (unsigned long long)rng_next(f));
+    r->res.exit_code = -1;
+    r->create = build_create(f, req, image, cpus, mem, r->run_id);
+    if (!r->create) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    call_init(&r->call, f, r);
+    sbx_timer_init(&r->deadline_t, deadline_fire, r);
+    sbx_timer_init(&r->defer_t, defer_fire, r);
+    r->deadline_ms = sbx_now_ms() + (uint64_t)r->timeout_s * 1000u;
+    r->boot_deadline_ms = sbx_now_ms() + (uint64_t)f->boot_timeout_s * 1000u;
+    sbx_timer_start(p->loop, &r->deadline_t, (uint64_t)r->timeout_s * 1000u);
+    r->next = f->runs;
+    if (f->runs)
+        f->runs->prev = r;
+    f->runs = r;
+    f->nruns++;
+    f->slot_runs[slot] = r;
+    sbx_info("fly", "run %s slot=%s attempt=%d image=%s cpus=%d memory_mb=%d", r->job_id,
+             req->slot, req->attempt, image, cpus, mem);
+    step_create(r);
+    *out = r;
+    r = NULL;
+out:
+    if (r) {
+        json_object_put(r->create);
+        free(r);
+    }
+    return rc;
+}
+
+static void fly_cancel(sbx_provider *p, sbx_run *r)
+{
+    (void)p;
+    run_abort(r, SBX_OUTCOME_CANCELED);
+}
+
+static size_t fly_slots(sbx_provider *p, const char ***ids)
+{
+    fly_provider *f = (fly_provider *)p;
+    *ids = (const char **)f->slot_ids;
+    return f->nslots;
+}
+
+static const char *fly_pool(sbx_provider *p)
+{
+    (void)p;
+    return "fly";
+}
+
+/* ---- destroy: best-effort deletes on a private loop ---- */
+
+typedef struct exit_reap {
+    int pending, done;
+} exit_reap;
+
+static void on_exit_delete(void *arg, const sbx_http_res *res)
+{
+    exit_reap *er = arg;
+    er->pending--;
+    if (res->code == SBX_HTTP_OK && (res->status == 200 || res->status == 404))
+        er->done++;
+}
+
+/* The worker is exiting: its loop is no longer run, so the DELETEs go out on a
+ * loop of our own, for at most FLY_EXIT_REAP_MS. What is left the next
+ * worker's sweep destroys. */
+static void reap_on_exit(fly_provider *f, char (*ids)[FLY_ID_MAX + 1], size_t n)
+{
+    sbx_loop *loop = NULL;
+    sbx_http *http = NULL;
+    exit_reap er = {0, 0};
+    char url[FLY_URL_MAX];
+    uint64_t deadline = sbx_now_ms() + FLY_EXIT_REAP_MS;
+
+    if (sbx_loop_new(&loop) != 0 || sbx_http_new(loop, &http) != 0)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        sbx_http_req req;
+        memset(&req, 0, sizeof(req));
+        snprintf(url, sizeof(url), "%s/apps/%s/machines/%s?force=true", f->api_url, f->app,
+                 ids[i]);
+        req.method = "DELETE";
+        req.url = url;
+        req.headers = f->headers;
+        req.timeout_ms = FLY_EXIT_REAP_MS;
+        req.connect_timeout_ms = FLY_CONNECT_TIMEOUT_MS;
+        if (sbx_http_request(http, &req, on_exit_delete, &er, NULL) == 0)
+            er.pending++;
+    }
+    while (er.pending > 0 && sbx_now_ms() < deadline)
+        sbx_loop_once(loop, 100);
+    sbx_info("fly", "exit: destroyed %d of %zu machines", er.done, n);
+out:
+    sbx_http_free(http);
+    sbx_loop_free(loop);
+}
+
+static void fly_destroy(sbx_provider *p)
+{
+    fly_provider *f = (fly_provider *)p;
+    char (*ids)[FLY_ID_MAX + 1] = calloc(f->nruns ? f->nruns : 1, sizeof(*ids));
+    size_t n = 0;
+
+    while (f->runs) {
+        sbx_run *r = f->runs;
+        f->runs = r->next;
+        if (r->id[0] && ids)
+            memcpy(ids[n++], r->id, sizeof(r->id));
+        call_free(&r->call);
+        sbx_timer_stop(p->loop, &r->deadline_t);
+        sbx_timer_stop(p->loop, &r->defer_t);
+        json_object_put(r->create);
+        free(r);
+    }
+    while (f->sweeps) {
+        fly_sweep *s = f->sweeps;
+        f->sweeps = s->next;
+        call_free(&s->call);
+        free(s->ids);
+        free(s);
+    }
+    sbx_http_free(f->http);
+    if (n)
+        reap_on_exit(f, ids, n);
+    free(ids);
+    for (size_t i = 0; i < f->nslots; i++)
+        free(f->slot_ids[i]);
+    free(f->slot_ids);
+    free(f->slot_runs);
+    if (f->auth) {
+        memset(f->auth, 0, strlen(f->auth));
+        free(f->auth);
+    }
+    free(f->image);
+    free(f->logs_url);
+    free(f);
+}
+
+static const sbx_provider_ops fly_ops = {
+    .name = "fly",
+    .start = fly_start,
+    .cancel = fly_cancel,
+    .slots = fly_slots,
+    .pool = fly_pool,
+    .destroy = fly_destroy,
+};
+
+/* ---- sweep ---- */
+
+static void sweep_end(fly_sweep *s, const char *err)
+{
+    fly_provider *f = s->f;
+    fly_sweep **pp = &f->sweeps;
+    sbx_fly_sweep_cb cb = s->cb;
+    void *arg = s->arg;
+    int destroyed = s->destroyed, failed = s->failed;
+
+    while (*pp != s)
+        pp = &(*pp)->next;
+    *pp = s->next;
+    call_free(&s->call);
+    free(s->ids);
+    free(s);
+    sbx_info("fly", "sweep: destroyed=%d failed=%d %s", destroyed, failed, err);
+    cb(arg, destroyed, failed, err);
+}
+
+static void sweep_next(fly_sweep *s);
+
+static void on_sweep_delete(fly_call *c, const sbx_http_res *res)
+{
+    fly_sweep *s = c->owner;
+    if (res->code == SBX_HTTP_OK && res->status == 200) {
+        s->destroyed++;
+    } else if (!(res->code == SBX_HTTP_OK && res->status == 404)) {
+        char why[200];
+        api_error(res, why, sizeof(why));
+        sbx_warn("fly", "sweep: machine %s: %s", s->ids[s->i], why);
+        s->failed++;
+    }
+    s->i++;
+    sweep_next(s);
+}
+
+static void sweep_next(fly_sweep *s)
+{
+    if (s->i >= s->n) {
+        sweep_end(s, "");
+        return;
+    }
+    sbx_info("fly", "sweep: destroying orphan machine %s", s->ids[s->i]);
+    call_start(&s->call, "DELETE", NULL, FLY_CALL_TIMEOUT_MS, 1, on_sweep_delete,
+               "/apps/%s/machines/%s?force=true", s->f->app, s->ids[s->i]);
+}
+
+/* A machine belongs to a live run when its id, job or run id is one of ours
+ * (a run still creating has no id yet, but its machine already has metadata). */
+static int known_machine(const fly_provider *f, const char *id, json_object *meta)
+{
+    const char *job = jstr(meta, "sbx_job"), *run = jstr(meta, "sbx_run");
+    for (const sbx_run *r = f->runs; r; r = r->next)
+        if ((id && strcmp(r->id, id) == 0) || (job && strcmp(r->job_id, job) == 0) ||
+            (run && strcmp(r->run_id, run) == 0))
+            return 1;
+    return 0;
+}
+
+static void on_sweep_list(fly_call *c, const sbx_http_res *res)
+{
+    fly_sweep *s = c->owner;
+    json_object *list = NULL;
+    size_t n;
+
+    if (res->code != SBX_HTTP_OK || res->status != 200 ||
+        !(list = json_tokener_parse(res->body)) || !json_object_is_type(list, json_type_array)) {
+        char why[200];
+        api_error(res, why, sizeof(why));
+        json_object_put(list);
+        sweep_end(s, why);
+        return;
+    }
+    n = json_object_array_length(list);
+    s->ids = calloc(n ? (n < FLY_SWEEP_MAX ? n : FLY_SWEEP_MAX) : 1, sizeof(*s->ids));
+    if (!s->ids) {
+        json_object_put(list);
+        sweep_end(s, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n && s->n < FLY_SWEEP_MAX; i++) {
+        json_object *m = json_object_array_get_idx(list, i);
+        const char *id = jstr(m, "id"), *st = jstr(m, "state");
+        if (!id || !valid_chars(id, FLY_ID_MAX, "") || !st || strcmp(st, "destroyed") == 0 ||
+            strcmp(st, "destroying") == 0)
+            continue;
+        if (known_machine(s->f, id, jobj(jobj(m, "config"), "metadata")))
+            continue;
+        snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
+    }
+    json_object_put(list);
+    sweep_next(s);
+}
+
+int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, void *arg)
+{
+    fly_provider *f = (fly_provider *)p;
+    fly_sweep *s;
+    char enc[3 * FLY_WORKER_MAX + 1];
+
+    if (p->ops != &fly_ops || !cb)
+        return -EINVAL;
+    worker_id = worker_id ? worker_id : f->worker_id;
+    if (strlen(worker_id) == 0 || strlen(worker_id) > FLY_WORKER_MAX)
+        return -EINVAL;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->f = f;
+    s->cb = cb;
+    s->arg = arg;
+    call_init(&s->call, f, s);
+    s->next = f->sweeps;
+    f->sweeps = s;
+    url_escape(worker_id, enc, sizeof(enc));
+    call_start(&s->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_sweep_list,
+               "/apps/%s/machines?metadata.sbx_worker=%s", f->app, enc);
+    return 0;
+}
+
+/* ---- construction ---- */
+
+static int env_int(const char *name, int *out, char *err, size_t errlen)
+{
+    const char *v = getenv(name);
+    char *end;
+    long n;
+
+    if (!v || !*v)
+        return 0;
+    errno = 0;
+    n = strtol(v, &end, 10);
+    if (errno || *end || n < 0 || n > 1000000) {
+        snprintf(err, errlen, "%s=%s: expected a non-negative integer", name, v);
+        return -EINVAL;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+int sbx_fly_config_from_env(sbx_fly_config *cfg, const char *worker_id, char *err,
+                            size_t errlen)
+{
+    const char *tok = getenv("SBX_FLY_API_TOKEN");
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->api_url = getenv("SBX_FLY_API_URL");
+    cfg->app = getenv("SBX_FLY_APP");
+    cfg->token = tok && *tok ? tok : getenv("FLY_API_TOKEN");
+    cfg->regions = getenv("SBX_FLY_REGIONS");
+    cfg->cpu_kind = getenv("SBX_FLY_CPU_KIND");
+    cfg->image = getenv("SBX_FLY_IMAGE");
+    cfg->logs_url = getenv("SBX_FLY_LOGS_URL");
+    cfg->worker_id = worker_id;
+    if (env_int("SBX_FLY_MAX_MACHINES", &cfg->max_machines, err, errlen) ||
+        env_int("SBX_FLY_CPUS", &cfg->cpus, err, errlen) ||
+        env_int("SBX_FLY_MEMORY_MB", &cfg->memory_mb, err, errlen))
+        return -EINVAL;
+    return 0;
+}
+
+static int bad(char *err, size_t errlen, const char *msg)
+{
+    snprintf(err, errlen, "%s", msg);
+    return -EINVAL;
+}
+
+static int parse_regions(fly_provider *f, const char *s, char *err, size_t errlen)
+{
+    while (s && *s) {
+        size_t n = strcspn(s, ",");
+        char r[FLY_REGION_MAX + 1];
+        if (n > 0) {
+            if (n > FLY_REGION_MAX || f->nregions == FLY_REGIONS_MAX)
+                return bad(err, errlen, "SBX_FLY_REGIONS: at most 16 codes of up to 15 letters");
+            memcpy(r, s, n);
+            r[n] = '\0';
+            if (!valid_chars(r, FLY_REGION_MAX, ""))
+                return bad(err, errlen, "SBX_FLY_REGIONS: codes are lowercase letters/digits");
+            memcpy(f->regions[f->nregions++], r, n + 1);
+        }
+        s += n + (s[n] == ',');
+    }
+    return 0;
+}
+
+static int dflt(int v, int d)
+{
+    return v > 0 ? v : d;
+}
+
+int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, char *err,
+                size_t errlen)
+{
+    fly_provider *f;
+    const char *url = cfg->api_url && *cfg->api_url ? cfg->api_url : FLY_DEFAULT_URL;
+    size_t ulen = strlen(url), need;
+    int rc = 0;
+
+    f = calloc(1, sizeof(*f));
+    if (!f)
+        return -ENOMEM;
+    f->base.ops = &fly_ops;
+    f->base.loop = loop;
+    while (ulen > 0 && url[ulen - 1] == '/')
+        ulen--;
+    if ((strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
+        ulen > FLY_API_URL_MAX) {
+        rc = bad(err, errlen, "SBX_FLY_API_URL: an http(s) URL of at most 512 bytes");
+        goto out;
+    }
+    memcpy(f->api_url, url, ulen);
+    if (!cfg->app || !valid_chars(cfg->app, FLY_APP_MAX, "-")) {
+        rc = bad(err, errlen, "SBX_FLY_APP: the Fly app name (lowercase, digits, '-')");
+        goto out;
+    }
+    snprintf(f->app, sizeof(f->app), "%s", cfg->app);
+    if (!cfg->token || !*cfg->token || strpbrk(cfg->token, "\r\n")) {
+        rc = bad(err, errlen, "SBX_FLY_API_TOKEN (or FLY_API_TOKEN) is required");
+        goto out;
+    }
+    if (!cfg->worker_id || !*cfg->worker_id || strlen(cfg->worker_id) > FLY_WORKER_MAX) {
+        rc = bad(err, errlen, "fly: a worker id of 1..128 bytes is required");
+        goto out;
+    }
+    snprintf(f->worker_id, sizeof(f->worker_id), "%s", cfg->worker_id);
+    rc = parse_regions(f, cfg->regions, err, errlen);
+    if (rc)
+        goto out;
+    snprintf(f->cpu_kind, sizeof(f->cpu_kind), "%s",
+             cfg->cpu_kind && *cfg->cpu_kind ? cfg->cpu_kind : "shared");
+    if (strcmp(f->cpu_kind, "shared") != 0 && strcmp(f->cpu_kind, "performance") != 0) {
+        rc = bad(err, errlen, "SBX_FLY_CPU_KIND: shared or performance");
+        goto out;
+    }
+    f->cpus = dflt(cfg->cpus, 1);
+    if (round_cpus(f->cpus, 1) != f->cpus) {
+        rc = bad(err, errlen, "SBX_FLY_CPUS: 1, 2, 4, 8 or 16");
+        goto out;
+    }
+    f->memory_mb = dflt(cfg->memory_mb, 256);
+    if (f->memory_mb % 256) {
+        rc = bad(err, errlen, "SBX_FLY_MEMORY_MB: a multiple of 256");
+        goto out;
+    }
+    f->nslots = (size_t)dflt(cfg->max_machines, 4);
+    if (f->nslots > FLY_MAX_MACHINES) {
+        rc = bad(err, errlen, "SBX_FLY_MAX_MACHINES: at most 4096");
+        goto out;
+    }
+    if (cfg->logs_url && *cfg->logs_url &&
+        (strlen(cfg->logs_url) > FLY_API_URL_MAX || strncmp(cfg->logs_url, "http", 4) != 0)) {
+        rc = bad(err, errlen, "SBX_FLY_LOGS_URL: an http(s) URL of at most 512 bytes");
+        goto out;
+    }
+    f->max_attempts = dflt(cfg->max_attempts, 6);
+    f->backoff_base_ms = dflt(cfg->backoff_base_ms, 200);
+    f->backoff_max_ms = dflt(cfg->backoff_max_ms, 10000);
+    f->stop_grace_s = dflt(cfg->stop_grace_s, 5);
+    f->boot_timeout_s = dflt(cfg->boot_timeout_s, 300);
+    f->first_wait_s = dflt(cfg->first_wait_s, 1);
+    f->run_wait_s = dflt(cfg->run_wait_s, FLY_WAIT_MAX_S);
+    f->rng = sbx_now_us() ^ ((uint64_t)getpid() << 32);
+
+    need = strlen(cfg->token) + 32;
+    f->auth = malloc(need);
+    f->image = cfg->image && *cfg->image ? strdup(cfg->image) : NULL;
+    f->logs_url = cfg->logs_url && *cfg->logs_url ? strdup(cfg->logs_url) : NULL;
+    f->slot_ids = calloc(f->nslots, sizeof(char *));
+    f->slot_runs = calloc(f->nslots, sizeof(sbx_run *));
+    if (!f->auth || !f->slot_runs || (cfg->image && *cfg->image && !f->image) ||
+        (cfg->logs_url && *cfg->logs_url && !f->logs_url) || !f->slot_ids) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (strncmp(cfg->token, "FlyV1 ", 6) == 0)
+        snprintf(f->auth, need, "Authorization: %s", cfg->token);
+    else
+        snprintf(f->auth, need, "Authorization: Bearer %s", cfg->token);
+    f->headers[0] = f->auth;
+    f->headers[1] = "Content-Type: application/json";
+    f->headers[2] = "Accept: application/json";
+    f->headers[3] = NULL;
+    for (size_t i = 0; i < f->nslots; i++) {
+        f->slot_ids[i] = malloc(FLY_SLOT_MAX);
+        if (!f->slot_ids[i]) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        snprintf(f->slot_ids[i], FLY_SLOT_MAX, "fly/%s/%zu", f->app, i);
+    }
+    rc = sbx_http_new(loop, &f->http);
+    if (rc)
+        goto out;
+    sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s", f->api_url, f->app,
+             cfg->regions && *cfg->regions ? cfg->regions : "(fly picks)", f->nslots,
+             f->logs_url ? "emulator extension" : "none");
+    *out = &f->base;
+    f = NULL;
+out:
+    if (f) {
+        if (rc == -ENOMEM && err[0] == '\0')
+            snprintf(err, errlen, "out of memory");
+        f->runs = NULL;
+        fly_destroy(&f->base);
+    }
+    return rc;
+}
