@@ -54,8 +54,10 @@ static const char *const state_names[] = {
     "finishing", "releasing", "done",
 };
 
-/* What to do once the lease is released. */
-typedef enum after_release { AR_DONE, AR_WAIT } after_release;
+/* What to do once the lease is released: finish (offsets done), wait and
+ * try again, or hand the job back (shutdown: offsets stay unfinished, so the
+ * next owner of the partition runs it). */
+typedef enum after_release { AR_DONE, AR_WAIT, AR_HANDBACK } after_release;
 
 struct job {
     job *hnext;                 /* hash chain */
@@ -75,6 +77,7 @@ struct job {
     int marked_waiting;         /* wrote waiting_capacity already */
     int ops;                    /* callbacks outstanding */
     int cancel;                 /* `sbx cancel` asked for it */
+    int handback;               /* shutdown: stop the build, requeue, release */
     /* lease */
     int have_lease;
     char slot[192];
@@ -220,6 +223,21 @@ static void finish(job *j)
     for (int i = 0; i < j->nrefs; i++)
         sbx_kafka_done(w->kafka, &j->refs[i]);
     j->nrefs = 0;
+    tab_del(&w->jobs, j);
+    j->dnext = w->dead;
+    w->dead = j;
+}
+
+/* Shutdown: forget a job without marking its offsets; it was requeued (or
+ * never claimed) and the partition's next owner runs it. */
+static void hand_back(job *j)
+{
+    sbx_worker *w = j->w;
+    sbx_info("job", "%s handed back (was %s)", j->id, state_names[j->st]);
+    transition(j, J_DONE);
+    sbx_timer_stop(w->loop, &j->timer);
+    sbx_timer_stop(w->loop, &j->renew);
+    wait_unlist(j);
     tab_del(&w->jobs, j);
     j->dnext = w->dead;
     w->dead = j;
@@ -397,6 +415,17 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     j->ops--;
     if (j->st != J_LEASING)
         return;
+    if (w->stopping) {
+        if (rep->status == SBX_LEASE_OK) {
+            snprintf(j->slot, sizeof(j->slot), "%s", rep->slot);
+            j->token = rep->token;
+            j->have_lease = 1;
+            release(j, AR_HANDBACK);
+        } else {
+            hand_back(j);
+        }
+        return;
+    }
     switch (rep->status) {
     case SBX_LEASE_OK:
         j->have_lease = 1;
@@ -522,6 +551,10 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
         finish(j);
         return;
     }
+    if (j->after == AR_HANDBACK || w->stopping) {
+        hand_back(j);
+        return;
+    }
     transition(j, J_WAITING);
     wait_list(j);
     sbx_timer_start(w->loop, &j->timer, jitter((uint64_t)w->cfg.retry_base_ms << (j->backoff < 8 ? j->backoff : 8)));
@@ -550,6 +583,7 @@ static void release(job *j, after_release after)
 /* ---- claim, run, finish ---- */
 
 static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res);
+static void requeue(job *j, const char *why);
 
 static void start_build(job *j)
 {
@@ -600,6 +634,10 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
     if (strtoll(PQgetvalue(res, 0, 3), NULL, 10) > j->row_token)
         j->row_token = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
     if (strcmp(result, "claimed") == 0) {
+        if (j->w->stopping) {
+            requeue(j, "worker shutting down");
+            return;
+        }
         start_build(j);
         return;
     }
@@ -738,7 +776,27 @@ static void on_requeued(void *arg, PGresult *res, const char *err)
     if (err)
         sbx_warn("job", "%s requeue: %s", j->id, err);
     if (j->st == J_FINISHING)
-        release(j, AR_WAIT);
+        release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
+}
+
+/* A claimed run goes back to queued (fenced) and its lease is released:
+ * after a provider error (to retry) or at shutdown (to hand back). */
+static void requeue(job *j, const char *why)
+{
+    sbx_worker *w = j->w;
+    char tok[24];
+    const char *p[4];
+    snprintf(tok, sizeof(tok), "%" PRId64, j->token);
+    p[0] = j->id;
+    p[1] = tok;
+    p[2] = w->cfg.worker_id;
+    p[3] = why;
+    transition(j, J_FINISHING);
+    j->status = NULL;
+    if (sbx_db_query(w->db, "SELECT sbx.requeue_run($1,$2,$3,$4)", 4, p, on_requeued, j) == 0)
+        j->ops++;
+    else
+        release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
 }
 
 static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
@@ -757,7 +815,11 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     }
     j->run = NULL;
     if (j->lost) {
-        release(j, AR_WAIT);
+        release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
+        return;
+    }
+    if (j->handback) {
+        requeue(j, "worker shut down before the build finished");
         return;
     }
     if (!j->res)
@@ -774,21 +836,9 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     case SBX_OUTCOME_CANCELED: j->status = "canceled"; break;
     case SBX_OUTCOME_ERROR:
         if (j->attempt < w->cfg.max_attempts) {
-            char tok[24];
-            const char *p[4];
             sbx_warn("job", "%s provider error on attempt %d/%d: %s", j->id, j->attempt,
                      w->cfg.max_attempts, res->error);
-            snprintf(tok, sizeof(tok), "%" PRId64, j->token);
-            p[0] = j->id;
-            p[1] = tok;
-            p[2] = w->cfg.worker_id;
-            p[3] = res->error;
-            transition(j, J_FINISHING);
-            j->status = NULL;
-            if (sbx_db_query(w->db, "SELECT sbx.requeue_run($1,$2,$3,$4)", 4, p, on_requeued, j) == 0)
-                j->ops++;
-            else
-                release(j, AR_WAIT);
+            requeue(j, res->error);
             return;
         }
         j->status = "failed";
@@ -818,8 +868,10 @@ static void step(job *j)
 static void on_timer(sbx_timer *t)
 {
     job *j = t->data;
-    if (j->w->stopping)
+    if (j->w->stopping && (j->st == J_WAITING || j->st == J_LEASING || j->st == J_RECORDING)) {
+        hand_back(j);
         return;
+    }
     step(j);
 }
 
@@ -956,6 +1008,23 @@ void sbx__jobs_cancel(sbx_worker *w, const char *job_id)
     default:
         /* In flight: claim_run sees the flag and ends the run canceled. */
         break;
+    }
+}
+
+void sbx__jobs_shutdown(sbx_worker *w, int hard)
+{
+    for (size_t i = 0; i < w->jobs.nslots; i++) {
+        job *j = w->jobs.slots[i], *next;
+        for (; j; j = next) {
+            next = j->hnext;
+            if (j->st == J_WAITING) {
+                hand_back(j);
+            } else if (hard && (j->st == J_STARTING || j->st == J_RUNNING) && !j->handback) {
+                j->handback = 1;
+                if (j->run)
+                    w->prov->ops->cancel(w->prov, j->run);
+            }
+        }
     }
 }
 

@@ -20,6 +20,10 @@
 #include "log.h"
 #include "worker.h"
 
+/* After the grace period, how long stopping builds, requeueing and releasing
+ * may take before the worker exits anyway. */
+#define HANDBACK_MAX_MS 10000
+
 /* Extra librdkafka settings from SBX_KAFKA_CONF, split on commas. */
 #define KAFKA_EXTRA_MAX 32
 
@@ -89,8 +93,13 @@ static void cron(sbx_timer *t)
             sbx_loop_stop(w->loop);
             return;
         }
-        if (now >= w->stop_deadline_ms) {
-            sbx_warn("worker", "grace period over with %zu jobs unfinished; abandoning them",
+        if (w->stopping == 1 && now >= w->stop_deadline_ms) {
+            sbx_warn("worker", "grace period over with %zu jobs unfinished; handing them back",
+                     sbx__jobs_count(w));
+            w->stopping = 2;
+            sbx__jobs_shutdown(w, 1);
+        } else if (now >= w->stop_deadline_ms + HANDBACK_MAX_MS) {
+            sbx_warn("worker", "%zu jobs not handed back in time; their leases will expire",
                      sbx__jobs_count(w));
             sbx_loop_stop(w->loop);
             return;
@@ -115,6 +124,7 @@ static void on_signal(sbx_io *io, int events)
         w->stopping = 1;
         w->stop_deadline_ms = sbx_now_ms() + (uint64_t)w->cfg.shutdown_grace_ms;
         sbx_kafka_hold(w->kafka, 1);
+        sbx__jobs_shutdown(w, 0);
     }
 }
 

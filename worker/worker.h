@@ -40,7 +40,7 @@ struct sbx_worker {
     job *wait_head, *wait_tail;   /* jobs waiting for capacity, FIFO */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
     sbx_stats stats;
-    int stopping;
+    int stopping;                 /* 1: draining; 2: grace over, handing back */
     uint64_t stop_deadline_ms;
 };
 
@@ -49,7 +49,11 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m);
 void sbx__jobs_wake(sbx_worker *w, const char *project);
 /* Frees finished jobs (a safe point: no callback of theirs is on the stack). */
 void sbx__jobs_reap(sbx_worker *w);
-/* Shutdown: cancels every running build, frees every job. */
+/* Shutdown, soft: jobs not yet running are handed back (offsets stay
+ * unfinished). Hard (grace over): running builds are stopped, requeued and
+ * their leases released, then handed back. */
+void sbx__jobs_shutdown(sbx_worker *w, int hard);
+/* Exit: frees every job left, writing nothing (leases expire). */
 void sbx__jobs_abandon(sbx_worker *w);
 /* `sbx cancel` (NOTIFY sbx_cancel): stops the job if this worker holds it. */
 void sbx__jobs_cancel(sbx_worker *w, const char *job_id);

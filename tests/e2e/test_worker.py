@@ -282,3 +282,42 @@ def test_cancel_running_and_waiting(run_sbx, pg, start_worker, topics, workdir):
     ps = subprocess.run(["pgrep", "-f", "sleep %s" % marker], capture_output=True, text=True)
     assert ps.stdout.strip() == "", "the canceled build's processes survived"
     print("canceled in %.2f s" % took)
+
+
+def test_sigterm_lets_builds_finish(run_sbx, pg, start_worker, topics, workdir):
+    """SIGTERM: no new jobs, the running build finishes and is recorded
+    within the grace period, then the worker leaves cleanly (exit 0)."""
+    j = job("p-term", "sleep 2; echo finished-in-grace")
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_SHUTDOWN_GRACE_MS=30000, **topics)
+    enqueue(run_sbx, topics, [j])
+    wait_until(lambda: statuses(pg, [j["job_id"]]).get(j["job_id"]) == "running", 30, "running")
+    w.kill(signal.SIGTERM)
+    assert w.wait(30) == 0
+    assert statuses(pg, [j["job_id"]])[j["job_id"]] == "succeeded"
+    assert "all jobs finished; leaving" in w.text()
+
+
+def test_sigterm_hands_back_after_grace(run_sbx, pg, start_worker, topics, workdir):
+    """Past the grace period the worker stops the build, requeues the run and
+    releases its lease, so the next worker starts it at once — not after the
+    30 s lease TTL — with a newer token."""
+    marker = str(33000 + os.getpid() % 1000)
+    j = job("p-hand", "sleep %s" % marker)
+    env = dict(SBX_WORK_DIR=workdir, SBX_LEASE_TTL_MS=30000, SBX_KAFKA_SESSION_TIMEOUT_MS=6000,
+               **topics)
+    w1 = start_worker(SBX_SHUTDOWN_GRACE_MS=500, **env)
+    enqueue(run_sbx, topics, [j])
+    wait_until(lambda: statuses(pg, [j["job_id"]]).get(j["job_id"]) == "running", 30, "running")
+    t1 = pg.scalar("SELECT lease_token FROM sbx.runs WHERE job_id = %s", j["job_id"])
+    w1.kill(signal.SIGTERM)
+    assert w1.wait(20) == 0
+    assert statuses(pg, [j["job_id"]])[j["job_id"]] == "queued"
+    assert subprocess.run(["pgrep", "-f", "sleep %s" % marker]).returncode != 0
+    t0 = time.monotonic()
+    start_worker(**env)
+    wait_until(lambda: pg.scalar("SELECT attempt FROM sbx.runs WHERE job_id = %s AND status = "
+                                 "'running'", j["job_id"]) == 2, 25, "the second run")
+    assert pg.scalar("SELECT lease_token FROM sbx.runs WHERE job_id = %s", j["job_id"]) > t1
+    print("handed back; running again %.1f s after the new worker started"
+          % (time.monotonic() - t0))
+    run_sbx("cancel", j["job_id"])
