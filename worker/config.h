@@ -34,6 +34,8 @@ typedef struct sbx_config {
     char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
     char docker_hosts[2048];/* name=endpoint@capacity[,...] */
     char docker_image[512];
+    int bench_slots;
+    int bench_hold_ms;
 } sbx_config;
 
 /* Fills cfg from the environment and argv. Returns 0, or 1 after printing

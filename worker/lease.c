@@ -103,23 +103,30 @@ static const char release_lua[] =
     "end\n"
     "return {'OK', slot, tonumber(ARGV[2]), 0, 0}\n";
 
-/* ARGV: pool, slot... */
+/* ARGV: pool, registrant, phase, slot...  A pool's slot list may be long
+ * (the bench provider registers 100k), so it arrives in chunks: phase
+ * "first"/"more"/"last", or "only" for one chunk. Each chunk adds its slots
+ * (free unless leased) and collects them in a per-registrant set; the last
+ * drops the pool's slots that no chunk named. */
 static const char register_lua[] =
-    "local pool = ARGV[1]\n"
-    "local want = {}\n"
-    "for i = 2, #ARGV do want[ARGV[i]] = true end\n"
-    "for _, s in ipairs(redis.call('SMEMBERS', '{sbx}:slots:' .. pool)) do\n"
-    "  if not want[s] then\n"
-    "    redis.call('SREM', '{sbx}:slots:' .. pool, s)\n"
-    "    redis.call('SREM', '{sbx}:free:' .. pool, s)\n"
-    "  end\n"
-    "end\n"
-    "for i = 2, #ARGV do\n"
+    "local pool, tmp, phase = ARGV[1], '{sbx}:slots_new:' .. ARGV[1] .. ':' .. ARGV[2], ARGV[3]\n"
+    "if phase == 'first' or phase == 'only' then redis.call('DEL', tmp) end\n"
+    "for i = 4, #ARGV do\n"
     "  local s = ARGV[i]\n"
+    "  redis.call('SADD', tmp, s)\n"
     "  redis.call('SADD', '{sbx}:slots:' .. pool, s)\n"
     "  if redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
     "    redis.call('SADD', '{sbx}:free:' .. pool, s)\n"
     "  end\n"
+    "end\n"
+    "if phase == 'last' or phase == 'only' then\n"
+    "  for _, s in ipairs(redis.call('SMEMBERS', '{sbx}:slots:' .. pool)) do\n"
+    "    if redis.call('SISMEMBER', tmp, s) == 0 then\n"
+    "      redis.call('SREM', '{sbx}:slots:' .. pool, s)\n"
+    "      redis.call('SREM', '{sbx}:free:' .. pool, s)\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('DEL', tmp)\n"
     "end\n"
     "return {'OK', '', 0, 0, 0}\n";
 
@@ -262,15 +269,29 @@ int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_
     return eval(l, l->release, cb, arg, 3, argv);
 }
 
-int sbx_lease_register(sbx_leases *l, const char *pool, const char *const *slots, int nslots,
-                       sbx_lease_cb cb, void *arg)
+int sbx_lease_register(sbx_leases *l, const char *pool, const char *registrant,
+                       const char *const *slots, int nslots, sbx_lease_cb cb, void *arg)
 {
+    /* 4 leading arguments ("0", pool, registrant, phase) plus the chunk. */
+    enum { CHUNK = EVAL_ARGS_MAX_LEASE - 4 };
     const char *argv[EVAL_ARGS_MAX_LEASE];
-    if (nslots + 2 > EVAL_ARGS_MAX_LEASE)
-        return -E2BIG;
+    int done = 0;
+
     argv[0] = "0";
     argv[1] = pool;
-    for (int i = 0; i < nslots; i++)
-        argv[i + 2] = slots[i];
-    return eval(l, l->reg, cb, arg, nslots + 2, argv);
+    argv[2] = registrant;
+    do {
+        int n = nslots - done < CHUNK ? nslots - done : CHUNK;
+        int last = done + n == nslots;
+        int rc;
+        argv[3] = done == 0 ? (last ? "only" : "first") : (last ? "last" : "more");
+        for (int i = 0; i < n; i++)
+            argv[i + 4] = slots[done + i];
+        /* Only the last chunk reports; Redis runs the chunks in order. */
+        rc = eval(l, l->reg, last ? cb : NULL, last ? arg : NULL, n + 4, argv);
+        if (rc)
+            return rc;
+        done += n;
+    } while (done < nslots);
+    return 0;
 }

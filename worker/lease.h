@@ -59,8 +59,10 @@ int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_
                     sbx_lease_cb cb, void *arg);
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
                       void *arg);
-/* Makes the pool's slot set exactly `slots` (free unless leased). */
-int sbx_lease_register(sbx_leases *l, const char *pool, const char *const *slots, int nslots,
-                       sbx_lease_cb cb, void *arg);
+/* Makes the pool's slot set exactly `slots` (free unless leased); any
+ * number of slots (sent in chunks). registrant names the caller (its worker
+ * id) so two registrations of one pool never mix their chunks. */
+int sbx_lease_register(sbx_leases *l, const char *pool, const char *registrant,
+                       const char *const *slots, int nslots, sbx_lease_cb cb, void *arg);
 
 #endif

@@ -42,8 +42,11 @@ static void register_pool(sbx_worker *w)
 {
     const char **ids;
     size_t n = w->prov->ops->slots(w->prov, &ids);
-    if (sbx_lease_register(w->leases, w->prov->ops->pool(w->prov), ids, (int)n, on_registered,
-                           w) != 0)
+    /* Providers whose slots register themselves (VM agents) offer none. */
+    if (n == 0)
+        return;
+    if (sbx_lease_register(w->leases, w->prov->ops->pool(w->prov), w->cfg.worker_id, ids, (int)n,
+                           on_registered, w) != 0)
         sbx_warn("lease", "pool registration deferred: redis unavailable");
 }
 

@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "provider_bench.h"
 #include "provider_docker.h"
 #include "provider_fly.h"
+#include "provider_vmpool.h"
 #include "worker.h"
 
 /* SBX_DOCKER_HOSTS entries; a worker drives a handful of engines. */
@@ -92,8 +94,28 @@ static int make_fly(sbx_worker *w, char *err, size_t errlen)
     return sbx_fly_new(w->loop, &fc, &w->prov, err, errlen);
 }
 
+static int make_vmpool(sbx_worker *w, char *err, size_t errlen)
+{
+    sbx_vmpool_config vc;
+    /* From the environment only, so the key never shows in `ps`. */
+    const char *key = getenv("SBX_VMPOOL_KEY");
+    if (!key || !*key) {
+        snprintf(err, errlen, "SBX_VMPOOL_KEY is not set: set it to the agents' SBX_AGENT_KEY");
+        return -EINVAL;
+    }
+    memset(&vc, 0, sizeof(vc));
+    vc.redis_url = w->cfg.redis_url;
+    vc.service_key = key;
+    return sbx_vmpool_new(w->loop, &vc, &w->prov, err, errlen);
+}
+
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen)
 {
+    if (strcmp(w->cfg.provider, "vmpool") == 0)
+        return make_vmpool(w, err, errlen);
+    if (strcmp(w->cfg.provider, "bench") == 0)
+        return sbx_bench_new(w->loop, w->cfg.node, w->cfg.bench_slots, w->cfg.bench_hold_ms,
+                             &w->prov, err, errlen);
     if (strcmp(w->cfg.provider, "docker") == 0)
         return make_docker(w, err, errlen);
     if (strcmp(w->cfg.provider, "fly") == 0)

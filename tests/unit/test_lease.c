@@ -76,7 +76,7 @@ static void reg(const char *pool, int n)
         snprintf(buf[i], sizeof(buf[i]), "%s/%d", pool, i);
         ids[i] = buf[i];
     }
-    CALL(sbx_lease_register(LS, pool, ids, n, on_rep, NULL));
+    CALL(sbx_lease_register(LS, pool, "t", ids, n, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
 }
 
@@ -142,6 +142,31 @@ static void test_expired_lease_is_reaped(void **state)
     assert_int_equal(last.status, SBX_LEASE_LOST);
 }
 
+static void test_register_many_slots_in_chunks(void **state)
+{
+    enum { N = 1000 };
+    static char buf[N][32];
+    static const char *ids[N];
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        snprintf(buf[i], sizeof(buf[i]), "big/%d", i);
+        ids[i] = buf[i];
+    }
+    CALL(sbx_lease_register(LS, "big", "t", ids, N, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    for (int i = 0; i < N; i++) {
+        char proj[16];
+        snprintf(proj, sizeof(proj), "bp%d", i);
+        CALL(sbx_lease_acquire(LS, "big", proj, proj, "w", 10000, 0, on_rep, NULL));
+        assert_int_equal(last.status, SBX_LEASE_OK);
+    }
+    CALL(sbx_lease_acquire(LS, "big", "one-more", "one-more", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+    /* Registering fewer drops the rest, in one chunk too. */
+    CALL(sbx_lease_register(LS, "big", "t", ids, 10, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
 static void test_register_shrinks_pool(void **state)
 {
     (void)state;
@@ -179,7 +204,7 @@ static void test_vm_without_heartbeat_is_never_handed_out(void **state)
     /* Heartbeats in Redis server time: one from 1970, one far in the future. */
     redis_do("HSET", "{sbx}:vm:vm-dead", "heartbeat_ms", "1000", "ttl_ms", "90000");
     redis_do("HSET", "{sbx}:vm:vm-live", "heartbeat_ms", "99999999999999", "ttl_ms", "90000");
-    CALL(sbx_lease_register(LS, "vmp", ids, 2, on_rep, NULL));
+    CALL(sbx_lease_register(LS, "vmp", "t", ids, 2, on_rep, NULL));
     for (int i = 0; i < 2; i++) {
         char proj[16];
         snprintf(proj, sizeof(proj), "vp%d", i);
@@ -233,6 +258,7 @@ int main(void)
         cmocka_unit_test(test_one_build_per_project_and_tokens_grow),
         cmocka_unit_test(test_expired_lease_is_reaped),
         cmocka_unit_test(test_register_shrinks_pool),
+        cmocka_unit_test(test_register_many_slots_in_chunks),
         cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),
         cmocka_unit_test(test_survives_redis_restart),
     };

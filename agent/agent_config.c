@@ -1,0 +1,284 @@
+/* agent_config.c — one table drives defaults, environment, flags, help and
+ * checks (the shape of worker/config.c); the cross-field rules (listen
+ * address, advertised URL, key, heartbeat against TTL) follow the table. */
+#include "agent_config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "sbx.h"
+
+enum kind { STR, INT, BOOL };
+
+typedef struct opt {
+    const char *env, *flag, *def, *help;
+    enum kind kind;
+    size_t off, size;   /* STR: buffer in sbx_agent_config; INT/BOOL: int */
+    long min, max;
+    int required;
+} opt;
+
+#define S(f) offsetof(sbx_agent_config, f), sizeof(((sbx_agent_config *)0)->f)
+#define I(f) offsetof(sbx_agent_config, f), sizeof(int)
+
+/* flag NULL: environment only (the key). */
+static const opt opts[] = {
+    {"SBX_AGENT_ID", "id", "", "this VM's id: slot names and {sbx}:vm:<id> (default: hostname)", STR, S(id), 0, 0, 0},
+    {"SBX_AGENT_LISTEN", "listen", "127.0.0.1:8470", "HTTP listen address, ip:port or [ip6]:port", STR, S(listen), 0, 0, 0},
+    {"SBX_AGENT_URL", "url", "", "base URL workers and previews use (default: http://<listen>)", STR, S(url), 0, 0, 0},
+    {"SBX_REDIS_URL", "redis-url", "redis://127.0.0.1:6379", "Redis of the leases: redis://host:port[/db] or unix:/path", STR, S(redis_url), 0, 0, 0},
+    {"SBX_AGENT_KEY", NULL, NULL, "service key every request must carry as a Bearer token (env only)", STR, S(key), 0, 0, 1},
+    {"SBX_AGENT_CAPACITY", "capacity", "1", "concurrent builds (slots) on this VM", INT, I(capacity), 1, SBX_AGENT_CAPACITY_MAX, 0},
+    {"SBX_AGENT_LABELS", "labels", "", "free text stored with the VM (k=v,k=v)", STR, S(labels), 0, 0, 0},
+    {"SBX_AGENT_HEARTBEAT_MS", "heartbeat-ms", "30000", "how often the VM hash is refreshed", INT, I(heartbeat_ms), 50, 3600000, 0},
+    {"SBX_AGENT_TTL_MS", "ttl-ms", "90000", "a heartbeat older than this takes the VM out of the pool", INT, I(ttl_ms), 100, 86400000, 0},
+    {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-agent", "workspaces, previews and the token file", STR, S(work_dir), 0, 0, 0},
+    {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 2000000000L, 0},
+    {"SBX_ALLOW_NETWORK", "allow-network", "0", "jobs may ask for network access (0/1)", BOOL, I(allow_network), 0, 1, 0},
+    {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0},
+    {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0},
+    {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0},
+};
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+static int set(sbx_agent_config *cfg, const opt *o, const char *v, const char *src, FILE *err)
+{
+    char *p = (char *)cfg + o->off;
+    if (o->kind == STR) {
+        if (strlen(v) >= o->size) {
+            fprintf(err, "sbx-agent: %s is too long (max %zu bytes); shorten it\n", src, o->size - 1);
+            return 1;
+        }
+        memcpy(p, v, strlen(v) + 1);
+        return 0;
+    }
+    {
+        char *end;
+        long n;
+        errno = 0;
+        n = strtol(v, &end, 10);
+        if (errno || end == v || *end || n < o->min || n > o->max) {
+            fprintf(err, "sbx-agent: %s=%s is not valid: set it to %s from %ld to %ld\n", src, v,
+                    o->kind == BOOL ? "0 or 1," : "an integer", o->min, o->max);
+            return 1;
+        }
+        *(int *)p = (int)n;
+    }
+    return 0;
+}
+
+void sbx_agent_config_usage(FILE *out)
+{
+    fprintf(out, "usage: sbx-agent [--flag value]...\n"
+                 "Every flag has an environment variable; the flag wins.\n\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        char flag[40];
+        snprintf(flag, sizeof(flag), "%s%s", opts[i].flag ? "--" : "", opts[i].flag ? opts[i].flag : "");
+        fprintf(out, "  %-22s %-24s %s%s%s%s\n", flag, opts[i].env, opts[i].help,
+                opts[i].def && *opts[i].def ? " (default " : "",
+                opts[i].def && *opts[i].def ? opts[i].def : "",
+                opts[i].required ? " (required)" : opts[i].def && *opts[i].def ? ")" : "");
+    }
+}
+
+void sbx_agent_config_print(const sbx_agent_config *cfg, FILE *out)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *p = (const char *)cfg + opts[i].off;
+        if (opts[i].kind != STR) {
+            fprintf(out, "%s=%d\n", opts[i].env, *(const int *)p);
+        } else if (opts[i].off == offsetof(sbx_agent_config, key)) {
+            fprintf(out, "%s=***\n", opts[i].env);
+        } else {
+            char red[1024];
+            sbx_log_redact(p, red, sizeof(red));
+            fprintf(out, "%s=%s\n", opts[i].env, red);
+        }
+    }
+}
+
+/* "1.2.3.4:80" or "[::1]:80" into host and port. */
+static int parse_listen(sbx_agent_config *cfg)
+{
+    const char *l = cfg->listen, *colon;
+    unsigned char buf[sizeof(struct in6_addr)];
+    char *end;
+    size_t hlen;
+    long port;
+
+    if (l[0] == '[') {
+        const char *rb = strchr(l, ']');
+        if (!rb || rb[1] != ':')
+            return -1;
+        hlen = (size_t)(rb - l - 1);
+        if (hlen == 0 || hlen >= sizeof(cfg->listen_host))
+            return -1;
+        memcpy(cfg->listen_host, l + 1, hlen);
+        cfg->listen_host[hlen] = '\0';
+        colon = rb + 1;
+        if (inet_pton(AF_INET6, cfg->listen_host, buf) != 1)
+            return -1;
+    } else {
+        colon = strrchr(l, ':');
+        if (!colon)
+            return -1;
+        hlen = (size_t)(colon - l);
+        if (hlen == 0 || hlen >= sizeof(cfg->listen_host))
+            return -1;
+        memcpy(cfg->listen_host, l, hlen);
+        cfg->listen_host[hlen] = '\0';
+        if (inet_pton(AF_INET, cfg->listen_host, buf) != 1)
+            return -1;
+    }
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (errno || end == colon + 1 || *end || port < 1 || port > 65535)
+        return -1;
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static int key_ok(const char *k)
+{
+    size_t n = strlen(k);
+    if (n < SBX_AGENT_KEY_MIN || n > SBX_AGENT_KEY_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (k[i] < '!' || k[i] > '~')
+            return 0;
+    return 1;
+}
+
+static int checks(sbx_agent_config *cfg, FILE *err)
+{
+    int bad = 0;
+    enum sbx_log_level lvl;
+
+    if (!*cfg->id) {
+        if (gethostname(cfg->id, sizeof(cfg->id)) != 0)
+            cfg->id[0] = '\0';
+        cfg->id[sizeof(cfg->id) - 1] = '\0';
+    }
+    /* The id names Redis keys and prefixes slot ids ("<id>#<i>"); the id
+     * alphabet of jobs keeps both unambiguous. */
+    if (!sbx_id_valid(cfg->id) || strlen(cfg->id) > 100) {
+        fprintf(err, "sbx-agent: SBX_AGENT_ID=%s is not valid: use 1-100 of [A-Za-z0-9._:-], "
+                     "starting with a letter or digit\n", cfg->id);
+        bad = 1;
+    }
+    if (parse_listen(cfg) != 0) {
+        fprintf(err, "sbx-agent: SBX_AGENT_LISTEN=%s is not valid: use ip:port or [ip6]:port\n",
+                cfg->listen);
+        bad = 1;
+    } else if (!*cfg->url) {
+        if (!strcmp(cfg->listen_host, "0.0.0.0") || !strcmp(cfg->listen_host, "::")) {
+            fprintf(err, "sbx-agent: SBX_AGENT_URL is not set: required when SBX_AGENT_LISTEN "
+                         "binds every address (workers need a reachable URL)\n");
+            bad = 1;
+        } else {
+            snprintf(cfg->url, sizeof(cfg->url), "http://%s", cfg->listen);
+        }
+    }
+    if (*cfg->url) {
+        size_t n = strlen(cfg->url);
+        while (n > 0 && cfg->url[n - 1] == '/')
+            cfg->url[--n] = '\0';
+        if ((strncmp(cfg->url, "http://", 7) != 0 && strncmp(cfg->url, "https://", 8) != 0) ||
+            strpbrk(cfg->url, " \t\r\n?#")) {
+            fprintf(err, "sbx-agent: SBX_AGENT_URL=%s is not valid: use http(s)://host[:port][/path]\n",
+                    cfg->url);
+            bad = 1;
+        }
+    }
+    if (!key_ok(cfg->key)) {
+        if (*cfg->key)
+            fprintf(err, "sbx-agent: SBX_AGENT_KEY is not valid: use %d-%d printable characters "
+                         "without spaces\n", SBX_AGENT_KEY_MIN, SBX_AGENT_KEY_MAX);
+        else
+            fprintf(err, "sbx-agent: SBX_AGENT_KEY is not set: the service key workers send "
+                         "(at least %d printable characters)\n", SBX_AGENT_KEY_MIN);
+        bad = 1;
+    }
+    if (cfg->ttl_ms <= cfg->heartbeat_ms) {
+        fprintf(err, "sbx-agent: SBX_AGENT_TTL_MS=%d is not valid: it must exceed "
+                     "SBX_AGENT_HEARTBEAT_MS=%d (about 3 times is usual)\n", cfg->ttl_ms,
+                cfg->heartbeat_ms);
+        bad = 1;
+    }
+    if (cfg->work_dir[0] != '/') {
+        fprintf(err, "sbx-agent: SBX_WORK_DIR=%s is not valid: use an absolute path\n", cfg->work_dir);
+        bad = 1;
+    }
+    if (cfg->uid_base + SBX_AGENT_CAPACITY_MAX < cfg->uid_base) {
+        fprintf(err, "sbx-agent: SBX_UID_BASE=%d is too large\n", cfg->uid_base);
+        bad = 1;
+    }
+    if (sbx_log_parse_level(cfg->log_level, &lvl) != 0) {
+        fprintf(err, "sbx-agent: SBX_LOG_LEVEL=%s is not valid: use debug, info, warn or error\n",
+                cfg->log_level);
+        bad = 1;
+    } else {
+        sbx_log_set_level(lvl);
+    }
+    return bad;
+}
+
+int sbx_agent_config_load(sbx_agent_config *cfg, int argc, char **argv, FILE *err)
+{
+    int bad = 0;
+
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *v = getenv(opts[i].env);
+        if (opts[i].def)
+            set(cfg, &opts[i], opts[i].def, opts[i].env, err);
+        if (v)
+            bad |= set(cfg, &opts[i], v, opts[i].env, err);
+    }
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a], *val = NULL;
+        char name[64], src[96];
+        size_t i;
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            sbx_agent_config_usage(stdout);
+            return 2;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(err, "sbx-agent: unexpected argument '%s'; see sbx-agent --help\n", arg);
+            bad = 1;
+            continue;
+        }
+        snprintf(name, sizeof(name), "%s", arg + 2);
+        if (strchr(name, '=')) {
+            *strchr(name, '=') = '\0';
+            val = strchr(arg, '=') + 1;
+        }
+        for (i = 0; i < NOPTS; i++)
+            if (opts[i].flag && strcmp(opts[i].flag, name) == 0)
+                break;
+        if (i == NOPTS) {
+            fprintf(err, "sbx-agent: unknown flag --%s; see sbx-agent --help%s\n", name,
+                    strstr(name, "key") ? " (the key is read from SBX_AGENT_KEY only)" : "");
+            bad = 1;
+            continue;
+        }
+        if (!val) {
+            if (a + 1 >= argc) {
+                fprintf(err, "sbx-agent: --%s needs a value\n", name);
+                bad = 1;
+                continue;
+            }
+            val = argv[++a];
+        }
+        snprintf(src, sizeof(src), "--%s", name);
+        bad |= set(cfg, &opts[i], val, src, err);
+    }
+    if (bad)
+        return 1;
+    return checks(cfg, err) ? 1 : 0;
+}

@@ -1,0 +1,1070 @@
+/* runs.c — slots, runs, tokens, logs and previews of one agent (runs.h).
+ *
+ * A build runs in the sandbox of worker/sandbox.c exactly as the local
+ * provider runs it (same limits, same uid-per-slot rule), with one
+ * difference: the agent must still read two things out of the workspace,
+ * and the sandbox removes the workspace before it reports the exit. So the
+ * command is wrapped in a few lines of sh (RUN_WRAPPER) that run inside the
+ * sandbox:
+ *
+ *   1. stdout and stderr go to <workspace>/.sbx-agent/log, a file the
+ *      sandbox creates with the job's files (so it exists before anything
+ *      runs). The agent opens it right after the spawn and keeps that
+ *      descriptor: the log can be streamed while the build runs, read again
+ *      after the workspace is gone, and its last bytes are the run's tail.
+ *      Its size is bounded by the build's RLIMIT_FSIZE (disk_mb).
+ *   2. When the command has exited, the wrapper makes a FIFO ".sbx-agent/
+ *      gate" and waits on it. The agent sees the FIFO appear (inotify on
+ *      .sbx-agent; a 1 s sweep covers a lost event), moves public/ (or
+ *      dist/) out of the workspace into previews/<run id> with one rename
+ *      (no copy, no symlink followed), then writes a newline into the FIFO,
+ *      and the wrapper exits with the command's status.
+ *   The paths under .sbx-agent are reserved: a job file there is refused by
+ *   the sandbox as a clash. Whatever the build does to them only harms its
+ *   own log and preview.
+ *
+ * Fencing: a wake or cancel whose token is older than the newest this slot
+ * has seen is refused, and a newer one is written to disk (tokens.c) before
+ * it is acted on. A wake with a newer token for a slot that still runs an
+ * older token's build cancels that build (its owner lost the lease: the
+ * design notes' "verify the old build is gone before reuse") and answers
+ * busy until the slot is free. A wake repeating the token and job of the
+ * slot's current or last run answers with that run (the worker retried a
+ * request whose answer it lost); the same token with another job is stale.
+ *
+ * Run states: running -> succeeded | failed | timed_out | canceled | error,
+ * logged as "run <id> state a -> b" in set_state().
+ */
+#include "runs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "provider.h"
+#include "sandbox.h"
+#include "tokens.h"
+
+_Static_assert(SBX_RUNS_TAIL_MAX == SBX_LOG_TAIL_MAX, "a run's tail is what the runs table keeps");
+
+/* Limits of a job that gives none: the local provider's defaults. */
+#define RUN_DEFAULT_MEMORY_MB 1024
+#define RUN_DEFAULT_PIDS 256
+#define RUN_DEFAULT_CPUS 1.0
+#define RUN_DEFAULT_DISK_MB 4096
+/* Startup: how long leftovers of a crashed agent may take to die. */
+#define RUN_SWEEP_MS 2000
+/* Fallback for lost inotify events (gate) and the trash remover's pace. */
+#define RUN_CRON_MS 1000
+/* One read of the inotify fd; events are small (16 bytes + name). */
+#define RUN_INOTIFY_BUF 16384
+/* Reads per callback, so a chatty build's log events cannot hold the loop;
+ * the fd stays readable and the loop comes back. */
+#define RUN_INOTIFY_READS 8
+/* The work dir path: what the config accepts (SBX_WORK_DIR), so every path
+ * under it fits PATH_MAX with a run id and a file name. */
+#define RUN_WORK_DIR_MAX 512
+
+#define AGENT_DIR ".sbx-agent"
+#define AGENT_LOG AGENT_DIR "/log"
+#define WS_DIR "ws"
+#define PREVIEW_DIR "previews"
+#define TRASH_DIR "trash"
+#define TOKENS_FILE "tokens"
+
+/* Runs inside the sandbox as: sh -c RUN_WRAPPER sbx-build <command...> */
+#define RUN_WRAPPER                                                              \
+    "exec >>/workspace/" AGENT_LOG " 2>&1\n"                                     \
+    "\"$@\"\n"                                                                   \
+    "sbx_rc=$?\n"                                                                \
+    "exec >/dev/null 2>&1\n"                                                     \
+    "mkfifo /workspace/" AGENT_DIR "/gate && read -r sbx_x </workspace/" AGENT_DIR "/gate\n" \
+    "exit $sbx_rc\n"
+
+static const char *const state_names[] = {"running", "succeeded", "failed",
+                                          "timed_out", "canceled", "error"};
+
+typedef struct arun arun;
+
+typedef struct slot {
+    char id[128];
+    int uid;                     /* -1: build as the agent's uid */
+    arun *run;                   /* running, or NULL */
+    arun *last;                  /* the last finished run of this slot (in history) */
+    int64_t last_token;          /* token of the newest run this slot had */
+    char last_run_id[SBX_RUN_ID_MAX];
+    char last_job_id[SBX_ID_MAX + 1];
+    char preview_run[SBX_RUN_ID_MAX];   /* whose preview is kept, "" if none */
+} slot;
+
+struct arun {
+    sbx_runs *r;
+    char id[SBX_RUN_ID_MAX];
+    int slot;
+    int64_t token;
+    int attempt;
+    char job_id[SBX_ID_MAX + 1];
+    sbx_run_state state;
+    int canceled;
+    int exit_code;
+    uint64_t started_ms, finished_ms;
+    char error[256];
+    sbx_sandbox *sb;
+    int ws_fd;                   /* O_PATH of the workspace, while running */
+    int adir_fd;                 /* <ws>/.sbx-agent, while running */
+    int log_fd;                  /* the whole log; see runs.h for how long */
+    int gate_fd;                 /* the FIFO we answered, kept until the exit */
+    int wd;                      /* inotify watch on .sbx-agent, -1 when none */
+    int gated;
+    int log_dirty;
+    int has_preview;
+    char *tail;                  /* at the end: the last SBX_RUNS_TAIL_MAX bytes */
+    size_t tail_len;
+    arun *prev, *next;           /* history, oldest first */
+};
+
+struct sbx_runs {
+    sbx_loop *loop;
+    sbx_runs_event_cb cb;
+    void *cb_arg;
+    char work_dir[RUN_WORK_DIR_MAX];
+    char ws_dir[RUN_WORK_DIR_MAX + 8];
+    char *bwrap;
+    int allow_network;
+    int kill_grace_ms;
+    int capacity;
+    slot *slots;
+    sbx_tokens *tokens;
+    int preview_fd;              /* O_PATH of previews/ */
+    int trash_fd;                /* O_PATH of trash/ */
+    int ino_fd;
+    sbx_io ino_io;
+    sbx_timer cron_t;
+    pid_t rm_pid;                /* trash remover, 0 when none */
+    int rm_pidfd;
+    sbx_io rm_io;
+    arun *hist_head, *hist_tail;
+    size_t nhist;
+    size_t active;
+    uint32_t nonce;
+    uint64_t seq;                /* run ids */
+    uint64_t trash_seq;
+    int draining;
+};
+
+const char *sbx_run_state_name(sbx_run_state s)
+{
+    return (unsigned)s < sizeof(state_names) / sizeof(state_names[0]) ? state_names[s] : "?";
+}
+
+static void set_state(arun *a, sbx_run_state to)
+{
+    sbx_debug("runs", "run %s state %s -> %s", a->id, state_names[a->state], state_names[to]);
+    a->state = to;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void emit(sbx_runs *r, const char *id, sbx_runs_event ev)
+{
+    if (r->cb)
+        r->cb(r->cb_arg, id, ev);
+}
+
+/* ---- lookup ---- */
+
+static arun *find_run(const sbx_runs *r, const char *id)
+{
+    for (int i = 0; i < r->capacity; i++)
+        if (r->slots[i].run && strcmp(r->slots[i].run->id, id) == 0)
+            return r->slots[i].run;
+    for (arun *a = r->hist_tail; a; a = a->prev)
+        if (strcmp(a->id, id) == 0)
+            return a;
+    return NULL;
+}
+
+static int find_slot(const sbx_runs *r, const char *id)
+{
+    for (int i = 0; i < r->capacity; i++)
+        if (strcmp(r->slots[i].id, id) == 0)
+            return i;
+    return -1;
+}
+
+/* ---- trash: previews replaced by newer ones, removed in the background ---- */
+
+static void trash_next(sbx_runs *r);
+
+static void on_rm_exit(sbx_io *io, int events)
+{
+    sbx_runs *r = io->data;
+    siginfo_t si;
+    (void)events;
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)r->rm_pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (errno == EINTR)
+            return;
+    } else if (si.si_pid == 0) {
+        return; /* not yet */
+    }
+    sbx_io_stop(&r->rm_io);
+    close_fd(&r->rm_pidfd);
+    r->rm_pid = 0;
+    trash_next(r);
+}
+
+/* Starts `rm -rf` on one entry of trash/, if none is running. */
+static void trash_next(sbx_runs *r)
+{
+    char path[PATH_MAX + 64];
+    struct dirent *de;
+    DIR *d;
+    int fd;
+
+    if (r->rm_pid > 0)
+        return;
+    fd = openat(r->trash_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || !(d = fdopendir(fd))) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    path[0] = '\0';
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            snprintf(path, sizeof(path), "%s/" TRASH_DIR "/%s", r->work_dir, de->d_name);
+            break;
+        }
+    }
+    closedir(d);
+    if (!path[0])
+        return;
+    r->rm_pid = fork();
+    if (r->rm_pid == 0) {
+        char *const argv[] = {"rm", "-rf", "--one-file-system", "--", path, NULL};
+        int null = open("/dev/null", O_RDWR);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL); /* the agent blocks SIGTERM for signalfd */
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+        }
+        close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+        execv("/bin/rm", argv);
+        _exit(127);
+    }
+    if (r->rm_pid < 0) {
+        r->rm_pid = 0;
+        return;
+    }
+    r->rm_pidfd = (int)syscall(SYS_pidfd_open, r->rm_pid, 0);
+    if (r->rm_pidfd < 0) {
+        waitpid(r->rm_pid, NULL, 0);
+        r->rm_pid = 0;
+        return;
+    }
+    sbx_io_init(&r->rm_io, r->rm_pidfd, on_rm_exit, r);
+    sbx_io_set(r->loop, &r->rm_io, SBX_READ);
+}
+
+/* Moves previews/<name> into trash/ (one rename, whatever is inside). */
+static void trash_preview(sbx_runs *r, const char *name)
+{
+    char dst[SBX_RUN_ID_MAX + 32];
+    snprintf(dst, sizeof(dst), "%s.%" PRIu64, name, r->trash_seq++);
+    if (renameat(r->preview_fd, name, r->trash_fd, dst) < 0 && errno != ENOENT)
+        sbx_warn("runs", "preview %s not moved to trash: %s", name, strerror(errno));
+    trash_next(r);
+}
+
+/* ---- preview and gate ---- */
+
+/* Moves the workspace's public/ or dist/ to previews/<run id>. renameat
+ * neither follows a symlink nor copies; a swapped-in non-directory is
+ * thrown away, and serving resolves paths without symlinks anyway. */
+static void capture_preview(arun *a)
+{
+    static const char *const names[] = {"public", "dist"};
+    sbx_runs *r = a->r;
+    slot *s = &r->slots[a->slot];
+    struct stat st;
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (fstatat(a->ws_fd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (renameat(a->ws_fd, names[i], r->preview_fd, a->id) < 0) {
+            sbx_warn("runs", "run %s preview %s not kept: %s", a->id, names[i], strerror(errno));
+            return;
+        }
+        if (fstatat(r->preview_fd, a->id, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
+            trash_preview(r, a->id);
+            return;
+        }
+        if (s->preview_run[0])
+            trash_preview(r, s->preview_run);
+        snprintf(s->preview_run, sizeof(s->preview_run), "%s", a->id);
+        a->has_preview = 1;
+        sbx_debug("runs", "run %s preview from %s/", a->id, names[i]);
+        return;
+    }
+}
+
+/* The wrapper waits on .sbx-agent/gate once the command has exited. */
+static void try_gate(arun *a)
+{
+    struct stat st;
+    int fd;
+
+    if (a->gated || a->adir_fd < 0 || a->state != SBX_RS_RUNNING)
+        return;
+    if (fstatat(a->adir_fd, "gate", &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return;
+    a->gated = 1;
+    capture_preview(a);
+    /* O_RDWR never blocks on a FIFO and makes us a writer whether or not the
+     * wrapper has opened its end yet; the newline waits in the pipe. */
+    fd = openat(a->adir_fd, "gate", O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode) || write(fd, "\n", 1) != 1) {
+        /* The build replaced the gate (its own business) or we are out of
+         * descriptors; then the wrapper waits until the timeout. */
+        sbx_warn("runs", "run %s: gate not opened: %s", a->id, fd < 0 ? strerror(errno) : "not a FIFO");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    a->gate_fd = fd;
+}
+
+/* ---- inotify ---- */
+
+static void on_inotify(sbx_io *io, int events)
+{
+    sbx_runs *r = io->data;
+    char buf[RUN_INOTIFY_BUF] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int overflow = 0;
+    (void)events;
+
+    for (int reads = 0; reads < RUN_INOTIFY_READS; reads++) {
+        ssize_t n = read(r->ino_fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            p += sizeof(*ev) + ev->len;
+            if (ev->mask & IN_Q_OVERFLOW) {
+                overflow = 1;
+                continue;
+            }
+            for (int i = 0; i < r->capacity; i++) {
+                arun *a = r->slots[i].run;
+                if (!a || a->wd != ev->wd)
+                    continue;
+                if (ev->mask & IN_IGNORED)
+                    a->wd = -1;
+                else if (ev->len && strcmp(ev->name, "log") == 0)
+                    a->log_dirty = 1;
+                else if (ev->len && strcmp(ev->name, "gate") == 0)
+                    try_gate(a);
+            }
+        }
+    }
+    for (int i = 0; i < r->capacity; i++) {
+        arun *a = r->slots[i].run;
+        if (!a)
+            continue;
+        if (overflow) {
+            try_gate(a);
+            a->log_dirty = 1;
+        }
+        if (a->log_dirty) {
+            a->log_dirty = 0;
+            emit(r, a->id, SBX_RUNS_LOG);
+        }
+    }
+}
+
+static void on_cron(sbx_timer *t)
+{
+    sbx_runs *r = t->data;
+    for (int i = 0; i < r->capacity; i++)
+        if (r->slots[i].run)
+            try_gate(r->slots[i].run);
+    trash_next(r);
+    sbx_timer_start(r->loop, &r->cron_t, RUN_CRON_MS);
+}
+
+/* ---- history ---- */
+
+static void run_free(arun *a)
+{
+    if (!a)
+        return;
+    close_fd(&a->ws_fd);
+    close_fd(&a->adir_fd);
+    close_fd(&a->log_fd);
+    close_fd(&a->gate_fd);
+    free(a->tail);
+    free(a);
+}
+
+static void hist_push(sbx_runs *r, arun *a)
+{
+    a->prev = r->hist_tail;
+    a->next = NULL;
+    if (r->hist_tail)
+        r->hist_tail->next = a;
+    else
+        r->hist_head = a;
+    r->hist_tail = a;
+    r->nhist++;
+    while (r->nhist > SBX_RUNS_HISTORY) {
+        arun *old = r->hist_head;
+        r->hist_head = old->next;
+        if (r->hist_head)
+            r->hist_head->prev = NULL;
+        else
+            r->hist_tail = NULL;
+        r->nhist--;
+        if (r->slots[old->slot].last == old)
+            r->slots[old->slot].last = NULL;
+        run_free(old);
+    }
+}
+
+/* ---- the end of a run ---- */
+
+static void read_tail(arun *a)
+{
+    struct stat st;
+    size_t n = 0;
+
+    a->tail = malloc(SBX_RUNS_TAIL_MAX + 1);
+    if (!a->tail)
+        return;
+    if (a->log_fd >= 0 && fstat(a->log_fd, &st) == 0 && st.st_size > 0) {
+        off_t from = st.st_size > SBX_RUNS_TAIL_MAX ? st.st_size - SBX_RUNS_TAIL_MAX : 0;
+        ssize_t got = pread(a->log_fd, a->tail, (size_t)(st.st_size - from), from);
+        n = got > 0 ? (size_t)got : 0;
+    }
+    a->tail[n] = '\0';
+    a->tail_len = n;
+}
+
+static void on_sb_start(void *arg, sbx_sandbox *sb)
+{
+    arun *a = arg;
+    (void)sb;
+    sbx_debug("runs", "run %s sandbox started", a->id);
+}
+
+static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
+{
+    arun *a = arg;
+    sbx_runs *r = a->r;
+    slot *s = &r->slots[a->slot];
+    sbx_run_state to;
+    struct stat lst;
+    uint64_t log_bytes = 0, duration_ms = st->duration_ms;
+    int cleanup_error = st->error && st->error[0]; /* st points into sb, freed below */
+
+    a->exit_code = st->exit_code;
+    if (a->canceled)
+        to = SBX_RS_CANCELED;
+    else if (st->end == SBX_SANDBOX_TIMED_OUT)
+        to = SBX_RS_TIMED_OUT;
+    else if (!st->ran)
+        to = SBX_RS_ERROR;
+    else
+        to = st->exit_code == 0 ? SBX_RS_SUCCEEDED : SBX_RS_FAILED;
+    if (to == SBX_RS_ERROR) {
+        /* The sandbox's own output is bwrap's complaint. */
+        snprintf(a->error, sizeof(a->error), "sandbox did not start the command (bwrap exit %d): %.150s",
+                 st->exit_code, st->tail ? st->tail : "");
+        for (char *c = a->error; *c; c++)
+            if (*c == '\n')
+                *c = ' ';
+        a->exit_code = -1;
+    } else if (cleanup_error) {
+        snprintf(a->error, sizeof(a->error), "%s", st->error);
+    } else if (to == SBX_RS_TIMED_OUT) {
+        snprintf(a->error, sizeof(a->error), "killed after the timeout");
+    }
+    a->finished_ms = sbx_wall_ms();
+    read_tail(a);
+    if (a->log_fd >= 0 && fstat(a->log_fd, &lst) == 0)
+        log_bytes = (uint64_t)lst.st_size;
+    set_state(a, to);
+    if (a->wd >= 0)
+        inotify_rm_watch(r->ino_fd, a->wd);
+    a->wd = -1;
+    close_fd(&a->gate_fd);
+    close_fd(&a->adir_fd);
+    close_fd(&a->ws_fd);
+    sbx_sandbox_free(sb);
+    a->sb = NULL;
+    sbx_log(to == SBX_RS_ERROR || cleanup_error ? SBX_LOG_WARN : SBX_LOG_INFO, "runs",
+            "run end id=%s slot=%s token=%" PRId64 " job=%s state=%s exit_code=%d log_bytes=%" PRIu64
+            " duration_ms=%" PRIu64 " preview=%d%s%s",
+            a->id, s->id, a->token, a->job_id, state_names[to], a->exit_code, log_bytes,
+            duration_ms, a->has_preview, a->error[0] ? " error=" : "", a->error);
+
+    s->run = NULL;
+    if (s->last)
+        close_fd(&s->last->log_fd); /* one whole log per slot beyond the running one */
+    s->last = a;
+    r->active--;
+    hist_push(r, a);
+    emit(r, a->id, SBX_RUNS_END);
+}
+
+/* ---- wake ---- */
+
+/* Makes path a directory with mode; own = 0 leaves an existing one's mode
+ * alone (the operator's work dir) but checks the slot uids can pass it. */
+static int ensure_dir(const char *path, mode_t mode, int own, char *err, size_t errlen)
+{
+    struct stat st;
+    int rc;
+
+    if (mkdir(path, mode) < 0 && errno != EEXIST) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a directory", path);
+        return -ENOTDIR;
+    }
+    if (own && chmod(path, mode) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    if (!own && geteuid() == 0 && !(st.st_mode & S_IXOTH)) {
+        snprintf(err, errlen, "%s: sandbox uids cannot enter it (chmod o+x)", path);
+        return -EACCES;
+    }
+    return 0;
+}
+
+/* Everything the build needs from the job, as sandbox.h wants it. */
+static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
+{
+    sbx_runs *r = a->r;
+    slot *s = &r->slots[a->slot];
+    sbx_sandbox_spec spec;
+    sbx_kv *files = NULL;
+    char **argv = NULL, path[PATH_MAX];
+    size_t n = 0;
+    double cpus, cpu_s;
+    int timeout_s, rc;
+
+    files = calloc(job->nfiles + 1, sizeof(*files));
+    argv = calloc(job->argc + 8, sizeof(*argv));
+    if (!files || !argv) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (job->nfiles)
+        memcpy(files, job->files, job->nfiles * sizeof(*files));
+    files[job->nfiles].key = (char *)AGENT_LOG;
+    files[job->nfiles].value = (char *)"";
+    argv[n++] = (char *)"/bin/sh";
+    argv[n++] = (char *)"-c";
+    argv[n++] = (char *)RUN_WRAPPER;
+    argv[n++] = (char *)"sbx-build";
+    if (job->script) {
+        argv[n++] = (char *)"/bin/sh";
+        argv[n++] = (char *)"-c";
+        argv[n++] = job->script;
+    } else {
+        for (size_t i = 0; i < job->argc; i++)
+            argv[n++] = job->argv[i];
+    }
+    argv[n] = NULL;
+
+    timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
+    cpus = job->cpus > 0 ? job->cpus : RUN_DEFAULT_CPUS;
+    memset(&spec, 0, sizeof(spec));
+    spec.bwrap = r->bwrap;
+    spec.work_dir = r->ws_dir;
+    spec.name = a->id;
+    spec.argv = argv;
+    spec.env = job->env;
+    spec.nenv = job->nenv;
+    spec.files = files;
+    spec.nfiles = job->nfiles + 1;
+    spec.uid = s->uid;
+    spec.gid = s->uid;
+    spec.network = job->network && r->allow_network;
+    spec.memory_mb = job->memory_mb > 0 ? job->memory_mb : RUN_DEFAULT_MEMORY_MB;
+    spec.pids = job->pids > 0 ? job->pids : RUN_DEFAULT_PIDS;
+    /* As the local provider: one process may use its whole wall time. */
+    cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
+    spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
+    spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : RUN_DEFAULT_DISK_MB;
+    spec.timeout_s = timeout_s;
+    spec.kill_grace_ms = r->kill_grace_ms;
+
+    rc = sbx_sandbox_spawn(r->loop, &spec, on_sb_start, on_sb_exit, a, &a->sb, err, errlen);
+    if (rc)
+        goto out;
+
+    /* The log and the gate live in the workspace; hold on to both now. */
+    snprintf(path, sizeof(path), "%s", sbx_sandbox_workspace(a->sb));
+    a->ws_fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    a->adir_fd = a->ws_fd >= 0 ? openat(a->ws_fd, AGENT_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    a->log_fd = a->adir_fd >= 0 ? openat(a->adir_fd, "log", O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    if (a->log_fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "workspace %s: %s", path, strerror(-rc));
+        sbx_sandbox_free(a->sb); /* kills, reaps, removes; no callbacks */
+        a->sb = NULL;
+        goto out;
+    }
+    snprintf(path, sizeof(path), "%s/" AGENT_DIR, sbx_sandbox_workspace(a->sb));
+    a->wd = inotify_add_watch(r->ino_fd, path, IN_CREATE | IN_MOVED_TO | IN_MODIFY | IN_ONLYDIR |
+                                                   IN_DONT_FOLLOW);
+    if (a->wd < 0)
+        sbx_warn("runs", "run %s: inotify: %s (the 1 s sweep takes over)", a->id, strerror(errno));
+    sbx_info("runs",
+             "run start id=%s slot=%s token=%" PRId64 " job=%s attempt=%d pid=%d uid=%d network=%d "
+             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d",
+             a->id, s->id, a->token, a->job_id, a->attempt, (int)sbx_sandbox_pid(a->sb), spec.uid,
+             spec.network, spec.memory_mb, spec.pids, cpus, spec.disk_mb, timeout_s);
+out:
+    free(files);
+    free(argv);
+    return rc;
+}
+
+sbx_wake_status sbx_runs_wake(sbx_runs *r, const sbx_wake_req *w, char run_id[SBX_RUN_ID_MAX],
+                              int64_t *newest, char *err, size_t errlen)
+{
+    sbx_job *job = NULL;
+    sbx_reject reject;
+    arun *a = NULL;
+    slot *s;
+    int i, rc;
+    sbx_wake_status st;
+
+    err[0] = '\0';
+    i = w->slot ? find_slot(r, w->slot) : -1;
+    if (i < 0) {
+        snprintf(err, errlen, "slot %.128s is not on this agent", w->slot ? w->slot : "(none)");
+        return SBX_WAKE_NO_SLOT;
+    }
+    s = &r->slots[i];
+    if (w->token <= 0) {
+        snprintf(err, errlen, "token must be a positive integer");
+        return SBX_WAKE_INVALID;
+    }
+    *newest = sbx_tokens_get(r->tokens, s->id);
+    if (w->token < *newest) {
+        snprintf(err, errlen, "token %" PRId64 " is older than %" PRId64 " for slot %s", w->token,
+                 *newest, s->id);
+        sbx_warn("runs", "wake refused: stale token slot=%s token=%" PRId64 " newest=%" PRId64,
+                 s->id, w->token, *newest);
+        return SBX_WAKE_STALE;
+    }
+    if (sbx_job_parse(w->job, w->job_len, &job, &reject, err, errlen) != SBX_OK)
+        return SBX_WAKE_INVALID;
+    if (s->last_token == w->token && s->last_run_id[0]) {
+        /* A token is one lease of one job: the same pair is a retry. */
+        if (strcmp(s->last_job_id, job->job_id) == 0) {
+            snprintf(run_id, SBX_RUN_ID_MAX, "%s", s->last_run_id);
+            st = SBX_WAKE_EXISTING;
+        } else {
+            snprintf(err, errlen, "token %" PRId64 " of slot %s was used for job %s", w->token,
+                     s->id, s->last_job_id);
+            st = SBX_WAKE_STALE;
+        }
+        goto out;
+    }
+    if (s->run) {
+        snprintf(run_id, SBX_RUN_ID_MAX, "%s", s->run->id);
+        snprintf(err, errlen, "slot %s runs %s (token %" PRId64 ")", s->id, s->run->id, s->run->token);
+        if (w->token > s->run->token) {
+            if (sbx_tokens_raise(r->tokens, s->id, w->token) == 0)
+                *newest = w->token;
+            if (!s->run->canceled) {
+                sbx_warn("runs", "run %s lost its lease to token %" PRId64 ": canceling",
+                         s->run->id, w->token);
+                s->run->canceled = 1;
+                sbx_sandbox_cancel(s->run->sb);
+            }
+        }
+        st = SBX_WAKE_BUSY;
+        goto out;
+    }
+    if (r->draining) {
+        snprintf(err, errlen, "agent is shutting down");
+        st = SBX_WAKE_DRAINING;
+        goto out;
+    }
+
+    rc = sbx_tokens_raise(r->tokens, s->id, w->token);
+    if (rc) {
+        snprintf(err, errlen, "cannot record the token: %s", strerror(-rc));
+        st = SBX_WAKE_FAILED;
+        goto out;
+    }
+    *newest = w->token;
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        st = SBX_WAKE_FAILED;
+        goto out;
+    }
+    a->r = r;
+    a->ws_fd = a->adir_fd = a->log_fd = a->gate_fd = a->wd = -1;
+    a->slot = i;
+    a->token = w->token;
+    a->attempt = w->attempt;
+    a->exit_code = -1;
+    a->state = SBX_RS_RUNNING;
+    a->started_ms = sbx_wall_ms();
+    snprintf(a->id, sizeof(a->id), "r%08" PRIx32 "-%" PRIu64, r->nonce, ++r->seq);
+    snprintf(a->job_id, sizeof(a->job_id), "%s", job->job_id);
+    rc = spawn(a, job, err, errlen);
+    if (rc) {
+        sbx_warn("runs", "wake failed slot=%s token=%" PRId64 " job=%s: %s", s->id, w->token,
+                 a->job_id, err);
+        st = rc == -EINVAL ? SBX_WAKE_INVALID : SBX_WAKE_FAILED;
+        goto out;
+    }
+    if (s->last)
+        close_fd(&s->last->log_fd);
+    s->run = a;
+    s->last_token = w->token;
+    snprintf(s->last_run_id, sizeof(s->last_run_id), "%s", a->id);
+    snprintf(s->last_job_id, sizeof(s->last_job_id), "%s", a->job_id);
+    r->active++;
+    snprintf(run_id, SBX_RUN_ID_MAX, "%s", a->id);
+    a = NULL;
+    st = SBX_WAKE_STARTED;
+    /* The command may have been quicker than the watch. */
+    try_gate(s->run);
+out:
+    run_free(a);
+    sbx_job_free(job);
+    return st;
+}
+
+sbx_cancel_status sbx_runs_cancel(sbx_runs *r, const char *run_id, int64_t token, int64_t *newest)
+{
+    arun *a = find_run(r, run_id);
+    slot *s;
+
+    if (!a)
+        return SBX_CANCEL_UNKNOWN;
+    s = &r->slots[a->slot];
+    *newest = sbx_tokens_get(r->tokens, s->id);
+    if (token < *newest || token <= 0) {
+        sbx_warn("runs", "cancel refused: stale token run=%s slot=%s token=%" PRId64
+                 " newest=%" PRId64, a->id, s->id, token, *newest);
+        return SBX_CANCEL_STALE;
+    }
+    if (a->state != SBX_RS_RUNNING || a->canceled)
+        return SBX_CANCEL_OK;
+    if (token > *newest && sbx_tokens_raise(r->tokens, s->id, token) == 0)
+        *newest = token;
+    sbx_info("runs", "run cancel id=%s slot=%s token=%" PRId64, a->id, s->id, token);
+    a->canceled = 1;
+    sbx_sandbox_cancel(a->sb);
+    return SBX_CANCEL_OK;
+}
+
+/* ---- queries ---- */
+
+size_t sbx_runs_capacity(const sbx_runs *r) { return (size_t)r->capacity; }
+const char *sbx_runs_slot_id(const sbx_runs *r, size_t i) { return r->slots[i].id; }
+int sbx_runs_slot_busy(const sbx_runs *r, size_t i) { return r->slots[i].run != NULL; }
+size_t sbx_runs_active(const sbx_runs *r) { return r->active; }
+void sbx_runs_drain(sbx_runs *r) { r->draining = 1; }
+int sbx_runs_draining(const sbx_runs *r) { return r->draining; }
+
+size_t sbx_runs_running_ids(const sbx_runs *r, const char **ids, size_t max)
+{
+    size_t n = 0;
+    for (int i = 0; i < r->capacity && n < max; i++)
+        if (r->slots[i].run)
+            ids[n++] = r->slots[i].run->id;
+    return n;
+}
+
+int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v)
+{
+    arun *a = find_run(r, run_id);
+    struct stat st;
+
+    if (!a)
+        return -ENOENT;
+    memset(v, 0, sizeof(*v));
+    v->id = a->id;
+    v->slot = r->slots[a->slot].id;
+    v->job_id = a->job_id;
+    v->token = a->token;
+    v->attempt = a->attempt;
+    v->state = a->state;
+    v->exit_code = a->state == SBX_RS_RUNNING ? -1 : a->exit_code;
+    v->started_ms = a->started_ms;
+    v->finished_ms = a->finished_ms;
+    v->error = a->error;
+    v->has_preview = a->has_preview && strcmp(r->slots[a->slot].preview_run, a->id) == 0;
+    if (a->log_fd >= 0 && fstat(a->log_fd, &st) == 0)
+        v->log_bytes = (uint64_t)st.st_size;
+    else
+        v->log_bytes = a->tail_len;
+    return 0;
+}
+
+long sbx_runs_tail(sbx_runs *r, const char *run_id, char *buf, size_t cap)
+{
+    arun *a = find_run(r, run_id);
+    struct stat st;
+    size_t want;
+
+    if (!a || cap == 0)
+        return -1;
+    if (a->tail) {
+        want = a->tail_len < cap - 1 ? a->tail_len : cap - 1;
+        memcpy(buf, a->tail + a->tail_len - want, want);
+        buf[want] = '\0';
+        return (long)want;
+    }
+    buf[0] = '\0';
+    if (a->log_fd < 0 || fstat(a->log_fd, &st) < 0 || st.st_size <= 0)
+        return 0;
+    want = (size_t)st.st_size < cap - 1 ? (size_t)st.st_size : cap - 1;
+    {
+        ssize_t got = pread(a->log_fd, buf, want, st.st_size - (off_t)want);
+        want = got > 0 ? (size_t)got : 0;
+    }
+    buf[want] = '\0';
+    return (long)want;
+}
+
+int sbx_runs_log_open(sbx_runs *r, const char *run_id)
+{
+    arun *a = find_run(r, run_id);
+    int fd;
+    if (!a)
+        return -ENOENT;
+    if (a->log_fd < 0)
+        return -ENODATA;
+    fd = fcntl(a->log_fd, F_DUPFD_CLOEXEC, 3);
+    return fd < 0 ? -errno : fd;
+}
+
+int sbx_runs_preview_open(sbx_runs *r, const char *run_id)
+{
+    int fd;
+    for (int i = 0; i < r->capacity; i++) {
+        if (strcmp(r->slots[i].preview_run, run_id) != 0)
+            continue;
+        fd = openat(r->preview_fd, run_id, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        return fd < 0 ? -errno : fd;
+    }
+    return -ENOENT;
+}
+
+/* ---- setup ---- */
+
+/* bwrap given as a bare name is looked up in PATH once: the sandbox execs an
+ * absolute path with an empty environment. */
+static char *resolve_exe(const char *name)
+{
+    const char *path, *c;
+    char buf[PATH_MAX];
+
+    if (strchr(name, '/'))
+        return access(name, X_OK) == 0 ? realpath(name, NULL) : NULL;
+    path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (c = path; *c;) {
+        const char *e = strchr(c, ':');
+        size_t n = e ? (size_t)(e - c) : strlen(c);
+        if (n > 0 && (size_t)snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, c, name) < sizeof(buf) &&
+            buf[0] == '/' && access(buf, X_OK) == 0)
+            return strdup(buf);
+        if (!e)
+            break;
+        c = e + 1;
+    }
+    return NULL;
+}
+
+/* Leftovers of a previous agent on this work dir: its builds' processes,
+ * workspaces and previews (their runs are gone with its memory). */
+static int clean_start(sbx_runs *r, char *err, size_t errlen)
+{
+    static const char *const dirs[] = {WS_DIR, PREVIEW_DIR, TRASH_DIR};
+    char path[PATH_MAX + 16];
+    int rc;
+
+    for (int i = 0; i < r->capacity; i++)
+        if (r->slots[i].uid >= 0 && sbx_sandbox_sweep_uid((uid_t)r->slots[i].uid, RUN_SWEEP_MS) != 0) {
+            snprintf(err, errlen, "processes of uid %d survive SIGKILL (SBX_UID_BASE must be "
+                     "reserved for this agent)", r->slots[i].uid);
+            return -EBUSY;
+        }
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", r->work_dir, dirs[i]);
+        rc = sbx_sandbox_remove_tree(path);
+        if (rc) {
+            snprintf(err, errlen, "%s: not removed: %s", path, strerror(-rc));
+            return rc;
+        }
+        /* bwrap runs as the slot uid and must reach ws/<run> to bind it. */
+        rc = ensure_dir(path, i == 0 ? 0711 : 0700, 1, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb cb, void *arg,
+                 sbx_runs **out, char *err, size_t errlen)
+{
+    sbx_runs *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX + 16];
+    int rc = 0, root = geteuid() == 0;
+
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r->loop = loop;
+    r->cb = cb;
+    r->cb_arg = arg;
+    r->preview_fd = r->trash_fd = r->ino_fd = r->rm_pidfd = -1;
+    r->capacity = cfg->capacity;
+    r->allow_network = cfg->allow_network;
+    r->kill_grace_ms = cfg->kill_grace_ms;
+    sbx_timer_init(&r->cron_t, on_cron, r);
+    if (getrandom(&r->nonce, sizeof(r->nonce), 0) != sizeof(r->nonce))
+        r->nonce = (uint32_t)(sbx_wall_ms() ^ (uint64_t)getpid() << 16);
+    if (cfg->capacity < 1 ||
+        (size_t)snprintf(r->work_dir, sizeof(r->work_dir), "%s", cfg->work_dir) >= sizeof(r->work_dir)) {
+        snprintf(err, errlen, "work dir path too long or capacity < 1");
+        rc = -EINVAL;
+        goto out;
+    }
+    snprintf(r->ws_dir, sizeof(r->ws_dir), "%s/" WS_DIR, r->work_dir);
+    r->bwrap = resolve_exe(cfg->bwrap);
+    if (!r->bwrap) {
+        snprintf(err, errlen, "bwrap %s: not found or not executable", cfg->bwrap);
+        rc = -ENOENT;
+        goto out;
+    }
+    r->slots = calloc((size_t)cfg->capacity, sizeof(*r->slots));
+    if (!r->slots) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < cfg->capacity; i++) {
+        slot *s = &r->slots[i];
+        if (cfg->capacity == 1)
+            snprintf(s->id, sizeof(s->id), "%s", cfg->agent_id);
+        else
+            snprintf(s->id, sizeof(s->id), "%s#%d", cfg->agent_id, i);
+        s->uid = root ? cfg->uid_base + i : -1;
+    }
+
+    rc = ensure_dir(r->work_dir, 0711, 0, err, errlen);
+    if (rc)
+        goto out;
+    rc = clean_start(r, err, errlen);
+    if (rc)
+        goto out;
+    snprintf(path, sizeof(path), "%s/" TOKENS_FILE, r->work_dir);
+    rc = sbx_tokens_open(path, &r->tokens, err, errlen);
+    if (rc)
+        goto out;
+    snprintf(path, sizeof(path), "%s/" PREVIEW_DIR, r->work_dir);
+    r->preview_fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    snprintf(path, sizeof(path), "%s/" TRASH_DIR, r->work_dir);
+    r->trash_fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    r->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (r->preview_fd < 0 || r->trash_fd < 0 || r->ino_fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: %s", r->work_dir, strerror(errno));
+        goto out;
+    }
+    sbx_io_init(&r->ino_io, r->ino_fd, on_inotify, r);
+    if ((rc = sbx_io_set(loop, &r->ino_io, SBX_READ)) != 0 ||
+        (rc = sbx_timer_start(loop, &r->cron_t, RUN_CRON_MS)) != 0) {
+        snprintf(err, errlen, "loop: %s", strerror(-rc));
+        goto out;
+    }
+    *out = r;
+    r = NULL;
+out:
+    if (r)
+        sbx_runs_free(r);
+    return rc;
+}
+
+void sbx_runs_free(sbx_runs *r)
+{
+    if (!r)
+        return;
+    sbx_timer_stop(r->loop, &r->cron_t);
+    sbx_io_stop(&r->ino_io);
+    sbx_io_stop(&r->rm_io);
+    if (r->slots) {
+        for (int i = 0; i < r->capacity; i++) {
+            arun *a = r->slots[i].run;
+            if (!a)
+                continue;
+            sbx_sandbox_free(a->sb); /* SIGKILL, reap, remove; no callbacks */
+            sbx_info("runs", "run killed at shutdown id=%s slot=%s token=%" PRId64, a->id,
+                     r->slots[i].id, a->token);
+            run_free(a);
+        }
+    }
+    while (r->hist_head) {
+        arun *a = r->hist_head;
+        r->hist_head = a->next;
+        run_free(a);
+    }
+    if (r->rm_pid > 0) {
+        kill(r->rm_pid, SIGKILL);
+        waitpid(r->rm_pid, NULL, 0);
+    }
+    close_fd(&r->rm_pidfd);
+    close_fd(&r->ino_fd);
+    close_fd(&r->preview_fd);
+    close_fd(&r->trash_fd);
+    sbx_tokens_free(r->tokens);
+    free(r->slots);
+    free(r->bwrap);
+    free(r);
+}

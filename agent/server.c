@@ -1,0 +1,952 @@
+/* server.c — the HTTP API of server.h, on libmicrohttpd driven by sbx_loop.
+ *
+ * Why libmicrohttpd and not an own parser: the agent listens on a VM's
+ * network, so its parser meets whatever reaches that port. libmicrohttpd
+ * (Debian: libmicrohttpd-dev, runtime libmicrohttpd12) is a small C
+ * library made for embedding, maintained and fuzzed as part of GNU, and it
+ * can run without threads inside someone else's loop: started with
+ * MHD_USE_EPOLL and no internal thread, it exposes one epoll descriptor,
+ * which sits in sbx_loop like any socket, and a timeout (MHD_get_timeout)
+ * that drives one sbx_timer. MHD_run() then does all socket work in our
+ * thread, so request handlers call runs.c directly, without locks. What we
+ * would have written by hand instead (request line and header parsing,
+ * keep-alive, chunked encoding, pipelining, Expect: 100-continue, timeouts
+ * of idle clients) is exactly the part that is easy to get subtly wrong.
+ *
+ * Requests that wait (a long poll on a run, a log being followed) are
+ * suspended connections (MHD_ALLOW_SUSPEND_RESUME): each one is a `waiter`
+ * on a list with the run id it waits for and a deadline. A runs.c event for
+ * that run, or the deadline, resumes it; MHD then calls the handler (long
+ * poll) or the content reader (log) again. A follower with nothing new is
+ * resumed every FOLLOW_KEEPALIVE_MS anyway, because a suspended connection
+ * does not notice its client going away.
+ *
+ * Bounds: CONN_MAX connections (each at most one waiter), request bodies
+ * WAKE_BODY_MAX (a job message is at most SBX_MSG_MAX_BYTES), MHD's
+ * per-connection memory for headers, idle connections closed after
+ * CONN_TIMEOUT_S.
+ */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent_config.h"
+#include "log.h"
+#include "text.h"
+
+/* A /wake body is the job message plus a few fields. */
+#define WAKE_BODY_MAX (SBX_MSG_MAX_BYTES + 64 * 1024)
+/* Workers (a few per VM), their log followers and preview browsers. */
+#define CONN_MAX 256
+#define CONN_TIMEOUT_S 60
+/* Longest long poll: well below any proxy's idle timeout. */
+#define WAIT_MAX_MS 30000
+#define FOLLOW_KEEPALIVE_MS 10000
+/* One read of a followed log: MHD's chunk. */
+#define FOLLOW_BLOCK (64 * 1024)
+/* MHD asks to be run again within this at the latest (a safety net). */
+#define MHD_RUN_MAX_MS 1000
+
+typedef enum wkind { W_POLL, W_FOLLOW } wkind;
+
+typedef struct waiter {
+    struct waiter *prev, *next;
+    struct MHD_Connection *conn;
+    wkind kind;
+    char run_id[SBX_RUN_ID_MAX];
+    uint64_t deadline_ms;
+    int listed;
+} waiter;
+
+struct sbx_server {
+    sbx_loop *loop;
+    sbx_runs *runs;
+    struct MHD_Daemon *d;
+    sbx_io io;
+    sbx_timer mhd_t;
+    sbx_timer wait_t;
+    char *key;
+    size_t keylen;
+    char *agent_id;
+    char *base_url;
+    waiter *waiters;
+    int closing;
+};
+
+/* One request (MHD's con_cls). */
+typedef struct req {
+    sbx_server *s;
+    int denied;            /* a 401 is queued; ignore the rest */
+    char *body;
+    size_t len, cap;
+    int too_big;
+    int waited;            /* the long poll was suspended once already */
+    waiter w;
+} req;
+
+/* One log response (the content reader's cls). */
+typedef struct follow {
+    sbx_server *s;
+    int fd;
+    int follow;
+    waiter w;
+} follow;
+
+/* ---- waiters ---- */
+
+static void rearm_wait(sbx_server *s);
+
+static void waiter_add(sbx_server *s, waiter *w, uint64_t after_ms)
+{
+    w->deadline_ms = sbx_now_ms() + after_ms;
+    w->prev = NULL;
+    w->next = s->waiters;
+    if (s->waiters)
+        s->waiters->prev = w;
+    s->waiters = w;
+    w->listed = 1;
+    rearm_wait(s);
+}
+
+static void waiter_unlink(sbx_server *s, waiter *w)
+{
+    if (!w->listed)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        s->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->listed = 0;
+}
+
+static void waiter_resume(sbx_server *s, waiter *w)
+{
+    waiter_unlink(s, w);
+    MHD_resume_connection(w->conn);
+    /* Resumed connections are handled by the next MHD_run. */
+    sbx_timer_start(s->loop, &s->mhd_t, 0);
+}
+
+static void rearm_wait(sbx_server *s)
+{
+    uint64_t next = UINT64_MAX, now = sbx_now_ms();
+    for (waiter *w = s->waiters; w; w = w->next)
+        if (w->deadline_ms < next)
+            next = w->deadline_ms;
+    if (next == UINT64_MAX)
+        sbx_timer_stop(s->loop, &s->wait_t);
+    else
+        sbx_timer_start(s->loop, &s->wait_t, next > now ? next - now : 0);
+}
+
+static void on_wait_timer(sbx_timer *t)
+{
+    sbx_server *s = t->data;
+    uint64_t now = sbx_now_ms();
+    waiter *w = s->waiters;
+    while (w) {
+        waiter *next = w->next;
+        if (w->deadline_ms <= now)
+            waiter_resume(s, w);
+        w = next;
+    }
+    rearm_wait(s);
+}
+
+void sbx_server_notify(sbx_server *s, const char *run_id, sbx_runs_event ev)
+{
+    waiter *w = s->waiters;
+    while (w) {
+        waiter *next = w->next;
+        if (strcmp(w->run_id, run_id) == 0 && (ev == SBX_RUNS_END || w->kind == W_FOLLOW))
+            waiter_resume(s, w);
+        w = next;
+    }
+    rearm_wait(s);
+}
+
+/* ---- MHD on the loop ---- */
+
+static void run_mhd(sbx_server *s)
+{
+    MHD_UNSIGNED_LONG_LONG to = MHD_RUN_MAX_MS;
+    MHD_run(s->d);
+    if (MHD_get_timeout(s->d, &to) != MHD_YES || to > MHD_RUN_MAX_MS)
+        to = MHD_RUN_MAX_MS;
+    sbx_timer_start(s->loop, &s->mhd_t, to);
+}
+
+static void on_mhd_io(sbx_io *io, int events)
+{
+    (void)events;
+    run_mhd(io->data);
+}
+
+static void on_mhd_timer(sbx_timer *t) { run_mhd(t->data); }
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    size_t n;
+    (void)cls;
+    vsnprintf(line, sizeof(line), fmt, ap);
+    n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    sbx_warn("http", "%s", line);
+}
+
+/* ---- replies ---- */
+
+static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, json_object *o)
+{
+    const char *txt = o ? json_object_to_json_string_ext(
+                              o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+                        : NULL;
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    if (!txt) {
+        json_object_put(o);
+        return MHD_NO;
+    }
+    r = MHD_create_response_from_buffer(strlen(txt), (void *)txt, MHD_RESPMEM_MUST_COPY);
+    json_object_put(o);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code,
+                                   const char *msg)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return MHD_NO;
+    json_object_object_add(o, "error", json_object_new_string(code));
+    if (msg && *msg) {
+        char clean[512];
+        sbx__utf8_sanitize(msg, strlen(msg), clean, sizeof(clean));
+        json_object_object_add(o, "message", json_object_new_string(clean));
+    }
+    return reply_json(c, status, o);
+}
+
+static enum MHD_Result reply_401(struct MHD_Connection *c)
+{
+    static const char msg[] = "{\"error\":\"unauthorized\"}";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof(msg) - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result ret;
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"sbx-agent\"");
+    ret = MHD_queue_response(c, MHD_HTTP_UNAUTHORIZED, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void rfc3339(char *out, size_t len, uint64_t wall_ms)
+{
+    time_t sec = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    size_t n;
+    gmtime_r(&sec, &tm);
+    n = strftime(out, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, len - n, ".%03uZ", (unsigned)(wall_ms % 1000));
+}
+
+static json_object *run_json(sbx_server *s, const sbx_run_view *v)
+{
+    json_object *o = json_object_new_object();
+    char tail[SBX_RUNS_TAIL_MAX + 1], clean[SBX_RUNS_TAIL_MAX + 1], ts[40], url[512];
+    long n;
+
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "id", json_object_new_string(v->id));
+    json_object_object_add(o, "slot", json_object_new_string(v->slot));
+    json_object_object_add(o, "job_id", json_object_new_string(v->job_id));
+    json_object_object_add(o, "token", json_object_new_int64(v->token));
+    json_object_object_add(o, "attempt", json_object_new_int(v->attempt));
+    json_object_object_add(o, "state", json_object_new_string(sbx_run_state_name(v->state)));
+    json_object_object_add(o, "exit_code", v->exit_code >= 0 ? json_object_new_int(v->exit_code) : NULL);
+    n = sbx_runs_tail(s->runs, v->id, tail, sizeof(tail));
+    /* Build output is bytes; JSON strings are text. Invalid bytes become
+     * '?', one for one, so the tail keeps its length. */
+    sbx__utf8_sanitize(tail, n > 0 ? (size_t)n : 0, clean, sizeof(clean));
+    json_object_object_add(o, "log_tail", json_object_new_string_len(clean, (int)strlen(clean)));
+    json_object_object_add(o, "log_bytes", json_object_new_int64((int64_t)v->log_bytes));
+    rfc3339(ts, sizeof(ts), v->started_ms);
+    json_object_object_add(o, "started_at", json_object_new_string(ts));
+    if (v->finished_ms) {
+        rfc3339(ts, sizeof(ts), v->finished_ms);
+        json_object_object_add(o, "finished_at", json_object_new_string(ts));
+    } else {
+        json_object_object_add(o, "finished_at", NULL);
+    }
+    if (v->has_preview) {
+        snprintf(url, sizeof(url), "%s/preview/%s/", s->base_url, v->id);
+        json_object_object_add(o, "preview_url", json_object_new_string(url));
+    } else {
+        json_object_object_add(o, "preview_url", NULL);
+    }
+    json_object_object_add(o, "error", v->error[0] ? json_object_new_string(v->error) : NULL);
+    return o;
+}
+
+static enum MHD_Result reply_run(sbx_server *s, struct MHD_Connection *c, const char *id)
+{
+    sbx_run_view v;
+    if (sbx_runs_view(s->runs, id, &v) != 0)
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_run", "no such run on this agent");
+    return reply_json(c, MHD_HTTP_OK, run_json(s, &v));
+}
+
+/* ---- auth ---- */
+
+/* Constant time in the length of our key: the loop always runs over all of
+ * it and branches on nothing derived from it. */
+static int key_equal(const char *key, size_t klen, const char *given)
+{
+    size_t glen = strlen(given);
+    volatile unsigned char d = (unsigned char)(glen != klen);
+    for (size_t i = 0; i < klen; i++)
+        d |= (unsigned char)(key[i] ^ given[i < glen ? i : glen]);
+    return d == 0;
+}
+
+static int authorized(const sbx_server *s, struct MHD_Connection *c)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return 0;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return key_equal(s->key, s->keylen, h);
+}
+
+/* ---- handlers ---- */
+
+static enum MHD_Result h_health(sbx_server *s, struct MHD_Connection *c)
+{
+    json_object *o = json_object_new_object(), *running, *slots;
+    const char *ids[SBX_AGENT_CAPACITY_MAX];
+    size_t n, cap = sbx_runs_capacity(s->runs);
+
+    if (!o)
+        return MHD_NO;
+    n = sbx_runs_running_ids(s->runs, ids, SBX_AGENT_CAPACITY_MAX);
+    running = json_object_new_array();
+    slots = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(running, json_object_new_string(ids[i]));
+    for (size_t i = 0; i < cap; i++)
+        json_object_array_add(slots, json_object_new_string(sbx_runs_slot_id(s->runs, i)));
+    json_object_object_add(o, "id", json_object_new_string(s->agent_id));
+    json_object_object_add(o, "state", json_object_new_string(
+                                           sbx_runs_draining(s->runs) ? "draining"
+                                           : n ? "busy" : "idle"));
+    json_object_object_add(o, "capacity", json_object_new_int((int)cap));
+    json_object_object_add(o, "slots", slots);
+    json_object_object_add(o, "running", running);
+    return reply_json(c, MHD_HTTP_OK, o);
+}
+
+static json_object *parse_body(const req *q, char *err, size_t errlen)
+{
+    json_tokener *tok;
+    json_object *o;
+
+    if (q->len == 0) {
+        snprintf(err, errlen, "a JSON body is required");
+        return NULL;
+    }
+    tok = json_tokener_new();
+    if (!tok) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    o = json_tokener_parse_ex(tok, q->body, (int)q->len);
+    if (!o || json_tokener_get_error(tok) != json_tokener_success ||
+        (size_t)json_tokener_get_parse_end(tok) != q->len || !json_object_is_type(o, json_type_object)) {
+        snprintf(err, errlen, "the body is not one JSON object");
+        json_object_put(o);
+        o = NULL;
+    }
+    json_tokener_free(tok);
+    return o;
+}
+
+static int get_int64(json_object *o, const char *name, int64_t *out)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, name, &v) || !json_object_is_type(v, json_type_int))
+        return -1;
+    *out = json_object_get_int64(v);
+    return 0;
+}
+
+static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
+{
+    json_object *body, *slot, *job, *o;
+    char err[512], run_id[SBX_RUN_ID_MAX];
+    const char *job_txt;
+    int64_t token = 0, attempt = 1, newest = 0;
+    sbx_wake_req w;
+    sbx_wake_status st;
+    enum MHD_Result ret;
+
+    if (q->too_big)
+        return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "request body too large");
+    body = parse_body(q, err, sizeof(err));
+    if (!body)
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", err);
+    if (!json_object_object_get_ex(body, "slot", &slot) || !json_object_is_type(slot, json_type_string) ||
+        get_int64(body, "token", &token) != 0 || !json_object_object_get_ex(body, "job", &job) ||
+        !json_object_is_type(job, json_type_object) ||
+        (json_object_object_get_ex(body, "attempt", NULL) && get_int64(body, "attempt", &attempt) != 0)) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid",
+                           "need slot (string), token (integer), job (object), attempt (integer)");
+    }
+    job_txt = json_object_to_json_string_ext(job, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    memset(&w, 0, sizeof(w));
+    w.slot = json_object_get_string(slot);
+    w.token = token;
+    w.attempt = attempt > 0 && attempt < INT_MAX ? (int)attempt : 1;
+    w.job = job_txt;
+    w.job_len = job_txt ? strlen(job_txt) : 0;
+    run_id[0] = '\0';
+    st = sbx_runs_wake(s->runs, &w, run_id, &newest, err, sizeof(err));
+    json_object_put(body);
+
+    switch (st) {
+    case SBX_WAKE_STARTED:
+    case SBX_WAKE_EXISTING:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "run_id", json_object_new_string(run_id));
+        json_object_object_add(o, "existing", json_object_new_boolean(st == SBX_WAKE_EXISTING));
+        return reply_json(c, MHD_HTTP_OK, o);
+    case SBX_WAKE_STALE:
+    case SBX_WAKE_BUSY:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "error", json_object_new_string(st == SBX_WAKE_STALE ? "stale_token" : "busy"));
+        json_object_object_add(o, "message", json_object_new_string(err));
+        json_object_object_add(o, "newest_token", json_object_new_int64(newest));
+        if (run_id[0])
+            json_object_object_add(o, "run_id", json_object_new_string(run_id));
+        return reply_json(c, MHD_HTTP_CONFLICT, o);
+    case SBX_WAKE_NO_SLOT:
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_slot", err);
+    case SBX_WAKE_INVALID:
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", err);
+    case SBX_WAKE_DRAINING:
+        return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "draining", err);
+    case SBX_WAKE_FAILED:
+        break;
+    }
+    ret = reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", err);
+    return ret;
+}
+
+static enum MHD_Result h_cancel(sbx_server *s, req *q, struct MHD_Connection *c, const char *id)
+{
+    json_object *body, *o;
+    char err[256];
+    int64_t token, newest = 0;
+
+    if (q->too_big)
+        return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "request body too large");
+    body = parse_body(q, err, sizeof(err));
+    if (!body)
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", err);
+    if (get_int64(body, "token", &token) != 0) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "need token (integer)");
+    }
+    json_object_put(body);
+    switch (sbx_runs_cancel(s->runs, id, token, &newest)) {
+    case SBX_CANCEL_UNKNOWN:
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_run", "no such run on this agent");
+    case SBX_CANCEL_STALE:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "error", json_object_new_string("stale_token"));
+        json_object_object_add(o, "newest_token", json_object_new_int64(newest));
+        return reply_json(c, MHD_HTTP_CONFLICT, o);
+    case SBX_CANCEL_OK:
+        break;
+    }
+    return reply_run(s, c, id);
+}
+
+static enum MHD_Result h_run(sbx_server *s, req *q, struct MHD_Connection *c, const char *id)
+{
+    const char *wait = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "wait_ms");
+    sbx_run_view v;
+    long ms = 0;
+
+    if (sbx_runs_view(s->runs, id, &v) != 0)
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_run", "no such run on this agent");
+    if (wait) {
+        char *end;
+        ms = strtol(wait, &end, 10);
+        if (end == wait || *end || ms < 0)
+            return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "wait_ms: a number of milliseconds");
+        if (ms > WAIT_MAX_MS)
+            ms = WAIT_MAX_MS;
+    }
+    if (ms > 0 && !q->waited && v.state == SBX_RS_RUNNING && !s->closing) {
+        q->waited = 1;
+        q->w.conn = c;
+        q->w.kind = W_POLL;
+        snprintf(q->w.run_id, sizeof(q->w.run_id), "%s", id);
+        waiter_add(s, &q->w, (uint64_t)ms);
+        MHD_suspend_connection(c);
+        return MHD_YES;
+    }
+    return reply_json(c, MHD_HTTP_OK, run_json(s, &v));
+}
+
+static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    follow *f = cls;
+    sbx_run_view v;
+    ssize_t n;
+
+    n = pread(f->fd, buf, max, (off_t)pos);
+    if (n > 0)
+        return n;
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (!f->follow || f->s->closing || sbx_runs_view(f->s->runs, f->w.run_id, &v) != 0 ||
+        v.state != SBX_RS_RUNNING) {
+        /* Every writer is gone once the run has ended: one more look. */
+        n = pread(f->fd, buf, max, (off_t)pos);
+        return n > 0 ? n : MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    waiter_add(f->s, &f->w, FOLLOW_KEEPALIVE_MS);
+    MHD_suspend_connection(f->w.conn);
+    return 0;
+}
+
+static void follow_free(void *cls)
+{
+    follow *f = cls;
+    waiter_unlink(f->s, &f->w);
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f);
+}
+
+static enum MHD_Result h_log(sbx_server *s, struct MHD_Connection *c, const char *id)
+{
+    const char *fl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "follow");
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+    follow *f;
+    int fd = sbx_runs_log_open(s->runs, id);
+
+    if (fd == -ENOENT)
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_run", "no such run on this agent");
+    if (fd == -ENODATA) {
+        /* Only the tail outlives a slot's next run (runs.h). */
+        char tail[SBX_RUNS_TAIL_MAX + 1];
+        long n = sbx_runs_tail(s->runs, id, tail, sizeof(tail));
+        r = MHD_create_response_from_buffer(n > 0 ? (size_t)n : 0, tail, MHD_RESPMEM_MUST_COPY);
+        if (!r)
+            return MHD_NO;
+        MHD_add_response_header(r, "X-Sbx-Log", "tail");
+    } else if (fd < 0) {
+        return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", strerror(-fd));
+    } else {
+        f = calloc(1, sizeof(*f));
+        if (!f) {
+            close(fd);
+            return MHD_NO;
+        }
+        f->s = s;
+        f->fd = fd;
+        f->follow = fl && strcmp(fl, "1") == 0;
+        f->w.conn = c;
+        f->w.kind = W_FOLLOW;
+        snprintf(f->w.run_id, sizeof(f->w.run_id), "%s", id);
+        r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, FOLLOW_BLOCK, follow_read, f, follow_free);
+        if (!r) {
+            follow_free(f);
+            return MHD_NO;
+        }
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
+    ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static const char *content_type(const char *path)
+{
+    static const struct { const char *ext, *type; } types[] = {
+        {".html", "text/html; charset=utf-8"}, {".htm", "text/html; charset=utf-8"},
+        {".css", "text/css"}, {".js", "text/javascript"}, {".mjs", "text/javascript"},
+        {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+        {".jpg", "image/jpeg"}, {".jpeg", "image/jpeg"}, {".gif", "image/gif"},
+        {".webp", "image/webp"}, {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"},
+        {".wasm", "application/wasm"}, {".woff2", "font/woff2"}, {".xml", "application/xml"},
+    };
+    const char *dot = strrchr(path, '.');
+    if (dot && !strchr(dot, '/'))
+        for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+            if (strcasecmp(dot, types[i].ext) == 0)
+                return types[i].type;
+    return "application/octet-stream";
+}
+
+/* Opens path under root without following any symlink and without leaving
+ * root ("..", absolute paths, mount points): the preview tree belongs to
+ * the build. */
+static int open_beneath(int root, const char *path)
+{
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+    return (int)syscall(SYS_openat2, root, path, &how, sizeof(how));
+}
+
+static enum MHD_Result h_preview(sbx_server *s, struct MHD_Connection *c, const char *id,
+                                 const char *rest)
+{
+    char path[PATH_MAX];
+    struct MHD_Response *r;
+    struct stat st;
+    enum MHD_Result ret;
+    int root, fd;
+
+    root = sbx_runs_preview_open(s->runs, id);
+    if (root < 0)
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "no_preview", "this run has no preview here");
+    while (*rest == '/')
+        rest++;
+    /* Room for "/index.html" after it. */
+    if ((size_t)snprintf(path, sizeof(path), "%s", *rest ? rest : ".") >= sizeof(path) - 16) {
+        close(root);
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "path too long");
+    }
+    fd = open_beneath(root, path);
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        size_t n = strlen(path);
+        close(fd);
+        fd = -1;
+        if (*rest && path[n - 1] != '/') {
+            /* Relative links in index.html need the trailing slash. */
+            char loc[PATH_MAX + 128];
+            close(root);
+            snprintf(loc, sizeof(loc), "/preview/%s/%s/", id, rest);
+            r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+            if (!r)
+                return MHD_NO;
+            MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, loc);
+            ret = MHD_queue_response(c, MHD_HTTP_MOVED_PERMANENTLY, r);
+            MHD_destroy_response(r);
+            return ret;
+        }
+        snprintf(path + n, sizeof(path) - n, "%sindex.html", path[n - 1] == '/' ? "" : "/");
+        fd = open_beneath(root, path);
+    }
+    close(root);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such file in the preview");
+    }
+    r = MHD_create_response_from_fd64((uint64_t)st.st_size, fd); /* owns fd now */
+    if (!r) {
+        close(fd);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type(path));
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static int run_id_ok(const char *id, size_t n)
+{
+    if (n == 0 || n >= SBX_RUN_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static enum MHD_Result method_not_allowed(struct MHD_Connection *c, const char *allow)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result ret;
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    ret = MHD_queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result route(sbx_server *s, req *q, struct MHD_Connection *c, const char *url,
+                             const char *method)
+{
+    int get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
+    int post = !strcmp(method, MHD_HTTP_METHOD_POST);
+    char id[SBX_RUN_ID_MAX];
+    const char *p, *slash;
+    size_t n;
+
+    if (!strcmp(url, "/health"))
+        return get ? h_health(s, c) : method_not_allowed(c, "GET, HEAD");
+    if (!strcmp(url, "/wake"))
+        return post ? h_wake(s, q, c) : method_not_allowed(c, "POST");
+    if (!strncmp(url, "/runs/", 6) || !strncmp(url, "/preview/", 9)) {
+        int preview = url[1] == 'p';
+        p = url + (preview ? 9 : 6);
+        slash = strchr(p, '/');
+        n = slash ? (size_t)(slash - p) : strlen(p);
+        if (!run_id_ok(p, n))
+            return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_run", "no such run on this agent");
+        memcpy(id, p, n);
+        id[n] = '\0';
+        if (preview)
+            return get ? h_preview(s, c, id, slash ? slash : "") : method_not_allowed(c, "GET, HEAD");
+        if (!slash)
+            return get ? h_run(s, q, c, id) : method_not_allowed(c, "GET, HEAD");
+        if (!strcmp(slash, "/log"))
+            return get ? h_log(s, c, id) : method_not_allowed(c, "GET, HEAD");
+        if (!strcmp(slash, "/cancel"))
+            return post ? h_cancel(s, q, c, id) : method_not_allowed(c, "POST");
+    }
+    return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    sbx_server *s = cls;
+    req *q = *con_cls;
+    (void)version;
+
+    if (!q) {
+        q = calloc(1, sizeof(*q));
+        if (!q)
+            return MHD_NO;
+        q->s = s;
+        *con_cls = q;
+        if (!authorized(s, c)) {
+            /* Answered before any body is read; the key is not logged,
+             * only that one was missing or wrong. */
+            q->denied = 1;
+            sbx_info("http", "401 %s %s", method, url);
+            return reply_401(c);
+        }
+        return MHD_YES;
+    }
+    if (q->denied) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (q->too_big || q->len + n > WAKE_BODY_MAX) {
+            q->too_big = 1;
+            return MHD_YES;
+        }
+        if (q->len + n + 1 > q->cap) {
+            size_t cap = q->cap ? q->cap : 4096;
+            char *b;
+            while (cap < q->len + n + 1)
+                cap *= 2;
+            b = realloc(q->body, cap);
+            if (!b)
+                return MHD_NO;
+            q->body = b;
+            q->cap = cap;
+        }
+        memcpy(q->body + q->len, upload, n);
+        q->len += n;
+        q->body[q->len] = '\0';
+        return MHD_YES;
+    }
+    if (s->closing)
+        return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "draining", "agent is stopping");
+    sbx_debug("http", "%s %s", method, url);
+    return route(s, q, c, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    sbx_server *s = cls;
+    req *q = *con_cls;
+    (void)c;
+    (void)toe;
+    if (!q)
+        return;
+    waiter_unlink(s, &q->w);
+    free(q->body);
+    free(q);
+    *con_cls = NULL;
+}
+
+/* ---- setup ---- */
+
+static int listen_on(const sbx_server_config *cfg, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int fd, one = 1, rc;
+
+    memset(&ss, 0, sizeof(ss));
+    if (strchr(cfg->host, ':')) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)cfg->port);
+        inet_pton(AF_INET6, cfg->host, &a->sin6_addr);
+        len = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)cfg->port);
+        inet_pton(AF_INET, cfg->host, &a->sin_addr);
+        len = sizeof(*a);
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 128) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "listen on %s port %d: %s", cfg->host, cfg->port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+int sbx_server_new(sbx_loop *loop, sbx_runs *runs, const sbx_server_config *cfg,
+                   sbx_server **out, char *err, size_t errlen)
+{
+    sbx_server *s = calloc(1, sizeof(*s));
+    const union MHD_DaemonInfo *info;
+    int lfd = -1, rc = 0;
+
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->loop = loop;
+    s->runs = runs;
+    sbx_timer_init(&s->mhd_t, on_mhd_timer, s);
+    sbx_timer_init(&s->wait_t, on_wait_timer, s);
+    s->key = strdup(cfg->key);
+    s->keylen = strlen(cfg->key);
+    s->agent_id = strdup(cfg->agent_id);
+    s->base_url = strdup(cfg->base_url);
+    if (!s->key || !s->agent_id || !s->base_url) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    lfd = listen_on(cfg, err, errlen);
+    if (lfd < 0) {
+        rc = lfd;
+        goto out;
+    }
+    s->d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
+                            NULL, NULL, on_request, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONN_MAX,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONN_TIMEOUT_S,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_END);
+    if (!s->d) {
+        snprintf(err, errlen, "libmicrohttpd did not start on %s port %d", cfg->host, cfg->port);
+        rc = -EIO;
+        goto out;
+    }
+    lfd = -1; /* the daemon's now */
+    info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!info) {
+        snprintf(err, errlen, "libmicrohttpd has no epoll descriptor");
+        rc = -EIO;
+        goto out;
+    }
+    sbx_io_init(&s->io, info->epoll_fd, on_mhd_io, s);
+    if ((rc = sbx_io_set(loop, &s->io, SBX_READ)) != 0 ||
+        (rc = sbx_timer_start(loop, &s->mhd_t, 0)) != 0) {
+        snprintf(err, errlen, "loop: %s", strerror(-rc));
+        goto out;
+    }
+    *out = s;
+    s = NULL;
+out:
+    if (lfd >= 0)
+        close(lfd);
+    if (s)
+        sbx_server_free(s);
+    return rc;
+}
+
+void sbx_server_free(sbx_server *s)
+{
+    if (!s)
+        return;
+    s->closing = 1;
+    if (s->d) {
+        /* MHD must not be stopped with suspended connections: resume them
+         * all; their handlers answer 503 or end their streams. */
+        while (s->waiters)
+            waiter_resume(s, s->waiters);
+        MHD_run(s->d);
+        MHD_run(s->d);
+        sbx_io_stop(&s->io);
+        MHD_stop_daemon(s->d);
+    }
+    sbx_timer_stop(s->loop, &s->mhd_t);
+    sbx_timer_stop(s->loop, &s->wait_t);
+    free(s->key);
+    free(s->agent_id);
+    free(s->base_url);
+    free(s);
+}

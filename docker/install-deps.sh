@@ -1,0 +1,135 @@
+#!/bin/sh
+# install-deps.sh — make a Debian 12 machine able to build and test sbx.
+#
+# `make` runs this once through its deps stamp, and so do CI and the
+# Dockerfile. It looks first and installs only what is missing, so on a
+# machine that has everything it costs a few pkg-config and `command -v`
+# checks and never touches apt. Each check names the Debian package that
+# satisfies it; everything missing goes into one `apt-get install`.
+#
+# SBX_DEPS=build limits the set to what compiling needs (the Dockerfile's
+# build stage); the default, SBX_DEPS=all, adds the real services and tools
+# the test suite runs: PostgreSQL 15, Redis, Kafka (through Java and Maven),
+# bubblewrap, Podman, kcat, valgrind, clang, pytest and psycopg.
+#
+# Java, Node.js and npm are checked by command only: a machine may carry them
+# from elsewhere (a vendor JDK, NodeSource's nodejs with its own npm), and
+# Debian's packages would conflict with or duplicate those.
+set -eu
+
+mode=${SBX_DEPS:-all}
+case $mode in
+    all|build) ;;
+    *) echo "install-deps: SBX_DEPS must be 'all' or 'build', not '$mode'" >&2; exit 2 ;;
+esac
+
+missing=""       # Debian packages to install
+pip_missing=""   # Python modules for a python3 that is not Debian's
+need() { case " $missing " in *" $1 "*) ;; *) missing="$missing $1" ;; esac; }
+have() { command -v "$1" >/dev/null 2>&1; }
+pc() { have pkg-config && pkg-config --exists "$1"; }
+
+# --- building -------------------------------------------------------------
+have cc && have make || need build-essential
+have pkg-config || need pkg-config
+pc rdkafka  || need librdkafka-dev
+pc hiredis  || need libhiredis-dev
+pc libpq    || need libpq-dev
+pc libcurl  || need libcurl4-openssl-dev
+pc json-c   || need libjson-c-dev
+pc cmocka   || need libcmocka-dev
+pc libmicrohttpd || need libmicrohttpd-dev
+
+if [ "$mode" = all ]; then
+    # --- services the tests start -----------------------------------------
+    # tests/services/sbxsvc.py runs PostgreSQL 15's own binaries as user
+    # postgres, which the server package creates.
+    [ -x /usr/lib/postgresql/15/bin/postgres ] && [ -x /usr/lib/postgresql/15/bin/initdb ] \
+        && id postgres >/dev/null 2>&1 || need postgresql
+    have psql || need postgresql-client
+    have redis-server || need redis-server
+    have redis-cli || need redis-tools
+    have java || need openjdk-17-jre-headless
+    have mvn || need maven
+
+    # --- providers --------------------------------------------------------
+    have bwrap || need bubblewrap
+    have podman || need podman
+    have runc || need runc
+    have newuidmap || need uidmap
+
+    # --- test tools -------------------------------------------------------
+    have node || need nodejs
+    have npm || need npm
+    have kcat || need kcat
+    have valgrind || need valgrind
+    have clang || need clang
+    have ps || need procps
+
+    # pytest and psycopg belong to whichever python3 runs the tests. For
+    # Debian's own interpreter they come from apt (pip is refused there,
+    # PEP 668); any other python3 (pyenv, a venv) gets them from pip.
+    if ! have python3; then
+        need python3; need python3-pytest; need python3-psycopg
+    else
+        # One interpreter start (a pyenv shim costs ~0.1 s): its prefix, then
+        # the modules it lacks.
+        py=$(python3 -c '
+import importlib.util as u, sys
+print(sys.prefix, *[m for m in ("pytest", "psycopg") if u.find_spec(m) is None])' 2>/dev/null) || py="? pytest psycopg"
+        set -- $py
+        prefix=$1; shift
+        for mod in "$@"; do
+            if [ "$prefix" = /usr ]; then need "python3-$mod"; else pip_missing="$pip_missing $mod"; fi
+        done
+    fi
+fi
+
+if [ -z "$missing" ] && [ -z "$pip_missing" ]; then
+    exit 0
+fi
+
+# --- install ----------------------------------------------------------------
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ] || ! have apt-get || [ ! -r /etc/debian_version ]; then
+        echo "install-deps: sbx needs these Debian 12 packages (or your system's equivalents):" >&2
+        echo "   $missing" >&2
+        [ -n "$pip_missing" ] && echo "   and for python3: pip install$pip_missing" >&2
+        echo "install-deps: run 'sudo sh docker/install-deps.sh' on Debian, or install them yourself and re-run make." >&2
+        exit 1
+    fi
+    echo "install-deps: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # Quiet on success, the whole log on failure: CI shows why, not apt's chatter.
+    log=$(mktemp)
+    if ! { apt-get -o DPkg::Lock::Timeout=300 update -q && apt-get -o DPkg::Lock::Timeout=300 install -y -q$missing; } </dev/null >"$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        rm -f "$log"
+        echo "install-deps: apt-get failed installing:$missing" >&2
+        exit 1
+    fi
+    rm -f "$log"
+fi
+
+if [ -n "$pip_missing" ]; then
+    echo "install-deps: pip installing$pip_missing for $(command -v python3)" >&2
+    if ! PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check$pip_missing </dev/null; then
+        echo "install-deps: 'python3 -m pip install$pip_missing' failed" >&2
+        exit 1
+    fi
+fi
+
+# --- check again: a package that installed but did not provide the thing ---
+still=""
+for m in rdkafka hiredis libpq libcurl json-c cmocka libmicrohttpd; do pc "$m" || still="$still pkg-config:$m"; done
+if [ "$mode" = all ]; then
+    for c in cc make psql redis-server java mvn bwrap podman runc newuidmap node npm kcat valgrind clang python3; do
+        have "$c" || still="$still $c"
+    done
+    for mod in pytest psycopg; do python3 -c "import $mod" >/dev/null 2>&1 || still="$still python3:$mod"; done
+fi
+if [ -n "$still" ]; then
+    echo "install-deps: still missing after install:$still" >&2
+    exit 1
+fi
+echo "install-deps: done" >&2
