@@ -24,6 +24,9 @@
  * may take before the worker exits anyway. */
 #define HANDBACK_MAX_MS 10000
 
+/* How often provider-side orphans are looked for (also once at start). */
+#define SWEEP_PERIOD_MS 60000
+
 /* Extra librdkafka settings from SBX_KAFKA_CONF, split on commas. */
 #define KAFKA_EXTRA_MAX 32
 
@@ -79,7 +82,7 @@ static void log_stats(sbx_worker *w, const char *why)
 static void cron(sbx_timer *t)
 {
     sbx_worker *w = t->data;
-    static uint64_t last_stats, last_register;
+    static uint64_t last_stats, last_register, last_sweep;
     uint64_t now = sbx_now_ms();
 
     if (now - last_stats >= 30000) {
@@ -89,6 +92,10 @@ static void cron(sbx_timer *t)
     if (now - last_register >= 60000) {
         last_register = now;
         register_pool(w);
+    }
+    if (!w->stopping && (last_sweep == 0 || now - last_sweep >= SWEEP_PERIOD_MS)) {
+        last_sweep = now;
+        sbx__provider_sweep(w);
     }
     if (w->stopping) {
         if (sbx__jobs_count(w) == 0) {

@@ -10,6 +10,7 @@
 #include "provider_docker.h"
 #include "provider_fly.h"
 #include "provider_vmpool.h"
+#include "log.h"
 #include "worker.h"
 
 /* SBX_DOCKER_HOSTS entries; a worker drives a handful of engines. */
@@ -107,6 +108,26 @@ static int make_vmpool(sbx_worker *w, char *err, size_t errlen)
     vc.redis_url = w->cfg.redis_url;
     vc.service_key = key;
     return sbx_vmpool_new(w->loop, &vc, &w->prov, err, errlen);
+}
+
+static void on_fly_swept(void *arg, int destroyed, int failed, const char *err)
+{
+    (void)arg;
+    if (destroyed || failed || (err && *err))
+        sbx_info("fly", "sweep: %d orphaned machines destroyed, %d failed%s%s", destroyed, failed,
+                 err && *err ? ": " : "", err ? err : "");
+}
+
+void sbx__provider_sweep(sbx_worker *w)
+{
+    /* Orphans: sandboxes labelled with this worker's id that no run of ours
+     * watches (a crashed predecessor with the same SBX_WORKER_ID). The local
+     * provider kills leftovers of a slot's uid before every build instead;
+     * vmpool agents refuse stale tokens and stop older builds themselves. */
+    if (strcmp(w->cfg.provider, "docker") == 0)
+        sbx_docker_sweep(w->prov, NULL, NULL);
+    else if (strcmp(w->cfg.provider, "fly") == 0)
+        sbx_fly_sweep(w->prov, NULL, on_fly_swept, w);
 }
 
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen)

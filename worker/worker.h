@@ -61,5 +61,7 @@ size_t sbx__jobs_count(const sbx_worker *w);
 
 /* Builds w->prov from w->cfg (providers.c). */
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen);
+/* Removes sandboxes orphaned by a crashed predecessor (docker, fly). */
+void sbx__provider_sweep(sbx_worker *w);
 
 #endif
