@@ -127,6 +127,50 @@ BEGIN
     RETURN true;
 END $$;
 
+-- reject_run: per-project policy "reject": a job that arrives while its
+-- project has a build running ends canceled, unclaimed, with the reason.
+CREATE FUNCTION sbx.reject_run(p_job text, p_worker text, p_detail text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    old text;
+BEGIN
+    SELECT r.status INTO old FROM sbx.runs r
+     WHERE r.job_id = p_job AND r.status IN ('queued', 'waiting_capacity') FOR UPDATE;
+    IF NOT FOUND THEN RETURN false; END IF;
+    UPDATE sbx.runs SET status = 'canceled', finished_at = now(), updated_at = now(),
+           error = p_detail
+     WHERE job_id = p_job;
+    INSERT INTO sbx.run_events (job_id, from_status, to_status, worker_id, detail)
+    VALUES (p_job, old, 'canceled', p_worker, p_detail);
+    RETURN true;
+END $$;
+
+-- supersede_older: per-project policy "supersede" (a new prompt makes the
+-- running build moot): asks every unfinished, older run of the job's project
+-- to cancel, and NOTIFYs sbx_cancel for each so the worker holding it acts.
+-- Returns how many it asked.
+CREATE FUNCTION sbx.supersede_older(p_job text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    me sbx.runs%ROWTYPE;
+    victim text;
+    n integer := 0;
+BEGIN
+    SELECT * INTO me FROM sbx.runs WHERE job_id = p_job;
+    IF NOT FOUND THEN RETURN 0; END IF;
+    FOR victim IN
+        UPDATE sbx.runs r SET cancel_requested = true, updated_at = now()
+         WHERE r.project_id = me.project_id AND r.job_id <> p_job
+           AND NOT sbx.is_terminal(r.status) AND NOT r.cancel_requested
+           AND r.created_at < me.created_at
+        RETURNING r.job_id
+    LOOP
+        PERFORM pg_notify('sbx_cancel', victim);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
 -- claim_run: store a newer fencing token and move to provisioning.
 -- result: 'claimed' | 'terminal' (already finished: skip) | 'stale' (a newer
 -- token owns the row) | 'busy' (another build of the project is active).

@@ -5,7 +5,7 @@
 UNIT_LIBS := -lcmocka
 PYTEST    ?= python3 -m pytest
 
--include tests/unit/*.mk tests/fuzz/*.mk tests/bench/*.mk
+-include tests/unit/*.mk tests/fuzz/*.mk tests/bench/*.mk tests/chaos/*.mk
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(WORKER_LIB_OBJS) $(LIBSBX)
 	@mkdir -p $(dir $@)

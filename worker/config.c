@@ -43,6 +43,7 @@ static const opt opts[] = {
     {"SBX_RETRY_BASE_MS", "retry-base-ms", "200", "first retry delay; doubles, with jitter, up to 30 s", INT, I(retry_base_ms), 1, 60000, 0},
     {"SBX_KAFKA_SESSION_TIMEOUT_MS", "kafka-session-timeout-ms", "10000", "how soon a dead worker's partitions move", INT, I(session_timeout_ms), 1000, 3600000, 0},
     {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0},
+    {"SBX_PROJECT_POLICY", "project-policy", "queue", "when a project already has a build running: queue (wait), reject (end the new job canceled) or supersede (cancel the older builds)", STR, S(project_policy), 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0},
     {"SBX_KAFKA_CONF", "kafka-conf", "", "extra librdkafka settings, k=v[,k=v]", STR, S(kafka_conf), 0, 0, 0},
     {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=unix:///sock@capacity or name=tcp://host:port@capacity, comma-separated", STR, S(docker_hosts), 0, 0, 0},
@@ -179,6 +180,12 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
         strcmp(cfg->provider, "vmpool") != 0) {
         fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",
                 cfg->provider);
+        bad = 1;
+    }
+    if (strcmp(cfg->project_policy, "queue") != 0 && strcmp(cfg->project_policy, "reject") != 0 &&
+        strcmp(cfg->project_policy, "supersede") != 0) {
+        fprintf(err, "sbx-worker: SBX_PROJECT_POLICY=%s is not known: use queue, reject or "
+                     "supersede\n", cfg->project_policy);
         bad = 1;
     }
     if (strcmp(cfg->provider, "docker") == 0 && !*cfg->docker_hosts) {

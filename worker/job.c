@@ -68,7 +68,8 @@ struct job {
     jstate st;
     char id[SBX_ID_MAX + 1];
     sbx_job *spec;
-    char *raw;                  /* the message, until recorded */
+    char *raw;                  /* the message: recorded, and dead-lettered if need be */
+    size_t rawlen;
     sbx_offset_ref *refs;       /* every delivery of this job we hold */
     int nrefs, caprefs;
     int attempt;                /* as counted by PostgreSQL */
@@ -298,6 +299,15 @@ static int is_terminal(const char *s)
     return 0;
 }
 
+static void on_fire_and_forget(void *arg, PGresult *res, const char *err)
+{
+    job *j = arg;
+    (void)res;
+    j->ops--;
+    if (err)
+        sbx_warn("job", "%s: %s", j->id, err);
+}
+
 static void on_cancel_unclaimed(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
@@ -342,8 +352,6 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
         return;
     }
     j->backoff = 0;
-    free(j->raw);
-    j->raw = NULL;
     j->attempt = atoi(PQgetvalue(res, 0, 1));
     j->row_token = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     if (is_terminal(PQgetvalue(res, 0, 0))) {
@@ -356,6 +364,12 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
     if (strcmp(PQgetvalue(res, 0, 3), "t") == 0) {
         cancel_unclaimed(j);
         return;
+    }
+    if (strcmp(j->w->cfg.project_policy, "supersede") == 0) {
+        const char *p[1] = {j->id};
+        if (sbx_db_query(j->w->db, "SELECT sbx.supersede_older($1)", 1, p, on_fire_and_forget,
+                         j) == 0)
+            j->ops++;
     }
     transition(j, J_LEASING);
     step(j);
@@ -383,15 +397,6 @@ static void record(job *j)
     j->ops++;
 }
 
-static void on_fire_and_forget(void *arg, PGresult *res, const char *err)
-{
-    job *j = arg;
-    (void)res;
-    j->ops--;
-    if (err)
-        sbx_warn("job", "%s: %s", j->id, err);
-}
-
 static void mark_waiting(job *j, const char *why)
 {
     const char *p[3] = {j->id, j->w->cfg.worker_id, why};
@@ -405,6 +410,7 @@ static void mark_waiting(job *j, const char *why)
 /* ---- leases ---- */
 
 static void release(job *j, after_release after);
+static void reject(job *j, const char *busy_slot);
 
 static void on_acquired(void *arg, const sbx_lease_reply *rep)
 {
@@ -440,6 +446,11 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         step(j);
         return;
     case SBX_LEASE_BUSY:
+        if (strcmp(w->cfg.project_policy, "reject") == 0) {
+            reject(j, rep->slot);
+            return;
+        }
+        /* fall through */
     case SBX_LEASE_NOCAP:
         w->stats.lease_waits++;
         mark_waiting(j, rep->status == SBX_LEASE_BUSY ? "project busy" : "no capacity");
@@ -466,6 +477,42 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     transition(j, J_WAITING);
     wait_list(j);
     sbx_timer_start(w->loop, &j->timer, jitter(d) + 10);
+}
+
+static void on_rejected(void *arg, PGresult *res, const char *err)
+{
+    job *j = arg;
+    j->ops--;
+    if (j->st == J_DONE)
+        return;
+    if (res && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        sbx_info("job", "%s rejected: project %s is busy (policy reject)", j->id,
+                 j->spec->project_id);
+        j->w->stats.canceled++;
+        finish(j);
+        return;
+    }
+    if (err)
+        sbx_warn("job", "%s reject: %s", j->id, err);
+    transition(j, J_LEASING);
+    step(j);
+}
+
+/* Policy "reject": the project has a build running; end this job. */
+static void reject(job *j, const char *busy_slot)
+{
+    char detail[300];
+    const char *p[3];
+    snprintf(detail, sizeof(detail), "rejected: project %s has a build running on %s "
+             "(SBX_PROJECT_POLICY=reject)", j->spec->project_id, busy_slot);
+    p[0] = j->id;
+    p[1] = j->w->cfg.worker_id;
+    p[2] = detail;
+    transition(j, J_RECORDING); /* a write in flight; no timer acts on it */
+    if (sbx_db_query(j->w->db, "SELECT sbx.reject_run($1,$2,$3)", 3, p, on_rejected, j) == 0)
+        j->ops++;
+    else
+        retry_later(j, "database queue full");
 }
 
 static void acquire(job *j)
@@ -779,6 +826,28 @@ static void on_requeued(void *arg, PGresult *res, const char *err)
         release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
 }
 
+static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason,
+                        const char *detail, int attempts, int mark_done);
+
+/* The provider failed on every attempt: the original message goes to the
+ * dead-letter topic with the last error, and the run ends dead_lettered. */
+static void retries_exhausted(job *j, const char *error)
+{
+    sbx_kafka_msg m;
+    char detail[320];
+    memset(&m, 0, sizeof(m));
+    m.topic = j->w->cfg.topic;
+    m.partition = j->refs[0].partition;
+    m.offset = j->refs[0].offset;
+    m.ref = j->refs[0];
+    m.key = j->spec->project_id;
+    m.key_len = strlen(j->spec->project_id);
+    m.payload = j->raw;
+    m.len = j->rawlen;
+    snprintf(detail, sizeof(detail), "provider failed %d times; last: %s", j->attempt, error);
+    dead_letter(j->w, &m, "retries_exhausted", detail, j->attempt, 0);
+}
+
 /* A claimed run goes back to queued (fenced) and its lease is released:
  * after a provider error (to retry) or at shutdown (to hand back). */
 static void requeue(job *j, const char *why)
@@ -841,7 +910,8 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
             requeue(j, res->error);
             return;
         }
-        j->status = "failed";
+        retries_exhausted(j, res->error);
+        j->status = "dead_lettered";
         break;
     }
     write_terminal(j);
@@ -877,7 +947,11 @@ static void on_timer(sbx_timer *t)
 
 /* ---- intake ---- */
 
-static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, sbx_reject why, const char *detail)
+/* Publishes the dead-letter envelope (schemas/dlq.v1.schema.json) of m.
+ * With mark_done the message's offset is done once the broker has it; else
+ * the caller finishes it (a run that also ends with a terminal row). */
+static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason,
+                        const char *detail, int attempts, int mark_done)
 {
     char jid[SBX_ID_MAX + 1], pid[SBX_ID_MAX + 1], ts[32];
     json_object *o = json_object_new_object();
@@ -890,7 +964,7 @@ static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, sbx_reject why, c
     gmtime_r(&now, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
     json_object_object_add(o, "v", json_object_new_int(1));
-    json_object_object_add(o, "reason", json_object_new_string(sbx_reject_name(why)));
+    json_object_object_add(o, "reason", json_object_new_string(reason));
     json_object_object_add(o, "detail", json_object_new_string(detail));
     json_object_object_add(o, "job_id", jid[0] ? json_object_new_string(jid) : NULL);
     json_object_object_add(o, "project_id", pid[0] ? json_object_new_string(pid) : NULL);
@@ -901,7 +975,7 @@ static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, sbx_reject why, c
                                          ? json_object_new_string_len(m->key, (int)m->key_len)
                                          : NULL);
     json_object_object_add(o, "worker_id", json_object_new_string(w->cfg.worker_id));
-    json_object_object_add(o, "attempts", json_object_new_int(0));
+    json_object_object_add(o, "attempts", json_object_new_int(attempts));
     json_object_object_add(o, "dead_lettered_at", json_object_new_string(ts));
     json_object_object_add(o, "payload", sbx__utf8_valid(m->payload, m->len) &&
                                                  memchr(m->payload, 0, m->len) == NULL
@@ -910,9 +984,10 @@ static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, sbx_reject why, c
     json_object_object_add(o, "payload_base64", json_object_new_string(b64 ? b64 : ""));
     json = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     sbx_warn("job", "p%d@%" PRId64 " dead-lettered: %s: %s", (int)m->partition, m->offset,
-             sbx_reject_name(why), detail);
+             reason, detail);
     w->stats.dead_lettered++;
-    if (sbx_kafka_dead_letter(w->kafka, m->key, m->key_len, json, strlen(json), &m->ref) != 0)
+    if (sbx_kafka_dead_letter(w->kafka, m->key, m->key_len, json, strlen(json),
+                              mark_done ? &m->ref : NULL) != 0)
         sbx_error("job", "p%d@%" PRId64 " stays unfinished: dead-letter publish failed",
                   (int)m->partition, m->offset);
     json_object_put(o);
@@ -931,7 +1006,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     case SBX_OK:
         break;
     case SBX_EINVAL:
-        dead_letter(w, m, why, err);
+        dead_letter(w, m, sbx_reject_name(why), err, 0, 1);
         return;
     default:
         /* Out of memory is ours, not the message's: leave the offset
@@ -976,6 +1051,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     snprintf(j->id, sizeof(j->id), "%s", spec->job_id);
     memcpy(j->raw, m->payload, m->len);
     j->raw[m->len] = '\0';
+    j->rawlen = m->len;
     j->caprefs = 2;
     j->refs[j->nrefs++] = m->ref;
     sbx_timer_init(&j->timer, on_timer, j);

@@ -321,3 +321,38 @@ def test_sigterm_hands_back_after_grace(run_sbx, pg, start_worker, topics, workd
     print("handed back; running again %.1f s after the new worker started"
           % (time.monotonic() - t0))
     run_sbx("cancel", j["job_id"])
+
+
+def test_policy_reject(run_sbx, pg, start_worker, topics, workdir):
+    """SBX_PROJECT_POLICY=reject: a job for a project with a build running
+    ends canceled with the reason; the running build is untouched."""
+    a = job("p-rej", "sleep 2; echo first")
+    b = job("p-rej", "echo second")
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_PROJECT_POLICY="reject", **topics)
+    enqueue(run_sbx, topics, [a])
+    wait_until(lambda: statuses(pg, [a["job_id"]]).get(a["job_id"]) == "running", 30, "running")
+    enqueue(run_sbx, topics, [b])
+    st = wait_terminal(pg, [a["job_id"], b["job_id"]], 60, [w])
+    assert st == {a["job_id"]: "succeeded", b["job_id"]: "canceled"}
+    err = pg.scalar("SELECT error FROM sbx.runs WHERE job_id = %s", b["job_id"])
+    assert "rejected" in err and "p-rej" in err
+    assert "running" not in history(pg, b["job_id"])
+
+
+def test_policy_supersede(run_sbx, pg, start_worker, topics, workdir):
+    """SBX_PROJECT_POLICY=supersede (a new prompt arrives): the running build
+    and the older waiting one are canceled; the newest runs."""
+    marker = str(34000 + os.getpid() % 1000)
+    a = job("p-sup", "sleep %s" % marker)
+    b = job("p-sup", "echo middle")
+    c = job("p-sup", "echo newest")
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_PROJECT_POLICY="supersede", **topics)
+    enqueue(run_sbx, topics, [a])
+    wait_until(lambda: statuses(pg, [a["job_id"]]).get(a["job_id"]) == "running", 30, "running")
+    t0 = time.monotonic()
+    enqueue(run_sbx, topics, [b, c])
+    st = wait_terminal(pg, [a["job_id"], b["job_id"], c["job_id"]], 60, [w])
+    assert st == {a["job_id"]: "canceled", b["job_id"]: "canceled", c["job_id"]: "succeeded"}
+    assert "running" not in history(pg, b["job_id"])
+    assert subprocess.run(["pgrep", "-f", "sleep %s" % marker]).returncode != 0
+    print("superseded in %.2f s" % (time.monotonic() - t0))
