@@ -9,7 +9,7 @@
 BUILD    ?= build
 CC       ?= cc
 SANITIZE ?=
-PKGS     := rdkafka hiredis libpq libcurl json-c
+PKGS     := rdkafka hiredis libpq libcurl json-c libmicrohttpd
 
 WARN     := -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-format-nonliteral
 CFLAGS   ?= -O2 -g

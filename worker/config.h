@@ -32,6 +32,7 @@ typedef struct sbx_config {
     int shutdown_grace_ms;
     char log_level[16];
     char project_policy[16];    /* queue | reject | supersede */
+    char admin_listen[64];      /* "" = no admin endpoint */
     char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
     char docker_hosts[2048];/* name=endpoint@capacity[,...] */
     char docker_image[512];

@@ -24,6 +24,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <json-c/json.h>
+
 #include "log.h"
 
 /* Messages handled per loop iteration before yielding to other sockets. */
@@ -31,6 +33,9 @@
 /* The queue of messages fetched ahead: small, since intake is paused by
  * back-pressure anyway, and a pause purges what was prefetched. */
 #define QUEUED_MAX_KB "4096"
+
+/* Partitions whose lag is kept (the job topic has tens). */
+#define SBX_KAFKA_LAG_MAX 1024
 
 typedef struct dlq_op {
     sbx_offset_ref ref;
@@ -54,6 +59,9 @@ struct sbx_kafka {
     int paused;     /* by back-pressure */
     int held;       /* by shutdown */
     int closing;
+    int up;         /* -1 unknown yet, 0 no broker reachable, 1 reachable */
+    sbx_kafka_lag lag[SBX_KAFKA_LAG_MAX];
+    int nlag;
 };
 
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
@@ -76,9 +84,65 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
+    sbx_kafka *k = opaque;
     (void)rk;
-    (void)opaque;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && k)
+        k->up = 0;
     sbx_warn("kafka", "%s: %s", rd_kafka_err2name(err), reason);
+}
+
+/* librdkafka's statistics JSON: broker states and per-partition consumer
+ * lag. Runs on our thread (from a poll). */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    sbx_kafka *k = opaque;
+    json_object *root = json_tokener_parse(json), *brokers, *topics, *t, *parts;
+    int up = 0;
+    (void)rk;
+    (void)len;
+    if (!root)
+        return 0;
+    if (json_object_object_get_ex(root, "brokers", &brokers)) {
+        json_object_object_foreach(brokers, name, b) {
+            json_object *st, *id;
+            (void)name;
+            if (json_object_object_get_ex(b, "nodeid", &id) && json_object_get_int(id) >= 0 &&
+                json_object_object_get_ex(b, "state", &st) &&
+                strcmp(json_object_get_string(st), "UP") == 0)
+                up = 1;
+        }
+        k->up = up;
+    }
+    k->nlag = 0;
+    if (json_object_object_get_ex(root, "topics", &topics) &&
+        json_object_object_get_ex(topics, k->topic, &t) &&
+        json_object_object_get_ex(t, "partitions", &parts)) {
+        json_object_object_foreach(parts, pid, p) {
+            json_object *lag;
+            int id = atoi(pid);
+            if (id < 0 || k->nlag == SBX_KAFKA_LAG_MAX || !sbx_offsets_assigned(k->offsets, id))
+                continue;
+            if (json_object_object_get_ex(p, "consumer_lag", &lag)) {
+                k->lag[k->nlag].partition = id;
+                k->lag[k->nlag].lag = json_object_get_int64(lag) < 0 ? 0 : json_object_get_int64(lag);
+                k->nlag++;
+            }
+        }
+    }
+    json_object_put(root);
+    return 0;
+}
+
+int sbx_kafka_up(const sbx_kafka *k)
+{
+    return k->up == 1 || (k->up == -1 && k->assigned && k->assigned->cnt > 0);
+}
+
+int sbx_kafka_lag_get(const sbx_kafka *k, sbx_kafka_lag *out, int max)
+{
+    int n = k->nlag < max ? k->nlag : max;
+    memcpy(out, k->lag, (size_t)n * sizeof(*out));
+    return n;
 }
 
 /* ---- partitions and back-pressure ---- */
@@ -321,6 +385,7 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
     k->cb = cb;
     k->arg = arg;
     k->max_inflight = cfg->max_inflight;
+    k->up = -1;
     k->offsets = sbx_offsets_new();
     k->topic = strdup(cfg->topic);
     k->dlq_topic = strdup(cfg->dlq_topic);
@@ -345,6 +410,7 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
         conf_set(cc, "partition.assignment.strategy", "range", err, errlen) ||
         conf_set(cc, "session.timeout.ms", num, err, errlen) ||
         conf_set(cc, "queued.max.messages.kbytes", QUEUED_MAX_KB, err, errlen) ||
+        conf_set(cc, "statistics.interval.ms", "5000", err, errlen) ||
         conf_set(pc, "bootstrap.servers", cfg->brokers, err, errlen) ||
         conf_set(pc, "client.id", cfg->client_id, err, errlen) ||
         conf_set(pc, "enable.idempotence", "true", err, errlen) ||
@@ -368,6 +434,7 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
     rd_kafka_conf_set_error_cb(cc, on_error);
     rd_kafka_conf_set_error_cb(pc, on_error);
     rd_kafka_conf_set_rebalance_cb(cc, on_rebalance);
+    rd_kafka_conf_set_stats_cb(cc, on_stats);
     rd_kafka_conf_set_opaque(cc, k);
     rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
 

@@ -50,6 +50,15 @@ int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const c
 /* Stop / start taking new messages (shutdown). */
 void sbx_kafka_hold(sbx_kafka *k, int hold);
 size_t sbx_kafka_pending(const sbx_kafka *k);
+/* Whether a broker is reachable: from librdkafka's statistics (every
+ * statistics.interval.ms, 5 s by default) and its all-brokers-down error. */
+int sbx_kafka_up(const sbx_kafka *k);
+typedef struct sbx_kafka_lag {
+    int32_t partition;
+    int64_t lag;
+} sbx_kafka_lag;
+/* Consumer lag per assigned partition, as of the last statistics. */
+int sbx_kafka_lag_get(const sbx_kafka *k, sbx_kafka_lag *out, int max);
 int sbx_kafka_assigned_count(const sbx_kafka *k);
 
 #endif

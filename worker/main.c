@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "log.h"
 #include "worker.h"
 
@@ -147,6 +148,7 @@ int main(int argc, char **argv)
     int nextra = 0, rc, check_only = 0, sfd = -1;
     sbx_io sig_io;
     sbx_timer cron_t;
+    sbx_admin *admin = NULL;
     sigset_t mask;
 
     memset(&w, 0, sizeof(w));
@@ -221,6 +223,13 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (w.cfg.admin_listen[0]) {
+        rc = sbx_admin_new(&w, w.cfg.admin_listen, &admin, err, sizeof(err));
+        if (rc) {
+            fprintf(stderr, "sbx-worker: %s\n", err);
+            return 2;
+        }
+    }
     sbx_io_init(&sig_io, sfd, on_signal, &w);
     sbx_io_set(w.loop, &sig_io, SBX_READ);
     sbx_timer_init(&cron_t, cron, &w);
@@ -231,6 +240,7 @@ int main(int argc, char **argv)
     rc = sbx_loop_run(w.loop);
 
     log_stats(&w, "exit");
+    sbx_admin_free(admin);
     sbx_timer_stop(w.loop, &cron_t);
     sbx_io_stop(&sig_io);
     w.prov->ops->destroy(w.prov);

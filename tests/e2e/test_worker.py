@@ -356,3 +356,46 @@ def test_policy_supersede(run_sbx, pg, start_worker, topics, workdir):
     assert "running" not in history(pg, b["job_id"])
     assert subprocess.run(["pgrep", "-f", "sleep %s" % marker]).returncode != 0
     print("superseded in %.2f s" % (time.monotonic() - t0))
+
+
+def _get(url):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_readiness_reports_outage_and_metrics(run_sbx, pg, start_worker, services_ctl, topics,
+                                              workdir):
+    """/readyz turns 503 naming Redis while Redis is down and 200 again when
+    it is back; a build started before the outage still succeeds; /metrics
+    carries the counters and the consumer lag."""
+    port = sbxsvc._free_port(set())
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_ADMIN_LISTEN="127.0.0.1:%d" % port,
+                     SBX_KAFKA_CONF="statistics.interval.ms=500", **topics)
+    base = "http://127.0.0.1:%d" % port
+    w.wait_log(r"serving /healthz", 20)
+    wait_until(lambda: _get(base + "/readyz")[0] == 200, 30, "ready")
+    assert _get(base + "/healthz") == (200, "ok\n")
+    j = job("p-ready", "sleep 1; echo survived")
+    enqueue(run_sbx, topics, [j])
+    wait_until(lambda: statuses(pg, [j["job_id"]]).get(j["job_id"]) == "running", 30, "running")
+    services_ctl.down("redis", hard=True)
+    try:
+        wait_until(lambda: _get(base + "/readyz")[0] == 503, 15, "not ready")
+        code, body = _get(base + "/readyz")
+        assert json.loads(body)["redis"] == "down" and json.loads(body)["postgres"] == "up"
+    finally:
+        services_ctl.up("redis")
+    wait_until(lambda: _get(base + "/readyz")[0] == 200, 30, "ready again")
+    st = wait_terminal(pg, [j["job_id"]], 60, [w])
+    assert st[j["job_id"]] == "succeeded"
+    code, text = _get(base + "/metrics")
+    assert code == 200
+    assert re.search(r'^sbx_jobs_finished_total\{status="succeeded"\} 1$', text, re.M), text
+    assert re.search(r'^sbx_up\{dep="redis"\} 1$', text, re.M)
+    assert re.search(r'^sbx_kafka_consumer_lag\{topic="%s",partition="\d+"\} 0$'
+                     % re.escape(topics["SBX_TOPIC"]), text, re.M), text

@@ -1,0 +1,237 @@
+/* admin.c — see admin.h. libmicrohttpd runs without threads (MHD_USE_EPOLL):
+ * its epoll descriptor sits in the sbx loop like any socket and its timeout
+ * drives one timer, as in agent/server.c. Answers are small and built in one
+ * bounded buffer per request. */
+#include "admin.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "worker.h"
+
+/* /metrics with a few dozen series fits easily; partitions' lag lines are
+ * capped at ADMIN_LAG_LINES_MAX so the page stays bounded. */
+#define ADMIN_PAGE_MAX 16384
+#define ADMIN_LAG_LINES_MAX 256
+#define MHD_RUN_MAX_MS 1000
+
+struct sbx_admin {
+    sbx_worker *w;
+    struct MHD_Daemon *d;
+    sbx_io io;
+    sbx_timer t;
+};
+
+typedef struct page {
+    char buf[ADMIN_PAGE_MAX];
+    size_t len;
+} page;
+
+static void put(page *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(page *p, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (p->len >= sizeof(p->buf))
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(p->buf + p->len, sizeof(p->buf) - p->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        p->len += (size_t)n < sizeof(p->buf) - p->len ? (size_t)n : sizeof(p->buf) - p->len - 1;
+}
+
+static void metric(page *p, const char *name, const char *type, const char *help, uint64_t v)
+{
+    put(p, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
+}
+
+static void metrics(sbx_worker *w, page *p)
+{
+    const sbx_stats *s = &w->stats;
+    sbx_kafka_lag lag[ADMIN_LAG_LINES_MAX];
+    int nlag = sbx_kafka_lag_get(w->kafka, lag, ADMIN_LAG_LINES_MAX);
+
+    metric(p, "sbx_jobs_received_total", "counter", "job messages consumed", s->received);
+    put(p, "# HELP sbx_jobs_finished_total runs this worker ended, by status\n"
+           "# TYPE sbx_jobs_finished_total counter\n");
+    put(p, "sbx_jobs_finished_total{status=\"succeeded\"} %" PRIu64 "\n", s->succeeded);
+    put(p, "sbx_jobs_finished_total{status=\"failed\"} %" PRIu64 "\n", s->failed);
+    put(p, "sbx_jobs_finished_total{status=\"timed_out\"} %" PRIu64 "\n", s->timed_out);
+    put(p, "sbx_jobs_finished_total{status=\"canceled\"} %" PRIu64 "\n", s->canceled);
+    metric(p, "sbx_dead_lettered_total", "counter", "messages sent to the dead-letter topic",
+           s->dead_lettered);
+    metric(p, "sbx_duplicates_total", "counter", "deliveries of jobs already known",
+           s->duplicates);
+    metric(p, "sbx_lease_waits_total", "counter", "acquires that found no slot or a busy project",
+           s->lease_waits);
+    metric(p, "sbx_fenced_out_total", "counter", "writes or runs refused for a stale token",
+           s->fenced_out);
+    metric(p, "sbx_retries_total", "counter", "transient errors retried", s->retries);
+    metric(p, "sbx_jobs_in_flight", "gauge", "jobs this worker holds", sbx__jobs_count(w));
+    metric(p, "sbx_offsets_pending", "gauge", "consumed offsets not yet finished",
+           sbx_kafka_pending(w->kafka));
+    metric(p, "sbx_db_queue", "gauge", "statements waiting or in flight", sbx_db_queued(w->db));
+    put(p, "# HELP sbx_up whether a dependency is reachable\n# TYPE sbx_up gauge\n");
+    put(p, "sbx_up{dep=\"kafka\"} %d\n", sbx_kafka_up(w->kafka));
+    put(p, "sbx_up{dep=\"redis\"} %d\n", sbx_redis_connected(w->redis));
+    put(p, "sbx_up{dep=\"postgres\"} %d\n", sbx_db_connected(w->db));
+    put(p, "# HELP sbx_kafka_consumer_lag messages behind the partition's end\n"
+           "# TYPE sbx_kafka_consumer_lag gauge\n");
+    for (int i = 0; i < nlag; i++)
+        put(p, "sbx_kafka_consumer_lag{topic=\"%s\",partition=\"%d\"} %" PRId64 "\n",
+            w->cfg.topic, (int)lag[i].partition, lag[i].lag);
+}
+
+static int ready(sbx_worker *w, page *p)
+{
+    int k = sbx_kafka_up(w->kafka), r = sbx_redis_connected(w->redis), d = sbx_db_connected(w->db);
+    int ok = k && r && d && !w->stopping;
+    put(p, "{\"ready\":%s,\"kafka\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\","
+           "\"stopping\":%s,\"jobs\":%zu,\"assigned_partitions\":%d}\n",
+        ok ? "true" : "false", k ? "up" : "down", r ? "up" : "down", d ? "up" : "down",
+        w->stopping ? "true" : "false", sbx__jobs_count(w), sbx_kafka_assigned_count(w->kafka));
+    return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    sbx_admin *a = cls;
+    page *p;
+    unsigned status = MHD_HTTP_OK;
+    const char *type = "text/plain; version=0.0.4";
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+    (void)version;
+    (void)upload_data;
+    (void)upload_size;
+    (void)con_cls;
+
+    if (strcmp(method, "GET") != 0)
+        status = MHD_HTTP_METHOD_NOT_ALLOWED;
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return MHD_NO;
+    if (status != MHD_HTTP_OK) {
+        put(p, "GET only\n");
+    } else if (strcmp(url, "/healthz") == 0) {
+        put(p, "ok\n");
+    } else if (strcmp(url, "/readyz") == 0) {
+        type = "application/json";
+        if (!ready(a->w, p))
+            status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    } else if (strcmp(url, "/metrics") == 0) {
+        metrics(a->w, p);
+    } else {
+        status = MHD_HTTP_NOT_FOUND;
+        put(p, "not found: /healthz, /readyz, /metrics\n");
+    }
+    r = MHD_create_response_from_buffer(p->len, p->buf, MHD_RESPMEM_MUST_COPY);
+    free(p);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void run_mhd(sbx_admin *a)
+{
+    MHD_UNSIGNED_LONG_LONG to = MHD_RUN_MAX_MS;
+    MHD_run(a->d);
+    if (MHD_get_timeout(a->d, &to) != MHD_YES || to > MHD_RUN_MAX_MS)
+        to = MHD_RUN_MAX_MS;
+    sbx_timer_start(a->w->loop, &a->t, to);
+}
+
+static void on_io(sbx_io *io, int events)
+{
+    (void)events;
+    run_mhd(io->data);
+}
+
+static void on_timer(sbx_timer *t) { run_mhd(t->data); }
+
+int sbx_admin_new(sbx_worker *w, const char *addr, sbx_admin **out, char *err, size_t errlen)
+{
+    struct sockaddr_in sa;
+    socklen_t salen = sizeof(sa);
+    char host[64];
+    const char *colon = strrchr(addr, ':');
+    const union MHD_DaemonInfo *info;
+    sbx_admin *a;
+    int fd = -1, one = 1;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    if (!colon || (size_t)(colon - addr) >= sizeof(host)) {
+        snprintf(err, errlen, "SBX_ADMIN_LISTEN=%s: use ip:port, e.g. 127.0.0.1:9464", addr);
+        return -EINVAL;
+    }
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    sa.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        snprintf(err, errlen, "SBX_ADMIN_LISTEN=%s: %s is not an IPv4 address", addr, host);
+        return -EINVAL;
+    }
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
+        snprintf(err, errlen, "SBX_ADMIN_LISTEN=%s: %s", addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -EADDRINUSE;
+    }
+    getsockname(fd, (struct sockaddr *)&sa, &salen);
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        close(fd);
+        return -ENOMEM;
+    }
+    a->w = w;
+    a->d = MHD_start_daemon(MHD_USE_EPOLL, 0, NULL, NULL, on_request, a,
+                            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+                            MHD_OPTION_CONNECTION_LIMIT, 64u,
+                            MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+    info = a->d ? MHD_get_daemon_info(a->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+    if (!info) {
+        snprintf(err, errlen, "SBX_ADMIN_LISTEN=%s: libmicrohttpd did not start", addr);
+        if (a->d)
+            MHD_stop_daemon(a->d);
+        else
+            close(fd);
+        free(a);
+        return -EIO;
+    }
+    sbx_io_init(&a->io, info->epoll_fd, on_io, a);
+    sbx_io_set(w->loop, &a->io, SBX_READ);
+    sbx_timer_init(&a->t, on_timer, a);
+    sbx_timer_start(w->loop, &a->t, 0);
+    sbx_info("admin", "serving /healthz /readyz /metrics on %s:%d", host, ntohs(sa.sin_port));
+    *out = a;
+    return 0;
+}
+
+void sbx_admin_free(sbx_admin *a)
+{
+    if (!a)
+        return;
+    sbx_io_stop(&a->io);
+    sbx_timer_stop(a->w->loop, &a->t);
+    MHD_stop_daemon(a->d);
+    free(a);
+}
