@@ -6,6 +6,15 @@
  *   READY       in pipeline mode; statements flow
  * Requests live on one FIFO: [in flight (sent, awaiting Sync)] [waiting].
  * When the link breaks, the in-flight ones simply become waiting again.
+ *
+ * Group commit: what waited while a round was in flight is sent as the next
+ * round — up to ROUND_MAX statements followed by ONE Sync, so they run as one
+ * implicit transaction and share one commit (one WAL flush) instead of one
+ * each: that is where throughput comes from under load. If any statement of
+ * a round fails, the whole round rolled back; its statements are sent again
+ * each with its own Sync ("solo"), so only the failing one reports an error.
+ * One round is in flight at a time, which keeps answers and retries in the
+ * order statements were queued.
  */
 #include "db.h"
 
@@ -18,9 +27,10 @@
 
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
-/* Statements sent ahead of their answers. More buys little once the server
- * is busy and delays noticing a broken link. */
-#define PIPELINE_DEPTH 256
+/* Statements per round (one transaction). More buys little once a commit's
+ * flush is shared by this many, and a failed round costs its size in solo
+ * retries. */
+#define ROUND_MAX 256
 #define PARAMS_MAX 12
 
 typedef struct req {
@@ -31,6 +41,7 @@ typedef struct req {
     sbx_db_cb cb;
     void *arg;
     PGresult *res;          /* first result received for it */
+    int solo;               /* send with its own Sync (its round failed) */
 } req;
 
 enum conn_state { DB_DOWN, DB_CONNECTING, DB_READY };
@@ -45,6 +56,9 @@ struct sbx_db {
     uint64_t backoff_ms;
     req *head, *tail;       /* FIFO */
     size_t inflight;        /* the first `inflight` of the FIFO were sent */
+    size_t syncs;           /* Syncs of the round not answered yet */
+    int round_solo;         /* the round in flight is solo statements */
+    req *rcur;              /* the statement whose results arrive now */
     size_t queued;          /* length of the FIFO */
     sbx_db_state_cb state_cb;
     void *state_arg;
@@ -97,6 +111,8 @@ static void drop_conn(sbx_db *db, const char *why)
             r->res = NULL;
         }
     db->inflight = 0;
+    db->syncs = 0;
+    db->rcur = NULL;
     set_state(db, DB_DOWN);
     schedule_reconnect(db);
 }
@@ -106,24 +122,36 @@ static void watch(sbx_db *db, int want_write)
     sbx_io_set(db->loop, &db->io, SBX_READ | (want_write ? SBX_WRITE : 0));
 }
 
-/* Sends waiting statements while the pipeline has room. */
+static int send_one(sbx_db *db, req *r)
+{
+    return PQsendQueryParams(db->conn, r->sql, r->nparams, NULL, (const char *const *)r->params,
+                             NULL, NULL, 0);
+}
+
+/* Sends the next round if none is in flight. */
 static void pump(sbx_db *db)
 {
     req *r = db->head;
 
-    if (db->state != DB_READY)
+    if (db->state != DB_READY || db->inflight > 0 || !r)
         return;
-    for (size_t i = 0; i < db->inflight && r; i++)
-        r = r->next;
-    while (r && db->inflight < PIPELINE_DEPTH) {
-        if (!PQsendQueryParams(db->conn, r->sql, r->nparams, NULL,
-                               (const char *const *)r->params, NULL, NULL, 0) ||
-            !PQpipelineSync(db->conn)) {
+    db->round_solo = r->solo;
+    db->rcur = r;
+    while (r && db->inflight < ROUND_MAX && r->solo == db->round_solo) {
+        if (!send_one(db, r) || (db->round_solo && !PQpipelineSync(db->conn))) {
             drop_conn(db, PQerrorMessage(db->conn));
             return;
         }
         db->inflight++;
+        db->syncs += db->round_solo;
         r = r->next;
+    }
+    if (!db->round_solo) {
+        if (!PQpipelineSync(db->conn)) {
+            drop_conn(db, PQerrorMessage(db->conn));
+            return;
+        }
+        db->syncs = 1;
     }
     {
         int f = PQflush(db->conn);
@@ -135,41 +163,80 @@ static void pump(sbx_db *db)
     }
 }
 
+static int failed(const req *r)
+{
+    ExecStatusType st = r->res ? PQresultStatus(r->res) : PGRES_FATAL_ERROR;
+    return st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK;
+}
+
 static void complete_head(sbx_db *db)
 {
     req *r = db->head;
     const char *err = NULL;
-    PGresult *res = r->res;
-    ExecStatusType st;
 
     db->head = r->next;
     if (!db->head)
         db->tail = NULL;
     db->inflight--;
     db->queued--;
-    st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    if (!res)
-        err = "no result";
-    else if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        err = PQresultErrorMessage(res);
+    if (failed(r))
+        err = r->res ? PQresultErrorMessage(r->res) : "no result";
     if (r->cb)
-        r->cb(r->arg, err ? NULL : res, err);
+        r->cb(r->arg, err ? NULL : r->res, err);
     req_free(r);
+}
+
+/* The round's Sync arrived: hand out its answers, or, if a statement of a
+ * multi-statement round failed (and rolled the others back), mark them all
+ * solo to be sent again one by one. */
+static void end_round(sbx_db *db)
+{
+    size_t n = db->inflight, i;
+    req *r = db->head;
+    int any_failed = 0;
+
+    for (i = 0; i < n && r; i++, r = r->next)
+        any_failed |= failed(r);
+    if (any_failed && n > 1) {
+        for (i = 0, r = db->head; i < n && r; i++, r = r->next) {
+            if (r->res)
+                PQclear(r->res);
+            r->res = NULL;
+            r->solo = 1;
+        }
+        db->inflight = 0;
+        return;
+    }
+    while (n-- > 0)
+        complete_head(db);
 }
 
 static void read_results(sbx_db *db)
 {
-    while (db->inflight > 0 && db->conn && !PQisBusy(db->conn)) {
+    while (db->syncs > 0 && db->conn && !PQisBusy(db->conn)) {
         PGresult *res = PQgetResult(db->conn);
-        if (!res)
-            continue; /* end of one statement's results; its Sync follows */
-        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
-            PQclear(res);
-            complete_head(db);
+        if (!res) {
+            /* End of one statement's results. */
+            if (db->rcur)
+                db->rcur = db->rcur->next;
             continue;
         }
-        if (!db->head->res)
-            db->head->res = res;
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            db->syncs--;
+            if (db->round_solo)
+                complete_head(db);
+            else
+                end_round(db);
+            if (db->syncs == 0) {
+                db->inflight = 0;
+                db->rcur = NULL;
+                pump(db);
+            }
+            continue;
+        }
+        if (db->rcur && !db->rcur->res)
+            db->rcur->res = res;
         else
             PQclear(res);
     }

@@ -130,15 +130,28 @@ static const char register_lua[] =
     "end\n"
     "return {'OK', '', 0, 0, 0}\n";
 
-struct sbx_leases {
-    sbx_redis *r;
-    sbx_redis_script *acquire, *renew, *release, *reg;
-};
-
 typedef struct call {
     sbx_lease_cb cb;
     void *arg;
+    struct call *prev, *next;   /* outstanding calls, freed with sbx_leases */
+    sbx_leases *l;
 } call;
+
+struct sbx_leases {
+    sbx_redis *r;
+    sbx_redis_script *acquire, *renew, *release, *reg;
+    call *calls;    /* in flight: sbx_redis_free() drops their callbacks */
+};
+
+static void unlink_call(call *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->l->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+}
 
 const char *sbx_lease_status_name(sbx_lease_status s)
 {
@@ -168,6 +181,11 @@ void sbx_leases_free(sbx_leases *l)
 {
     if (!l)
         return;
+    while (l->calls) {
+        call *c = l->calls;
+        unlink_call(c);
+        free(c);
+    }
     sbx_redis_script_free(l->acquire);
     sbx_redis_script_free(l->renew);
     sbx_redis_script_free(l->release);
@@ -214,6 +232,7 @@ static void on_reply(void *arg, redisReply *rep)
         if (out.status == SBX_LEASE_ERROR)
             out.error = "unknown status word from lease script";
     }
+    unlink_call(c);
     if (c->cb)
         c->cb(c->arg, &out);
     free(c);
@@ -233,9 +252,17 @@ static int eval(sbx_leases *l, sbx_redis_script *s, sbx_lease_cb cb, void *arg, 
         return -ENOMEM;
     c->cb = cb;
     c->arg = arg;
+    c->l = l;
+    c->prev = NULL;
+    c->next = l->calls;
+    if (l->calls)
+        l->calls->prev = c;
+    l->calls = c;
     rc = sbx_redis_evalsha(l->r, s, on_reply, c, argc, argv, lens);
-    if (rc)
+    if (rc) {
+        unlink_call(c);
         free(c);
+    }
     return rc;
 }
 

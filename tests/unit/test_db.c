@@ -141,6 +141,28 @@ static const char *val_of(const char *sql, int n, const char *const *p)
     return A.val[0];
 }
 
+static void test_group_commit(void **state)
+{
+    int distinct = 0;
+    (void)state;
+    /* Statements queued together share a transaction (one commit, one WAL
+     * flush): they see the same transaction id. One per statement would be
+     * 200 ids. */
+    reset(200);
+    for (int i = 0; i < 200; i++)
+        q("SELECT pg_current_xact_id()::text", 0, NULL, i);
+    assert_true(test_run_until(L, &done_all, 10000));
+    for (int i = 0; i < 200; i++) {
+        int seen = 0;
+        assert_false(A.failed[i]);
+        for (int k = 0; k < i && !seen; k++)
+            seen = strcmp(A.val[k], A.val[i]) == 0;
+        distinct += !seen;
+    }
+    fprintf(stderr, "test_db: 200 statements in %d transactions\n", distinct);
+    assert_true(distinct <= 10);
+}
+
 static void test_fencing_functions(void **state)
 {
     char job[64], proj[64];
@@ -212,6 +234,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pipeline_order_and_isolated_errors),
         cmocka_unit_test(test_reconnect_replays_inflight),
+        cmocka_unit_test(test_group_commit),
         cmocka_unit_test(test_fencing_functions),
         cmocka_unit_test(test_one_active_build_per_project),
     };
