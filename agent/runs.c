@@ -495,7 +495,7 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
         to = SBX_RS_CANCELED;
     else if (st->end == SBX_SANDBOX_TIMED_OUT)
         to = SBX_RS_TIMED_OUT;
-    else if (!st->ran)
+    else if (!st->ran || st->lost)
         to = SBX_RS_ERROR;
     else
         to = st->exit_code == 0 ? SBX_RS_SUCCEEDED : SBX_RS_FAILED;

@@ -74,6 +74,10 @@
 /* The wait endpoint takes 1..60 s (machines-resource); longer requests are cut
  * by Fly's proxy, which is why its Go client caps them the same way. */
 #define FLY_WAIT_MAX_S 60
+/* The stopped-wait never answers for a machine that went `failed`; a short
+ * slice bounds how late that is noticed (one request per slice per machine,
+ * well inside the per-machine rate limit). */
+#define FLY_RUN_WAIT_S 5
 /* How much longer than a wait's own timeout the HTTP request may take. */
 #define FLY_WAIT_SLACK_MS 15000
 /* Plain calls answer in well under a second; 30 s means something is broken. */
@@ -1607,7 +1611,7 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
     f->stop_grace_s = dflt(cfg->stop_grace_s, 5);
     f->boot_timeout_s = dflt(cfg->boot_timeout_s, 300);
     f->first_wait_s = dflt(cfg->first_wait_s, 1);
-    f->run_wait_s = dflt(cfg->run_wait_s, FLY_WAIT_MAX_S);
+    f->run_wait_s = dflt(cfg->run_wait_s, FLY_RUN_WAIT_S);
     f->rng = sbx_now_us() ^ ((uint64_t)getpid() << 32);
 
     need = strlen(cfg->token) + 32;

@@ -45,7 +45,7 @@ typedef struct sbx_fly_config {
     int stop_grace_s;         /* timeout/cancel: SIGTERM, SIGKILL after this; 0: 5 */
     int boot_timeout_s;       /* created/starting longer than this is wedged; 0: 300 */
     int first_wait_s;         /* first wait?state=started slice; 0: 1 (see provider_fly.c) */
-    int run_wait_s;           /* wait?state=stopped slice; 0: 60, the documented maximum */
+    int run_wait_s;           /* wait?state=stopped slice; 0: 5 (a `failed` machine is seen within it) */
 } sbx_fly_config;
 
 /* Fills cfg from the environment: SBX_FLY_API_URL, SBX_FLY_APP,

@@ -133,11 +133,15 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
         res.outcome = SBX_OUTCOME_CANCELED;
     else if (st->end == SBX_SANDBOX_TIMED_OUT)
         res.outcome = SBX_OUTCOME_TIMED_OUT;
-    else if (!st->ran)
+    else if (!st->ran || st->lost)
         res.outcome = SBX_OUTCOME_ERROR;
     else
         res.outcome = st->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
-    if (res.outcome == SBX_OUTCOME_ERROR) {
+    if (res.outcome == SBX_OUTCOME_ERROR && st->lost) {
+        snprintf(res.error, sizeof(res.error), "sandbox killed from outside (signal %d)",
+                 st->exit_code - 128);
+        res.exit_code = -1;
+    } else if (res.outcome == SBX_OUTCOME_ERROR) {
         snprintf(res.error, sizeof(res.error), "sandbox did not start the command (bwrap exit %d)",
                  st->exit_code);
         res.exit_code = -1;

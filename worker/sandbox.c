@@ -176,6 +176,7 @@ struct sbx_sandbox {
     int killed;           /* SIGKILL sent (to pid 1 first, see kill_all) */
     int exit_code;
     int ran;
+    int lost;               /* see sbx_sandbox_status.lost */
     int uid_clear;
     uint64_t t0_ms, t_exit_ms, drain_deadline_ms, reap_deadline_ms;
 
@@ -959,6 +960,7 @@ static void on_pid_exit(sbx_io *io, int events)
         return; /* not yet */
     } else {
         s->exit_code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+        s->lost = si.si_code != CLD_EXITED && !s->end_set;
     }
     s->reaped = 1;
     s->t_exit_ms = sbx_now_ms();
@@ -1014,6 +1016,7 @@ static void on_done(sbx_timer *t)
     memset(&st, 0, sizeof(st));
     st.end = s->end_set ? s->end : SBX_SANDBOX_EXITED;
     st.ran = s->ran;
+    st.lost = s->lost;
     st.exit_code = s->exit_code;
     st.tail = s->tail;
     st.tail_len = s->ring_len;

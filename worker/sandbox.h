@@ -66,6 +66,9 @@ typedef enum sbx_sandbox_end {
 typedef struct sbx_sandbox_status {
     sbx_sandbox_end end;
     int ran;                 /* 0: bwrap never got to exec the command */
+    int lost;                /* bwrap itself died by a signal sbx did not send
+                              * (the host or an operator killed it, not the build:
+                              * bwrap exits normally with the build's status) */
     int exit_code;           /* 0..255; 128+signal when killed */
     const char *tail;        /* last output bytes, NUL-terminated; valid during the call */
     size_t tail_len;
