@@ -203,6 +203,30 @@ static void retry_later(struct sbx_run *r)
     sbx_timer_start(r->p->base.loop, &r->t, d);
 }
 
+static void redis_do(vmpool *p, int argc, const char **argv)
+{
+    size_t lens[4];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    (void)sbx_redis_cmd(p->redis, NULL, NULL, argc, argv, lens);
+}
+
+/* An agent that stopped answering mid-build is taken out of the pool at
+ * once (not only when its heartbeat ages past its TTL), so the retry goes to
+ * another VM; the agent registers again when it comes back. */
+static void drop_vm(struct sbx_run *r)
+{
+    char key[VM_ID_MAX + 16];
+    const char *srem_slots[] = {"SREM", "{sbx}:slots:vmpool", r->slot};
+    const char *srem_free[] = {"SREM", "{sbx}:free:vmpool", r->slot};
+    const char *hset[] = {"HSET", key, "state", "dead"};
+    snprintf(key, sizeof(key), "{sbx}:vm:%s", r->vm);
+    redis_do(r->p, 3, srem_slots);
+    redis_do(r->p, 3, srem_free);
+    redis_do(r->p, 4, hset);
+    sbx_warn("vmpool", "vm %s dropped from the pool: its agent stopped answering", r->vm);
+}
+
 /* The agent did not answer; 1 = keep trying, 0 = the run was ended. */
 static int silent(struct sbx_run *r, const char *what)
 {
@@ -212,9 +236,11 @@ static int silent(struct sbx_run *r, const char *what)
     if (now - r->silent_since_ms >= (uint64_t)r->p->unreachable_ms) {
         if (r->st == V_LOOKUP)
             fail(r, "redis unreachable for %" PRIu64 " ms: %s", now - r->silent_since_ms, what);
-        else
+        else {
+            drop_vm(r);
             fail(r, "agent of %s unreachable for %" PRIu64 " ms: %s", r->vm,
                  now - r->silent_since_ms, what);
+        }
         return 0;
     }
     sbx_debug("vmpool", "run %s: %s; retrying", r->job_id, what);
