@@ -5,7 +5,8 @@
 AGENT_SRCS     := agent/main.c agent/agent_config.c agent/runs.c agent/tokens.c \
                   agent/registry.c agent/server.c
 AGENT_OBJS     := $(AGENT_SRCS:%.c=$(BUILD)/obj/%.o)
-AGENT_WORKER   := worker/loop.c worker/log.c worker/redis.c worker/sandbox.c worker/text.c
+AGENT_WORKER   := worker/loop.c worker/log.c worker/redis.c worker/sandbox.c worker/text.c \
+                  worker/opts.c
 AGENT_LIBS      = $(shell pkg-config --libs libmicrohttpd)
 SBX_AGENT      := $(BUILD)/bin/sbx-agent
 BINS           += $(SBX_AGENT)

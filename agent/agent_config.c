@@ -1,6 +1,6 @@
-/* agent_config.c — one table drives defaults, environment, flags, help and
- * checks (the shape of worker/config.c); the cross-field rules (listen
- * address, advertised URL, key, heartbeat against TTL) follow the table. */
+/* agent_config.c — sbx-agent's settings table (worker/opts.h does the
+ * reading, as for sbx-worker); the cross-field rules (listen address,
+ * advertised URL, key, heartbeat against TTL) follow the table. */
 #include "agent_config.h"
 
 #include <arpa/inet.h>
@@ -11,95 +11,41 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "opts.h"
 #include "sbx.h"
 
-enum kind { STR, INT, BOOL };
+#define STR SBX_OPT_STR
+#define INT SBX_OPT_INT
+#define BOOL SBX_OPT_BOOL
+#define S(f) SBX_OPT_STR_FIELD(sbx_agent_config, f)
+#define I(f) SBX_OPT_INT_FIELD(sbx_agent_config, f)
 
-typedef struct opt {
-    const char *env, *flag, *def, *help;
-    enum kind kind;
-    size_t off, size;   /* STR: buffer in sbx_agent_config; INT/BOOL: int */
-    long min, max;
-    int required;
-} opt;
-
-#define S(f) offsetof(sbx_agent_config, f), sizeof(((sbx_agent_config *)0)->f)
-#define I(f) offsetof(sbx_agent_config, f), sizeof(int)
-
-/* flag NULL: environment only (the key). */
-static const opt opts[] = {
-    {"SBX_AGENT_ID", "id", "", "this VM's id: slot names and {sbx}:vm:<id> (default: hostname)", STR, S(id), 0, 0, 0},
-    {"SBX_AGENT_LISTEN", "listen", "127.0.0.1:8470", "HTTP listen address, ip:port or [ip6]:port", STR, S(listen), 0, 0, 0},
-    {"SBX_AGENT_URL", "url", "", "base URL workers and previews use (default: http://<listen>)", STR, S(url), 0, 0, 0},
-    {"SBX_REDIS_URL", "redis-url", "redis://127.0.0.1:6379", "Redis of the leases: redis://host:port[/db] or unix:/path", STR, S(redis_url), 0, 0, 0},
-    {"SBX_AGENT_KEY", NULL, NULL, "service key every request must carry as a Bearer token (env only)", STR, S(key), 0, 0, 1},
-    {"SBX_AGENT_CAPACITY", "capacity", "1", "concurrent builds (slots) on this VM", INT, I(capacity), 1, SBX_AGENT_CAPACITY_MAX, 0},
-    {"SBX_AGENT_LABELS", "labels", "", "free text stored with the VM (k=v,k=v)", STR, S(labels), 0, 0, 0},
-    {"SBX_AGENT_HEARTBEAT_MS", "heartbeat-ms", "30000", "how often the VM hash is refreshed", INT, I(heartbeat_ms), 50, 3600000, 0},
-    {"SBX_AGENT_TTL_MS", "ttl-ms", "90000", "a heartbeat older than this takes the VM out of the pool", INT, I(ttl_ms), 100, 86400000, 0},
-    {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-agent", "workspaces, previews and the token file", STR, S(work_dir), 0, 0, 0},
-    {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 2000000000L, 0},
-    {"SBX_ALLOW_NETWORK", "allow-network", "0", "jobs may ask for network access (0/1)", BOOL, I(allow_network), 0, 1, 0},
-    {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0},
-    {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0},
-    {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0},
+/* flag NULL: environment only (the key). The key's presence and shape are
+ * checked below, with a message about what it is for. */
+static const sbx_opt opts[] = {
+    {"SBX_AGENT_ID", "id", "", "this VM's id: slot names and {sbx}:vm:<id> (default: hostname)", STR, S(id), 0, 0, 0, 0},
+    {"SBX_AGENT_LISTEN", "listen", "127.0.0.1:8470", "HTTP listen address, ip:port or [ip6]:port", STR, S(listen), 0, 0, 0, 0},
+    {"SBX_AGENT_URL", "url", "", "base URL workers and previews use (default: http://<listen>)", STR, S(url), 0, 0, 0, 0},
+    {"SBX_REDIS_URL", "redis-url", "redis://127.0.0.1:6379", "Redis of the leases: redis://host:port[/db] or unix:/path", STR, S(redis_url), 0, 0, 0, 0},
+    {"SBX_AGENT_KEY", NULL, NULL, "service key every request must carry as a Bearer token (env only)", STR, S(key), 0, 0, 0, 1},
+    {"SBX_AGENT_CAPACITY", "capacity", "1", "concurrent builds (slots) on this VM", INT, I(capacity), 1, SBX_AGENT_CAPACITY_MAX, 0, 0},
+    {"SBX_AGENT_LABELS", "labels", "", "free text stored with the VM (k=v,k=v)", STR, S(labels), 0, 0, 0, 0},
+    {"SBX_AGENT_HEARTBEAT_MS", "heartbeat-ms", "30000", "how often the VM hash is refreshed", INT, I(heartbeat_ms), 50, 3600000, 0, 0},
+    {"SBX_AGENT_TTL_MS", "ttl-ms", "90000", "a heartbeat older than this takes the VM out of the pool", INT, I(ttl_ms), 100, 86400000, 0, 0},
+    {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-agent", "workspaces, previews and the token file", STR, S(work_dir), 0, 0, 0, 0},
+    {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 2000000000L, 0, 0},
+    {"SBX_ALLOW_NETWORK", "allow-network", "0", "jobs may ask for network access (0/1)", BOOL, I(allow_network), 0, 1, 0, 0},
+    {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0, 0},
+    {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0, 0},
+    {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
-static int set(sbx_agent_config *cfg, const opt *o, const char *v, const char *src, FILE *err)
-{
-    char *p = (char *)cfg + o->off;
-    if (o->kind == STR) {
-        if (strlen(v) >= o->size) {
-            fprintf(err, "sbx-agent: %s is too long (max %zu bytes); shorten it\n", src, o->size - 1);
-            return 1;
-        }
-        memcpy(p, v, strlen(v) + 1);
-        return 0;
-    }
-    {
-        char *end;
-        long n;
-        errno = 0;
-        n = strtol(v, &end, 10);
-        if (errno || end == v || *end || n < o->min || n > o->max) {
-            fprintf(err, "sbx-agent: %s=%s is not valid: set it to %s from %ld to %ld\n", src, v,
-                    o->kind == BOOL ? "0 or 1," : "an integer", o->min, o->max);
-            return 1;
-        }
-        *(int *)p = (int)n;
-    }
-    return 0;
-}
-
-void sbx_agent_config_usage(FILE *out)
-{
-    fprintf(out, "usage: sbx-agent [--flag value]...\n"
-                 "Every flag has an environment variable; the flag wins.\n\n");
-    for (size_t i = 0; i < NOPTS; i++) {
-        char flag[40];
-        snprintf(flag, sizeof(flag), "%s%s", opts[i].flag ? "--" : "", opts[i].flag ? opts[i].flag : "");
-        fprintf(out, "  %-22s %-24s %s%s%s%s\n", flag, opts[i].env, opts[i].help,
-                opts[i].def && *opts[i].def ? " (default " : "",
-                opts[i].def && *opts[i].def ? opts[i].def : "",
-                opts[i].required ? " (required)" : opts[i].def && *opts[i].def ? ")" : "");
-    }
-}
+void sbx_agent_config_usage(FILE *out) { sbx_opts_usage("sbx-agent", opts, NOPTS, out); }
 
 void sbx_agent_config_print(const sbx_agent_config *cfg, FILE *out)
 {
-    for (size_t i = 0; i < NOPTS; i++) {
-        const char *p = (const char *)cfg + opts[i].off;
-        if (opts[i].kind != STR) {
-            fprintf(out, "%s=%d\n", opts[i].env, *(const int *)p);
-        } else if (opts[i].off == offsetof(sbx_agent_config, key)) {
-            fprintf(out, "%s=***\n", opts[i].env);
-        } else {
-            char red[1024];
-            sbx_log_redact(p, red, sizeof(red));
-            fprintf(out, "%s=%s\n", opts[i].env, red);
-        }
-    }
+    sbx_opts_print(opts, NOPTS, cfg, out);
 }
 
 /* "1.2.3.4:80" or "[::1]:80" into host and port. */
@@ -230,55 +176,11 @@ static int checks(sbx_agent_config *cfg, FILE *err)
 
 int sbx_agent_config_load(sbx_agent_config *cfg, int argc, char **argv, FILE *err)
 {
-    int bad = 0;
+    int rc;
 
     memset(cfg, 0, sizeof(*cfg));
-    for (size_t i = 0; i < NOPTS; i++) {
-        const char *v = getenv(opts[i].env);
-        if (opts[i].def)
-            set(cfg, &opts[i], opts[i].def, opts[i].env, err);
-        if (v)
-            bad |= set(cfg, &opts[i], v, opts[i].env, err);
-    }
-    for (int a = 1; a < argc; a++) {
-        const char *arg = argv[a], *val = NULL;
-        char name[64], src[96];
-        size_t i;
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            sbx_agent_config_usage(stdout);
-            return 2;
-        }
-        if (strncmp(arg, "--", 2) != 0) {
-            fprintf(err, "sbx-agent: unexpected argument '%s'; see sbx-agent --help\n", arg);
-            bad = 1;
-            continue;
-        }
-        snprintf(name, sizeof(name), "%s", arg + 2);
-        if (strchr(name, '=')) {
-            *strchr(name, '=') = '\0';
-            val = strchr(arg, '=') + 1;
-        }
-        for (i = 0; i < NOPTS; i++)
-            if (opts[i].flag && strcmp(opts[i].flag, name) == 0)
-                break;
-        if (i == NOPTS) {
-            fprintf(err, "sbx-agent: unknown flag --%s; see sbx-agent --help%s\n", name,
-                    strstr(name, "key") ? " (the key is read from SBX_AGENT_KEY only)" : "");
-            bad = 1;
-            continue;
-        }
-        if (!val) {
-            if (a + 1 >= argc) {
-                fprintf(err, "sbx-agent: --%s needs a value\n", name);
-                bad = 1;
-                continue;
-            }
-            val = argv[++a];
-        }
-        snprintf(src, sizeof(src), "--%s", name);
-        bad |= set(cfg, &opts[i], val, src, err);
-    }
-    if (bad)
-        return 1;
+    rc = sbx_opts_load("sbx-agent", opts, NOPTS, cfg, argc, argv, err);
+    if (rc)
+        return rc;
     return checks(cfg, err) ? 1 : 0;
 }

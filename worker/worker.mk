@@ -4,7 +4,7 @@ WORKER_LIB_SRCS := worker/loop.c worker/log.c worker/offsets.c worker/redis.c wo
                    worker/text.c worker/config.c worker/kafka.c worker/job.c \
                    worker/sandbox.c worker/provider_local.c worker/http.c \
                    worker/provider_docker.c worker/provider_fly.c worker/providers.c \
-                   worker/provider_bench.c worker/provider_vmpool.c worker/admin.c
+                   worker/provider_bench.c worker/provider_vmpool.c worker/admin.c worker/opts.c
 WORKER_LIB_OBJS := $(WORKER_LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 SBX_WORKER      := $(BUILD)/bin/sbx-worker
 BINS            += $(SBX_WORKER)
