@@ -763,11 +763,10 @@ static void write_fenced(job *j, const char *to, const char *detail, const sbx_r
         p[8] = r->preview_url[0] ? r->preview_url : NULL;
         p[9] = r->instance[0] ? r->instance : NULL;
     }
+    j->ops++;
     if (sbx_db_query(w->db, "SELECT sbx.transition($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)", 10, p, cb,
-                     j) == 0)
-        j->ops++;
-    else
-        cb(j, NULL, "database queue full"), j->ops++;
+                     j) != 0)
+        cb(j, NULL, "database queue full");
     free(tail);
 }
 
