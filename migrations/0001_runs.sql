@@ -257,6 +257,26 @@ RETURNS boolean LANGUAGE sql AS $$
                           NULL, NULL, NULL, NULL, NULL)
 $$;
 
+-- unclaim_run: the provider would not take the leased slot (still busy on
+-- its side, or it knows a newer token): no build happened, so the claim is
+-- undone — back to waiting_capacity, the attempt not counted. Fenced.
+CREATE FUNCTION sbx.unclaim_run(p_job text, p_token bigint, p_worker text, p_detail text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    old text;
+BEGIN
+    SELECT r.status INTO old FROM sbx.runs r
+     WHERE r.job_id = p_job AND r.lease_token = p_token FOR UPDATE;
+    IF NOT FOUND THEN RETURN false; END IF;
+    IF old = 'waiting_capacity' THEN RETURN true; END IF;   -- a replay
+    IF old NOT IN ('provisioning', 'running') THEN RETURN false; END IF;
+    UPDATE sbx.runs SET status = 'waiting_capacity', attempt = attempt - 1, updated_at = now()
+     WHERE job_id = p_job;
+    INSERT INTO sbx.run_events (job_id, from_status, to_status, lease_token, worker_id, detail)
+    VALUES (p_job, old, 'waiting_capacity', p_token, p_worker, p_detail);
+    RETURN true;
+END $$;
+
 -- dead_letter_run: a job that will never run (poison after retries). Not
 -- fenced on a token: it is written by whoever holds the Kafka offset.
 CREATE FUNCTION sbx.dead_letter_run(p_job text, p_project text, p_spec jsonb, p_worker text,

@@ -162,6 +162,16 @@ static void tab_del(sbx_jobtab *t, job *j)
 
 size_t sbx__jobs_count(const sbx_worker *w) { return w->jobs.count; }
 
+size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < w->jobs.nslots; i++)
+        for (const job *j = w->jobs.slots[i]; j; j = j->hnext)
+            if (j->have_lease && n < max)
+                out[n++] = j->slot;
+    return n;
+}
+
 /* ---- waiting list ---- */
 
 static void wait_unlist(job *j)
@@ -553,6 +563,8 @@ static void on_renewed(void *arg, const sbx_lease_reply *rep)
         return;
     if (rep->status == SBX_LEASE_OK) {
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
+        if (rep->reaped)
+            sbx_warn("job", "%s lease on %s was gone from Redis; restored", j->id, j->slot);
     } else if (rep->status == SBX_LEASE_LOST) {
         lose_lease(j, "renewal refused: a newer owner or expired");
         return;
@@ -567,6 +579,7 @@ static void on_renew_timer(sbx_timer *t)
 {
     job *j = t->data;
     sbx_worker *w = j->w;
+    sbx_lease_id id;
     if (!j->have_lease || j->lost)
         return;
     if (sbx_now_ms() >= j->lease_until_ms) {
@@ -574,7 +587,13 @@ static void on_renew_timer(sbx_timer *t)
         return;
     }
     j->renew_sent_ms = sbx_now_ms();
-    if (sbx_lease_renew(w->leases, j->slot, j->token, w->cfg.lease_ttl_ms, on_renewed, j) == 0)
+    id.pool = w->prov->ops->pool(w->prov);
+    id.slot = j->slot;
+    id.project = j->spec->project_id;
+    id.job = j->id;
+    id.worker = w->cfg.worker_id;
+    id.token = j->token;
+    if (sbx_lease_renew(w->leases, &id, w->cfg.lease_ttl_ms, on_renewed, j) == 0)
         j->ops++;
     else
         sbx_timer_start(w->loop, &j->renew, 500); /* Redis down: try again soon */
@@ -631,6 +650,7 @@ static void release(job *j, after_release after)
 
 static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res);
 static void requeue(job *j, const char *why);
+static void unclaim(job *j, const char *why);
 
 static void start_build(job *j)
 {
@@ -654,7 +674,7 @@ static void start_build(job *j)
     if (rc) {
         sbx_result r;
         memset(&r, 0, sizeof(r));
-        r.outcome = SBX_OUTCOME_ERROR;
+        r.outcome = rc == -EBUSY ? SBX_OUTCOME_BUSY : SBX_OUTCOME_ERROR;
         r.exit_code = -1;
         snprintf(r.error, sizeof(r.error), "provider start: %s", err[0] ? err : strerror(-rc));
         j->run = NULL;
@@ -847,6 +867,42 @@ static void retries_exhausted(job *j, const char *error)
     dead_letter(j->w, &m, "retries_exhausted", detail, j->attempt, 0);
 }
 
+static void on_unclaimed(void *arg, PGresult *res, const char *err)
+{
+    job *j = arg;
+    (void)res;
+    j->ops--;
+    if (err)
+        sbx_warn("job", "%s unclaim: %s", j->id, err);
+    if (j->st == J_FINISHING)
+        release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
+}
+
+/* The provider would not take the slot: undo the claim (the attempt is not
+ * counted), give the lease back and wait for capacity. */
+static void unclaim(job *j, const char *why)
+{
+    sbx_worker *w = j->w;
+    char tok[24];
+    const char *p[4];
+    sbx_info("job", "%s: slot %s not free on the provider's side (%s); waiting", j->id, j->slot,
+             why);
+    w->stats.lease_waits++;
+    snprintf(tok, sizeof(tok), "%" PRId64, j->token);
+    p[0] = j->id;
+    p[1] = tok;
+    p[2] = w->cfg.worker_id;
+    p[3] = why;
+    transition(j, J_FINISHING);
+    j->status = NULL;
+    j->marked_waiting = 1;
+    j->backoff = j->backoff < 3 ? 3 : j->backoff; /* the slot stays busy a while */
+    if (sbx_db_query(w->db, "SELECT sbx.unclaim_run($1,$2,$3,$4)", 4, p, on_unclaimed, j) == 0)
+        j->ops++;
+    else
+        release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
+}
+
 /* A claimed run goes back to queued (fenced) and its lease is released:
  * after a provider error (to retry) or at shutdown (to hand back). */
 static void requeue(job *j, const char *why)
@@ -902,6 +958,9 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     case SBX_OUTCOME_FAILED: j->status = "failed"; break;
     case SBX_OUTCOME_TIMED_OUT: j->status = "timed_out"; break;
     case SBX_OUTCOME_CANCELED: j->status = "canceled"; break;
+    case SBX_OUTCOME_BUSY:
+        unclaim(j, res->error);
+        return;
     case SBX_OUTCOME_ERROR:
         if (j->attempt < w->cfg.max_attempts) {
             sbx_warn("job", "%s provider error on attempt %d/%d: %s", j->id, j->attempt,

@@ -75,17 +75,46 @@ static const char acquire_lua[] =
     "redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)\n"
     "return {'OK', slot, token, ttl, reaped}\n";
 
-/* ARGV: slot, token, ttl_ms */
+/* ARGV: slot, token, ttl_ms, job, project, worker, pool.
+ * A lease whose key is gone (Redis restarted without its data) is taken
+ * back when neither the slot nor the project has another holder: the build
+ * goes on, and the fence counter is lifted above the token. An expired lease
+ * is lost for good (its owner stopped trusting it before it expired). */
 static const char renew_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local lk = '{sbx}:lease:' .. ARGV[1]\n"
+    "local slot, tok, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local job, project, worker, pool = ARGV[4], ARGV[5], ARGV[6], ARGV[7]\n"
+    "local lk = '{sbx}:lease:' .. slot\n"
     "local l = redis.call('HMGET', lk, 'token', 'expires')\n"
-    "if l[1] ~= ARGV[2] or tonumber(l[2]) < now then return {'LOST', '', 0, 0, 0} end\n"
-    "local exp = now + tonumber(ARGV[3])\n"
-    "redis.call('HSET', lk, 'expires', exp)\n"
-    "redis.call('ZADD', '{sbx}:deadlines', exp, ARGV[1])\n"
-    "return {'OK', ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 0}\n";
+    "local restored = 0\n"
+    "if not l[1] then\n"
+    "  local held = redis.call('GET', '{sbx}:project:' .. project)\n"
+    "  if held and held ~= slot then return {'LOST', '', 0, 0, 0} end\n"
+    "  if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(tok) then\n"
+    "    redis.call('SET', '{sbx}:fence', tok)\n"
+    "  end\n"
+    "  redis.call('HSET', lk, 'job', job, 'project', project, 'worker', worker, 'token', tok,"
+    " 'pool', pool)\n"
+    "  redis.call('SREM', '{sbx}:free:' .. pool, slot)\n"
+    "  redis.call('SET', '{sbx}:project:' .. project, slot)\n"
+    "  restored = 1\n"
+    "elseif l[1] ~= tok or tonumber(l[2]) < now then\n"
+    "  return {'LOST', '', 0, 0, 0}\n"
+    "end\n"
+    "redis.call('HSET', lk, 'expires', now + ttl)\n"
+    "redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)\n"
+    "return {'OK', slot, tonumber(tok), ttl, restored}\n";
+
+/* ARGV: floor. Lifts the token counter to at least floor: after Redis lost
+ * its data, workers feed it the newest token PostgreSQL recorded, so no
+ * token is ever handed out twice to one slot or run. */
+static const char fence_lua[] =
+    "if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[1]) then\n"
+    "  redis.call('SET', '{sbx}:fence', ARGV[1])\n"
+    "  return {'OK', '', tonumber(ARGV[1]), 0, 1}\n"
+    "end\n"
+    "return {'OK', '', tonumber(redis.call('GET', '{sbx}:fence')), 0, 0}\n";
 
 /* ARGV: slot, token */
 static const char release_lua[] =
@@ -103,7 +132,9 @@ static const char release_lua[] =
     "end\n"
     "return {'OK', slot, tonumber(ARGV[2]), 0, 0}\n";
 
-/* ARGV: pool, registrant, phase, slot...  A pool's slot list may be long
+/* ARGV: pool, registrant, phase, slot...  A slot written "!<id>" is busy
+ * with a build of the registrant's: registered, but not free (after Redis
+ * lost its data, the lease that said so is gone). A pool's slot list may be long
  * (the bench provider registers 100k), so it arrives in chunks: phase
  * "first"/"more"/"last", or "only" for one chunk. Each chunk adds its slots
  * (free unless leased) and collects them in a per-registrant set; the last
@@ -112,10 +143,13 @@ static const char register_lua[] =
     "local pool, tmp, phase = ARGV[1], '{sbx}:slots_new:' .. ARGV[1] .. ':' .. ARGV[2], ARGV[3]\n"
     "if phase == 'first' or phase == 'only' then redis.call('DEL', tmp) end\n"
     "for i = 4, #ARGV do\n"
-    "  local s = ARGV[i]\n"
+    "  local s, busy = ARGV[i], false\n"
+    "  if string.sub(s, 1, 1) == '!' then s, busy = string.sub(s, 2), true end\n"
     "  redis.call('SADD', tmp, s)\n"
     "  redis.call('SADD', '{sbx}:slots:' .. pool, s)\n"
-    "  if redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
+    "  if busy then\n"
+    "    redis.call('SREM', '{sbx}:free:' .. pool, s)\n"
+    "  elseif redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
     "    redis.call('SADD', '{sbx}:free:' .. pool, s)\n"
     "  end\n"
     "end\n"
@@ -139,7 +173,7 @@ typedef struct call {
 
 struct sbx_leases {
     sbx_redis *r;
-    sbx_redis_script *acquire, *renew, *release, *reg;
+    sbx_redis_script *acquire, *renew, *release, *reg, *fence;
     call *calls;    /* in flight: sbx_redis_free() drops their callbacks */
 };
 
@@ -169,7 +203,8 @@ int sbx_leases_new(sbx_redis *r, sbx_leases **out)
     l->renew = sbx_redis_script_new(renew_lua);
     l->release = sbx_redis_script_new(release_lua);
     l->reg = sbx_redis_script_new(register_lua);
-    if (!l->acquire || !l->renew || !l->release || !l->reg) {
+    l->fence = sbx_redis_script_new(fence_lua);
+    if (!l->acquire || !l->renew || !l->release || !l->reg || !l->fence) {
         sbx_leases_free(l);
         return -ENOMEM;
     }
@@ -190,6 +225,7 @@ void sbx_leases_free(sbx_leases *l)
     sbx_redis_script_free(l->renew);
     sbx_redis_script_free(l->release);
     sbx_redis_script_free(l->reg);
+    sbx_redis_script_free(l->fence);
     free(l);
 }
 
@@ -277,14 +313,22 @@ int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, cons
     return eval(l, l->acquire, cb, arg, 7, argv);
 }
 
-int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_ms,
-                    sbx_lease_cb cb, void *arg)
+int sbx_lease_renew(sbx_leases *l, const sbx_lease_id *id, int64_t ttl_ms, sbx_lease_cb cb,
+                    void *arg)
 {
     char tok[24], ttl[24];
-    const char *argv[] = {"0", slot, tok, ttl};
-    snprintf(tok, sizeof(tok), "%" PRId64, token);
+    const char *argv[] = {"0", id->slot, tok, ttl, id->job, id->project, id->worker, id->pool};
+    snprintf(tok, sizeof(tok), "%" PRId64, id->token);
     snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
-    return eval(l, l->renew, cb, arg, 4, argv);
+    return eval(l, l->renew, cb, arg, 8, argv);
+}
+
+int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, sbx_lease_cb cb, void *arg)
+{
+    char f[24];
+    const char *argv[] = {"0", f};
+    snprintf(f, sizeof(f), "%" PRId64, floor);
+    return eval(l, l->fence, cb, arg, 2, argv);
 }
 
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,

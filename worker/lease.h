@@ -32,9 +32,12 @@ typedef enum sbx_lease_status {
 
 const char *sbx_lease_status_name(sbx_lease_status s);
 
+/* Longest slot id (sbx_lease_reply.slot holds it). */
+#define SBX_LEASE_SLOT_MAX 191
+
 typedef struct sbx_lease_reply {
     sbx_lease_status status;
-    char slot[192];         /* OK on acquire */
+    char slot[SBX_LEASE_SLOT_MAX + 1]; /* OK on acquire */
     int64_t token;          /* OK on acquire */
     int64_t ttl_left_ms;    /* BUSY/HELD: how long the holder's lease still runs */
     int reaped;             /* expired leases this call reaped */
@@ -55,11 +58,23 @@ void sbx_leases_free(sbx_leases *l);
 int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
                       const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
                       void *arg);
-int sbx_lease_renew(sbx_leases *l, const char *slot, int64_t token, int64_t ttl_ms,
-                    sbx_lease_cb cb, void *arg);
+/* Who holds a lease: what renew needs to take a lease back that Redis lost
+ * (restarted without its data). */
+typedef struct sbx_lease_id {
+    const char *pool, *slot, *project, *job, *worker;
+    int64_t token;
+} sbx_lease_id;
+
+/* OK (reaped = 1 when the lease had to be restored), or LOST. */
+int sbx_lease_renew(sbx_leases *l, const sbx_lease_id *id, int64_t ttl_ms, sbx_lease_cb cb,
+                    void *arg);
+/* Lifts the token counter to at least floor (the newest token PostgreSQL
+ * recorded) so tokens keep growing after Redis lost its data. */
+int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, sbx_lease_cb cb, void *arg);
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
                       void *arg);
-/* Makes the pool's slot set exactly `slots` (free unless leased); any
+/* Makes the pool's slot set exactly `slots` (free unless leased, or marked
+ * busy as "!<slot>" by the registrant); any
  * number of slots (sent in chunks). registrant names the caller (its worker
  * id) so two registrations of one pool never mix their chunks. */
 int sbx_lease_register(sbx_leases *l, const char *pool, const char *registrant,

@@ -42,24 +42,77 @@ static void on_registered(void *arg, const sbx_lease_reply *rep)
         sbx_warn("lease", "pool registration failed: %s", rep->error ? rep->error : "?");
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Registers the provider's slots; the ones our running jobs hold are marked
+ * busy, so a Redis that lost its data (and with it our leases) does not
+ * hand them to someone else before our renewals restore the leases. */
 static void register_pool(sbx_worker *w)
 {
-    const char **ids;
-    size_t n = w->prov->ops->slots(w->prov, &ids);
+    const char **ids, **list = NULL, **leased = NULL;
+    char *marks = NULL;
+    size_t n = w->prov->ops->slots(w->prov, &ids), nleased, off = 0;
+
     /* Providers whose slots register themselves (VM agents) offer none. */
     if (n == 0)
         return;
-    if (sbx_lease_register(w->leases, w->prov->ops->pool(w->prov), w->cfg.worker_id, ids, (int)n,
-                           on_registered, w) != 0)
+    list = malloc(n * sizeof(*list));
+    leased = malloc(n * sizeof(*leased));
+    if (!list || !leased)
+        goto out;
+    nleased = sbx__jobs_leased_slots(w, leased, n);
+    qsort(leased, nleased, sizeof(*leased), cmp_str);
+    marks = malloc(nleased * (SBX_LEASE_SLOT_MAX + 2) + 1);
+    if (!marks)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        list[i] = ids[i];
+        if (nleased && bsearch(&ids[i], leased, nleased, sizeof(*leased), cmp_str)) {
+            int k = snprintf(marks + off, SBX_LEASE_SLOT_MAX + 2, "!%s", ids[i]);
+            list[i] = marks + off;
+            off += (size_t)k + 1;
+        }
+    }
+    if (sbx_lease_register(w->leases, w->prov->ops->pool(w->prov), w->cfg.worker_id, list,
+                           (int)n, on_registered, w) != 0)
         sbx_warn("lease", "pool registration deferred: redis unavailable");
+out:
+    free(list);
+    free(leased);
+    free(marks);
+}
+
+static void on_fence_floor(void *arg, const sbx_lease_reply *rep)
+{
+    (void)arg;
+    if (rep->status == SBX_LEASE_OK && rep->reaped)
+        sbx_warn("lease", "token counter was behind PostgreSQL (Redis lost data?); lifted to %lld",
+                 (long long)rep->token);
+}
+
+static void on_max_token(void *arg, PGresult *res, const char *err)
+{
+    sbx_worker *w = arg;
+    if (!res || PQntuples(res) != 1) {
+        sbx_warn("lease", "newest token from PostgreSQL: %s", err ? err : "no row");
+        return;
+    }
+    sbx_lease_fence_floor(w->leases, strtoll(PQgetvalue(res, 0, 0), NULL, 10), on_fence_floor, w);
 }
 
 /* Redis may have restarted empty: put our slots back every time it returns. */
 static void on_redis_state(void *arg, int up)
 {
     sbx_worker *w = arg;
-    if (up && w->leases && w->prov)
-        register_pool(w);
+    if (!up || !w->leases || !w->prov)
+        return;
+    register_pool(w);
+    if (w->db)
+        sbx_db_query(w->db, "SELECT coalesce(max(lease_token), 0) FROM sbx.runs", 0, NULL,
+                     on_max_token, w);
 }
 
 static void on_cancel_notify(void *arg, const char *job_id) { sbx__jobs_cancel(arg, job_id); }
@@ -197,11 +250,11 @@ int main(int argc, char **argv)
     }
     if (sbx_leases_new(w.redis, &w.leases) != 0)
         return 1;
-    if (sbx_redis_connected(w.redis))
-        register_pool(&w);
     rc = sbx_db_new(w.loop, w.cfg.database_url, NULL, NULL, &w.db);
     if (rc)
         return 1;
+    if (sbx_redis_connected(w.redis))
+        on_redis_state(&w, 1);
     sbx_db_listen(w.db, "sbx_cancel", on_cancel_notify, &w);
 
     snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);

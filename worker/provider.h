@@ -32,6 +32,9 @@ typedef enum sbx_outcome {
     SBX_OUTCOME_TIMED_OUT,   /* outlived job->timeout_s; all its processes are gone */
     SBX_OUTCOME_CANCELED,    /* cancel() was called */
     SBX_OUTCOME_ERROR,       /* the provider could not run it (transient: retry) */
+    SBX_OUTCOME_BUSY,        /* the slot was not free on the provider's side (an older
+                              * lease's build still there, or it knows a newer token):
+                              * no build happened; wait for capacity, not an attempt */
 } sbx_outcome;
 
 /* Bounded: the log tail is what the runs table keeps (see migrations). */
@@ -62,7 +65,8 @@ typedef struct sbx_run_req {
 typedef struct sbx_provider_ops {
     const char *name;
     /* Starts a build. Returns 0 and sets *out, or an errno-style code and
-     * writes a line into err. */
+     * writes a line into err (-EBUSY: the slot is still busy here; the caller
+     * waits for capacity). */
     int (*start)(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
                  sbx_run **out, char *err, size_t errlen);
     /* Asks a run to stop; FINISHED with SBX_OUTCOME_CANCELED follows. */

@@ -90,7 +90,7 @@ struct sbx_run {
 };
 
 static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled",
-                                            "error"};
+                                            "error", "busy"};
 
 static int slot_index(const local_provider *p, const char *slot)
 {

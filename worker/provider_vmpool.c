@@ -74,7 +74,8 @@
 
 typedef enum vstate { V_LOOKUP, V_WAKE, V_FOLLOW, V_DONE } vstate;
 static const char *const state_names[] = {"lookup", "wake", "follow", "done"};
-static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled", "error"};
+static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled", "error",
+                                            "busy"};
 
 typedef struct vmpool {
     sbx_provider base;
@@ -173,7 +174,7 @@ static void finish(struct sbx_run *r, sbx_result *res)
         res->outcome = SBX_OUTCOME_CANCELED;
     report_started(r);
     set_state(r, V_DONE);
-    sbx_log(res->outcome == SBX_OUTCOME_ERROR ? SBX_LOG_WARN : SBX_LOG_INFO, "vmpool",
+    sbx_log(res->outcome >= SBX_OUTCOME_ERROR ? SBX_LOG_WARN : SBX_LOG_INFO, "vmpool",
             "run end job=%s slot=%s token=%" PRId64 " run=%s outcome=%s exit_code=%d%s%s", r->job_id,
             r->slot, r->token, r->run_id[0] ? r->run_id : "-", outcome_names[res->outcome],
             res->exit_code, res->error[0] ? " error=" : "", res->error);
@@ -182,17 +183,33 @@ static void finish(struct sbx_run *r, sbx_result *res)
     cb(arg, SBX_RUN_FINISHED, res);
 }
 
+static void end_with(struct sbx_run *r, sbx_outcome outcome, const char *fmt, va_list ap)
+{
+    sbx_result res;
+    init_result(r, &res);
+    res.outcome = outcome;
+    vsnprintf(res.error, sizeof(res.error), fmt, ap);
+    finish(r, &res);
+}
+
 static void fail(struct sbx_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail(struct sbx_run *r, const char *fmt, ...)
 {
-    sbx_result res;
     va_list ap;
-    init_result(r, &res);
-    res.outcome = SBX_OUTCOME_ERROR;
     va_start(ap, fmt);
-    vsnprintf(res.error, sizeof(res.error), fmt, ap);
+    end_with(r, SBX_OUTCOME_ERROR, fmt, ap);
     va_end(ap);
-    finish(r, &res);
+}
+
+/* The agent would not take the slot (still busy with an older lease's build,
+ * or it has seen a newer token): no build happened, the worker waits. */
+static void refused(struct sbx_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void refused(struct sbx_run *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    end_with(r, SBX_OUTCOME_BUSY, fmt, ap);
+    va_end(ap);
 }
 
 static void retry_later(struct sbx_run *r)
@@ -486,7 +503,13 @@ static void on_wake_done(void *arg, const sbx_http_res *res)
             retry_later(r);
             return;
         }
-        fail(r, "slot %s stayed busy for %" PRIu64 " ms", r->slot, now - r->busy_since_ms);
+        refused(r, "slot %s stayed busy for %" PRIu64 " ms", r->slot, now - r->busy_since_ms);
+        return;
+    }
+    if (res->status == 409 && err && strcmp(err, "stale_token") == 0) {
+        json_object_put(o);
+        agent_error(res, why, sizeof(why));
+        refused(r, "agent of %s refused the token: %s", r->vm, why);
         return;
     }
     json_object_put(o);

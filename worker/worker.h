@@ -58,6 +58,9 @@ void sbx__jobs_abandon(sbx_worker *w);
 /* `sbx cancel` (NOTIFY sbx_cancel): stops the job if this worker holds it. */
 void sbx__jobs_cancel(sbx_worker *w, const char *job_id);
 size_t sbx__jobs_count(const sbx_worker *w);
+/* Slots this worker's jobs hold leases on (pointers into the jobs, valid
+ * until the loop runs again); at most max. */
+size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max);
 
 /* Builds w->prov from w->cfg (providers.c). */
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen);

@@ -68,6 +68,13 @@ static int teardown(void **state)
     return 0;
 }
 
+static void renew(const char *pool, const char *slot, const char *project, const char *job,
+                  int64_t token, int64_t ttl)
+{
+    sbx_lease_id id = {pool, slot, project, job, "w", token};
+    CALL(sbx_lease_renew(LS, &id, ttl, on_rep, NULL));
+}
+
 static void reg(const char *pool, int n)
 {
     const char *ids[8];
@@ -102,11 +109,11 @@ static void test_one_build_per_project_and_tokens_grow(void **state)
     CALL(sbx_lease_acquire(LS, "p1", "projC", "job4", "w1", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_NOCAP);
     /* A stale token can neither renew nor release. */
-    CALL(sbx_lease_renew(LS, s1, t1 + 1000, 10000, on_rep, NULL));
+    renew("p1", s1, "projA", "job1", t1 + 1000, 10000);
     assert_int_equal(last.status, SBX_LEASE_LOST);
     CALL(sbx_lease_release(LS, s1, t1 - 1, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_LOST);
-    CALL(sbx_lease_renew(LS, s1, t1, 10000, on_rep, NULL));
+    renew("p1", s1, "projA", "job1", t1, 10000);
     assert_int_equal(last.status, SBX_LEASE_OK);
     CALL(sbx_lease_release(LS, s1, t1, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
@@ -129,7 +136,7 @@ static void test_expired_lease_is_reaped(void **state)
     snprintf(s, sizeof(s), "%s", last_slot);
     nanosleep(&ts, NULL);
     /* The dead worker's renew is refused once expired... */
-    CALL(sbx_lease_renew(LS, s, t, 300, on_rep, NULL));
+    renew("p2", s, "projX", "jobX", t, 300);
     assert_int_equal(last.status, SBX_LEASE_LOST);
     /* ...and the next acquire reaps it and takes the slot with a newer token. */
     CALL(sbx_lease_acquire(LS, "p2", "projX", "jobX", "w2", 10000, 0, on_rep, NULL));
@@ -218,6 +225,53 @@ static void test_vm_without_heartbeat_is_never_handed_out(void **state)
     }
 }
 
+static void test_renew_restores_a_lease_redis_lost(void **state)
+{
+    char s1[192];
+    int64_t t1;
+    const char *ids[2] = {"dl/0", "dl/1"};
+    const char *busy[2] = {"!dl/0", "dl/1"};
+    (void)state;
+    CALL(sbx_lease_register(LS, "dl", "t", ids, 2, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS, "dl", "projD", "jobD", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    snprintf(s1, sizeof(s1), "%s", last_slot);
+    t1 = last.token;
+    /* Redis loses everything (a restart without persistence). */
+    redis_do("FLUSHALL", NULL, NULL, NULL, NULL, NULL);
+    /* The worker re-registers, marking the slot its build holds busy... */
+    busy[0] = strcmp(s1, "dl/0") == 0 ? "!dl/0" : "dl/0";
+    busy[1] = strcmp(s1, "dl/1") == 0 ? "!dl/1" : "dl/1";
+    CALL(sbx_lease_register(LS, "dl", "t", busy, 2, on_rep, NULL));
+    /* ...so the other slot is the only one handed out, */
+    CALL(sbx_lease_acquire(LS, "dl", "projE", "jobE", "w2", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_not_equal(last_slot, s1);
+    /* and its renewal takes the lease back and lifts the counter above it. */
+    renew("dl", s1, "projD", "jobD", t1, 10000);
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_int_equal(last.reaped, 1);
+    CALL(sbx_lease_acquire(LS, "dl", "projD", "jobOther", "w3", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_BUSY);
+    CALL(sbx_lease_release(LS, s1, t1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    CALL(sbx_lease_acquire(LS, "dl", "projF", "jobF", "w3", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_true(last.token > t1);
+    /* A lease whose project another holder took meanwhile is lost. */
+    redis_do("FLUSHALL", NULL, NULL, NULL, NULL, NULL);
+    CALL(sbx_lease_register(LS, "dl", "t", ids, 2, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS, "dl", "projD", "jobD2", "w4", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    renew("dl", strcmp(last_slot, "dl/0") == 0 ? "dl/1" : "dl/0", "projD", "jobD", t1, 10000);
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+    /* The fence floor lifts a counter that fell behind. */
+    CALL(sbx_lease_fence_floor(LS, 900000, on_rep, NULL));
+    assert_int_equal(last.reaped, 1);
+    CALL(sbx_lease_acquire(LS, "dl", "projG", "jobG", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.token, 900001);
+}
+
 static void test_survives_redis_restart(void **state)
 {
     struct timespec ts = {0, 50 * 1000000};
@@ -260,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_register_shrinks_pool),
         cmocka_unit_test(test_register_many_slots_in_chunks),
         cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),
+        cmocka_unit_test(test_renew_restores_a_lease_redis_lost),
         cmocka_unit_test(test_survives_redis_restart),
     };
     return cmocka_run_group_tests_name("lease", tests, setup, teardown);

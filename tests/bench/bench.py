@@ -1,0 +1,896 @@
+#!/usr/bin/env python3
+"""bench.py — `make bench`: what one sbx-worker costs and how fast it goes.
+
+Owns the benchmark figures of the "Performance" issue, measured against the
+real servers (Kafka, Redis, PostgreSQL from tests/services/sbxsvc.py, on
+127.0.0.1) with the `bench` provider (worker/provider_bench.c), whose builds
+do nothing, so every figure is the worker's own cost:
+
+  dispatch   N no-op jobs over 1,000 projects, all published first, then one
+             worker (and then two) drains them: jobs/s from the runs table
+             (max(finished_at) - min(created_at)) and by wall clock; CPU
+             seconds per 1,000 jobs of the worker and of each server.
+  latency    a paced producer (sbx-bench-pace, pace.c) at half the measured
+             one-worker rate stamps each job (metadata t_us); enqueue -> run
+             row (the queued event: Kafka and intake), enqueue -> lease (the
+             provisioning event, written by the claim that follows the Redis
+             lease, just before the provider call), enqueue -> running (the
+             provider reported the build started), enqueue -> terminal as a
+             LISTEN sbx_runs reader sees it.
+  inflight   10,000 builds of 10,000 projects that each last 60 s: time until
+             all run, the worker's RSS, and its CPU while nothing changes.
+  bullmq     the peer: the same no-op jobs through BullMQ on the same Redis
+             (tests/bench/bullmq), jobs/s and worker CPU per 1,000 jobs.
+  callgrind  instructions per job of the worker under callgrind for a small
+             fixed workload (counters zeroed once the worker is idle and
+             ready, dumped when the last job is terminal), and where they go.
+
+Why it is shaped so:
+- One set of servers for the whole run (their start is the slow part), and a
+  clean slate per run: a new topic and consumer group, runs truncated, Redis
+  flushed. Runs never see each other's jobs, leases or offsets.
+- Every wait has a deadline and every run a time cap; a capped run reports
+  what it measured (a rate over the jobs done so far) and is marked partial,
+  so `make bench` stays bounded whatever state the worker's speed is in. A
+  budget for the whole run skips runs that would start after it.
+- Every process we start is in its own session with PR_SET_PDEATHSIG (via
+  sbxsvc._Proc), and stopped in a finally block, so nothing outlives us.
+- Each figure is run BENCH_RUNS times; the table shows the median.
+
+Configuration (environment): BENCH_QUICK=1 (small, about 3 minutes),
+BENCH_RUNS, BENCH_JOBS, BENCH_PROJECTS, BENCH_MAX_INFLIGHT, BENCH_RUN_CAP_S,
+BENCH_LATENCY_RATE, BENCH_LATENCY_S, BENCH_INFLIGHT, BENCH_HOLD_MS,
+BENCH_IDLE_S, BENCH_BULLMQ_CONCURRENCY, BENCH_CALLGRIND_JOBS,
+BENCH_CALLGRIND_RUNS, BENCH_ONLY (comma list of the names above),
+BENCH_BUDGET_S, BENCH_OUT (markdown, default tests/bench/last-results.md),
+BENCH_KEEP=1 (keep the servers' and workers' logs), SBX_BUILD (default build).
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "services"))
+import sbxsvc  # noqa: E402
+
+import psycopg  # noqa: E402  (installed by docker/install-deps.sh)
+
+FIGURES = ("dispatch", "latency", "inflight", "bullmq", "callgrind")
+PARTITIONS = 8
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# How often progress is polled. A count over 100,000 rows costs PostgreSQL a
+# few milliseconds; twice a second is noise next to the work measured.
+POLL_S = 0.5
+# Worker start to "ready" (group joined, pool registered); callgrind's is
+# tens of times slower.
+READY_TIMEOUT_S = 60
+READY_TIMEOUT_CALLGRIND_S = 240
+# After the last job of a paced or callgrind run was sent.
+DRAIN_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 15
+WARMUP_JOBS = 1000
+# callgrind frames at or above this share of all Ir are the whole program.
+WHOLE_PROGRAM_PCT = 95.0
+BULLMQ_NOT = ("BullMQ keeps no durable status in a SQL store (its job records live in Redis "
+              "only), issues no fencing tokens (a stalled job is handed to another worker "
+              "while the first may still run it), and has no per-project exclusion (two "
+              "jobs of one project run at once).")
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+def env_int(name, default):
+    v = os.environ.get(name, "")
+    return int(v) if v.strip() else default
+
+
+def env_float(name, default):
+    v = os.environ.get(name, "")
+    return float(v) if v.strip() else default
+
+
+class Config:
+    def __init__(self):
+        quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+        self.quick = quick
+        self.runs = env_int("BENCH_RUNS", 3)
+        self.jobs = env_int("BENCH_JOBS", 2000 if quick else 100000)
+        self.projects = env_int("BENCH_PROJECTS", 1000)
+        self.max_inflight = env_int("BENCH_MAX_INFLIGHT", 10000)
+        # A dispatch run stops here even if jobs remain (it is then partial).
+        self.run_cap_s = env_float("BENCH_RUN_CAP_S", 15 if quick else 60)
+        self.latency_rate = env_float("BENCH_LATENCY_RATE", 0)
+        self.latency_s = env_float("BENCH_LATENCY_S", 5 if quick else 20)
+        self.inflight = env_int("BENCH_INFLIGHT", 1000 if quick else 10000)
+        self.hold_ms = env_int("BENCH_HOLD_MS", 60000)
+        self.idle_s = env_float("BENCH_IDLE_S", 5 if quick else 10)
+        self.bullmq_concurrency = env_int("BENCH_BULLMQ_CONCURRENCY", 1000)
+        self.callgrind_jobs = env_int("BENCH_CALLGRIND_JOBS", 200 if quick else 2000)
+        self.callgrind_runs = env_int("BENCH_CALLGRIND_RUNS", 1 if quick else self.runs)
+        self.budget_s = env_float("BENCH_BUDGET_S", 180 if quick else 900)
+        only = os.environ.get("BENCH_ONLY", "").strip()
+        self.only = [x.strip() for x in only.split(",") if x.strip()] or list(FIGURES)
+        for x in self.only:
+            if x not in FIGURES:
+                raise SystemExit("bench: BENCH_ONLY: unknown figure %r (have %s)"
+                                 % (x, ", ".join(FIGURES)))
+        self.out = os.environ.get("BENCH_OUT", os.path.join(HERE, "last-results.md"))
+        self.keep = os.environ.get("BENCH_KEEP", "") not in ("", "0")
+        b = os.environ.get("SBX_BUILD", "build")
+        build = b if os.path.isabs(b) else os.path.join(REPO, b)
+        self.bin = os.path.join(build, "bin")
+        self.pace = os.path.join(build, "bench", "sbx-bench-pace")
+
+    def describe(self):
+        return ("runs=%d jobs=%d projects=%d max_inflight=%d run_cap=%gs latency=%gs "
+                "inflight=%d hold=%dms idle=%gs bullmq_concurrency=%d callgrind_jobs=%d%s"
+                % (self.runs, self.jobs, self.projects, self.max_inflight, self.run_cap_s,
+                   self.latency_s, self.inflight, self.hold_ms, self.idle_s,
+                   self.bullmq_concurrency, self.callgrind_jobs, " (quick)" if self.quick else ""))
+
+
+# --- processes and /proc ---------------------------------------------------------
+
+def proc_times(pid):
+    """(utime, stime) of one process (all its threads), in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the comm: state is fields[0], so utime (field 14) is fields[11].
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_s(pid):
+    """utime+stime of one process, in seconds."""
+    return sum(proc_times(pid))
+
+
+def tree_cpu_s(root):
+    """CPU of a process and all its descendants, plus that of their reaped
+    children (cutime/cstime), so PostgreSQL backends that came and went still
+    count. (Not the process group: PostgreSQL's children call setsid().)"""
+    stats = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    kids = {}
+    for pid, (ppid, _) in stats.items():
+        kids.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo.extend(kids.get(pid, []))
+    return total / CLK_TCK
+
+
+def proc_rss_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            mem_kb = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = 0
+    rev = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": model, "mem_gib": mem_kb / 1048576,
+            "kernel": platform.release(), "rev": rev or "unknown", "load": os.getloadavg()[0]}
+
+
+def worker_stats(path):
+    """The counters of the worker's last "stats" line (it logs one at exit)."""
+    last = None
+    with open(path, "rb") as f:
+        for line in f:
+            if b" stats " in line:
+                last = line.decode(errors="replace")
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)\b", last or "")}
+
+
+def redis_cmd(port, *args):
+    """One command over RESP; returns the first reply line (enough for
+    FLUSHALL and PING)."""
+    req = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(req)
+        return s.recv(4096).split(b"\r\n", 1)[0].decode()
+
+
+def percentile(sorted_vals, p):
+    """Nearest rank; sorted_vals may end in inf (jobs never seen)."""
+    if not sorted_vals:
+        return None
+    k = max(0, math.ceil(p / 100.0 * len(sorted_vals)) - 1)
+    return sorted_vals[k]
+
+
+# --- the bench ---------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.t_start = time.monotonic()
+        self.svc = sbxsvc.Services(keep=cfg.keep)
+        self.env = None
+        self.db = None
+        self.procs = []
+        self.results = {}      # row key -> list of (value, partial)
+        self.notes = []
+        self.top15 = None
+        self.tmp = None
+        self.last_logs = []     # the worker logs of the current run
+
+    # ----- setup -----
+
+    def start(self):
+        for exe in (os.path.join(self.cfg.bin, "sbx"), os.path.join(self.cfg.bin, "sbx-worker"),
+                    self.cfg.pace):
+            if not os.access(exe, os.X_OK):
+                raise SystemExit("bench: %s is not built (run make bench)" % exe)
+        self.env = self.svc.start(kafka=True, redis=True, postgres=True)
+        log(self.svc.timing_line())
+        self.tmp = self.svc.root
+        r = self.sbx(["migrate"], timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("sbx migrate failed: %s%s" % (r.stdout, r.stderr))
+        self.db = psycopg.connect(self.env["SBX_DATABASE_URL"], autocommit=True,
+                                  connect_timeout=10)
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                p.stop(signal.SIGKILL, 5)
+            except sbxsvc.ServiceError as e:
+                log("cleanup: %s" % e)
+        self.procs = []
+        if self.db is not None:
+            self.db.close()
+        self.svc.stop()
+
+    def elapsed(self):
+        return time.monotonic() - self.t_start
+
+    def over_budget(self, what):
+        if self.elapsed() > self.cfg.budget_s:
+            log("%s skipped: past the budget of %.0f s (BENCH_BUDGET_S)" % (what, self.cfg.budget_s))
+            self.notes.append("%s skipped: past the time budget." % what)
+            return True
+        return False
+
+    def sbx(self, args, timeout, input=None):
+        env = dict(os.environ, **self.env)
+        return subprocess.run([os.path.join(self.cfg.bin, "sbx")] + args, env=env, cwd=REPO,
+                              input=input, capture_output=True, timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+
+    def q(self, sql, *params):
+        with self.db.cursor() as cur:
+            cur.execute(sql, params or None)
+            return cur.fetchall() if cur.description else None
+
+    def fresh(self, tag):
+        """A clean slate: no runs, no Redis keys, a new topic and group."""
+        for p in self.procs:
+            p.stop(signal.SIGKILL, 5)
+        self.procs = []
+        self.q("TRUNCATE sbx.runs CASCADE")
+        redis_cmd(self.svc.svc["redis"].port, "FLUSHALL")
+        topic = "bench.%s.%s" % (tag, uuid.uuid4().hex[:8])
+        kport = self.svc.svc["kafka"].port
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with sbxsvc._KafkaConn(kport, 5.0) as k:
+                    errs = dict(k.create_topics({topic: PARTITIONS}, 5000))
+                    if errs.get(topic) in (0, 36) and k.topics_led({topic: PARTITIONS}):
+                        break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("topic %s not ready within 30 s" % topic)
+            time.sleep(0.1)
+        return topic
+
+    def publish(self, topic, jobs):
+        """jobs: list of dicts; sent by `sbx enqueue --json -` on one connection."""
+        data = "".join(json.dumps(j, separators=(",", ":")) + "\n" for j in jobs).encode()
+        t0 = time.monotonic()
+        r = self.sbx(["enqueue", "--topic", topic, "--json", "-"], timeout=300, input=data)
+        if r.returncode != 0:
+            raise RuntimeError("sbx enqueue failed (%d): %s" % (r.returncode, r.stderr[-2000:]))
+        return time.monotonic() - t0
+
+    def worker(self, topic, node, extra=None, wrap=None):
+        env = dict(os.environ, **self.env)
+        env.update({"SBX_TOPIC": topic, "SBX_GROUP": "g-" + topic, "SBX_PROVIDER": "bench",
+                    "SBX_NODE": node, "SBX_MAX_INFLIGHT": str(self.cfg.max_inflight),
+                    "SBX_BENCH_HOLD_MS": "0", "SBX_LOG_LEVEL": "info",
+                    "SBX_SHUTDOWN_GRACE_MS": "2000"})
+        env.update(extra or {})
+        logf = os.path.join(self.tmp, "worker-%s-%s.log" % (topic, node))
+        if not self.last_logs or topic not in self.last_logs[0]:
+            self.last_logs = []
+        self.last_logs.append(logf)
+        p = sbxsvc._Proc((wrap or []) + [os.path.join(self.cfg.bin, "sbx-worker")], logf, env=env)
+        p.topic = topic
+        self.procs.append(p)
+        return p
+
+    def wait_worker_ready(self, p, timeout):
+        """Until the worker joined the group and registered its pool."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(p.log, "rb") as f:
+                text = f.read().decode(errors="replace")
+            if re.search(r"assigned \d+ partitions", text) and re.search(r"pool \S+ registered", text):
+                return
+            if p.exited():
+                raise RuntimeError("worker exited early; log %s:\n%s" % (p.log, sbxsvc._tail(p.log)))
+            if time.monotonic() > deadline:
+                raise RuntimeError("worker not ready within %.0f s; log %s" % (timeout, p.log))
+            time.sleep(0.1)
+
+    def stop_proc(self, p, sig=signal.SIGTERM, timeout=STOP_TIMEOUT_S):
+        p.stop(sig, timeout)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def server_cpu(self):
+        return {name: tree_cpu_s(s.proc.pid) for name, s in self.svc.svc.items() if s.proc}
+
+    def done_count(self):
+        return self.q("SELECT count(*) FROM sbx.runs WHERE finished_at IS NOT NULL")[0][0]
+
+    def add(self, key, value, partial=False):
+        self.results.setdefault(key, []).append((value, partial))
+
+    # ----- dispatch -----
+
+    def jobs_spec(self, prefix, n, projects, cmd=("true",)):
+        return [{"job_id": "%s-%d" % (prefix, i), "project_id": "p%d" % (i % projects),
+                 "command": list(cmd)} for i in range(n)]
+
+    def dispatch_run(self, nworkers, run, jobs=None, record=True):
+        """record=None: a warm-up, measured but not kept."""
+        cfg = self.cfg
+        jobs = jobs or cfg.jobs
+        topic = self.fresh("d%d-%d" % (nworkers, run))
+        secs = self.publish(topic, self.jobs_spec("d", jobs, cfg.projects))
+        log("dispatch %d worker(s) %s: %d jobs published in %.1f s"
+            % (nworkers, "run %d" % run if record else "warm-up", jobs, secs))
+        t0 = time.monotonic()
+        ws = [self.worker(topic, "bench%d" % i) for i in range(nworkers)]
+        cap = t0 + cfg.run_cap_s
+        cpu0 = srv0 = None
+        partial = False
+        while True:
+            time.sleep(POLL_S)
+            for w in ws:
+                if w.exited():
+                    raise RuntimeError("worker exited; log %s:\n%s" % (w.log, sbxsvc._tail(w.log)))
+            # The window opens at the first recorded run (first message consumed).
+            if cpu0 is None and self.q("SELECT 1 FROM sbx.runs LIMIT 1"):
+                cpu0 = [proc_times(w.pid) for w in ws]
+                srv0 = self.server_cpu()
+            done = self.done_count()
+            if done >= jobs:
+                break
+            if time.monotonic() > cap:
+                partial = True
+                break
+        t_end = time.monotonic()
+        cpu1 = [proc_times(w.pid) for w in ws]
+        srv1 = self.server_cpu()
+        n, span = self.q("SELECT count(*), extract(epoch FROM max(finished_at) - min(created_at)) "
+                         "FROM sbx.runs WHERE finished_at IS NOT NULL")[0]
+        bad = self.q("SELECT count(*) FROM sbx.runs WHERE finished_at IS NOT NULL "
+                     "AND status <> 'succeeded'")[0][0]
+        lease_waits = received = 0
+        for w in ws:
+            self.stop_proc(w)
+            st = worker_stats(w.log)
+            lease_waits += st.get("lease_waits", 0)
+            received += st.get("received", 0)
+        if bad:
+            raise RuntimeError("%d runs ended other than succeeded" % bad)
+        if not n or not span or cpu0 is None:
+            raise RuntimeError("no job finished within %.0f s" % cfg.run_cap_s)
+        if record is None:
+            return
+        rate_db = n / float(span)
+        rate_wall = n / (t_end - t0)
+        per1k = 1000.0 / n
+        user = sum(b[0] - a[0] for a, b in zip(cpu0, cpu1))
+        system = sum(b[1] - a[1] for a, b in zip(cpu0, cpu1))
+        tag = "1 worker" if nworkers == 1 else "%d workers" % nworkers
+        self.add("dispatch_db_%d" % nworkers, rate_db, partial)
+        self.add("dispatch_wall_%d" % nworkers, rate_wall, partial)
+        self.add("worker_cpu_%d" % nworkers, (user + system) * per1k, partial)
+        self.add("worker_sys_%d" % nworkers, 100.0 * system / (user + system) if user + system else 0,
+                 partial)
+        if received:
+            self.add("lease_waits_%d" % nworkers, lease_waits / float(received), partial)
+        if nworkers == 1:
+            for name in srv1:
+                self.add("server_cpu_%s" % name, (srv1[name] - srv0[name]) * per1k, partial)
+        log("dispatch %s run %d: %d jobs%s, %.0f jobs/s (runs table), %.0f jobs/s (wall), "
+            "worker CPU %.3f s per 1,000 jobs, %.1f lease waits per job received"
+            % (tag, run, n, " (partial: run cap reached)" if partial else "", rate_db, rate_wall,
+               (user + system) * per1k, lease_waits / float(received) if received else 0))
+
+    # ----- latency -----
+
+    def latency_run(self, rate, run):
+        cfg = self.cfg
+        topic = self.fresh("l%d" % run)
+        n = max(1, int(rate * cfg.latency_s))
+        arrivals = {}
+        stop = threading.Event()
+        listen_ready = threading.Event()
+
+        def listen():
+            with psycopg.connect(self.env["SBX_DATABASE_URL"], autocommit=True) as c:
+                c.execute("LISTEN sbx_runs")
+                listen_ready.set()
+                while not stop.is_set():
+                    for note in c.notifies(timeout=0.2):
+                        t = time.time_ns() // 1000
+                        # Only terminal statuses matter; parse those alone.
+                        if '"succeeded"' in note.payload or '"failed"' in note.payload:
+                            arrivals.setdefault(json.loads(note.payload)["job_id"], t)
+
+        th = threading.Thread(target=listen, daemon=True)
+        th.start()
+        try:
+            if not listen_ready.wait(10):
+                raise RuntimeError("LISTEN client did not connect")
+            w = self.worker(topic, "bench0")
+            self.wait_worker_ready(w, READY_TIMEOUT_S)
+            t0 = time.monotonic()
+            r = subprocess.run([cfg.pace, self.env["SBX_BROKERS"], topic, "%g" % rate, str(n),
+                                str(cfg.projects), "l"], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, timeout=cfg.latency_s * 2 + 60)
+            sent_s = time.monotonic() - t0
+            if r.returncode != 0:
+                raise RuntimeError("sbx-bench-pace exited %d: %s %s"
+                                   % (r.returncode, r.stdout.strip(), r.stderr[-1000:]))
+            late_ms = float(re.search(r"late_ms=([\d.]+)", r.stdout).group(1))
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while self.done_count() < n and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            # The last NOTIFYs trail the commit that the count saw.
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            th.join(5)
+        self.stop_proc(w)
+        rows = self.q(
+            "SELECT r.job_id, (r.spec->'metadata'->>'t_us')::bigint, e.to_status,"
+            " (extract(epoch FROM min(e.at)) * 1e6)::bigint"
+            " FROM sbx.runs r JOIN sbx.run_events e USING (job_id)"
+            " WHERE e.to_status IN ('queued', 'provisioning', 'running')"
+            " GROUP BY r.job_id, 2, e.to_status")
+        at = {}
+        for job_id, t, st, t_at in rows:
+            at.setdefault(job_id, {"t": t})[st] = t_at
+        inf = float("inf")
+        stages = {"recorded": [], "lease": [], "running": [], "terminal": []}
+        for i in range(n):
+            job_id = "l-%d" % i
+            a = at.get(job_id)
+            if a is not None and job_id in arrivals:
+                a["terminal"] = arrivals[job_id]
+            for name, key in (("recorded", "queued"), ("lease", "provisioning"),
+                              ("running", "running"), ("terminal", "terminal")):
+                v = a.get(key) if a else None
+                stages[name].append((v - a["t"]) / 1000.0 if v else inf)
+        missing = sum(1 for x in stages["terminal"] if x == inf)
+        for name, vals in stages.items():
+            vals.sort()
+            for p in (50, 99, 99.9):
+                self.add("lat_%s_%s" % (name, p), percentile(vals, p), missing > 0)
+        self.add("lat_rate", n / sent_s)
+        log("latency run %d: %d jobs at %.0f/s (producer at most %.1f ms behind), p50/p99/p99.9 "
+            "ms: recorded %s, lease %s, running %s, terminal %s%s"
+            % (run, n, n / sent_s, late_ms,
+               *("/".join(fmt_num(percentile(stages[k], p)) for p in (50, 99, 99.9))
+                 for k in ("recorded", "lease", "running", "terminal")),
+               "; %d never reached the reader" % missing if missing else ""))
+
+    # ----- in flight -----
+
+    def inflight_run(self, run):
+        cfg = self.cfg
+        n = cfg.inflight
+        topic = self.fresh("i%d" % run)
+        # One project per build: per-project exclusion must not serialise them.
+        self.publish(topic, self.jobs_spec("i", n, n))
+        t0 = time.monotonic()
+        w = self.worker(topic, "bench0", {"SBX_BENCH_HOLD_MS": str(cfg.hold_ms),
+                                          "SBX_MAX_INFLIGHT": str(max(cfg.max_inflight, 2 * n))})
+        # All must run, then stay unchanged for idle_s, before the first ends.
+        deadline = t0 + max(5.0, cfg.hold_ms / 1000.0 - cfg.idle_s - 2)
+        running = 0
+        while time.monotonic() < deadline:
+            time.sleep(POLL_S / 2)
+            if w.exited():
+                raise RuntimeError("worker exited; log %s" % w.log)
+            running = self.q("SELECT count(*) FROM sbx.runs WHERE status = 'running'")[0][0]
+            if running >= n:
+                break
+        t_all = time.monotonic()
+        if running < n:
+            self.stop_proc(w, signal.SIGKILL, 5)
+            self.notes.append("inflight run %d: only %d of %d running after %.0f s."
+                              % (run, running, n, t_all - t0))
+            log("inflight run %d: only %d of %d running after %.0f s" % (run, running, n, t_all - t0))
+            return
+        ramp_db = self.q("SELECT extract(epoch FROM max(started_at) - min(created_at)) "
+                         "FROM sbx.runs")[0][0]
+        rss = proc_rss_kb(w.pid)
+        c0, m0 = proc_cpu_s(w.pid), time.monotonic()
+        time.sleep(cfg.idle_s)
+        c1, m1 = proc_cpu_s(w.pid), time.monotonic()
+        rss = max(rss, proc_rss_kb(w.pid) or 0)
+        still, ended = self.q("SELECT count(*) FILTER (WHERE status = 'running'),"
+                              " count(*) FILTER (WHERE finished_at IS NOT NULL) FROM sbx.runs")[0]
+        # The builds would hold their slots for the rest of hold_ms: kill the
+        # worker rather than wait; the next run starts from a clean slate.
+        self.stop_proc(w, signal.SIGKILL, 5)
+        quiet = still == n and ended == 0
+        self.add("inflight_ramp_wall", t_all - t0)
+        self.add("inflight_ramp_db", float(ramp_db))
+        self.add("inflight_rss", rss / 1024.0)
+        self.add("inflight_cpu", (c1 - c0) / (m1 - m0) * 100.0, not quiet)
+        log("inflight run %d: %d running after %.1f s (runs table %.1f s), RSS %.1f MiB, "
+            "CPU %.2f%% over %.0f s%s" % (run, n, t_all - t0, ramp_db, rss / 1024.0,
+                                        (c1 - c0) / (m1 - m0) * 100.0, m1 - m0,
+                                        "" if quiet else " (not quiet: %d running, %d ended)"
+                                        % (still, ended)))
+
+    # ----- BullMQ -----
+
+    def bullmq_run(self, run):
+        cfg = self.cfg
+        d = os.path.join(HERE, "bullmq")
+        if not os.path.isdir(os.path.join(d, "node_modules", "bullmq")):
+            raise RuntimeError("tests/bench/bullmq/node_modules missing: run `npm ci` there "
+                               "(make bench does)")
+        redis_cmd(self.svc.svc["redis"].port, "FLUSHALL")
+        timeout = cfg.run_cap_s + 120
+        r = subprocess.run(["node", "bench.mjs", self.env["SBX_REDIS_URL"],
+                            "bench-%d-%s" % (run, uuid.uuid4().hex[:6]), str(cfg.jobs),
+                            str(cfg.bullmq_concurrency), str(cfg.run_cap_s)],
+                           cwd=d, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL, start_new_session=True)
+        if r.returncode != 0:
+            raise RuntimeError("bullmq bench failed (%d): %s" % (r.returncode, r.stderr[-2000:]))
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        if not res["done"]:
+            raise RuntimeError("BullMQ finished no job")
+        partial = bool(res["timed_out"])
+        self.add("bullmq_rate", res["rate"], partial)
+        self.add("bullmq_cpu", res["cpu_s"] * 1000.0 / res["done"], partial)
+        log("bullmq run %d: %d jobs added in %.1f s, drained %d at %.0f jobs/s, worker CPU %.3f s "
+            "per 1,000 jobs%s" % (run, cfg.jobs, res["add_s"], res["done"], res["rate"],
+                                  res["cpu_s"] * 1000.0 / res["done"],
+                                  " (partial: run cap reached)" if partial else ""))
+
+    # ----- callgrind -----
+
+    def callgrind_run(self, run):
+        cfg = self.cfg
+        n = cfg.callgrind_jobs
+        topic = self.fresh("c%d" % run)
+        out = os.path.join(self.tmp, "callgrind-%s.out" % topic)
+        wrap = ["valgrind", "--tool=callgrind", "--trace-children=no",
+                "--callgrind-out-file=" + out]
+        w = self.worker(topic, "bench0", wrap=wrap)
+        self.wait_worker_ready(w, READY_TIMEOUT_CALLGRIND_S)
+        # Count only the jobs: startup and pool registration are behind us.
+        r = subprocess.run(["callgrind_control", "--zero", str(w.pid)], capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("callgrind_control --zero: %s%s" % (r.stdout, r.stderr))
+        self.publish(topic, self.jobs_spec("c", n, cfg.projects))
+        deadline = time.monotonic() + max(DRAIN_TIMEOUT_S, 0.5 * n)
+        done = 0
+        while time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            done = self.done_count()
+            if done >= n:
+                break
+        r = subprocess.run(["callgrind_control", "--dump=jobs", str(w.pid)], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("callgrind_control --dump: %s%s" % (r.stdout, r.stderr))
+        dump = out + ".1"
+        wait_until = time.monotonic() + 60
+        while not os.path.exists(dump) and time.monotonic() < wait_until:
+            time.sleep(0.2)
+        self.stop_proc(w, signal.SIGTERM, 60)
+        total = None
+        with open(dump) as f:
+            for line in f:
+                if line.startswith("totals:") or (total is None and line.startswith("summary:")):
+                    total = int(line.split()[1])
+        if not total or not done:
+            raise RuntimeError("callgrind: no totals in %s or no job done" % dump)
+        self.add("callgrind_ir", total / float(done), done < n)
+        log("callgrind run %d: %d jobs, %d Ir in the worker, %.0f Ir per job"
+            % (run, done, total, total / float(done)))
+        if self.top15 is None:
+            self.top15 = callgrind_top(dump, 15)
+
+    # ----- the whole -----
+
+    def repeat(self, what, fn, runs):
+        for i in range(1, runs + 1):
+            if self.over_budget("%s run %d" % (what, i)):
+                return
+            self.last_logs = []
+            try:
+                fn(i)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, psycopg.Error) as e:
+                log("%s run %d failed: %s" % (what, i, e))
+                for path in self.last_logs:
+                    log("--- last lines of %s ---\n%s" % (path, sbxsvc._tail(path, 15)))
+                self.notes.append("%s run %d failed: %s" % (what, i, str(e).splitlines()[0]))
+
+    def run(self):
+        cfg = self.cfg
+        # The first jobs after the servers start are slower (the broker's JIT,
+        # PostgreSQL's caches): a short unrecorded run goes first.
+        self.repeat("warm-up", lambda i: self.dispatch_run(1, 0, min(cfg.jobs, WARMUP_JOBS), None), 1)
+        if "dispatch" in cfg.only:
+            self.repeat("dispatch 1 worker", lambda i: self.dispatch_run(1, i), cfg.runs)
+            self.repeat("dispatch 2 workers", lambda i: self.dispatch_run(2, i), cfg.runs)
+        if "latency" in cfg.only:
+            rate = cfg.latency_rate
+            if not rate:
+                rates = [v for v, _ in self.results.get("dispatch_db_1", [])]
+                rate = statistics.median(rates) / 2 if rates else 100.0
+                if not rates:
+                    self.notes.append("latency: no dispatch figure to halve; offered 100 jobs/s "
+                                      "(set BENCH_LATENCY_RATE).")
+            self.repeat("latency", lambda i: self.latency_run(rate, i), cfg.runs)
+        if "inflight" in cfg.only:
+            self.repeat("inflight", self.inflight_run, cfg.runs)
+        if "bullmq" in cfg.only:
+            self.repeat("bullmq", self.bullmq_run, cfg.runs)
+        if "callgrind" in cfg.only:
+            self.repeat("callgrind", self.callgrind_run, cfg.callgrind_runs)
+
+
+def callgrind_top(path, k):
+    """The k functions with the most inclusive Ir, as callgrind_annotate
+    prints them: [(ir, percent, name)]. Frames that hold the whole program
+    (libc's start, main, the loop: WHOLE_PROGRAM_PCT or more) say nothing and
+    are left out; a function listed twice (with and without its object, as
+    callgrind_annotate does for inlined file names) counts once."""
+    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", path], capture_output=True,
+                       text=True, timeout=120)
+    top, seen = [], set()
+    for line in r.stdout.splitlines():
+        m = re.match(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*\S)\s*$", line)
+        if not m or "PROGRAM TOTALS" in m.group(3) or float(m.group(2)) >= WHOLE_PROGRAM_PCT:
+            continue
+        name = re.sub(r"\s*\[[^]]*\]$", "", m.group(3)).replace(REPO + "/", "")
+        short = name.rsplit("/", 1)[-1]
+        if short in seen:
+            continue
+        seen.add(short)
+        top.append((int(m.group(1).replace(",", "")), float(m.group(2)), name))
+        if len(top) == k:
+            break
+    return top
+
+
+# --- the table -----------------------------------------------------------------------
+
+def fmt_num(v):
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return "inf"
+    a = abs(v)
+    if a >= 100000:
+        return "{:,.0f}".format(v)
+    if a >= 100:
+        return "%.0f" % v
+    if a >= 10:
+        return "%.1f" % v
+    if a >= 1:
+        return "%.2f" % v
+    return "%.3f" % v
+
+
+def median_of(results, key):
+    vals = results.get(key) or []
+    xs = [v for v, _ in vals if v is not None]
+    if not xs:
+        return None, 0, False
+    return statistics.median(xs), len(xs), any(p for _, p in vals)
+
+
+# (key, figure, unit, peer key or None, how the ratio reads)
+ROWS = [
+    ("dispatch_db_1", "dispatch, 1 worker (runs table)", "jobs/s", "bullmq_rate", "x BullMQ"),
+    ("dispatch_wall_1", "dispatch, 1 worker (wall clock from start)", "jobs/s", None, ""),
+    ("worker_cpu_1", "worker CPU per 1,000 jobs, 1 worker", "CPU s", "bullmq_cpu", "x BullMQ worker"),
+    ("worker_sys_1", "worker CPU in the kernel (system time), 1 worker", "%", None, ""),
+    ("lease_waits_1", "lease acquires refused (project busy, no slot) per job, 1 worker", "per job",
+     None, ""),
+    ("server_cpu_postgres", "PostgreSQL CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
+    ("server_cpu_redis", "Redis CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
+    ("server_cpu_kafka", "Kafka broker CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
+    ("dispatch_db_2", "dispatch, 2 workers (runs table)", "jobs/s", "dispatch_db_1", "x 1 worker"),
+    ("dispatch_wall_2", "dispatch, 2 workers (wall clock from start)", "jobs/s", "dispatch_wall_1",
+     "x 1 worker"),
+    ("worker_cpu_2", "worker CPU per 1,000 jobs, 2 workers", "CPU s", "worker_cpu_1", "x 1 worker"),
+    ("lat_rate", "latency: offered rate (half of 1-worker dispatch)", "jobs/s", None, ""),
+    ("lat_recorded_50", "latency enqueue->run row (queued) p50", "ms", None, ""),
+    ("lat_recorded_99", "latency enqueue->run row (queued) p99", "ms", None, ""),
+    ("lat_recorded_99.9", "latency enqueue->run row (queued) p99.9", "ms", None, ""),
+    ("lat_lease_50", "latency enqueue->lease p50", "ms", None, ""),
+    ("lat_lease_99", "latency enqueue->lease p99", "ms", None, ""),
+    ("lat_lease_99.9", "latency enqueue->lease p99.9", "ms", None, ""),
+    ("lat_running_50", "latency enqueue->provider started p50", "ms", None, ""),
+    ("lat_running_99", "latency enqueue->provider started p99", "ms", None, ""),
+    ("lat_running_99.9", "latency enqueue->provider started p99.9", "ms", None, ""),
+    ("lat_terminal_50", "latency enqueue->terminal seen (LISTEN) p50", "ms", None, ""),
+    ("lat_terminal_99", "latency enqueue->terminal seen (LISTEN) p99", "ms", None, ""),
+    ("lat_terminal_99.9", "latency enqueue->terminal seen (LISTEN) p99.9", "ms", None, ""),
+    ("inflight_ramp_wall", "in flight: until all {inflight} running (wall)", "s", None, ""),
+    ("inflight_ramp_db", "in flight: until all {inflight} running (runs table)", "s", None, ""),
+    ("inflight_rss", "in flight: worker RSS with {inflight} running", "MiB", None, ""),
+    ("inflight_cpu", "in flight: worker CPU while {inflight} wait", "% of a core", None, ""),
+    ("bullmq_rate", "BullMQ dispatch, 1 worker", "jobs/s", None, ""),
+    ("bullmq_cpu", "BullMQ worker CPU per 1,000 jobs", "CPU s", None, ""),
+    ("callgrind_ir", "worker instructions per job ({callgrind_jobs} jobs, callgrind)", "Ir/job",
+     None, ""),
+]
+
+
+def table_rows(cfg, results):
+    out = []
+    for key, fig, unit, peer, how in ROWS:
+        med, runs, partial = median_of(results, key)
+        if med is None:
+            continue
+        ratio = ""
+        if peer:
+            pm, _, _ = median_of(results, peer)
+            if pm:
+                ratio = "%.2f %s" % (med / pm, how)
+        out.append((fig.format(inflight="{:,}".format(cfg.inflight),
+                               callgrind_jobs="{:,}".format(cfg.callgrind_jobs)),
+                    unit, fmt_num(med) + ("*" if partial else ""), str(runs), ratio))
+    return out
+
+
+def print_table(rows):
+    head = ("figure", "unit", "median", "runs", "ratio")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+    line = "  ".join("%-*s" % (widths[i], head[i]) for i in range(5))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(("%*s" if i in (2, 3) else "%-*s") % (widths[i], r[i]) for i in range(5)))
+
+
+def write_markdown(path, cfg, m, rows, bench, started):
+    lines = ["# sbx benchmark results (`make bench`)", "",
+             "Written by tests/bench/bench.py; see its top comment for what each figure measures.",
+             "",
+             "- date: %s" % started.strftime("%Y-%m-%d %H:%M UTC"),
+             "- machine: %d CPUs (%s), %.1f GiB memory, Linux %s"
+             % (m["nproc"], m["cpu"], m["mem_gib"], m["kernel"]),
+             "- source: %s" % m["rev"],
+             "- load average (1 min) at start: %.2f, at end: %.2f (anything else running on "
+             "the machine competes with the worker and the servers)" % (m["load"], os.getloadavg()[0]),
+             "- config: %s" % cfg.describe(),
+             "",
+             "| figure | unit | median | runs | ratio |",
+             "| --- | --- | ---: | ---: | --- |"]
+    lines += ["| %s |" % " | ".join(r) for r in rows]
+    if any(r[2].endswith("*") for r in rows):
+        lines += ["", "`*` at least one run was partial (stopped at its time cap, or a job was "
+                  "never seen): the figure is over what it measured."]
+    lines += ["", "What BullMQ does not do: " + BULLMQ_NOT]
+    if bench.notes:
+        lines += ["", "Notes:", ""] + ["- " + n for n in bench.notes]
+    if bench.top15:
+        lines += ["", "Worker, top 15 functions by inclusive Ir (callgrind, %s jobs; frames holding "
+                  "the whole program, such as main and the loop, left out):"
+                  % "{:,}".format(cfg.callgrind_jobs), "",
+                  "| Ir | % | function |", "| ---: | ---: | --- |"]
+        lines += ["| {:,} | {:.1f} | `{}` |".format(ir, pct, name) for ir, pct, name in bench.top15]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main():
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGHUP, _on_term)
+    cfg = Config()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    m = machine()
+    log("%d CPUs (%s), %.1f GiB, load %.2f; %s"
+        % (m["nproc"], m["cpu"], m["mem_gib"], m["load"], cfg.describe()))
+    bench = Bench(cfg)
+    try:
+        bench.start()
+        bench.run()
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+    finally:
+        bench.stop()
+    rows = table_rows(cfg, bench.results)
+    if not rows:
+        log("no figure was measured")
+        for n in bench.notes:
+            log(n)
+        return 1
+    print()
+    print_table(rows)
+    print()
+    if any(r[2].endswith("*") for r in rows):
+        print("* at least one run was partial (time cap reached or a job never seen).")
+    print("What BullMQ does not do: " + BULLMQ_NOT)
+    for n in bench.notes:
+        print("note: " + n)
+    if bench.top15:
+        print()
+        print("worker, top 15 functions by inclusive Ir (callgrind; main and the loop left out):")
+        for ir, pct, name in bench.top15:
+            print("  %15s %5.1f%%  %s" % ("{:,}".format(ir), pct, name))
+    write_markdown(cfg.out, cfg, m, rows, bench, started)
+    log("table written to %s; total %.0f s" % (os.path.relpath(cfg.out, REPO), bench.elapsed()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
