@@ -62,6 +62,8 @@ typedef enum after_release { AR_DONE, AR_WAIT, AR_HANDBACK } after_release;
 struct job {
     job *hnext;                 /* hash chain */
     job *wprev, *wnext;         /* waiting FIFO */
+    projq *pq;                  /* its project's waiters, when parked there */
+    job *pprev, *pnext;
     int waiting_listed;
     job *dnext;                 /* dead list */
     sbx_worker *w;
@@ -172,11 +174,97 @@ size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max)
     return n;
 }
 
-/* ---- waiting list ---- */
+/* ---- waiting ---- */
+
+/* Jobs waiting for capacity sit on one FIFO. Those waiting on a busy project
+ * also queue per project, and only the first of each project asks Redis
+ * again; the others are parked until it leaves. Without that, a hundred
+ * queued builds of one project would each poll every second (a lease storm
+ * measured in the benchmarks), and the project's order would be left to
+ * chance. */
+#define PROJQ_BUCKETS 4096
+
+struct projq {
+    projq *next;            /* hash chain */
+    job *head, *tail;
+    char id[SBX_ID_MAX + 1];
+};
+
+static projq **projq_slot(sbx_worker *w, const char *id)
+{
+    projq **pp;
+    if (!w->projq) {
+        w->projq = calloc(PROJQ_BUCKETS, sizeof(*w->projq));
+        if (!w->projq)
+            return NULL;
+    }
+    for (pp = &w->projq[hash(id) % PROJQ_BUCKETS]; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->id, id) == 0)
+            break;
+    return pp;
+}
+
+/* Queues j behind the other waiters of its project; returns whether j is
+ * the first (the one that keeps asking). */
+static int proj_park(job *j)
+{
+    projq **pp, *q;
+    if (j->pq)
+        return j->pq->head == j;
+    pp = projq_slot(j->w, j->spec->project_id);
+    if (!pp)
+        return 1;
+    q = *pp;
+    if (!q) {
+        q = calloc(1, sizeof(*q));
+        if (!q)
+            return 1;
+        snprintf(q->id, sizeof(q->id), "%s", j->spec->project_id);
+        *pp = q;
+    }
+    j->pq = q;
+    j->pprev = q->tail;
+    j->pnext = NULL;
+    if (q->tail)
+        q->tail->pnext = j;
+    else
+        q->head = j;
+    q->tail = j;
+    return q->head == j;
+}
+
+static void proj_unpark(job *j)
+{
+    projq *q = j->pq, **pp;
+    int was_head;
+    if (!q)
+        return;
+    was_head = q->head == j;
+    if (j->pprev)
+        j->pprev->pnext = j->pnext;
+    else
+        q->head = j->pnext;
+    if (j->pnext)
+        j->pnext->pprev = j->pprev;
+    else
+        q->tail = j->pprev;
+    j->pq = NULL;
+    j->pprev = j->pnext = NULL;
+    if (q->head) {
+        if (was_head)
+            sbx_timer_start(j->w->loop, &q->head->timer, 0);
+        return;
+    }
+    pp = projq_slot(j->w, q->id);
+    if (pp && *pp == q)
+        *pp = q->next;
+    free(q);
+}
 
 static void wait_unlist(job *j)
 {
     sbx_worker *w = j->w;
+    proj_unpark(j);
     if (!j->waiting_listed)
         return;
     if (j->wprev)
@@ -208,15 +296,11 @@ static void wait_list(job *j)
 
 void sbx__jobs_wake(sbx_worker *w, const char *project)
 {
-    job *same = NULL, *any = w->wait_head;
-    for (job *j = w->wait_head; j && project; j = j->wnext)
-        if (strcmp(j->spec->project_id, project) == 0) {
-            same = j;
-            break;
-        }
+    projq **pp = project ? projq_slot(w, project) : NULL;
+    job *same = pp && *pp ? (*pp)->head : NULL, *any = w->wait_head;
     if (same)
         sbx_timer_start(w->loop, &same->timer, 0);
-    if (any && any != same)
+    if (any && any != same && (!any->pq || any->pq->head == any))
         sbx_timer_start(w->loop, &any->timer, 0);
 }
 
@@ -465,6 +549,13 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         w->stats.lease_waits++;
         mark_waiting(j, rep->status == SBX_LEASE_BUSY ? "project busy" : "no capacity");
         d = WAIT_MAX_MS;
+        if (rep->status == SBX_LEASE_BUSY && !proj_park(j)) {
+            /* Parked behind an earlier job of the project, which asks for
+             * both; it wakes us when it leaves the queue. */
+            transition(j, J_WAITING);
+            wait_list(j);
+            return;
+        }
         break;
     case SBX_LEASE_HELD:
         /* A previous owner (killed, or still running after a rebalance)
@@ -1183,4 +1274,12 @@ void sbx__jobs_abandon(sbx_worker *w)
     free(w->jobs.slots);
     w->jobs.slots = NULL;
     w->jobs.nslots = 0;
+    for (size_t i = 0; w->projq && i < PROJQ_BUCKETS; i++)
+        while (w->projq[i]) {
+            projq *q = w->projq[i];
+            w->projq[i] = q->next;
+            free(q);
+        }
+    free(w->projq);
+    w->projq = NULL;
 }

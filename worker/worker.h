@@ -15,6 +15,7 @@
 
 typedef struct sbx_worker sbx_worker;
 typedef struct job job;
+typedef struct projq projq;
 
 /* Counters the cron logs and tests read from the log. */
 typedef struct sbx_stats {
@@ -38,6 +39,7 @@ struct sbx_worker {
     sbx_provider *prov;
     sbx_jobtab jobs;
     job *wait_head, *wait_tail;   /* jobs waiting for capacity, FIFO */
+    projq **projq;                /* per-project queues of waiters (job.c) */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
     sbx_stats stats;
     int stopping;                 /* 1: draining; 2: grace over, handing back */
