@@ -87,6 +87,7 @@ struct job {
     int64_t token;
     uint64_t lease_until_ms;
     uint64_t renew_sent_ms;
+    uint64_t releases_seen;     /* w->releases when the acquire was sent */
     int lost;                   /* lease lost: no more writes or provider calls */
     after_release after;
     sbx_timer timer;            /* retries and waits */
@@ -548,7 +549,9 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     case SBX_LEASE_NOCAP:
         w->stats.lease_waits++;
         mark_waiting(j, rep->status == SBX_LEASE_BUSY ? "project busy" : "no capacity");
-        d = WAIT_MAX_MS;
+        /* A lease of ours was released after this acquire left: its wake-up
+         * found nobody waiting yet, so ask again now. */
+        d = w->releases != j->releases_seen ? 0 : WAIT_MAX_MS;
         if (rep->status == SBX_LEASE_BUSY && !proj_park(j)) {
             /* Parked behind an earlier job of the project, which asks for
              * both; it wakes us when it leaves the queue. */
@@ -577,7 +580,7 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         sbx_info("lease", "reaped %d expired leases", rep->reaped);
     transition(j, J_WAITING);
     wait_list(j);
-    sbx_timer_start(w->loop, &j->timer, jitter(d) + 10);
+    sbx_timer_start(w->loop, &j->timer, d ? jitter(d) + 10 : 0);
 }
 
 static void on_rejected(void *arg, PGresult *res, const char *err)
@@ -621,6 +624,7 @@ static void acquire(job *j)
     sbx_worker *w = j->w;
     int rc;
     j->renew_sent_ms = sbx_now_ms();
+    j->releases_seen = w->releases;
     rc = sbx_lease_acquire(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id, j->id,
                            w->cfg.worker_id, w->cfg.lease_ttl_ms, j->row_token, on_acquired, j);
     if (rc) {
@@ -703,6 +707,7 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
                  rep->error ? rep->error : "?");
     }
     j->have_lease = 0;
+    w->releases++;
     sbx__jobs_wake(w, j->spec->project_id);
     if (j->after == AR_DONE) {
         finish(j);

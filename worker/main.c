@@ -103,7 +103,9 @@ static void on_max_token(void *arg, PGresult *res, const char *err)
     sbx_lease_fence_floor(w->leases, strtoll(PQgetvalue(res, 0, 0), NULL, 10), on_fence_floor, w);
 }
 
-/* Redis may have restarted empty: put our slots back every time it returns. */
+/* Slots are registered when Redis connects (at start, and after every
+ * reconnect: it may have restarted empty), not on a timer — a pool of
+ * 100,000 slots costs ~1,700 script calls to register. */
 static void on_redis_state(void *arg, int up)
 {
     sbx_worker *w = arg;
@@ -136,16 +138,12 @@ static void log_stats(sbx_worker *w, const char *why)
 static void cron(sbx_timer *t)
 {
     sbx_worker *w = t->data;
-    static uint64_t last_stats, last_register, last_sweep;
+    static uint64_t last_stats, last_sweep;
     uint64_t now = sbx_now_ms();
 
     if (now - last_stats >= 30000) {
         last_stats = now;
         log_stats(w, "periodic");
-    }
-    if (now - last_register >= 60000) {
-        last_register = now;
-        register_pool(w);
     }
     if (!w->stopping && (last_sweep == 0 || now - last_sweep >= SWEEP_PERIOD_MS)) {
         last_sweep = now;

@@ -40,6 +40,7 @@ struct sbx_worker {
     sbx_jobtab jobs;
     job *wait_head, *wait_tail;   /* jobs waiting for capacity, FIFO */
     projq **projq;                /* per-project queues of waiters (job.c) */
+    uint64_t releases;            /* leases released by this worker so far */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
     sbx_stats stats;
     int stopping;                 /* 1: draining; 2: grace over, handing back */
