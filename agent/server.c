@@ -403,12 +403,19 @@ static json_object *parse_body(const req *q, char *err, size_t errlen)
     return o;
 }
 
+/* Tokens and attempts are positive. json-c clamps an out-of-range integer
+ * to INT64_MAX/MIN without a word; such a value is refused, or one request
+ * could make a slot refuse every later (real) token. */
 static int get_int64(json_object *o, const char *name, int64_t *out)
 {
     json_object *v;
+    int64_t n;
     if (!json_object_object_get_ex(o, name, &v) || !json_object_is_type(v, json_type_int))
         return -1;
-    *out = json_object_get_int64(v);
+    n = json_object_get_int64(v);
+    if (n <= 0 || n == INT64_MAX)
+        return -1;
+    *out = n;
     return 0;
 }
 

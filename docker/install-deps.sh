@@ -64,6 +64,9 @@ if [ "$mode" = all ]; then
     have kcat || need kcat
     have valgrind || need valgrind
     have clang || need clang
+    # libFuzzer (make fuzz-smoke) is only a Recommends of clang-14.
+    ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 \
+        || need libclang-rt-14-dev
     have ps || need procps
 
     # pytest and psycopg belong to whichever python3 runs the tests. For

@@ -1,0 +1,53 @@
+# tests/fuzz/fuzz.mk — libFuzzer targets for the code that reads untrusted
+# bytes (see tests/fuzz/README.md):
+#   make fuzz-smoke   every target for FUZZ_SMOKE_SECONDS (CI; replays
+#                     tests/fuzz/regressions/ first; non-zero on any finding)
+#   make fuzz FUZZ_SECONDS=600   the same, longer, on demand
+#   make fuzz-merge   shrink the grown corpora to the same coverage
+#   make fuzz-build   only build them
+# Built with clang (Debian's clang 14 ships libFuzzer in libclang-rt-14-dev)
+# and ASan + UBSan, from the project's .c files directly: gcc objects from
+# $(BUILD)/obj carry neither coverage nor the sanitizers.
+FUZZ_CC            ?= clang
+FUZZ_SECONDS       ?= 600
+FUZZ_SMOKE_SECONDS ?= 25
+FUZZ_TARGETS       := job text offsets
+FUZZ_DIR           := $(BUILD)/fuzz
+FUZZ_BINS          := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+
+FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=all -std=c11 -D_GNU_SOURCE $(WARN) \
+               -Iproducers/include -Iworker -Itests/fuzz $(shell pkg-config --cflags json-c)
+FUZZ_LIBS   := $(shell pkg-config --libs json-c) -lm
+# Project files whose allocations the targets make fail (tests/fuzz/alloc.h).
+FUZZ_ALLOC_REDIRECT := -Dmalloc=fuzz_malloc -Dcalloc=fuzz_calloc -Drealloc=fuzz_realloc
+
+fuzzobj = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))
+FUZZ_COMMON := $(call fuzzobj,tests/fuzz/ref.c tests/fuzz/alloc.c)
+
+$(call fuzzobj,producers/lib/job.c worker/offsets.c): FUZZ_EXTRA := $(FUZZ_ALLOC_REDIRECT)
+
+$(FUZZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_EXTRA) -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/job.c) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c worker/text.c producers/lib/job.c) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c worker/offsets.c) $(FUZZ_COMMON)
+
+$(FUZZ_BINS):
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
+
+.PHONY: fuzz fuzz-smoke fuzz-merge fuzz-build
+fuzz-build: $(FUZZ_BINS)
+
+fuzz-smoke: fuzz-build
+	sh tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	sh tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-merge: fuzz-build
+	sh tests/fuzz/run.sh $(FUZZ_DIR) merge $(FUZZ_TARGETS)
+
+-include $(shell find $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)
