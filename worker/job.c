@@ -80,6 +80,7 @@ struct job {
     int marked_waiting;         /* wrote waiting_capacity already */
     int ops;                    /* callbacks outstanding */
     int cancel;                 /* `sbx cancel` asked for it */
+    const char *end_note;       /* why end_unclaimed() ends it (static text) */
     int handback;               /* shutdown: stop the build, requeue, release */
     /* lease */
     int have_lease;
@@ -403,37 +404,45 @@ static void on_fire_and_forget(void *arg, PGresult *res, const char *err)
         sbx_warn("job", "%s: %s", j->id, err);
 }
 
-static void on_cancel_unclaimed(void *arg, PGresult *res, const char *err)
+/* Ends a job nobody has claimed (its cancel was asked, or policy "reject"):
+ * one unfenced statement that answers whether it did. If it did not, the job
+ * was claimed elsewhere or moved on; the normal path (and the claim, which
+ * sees a cancel flag) takes over. */
+static void on_ended_unclaimed(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
     j->ops--;
     if (j->st == J_DONE)
         return;
     if (res && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
-        sbx_info("job", "%s canceled before it started", j->id);
+        sbx_info("job", "%s %s", j->id, j->end_note);
         j->w->stats.canceled++;
         finish(j);
         return;
     }
     if (err)
-        sbx_warn("job", "%s cancel: %s", j->id, err);
-    /* Claimed elsewhere or not cancelable here: the claim sees the flag. */
+        sbx_warn("job", "%s %s: %s", j->id, j->end_note, err);
     transition(j, J_LEASING);
     step(j);
 }
 
-/* The job is not claimed (queued or waiting) and its cancel was asked. */
-static void cancel_unclaimed(job *j)
+static void end_unclaimed(job *j, const char *sql, int nparams, const char *const *params,
+                          const char *note)
 {
-    const char *p[2] = {j->id, j->w->cfg.worker_id};
     sbx_timer_stop(j->w->loop, &j->timer);
     wait_unlist(j);
+    j->end_note = note;
     transition(j, J_RECORDING); /* a write in flight; no timer acts on it */
-    if (sbx_db_query(j->w->db, "SELECT sbx.cancel_unclaimed($1,$2)", 2, p, on_cancel_unclaimed,
-                     j) == 0)
+    if (sbx_db_query(j->w->db, sql, nparams, params, on_ended_unclaimed, j) == 0)
         j->ops++;
     else
         retry_later(j, "database queue full");
+}
+
+static void cancel_unclaimed(job *j)
+{
+    const char *p[2] = {j->id, j->w->cfg.worker_id};
+    end_unclaimed(j, "SELECT sbx.cancel_unclaimed($1,$2)", 2, p, "canceled before it started");
 }
 
 static void on_recorded(void *arg, PGresult *res, const char *err)
@@ -583,40 +592,15 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     sbx_timer_start(w->loop, &j->timer, d ? jitter(d) + 10 : 0);
 }
 
-static void on_rejected(void *arg, PGresult *res, const char *err)
-{
-    job *j = arg;
-    j->ops--;
-    if (j->st == J_DONE)
-        return;
-    if (res && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
-        sbx_info("job", "%s rejected: project %s is busy (policy reject)", j->id,
-                 j->spec->project_id);
-        j->w->stats.canceled++;
-        finish(j);
-        return;
-    }
-    if (err)
-        sbx_warn("job", "%s reject: %s", j->id, err);
-    transition(j, J_LEASING);
-    step(j);
-}
-
 /* Policy "reject": the project has a build running; end this job. */
 static void reject(job *j, const char *busy_slot)
 {
     char detail[300];
-    const char *p[3];
+    const char *p[3] = {j->id, j->w->cfg.worker_id, detail};
     snprintf(detail, sizeof(detail), "rejected: project %s has a build running on %s "
              "(SBX_PROJECT_POLICY=reject)", j->spec->project_id, busy_slot);
-    p[0] = j->id;
-    p[1] = j->w->cfg.worker_id;
-    p[2] = detail;
-    transition(j, J_RECORDING); /* a write in flight; no timer acts on it */
-    if (sbx_db_query(j->w->db, "SELECT sbx.reject_run($1,$2,$3)", 3, p, on_rejected, j) == 0)
-        j->ops++;
-    else
-        retry_later(j, "database queue full");
+    end_unclaimed(j, "SELECT sbx.reject_run($1,$2,$3)", 3, p,
+                  "rejected: its project is busy (policy reject)");
 }
 
 static void acquire(job *j)
@@ -930,17 +914,6 @@ static void write_terminal(job *j)
                  on_terminal_written);
 }
 
-static void on_requeued(void *arg, PGresult *res, const char *err)
-{
-    job *j = arg;
-    (void)res;
-    j->ops--;
-    if (err)
-        sbx_warn("job", "%s requeue: %s", j->id, err);
-    if (j->st == J_FINISHING)
-        release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
-}
-
 static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason,
                         const char *detail, int attempts, int mark_done);
 
@@ -963,60 +936,50 @@ static void retries_exhausted(job *j, const char *error)
     dead_letter(j->w, &m, "retries_exhausted", detail, j->attempt, 0);
 }
 
-static void on_unclaimed(void *arg, PGresult *res, const char *err)
+static void on_claim_handed_back(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
     (void)res;
     j->ops--;
     if (err)
-        sbx_warn("job", "%s unclaim: %s", j->id, err);
+        sbx_warn("job", "%s hand-back: %s", j->id, err);
     if (j->st == J_FINISHING)
         release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
+}
+
+/* A claimed run leaves its claim (fenced: requeue_run or unclaim_run), then
+ * its lease is released and the job waits or is handed back. */
+static void hand_claim_back(job *j, const char *sql, const char *why)
+{
+    sbx_worker *w = j->w;
+    char tok[24];
+    const char *p[4] = {j->id, tok, w->cfg.worker_id, why};
+    snprintf(tok, sizeof(tok), "%" PRId64, j->token);
+    transition(j, J_FINISHING);
+    j->status = NULL;
+    if (sbx_db_query(w->db, sql, 4, p, on_claim_handed_back, j) == 0)
+        j->ops++;
+    else
+        release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
 }
 
 /* The provider would not take the slot: undo the claim (the attempt is not
  * counted), give the lease back and wait for capacity. */
 static void unclaim(job *j, const char *why)
 {
-    sbx_worker *w = j->w;
-    char tok[24];
-    const char *p[4];
     sbx_info("job", "%s: slot %s not free on the provider's side (%s); waiting", j->id, j->slot,
              why);
-    w->stats.lease_waits++;
-    snprintf(tok, sizeof(tok), "%" PRId64, j->token);
-    p[0] = j->id;
-    p[1] = tok;
-    p[2] = w->cfg.worker_id;
-    p[3] = why;
-    transition(j, J_FINISHING);
-    j->status = NULL;
+    j->w->stats.lease_waits++;
     j->marked_waiting = 1;
     j->backoff = j->backoff < 3 ? 3 : j->backoff; /* the slot stays busy a while */
-    if (sbx_db_query(w->db, "SELECT sbx.unclaim_run($1,$2,$3,$4)", 4, p, on_unclaimed, j) == 0)
-        j->ops++;
-    else
-        release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
+    hand_claim_back(j, "SELECT sbx.unclaim_run($1,$2,$3,$4)", why);
 }
 
-/* A claimed run goes back to queued (fenced) and its lease is released:
- * after a provider error (to retry) or at shutdown (to hand back). */
+/* A claimed run goes back to queued: after a provider error (to retry) or at
+ * shutdown (to hand back). */
 static void requeue(job *j, const char *why)
 {
-    sbx_worker *w = j->w;
-    char tok[24];
-    const char *p[4];
-    snprintf(tok, sizeof(tok), "%" PRId64, j->token);
-    p[0] = j->id;
-    p[1] = tok;
-    p[2] = w->cfg.worker_id;
-    p[3] = why;
-    transition(j, J_FINISHING);
-    j->status = NULL;
-    if (sbx_db_query(w->db, "SELECT sbx.requeue_run($1,$2,$3,$4)", 4, p, on_requeued, j) == 0)
-        j->ops++;
-    else
-        release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
+    hand_claim_back(j, "SELECT sbx.requeue_run($1,$2,$3,$4)", why);
 }
 
 static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
