@@ -65,14 +65,16 @@ import sbxsvc  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "timed_out", "canceled", "dead_lettered")
 ACTIVE = ("provisioning", "running")
-# Every move the run functions of migrations/0001_runs.sql can make; "*" marks
-# a claim, which may also take over a run whose owner's lease expired.
+# Every move the run functions of migrations/0001_runs.sql can make. A claim
+# (-> provisioning) may also take over a run whose owner's lease expired;
+# active -> waiting_capacity is unclaim_run (the provider refused the slot:
+# the claim is undone and not counted as an attempt).
 ALLOWED = {
     None: {"queued", "dead_lettered"},
     "queued": {"waiting_capacity", "provisioning", "canceled", "dead_lettered"},
     "waiting_capacity": {"provisioning", "canceled", "dead_lettered"},
-    "provisioning": {"running", "queued", "provisioning"} | set(TERMINAL),
-    "running": {"queued", "provisioning"} | set(TERMINAL),
+    "provisioning": {"running", "queued", "provisioning", "waiting_capacity"} | set(TERMINAL),
+    "running": {"queued", "provisioning", "waiting_capacity"} | set(TERMINAL),
 }
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Memory|Thread)Sanitizer|runtime error:")
 STATS_RE = re.compile(r"\bstats\b.*?(periodic|exit): .*?duplicates=(\d+) lease_waits=(\d+) "
@@ -924,7 +926,7 @@ def validate_history(h, status, attempt, row_token):
     p = []
     if not h:
         return ["no events"]
-    prev, claim_token, claims, seen = None, None, 0, 0
+    prev, claim_token, claims, unclaims, seen = None, None, 0, 0, 0
     terminal = [e for e in h if e[2] in TERMINAL]
     if len(terminal) != 1:
         p.append("%d terminal events" % len(terminal))
@@ -946,7 +948,9 @@ def validate_history(h, status, attempt, row_token):
                 p.append("%s claims with token %s, not above %s" % (where, tok, seen))
             claim_token = tok
         elif frm in ACTIVE:
-            # running, requeue or terminal of a claimed run: fenced writes.
+            # running, requeue, unclaim or terminal of a claimed run: fenced.
+            if to == "waiting_capacity":
+                unclaims += 1
             if tok != claim_token:
                 p.append("%s written with token %s while the claim's is %s"
                          % (where, tok, claim_token))
@@ -959,8 +963,8 @@ def validate_history(h, status, attempt, row_token):
         prev = to
     if status != h[-1][2]:
         p.append("the row says %s, its last event %s" % (status, h[-1][2]))
-    if attempt != claims:
-        p.append("attempt %d but %d claims" % (attempt, claims))
+    if attempt != claims - unclaims:
+        p.append("attempt %d but %d claims (%d undone)" % (attempt, claims, unclaims))
     if claims and row_token != claim_token:
         p.append("row token %s, last claim's %s" % (row_token, claim_token))
     return p

@@ -42,6 +42,17 @@ def test_history_checks_accept_a_valid_history():
                                         (1_700_000_007.0, 1_700_000_009.0)]
 
 
+def test_history_checks_accept_an_undone_claim():
+    """The provider refused the slot: the claim is undone (not an attempt)."""
+    h = [_ev(1, None, "queued"), _ev(2, "queued", "provisioning", 3, t=1),
+         _ev(3, "provisioning", "waiting_capacity", 3, t=2),
+         _ev(4, "waiting_capacity", "provisioning", 4, t=3),
+         _ev(5, "provisioning", "running", 4, t=4), _ev(6, "running", "succeeded", 4, t=5)]
+    assert chaos.validate_history(h, "succeeded", 1, 4) == []
+    assert any("attempt 2 but 2 claims (1 undone)" in p
+               for p in chaos.validate_history(h, "succeeded", 2, 4))
+
+
 @pytest.mark.parametrize("bad, words", [
     (GOOD + [_ev(11, "succeeded", "failed", 11, t=10)], "2 terminal events"),
     (GOOD[:9], "not terminal"),
