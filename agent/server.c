@@ -442,6 +442,12 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
         return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid",
                            "need slot (string), token (integer), job (object), attempt (integer)");
     }
+    /* A slot name is compared as a C string: one with a NUL inside
+     * ("a\u0000b") would name another slot. */
+    if (strlen(json_object_get_string(slot)) != (size_t)json_object_get_string_len(slot)) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "slot contains a NUL character");
+    }
     job_txt = json_object_to_json_string_ext(job, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     memset(&w, 0, sizeof(w));
     w.slot = json_object_get_string(slot);

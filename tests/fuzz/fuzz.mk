@@ -11,7 +11,7 @@
 FUZZ_CC            ?= clang
 FUZZ_SECONDS       ?= 600
 FUZZ_SMOKE_SECONDS ?= 25
-FUZZ_TARGETS       := job text offsets
+FUZZ_TARGETS       := job text offsets agent
 FUZZ_DIR           := $(BUILD)/fuzz
 FUZZ_BINS          := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
@@ -34,6 +34,14 @@ $(FUZZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)
 $(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/job.c) $(FUZZ_COMMON)
 $(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c worker/text.c producers/lib/job.c) $(FUZZ_COMMON)
 $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c worker/offsets.c) $(FUZZ_COMMON)
+# The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
+# and libmicrohttpd-dev, no Redis).
+FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c \
+                   worker/loop.c worker/log.c worker/sandbox.c worker/text.c producers/lib/job.c
+$(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c): \
+    FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
+$(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd)
+$(FUZZ_DIR)/fuzz_agent: $(call fuzzobj,$(FUZZ_AGENT_SRCS)) $(FUZZ_COMMON)
 
 $(FUZZ_BINS):
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
