@@ -361,26 +361,6 @@ static int tar_add(tarbuf *t, const char *path, char type, unsigned mode, unsign
     return 0;
 }
 
-/* A job path must stay inside the workspace: relative, no "." or ".."
- * components, no empty ones. */
-static int path_ok(const char *p)
-{
-    const char *c = p;
-    if (!*p || *p == '/')
-        return 0;
-    while (*c) {
-        const char *e = strchr(c, '/');
-        size_t n = e ? (size_t)(e - c) : strlen(c);
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return 0;
-        if (!e)
-            break;
-        c = e + 1;
-        if (!*c)
-            return 0; /* trailing '/' */
-    }
-    return 1;
-}
 
 /* Adds "workspace/<dir>/" entries for every parent of path not yet in t. */
 static int tar_parents(tarbuf *t, const sbx_docker *d, const char *path, char **seen, size_t *nseen,
@@ -432,7 +412,7 @@ static int build_tar(const sbx_docker *d, const sbx_job *job, char **out, size_t
         const char *path = job->files[i].key, *data = job->files[i].value;
         size_t len = strlen(data);
         char full[300];
-        if (!path_ok(path)) {
+        if (!sbx_job_path_ok(path)) {
             snprintf(err, errlen, "file path \"%.100s\" leaves the workspace", path);
             rc = -EINVAL;
             goto out;

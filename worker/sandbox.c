@@ -369,28 +369,6 @@ int sbx_sandbox_remove_tree(const char *path)
     return 0;
 }
 
-/* A file path must name something strictly inside the workspace: relative,
- * no empty, "." or ".." component. */
-static int path_ok(const char *p)
-{
-    const char *c = p;
-    size_t len = strlen(p);
-
-    if (len == 0 || len >= PATH_MAX || p[0] == '/')
-        return 0;
-    while (*c) {
-        const char *e = strchr(c, '/');
-        size_t n = e ? (size_t)(e - c) : strlen(c);
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return 0;
-        if (!e)
-            break;
-        c = e + 1;
-        if (!*c)
-            return 0; /* trailing '/' */
-    }
-    return 1;
-}
 
 static int write_all(int fd, const char *p, size_t n)
 {
@@ -1085,7 +1063,7 @@ static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
         }
     }
     for (size_t i = 0; i < spec->nfiles; i++) {
-        if (!spec->files[i].key || !path_ok(spec->files[i].key)) {
+        if (!spec->files[i].key || !sbx_job_path_ok(spec->files[i].key)) {
             snprintf(err, errlen, "files: path %.128s escapes the workspace",
                      spec->files[i].key ? spec->files[i].key : "(null)");
             return -EINVAL;

@@ -88,6 +88,11 @@ sbx_err sbx_job_parse(const char *buf, size_t len, sbx_job **out,
                       sbx_reject *reject, char *err, size_t errlen);
 void sbx_job_free(sbx_job *job);
 
+/* Whether path is a safe "files" key: relative, with no empty, "." or ".."
+ * component and no control character — never outside the workspace. The
+ * parser applies it; providers that write the files check it again. */
+bool sbx_job_path_ok(const char *path);
+
 /* Best effort: pulls "job_id" and "project_id" out of a refused message, for
  * the dead-letter envelope, even from truncated or otherwise invalid JSON
  * when they come before the damage. Leaves "" where absent, escaped, or not a

@@ -643,6 +643,11 @@ static bool relpath_ok(const char *s, size_t n)
     return true;
 }
 
+bool sbx_job_path_ok(const char *path)
+{
+    return path && relpath_ok(path, strlen(path));
+}
+
 static bool hex_lower(const char *s, size_t n, bool *all_zero)
 {
     *all_zero = true;
