@@ -895,31 +895,6 @@ int sbx_runs_preview_open(sbx_runs *r, const char *run_id)
 
 /* ---- setup ---- */
 
-/* bwrap given as a bare name is looked up in PATH once: the sandbox execs an
- * absolute path with an empty environment. */
-static char *resolve_exe(const char *name)
-{
-    const char *path, *c;
-    char buf[PATH_MAX];
-
-    if (strchr(name, '/'))
-        return access(name, X_OK) == 0 ? realpath(name, NULL) : NULL;
-    path = getenv("PATH");
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    for (c = path; *c;) {
-        const char *e = strchr(c, ':');
-        size_t n = e ? (size_t)(e - c) : strlen(c);
-        if (n > 0 && (size_t)snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, c, name) < sizeof(buf) &&
-            buf[0] == '/' && access(buf, X_OK) == 0)
-            return strdup(buf);
-        if (!e)
-            break;
-        c = e + 1;
-    }
-    return NULL;
-}
-
 /* Leftovers of a previous agent on this work dir: its builds' processes,
  * workspaces and previews (their runs are gone with its memory). */
 static int clean_start(sbx_runs *r, char *err, size_t errlen)
@@ -977,7 +952,7 @@ int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb c
         goto out;
     }
     snprintf(r->ws_dir, sizeof(r->ws_dir), "%s/" WS_DIR, r->work_dir);
-    r->bwrap = resolve_exe(cfg->bwrap);
+    r->bwrap = sbx_sandbox_resolve_exe(cfg->bwrap);
     if (!r->bwrap) {
         snprintf(err, errlen, "bwrap %s: not found or not executable", cfg->bwrap);
         rc = -ENOENT;

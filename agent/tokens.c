@@ -2,6 +2,7 @@
  * <token>" line per slot ever seen here; a handful of lines, so a raise
  * rewrites it whole. */
 #include "tokens.h"
+#include "sandbox.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -149,20 +150,6 @@ int64_t sbx_tokens_get(const sbx_tokens *t, const char *slot)
     return e ? e->token : 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int save(const sbx_tokens *t)
 {
     char *buf = malloc(sizeof(TOKENS_HEADER) + t->n * (TOKENS_LINE_MAX + 1));
@@ -179,7 +166,7 @@ static int save(const sbx_tokens *t)
         rc = -errno;
         goto out;
     }
-    rc = write_all(fd, buf, len);
+    rc = sbx_sandbox_write_all(fd, buf, len);
     if (!rc && fsync(fd) < 0)
         rc = -errno;
     if (close(fd) < 0 && !rc)

@@ -315,31 +315,6 @@ static const sbx_provider_ops local_ops = {
     .destroy = local_destroy,
 };
 
-/* bwrap given as a bare name is looked up in PATH, once: the sandbox execs an
- * absolute path with an empty environment. */
-static char *resolve_exe(const char *name)
-{
-    const char *path, *c;
-    char buf[4096];
-
-    if (strchr(name, '/'))
-        return access(name, X_OK) == 0 ? realpath(name, NULL) : NULL;
-    path = getenv("PATH");
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    for (c = path; *c;) {
-        const char *e = strchr(c, ':');
-        size_t n = e ? (size_t)(e - c) : strlen(c);
-        if (n > 0 && (size_t)snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, c, name) < sizeof(buf) &&
-            buf[0] == '/' && access(buf, X_OK) == 0)
-            return strdup(buf);
-        if (!e)
-            break;
-        c = e + 1;
-    }
-    return NULL;
-}
-
 /* "<digits>-<token>": what a workspace is named; anything else is not ours. */
 static int is_workspace_name(const char *n)
 {
@@ -449,7 +424,7 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
     p->kill_grace_ms = cfg->kill_grace_ms > 0 ? cfg->kill_grace_ms : 0;
     p->node = strdup(cfg->node);
     p->work_dir = strdup(cfg->work_dir);
-    p->bwrap = resolve_exe(cfg->bwrap && cfg->bwrap[0] ? cfg->bwrap : "bwrap");
+    p->bwrap = sbx_sandbox_resolve_exe(cfg->bwrap && cfg->bwrap[0] ? cfg->bwrap : "bwrap");
     n = strlen(cfg->node) + sizeof("local/");
     p->pool = malloc(n);
     p->ids = calloc((size_t)p->nslots, sizeof(*p->ids));

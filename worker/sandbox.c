@@ -370,7 +370,7 @@ int sbx_sandbox_remove_tree(const char *path)
 }
 
 
-static int write_all(int fd, const char *p, size_t n)
+int sbx_sandbox_write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
@@ -424,7 +424,7 @@ static int write_file(int root, const char *path, const char *content, int uid, 
         rc = -errno;
         goto out;
     }
-    rc = write_all(fd, content, strlen(content));
+    rc = sbx_sandbox_write_all(fd, content, strlen(content));
     if (!rc && uid >= 0 && fchown(fd, (uid_t)uid, (gid_t)gid) < 0)
         rc = -errno;
     close(fd);
@@ -595,7 +595,7 @@ static int memfd_with(const char *name, const char *data, size_t len)
     int fd = memfd_create(name, MFD_CLOEXEC);
     if (fd < 0)
         return -errno;
-    if (write_all(fd, data, len) < 0 || lseek(fd, 0, SEEK_SET) < 0) {
+    if (sbx_sandbox_write_all(fd, data, len) < 0 || lseek(fd, 0, SEEK_SET) < 0) {
         int e = errno;
         close(fd);
         return -e;
@@ -1330,4 +1330,27 @@ void sbx_sandbox_free(sbx_sandbox *s)
     close_fd(&s->rm_pidfd);
     close_fd(&s->mark_fd);
     free(s);
+}
+
+char *sbx_sandbox_resolve_exe(const char *name)
+{
+    const char *path, *c;
+    char buf[PATH_MAX];
+
+    if (strchr(name, '/'))
+        return access(name, X_OK) == 0 ? realpath(name, NULL) : NULL;
+    path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (c = path; *c;) {
+        const char *e = strchr(c, ':');
+        size_t n = e ? (size_t)(e - c) : strlen(c);
+        if (n > 0 && (size_t)snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, c, name) < sizeof(buf) &&
+            buf[0] == '/' && access(buf, X_OK) == 0)
+            return strdup(buf);
+        if (!e)
+            break;
+        c = e + 1;
+    }
+    return NULL;
 }

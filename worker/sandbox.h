@@ -105,4 +105,11 @@ int sbx_sandbox_count_uid(uid_t uid);
 /* rm -rf --one-file-system path; returns 0 or a negative errno. */
 int sbx_sandbox_remove_tree(const char *path);
 
+/* bwrap given as a bare name is looked up in PATH, once, by whoever spawns
+ * sandboxes: the sandbox execs an absolute path with an empty environment.
+ * Returns a malloc'd absolute path, or NULL if there is no such executable. */
+char *sbx_sandbox_resolve_exe(const char *name);
+/* write(2) until all n bytes are out (EINTR retried); 0 or -errno. */
+int sbx_sandbox_write_all(int fd, const char *p, size_t n);
+
 #endif
