@@ -3,8 +3,13 @@
 # AddressSanitizer and UndefinedBehaviorSanitizer.
 #
 # Each part keeps its rules in its own fragment (producers/producers.mk,
-# worker/worker.mk, agent/agent.mk, tests/tests.mk); this file holds what
-# they share. Objects go to $(BUILD)/obj, programs to $(BUILD)/bin.
+# common/common.mk, worker/worker.mk, agent/agent.mk, tests/tests.mk); this
+# file holds what they share. Objects go to $(BUILD)/obj, programs to
+# $(BUILD)/bin.
+#
+# Include rule (ARCHITECTURE.md): producers/include is public to all;
+# common/ sees only itself; worker/ and agent/ each see common/ and
+# themselves, never each other. Each fragment sets its folder's -I flags.
 
 BUILD    ?= build
 CC       ?= cc
@@ -13,7 +18,7 @@ PKGS     := rdkafka hiredis libpq libcurl json-c libmicrohttpd
 
 WARN     := -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-format-nonliteral
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -Iproducers/include -Iworker -MMD -MP
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -Iproducers/include -MMD -MP
 LDFLAGS  ?=
 ifeq ($(SANITIZE),1)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -40,8 +45,9 @@ $(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
 include producers/producers.mk
+include common/common.mk
 include worker/worker.mk
--include agent/agent.mk
+include agent/agent.mk
 include tests/tests.mk
 
 bins: $(BINS)

@@ -1,4 +1,4 @@
-/* agent_config.c — sbx-agent's settings table (worker/opts.h does the
+/* agent_config.c — sbx-agent's settings table (common/opts.h does the
  * reading, as for sbx-worker); the cross-field rules (listen address,
  * advertised URL, key, heartbeat against TTL) follow the table. */
 #include "agent_config.h"

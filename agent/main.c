@@ -5,7 +5,7 @@
  *   sbx-agent --check-config      print the effective settings and exit
  *
  * Wiring: one sbx_loop drives the HTTP server (server.c), the builds
- * (runs.c), the Redis connection (worker/redis.c) and two timers: the
+ * (runs.c), the Redis connection (common/redis.c) and two timers: the
  * heartbeat and, while stopping, the drain check.
  *
  * Life in Redis (registry.h): a full registration as soon as Redis answers

@@ -1,6 +1,6 @@
 /* runs.c — slots, runs, tokens, logs and previews of one agent (runs.h).
  *
- * A build runs in the sandbox of worker/sandbox.c exactly as the local
+ * A build runs in the sandbox of common/sandbox.c exactly as the local
  * provider runs it (same limits, same uid-per-slot rule), with one
  * difference: the agent must still read two things out of the workspace,
  * and the sandbox removes the workspace before it reports the exit. So the
@@ -54,11 +54,9 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "provider.h"
 #include "sandbox.h"
 #include "tokens.h"
 
-_Static_assert(SBX_RUNS_TAIL_MAX == SBX_LOG_TAIL_MAX, "a run's tail is what the runs table keeps");
 
 /* Limits of a job that gives none: the local provider's defaults. */
 #define RUN_DEFAULT_MEMORY_MB 1024

@@ -1,7 +1,7 @@
 /* runs.h — the builds of one agent: its slots, their runs, fencing tokens,
  * build logs and previews.
  *
- * A slot runs one build at a time in a bubblewrap sandbox (worker/sandbox.h,
+ * A slot runs one build at a time in a bubblewrap sandbox (common/sandbox.h,
  * the same one the local provider uses). A run is found by its id, which is
  * unique across restarts of the agent (a random boot prefix), so a worker
  * following a run on a restarted agent gets "unknown run", never another
@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "loop.h"
 #include "sbx.h"
 
@@ -32,9 +33,8 @@
 #define SBX_RUNS_HISTORY 256
 /* A run id: "r" + 8 hex digits of boot nonce + "-" + a counter. */
 #define SBX_RUN_ID_MAX 40
-/* Bytes of log a run keeps as its tail: what the runs table stores
- * (SBX_LOG_TAIL_MAX in provider.h; runs.c asserts they agree). */
-#define SBX_RUNS_TAIL_MAX 8192
+/* Bytes of log a run keeps as its tail: what the runs table stores. */
+#define SBX_RUNS_TAIL_MAX SBX_LOG_TAIL_MAX
 
 typedef struct sbx_runs sbx_runs;
 

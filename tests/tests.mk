@@ -19,3 +19,6 @@ e2e: bins
 	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra tests/e2e
 
 test: bins unit schema-test e2e
+
+# Tests may look inside any module they test.
+$(BUILD)/obj/tests/%.o: CFLAGS += $(WORKER_INC) $(AGENT_INC) -Itests/bench

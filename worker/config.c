@@ -23,7 +23,7 @@ static const sbx_opt opts[] = {
     {"SBX_DATABASE_URL", "database-url", NULL, "PostgreSQL conninfo or URL (postgresql://user@host:port/db)", STR, S(database_url), 0, 0, 1, 0},
     {"SBX_WORKER_ID", "worker-id", "", "this worker's name in leases and run rows (default: node-pid)", STR, S(worker_id), 0, 0, 0, 0},
     {"SBX_NODE", "node", "", "host name for the local pool (default: hostname)", STR, S(node), 0, 0, 0, 0},
-    {"SBX_PROVIDER", "provider", "local", "build provider: local, vmpool (reads SBX_VMPOOL_KEY), docker, fly (reads SBX_FLY_*), or bench (benchmarks only)", STR, S(provider), 0, 0, 0, 0},
+    {"SBX_PROVIDER", "provider", "local", "build provider: local, vmpool (reads SBX_VMPOOL_KEY), docker, fly (reads SBX_FLY_*) (sbx-worker-bench of make bench also has bench)", STR, S(provider), 0, 0, 0, 0},
     {"SBX_LOCAL_SLOTS", "local-slots", "4", "concurrent builds on this host (local provider)", INT, I(local_slots), 1, 64, 0, 0},
     {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-work", "parent dir of build workspaces (local provider)", STR, S(work_dir), 0, 0, 0, 0},
     {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 4000000000L / 2, 0, 0},
@@ -39,8 +39,6 @@ static const sbx_opt opts[] = {
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
     {"SBX_KAFKA_CONF", "kafka-conf", "", "extra librdkafka settings, k=v[,k=v]", STR, S(kafka_conf), 0, 0, 0, 0},
     {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=unix:///sock@capacity or name=tcp://host:port@capacity, comma-separated", STR, S(docker_hosts), 0, 0, 0, 0},
-    {"SBX_BENCH_SLOTS", "bench-slots", "100000", "bench provider (benchmarks only): slots", INT, I(bench_slots), 1, 10000000, 0, 0},
-    {"SBX_BENCH_HOLD_MS", "bench-hold-ms", "0", "bench provider: how long each build lasts", INT, I(bench_hold_ms), 0, 86400000, 0, 0},
     {"SBX_DOCKER_IMAGE", "docker-image", "", "docker provider: image of jobs that name none", STR, S(docker_image), 0, 0, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -65,20 +63,23 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
     } else {
         sbx_log_set_level(lvl);
     }
-    if (strcmp(cfg->provider, "local") != 0 && strcmp(cfg->provider, "docker") != 0 &&
-        strcmp(cfg->provider, "fly") != 0 && strcmp(cfg->provider, "bench") != 0 &&
-        strcmp(cfg->provider, "vmpool") != 0) {
+    if (sbx__provider_parse(cfg->provider, &cfg->provider_kind) != 0) {
         fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",
                 cfg->provider);
         bad = 1;
     }
-    if (strcmp(cfg->project_policy, "queue") != 0 && strcmp(cfg->project_policy, "reject") != 0 &&
-        strcmp(cfg->project_policy, "supersede") != 0) {
+    if (strcmp(cfg->project_policy, "queue") == 0) {
+        cfg->policy = SBX_POLICY_QUEUE;
+    } else if (strcmp(cfg->project_policy, "reject") == 0) {
+        cfg->policy = SBX_POLICY_REJECT;
+    } else if (strcmp(cfg->project_policy, "supersede") == 0) {
+        cfg->policy = SBX_POLICY_SUPERSEDE;
+    } else {
         fprintf(err, "sbx-worker: SBX_PROJECT_POLICY=%s is not known: use queue, reject or "
                      "supersede\n", cfg->project_policy);
         bad = 1;
     }
-    if (strcmp(cfg->provider, "docker") == 0 && !*cfg->docker_hosts) {
+    if (cfg->provider_kind == SBX_PROVIDER_DOCKER && !*cfg->docker_hosts) {
         fprintf(err, "sbx-worker: SBX_DOCKER_HOSTS is not set: the docker provider needs "
                      "name=unix:///path/docker.sock@capacity[,...]\n");
         bad = 1;

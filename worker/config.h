@@ -10,6 +10,19 @@
 
 #include <stdio.h>
 
+/* SBX_PROVIDER, parsed once (the names live in providers.c). */
+typedef enum sbx_provider_kind {
+    SBX_PROVIDER_LOCAL, SBX_PROVIDER_VMPOOL, SBX_PROVIDER_DOCKER, SBX_PROVIDER_FLY,
+    SBX_PROVIDER_BENCH,         /* only in sbx-worker-bench (make bench) */
+} sbx_provider_kind;
+
+/* SBX_PROJECT_POLICY: what a job does when its project already has a build. */
+typedef enum sbx_project_policy {
+    SBX_POLICY_QUEUE,           /* wait for the running build */
+    SBX_POLICY_REJECT,          /* end the new job canceled */
+    SBX_POLICY_SUPERSEDE,       /* cancel the older builds, run the newest */
+} sbx_project_policy;
+
 typedef struct sbx_config {
     char brokers[512];
     char topic[128];
@@ -20,6 +33,7 @@ typedef struct sbx_config {
     char worker_id[128];
     char node[128];
     char provider[16];
+    sbx_provider_kind provider_kind;
     int local_slots;
     char work_dir[512];
     int uid_base;
@@ -31,18 +45,19 @@ typedef struct sbx_config {
     int session_timeout_ms;
     int shutdown_grace_ms;
     char log_level[16];
-    char project_policy[16];    /* queue | reject | supersede */
+    char project_policy[16];
+    sbx_project_policy policy;
     char admin_listen[64];      /* "" = no admin endpoint */
     char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
     char docker_hosts[2048];/* name=endpoint@capacity[,...] */
     char docker_image[512];
-    int bench_slots;
-    int bench_hold_ms;
 } sbx_config;
 
 /* Fills cfg from the environment and argv. Returns 0, or 1 after printing
  * one line per problem to err, or 2 when --help was asked (usage printed). */
 int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err);
+/* The provider name's kind (providers.c); -EINVAL when not built in. */
+int sbx__provider_parse(const char *name, sbx_provider_kind *out);
 void sbx_config_usage(FILE *out);
 void sbx_config_print(const sbx_config *cfg, FILE *out);
 

@@ -469,7 +469,7 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
         cancel_unclaimed(j);
         return;
     }
-    if (strcmp(j->w->cfg.project_policy, "supersede") == 0) {
+    if (j->w->cfg.policy == SBX_POLICY_SUPERSEDE) {
         const char *p[1] = {j->id};
         if (sbx_db_query(j->w->db, "SELECT sbx.supersede_older($1)", 1, p, on_fire_and_forget,
                          j) == 0)
@@ -550,7 +550,7 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         step(j);
         return;
     case SBX_LEASE_BUSY:
-        if (strcmp(w->cfg.project_policy, "reject") == 0) {
+        if (w->cfg.policy == SBX_POLICY_REJECT) {
             reject(j, rep->slot);
             return;
         }

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "sbx.h"
+#include "buf.h"
 #include "loop.h"
 
 typedef struct sbx_provider sbx_provider;
@@ -36,9 +37,6 @@ typedef enum sbx_outcome {
                               * lease's build still there, or it knows a newer token):
                               * no build happened; wait for capacity, not an attempt */
 } sbx_outcome;
-
-/* Bounded: the log tail is what the runs table keeps (see migrations). */
-#define SBX_LOG_TAIL_MAX 8192
 
 typedef struct sbx_result {
     sbx_outcome outcome;
@@ -76,6 +74,11 @@ typedef struct sbx_provider_ops {
     size_t (*slots)(sbx_provider *p, const char ***ids);
     /* The pool name the slots belong to ("local/<node>"). */
     const char *(*pool)(sbx_provider *p);
+    /* Optional (NULL: nothing to sweep). Removes, from the provider's own
+     * side, sandboxes labelled with this worker's id that no run of ours
+     * watches (a crashed predecessor). Runs in the background and logs what
+     * it did; called at start-up and every minute. */
+    void (*sweep)(sbx_provider *p);
     /* Kills every run at once (worker exit); no callbacks follow. */
     void (*destroy)(sbx_provider *p);
 } sbx_provider_ops;

@@ -1271,12 +1271,16 @@ static void docker_destroy(sbx_provider *p)
     docker_free(d);
 }
 
+/* A sweep already running covers this one (-EBUSY is fine). */
+static void docker_sweep_op(sbx_provider *p) { (void)sbx_docker_sweep(p, NULL, NULL); }
+
 static const sbx_provider_ops docker_ops = {
     .name = "docker",
     .start = docker_start,
     .cancel = docker_cancel,
     .slots = docker_slots,
     .pool = docker_pool,
+    .sweep = docker_sweep_op,
     .destroy = docker_destroy,
 };
 

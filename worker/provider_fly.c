@@ -1340,12 +1340,16 @@ static void fly_destroy(sbx_provider *p)
     free(f);
 }
 
+/* Sweeps for this worker's id; sweep_end() logs what it did. */
+static void fly_sweep_op(sbx_provider *p) { (void)sbx_fly_sweep(p, NULL, NULL, NULL); }
+
 static const sbx_provider_ops fly_ops = {
     .name = "fly",
     .start = fly_start,
     .cancel = fly_cancel,
     .slots = fly_slots,
     .pool = fly_pool,
+    .sweep = fly_sweep_op,
     .destroy = fly_destroy,
 };
 
@@ -1366,7 +1370,8 @@ static void sweep_end(fly_sweep *s, const char *err)
     free(s->ids);
     free(s);
     sbx_info("fly", "sweep: destroyed=%d failed=%d %s", destroyed, failed, err);
-    cb(arg, destroyed, failed, err);
+    if (cb)
+        cb(arg, destroyed, failed, err);
 }
 
 static void sweep_next(fly_sweep *s);
@@ -1450,7 +1455,7 @@ int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, v
     fly_sweep *s;
     char enc[3 * FLY_WORKER_MAX + 1];
 
-    if (p->ops != &fly_ops || !cb)
+    if (p->ops != &fly_ops)
         return -EINVAL;
     worker_id = worker_id ? worker_id : f->worker_id;
     if (strlen(worker_id) == 0 || strlen(worker_id) > FLY_WORKER_MAX)

@@ -62,7 +62,7 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out,
 /* Destroys the machines of `worker_id` (NULL: this provider's) that no run of
  * this provider is watching. cb runs once, from the loop, with how many were
  * destroyed and how many could not be; err is "" or why the list failed.
- * Returns 0, or -errno and then cb is never called. Sweeps still running when
+ * cb may be NULL. Returns 0, or -errno and then cb is never called. Sweeps still running when
  * the provider is destroyed end without their callback. */
 typedef void (*sbx_fly_sweep_cb)(void *arg, int destroyed, int failed, const char *err);
 int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, void *arg);

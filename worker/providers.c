@@ -1,17 +1,23 @@
 /* providers.c — builds the provider named by SBX_PROVIDER from the worker's
  * configuration. The job state machine sees only provider.h; this is the one
- * place that knows every backend. */
+ * place that knows every backend, and the one table of their names.
+ *
+ * The benchmark provider (tests/bench/provider_bench.c) is compiled in only
+ * when this file is built with SBX_WITH_BENCH, for the sbx-worker-bench
+ * binary of `make bench`; a production sbx-worker does not know its name. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "provider_bench.h"
 #include "provider_docker.h"
 #include "provider_fly.h"
 #include "provider_vmpool.h"
 #include "log.h"
 #include "worker.h"
+#ifdef SBX_WITH_BENCH
+#include "provider_bench.h"
+#endif
 
 /* SBX_DOCKER_HOSTS entries; a worker drives a handful of engines. */
 #define DOCKER_HOSTS_MAX 32
@@ -110,36 +116,73 @@ static int make_vmpool(sbx_worker *w, char *err, size_t errlen)
     return sbx_vmpool_new(w->loop, &vc, &w->prov, err, errlen);
 }
 
-static void on_fly_swept(void *arg, int destroyed, int failed, const char *err)
+#ifdef SBX_WITH_BENCH
+/* Read here, not in the settings table: a production worker has no such
+ * settings. */
+static int bench_env(const char *name, int def, int min, int max, int *out, char *err,
+                     size_t errlen)
 {
-    (void)arg;
-    if (destroyed || failed || (err && *err))
-        sbx_info("fly", "sweep: %d orphaned machines destroyed, %d failed%s%s", destroyed, failed,
-                 err && *err ? ": " : "", err ? err : "");
+    const char *v = getenv(name);
+    char *end;
+    long n;
+    *out = def;
+    if (!v || !*v)
+        return 0;
+    n = strtol(v, &end, 10);
+    if (*end || n < min || n > max) {
+        snprintf(err, errlen, "%s=%s is not valid: use a number in %d..%d", name, v, min, max);
+        return -EINVAL;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+static int make_bench(sbx_worker *w, char *err, size_t errlen)
+{
+    int slots, hold_ms, rc;
+    if ((rc = bench_env("SBX_BENCH_SLOTS", 100000, 1, 10000000, &slots, err, errlen)) ||
+        (rc = bench_env("SBX_BENCH_HOLD_MS", 0, 0, 86400000, &hold_ms, err, errlen)))
+        return rc;
+    return sbx_bench_new(w->loop, w->cfg.node, slots, hold_ms, &w->prov, err, errlen);
+}
+#endif
+
+static const struct {
+    const char *name;
+    sbx_provider_kind kind;
+    int (*make)(sbx_worker *w, char *err, size_t errlen);
+} kinds[] = {
+    {"local", SBX_PROVIDER_LOCAL, make_local},
+    {"vmpool", SBX_PROVIDER_VMPOOL, make_vmpool},
+    {"docker", SBX_PROVIDER_DOCKER, make_docker},
+    {"fly", SBX_PROVIDER_FLY, make_fly},
+#ifdef SBX_WITH_BENCH
+    {"bench", SBX_PROVIDER_BENCH, make_bench},
+#endif
+};
+#define NKINDS (sizeof(kinds) / sizeof(kinds[0]))
+
+int sbx__provider_parse(const char *name, sbx_provider_kind *out)
+{
+    for (size_t i = 0; i < NKINDS; i++)
+        if (strcmp(kinds[i].name, name) == 0) {
+            *out = kinds[i].kind;
+            return 0;
+        }
+    return -EINVAL;
 }
 
 void sbx__provider_sweep(sbx_worker *w)
 {
-    /* Orphans: sandboxes labelled with this worker's id that no run of ours
-     * watches (a crashed predecessor with the same SBX_WORKER_ID). The local
-     * provider kills leftovers of a slot's uid before every build instead;
-     * vmpool agents refuse stale tokens and stop older builds themselves. */
-    if (strcmp(w->cfg.provider, "docker") == 0)
-        sbx_docker_sweep(w->prov, NULL, NULL);
-    else if (strcmp(w->cfg.provider, "fly") == 0)
-        sbx_fly_sweep(w->prov, NULL, on_fly_swept, w);
+    if (w->prov->ops->sweep)
+        w->prov->ops->sweep(w->prov);
 }
 
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen)
 {
-    if (strcmp(w->cfg.provider, "vmpool") == 0)
-        return make_vmpool(w, err, errlen);
-    if (strcmp(w->cfg.provider, "bench") == 0)
-        return sbx_bench_new(w->loop, w->cfg.node, w->cfg.bench_slots, w->cfg.bench_hold_ms,
-                             &w->prov, err, errlen);
-    if (strcmp(w->cfg.provider, "docker") == 0)
-        return make_docker(w, err, errlen);
-    if (strcmp(w->cfg.provider, "fly") == 0)
-        return make_fly(w, err, errlen);
-    return make_local(w, err, errlen);
+    for (size_t i = 0; i < NKINDS; i++)
+        if (kinds[i].kind == w->cfg.provider_kind)
+            return kinds[i].make(w, err, errlen);
+    snprintf(err, errlen, "provider %s is not built into this binary", w->cfg.provider);
+    return -EINVAL;
 }

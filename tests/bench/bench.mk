@@ -16,7 +16,8 @@ $(SBX_BENCH_PACE): $(BUILD)/obj/tests/bench/pace.o $(LIBSBX)
 
 TEST_BINS += $(BUILD)/tests/test_provider_bench
 
-$(BUILD)/tests/test_provider_bench: $(BUILD)/obj/tests/bench/test_provider_bench.o $(WORKER_LIB_OBJS) $(LIBSBX)
+$(BUILD)/tests/test_provider_bench: $(BUILD)/obj/tests/bench/test_provider_bench.o \
+                                    $(BUILD)/obj/tests/bench/provider_bench.o $(WORKER_LIB_OBJS) $(LIBSBX)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(PKG_LIBS) $(UNIT_LIBS)
 
@@ -24,5 +25,16 @@ $(BENCH_NPM_STAMP): tests/bench/bullmq/package.json tests/bench/bullmq/package-l
 	cd tests/bench/bullmq && npm ci --no-audit --no-fund
 	@touch $@
 
-bench: bins $(SBX_BENCH_PACE) $(BENCH_NPM_STAMP)
+# sbx-worker-bench: sbx-worker plus the benchmark provider (SBX_PROVIDER=bench),
+# which the production binary does not carry.
+SBX_WORKER_BENCH := $(BUILD)/bench/sbx-worker-bench
+$(BUILD)/obj/tests/bench/providers.o: worker/providers.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WORKER_INC) -Itests/bench -DSBX_WITH_BENCH $(PKG_CFLAGS) -c $< -o $@
+$(SBX_WORKER_BENCH): $(BUILD)/obj/worker/main.o $(WORKER_CORE_OBJS) $(BUILD)/obj/tests/bench/providers.o \
+                     $(BUILD)/obj/tests/bench/provider_bench.o $(LIBSBX)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+bench: bins $(SBX_WORKER_BENCH) $(SBX_BENCH_PACE) $(BENCH_NPM_STAMP)
 	SBX_BUILD=$(BUILD) python3 tests/bench/bench.py

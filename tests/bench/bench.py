@@ -3,7 +3,8 @@
 
 Owns the benchmark figures of the "Performance" issue, measured against the
 real servers (Kafka, Redis, PostgreSQL from tests/services/sbxsvc.py, on
-127.0.0.1) with the `bench` provider (worker/provider_bench.c), whose builds
+127.0.0.1) with the `bench` provider (tests/bench/provider_bench.c, built into
+  sbx-worker-bench only), whose builds
 do nothing, so every figure is the worker's own cost:
 
   dispatch   N no-op jobs over 1,000 projects, all published first, then one
@@ -135,6 +136,8 @@ class Config:
         build = b if os.path.isabs(b) else os.path.join(REPO, b)
         self.bin = os.path.join(build, "bin")
         self.pace = os.path.join(build, "bench", "sbx-bench-pace")
+        # sbx-worker plus the bench provider (tests/bench/bench.mk).
+        self.worker_bin = os.path.join(build, "bench", "sbx-worker-bench")
 
     def describe(self):
         return ("runs=%d jobs=%d projects=%d max_inflight=%d run_cap=%gs latency=%gs "
@@ -261,8 +264,7 @@ class Bench:
     # ----- setup -----
 
     def start(self):
-        for exe in (os.path.join(self.cfg.bin, "sbx"), os.path.join(self.cfg.bin, "sbx-worker"),
-                    self.cfg.pace):
+        for exe in (os.path.join(self.cfg.bin, "sbx"), self.cfg.worker_bin, self.cfg.pace):
             if not os.access(exe, os.X_OK):
                 raise SystemExit("bench: %s is not built (run make bench)" % exe)
         self.env = self.svc.start(kafka=True, redis=True, postgres=True)
@@ -349,7 +351,7 @@ class Bench:
         if not self.last_logs or topic not in self.last_logs[0]:
             self.last_logs = []
         self.last_logs.append(logf)
-        p = sbxsvc._Proc((wrap or []) + [os.path.join(self.cfg.bin, "sbx-worker")], logf, env=env)
+        p = sbxsvc._Proc((wrap or []) + [self.cfg.worker_bin], logf, env=env)
         p.topic = topic
         self.procs.append(p)
         return p

@@ -1,4 +1,4 @@
-/* test_provider_bench.c — the bench provider (worker/provider_bench.c):
+/* test_provider_bench.c — the bench provider (tests/bench/provider_bench.c):
  * slot ids and pool, the order and timing of STARTED/FINISHED with and
  * without a hold, every way to cancel, refused slots, reuse of run structs
  * from the free list, and destroy with runs live (ASan checks the memory). */

@@ -17,7 +17,7 @@ FUZZ_BINS          := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
 FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=all -std=c11 -D_GNU_SOURCE $(WARN) \
-               -Iproducers/include -Iworker -Itests/fuzz $(shell pkg-config --cflags json-c)
+               -Iproducers/include -Icommon -Iworker -Itests/fuzz $(shell pkg-config --cflags json-c)
 FUZZ_LIBS   := $(shell pkg-config --libs json-c) -lm
 # Project files whose allocations the targets make fail (tests/fuzz/alloc.h).
 FUZZ_ALLOC_REDIRECT := -Dmalloc=fuzz_malloc -Dcalloc=fuzz_calloc -Drealloc=fuzz_realloc
@@ -25,19 +25,19 @@ FUZZ_ALLOC_REDIRECT := -Dmalloc=fuzz_malloc -Dcalloc=fuzz_calloc -Drealloc=fuzz_
 fuzzobj = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))
 FUZZ_COMMON := $(call fuzzobj,tests/fuzz/ref.c tests/fuzz/alloc.c)
 
-$(call fuzzobj,producers/lib/job.c worker/offsets.c): FUZZ_EXTRA := $(FUZZ_ALLOC_REDIRECT)
+$(call fuzzobj,producers/lib/message.c worker/offsets.c): FUZZ_EXTRA := $(FUZZ_ALLOC_REDIRECT)
 
 $(FUZZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_EXTRA) -MMD -MP -c $< -o $@
 
-$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/job.c) $(FUZZ_COMMON)
-$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c worker/text.c producers/lib/job.c) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/message.c) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c common/text.c producers/lib/message.c) $(FUZZ_COMMON)
 $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c worker/offsets.c) $(FUZZ_COMMON)
 # The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
 # and libmicrohttpd-dev, no Redis).
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c \
-                   worker/loop.c worker/log.c worker/sandbox.c worker/text.c producers/lib/job.c
+                   common/loop.c common/log.c common/sandbox.c common/text.c producers/lib/message.c
 $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c): \
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
 $(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd)

@@ -1,5 +1,5 @@
 /* fuzz_text.c — libFuzzer target for the dead-letter envelope path: the
- * helpers of worker/text.c and the pieces sbx-worker's dead_letter()
+ * helpers of common/text.c and the pieces sbx-worker's dead_letter()
  * (worker/job.c, static) puts into an envelope for a refused message.
  *
  * The input is the refused Kafka message. Properties:
