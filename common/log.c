@@ -1,9 +1,11 @@
 /* log.c — timestamped lines on stderr, one write(2) per line so lines of
  * concurrent processes sharing a file never interleave mid-line. */
 #include "log.h"
+#include "assert.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -85,4 +87,12 @@ void sbx_log_redact(const char *in, char *out, unsigned long outlen)
         n = (size_t)(p + 9 - in);
         snprintf(out, outlen, "%.*s***%s", (int)n, in, end ? end : "");
     }
+}
+
+void sbx__assert_failed(const char *file, int line, const char *cond)
+{
+    sbx_log(SBX_LOG_ERROR, "assert", "invariant broken at %s:%d: %s", file, line, cond);
+#ifndef NDEBUG
+    abort();
+#endif
 }
