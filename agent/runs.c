@@ -992,11 +992,11 @@ int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb c
         goto out;
     }
     sbx_io_init(&r->ino_io, r->ino_fd, on_inotify, r);
-    if ((rc = sbx_io_set(loop, &r->ino_io, SBX_READ)) != 0 ||
-        (rc = sbx_timer_start(loop, &r->cron_t, RUN_CRON_MS)) != 0) {
+    if ((rc = sbx_io_set(loop, &r->ino_io, SBX_READ)) != 0) {
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
+    sbx_timer_start(loop, &r->cron_t, RUN_CRON_MS);
     *out = r;
     r = NULL;
 out:

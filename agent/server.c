@@ -926,11 +926,11 @@ int sbx_server_new(sbx_loop *loop, sbx_runs *runs, const sbx_server_config *cfg,
         goto out;
     }
     sbx_io_init(&s->io, info->epoll_fd, on_mhd_io, s);
-    if ((rc = sbx_io_set(loop, &s->io, SBX_READ)) != 0 ||
-        (rc = sbx_timer_start(loop, &s->mhd_t, 0)) != 0) {
+    if ((rc = sbx_io_set(loop, &s->io, SBX_READ)) != 0) {
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
+    sbx_timer_start(loop, &s->mhd_t, 0);
     *out = s;
     s = NULL;
 out:

@@ -7,8 +7,11 @@
  * timer that restarts itself with 0 ms runs on the next iteration, not in a
  * loop that starves the sockets (redis ae.c, libuv's timer phase).
  *
- * The heap stores pointers to caller-owned sbx_timer structs; each timer knows
- * its index so stopping one is O(log n).
+ * Timers live in an intrusive binary min-heap (libuv's heap-inl.h shape): the
+ * tree links are inside each caller-owned sbx_timer, so starting a timer
+ * never allocates and cannot fail, and stopping one is O(log n). The heap is
+ * a complete binary tree; the path from the root to position k (1-based) is
+ * the bits of k below its highest one, read from the top (0 = left).
  */
 #include "loop.h"
 
@@ -25,8 +28,8 @@
 struct sbx_loop {
     int epfd;
     int stop;
-    sbx_timer **heap;
-    size_t nheap, capheap;
+    sbx_timer *root;            /* the timer due first, NULL when none */
+    size_t nheap;
     uint64_t seq;
     sbx_before_sleep_cb before_sleep;
     void *before_sleep_arg;
@@ -63,7 +66,6 @@ void sbx_loop_free(sbx_loop *l)
     if (!l)
         return;
     close(l->epfd);
-    free(l->heap);
     free(l);
 }
 
@@ -123,85 +125,128 @@ static int timer_less(const sbx_timer *a, const sbx_timer *b)
     return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->seq < b->seq);
 }
 
-static void heap_set(sbx_loop *l, size_t i, sbx_timer *t)
+/* Exchanges a timer with its parent in the tree (the child moves up). */
+static void swap_with_parent(sbx_loop *l, sbx_timer *child)
 {
-    l->heap[i] = t;
-    t->heap_idx = i;
-}
+    sbx_timer *parent = child->parent, *grand = parent->parent, *sibling;
+    sbx_timer *cl = child->left, *cr = child->right;
 
-static void heap_up(sbx_loop *l, size_t i)
-{
-    sbx_timer *t = l->heap[i];
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!timer_less(t, l->heap[p]))
-            break;
-        heap_set(l, i, l->heap[p]);
-        i = p;
+    if (parent->left == child) {
+        sibling = parent->right;
+        child->left = parent;
+        child->right = sibling;
+    } else {
+        sibling = parent->left;
+        child->left = sibling;
+        child->right = parent;
     }
-    heap_set(l, i, t);
+    if (sibling)
+        sibling->parent = child;
+    child->parent = grand;
+    if (!grand)
+        l->root = child;
+    else if (grand->left == parent)
+        grand->left = child;
+    else
+        grand->right = child;
+    parent->parent = child;
+    parent->left = cl;
+    parent->right = cr;
+    if (cl)
+        cl->parent = parent;
+    if (cr)
+        cr->parent = parent;
 }
 
-static void heap_down(sbx_loop *l, size_t i)
+/* The link that holds position k (1-based, k >= 2) and, in *parent, the
+ * node it hangs from. Position k may be empty (insert) or taken (last). */
+static sbx_timer **link_of(sbx_loop *l, size_t k, sbx_timer **parent)
 {
-    sbx_timer *t = l->heap[i];
+    sbx_timer **link = &l->root;
+    int bit = 63 - __builtin_clzll((unsigned long long)k);
+
+    *parent = NULL;
+    while (bit-- > 0) {
+        *parent = *link;
+        link = ((k >> bit) & 1) ? &(*link)->right : &(*link)->left;
+    }
+    return link;
+}
+
+static void sift_up(sbx_loop *l, sbx_timer *t)
+{
+    while (t->parent && timer_less(t, t->parent))
+        swap_with_parent(l, t);
+}
+
+static void sift_down(sbx_loop *l, sbx_timer *t)
+{
     for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= l->nheap)
+        sbx_timer *c = t->left;
+        if (!c)
             break;
-        if (c + 1 < l->nheap && timer_less(l->heap[c + 1], l->heap[c]))
-            c++;
-        if (!timer_less(l->heap[c], t))
+        if (t->right && timer_less(t->right, c))
+            c = t->right;
+        if (!timer_less(c, t))
             break;
-        heap_set(l, i, l->heap[c]);
-        i = c;
+        swap_with_parent(l, c);
     }
-    heap_set(l, i, t);
 }
 
 void sbx_timer_init(sbx_timer *t, sbx_timer_cb cb, void *data)
 {
     memset(t, 0, sizeof(*t));
-    t->heap_idx = SIZE_MAX;
     t->cb = cb;
     t->data = data;
 }
 
-int sbx_timer_active(const sbx_timer *t) { return t->heap_idx != SIZE_MAX; }
+int sbx_timer_active(const sbx_timer *t) { return t->active; }
 
 void sbx_timer_stop(sbx_loop *l, sbx_timer *t)
 {
-    size_t i = t->heap_idx;
-    if (i == SIZE_MAX)
+    sbx_timer *parent, **link, *last;
+
+    if (!t->active)
         return;
-    t->heap_idx = SIZE_MAX;
+    t->active = 0;
+    /* Take the last position's timer out, then put it where t was. */
+    link = link_of(l, l->nheap, &parent);
+    last = *link;
+    *link = NULL;
     l->nheap--;
-    if (i == l->nheap)
-        return;
-    {
-        sbx_timer *moved = l->heap[l->nheap];
-        heap_set(l, i, moved);
-        heap_up(l, i);
-        heap_down(l, moved->heap_idx);
+    if (last != t) {
+        last->left = t->left;
+        last->right = t->right;
+        last->parent = t->parent;
+        if (last->left)
+            last->left->parent = last;
+        if (last->right)
+            last->right->parent = last;
+        if (!t->parent)
+            l->root = last;
+        else if (t->parent->left == t)
+            t->parent->left = last;
+        else
+            t->parent->right = last;
+        sift_down(l, last);
+        sift_up(l, last);
     }
+    t->left = t->right = t->parent = NULL;
 }
 
-int sbx_timer_start(sbx_loop *l, sbx_timer *t, uint64_t after_ms)
+void sbx_timer_start(sbx_loop *l, sbx_timer *t, uint64_t after_ms)
 {
+    sbx_timer *parent, **link;
+
     sbx_timer_stop(l, t);
-    if (l->nheap == l->capheap) {
-        size_t cap = l->capheap ? l->capheap * 2 : 64;
-        sbx_timer **h = realloc(l->heap, cap * sizeof(*h));
-        if (!h)
-            return -ENOMEM;
-        l->heap = h;
-        l->capheap = cap;
-    }
     t->due_ms = sbx_now_ms() + after_ms;
     t->seq = l->seq++;
-    heap_set(l, l->nheap++, t);
-    heap_up(l, t->heap_idx);
-    return 0;
+    t->left = t->right = NULL;
+    link = link_of(l, ++l->nheap, &parent);
+    *link = t;
+    t->parent = parent;
+    t->active = 1;
+    sift_up(l, t);
 }
 
 static void run_timers(sbx_loop *l)
@@ -209,8 +254,8 @@ static void run_timers(sbx_loop *l)
     uint64_t now = sbx_now_ms();
     uint64_t limit = l->seq; /* timers started by callbacks wait a turn */
 
-    while (l->nheap > 0 && l->heap[0]->due_ms <= now) {
-        sbx_timer *t = l->heap[0];
+    while (l->root && l->root->due_ms <= now) {
+        sbx_timer *t = l->root;
         if (t->seq >= limit)
             break;
         sbx_timer_stop(l, t);
@@ -221,10 +266,10 @@ static void run_timers(sbx_loop *l)
 static int next_timeout(sbx_loop *l, int cap_ms)
 {
     uint64_t now, due;
-    if (l->nheap == 0)
+    if (!l->root)
         return cap_ms;
     now = sbx_now_ms();
-    due = l->heap[0]->due_ms;
+    due = l->root->due_ms;
     if (due <= now)
         return 0;
     if (cap_ms >= 0 && due - now > (uint64_t)cap_ms)

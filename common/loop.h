@@ -5,7 +5,8 @@
  * pidfds, and timers. There is no thread per job (see README "Design").
  *
  * Handles are owned by the caller and embedded in its structs (libuv style),
- * so starting a timer or watching an fd never allocates.
+ * so starting a timer or watching an fd never allocates, and starting a timer
+ * cannot fail.
  *
  * Rules:
  *  - A callback may stop any handle, including its own. An io handle stopped
@@ -40,7 +41,8 @@ typedef void (*sbx_timer_cb)(sbx_timer *t);
 struct sbx_timer {
     uint64_t due_ms;
     uint64_t seq;        /* start order, for ties */
-    size_t heap_idx;     /* SIZE_MAX when not started */
+    sbx_timer *left, *right, *parent;   /* the loop's heap links */
+    int active;          /* in the heap */
     sbx_timer_cb cb;
     void *data;          /* the owner's */
 };
@@ -63,8 +65,8 @@ int sbx_io_set(sbx_loop *l, sbx_io *io, int events);
 void sbx_io_stop(sbx_io *io);
 
 void sbx_timer_init(sbx_timer *t, sbx_timer_cb cb, void *data);
-/* (Re)starts the timer to fire once after_ms from now. */
-int sbx_timer_start(sbx_loop *l, sbx_timer *t, uint64_t after_ms);
+/* (Re)starts the timer to fire once after_ms from now. Never fails. */
+void sbx_timer_start(sbx_loop *l, sbx_timer *t, uint64_t after_ms);
 void sbx_timer_stop(sbx_loop *l, sbx_timer *t);
 int sbx_timer_active(const sbx_timer *t);
 

@@ -1255,13 +1255,13 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
     sbx_io_init(&s->out_io, s->out_fd, on_output, s);
     if ((rc = sbx_io_set(loop, &s->pid_io, SBX_READ)) != 0 ||
-        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0 ||
-        (rc = sbx_timer_start(loop, &s->start_t, 0)) != 0 ||
-        (spec->timeout_s > 0 &&
-         (rc = sbx_timer_start(loop, &s->wall_t, (uint64_t)spec->timeout_s * 1000u)) != 0)) {
+        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0) {
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
+    sbx_timer_start(loop, &s->start_t, 0);
+    if (spec->timeout_s > 0)
+        sbx_timer_start(loop, &s->wall_t, (uint64_t)spec->timeout_s * 1000u);
     sbx_debug("sandbox", "spawned pid=%d ws=%s uid=%d", (int)s->pid, s->ws, s->uid);
     *out = s;
     s = NULL;

@@ -255,7 +255,8 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
         sbx_timer_stop(http->loop, &http->timer);
         return 0;
     }
-    return sbx_timer_start(http->loop, &http->timer, (uint64_t)timeout_ms) < 0 ? -1 : 0;
+    sbx_timer_start(http->loop, &http->timer, (uint64_t)timeout_ms);
+    return 0;
 }
 
 static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)

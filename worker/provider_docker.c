@@ -959,12 +959,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
         goto fail;
     }
     /* The job's time counts from here: a slow engine is part of it. */
-    rc = sbx_timer_start(p->loop, &r->deadline, (uint64_t)r->timeout_s * 1000);
-    if (rc < 0) {
-        sbx_http_cancel(r->step);
-        snprintf(err, errlen, "timer: %s", strerror(-rc));
-        goto fail;
-    }
+    sbx_timer_start(p->loop, &r->deadline, (uint64_t)r->timeout_s * 1000);
     free(body);
     h->busy[idx] = r;
     r->next = d->runs;
@@ -1153,10 +1148,7 @@ int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
     /* Our own count keeps the sweep open while the lists are being sent; a
      * zero timer drops it, so done never runs inside this call. */
     s->pending = 1;
-    if (sbx_timer_start(p->loop, &s->kick, 0) < 0) {
-        free(s);
-        return -ENOMEM;
-    }
+    sbx_timer_start(p->loop, &s->kick, 0);
     d->sweep = s;
     for (size_t i = 0; i < d->nhosts; i++) {
         s->lists[i].s = s;

@@ -1,4 +1,5 @@
-/* test_loop.c — the event loop: timer order, stop inside callbacks, fds. */
+/* test_loop.c — the event loop: timer order, stop inside callbacks, fds,
+ * and the intrusive timer heap against random start/restart/stop. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,6 +108,58 @@ static void test_many_timers_heap(void **state)
     sbx_loop_free(L);
 }
 
+/* Random starts, restarts and stops of many timers, then every timer still
+ * started fires exactly once, in (due, start order) order, and no stopped
+ * one fires: the heap's links stay a valid min-heap through every removal
+ * position (root, inner node, last leaf). Starting never fails or allocates. */
+static uint64_t fired_due[2000], fired_seq[2000];
+static int nfired, fired_count[2000];
+static sbx_timer many[2000];
+
+static void rec_many(sbx_timer *t)
+{
+    int i = (int)(t - many);
+    fired_due[nfired] = t->due_ms;
+    fired_seq[nfired] = t->seq;
+    nfired++;
+    fired_count[i]++;
+}
+
+static void test_heap_random_ops(void **state)
+{
+    enum { N = 2000, OPS = 20000 };
+    unsigned seed = 12345;
+    int active = 0;
+    (void)state;
+    nfired = 0;
+    assert_int_equal(sbx_loop_new(&L), 0);
+    for (int i = 0; i < N; i++) {
+        sbx_timer_init(&many[i], rec_many, NULL);
+        fired_count[i] = 0;
+    }
+    for (int k = 0; k < OPS; k++) {
+        int i;
+        seed = seed * 1103515245u + 12345u;
+        i = (int)((seed >> 8) % N);
+        if ((seed >> 4) % 3 == 0)
+            sbx_timer_stop(L, &many[i]);
+        else
+            sbx_timer_start(L, &many[i], (seed >> 16) % 40);
+    }
+    for (int i = 0; i < N; i++)
+        active += sbx_timer_active(&many[i]);
+    while (nfired < active)
+        assert_int_equal(sbx_loop_once(L, 50), 0);
+    for (int i = 1; i < nfired; i++)
+        assert_true(fired_due[i - 1] < fired_due[i] ||
+                    (fired_due[i - 1] == fired_due[i] && fired_seq[i - 1] < fired_seq[i]));
+    for (int i = 0; i < N; i++) {
+        assert_false(sbx_timer_active(&many[i]));
+        assert_true(fired_count[i] <= 1);
+    }
+    sbx_loop_free(L);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -114,6 +167,7 @@ int main(void)
         cmocka_unit_test(test_zero_timer_restart_waits_a_turn),
         cmocka_unit_test(test_io_read_then_stop),
         cmocka_unit_test(test_many_timers_heap),
+        cmocka_unit_test(test_heap_random_ops),
     };
     return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
 }
