@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "opts.h"
+#include "redis.h"
 #include "sbx.h"
 
 #define STR SBX_OPT_STR
@@ -26,7 +26,7 @@ static const sbx_opt opts[] = {
     {"SBX_AGENT_ID", "id", "", "this VM's id: slot names and {sbx}:vm:<id> (default: hostname)", STR, S(id), 0, 0, 0, 0},
     {"SBX_AGENT_LISTEN", "listen", "127.0.0.1:8470", "HTTP listen address, ip:port or [ip6]:port", STR, S(listen), 0, 0, 0, 0},
     {"SBX_AGENT_URL", "url", "", "base URL workers and previews use (default: http://<listen>)", STR, S(url), 0, 0, 0, 0},
-    {"SBX_REDIS_URL", "redis-url", "redis://127.0.0.1:6379", "Redis of the leases: redis://host:port[/db] or unix:/path", STR, S(redis_url), 0, 0, 0, 0},
+    {"SBX_REDIS_URL", "redis-url", SBX_REDIS_URL_DEFAULT, "Redis of the leases: " SBX_REDIS_URL_FORMS, STR, S(redis_url), 0, 0, 0, 0},
     {"SBX_AGENT_KEY", NULL, NULL, "service key every request must carry as a Bearer token (env only)", STR, S(key), 0, 0, 0, 1},
     {"SBX_AGENT_CAPACITY", "capacity", "1", "concurrent builds (slots) on this VM", INT, I(capacity), 1, SBX_AGENT_CAPACITY_MAX, 0, 0},
     {"SBX_AGENT_LABELS", "labels", "", "free text stored with the VM (k=v,k=v)", STR, S(labels), 0, 0, 0, 0},
@@ -40,8 +40,6 @@ static const sbx_opt opts[] = {
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
-
-void sbx_agent_config_usage(FILE *out) { sbx_opts_usage("sbx-agent", opts, NOPTS, out); }
 
 void sbx_agent_config_print(const sbx_agent_config *cfg, FILE *out)
 {
@@ -103,7 +101,6 @@ static int key_ok(const char *k)
 static int checks(sbx_agent_config *cfg, FILE *err)
 {
     int bad = 0;
-    enum sbx_log_level lvl;
 
     if (!*cfg->id) {
         if (gethostname(cfg->id, sizeof(cfg->id)) != 0)
@@ -164,13 +161,8 @@ static int checks(sbx_agent_config *cfg, FILE *err)
         fprintf(err, "sbx-agent: SBX_UID_BASE=%d is too large\n", cfg->uid_base);
         bad = 1;
     }
-    if (sbx_log_parse_level(cfg->log_level, &lvl) != 0) {
-        fprintf(err, "sbx-agent: SBX_LOG_LEVEL=%s is not valid: use debug, info, warn or error\n",
-                cfg->log_level);
+    if (sbx_opts_log_level("sbx-agent", cfg->log_level, err))
         bad = 1;
-    } else {
-        sbx_log_set_level(lvl);
-    }
     return bad;
 }
 

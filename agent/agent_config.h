@@ -42,7 +42,6 @@ typedef struct sbx_agent_config {
 /* Fills cfg from the environment and argv. Returns 0, 1 after printing one
  * line per problem to err, or 2 when --help was asked (usage printed). */
 int sbx_agent_config_load(sbx_agent_config *cfg, int argc, char **argv, FILE *err);
-void sbx_agent_config_usage(FILE *out);
 /* Prints the effective settings; the key is shown as "***". */
 void sbx_agent_config_print(const sbx_agent_config *cfg, FILE *out);
 

@@ -6,7 +6,8 @@
  *
  * Wiring: one sbx_loop drives the HTTP server (server.c), the builds
  * (runs.c), the Redis connection (common/redis.c) and two timers: the
- * heartbeat and, while stopping, the drain check.
+ * heartbeat and, while stopping, the drain check. The settings, signals and
+ * the loop's start and end are common/daemon.c's, shared with sbx-worker.
  *
  * Life in Redis (registry.h): a full registration as soon as Redis answers
  * (again after every reconnect), then a heartbeat every SBX_AGENT_HEARTBEAT_MS
@@ -17,14 +18,11 @@
  * agent exits. A second signal stops at once.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
 
 #include "agent_config.h"
+#include "daemon.h"
 #include "log.h"
 #include "redis.h"
 #include "registry.h"
@@ -40,7 +38,8 @@
 
 typedef struct agent {
     sbx_agent_config cfg;
-    sbx_loop *loop;
+    sbx_daemon d;
+    sbx_loop *loop;          /* d.loop */
     sbx_runs *runs;
     sbx_server *server;
     sbx_redis *redis;
@@ -74,7 +73,7 @@ static void beat(agent *a)
     for (size_t i = 0; i < cap; i++)
         busy[i] = sbx_runs_slot_busy(a->runs, i);
     a->beat_active = sbx_runs_active(a->runs);
-    state = a->stopping ? "draining" : a->beat_active ? "busy" : "idle";
+    state = a->stopping ? SBX_VM_DRAINING : a->beat_active ? SBX_VM_BUSY : SBX_VM_IDLE;
     rc = sbx_registry_beat(a->reg, state, busy, on_beat, a);
     if (rc && a->beat_state != 0) {
         sbx_warn("agent", "heartbeat deferred: redis %s", rc == -ENOTCONN ? "unreachable" : strerror(-rc));
@@ -144,68 +143,44 @@ static void on_stop_timer(sbx_timer *t)
     sbx_timer_start(a->loop, t, AGENT_STOP_POLL_MS);
 }
 
-static void on_signal(sbx_io *io, int events)
+/* The first SIGTERM/SIGINT (daemon.c stops the loop on a second one). */
+static void on_stop(void *arg, int signo)
 {
-    agent *a = io->data;
-    struct signalfd_siginfo si;
-    (void)events;
-    while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (a->stopping) {
-            sbx_warn("agent", "second signal: stopping now");
-            sbx_loop_stop(a->loop);
-            return;
-        }
-        sbx_info("agent", "signal %d: draining; %zu builds running get %d ms to finish",
-                 (int)si.ssi_signo, sbx_runs_active(a->runs), a->cfg.shutdown_grace_ms);
-        a->stopping = 1;
-        a->stop_deadline_ms = sbx_now_ms() + (uint64_t)a->cfg.shutdown_grace_ms;
-        sbx_runs_drain(a->runs);
-        leave(a);
-        beat(a);
-        sbx_timer_start(a->loop, &a->stop_t, 0);
-    }
+    agent *a = arg;
+    sbx_info("agent", "signal %d: draining; %zu builds running get %d ms to finish", signo,
+             sbx_runs_active(a->runs), a->cfg.shutdown_grace_ms);
+    a->stopping = 1;
+    a->stop_deadline_ms = sbx_now_ms() + (uint64_t)a->cfg.shutdown_grace_ms;
+    sbx_runs_drain(a->runs);
+    leave(a);
+    beat(a);
+    sbx_timer_start(a->loop, &a->stop_t, 0);
 }
+
+static int load_config(void *cfg, int argc, char **argv, FILE *err)
+{
+    return sbx_agent_config_load(cfg, argc, argv, err);
+}
+
+static void print_config(const void *cfg, FILE *out) { sbx_agent_config_print(cfg, out); }
 
 int main(int argc, char **argv)
 {
     agent a;
     char err[512], redacted[1024];
-    int rc, check_only = 0, sfd, status = 1;
-    sbx_io sig_io;
-    sigset_t mask;
+    int rc, status = 1;
     sbx_runs_config rc_cfg;
     sbx_server_config sc;
     sbx_registry_config gc;
 
     memset(&a, 0, sizeof(a));
     a.beat_state = -1;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--check-config") == 0) {
-            check_only = 1;
-            memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(char *));
-            argc--;
-            break;
-        }
-    rc = sbx_agent_config_load(&a.cfg, argc, argv, stderr);
-    if (rc == 2)
-        return 0;
-    if (rc)
-        return 2;
-    if (check_only) {
-        sbx_agent_config_print(&a.cfg, stdout);
-        return 0;
-    }
-    srand((unsigned)(getpid() ^ sbx_now_us()));
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (sfd < 0 || sbx_loop_new(&a.loop) != 0) {
-        fprintf(stderr, "sbx-agent: cannot create the event loop\n");
+    rc = sbx_daemon_settings(argc, argv, &a.cfg, load_config, print_config);
+    if (rc != SBX_DAEMON_RUN)
+        return rc;
+    if (sbx_daemon_start(&a.d, "sbx-agent", "agent", on_stop, &a) != 0)
         return 1;
-    }
+    a.loop = a.d.loop;
     sbx_timer_init(&a.beat_t, on_beat_timer, &a);
     sbx_timer_init(&a.stop_t, on_stop_timer, &a);
     sbx_log_redact(a.cfg.redis_url, redacted, sizeof(redacted));
@@ -239,9 +214,7 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
-    rc = sbx_redis_new(a.loop, a.cfg.redis_url, on_redis_state, &a, &a.redis, err, sizeof(err));
-    if (rc) {
-        fprintf(stderr, "sbx-agent: SBX_REDIS_URL=%s: %s\n", redacted, err);
+    if (sbx_daemon_redis(&a.d, a.cfg.redis_url, on_redis_state, &a, &a.redis) != 0) {
         status = 2;
         goto out;
     }
@@ -261,11 +234,7 @@ int main(int argc, char **argv)
     else
         sbx_timer_start(a.loop, &a.beat_t, (uint64_t)a.cfg.heartbeat_ms);
 
-    sbx_io_init(&sig_io, sfd, on_signal, &a);
-    sbx_io_set(a.loop, &sig_io, SBX_READ);
-    sbx_info("agent", "ready");
-    rc = sbx_loop_run(a.loop);
-    sbx_io_stop(&sig_io);
+    rc = sbx_daemon_run(&a.d);
 
     /* Builds still running are killed below; their slots leave the pool
      * unless a worker still leases them. */
@@ -289,8 +258,6 @@ out:
     sbx_runs_free(a.runs);
     sbx_redis_free(a.redis);
     sbx_registry_free(a.reg);
-    sbx_loop_free(a.loop);
-    close(sfd);
-    sbx_info("agent", "stopped");
+    sbx_daemon_end(&a.d);
     return status;
 }

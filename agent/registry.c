@@ -1,4 +1,5 @@
-/* registry.c — the Lua behind registry.h.
+/* registry.c — the calls behind registry.h: common/lua/beat.lua and
+ * leave.lua, each one EVALSHA.
  *
  * Both scripts derive the slot ids from the id and the capacity, so a call
  * carries 8 arguments whatever the capacity (redis.c caps EVAL arguments).
@@ -13,66 +14,7 @@
 #include <string.h>
 
 #include "agent_config.h"
-
-#define SLOTS_LUA                                                                     \
-    "local id, cap = ARGV[1], tonumber(ARGV[2])\n"                                    \
-    "local function slot(i)\n"                                                         \
-    "  if cap == 1 then return id end\n"                                               \
-    "  return id .. '#' .. (i - 1)\n"                                                  \
-    "end\n"
-
-/* ARGV: id, capacity, base_url, labels, ttl_ms, state, busy flags ("0"/"1"
- * per slot), full ("1": first beat after connecting: also drop slots of
- * this id that an earlier capacity left in the pool). */
-static const char beat_lua[] =
-    SLOTS_LUA
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local state = ARGV[6]\n"
-    "redis.call('HSET', '{sbx}:vm:' .. id, 'base_url', ARGV[3], 'capacity', ARGV[2],"
-    " 'labels', ARGV[4], 'heartbeat_ms', now, 'ttl_ms', ARGV[5], 'state', state)\n"
-    "if state == 'draining' then return {now, 0} end\n"
-    "local mine = {}\n"
-    "for i = 1, cap do mine[slot(i)] = true end\n"
-    "if ARGV[8] == '1' then\n"
-    "  for _, s in ipairs(redis.call('SMEMBERS', '{sbx}:slots:vmpool')) do\n"
-    "    if not mine[s] and (s == id or string.sub(s, 1, #id + 1) == id .. '#') then\n"
-    "      redis.call('SREM', '{sbx}:slots:vmpool', s)\n"
-    "      redis.call('SREM', '{sbx}:free:vmpool', s)\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "local freed = 0\n"
-    "for i = 1, cap do\n"
-    "  local s = slot(i)\n"
-    "  redis.call('SADD', '{sbx}:slots:vmpool', s)\n"
-    "  if redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
-    "    if string.sub(ARGV[7], i, i) == '0' then\n"
-    "      freed = freed + redis.call('SADD', '{sbx}:free:vmpool', s)\n"
-    "    else\n"
-    /* A build runs here whose lease is gone (its worker died and the lease
-     * was reaped): handing the slot out now would only meet 409 busy. */
-    "      redis.call('SREM', '{sbx}:free:vmpool', s)\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return {now, freed}\n";
-
-/* ARGV: id, capacity */
-static const char leave_lua[] =
-    SLOTS_LUA
-    "redis.call('HSET', '{sbx}:vm:' .. id, 'state', 'draining')\n"
-    "local kept = 0\n"
-    "for i = 1, cap do\n"
-    "  local s = slot(i)\n"
-    "  if redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
-    "    redis.call('SREM', '{sbx}:slots:vmpool', s)\n"
-    "    redis.call('SREM', '{sbx}:free:vmpool', s)\n"
-    "  else\n"
-    "    kept = kept + 1\n"
-    "  end\n"
-    "end\n"
-    "return {0, kept}\n";
+#include "rscripts.h"
 
 struct sbx_registry {
     sbx_redis *r;
@@ -96,8 +38,8 @@ int sbx_registry_new(sbx_redis *r, const sbx_registry_config *cfg, sbx_registry 
     if (!g)
         return -ENOMEM;
     g->r = r;
-    g->beat = sbx_redis_script_new(beat_lua);
-    g->leave = sbx_redis_script_new(leave_lua);
+    g->beat = sbx_redis_script_new(sbx_lua_beat);
+    g->leave = sbx_redis_script_new(sbx_lua_leave);
     g->id = strdup(cfg->id);
     g->base_url = strdup(cfg->base_url);
     g->labels = strdup(cfg->labels ? cfg->labels : "");

@@ -1,16 +1,12 @@
-/* registry.h — this VM in Redis: the {sbx}:vm:<id> hash and the pool sets.
+/* registry.h — this VM in Redis: the {sbx}:vm:<id> hash and its slots in
+ * the pool sets {sbx}:slots:vmpool and {sbx}:free:vmpool (common/rkeys.h
+ * describes them).
  *
  * The agent registers itself (workers never list VMs): one Lua script both
  * registers and heartbeats, so a heartbeat also repairs whatever a Redis
- * restart or the acquire script's dead-VM sweep took away. Keys (lease.h has
- * the rest of the layout):
- *   {sbx}:vm:<id>         hash base_url, capacity, labels, heartbeat_ms
- *                         (Redis TIME), ttl_ms, state idle|busy|draining
- *   {sbx}:slots:vmpool    every slot of every VM
- *   {sbx}:free:vmpool     slots a worker may SPOP: ours when neither leased
- *                         nor running a build here
- * Slot ids are "<id>" for capacity 1 and "<id>#<i>" otherwise; the acquire
- * script finds the VM hash from the part before '#'.
+ * restart or the acquire script's dead-VM sweep took away. Slot ids are
+ * "<id>" for capacity 1 and "<id>#<i>" otherwise; the acquire script finds
+ * the VM hash from the part before '#'.
  */
 #ifndef SBX_AGENT_REGISTRY_H
 #define SBX_AGENT_REGISTRY_H
@@ -18,8 +14,7 @@
 #include <stdint.h>
 
 #include "redis.h"
-
-#define SBX_VMPOOL_POOL "vmpool"
+#include "rkeys.h"
 
 typedef struct sbx_registry sbx_registry;
 
@@ -38,9 +33,9 @@ int sbx_registry_new(sbx_redis *r, const sbx_registry_config *cfg, sbx_registry 
 void sbx_registry_free(sbx_registry *g);
 
 /* Writes the hash with a fresh heartbeat and puts the slots in the pool.
- * state: "idle", "busy" or "draining" (draining frees nothing). busy[i] says
- * slot i runs a build here, so it is kept out of the free set even if its
- * lease is gone. Returns 0 and calls cb later, or -ENOTCONN. */
+ * state: SBX_VM_IDLE, SBX_VM_BUSY or SBX_VM_DRAINING (draining frees
+ * nothing). busy[i] says slot i runs a build here, so it is kept out of the
+ * free set even if its lease is gone. Returns 0 and calls cb later, or -ENOTCONN. */
 int sbx_registry_beat(sbx_registry *g, const char *state, const int *busy, sbx_registry_cb cb,
                       void *arg);
 /* state = draining; removes the slots that are not leased from both pool

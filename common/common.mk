@@ -8,3 +8,20 @@ COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
 COMMON_INC  := -Icommon
 
 $(BUILD)/obj/common/%.o: CFLAGS += $(COMMON_INC)
+
+# The start-up both main()s share (daemon.h).
+COMMON_OBJS += $(BUILD)/obj/common/daemon.o
+
+# The Redis scripts: common/lua/<name>.lua becomes sbx_lua_<name> (rscripts.h)
+# in a generated file under $(BUILD), never in the source tree.
+RSCRIPTS     := acquire renew fence release register beat leave
+RSCRIPTS_GEN := $(BUILD)/gen/common/rscripts.c
+COMMON_OBJS  += $(BUILD)/obj/common/rscripts.o
+
+$(RSCRIPTS_GEN): common/lua/embed.awk $(wildcard common/lua/*.lua) common/common.mk
+	@mkdir -p $(dir $@)
+	awk -f common/lua/embed.awk $(RSCRIPTS:%=common/lua/%.lua) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/common/rscripts.o: $(RSCRIPTS_GEN) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@

@@ -128,3 +128,16 @@ int sbx_opts_load(const char *prog, const sbx_opt *opts, size_t n, void *cfg, in
     }
     return bad ? 1 : 0;
 }
+
+int sbx_opts_log_level(const char *prog, const char *level, FILE *err)
+{
+    enum sbx_log_level lvl;
+
+    if (sbx_log_parse_level(level, &lvl) != 0) {
+        fprintf(err, "%s: SBX_LOG_LEVEL=%s is not valid: use debug, info, warn or error\n", prog,
+                level);
+        return 1;
+    }
+    sbx_log_set_level(lvl);
+    return 0;
+}

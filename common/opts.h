@@ -33,5 +33,8 @@ int sbx_opts_load(const char *prog, const sbx_opt *opts, size_t n, void *cfg, in
                   char **argv, FILE *err);
 void sbx_opts_usage(const char *prog, const sbx_opt *opts, size_t n, FILE *out);
 void sbx_opts_print(const sbx_opt *opts, size_t n, const void *cfg, FILE *out);
+/* SBX_LOG_LEVEL's value: sets the log level and returns 0, or prints the
+ * line naming the fix and returns 1. */
+int sbx_opts_log_level(const char *prog, const char *level, FILE *err);
 
 #endif

@@ -24,7 +24,12 @@ typedef struct sbx_redis_script sbx_redis_script;
 typedef void (*sbx_redis_cb)(void *arg, redisReply *reply);
 typedef void (*sbx_redis_state_cb)(void *arg, int connected);
 
-/* url: redis://host:port[/db] or unix:/path. */
+/* SBX_REDIS_URL, read by sbx-worker and sbx-agent alike: its default and
+ * the forms sbx_redis_new() accepts, as the settings' help names them. */
+#define SBX_REDIS_URL_DEFAULT "redis://127.0.0.1:6379"
+#define SBX_REDIS_URL_FORMS   "redis://host:port[/db] or unix:/path"
+
+/* url: one of SBX_REDIS_URL_FORMS. */
 int sbx_redis_new(sbx_loop *loop, const char *url, sbx_redis_state_cb state_cb, void *arg,
                   sbx_redis **out, char *err, size_t errlen);
 /* Drops the connection; callbacks of commands still pending are not called. */

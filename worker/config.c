@@ -5,8 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "opts.h"
+#include "redis.h"
 
 #define STR SBX_OPT_STR
 #define INT SBX_OPT_INT
@@ -19,7 +19,7 @@ static const sbx_opt opts[] = {
     {"SBX_TOPIC", "topic", "sbx.jobs", "topic of job messages", STR, S(topic), 0, 0, 0, 0},
     {"SBX_DLQ_TOPIC", "dlq-topic", "sbx.jobs.dlq", "dead-letter topic", STR, S(dlq_topic), 0, 0, 0, 0},
     {"SBX_GROUP", "group", "sbx-workers", "Kafka consumer group", STR, S(group), 0, 0, 0, 0},
-    {"SBX_REDIS_URL", "redis-url", "redis://127.0.0.1:6379", "Redis for leases: redis://host:port[/db] or unix:/path", STR, S(redis_url), 0, 0, 0, 0},
+    {"SBX_REDIS_URL", "redis-url", SBX_REDIS_URL_DEFAULT, "Redis for leases: " SBX_REDIS_URL_FORMS, STR, S(redis_url), 0, 0, 0, 0},
     {"SBX_DATABASE_URL", "database-url", NULL, "PostgreSQL conninfo or URL (postgresql://user@host:port/db)", STR, S(database_url), 0, 0, 1, 0},
     {"SBX_WORKER_ID", "worker-id", "", "this worker's name in leases and run rows (default: node-pid)", STR, S(worker_id), 0, 0, 0, 0},
     {"SBX_NODE", "node", "", "host name for the local pool (default: hostname)", STR, S(node), 0, 0, 0, 0},
@@ -43,26 +43,18 @@ static const sbx_opt opts[] = {
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
-void sbx_config_usage(FILE *out) { sbx_opts_usage("sbx-worker", opts, NOPTS, out); }
-
 void sbx_config_print(const sbx_config *cfg, FILE *out) { sbx_opts_print(opts, NOPTS, cfg, out); }
 
 int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
 {
     int bad;
-    enum sbx_log_level lvl;
 
     memset(cfg, 0, sizeof(*cfg));
     bad = sbx_opts_load("sbx-worker", opts, NOPTS, cfg, argc, argv, err);
     if (bad == 2)
         return 2;
-    if (sbx_log_parse_level(cfg->log_level, &lvl) != 0) {
-        fprintf(err, "sbx-worker: SBX_LOG_LEVEL=%s is not valid: use debug, info, warn or error\n",
-                cfg->log_level);
+    if (sbx_opts_log_level("sbx-worker", cfg->log_level, err))
         bad = 1;
-    } else {
-        sbx_log_set_level(lvl);
-    }
     if (sbx__provider_parse(cfg->provider, &cfg->provider_kind) != 0) {
         fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",
                 cfg->provider);

@@ -58,7 +58,6 @@ typedef struct sbx_config {
 int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err);
 /* The provider name's kind (providers.c); -EINVAL when not built in. */
 int sbx__provider_parse(const char *name, sbx_provider_kind *out);
-void sbx_config_usage(FILE *out);
 void sbx_config_print(const sbx_config *cfg, FILE *out);
 
 #endif

@@ -1,9 +1,10 @@
-/* lease.c — the Lua scripts behind lease.h and their typed replies.
+/* lease.c — the calls behind lease.h and their typed replies.
  *
- * Each script is the whole decision: Redis runs a script atomically, so
- * "is the project busy? is a slot free? take it, stamp a token" cannot
- * interleave with another worker. The scripts return flat arrays whose first
- * element is the status word.
+ * Each script (common/lua/acquire.lua, renew, fence, release, register) is
+ * the whole decision: Redis runs a script atomically, so "is the project
+ * busy? is a slot free? take it, stamp a token" cannot interleave with
+ * another worker. The scripts return flat arrays whose first element is the
+ * status word; here each becomes an sbx_lease_reply.
  */
 #include "lease.h"
 
@@ -13,156 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Reaping is bounded per call so one acquire never runs long inside Redis. */
+#include "rscripts.h"
+
 /* A pool registers at most this many slots per call (redis.c EVAL_MAX_ARGS). */
 #define EVAL_ARGS_MAX_LEASE 64
-
-#define REAP_LUA                                                                          \
-    "local t = redis.call('TIME')\n"                                                      \
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"            \
-    "local reaped = 0\n"                                                                  \
-    "for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now,"  \
-    " 'LIMIT', 0, 64)) do\n"                                                              \
-    "  local lk = '{sbx}:lease:' .. slot\n"                                               \
-    "  local l = redis.call('HMGET', lk, 'project', 'pool')\n"                            \
-    "  if l[1] and redis.call('GET', '{sbx}:project:' .. l[1]) == slot then\n"            \
-    "    redis.call('DEL', '{sbx}:project:' .. l[1])\n"                                   \
-    "  end\n"                                                                             \
-    "  redis.call('DEL', lk)\n"                                                           \
-    "  redis.call('ZREM', '{sbx}:deadlines', slot)\n"                                     \
-    "  if l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then\n"    \
-    "    redis.call('SADD', '{sbx}:free:' .. l[2], slot)\n"                               \
-    "  end\n"                                                                             \
-    "  reaped = reaped + 1\n"                                                             \
-    "end\n"
-
-/* ARGV: pool, project, job, worker, ttl_ms, token floor */
-static const char acquire_lua[] =
-    REAP_LUA
-    "local pool, project, job, worker, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4],"
-    " tonumber(ARGV[5])\n"
-    "local held = redis.call('GET', '{sbx}:project:' .. project)\n"
-    "if held then\n"
-    "  local l = redis.call('HMGET', '{sbx}:lease:' .. held, 'job', 'expires')\n"
-    "  local left = (tonumber(l[2]) or now) - now\n"
-    "  if l[1] == job then return {'HELD', held, 0, left, reaped} end\n"
-    "  return {'BUSY', held, 0, left, reaped}\n"
-    "end\n"
-    /* A slot on a VM whose agent stopped heartbeating is never handed out:
-     * it leaves the pool (the agent registers again when it comes back).
-     * Slots without a {sbx}:vm: hash (local, docker, fly) skip the check. */
-    "local slot\n"
-    "for _ = 1, 64 do\n"
-    "  slot = redis.call('SPOP', '{sbx}:free:' .. pool)\n"
-    "  if not slot then return {'NOCAP', '', 0, 0, reaped} end\n"
-    "  local vm = string.match(slot, '^[^#]+')\n"
-    "  local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')\n"
-    "  if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then break end\n"
-    "  redis.call('SREM', '{sbx}:slots:' .. pool, slot)\n"
-    "  redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')\n"
-    "  slot = nil\n"
-    "end\n"
-    "if not slot then return {'NOCAP', '', 0, 0, reaped} end\n"
-    /* Tokens must outgrow every token PostgreSQL has seen, even after Redis
-     * lost its data: the caller passes the run row's token as a floor. */
-    "if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[6]) then\n"
-    "  redis.call('SET', '{sbx}:fence', ARGV[6])\n"
-    "end\n"
-    "local token = redis.call('INCR', '{sbx}:fence')\n"
-    "redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker',"
-    " worker, 'token', token, 'pool', pool, 'expires', now + ttl)\n"
-    "redis.call('SET', '{sbx}:project:' .. project, slot)\n"
-    "redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)\n"
-    "return {'OK', slot, token, ttl, reaped}\n";
-
-/* ARGV: slot, token, ttl_ms, job, project, worker, pool.
- * A lease whose key is gone (Redis restarted without its data) is taken
- * back when neither the slot nor the project has another holder: the build
- * goes on, and the fence counter is lifted above the token. An expired lease
- * is lost for good (its owner stopped trusting it before it expired). */
-static const char renew_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local slot, tok, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
-    "local job, project, worker, pool = ARGV[4], ARGV[5], ARGV[6], ARGV[7]\n"
-    "local lk = '{sbx}:lease:' .. slot\n"
-    "local l = redis.call('HMGET', lk, 'token', 'expires')\n"
-    "local restored = 0\n"
-    "if not l[1] then\n"
-    "  local held = redis.call('GET', '{sbx}:project:' .. project)\n"
-    "  if held and held ~= slot then return {'LOST', '', 0, 0, 0} end\n"
-    "  if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(tok) then\n"
-    "    redis.call('SET', '{sbx}:fence', tok)\n"
-    "  end\n"
-    "  redis.call('HSET', lk, 'job', job, 'project', project, 'worker', worker, 'token', tok,"
-    " 'pool', pool)\n"
-    "  redis.call('SREM', '{sbx}:free:' .. pool, slot)\n"
-    "  redis.call('SET', '{sbx}:project:' .. project, slot)\n"
-    "  restored = 1\n"
-    "elseif l[1] ~= tok or tonumber(l[2]) < now then\n"
-    "  return {'LOST', '', 0, 0, 0}\n"
-    "end\n"
-    "redis.call('HSET', lk, 'expires', now + ttl)\n"
-    "redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)\n"
-    "return {'OK', slot, tonumber(tok), ttl, restored}\n";
-
-/* ARGV: floor. Lifts the token counter to at least floor: after Redis lost
- * its data, workers feed it the newest token PostgreSQL recorded, so no
- * token is ever handed out twice to one slot or run. */
-static const char fence_lua[] =
-    "if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[1]) then\n"
-    "  redis.call('SET', '{sbx}:fence', ARGV[1])\n"
-    "  return {'OK', '', tonumber(ARGV[1]), 0, 1}\n"
-    "end\n"
-    "return {'OK', '', tonumber(redis.call('GET', '{sbx}:fence')), 0, 0}\n";
-
-/* ARGV: slot, token */
-static const char release_lua[] =
-    "local slot = ARGV[1]\n"
-    "local lk = '{sbx}:lease:' .. slot\n"
-    "local l = redis.call('HMGET', lk, 'token', 'project', 'pool')\n"
-    "if l[1] ~= ARGV[2] then return {'LOST', '', 0, 0, 0} end\n"
-    "if redis.call('GET', '{sbx}:project:' .. l[2]) == slot then\n"
-    "  redis.call('DEL', '{sbx}:project:' .. l[2])\n"
-    "end\n"
-    "redis.call('DEL', lk)\n"
-    "redis.call('ZREM', '{sbx}:deadlines', slot)\n"
-    "if redis.call('SISMEMBER', '{sbx}:slots:' .. l[3], slot) == 1 then\n"
-    "  redis.call('SADD', '{sbx}:free:' .. l[3], slot)\n"
-    "end\n"
-    "return {'OK', slot, tonumber(ARGV[2]), 0, 0}\n";
-
-/* ARGV: pool, registrant, phase, slot...  A slot written "!<id>" is busy
- * with a build of the registrant's: registered, but not free (after Redis
- * lost its data, the lease that said so is gone). A pool's slot list may be long
- * (the bench provider registers 100k), so it arrives in chunks: phase
- * "first"/"more"/"last", or "only" for one chunk. Each chunk adds its slots
- * (free unless leased) and collects them in a per-registrant set; the last
- * drops the pool's slots that no chunk named. */
-static const char register_lua[] =
-    "local pool, tmp, phase = ARGV[1], '{sbx}:slots_new:' .. ARGV[1] .. ':' .. ARGV[2], ARGV[3]\n"
-    "if phase == 'first' or phase == 'only' then redis.call('DEL', tmp) end\n"
-    "for i = 4, #ARGV do\n"
-    "  local s, busy = ARGV[i], false\n"
-    "  if string.sub(s, 1, 1) == '!' then s, busy = string.sub(s, 2), true end\n"
-    "  redis.call('SADD', tmp, s)\n"
-    "  redis.call('SADD', '{sbx}:slots:' .. pool, s)\n"
-    "  if busy then\n"
-    "    redis.call('SREM', '{sbx}:free:' .. pool, s)\n"
-    "  elseif redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then\n"
-    "    redis.call('SADD', '{sbx}:free:' .. pool, s)\n"
-    "  end\n"
-    "end\n"
-    "if phase == 'last' or phase == 'only' then\n"
-    "  for _, s in ipairs(redis.call('SMEMBERS', '{sbx}:slots:' .. pool)) do\n"
-    "    if redis.call('SISMEMBER', tmp, s) == 0 then\n"
-    "      redis.call('SREM', '{sbx}:slots:' .. pool, s)\n"
-    "      redis.call('SREM', '{sbx}:free:' .. pool, s)\n"
-    "    end\n"
-    "  end\n"
-    "  redis.call('DEL', tmp)\n"
-    "end\n"
-    "return {'OK', '', 0, 0, 0}\n";
 
 typedef struct call {
     sbx_lease_cb cb;
@@ -199,11 +54,11 @@ int sbx_leases_new(sbx_redis *r, sbx_leases **out)
     if (!l)
         return -ENOMEM;
     l->r = r;
-    l->acquire = sbx_redis_script_new(acquire_lua);
-    l->renew = sbx_redis_script_new(renew_lua);
-    l->release = sbx_redis_script_new(release_lua);
-    l->reg = sbx_redis_script_new(register_lua);
-    l->fence = sbx_redis_script_new(fence_lua);
+    l->acquire = sbx_redis_script_new(sbx_lua_acquire);
+    l->renew = sbx_redis_script_new(sbx_lua_renew);
+    l->release = sbx_redis_script_new(sbx_lua_release);
+    l->reg = sbx_redis_script_new(sbx_lua_register);
+    l->fence = sbx_redis_script_new(sbx_lua_fence);
     if (!l->acquire || !l->renew || !l->release || !l->reg || !l->fence) {
         sbx_leases_free(l);
         return -ENOMEM;

@@ -1,18 +1,12 @@
 /* lease.h — slot leases and fencing tokens in Redis, one Lua script per
- * operation (acquire, renew, release, register), each one EVALSHA.
+ * operation (acquire, renew, release, register, fence; common/lua/), each
+ * one EVALSHA.
  *
- * Keys (all under the {sbx} hash tag, so the scripts also run on a Redis
- * Cluster node):
- *   {sbx}:fence            counter; every acquire INCRs it: tokens only grow
- *   {sbx}:slots:<pool>     set of the pool's registered slots
- *   {sbx}:free:<pool>      set of its free slots
- *   {sbx}:lease:<slot>     hash job, project, worker, token, pool, expires_ms
- *   {sbx}:project:<id>     the slot the project's one build holds
- *   {sbx}:deadlines        zset slot -> lease expiry (ms, Redis server clock)
- * Time comes from redis.call('TIME') inside the scripts, never from workers.
- * Expired leases are reaped at the start of every acquire (any worker may
- * reap, reaping twice is harmless), so a killed worker's slots come back
- * without a separate process.
+ * The keys ({sbx}:fence, :slots:, :free:, :lease:, :project:, :deadlines)
+ * are described in common/rkeys.h. Time comes from redis.call('TIME')
+ * inside the scripts, never from workers. Expired leases are reaped at the
+ * start of every acquire (any worker may reap, reaping twice is harmless),
+ * so a killed worker's slots come back without a separate process.
  */
 #ifndef SBX_LEASE_H
 #define SBX_LEASE_H

@@ -1,23 +1,23 @@
-/* main.c — sbx-worker: configuration, wiring, signals, periodic duties.
+/* main.c — sbx-worker: wiring, the stop on SIGTERM, periodic duties.
  *
  *   sbx-worker [--flag value]...   run (see --help for every setting)
  *   sbx-worker --check-config      print the effective settings and exit
+ *
+ * The settings, signals and the loop's start and end are common/daemon.c's,
+ * shared with sbx-agent.
  *
  * Shutdown (SIGTERM/SIGINT): intake stops at once; running builds get
  * SBX_SHUTDOWN_GRACE_MS to finish and be recorded; what is left is abandoned
  * without a write (its lease expires, its offset was never committed, so the
  * next owner runs it with a newer token); then the consumer leaves the group.
  */
-#include <errno.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
 
 #include "admin.h"
+#include "daemon.h"
 #include "log.h"
 #include "worker.h"
 
@@ -170,70 +170,47 @@ static void cron(sbx_timer *t)
     sbx_timer_start(w->loop, t, w->stopping ? 100 : 1000);
 }
 
-static void on_signal(sbx_io *io, int events)
+/* The first SIGTERM/SIGINT (daemon.c stops the loop on a second one). */
+static void on_stop(void *arg, int signo)
 {
-    sbx_worker *w = io->data;
-    struct signalfd_siginfo si;
-    (void)events;
-    while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (w->stopping) {
-            sbx_warn("worker", "second signal: stopping now");
-            sbx_loop_stop(w->loop);
-            return;
-        }
-        sbx_info("worker", "signal %d: no new jobs; %zu running get %d ms to finish",
-                 (int)si.ssi_signo, sbx__jobs_count(w), w->cfg.shutdown_grace_ms);
-        w->stopping = 1;
-        w->stop_deadline_ms = sbx_now_ms() + (uint64_t)w->cfg.shutdown_grace_ms;
-        sbx_kafka_hold(w->kafka, 1);
-        sbx__jobs_shutdown(w, 0);
-    }
+    sbx_worker *w = arg;
+    sbx_info("worker", "signal %d: no new jobs; %zu running get %d ms to finish", signo,
+             sbx__jobs_count(w), w->cfg.shutdown_grace_ms);
+    w->stopping = 1;
+    w->stop_deadline_ms = sbx_now_ms() + (uint64_t)w->cfg.shutdown_grace_ms;
+    sbx_kafka_hold(w->kafka, 1);
+    sbx__jobs_shutdown(w, 0);
 }
+
+static int load_config(void *cfg, int argc, char **argv, FILE *err)
+{
+    return sbx_config_load(cfg, argc, argv, err);
+}
+
+static void print_config(const void *cfg, FILE *out) { sbx_config_print(cfg, out); }
 
 int main(int argc, char **argv)
 {
     sbx_worker w;
+    sbx_daemon d;
     sbx_kafka_config kc;
-    char err[512], redacted[1024], kextra[sizeof(w.cfg.kafka_conf)];
+    char err[512], redis_shown[1024], db_shown[1024], kextra[sizeof(w.cfg.kafka_conf)];
     const char *extra[KAFKA_EXTRA_MAX + 1];
-    int nextra = 0, rc, check_only = 0, sfd = -1;
-    sbx_io sig_io;
+    int nextra = 0, rc;
     sbx_timer cron_t;
     sbx_admin *admin = NULL;
-    sigset_t mask;
 
     memset(&w, 0, sizeof(w));
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--check-config") == 0) {
-            check_only = 1;
-            memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(char *));
-            argc--;
-            break;
-        }
-    rc = sbx_config_load(&w.cfg, argc, argv, stderr);
-    if (rc == 2)
-        return 0;
-    if (rc)
-        return 2;
-    if (check_only) {
-        sbx_config_print(&w.cfg, stdout);
-        return 0;
-    }
-    srand((unsigned)(getpid() ^ sbx_now_us()));
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-
-    if (sbx_loop_new(&w.loop) != 0) {
-        fprintf(stderr, "sbx-worker: cannot create the event loop\n");
+    rc = sbx_daemon_settings(argc, argv, &w.cfg, load_config, print_config);
+    if (rc != SBX_DAEMON_RUN)
+        return rc;
+    if (sbx_daemon_start(&d, "sbx-worker", "worker", on_stop, &w) != 0)
         return 1;
-    }
-    sbx_log_redact(w.cfg.database_url, redacted, sizeof(redacted));
+    w.loop = d.loop;
+    sbx_log_redact(w.cfg.redis_url, redis_shown, sizeof(redis_shown));
+    sbx_log_redact(w.cfg.database_url, db_shown, sizeof(db_shown));
     sbx_info("worker", "starting %s: brokers=%s topic=%s group=%s redis=%s db=%s provider=%s",
-             w.cfg.worker_id, w.cfg.brokers, w.cfg.topic, w.cfg.group, w.cfg.redis_url, redacted,
+             w.cfg.worker_id, w.cfg.brokers, w.cfg.topic, w.cfg.group, redis_shown, db_shown,
              w.cfg.provider);
 
     rc = sbx__provider_new(&w, err, sizeof(err));
@@ -241,11 +218,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sbx-worker: provider %s: %s\n", w.cfg.provider, err);
         return 2;
     }
-    rc = sbx_redis_new(w.loop, w.cfg.redis_url, on_redis_state, &w, &w.redis, err, sizeof(err));
-    if (rc) {
-        fprintf(stderr, "sbx-worker: SBX_REDIS_URL=%s: %s\n", w.cfg.redis_url, err);
+    if (sbx_daemon_redis(&d, w.cfg.redis_url, on_redis_state, &w, &w.redis) != 0)
         return 2;
-    }
     if (sbx_leases_new(w.redis, &w.leases) != 0)
         return 1;
     rc = sbx_db_new(w.loop, w.cfg.database_url, NULL, NULL, &w.db);
@@ -281,19 +255,15 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    sbx_io_init(&sig_io, sfd, on_signal, &w);
-    sbx_io_set(w.loop, &sig_io, SBX_READ);
     sbx_timer_init(&cron_t, cron, &w);
     sbx_timer_start(w.loop, &cron_t, 1000);
     sbx_loop_before_sleep(w.loop, before_sleep, &w);
-    sbx_info("worker", "ready");
 
-    rc = sbx_loop_run(w.loop);
+    rc = sbx_daemon_run(&d);
 
     log_stats(&w, "exit");
     sbx_admin_free(admin);
     sbx_timer_stop(w.loop, &cron_t);
-    sbx_io_stop(&sig_io);
     w.prov->ops->destroy(w.prov);
     w.prov = NULL;
     sbx_kafka_close(w.kafka);
@@ -301,8 +271,6 @@ int main(int argc, char **argv)
     sbx_db_free(w.db);
     sbx__jobs_abandon(&w);
     sbx_leases_free(w.leases);
-    sbx_loop_free(w.loop);
-    close(sfd);
-    sbx_info("worker", "stopped");
+    sbx_daemon_end(&d);
     return rc ? 1 : 0;
 }

@@ -46,6 +46,7 @@
 #include "http.h"
 #include "log.h"
 #include "redis.h"
+#include "rkeys.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
@@ -234,10 +235,10 @@ static void redis_do(vmpool *p, int argc, const char **argv)
 static void drop_vm(struct sbx_run *r)
 {
     char key[VM_ID_MAX + 16];
-    const char *srem_slots[] = {"SREM", "{sbx}:slots:vmpool", r->slot};
-    const char *srem_free[] = {"SREM", "{sbx}:free:vmpool", r->slot};
-    const char *hset[] = {"HSET", key, "state", "dead"};
-    snprintf(key, sizeof(key), "{sbx}:vm:%s", r->vm);
+    const char *srem_slots[] = {"SREM", SBX_RKEY_SLOTS SBX_VMPOOL_POOL, r->slot};
+    const char *srem_free[] = {"SREM", SBX_RKEY_FREE SBX_VMPOOL_POOL, r->slot};
+    const char *hset[] = {"HSET", key, SBX_RKEY_VM_STATE, SBX_VM_DEAD};
+    snprintf(key, sizeof(key), SBX_RKEY_VM "%s", r->vm);
     redis_do(r->p, 3, srem_slots);
     redis_do(r->p, 3, srem_free);
     redis_do(r->p, 4, hset);
@@ -638,10 +639,10 @@ static void on_lookup(void *arg, redisReply *rep)
 static void lookup(struct sbx_run *r)
 {
     char key[SLOT_MAX + 16];
-    const char *argv[] = {"HGET", key, "base_url"};
+    const char *argv[] = {"HGET", key, SBX_RKEY_VM_BASE_URL};
     size_t lens[3];
 
-    snprintf(key, sizeof(key), "{sbx}:vm:%s", r->vm);
+    snprintf(key, sizeof(key), SBX_RKEY_VM "%s", r->vm);
     for (int i = 0; i < 3; i++)
         lens[i] = strlen(argv[i]);
     if (sbx_redis_cmd(r->p->redis, on_lookup, r, 3, argv, lens) == 0) {
@@ -792,7 +793,7 @@ static size_t vm_slots(sbx_provider *bp, const char ***ids)
 static const char *vm_pool(sbx_provider *bp)
 {
     (void)bp;
-    return SBX_VMPOOL_POOL_NAME;
+    return SBX_VMPOOL_POOL;
 }
 
 static void on_destroy_cancel(void *arg, const sbx_http_res *res)
@@ -918,7 +919,7 @@ int sbx_vmpool_new(sbx_loop *loop, const sbx_vmpool_config *cfg, sbx_provider **
         snprintf(err, errlen, "http client: %s", strerror(-rc));
         goto fail;
     }
-    rc = sbx_redis_new(loop, cfg->redis_url ? cfg->redis_url : "redis://127.0.0.1:6379", NULL,
+    rc = sbx_redis_new(loop, cfg->redis_url ? cfg->redis_url : SBX_REDIS_URL_DEFAULT, NULL,
                        NULL, &p->redis, err, errlen);
     if (rc)
         goto fail;

@@ -22,8 +22,7 @@
 #include <stddef.h>
 
 #include "provider.h"
-
-#define SBX_VMPOOL_POOL_NAME "vmpool"
+#include "rkeys.h"   /* SBX_VMPOOL_POOL, the pool name */
 
 typedef struct sbx_vmpool_config {
     const char *redis_url;     /* where agents register (the worker's SBX_REDIS_URL) */

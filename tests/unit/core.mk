@@ -3,3 +3,5 @@ TEST_BINS += $(BUILD)/tests/test_loop $(BUILD)/tests/test_offsets $(BUILD)/tests
              $(BUILD)/tests/test_lease $(BUILD)/tests/test_db
 $(BUILD)/tests/test_lease: $(BUILD)/obj/tests/unit/svc.o
 $(BUILD)/tests/test_db: $(BUILD)/obj/tests/unit/svc.o
+# The Redis contract: the scripts name only the keys common/rkeys.h lists.
+TEST_BINS += $(BUILD)/tests/test_rkeys

@@ -489,7 +489,7 @@ static void on_lease(void *arg, const sbx_lease_reply *rep)
 static int acquire(tenv *e, const char *project, lres *l)
 {
     memset(l, 0, sizeof(*l));
-    if (sbx_lease_acquire(e->leases, SBX_VMPOOL_POOL_NAME, project, project, "test-worker", 60000, 0,
+    if (sbx_lease_acquire(e->leases, SBX_VMPOOL_POOL, project, project, "test-worker", 60000, 0,
                           on_lease, l) != 0)
         return -1;
     test_run_until(e->loop, &l->done, 5000);

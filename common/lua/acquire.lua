@@ -1,0 +1,63 @@
+-- acquire.lua — a lease on a free slot of a pool for one job (worker,
+-- lease.c sbx_lease_acquire). rkeys.h describes every key named here.
+--
+-- ARGV: pool, project, job, worker, ttl_ms, token floor
+-- Reply: {status, slot, token, ttl_left_ms, reaped}
+--   OK     slot leased: its token and the lease's ttl
+--   HELD   this very job holds the project's lease (slot, time left)
+--   BUSY   another job of the project holds it (slot, time left)
+--   NOCAP  no free slot in the pool
+--
+-- First, expired leases are reaped (any worker may reap; reaping twice is
+-- harmless), at most 64 per call so one acquire never runs long inside
+-- Redis: a killed worker's slots come back without a separate process.
+-- Time is Redis' own (TIME), never a worker's clock.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reaped = 0
+for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now, 'LIMIT', 0, 64)) do
+  local lk = '{sbx}:lease:' .. slot
+  local l = redis.call('HMGET', lk, 'project', 'pool')
+  if l[1] and redis.call('GET', '{sbx}:project:' .. l[1]) == slot then
+    redis.call('DEL', '{sbx}:project:' .. l[1])
+  end
+  redis.call('DEL', lk)
+  redis.call('ZREM', '{sbx}:deadlines', slot)
+  if l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then
+    redis.call('SADD', '{sbx}:free:' .. l[2], slot)
+  end
+  reaped = reaped + 1
+end
+local pool, project, job, worker, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local held = redis.call('GET', '{sbx}:project:' .. project)
+if held then
+  local l = redis.call('HMGET', '{sbx}:lease:' .. held, 'job', 'expires')
+  local left = (tonumber(l[2]) or now) - now
+  if l[1] == job then return {'HELD', held, 0, left, reaped} end
+  return {'BUSY', held, 0, left, reaped}
+end
+-- A slot on a VM whose agent stopped heartbeating is never handed out: it
+-- leaves the pool (the agent registers again when it comes back). Slots
+-- without a {sbx}:vm: hash (local, docker, fly) skip the check.
+local slot
+for _ = 1, 64 do
+  slot = redis.call('SPOP', '{sbx}:free:' .. pool)
+  if not slot then return {'NOCAP', '', 0, 0, reaped} end
+  local vm = string.match(slot, '^[^#]+')
+  local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')
+  if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then break end
+  redis.call('SREM', '{sbx}:slots:' .. pool, slot)
+  redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')
+  slot = nil
+end
+if not slot then return {'NOCAP', '', 0, 0, reaped} end
+-- Tokens must outgrow every token PostgreSQL has seen, even after Redis
+-- lost its data: the caller passes the run row's token as a floor.
+if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[6]) then
+  redis.call('SET', '{sbx}:fence', ARGV[6])
+end
+local token = redis.call('INCR', '{sbx}:fence')
+redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker', worker, 'token', token, 'pool', pool, 'expires', now + ttl)
+redis.call('SET', '{sbx}:project:' .. project, slot)
+redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)
+return {'OK', slot, token, ttl, reaped}
