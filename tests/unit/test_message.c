@@ -1,4 +1,4 @@
-/* test_job.c — the job message parser (producers/lib/job.c).
+/* test_message.c — the job message parser (producers/lib/message.c).
  *
  * Two parts. First, one test per file in schemas/examples/job/{valid,invalid,
  * malformed}/ (directory from $SBX_EXAMPLES, else SBX_EXAMPLES_DIR compiled
@@ -369,7 +369,7 @@ static int load_vectors(const char *root, struct vector **out, size_t *n)
         struct dirent *e;
         size_t before = *n;
         if (!d) {
-            fprintf(stderr, "test_job: %s: cannot open (set SBX_EXAMPLES)\n", dir);
+            fprintf(stderr, "test_message: %s: cannot open (set SBX_EXAMPLES)\n", dir);
             return -1;
         }
         while ((e = readdir(d))) {
@@ -390,7 +390,7 @@ static int load_vectors(const char *root, struct vector **out, size_t *n)
         }
         closedir(d);
         if (*n == before) {
-            fprintf(stderr, "test_job: %s: no vectors\n", dir);
+            fprintf(stderr, "test_message: %s: no vectors\n", dir);
             return -1;
         }
     }
