@@ -1,20 +1,34 @@
 /* job.c — one sandbox job, from a Kafka message to a terminal row.
  *
- * Every job is an explicit state machine; every change goes through
- * transition(), which logs "from -> to". The states:
+ * Every job is an explicit state machine (curl multi.c's mstate(), disque's
+ * job states). Every change of state goes through transition(), which checks
+ * the move against `legal` below, logs "from -> to" and counts it; any other
+ * move is a bug in sbx and is refused (see transition()). One meaning per
+ * state:
  *
- *   RECORDING   sbx.record_run() in flight: the row exists (queued) or we
- *               learn it is already terminal (a redelivery: skip)
- *   LEASING     lease acquire (Redis) in flight
- *   WAITING     no free slot, the project is busy, or the job's own lease is
- *               still held by a previous owner; a timer retries (and a local
- *               release wakes us early)
- *   CLAIMING    we hold a lease; sbx.claim_run() stores its fencing token
- *   STARTING    provider start() called; PostgreSQL says provisioning
- *   RUNNING     the provider said STARTED; the lease is renewed on a timer
- *   FINISHING   the fenced terminal write is in flight
- *   RELEASING   lease release in flight after an end, a requeue or a loss
- *   DONE        offsets marked; the job is freed at the next safe point
+ *   RECORDING    sbx.record_run() in flight (or retried on a timer): the row
+ *                exists (queued) or we learn it is already terminal (a
+ *                redelivery: skip)
+ *   ENDING       a job nobody claimed is being ended canceled: its cancel was
+ *                asked, or policy "reject" refused it; one unfenced write
+ *                (cancel_unclaimed / reject_run) in flight
+ *   LEASING      lease acquire (Redis) in flight
+ *   WAITING      no free slot, the project is busy, or the job's own lease is
+ *                still held by a previous owner; a timer retries (and a local
+ *                release wakes us early)
+ *   CLAIMING     we hold a lease; sbx.claim_run() stores its fencing token
+ *   STARTING     provider start() called; PostgreSQL says provisioning
+ *   RUNNING      the provider said STARTED; the lease is renewed on a timer
+ *   FINISHING    the fenced terminal write is in flight (or retried)
+ *   UNCLAIMING   a claimed run hands its claim back without an outcome
+ *                (requeue_run after a provider error or at shutdown,
+ *                unclaim_run when the provider's slot was busy): fenced
+ *                write in flight
+ *   RELEASING    lease release in flight; `after` says what comes next
+ *   DONE         the outcome is durable and the offsets are marked; the job
+ *                is freed at the next safe point
+ *   HANDED_BACK  forgotten without marking offsets (shutdown, or a refused
+ *                move): the partition's next owner runs it; freed likewise
  *
  * Ownership rules (see DESIGN-NOTES "Who owns a job"):
  *  - Kafka offsets are marked done only after the outcome is durable
@@ -24,17 +38,19 @@
  *  - We trust our lease only until sent_at + TTL - margin on the monotonic
  *    clock; past that without a renewal we cancel the build and write nothing.
  *
- * Async callbacks carry the job pointer; `ops` counts those outstanding so a
- * job is never freed under one.
+ * Async callbacks carry the job pointer; `ops` counts those outstanding (a
+ * started build counts as one until it reports FINISHED), so a job is never
+ * freed under one. Callbacks always run from the loop: a request that could
+ * not even be sent fails through the job's `late` timer (zero delay), never
+ * by calling its callback from inside the call that failed.
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "assert.h"
 #include "log.h"
 #include "text.h"
 #include "worker.h"
@@ -45,26 +61,63 @@
 #define RETRY_MAX_MS 30000
 
 typedef enum jstate {
-    J_RECORDING, J_LEASING, J_WAITING, J_CLAIMING, J_STARTING, J_RUNNING,
-    J_FINISHING, J_RELEASING, J_DONE,
+    J_RECORDING, J_ENDING, J_LEASING, J_WAITING, J_CLAIMING, J_STARTING, J_RUNNING,
+    J_FINISHING, J_UNCLAIMING, J_RELEASING, J_DONE, J_HANDED_BACK,
+    J_NSTATES
 } jstate;
 
-static const char *const state_names[] = {
-    "recording", "leasing", "waiting", "claiming", "starting", "running",
-    "finishing", "releasing", "done",
+static const char *const state_names[J_NSTATES] = {
+    "recording", "ending", "leasing", "waiting", "claiming", "starting", "running",
+    "finishing", "unclaiming", "releasing", "done", "handed_back",
 };
+
+/* The legal moves, from -> to. Nothing moves out of DONE or HANDED_BACK, and
+ * no state moves to itself (a retry stays put without a move). */
+static const unsigned char legal[J_NSTATES][J_NSTATES] = {
+    /* recorded; found terminal; cancel asked before; shutdown during a retry */
+    [J_RECORDING] = {[J_LEASING] = 1, [J_DONE] = 1, [J_ENDING] = 1, [J_HANDED_BACK] = 1},
+    /* ended; or not (claimed elsewhere, no cancel flag): go on */
+    [J_ENDING] = {[J_DONE] = 1, [J_LEASING] = 1},
+    /* leased; no lease; policy reject; leased or not during shutdown */
+    [J_LEASING] = {[J_CLAIMING] = 1, [J_WAITING] = 1, [J_ENDING] = 1, [J_RELEASING] = 1,
+                   [J_HANDED_BACK] = 1},
+    /* ask again; `sbx cancel`; shutdown */
+    [J_WAITING] = {[J_LEASING] = 1, [J_ENDING] = 1, [J_HANDED_BACK] = 1},
+    /* claimed; claimed during shutdown; terminal, stale, busy or lease gone */
+    [J_CLAIMING] = {[J_STARTING] = 1, [J_UNCLAIMING] = 1, [J_RELEASING] = 1},
+    /* started; an outcome without STARTED; start error or busy slot; lease lost */
+    [J_STARTING] = {[J_RUNNING] = 1, [J_FINISHING] = 1, [J_UNCLAIMING] = 1,
+                    [J_RELEASING] = 1},
+    /* an outcome; provider error or shutdown; lease lost */
+    [J_RUNNING] = {[J_FINISHING] = 1, [J_UNCLAIMING] = 1, [J_RELEASING] = 1},
+    /* written, refused, or the lease ran out first: the lease goes either way */
+    [J_FINISHING] = {[J_RELEASING] = 1},
+    [J_UNCLAIMING] = {[J_RELEASING] = 1},
+    /* finished; shutdown; wait and try again */
+    [J_RELEASING] = {[J_DONE] = 1, [J_HANDED_BACK] = 1, [J_WAITING] = 1},
+};
+
+static unsigned long moves[J_NSTATES][J_NSTATES];
 
 /* What to do once the lease is released: finish (offsets done), wait and
  * try again, or hand the job back (shutdown: offsets stay unfinished, so the
  * next owner of the partition runs it). */
 typedef enum after_release { AR_DONE, AR_WAIT, AR_HANDBACK } after_release;
 
+/* How a job nobody claimed ends (ENDING). */
+typedef enum end_kind { END_CANCEL, END_REJECT } end_kind;
+
+/* Failures of requests that could not be sent, waiting for the `late` timer. */
+enum {
+    LATE_START = 1,         /* provider start() refused: FINISHED with an error */
+    LATE_RUNNING = 2,       /* the "running" write */
+    LATE_TERMINAL = 4,      /* the terminal write */
+    LATE_RELEASE = 8,       /* the lease release */
+};
+
 struct job {
-    job *hnext;                 /* hash chain */
-    job *wprev, *wnext;         /* waiting FIFO */
-    projq *pq;                  /* its project's waiters, when parked there */
-    job *pprev, *pnext;
-    int waiting_listed;
+    sbx_jobtab_entry te;        /* in w->jobs */
+    sbx_waiter wt;              /* in w->waits */
     job *dnext;                 /* dead list */
     sbx_worker *w;
     jstate st;
@@ -80,11 +133,15 @@ struct job {
     int marked_waiting;         /* wrote waiting_capacity already */
     int ops;                    /* callbacks outstanding */
     int cancel;                 /* `sbx cancel` asked for it */
-    const char *end_note;       /* why end_unclaimed() ends it (static text) */
     int handback;               /* shutdown: stop the build, requeue, release */
+    /* ENDING */
+    end_kind end;
+    const char *end_note;       /* static text for the log */
+    /* reject_run's detail: the project id, the busy slot and the policy */
+    char end_detail[SBX_ID_MAX + SBX_LEASE_SLOT_MAX + 80];
     /* lease */
     int have_lease;
-    char slot[192];
+    char slot[SBX_LEASE_SLOT_MAX + 1];
     int64_t token;
     uint64_t lease_until_ms;
     uint64_t renew_sent_ms;
@@ -93,6 +150,11 @@ struct job {
     after_release after;
     sbx_timer timer;            /* retries and waits */
     sbx_timer renew;
+    /* failures delivered from the loop */
+    sbx_timer late_t;
+    unsigned late;              /* LATE_* bits pending */
+    sbx_outcome late_outcome;   /* LATE_START: what start()'s error means */
+    char late_error[256];       /* LATE_START: sbx_result.error */
     /* build */
     sbx_run *run;
     const char *status;         /* terminal status being written */
@@ -100,210 +162,80 @@ struct job {
     uint64_t started_ms;
 };
 
-static void transition(job *j, jstate to)
+int sbx__job_nstates(void) { return J_NSTATES; }
+
+const char *sbx__job_state_name(int s)
 {
-    if (j->st == to)
+    return s >= 0 && s < J_NSTATES ? state_names[s] : "?";
+}
+
+int sbx__job_move_legal(int from, int to)
+{
+    return from >= 0 && from < J_NSTATES && to >= 0 && to < J_NSTATES && legal[from][to];
+}
+
+const unsigned long *sbx__job_moves(void) { return &moves[0][0]; }
+
+int sbx__job_state(const sbx_worker *w, const char *job_id)
+{
+    const job *j = sbx__jobtab_find(&w->jobs, job_id);
+    return j ? (int)j->st : -1;
+}
+
+static int over(const job *j) { return j->st == J_DONE || j->st == J_HANDED_BACK; }
+
+/* One outstanding callback has come back. */
+static void op_done(job *j)
+{
+    if (SBX_ASSERT(j->ops > 0))
+        j->ops--;
+}
+
+/* Takes a job out of the worker (its table, the waiters) onto the dead list,
+ * where it is freed once no callback of its is outstanding. */
+static void forget(job *j)
+{
+    sbx_worker *w = j->w;
+    sbx_timer_stop(w->loop, &j->timer);
+    sbx_timer_stop(w->loop, &j->renew);
+    sbx__waitq_unlist(&w->waits, &j->wt);
+    sbx__jobtab_del(&w->jobs, &j->te);
+    j->dnext = w->dead;
+    w->dead = j;
+}
+
+/* After a refused move nothing about the job can be trusted, so it ends the
+ * way that is safe whatever went wrong: no more writes (PostgreSQL keeps its
+ * last good state), offsets left unfinished (the message is redelivered and
+ * its next owner redoes the job with a newer token), the build stopped (its
+ * FINISHED still comes and is ignored), the lease left to expire. */
+static void end_safely(job *j)
+{
+    if (over(j))
         return;
-    sbx_debug("job", "%s %s -> %s", j->id, state_names[j->st], state_names[to]);
+    j->lost = 1;
+    if (j->run)
+        j->w->prov->ops->cancel(j->w->prov, j->run);
+    j->st = J_HANDED_BACK;
+    forget(j);
+}
+
+/* Returns 1 when the move was made. 0: it was illegal, and release builds
+ * (NDEBUG) have ended the job safely; the caller must return at once. */
+static int transition(job *j, jstate to)
+{
+    jstate from = j->st;
+    int ok = sbx__job_move_legal((int)from, (int)to);
+    if (!ok)
+        sbx_error("job", "%s illegal move %s -> %s", j->id, state_names[from], state_names[to]);
+    if (!SBX_ASSERT(ok)) {
+        end_safely(j);
+        return 0;
+    }
+    sbx_debug("job", "%s %s -> %s", j->id, state_names[from], state_names[to]);
+    moves[from][to]++;
     j->st = to;
-}
-
-/* ---- table ---- */
-
-static size_t hash(const char *s)
-{
-    size_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
-}
-
-static job *tab_find(sbx_jobtab *t, const char *id)
-{
-    if (!t->nslots)
-        return NULL;
-    for (job *j = t->slots[hash(id) % t->nslots]; j; j = j->hnext)
-        if (strcmp(j->id, id) == 0)
-            return j;
-    return NULL;
-}
-
-static int tab_add(sbx_jobtab *t, job *j)
-{
-    if (t->count >= t->nslots) {
-        size_t n = t->nslots ? t->nslots * 2 : 256;
-        job **s = calloc(n, sizeof(*s));
-        if (!s)
-            return -ENOMEM;
-        for (size_t i = 0; i < t->nslots; i++) {
-            job *x = t->slots[i], *next;
-            for (; x; x = next) {
-                next = x->hnext;
-                x->hnext = s[hash(x->id) % n];
-                s[hash(x->id) % n] = x;
-            }
-        }
-        free(t->slots);
-        t->slots = s;
-        t->nslots = n;
-    }
-    j->hnext = t->slots[hash(j->id) % t->nslots];
-    t->slots[hash(j->id) % t->nslots] = j;
-    t->count++;
-    return 0;
-}
-
-static void tab_del(sbx_jobtab *t, job *j)
-{
-    job **pp = &t->slots[hash(j->id) % t->nslots];
-    for (; *pp; pp = &(*pp)->hnext)
-        if (*pp == j) {
-            *pp = j->hnext;
-            t->count--;
-            return;
-        }
-}
-
-size_t sbx__jobs_count(const sbx_worker *w) { return w->jobs.count; }
-
-size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < w->jobs.nslots; i++)
-        for (const job *j = w->jobs.slots[i]; j; j = j->hnext)
-            if (j->have_lease && n < max)
-                out[n++] = j->slot;
-    return n;
-}
-
-/* ---- waiting ---- */
-
-/* Jobs waiting for capacity sit on one FIFO. Those waiting on a busy project
- * also queue per project, and only the first of each project asks Redis
- * again; the others are parked until it leaves. Without that, a hundred
- * queued builds of one project would each poll every second (a lease storm
- * measured in the benchmarks), and the project's order would be left to
- * chance. */
-#define PROJQ_BUCKETS 4096
-
-struct projq {
-    projq *next;            /* hash chain */
-    job *head, *tail;
-    char id[SBX_ID_MAX + 1];
-};
-
-static projq **projq_slot(sbx_worker *w, const char *id)
-{
-    projq **pp;
-    if (!w->projq) {
-        w->projq = calloc(PROJQ_BUCKETS, sizeof(*w->projq));
-        if (!w->projq)
-            return NULL;
-    }
-    for (pp = &w->projq[hash(id) % PROJQ_BUCKETS]; *pp; pp = &(*pp)->next)
-        if (strcmp((*pp)->id, id) == 0)
-            break;
-    return pp;
-}
-
-/* Queues j behind the other waiters of its project; returns whether j is
- * the first (the one that keeps asking). */
-static int proj_park(job *j)
-{
-    projq **pp, *q;
-    if (j->pq)
-        return j->pq->head == j;
-    pp = projq_slot(j->w, j->spec->project_id);
-    if (!pp)
-        return 1;
-    q = *pp;
-    if (!q) {
-        q = calloc(1, sizeof(*q));
-        if (!q)
-            return 1;
-        snprintf(q->id, sizeof(q->id), "%s", j->spec->project_id);
-        *pp = q;
-    }
-    j->pq = q;
-    j->pprev = q->tail;
-    j->pnext = NULL;
-    if (q->tail)
-        q->tail->pnext = j;
-    else
-        q->head = j;
-    q->tail = j;
-    return q->head == j;
-}
-
-static void proj_unpark(job *j)
-{
-    projq *q = j->pq, **pp;
-    int was_head;
-    if (!q)
-        return;
-    was_head = q->head == j;
-    if (j->pprev)
-        j->pprev->pnext = j->pnext;
-    else
-        q->head = j->pnext;
-    if (j->pnext)
-        j->pnext->pprev = j->pprev;
-    else
-        q->tail = j->pprev;
-    j->pq = NULL;
-    j->pprev = j->pnext = NULL;
-    if (q->head) {
-        if (was_head)
-            sbx_timer_start(j->w->loop, &q->head->timer, 0);
-        return;
-    }
-    pp = projq_slot(j->w, q->id);
-    if (pp && *pp == q)
-        *pp = q->next;
-    free(q);
-}
-
-static void wait_unlist(job *j)
-{
-    sbx_worker *w = j->w;
-    proj_unpark(j);
-    if (!j->waiting_listed)
-        return;
-    if (j->wprev)
-        j->wprev->wnext = j->wnext;
-    else
-        w->wait_head = j->wnext;
-    if (j->wnext)
-        j->wnext->wprev = j->wprev;
-    else
-        w->wait_tail = j->wprev;
-    j->wprev = j->wnext = NULL;
-    j->waiting_listed = 0;
-}
-
-static void wait_list(job *j)
-{
-    sbx_worker *w = j->w;
-    if (j->waiting_listed)
-        return;
-    j->wprev = w->wait_tail;
-    j->wnext = NULL;
-    if (w->wait_tail)
-        w->wait_tail->wnext = j;
-    else
-        w->wait_head = j;
-    w->wait_tail = j;
-    j->waiting_listed = 1;
-}
-
-void sbx__jobs_wake(sbx_worker *w, const char *project)
-{
-    projq **pp = project ? projq_slot(w, project) : NULL;
-    job *same = pp && *pp ? (*pp)->head : NULL, *any = w->wait_head;
-    if (same)
-        sbx_timer_start(w->loop, &same->timer, 0);
-    if (any && any != same && (!any->pq || any->pq->head == any))
-        sbx_timer_start(w->loop, &any->timer, 0);
+    return 1;
 }
 
 /* ---- life ---- */
@@ -312,38 +244,30 @@ static void step(job *j);
 
 static void finish(job *j)
 {
-    sbx_worker *w = j->w;
-    transition(j, J_DONE);
-    sbx_timer_stop(w->loop, &j->timer);
-    sbx_timer_stop(w->loop, &j->renew);
-    wait_unlist(j);
+    if (!transition(j, J_DONE))
+        return;
     for (int i = 0; i < j->nrefs; i++)
-        sbx_kafka_done(w->kafka, &j->refs[i]);
+        sbx_kafka_done(j->w->kafka, &j->refs[i]);
     j->nrefs = 0;
-    tab_del(&w->jobs, j);
-    j->dnext = w->dead;
-    w->dead = j;
+    forget(j);
 }
 
 /* Shutdown: forget a job without marking its offsets; it was requeued (or
  * never claimed) and the partition's next owner runs it. */
 static void hand_back(job *j)
 {
-    sbx_worker *w = j->w;
     sbx_info("job", "%s handed back (was %s)", j->id, state_names[j->st]);
-    transition(j, J_DONE);
-    sbx_timer_stop(w->loop, &j->timer);
-    sbx_timer_stop(w->loop, &j->renew);
-    wait_unlist(j);
-    tab_del(&w->jobs, j);
-    j->dnext = w->dead;
-    w->dead = j;
+    if (!transition(j, J_HANDED_BACK))
+        return;
+    forget(j);
 }
 
 static void job_free(job *j)
 {
+    SBX_ASSERT(j->ops == 0);
     sbx_timer_stop(j->w->loop, &j->timer);
     sbx_timer_stop(j->w->loop, &j->renew);
+    sbx_timer_stop(j->w->loop, &j->late_t);
     sbx_job_free(j->spec);
     free(j->raw);
     free(j->refs);
@@ -365,6 +289,27 @@ void sbx__jobs_reap(sbx_worker *w)
     }
 }
 
+size_t sbx__jobs_count(const sbx_worker *w) { return w->jobs.count; }
+
+typedef struct leased {
+    const char **out;
+    size_t n, max;
+} leased;
+
+static void add_leased(job *j, void *arg)
+{
+    leased *l = arg;
+    if (j->have_lease && l->n < l->max)
+        l->out[l->n++] = j->slot;
+}
+
+size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max)
+{
+    leased l = {out, 0, max};
+    sbx__jobtab_each((sbx_jobtab *)&w->jobs, add_leased, &l);
+    return l.n;
+}
+
 static uint64_t jitter(uint64_t ms)
 {
     return ms / 2 + (uint64_t)rand() % (ms / 2 + 1);
@@ -381,6 +326,20 @@ static void retry_later(job *j, const char *why)
     sbx_warn("job", "%s %s: %s; retrying in ~%" PRIu64 " ms", j->id, state_names[j->st], why, d);
     sbx_timer_start(j->w->loop, &j->timer, jitter(d));
 }
+
+/* A request of `what` could not be sent: its failure reaches its callback
+ * from the loop, like any other failure, and counts as outstanding until
+ * then. */
+static void fail_later(job *j, unsigned what)
+{
+    if (!SBX_ASSERT(!(j->late & what)))
+        return;
+    j->late |= what;
+    j->ops++;
+    sbx_timer_start(j->w->loop, &j->late_t, 0);
+}
+
+static void wait_for_capacity(job *j) { sbx__waitq_list(&j->w->waits, &j->wt); }
 
 /* ---- PostgreSQL steps ---- */
 
@@ -399,7 +358,7 @@ static void on_fire_and_forget(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
     (void)res;
-    j->ops--;
+    op_done(j);
     if (err)
         sbx_warn("job", "%s: %s", j->id, err);
 }
@@ -411,8 +370,8 @@ static void on_fire_and_forget(void *arg, PGresult *res, const char *err)
 static void on_ended_unclaimed(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
-    j->ops--;
-    if (j->st == J_DONE)
+    op_done(j);
+    if (j->st != J_ENDING)
         return;
     if (res && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
         sbx_info("job", "%s %s", j->id, j->end_note);
@@ -422,33 +381,43 @@ static void on_ended_unclaimed(void *arg, PGresult *res, const char *err)
     }
     if (err)
         sbx_warn("job", "%s %s: %s", j->id, j->end_note, err);
-    transition(j, J_LEASING);
-    step(j);
+    if (transition(j, J_LEASING))
+        step(j);
 }
 
-static void end_unclaimed(job *j, const char *sql, int nparams, const char *const *params,
-                          const char *note)
+static void send_end(job *j)
 {
-    sbx_timer_stop(j->w->loop, &j->timer);
-    wait_unlist(j);
-    j->end_note = note;
-    transition(j, J_RECORDING); /* a write in flight; no timer acts on it */
-    if (sbx_db_query(j->w->db, sql, nparams, params, on_ended_unclaimed, j) == 0)
+    const char *p[3] = {j->id, j->w->cfg.worker_id, j->end_detail};
+    int rc = j->end == END_CANCEL
+                 ? sbx_db_query(j->w->db, "SELECT sbx.cancel_unclaimed($1,$2)", 2, p,
+                                on_ended_unclaimed, j)
+                 : sbx_db_query(j->w->db, "SELECT sbx.reject_run($1,$2,$3)", 3, p,
+                                on_ended_unclaimed, j);
+    if (rc == 0)
         j->ops++;
     else
         retry_later(j, "database queue full");
 }
 
+static void end_unclaimed(job *j, end_kind end, const char *note)
+{
+    sbx_timer_stop(j->w->loop, &j->timer);
+    sbx__waitq_unlist(&j->w->waits, &j->wt);
+    j->end = end;
+    j->end_note = note;
+    if (transition(j, J_ENDING))
+        send_end(j);
+}
+
 static void cancel_unclaimed(job *j)
 {
-    const char *p[2] = {j->id, j->w->cfg.worker_id};
-    end_unclaimed(j, "SELECT sbx.cancel_unclaimed($1,$2)", 2, p, "canceled before it started");
+    end_unclaimed(j, END_CANCEL, "canceled before it started");
 }
 
 static void on_recorded(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
-    j->ops--;
+    op_done(j);
     if (j->st != J_RECORDING)
         return;
     if (!res || PQntuples(res) != 1) {
@@ -475,8 +444,8 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
                          j) == 0)
             j->ops++;
     }
-    transition(j, J_LEASING);
-    step(j);
+    if (transition(j, J_LEASING))
+        step(j);
 }
 
 static void record(job *j)
@@ -522,7 +491,7 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     sbx_worker *w = j->w;
     uint64_t d;
 
-    j->ops--;
+    op_done(j);
     if (j->st != J_LEASING)
         return;
     if (w->stopping) {
@@ -544,10 +513,10 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         j->token = rep->token;
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
         j->backoff = 0;
-        wait_unlist(j);
+        sbx__waitq_unlist(&w->waits, &j->wt);
         sbx_info("job", "%s leased %s token=%" PRId64, j->id, j->slot, j->token);
-        transition(j, J_CLAIMING);
-        step(j);
+        if (transition(j, J_CLAIMING))
+            step(j);
         return;
     case SBX_LEASE_BUSY:
         if (w->cfg.policy == SBX_POLICY_REJECT) {
@@ -561,11 +530,11 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         /* A lease of ours was released after this acquire left: its wake-up
          * found nobody waiting yet, so ask again now. */
         d = w->releases != j->releases_seen ? 0 : WAIT_MAX_MS;
-        if (rep->status == SBX_LEASE_BUSY && !proj_park(j)) {
+        if (rep->status == SBX_LEASE_BUSY && !sbx__waitq_park(&w->waits, &j->wt)) {
             /* Parked behind an earlier job of the project, which asks for
              * both; it wakes us when it leaves the queue. */
-            transition(j, J_WAITING);
-            wait_list(j);
+            if (transition(j, J_WAITING))
+                wait_for_capacity(j);
             return;
         }
         break;
@@ -580,27 +549,27 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
             d = (uint64_t)w->cfg.lease_ttl_ms;
         break;
     default:
-        transition(j, J_WAITING);
-        wait_list(j);
+        if (!transition(j, J_WAITING))
+            return;
+        wait_for_capacity(j);
         retry_later(j, rep->error ? rep->error : "lease error");
         return;
     }
     if (rep->reaped)
         sbx_info("lease", "reaped %d expired leases", rep->reaped);
-    transition(j, J_WAITING);
-    wait_list(j);
+    if (!transition(j, J_WAITING))
+        return;
+    wait_for_capacity(j);
     sbx_timer_start(w->loop, &j->timer, d ? jitter(d) + 10 : 0);
 }
 
 /* Policy "reject": the project has a build running; end this job. */
 static void reject(job *j, const char *busy_slot)
 {
-    char detail[300];
-    const char *p[3] = {j->id, j->w->cfg.worker_id, detail};
-    snprintf(detail, sizeof(detail), "rejected: project %s has a build running on %s "
-             "(SBX_PROJECT_POLICY=reject)", j->spec->project_id, busy_slot);
-    end_unclaimed(j, "SELECT sbx.reject_run($1,$2,$3)", 3, p,
-                  "rejected: its project is busy (policy reject)");
+    snprintf(j->end_detail, sizeof(j->end_detail),
+             "rejected: project %s has a build running on %s (SBX_PROJECT_POLICY=reject)",
+             j->spec->project_id, busy_slot);
+    end_unclaimed(j, END_REJECT, "rejected: its project is busy (policy reject)");
 }
 
 static void acquire(job *j)
@@ -612,8 +581,9 @@ static void acquire(job *j)
     rc = sbx_lease_acquire(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id, j->id,
                            w->cfg.worker_id, w->cfg.lease_ttl_ms, j->row_token, on_acquired, j);
     if (rc) {
-        transition(j, J_WAITING);
-        wait_list(j);
+        if (!transition(j, J_WAITING))
+            return;
+        wait_for_capacity(j);
         retry_later(j, "redis unavailable");
         return;
     }
@@ -637,8 +607,8 @@ static void on_renewed(void *arg, const sbx_lease_reply *rep)
 {
     job *j = arg;
     sbx_worker *w = j->w;
-    j->ops--;
-    if (!j->have_lease || j->lost || j->st == J_DONE)
+    op_done(j);
+    if (!j->have_lease || j->lost || over(j))
         return;
     if (rep->status == SBX_LEASE_OK) {
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
@@ -682,7 +652,7 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
 {
     job *j = arg;
     sbx_worker *w = j->w;
-    j->ops--;
+    op_done(j);
     if (j->st != J_RELEASING)
         return;
     if (rep->status == SBX_LEASE_ERROR) {
@@ -692,7 +662,7 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
     }
     j->have_lease = 0;
     w->releases++;
-    sbx__jobs_wake(w, j->spec->project_id);
+    sbx__waitq_wake(&w->waits, j->spec->project_id);
     if (j->after == AR_DONE) {
         finish(j);
         return;
@@ -701,36 +671,32 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
         hand_back(j);
         return;
     }
-    transition(j, J_WAITING);
-    wait_list(j);
-    sbx_timer_start(w->loop, &j->timer, jitter((uint64_t)w->cfg.retry_base_ms << (j->backoff < 8 ? j->backoff : 8)));
+    if (!transition(j, J_WAITING))
+        return;
+    wait_for_capacity(j);
+    sbx_timer_start(w->loop, &j->timer,
+                    jitter((uint64_t)w->cfg.retry_base_ms << (j->backoff < 8 ? j->backoff : 8)));
     j->backoff++;
 }
 
 static void release(job *j, after_release after)
 {
     sbx_worker *w = j->w;
-    sbx_lease_reply fake;
 
     sbx_timer_stop(w->loop, &j->renew);
     j->after = after;
-    transition(j, J_RELEASING);
-    if (sbx_lease_release(w->leases, j->slot, j->token, on_released, j) == 0) {
-        j->ops++;
+    if (!transition(j, J_RELEASING))
         return;
-    }
-    memset(&fake, 0, sizeof(fake));
-    fake.status = SBX_LEASE_ERROR;
-    fake.error = "redis unavailable";
-    j->ops++;
-    on_released(j, &fake);
+    if (sbx_lease_release(w->leases, j->slot, j->token, on_released, j) == 0)
+        j->ops++;
+    else
+        fail_later(j, LATE_RELEASE);
 }
 
 /* ---- claim, run, finish ---- */
 
 static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res);
 static void requeue(job *j, const char *why);
-static void unclaim(job *j, const char *why);
 
 static void start_build(job *j)
 {
@@ -748,19 +714,20 @@ static void start_build(job *j)
     req.slot = j->slot;
     req.token = j->token;
     req.attempt = j->attempt;
-    transition(j, J_STARTING);
+    if (!transition(j, J_STARTING))
+        return;
     j->started_ms = sbx_now_ms();
     rc = w->prov->ops->start(w->prov, &req, on_provider, j, &j->run, err, sizeof(err));
     if (rc) {
-        sbx_result r;
-        memset(&r, 0, sizeof(r));
-        r.outcome = rc == -EBUSY ? SBX_OUTCOME_BUSY : SBX_OUTCOME_ERROR;
-        r.exit_code = -1;
-        snprintf(r.error, sizeof(r.error), "provider start: %s", err[0] ? err : strerror(-rc));
+        /* No build: its FINISHED, carrying the error, comes from the loop. */
         j->run = NULL;
-        on_provider(j, SBX_RUN_FINISHED, &r);
+        j->late_outcome = rc == -EBUSY ? SBX_OUTCOME_BUSY : SBX_OUTCOME_ERROR;
+        snprintf(j->late_error, sizeof(j->late_error), "provider start: %s",
+                 err[0] ? err : strerror(-rc));
+        fail_later(j, LATE_START);
         return;
     }
+    j->ops++; /* the build, until FINISHED */
     sbx_timer_start(w->loop, &j->renew, (uint64_t)w->cfg.lease_ttl_ms / 3);
 }
 
@@ -768,7 +735,7 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
     const char *result;
-    j->ops--;
+    op_done(j);
     if (j->st != J_CLAIMING)
         return;
     if (!res || PQntuples(res) != 1) {
@@ -804,6 +771,10 @@ static void claim(job *j)
     sbx_worker *w = j->w;
     char tok[24];
     const char *p[5];
+    if (!SBX_ASSERT(j->have_lease)) {
+        end_safely(j);
+        return;
+    }
     snprintf(tok, sizeof(tok), "%" PRId64, j->token);
     p[0] = j->id;
     p[1] = tok;
@@ -822,7 +793,7 @@ static void claim(job *j)
 static void on_running_written(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
-    j->ops--;
+    op_done(j);
     if (err) {
         sbx_warn("job", "%s running write: %s", j->id, err);
         return;
@@ -831,13 +802,22 @@ static void on_running_written(void *arg, PGresult *res, const char *err)
         lose_lease(j, "the run row has a newer token");
 }
 
+static void on_terminal_written(void *arg, PGresult *res, const char *err);
+
+/* A write fenced by our token (sbx.transition): `which` is LATE_RUNNING or
+ * LATE_TERMINAL, naming the write and the callback its answer goes to. */
 static void write_fenced(job *j, const char *to, const char *detail, const sbx_result *r,
-                         sbx_db_cb cb)
+                         unsigned which)
 {
     sbx_worker *w = j->w;
     char tok[24], code[16], *tail = NULL;
     const char *p[10];
 
+    /* Fenced writes name the token of a lease we hold. */
+    if (!SBX_ASSERT(j->have_lease && !j->lost)) {
+        end_safely(j);
+        return;
+    }
     snprintf(tok, sizeof(tok), "%" PRId64, j->token);
     p[0] = j->id;
     p[1] = tok;
@@ -863,23 +843,27 @@ static void write_fenced(job *j, const char *to, const char *detail, const sbx_r
         p[8] = r->preview_url[0] ? r->preview_url : NULL;
         p[9] = r->instance[0] ? r->instance : NULL;
     }
-    j->ops++;
-    if (sbx_db_query(w->db, "SELECT sbx.transition($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)", 10, p, cb,
-                     j) != 0)
-        cb(j, NULL, "database queue full");
+    if (sbx_db_query(w->db, "SELECT sbx.transition($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)", 10, p,
+                     which == LATE_TERMINAL ? on_terminal_written : on_running_written, j) == 0)
+        j->ops++;
+    else
+        fail_later(j, which);
     free(tail);
 }
+
+static void write_terminal(job *j);
 
 static void on_terminal_written(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
     sbx_worker *w = j->w;
-    j->ops--;
+    op_done(j);
     if (j->st != J_FINISHING)
         return;
     if (!res) {
-        /* Not a lost connection (those are replayed): a statement error.
-         * Keep the result and try again; the offset stays unfinished. */
+        /* Not a lost connection (those are replayed): a statement error, or
+         * the queue was full. Keep the result and try again; the offset
+         * stays unfinished. */
         retry_later(j, err ? err : "terminal write failed");
         return;
     }
@@ -902,6 +886,8 @@ static void on_terminal_written(void *arg, PGresult *res, const char *err)
     release(j, AR_DONE);
 }
 
+/* FINISHING: writes the outcome, unless the lease can no longer be trusted
+ * (then nothing is written and the next owner redoes the job). */
 static void write_terminal(job *j)
 {
     if (j->lost || sbx_now_ms() >= j->lease_until_ms) {
@@ -909,13 +895,8 @@ static void write_terminal(job *j)
         release(j, AR_WAIT);
         return;
     }
-    transition(j, J_FINISHING);
-    write_fenced(j, j->status, j->res->error[0] ? j->res->error : NULL, j->res,
-                 on_terminal_written);
+    write_fenced(j, j->status, j->res->error[0] ? j->res->error : NULL, j->res, LATE_TERMINAL);
 }
-
-static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason,
-                        const char *detail, int attempts, int mark_done);
 
 /* The provider failed on every attempt: the original message goes to the
  * dead-letter topic with the last error, and the run ends dead_lettered. */
@@ -933,17 +914,17 @@ static void retries_exhausted(job *j, const char *error)
     m.payload = j->raw;
     m.len = j->rawlen;
     snprintf(detail, sizeof(detail), "provider failed %d times; last: %s", j->attempt, error);
-    dead_letter(j->w, &m, "retries_exhausted", detail, j->attempt, 0);
+    sbx__dead_letter(j->w, &m, "retries_exhausted", detail, j->attempt, 0);
 }
 
 static void on_claim_handed_back(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
     (void)res;
-    j->ops--;
+    op_done(j);
     if (err)
         sbx_warn("job", "%s hand-back: %s", j->id, err);
-    if (j->st == J_FINISHING)
+    if (j->st == J_UNCLAIMING)
         release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
 }
 
@@ -955,8 +936,13 @@ static void hand_claim_back(job *j, const char *sql, const char *why)
     char tok[24];
     const char *p[4] = {j->id, tok, w->cfg.worker_id, why};
     snprintf(tok, sizeof(tok), "%" PRId64, j->token);
-    transition(j, J_FINISHING);
+    if (!transition(j, J_UNCLAIMING))
+        return;
     j->status = NULL;
+    if (!SBX_ASSERT(j->have_lease)) {
+        end_safely(j);
+        return;
+    }
     if (sbx_db_query(w->db, sql, 4, p, on_claim_handed_back, j) == 0)
         j->ops++;
     else
@@ -990,13 +976,17 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     if (ev == SBX_RUN_STARTED) {
         if (j->st != J_STARTING)
             return;
-        transition(j, J_RUNNING);
+        if (!transition(j, J_RUNNING))
+            return;
         if (!j->lost)
             write_fenced(j, "running", res && res->instance[0] ? res->instance : NULL, res,
-                         on_running_written);
+                         LATE_RUNNING);
         return;
     }
     j->run = NULL;
+    op_done(j);
+    if (over(j))
+        return; /* ended safely while it ran */
     if (j->lost) {
         release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
         return;
@@ -1031,7 +1021,8 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
         j->status = "dead_lettered";
         break;
     }
-    write_terminal(j);
+    if (transition(j, J_FINISHING))
+        write_terminal(j);
 }
 
 /* ---- the driver ---- */
@@ -1040,10 +1031,11 @@ static void step(job *j)
 {
     switch (j->st) {
     case J_RECORDING: record(j); break;
+    case J_ENDING: send_end(j); break;
     case J_LEASING: acquire(j); break;
     case J_WAITING:
-        transition(j, J_LEASING);
-        acquire(j);
+        if (transition(j, J_LEASING))
+            acquire(j);
         break;
     case J_CLAIMING: claim(j); break;
     case J_FINISHING: write_terminal(j); break;
@@ -1062,54 +1054,35 @@ static void on_timer(sbx_timer *t)
     step(j);
 }
 
-/* ---- intake ---- */
-
-/* Publishes the dead-letter envelope (schemas/dlq.v1.schema.json) of m.
- * With mark_done the message's offset is done once the broker has it; else
- * the caller finishes it (a run that also ends with a terminal row). */
-static void dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason,
-                        const char *detail, int attempts, int mark_done)
+/* Delivers, from the loop, the failures of requests that were never sent. */
+static void on_late(sbx_timer *t)
 {
-    char jid[SBX_ID_MAX + 1], pid[SBX_ID_MAX + 1], ts[32];
-    json_object *o = json_object_new_object();
-    char *b64 = sbx__base64((const unsigned char *)m->payload, m->len);
-    const char *json;
-    time_t now = time(NULL);
-    struct tm tm;
+    job *j = t->data;
+    unsigned late = j->late;
+    sbx_lease_reply rep;
 
-    sbx_job_peek_ids(m->payload, m->len, jid, pid);
-    gmtime_r(&now, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_object_object_add(o, "v", json_object_new_int(1));
-    json_object_object_add(o, "reason", json_object_new_string(reason));
-    json_object_object_add(o, "detail", json_object_new_string(detail));
-    json_object_object_add(o, "job_id", jid[0] ? json_object_new_string(jid) : NULL);
-    json_object_object_add(o, "project_id", pid[0] ? json_object_new_string(pid) : NULL);
-    json_object_object_add(o, "topic", json_object_new_string(m->topic));
-    json_object_object_add(o, "partition", json_object_new_int(m->partition));
-    json_object_object_add(o, "offset", json_object_new_int64(m->offset));
-    json_object_object_add(o, "key", m->key && sbx__utf8_valid(m->key, m->key_len)
-                                         ? json_object_new_string_len(m->key, (int)m->key_len)
-                                         : NULL);
-    json_object_object_add(o, "worker_id", json_object_new_string(w->cfg.worker_id));
-    json_object_object_add(o, "attempts", json_object_new_int(attempts));
-    json_object_object_add(o, "dead_lettered_at", json_object_new_string(ts));
-    json_object_object_add(o, "payload", sbx__utf8_valid(m->payload, m->len) &&
-                                                 memchr(m->payload, 0, m->len) == NULL
-                                             ? json_object_new_string_len(m->payload, (int)m->len)
-                                             : NULL);
-    json_object_object_add(o, "payload_base64", json_object_new_string(b64 ? b64 : ""));
-    json = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-    sbx_warn("job", "p%d@%" PRId64 " dead-lettered: %s: %s", (int)m->partition, m->offset,
-             reason, detail);
-    w->stats.dead_lettered++;
-    if (sbx_kafka_dead_letter(w->kafka, m->key, m->key_len, json, strlen(json),
-                              mark_done ? &m->ref : NULL) != 0)
-        sbx_error("job", "p%d@%" PRId64 " stays unfinished: dead-letter publish failed",
-                  (int)m->partition, m->offset);
-    json_object_put(o);
-    free(b64);
+    j->late = 0;
+    if (late & LATE_START) {
+        sbx_result r;
+        memset(&r, 0, sizeof(r));
+        r.outcome = j->late_outcome;
+        r.exit_code = -1;
+        snprintf(r.error, sizeof(r.error), "%s", j->late_error);
+        on_provider(j, SBX_RUN_FINISHED, &r);
+    }
+    if (late & LATE_RUNNING)
+        on_running_written(j, NULL, "database queue full");
+    if (late & LATE_TERMINAL)
+        on_terminal_written(j, NULL, "database queue full");
+    if (late & LATE_RELEASE) {
+        memset(&rep, 0, sizeof(rep));
+        rep.status = SBX_LEASE_ERROR;
+        rep.error = "redis unavailable";
+        on_released(j, &rep);
+    }
 }
+
+/* ---- intake ---- */
 
 void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
 {
@@ -1123,7 +1096,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     case SBX_OK:
         break;
     case SBX_EINVAL:
-        dead_letter(w, m, sbx_reject_name(why), err, 0, 1);
+        sbx__dead_letter(w, m, sbx_reject_name(why), err, 0, 1);
         return;
     default:
         /* Out of memory is ours, not the message's: leave the offset
@@ -1132,7 +1105,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
                   m->offset, err);
         return;
     }
-    j = tab_find(&w->jobs, spec->job_id);
+    j = sbx__jobtab_find(&w->jobs, spec->job_id);
     if (j) {
         /* Delivered again while we still work on it: finish both together. */
         if (j->nrefs == j->caprefs) {
@@ -1171,10 +1144,16 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     j->rawlen = m->len;
     j->caprefs = 2;
     j->refs[j->nrefs++] = m->ref;
+    j->te.id = j->id;
+    j->te.job = j;
     sbx_timer_init(&j->timer, on_timer, j);
     sbx_timer_init(&j->renew, on_renew_timer, j);
+    sbx_timer_init(&j->late_t, on_late, j);
+    sbx__waiter_init(&j->wt, w->loop, j->spec->project_id, &j->timer);
     j->st = J_RECORDING;
-    if (tab_add(&w->jobs, j) != 0) {
+    if (sbx__jobtab_add(&w->jobs, &j->te) != 0) {
+        sbx_error("job", "out of memory; p%d@%" PRId64 " left unfinished", (int)m->partition,
+                  m->offset);
         job_free(j);
         return;
     }
@@ -1184,7 +1163,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
 
 void sbx__jobs_cancel(sbx_worker *w, const char *job_id)
 {
-    job *j = tab_find(&w->jobs, job_id);
+    job *j = sbx__jobtab_find(&w->jobs, job_id);
     if (!j)
         return;
     sbx_info("job", "%s cancel requested (state %s)", j->id, state_names[j->st]);
@@ -1204,50 +1183,39 @@ void sbx__jobs_cancel(sbx_worker *w, const char *job_id)
     }
 }
 
+static void shut_down(job *j, void *arg)
+{
+    int hard = *(int *)arg;
+    if (j->st == J_WAITING) {
+        hand_back(j);
+    } else if (hard && (j->st == J_STARTING || j->st == J_RUNNING) && !j->handback) {
+        j->handback = 1;
+        if (j->run)
+            j->w->prov->ops->cancel(j->w->prov, j->run);
+    }
+}
+
 void sbx__jobs_shutdown(sbx_worker *w, int hard)
 {
-    for (size_t i = 0; i < w->jobs.nslots; i++) {
-        job *j = w->jobs.slots[i], *next;
-        for (; j; j = next) {
-            next = j->hnext;
-            if (j->st == J_WAITING) {
-                hand_back(j);
-            } else if (hard && (j->st == J_STARTING || j->st == J_RUNNING) && !j->handback) {
-                j->handback = 1;
-                if (j->run)
-                    w->prov->ops->cancel(w->prov, j->run);
-            }
-        }
-    }
+    sbx__jobtab_each(&w->jobs, shut_down, &hard);
+}
+
+static void abandon(job *j, void *arg)
+{
+    sbx_worker *w = arg;
+    j->dnext = w->dead;
+    w->dead = j;
 }
 
 void sbx__jobs_abandon(sbx_worker *w)
 {
-    /* Builds die with us; their leases expire and the next owner of the
-     * partition reruns them with a newer token. Nothing is written. */
-    for (size_t i = 0; i < w->jobs.nslots; i++) {
-        job *j = w->jobs.slots[i], *next;
-        for (; j; j = next) {
-            next = j->hnext;
-            j->dnext = w->dead;
-            w->dead = j;
-            j->ops = 0;
-        }
-        w->jobs.slots[i] = NULL;
-    }
-    w->jobs.count = 0;
+    /* Builds die with us (the provider was destroyed: no callback follows);
+     * their leases expire and the next owner of the partition reruns them
+     * with a newer token. Nothing is written. */
+    sbx__jobtab_each(&w->jobs, abandon, w);
+    sbx__jobtab_clear(&w->jobs);
     for (job *j = w->dead; j; j = j->dnext)
         j->ops = 0;
     sbx__jobs_reap(w);
-    free(w->jobs.slots);
-    w->jobs.slots = NULL;
-    w->jobs.nslots = 0;
-    for (size_t i = 0; w->projq && i < PROJQ_BUCKETS; i++)
-        while (w->projq[i]) {
-            projq *q = w->projq[i];
-            w->projq[i] = q->next;
-            free(q);
-        }
-    free(w->projq);
-    w->projq = NULL;
+    sbx__waitq_free(&w->waits);
 }

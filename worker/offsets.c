@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "assert.h"
+
 typedef struct entry {
     int64_t offset;
     int done;
@@ -131,8 +133,8 @@ int64_t sbx_offsets_done(sbx_offsets *o, const sbx_offset_ref *ref)
     part *p = find(o, ref->partition);
     size_t lo, hi, moved = 0;
 
-    if (!p || !p->assigned || p->gen != ref->gen || p->count == 0)
-        return -1;
+    if (!p || !p->assigned || p->gen != ref->gen)
+        return -1; /* revoked since: the partition's new owner decides */
     /* Offsets in the ring grow: binary search. */
     lo = 0;
     hi = p->count;
@@ -143,8 +145,11 @@ int64_t sbx_offsets_done(sbx_offsets *o, const sbx_offset_ref *ref)
         else
             hi = mid;
     }
-    if (lo == p->count || p->ring[(p->head + lo) % p->cap].offset != ref->offset ||
-        p->ring[(p->head + lo) % p->cap].done)
+    /* A ref of the current generation names an offset tracked and not yet
+     * done: each job marks each of its offsets once. */
+    if (!SBX_ASSERT(ref->offset <= p->last && lo < p->count &&
+                    p->ring[(p->head + lo) % p->cap].offset == ref->offset &&
+                    !p->ring[(p->head + lo) % p->cap].done))
         return -1;
     p->ring[(p->head + lo) % p->cap].done = 1;
     p->pending--;

@@ -37,7 +37,9 @@ int sbx_offsets_assigned(const sbx_offsets *o, int32_t partition);
 int sbx_offsets_track(sbx_offsets *o, int32_t partition, int64_t offset, sbx_offset_ref *out);
 
 /* Marks it done. Returns the new watermark (next offset to commit) when it
- * moved, or -1 when it did not (or the ref is stale). */
+ * moved, or -1 when it did not (or the ref is stale: its partition was
+ * revoked since). Each tracked offset is marked once: marking one twice, or
+ * one never tracked, is a bug (SBX_ASSERT; -1 with NDEBUG). */
 int64_t sbx_offsets_done(sbx_offsets *o, const sbx_offset_ref *ref);
 
 /* Offsets tracked and not done, over all partitions. */

@@ -1,5 +1,7 @@
 /* worker.h — the process: one loop, its connections, and the jobs it owns.
- * Internal to sbx-worker (sbx__ names); main.c and job.c share it. */
+ * Internal to sbx-worker (sbx__ names): main.c wires it, job.c runs the jobs
+ * (their table is jobtable.c, their wait queues waitq.c, the dead-letter
+ * envelope dlq.c), admin.c reports on it. */
 #ifndef SBX_WORKER_H
 #define SBX_WORKER_H
 
@@ -7,27 +9,22 @@
 
 #include "config.h"
 #include "db.h"
+#include "dlq.h"
+#include "jobtable.h"
 #include "kafka.h"
 #include "lease.h"
 #include "loop.h"
 #include "provider.h"
 #include "redis.h"
+#include "waitq.h"
 
 typedef struct sbx_worker sbx_worker;
-typedef struct job job;
-typedef struct projq projq;
 
 /* Counters the cron logs and tests read from the log. */
 typedef struct sbx_stats {
     uint64_t received, duplicates, dead_lettered, succeeded, failed, timed_out, canceled;
     uint64_t lease_waits, fenced_out, retries;
 } sbx_stats;
-
-/* Jobs are found by id in a chained hash table that doubles as it fills. */
-typedef struct sbx_jobtab {
-    job **slots;
-    size_t nslots, count;
-} sbx_jobtab;
 
 struct sbx_worker {
     sbx_config cfg;
@@ -37,9 +34,8 @@ struct sbx_worker {
     sbx_redis *redis;
     sbx_leases *leases;
     sbx_provider *prov;
-    sbx_jobtab jobs;
-    job *wait_head, *wait_tail;   /* jobs waiting for capacity, FIFO */
-    projq **projq;                /* per-project queues of waiters (job.c) */
+    sbx_jobtab jobs;              /* every job not yet finished, by id */
+    sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
     sbx_stats stats;
@@ -48,8 +44,6 @@ struct sbx_worker {
 };
 
 void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m);
-/* A lease of `project` (or any slot) was released here: wake waiters. */
-void sbx__jobs_wake(sbx_worker *w, const char *project);
 /* Frees finished jobs (a safe point: no callback of theirs is on the stack). */
 void sbx__jobs_reap(sbx_worker *w);
 /* Shutdown, soft: jobs not yet running are handed back (offsets stay
@@ -64,6 +58,17 @@ size_t sbx__jobs_count(const sbx_worker *w);
 /* Slots this worker's jobs hold leases on (pointers into the jobs, valid
  * until the loop runs again); at most max. */
 size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max);
+
+/* The job state machine seen from tests (job.c): its states are numbered
+ * 0 .. sbx__job_nstates()-1 and named by sbx__job_state_name(). */
+int sbx__job_nstates(void);
+const char *sbx__job_state_name(int state);
+/* Whether transition() allows from -> to (the table of legal moves). */
+int sbx__job_move_legal(int from, int to);
+/* Moves taken since the process started, [from * nstates + to]. */
+const unsigned long *sbx__job_moves(void);
+/* The state of the job with this id, or -1 when this worker holds none. */
+int sbx__job_state(const sbx_worker *w, const char *job_id);
 
 /* Builds w->prov from w->cfg (providers.c). */
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen);

@@ -1,433 +1,899 @@
-/* test_job.c — the job message parser (producers/lib/job.c).
+/* test_job.c — the job state machine of sbx-worker (worker/job.c), driven
+ * end to end against the real Redis and PostgreSQL of the test services
+ * (SBX_REDIS_URL, SBX_DATABASE_URL, migrations applied by run.sh).
  *
- * Two parts. First, one test per file in schemas/examples/job/{valid,invalid,
- * malformed}/ (directory from $SBX_EXAMPLES, else SBX_EXAMPLES_DIR compiled
- * in): valid must parse, invalid must be refused as schema_violation,
- * malformed as invalid_json or not_utf8. tests/schema/check.mjs holds the same
- * vectors to Ajv; this holds them to the C code under ASan in `make asan`.
- * Second, the rules no example file can show: the size limit at its edge,
- * nesting far past the limit, the files byte budget, what lands in the
- * struct, peek_ids on damaged input, and job ids.
+ * The worker is wired as main.c wires it: its loop, lease scripts, pipelined
+ * PostgreSQL connection (LISTENing to sbx_cancel) and Kafka client (the real
+ * broker when SBX_BROKERS is set, else librdkafka's in-process mock cluster:
+ * the tests hand messages to sbx__job_intake() themselves, and only
+ * dead-lettering produces). The one stand-in is the build provider: a test
+ * provider (provider.h) whose every start() follows a plan the test wrote
+ * for that job (succeed, fail, error, busy slot, hold until told...).
+ *
+ * Scenarios: success, build failure, provider error retried then
+ * dead-lettered, busy slot, project busy then run, cancel while waiting (with
+ * and without the database's flag), cancel while running, policies reject and
+ * supersede, shutdown at each stage and redelivery after it, lease lost while
+ * starting and running, a terminal write fenced out, a table lock that makes
+ * record_run fail, redelivery of a terminal job. Then: every legal move of
+ * the table was taken at least once; the table equals this file's own list
+ * over the whole from x to matrix; and an illegal move (a provider that
+ * reports FINISHED twice) aborts a debug build, in a forked child.
  */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
-
-#include "sbx.h"
-
-#include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
 
-#ifndef SBX_EXAMPLES_DIR
-#define SBX_EXAMPLES_DIR "schemas/examples/job"
-#endif
+#include "log.h"
+#include "svc.h"
+#include "worker.h"
 
-enum expect { EXPECT_OK, EXPECT_SCHEMA, EXPECT_MALFORMED };
+#define SLOTS 3
+#define WAIT_MS 15000
 
-struct vector {
-    char path[4096 + 512];   /* a directory path + "/" + a file name */
-    enum expect expect;
+/* ---- the test provider ---- */
+
+struct sbx_run {
+    struct sbx_run *next;       /* live runs */
+    sbx_timer t;
+    char job[SBX_ID_MAX + 1];
+    char mode;                  /* the plan's letter for this start */
+    int phase;                  /* 0: STARTED next, 1: FINISHED next, 2: held */
+    int canceled;
+    sbx_outcome finish_as;      /* set by tp_finish() */
+    sbx_run_cb cb;
+    void *arg;
 };
 
-static char *slurp(const char *path, size_t *len)
+typedef struct plan {
+    char job[SBX_ID_MAX + 1];
+    char steps[16];             /* one letter per start(); 'S' once used up */
+    int used;
+} plan;
+
+static struct {
+    sbx_provider base;
+    char pool[64];
+    char slot_ids[SLOTS][64];
+    const char *slot_ptrs[SLOTS];
+    sbx_run *runs;
+    plan plans[64];
+    int nplans;
+    int starts;
+} TP;
+
+static char next_step(const char *job)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
-static void test_vector(void **state)
-{
-    const struct vector *v = *state;
-    size_t len;
-    char *buf = slurp(v->path, &len), err[512];
-    sbx_job *job = NULL;
-    sbx_reject why = SBX_REJECT_NONE;
-    sbx_err rc = sbx_job_parse(buf, len, &job, &why, err, sizeof err);
-
-    switch (v->expect) {
-    case EXPECT_OK:
-        if (rc != SBX_OK)
-            fail_msg("%s: refused: %s: %s", v->path, sbx_reject_name(why), err);
-        assert_non_null(job);
-        assert_int_equal(why, SBX_REJECT_NONE);
-        assert_true(sbx_id_valid(job->job_id) && sbx_id_valid(job->project_id));
-        assert_true((job->argv != NULL) != (job->script != NULL));
-        break;
-    case EXPECT_SCHEMA:
-        if (rc != SBX_EINVAL || why != SBX_REJECT_SCHEMA)
-            fail_msg("%s: expected schema_violation, got %s (%s)", v->path, sbx_reject_name(why), err);
-        assert_null(job);
-        break;
-    case EXPECT_MALFORMED:
-        if (rc != SBX_EINVAL || (why != SBX_REJECT_INVALID_JSON && why != SBX_REJECT_NOT_UTF8))
-            fail_msg("%s: expected invalid_json or not_utf8, got %s (%s)", v->path, sbx_reject_name(why), err);
-        assert_null(job);
-        break;
-    }
-    if (rc != SBX_OK) {
-        /* One line "path: problem". */
-        assert_non_null(strstr(err, ": "));
-        assert_null(strchr(err, '\n'));
-    }
-    sbx_job_free(job);
-    free(buf);
-}
-
-/* ---- limits ---- */
-
-static sbx_err parse(const char *s, sbx_job **job, sbx_reject *why, char *err, size_t errlen)
-{
-    return sbx_job_parse(s, strlen(s), job, why, err, errlen);
-}
-
-static void test_size_limit(void **state)
-{
-    (void)state;
-    const char *head = "{\"job_id\":\"a\",\"project_id\":\"b\",\"script\":\"true\"}";
-    size_t max = SBX_MSG_MAX_BYTES;
-    char *buf = malloc(max + 2), err[256];
-    sbx_reject why;
-    assert_non_null(buf);
-    /* Exactly at the limit: trailing whitespace is still JSON. */
-    memset(buf, ' ', max + 1);
-    memcpy(buf, head, strlen(head));
-    assert_int_equal(sbx_job_parse(buf, max, NULL, &why, err, sizeof err), SBX_OK);
-    /* One byte more is too large, whatever the bytes are. */
-    assert_int_equal(sbx_job_parse(buf, max + 1, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_TOO_LARGE);
-    assert_string_equal(sbx_reject_name(why), "too_large");
-    buf[max] = (char)0xff;
-    assert_int_equal(sbx_job_parse(buf, max + 1, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_TOO_LARGE);
-    free(buf);
-}
-
-/* Nesting of a whole megabyte: refused without recursion or a deep tree. */
-static void test_depth(void **state)
-{
-    (void)state;
-    const char *head = "{\"job_id\":\"a\",\"project_id\":\"b\",\"script\":\"x\",\"m\":";
-    size_t hl = strlen(head), d = (SBX_MSG_MAX_BYTES - hl - 1) / 2;
-    char *buf = malloc(SBX_MSG_MAX_BYTES + 1), err[256];
-    sbx_reject why;
-    assert_non_null(buf);
-    memcpy(buf, head, hl);
-    memset(buf + hl, '[', d);
-    memset(buf + hl + d, ']', d);
-    buf[hl + 2 * d] = '}';
-    size_t len = hl + 2 * d + 1;
-    assert_int_equal(sbx_job_parse(buf, len, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_SCHEMA);
-    assert_non_null(strstr(err, "nested"));
-    /* The same, unbalanced: not JSON at all. */
-    buf[len - 2] = '}';
-    assert_int_equal(sbx_job_parse(buf, len, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_INVALID_JSON);
-    /* 32 levels is the limit: 31 inside the top-level object pass the text
-     * gates and fail only on the schema's type of "metadata". */
-    char small[256];
-    snprintf(small, sizeof small, "{\"job_id\":\"a\",\"project_id\":\"b\",\"script\":\"x\",\"metadata\":%.*s%.*s}",
-             31, "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", 31, "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]");
-    assert_int_equal(parse(small, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_SCHEMA);
-    assert_non_null(strstr(err, "metadata"));
-    free(buf);
-}
-
-static char *files_message(size_t total, size_t nfiles)
-{
-    size_t cap = total + 256 + nfiles * 32;
-    char *buf = malloc(cap), *p = buf;
-    assert_non_null(buf);
-    p += sprintf(p, "{\"job_id\":\"a\",\"project_id\":\"b\",\"script\":\"x\",\"files\":{");
-    for (size_t i = 0; i < nfiles; i++) {
-        size_t n = total / nfiles + (i == 0 ? total % nfiles : 0);
-        p += sprintf(p, "%s\"f%zu\":\"", i ? "," : "", i);
-        memset(p, 'x', n);
-        p += n;
-        *p++ = '"';
-    }
-    strcpy(p, "}}");
-    return buf;
-}
-
-/* The one rule JSON Schema cannot state: the sum of file contents. */
-static void test_files_budget(void **state)
-{
-    (void)state;
-    char err[256];
-    sbx_reject why;
-    sbx_job *job = NULL;
-    char *ok = files_message(SBX_FILES_BYTES_MAX, 4), *over = files_message(SBX_FILES_BYTES_MAX + 1, 4);
-    assert_int_equal(parse(ok, &job, &why, err, sizeof err), SBX_OK);
-    assert_int_equal(job->nfiles, 4);
-    size_t sum = 0;
-    for (size_t i = 0; i < job->nfiles; i++)
-        sum += strlen(job->files[i].value);
-    assert_int_equal(sum, SBX_FILES_BYTES_MAX);
-    sbx_job_free(job);
-    assert_int_equal(parse(over, &job, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_SCHEMA);
-    assert_null(job);
-    assert_non_null(strstr(err, "files: "));
-    free(ok);
-    free(over);
-    /* Bytes, not characters: 2-byte characters reach the budget at half the count. */
-    size_t n = SBX_FILES_BYTES_MAX / 2 + 1;
-    char *wide = malloc(2 * n + 128), *p = wide;
-    assert_non_null(wide);
-    p += sprintf(p, "{\"job_id\":\"a\",\"project_id\":\"b\",\"script\":\"x\",\"files\":{\"w\":\"");
-    for (size_t i = 0; i < n; i++) {
-        *p++ = (char)0xc3;
-        *p++ = (char)0xa9;
-    }
-    strcpy(p, "\"}}");
-    assert_int_equal(parse(wide, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_SCHEMA);
-    free(wide);
-}
-
-static void test_struct_contents(void **state)
-{
-    (void)state;
-    const char *msg =
-        "{\"job_id\":\"j1\",\"project_id\":\"p1\",\"command\":[\"sh\",\"-c\",\"echo \\u00e9\"],"
-        "\"env\":{\"B\":\"2\",\"A\":\"1\"},\"files\":{\"src/a.c\":\"int x;\"},"
-        "\"image\":\"alpine:3\",\"timeout_s\":30.0,\"resources\":{\"cpus\":0.5,\"memory_mb\":256,"
-        "\"pids\":64,\"disk_mb\":100},\"network\":true,\"provider\":\"docker\","
-        "\"trace\":{\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\","
-        "\"tracestate\":\"a=b\"},\"metadata\":{\"team\":\"x\"}}";
-    sbx_job *job = NULL;
-    char err[256];
-    assert_int_equal(parse(msg, &job, NULL, err, sizeof err), SBX_OK);
-    assert_string_equal(job->job_id, "j1");
-    assert_string_equal(job->project_id, "p1");
-    assert_int_equal(job->argc, 3);
-    assert_string_equal(job->argv[2], "echo \xc3\xa9");
-    assert_null(job->argv[3]);
-    assert_null(job->script);
-    assert_int_equal(job->nenv, 2);
-    assert_string_equal(job->env[0].key, "B"); /* message order */
-    assert_string_equal(job->env[1].value, "1");
-    assert_string_equal(job->files[0].key, "src/a.c");
-    assert_string_equal(job->image, "alpine:3");
-    assert_int_equal(job->timeout_s, 30);
-    assert_true(job->cpus == 0.5);
-    assert_int_equal(job->memory_mb, 256);
-    assert_int_equal(job->pids, 64);
-    assert_int_equal(job->disk_mb, 100);
-    assert_true(job->network);
-    assert_string_equal(job->provider, "docker");
-    assert_string_equal(job->tracestate, "a=b");
-    assert_int_equal(job->nmetadata, 1);
-    sbx_job_free(job);
-
-    /* Defaults, and "any" spelled as "". */
-    assert_int_equal(parse("{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"true\",\"provider\":\"any\"}",
-                           &job, NULL, err, sizeof err), SBX_OK);
-    assert_int_equal(job->timeout_s, SBX_DEFAULT_TIMEOUT_S);
-    assert_string_equal(job->provider, "");
-    assert_false(job->network);
-    assert_null(job->argv);
-    assert_string_equal(job->script, "true");
-    assert_int_equal(job->cpus == 0 && job->memory_mb == 0 && job->nenv == 0, 1);
-    sbx_job_free(job);
-    sbx_job_free(NULL);
-}
-
-static void test_error_text(void **state)
-{
-    (void)state;
-    char err[256], tiny[12];
-    sbx_reject why;
-    assert_int_equal(parse("{\"project_id\":\"p\",\"script\":\"x\"}", NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_string_equal(err, "job_id: required");
-    assert_int_equal(parse("{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"x\",\"resources\":{\"cpus\":0}}",
-                           NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_string_equal(err, "resources.cpus: must be > 0 and <= 64");
-    /* A name from the message is quoted safely: no newline, no quote. */
-    assert_int_equal(parse("{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"x\",\"env\":{\"a\\nb\\\"\":\"1\"}}",
-                           NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_string_equal(err, "env[\"a?b?\"]: name must be a variable name (^[A-Za-z_][A-Za-z0-9_]*$)");
-    /* Cut to the buffer, never inside a UTF-8 character. */
-    assert_int_equal(parse("{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"x\",\"\xc3\xa9\xc3\xa9\xc3\xa9\":1}",
-                           NULL, &why, tiny, sizeof tiny), SBX_EINVAL);
-    assert_true(strlen(tiny) < sizeof tiny);
-    assert_int_equal(strcmp(tiny, "message: un"), 0);
-    /* NULL and zero-length error buffers are allowed. */
-    assert_int_equal(parse("[]", NULL, &why, NULL, 0), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_SCHEMA);
-    assert_int_equal(sbx_job_parse(NULL, 0, NULL, &why, err, sizeof err), SBX_EINVAL);
-    assert_int_equal(why, SBX_REJECT_INVALID_JSON);
-    assert_string_equal(sbx_strerror(SBX_OK), "ok");
-    assert_string_equal(sbx_reject_name(SBX_REJECT_SCHEMA), "schema_violation");
-    assert_string_equal(sbx_reject_name(SBX_REJECT_NOT_UTF8), "not_utf8");
-    assert_string_equal(sbx_reject_name(SBX_REJECT_INVALID_JSON), "invalid_json");
-}
-
-static void test_peek_ids(void **state)
-{
-    (void)state;
-    char job[SBX_ID_MAX + 1], project[SBX_ID_MAX + 1];
-    const char *valid = "{\"job_id\":\"j-1\",\"project_id\":\"p.1\",\"timeout_s\":0}";
-    sbx_job_peek_ids(valid, strlen(valid), job, project);
-    assert_string_equal(job, "j-1");
-    assert_string_equal(project, "p.1");
-    /* Truncated after the ids: still found. */
-    const char *cut = "{\"project_id\":\"p2\", \"job_id\" : \"j2\", \"command\":[\"ma";
-    sbx_job_peek_ids(cut, strlen(cut), job, project);
-    assert_string_equal(job, "j2");
-    assert_string_equal(project, "p2");
-    /* Not UTF-8 elsewhere: the ids are still plain ASCII. */
-    const char *latin = "{\"job_id\":\"j3\",\"project_id\":\"p3\",\"script\":\"caf\xe9\"}";
-    sbx_job_peek_ids(latin, strlen(latin), job, project);
-    assert_string_equal(job, "j3");
-    /* Nested ids are not the job's; invalid ids are not returned. */
-    const char *nested = "{\"metadata\":{\"job_id\":\"x\"},\"project_id\":\"bad id\"}";
-    sbx_job_peek_ids(nested, strlen(nested), job, project);
-    assert_string_equal(job, "");
-    assert_string_equal(project, "");
-    const char *number = "{\"job_id\":7,\"project_id\":\"\xff\"}";
-    sbx_job_peek_ids(number, strlen(number), job, project);
-    assert_string_equal(job, "");
-    assert_string_equal(project, "");
-    sbx_job_peek_ids(NULL, 0, job, project);
-    assert_string_equal(job, "");
-    sbx_job_peek_ids("garbage", 7, NULL, project);
-    assert_string_equal(project, "");
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void test_new_job_id(void **state)
-{
-    (void)state;
-    enum { N = 10000 };
-    char **ids = malloc(N * sizeof *ids);
-    assert_non_null(ids);
-    for (int i = 0; i < N; i++) {
-        ids[i] = malloc(SBX_ID_MAX + 1);
-        assert_non_null(ids[i]);
-        sbx_new_job_id(ids[i]);
-        assert_int_equal(strlen(ids[i]), 28);
-        assert_memory_equal(ids[i], "j_", 2);
-        assert_true(sbx_id_valid(ids[i]));
-        assert_int_equal(strspn(ids[i] + 2, "0123456789abcdefghjkmnpqrstvwxyz"), 26);
-    }
-    /* Time first: an id made later never sorts before one made earlier,
-     * except within the same millisecond. */
-    assert_true(strncmp(ids[0], ids[N - 1], 12) <= 0);
-    /* 80 random bits: no duplicates. */
-    qsort(ids, N, sizeof *ids, cmp_str);
-    for (int i = 1; i < N; i++)
-        assert_string_not_equal(ids[i - 1], ids[i]);
-    for (int i = 0; i < N; i++)
-        free(ids[i]);
-    free(ids);
-    assert_false(sbx_id_valid(""));
-    assert_false(sbx_id_valid("-a"));
-    assert_false(sbx_id_valid(NULL));
-    char long_id[SBX_ID_MAX + 2];
-    memset(long_id, 'a', sizeof long_id - 1);
-    long_id[SBX_ID_MAX + 1] = '\0';
-    assert_false(sbx_id_valid(long_id));
-    long_id[SBX_ID_MAX] = '\0';
-    assert_true(sbx_id_valid(long_id));
-}
-
-/* ---- the program ---- */
-
-static int load_vectors(const char *root, struct vector **out, size_t *n)
-{
-    static const struct { const char *dir; enum expect expect; } folders[] = {
-        { "valid", EXPECT_OK }, { "invalid", EXPECT_SCHEMA }, { "malformed", EXPECT_MALFORMED },
-    };
-    size_t cap = 0;
-    *n = 0;
-    *out = NULL;
-    for (size_t f = 0; f < 3; f++) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s", root, folders[f].dir);
-        DIR *d = opendir(dir);
-        struct dirent *e;
-        size_t before = *n;
-        if (!d) {
-            fprintf(stderr, "test_job: %s: cannot open (set SBX_EXAMPLES)\n", dir);
-            return -1;
+    for (int i = 0; i < TP.nplans; i++)
+        if (strcmp(TP.plans[i].job, job) == 0) {
+            plan *p = &TP.plans[i];
+            return p->steps[p->used] ? p->steps[p->used++] : 'S';
         }
-        while ((e = readdir(d))) {
-            size_t l = strlen(e->d_name);
-            if (l < 6 || strcmp(e->d_name + l - 5, ".json") != 0)
-                continue;
-            if (*n == cap) {
-                cap = cap ? cap * 2 : 256;
-                *out = realloc(*out, cap * sizeof **out);
-                if (!*out) {
-                    closedir(d);
-                    return -1;
-                }
-            }
-            snprintf((*out)[*n].path, sizeof (*out)[*n].path, "%s/%s", dir, e->d_name);
-            (*out)[*n].expect = folders[f].expect;
-            (*n)++;
+    return 'S';
+}
+
+static void tp_unlink(sbx_run *r)
+{
+    for (sbx_run **pp = &TP.runs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            return;
         }
-        closedir(d);
-        if (*n == before) {
-            fprintf(stderr, "test_job: %s: no vectors\n", dir);
-            return -1;
+}
+
+static void emit_finished(sbx_run *r, sbx_outcome o)
+{
+    sbx_result res;
+    memset(&res, 0, sizeof(res));
+    res.outcome = o;
+    res.exit_code = o == SBX_OUTCOME_SUCCEEDED ? 0 : o == SBX_OUTCOME_FAILED ? 1 : -1;
+    if (o == SBX_OUTCOME_ERROR)
+        snprintf(res.error, sizeof(res.error), "test provider: injected error");
+    res.log_tail_len = (size_t)snprintf(res.log_tail, sizeof(res.log_tail), "log of %s\n", r->job);
+    r->cb(r->arg, SBX_RUN_FINISHED, &res);
+}
+
+static void on_run_timer(sbx_timer *t)
+{
+    sbx_run *r = t->data;
+    sbx_result res;
+
+    if (r->phase == 0 && !r->canceled && r->mode != 'N') {
+        memset(&res, 0, sizeof(res));
+        res.exit_code = -1;
+        snprintf(res.instance, sizeof(res.instance), "inst-%.*s", 100, r->job);
+        r->phase = 1;
+        r->cb(r->arg, SBX_RUN_STARTED, &res);
+        if (r->mode == 'H') {
+            r->phase = 2;
+            return;
         }
+        sbx_timer_start(TP.base.loop, &r->t, 20);
+        return;
+    }
+    if (!r->canceled && r->phase != 3 && (r->mode == 'H' || r->mode == 'N'))
+        return; /* held: tp_finish() or cancel() ends it */
+    tp_unlink(r);
+    if (r->canceled)
+        emit_finished(r, SBX_OUTCOME_CANCELED);
+    else if (r->phase == 3)
+        emit_finished(r, r->finish_as);
+    else if (r->mode == 'F')
+        emit_finished(r, SBX_OUTCOME_FAILED);
+    else if (r->mode == 'E')
+        emit_finished(r, SBX_OUTCOME_ERROR);
+    else if (r->mode == 'D') {
+        /* A broken provider: FINISHED twice. */
+        emit_finished(r, SBX_OUTCOME_SUCCEEDED);
+        emit_finished(r, SBX_OUTCOME_SUCCEEDED);
+    } else
+        emit_finished(r, SBX_OUTCOME_SUCCEEDED);
+    free(r);
+}
+
+static int tp_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
+                    sbx_run **out, char *err, size_t errlen)
+{
+    char mode = next_step(req->job->job_id);
+    sbx_run *r;
+    (void)p;
+    TP.starts++;
+    if (mode == 'X') {
+        snprintf(err, errlen, "test provider: start refused");
+        return -EIO;
+    }
+    if (mode == 'B') {
+        snprintf(err, errlen, "test provider: slot busy");
+        return -EBUSY;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    snprintf(r->job, sizeof(r->job), "%s", req->job->job_id);
+    r->mode = mode;
+    r->cb = cb;
+    r->arg = arg;
+    sbx_timer_init(&r->t, on_run_timer, r);
+    sbx_timer_start(TP.base.loop, &r->t, 0);
+    r->next = TP.runs;
+    TP.runs = r;
+    *out = r;
+    return 0;
+}
+
+static void tp_cancel(sbx_provider *p, sbx_run *r)
+{
+    (void)p;
+    r->canceled = 1;
+    sbx_timer_start(TP.base.loop, &r->t, 0);
+}
+
+static size_t tp_slots(sbx_provider *p, const char ***ids)
+{
+    (void)p;
+    *ids = TP.slot_ptrs;
+    return SLOTS;
+}
+
+static const char *tp_pool(sbx_provider *p)
+{
+    (void)p;
+    return TP.pool;
+}
+
+static void tp_destroy(sbx_provider *p)
+{
+    (void)p;
+    while (TP.runs) {
+        sbx_run *r = TP.runs;
+        TP.runs = r->next;
+        sbx_timer_stop(TP.base.loop, &r->t);
+        free(r);
+    }
+}
+
+static const sbx_provider_ops tp_ops = {
+    .name = "test", .start = tp_start, .cancel = tp_cancel, .slots = tp_slots,
+    .pool = tp_pool, .sweep = NULL, .destroy = tp_destroy,
+};
+
+static void tp_plan(const char *job, const char *steps)
+{
+    plan *p = &TP.plans[TP.nplans++];
+    snprintf(p->job, sizeof(p->job), "%s", job);
+    snprintf(p->steps, sizeof(p->steps), "%s", steps);
+}
+
+static sbx_run *tp_find(const char *job)
+{
+    for (sbx_run *r = TP.runs; r; r = r->next)
+        if (strcmp(r->job, job) == 0)
+            return r;
+    return NULL;
+}
+
+/* Ends a held run with outcome o (from the loop, as a provider must). */
+static void tp_finish(const char *job, sbx_outcome o)
+{
+    sbx_run *r = tp_find(job);
+    assert_non_null(r);
+    r->phase = 3;
+    r->finish_as = o;
+    sbx_timer_start(TP.base.loop, &r->t, 0);
+}
+
+/* ---- the worker, wired as main.c wires it ---- */
+
+static sbx_worker W;
+static PGconn *PG;              /* the test's own look at the tables */
+static char tag[32];
+static volatile int redis_up, db_up, pool_ok;
+static int64_t next_offset;
+
+static void on_redis_state(void *arg, int up) { (void)arg; redis_up = up; }
+static void on_db_state(void *arg, int up) { (void)arg; db_up = up; }
+static void on_cancel_notify(void *arg, const char *job_id) { sbx__jobs_cancel(arg, job_id); }
+static void before_sleep(void *arg) { sbx__jobs_reap(arg); }
+static void on_kafka_msg(void *arg, const sbx_kafka_msg *m) { (void)arg; (void)m; }
+
+static void on_registered(void *arg, const sbx_lease_reply *rep)
+{
+    (void)arg;
+    pool_ok = rep->status == SBX_LEASE_OK ? 1 : -1;
+}
+
+static int worker_up(sbx_worker *w, int with_kafka)
+{
+    char brokers[512], kconf[64] = "", err[512], ttl[] = "3000";
+    const char *b = getenv("SBX_BROKERS");
+    char wid[64], topic[64], dlq[64], group[64];
+    char *argv[32];
+    int argc = 0;
+    sbx_kafka_config kc;
+    const char *extra[2] = {NULL, NULL};
+
+    snprintf(brokers, sizeof(brokers), "%s", b ? b : "127.0.0.1:1");
+    if (!b)
+        snprintf(kconf, sizeof(kconf), "test.mock.num.brokers=1");
+    snprintf(wid, sizeof(wid), "w-%s", tag);
+    snprintf(topic, sizeof(topic), "sbx-test-job-%s", tag);
+    snprintf(dlq, sizeof(dlq), "sbx-test-job-%s.dlq", tag);
+    snprintf(group, sizeof(group), "sbx-test-job-%s", tag);
+    argv[argc++] = "test_job";
+    argv[argc++] = "--brokers";
+    argv[argc++] = brokers;
+    argv[argc++] = "--worker-id";
+    argv[argc++] = wid;
+    argv[argc++] = "--topic";
+    argv[argc++] = topic;
+    argv[argc++] = "--dlq-topic";
+    argv[argc++] = dlq;
+    argv[argc++] = "--group";
+    argv[argc++] = group;
+    argv[argc++] = "--lease-ttl-ms";
+    argv[argc++] = ttl;
+    argv[argc++] = "--retry-base-ms";
+    argv[argc++] = "20";
+    argv[argc++] = "--max-attempts";
+    argv[argc++] = "2";
+    argv[argc++] = "--log-level";
+    argv[argc++] = getenv("SBX_TEST_DEBUG") ? "debug" : "warn";
+    argv[argc] = NULL;
+
+    memset(w, 0, sizeof(*w));
+    if (sbx_config_load(&w->cfg, argc, argv, stderr) != 0)
+        return -1;
+    if (sbx_loop_new(&w->loop) != 0)
+        return -1;
+    TP.base.ops = &tp_ops;
+    TP.base.loop = w->loop;
+    w->prov = &TP.base;
+    redis_up = db_up = pool_ok = 0;
+    if (sbx_redis_new(w->loop, w->cfg.redis_url, on_redis_state, w, &w->redis, err,
+                      sizeof(err)) != 0 ||
+        sbx_leases_new(w->redis, &w->leases) != 0 ||
+        sbx_db_new(w->loop, w->cfg.database_url, on_db_state, w, &w->db) != 0) {
+        fprintf(stderr, "test_job: %s\n", err);
+        return -1;
+    }
+    test_run_until(w->loop, &redis_up, 10000);
+    test_run_until(w->loop, &db_up, 10000);
+    if (!redis_up || !db_up)
+        return -1;
+    sbx_db_listen(w->db, "sbx_cancel", on_cancel_notify, w);
+    if (sbx_lease_register(w->leases, TP.pool, w->cfg.worker_id, TP.slot_ptrs, SLOTS,
+                           on_registered, w) != 0)
+        return -1;
+    test_run_until(w->loop, &pool_ok, 10000);
+    if (pool_ok != 1)
+        return -1;
+    sbx_loop_before_sleep(w->loop, before_sleep, w);
+    if (!with_kafka)
+        return 0;
+    memset(&kc, 0, sizeof(kc));
+    extra[0] = kconf[0] ? kconf : NULL;
+    kc.brokers = w->cfg.brokers;
+    kc.topic = w->cfg.topic;
+    kc.dlq_topic = w->cfg.dlq_topic;
+    kc.group = w->cfg.group;
+    kc.client_id = w->cfg.worker_id;
+    kc.session_timeout_ms = w->cfg.session_timeout_ms;
+    kc.max_inflight = w->cfg.max_inflight;
+    kc.extra = extra;
+    if (sbx_kafka_new(w->loop, &kc, on_kafka_msg, w, &w->kafka, err, sizeof(err)) != 0) {
+        fprintf(stderr, "test_job: kafka: %s\n", err);
+        return -1;
     }
     return 0;
 }
 
+static void worker_down(sbx_worker *w)
+{
+    w->prov->ops->destroy(w->prov);
+    sbx_kafka_close(w->kafka);
+    sbx_redis_free(w->redis);
+    sbx_db_free(w->db);
+    sbx__jobs_abandon(w);
+    sbx_leases_free(w->leases);
+    sbx_loop_free(w->loop);
+}
+
+static int setup(void **state)
+{
+    const char *url = getenv("SBX_DATABASE_URL");
+    (void)state;
+    if (!url || !getenv("SBX_REDIS_URL")) {
+        fprintf(stderr, "test_job: SBX_DATABASE_URL and SBX_REDIS_URL must be set; run it "
+                        "through `make unit`\n");
+        return -1;
+    }
+    snprintf(tag, sizeof(tag), "%d-%lu", (int)getpid(), (unsigned long)(sbx_wall_ms() % 100000000));
+    snprintf(TP.pool, sizeof(TP.pool), "test/%s", tag);
+    for (int i = 0; i < SLOTS; i++) {
+        snprintf(TP.slot_ids[i], sizeof(TP.slot_ids[i]), "tj-%s#%d", tag, i);
+        TP.slot_ptrs[i] = TP.slot_ids[i];
+    }
+    PG = PQconnectdb(url);
+    if (PQstatus(PG) != CONNECTION_OK)
+        return -1;
+    return worker_up(&W, 1);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    worker_down(&W);
+    PQfinish(PG);
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+static int state_of(const char *name)
+{
+    for (int s = 0; s < sbx__job_nstates(); s++)
+        if (strcmp(sbx__job_state_name(s), name) == 0)
+            return s;
+    fail_msg("no state named %s", name);
+    return -1;
+}
+
+/* A job id (and project id) unique to this run. */
+static const char *id(const char *name)
+{
+    static char buf[16][SBX_ID_MAX + 1];
+    static int n;
+    char *b = buf[n++ % 16];
+    snprintf(b, SBX_ID_MAX + 1, "%s-%s", name, tag);
+    return b;
+}
+
+static void intake(const char *job, const char *project)
+{
+    char payload[512];
+    sbx_kafka_msg m;
+    memset(&m, 0, sizeof(m));
+    snprintf(payload, sizeof(payload),
+             "{\"job_id\":\"%s\",\"project_id\":\"%s\",\"command\":[\"true\"]}", job, project);
+    m.topic = W.cfg.topic;
+    m.partition = 0;
+    m.offset = next_offset++;
+    m.key = project;
+    m.key_len = strlen(project);
+    m.payload = payload;
+    m.len = strlen(payload);
+    m.ref.partition = 0;
+    m.ref.offset = m.offset;
+    sbx__job_intake(&W, &m);
+}
+
+static void sql(const char *q, const char *p1)
+{
+    const char *p[1] = {p1};
+    PGresult *r = PQexecParams(PG, q, p1 ? 1 : 0, NULL, p, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", q, PQerrorMessage(PG));
+    PQclear(r);
+}
+
+/* The run row's column `col`, "" when there is no row. */
+static const char *row(const char *job, const char *col)
+{
+    static char out[256];
+    char q[128];
+    const char *p[1] = {job};
+    PGresult *r;
+    snprintf(q, sizeof(q), "SELECT %s::text FROM sbx.runs WHERE job_id = $1", col);
+    r = PQexecParams(PG, q, 1, NULL, p, NULL, NULL, 0);
+    snprintf(out, sizeof(out), "%s",
+             PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0)
+                                                                       : "");
+    PQclear(r);
+    return out;
+}
+
+/* Runs the loop until cond() holds; fails after WAIT_MS. */
+#define RUN_UNTIL(cond, what)                                                  \
+    do {                                                                       \
+        uint64_t end_ = sbx_now_ms() + WAIT_MS;                                \
+        while (!(cond) && sbx_now_ms() < end_)                                 \
+            sbx_loop_once(W.loop, 20);                                         \
+        if (!(cond))                                                           \
+            fail_msg("timed out waiting for %s", what);                        \
+    } while (0)
+
+/* Runs the loop one iteration at a time until the job is in `st`. */
+static void until_state(const char *job, const char *st)
+{
+    int want = state_of(st);
+    RUN_UNTIL(sbx__job_state(&W, job) == want, st);
+}
+
+/* The job has left the worker and its row says `status`. */
+static void until_row(const char *job, const char *status)
+{
+    RUN_UNTIL(sbx__job_state(&W, job) == -1 && strcmp(row(job, "status"), status) == 0, status);
+}
+
+static void settle(int ms)
+{
+    uint64_t end = sbx_now_ms() + (uint64_t)ms;
+    while (sbx_now_ms() < end)
+        sbx_loop_once(W.loop, 10);
+}
+
+/* ---- scenarios ---- */
+
+static void test_success(void **state)
+{
+    const char *j = id("ok"), *p = id("p-ok");
+    uint64_t before = W.stats.succeeded;
+    (void)state;
+    intake(j, p);
+    until_row(j, "succeeded");
+    assert_int_equal(W.stats.succeeded, before + 1);
+    assert_string_equal(row(j, "attempt"), "1");
+    {
+        char want[SBX_ID_MAX + 8];
+        snprintf(want, sizeof(want), "inst-%s", j);
+        assert_string_equal(row(j, "instance"), want);
+    }
+}
+
+static void test_build_failure(void **state)
+{
+    const char *j = id("fail"), *p = id("p-fail");
+    (void)state;
+    tp_plan(j, "F");
+    intake(j, p);
+    until_row(j, "failed");
+    assert_string_equal(row(j, "exit_code"), "1");
+}
+
+/* Attempt 1: the build reports a provider error after it started (requeued);
+ * attempt 2 (the last of --max-attempts 2): start() itself fails, so the
+ * message is dead-lettered and the run ends dead_lettered. */
+static void test_provider_error_then_dead_letter(void **state)
+{
+    const char *j = id("dlq"), *p = id("p-dlq");
+    uint64_t before = W.stats.dead_lettered;
+    (void)state;
+    tp_plan(j, "EX");
+    intake(j, p);
+    until_row(j, "dead_lettered");
+    assert_int_equal(W.stats.dead_lettered, before + 1);
+    assert_string_equal(row(j, "attempt"), "2");
+}
+
+/* The provider's slot is busy on its side: the claim is undone (no attempt
+ * counted), the job waits and then runs. */
+static void test_busy_slot(void **state)
+{
+    const char *j = id("busy"), *p = id("p-busy");
+    (void)state;
+    tp_plan(j, "BS");
+    intake(j, p);
+    until_row(j, "succeeded");
+    assert_string_equal(row(j, "attempt"), "1");
+}
+
+/* Two jobs of one project: the second waits for the first's lease. */
+static void test_project_busy_then_run(void **state)
+{
+    const char *a = id("pb-a"), *b = id("pb-b"), *p = id("p-pb");
+    (void)state;
+    tp_plan(a, "H");
+    intake(a, p);
+    until_state(a, "running");
+    intake(b, p);
+    until_state(b, "waiting");
+    RUN_UNTIL(strcmp(row(b, "status"), "waiting_capacity") == 0, "waiting_capacity row");
+    tp_finish(a, SBX_OUTCOME_SUCCEEDED);
+    until_row(a, "succeeded");
+    until_row(b, "succeeded");
+}
+
+/* `sbx cancel` of a waiting job: with the database's flag it ends canceled
+ * unclaimed; a cancel the database does not confirm changes nothing. */
+static void test_cancel_while_waiting(void **state)
+{
+    const char *a = id("cw-a"), *b = id("cw-b"), *c = id("cw-c"), *p = id("p-cw");
+    (void)state;
+    tp_plan(a, "H");
+    intake(a, p);
+    until_state(a, "running");
+    intake(b, p);
+    intake(c, p);
+    until_state(b, "waiting");
+    until_state(c, "waiting");
+    sql("UPDATE sbx.runs SET cancel_requested = true WHERE job_id = $1", b);
+    sql("SELECT pg_notify('sbx_cancel', $1)", b);
+    until_row(b, "canceled");
+    /* No flag in PostgreSQL: cancel_unclaimed says no, and c goes on. */
+    until_state(c, "waiting");
+    sbx__jobs_cancel(&W, c);
+    settle(200);
+    assert_int_not_equal(sbx__job_state(&W, c), -1);
+    tp_finish(a, SBX_OUTCOME_SUCCEEDED);
+    until_row(a, "succeeded");
+    until_row(c, "succeeded");
+}
+
+static void test_cancel_while_running(void **state)
+{
+    const char *j = id("cr"), *p = id("p-cr");
+    (void)state;
+    tp_plan(j, "H");
+    intake(j, p);
+    until_state(j, "running");
+    sql("UPDATE sbx.runs SET cancel_requested = true WHERE job_id = $1", j);
+    sql("SELECT pg_notify('sbx_cancel', $1)", j);
+    until_row(j, "canceled");
+}
+
+static void test_policy_reject(void **state)
+{
+    const char *a = id("rj-a"), *b = id("rj-b"), *p = id("p-rj");
+    (void)state;
+    tp_plan(a, "H");
+    intake(a, p);
+    until_state(a, "running");
+    W.cfg.policy = SBX_POLICY_REJECT;
+    intake(b, p);
+    until_row(b, "canceled");
+    W.cfg.policy = SBX_POLICY_QUEUE;
+    assert_non_null(strstr(row(b, "error"), "rejected"));
+    tp_finish(a, SBX_OUTCOME_SUCCEEDED);
+    until_row(a, "succeeded");
+}
+
+/* A newer job of the project cancels the running older one, then runs. */
+static void test_policy_supersede(void **state)
+{
+    const char *a = id("sp-a"), *b = id("sp-b"), *p = id("p-sp");
+    (void)state;
+    tp_plan(a, "H");
+    intake(a, p);
+    until_state(a, "running");
+    W.cfg.policy = SBX_POLICY_SUPERSEDE;
+    intake(b, p);
+    until_row(a, "canceled");
+    until_row(b, "succeeded");
+    W.cfg.policy = SBX_POLICY_QUEUE;
+}
+
+/* Shutdown at every stage: each job is handed back (offsets unfinished,
+ * nothing terminal written); redelivered afterwards, they finish. */
+static void test_shutdown_hand_back(void **state)
+{
+    const char *run = id("sd-run"), *wait = id("sd-wait"), *p = id("p-sd");
+    const char *lease = id("sd-lease"), *busy = id("sd-busy"), *claim = id("sd-claim");
+    const char *rec = id("sd-rec");
+    PGconn *locker;
+    uint64_t retries;
+    (void)state;
+
+    /* Soft: a waiting job goes at once; a running one keeps running. */
+    tp_plan(run, "H");
+    intake(run, p);
+    until_state(run, "running");
+    intake(wait, p);
+    until_state(wait, "waiting");
+    W.stopping = 1;
+    sbx__jobs_shutdown(&W, 0);
+    assert_int_equal(sbx__job_state(&W, wait), -1);
+    assert_int_equal(sbx__job_state(&W, run), state_of("running"));
+    /* A job whose lease arrives during shutdown gives it back; one whose
+     * project is busy is handed back at once. */
+    intake(lease, id("p-sd-lease"));
+    RUN_UNTIL(sbx__job_state(&W, lease) == -1, "lease handed back");
+    intake(busy, p);
+    RUN_UNTIL(sbx__job_state(&W, busy) == -1, "busy handed back");
+    /* Hard: the running build is stopped, requeued and handed back. */
+    W.stopping = 2;
+    sbx__jobs_shutdown(&W, 1);
+    RUN_UNTIL(sbx__job_state(&W, run) == -1, "running handed back");
+    assert_string_equal(row(run, "status"), "queued");
+    W.stopping = 0;
+
+    /* Shutdown while the claim is in flight: claimed, then requeued. */
+    intake(claim, id("p-sd-claim"));
+    until_state(claim, "claiming");
+    W.stopping = 1;
+    RUN_UNTIL(sbx__job_state(&W, claim) == -1, "claim handed back");
+    W.stopping = 0;
+    assert_string_equal(row(claim, "status"), "queued");
+
+    /* Shutdown while record_run is being retried: another session locks
+     * sbx.runs, so the worker's record_run fails on its lock timeout. */
+    sbx_db_query(W.db, "SET lock_timeout = '100ms'", 0, NULL, NULL, NULL);
+    locker = PQconnectdb(getenv("SBX_DATABASE_URL"));
+    assert_int_equal(PQstatus(locker), CONNECTION_OK);
+    PQclear(PQexec(locker, "BEGIN"));
+    PQclear(PQexec(locker, "LOCK TABLE sbx.runs IN ACCESS EXCLUSIVE MODE"));
+    retries = W.stats.retries;
+    intake(rec, id("p-sd-rec"));
+    RUN_UNTIL(W.stats.retries > retries, "record_run retried");
+    assert_int_equal(sbx__job_state(&W, rec), state_of("recording"));
+    W.stopping = 1;
+    RUN_UNTIL(sbx__job_state(&W, rec) == -1, "recording handed back");
+    W.stopping = 0;
+    PQclear(PQexec(locker, "ROLLBACK"));
+    PQfinish(locker);
+    sbx_db_query(W.db, "RESET lock_timeout", 0, NULL, NULL, NULL);
+
+    /* Redelivered: the one whose cancel was asked meanwhile ends canceled
+     * at once, the others run. */
+    sql("UPDATE sbx.runs SET cancel_requested = true WHERE job_id = $1", wait);
+    intake(wait, p);
+    until_row(wait, "canceled");
+    intake(run, p);
+    until_row(run, "succeeded");
+    intake(claim, id("p-sd-claim"));
+    until_row(claim, "succeeded");
+    intake(rec, id("p-sd-rec"));
+    until_row(rec, "succeeded");
+}
+
+static volatile int redis_done;
+static void on_redis_reply(void *arg, redisReply *rep)
+{
+    (void)arg;
+    (void)rep;
+    redis_done = 1;
+}
+
+/* Another owner took the slot's lease (its token in Redis is not ours): the
+ * next renewal is refused, the build is stopped, nothing is written; once the
+ * foreign lease expires the job runs again under a newer token. */
+static void steal_lease(const char *job)
+{
+    char slot[128], key[192];
+    const char *argv[4];
+    size_t lens[4];
+    snprintf(slot, sizeof(slot), "%s", row(job, "slot"));
+    assert_true(slot[0]);
+    snprintf(key, sizeof(key), "{sbx}:lease:%s", slot);
+    argv[0] = "HSET";
+    argv[1] = key;
+    argv[2] = "token";
+    argv[3] = "999999999999";
+    for (int i = 0; i < 4; i++)
+        lens[i] = strlen(argv[i]);
+    redis_done = 0;
+    assert_int_equal(sbx_redis_cmd(W.redis, on_redis_reply, NULL, 4, argv, lens), 0);
+    RUN_UNTIL(redis_done, "HSET");
+}
+
+static void test_lease_lost(void **state)
+{
+    const char *r = id("ll-run"), *s = id("ll-start");
+    uint64_t fenced = W.stats.fenced_out;
+    (void)state;
+    /* While running. */
+    tp_plan(r, "HS");
+    intake(r, id("p-ll-run"));
+    until_state(r, "running");
+    steal_lease(r);
+    RUN_UNTIL(W.stats.fenced_out > fenced, "lease lost");
+    until_row(r, "succeeded");
+    assert_string_equal(row(r, "attempt"), "2");
+    /* While starting (the provider never said STARTED). */
+    fenced = W.stats.fenced_out;
+    tp_plan(s, "NS");
+    intake(s, id("p-ll-start"));
+    until_state(s, "starting");
+    RUN_UNTIL(strcmp(row(s, "status"), "provisioning") == 0, "provisioning");
+    steal_lease(s);
+    RUN_UNTIL(W.stats.fenced_out > fenced, "lease lost while starting");
+    until_row(s, "succeeded");
+}
+
+/* A newer owner's token is on the row when the build ends: the terminal
+ * write is refused (fenced out), the next claim is stale, and the job runs
+ * again above that token. */
+static void test_fenced_terminal_write(void **state)
+{
+    const char *j = id("fence"), *p = id("p-fence");
+    uint64_t fenced = W.stats.fenced_out;
+    (void)state;
+    tp_plan(j, "HS");
+    intake(j, p);
+    until_state(j, "running");
+    RUN_UNTIL(strcmp(row(j, "status"), "running") == 0, "running row");
+    sql("UPDATE sbx.runs SET lease_token = lease_token + 1000000 WHERE job_id = $1", j);
+    tp_finish(j, SBX_OUTCOME_SUCCEEDED);
+    RUN_UNTIL(W.stats.fenced_out > fenced, "fenced out");
+    until_row(j, "succeeded");
+}
+
+/* A job delivered again after it finished is skipped. */
+static void test_redelivery_of_terminal(void **state)
+{
+    const char *j = id("ok"), *p = id("p-ok");
+    uint64_t dup = W.stats.duplicates;
+    int starts = TP.starts;
+    (void)state;
+    assert_string_equal(row(j, "status"), "succeeded");
+    intake(j, p);
+    RUN_UNTIL(sbx__job_state(&W, j) == -1 && W.stats.duplicates > dup, "skipped");
+    assert_int_equal(TP.starts, starts);
+}
+
+/* ---- the table ---- */
+
+/* This file's own list of the legal moves: the design, written twice. */
+static const char *const expected[][2] = {
+    {"recording", "leasing"},   {"recording", "done"},       {"recording", "ending"},
+    {"recording", "handed_back"},
+    {"ending", "done"},         {"ending", "leasing"},
+    {"leasing", "claiming"},    {"leasing", "waiting"},      {"leasing", "ending"},
+    {"leasing", "releasing"},   {"leasing", "handed_back"},
+    {"waiting", "leasing"},     {"waiting", "ending"},       {"waiting", "handed_back"},
+    {"claiming", "starting"},   {"claiming", "unclaiming"},  {"claiming", "releasing"},
+    {"starting", "running"},    {"starting", "finishing"},   {"starting", "unclaiming"},
+    {"starting", "releasing"},
+    {"running", "finishing"},   {"running", "unclaiming"},   {"running", "releasing"},
+    {"finishing", "releasing"},
+    {"unclaiming", "releasing"},
+    {"releasing", "done"},      {"releasing", "handed_back"}, {"releasing", "waiting"},
+};
+#define NEXPECTED (sizeof(expected) / sizeof(expected[0]))
+
+static int expected_legal(int from, int to)
+{
+    for (size_t i = 0; i < NEXPECTED; i++)
+        if (state_of(expected[i][0]) == from && state_of(expected[i][1]) == to)
+            return 1;
+    return 0;
+}
+
+static void test_move_table(void **state)
+{
+    int n = sbx__job_nstates(), legal = 0;
+    (void)state;
+    assert_int_equal(n, 12);
+    for (int from = -1; from <= n; from++)
+        for (int to = -1; to <= n; to++) {
+            int want = from >= 0 && from < n && to >= 0 && to < n && expected_legal(from, to);
+            if (sbx__job_move_legal(from, to) != want)
+                fail_msg("%s -> %s: table says %d, expected %d", sbx__job_state_name(from),
+                         sbx__job_state_name(to), sbx__job_move_legal(from, to), want);
+            legal += want;
+        }
+    assert_int_equal(legal, (int)NEXPECTED);
+    print_message("%d legal moves of %d x %d\n", legal, n, n);
+}
+
+/* Runs after every scenario above: each legal move was taken, no other. */
+static void test_every_legal_move_taken(void **state)
+{
+    const unsigned long *m = sbx__job_moves();
+    int n = sbx__job_nstates(), missing = 0;
+    (void)state;
+    for (int from = 0; from < n; from++)
+        for (int to = 0; to < n; to++) {
+            unsigned long k = m[from * n + to];
+            if (sbx__job_move_legal(from, to) && k == 0) {
+                print_error("never taken: %s -> %s\n", sbx__job_state_name(from),
+                            sbx__job_state_name(to));
+                missing++;
+            }
+            assert_false(!sbx__job_move_legal(from, to) && k != 0);
+        }
+    assert_int_equal(missing, 0);
+}
+
+/* An illegal move aborts a debug build: a provider that reports FINISHED
+ * twice moves a finishing job to finishing again. In a child with a worker
+ * (and connections) of its own. */
+static void test_illegal_move_aborts(void **state)
+{
+    char logpath[64], buf[8192];
+    int status = 0;
+    size_t n;
+    FILE *f;
+    pid_t pid;
+    (void)state;
+    snprintf(logpath, sizeof(logpath), "/tmp/sbx-test-job-%d.log", (int)getpid());
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        const char *j = id("illegal");
+        if (!freopen(logpath, "w", stderr))
+            _exit(2);
+        /* The parent's connections stay untouched: new ones, no Kafka (the
+         * job aborts long before it would mark an offset). */
+        TP.runs = NULL;
+        if (worker_up(&W, 0) != 0)
+            _exit(3);
+        tp_plan(j, "D");
+        intake(j, id("p-illegal"));
+        settle(WAIT_MS);
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    f = fopen(logpath, "r");
+    assert_non_null(f);
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    unlink(logpath);
+    if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT))
+        fail_msg("child did not abort (status %d): %s", status, buf);
+    assert_non_null(strstr(buf, "illegal move finishing -> finishing"));
+}
+
 int main(void)
 {
-    static const struct CMUnitTest fixed[] = {
-        cmocka_unit_test(test_size_limit),
-        cmocka_unit_test(test_depth),
-        cmocka_unit_test(test_files_budget),
-        cmocka_unit_test(test_struct_contents),
-        cmocka_unit_test(test_error_text),
-        cmocka_unit_test(test_peek_ids),
-        cmocka_unit_test(test_new_job_id),
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_move_table),
+        cmocka_unit_test(test_success),
+        cmocka_unit_test(test_build_failure),
+        cmocka_unit_test(test_provider_error_then_dead_letter),
+        cmocka_unit_test(test_busy_slot),
+        cmocka_unit_test(test_project_busy_then_run),
+        cmocka_unit_test(test_cancel_while_waiting),
+        cmocka_unit_test(test_cancel_while_running),
+        cmocka_unit_test(test_policy_reject),
+        cmocka_unit_test(test_policy_supersede),
+        cmocka_unit_test(test_shutdown_hand_back),
+        cmocka_unit_test(test_lease_lost),
+        cmocka_unit_test(test_fenced_terminal_write),
+        cmocka_unit_test(test_redelivery_of_terminal),
+        cmocka_unit_test(test_every_legal_move_taken),
+        cmocka_unit_test(test_illegal_move_aborts),
     };
-    const char *root = getenv("SBX_EXAMPLES");
-    struct vector *v = NULL;
-    size_t nv = 0, nfixed = sizeof fixed / sizeof *fixed;
-
-    if (!root || !*root)
-        root = SBX_EXAMPLES_DIR;
-    if (load_vectors(root, &v, &nv))
-        return 1;
-    struct CMUnitTest *tests = calloc(nv + nfixed, sizeof *tests);
-    if (!tests)
-        return 1;
-    for (size_t i = 0; i < nv; i++) {
-        /* Test names: "valid/minimal.json", relative to the examples root. */
-        tests[i].name = v[i].path + strlen(root) + 1;
-        tests[i].test_func = test_vector;
-        tests[i].initial_state = &v[i];
-    }
-    memcpy(tests + nv, fixed, sizeof fixed);
-    int failed = _cmocka_run_group_tests("job", tests, nv + nfixed, NULL, NULL);
-    free(tests);
-    free(v);
-    return failed;
+    return cmocka_run_group_tests(tests, setup, teardown);
 }

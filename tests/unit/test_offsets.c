@@ -4,8 +4,12 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <cmocka.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "offsets.h"
 
@@ -21,7 +25,6 @@ static void test_out_of_order_finish(void **state)
     assert_int_equal(sbx_offsets_done(o, &r[2]), -1);  /* 14 done, 10 still running */
     assert_int_equal(sbx_offsets_done(o, &r[1]), -1);
     assert_int_equal(sbx_offsets_done(o, &r[0]), 16);  /* 10,12,14 done -> commit 16 */
-    assert_int_equal(sbx_offsets_done(o, &r[0]), -1);  /* twice is harmless */
     assert_int_equal(sbx_offsets_done(o, &r[4]), -1);
     assert_int_equal(sbx_offsets_done(o, &r[3]), 19);  /* all done -> one past last */
     assert_int_equal(sbx_offsets_pending(o), 0);
@@ -81,6 +84,29 @@ static void test_ring_growth_keeps_order(void **state)
     sbx_offsets_free(o);
 }
 
+/* Marking an offset twice is a bug in the caller: debug builds abort (in a
+ * child, so this process goes on). */
+static void test_done_twice_asserts(void **state)
+{
+    int status = 0;
+    pid_t pid;
+    (void)state;
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        sbx_offsets *o = sbx_offsets_new();
+        sbx_offset_ref r;
+        (void)!freopen("/dev/null", "w", stderr);
+        sbx_offsets_assign(o, 0);
+        sbx_offsets_track(o, 0, 10, &r);
+        sbx_offsets_done(o, &r);
+        sbx_offsets_done(o, &r);
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -88,6 +114,7 @@ int main(void)
         cmocka_unit_test(test_redelivery_and_unassigned),
         cmocka_unit_test(test_revoke_makes_refs_stale),
         cmocka_unit_test(test_ring_growth_keeps_order),
+        cmocka_unit_test(test_done_twice_asserts),
     };
     return cmocka_run_group_tests_name("offsets", tests, NULL, NULL);
 }
