@@ -31,13 +31,16 @@ $(FUZZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_EXTRA) -MMD -MP -c $< -o $@
 
-$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/message.c) $(FUZZ_COMMON)
-$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c common/text.c producers/lib/message.c) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/message.c producers/lib/utf8.c) \
+                      $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c common/text.c common/buf.c producers/lib/message.c \
+                                      producers/lib/utf8.c) $(FUZZ_COMMON)
 $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c worker/offsets.c) $(FUZZ_COMMON)
 # The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
 # and libmicrohttpd-dev, no Redis).
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c \
-                   common/loop.c common/log.c common/sandbox.c common/text.c producers/lib/message.c
+                   common/loop.c common/log.c common/sandbox.c common/text.c common/buf.c \
+                   producers/lib/message.c producers/lib/utf8.c
 $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c): \
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
 $(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd)
