@@ -130,9 +130,9 @@ int sbx__docker_tar(const sbx_job *job, unsigned uid, unsigned gid, sbx_buf *out
             goto out;
         }
         snprintf(full, sizeof(full), "workspace/%s", path);
+        unsigned mode = len >= 2 && data[0] == '#' && data[1] == '!' ? 0755 : 0644;
         if ((rc = tar_parents(out, uid, gid, path, seen, &nseen, MAX_DIRS)) < 0 ||
-            (rc = tar_add(out, full, '0', len >= 2 && data[0] == '#' && data[1] == '!' ? 0755 : 0644,
-                          uid, gid, data, len)) < 0) {
+            (rc = tar_add(out, full, '0', mode, uid, gid, data, len)) < 0) {
             snprintf(err, errlen, "file \"%.100s\": %s", path, strerror(-rc));
             said = 1;
             goto out;

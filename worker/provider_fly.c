@@ -510,8 +510,8 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
         sbx_warn("fly", "run %s: create answered %s; checking for the machine", r->job_id, why);
         run_set(r, FLY_ADOPTING);
         sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_adopt,
-                   "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s", f->app,
-                   r->run_id);
+                            "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s", f->app,
+                            r->run_id);
         return;
     }
     sbx__fly_api_error(res, why, sizeof(why));
@@ -542,8 +542,8 @@ static void step_create(sbx_run *r)
         return;
     }
     r->creates++;
-    sbx__fly_call_start(&r->call, "POST", copy, SBX_FLY_CALL_TIMEOUT_MS, 0, on_create, "/apps/%s/machines",
-               f->app);
+    sbx__fly_call_start(&r->call, "POST", copy, SBX_FLY_CALL_TIMEOUT_MS, 0, on_create,
+                        "/apps/%s/machines", f->app);
 }
 
 /* The machine as a GET shows it, after BOOTING's wait ran out. */
@@ -592,8 +592,8 @@ static void on_probe(sbx__fly_call *c, const sbx_http_res *res)
 static void step_probe(sbx_run *r)
 {
     run_set(r, FLY_PROBING);
-    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_probe, "/apps/%s/machines/%s",
-               r->f->app, r->id);
+    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_probe,
+                        "/apps/%s/machines/%s", r->f->app, r->id);
 }
 
 static void on_boot_wait(sbx__fly_call *c, const sbx_http_res *res)
@@ -613,8 +613,9 @@ static void step_boot_wait(sbx_run *r)
 {
     int s = wait_slice(r->wait_s, remaining_s(r));
     run_set(r, FLY_BOOTING);
-    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1, on_boot_wait,
-               "/apps/%s/machines/%s/wait?state=started&timeout=%d", r->f->app, r->id, s);
+    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1,
+                        on_boot_wait, "/apps/%s/machines/%s/wait?state=started&timeout=%d",
+                        r->f->app, r->id, s);
 }
 
 static void on_run_wait(sbx__fly_call *c, const sbx_http_res *res)
@@ -637,9 +638,10 @@ static void step_run_wait(sbx_run *r)
 {
     int s = wait_slice(r->f->run_wait_s, remaining_s(r));
     run_set(r, FLY_RUNNING);
-    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1, on_run_wait,
-               "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d", r->f->app,
-               r->id, r->instance_id, s);
+    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1,
+                        on_run_wait,
+                        "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
+                        r->f->app, r->id, r->instance_id, s);
 }
 
 static void on_inspect(sbx__fly_call *c, const sbx_http_res *res)
@@ -671,7 +673,7 @@ static void step_inspect(sbx_run *r)
 {
     run_set(r, FLY_INSPECTING);
     sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_inspect,
-               "/apps/%s/machines/%s", r->f->app, r->id);
+                        "/apps/%s/machines/%s", r->f->app, r->id);
 }
 
 static void on_stop_wait(sbx__fly_call *c, const sbx_http_res *res)
@@ -695,9 +697,10 @@ static void on_stop(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     run_set(r, FLY_STOP_WAIT);
-    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, 1,
-               on_stop_wait, "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
-               r->f->app, r->id, r->instance_id, wait_slice(s, s));
+    sbx__fly_call_start(&r->call, "GET", NULL,
+                        (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, 1, on_stop_wait,
+                        "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
+                        r->f->app, r->id, r->instance_id, wait_slice(s, s));
 }
 
 static void step_stop(sbx_run *r)
@@ -708,7 +711,7 @@ static void step_stop(sbx_run *r)
     run_set(r, FLY_STOPPING);
     /* NULL from strdup only costs the signal: Fly's default stop then applies */
     sbx__fly_call_start(&r->call, "POST", strdup(body), SBX_FLY_CALL_TIMEOUT_MS, 1, on_stop,
-               "/apps/%s/machines/%s/stop", r->f->app, r->id);
+                        "/apps/%s/machines/%s/stop", r->f->app, r->id);
 }
 
 static void on_logs(sbx__fly_call *c, const sbx_http_res *res)
@@ -718,7 +721,8 @@ static void on_logs(sbx__fly_call *c, const sbx_http_res *res)
     if (res->code == SBX_HTTP_OK && res->status == 200) {
         size_t n = res->body_len;
         const char *tail = sbx_tail_of(res->body, &n, SBX_LOG_TAIL_MAX);
-        r->res.log_tail_len = sbx__utf8_sanitize(tail, n, r->res.log_tail, sizeof(r->res.log_tail));
+        r->res.log_tail_len =
+            sbx__utf8_sanitize(tail, n, r->res.log_tail, sizeof(r->res.log_tail));
     } else {
         char why[200];
         sbx__fly_api_error(res, why, sizeof(why));
@@ -754,7 +758,7 @@ static void step_destroy(sbx_run *r)
 {
     run_set(r, FLY_DESTROYING);
     sbx__fly_call_start(&r->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_destroy,
-               "/apps/%s/machines/%s?force=true", r->f->app, r->id);
+                        "/apps/%s/machines/%s?force=true", r->f->app, r->id);
 }
 
 /* Cancel or timeout. Never calls back from here (see provider.h). */
@@ -972,7 +976,8 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
     r->timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     snprintf(r->job_id, sizeof(r->job_id), "%s", job->job_id);
     r->slot = slot;
-    snprintf(r->run_id, sizeof(r->run_id), "%016llx", (unsigned long long)sbx__fly_api_rand(&f->api));
+    snprintf(r->run_id, sizeof(r->run_id), "%016llx",
+             (unsigned long long)sbx__fly_api_rand(&f->api));
     r->res.exit_code = -1;
     r->create = build_create(f, req, image, cpus, mem, r->run_id);
     if (!r->create) {
@@ -1169,7 +1174,7 @@ static void sweep_next(fly_sweep *s)
     }
     sbx_info("fly", "sweep: destroying orphan machine %s", s->ids[s->i]);
     sbx__fly_call_start(&s->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_sweep_delete,
-               "/apps/%s/machines/%s?force=true", s->f->app, s->ids[s->i]);
+                        "/apps/%s/machines/%s?force=true", s->f->app, s->ids[s->i]);
 }
 
 /* A machine belongs to a live run when its id, job or run id is one of ours
@@ -1241,7 +1246,7 @@ int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, v
     f->sweeps = s;
     url_escape(worker_id, enc, sizeof(enc));
     sbx__fly_call_start(&s->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_sweep_list,
-               "/apps/%s/machines?metadata.sbx_worker=%s", f->app, enc);
+                        "/apps/%s/machines?metadata.sbx_worker=%s", f->app, enc);
     return 0;
 }
 
