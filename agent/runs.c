@@ -53,6 +53,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 #include "sandbox.h"
 #include "tokens.h"
@@ -454,21 +455,28 @@ static void hist_push(sbx_runs *r, arun *a)
 
 /* ---- the end of a run ---- */
 
-static void read_tail(arun *a)
+/* The last keep bytes of a log file into buf (keep + 1 bytes),
+ * NUL-terminated; returns how many. A file is cut by where the read starts,
+ * so the bytes before are never read (sbx_tail_of() is the cut in memory). */
+static size_t read_log_tail(int fd, char *buf, size_t keep)
 {
     struct stat st;
     size_t n = 0;
 
-    a->tail = malloc(SBX_RUNS_TAIL_MAX + 1);
-    if (!a->tail)
-        return;
-    if (a->log_fd >= 0 && fstat(a->log_fd, &st) == 0 && st.st_size > 0) {
-        off_t from = st.st_size > SBX_RUNS_TAIL_MAX ? st.st_size - SBX_RUNS_TAIL_MAX : 0;
-        ssize_t got = pread(a->log_fd, a->tail, (size_t)(st.st_size - from), from);
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0) {
+        size_t size = (size_t)st.st_size, want = size < keep ? size : keep;
+        ssize_t got = pread(fd, buf, want, (off_t)(size - want));
         n = got > 0 ? (size_t)got : 0;
     }
-    a->tail[n] = '\0';
-    a->tail_len = n;
+    buf[n] = '\0';
+    return n;
+}
+
+static void read_tail(arun *a)
+{
+    a->tail = malloc(SBX_RUNS_TAIL_MAX + 1);
+    if (a->tail)
+        a->tail_len = read_log_tail(a->log_fd, a->tail, SBX_RUNS_TAIL_MAX);
 }
 
 static void on_sb_start(void *arg, sbx_sandbox *sb)
@@ -844,27 +852,17 @@ int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v)
 long sbx_runs_tail(sbx_runs *r, const char *run_id, char *buf, size_t cap)
 {
     arun *a = find_run(r, run_id);
-    struct stat st;
-    size_t want;
 
     if (!a || cap == 0)
         return -1;
     if (a->tail) {
-        want = a->tail_len < cap - 1 ? a->tail_len : cap - 1;
-        memcpy(buf, a->tail + a->tail_len - want, want);
-        buf[want] = '\0';
-        return (long)want;
+        size_t n = a->tail_len;
+        const char *t = sbx_tail_of(a->tail, &n, cap - 1);
+        memcpy(buf, t, n);
+        buf[n] = '\0';
+        return (long)n;
     }
-    buf[0] = '\0';
-    if (a->log_fd < 0 || fstat(a->log_fd, &st) < 0 || st.st_size <= 0)
-        return 0;
-    want = (size_t)st.st_size < cap - 1 ? (size_t)st.st_size : cap - 1;
-    {
-        ssize_t got = pread(a->log_fd, buf, want, st.st_size - (off_t)want);
-        want = got > 0 ? (size_t)got : 0;
-    }
-    buf[want] = '\0';
-    return (long)want;
+    return (long)read_log_tail(a->log_fd, buf, cap - 1);
 }
 
 int sbx_runs_log_open(sbx_runs *r, const char *run_id)

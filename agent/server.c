@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "agent_config.h"
+#include "buf.h"
 #include "log.h"
 #include "text.h"
 
@@ -95,8 +96,7 @@ struct sbx_server {
 typedef struct req {
     sbx_server *s;
     int denied;            /* a 401 is queued; ignore the rest */
-    char *body;
-    size_t len, cap;
+    sbx_buf body;          /* capped at WAKE_BODY_MAX */
     int too_big;
     int waited;            /* the long poll was suspended once already */
     waiter w;
@@ -383,7 +383,7 @@ static json_object *parse_body(const req *q, char *err, size_t errlen)
     json_tokener *tok;
     json_object *o;
 
-    if (q->len == 0) {
+    if (q->body.len == 0) {
         snprintf(err, errlen, "a JSON body is required");
         return NULL;
     }
@@ -392,9 +392,10 @@ static json_object *parse_body(const req *q, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    o = json_tokener_parse_ex(tok, q->body, (int)q->len);
+    o = json_tokener_parse_ex(tok, sbx_buf_str(&q->body), (int)q->body.len);
     if (!o || json_tokener_get_error(tok) != json_tokener_success ||
-        (size_t)json_tokener_get_parse_end(tok) != q->len || !json_object_is_type(o, json_type_object)) {
+        (size_t)json_tokener_get_parse_end(tok) != q->body.len ||
+        !json_object_is_type(o, json_type_object)) {
         snprintf(err, errlen, "the body is not one JSON object");
         json_object_put(o);
         o = NULL;
@@ -784,6 +785,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!q)
             return MHD_NO;
         q->s = s;
+        sbx_buf_init(&q->body, WAKE_BODY_MAX);
         *con_cls = q;
         if (!authorized(s, c)) {
             /* Answered before any body is read; the key is not logged,
@@ -801,24 +803,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (q->too_big || q->len + n > WAKE_BODY_MAX) {
-            q->too_big = 1;
-            return MHD_YES;
-        }
-        if (q->len + n + 1 > q->cap) {
-            size_t cap = q->cap ? q->cap : 4096;
-            char *b;
-            while (cap < q->len + n + 1)
-                cap *= 2;
-            b = realloc(q->body, cap);
-            if (!b)
+        if (!q->too_big) {
+            int rc = sbx_buf_add(&q->body, upload, n);
+            if (rc == -E2BIG)
+                q->too_big = 1;   /* answered 413 once the body has been read */
+            else if (rc)
                 return MHD_NO;
-            q->body = b;
-            q->cap = cap;
         }
-        memcpy(q->body + q->len, upload, n);
-        q->len += n;
-        q->body[q->len] = '\0';
         return MHD_YES;
     }
     if (s->closing)
@@ -837,7 +828,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (!q)
         return;
     waiter_unlink(s, &q->w);
-    free(q->body);
+    sbx_buf_free(&q->body);
     free(q);
     *con_cls = NULL;
 }

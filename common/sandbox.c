@@ -93,6 +93,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 
 /* After bwrap exits, wait this long for output EOF: every writer lives in
@@ -180,10 +181,9 @@ struct sbx_sandbox {
     int uid_clear;
     uint64_t t0_ms, t_exit_ms, drain_deadline_ms, reap_deadline_ms;
 
-    char ring[SBX_SANDBOX_TAIL_MAX];
-    size_t ring_head, ring_len;
+    sbx_tail tail;        /* the last output, over tail_mem */
+    char tail_mem[SBX_SANDBOX_TAIL_MAX + 1];
     uint64_t out_bytes;
-    char tail[SBX_SANDBOX_TAIL_MAX + 1];
     char error[256];
 };
 
@@ -470,36 +470,18 @@ out:
 
 /* ---- bwrap's options ---- */
 
+/* bwrap's --args: NUL-terminated options in one sbx_buf capped at
+ * SB_ARGS_MAX. The first error sticks, so building the list needs no check
+ * per option; the spawn looks once. */
 typedef struct abuf {
-    char *p;
-    size_t len, cap;
+    sbx_buf b;
     int err;
 } abuf;
 
 static void add(abuf *b, const char *s)
 {
-    size_t n = strlen(s) + 1;
-    if (b->err)
-        return;
-    if (b->len + n > SB_ARGS_MAX) {
-        b->err = -E2BIG;
-        return;
-    }
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        char *p;
-        while (cap < b->len + n)
-            cap *= 2;
-        p = realloc(b->p, cap);
-        if (!p) {
-            b->err = -ENOMEM;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
+    if (!b->err)
+        b->err = sbx_buf_add(&b->b, s, strlen(s) + 1);
 }
 
 static void add2(abuf *b, const char *a, const char *c) { add(b, a); add(b, c); }
@@ -774,23 +756,6 @@ static void kill_all(sbx_sandbox *s)
         kill_uid((uid_t)s->uid, SIGKILL);
 }
 
-static void tail_append(sbx_sandbox *s, const char *p, size_t n)
-{
-    size_t first;
-    s->out_bytes += n;
-    if (n >= SBX_SANDBOX_TAIL_MAX) {
-        p += n - SBX_SANDBOX_TAIL_MAX;
-        n = SBX_SANDBOX_TAIL_MAX;
-    }
-    first = SBX_SANDBOX_TAIL_MAX - s->ring_head;
-    if (first > n)
-        first = n;
-    memcpy(s->ring + s->ring_head, p, first);
-    memcpy(s->ring, p + first, n - first);
-    s->ring_head = (s->ring_head + n) % SBX_SANDBOX_TAIL_MAX;
-    s->ring_len = s->ring_len + n > SBX_SANDBOX_TAIL_MAX ? SBX_SANDBOX_TAIL_MAX : s->ring_len + n;
-}
-
 static void close_output(sbx_sandbox *s)
 {
     sbx_io_stop(&s->out_io);
@@ -808,7 +773,8 @@ static void on_output(sbx_io *io, int events)
     for (int i = 0; i < SB_READS_PER_TURN; i++) {
         ssize_t n = read(s->out_fd, buf, sizeof(buf));
         if (n > 0) {
-            tail_append(s, buf, (size_t)n);
+            s->out_bytes += (uint64_t)n;
+            sbx_tail_add(&s->tail, buf, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -978,7 +944,6 @@ static void on_done(sbx_timer *t)
 {
     sbx_sandbox *s = t->data;
     sbx_sandbox_status st;
-    size_t start;
 
     if (!s->started) {
         /* on_start first; it may free s, so on_exit waits a turn. */
@@ -987,17 +952,13 @@ static void on_done(sbx_timer *t)
         on_start_timer(&s->start_t);
         return;
     }
-    start = (s->ring_head + SBX_SANDBOX_TAIL_MAX - s->ring_len) % SBX_SANDBOX_TAIL_MAX;
-    for (size_t i = 0; i < s->ring_len; i++)
-        s->tail[i] = s->ring[(start + i) % SBX_SANDBOX_TAIL_MAX];
-    s->tail[s->ring_len] = '\0';
     memset(&st, 0, sizeof(st));
     st.end = s->end_set ? s->end : SBX_SANDBOX_EXITED;
     st.ran = s->ran;
     st.lost = s->lost;
     st.exit_code = s->exit_code;
-    st.tail = s->tail;
-    st.tail_len = s->ring_len;
+    st.tail = sbx_tail_str(&s->tail);
+    st.tail_len = s->tail.len;
     st.out_bytes = s->out_bytes;
     st.duration_ms = s->t_exit_ms - s->t0_ms;
     st.error = s->error;
@@ -1108,6 +1069,7 @@ static void init_handles(sbx_sandbox *s)
     sbx_timer_init(&s->kill_t, on_grace, s);
     sbx_timer_init(&s->reap_t, on_reap_timer, s);
     sbx_timer_init(&s->done_t, on_done, s);
+    sbx_tail_init(&s->tail, s->tail_mem, SBX_SANDBOX_TAIL_MAX);
 }
 
 int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
@@ -1115,7 +1077,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
                       sbx_sandbox **out, char *err, size_t errlen)
 {
     sbx_sandbox *s = NULL;
-    abuf opts = {0};
+    abuf opts = {.err = 0};
     child_plan cp;
     child_err ce;
     char pw[512], gr[256];
@@ -1172,6 +1134,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
              "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
              in_uid, in_gid);
     snprintf(gr, sizeof(gr), "root:x:0:\nbuild:x:%d:\nnogroup:x:65534:\n", in_gid);
+    sbx_buf_init(&opts.b, SB_ARGS_MAX);
     build_options(&opts, spec, s->ws);
     argv = build_argv(spec);
     if (opts.err || !argv) {
@@ -1179,7 +1142,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "bwrap options: %s", strerror(-rc));
         goto out;
     }
-    memfds[0] = memfd_with("sbx-args", opts.p, opts.len);
+    memfds[0] = memfd_with("sbx-args", opts.b.p, opts.b.len);
     memfds[1] = memfd_with("sbx-passwd", pw, strlen(pw));
     memfds[2] = memfd_with("sbx-group", gr, strlen(gr));
     for (int i = 0; i < 3; i++) {
@@ -1275,7 +1238,7 @@ out:
         close_fd(&markp[i]);
         close_fd(&errp[i]);
     }
-    free(opts.p);
+    sbx_buf_free(&opts.b);
     free(argv);
     return rc;
 }

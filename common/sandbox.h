@@ -27,12 +27,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "buf.h"
 #include "loop.h"
 #include "sbx.h"
 
-/* Bytes of output kept: the last ones. Same number as SBX_LOG_TAIL_MAX in
- * provider.h (what the runs table stores); provider_local.c asserts it. */
-#define SBX_SANDBOX_TAIL_MAX 8192
+/* Bytes of output kept: the last ones, as many as the runs table stores. */
+#define SBX_SANDBOX_TAIL_MAX SBX_LOG_TAIL_MAX
 
 typedef struct sbx_sandbox sbx_sandbox;
 

@@ -5,7 +5,9 @@
 
 #include <stddef.h>
 
-int sbx__utf8_valid(const char *s, size_t n);
+/* sbx__utf8_valid() and the one validator behind everything here. */
+#include "sbx_utf8.h"
+
 /* Copies in into out (cap bytes incl. NUL), replacing each invalid byte and
  * NUL by '?'. Returns the length written. */
 size_t sbx__utf8_sanitize(const char *in, size_t n, char *out, size_t cap);

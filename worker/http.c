@@ -31,8 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* First allocation of a response buffer; it doubles up to the request's cap. */
-#define HTTP_BUF_START 4096
+#include "buf.h"
 
 typedef struct http_sock http_sock;
 struct http_sock {
@@ -48,8 +47,7 @@ struct sbx_http_handle {
     sbx_http_done_cb done_cb;
     sbx_http_chunk_cb chunk_cb;
     void *arg;
-    char *buf;
-    size_t len, cap, max;
+    sbx_buf body;             /* capped at the request's max_response_bytes */
     int too_big;
     int aborted;              /* chunk_cb asked to stop */
     int canceled;
@@ -76,7 +74,7 @@ static void handle_free(sbx_http_handle *h)
     if (h->easy)
         curl_easy_cleanup(h->easy);
     curl_slist_free_all(h->hdrs);
-    free(h->buf);
+    sbx_buf_free(&h->body);
     free(h);
 }
 
@@ -127,7 +125,7 @@ static void finish(sbx_http_handle *h, CURLcode result)
     if (result != CURLE_OK) {
         if (h->too_big) {
             res.code = SBX_HTTP_ETOOBIG;
-            snprintf(msg, sizeof(msg), "response body larger than %zu bytes", h->max);
+            snprintf(msg, sizeof(msg), "response body larger than %zu bytes", h->body.max);
         } else if (h->aborted) {
             res.code = SBX_HTTP_EABORTED;
             snprintf(msg, sizeof(msg), "stream stopped by its reader");
@@ -137,8 +135,8 @@ static void finish(sbx_http_handle *h, CURLcode result)
         }
         res.error = msg;
     }
-    res.body = h->buf ? h->buf : "";
-    res.body_len = h->len;
+    res.body = sbx_buf_str(&h->body);
+    res.body_len = h->body.len;
 
     pending_unlink(h);
     curl_multi_remove_handle(h->http->multi, h->easy);
@@ -275,27 +273,15 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)
             return h->aborted || h->canceled ? 0 : n;
         }
     }
-    if (n > h->max - h->len) {
+    switch (sbx_buf_add(&h->body, data, n)) {
+    case 0:
+        return n;
+    case -E2BIG:
         h->too_big = 1;
         return 0;
+    default:
+        return 0;             /* out of memory: curl ends it as a write error */
     }
-    if (h->len + n + 1 > h->cap) {
-        size_t cap = h->cap ? h->cap : HTTP_BUF_START;
-        char *b;
-        while (cap < h->len + n + 1)
-            cap *= 2;
-        if (cap > h->max + 1)
-            cap = h->max + 1;
-        b = realloc(h->buf, cap);
-        if (!b)
-            return 0;
-        h->buf = b;
-        h->cap = cap;
-    }
-    memcpy(h->buf + h->len, data, n);
-    h->len += n;
-    h->buf[h->len] = '\0';
-    return n;
 }
 
 int sbx_http_new(sbx_loop *loop, sbx_http **out)
@@ -365,7 +351,8 @@ static int start(sbx_http *http, const sbx_http_req *req, sbx_http_chunk_cb chun
     h->done_cb = done_cb;
     h->chunk_cb = chunk_cb;
     h->arg = arg;
-    h->max = req->max_response_bytes ? req->max_response_bytes : SBX_HTTP_DEFAULT_MAX_RESPONSE;
+    sbx_buf_init(&h->body, req->max_response_bytes ? req->max_response_bytes
+                                                    : SBX_HTTP_DEFAULT_MAX_RESPONSE);
     h->easy = e = curl_easy_init();
     if (!e)
         goto out_free;

@@ -8,15 +8,15 @@
  *
  * Choices, and why:
  *  - Job files: the archive endpoint (PUT /containers/{id}/archive) with a
- *    tar built in memory, before start. The root fs is read-only and
- *    /workspace and /tmp are tmpfs mounts, which do not exist before start;
- *    so the tar goes into the container's own layer and the tmpfs options
- *    "tmpcopyup" (copy what is underneath into the fresh tmpfs, Podman's
- *    default, stated explicitly) and "U" (chown the tmpfs to the container's
- *    user; Podman) carry it into the workspace at start. No wrapper command,
- *    no assumption about the image beyond /bin/sh for scripts, no size limit
- *    of argv or env on the files. The tar also carries /tmp with mode 1777,
- *    which the copy-up keeps.
+ *    tar built in memory (docker_tar.c), before start. The root fs is
+ *    read-only and /workspace and /tmp are tmpfs mounts, which do not exist
+ *    before start; so the tar goes into the container's own layer and the
+ *    tmpfs options "tmpcopyup" (copy what is underneath into the fresh
+ *    tmpfs, Podman's default, stated explicitly) and "U" (chown the tmpfs to
+ *    the container's user; Podman) carry it into the workspace at start. No
+ *    wrapper command, no assumption about the image beyond /bin/sh for
+ *    scripts, no size limit of argv or env on the files. The tar also
+ *    carries /tmp with mode 1777, which the copy-up keeps.
  *  - Logs are read once, after the exit, from the beginning, and only then
  *    is the container deleted (never AutoRemove). The engine keeps a
  *    container's output in its log file until delete, so nothing is lost,
@@ -39,7 +39,8 @@
  * The log stream is Docker's multiplexed format (Tty false): frames of an
  * 8-byte header {stream, 0, 0, 0, big-endian u32 size} and a payload. Frames
  * arrive split at any byte, so the demultiplexer keeps its place across
- * chunks. Only the last SBX_LOG_TAIL_MAX bytes are kept.
+ * chunks. Only the last SBX_LOG_TAIL_MAX bytes are kept (an sbx_tail over the
+ * result's log_tail, buf.h).
  */
 #include "provider_docker.h"
 
@@ -52,6 +53,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+#include "docker_tar.h"
 #include "http.h"
 #include "log.h"
 
@@ -128,8 +131,7 @@ struct sbx_run {
     int64_t token;
     int timeout_s;
     char id[CONTAINER_ID_MAX + 1];    /* "" until create answered */
-    char *tar;                        /* the archive, until PUT is sent */
-    size_t tar_len;
+    sbx_buf tar;                      /* the archive (docker_tar.h), until PUT is sent */
     sbx_http_handle *step;            /* the one chained call in flight */
     sbx_http_handle *kill;
     sbx_timer deadline;               /* job timeout, then kill grace */
@@ -142,6 +144,7 @@ struct sbx_run {
     size_t hdr_have;
     uint32_t frame_left;
     int raw_logs;                     /* the stream was not framed: keep bytes as they come */
+    sbx_tail tail;                    /* the last output, over res.log_tail */
     sbx_run *prev, *next;
     sbx_result res;
 };
@@ -221,30 +224,12 @@ static void fail_engine(sbx_run *r, const char *what, const sbx_http_res *res)
     run_fail(r, "%s", msg);
 }
 
-static void tail_append(sbx_run *r, const char *p, size_t n)
-{
-    sbx_result *res = &r->res;
-    if (n >= SBX_LOG_TAIL_MAX) {
-        memcpy(res->log_tail, p + n - SBX_LOG_TAIL_MAX, SBX_LOG_TAIL_MAX);
-        res->log_tail_len = SBX_LOG_TAIL_MAX;
-    } else {
-        if (res->log_tail_len + n > SBX_LOG_TAIL_MAX) {
-            size_t drop = res->log_tail_len + n - SBX_LOG_TAIL_MAX;
-            memmove(res->log_tail, res->log_tail + drop, res->log_tail_len - drop);
-            res->log_tail_len -= drop;
-        }
-        memcpy(res->log_tail + res->log_tail_len, p, n);
-        res->log_tail_len += n;
-    }
-    res->log_tail[res->log_tail_len] = '\0';
-}
-
 static void demux(sbx_run *r, const char *p, size_t n)
 {
     while (n > 0) {
         size_t k;
         if (r->raw_logs) {
-            tail_append(r, p, n);
+            sbx_tail_add(&r->tail, p, n);
             return;
         }
         if (r->frame_left == 0) {
@@ -260,7 +245,7 @@ static void demux(sbx_run *r, const char *p, size_t n)
                 /* Not a frame header: a TTY stream or a confused engine.
                  * Keep the bytes rather than guess at frames. */
                 r->raw_logs = 1;
-                tail_append(r, (const char *)r->hdr, 8);
+                sbx_tail_add(&r->tail, r->hdr, 8);
                 continue;
             }
             r->frame_left = (uint32_t)r->hdr[4] << 24 | (uint32_t)r->hdr[5] << 16 |
@@ -268,179 +253,11 @@ static void demux(sbx_run *r, const char *p, size_t n)
             continue;
         }
         k = r->frame_left < n ? r->frame_left : n;
-        tail_append(r, p, k);
+        sbx_tail_add(&r->tail, p, k);
         r->frame_left -= (uint32_t)k;
         p += k;
         n -= k;
     }
-}
-
-/* ---- the tar of the workspace ---- */
-
-typedef struct tarbuf {
-    char *p;
-    size_t len, cap;
-} tarbuf;
-
-static int tar_reserve(tarbuf *t, size_t n)
-{
-    if (t->len + n > t->cap) {
-        size_t cap = t->cap ? t->cap : 16384;
-        char *q;
-        while (cap < t->len + n)
-            cap *= 2;
-        q = realloc(t->p, cap);
-        if (!q)
-            return -ENOMEM;
-        t->p = q;
-        t->cap = cap;
-    }
-    return 0;
-}
-
-/* ustar names: up to 100 bytes, or a prefix of up to 155 and a name of up
- * to 100 split at a '/'. */
-static int tar_split(const char *full, char name[101], char prefix[156])
-{
-    size_t len = strlen(full);
-    prefix[0] = '\0';
-    if (len <= 100) {
-        memcpy(name, full, len + 1);
-        return 0;
-    }
-    for (size_t i = len - 1; i > 0; i--) {
-        if (full[i] != '/' || i == len - 1)
-            continue;
-        if (i <= 155 && len - i - 1 <= 100) {
-            memcpy(prefix, full, i);
-            prefix[i] = '\0';
-            memcpy(name, full + i + 1, len - i);
-            return 0;
-        }
-    }
-    return -ENAMETOOLONG;
-}
-
-static int tar_add(tarbuf *t, const char *path, char type, unsigned mode, unsigned uid,
-                   unsigned gid, const char *data, size_t len)
-{
-    char name[101], prefix[156];
-    unsigned char *h;
-    unsigned sum = 0;
-    size_t pad = (512 - len % 512) % 512;
-    int rc;
-
-    if (len > 077777777777ULL) /* what 11 octal digits hold; jobs are far smaller */
-        return -EFBIG;
-    if ((rc = tar_split(path, name, prefix)) < 0)
-        return rc;
-    if ((rc = tar_reserve(t, 512 + len + pad)) < 0)
-        return rc;
-    h = (unsigned char *)t->p + t->len;
-    memset(h, 0, 512);
-    memcpy(h, name, strlen(name));
-    snprintf((char *)h + 100, 8, "%07o", mode & 07777);
-    snprintf((char *)h + 108, 8, "%07o", uid & 07777777);
-    snprintf((char *)h + 116, 8, "%07o", gid & 07777777);
-    snprintf((char *)h + 124, 12, "%011llo", (unsigned long long)len & 077777777777ULL);
-    snprintf((char *)h + 136, 12, "%011o", (unsigned)(sbx_wall_ms() / 1000) & 07777777777u);
-    memset(h + 148, ' ', 8);
-    h[156] = (unsigned char)type;
-    memcpy(h + 257, "ustar", 6);
-    memcpy(h + 263, "00", 2);
-    memcpy(h + 345, prefix, strlen(prefix));
-    for (int i = 0; i < 512; i++)
-        sum += h[i];
-    snprintf((char *)h + 148, 8, "%06o", sum & 0777777);
-    h[155] = ' ';
-    t->len += 512;
-    if (len)
-        memcpy(t->p + t->len, data, len);
-    memset(t->p + t->len + len, 0, pad);
-    t->len += len + pad;
-    return 0;
-}
-
-
-/* Adds "workspace/<dir>/" entries for every parent of path not yet in t. */
-static int tar_parents(tarbuf *t, const sbx_docker *d, const char *path, char **seen, size_t *nseen,
-                       size_t maxseen)
-{
-    char dir[300];
-    const char *s = path;
-    while ((s = strchr(s, '/'))) {
-        size_t i;
-        int n = snprintf(dir, sizeof(dir), "workspace/%.*s/", (int)(s - path), path);
-        if (n < 0 || (size_t)n >= sizeof(dir))
-            return -ENAMETOOLONG;
-        for (i = 0; i < *nseen && strcmp(seen[i], dir) != 0; i++)
-            ;
-        if (i == *nseen) {
-            int rc;
-            if (*nseen == maxseen)
-                return -E2BIG;
-            if (!(seen[*nseen] = strdup(dir)))
-                return -ENOMEM;
-            (*nseen)++;
-            if ((rc = tar_add(t, dir, '5', 0755, d->uid, d->gid, NULL, 0)) < 0)
-                return rc;
-        }
-        s++;
-    }
-    return 0;
-}
-
-/* The archive PUT at "/": workspace/ owned by the run's user, tmp/ 1777,
- * and the job's files (mode 0755 when they start with "#!", else 0644). */
-static int build_tar(const sbx_docker *d, const sbx_job *job, char **out, size_t *outlen,
-                     char *err, size_t errlen)
-{
-    /* Parent directories: each file adds at most its depth, and a job has at
-     * most SBX_FILES_MAX files; 16 levels each is plenty for a workspace. */
-    enum { MAX_DIRS = SBX_FILES_MAX * 16 };
-    char **seen = calloc(MAX_DIRS, sizeof(*seen));
-    size_t nseen = 0;
-    tarbuf t = {0};
-    int rc = -ENOMEM;
-
-    if (!seen)
-        goto out;
-    if ((rc = tar_add(&t, "workspace/", '5', 0755, d->uid, d->gid, NULL, 0)) < 0 ||
-        (rc = tar_add(&t, "tmp/", '5', 01777, 0, 0, NULL, 0)) < 0)
-        goto out;
-    for (size_t i = 0; i < job->nfiles; i++) {
-        const char *path = job->files[i].key, *data = job->files[i].value;
-        size_t len = strlen(data);
-        char full[300];
-        if (!sbx_job_path_ok(path)) {
-            snprintf(err, errlen, "file path \"%.100s\" leaves the workspace", path);
-            rc = -EINVAL;
-            goto out;
-        }
-        snprintf(full, sizeof(full), "workspace/%s", path);
-        if ((rc = tar_parents(&t, d, path, seen, &nseen, MAX_DIRS)) < 0 ||
-            (rc = tar_add(&t, full, '0', len >= 2 && data[0] == '#' && data[1] == '!' ? 0755 : 0644,
-                          d->uid, d->gid, data, len)) < 0) {
-            snprintf(err, errlen, "file \"%.100s\": %s", path, strerror(-rc));
-            goto out;
-        }
-    }
-    if ((rc = tar_reserve(&t, 1024)) < 0)
-        goto out;
-    memset(t.p + t.len, 0, 1024);
-    t.len += 1024;
-    *out = t.p;
-    *outlen = t.len;
-    t.p = NULL;
-    rc = 0;
-out:
-    if (rc == -ENOMEM)
-        snprintf(err, errlen, "out of memory building the workspace archive");
-    for (size_t i = 0; i < nseen; i++)
-        free(seen[i]);
-    free(seen);
-    free(t.p);
-    return rc;
 }
 
 /* ---- the create body ---- */
@@ -650,6 +467,8 @@ static void finish(sbx_run *r)
         res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
     if (r->stop == SBX_OUTCOME_TIMED_OUT && !res->error[0])
         snprintf(res->error, sizeof(res->error), "timed out after %d s", r->timeout_s);
+    sbx_tail_str(&r->tail);
+    res->log_tail_len = r->tail.len;
 
     if (r->prev)
         r->prev->next = r->next;
@@ -663,7 +482,7 @@ static void finish(sbx_run *r)
     sbx_info(COMP, "run finished job=%s slot=%s container=%.12s outcome=%d exit=%d", r->job_id,
              r->slot, r->id, (int)res->outcome, res->exit_code);
     r->cb(r->arg, SBX_RUN_FINISHED, res);
-    free(r->tar);
+    sbx_buf_free(&r->tar);
     free(r);
 }
 
@@ -811,8 +630,7 @@ static void on_copied(void *arg, const sbx_http_res *res)
 {
     sbx_run *r = arg;
     r->step = NULL;
-    free(r->tar);
-    r->tar = NULL;
+    sbx_buf_free(&r->tar);
     if (res->code != SBX_HTTP_OK || res->status != 200) {
         fail_engine(r, "copy files", res);
         run_remove(r);
@@ -855,8 +673,8 @@ static void on_created(void *arg, const sbx_http_res *res)
         return;
     }
     set_state(r, RUN_COPYING);
-    if (run_call(r, "PUT", "/containers/%s/archive?path=/", "application/x-tar", r->tar,
-                 r->tar_len, on_copied) < 0) {
+    if (run_call(r, "PUT", "/containers/%s/archive?path=/", "application/x-tar", r->tar.p,
+                 r->tar.len, on_copied) < 0) {
         run_fail(r, "copy files: could not send the request");
         run_remove(r);
     }
@@ -944,8 +762,9 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     snprintf(r->job_id, sizeof(r->job_id), "%s", req->job->job_id);
     snprintf(r->slot, sizeof(r->slot), "%s", req->slot);
     sbx_timer_init(&r->deadline, on_deadline, r);
+    sbx_tail_init(&r->tail, r->res.log_tail, SBX_LOG_TAIL_MAX);
 
-    if ((rc = build_tar(d, req->job, &r->tar, &r->tar_len, err, errlen)) < 0)
+    if ((rc = sbx__docker_tar(req->job, d->uid, d->gid, &r->tar, err, errlen)) < 0)
         goto fail;
     if (!(body = build_create(d, req, err, errlen))) {
         rc = -EINVAL;
@@ -974,7 +793,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
 
 fail:
     free(body);
-    free(r->tar);
+    sbx_buf_free(&r->tar);
     free(r);
     return rc;
 }
@@ -1235,7 +1054,7 @@ static void docker_free(sbx_docker *d)
         sbx_run *r = d->runs;
         d->runs = r->next;
         sbx_timer_stop(d->base.loop, &r->deadline);
-        free(r->tar);
+        sbx_buf_free(&r->tar);
         free(r);
     }
     for (size_t i = 0; d->hosts && i < d->nhosts; i++) {

@@ -33,8 +33,9 @@
  *
  * Retries: every call is retried on 429 and on transport errors and 5xx
  * (except create, see ADOPTING) with exponential backoff and full jitter,
- * never sooner than a Retry-After, at most max_attempts times. Waits are not
- * failures when they answer 408; they are simply issued again.
+ * never sooner than a Retry-After, at most max_attempts times; that layer
+ * (sbx__fly_call) is fly_api.c. Waits are not failures when they answer 408;
+ * they are simply issued again.
  *
  * Cancel and timeout never call back from inside cancel(): a running machine
  * is stopped then destroyed, a create in flight is let finish so its reply
@@ -64,8 +65,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "buf.h"
+#include "fly_api.h"
 #include "http.h"
 #include "log.h"
 #include "text.h"
@@ -80,23 +82,13 @@
 #define FLY_RUN_WAIT_S 5
 /* How much longer than a wait's own timeout the HTTP request may take. */
 #define FLY_WAIT_SLACK_MS 15000
-/* Plain calls answer in well under a second; 30 s means something is broken. */
-#define FLY_CALL_TIMEOUT_MS 30000
-#define FLY_CONNECT_TIMEOUT_MS 10000
-/* Bounds of what goes into a URL, checked in sbx_fly_new(): the base URL, an
- * app name (Fly: at most 63 characters), a machine id (14 hex characters
- * today; 32 leaves room) and a query with a percent-encoded worker id. */
-#define FLY_API_URL_MAX 512
-#define FLY_APP_MAX 63
-#define FLY_ID_MAX 32
+/* An instance id, kept for wait?instance_id=; the URL bounds are fly_api.h's. */
 #define FLY_IID_MAX 64
-#define FLY_WORKER_MAX 128
-#define FLY_URL_MAX (FLY_API_URL_MAX + FLY_APP_MAX + FLY_ID_MAX + 3 * FLY_WORKER_MAX + 128)
 /* Region codes are three letters; 15 allows anything Fly might add. */
 #define FLY_REGION_MAX 15
 #define FLY_REGIONS_MAX 16
 /* "fly/" + app + "/" + a size_t index */
-#define FLY_SLOT_MAX (4 + FLY_APP_MAX + 1 + 20 + 1)
+#define FLY_SLOT_MAX (4 + SBX_FLY_APP_MAX + 1 + 20 + 1)
 /* A sanity bound on configured slots, far above any Fly org's quota. */
 #define FLY_MAX_MACHINES 4096
 /* Machines one sweep destroys; more wait for the next sweep. */
@@ -106,25 +98,7 @@
 #define FLY_WORKSPACE "/workspace"
 
 typedef struct fly_provider fly_provider;
-typedef struct fly_call fly_call;
 typedef struct fly_sweep fly_sweep;
-typedef void (*fly_call_cb)(fly_call *c, const sbx_http_res *res);
-
-/* One API call and its retries. Owned by a run or a sweep. */
-struct fly_call {
-    fly_provider *f;
-    const char *method;           /* a string literal */
-    char url[FLY_URL_MAX];
-    char *body;                   /* NULL or a JSON document we own */
-    uint32_t timeout_ms;
-    int attempt;                  /* 1-based */
-    int retry_5xx;                /* 0 for create: a 5xx may have made a machine */
-    int start_failed;             /* sbx_http_request() itself failed */
-    sbx_http_handle *h;           /* in flight */
-    sbx_timer retry_t;
-    fly_call_cb cb;
-    void *owner;
-};
 
 typedef enum fly_state {
     FLY_CREATING,
@@ -158,7 +132,7 @@ struct sbx_run {
     json_object *create;          /* the create body; "region" changes per try */
     size_t region_idx;
     int creates;                  /* create requests sent */
-    char id[FLY_ID_MAX + 1];
+    char id[SBX_FLY_ID_MAX + 1];
     char instance_id[FLY_IID_MAX + 1];
     int wait_s;                   /* next wait?state=started slice */
     int timeout_s;
@@ -168,7 +142,7 @@ struct sbx_run {
     sbx_outcome abort;
     int error;                    /* res.error says what went wrong: ERROR */
     sbx_result res;
-    fly_call call;
+    sbx__fly_call call;
     sbx_timer deadline_t;
     sbx_timer defer_t;            /* runs `deferred` from the loop */
     fly_step deferred;
@@ -179,8 +153,8 @@ struct sbx_run {
 struct fly_sweep {
     fly_provider *f;
     fly_sweep *next;
-    fly_call call;
-    char (*ids)[FLY_ID_MAX + 1];
+    sbx__fly_call call;
+    char (*ids)[SBX_FLY_ID_MAX + 1];
     size_t n, i;
     int destroyed, failed;
     sbx_fly_sweep_cb cb;
@@ -189,19 +163,15 @@ struct fly_sweep {
 
 struct fly_provider {
     sbx_provider base;            /* first: the vtable's sbx_provider * is this */
-    sbx_http *http;
-    char api_url[FLY_API_URL_MAX + 1];
-    char app[FLY_APP_MAX + 1];
-    char worker_id[FLY_WORKER_MAX + 1];
-    char *auth;                   /* "Authorization: ..." — secret, never logged */
-    const char *headers[4];
+    sbx__fly_api api;             /* URL, secret, HTTP client, retry policy */
+    char app[SBX_FLY_APP_MAX + 1];
+    char worker_id[SBX_FLY_WORKER_MAX + 1];
     char regions[FLY_REGIONS_MAX][FLY_REGION_MAX + 1];
     size_t nregions;
     char cpu_kind[16];
     int cpus, memory_mb;
     char *image;
     char *logs_url;
-    int max_attempts, backoff_base_ms, backoff_max_ms;
     int stop_grace_s, boot_timeout_s, first_wait_s, run_wait_s;
     char **slot_ids;
     sbx_run **slot_runs;          /* the run holding each slot, or NULL */
@@ -209,19 +179,9 @@ struct fly_provider {
     sbx_run *runs;
     size_t nruns;
     fly_sweep *sweeps;
-    uint64_t rng;
 };
 
 /* ---- small helpers ---- */
-
-static uint64_t rng_next(fly_provider *f)
-{
-    /* splitmix64: jitter and run ids need spread, not secrecy */
-    uint64_t z = (f->rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static int valid_chars(const char *s, size_t max, const char *extra)
 {
@@ -270,25 +230,6 @@ static json_object *jobj(json_object *o, const char *key)
     return v;
 }
 
-/* The "error" of a Fly error body, or the start of the raw body. */
-static void api_error(const sbx_http_res *res, char *out, size_t cap)
-{
-    json_object *o;
-    const char *msg;
-
-    if (res->code != SBX_HTTP_OK) {
-        snprintf(out, cap, "%s", res->error);
-        return;
-    }
-    o = res->body ? json_tokener_parse(res->body) : NULL;
-    msg = jstr(o, "error");
-    if (msg)
-        snprintf(out, cap, "HTTP %ld: %s", res->status, msg);
-    else
-        snprintf(out, cap, "HTTP %ld: %.120s", res->status, res->body ? res->body : "");
-    json_object_put(o);
-}
-
 /* A create refused for lack of room: documented as 409 "insufficient CPUs"
  * with status "insufficient_capacity"; the Go client also knows 422 with that
  * status and flyd's "no capacity" / "insufficient ... available" phrases. */
@@ -308,162 +249,6 @@ static int capacity_error(const sbx_http_res *res)
         yes = 1;
     json_object_put(o);
     return yes;
-}
-
-/* ---- calls with retries ---- */
-
-static void call_issue(fly_call *c);
-
-/* Fly limits each action to 1 request/s per machine (working-with-machines-api,
- * "Rate Limits"): a 429 is never retried sooner than that window. */
-#define FLY_RATE_WINDOW_MS 1000
-
-/* How long a 429 asks us to wait: the server's Retry-After, else the
- * documented rate window. */
-static uint64_t retry_after_ms(const sbx_http_res *res)
-{
-    if (res->code != SBX_HTTP_OK || res->status != 429)
-        return 0;
-    if (res->retry_after_s > 0)
-        return (uint64_t)res->retry_after_s * 1000u;
-    return FLY_RATE_WINDOW_MS;
-}
-
-/* Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"):
- * uniform in [0, min(max, base * 2^(attempt-1))], but never before the
- * server's Retry-After. */
-static uint64_t backoff_ms(fly_provider *f, int attempt, uint64_t retry_after_ms)
-{
-    uint64_t cap = (uint64_t)f->backoff_base_ms << (attempt > 20 ? 20 : attempt - 1);
-    uint64_t d;
-    if (cap > (uint64_t)f->backoff_max_ms)
-        cap = (uint64_t)f->backoff_max_ms;
-    d = rng_next(f) % (cap + 1);
-    return d < retry_after_ms ? retry_after_ms : d;
-}
-
-static int retryable(const fly_call *c, const sbx_http_res *res)
-{
-    if (res->code == SBX_HTTP_ETOOBIG || res->code == SBX_HTTP_EABORTED)
-        return 0;
-    if (res->code != SBX_HTTP_OK)
-        return c->retry_5xx;
-    if (res->status == 429)
-        return 1;
-    return res->status >= 500 && c->retry_5xx;
-}
-
-static void call_done(void *arg, const sbx_http_res *res)
-{
-    fly_call *c = arg;
-    fly_provider *f = c->f;
-
-    c->h = NULL;
-    if (c->attempt < f->max_attempts && retryable(c, res)) {
-        uint64_t d = backoff_ms(f, c->attempt, retry_after_ms(res));
-        sbx_debug("fly", "%s %s: status=%ld code=%d, retry %d/%d in %llu ms", c->method,
-                  c->url + strlen(f->api_url), res->status, (int)res->code, c->attempt + 1,
-                  f->max_attempts, (unsigned long long)d);
-        c->attempt++;
-        sbx_timer_start(f->base.loop, &c->retry_t, d);
-        return;
-    }
-    c->cb(c, res);
-}
-
-static void call_retry_fire(sbx_timer *t)
-{
-    fly_call *c = t->data;
-    if (c->start_failed && c->attempt >= c->f->max_attempts) {
-        sbx_http_res res;
-        memset(&res, 0, sizeof(res));
-        res.code = SBX_HTTP_ETRANSPORT;
-        res.error = "could not start the HTTP request";
-        res.body = "";
-        c->start_failed = 0;
-        c->cb(c, &res);
-        return;
-    }
-    call_issue(c);
-}
-
-static void call_issue(fly_call *c)
-{
-    fly_provider *f = c->f;
-    sbx_http_req req;
-    int rc;
-
-    memset(&req, 0, sizeof(req));
-    req.method = c->method;
-    req.url = c->url;
-    req.headers = f->headers;
-    req.body = c->body;
-    req.body_len = c->body ? strlen(c->body) : 0;
-    req.timeout_ms = c->timeout_ms;
-    req.connect_timeout_ms = FLY_CONNECT_TIMEOUT_MS;
-    c->start_failed = 0;
-    rc = sbx_http_request(f->http, &req, call_done, c, &c->h);
-    if (rc != 0) {
-        /* Reported from the loop like any other failure, after a backoff. */
-        sbx_warn("fly", "%s: cannot start request: %s", c->method, strerror(-rc));
-        c->h = NULL;
-        c->start_failed = 1;
-        if (c->attempt < f->max_attempts)
-            c->attempt++;
-        sbx_timer_start(f->base.loop, &c->retry_t, backoff_ms(f, c->attempt, 0));
-    }
-}
-
-static void call_init(fly_call *c, fly_provider *f, void *owner)
-{
-    memset(c, 0, sizeof(*c));
-    c->f = f;
-    c->owner = owner;
-    sbx_timer_init(&c->retry_t, call_retry_fire, c);
-}
-
-static void call_cancel(fly_call *c)
-{
-    if (c->h) {
-        sbx_http_cancel(c->h);
-        c->h = NULL;
-    }
-    sbx_timer_stop(c->f->base.loop, &c->retry_t);
-    c->start_failed = 0;
-}
-
-/* Starts a call; body (may be NULL) becomes the call's. The URL is
- * api_url + path. */
-static void call_start(fly_call *c, const char *method, char *body, uint32_t timeout_ms,
-                       int retry_5xx, fly_call_cb cb, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
-
-static void call_start(fly_call *c, const char *method, char *body, uint32_t timeout_ms,
-                       int retry_5xx, fly_call_cb cb, const char *fmt, ...)
-{
-    va_list ap;
-    size_t n = strlen(c->f->api_url);
-
-    call_cancel(c);
-    memcpy(c->url, c->f->api_url, n);
-    va_start(ap, fmt);
-    vsnprintf(c->url + n, sizeof(c->url) - n, fmt, ap);
-    va_end(ap);
-    free(c->body);
-    c->body = body;
-    c->method = method;
-    c->timeout_ms = timeout_ms;
-    c->retry_5xx = retry_5xx;
-    c->cb = cb;
-    c->attempt = 1;
-    call_issue(c);
-}
-
-static void call_free(fly_call *c)
-{
-    call_cancel(c);
-    free(c->body);
-    c->body = NULL;
 }
 
 /* ---- runs ---- */
@@ -526,7 +311,7 @@ static void run_finish(sbx_run *r)
     void *arg = r->arg;
 
     run_set(r, FLY_DONE);
-    call_free(&r->call);
+    sbx__fly_call_free(&r->call);
     sbx_timer_stop(f->base.loop, &r->deadline_t);
     sbx_timer_stop(f->base.loop, &r->defer_t);
     /* provider.h's life of a run is STARTED then FINISHED, and the other
@@ -631,7 +416,7 @@ static int parse_exit(sbx_run *r, json_object *m)
 static int take_machine(sbx_run *r, json_object *m)
 {
     const char *id = jstr(m, "id"), *iid = jstr(m, "instance_id");
-    if (!id || !valid_chars(id, FLY_ID_MAX, "") || !iid || strlen(iid) > FLY_IID_MAX)
+    if (!id || !valid_chars(id, SBX_FLY_ID_MAX, "") || !iid || strlen(iid) > FLY_IID_MAX)
         return -1;
     snprintf(r->id, sizeof(r->id), "%s", id);
     snprintf(r->instance_id, sizeof(r->instance_id), "%s", iid);
@@ -656,7 +441,7 @@ static void on_created(sbx_run *r, json_object *m)
     step_boot_wait(r);
 }
 
-static void on_adopt(fly_call *c, const sbx_http_res *res)
+static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     fly_provider *f = r->f;
@@ -665,7 +450,7 @@ static void on_adopt(fly_call *c, const sbx_http_res *res)
 
     if (res->code != SBX_HTTP_OK || res->status != 200 ||
         !(list = json_tokener_parse(res->body)) || !json_object_is_type(list, json_type_array)) {
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         run_fail(r, "create failed and the machine list too (%s); a sweep removes any leftover",
                  why);
         json_object_put(list);
@@ -684,17 +469,17 @@ static void on_adopt(fly_call *c, const sbx_http_res *res)
         on_created(r, found);
     } else if (r->aborting) {
         run_finish(r);
-    } else if (r->creates >= f->max_attempts) {
+    } else if (r->creates >= f->api.max_attempts) {
         run_fail(r, "create: gave up after %d attempts", r->creates);
         run_finish(r);
     } else {
         run_set(r, FLY_CREATING);
-        run_defer(r, step_create, backoff_ms(f, r->creates, 0));
+        run_defer(r, step_create, sbx__fly_backoff_ms(&f->api, r->creates, 0));
     }
     json_object_put(list);
 }
 
-static void on_create(fly_call *c, const sbx_http_res *res)
+static void on_create(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     fly_provider *f = r->f;
@@ -721,15 +506,15 @@ static void on_create(fly_call *c, const sbx_http_res *res)
     }
     if (res->code != SBX_HTTP_OK || res->status >= 500) {
         /* Maybe created: look before creating again. */
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         sbx_warn("fly", "run %s: create answered %s; checking for the machine", r->job_id, why);
         run_set(r, FLY_ADOPTING);
-        call_start(&r->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_adopt,
-                   "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s", f->app,
-                   r->run_id);
+        sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_adopt,
+                            "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s", f->app,
+                            r->run_id);
         return;
     }
-    api_error(res, why, sizeof(why));
+    sbx__fly_api_error(res, why, sizeof(why));
     run_fail(r, "create: %s", why);
     run_finish(r);
 }
@@ -757,12 +542,12 @@ static void step_create(sbx_run *r)
         return;
     }
     r->creates++;
-    call_start(&r->call, "POST", copy, FLY_CALL_TIMEOUT_MS, 0, on_create, "/apps/%s/machines",
-               f->app);
+    sbx__fly_call_start(&r->call, "POST", copy, SBX_FLY_CALL_TIMEOUT_MS, 0, on_create,
+                        "/apps/%s/machines", f->app);
 }
 
 /* The machine as a GET shows it, after BOOTING's wait ran out. */
-static void on_probe(fly_call *c, const sbx_http_res *res)
+static void on_probe(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     json_object *m = NULL;
@@ -770,7 +555,7 @@ static void on_probe(fly_call *c, const sbx_http_res *res)
     char why[200];
 
     if (res->code != SBX_HTTP_OK || res->status != 200 || !(m = json_tokener_parse(res->body))) {
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         run_fail(r, "machine %s: %s", r->id, why);
         if (res->status == 404)
             run_finish(r);
@@ -807,11 +592,11 @@ static void on_probe(fly_call *c, const sbx_http_res *res)
 static void step_probe(sbx_run *r)
 {
     run_set(r, FLY_PROBING);
-    call_start(&r->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_probe, "/apps/%s/machines/%s",
-               r->f->app, r->id);
+    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_probe,
+                        "/apps/%s/machines/%s", r->f->app, r->id);
 }
 
-static void on_boot_wait(fly_call *c, const sbx_http_res *res)
+static void on_boot_wait(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
 
@@ -828,11 +613,12 @@ static void step_boot_wait(sbx_run *r)
 {
     int s = wait_slice(r->wait_s, remaining_s(r));
     run_set(r, FLY_BOOTING);
-    call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1, on_boot_wait,
-               "/apps/%s/machines/%s/wait?state=started&timeout=%d", r->f->app, r->id, s);
+    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1,
+                        on_boot_wait, "/apps/%s/machines/%s/wait?state=started&timeout=%d",
+                        r->f->app, r->id, s);
 }
 
-static void on_run_wait(fly_call *c, const sbx_http_res *res)
+static void on_run_wait(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     char why[200];
@@ -842,7 +628,7 @@ static void on_run_wait(fly_call *c, const sbx_http_res *res)
     } else if (res->code == SBX_HTTP_OK && res->status == 408) {
         step_probe(r);            /* still started: wait again; the deadline timer ends this */
     } else {
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         run_fail(r, "waiting for machine %s: %s", r->id, why);
         step_stop(r);
     }
@@ -852,12 +638,13 @@ static void step_run_wait(sbx_run *r)
 {
     int s = wait_slice(r->f->run_wait_s, remaining_s(r));
     run_set(r, FLY_RUNNING);
-    call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1, on_run_wait,
-               "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d", r->f->app,
-               r->id, r->instance_id, s);
+    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1,
+                        on_run_wait,
+                        "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
+                        r->f->app, r->id, r->instance_id, s);
 }
 
-static void on_inspect(fly_call *c, const sbx_http_res *res)
+static void on_inspect(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     json_object *m = NULL;
@@ -865,7 +652,7 @@ static void on_inspect(fly_call *c, const sbx_http_res *res)
     char why[200];
 
     if (res->code != SBX_HTTP_OK || res->status != 200 || !(m = json_tokener_parse(res->body))) {
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         run_fail(r, "reading machine %s after it stopped: %s", r->id, why);
         if (res->status == 404)
             run_finish(r);
@@ -885,18 +672,18 @@ static void on_inspect(fly_call *c, const sbx_http_res *res)
 static void step_inspect(sbx_run *r)
 {
     run_set(r, FLY_INSPECTING);
-    call_start(&r->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_inspect,
-               "/apps/%s/machines/%s", r->f->app, r->id);
+    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_inspect,
+                        "/apps/%s/machines/%s", r->f->app, r->id);
 }
 
-static void on_stop_wait(fly_call *c, const sbx_http_res *res)
+static void on_stop_wait(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     (void)res;                    /* stopped or not, DELETE ?force=true follows */
     step_after_stop(r);
 }
 
-static void on_stop(fly_call *c, const sbx_http_res *res)
+static void on_stop(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     int s = r->f->stop_grace_s + 5;
@@ -910,9 +697,10 @@ static void on_stop(fly_call *c, const sbx_http_res *res)
         return;
     }
     run_set(r, FLY_STOP_WAIT);
-    call_start(&r->call, "GET", NULL, (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, 1,
-               on_stop_wait, "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
-               r->f->app, r->id, r->instance_id, wait_slice(s, s));
+    sbx__fly_call_start(&r->call, "GET", NULL,
+                        (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, 1, on_stop_wait,
+                        "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
+                        r->f->app, r->id, r->instance_id, wait_slice(s, s));
 }
 
 static void step_stop(sbx_run *r)
@@ -922,21 +710,22 @@ static void step_stop(sbx_run *r)
              r->f->stop_grace_s);
     run_set(r, FLY_STOPPING);
     /* NULL from strdup only costs the signal: Fly's default stop then applies */
-    call_start(&r->call, "POST", strdup(body), FLY_CALL_TIMEOUT_MS, 1, on_stop,
-               "/apps/%s/machines/%s/stop", r->f->app, r->id);
+    sbx__fly_call_start(&r->call, "POST", strdup(body), SBX_FLY_CALL_TIMEOUT_MS, 1, on_stop,
+                        "/apps/%s/machines/%s/stop", r->f->app, r->id);
 }
 
-static void on_logs(fly_call *c, const sbx_http_res *res)
+static void on_logs(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
 
     if (res->code == SBX_HTTP_OK && res->status == 200) {
-        size_t n = res->body_len, skip = n > SBX_LOG_TAIL_MAX ? n - SBX_LOG_TAIL_MAX : 0;
-        r->res.log_tail_len = sbx__utf8_sanitize(res->body + skip, n - skip, r->res.log_tail,
-                                                 sizeof(r->res.log_tail));
+        size_t n = res->body_len;
+        const char *tail = sbx_tail_of(res->body, &n, SBX_LOG_TAIL_MAX);
+        r->res.log_tail_len =
+            sbx__utf8_sanitize(tail, n, r->res.log_tail, sizeof(r->res.log_tail));
     } else {
         char why[200];
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         sbx_warn("fly", "run %s: no log tail for machine %s: %s", r->job_id, r->id, why);
     }
     step_destroy(r);
@@ -945,33 +734,20 @@ static void on_logs(fly_call *c, const sbx_http_res *res)
 static void step_logs(sbx_run *r)
 {
     fly_provider *f = r->f;
-    int n;
 
     run_set(r, FLY_LOGS);
-    call_cancel(&r->call);
-    n = snprintf(r->call.url, sizeof(r->call.url), "%s/%s/logs?tail=%d", f->logs_url, r->id,
-                 SBX_LOG_TAIL_MAX);
-    if (n < 0 || (size_t)n >= sizeof(r->call.url)) {
+    if (sbx__fly_call_start_at(&r->call, f->logs_url, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1,
+                               on_logs, "/%s/logs?tail=%d", r->id, SBX_LOG_TAIL_MAX) != 0)
         step_destroy(r);
-        return;
-    }
-    free(r->call.body);
-    r->call.body = NULL;
-    r->call.method = "GET";
-    r->call.timeout_ms = FLY_CALL_TIMEOUT_MS;
-    r->call.retry_5xx = 1;
-    r->call.cb = on_logs;
-    r->call.attempt = 1;
-    call_issue(&r->call);
 }
 
-static void on_destroy(fly_call *c, const sbx_http_res *res)
+static void on_destroy(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
 
     if (res->code != SBX_HTTP_OK || (res->status != 200 && res->status != 404)) {
         char why[200];
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         sbx_warn("fly", "run %s: machine %s not destroyed (%s); the sweep will", r->job_id,
                  r->id, why);
     }
@@ -981,8 +757,8 @@ static void on_destroy(fly_call *c, const sbx_http_res *res)
 static void step_destroy(sbx_run *r)
 {
     run_set(r, FLY_DESTROYING);
-    call_start(&r->call, "DELETE", NULL, FLY_CALL_TIMEOUT_MS, 1, on_destroy,
-               "/apps/%s/machines/%s?force=true", r->f->app, r->id);
+    sbx__fly_call_start(&r->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_destroy,
+                        "/apps/%s/machines/%s?force=true", r->f->app, r->id);
 }
 
 /* Cancel or timeout. Never calls back from here (see provider.h). */
@@ -997,13 +773,13 @@ static void run_abort(sbx_run *r, sbx_outcome why)
     case FLY_ADOPTING:
         if (r->call.h)
             return;               /* its reply says whether a machine exists */
-        call_cancel(&r->call);
+        sbx__fly_call_cancel(&r->call);
         run_defer(r, run_finish, 0);
         return;
     case FLY_BOOTING:
     case FLY_PROBING:
     case FLY_RUNNING:
-        call_cancel(&r->call);
+        sbx__fly_call_cancel(&r->call);
         step_stop(r);
         return;
     default:
@@ -1200,14 +976,15 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
     r->timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     snprintf(r->job_id, sizeof(r->job_id), "%s", job->job_id);
     r->slot = slot;
-    snprintf(r->run_id, sizeof(r->run_id), "%016llx", (unsigned long long)rng_next(f));
+    snprintf(r->run_id, sizeof(r->run_id), "%016llx",
+             (unsigned long long)sbx__fly_api_rand(&f->api));
     r->res.exit_code = -1;
     r->create = build_create(f, req, image, cpus, mem, r->run_id);
     if (!r->create) {
         rc = -ENOMEM;
         goto out;
     }
-    call_init(&r->call, f, r);
+    sbx__fly_call_init(&r->call, &f->api, r);
     sbx_timer_init(&r->deadline_t, deadline_fire, r);
     sbx_timer_init(&r->defer_t, defer_fire, r);
     r->deadline_ms = sbx_now_ms() + (uint64_t)r->timeout_s * 1000u;
@@ -1268,12 +1045,12 @@ static void on_exit_delete(void *arg, const sbx_http_res *res)
 /* The worker is exiting: its loop is no longer run, so the DELETEs go out on a
  * loop of our own, for at most FLY_EXIT_REAP_MS. What is left the next
  * worker's sweep destroys. */
-static void reap_on_exit(fly_provider *f, char (*ids)[FLY_ID_MAX + 1], size_t n)
+static void reap_on_exit(fly_provider *f, char (*ids)[SBX_FLY_ID_MAX + 1], size_t n)
 {
     sbx_loop *loop = NULL;
     sbx_http *http = NULL;
     exit_reap er = {0, 0};
-    char url[FLY_URL_MAX];
+    char url[SBX_FLY_URL_MAX];
     uint64_t deadline = sbx_now_ms() + FLY_EXIT_REAP_MS;
 
     if (sbx_loop_new(&loop) != 0 || sbx_http_new(loop, &http) != 0)
@@ -1281,13 +1058,13 @@ static void reap_on_exit(fly_provider *f, char (*ids)[FLY_ID_MAX + 1], size_t n)
     for (size_t i = 0; i < n; i++) {
         sbx_http_req req;
         memset(&req, 0, sizeof(req));
-        snprintf(url, sizeof(url), "%s/apps/%s/machines/%s?force=true", f->api_url, f->app,
+        snprintf(url, sizeof(url), "%s/apps/%s/machines/%s?force=true", f->api.url, f->app,
                  ids[i]);
         req.method = "DELETE";
         req.url = url;
-        req.headers = f->headers;
+        req.headers = f->api.headers;
         req.timeout_ms = FLY_EXIT_REAP_MS;
-        req.connect_timeout_ms = FLY_CONNECT_TIMEOUT_MS;
+        req.connect_timeout_ms = SBX_FLY_CONNECT_TIMEOUT_MS;
         if (sbx_http_request(http, &req, on_exit_delete, &er, NULL) == 0)
             er.pending++;
     }
@@ -1302,7 +1079,7 @@ out:
 static void fly_destroy(sbx_provider *p)
 {
     fly_provider *f = (fly_provider *)p;
-    char (*ids)[FLY_ID_MAX + 1] = calloc(f->nruns ? f->nruns : 1, sizeof(*ids));
+    char (*ids)[SBX_FLY_ID_MAX + 1] = calloc(f->nruns ? f->nruns : 1, sizeof(*ids));
     size_t n = 0;
 
     while (f->runs) {
@@ -1310,7 +1087,7 @@ static void fly_destroy(sbx_provider *p)
         f->runs = r->next;
         if (r->id[0] && ids)
             memcpy(ids[n++], r->id, sizeof(r->id));
-        call_free(&r->call);
+        sbx__fly_call_free(&r->call);
         sbx_timer_stop(p->loop, &r->deadline_t);
         sbx_timer_stop(p->loop, &r->defer_t);
         json_object_put(r->create);
@@ -1319,22 +1096,20 @@ static void fly_destroy(sbx_provider *p)
     while (f->sweeps) {
         fly_sweep *s = f->sweeps;
         f->sweeps = s->next;
-        call_free(&s->call);
+        sbx__fly_call_free(&s->call);
         free(s->ids);
         free(s);
     }
-    sbx_http_free(f->http);
+    sbx_http_free(f->api.http); /* pending requests end without callbacks */
+    f->api.http = NULL;
     if (n)
         reap_on_exit(f, ids, n);
+    sbx__fly_api_close(&f->api);
     free(ids);
     for (size_t i = 0; i < f->nslots; i++)
         free(f->slot_ids[i]);
     free(f->slot_ids);
     free(f->slot_runs);
-    if (f->auth) {
-        memset(f->auth, 0, strlen(f->auth));
-        free(f->auth);
-    }
     free(f->image);
     free(f->logs_url);
     free(f);
@@ -1366,7 +1141,7 @@ static void sweep_end(fly_sweep *s, const char *err)
     while (*pp != s)
         pp = &(*pp)->next;
     *pp = s->next;
-    call_free(&s->call);
+    sbx__fly_call_free(&s->call);
     free(s->ids);
     free(s);
     sbx_info("fly", "sweep: destroyed=%d failed=%d %s", destroyed, failed, err);
@@ -1376,14 +1151,14 @@ static void sweep_end(fly_sweep *s, const char *err)
 
 static void sweep_next(fly_sweep *s);
 
-static void on_sweep_delete(fly_call *c, const sbx_http_res *res)
+static void on_sweep_delete(sbx__fly_call *c, const sbx_http_res *res)
 {
     fly_sweep *s = c->owner;
     if (res->code == SBX_HTTP_OK && res->status == 200) {
         s->destroyed++;
     } else if (!(res->code == SBX_HTTP_OK && res->status == 404)) {
         char why[200];
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         sbx_warn("fly", "sweep: machine %s: %s", s->ids[s->i], why);
         s->failed++;
     }
@@ -1398,8 +1173,8 @@ static void sweep_next(fly_sweep *s)
         return;
     }
     sbx_info("fly", "sweep: destroying orphan machine %s", s->ids[s->i]);
-    call_start(&s->call, "DELETE", NULL, FLY_CALL_TIMEOUT_MS, 1, on_sweep_delete,
-               "/apps/%s/machines/%s?force=true", s->f->app, s->ids[s->i]);
+    sbx__fly_call_start(&s->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_sweep_delete,
+                        "/apps/%s/machines/%s?force=true", s->f->app, s->ids[s->i]);
 }
 
 /* A machine belongs to a live run when its id, job or run id is one of ours
@@ -1414,7 +1189,7 @@ static int known_machine(const fly_provider *f, const char *id, json_object *met
     return 0;
 }
 
-static void on_sweep_list(fly_call *c, const sbx_http_res *res)
+static void on_sweep_list(sbx__fly_call *c, const sbx_http_res *res)
 {
     fly_sweep *s = c->owner;
     json_object *list = NULL;
@@ -1423,7 +1198,7 @@ static void on_sweep_list(fly_call *c, const sbx_http_res *res)
     if (res->code != SBX_HTTP_OK || res->status != 200 ||
         !(list = json_tokener_parse(res->body)) || !json_object_is_type(list, json_type_array)) {
         char why[200];
-        api_error(res, why, sizeof(why));
+        sbx__fly_api_error(res, why, sizeof(why));
         json_object_put(list);
         sweep_end(s, why);
         return;
@@ -1438,7 +1213,7 @@ static void on_sweep_list(fly_call *c, const sbx_http_res *res)
     for (size_t i = 0; i < n && s->n < FLY_SWEEP_MAX; i++) {
         json_object *m = json_object_array_get_idx(list, i);
         const char *id = jstr(m, "id"), *st = jstr(m, "state");
-        if (!id || !valid_chars(id, FLY_ID_MAX, "") || !st || strcmp(st, "destroyed") == 0 ||
+        if (!id || !valid_chars(id, SBX_FLY_ID_MAX, "") || !st || strcmp(st, "destroyed") == 0 ||
             strcmp(st, "destroying") == 0)
             continue;
         if (known_machine(s->f, id, jobj(jobj(m, "config"), "metadata")))
@@ -1453,12 +1228,12 @@ int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, v
 {
     fly_provider *f = (fly_provider *)p;
     fly_sweep *s;
-    char enc[3 * FLY_WORKER_MAX + 1];
+    char enc[3 * SBX_FLY_WORKER_MAX + 1];
 
     if (p->ops != &fly_ops)
         return -EINVAL;
     worker_id = worker_id ? worker_id : f->worker_id;
-    if (strlen(worker_id) == 0 || strlen(worker_id) > FLY_WORKER_MAX)
+    if (strlen(worker_id) == 0 || strlen(worker_id) > SBX_FLY_WORKER_MAX)
         return -EINVAL;
     s = calloc(1, sizeof(*s));
     if (!s)
@@ -1466,12 +1241,12 @@ int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, v
     s->f = f;
     s->cb = cb;
     s->arg = arg;
-    call_init(&s->call, f, s);
+    sbx__fly_call_init(&s->call, &f->api, s);
     s->next = f->sweeps;
     f->sweeps = s;
     url_escape(worker_id, enc, sizeof(enc));
-    call_start(&s->call, "GET", NULL, FLY_CALL_TIMEOUT_MS, 1, on_sweep_list,
-               "/apps/%s/machines?metadata.sbx_worker=%s", f->app, enc);
+    sbx__fly_call_start(&s->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_sweep_list,
+                        "/apps/%s/machines?metadata.sbx_worker=%s", f->app, enc);
     return 0;
 }
 
@@ -1551,7 +1326,7 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
 {
     fly_provider *f;
     const char *url = cfg->api_url && *cfg->api_url ? cfg->api_url : FLY_DEFAULT_URL;
-    size_t ulen = strlen(url), need;
+    size_t ulen = strlen(url);
     int rc = 0;
 
     f = calloc(1, sizeof(*f));
@@ -1562,12 +1337,11 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
     while (ulen > 0 && url[ulen - 1] == '/')
         ulen--;
     if ((strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
-        ulen > FLY_API_URL_MAX) {
+        ulen > SBX_FLY_API_URL_MAX) {
         rc = bad(err, errlen, "SBX_FLY_API_URL: an http(s) URL of at most 512 bytes");
         goto out;
     }
-    memcpy(f->api_url, url, ulen);
-    if (!cfg->app || !valid_chars(cfg->app, FLY_APP_MAX, "-")) {
+    if (!cfg->app || !valid_chars(cfg->app, SBX_FLY_APP_MAX, "-")) {
         rc = bad(err, errlen, "SBX_FLY_APP: the Fly app name (lowercase, digits, '-')");
         goto out;
     }
@@ -1576,7 +1350,7 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
         rc = bad(err, errlen, "SBX_FLY_API_TOKEN (or FLY_API_TOKEN) is required");
         goto out;
     }
-    if (!cfg->worker_id || !*cfg->worker_id || strlen(cfg->worker_id) > FLY_WORKER_MAX) {
+    if (!cfg->worker_id || !*cfg->worker_id || strlen(cfg->worker_id) > SBX_FLY_WORKER_MAX) {
         rc = bad(err, errlen, "fly: a worker id of 1..128 bytes is required");
         goto out;
     }
@@ -1606,38 +1380,24 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
         goto out;
     }
     if (cfg->logs_url && *cfg->logs_url &&
-        (strlen(cfg->logs_url) > FLY_API_URL_MAX || strncmp(cfg->logs_url, "http", 4) != 0)) {
+        (strlen(cfg->logs_url) > SBX_FLY_API_URL_MAX || strncmp(cfg->logs_url, "http", 4) != 0)) {
         rc = bad(err, errlen, "SBX_FLY_LOGS_URL: an http(s) URL of at most 512 bytes");
         goto out;
     }
-    f->max_attempts = dflt(cfg->max_attempts, 6);
-    f->backoff_base_ms = dflt(cfg->backoff_base_ms, 200);
-    f->backoff_max_ms = dflt(cfg->backoff_max_ms, 10000);
     f->stop_grace_s = dflt(cfg->stop_grace_s, 5);
     f->boot_timeout_s = dflt(cfg->boot_timeout_s, 300);
     f->first_wait_s = dflt(cfg->first_wait_s, 1);
     f->run_wait_s = dflt(cfg->run_wait_s, FLY_RUN_WAIT_S);
-    f->rng = sbx_now_us() ^ ((uint64_t)getpid() << 32);
 
-    need = strlen(cfg->token) + 32;
-    f->auth = malloc(need);
     f->image = cfg->image && *cfg->image ? strdup(cfg->image) : NULL;
     f->logs_url = cfg->logs_url && *cfg->logs_url ? strdup(cfg->logs_url) : NULL;
     f->slot_ids = calloc(f->nslots, sizeof(char *));
     f->slot_runs = calloc(f->nslots, sizeof(sbx_run *));
-    if (!f->auth || !f->slot_runs || (cfg->image && *cfg->image && !f->image) ||
+    if (!f->slot_runs || (cfg->image && *cfg->image && !f->image) ||
         (cfg->logs_url && *cfg->logs_url && !f->logs_url) || !f->slot_ids) {
         rc = -ENOMEM;
         goto out;
     }
-    if (strncmp(cfg->token, "FlyV1 ", 6) == 0)
-        snprintf(f->auth, need, "Authorization: %s", cfg->token);
-    else
-        snprintf(f->auth, need, "Authorization: Bearer %s", cfg->token);
-    f->headers[0] = f->auth;
-    f->headers[1] = "Content-Type: application/json";
-    f->headers[2] = "Accept: application/json";
-    f->headers[3] = NULL;
     for (size_t i = 0; i < f->nslots; i++) {
         f->slot_ids[i] = malloc(FLY_SLOT_MAX);
         if (!f->slot_ids[i]) {
@@ -1646,10 +1406,11 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
         }
         snprintf(f->slot_ids[i], FLY_SLOT_MAX, "fly/%s/%zu", f->app, i);
     }
-    rc = sbx_http_new(loop, &f->http);
+    rc = sbx__fly_api_init(&f->api, loop, url, ulen, cfg->token, dflt(cfg->max_attempts, 6),
+                           dflt(cfg->backoff_base_ms, 200), dflt(cfg->backoff_max_ms, 10000));
     if (rc)
         goto out;
-    sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s", f->api_url, f->app,
+    sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s", f->api.url, f->app,
              cfg->regions && *cfg->regions ? cfg->regions : "(fly picks)", f->nslots,
              f->logs_url ? "emulator extension" : "none");
     *out = &f->base;

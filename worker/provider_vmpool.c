@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "http.h"
 #include "log.h"
 #include "redis.h"
@@ -386,12 +387,8 @@ static void finish_from(struct sbx_run *r, json_object *o, sbx_outcome out)
         res.exit_code = json_object_get_int(v);
     if (json_object_object_get_ex(o, "log_tail", &v) && json_object_is_type(v, json_type_string)) {
         size_t n = (size_t)json_object_get_string_len(v);
-        const char *t = json_object_get_string(v);
         /* The tail is bounded on the agent too; keep the last bytes if not. */
-        if (n > SBX_LOG_TAIL_MAX) {
-            t += n - SBX_LOG_TAIL_MAX;
-            n = SBX_LOG_TAIL_MAX;
-        }
+        const char *t = sbx_tail_of(json_object_get_string(v), &n, SBX_LOG_TAIL_MAX);
         memcpy(res.log_tail, t, n);
         res.log_tail[n] = '\0';
         res.log_tail_len = strlen(res.log_tail);

@@ -8,6 +8,7 @@
  *
  *   1. size     > SBX_MSG_MAX_BYTES                         -> too_large
  *   2. UTF-8    strict (RFC 3629: no overlongs, surrogates)  -> not_utf8
+ *               (utf8.c, the one validator of sbx)
  *   3. text     RFC 8259 grammar, checked by scan() below,   -> invalid_json
  *               plus sbx's text rules: no "\u0000" and no
  *               unpaired surrogate escape in any string (they
@@ -35,6 +36,7 @@
  * for, since its tree is never built.
  */
 #include "sbx.h"
+#include "sbx_utf8.h"
 
 #include <json-c/json.h>
 
@@ -95,33 +97,6 @@ const char *sbx_reject_name(sbx_reject r)
 }
 
 /* ---- text helpers ---- */
-
-/* Length of the well-formed UTF-8 prefix of s (RFC 3629 table 3-7). */
-static size_t utf8_valid_prefix(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        size_t n;
-        unsigned lo = 0x80, hi = 0xBF;   /* allowed range of the second byte */
-        if (c < 0x80) { i++; continue; }
-        if (c >= 0xC2 && c <= 0xDF) n = 2;
-        else if (c == 0xE0) { n = 3; lo = 0xA0; }
-        else if (c == 0xED) { n = 3; hi = 0x9F; }  /* no UTF-16 surrogates */
-        else if (c >= 0xE1 && c <= 0xEF) n = 3;
-        else if (c == 0xF0) { n = 4; lo = 0x90; }
-        else if (c >= 0xF1 && c <= 0xF3) n = 4;
-        else if (c == 0xF4) { n = 4; hi = 0x8F; }  /* nothing past U+10FFFF */
-        else return i;
-        if (len - i < n || s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t k = 2; k < n; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return i;
-        i += n;
-    }
-    return len;
-}
 
 /* Where a cut of s at n bytes must move back to so no character is split. */
 static size_t utf8_cut(const char *s, size_t n)
@@ -1114,7 +1089,7 @@ sbx_err sbx_job_parse(const char *buf, size_t len, sbx_job **out,
     }
 
     /* 2. UTF-8. */
-    size_t good = utf8_valid_prefix((const unsigned char *)buf, len);
+    size_t good = sbx__utf8_prefix(buf, len);
     if (good < len) {
         why = SBX_REJECT_NOT_UTF8;
         seterr(err, errlen, "message: not valid UTF-8 at byte %zu", good);

@@ -31,8 +31,10 @@ $(FUZZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_EXTRA) -MMD -MP -c $< -o $@
 
-$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/message.c) $(FUZZ_COMMON)
-$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c common/text.c producers/lib/message.c) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_job: $(call fuzzobj,tests/fuzz/fuzz_job.c producers/lib/message.c producers/lib/utf8.c) \
+                      $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_text: $(call fuzzobj,tests/fuzz/fuzz_text.c common/text.c common/buf.c producers/lib/message.c \
+                                      producers/lib/utf8.c) $(FUZZ_COMMON)
 # offsets.c asserts that each ref is marked once; this model also feeds it
 # forged and repeated refs, which must answer -1. So offsets.c, and the log
 # its check goes through, are built as in release (NDEBUG: the check logs and
@@ -46,7 +48,8 @@ $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c) $(FUZZ_NDEBU
 # The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
 # and libmicrohttpd-dev, no Redis).
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c \
-                   common/loop.c common/log.c common/sandbox.c common/text.c producers/lib/message.c
+                   common/loop.c common/log.c common/sandbox.c common/text.c common/buf.c \
+                   producers/lib/message.c producers/lib/utf8.c
 $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c): \
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
 $(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd)

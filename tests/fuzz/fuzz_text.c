@@ -18,12 +18,19 @@
  *    when valid UTF-8 without NUL), serialized by json-c with the worker's
  *    flags, parse as strict RFC 8259 JSON and give back exactly the payload,
  *    the detail and the ids, within the envelope schema's bounds.
+ *  - The buffers of common/buf.c, fed the input in pieces whose sizes the
+ *    input picks: an sbx_tail (cap from the input) holds exactly the last
+ *    cap bytes whenever it is read, and an sbx_buf (cap from the input)
+ *    holds exactly the pieces that fit, refusing each one that does not
+ *    with -E2BIG and nothing else.
  */
 #include "sbx.h"
 
+#include <errno.h>
 #include <json-c/json.h>
 #include <string.h>
 
+#include "buf.h"
 #include "ref.h"
 #include "text.h"
 
@@ -164,6 +171,53 @@ static void check_envelope(const uint8_t *data, size_t size, const char *b64)
     json_object_put(o);
 }
 
+static void check_buffers(const uint8_t *data, size_t size)
+{
+    size_t tcap = size < 1 ? 0 : data[0] % 64, bmax = size < 2 ? 0 : (size_t)data[1] * 4;
+    char *mem = malloc(tcap + 1), *all = malloc(size + 1), *want = malloc(size + 1);
+    size_t alen = 0, kept = 0;
+    sbx_tail t;
+    sbx_buf b;
+
+    if (!mem || !all || !want)
+        abort();
+    sbx_tail_init(&t, mem, tcap);
+    sbx_buf_init(&b, bmax);
+    /* Each input byte picks the size of the piece that starts at it (0..96
+     * bytes; an empty piece moves on by one byte) and whether to read the
+     * tail afterwards. */
+    for (size_t i = 0; i < size;) {
+        size_t n = data[i] % 97;
+        int look = data[i] & 0x80;
+        if (n > size - i)
+            n = size - i;
+        sbx_tail_add(&t, data + i, n);
+        memcpy(all + alen, data + i, n);
+        alen += n;
+        int rc = sbx_buf_add(&b, data + i, n);
+        if (kept + n <= bmax) {
+            FUZZ_CHECK(rc == 0, "sbx_buf_add refused %zu bytes at %zu of %zu", n, kept, bmax);
+            memcpy(want + kept, data + i, n);
+            kept += n;
+        } else {
+            FUZZ_CHECK(rc == -E2BIG, "sbx_buf_add past the cap returned %d", rc);
+        }
+        if (look) {
+            size_t tl = alen < tcap ? alen : tcap;
+            const char *got = sbx_tail_str(&t);
+            FUZZ_CHECK(t.len == tl && memcmp(got, all + alen - tl, tl) == 0 && got[tl] == '\0',
+                       "tail of %zu bytes (cap %zu) is not the last ones", alen, tcap);
+        }
+        i += n ? n : 1;
+    }
+    FUZZ_CHECK(b.len == kept && memcmp(sbx_buf_str(&b), want, kept) == 0 &&
+               sbx_buf_str(&b)[kept] == '\0', "sbx_buf does not hold what it accepted");
+    sbx_buf_free(&b);
+    free(mem);
+    free(all);
+    free(want);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -173,5 +227,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *b64 = check_base64(data, size);
     check_envelope(data, size, b64);
     free(b64);
+    check_buffers(data, size);
     return 0;
 }

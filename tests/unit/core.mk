@@ -1,5 +1,5 @@
 # Unit tests of the worker's core modules.
-TEST_BINS += $(BUILD)/tests/test_loop $(BUILD)/tests/test_offsets $(BUILD)/tests/test_text \
+TEST_BINS += $(BUILD)/tests/test_loop $(BUILD)/tests/test_offsets $(BUILD)/tests/test_text $(BUILD)/tests/test_buf \
              $(BUILD)/tests/test_lease $(BUILD)/tests/test_db
 $(BUILD)/tests/test_lease: $(BUILD)/obj/tests/unit/svc.o
 $(BUILD)/tests/test_db: $(BUILD)/obj/tests/unit/svc.o
