@@ -23,7 +23,7 @@ static const sbx_opt opts[] = {
     {"SBX_DATABASE_URL", "database-url", NULL, "PostgreSQL conninfo or URL (postgresql://user@host:port/db)", STR, S(database_url), 0, 0, 1, 0},
     {"SBX_WORKER_ID", "worker-id", "", "this worker's name in leases and run rows (default: node-pid)", STR, S(worker_id), 0, 0, 0, 0},
     {"SBX_NODE", "node", "", "host name for the local pool (default: hostname)", STR, S(node), 0, 0, 0, 0},
-    {"SBX_PROVIDER", "provider", "local", "build provider: local, vmpool (reads SBX_VMPOOL_KEY), docker, fly (reads SBX_FLY_*) (sbx-worker-bench of make bench also has bench)", STR, S(provider), 0, 0, 0, 0},
+    {"SBX_PROVIDER", "provider", "local", "build provider: local, vmpool (reads SBX_VMPOOL_KEY), docker or fly (reads SBX_FLY_*)", STR, S(provider), 0, 0, 0, 0},
     {"SBX_LOCAL_SLOTS", "local-slots", "4", "concurrent builds on this host (local provider)", INT, I(local_slots), 1, 64, 0, 0},
     {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-work", "parent dir of build workspaces (local provider)", STR, S(work_dir), 0, 0, 0, 0},
     {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 4000000000L / 2, 0, 0},
