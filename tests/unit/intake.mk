@@ -3,8 +3,8 @@
 # test_admin runs with the other unit programs (`make unit`): its Kafka is
 # librdkafka's in-process mock cluster, which it can take down at will.
 # test_kafka needs a real broker: `make unit-kafka` (part of `make test`)
-# starts Kafka alone, about ten seconds, and runs it; without SBX_BROKERS the
-# program exits 77.
+# starts Kafka alone (ready in 3-8 s; the tests then take about 35 s) and runs
+# it; without SBX_BROKERS the program exits 77.
 TEST_BINS       += $(BUILD)/tests/test_admin
 KAFKA_TEST_BINS := $(BUILD)/tests/test_kafka
 
