@@ -2,8 +2,14 @@
 # each run in its own process, against a private Redis/PostgreSQL) + schema
 # vectors (Ajv vs the C validator) + end-to-end tests (pytest driving real sbx
 # processes against a real Kafka broker, Redis and PostgreSQL).
+# `make unit` starts no Kafka (quicker); the programs that need the real
+# broker run in `make unit-kafka` (tests/unit/intake.mk), also part of test.
+# A test run leaves the work tree as it found it: no pytest cache and no
+# __pycache__ beside the harness; what it makes goes to $(BUILD), apart from
+# npm's node_modules (ignored).
 UNIT_LIBS := -lcmocka
 PYTEST    ?= python3 -m pytest
+export PYTHONDONTWRITEBYTECODE := 1
 
 -include tests/unit/*.mk tests/fuzz/*.mk tests/bench/*.mk tests/chaos/*.mk
 
@@ -16,7 +22,7 @@ unit: $(TEST_BINS) $(BUILD)/bin/sbx
 	    python3 tests/services/sbxsvc.py run --no-kafka -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
 
 e2e: bins
-	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra tests/e2e
+	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra -p no:cacheprovider tests/e2e
 
 test: bins unit schema-test e2e
 

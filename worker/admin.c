@@ -35,20 +35,28 @@ struct sbx_admin {
 typedef struct page {
     char buf[ADMIN_PAGE_MAX];
     size_t len;
+    int full;       /* a put() did not fit; the page ends before it */
 } page;
 
+/* Each call writes whole lines. One that does not fit is left out, with all
+ * that follows, so a full page ends at a line's end and still parses (a line
+ * cut in the middle would make Prometheus drop the whole scrape). */
 static void put(page *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(page *p, const char *fmt, ...)
 {
     va_list ap;
     int n;
-    if (p->len >= sizeof(p->buf))
+    if (p->full)
         return;
     va_start(ap, fmt);
     n = vsnprintf(p->buf + p->len, sizeof(p->buf) - p->len, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        p->len += (size_t)n < sizeof(p->buf) - p->len ? (size_t)n : sizeof(p->buf) - p->len - 1;
+    if (n < 0 || (size_t)n >= sizeof(p->buf) - p->len) {
+        p->full = 1;
+        p->buf[p->len] = '\0';
+        return;
+    }
+    p->len += (size_t)n;
 }
 
 static void metric(page *p, const char *name, const char *type, const char *help, uint64_t v)
@@ -143,6 +151,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    /* RFC 9110 15.5.6: a 405 says which methods would do. */
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET");
     ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;

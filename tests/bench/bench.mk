@@ -2,7 +2,9 @@
 # (dispatch rate, latency, builds in flight, instructions per job) and of its
 # peer BullMQ, against real Kafka, Redis and PostgreSQL. BENCH_QUICK=1 runs a
 # small version in about three minutes; see tests/bench/bench.py for every
-# knob. The table lands on stdout and in tests/bench/last-results.md.
+# knob. The table lands on stdout and in $(BUILD)/bench/last-results.md;
+# `make bench BENCH_OUT=tests/bench/last-results.md` replaces the published
+# table (the committed one) on purpose.
 # sbx-bench-pace (the latency figures' paced producer) is a test tool, not
 # one of BINS: it is neither installed nor built by `make`.
 # test_provider_bench (the bench provider's unit test) runs with the unit

@@ -43,7 +43,8 @@ BENCH_RUNS, BENCH_JOBS, BENCH_PROJECTS, BENCH_MAX_INFLIGHT, BENCH_RUN_CAP_S,
 BENCH_LATENCY_RATE, BENCH_LATENCY_S, BENCH_INFLIGHT, BENCH_HOLD_MS,
 BENCH_IDLE_S, BENCH_BULLMQ_CONCURRENCY, BENCH_CALLGRIND_JOBS,
 BENCH_CALLGRIND_RUNS, BENCH_ONLY (comma list of the names above),
-BENCH_BUDGET_S, BENCH_OUT (markdown, default tests/bench/last-results.md),
+BENCH_BUDGET_S, BENCH_OUT (markdown, default $SBX_BUILD/bench/last-results.md;
+BENCH_OUT=tests/bench/last-results.md replaces the published table on purpose),
 BENCH_KEEP=1 (keep the servers' and workers' logs), SBX_BUILD (default build).
 """
 
@@ -130,10 +131,14 @@ class Config:
             if x not in FIGURES:
                 raise SystemExit("bench: BENCH_ONLY: unknown figure %r (have %s)"
                                  % (x, ", ".join(FIGURES)))
-        self.out = os.environ.get("BENCH_OUT", os.path.join(HERE, "last-results.md"))
         self.keep = os.environ.get("BENCH_KEEP", "") not in ("", "0")
         b = os.environ.get("SBX_BUILD", "build")
         build = b if os.path.isabs(b) else os.path.join(REPO, b)
+        # The committed tests/bench/last-results.md is the published table: a
+        # run writes beside the build unless told otherwise, so `make bench`
+        # leaves the work tree as it found it.
+        out = os.environ.get("BENCH_OUT", "").strip() or os.path.join(build, "bench", "last-results.md")
+        self.out = os.path.abspath(out)
         self.bin = os.path.join(build, "bin")
         self.pace = os.path.join(build, "bench", "sbx-bench-pace")
         # sbx-worker plus the bench provider (tests/bench/bench.mk).
@@ -846,6 +851,7 @@ def write_markdown(path, cfg, m, rows, bench, started):
                   % "{:,}".format(cfg.callgrind_jobs), "",
                   "| Ir | % | function |", "| ---: | ---: | --- |"]
         lines += ["| {:,} | {:.1f} | `{}` |".format(ir, pct, name) for ir, pct, name in bench.top15]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -121,9 +121,13 @@ phase "image $IMAGE imported" "$t"
 
 # ---- the service ----
 t=$(ms)
-# Not through pm(): $! must be podman itself, not a subshell, to stop it.
+# Not through pm(): $! must be podman itself (the subshell execs it), to
+# stop it. Its working directory is $WORK because the conmon of every
+# container inherits it, and conmon 2.1 creates an empty file `oom` in its
+# working directory when the container is OOM-killed (test_docker's memory
+# limit test does that): from the caller's directory that was the repo root.
 # shellcheck disable=SC2086
-podman $PODMAN_FLAGS system service --time=0 "unix://$SOCK" >"$WORK/service.log" 2>&1 &
+(cd "$WORK" && exec podman $PODMAN_FLAGS system service --time=0 "unix://$SOCK") >"$WORK/service.log" 2>&1 &
 SVC_PID=$!
 deadline=$(( $(ms) + 30000 ))
 until curl -sf --max-time 2 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; do
