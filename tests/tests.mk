@@ -17,9 +17,11 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(WORKER_LIB_OBJS) $(LIBSBX)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(PKG_LIBS) $(UNIT_LIBS)
 
+# One set of services for every unit program: a real Kafka broker (test_kafka,
+# test_job), Redis, PostgreSQL and a rootful Podman API.
 unit: $(TEST_BINS) $(BUILD)/bin/sbx
 	tests/services/podman/podman-service.sh -- \
-	    python3 tests/services/sbxsvc.py run --no-kafka -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
+	    python3 tests/services/sbxsvc.py run -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
 
 e2e: bins
 	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra -p no:cacheprovider tests/e2e
