@@ -397,9 +397,9 @@ static void test_slots_per_host(void **state)
     assert_int_equal(start_on("docker/a/0", &t, &r), 0);
     job_init(&t2, "true");
     assert_int_equal(start_on("docker/a/0", &t2, &r2), -EBUSY);
-    assert_int_equal(start_on("docker/a/3", &t2, &r2), -EINVAL);
-    assert_int_equal(start_on("docker/zz/0", &t2, &r2), -EINVAL);
-    assert_int_equal(start_on("local/a/0", &t2, &r2), -EINVAL);
+    assert_int_equal(start_on("docker/a/3", &t2, &r2), -ENOENT);
+    assert_int_equal(start_on("docker/zz/0", &t2, &r2), -ENOENT);
+    assert_int_equal(start_on("local/a/0", &t2, &r2), -ENOENT);
     P->ops->cancel(P, r.run);
     run_until(&r.finished, 1, 20000);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
