@@ -454,10 +454,14 @@ static int make_workspace(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *er
         rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
                         s->uid, s->gid);
         if (rc) {
+            /* A clash or a name the filesystem refuses is the job's own
+             * doing: -EINVAL, as for a path that escapes. */
+            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG;
             snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
-                     rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP
-                         ? "clashes with another file" : strerror(-rc));
-            if (rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP)
+                     rc == -ENAMETOOLONG ? "file name too long"
+                     : jobs              ? "clashes with another file"
+                                         : strerror(-rc));
+            if (jobs)
                 rc = -EINVAL;
             goto out;
         }

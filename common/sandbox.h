@@ -82,7 +82,8 @@ typedef void (*sbx_sandbox_exit_cb)(void *arg, sbx_sandbox *s, const sbx_sandbox
 
 /* Creates the workspace, writes the files and starts bwrap. Returns 0 and
  * sets *out, or a negative errno and one line in err: -EINVAL for a bad spec
- * (a file path escaping the workspace, an env name with '='), -EBUSY when
+ * (a file path escaping the workspace, files that clash, a file name too
+ * long for the filesystem, an env name with '='), -EBUSY when
  * processes of spec->uid survive a kill, -EEXIST when the workspace exists. */
 int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
                       sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,

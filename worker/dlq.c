@@ -1,8 +1,10 @@
 /* dlq.c — see dlq.h. The envelope is built with json-c, as the schema's
  * fields in its order; null where the message gave nothing usable (no ids
- * in an unparsable payload, a key that is not UTF-8). */
+ * in an unparsable payload, a key that is not UTF-8, a payload that is not a
+ * JSON object, of which nothing is kept). */
 #include "dlq.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -10,6 +12,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "redact.h"
 #include "text.h"
 #include "worker.h"
 
@@ -18,11 +21,11 @@ char *sbx__dlq_envelope(const sbx_kafka_msg *m, const char *worker_id, const cha
 {
     char jid[SBX_ID_MAX + 1], pid[SBX_ID_MAX + 1], ts[32];
     json_object *o = json_object_new_object();
-    char *b64 = sbx__base64((const unsigned char *)m->payload, m->len), *out = NULL;
+    char *kept = NULL, *out = NULL;
     time_t now = time(NULL);
     struct tm tm;
 
-    if (!o || !b64)
+    if (!o || sbx__redact_job(m->payload, m->len, &kept) == -ENOMEM)
         goto out;
     sbx_job_peek_ids(m->payload, m->len, jid, pid);
     gmtime_r(&now, &tm);
@@ -41,16 +44,13 @@ char *sbx__dlq_envelope(const sbx_kafka_msg *m, const char *worker_id, const cha
     json_object_object_add(o, "worker_id", json_object_new_string(worker_id));
     json_object_object_add(o, "attempts", json_object_new_int(attempts));
     json_object_object_add(o, "dead_lettered_at", json_object_new_string(ts));
-    json_object_object_add(o, "payload", sbx__utf8_valid(m->payload, m->len) &&
-                                                 memchr(m->payload, 0, m->len) == NULL
-                                             ? json_object_new_string_len(m->payload, (int)m->len)
-                                             : NULL);
-    json_object_object_add(o, "payload_base64", json_object_new_string(b64));
+    json_object_object_add(o, "payload", kept ? json_object_new_string(kept) : NULL);
+    json_object_object_add(o, "payload_bytes", json_object_new_int64((int64_t)m->len));
     out = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
                                                        JSON_C_TO_STRING_NOSLASHESCAPE));
 out:
     json_object_put(o);
-    free(b64);
+    free(kept);
     return out;
 }
 

@@ -4,8 +4,11 @@
  * Two kinds of message end there: one refused at intake (not UTF-8, not
  * JSON, against the schema: `reason` is the sbx_reject name) and one whose
  * provider failed on every attempt ("retries_exhausted"). The envelope
- * carries the original bytes (as text when they are UTF-8, always base64),
- * where they came from, and why, so an operator can inspect and replay it.
+ * says where the message came from and why, and carries it with its env
+ * values redacted (redact.h) when it is a JSON object, else only its size:
+ * the dead-letter topic is read by operators and their tools, and a secret
+ * must not rest there in clear. An operator inspects it, and replays the
+ * job from its producer (which has the secrets), not from the envelope.
  */
 #ifndef SBX_DLQ_H
 #define SBX_DLQ_H

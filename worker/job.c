@@ -52,6 +52,7 @@
 
 #include "assert.h"
 #include "log.h"
+#include "redact.h"
 #include "text.h"
 #include "worker.h"
 
@@ -85,7 +86,8 @@ static const unsigned char legal[J_NSTATES][J_NSTATES] = {
     [J_WAITING] = {[J_LEASING] = 1, [J_ENDING] = 1, [J_HANDED_BACK] = 1},
     /* claimed; claimed during shutdown; terminal, stale, busy or lease gone */
     [J_CLAIMING] = {[J_STARTING] = 1, [J_UNCLAIMING] = 1, [J_RELEASING] = 1},
-    /* started; an outcome without STARTED; start error or busy slot; lease lost */
+    /* started; an outcome without STARTED (a job error start() found, too);
+     * provider error or busy slot; lease lost */
     [J_STARTING] = {[J_RUNNING] = 1, [J_FINISHING] = 1, [J_UNCLAIMING] = 1,
                     [J_RELEASING] = 1},
     /* an outcome; provider error or shutdown; lease lost */
@@ -123,7 +125,8 @@ struct job {
     jstate st;
     char id[SBX_ID_MAX + 1];
     sbx_job *spec;
-    char *raw;                  /* the message: recorded, and dead-lettered if need be */
+    char *raw;                  /* the message, env values and all: only in memory; what
+                                 * is stored or dead-lettered is redacted (redact.h) */
     size_t rawlen;
     sbx_offset_ref *refs;       /* every delivery of this job we hold */
     int nrefs, caprefs;
@@ -448,22 +451,33 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
         step(j);
 }
 
+/* The row keeps the message with its env values redacted (redact.h): the
+ * build alone gets them, from j->spec. */
 static void record(job *j)
 {
     sbx_worker *w = j->w;
-    char part[16], off[24];
+    char part[16], off[24], *stored = NULL;
     const char *p[6];
+    int rc = sbx__redact_job(j->raw, j->rawlen, &stored);
+    if (rc) {
+        /* A message the parser took is a JSON object: only memory fails. */
+        SBX_ASSERT(rc == -ENOMEM);
+        retry_later(j, "out of memory redacting the spec");
+        return;
+    }
     snprintf(part, sizeof(part), "%d", (int)j->refs[0].partition);
     snprintf(off, sizeof(off), "%" PRId64, j->refs[0].offset);
     p[0] = j->id;
     p[1] = j->spec->project_id;
-    p[2] = j->raw;
+    p[2] = stored;
     p[3] = w->cfg.worker_id;
     p[4] = part;
     p[5] = off;
-    if (sbx_db_query(w->db, "SELECT status, attempt, lease_token, cancel_requested"
-                            " FROM sbx.record_run($1,$2,$3,$4,$5,$6)",
-                     6, p, on_recorded, j) != 0) {
+    rc = sbx_db_query(w->db, "SELECT status, attempt, lease_token, cancel_requested"
+                             " FROM sbx.record_run($1,$2,$3,$4,$5,$6)",
+                      6, p, on_recorded, j);
+    free(stored);
+    if (rc != 0) {
         retry_later(j, "database queue full");
         return;
     }
@@ -721,8 +735,11 @@ static void start_build(job *j)
     if (rc) {
         /* No build: its FINISHED, carrying the error, comes from the loop. */
         j->run = NULL;
-        j->late_outcome = rc == -EBUSY ? SBX_OUTCOME_BUSY : SBX_OUTCOME_ERROR;
-        snprintf(j->late_error, sizeof(j->late_error), "provider start: %s",
+        j->late_outcome = rc == -EBUSY    ? SBX_OUTCOME_BUSY
+                          : rc == -EINVAL ? SBX_OUTCOME_JOB_ERROR
+                                          : SBX_OUTCOME_ERROR;
+        snprintf(j->late_error, sizeof(j->late_error), "%s%s",
+                 rc == -EINVAL ? "job refused: " : "provider start: ",
                  err[0] ? err : strerror(-rc));
         fail_later(j, LATE_START);
         return;
@@ -1010,6 +1027,13 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     case SBX_OUTCOME_BUSY:
         unclaim(j, res->error);
         return;
+    case SBX_OUTCOME_JOB_ERROR:
+        /* Every attempt would meet the same content: end it now, with why. */
+        sbx_info("job", "%s cannot run as given (attempt %d): %s", j->id, j->attempt, res->error);
+        if (!j->res->error[0])
+            snprintf(j->res->error, sizeof(j->res->error), "the provider refused the job");
+        j->status = "failed";
+        break;
     case SBX_OUTCOME_ERROR:
         if (j->attempt < w->cfg.max_attempts) {
             sbx_warn("job", "%s provider error on attempt %d/%d: %s", j->id, j->attempt,

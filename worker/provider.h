@@ -10,6 +10,15 @@
  * provider has forgotten the run; the sbx_run pointer is dangling.
  * When start() returns an error, cb is never called.
  *
+ * Whose fault. A provider error (SBX_OUTCOME_ERROR, or start() failing with
+ * any code but those below) is the provider's or the host's: the job is
+ * retried, then dead-lettered. What the job's own content causes (a file
+ * name too long for the filesystem, `files` entries that clash, an image
+ * that does not exist, a configuration the backend refuses as invalid) would
+ * fail the same way on every attempt, so the provider says so: start()
+ * returns -EINVAL, or the run ends SBX_OUTCOME_JOB_ERROR, with the reason in
+ * err / res->error; the run then ends `failed` at once, with that reason.
+ *
  * Every call carries the lease's fencing token (req->token): a provider that
  * talks to a remote agent sends it along so the remote side can refuse a
  * stale owner.
@@ -36,6 +45,8 @@ typedef enum sbx_outcome {
     SBX_OUTCOME_BUSY,        /* the slot was not free on the provider's side (an older
                               * lease's build still there, or it knows a newer token):
                               * no build happened; wait for capacity, not an attempt */
+    SBX_OUTCOME_JOB_ERROR,   /* the job's own content cannot run as given (see
+                              * "Whose fault" above): final, never retried */
 } sbx_outcome;
 
 typedef struct sbx_result {
@@ -63,8 +74,10 @@ typedef struct sbx_run_req {
 typedef struct sbx_provider_ops {
     const char *name;
     /* Starts a build. Returns 0 and sets *out, or an errno-style code and
-     * writes a line into err (-EBUSY: the slot is still busy here; the caller
-     * waits for capacity). */
+     * writes a line into err: -EBUSY, the slot is still busy here (the caller
+     * waits for capacity); -EINVAL, the job's own fault (the run ends failed
+     * with err); -ENOENT, the slot is not one of this provider's (a lease
+     * from another pool: a bug); anything else, a provider error. */
     int (*start)(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
                  sbx_run **out, char *err, size_t errlen);
     /* Asks a run to stop; FINISHED with SBX_OUTCOME_CANCELED follows. */

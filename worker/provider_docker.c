@@ -34,7 +34,12 @@
  *  - Everything the engine refuses (4xx/5xx) or a dead socket ends the run
  *    with SBX_OUTCOME_ERROR and the engine's own message; the container, if
  *    one was created, is still deleted, and the sweeper catches whatever a
- *    failed delete leaves behind.
+ *    failed delete leaves behind. Except what the job itself caused, which
+ *    ends SBX_OUTCOME_JOB_ERROR (provider.h: failed at once, not retried):
+ *    files that cannot be written as given (start() says -EINVAL before any
+ *    call), an image the engine does not have or cannot parse (create: 404,
+ *    400, or Podman's 500 "invalid reference format"), a command that does
+ *    not exist (start: 400, or Podman's 500 "command that was not found").
  *
  * The log stream is Docker's multiplexed format (Tty false): frames of an
  * 8-byte header {stream, 0, 0, 0, big-endian u32 size} and a payload. Frames
@@ -56,6 +61,7 @@
 #include "buf.h"
 #include "docker_tar.h"
 #include "http.h"
+#include "jobfiles.h"
 #include "log.h"
 
 /* Engine API version in every path: 1.41 is the newest Podman 4.3 serves
@@ -140,6 +146,7 @@ struct sbx_run {
     int started;                      /* STARTED reported */
     int exited;
     int failed;                       /* res.error says why */
+    int job_fault;                    /* ... and it is the job's (provider.h) */
     unsigned char hdr[8];             /* log frame header being read */
     size_t hdr_have;
     uint32_t frame_left;
@@ -222,6 +229,34 @@ static void fail_engine(sbx_run *r, const char *what, const sbx_http_res *res)
     char msg[sizeof(r->res.error)];
     engine_error(msg, sizeof(msg), what, res);
     run_fail(r, "%s", msg);
+}
+
+/* Whether the engine refused the create or the start because of what the
+ * job asked for (see the top of the file). Docker answers 404 for a missing
+ * image and 400 for a bad reference or command; Podman 4.3 answers 404 for
+ * a missing image and 500 for the other two, with their words in the
+ * message. Checked after the first failure only, as run_fail keeps it. */
+static int job_caused(const char *what, const sbx_http_res *res, const char *msg)
+{
+    if (res->code != SBX_HTTP_OK)
+        return 0;
+    if (strcmp(what, "create") == 0)
+        return res->status == 404 || res->status == 400 ||
+               (res->status == 500 && strstr(msg, "invalid reference format"));
+    if (strcmp(what, "start") == 0)
+        return res->status == 400 ||
+               (res->status == 500 && (strstr(msg, "command that was not found") ||
+                                       strstr(msg, "executable file not found")));
+    return 0;
+}
+
+/* A refusal of create or start: the job's fault or the engine's. */
+static void fail_step(sbx_run *r, const char *what, const sbx_http_res *res)
+{
+    int first = !r->failed;
+    fail_engine(r, what, res);
+    if (first && job_caused(what, res, r->res.error))
+        r->job_fault = 1;
 }
 
 static void demux(sbx_run *r, const char *p, size_t n)
@@ -462,7 +497,7 @@ static void finish(sbx_run *r)
     if (r->stop != SBX_OUTCOME_SUCCEEDED)
         res->outcome = r->stop;
     else if (r->failed)
-        res->outcome = SBX_OUTCOME_ERROR;
+        res->outcome = r->job_fault ? SBX_OUTCOME_JOB_ERROR : SBX_OUTCOME_ERROR;
     else
         res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
     if (r->stop == SBX_OUTCOME_TIMED_OUT && !res->error[0])
@@ -606,7 +641,7 @@ static void on_started(void *arg, const sbx_http_res *res)
 
     r->step = NULL;
     if (res->code != SBX_HTTP_OK || (res->status != 204 && res->status != 304)) {
-        fail_engine(r, "start", res);
+        fail_step(r, "start", res);
         run_remove(r);
         return;
     }
@@ -654,7 +689,7 @@ static void on_created(void *arg, const sbx_http_res *res)
 
     r->step = NULL;
     if (res->code != SBX_HTTP_OK || (res->status != 201 && res->status != 200)) {
-        fail_engine(r, "create", res);
+        fail_step(r, "create", res);
         run_remove(r);
         return;
     }
@@ -735,7 +770,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
 
     if (parse_slot(d, req->slot, &h, &idx) < 0) {
         snprintf(err, errlen, "slot %.100s is not one of this provider's", req->slot);
-        return -EINVAL;
+        return -ENOENT;
     }
     if (h->busy[idx]) {
         snprintf(err, errlen, "slot %.100s is busy with job %s", req->slot, h->busy[idx]->job_id);
@@ -764,10 +799,25 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     sbx_timer_init(&r->deadline, on_deadline, r);
     sbx_tail_init(&r->tail, r->res.log_tail, SBX_LOG_TAIL_MAX);
 
-    if ((rc = sbx__docker_tar(req->job, d->uid, d->gid, &r->tar, err, errlen)) < 0)
+    /* A ustar name is a 155-byte prefix, '/' and a 100-byte name at most:
+     * "workspace/" and the path must fit. */
+    for (size_t i = 0; i < req->job->nfiles; i++)
+        if (strlen("workspace/") + strlen(req->job->files[i].key) > 155 + 1 + 100) {
+            snprintf(err, errlen, "files: %.100s...: path longer than the archive holds (%zu bytes)",
+                     req->job->files[i].key, 155 + 1 + 100 - strlen("workspace/"));
+            rc = -EINVAL;
+            goto fail;
+        }
+    if ((rc = sbx__job_files_check(req->job, err, errlen)) < 0)
         goto fail;
+    /* Anything but memory that the archive refuses is the job's files. */
+    if ((rc = sbx__docker_tar(req->job, d->uid, d->gid, &r->tar, err, errlen)) < 0) {
+        if (rc != -ENOMEM)
+            rc = -EINVAL;
+        goto fail;
+    }
     if (!(body = build_create(d, req, err, errlen))) {
-        rc = -EINVAL;
+        rc = req->job->script || req->job->argc > 0 ? -ENOMEM : -EINVAL;
         goto fail;
     }
     r->state = RUN_CREATING;

@@ -31,6 +31,11 @@
  *   LOGS         only with logs_url (see below).
  *   DESTROYING   DELETE ?force=true; 404 is fine (auto_destroy got there).
  *
+ * Whose fault (provider.h): a create refused with 400 or 422 for anything
+ * but capacity, and files that cannot be written as given (start() says
+ * -EINVAL), are the job's: SBX_OUTCOME_JOB_ERROR, failed at once. Every other
+ * failure is SBX_OUTCOME_ERROR.
+ *
  * Retries: every call is retried on 429 and on transport errors and 5xx
  * (except create, see ADOPTING) with exponential backoff and full jitter,
  * never sooner than a Retry-After, at most max_attempts times; that layer
@@ -69,6 +74,7 @@
 #include "buf.h"
 #include "fly_api.h"
 #include "http.h"
+#include "jobfiles.h"
 #include "log.h"
 #include "text.h"
 
@@ -141,6 +147,7 @@ struct sbx_run {
     int aborting;                 /* cancel or timeout asked; abort says which */
     sbx_outcome abort;
     int error;                    /* res.error says what went wrong: ERROR */
+    int job_fault;                /* ... and the job caused it: JOB_ERROR (provider.h) */
     sbx_result res;
     sbx__fly_call call;
     sbx_timer deadline_t;
@@ -327,7 +334,7 @@ static void run_finish(sbx_run *r)
             snprintf(res->error, sizeof(res->error), "%s",
                      r->abort == SBX_OUTCOME_TIMED_OUT ? "timed out" : "canceled");
     } else if (r->error) {
-        res->outcome = SBX_OUTCOME_ERROR;
+        res->outcome = r->job_fault ? SBX_OUTCOME_JOB_ERROR : SBX_OUTCOME_ERROR;
     } else {
         res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
     }
@@ -515,6 +522,10 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     sbx__fly_api_error(res, why, sizeof(why));
+    /* 400/422 that is not about capacity: the machine config the job made
+     * (its image, its files, its size) is refused, and would be again. */
+    if (!r->error && (res->status == 400 || res->status == 422))
+        r->job_fault = 1;
     run_fail(r, "create: %s", why);
     run_finish(r);
 }
@@ -952,11 +963,13 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
             rc = -EINVAL;
             goto out;
         }
+    if ((rc = sbx__job_files_check(job, err, errlen)) < 0)
+        goto out;
     while (slot < f->nslots && strcmp(f->slot_ids[slot], req->slot) != 0)
         slot++;
     if (slot == f->nslots) {
         snprintf(err, errlen, "unknown slot %.64s", req->slot);
-        rc = -EINVAL;
+        rc = -ENOENT;
         goto out;
     }
     if (f->slot_runs[slot]) {

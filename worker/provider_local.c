@@ -8,7 +8,7 @@
  * cgroup v1 hybrid layout).
  *
  * Slots. The host offers cfg->slots slots, "local/<node>/<i>", in the pool
- * "local/<node>". start() refuses an id not in that list (-EINVAL) and a slot
+ * "local/<node>". start() refuses an id not in that list (-ENOENT) and a slot
  * that already runs something (-EBUSY): the lease in Redis should make that
  * impossible, so it means a bug or a stale lease, and running two builds in
  * one slot would share a uid and its limits.
@@ -34,7 +34,9 @@
  * Outcomes: canceled -> CANCELED (even if the build ended meanwhile: the
  * caller asked, provider.h promises it); wall timer -> TIMED_OUT; bwrap never
  * reached the command -> ERROR (a host problem, worth a retry); exit 0 ->
- * SUCCEEDED; anything else, including limits killing it -> FAILED.
+ * SUCCEEDED; anything else, including limits killing it -> FAILED. A job
+ * whose files cannot be written as given (a name too long, paths that clash:
+ * the sandbox's -EINVAL) is refused by start() with -EINVAL, the job's fault.
  */
 #include "provider.h"
 
@@ -90,7 +92,7 @@ struct sbx_run {
 };
 
 static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled",
-                                            "error", "busy"};
+                                            "error", "busy", "job_error"};
 
 static int slot_index(const local_provider *p, const char *slot)
 {
@@ -184,7 +186,7 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     if (i < 0) {
         snprintf(err, errlen, "slot %.128s is not one of %s's", req->slot ? req->slot : "(null)",
                  p->pool);
-        return -EINVAL;
+        return -ENOENT;
     }
     if (p->busy[i]) {
         snprintf(err, errlen, "slot %s is busy with job %s (token %" PRId64 ")", p->ids[i],

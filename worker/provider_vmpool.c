@@ -17,7 +17,9 @@
  *
  * Liveness: every failed exchange (no connection, reset, timeout) starts or
  * continues a "silent" streak; a streak longer than unreachable_ms ends the
- * run with SBX_OUTCOME_ERROR. Retries back off from 100 ms, doubling to 1 s,
+ * run with SBX_OUTCOME_ERROR. A wake the agent answers 400 or 422 (the job
+ * itself is unacceptable: agent/server.c's "invalid") ends the run
+ * SBX_OUTCOME_JOB_ERROR, failed at once. Retries back off from 100 ms, doubling to 1 s,
  * with jitter. A killed VM (or agent) thus costs at most about
  * unreachable_ms + 1 s before the worker moves on.
  *
@@ -77,7 +79,7 @@
 typedef enum vstate { V_LOOKUP, V_WAKE, V_FOLLOW, V_DONE } vstate;
 static const char *const state_names[] = {"lookup", "wake", "follow", "done"};
 static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled", "error",
-                                            "busy"};
+                                            "busy", "job_error"};
 
 typedef struct vmpool {
     sbx_provider base;
@@ -200,6 +202,16 @@ static void fail(struct sbx_run *r, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     end_with(r, SBX_OUTCOME_ERROR, fmt, ap);
+    va_end(ap);
+}
+
+/* The job cannot run as given: the run ends failed, not retried. */
+static void job_refused(struct sbx_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void job_refused(struct sbx_run *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    end_with(r, SBX_OUTCOME_JOB_ERROR, fmt, ap);
     va_end(ap);
 }
 
@@ -512,6 +524,13 @@ static void on_wake_done(void *arg, const sbx_http_res *res)
     }
     json_object_put(o);
     agent_error(res, why, sizeof(why));
+    if (res->status == 400 || res->status == 422) {
+        /* The agent found the job itself unacceptable (its files clash or
+         * name what no filesystem takes, it does not parse): the job's
+         * fault, final (provider.h). */
+        job_refused(r, "agent of %s refused the job: %s", r->vm, why);
+        return;
+    }
     fail(r, "agent of %s refused the wake: %s", r->vm, why);
 }
 
@@ -713,7 +732,7 @@ static int vm_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, voi
     if (slot_vm(req->slot, vm) != 0) {
         snprintf(err, errlen, "slot %.128s is not a vmpool slot (<vm id> or <vm id>#<n>)",
                  req->slot ? req->slot : "(null)");
-        return -EINVAL;
+        return -ENOENT;
     }
     for (r = p->runs; r; r = r->next)
         if (strcmp(r->slot, req->slot) == 0) {

@@ -296,12 +296,22 @@ static void test_bad_file_path_refused(void **state)
 {
     tjob t;
     rec r;
+    char longname[301] = "";
     (void)state;
     job_init(&t, "true");
     t.files[0] = (sbx_kv){"../escape", "x"};
     t.job.nfiles = 1;
     assert_int_equal(start_on("docker/a/0", &t, &r), -EINVAL);
     t.files[0] = (sbx_kv){"/abs", "x"};
+    assert_int_equal(start_on("docker/a/0", &t, &r), -EINVAL);
+    /* What the schema cannot see is the job's too: a file and a directory
+     * of one path, a name longer than any filesystem takes. */
+    t.files[0] = (sbx_kv){"a", "1"};
+    t.files[1] = (sbx_kv){"a/b", "2"};
+    t.job.nfiles = 2;
+    assert_int_equal(start_on("docker/a/0", &t, &r), -EINVAL);
+    memset(longname, 'n', sizeof(longname) - 1);
+    t.files[1] = (sbx_kv){longname, "2"};
     assert_int_equal(start_on("docker/a/0", &t, &r), -EINVAL);
     assert_int_equal(sbx_docker_active(P), 0);
 }
@@ -397,9 +407,9 @@ static void test_slots_per_host(void **state)
     assert_int_equal(start_on("docker/a/0", &t, &r), 0);
     job_init(&t2, "true");
     assert_int_equal(start_on("docker/a/0", &t2, &r2), -EBUSY);
-    assert_int_equal(start_on("docker/a/3", &t2, &r2), -EINVAL);
-    assert_int_equal(start_on("docker/zz/0", &t2, &r2), -EINVAL);
-    assert_int_equal(start_on("local/a/0", &t2, &r2), -EINVAL);
+    assert_int_equal(start_on("docker/a/3", &t2, &r2), -ENOENT);
+    assert_int_equal(start_on("docker/zz/0", &t2, &r2), -ENOENT);
+    assert_int_equal(start_on("local/a/0", &t2, &r2), -ENOENT);
     P->ops->cancel(P, r.run);
     run_until(&r.finished, 1, 20000);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
@@ -583,15 +593,29 @@ static void test_engine_errors(void **state)
     char err[256];
     (void)state;
 
-    /* The engine refuses: its message reaches the result. */
+    /* The engine refuses what the job asked for (an image it does not
+     * have, a reference it cannot parse, a command that does not exist):
+     * the job's fault, with the engine's message. */
     job_init(&t, "true");
     t.job.image = "localhost/sbx-no-such-image:latest";
     run_job("docker/a/0", &t, &r, 30000);
-    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_JOB_ERROR);
     assert_int_equal(r.res.exit_code, -1);
     assert_string_equal(r.res.instance, ""); /* nothing was created */
-    assert_non_null(strstr(r.res.error, "create: engine said"));
+    assert_non_null(strstr(r.res.error, "create: engine said 404"));
     print_message("engine error: %s\n", r.res.error);
+    job_init(&t, "true");
+    t.job.image = "Not/A:Valid:Reference";
+    run_job("docker/a/0", &t, &r, 30000);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_JOB_ERROR);
+    job_init(&t, NULL);
+    t.argv[0] = "/no/such/command";
+    t.job.argv = t.argv;
+    t.job.argc = 1;
+    run_job("docker/a/0", &t, &r, 30000);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_JOB_ERROR);
+    assert_non_null(strstr(r.res.error, "start: engine said"));
+    print_message("bad command: %s\n", r.res.error);
 
     /* The socket is not there. */
     cfg.worker_id = WORKER;
