@@ -473,6 +473,7 @@ void sbx_cgroup_sweep(const char *group)
                 sbx_warn("cgroup", "leftover not removed dir=%s: %s", d, strerror(-r));
         }
         closedir(dir);
+        rmdir(gdir); /* recreated by the next sbx_cgroup_new; busy if one runs */
     }
     if (n)
         sbx_info("cgroup", "removed leftover cgroups count=%d group=%s", n, group);

@@ -49,7 +49,8 @@ void sbx_cgroup_usage_of(const sbx_cgroup *cg, sbx_cgroup_usage *u);
 /* SIGKILLs anything still inside, removes the cgroup, frees cg. 0, or
  * -EBUSY when it could not be removed (logged). NULL is fine. */
 int sbx_cgroup_free(sbx_cgroup *cg);
-/* Empties and removes every cgroup under group: a crashed predecessor's. */
+/* Empties and removes every cgroup under group (a crashed predecessor's),
+ * then group itself when nothing runs in it. */
 void sbx_cgroup_sweep(const char *group);
 
 #endif
