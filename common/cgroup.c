@@ -440,6 +440,12 @@ int sbx_cgroup_free(sbx_cgroup *cg)
         if (r != 0) {
             sbx_warn("cgroup", "not removed dir=%s: %s", cg->dir[i], strerror(-r));
             rc = -EBUSY;
+        } else {
+            /* The owner's group too, once its last sandbox is gone: a
+             * test's or a moved work_dir's would otherwise stay forever. */
+            char *slash = strrchr(cg->dir[i], '/');
+            *slash = '\0';
+            rmdir(cg->dir[i]);
         }
     }
     free(cg);

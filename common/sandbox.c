@@ -1157,6 +1157,24 @@ void sbx_sandbox_sweep_cgroups(const char *work_dir)
     sbx_cgroup_sweep(group);
 }
 
+/* The first sandbox of a work_dir in this process sweeps what a killed
+ * predecessor with the same work_dir left (one owner per work_dir: nothing
+ * of ours runs there yet), so callers need no start-up call. Owners beyond
+ * SB_SWEPT_MAX in one process are only swept by sbx_sandbox_sweep_cgroups. */
+#define SB_SWEPT_MAX 8
+static void sweep_once(const char *group)
+{
+    static char swept[SB_SWEPT_MAX][32];
+    static int n;
+    for (int i = 0; i < n; i++)
+        if (strcmp(swept[i], group) == 0)
+            return;
+    if (n == SB_SWEPT_MAX)
+        return;
+    snprintf(swept[n++], sizeof(swept[0]), "%s", group);
+    sbx_cgroup_sweep(group);
+}
+
 static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, size_t errlen)
 {
     static int warned;
@@ -1175,6 +1193,7 @@ static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, 
     lim.cpus = spec->cpus;
     lim.pids = spec->pids > 0 ? spec->pids + SB_BWRAP_PROCS : 0;
     cgroup_group(spec->work_dir, group);
+    sweep_once(group);
     rc = sbx_cgroup_new(group, spec->name, &lim, &s->cg, err, errlen);
     return rc == -ENOTSUP ? 0 : rc;
 }
