@@ -5,9 +5,9 @@
  *   ... the sandbox ends, its processes are gone ...
  *   sbx_cgroup_usage() -> sbx_cgroup_free()
  *
- * group names the caller's parent cgroup, one per sandbox owner (a worker's
- * or an agent's work_dir), so two owners on a host never clash and a
- * restarted owner can sweep what its crashed predecessor left:
+ * group names the caller's parent cgroup, one per sandbox slot (sandbox.c:
+ * work_dir and the slot's uid), so two workers on a host never clash and a
+ * restarted one can sweep what its crashed predecessor left:
  * <own cgroup>/sbx/<group>/s-<name>. Needs a writable cgroup hierarchy
  * (root): cgroup v2 when the unified hierarchy offers memory, cpu and pids,
  * else the v1 memory (required), cpu and pids hierarchies.

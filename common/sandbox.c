@@ -29,7 +29,7 @@
  *    much a build prints; the total is counted.
  *
  * Limits, first line: a cgroup per sandbox (cgroup.c; v2, else v1),
- * <own cgroup>/sbx/<hash of work_dir>/s-<name>, which the forked child joins
+ * <own cgroup>/sbx/<hash of work_dir>-u<uid>/s-<name>, which the forked child joins
  * before it execs bwrap, so every process of the sandbox is inside:
  * memory_mb for all of them together, tmpfs pages included (/tmp,
  * /dev/shm, a disk_total workspace), no swap; a CFS quota of cpus cores;
@@ -1139,39 +1139,26 @@ void sbx_sandbox_cancel(sbx_sandbox *s)
 
 /* ---- spawn / free ---- */
 
-/* The cgroups of one work_dir's sandboxes live under one parent, named by a
- * hash of work_dir (FNV-1a 64): unique per owner on the host, bounded in
- * length, the same again after a restart. */
-static void cgroup_group(const char *work_dir, char out[32])
+/* The cgroups of one slot's sandboxes live under one parent, named by a
+ * hash of work_dir (FNV-1a 64) and the slot's uid: unique on the host (two
+ * workers may share a work_dir, never a uid), bounded in length, the same
+ * again after a restart. Without a uid of its own a sandbox's parent is
+ * named by our pid: nothing else may sweep it. */
+static void cgroup_group(const char *work_dir, int uid, char out[48])
 {
     uint64_t h = 14695981039346656037ULL;
     for (const unsigned char *c = (const unsigned char *)work_dir; *c; c++)
         h = (h ^ *c) * 1099511628211ULL;
-    snprintf(out, 32, "w%016llx", (unsigned long long)h);
+    if (uid >= 0)
+        snprintf(out, 48, "w%016llx-u%d", (unsigned long long)h, uid);
+    else
+        snprintf(out, 48, "w%016llx-p%d", (unsigned long long)h, (int)getpid());
 }
 
-void sbx_sandbox_sweep_cgroups(const char *work_dir)
+void sbx_sandbox_sweep_cgroups(const char *work_dir, int uid)
 {
-    char group[32];
-    cgroup_group(work_dir, group);
-    sbx_cgroup_sweep(group);
-}
-
-/* The first sandbox of a work_dir in this process sweeps what a killed
- * predecessor with the same work_dir left (one owner per work_dir: nothing
- * of ours runs there yet), so callers need no start-up call. Owners beyond
- * SB_SWEPT_MAX in one process are only swept by sbx_sandbox_sweep_cgroups. */
-#define SB_SWEPT_MAX 8
-static void sweep_once(const char *group)
-{
-    static char swept[SB_SWEPT_MAX][32];
-    static int n;
-    for (int i = 0; i < n; i++)
-        if (strcmp(swept[i], group) == 0)
-            return;
-    if (n == SB_SWEPT_MAX)
-        return;
-    snprintf(swept[n++], sizeof(swept[0]), "%s", group);
+    char group[48];
+    cgroup_group(work_dir, uid, group);
     sbx_cgroup_sweep(group);
 }
 
@@ -1179,7 +1166,7 @@ static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, 
 {
     static int warned;
     sbx_cgroup_limits lim;
-    char group[32];
+    char group[48];
     int rc;
 
     if (!sbx_cgroup_mode()) {
@@ -1192,8 +1179,11 @@ static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, 
     lim.memory_mb = spec->memory_mb;
     lim.cpus = spec->cpus;
     lim.pids = spec->pids > 0 ? spec->pids + SB_BWRAP_PROCS : 0;
-    cgroup_group(spec->work_dir, group);
-    sweep_once(group);
+    cgroup_group(spec->work_dir, spec->uid, group);
+    /* The slot's uid was just swept: anything left in its group is a
+     * killed predecessor's, so callers need no start-up call. */
+    if (spec->uid >= 0)
+        sbx_cgroup_sweep(group);
     rc = sbx_cgroup_new(group, spec->name, &lim, &s->cg, err, errlen);
     return rc == -ENOTSUP ? 0 : rc;
 }

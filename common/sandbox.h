@@ -115,9 +115,10 @@ int sbx_sandbox_count_uid(uid_t uid);
 /* rm -rf --one-file-system path, after detaching a filesystem mounted on
  * path itself (a disk_total tmpfs); returns 0 or a negative errno. */
 int sbx_sandbox_remove_tree(const char *path);
-/* Removes the cgroups that sandboxes of work_dir left behind (a crashed
- * predecessor's), after their uids were swept. */
-void sbx_sandbox_sweep_cgroups(const char *work_dir);
+/* Removes the cgroups that sandboxes of (work_dir, uid) left behind (a
+ * crashed predecessor's), after uid was swept. Every spawn with a uid does
+ * this for its own; this is for start-up and tests. */
+void sbx_sandbox_sweep_cgroups(const char *work_dir, int uid);
 
 /* bwrap given as a bare name is looked up in PATH, once, by whoever spawns
  * sandboxes: the sandbox execs an absolute path with an empty environment.

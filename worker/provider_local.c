@@ -471,7 +471,8 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
                          p->uid_base + i, p->ids[i]);
     remove_stale_workspaces(p);
     if (as_root)
-        sbx_sandbox_sweep_cgroups(p->work_dir);
+        for (int i = 0; i < p->nslots; i++)
+            sbx_sandbox_sweep_cgroups(p->work_dir, p->uid_base + i);
 
     if (!as_root)
         sbx_warn("local", "not root: builds run as uid %d, no per-slot uid, RLIMIT_NPROC counts "

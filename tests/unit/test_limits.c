@@ -353,7 +353,7 @@ int main(void)
         return 1;
     }
     failed = cmocka_run_group_tests_name("limits", tests, NULL, NULL);
-    sbx_sandbox_sweep_cgroups(g_work_dir);
+    sbx_sandbox_sweep_cgroups(g_work_dir, g_uid_base);
     sbx_sandbox_remove_tree(g_work_dir);
     return failed ? 1 : 0;
 }
