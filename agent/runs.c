@@ -513,6 +513,9 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
             if (*c == '\n')
                 *c = ' ';
         a->exit_code = -1;
+    } else if (to == SBX_RS_FAILED && st->limit && st->limit[0]) {
+        snprintf(a->error, sizeof(a->error), "%s%s%s", st->limit, cleanup_error ? "; " : "",
+                 cleanup_error ? st->error : "");
     } else if (cleanup_error) {
         snprintf(a->error, sizeof(a->error), "%s", st->error);
     } else if (to == SBX_RS_TIMED_OUT) {
@@ -632,6 +635,7 @@ static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
     /* As the local provider: one process may use its whole wall time. */
     cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
     spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
+    spec.cpus = cpus; /* the cgroup's quota, when the agent runs as root */
     spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : RUN_DEFAULT_DISK_MB;
     spec.timeout_s = timeout_s;
     spec.kill_grace_ms = r->kill_grace_ms;

@@ -3,7 +3,7 @@
 # bubblewrap sandbox. COMMON_OBJS is what sbx-worker and sbx-agent link;
 # nothing here may include a header from worker/ or agent/.
 COMMON_SRCS := common/loop.c common/log.c common/redis.c common/text.c common/opts.c common/buf.c \
-               common/sandbox.c
+               common/sandbox.c common/cgroup.c
 COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
 COMMON_INC  := -Icommon
 

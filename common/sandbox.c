@@ -28,8 +28,29 @@
  *    keeps the last SBX_SANDBOX_TAIL_MAX bytes, so memory is bounded however
  *    much a build prints; the total is counted.
  *
- * Limits. cgroup v2 is not available on the hosts we target (cgroup v1
- * hybrid), so limits are rlimits set before exec, inherited by everything in
+ * Limits, first line: a cgroup per sandbox (cgroup.c; v2, else v1),
+ * <own cgroup>/sbx/<hash of work_dir>-u<uid>/s-<name>, which the forked child joins
+ * before it execs bwrap, so every process of the sandbox is inside:
+ * memory_mb for all of them together, tmpfs pages included (/tmp,
+ * /dev/shm, a disk_total workspace), no swap; a CFS quota of cpus cores;
+ * pids.max = pids + 2. After the processes are gone we read whether its
+ * OOM killer fired (status.oom_killed: the build's doing, so bwrap killed
+ * by it is not "lost"), then remove it. Without a writable cgroup hierarchy
+ * (not root) the rlimits below are all there is, and we say so once.
+ *
+ * Disk, with disk_total as root: one tmpfs of size=disk_mb mounted on
+ * <work_dir>/<name> holds the workspace (ws/) and the build's /tmp (tmp/),
+ * so the two together cannot pass disk_mb; the job's files are written into
+ * it. A tmpfs rather than a loop-mounted ext4 image or project quotas: one
+ * mount(2), no mkfs, no loop devices (often missing in containers), nothing
+ * to install, gone with one umount; and its pages are charged to the
+ * sandbox's memory cgroup, so disk cannot be used to escape the memory limit
+ * (the price: a build's disk use counts as memory too). A failed build that
+ * left the filesystem full is reported as "disk limit of N MB reached".
+ * Otherwise (not root, or a caller such as the agent that renames out of the
+ * workspace) the workspace is a plain directory and /tmp a tmpfs of its own.
+ *
+ * Limits, second line: rlimits set before exec, inherited by everything in
  * the sandbox:
  *  - RLIMIT_AS = memory_mb, per process (a sandbox with N processes may use
  *    N times that; runtimes that reserve address space need a larger value).
@@ -39,10 +60,9 @@
  *  - RLIMIT_CPU = cpu_s per process, soft (SIGXCPU) then hard (SIGKILL) a few
  *    seconds later: a backstop against one process spinning on more cores
  *    than it paid for; wall time is the timer's job.
- *  - RLIMIT_FSIZE = disk_mb per file (SIGXFSZ). /tmp and /dev/shm are tmpfs
- *    of min(disk_mb, memory_mb) each: tmpfs is RAM that RLIMIT_AS does not
- *    count. The workspace has no total quota without cgroups or project
- *    quotas.
+ *  - RLIMIT_FSIZE = disk_mb per file (SIGXFSZ). /dev/shm (and /tmp without
+ *    disk_total) are tmpfs of min(disk_mb, memory_mb) each: tmpfs is RAM
+ *    that RLIMIT_AS does not count.
  *  - RLIMIT_CORE = 0.
  *
  * Killing. Timeout: SIGKILL to bwrap's pid 1, which takes its whole pid
@@ -85,15 +105,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
+#include "cgroup.h"
 #include "log.h"
 
 /* After bwrap exits, wait this long for output EOF: every writer lives in
@@ -126,6 +149,9 @@
 #define SB_CPU_HARD_SLACK_S 5
 /* Bytes of /proc/<pid>/status we need: State and Uid are in the first lines. */
 #define SB_STATUS_HEAD 1024
+/* A disk_total tmpfs with less than this free counts as full: the write
+ * that failed may have wanted more than what is left. */
+#define SB_DISK_FULL_SLACK (1024 * 1024)
 
 #define SB_RM "/bin/rm"
 #define SB_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -149,8 +175,13 @@ struct sbx_sandbox {
     sbx_sandbox_exit_cb on_exit;
     void *arg;
 
-    char ws[PATH_MAX];
-    int ws_exists;        /* ours to remove */
+    char root[PATH_MAX];  /* <work_dir>/<name>: what we create and remove */
+    char ws[PATH_MAX + 8];  /* the workspace: root, or root/ws on a disk_total tmpfs */
+    char tmp[PATH_MAX + 8]; /* /tmp on the disk_total tmpfs; "" without */
+    int ws_exists;        /* root is ours to remove */
+    int mounted;          /* a disk_total tmpfs is mounted on root */
+    sbx_cgroup *cg;       /* NULL: rlimits only */
+    int memory_mb, disk_mb;
     int uid, gid;         /* -1: not switching, no uid sweeps */
     int grace_ms;
 
@@ -185,6 +216,8 @@ struct sbx_sandbox {
     char tail_mem[SBX_SANDBOX_TAIL_MAX + 1];
     uint64_t out_bytes;
     char error[256];
+    int oom_killed, disk_full;
+    char limit[128];      /* see sbx_sandbox_status.limit */
 };
 
 /* ---- small helpers ---- */
@@ -351,6 +384,21 @@ static pid_t spawn_rm(const char *path)
     return pid;
 }
 
+/* A filesystem mounted on path itself (a disk_total tmpfs) is detached:
+ * it then vanishes with its last user, and rm meets only the empty mount
+ * point. MNT_DETACH because a process of the sandbox may still hold it. */
+static int unmount_at(const char *path)
+{
+    struct stat st, up;
+    char parent[PATH_MAX + 4];
+
+    snprintf(parent, sizeof(parent), "%s/..", path);
+    if (lstat(path, &st) < 0 || !S_ISDIR(st.st_mode) || stat(parent, &up) < 0 ||
+        st.st_dev == up.st_dev)
+        return 0;
+    return umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) == 0 ? 0 : -errno;
+}
+
 int sbx_sandbox_remove_tree(const char *path)
 {
     struct stat st;
@@ -359,6 +407,8 @@ int sbx_sandbox_remove_tree(const char *path)
 
     if (lstat(path, &st) < 0 && errno == ENOENT)
         return 0;
+    if (unmount_at(path) < 0)
+        return -EBUSY;
     pid = spawn_rm(path);
     if (pid < 0)
         return -errno;
@@ -434,16 +484,58 @@ out:
     return rc;
 }
 
+/* One tmpfs of disk_mb on root for the workspace and /tmp. Returns 0, 1
+ * when mounting is not permitted here (the caller keeps a plain workspace),
+ * or a negative errno. */
+static int mount_disk(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, size_t errlen)
+{
+    static int warned;
+    char opts[128];
+    int rc;
+
+    snprintf(opts, sizeof(opts), "size=%llum,mode=0700,uid=%d,gid=%d",
+             (unsigned long long)spec->disk_mb, spec->uid, spec->gid);
+    if (mount("sbx-disk", s->root, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) {
+        if (errno == EPERM) {
+            if (!warned++)
+                sbx_warn("sandbox", "cannot mount a tmpfs per sandbox (%s): disk_mb limits "
+                         "each file and /tmp, not the workspace as a whole", strerror(errno));
+            return 1;
+        }
+        rc = -errno;
+        snprintf(err, errlen, "workspace tmpfs %s: %s", s->root, strerror(errno));
+        return rc;
+    }
+    s->mounted = 1;
+    snprintf(s->ws, sizeof(s->ws), "%s/ws", s->root);
+    snprintf(s->tmp, sizeof(s->tmp), "%s/tmp", s->root);
+    /* mkdir's mode passes through the umask; chmod says it exactly. */
+    if (mkdir(s->ws, 0700) < 0 || chown(s->ws, (uid_t)spec->uid, (gid_t)spec->gid) < 0 ||
+        mkdir(s->tmp, 01777) < 0 || chmod(s->tmp, 01777) < 0 ||
+        chown(s->tmp, (uid_t)spec->uid, (gid_t)spec->gid) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "workspace tmpfs %s: %s", s->root, strerror(errno));
+        return rc;
+    }
+    return 0;
+}
+
 static int make_workspace(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, size_t errlen)
 {
     int dir = -1, rc = 0;
 
-    if (mkdir(s->ws, 0700) < 0) {
+    if (mkdir(s->root, 0700) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
+        snprintf(err, errlen, "workspace %s: %s", s->root, strerror(errno));
         return rc;
     }
     s->ws_exists = 1;
+    if (spec->disk_total && spec->disk_mb > 0 && spec->uid >= 0) {
+        rc = mount_disk(s, spec, err, errlen);
+        if (rc < 0)
+            return rc;
+        rc = 0;
+    }
     dir = open(s->ws, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dir < 0 || (s->uid >= 0 && fchown(dir, (uid_t)s->uid, (gid_t)s->gid) < 0)) {
         rc = -errno;
@@ -530,7 +622,7 @@ static void add_root_dirs(abuf *b)
     }
 }
 
-static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws)
+static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws, const char *tmp)
 {
     char size[32];
     int tmpfs_mb;
@@ -553,9 +645,13 @@ static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws)
     if (tmpfs_mb > 0)
         add2(b, "--size", size);
     add2(b, "--tmpfs", "/dev/shm");
-    if (tmpfs_mb > 0)
-        add2(b, "--size", size);
-    add2(b, "--tmpfs", "/tmp");
+    if (tmp[0]) {
+        add3(b, "--bind", tmp, "/tmp");
+    } else {
+        if (tmpfs_mb > 0)
+            add2(b, "--size", size);
+        add2(b, "--tmpfs", "/tmp");
+    }
     add3(b, "--bind", ws, "/workspace");
     add2(b, "--chdir", "/workspace");
     add3(b, "--perms", "0444", "--ro-bind-data");
@@ -591,8 +687,9 @@ static int memfd_with(const char *name, const char *data, size_t len)
 
 /* ---- the child between fork and exec: async-signal-safe calls only ---- */
 
-enum { STAGE_SIGNALS = 1, STAGE_FDS, STAGE_LIMITS, STAGE_IDS, STAGE_EXEC };
-static const char *const stage_names[] = {"", "signals", "fds", "rlimits", "uid/gid", "exec"};
+enum { STAGE_SIGNALS = 1, STAGE_FDS, STAGE_LIMITS, STAGE_IDS, STAGE_EXEC, STAGE_CGROUP };
+static const char *const stage_names[] = {"", "signals", "fds", "rlimits", "uid/gid", "exec",
+                                          "cgroup"};
 
 typedef struct child_plan {
     const char *bwrap;
@@ -601,6 +698,7 @@ typedef struct child_plan {
     int err_w;
     int uid, gid;
     int memory_mb, pids, cpu_s, disk_mb;
+    const sbx_cgroup *cg;
     pid_t parent;
 } child_plan;
 
@@ -630,6 +728,16 @@ static _Noreturn void child_exec(const child_plan *cp)
     sigset_t none;
     int hi[5], err_w, fd;
     rlim_t mb = 1024 * 1024;
+
+    /* First, so bwrap and all it starts are inside; the cgroup's fds may
+     * have any number the moves below would clobber. */
+    if (cp->cg) {
+        int rc = sbx_cgroup_join(cp->cg);
+        if (rc < 0) {
+            errno = -rc;
+            child_fail(cp->err_w, STAGE_CGROUP);
+        }
+    }
 
     /* The build sees default signal handling, whatever the worker set up. */
     memset(&sa, 0, sizeof(sa));
@@ -814,23 +922,58 @@ static void on_rm_exit(sbx_io *io, int events)
     sbx_io_stop(&s->rm_io);
     close_fd(&s->rm_pidfd);
     s->rm_pid = 0;
-    if (lstat(s->ws, &st) == 0) {
-        snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->ws);
-        sbx_warn("sandbox", "workspace not removed ws=%s", s->ws);
+    if (lstat(s->root, &st) == 0) {
+        snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->root);
+        sbx_warn("sandbox", "workspace not removed ws=%s", s->root);
     } else {
         s->ws_exists = 0;
     }
     finish(s);
 }
 
+/* The cgroup and the disk_total tmpfs, once no process of the sandbox is
+ * left: what the limits did first, then both go (the tmpfs before the
+ * cgroup its pages are charged to). */
+static void release_limits(sbx_sandbox *s)
+{
+    if (s->cg) {
+        sbx_cgroup_usage u;
+        sbx_cgroup_usage_of(s->cg, &u);
+        s->oom_killed = u.oom_kills > 0;
+        sbx_debug("sandbox", "cgroup pid=%d memory_peak=%llu oom_kills=%llu", (int)s->pid,
+                  (unsigned long long)u.memory_peak, (unsigned long long)u.oom_kills);
+    }
+    if (s->mounted) {
+        struct statfs fs;
+        if (s->exit_code != 0 && statfs(s->root, &fs) == 0 &&
+            (unsigned long long)fs.f_bavail * (unsigned long long)fs.f_bsize < SB_DISK_FULL_SLACK)
+            s->disk_full = 1;
+        if (umount2(s->root, MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
+            s->mounted = 0;
+        else
+            sbx_warn("sandbox", "workspace tmpfs not unmounted ws=%s: %s", s->root, strerror(errno));
+    }
+    if (s->oom_killed) {
+        snprintf(s->limit, sizeof(s->limit),
+                 "memory limit of %d MB reached: killed by the OOM killer", s->memory_mb);
+        s->lost = 0; /* bwrap killed by it: the build's doing, not the host's */
+    } else if (s->disk_full) {
+        snprintf(s->limit, sizeof(s->limit), "disk limit of %d MB reached", s->disk_mb);
+    }
+    if (sbx_cgroup_free(s->cg) != 0 && !s->error[0])
+        snprintf(s->error, sizeof(s->error), "the sandbox's cgroup was not removed");
+    s->cg = NULL;
+}
+
 static void start_cleaning(sbx_sandbox *s)
 {
     set_state(s, SB_CLEANING);
+    release_limits(s);
     if (!s->ws_exists) {
         finish(s);
         return;
     }
-    s->rm_pid = spawn_rm(s->ws);
+    s->rm_pid = spawn_rm(s->root);
     if (s->rm_pid > 0)
         s->rm_pidfd = pidfd_open_(s->rm_pid);
     if (s->rm_pid <= 0 || s->rm_pidfd < 0) {
@@ -839,10 +982,10 @@ static void start_cleaning(sbx_sandbox *s)
         if (s->rm_pid > 0)
             wait_blocking(s->rm_pid, &status);
         s->rm_pid = 0;
-        if (sbx_sandbox_remove_tree(s->ws) == 0)
+        if (sbx_sandbox_remove_tree(s->root) == 0)
             s->ws_exists = 0;
         else
-            snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->ws);
+            snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->root);
         finish(s);
         return;
     }
@@ -966,6 +1109,9 @@ static void on_done(sbx_timer *t)
     st.out_bytes = s->out_bytes;
     st.duration_ms = s->t_exit_ms - s->t0_ms;
     st.error = s->error;
+    st.oom_killed = s->oom_killed;
+    st.disk_full = s->disk_full;
+    st.limit = s->limit;
     s->on_exit(s->arg, s, &st);
 }
 
@@ -996,6 +1142,55 @@ void sbx_sandbox_cancel(sbx_sandbox *s)
 }
 
 /* ---- spawn / free ---- */
+
+/* The cgroups of one slot's sandboxes live under one parent, named by a
+ * hash of work_dir (FNV-1a 64) and the slot's uid: unique on the host (two
+ * workers may share a work_dir, never a uid), bounded in length, the same
+ * again after a restart. Without a uid of its own a sandbox's parent is
+ * named by our pid: nothing else may sweep it. */
+static void cgroup_group(const char *work_dir, int uid, char out[48])
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (const unsigned char *c = (const unsigned char *)work_dir; *c; c++)
+        h = (h ^ *c) * 1099511628211ULL;
+    if (uid >= 0)
+        snprintf(out, 48, "w%016llx-u%d", (unsigned long long)h, uid);
+    else
+        snprintf(out, 48, "w%016llx-p%d", (unsigned long long)h, (int)getpid());
+}
+
+void sbx_sandbox_sweep_cgroups(const char *work_dir, int uid)
+{
+    char group[48];
+    cgroup_group(work_dir, uid, group);
+    sbx_cgroup_sweep(group);
+}
+
+static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, size_t errlen)
+{
+    static int warned;
+    sbx_cgroup_limits lim;
+    char group[48];
+    int rc;
+
+    if (!sbx_cgroup_mode()) {
+        if (!warned++)
+            sbx_warn("sandbox", "no writable cgroup hierarchy (not root?): memory, CPU and pids "
+                     "are limited per process (rlimits), not per sandbox");
+        return 0;
+    }
+    memset(&lim, 0, sizeof(lim));
+    lim.memory_mb = spec->memory_mb;
+    lim.cpus = spec->cpus;
+    lim.pids = spec->pids > 0 ? spec->pids + SB_BWRAP_PROCS : 0;
+    cgroup_group(spec->work_dir, spec->uid, group);
+    /* The slot's uid was just swept: anything left in its group is a
+     * killed predecessor's, so callers need no start-up call. */
+    if (spec->uid >= 0)
+        sbx_cgroup_sweep(group);
+    rc = sbx_cgroup_new(group, spec->name, &lim, &s->cg, err, errlen);
+    return rc == -ENOTSUP ? 0 : rc;
+}
 
 static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
 {
@@ -1117,12 +1312,20 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     s->uid = spec->uid;
     s->gid = spec->gid;
     s->grace_ms = spec->kill_grace_ms;
-    if ((size_t)snprintf(s->ws, sizeof(s->ws), "%s/%s", spec->work_dir, spec->name) >=
-        sizeof(s->ws)) {
+    s->memory_mb = spec->memory_mb;
+    s->disk_mb = spec->disk_mb;
+    if ((size_t)snprintf(s->root, sizeof(s->root), "%s/%s", spec->work_dir, spec->name) >=
+        sizeof(s->root)) {
         rc = -ENAMETOOLONG;
         snprintf(err, errlen, "workspace path too long");
         goto out;
     }
+    snprintf(s->ws, sizeof(s->ws), "%s", s->root);
+
+    /* 0. The cgroup, before anything is charged to it. */
+    rc = make_cgroup(s, spec, err, errlen);
+    if (rc)
+        goto out;
 
     /* 1. The workspace, with the job's files. */
     rc = make_workspace(s, spec, err, errlen);
@@ -1139,7 +1342,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
              in_uid, in_gid);
     snprintf(gr, sizeof(gr), "root:x:0:\nbuild:x:%d:\nnogroup:x:65534:\n", in_gid);
     sbx_buf_init(&opts.b, SB_ARGS_MAX);
-    build_options(&opts, spec, s->ws);
+    build_options(&opts, spec, s->ws, s->tmp);
     argv = build_argv(spec);
     if (opts.err || !argv) {
         rc = opts.err ? opts.err : -ENOMEM;
@@ -1178,6 +1381,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     cp.pids = spec->pids;
     cp.cpu_s = spec->cpu_s;
     cp.disk_mb = spec->disk_mb;
+    cp.cg = s->cg;
     cp.parent = getpid();
     s->t0_ms = sbx_now_ms();
     s->pid = fork();
@@ -1201,7 +1405,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
         s->pid = 0;
         rc = ce.err ? -ce.err : -EIO;
         snprintf(err, errlen, "starting %s: %s: %s", spec->bwrap,
-                 stage_names[ce.stage >= 1 && ce.stage <= STAGE_EXEC ? ce.stage : 0],
+                 stage_names[ce.stage >= 1 && ce.stage <= STAGE_CGROUP ? ce.stage : 0],
                  strerror(ce.err));
         goto out;
     }
@@ -1291,8 +1495,9 @@ void sbx_sandbox_free(sbx_sandbox *s)
         wait_blocking(s->rm_pid, &status);
         s->rm_pid = 0;
     }
-    if (s->ws_exists && sbx_sandbox_remove_tree(s->ws) != 0)
-        sbx_warn("sandbox", "workspace not removed ws=%s", s->ws);
+    sbx_cgroup_free(s->cg);
+    if (s->ws_exists && sbx_sandbox_remove_tree(s->root) != 0)
+        sbx_warn("sandbox", "workspace not removed ws=%s", s->root);
     close_fd(&s->pidfd);
     close_fd(&s->rm_pidfd);
     close_fd(&s->mark_fd);

@@ -48,11 +48,16 @@ typedef struct sbx_sandbox_spec {
     size_t nfiles;
     int uid, gid;            /* run as these (needs root); -1: as the caller */
     int network;             /* share the host's network namespace */
-    int memory_mb;           /* RLIMIT_AS per process; 0: none */
-    int pids;                /* RLIMIT_NPROC of the uid; 0: none */
+    int memory_mb;           /* the sandbox's cgroup (tmpfs pages included) and
+                                RLIMIT_AS per process; 0: none */
+    int pids;                /* the cgroup's pids.max, RLIMIT_NPROC of the uid; 0: none */
+    double cpus;             /* the cgroup's CPU quota in cores; 0: none */
     int cpu_s;               /* RLIMIT_CPU per process; 0: none */
     int disk_mb;             /* RLIMIT_FSIZE per file; 0: none. /tmp and /dev/shm
                                 are tmpfs of min(disk_mb, memory_mb) */
+    int disk_total;          /* as root with disk_mb > 0: the workspace and /tmp
+                                share one tmpfs of disk_mb (the workspace is then
+                                <name>/ws, see sbx_sandbox_workspace) */
     int timeout_s;           /* wall time from spawn; 0: none */
     int kill_grace_ms;       /* cancel: SIGTERM, then SIGKILL after this */
 } sbx_sandbox_spec;
@@ -75,6 +80,11 @@ typedef struct sbx_sandbox_status {
     uint64_t out_bytes;      /* all output bytes, kept or not */
     uint64_t duration_ms;    /* spawn to exit */
     const char *error;       /* "" or a cleanup problem worth reporting */
+    int oom_killed;          /* the cgroup's memory limit killed a process */
+    int disk_full;           /* the command failed with the disk_total tmpfs full */
+    const char *limit;       /* "" or which limit stopped it, worded for the run's
+                              * error: "memory limit of 256 MB reached: killed by
+                              * the OOM killer", "disk limit of 100 MB reached" */
 } sbx_sandbox_status;
 
 typedef void (*sbx_sandbox_start_cb)(void *arg, sbx_sandbox *s);
@@ -103,8 +113,13 @@ int sbx_sandbox_sweep_uid(uid_t uid, int wait_ms);
 /* Counts the live (non-zombie) processes whose real, effective or saved uid
  * is uid. */
 int sbx_sandbox_count_uid(uid_t uid);
-/* rm -rf --one-file-system path; returns 0 or a negative errno. */
+/* rm -rf --one-file-system path, after detaching a filesystem mounted on
+ * path itself (a disk_total tmpfs); returns 0 or a negative errno. */
 int sbx_sandbox_remove_tree(const char *path);
+/* Removes the cgroups that sandboxes of (work_dir, uid) left behind (a
+ * crashed predecessor's), after uid was swept. Every spawn with a uid does
+ * this for its own; this is for start-up and tests. */
+void sbx_sandbox_sweep_cgroups(const char *work_dir, int uid);
 
 /* bwrap given as a bare name is looked up in PATH, once, by whoever spawns
  * sandboxes: the sandbox execs an absolute path with an empty environment.

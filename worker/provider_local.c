@@ -4,8 +4,7 @@
  * This file is the thin part: it maps slots to sandboxes and jobs to sandbox
  * specs, and sandbox endings to outcomes. sandbox.c does the processes,
  * limits, output and cleanup, and its design comment says how each is
- * bounded (rlimits: cgroup v2 is not available on these hosts, which run the
- * cgroup v1 hybrid layout).
+ * bounded (a cgroup per sandbox, v2 or v1, when root; rlimits always).
  *
  * Slots. The host offers cfg->slots slots, "local/<node>/<i>", in the pool
  * "local/<node>". start() refuses an id not in that list (-ENOENT) and a slot
@@ -22,21 +21,26 @@
  * the worker's uid: no sweeps, and RLIMIT_NPROC counts every process of it.
  *
  * Limits from the job, else the config (0 = none):
- *   memory_mb -> RLIMIT_AS per process; pids -> RLIMIT_NPROC of the slot uid;
- *   disk_mb (default LOCAL_DEFAULT_DISK_MB) -> RLIMIT_FSIZE per file and the
- *   size of /tmp and /dev/shm (at most memory_mb: they are RAM);
+ *   memory_mb -> the sandbox's memory cgroup (all its processes and tmpfs
+ *   pages) and RLIMIT_AS per process; pids -> pids.max and RLIMIT_NPROC of
+ *   the slot uid; cpus -> the cgroup's CPU quota (fractions too);
+ *   disk_mb (default LOCAL_DEFAULT_DISK_MB) -> as root, one tmpfs of that
+ *   size for the workspace and /tmp together (disk_total), RLIMIT_FSIZE per
+ *   file, and the size of /dev/shm (at most memory_mb: it is RAM);
  *   timeout_s -> wall timer (TIMED_OUT);
  *   RLIMIT_CPU = timeout_s * max(cpus, 1): a single process may always use
- *   its whole wall time; the limit only stops one process burning more cores
- *   than asked for the whole run. Fractional cpus are not enforceable
- *   without cgroups.
+ *   its whole wall time; a backstop behind the quota (and the only CPU
+ *   bound without cgroups).
  *
  * Outcomes: canceled -> CANCELED (even if the build ended meanwhile: the
  * caller asked, provider.h promises it); wall timer -> TIMED_OUT; bwrap never
  * reached the command -> ERROR (a host problem, worth a retry); exit 0 ->
- * SUCCEEDED; anything else, including limits killing it -> FAILED. A job
- * whose files cannot be written as given (a name too long, paths that clash:
- * the sandbox's -EINVAL) is refused by start() with -EINVAL, the job's fault.
+ * SUCCEEDED; anything else, including limits killing it -> FAILED, with the
+ * limit named in the error when the sandbox knows it was one (the memory
+ * cgroup's OOM killer, a full disk), which the worker stores in the run. A
+ * job whose files cannot be written as given (a name too long, paths that
+ * clash: the sandbox's -EINVAL) is refused by start() with -EINVAL, the
+ * job's fault.
  */
 #include "provider.h"
 
@@ -147,6 +151,9 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
         snprintf(res.error, sizeof(res.error), "sandbox did not start the command (bwrap exit %d)",
                  st->exit_code);
         res.exit_code = -1;
+    } else if (res.outcome == SBX_OUTCOME_FAILED && st->limit[0]) {
+        snprintf(res.error, sizeof(res.error), "%s%s%s", st->limit, st->error[0] ? "; " : "",
+                 st->error);
     } else if (st->error[0]) {
         snprintf(res.error, sizeof(res.error), "%s", st->error);
     } else if (res.outcome == SBX_OUTCOME_TIMED_OUT) {
@@ -229,7 +236,9 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     spec.pids = job->pids > 0 ? job->pids : p->default_pids;
     cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
     spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
+    spec.cpus = cpus;
     spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : LOCAL_DEFAULT_DISK_MB;
+    spec.disk_total = 1;
     spec.timeout_s = timeout_s;
     spec.kill_grace_ms = p->kill_grace_ms;
 
@@ -464,6 +473,9 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
                 sbx_warn("local", "processes of uid %d survive SIGKILL; slot %s will refuse builds",
                          p->uid_base + i, p->ids[i]);
     remove_stale_workspaces(p);
+    if (as_root)
+        for (int i = 0; i < p->nslots; i++)
+            sbx_sandbox_sweep_cgroups(p->work_dir, p->uid_base + i);
 
     if (!as_root)
         sbx_warn("local", "not root: builds run as uid %d, no per-slot uid, RLIMIT_NPROC counts "

@@ -288,7 +288,8 @@ static void t_workspace_lifecycle(void **state)
     job.files = files;
     job.nfiles = 1;
     assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
-    snprintf(ws, sizeof(ws), "%s/0-%" PRId64, g_work_dir, r.token);
+    /* As root the workspace is ws/ on the sandbox's own tmpfs (disk_total). */
+    snprintf(ws, sizeof(ws), "%s/0-%" PRId64 "%s", g_work_dir, r.token, g_root ? "/ws" : "");
     snprintf(out, sizeof(out), "%s/out.txt", ws);
     snprintf(in, sizeof(in), "%s/src/in.txt", ws);
     until = sbx_now_ms() + 5000;
