@@ -14,7 +14,7 @@
 BUILD    ?= build
 CC       ?= cc
 SANITIZE ?=
-PKGS     := rdkafka hiredis libpq libcurl json-c libmicrohttpd
+PKGS     := rdkafka hiredis libpq libcurl json-c libmicrohttpd libseccomp
 
 WARN     := -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-format-nonliteral
 CFLAGS   ?= -O2 -g

@@ -15,7 +15,10 @@
  *    read-only /usr plus the merged-/usr symlinks, a generated /etc/passwd and
  *    /etc/group, a handful of read-only /etc files, and size-capped tmpfs
  *    /tmp and /dev/shm. --die-with-parent: killing bwrap kills its pid 1, and
- *    the kernel then kills every process of that pid namespace.
+ *    the kernel then kills every process of that pid namespace. Last, just
+ *    before it execs the command, bwrap loads the seccomp filter of
+ *    seccomp_filter.c (read from a memfd on fd 7, --seccomp 7), so its own
+ *    set-up runs unfiltered and nothing of the build does.
  *  - Secrets stay off the host's `ps`: bwrap's options, including every
  *    --setenv, are passed through a memfd (--args 3), not argv; bwrap itself
  *    is exec'd with an empty environment, so nothing the job sets (say
@@ -118,6 +121,7 @@
 #include "buf.h"
 #include "cgroup.h"
 #include "log.h"
+#include "seccomp_filter.h"
 
 /* After bwrap exits, wait this long for output EOF: every writer lives in
  * the pid namespace, which dies with bwrap's pid 1, so EOF normally arrives
@@ -629,6 +633,7 @@ static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws,
 
     add2(b, "--unshare-all", "--unshare-user");
     add(b, "--disable-userns"); /* no nested user namespaces: less kernel surface */
+    add2(b, "--seccomp", "7");
     if (spec->network)
         add(b, "--share-net");
     add3(b, "--die-with-parent", "--new-session", "--hostname");
@@ -694,7 +699,7 @@ static const char *const stage_names[] = {"", "signals", "fds", "rlimits", "uid/
 typedef struct child_plan {
     const char *bwrap;
     char **argv;
-    int src[5];          /* out_w, args, passwd, group, mark_w -> fds 1(+2), 3, 4, 5, 6 */
+    int src[6];          /* out_w, args, passwd, group, mark_w, seccomp -> fds 1(+2), 3..7 */
     int err_w;
     int uid, gid;
     int memory_mb, pids, cpu_s, disk_mb;
@@ -722,11 +727,11 @@ static int set_limit(int res, rlim_t soft, rlim_t hard)
 
 static _Noreturn void child_exec(const child_plan *cp)
 {
-    static const int target[5] = {1, 3, 4, 5, 6};
+    static const int target[6] = {1, 3, 4, 5, 6, 7};
     char *envp[] = {NULL};
     struct sigaction sa;
     sigset_t none;
-    int hi[5], err_w, fd;
+    int hi[6], err_w, fd;
     rlim_t mb = 1024 * 1024;
 
     /* First, so bwrap and all it starts are inside; the cgroup's fds may
@@ -754,7 +759,7 @@ static _Noreturn void child_exec(const child_plan *cp)
     err_w = fcntl(cp->err_w, F_DUPFD_CLOEXEC, 10);
     if (err_w < 0)
         child_fail(cp->err_w, STAGE_FDS);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         hi[i] = fcntl(cp->src[i], F_DUPFD_CLOEXEC, 10);
         if (hi[i] < 0)
             child_fail(err_w, STAGE_FDS);
@@ -762,10 +767,10 @@ static _Noreturn void child_exec(const child_plan *cp)
     fd = open("/dev/null", O_RDONLY);
     if (fd < 0 || dup2(fd, 0) < 0 || dup2(hi[0], 2) < 0)
         child_fail(err_w, STAGE_FDS);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         if (dup2(hi[i], target[i]) < 0)
             child_fail(err_w, STAGE_FDS);
-    if (close_range(7, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+    if (close_range(8, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(err_w, STAGE_FDS);
 
     if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
@@ -1281,7 +1286,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     child_err ce;
     char pw[512], gr[256];
     char **argv = NULL;
-    int memfds[3] = {-1, -1, -1}, outp[2] = {-1, -1}, markp[2] = {-1, -1}, errp[2] = {-1, -1};
+    int memfds[4] = {-1, -1, -1, -1}, outp[2] = {-1, -1}, markp[2] = {-1, -1}, errp[2] = {-1, -1};
     int rc, in_uid, in_gid;
     ssize_t n;
 
@@ -1352,10 +1357,11 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     memfds[0] = memfd_with("sbx-args", opts.b.p, opts.b.len);
     memfds[1] = memfd_with("sbx-passwd", pw, strlen(pw));
     memfds[2] = memfd_with("sbx-group", gr, strlen(gr));
-    for (int i = 0; i < 3; i++) {
+    memfds[3] = sbx_seccomp_fd(); /* a fresh one: bwrap reads it to EOF */
+    for (int i = 0; i < 4; i++) {
         if (memfds[i] < 0) {
             rc = memfds[i];
-            snprintf(err, errlen, "memfd: %s", strerror(-rc));
+            snprintf(err, errlen, "%s: %s", i == 3 ? "seccomp filter" : "memfd", strerror(-rc));
             goto out;
         }
     }
@@ -1374,6 +1380,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     cp.src[2] = memfds[1];
     cp.src[3] = memfds[2];
     cp.src[4] = markp[1];
+    cp.src[5] = memfds[3];
     cp.err_w = errp[1];
     cp.uid = spec->uid;
     cp.gid = spec->gid;
@@ -1439,7 +1446,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
 out:
     if (s)
         sbx_sandbox_free(s); /* kills, reaps and removes what got made */
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         close_fd(&memfds[i]);
     for (int i = 0; i < 2; i++) {
         close_fd(&outp[i]);

@@ -39,6 +39,7 @@ pc libcurl  || need libcurl4-openssl-dev
 pc json-c   || need libjson-c-dev
 pc cmocka   || need libcmocka-dev
 pc libmicrohttpd || need libmicrohttpd-dev
+pc libseccomp || need libseccomp-dev
 
 if [ "$mode" = all ]; then
     # --- services the tests start -----------------------------------------
@@ -124,7 +125,7 @@ fi
 
 # --- check again: a package that installed but did not provide the thing ---
 still=""
-for m in rdkafka hiredis libpq libcurl json-c cmocka libmicrohttpd; do pc "$m" || still="$still pkg-config:$m"; done
+for m in rdkafka hiredis libpq libcurl json-c cmocka libmicrohttpd libseccomp; do pc "$m" || still="$still pkg-config:$m"; done
 if [ "$mode" = all ]; then
     for c in cc make psql redis-server java mvn bwrap podman runc newuidmap node npm kcat valgrind clang python3; do
         have "$c" || still="$still $c"
