@@ -245,15 +245,15 @@ BAD_URLS = [
 
 
 @pytest.mark.parametrize("url,why,secret", BAD_URLS, ids=[str(i) for i in range(len(BAD_URLS))])
-def test_bad_url_refused_without_password(sbx_bin, services, tmp_path, url, why, secret):
+def test_bad_url_refused_without_password(sbx_bin, services, workdir, url, why, secret):
     env = dict(services, SBX_REDIS_URL=url, SBX_WORKER_ID="w-bad", SBX_LOCAL_SLOTS="1",
-               SBX_WORK_DIR=str(tmp_path))
+               SBX_WORK_DIR=workdir)
     r = _run(sbx_bin / "sbx-worker", [], env)
     assert r.returncode == 2, r.stderr
     assert "SBX_REDIS_URL=" in r.stderr and why in r.stderr, r.stderr
     assert_no_secret(r.stdout + r.stderr, {secret}, "sbx-worker start-up error")
     env = {"SBX_AGENT_KEY": AGENT_KEY, "SBX_REDIS_URL": url, "SBX_AGENT_ID": "vm-bad",
-           "SBX_WORK_DIR": str(tmp_path), "SBX_AGENT_LISTEN": "127.0.0.1:%d"
+           "SBX_WORK_DIR": workdir, "SBX_AGENT_LISTEN": "127.0.0.1:%d"
            % sbxsvc._free_port(set())}
     r = _run(sbx_bin / "sbx-agent", [], env)
     assert r.returncode == 2, r.stderr
