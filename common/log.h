@@ -18,7 +18,13 @@ void sbx_log(enum sbx_log_level lvl, const char *comp, const char *fmt, ...)
 #define sbx_warn(comp, ...)  sbx_log(SBX_LOG_WARN, comp, __VA_ARGS__)
 #define sbx_error(comp, ...) sbx_log(SBX_LOG_ERROR, comp, __VA_ARGS__)
 
-/* Copies a libpq conninfo / URL into out with any password replaced by "***". */
+/* Copies in into out (outlen bytes with the NUL, cut short to fit) with
+ * every password replaced by "***": the userinfo of a URL (Redis,
+ * PostgreSQL, ...), query parameters (?password=, &sslpassword=), libpq
+ * conninfo keywords (password=..., quoted or not) and k=v lists
+ * (sasl.password=...). The one redaction of the project: whatever prints a
+ * setting or an error quoting one goes through here. log.c says how
+ * ambiguous input is read (hide more, never less). */
 void sbx_log_redact(const char *in, char *out, unsigned long outlen);
 
 #endif

@@ -1,4 +1,6 @@
-/* opts.c — see opts.h. */
+/* opts.c — see opts.h. Every value it prints, in the settings printout or
+ * in an error, goes through sbx_log_redact() (a value given in the wrong
+ * place may well be a URL with a password). */
 #include "opts.h"
 
 #include <errno.h>
@@ -6,6 +8,10 @@
 #include <string.h>
 
 #include "log.h"
+
+/* A value as printed: the longest setting (2 KiB) with room for the "***"
+ * that may replace a one-byte password. */
+#define SHOWN_MAX 4096
 
 static int set(const char *prog, void *cfg, const sbx_opt *o, const char *v, const char *src,
                FILE *err)
@@ -26,7 +32,9 @@ static int set(const char *prog, void *cfg, const sbx_opt *o, const char *v, con
     errno = 0;
     n = strtol(v, &end, 10);
     if (errno || end == v || *end || n < o->min || n > o->max) {
-        fprintf(err, "%s: %s=%s is not valid: set it to %s from %ld to %ld\n", prog, src, v,
+        char shown[SHOWN_MAX];
+        sbx_log_redact(v, shown, sizeof(shown));
+        fprintf(err, "%s: %s=%s is not valid: set it to %s from %ld to %ld\n", prog, src, shown,
                 o->kind == SBX_OPT_BOOL ? "0 or 1," : "an integer", o->min, o->max);
         return 1;
     }
@@ -58,7 +66,7 @@ void sbx_opts_print(const sbx_opt *opts, size_t n, const void *cfg, FILE *out)
         } else if (opts[i].secret) {
             fprintf(out, "%s=***\n", opts[i].env);
         } else {
-            char red[2048];
+            char red[SHOWN_MAX];
             sbx_log_redact(p, red, sizeof(red));
             fprintf(out, "%s=%s\n", opts[i].env, red);
         }
@@ -86,7 +94,9 @@ int sbx_opts_load(const char *prog, const sbx_opt *opts, size_t n, void *cfg, in
             return 2;
         }
         if (strncmp(arg, "--", 2) != 0) {
-            fprintf(err, "%s: unexpected argument '%s'; see %s --help\n", prog, arg, prog);
+            char shown[SHOWN_MAX];
+            sbx_log_redact(arg, shown, sizeof(shown));
+            fprintf(err, "%s: unexpected argument '%s'; see %s --help\n", prog, shown, prog);
             bad = 1;
             continue;
         }

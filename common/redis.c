@@ -1,13 +1,25 @@
-/* redis.c — hiredis async on the sbx loop, with reconnect and EVALSHA.
+/* redis.c — hiredis async on the sbx loop, with reconnect, a handshake
+ * (AUTH, SELECT, PING) and EVALSHA.
  *
  * hiredis asks its "event library" to start/stop watching the socket for
  * read and write; here those hooks map onto one sbx_io. Reconnects run on a
  * timer: 100 ms doubling to 5 s, with +-50% jitter so a fleet of workers does
- * not reconnect in lock-step after a Redis restart.
+ * not reconnect in lock-step after a Redis restart. The backoff starts over
+ * only once a handshake succeeds, so a wrong password is retried every ~5 s,
+ * not hammered.
+ *
+ * The handshake is pipelined (one round trip): AUTH must come first because
+ * a Redis with requirepass answers NOAUTH to everything before it; PING
+ * last, because its answer is the one proof the link is usable, and a
+ * Redis that needs a password we were not given says NOAUTH to it.
+ * Failures are remembered as one line (last_err): the first of a kind is
+ * logged at error level, repeats at debug, so a worker pointed at a wrong
+ * password says so once instead of every five seconds.
  */
 #include "redis.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +30,10 @@
 
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
+
+/* One line: a Redis error reply is a short sentence; what we add around it
+ * is under 200 bytes. */
+#define LAST_ERR_MAX 384
 
 struct sbx_redis_script {
     char *lua;
@@ -30,11 +46,11 @@ struct sbx_redis {
     redisAsyncContext *ac;
     sbx_io io;
     int want;             /* SBX_READ|SBX_WRITE hiredis asked for */
-    int connected;
-    char host[256];
-    int port;
-    char unix_path[256];
-    int db;
+    int connected;        /* the handshake's PING answered on this link */
+    int refused;          /* a handshake reply of this link was an error */
+    sbx_redis_url u;      /* holds the password: wiped by sbx_redis_free() */
+    char target[300];     /* "host:port" or the socket path, for messages */
+    char last_err[LAST_ERR_MAX];
     uint64_t backoff_ms;
     sbx_timer reconnect;
     sbx_redis_state_cb state_cb;
@@ -42,6 +58,22 @@ struct sbx_redis {
     sbx_redis_script *scripts;  /* registered through evalsha, not owned */
     int closing;                /* sbx_redis_free(): callbacks are not called */
 };
+
+/* Records why the link is not usable; logs it at lvl when it differs from
+ * the last reason, at debug otherwise. */
+static void note_failure(sbx_redis *r, enum sbx_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void note_failure(sbx_redis *r, enum sbx_log_level lvl, const char *fmt, ...)
+{
+    char msg[LAST_ERR_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sbx_log(strcmp(msg, r->last_err) == 0 ? SBX_LOG_DEBUG : lvl, "redis", "%s", msg);
+    memcpy(r->last_err, msg, sizeof(msg));
+}
 
 /* ---- hiredis event hooks ---- */
 
@@ -98,16 +130,16 @@ static void on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
         memcpy(s->sha, rep->str, 41);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+/* The handshake's steps; the address is the callback's priv. */
+static const char STEP_AUTH[] = "AUTH", STEP_SELECT[] = "SELECT", STEP_PING[] = "PING";
+
+static void handshake_done(sbx_redis *r)
 {
-    sbx_redis *r = ac->data;
-    if (status != REDIS_OK) {
-        sbx_warn("redis", "connect failed: %s", ac->errstr);
-        r->ac = NULL; /* hiredis frees it after this callback */
-        schedule_reconnect(r);
-        return;
-    }
-    sbx_info("redis", "connected");
+    if (r->last_err[0])
+        sbx_info("redis", "connected to %s (was: %s)", r->target, r->last_err);
+    else
+        sbx_info("redis", "connected to %s", r->target);
+    r->last_err[0] = '\0';
     r->backoff_ms = RECONNECT_MIN_MS;
     for (sbx_redis_script *s = r->scripts; s; s = s->next) {
         s->sha[0] = '\0';
@@ -116,12 +148,78 @@ static void on_connect(const redisAsyncContext *ac, int status)
     set_connected(r, 1);
 }
 
+/* A handshake step answered with an error: say which setting to fix, then
+ * drop the link (the reconnect timer tries again). */
+static void handshake_refused(sbx_redis *r, const char *step, const char *why)
+{
+    /* Redis never echoes AUTH's arguments; whatever answers here might. */
+    if (r->u.pass[0] && strstr(why, r->u.pass))
+        why = "(reply not shown: it quotes the password)";
+    if (step == STEP_AUTH)
+        note_failure(r, SBX_LOG_ERROR, "%s refused AUTH%s%s: %s; check the user and password "
+                     "in SBX_REDIS_URL", r->target, r->u.user[0] ? " as user " : "", r->u.user, why);
+    else if (strncmp(why, "NOAUTH", 6) == 0)
+        note_failure(r, SBX_LOG_ERROR, "%s wants a password (%s); give it in SBX_REDIS_URL: "
+                     "redis://:PASSWORD@host or redis://USER:PASSWORD@host", r->target, why);
+    else if (step == STEP_SELECT)
+        note_failure(r, SBX_LOG_ERROR, "%s refused SELECT %d: %s; fix the /db of SBX_REDIS_URL",
+                     r->target, r->u.db, why);
+    else if (strncmp(why, "LOADING", 7) == 0)
+        note_failure(r, SBX_LOG_WARN, "%s not ready yet: %s", r->target, why);
+    else
+        note_failure(r, SBX_LOG_ERROR, "%s refused %s: %s (SBX_REDIS_URL)", r->target, step, why);
+    redisAsyncDisconnect(r->ac);
+}
+
+static void on_handshake(redisAsyncContext *ac, void *reply, void *priv)
+{
+    sbx_redis *r = ac->data;
+    redisReply *rep = reply;
+
+    /* NULL: the link dropped or is being freed; on_disconnect handles it.
+     * After one refusal the later steps only echo it (NOAUTH). */
+    if (!rep || r->closing || r->refused)
+        return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        r->refused = 1;
+        handshake_refused(r, priv, rep->str);
+        return;
+    }
+    if (priv == STEP_PING)
+        handshake_done(r);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    sbx_redis *r = ac->data;
+    const char *argv[3];
+    int argc = 0;
+
+    if (status != REDIS_OK) {
+        note_failure(r, SBX_LOG_WARN, "connect to %s failed: %s", r->target, ac->errstr);
+        r->ac = NULL; /* hiredis frees it after this callback */
+        schedule_reconnect(r);
+        return;
+    }
+    r->refused = 0;
+    if (r->u.pass[0]) {
+        argv[argc++] = "AUTH";
+        if (r->u.user[0])
+            argv[argc++] = r->u.user;
+        argv[argc++] = r->u.pass;
+        redisAsyncCommandArgv(r->ac, on_handshake, (void *)STEP_AUTH, argc, argv, NULL);
+    }
+    if (r->u.db > 0)
+        redisAsyncCommand(r->ac, on_handshake, (void *)STEP_SELECT, "SELECT %d", r->u.db);
+    redisAsyncCommand(r->ac, on_handshake, (void *)STEP_PING, "PING");
+}
+
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     sbx_redis *r = ac->data;
     r->ac = NULL;
     if (status != REDIS_OK)
-        sbx_warn("redis", "connection lost: %s", ac->errstr);
+        note_failure(r, SBX_LOG_WARN, "connection to %s lost: %s", r->target, ac->errstr);
     set_connected(r, 0);
     if (r->loop)
         schedule_reconnect(r);
@@ -129,12 +227,12 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static int connect_now(sbx_redis *r)
 {
-    redisAsyncContext *ac = r->unix_path[0] ? redisAsyncConnectUnix(r->unix_path)
-                                            : redisAsyncConnect(r->host, r->port);
+    redisAsyncContext *ac = r->u.unix_path[0] ? redisAsyncConnectUnix(r->u.unix_path)
+                                              : redisAsyncConnect(r->u.host, r->u.port);
     if (!ac)
         return -ENOMEM;
     if (ac->err) {
-        sbx_warn("redis", "connect failed: %s", ac->errstr);
+        note_failure(r, SBX_LOG_WARN, "connect to %s failed: %s", r->target, ac->errstr);
         redisAsyncFree(ac);
         schedule_reconnect(r);
         return 0;
@@ -153,8 +251,6 @@ static int connect_now(sbx_redis *r)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* hiredis connects non-blocking: completion shows as writability. */
     ev_add_write(r);
-    if (r->db > 0)
-        redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db);
     return 0;
 }
 
@@ -165,46 +261,200 @@ static void on_reconnect_timer(sbx_timer *t)
         connect_now(r);
 }
 
-static int parse_url(sbx_redis *r, const char *url, char *err, size_t errlen)
+/* ---- SBX_REDIS_URL ---- */
+
+static int bad(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(char *err, size_t errlen, const char *fmt, ...)
 {
-    const char *p;
-    if (strncmp(url, "unix:", 5) == 0) {
-        snprintf(r->unix_path, sizeof(r->unix_path), "%s", url + 5);
-        return 0;
-    }
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "must look like redis://HOST:PORT[/DB] or unix:/PATH");
-        return -EINVAL;
-    }
-    p = url + 8;
-    if (strchr(p, '@')) {
-        snprintf(err, errlen, "passwords in the URL are not supported yet");
-        return -EINVAL;
-    }
-    r->port = 6379;
-    {
-        size_t hl = strcspn(p, ":/");
-        if (hl == 0 || hl >= sizeof(r->host)) {
-            snprintf(err, errlen, "missing host");
-            return -EINVAL;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes in[0..n) into out (cap bytes with the NUL). Messages
+ * name the part (what), never its bytes: it may be a password. */
+static int decode(const char *in, size_t n, char *out, size_t cap, const char *what, char *err,
+                  size_t errlen)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '%') {
+            int hi = i + 2 < n ? hexval(in[i + 1]) : -1, lo = i + 2 < n ? hexval(in[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return bad(err, errlen, "the %s has a '%%' not followed by two hex digits "
+                           "(write a '%%' as %%25)", what);
+            c = hi * 16 + lo;
+            if (c == 0)
+                return bad(err, errlen, "the %s holds %%00; a NUL byte cannot be sent", what);
+            i += 2;
         }
-        memcpy(r->host, p, hl);
-        r->host[hl] = '\0';
-        p += hl;
+        if (o + 1 >= cap)
+            return bad(err, errlen, "the %s is longer than %zu bytes", what, cap - 1);
+        out[o++] = (char)c;
     }
-    if (*p == ':') {
-        char *end;
-        long port = strtol(p + 1, &end, 10);
-        if (end == p + 1 || port <= 0 || port > 65535) {
-            snprintf(err, errlen, "bad port");
-            return -EINVAL;
-        }
-        r->port = (int)port;
-        p = end;
-    }
-    if (*p == '/' && p[1])
-        r->db = atoi(p + 1);
+    out[o] = '\0';
     return 0;
+}
+
+/* A database number: digits only, as SELECT takes it. */
+static int parse_db(const char *s, size_t n, int *db, char *err, size_t errlen)
+{
+    long v = 0;
+
+    if (n == 0 || n > 9)
+        return bad(err, errlen, "the database must be a number from 0 (as in /0 or db=0)");
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return bad(err, errlen, "the database must be a number from 0 (as in /0 or db=0)");
+        v = v * 10 + (s[i] - '0');
+    }
+    *db = (int)v;
+    return 0;
+}
+
+/* redis://[[USER]:PASSWORD@]host[:port][/db]. The userinfo ends at the
+ * last '@': host, port and db never hold one, so a password may hold raw
+ * '@', ':' and '/' (sbx_log_redact() hides the same span). */
+static int parse_tcp(const char *p, sbx_redis_url *u, char *err, size_t errlen)
+{
+    const char *at = strrchr(p, '@');
+    size_t hl;
+    int rc;
+
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (!colon)
+            return bad(err, errlen, "a user needs a password: redis://USER:PASSWORD@host "
+                       "(a password alone: redis://:PASSWORD@host)");
+        rc = decode(p, (size_t)(colon - p), u->user, sizeof(u->user), "user", err, errlen);
+        if (rc == 0)
+            rc = decode(colon + 1, (size_t)(at - colon - 1), u->pass, sizeof(u->pass),
+                        "password", err, errlen);
+        if (rc)
+            return rc;
+        if (!u->pass[0])
+            return bad(err, errlen, "the password after ':' is empty; leave out '%s@' for none",
+                       u->user[0] ? "USER:" : ":");
+        p = at + 1;
+    }
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        if (!end)
+            return bad(err, errlen, "an IPv6 host needs its closing ']'");
+        hl = (size_t)(end - p - 1);
+        p++;
+    } else {
+        hl = strcspn(p, ":/?#");
+    }
+    if (hl == 0 || hl >= sizeof(u->host))
+        return bad(err, errlen, "missing host");
+    memcpy(u->host, p, hl);
+    u->host[hl] = '\0';
+    p += hl + (p[hl] == ']');
+    if (*p == ':') {
+        long port = 0;
+        p++;
+        while (*p >= '0' && *p <= '9' && port <= 65535)
+            port = port * 10 + (*p++ - '0');
+        if (port <= 0 || port > 65535)
+            return bad(err, errlen, "bad port: use a number from 1 to 65535");
+        u->port = (int)port;
+    }
+    if (*p == '/' && p[1]) {
+        rc = parse_db(p + 1, strlen(p + 1), &u->db, err, errlen);
+        if (rc)
+            return rc;
+    } else if (*p && strcmp(p, "/") != 0) {
+        return bad(err, errlen, "unexpected text after host[:port] (query parameters belong to the "
+                   "unix: form; a password goes before the host: redis://:PASSWORD@host)");
+    }
+    return 0;
+}
+
+/* unix:/path[?password=PASSWORD[&user=USER][&db=N]]: a socket path has no
+ * host to hang userinfo on, so the credentials ride in the query. */
+static int parse_unix(const char *p, sbx_redis_url *u, char *err, size_t errlen)
+{
+    size_t pl = strcspn(p, "?");
+    const char *q = p + pl;
+    int have_db = 0, rc;
+
+    if (pl == 0)
+        return bad(err, errlen, "missing socket path after unix:");
+    if (pl >= sizeof(u->unix_path))
+        return bad(err, errlen, "the socket path is longer than %zu bytes", sizeof(u->unix_path) - 1);
+    memcpy(u->unix_path, p, pl);
+    u->unix_path[pl] = '\0';
+    while (*q) {
+        const char *k = q + 1, *eq, *v;
+        size_t kl, vl;
+        q = k + strcspn(k, "&");
+        eq = memchr(k, '=', (size_t)(q - k));
+        if (!eq)
+            return bad(err, errlen, "each query parameter must be key=value (a '&' inside a value "
+                       "is written %%26)");
+        kl = (size_t)(eq - k);
+        v = eq + 1;
+        vl = (size_t)(q - v);
+        if (kl == 8 && memcmp(k, "password", 8) == 0) {
+            if (u->pass[0])
+                return bad(err, errlen, "password= is given twice");
+            rc = decode(v, vl, u->pass, sizeof(u->pass), "password", err, errlen);
+            if (rc == 0 && !u->pass[0])
+                rc = bad(err, errlen, "password= is empty; leave it out for none");
+        } else if (kl == 4 && memcmp(k, "user", 4) == 0) {
+            if (u->user[0])
+                return bad(err, errlen, "user= is given twice");
+            rc = decode(v, vl, u->user, sizeof(u->user), "user", err, errlen);
+        } else if (kl == 2 && memcmp(k, "db", 2) == 0) {
+            if (have_db++)
+                return bad(err, errlen, "db= is given twice");
+            rc = parse_db(v, vl, &u->db, err, errlen);
+        } else {
+            rc = bad(err, errlen, "unknown query parameter (known: password, user, db)");
+        }
+        if (rc)
+            return rc;
+    }
+    if (u->user[0] && !u->pass[0])
+        return bad(err, errlen, "user= needs password= too");
+    return 0;
+}
+
+int sbx_redis_parse_url(const char *url, sbx_redis_url *u, char *err, size_t errlen)
+{
+    int rc;
+
+    memset(u, 0, sizeof(*u));
+    u->port = 6379;
+    if (strncmp(url, "unix:", 5) == 0)
+        rc = parse_unix(url + 5, u, err, errlen);
+    else if (strncmp(url, "redis://", 8) == 0)
+        rc = parse_tcp(url + 8, u, err, errlen);
+    else if (strncmp(url, "rediss://", 9) == 0)
+        rc = bad(err, errlen, "TLS (rediss://) needs hiredis 1.0 or newer, and this build has "
+                 "hiredis %d.%d; reach Redis through a TLS sidecar (stunnel, spiped) on "
+                 "127.0.0.1 or a unix socket instead", HIREDIS_MAJOR, HIREDIS_MINOR);
+    else
+        rc = bad(err, errlen, "must look like %s", SBX_REDIS_URL_FORMS);
+    if (rc)
+        explicit_bzero(u, sizeof(*u));
+    return rc;
 }
 
 int sbx_redis_new(sbx_loop *loop, const char *url, sbx_redis_state_cb state_cb, void *arg,
@@ -219,15 +469,21 @@ int sbx_redis_new(sbx_loop *loop, const char *url, sbx_redis_state_cb state_cb, 
     r->state_arg = arg;
     r->backoff_ms = RECONNECT_MIN_MS;
     sbx_timer_init(&r->reconnect, on_reconnect_timer, r);
-    rc = parse_url(r, url, err, errlen);
+    rc = sbx_redis_parse_url(url, &r->u, err, errlen);
     if (rc)
         goto fail;
+    if (r->u.unix_path[0])
+        snprintf(r->target, sizeof(r->target), "redis at %s", r->u.unix_path);
+    else
+        snprintf(r->target, sizeof(r->target), strchr(r->u.host, ':') ? "redis at [%s]:%d"
+                 : "redis at %s:%d", r->u.host, r->u.port);
     rc = connect_now(r);
     if (rc)
         goto fail;
     *out = r;
     return 0;
 fail:
+    explicit_bzero(&r->u, sizeof(r->u));
     free(r);
     return rc;
 }
@@ -244,10 +500,13 @@ void sbx_redis_free(sbx_redis *r)
         r->loop = NULL; /* on_disconnect must not schedule */
         redisAsyncFree(ac);
     }
+    explicit_bzero(&r->u, sizeof(r->u));
     free(r);
 }
 
 int sbx_redis_connected(const sbx_redis *r) { return r->connected && r->ac; }
+
+const char *sbx_redis_last_error(const sbx_redis *r) { return r->last_err; }
 
 /* ---- commands ---- */
 

@@ -105,10 +105,19 @@ static int ready(sbx_worker *w, page *p)
 {
     int k = sbx_kafka_up(w->kafka), r = sbx_redis_connected(w->redis), d = sbx_db_connected(w->db);
     int ok = k && r && d && !w->stopping;
+    char why[256];
+    size_t n = 0;
+
+    /* Why Redis is down (a refused password says so), as a JSON string:
+     * the line is plain text from Redis or hiredis, never a password. */
+    for (const char *c = sbx_redis_last_error(w->redis); *c && n + 1 < sizeof(why); c++)
+        why[n++] = (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20) ? '?' : *c;
+    why[n] = '\0';
     put(p, "{\"ready\":%s,\"kafka\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\","
-           "\"stopping\":%s,\"jobs\":%zu,\"assigned_partitions\":%d}\n",
+           "\"stopping\":%s,\"jobs\":%zu,\"assigned_partitions\":%d,\"redis_error\":\"%s\"}\n",
         ok ? "true" : "false", k ? "up" : "down", r ? "up" : "down", d ? "up" : "down",
-        w->stopping ? "true" : "false", sbx__jobs_count(w), sbx_kafka_assigned_count(w->kafka));
+        w->stopping ? "true" : "false", sbx__jobs_count(w), sbx_kafka_assigned_count(w->kafka),
+        r ? "" : why);
     return ok;
 }
 

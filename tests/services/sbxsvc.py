@@ -29,9 +29,16 @@ Why it is shaped so:
   binds it; a server that dies with "Address already in use" is started
   again on fresh ports, at most three times.
 
+- Redis may be started with a password (requirepass, off by default) and
+  ACL users, so the clients' AUTH is tested against the real server; the
+  URL in the env then carries the password (percent-encoded).
+
 Library:  env = Services(tmpdir).start(kafka=True, redis=True, postgres=True)
           ... services.restart("redis"); services.stop()   (or `with`)
-CLI:      sbxsvc.py run [--no-kafka] [--no-redis] [--no-postgres] -- CMD ...
+          Services().start(kafka=False, postgres=False, redis_password="pw",
+                           redis_users=["sbx on >pw2 ~{sbx}* +@all"])
+CLI:      sbxsvc.py run [--no-kafka] [--no-redis] [--no-postgres]
+                        [--redis-password PW] -- CMD ...
           sbxsvc.py env [...]      prints `export` lines, serves until killed
 Python 3.11 standard library only.
 """
@@ -50,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -265,30 +273,56 @@ class _Service:
         self._fail("could not bind after %d tries" % PORT_RETRIES)
 
 
+def _resp(*args):
+    """One Redis command in RESP, binary-safe."""
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
 class Redis(_Service):
+    """password: requirepass (the default user's password), None for none.
+    users: ACL rules, one string per user ("sbx on >pw ~{sbx}* +@all")."""
     name = "redis"
     deadline = 30.0
 
-    def __init__(self, root, taken):
+    def __init__(self, root, taken, password=None, users=()):
         super().__init__(root, taken)
         self.port = _free_port(taken)
+        self.password = password
+        self.users = list(users)
 
     def new_ports(self):
         self.port = _free_port(self.taken)
 
     @property
     def url(self):
+        if self.password:
+            return "redis://:%s@127.0.0.1:%d" % (urllib.parse.quote(self.password, safe=""),
+                                                  self.port)
         return "redis://127.0.0.1:%d" % self.port
 
     def _spawn(self):
-        return _Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                      "--save", "", "--appendonly", "no", "--dir", self.dir,
-                      "--daemonize", "no", "--protected-mode", "no"], self.log)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--daemonize", "no", "--protected-mode", "no"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        for rule in self.users:
+            # redis-server joins the words after --user into one config line.
+            argv += ["--user"] + rule.split()
+        return _Proc(argv, self.log)
 
     def ping(self):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                if self.password:
+                    s.sendall(_resp("AUTH", self.password))
+                    if not s.recv(64).startswith(b"+OK"):
+                        return False
+                s.sendall(_resp("PING"))
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
@@ -794,10 +828,16 @@ class Services:
     def __exit__(self, *exc):
         self.stop()
 
-    def start(self, kafka=True, redis=True, postgres=True):
-        """Starts the chosen services in parallel; returns the env dict."""
-        kinds = [(kafka, Kafka), (redis, Redis), (postgres, Postgres)]
-        started = [cls(self.root, self.taken) for want, cls in kinds if want]
+    def start(self, kafka=True, redis=True, postgres=True, redis_password=None, redis_users=()):
+        """Starts the chosen services in parallel; returns the env dict.
+        redis_password / redis_users: see Redis (default: no password)."""
+        started = []
+        if kafka:
+            started.append(Kafka(self.root, self.taken))
+        if redis:
+            started.append(Redis(self.root, self.taken, redis_password, redis_users))
+        if postgres:
+            started.append(Postgres(self.root, self.taken))
         for s in started:
             self.svc[s.name] = s
         try:
@@ -907,7 +947,8 @@ def _on_term(signum, frame):
 def _start_from_args(a):
     svc = Services(keep=a.keep)
     try:
-        env = svc.start(kafka=not a.no_kafka, redis=not a.no_redis, postgres=not a.no_postgres)
+        env = svc.start(kafka=not a.no_kafka, redis=not a.no_redis, postgres=not a.no_postgres,
+                        redis_password=a.redis_password)
     except ServiceError as e:
         _log("start failed: %s" % e)
         _log("logs kept: %s" % " ".join(svc.logs().values()))
@@ -919,12 +960,15 @@ def _start_from_args(a):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(usage="%(prog)s {run,env} [--no-kafka] [--no-redis] [--no-postgres] [--keep] [-- CMD ...]",
+    ap = argparse.ArgumentParser(usage="%(prog)s {run,env} [--no-kafka] [--no-redis] [--no-postgres] "
+                                       "[--redis-password PW] [--keep] [-- CMD ...]",
                                  description="Run real Kafka, Redis and PostgreSQL for sbx.")
     ap.add_argument("mode", choices=["run", "env"])
     ap.add_argument("--no-kafka", action="store_true")
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--redis-password", metavar="PW",
+                    help="start Redis with requirepass PW (SBX_REDIS_URL carries it)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     argv = sys.argv[1:] if argv is None else argv
     cmd = []
