@@ -32,6 +32,21 @@ static const sbx_opt opts[] = {
     {"SBX_AGENT_LABELS", "labels", "", "free text stored with the VM (k=v,k=v)", STR, S(labels), 0, 0, 0, 0},
     {"SBX_AGENT_HEARTBEAT_MS", "heartbeat-ms", "30000", "how often the VM hash is refreshed", INT, I(heartbeat_ms), 50, 3600000, 0, 0},
     {"SBX_AGENT_TTL_MS", "ttl-ms", "90000", "a heartbeat older than this takes the VM out of the pool", INT, I(ttl_ms), 100, 86400000, 0, 0},
+    /* Connections (server.c "Hostile clients"). 256 was the whole cap before:
+     * workers, log followers and preview browsers, i.e. requests past their
+     * headers; the rest is room for connections still sending headers. */
+    {"SBX_AGENT_CONN_MAX", "conn-max", "512", "open HTTP connections at most (also raises the fd limit)", INT, I(conn_max), 16, 65536, 0, 0},
+    /* Half of the connections may be waiting for headers; at the cap the
+     * oldest of them is closed: a real client's headers come in one packet. */
+    {"SBX_AGENT_PENDING_MAX", "pending-max", "256", "connections still sending request headers; the oldest is closed beyond", INT, I(pending_max), 1, 65535, 0, 0},
+    /* A quarter of those per client address (IPv6: per /64), so one host's
+     * slow connections leave room for everyone else's. */
+    {"SBX_AGENT_PENDING_PER_IP", "pending-per-ip", "64", "of those, per client address (IPv6: /64); the oldest is closed beyond", INT, I(pending_per_ip), 1, 65535, 0, 0},
+    /* Apache mod_reqtimeout's default: header=20 (seconds for all the headers). */
+    {"SBX_AGENT_HEADER_TIMEOUT_MS", "header-timeout-ms", "20000", "request headers must be complete this long after accept (or the last answer): total, not idle", INT, I(header_timeout_ms), 100, 3600000, 0, 0},
+    /* mod_reqtimeout's body=20, raised so a full 1 MiB job message passes at
+     * 35 KB/s. */
+    {"SBX_AGENT_BODY_TIMEOUT_MS", "body-timeout-ms", "30000", "a request body must be complete this long after its headers: total, not idle", INT, I(body_timeout_ms), 100, 3600000, 0, 0},
     {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-agent", "workspaces, previews and the token file", STR, S(work_dir), 0, 0, 0, 0},
     {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 2000000000L, 0, 0},
     {"SBX_ALLOW_NETWORK", "allow-network", "0", "jobs may ask for network access (0/1)", BOOL, I(allow_network), 0, 1, 0, 0},
@@ -151,6 +166,12 @@ static int checks(sbx_agent_config *cfg, FILE *err)
         fprintf(err, "sbx-agent: SBX_AGENT_TTL_MS=%d is not valid: it must exceed "
                      "SBX_AGENT_HEARTBEAT_MS=%d (about 3 times is usual)\n", cfg->ttl_ms,
                 cfg->heartbeat_ms);
+        bad = 1;
+    }
+    if (cfg->pending_max >= cfg->conn_max) {
+        fprintf(err, "sbx-agent: SBX_AGENT_PENDING_MAX=%d is not valid: it must be below "
+                     "SBX_AGENT_CONN_MAX=%d (requests past their headers need room)\n",
+                cfg->pending_max, cfg->conn_max);
         bad = 1;
     }
     if (cfg->work_dir[0] != '/') {

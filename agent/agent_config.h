@@ -31,6 +31,11 @@ typedef struct sbx_agent_config {
     char labels[512];
     int heartbeat_ms;
     int ttl_ms;
+    int conn_max;            /* HTTP connections (server.h) */
+    int pending_max;
+    int pending_per_ip;
+    int header_timeout_ms;
+    int body_timeout_ms;
     char work_dir[512];
     int uid_base;
     int allow_network;

@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "agent_config.h"
@@ -26,6 +27,7 @@
 #include "log.h"
 #include "redis.h"
 #include "registry.h"
+#include "rkeys.h"
 #include "runs.h"
 #include "server.h"
 
@@ -157,6 +159,33 @@ static void on_stop(void *arg, int signo)
     sbx_timer_start(a->loop, &a->stop_t, 0);
 }
 
+/* The server's question about {sbx}:fence (tokens.c "Tokens from the
+ * future"); a->server is NULL once the server is gone. */
+static void on_fence(void *arg, redisReply *r)
+{
+    agent *a = arg;
+    int64_t v = -1;
+    char *end;
+
+    if (r && r->type == REDIS_REPLY_NIL) {
+        v = 0;
+    } else if (r && r->type == REDIS_REPLY_STRING) {
+        errno = 0;
+        v = strtoll(r->str, &end, 10);
+        if (errno || end == r->str || *end || v < 0)
+            v = -1;
+    }
+    if (a->server)
+        sbx_server_fence(a->server, v);
+}
+
+static int ask_fence(void *arg)
+{
+    agent *a = arg;
+    const char *argv[] = {"GET", SBX_RKEY_FENCE};
+    return a->redis ? sbx_redis_cmd(a->redis, on_fence, a, 2, argv, NULL) : -ENOTCONN;
+}
+
 static int load_config(void *cfg, int argc, char **argv, FILE *err)
 {
     return sbx_agent_config_load(cfg, argc, argv, err);
@@ -208,6 +237,13 @@ int main(int argc, char **argv)
     sc.key = a.cfg.key;
     sc.agent_id = a.cfg.id;
     sc.base_url = a.cfg.url;
+    sc.conn_max = a.cfg.conn_max;
+    sc.pending_max = a.cfg.pending_max;
+    sc.pending_per_ip = a.cfg.pending_per_ip;
+    sc.header_timeout_ms = a.cfg.header_timeout_ms;
+    sc.body_timeout_ms = a.cfg.body_timeout_ms;
+    sc.fence_ask = ask_fence;
+    sc.fence_arg = &a;
     rc = sbx_server_new(a.loop, a.runs, &sc, &a.server, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sbx-agent: SBX_AGENT_LISTEN=%s: %s\n", a.cfg.listen, err);

@@ -21,10 +21,49 @@
  * resumed every FOLLOW_KEEPALIVE_MS anyway, because a suspended connection
  * does not notice its client going away.
  *
- * Bounds: CONN_MAX connections (each at most one waiter), request bodies
- * WAKE_BODY_MAX (a job message is at most SBX_MSG_MAX_BYTES), MHD's
+ * Bounds: cfg->conn_max connections (each at most one waiter), request
+ * bodies WAKE_BODY_MAX (a job message is at most SBX_MSG_MAX_BYTES), MHD's
  * per-connection memory for headers, idle connections closed after
  * CONN_TIMEOUT_S.
+ *
+ * Hostile clients. The port is reachable without the key, and MHD's
+ * connection timeout is an idle timeout: a client sending one header byte
+ * every few seconds holds its connection forever, and a few hundred of them
+ * used to take every connection there was. So each connection (an `hconn`,
+ * MHD's socket context from MHD_OPTION_NOTIFY_CONNECTION) is in a phase:
+ *   pending  accepted, or answered and kept alive: its next request's
+ *            headers must be complete by accept (or answer) +
+ *            cfg->header_timeout_ms;
+ *   body     headers read: the body must be complete by then +
+ *            cfg->body_timeout_ms;
+ *   active   the request is being answered (long polls and followed logs
+ *            can take long; they carried the key).
+ * Both deadlines are totals, not idle times. Pending and body connections
+ * sit on two lists in deadline order (every entry of a list waited the same
+ * time, so appending keeps the order), and one timer shuts down the socket
+ * of each that is past its deadline; MHD then sees the end and closes it.
+ * Beyond that, at most cfg->pending_max connections may be pending, and
+ * cfg->pending_per_ip of them from one address (IPv6: one /64): the oldest
+ * one over either cap is closed at once. A real client sends its headers
+ * within a round trip of connecting, so the oldest pending ones are the
+ * slow ones, and the cfg->conn_max - cfg->pending_max connections left are
+ * for requests being answered. An attacker then only takes room from other
+ * clients that have not sent their headers yet, and keeps it for at most
+ * the header deadline. There is no per-address cap on answered requests:
+ * those carried the key (or were /livez or a 401, answered at once).
+ *
+ * GET /livez answers 200 "ok" without the key (a load balancer's or
+ * supervisor's probe); it says nothing about runs.
+ *
+ * What a client sent (method, path, MHD's messages about the request) is
+ * logged only through sbx__log_field() (common/text.h): a "%0a" in a path,
+ * which MHD decodes, cannot end the line or forge the next one.
+ *
+ * Tokens from the future (tokens.c has the rule): a wake or cancel whose
+ * token is above the newest issued token this server knows of is held
+ * (suspended, like a long poll) while cfg->fence_ask reads {sbx}:fence, then
+ * refused (409 "future_token") if it is still above, or 503
+ * "token_unverified" if the counter could not be read in FENCE_WAIT_MS.
  */
 #include "server.h"
 
@@ -42,6 +81,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -55,9 +95,16 @@
 
 /* A /wake body is the job message plus a few fields. */
 #define WAKE_BODY_MAX (SBX_MSG_MAX_BYTES + 64 * 1024)
-/* Workers (a few per VM), their log followers and preview browsers. */
-#define CONN_MAX 256
 #define CONN_TIMEOUT_S 60
+/* Descriptors besides the connections: the listener, epoll, Redis, and each
+ * build's log, workspace, pidfd and pipes (a dozen at most, for up to
+ * SBX_AGENT_CAPACITY_MAX builds). */
+#define FD_RESERVE (64 + 12 * SBX_AGENT_CAPACITY_MAX)
+/* How long a wake or cancel waits for {sbx}:fence: Redis answers in
+ * milliseconds, a worker's request times out in tens of seconds. */
+#define FENCE_WAIT_MS 2000
+/* A request path in a log line (SBX_LOG_LINE_MAX is 2048). */
+#define LOG_URL_MAX 512
 /* Longest long poll: well below any proxy's idle timeout. */
 #define WAIT_MAX_MS 30000
 #define FOLLOW_KEEPALIVE_MS 10000
@@ -66,7 +113,7 @@
 /* MHD asks to be run again within this at the latest (a safety net). */
 #define MHD_RUN_MAX_MS 1000
 
-typedef enum wkind { W_POLL, W_FOLLOW } wkind;
+typedef enum wkind { W_POLL, W_FOLLOW, W_FENCE } wkind;
 
 typedef struct waiter {
     struct waiter *prev, *next;
@@ -77,6 +124,24 @@ typedef struct waiter {
     int listed;
 } waiter;
 
+typedef enum cphase { C_PENDING, C_BODY, C_ACTIVE, C_CLOSING } cphase;
+
+/* One connection (MHD's socket context). */
+typedef struct hconn {
+    struct hconn *prev, *next;     /* on the list of its phase (pending, body) */
+    int fd;
+    cphase phase;
+    uint64_t deadline_ms;
+    /* The client's address for the per-address cap: a family byte, then
+     * the IPv4 address or the first 8 bytes (the /64) of an IPv6 one. */
+    unsigned char addr[9];
+} hconn;
+
+typedef struct clist {
+    hconn *head, *tail;            /* head: the earliest deadline */
+    size_t n;
+} clist;
+
 struct sbx_server {
     sbx_loop *loop;
     sbx_runs *runs;
@@ -84,21 +149,32 @@ struct sbx_server {
     sbx_io io;
     sbx_timer mhd_t;
     sbx_timer wait_t;
+    sbx_timer deadline_t;
     char *key;
     size_t keylen;
     char *agent_id;
     char *base_url;
     waiter *waiters;
     int closing;
+    clist pending, body;
+    size_t pending_max, pending_per_ip;
+    uint64_t header_ms, body_ms;
+    int (*fence_ask)(void *arg);
+    void *fence_arg;
+    int64_t fence_issued;          /* newest issued token we know of */
+    int fence_asking;              /* a question is out since fence_asked_ms */
+    int fence_unknown;             /* the last answer was "could not read" */
+    uint64_t fence_asked_ms;
 };
 
 /* One request (MHD's con_cls). */
 typedef struct req {
     sbx_server *s;
-    int denied;            /* a 401 is queued; ignore the rest */
+    int answered;          /* a 401 or /livez is queued; ignore the rest */
     sbx_buf body;          /* capped at WAKE_BODY_MAX */
     int too_big;
     int waited;            /* the long poll was suspended once already */
+    int fence_asked;       /* held once for {sbx}:fence already */
     waiter w;
 } req;
 
@@ -185,6 +261,168 @@ void sbx_server_notify(sbx_server *s, const char *run_id, sbx_runs_event ev)
     rearm_wait(s);
 }
 
+/* ---- connections: phases and deadlines ---- */
+
+static void clist_unlink(clist *l, hconn *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        l->head = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    else
+        l->tail = h->prev;
+    h->prev = h->next = NULL;
+    l->n--;
+}
+
+static void clist_append(clist *l, hconn *h)
+{
+    h->prev = l->tail;
+    h->next = NULL;
+    if (l->tail)
+        l->tail->next = h;
+    else
+        l->head = h;
+    l->tail = h;
+    l->n++;
+}
+
+static clist *phase_list(sbx_server *s, cphase p)
+{
+    return p == C_PENDING ? &s->pending : p == C_BODY ? &s->body : NULL;
+}
+
+static void rearm_deadline(sbx_server *s)
+{
+    uint64_t next = UINT64_MAX, now = sbx_now_ms();
+    if (s->pending.head)
+        next = s->pending.head->deadline_ms;
+    if (s->body.head && s->body.head->deadline_ms < next)
+        next = s->body.head->deadline_ms;
+    if (next == UINT64_MAX)
+        sbx_timer_stop(s->loop, &s->deadline_t);
+    else
+        sbx_timer_start(s->loop, &s->deadline_t, next > now ? next - now : 0);
+}
+
+/* Moves h to phase p; pending and body start their deadline now. */
+static void set_phase(sbx_server *s, hconn *h, cphase p)
+{
+    clist *from = phase_list(s, h->phase), *to = phase_list(s, p);
+    if (h->phase == C_CLOSING)
+        return;
+    if (from)
+        clist_unlink(from, h);
+    h->phase = p;
+    if (to) {
+        h->deadline_ms = sbx_now_ms() + (p == C_PENDING ? s->header_ms : s->body_ms);
+        clist_append(to, h);
+    }
+    rearm_deadline(s);
+}
+
+/* Ends h from outside MHD: MHD reads the end of the stream on its next run
+ * and closes the connection (and calls notify_conn). */
+static void close_conn(sbx_server *s, hconn *h, const char *why)
+{
+    sbx_debug("http", "closing connection fd=%d: %s", h->fd, why);
+    set_phase(s, h, C_CLOSING);
+    shutdown(h->fd, SHUT_RDWR);
+    sbx_timer_start(s->loop, &s->mhd_t, 0);
+}
+
+static void on_deadline_timer(sbx_timer *t)
+{
+    sbx_server *s = t->data;
+    uint64_t now = sbx_now_ms();
+    while (s->pending.head && s->pending.head->deadline_ms <= now)
+        close_conn(s, s->pending.head, "request headers not complete in time");
+    while (s->body.head && s->body.head->deadline_ms <= now)
+        close_conn(s, s->body.head, "request body not complete in time");
+    rearm_deadline(s);
+}
+
+static void addr_key(const struct sockaddr *sa, unsigned char key[9])
+{
+    memset(key, 0, 9);
+    if (!sa)
+        return;
+    if (sa->sa_family == AF_INET) {
+        key[0] = 4;
+        memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            key[0] = 4;
+            memcpy(key + 1, a->s6_addr + 12, 4);
+        } else {
+            key[0] = 6;
+            memcpy(key + 1, a->s6_addr, 8);
+        }
+    }
+}
+
+/* A new pending connection h: over the per-address or the total cap, the
+ * oldest pending one goes (possibly h itself, when the cap is 1 and it is
+ * the only one of its address). */
+static void enforce_pending_caps(sbx_server *s, hconn *h)
+{
+    hconn *oldest = NULL;
+    size_t same = 0;
+    for (hconn *p = s->pending.head; p; p = p->next) {
+        if (memcmp(p->addr, h->addr, sizeof(h->addr)) == 0) {
+            if (!oldest)
+                oldest = p;
+            same++;
+        }
+    }
+    if (same > s->pending_per_ip && oldest)
+        close_conn(s, oldest, "too many connections without headers from one address");
+    if (s->pending.n > s->pending_max)
+        close_conn(s, s->pending.head, "too many connections without headers");
+}
+
+static void notify_conn(void *cls, struct MHD_Connection *c, void **socket_context,
+                        enum MHD_ConnectionNotificationCode toe)
+{
+    sbx_server *s = cls;
+    const union MHD_ConnectionInfo *fi, *ai;
+    hconn *h = *socket_context;
+
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        if (h) {
+            set_phase(s, h, C_CLOSING);
+            free(h);
+        }
+        *socket_context = NULL;
+        return;
+    }
+    fi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!fi)
+        return;
+    h = calloc(1, sizeof(*h));
+    if (!h) {
+        /* Unaccounted, it could outstay every deadline: refuse it. */
+        shutdown(fi->connect_fd, SHUT_RDWR);
+        return;
+    }
+    h->fd = fi->connect_fd;
+    h->phase = C_ACTIVE;
+    addr_key(ai ? ai->client_addr : NULL, h->addr);
+    *socket_context = h;
+    set_phase(s, h, C_PENDING);
+    enforce_pending_caps(s, h);
+}
+
+static hconn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *i = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
 /* ---- MHD on the loop ---- */
 
 static void run_mhd(sbx_server *s)
@@ -204,16 +442,18 @@ static void on_mhd_io(sbx_io *io, int events)
 
 static void on_mhd_timer(sbx_timer *t) { run_mhd(t->data); }
 
+/* MHD's messages may quote the request (a header it could not parse). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
-    char line[512];
+    char line[512], clean[4 * sizeof(line)];
     size_t n;
     (void)cls;
     vsnprintf(line, sizeof(line), fmt, ap);
     n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
-    sbx_warn("http", "%s", line);
+    sbx__log_field(line, n, clean, sizeof(clean));
+    sbx_warn("http", "%s", clean);
 }
 
 /* ---- replies ---- */
@@ -420,6 +660,67 @@ static int get_int64(json_object *o, const char *name, int64_t *out)
     return 0;
 }
 
+/* ---- tokens from the future (tokens.c) ---- */
+
+void sbx_server_fence(sbx_server *s, int64_t issued)
+{
+    waiter *w = s->waiters;
+    s->fence_asking = 0;
+    s->fence_unknown = issued < 0;
+    if (issued > s->fence_issued)
+        s->fence_issued = issued;
+    while (w) {
+        waiter *next = w->next;
+        if (w->kind == W_FENCE)
+            waiter_resume(s, w);
+        w = next;
+    }
+    rearm_wait(s);
+}
+
+/* Whether the handler may act on token now. If not, *ret is what it
+ * returns: the connection is suspended until {sbx}:fence has answered (the
+ * handler then runs again), or a refusal is queued. */
+static int fence_ok(sbx_server *s, req *q, struct MHD_Connection *c, int64_t token,
+                    enum MHD_Result *ret)
+{
+    char msg[160];
+    uint64_t now = sbx_now_ms();
+
+    if (!s->fence_ask || token <= s->fence_issued)
+        return 1;
+    if (!q->fence_asked) {
+        q->fence_asked = 1;
+        if (!s->fence_asking || now - s->fence_asked_ms >= FENCE_WAIT_MS) {
+            if (s->fence_ask(s->fence_arg) != 0) {
+                *ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "token_unverified",
+                                   "cannot read the newest issued token (is Redis reachable?)");
+                return 0;
+            }
+            s->fence_asking = 1;
+            s->fence_asked_ms = now;
+        }
+        q->w.conn = c;
+        q->w.kind = W_FENCE;
+        q->w.run_id[0] = '\0';
+        waiter_add(s, &q->w, FENCE_WAIT_MS);
+        MHD_suspend_connection(c);
+        *ret = MHD_YES;
+        return 0;
+    }
+    if (s->fence_asking || s->fence_unknown) {
+        *ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "token_unverified",
+                           "cannot read the newest issued token (is Redis reachable?)");
+        return 0;
+    }
+    sbx_warn("http", "refused token %" PRId64 ": never issued (newest issued %" PRId64 ")", token,
+             s->fence_issued);
+    snprintf(msg, sizeof(msg), "token %" PRId64 " was never issued (newest issued: %" PRId64 ")",
+             token, s->fence_issued);
+    *ret = reply_error(c, MHD_HTTP_CONFLICT, "future_token", msg);
+    return 0;
+}
+
 static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
 {
     json_object *body, *slot, *job, *o;
@@ -448,6 +749,10 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
     if (strlen(json_object_get_string(slot)) != (size_t)json_object_get_string_len(slot)) {
         json_object_put(body);
         return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "slot contains a NUL character");
+    }
+    if (!fence_ok(s, q, c, token, &ret)) {
+        json_object_put(body);
+        return ret;
     }
     job_txt = json_object_to_json_string_ext(job, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     memset(&w, 0, sizeof(w));
@@ -498,6 +803,7 @@ static enum MHD_Result h_cancel(sbx_server *s, req *q, struct MHD_Connection *c,
     json_object *body, *o;
     char err[256];
     int64_t token, newest = 0;
+    enum MHD_Result ret;
 
     if (q->too_big)
         return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "request body too large");
@@ -509,6 +815,8 @@ static enum MHD_Result h_cancel(sbx_server *s, req *q, struct MHD_Connection *c,
         return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "need token (integer)");
     }
     json_object_put(body);
+    if (!fence_ok(s, q, c, token, &ret))
+        return ret;
     switch (sbx_runs_cancel(s->runs, id, token, &newest)) {
     case SBX_CANCEL_UNKNOWN:
         return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_run", "no such run on this agent");
@@ -772,12 +1080,41 @@ static enum MHD_Result route(sbx_server *s, req *q, struct MHD_Connection *c, co
     return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
 }
 
+/* Liveness without the key: the process answers HTTP, nothing more. */
+static enum MHD_Result h_livez(struct MHD_Connection *c, int get)
+{
+    static const char ok[] = "ok\n";
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    if (!get)
+        return method_not_allowed(c, "GET, HEAD");
+    r = MHD_create_response_from_buffer(sizeof(ok) - 1, (void *)ok, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* method and url came from the client: escaped for the log line. */
+static void log_request(enum sbx_log_level lvl, const char *what, const char *method, const char *url)
+{
+    char m[64], u[LOG_URL_MAX];
+    sbx__log_field(method, strlen(method), m, sizeof(m));
+    sbx__log_field(url, strlen(url), u, sizeof(u));
+    sbx_log(lvl, "http", "%s%s%s %s", what, *what ? " " : "", m, u);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
     sbx_server *s = cls;
     req *q = *con_cls;
+    hconn *h = conn_of(c);
     (void)version;
 
     if (!q) {
@@ -787,16 +1124,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         q->s = s;
         sbx_buf_init(&q->body, WAKE_BODY_MAX);
         *con_cls = q;
+        if (h)
+            set_phase(s, h, C_BODY);
+        if (!strcmp(url, "/livez")) {
+            q->answered = 1;
+            return h_livez(c, !strcmp(method, MHD_HTTP_METHOD_GET) ||
+                                  !strcmp(method, MHD_HTTP_METHOD_HEAD));
+        }
         if (!authorized(s, c)) {
             /* Answered before any body is read; the key is not logged,
              * only that one was missing or wrong. */
-            q->denied = 1;
-            sbx_info("http", "401 %s %s", method, url);
+            q->answered = 1;
+            log_request(SBX_LOG_INFO, "401", method, url);
             return reply_401(c);
         }
         return MHD_YES;
     }
-    if (q->denied) {
+    if (q->answered) {
         *upload_size = 0;
         return MHD_YES;
     }
@@ -812,9 +1156,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         return MHD_YES;
     }
+    /* The whole request is in: no deadline while it is answered. */
+    if (h)
+        set_phase(s, h, C_ACTIVE);
     if (s->closing)
         return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "draining", "agent is stopping");
-    sbx_debug("http", "%s %s", method, url);
+    log_request(SBX_LOG_DEBUG, "", method, url);
     return route(s, q, c, url, method);
 }
 
@@ -823,8 +1170,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     sbx_server *s = cls;
     req *q = *con_cls;
-    (void)c;
+    hconn *h = conn_of(c);
     (void)toe;
+    /* Kept alive, the connection waits for its next request's headers. */
+    if (h)
+        set_phase(s, h, C_PENDING);
     if (!q)
         return;
     waiter_unlink(s, &q->w);
@@ -867,6 +1217,32 @@ static int listen_on(const sbx_server_config *cfg, char *err, size_t errlen)
     return fd;
 }
 
+/* Room for conn_max connections besides FD_RESERVE: the soft limit is
+ * raised up to the hard one (Debian's soft default, 1024, is too few). */
+static int fd_room(unsigned conn_max, char *err, size_t errlen)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)conn_max + FD_RESERVE;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 0;
+    if (rl.rlim_cur >= need)
+        return 0;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        snprintf(err, errlen, "SBX_AGENT_CONN_MAX=%u needs %llu descriptors, the hard limit is "
+                 "%llu (lower it, or raise ulimit -Hn)", conn_max, (unsigned long long)need,
+                 (unsigned long long)rl.rlim_max);
+        return -EMFILE;
+    }
+    rl.rlim_cur = need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errlen, "raising the descriptor limit to %llu: %s", (unsigned long long)need,
+                 strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
 int sbx_server_new(sbx_loop *loop, sbx_runs *runs, const sbx_server_config *cfg,
                    sbx_server **out, char *err, size_t errlen)
 {
@@ -882,6 +1258,21 @@ int sbx_server_new(sbx_loop *loop, sbx_runs *runs, const sbx_server_config *cfg,
     s->runs = runs;
     sbx_timer_init(&s->mhd_t, on_mhd_timer, s);
     sbx_timer_init(&s->wait_t, on_wait_timer, s);
+    sbx_timer_init(&s->deadline_t, on_deadline_timer, s);
+    s->pending_max = (size_t)cfg->pending_max;
+    s->pending_per_ip = (size_t)cfg->pending_per_ip;
+    s->header_ms = (uint64_t)cfg->header_timeout_ms;
+    s->body_ms = (uint64_t)cfg->body_timeout_ms;
+    s->fence_ask = cfg->fence_ask;
+    s->fence_arg = cfg->fence_arg;
+    if (cfg->conn_max <= 0 || cfg->pending_max <= 0 || cfg->pending_max >= cfg->conn_max ||
+        cfg->pending_per_ip <= 0 || cfg->header_timeout_ms <= 0 || cfg->body_timeout_ms <= 0) {
+        snprintf(err, errlen, "connection limits and deadlines must be positive, pending below total");
+        rc = -EINVAL;
+        goto out;
+    }
+    if ((rc = fd_room((unsigned)cfg->conn_max, err, errlen)) != 0)
+        goto out;
     s->key = strdup(cfg->key);
     s->keylen = strlen(cfg->key);
     s->agent_id = strdup(cfg->agent_id);
@@ -900,9 +1291,10 @@ int sbx_server_new(sbx_loop *loop, sbx_runs *runs, const sbx_server_config *cfg,
                             NULL, NULL, on_request, s,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                             MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONN_MAX,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->conn_max,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONN_TIMEOUT_S,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, notify_conn, s,
                             MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "libmicrohttpd did not start on %s port %d", cfg->host, cfg->port);
@@ -949,6 +1341,7 @@ void sbx_server_free(sbx_server *s)
     }
     sbx_timer_stop(s->loop, &s->mhd_t);
     sbx_timer_stop(s->loop, &s->wait_t);
+    sbx_timer_stop(s->loop, &s->deadline_t);
     free(s->key);
     free(s->agent_id);
     free(s->base_url);

@@ -1,6 +1,25 @@
 /* tokens.c — see tokens.h. The file is a header line and one "<slot>
  * <token>" line per slot ever seen here; a handful of lines, so a raise
- * rewrites it whole. */
+ * rewrites it whole.
+ *
+ * Tokens from the future. A raise is for good: a token far above anything
+ * issued (a forged 2^62, say) would make the slot refuse every real owner
+ * for as long as the counter needs to get there, i.e. forever. Tokens come
+ * from one counter, {sbx}:fence in Redis (common/rkeys.h): acquire INCRs
+ * it, and renew and fence.lua lift it to at least every token they see, so
+ * every token a worker holds is at most the counter. The rule is therefore
+ * exact rather than a guess: a token above the newest issued token the
+ * agent knows of is held until the agent has read the counter (GET, on
+ * the connection the registry already uses), and refused if it is still
+ * above it (409 future_token; 503 token_unverified when Redis does not
+ * answer within a couple of seconds). A token at most the last counter
+ * read needs no round trip. Why not "at most JUMP above the newest seen
+ * for the slot": the counter is shared by every slot of every VM, so a
+ * slot's next real token can be any distance above its last one (a slot
+ * idle while thousands of leases went elsewhere, a fresh slot whose first
+ * token is in the millions), and a forger could climb JUMP at a time. The
+ * check is server.c's (it has the loop and the Redis question); this file
+ * only keeps what was accepted. */
 #include "tokens.h"
 #include "sandbox.h"
 

@@ -7,8 +7,12 @@
  * An input is up to SEG_MAX raw HTTP byte streams separated by the line
  * SEP; each goes out on its own TCP connection to the server on 127.0.0.1
  * once the previous one is answered (see QUIET_MS). Connections stay open
- * until the input ends, so a long poll or a followed log is still
- * listening when a later connection cancels its run. Before a stream is
+ * until the input ends (or the server's header and body deadlines,
+ * HEADER_MS, close them), so a long poll or a followed log is still
+ * listening when a later connection cancels its run. The server's question
+ * about the newest issued token ({sbx}:fence, which Redis answers in the
+ * agent) is answered on the next loop turn with the slot's newest token +
+ * FENCE_AHEAD: tokens above that are refused as never issued. Before a stream is
  * sent, these placeholders are replaced, because the fuzzer cannot know
  * them:
  *   @RUN@  the last "run_id" any answer of this input named, else @FIX@
@@ -24,9 +28,9 @@
  *
  * Checked for every input, beyond crashes, leaks and UB (ASan, UBSan, LSan):
  *  - a connection whose bytes do not contain the service key gets nothing
- *    from the handlers: every answer is 401 (or libmicrohttpd's own 400,
- *    413, 414, 431, 500, 501 or 505 for what it could not parse, never
- *    JSON) and none names a run; when it is the input's first stream (the
+ *    from the handlers: every answer is 401, /livez's 200 "ok" or 405 (or
+ *    libmicrohttpd's own 400, 413, 414, 431, 500, 501 or 505 for what it
+ *    could not parse, never JSON) and none names a run; when it is the input's first stream (the
  *    agent is quiet then, so nothing else can act), the slot's token does
  *    not move and no build starts;
  *  - a wake whose "slot" is not exactly the agent's slot id (compared as
@@ -100,6 +104,17 @@
 /* Over the server's body limit (a job message plus 64 KiB). */
 #define BIG_BYTES (2 * SBX_MSG_MAX_BYTES)
 #define TOKEN_RESET ((int64_t)1 << 40)
+/* How far above the slot's newest token the fence oracle says tokens were
+ * issued: @TOK@ is within, a fuzzed huge token is not. */
+#define FENCE_AHEAD ((int64_t)1 << 20)
+/* The server's connection settings: small caps, so that an input's few
+ * connections can reach them, and deadlines above SEG_MS, so that a stream
+ * that is being answered is not cut. */
+#define CONN_MAX 16
+#define PENDING_MAX 8
+#define PENDING_PER_IP 3
+#define HEADER_MS 2000
+#define BODY_MS 2000
 /* @TOK@ and @CUR@: a token right-aligned in spaces (JSON allows them). */
 #define TOK_WIDTH 20
 
@@ -128,6 +143,7 @@ static struct {
     int base_fds;
     int waited;                /* this input used its @WAIT@ */
     int verbose;
+    sbx_timer fence_t;         /* answers the server's fence question */
 } g;
 
 /* ---- the agent ---- */
@@ -137,6 +153,23 @@ static void on_runs_event(void *arg, const char *run_id, sbx_runs_event ev)
     (void)arg;
     if (g.server)
         sbx_server_notify(g.server, run_id, ev);
+}
+
+static int64_t newest_token(void);
+
+static void on_fence_timer(sbx_timer *t)
+{
+    (void)t;
+    if (g.server)
+        sbx_server_fence(g.server, newest_token() + FENCE_AHEAD);
+}
+
+/* As agent/main.c asks Redis: the answer comes from the loop, later. */
+static int fence_ask(void *arg)
+{
+    (void)arg;
+    sbx_timer_start(g.loop, &g.fence_t, 0);
+    return 0;
 }
 
 static int free_port(void)
@@ -276,6 +309,7 @@ static void make_fixture(void)
 
 static void agent_stop(void)
 {
+    sbx_timer_stop(g.loop, &g.fence_t);
     sbx_server_free(g.server);
     g.server = NULL;
     sbx_runs_free(g.runs);
@@ -315,6 +349,12 @@ static void agent_start(void)
         sc.key = KEY;
         sc.agent_id = AGENT_ID;
         sc.base_url = url;
+        sc.conn_max = CONN_MAX;
+        sc.pending_max = PENDING_MAX;
+        sc.pending_per_ip = PENDING_PER_IP;
+        sc.header_timeout_ms = HEADER_MS;
+        sc.body_timeout_ms = BODY_MS;
+        sc.fence_ask = fence_ask;
         snprintf(err, sizeof(err), "no free port");
         if (g.port > 0)
             sbx_server_new(g.loop, g.runs, &sc, &g.server, err, sizeof(err));
@@ -350,6 +390,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     /* Leftovers of an instance that crashed: runs.c kills their builds. */
     sbx_sandbox_remove_tree(WORK_DIR);
     FUZZ_CHECK(sbx_loop_new(&g.loop) == 0, "cannot create the loop");
+    sbx_timer_init(&g.fence_t, on_fence_timer, NULL);
     agent_start();
     atexit(at_exit);
     return 0;
@@ -499,22 +540,29 @@ static void note_run_id(const conn *c)
  * answered and again before it is closed (late answers). */
 static void check_keyless_answers(const conn *c)
 {
-    static const char body401[] = "{\"error\":\"unauthorized\"}";
+    static const char body401[] = "{\"error\":\"unauthorized\"}", livez[] = "ok\n";
     const char *p = c->resp, *end = c->resp + c->resp_len;
 
     while ((p = memmem(p, (size_t)(end - p), "HTTP/1.", 7)) != NULL) {
         const char *hdr_end = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
         size_t hn = hdr_end ? (size_t)(hdr_end - p) : (size_t)(end - p), got;
-        int status, mhd_own;
+        int status, mhd_own, livez_own;
 
         if (end - p < 12)
             break; /* the rest has not arrived (yet) */
         status = atoi(p + 9);
         mhd_own = status == 400 || status == 413 || status == 414 || status == 431 || status == 500 ||
                   status == 501 || status == 505;
-        FUZZ_CHECK(status == 401 || status == 100 || (mhd_own && !has(p, hn, "application/json")),
+        /* /livez: its "ok", or 405 with an Allow header. */
+        livez_own = (status == 200 || status == 405) && !has(p, hn, "application/json");
+        FUZZ_CHECK(status == 401 || status == 100 || livez_own ||
+                   (mhd_own && !has(p, hn, "application/json")),
                    "a request without the key got %.*s", (int)(hn < 200 ? hn : 200), p);
         got = hdr_end ? (size_t)(end - hdr_end - 4) : 0;
+        if (status == 200 && got > 0 && memcmp(hdr_end + 4, "HTTP/1.", got < 7 ? got : 7) != 0) {
+            size_t k = got < sizeof(livez) - 1 ? got : sizeof(livez) - 1;
+            FUZZ_CHECK(!memcmp(hdr_end + 4, livez, k), "200 without the key: %.*s", (int)k, hdr_end + 4);
+        }
         if (status == 401 && got > 0 && hdr_end[4] == '{') {
             got = got < sizeof(body401) - 1 ? got : sizeof(body401) - 1;
             FUZZ_CHECK(!memcmp(hdr_end + 4, body401, got), "401 with another body: %.*s", (int)got,

@@ -1,4 +1,4 @@
-/* test_text.c — UTF-8 validation and sanitising, base64. */
+/* test_text.c — UTF-8 validation and sanitising, log fields, base64. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +25,24 @@ static void test_utf8(void **state)
     assert_string_equal(out, "ab");
 }
 
+/* A request path cannot end a log line or fake an escape. */
+static void test_log_field(void **state)
+{
+    char out[128];
+    (void)state;
+    assert_int_equal(sbx__log_field("/a b/é€", strlen("/a b/é€"), out, sizeof(out)),
+                     strlen("/a b/é€"));
+    assert_string_equal(out, "/a b/é€");
+    sbx__log_field("x\n\r\x1b[2J\x7f\\y", 10, out, sizeof(out));
+    assert_string_equal(out, "x\\x0a\\x0d\\x1b[2J\\x7f\\\\y");
+    /* NUL, a stray byte, C1 NEL and U+2028 */
+    sbx__log_field("a\0\xff\xc2\x85\xe2\x80\xa8z", 9, out, sizeof(out));
+    assert_string_equal(out, "a\\x00\\xff\\xc2\\x85\\xe2\\x80\\xa8z");
+    /* Cut before an escape that does not fit, never inside one. */
+    assert_int_equal(sbx__log_field("ab\ncd", 5, out, 5), 2);
+    assert_string_equal(out, "ab");
+}
+
 static void test_base64(void **state)
 {
     const char *v[][2] = {{"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
@@ -41,6 +59,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_log_field),
         cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests_name("text", tests, NULL, NULL);
