@@ -26,6 +26,7 @@ import uuid
 import pytest
 
 from conftest import wait_until
+from providers import AGENT_KEY, Agent
 from test_worker import enqueue, topics, wait_terminal, workdir  # noqa: F401 — fixtures
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
@@ -282,3 +283,26 @@ def test_deny_list_and_job_allowlist_narrow(internet, run_sbx, pg, start_worker,
     assert opened[2] == [], res[2]                    # a name: only its address (127.0.0.1)
     assert opened[3] == [], res[3]                    # nothing named, nothing reachable
     assert opened[4] == sorted([a1, a3]), res[4]      # never wider than the host allows
+
+
+def test_agent_builds_get_the_same_network(internet, services, run_sbx, pg, start_worker, topics,
+                                           tmp_path):  # noqa: F811
+    """sbx-agent runs builds through the same sandbox: one networked build
+    on an agent reaches the test internet but not Redis on 127.0.0.1."""
+    redis = services["SBX_REDIS_URL"]
+    agent = Agent(7, redis, tmp_path, uuid.uuid4().hex[:6])
+    agent.env["SBX_ALLOW_NETWORK"] = "1"
+    try:
+        agent.start()
+        w = start_worker(SBX_PROVIDER="vmpool", SBX_VMPOOL_KEY=AGENT_KEY, **topics)
+        redis_probe = "tcp:127.0.0.1:%d" % port_of(redis)
+        ids = enqueue(run_sbx, topics, [probe_job("agent-net", [inet(), redis_probe],
+                                                  network=True)])
+        wait_terminal(pg, ids, 120, [w])
+        got, ifaces = results(pg, ids[0])
+    finally:
+        agent.stop()
+    print("agent build:", ifaces, json.dumps(got, indent=1))
+    assert got[inet()].startswith("open:hello"), got
+    assert got[redis_probe] == "ConnectionRefusedError", got
+    assert ifaces == ["lo", "tap0"], ifaces
