@@ -345,6 +345,8 @@ static void on_proc_exit(sbx_io *io, int events)
     proc_done(p->ns, p);
 }
 
+static void proc_reap(ns_proc *p);
+
 static int proc_spawn(sbx_netns *ns, ns_proc *p, const helper *h)
 {
     helper hh = *h;
@@ -371,8 +373,8 @@ static int proc_spawn(sbx_netns *ns, ns_proc *p, const helper *h)
     }
     sbx_io_init(&p->io, p->pidfd, on_proc_exit, p);
     if ((e = sbx_io_set(ns->loop, &p->io, SBX_READ)) != 0) {
-        pidfd_kill(p->pidfd, SIGKILL);
-        return e; /* sbx__netns_free reaps it */
+        proc_reap(p); /* unwatched, it would never be reaped from the loop */
+        return e;
     }
     return 0;
 }
