@@ -13,8 +13,8 @@
  *    down. bwrap then makes every namespace (--unshare-all, the network one
  *    included: a build that asks for network gets a namespace of its own
  *    with a NAT and an egress filter, set up by netns.c while bwrap holds
- *    the command back on --block-fd), its own pid 1, a tmpfs root remounted read-only,
- *    read-only /usr plus the merged-/usr symlinks, a generated /etc/passwd and
+ *    the command back on --block-fd), its own pid 1, a tmpfs root remounted
+ *    read-only, read-only /usr plus the merged-/usr symlinks, a generated /etc/passwd and
  *    /etc/group, a handful of read-only /etc files, and size-capped tmpfs
  *    /tmp and /dev/shm. --die-with-parent: killing bwrap kills its pid 1, and
  *    the kernel then kills every process of that pid namespace.
