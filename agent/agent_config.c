@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "egress.h"
 #include "opts.h"
 #include "redis.h"
 #include "sbx.h"
@@ -50,6 +51,8 @@ static const sbx_opt opts[] = {
     {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-agent", "workspaces, previews and the token file", STR, S(work_dir), 0, 0, 0, 0},
     {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 2000000000L, 0, 0},
     {"SBX_ALLOW_NETWORK", "allow-network", "0", "jobs may ask for network access (0/1)", BOOL, I(allow_network), 0, 1, 0, 0},
+    {"SBX_EGRESS_ALLOW", "egress-allow", "", "networked builds may reach only these CIDRs and host names (comma-separated; names resolved at start-up); empty: any public IPv4 address", STR, S(egress_allow), 0, 0, 0, 0},
+    {"SBX_EGRESS_DENY", "egress-deny", "", "networked builds may never reach these CIDRs and host names, on top of loopback, private, link-local, CGNAT and metadata ranges and this host's addresses", STR, S(egress_deny), 0, 0, 0, 0},
     {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0, 0},
     {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
@@ -181,6 +184,14 @@ static int checks(sbx_agent_config *cfg, FILE *err)
     if (cfg->uid_base + SBX_AGENT_CAPACITY_MAX < cfg->uid_base) {
         fprintf(err, "sbx-agent: SBX_UID_BASE=%d is too large\n", cfg->uid_base);
         bad = 1;
+    }
+    {
+        char e[256];
+        if (sbx_egress_check("SBX_EGRESS_ALLOW", cfg->egress_allow, e, sizeof(e)) ||
+            sbx_egress_check("SBX_EGRESS_DENY", cfg->egress_deny, e, sizeof(e))) {
+            fprintf(err, "sbx-agent: %s\n", e);
+            bad = 1;
+        }
     }
     if (sbx_opts_log_level("sbx-agent", cfg->log_level, err))
         bad = 1;

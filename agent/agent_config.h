@@ -39,6 +39,8 @@ typedef struct sbx_agent_config {
     char work_dir[512];
     int uid_base;
     int allow_network;
+    char egress_allow[2048];  /* SBX_EGRESS_ALLOW: CIDRs and host names, comma-separated */
+    char egress_deny[2048];   /* SBX_EGRESS_DENY */
     int shutdown_grace_ms;
     char bwrap[256];
     char log_level[16];

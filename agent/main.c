@@ -224,6 +224,8 @@ int main(int argc, char **argv)
     rc_cfg.capacity = a.cfg.capacity;
     rc_cfg.uid_base = a.cfg.uid_base;
     rc_cfg.allow_network = a.cfg.allow_network;
+    rc_cfg.egress_allow = a.cfg.egress_allow;
+    rc_cfg.egress_deny = a.cfg.egress_deny;
     rc_cfg.kill_grace_ms = AGENT_KILL_GRACE_MS;
     rc = sbx_runs_new(a.loop, &rc_cfg, on_runs_event, &a, &a.runs, err, sizeof(err));
     if (rc) {

@@ -143,6 +143,7 @@ struct sbx_runs {
     char ws_dir[RUN_WORK_DIR_MAX + 8];
     char *bwrap;
     int allow_network;
+    sbx_netns_host net;          /* set up when allow_network (common/netns.h) */
     int kill_grace_ms;
     int capacity;
     slot *slots;
@@ -506,9 +507,10 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     else
         to = st->exit_code == 0 ? SBX_RS_SUCCEEDED : SBX_RS_FAILED;
     if (to == SBX_RS_ERROR) {
-        /* The sandbox's own output is bwrap's complaint. */
+        /* The sandbox's own output is bwrap's complaint; a network set-up
+         * that failed says so in st->error. */
         snprintf(a->error, sizeof(a->error), "sandbox did not start the command (bwrap exit %d): %.150s",
-                 st->exit_code, st->tail ? st->tail : "");
+                 st->exit_code, cleanup_error ? st->error : st->tail ? st->tail : "");
         for (char *c = a->error; *c; c++)
             if (*c == '\n')
                 *c = ' ';
@@ -630,6 +632,8 @@ static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
     spec.uid = s->uid;
     spec.gid = s->uid;
     spec.network = job->network && r->allow_network;
+    spec.net = &r->net;
+    spec.egress = job->egress;
     spec.memory_mb = job->memory_mb > 0 ? job->memory_mb : RUN_DEFAULT_MEMORY_MB;
     spec.pids = job->pids > 0 ? job->pids : RUN_DEFAULT_PIDS;
     /* As the local provider: one process may use its whole wall time. */
@@ -958,6 +962,11 @@ int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb c
         rc = -ENOENT;
         goto out;
     }
+    if (r->allow_network) {
+        rc = sbx_netns_host_init(&r->net, cfg->egress_allow, cfg->egress_deny, err, errlen);
+        if (rc)
+            goto out;
+    }
     r->slots = calloc((size_t)cfg->capacity, sizeof(*r->slots));
     if (!r->slots) {
         snprintf(err, errlen, "out of memory");
@@ -1041,5 +1050,6 @@ void sbx_runs_free(sbx_runs *r)
     sbx_tokens_free(r->tokens);
     free(r->slots);
     free(r->bwrap);
+    sbx_netns_host_free(&r->net);
     free(r);
 }

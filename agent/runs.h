@@ -56,6 +56,8 @@ typedef struct sbx_runs_config {
     int capacity;
     int uid_base;              /* slot i builds as uid_base + i when root */
     int allow_network;
+    const char *egress_allow;  /* SBX_EGRESS_ALLOW / _DENY (common/egress.h) */
+    const char *egress_deny;
     int kill_grace_ms;
 } sbx_runs_config;
 

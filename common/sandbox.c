@@ -10,9 +10,11 @@
  *  - bwrap, exec'd by a forked child that first drops to the build's uid
  *    (setgroups(0), setresgid, setresuid), applies the rlimits, starts a new
  *    session and sets PR_SET_PDEATHSIG so a crashed worker takes its builds
- *    down. bwrap then makes every namespace (--unshare-all; the network one is
- *    kept only on request), its own pid 1, a tmpfs root remounted read-only,
- *    read-only /usr plus the merged-/usr symlinks, a generated /etc/passwd and
+ *    down. bwrap then makes every namespace (--unshare-all, the network one
+ *    included: a build that asks for network gets a namespace of its own
+ *    with a NAT and an egress filter, set up by netns.c while bwrap holds
+ *    the command back on --block-fd), its own pid 1, a tmpfs root remounted
+ *    read-only, read-only /usr plus the merged-/usr symlinks, a generated /etc/passwd and
  *    /etc/group, a handful of read-only /etc files, and size-capped tmpfs
  *    /tmp and /dev/shm. --die-with-parent: killing bwrap kills its pid 1, and
  *    the kernel then kills every process of that pid namespace. Last, just
@@ -205,6 +207,7 @@ struct sbx_sandbox {
     sbx_timer kill_t;     /* cancel grace; then bwrap's time to follow its pid 1 */
     sbx_timer reap_t;     /* REAPING poll */
     sbx_timer done_t;     /* on_exit */
+    sbx_netns *ns;        /* network: its namespace's set-up and NAT */
 
     int started;          /* on_start delivered */
     int end_set;
@@ -598,8 +601,9 @@ static const char *const etc_always[] = {
     "/etc/alternatives", /* Debian's cc, awk, editor... are symlinks through it */
     "/etc/ld.so.cache", "/etc/hosts", "/etc/localtime",
 };
+/* resolv.conf comes from netns.c: the NAT's resolver, not the host's. */
 static const char *const etc_network[] = {
-    "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/ssl",
+    "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/ssl",
     "/etc/ca-certificates", "/etc/ca-certificates.conf",
 };
 
@@ -632,10 +636,9 @@ static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws,
     int tmpfs_mb;
 
     add2(b, "--unshare-all", "--unshare-user");
-    add(b, "--disable-userns"); /* no nested user namespaces: less kernel surface */
+    add(b, "--disable-userns"); /* no nested user namespaces: less kernel surface, and
+                                 * never CAP_NET_ADMIN over the network namespace (netns.c) */
     add2(b, "--seccomp", "7");
-    if (spec->network)
-        add(b, "--share-net");
     add3(b, "--die-with-parent", "--new-session", "--hostname");
     add(b, "sbx");
     add3(b, "--ro-bind", "/usr", "/usr");
@@ -665,9 +668,12 @@ static void build_options(abuf *b, const sbx_sandbox_spec *spec, const char *ws,
     add2(b, "5", "/etc/group");
     for (size_t i = 0; i < sizeof(etc_always) / sizeof(etc_always[0]); i++)
         add3(b, "--ro-bind-try", etc_always[i], etc_always[i]);
-    if (spec->network)
+    if (spec->network) {
         for (size_t i = 0; i < sizeof(etc_network) / sizeof(etc_network[0]); i++)
             add3(b, "--ro-bind-try", etc_network[i], etc_network[i]);
+        for (size_t i = 0; sbx__netns_bwrap_args[i]; i++)
+            add(b, sbx__netns_bwrap_args[i]);
+    }
     add2(b, "--remount-ro", "/dev");
     add2(b, "--remount-ro", "/");
     add(b, "--clearenv");
@@ -696,10 +702,16 @@ enum { STAGE_SIGNALS = 1, STAGE_FDS, STAGE_LIMITS, STAGE_IDS, STAGE_EXEC, STAGE_
 static const char *const stage_names[] = {"", "signals", "fds", "rlimits", "uid/gid", "exec",
                                           "cgroup"};
 
+/* out_w, args, passwd, group, mark_w, seccomp -> fds 1(+2), 3, 4, 5, 6, 7;
+ * then netns's SBX_NETNS_NFDS at SBX_NETNS_FD_INFO (8) on. */
+#define SB_CHILD_FDS (6 + SBX_NETNS_NFDS)
+_Static_assert(SBX_NETNS_FD_INFO == 8, "netns fds follow the seccomp fd (7)");
+
 typedef struct child_plan {
     const char *bwrap;
     char **argv;
-    int src[6];          /* out_w, args, passwd, group, mark_w, seccomp -> fds 1(+2), 3..7 */
+    int src[SB_CHILD_FDS];
+    int nsrc;
     int err_w;
     int uid, gid;
     int memory_mb, pids, cpu_s, disk_mb;
@@ -727,11 +739,11 @@ static int set_limit(int res, rlim_t soft, rlim_t hard)
 
 static _Noreturn void child_exec(const child_plan *cp)
 {
-    static const int target[6] = {1, 3, 4, 5, 6, 7};
+    static const int target[SB_CHILD_FDS] = {1, 3, 4, 5, 6, 7, 8, 9, 10};
     char *envp[] = {NULL};
     struct sigaction sa;
     sigset_t none;
-    int hi[6], err_w, fd;
+    int hi[SB_CHILD_FDS], err_w, fd;
     rlim_t mb = 1024 * 1024;
 
     /* First, so bwrap and all it starts are inside; the cgroup's fds may
@@ -759,7 +771,7 @@ static _Noreturn void child_exec(const child_plan *cp)
     err_w = fcntl(cp->err_w, F_DUPFD_CLOEXEC, 10);
     if (err_w < 0)
         child_fail(cp->err_w, STAGE_FDS);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < cp->nsrc; i++) {
         hi[i] = fcntl(cp->src[i], F_DUPFD_CLOEXEC, 10);
         if (hi[i] < 0)
             child_fail(err_w, STAGE_FDS);
@@ -767,10 +779,10 @@ static _Noreturn void child_exec(const child_plan *cp)
     fd = open("/dev/null", O_RDONLY);
     if (fd < 0 || dup2(fd, 0) < 0 || dup2(hi[0], 2) < 0)
         child_fail(err_w, STAGE_FDS);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < cp->nsrc; i++)
         if (dup2(hi[i], target[i]) < 0)
             child_fail(err_w, STAGE_FDS);
-    if (close_range(8, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+    if (close_range((unsigned)target[cp->nsrc - 1] + 1, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(err_w, STAGE_FDS);
 
     if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
@@ -1024,7 +1036,7 @@ static void advance(sbx_sandbox *s)
             kill_uid((uid_t)s->uid, SIGKILL);
         }
     }
-    if (s->out_fd >= 0 || (s->uid >= 0 && !s->uid_clear)) {
+    if (s->out_fd >= 0 || (s->uid >= 0 && !s->uid_clear) || !sbx__netns_idle(s->ns)) {
         if (!sbx_timer_active(&s->reap_t))
             sbx_timer_start(s->loop, &s->reap_t, SB_POLL_MS);
         return;
@@ -1060,6 +1072,7 @@ static void on_pid_exit(sbx_io *io, int events)
     }
     s->reaped = 1;
     s->t_exit_ms = sbx_now_ms();
+    sbx__netns_stop(s->ns); /* the NAT has nothing left to carry */
     sbx_io_stop(&s->pid_io);
     close_fd(&s->pidfd);
     sbx_timer_stop(s->loop, &s->wall_t);
@@ -1071,6 +1084,22 @@ static void on_pid_exit(sbx_io *io, int events)
      * exiting); advance() waits for the uid to empty and sweeps it if
      * anything lingers. */
     advance(s);
+}
+
+/* netns.c: setup failed (the command never ran: kill, and report why), or
+ * its last helper has been reaped (REAPING waits for that). */
+static void on_netns(void *arg, sbx_netns_event ev, const char *why)
+{
+    sbx_sandbox *s = arg;
+
+    if (ev == SBX_NETNS_IDLE) {
+        advance(s);
+        return;
+    }
+    if (s->state != SB_RUNNING)
+        return;
+    snprintf(s->error, sizeof(s->error), "network: %.200s", why);
+    kill_all(s);
 }
 
 static void on_wall(sbx_timer *t)
@@ -1354,6 +1383,13 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "bwrap options: %s", strerror(-rc));
         goto out;
     }
+    if (spec->network) {
+        sbx_netns_spec ns = {.host = spec->net, .allow = spec->egress, .uid = spec->uid,
+                             .gid = spec->gid};
+        rc = sbx__netns_new(loop, &ns, on_netns, s, &s->ns, err, errlen);
+        if (rc)
+            goto out;
+    }
     memfds[0] = memfd_with("sbx-args", opts.b.p, opts.b.len);
     memfds[1] = memfd_with("sbx-passwd", pw, strlen(pw));
     memfds[2] = memfd_with("sbx-group", gr, strlen(gr));
@@ -1381,11 +1417,16 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     cp.src[3] = memfds[2];
     cp.src[4] = markp[1];
     cp.src[5] = memfds[3];
+    cp.nsrc = 6;
+    if (s->ns) {
+        sbx__netns_child_fds(s->ns, &cp.src[6]);
+        cp.nsrc += SBX_NETNS_NFDS;
+    }
     cp.err_w = errp[1];
     cp.uid = spec->uid;
     cp.gid = spec->gid;
     cp.memory_mb = spec->memory_mb;
-    cp.pids = spec->pids;
+    cp.pids = spec->pids > 0 && s->ns ? spec->pids + SBX_NETNS_PROCS : spec->pids;
     cp.cpu_s = spec->cpu_s;
     cp.disk_mb = spec->disk_mb;
     cp.cg = s->cg;
@@ -1403,6 +1444,8 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     close_fd(&outp[1]);
     close_fd(&markp[1]);
     close_fd(&errp[1]);
+    if (s->ns)
+        sbx__netns_start(s->ns, s->pid);
     do
         n = read(errp[0], &ce, sizeof(ce));
     while (n < 0 && errno == EINTR);
@@ -1495,6 +1538,8 @@ void sbx_sandbox_free(sbx_sandbox *s)
         }
         s->reaped = 1;
     }
+    sbx__netns_free(s->ns); /* its helpers, killed and reaped */
+    s->ns = NULL;
     if (s->uid >= 0 && s->state != SB_DONE &&
         sbx_sandbox_sweep_uid((uid_t)s->uid, SB_REAP_MS) != 0)
         sbx_warn("sandbox", "processes survived SIGKILL uid=%d", s->uid);

@@ -29,6 +29,7 @@
 
 #include "buf.h"
 #include "loop.h"
+#include "netns.h"
 #include "sbx.h"
 
 /* Bytes of output kept: the last ones, as many as the runs table stores. */
@@ -47,7 +48,11 @@ typedef struct sbx_sandbox_spec {
     const sbx_kv *files;     /* relative path -> content, written into the workspace */
     size_t nfiles;
     int uid, gid;            /* run as these (needs root); -1: as the caller */
-    int network;             /* share the host's network namespace */
+    int network;             /* its own network namespace with a NAT and the
+                                egress filter (netns.h); else loopback only */
+    const sbx_netns_host *net; /* network: the host's policy and tools */
+    char *const *egress;     /* network: the job's allowlist, NULL-terminated;
+                                NULL: not given */
     int memory_mb;           /* the sandbox's cgroup (tmpfs pages included) and
                                 RLIMIT_AS per process; 0: none */
     int pids;                /* the cgroup's pids.max, RLIMIT_NPROC of the uid; 0: none */

@@ -10,7 +10,8 @@
 # SBX_DEPS=build limits the set to what compiling needs (the Dockerfile's
 # build stage); the default, SBX_DEPS=all, adds the real services and tools
 # the test suite runs: PostgreSQL 15, Redis, Kafka (through Java and Maven),
-# bubblewrap, Podman, kcat, valgrind, clang, pytest and psycopg.
+# bubblewrap, slirp4netns and nftables (networked builds), Podman, kcat,
+# valgrind, clang, pytest and psycopg.
 #
 # Java, Node.js and npm are checked by command only: a machine may carry them
 # from elsewhere (a vendor JDK, NodeSource's nodejs with its own npm), and
@@ -55,6 +56,11 @@ if [ "$mode" = all ]; then
 
     # --- providers --------------------------------------------------------
     have bwrap || need bubblewrap
+    # A networked build's NAT and egress filter (common/netns.c); nft and
+    # ip live in /usr/sbin, which a non-root PATH may lack.
+    have slirp4netns || need slirp4netns
+    have nft || [ -x /usr/sbin/nft ] || need nftables
+    have ip || [ -x /usr/sbin/ip ] || [ -x /bin/ip ] || need iproute2
     have podman || need podman
     have runc || need runc
     have newuidmap || need uidmap
@@ -127,7 +133,7 @@ fi
 still=""
 for m in rdkafka hiredis libpq libcurl json-c cmocka libmicrohttpd libseccomp; do pc "$m" || still="$still pkg-config:$m"; done
 if [ "$mode" = all ]; then
-    for c in cc make psql redis-server java mvn bwrap podman runc newuidmap node npm kcat valgrind clang python3; do
+    for c in cc make psql redis-server java mvn bwrap slirp4netns podman runc newuidmap node npm kcat valgrind clang python3; do
         have "$c" || still="$still $c"
     done
     for mod in pytest psycopg; do python3 -c "import $mod" >/dev/null 2>&1 || still="$still python3:$mod"; done

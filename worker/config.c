@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "egress.h"
 #include "opts.h"
 #include "redis.h"
 
@@ -28,6 +29,8 @@ static const sbx_opt opts[] = {
     {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-work", "parent dir of build workspaces (local provider)", STR, S(work_dir), 0, 0, 0, 0},
     {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 4000000000L / 2, 0, 0},
     {"SBX_ALLOW_NETWORK", "allow-network", "0", "jobs may ask for network access (0/1)", BOOL, I(allow_network), 0, 1, 0, 0},
+    {"SBX_EGRESS_ALLOW", "egress-allow", "", "networked builds may reach only these CIDRs and host names (comma-separated; names resolved at start-up); empty: any public IPv4 address", STR, S(egress_allow), 0, 0, 0, 0},
+    {"SBX_EGRESS_DENY", "egress-deny", "", "networked builds may never reach these CIDRs and host names, on top of loopback, private, link-local, CGNAT and metadata ranges and this host's addresses", STR, S(egress_deny), 0, 0, 0, 0},
     {"SBX_LEASE_TTL_MS", "lease-ttl-ms", "30000", "lease time-to-live; renewed every third of it", INT, I(lease_ttl_ms), 1000, 3600000, 0, 0},
     {"SBX_MAX_INFLIGHT", "max-inflight", "1000", "unfinished jobs before intake pauses", INT, I(max_inflight), 1, 1000000, 0, 0},
     {"SBX_MAX_ATTEMPTS", "max-attempts", "3", "tries of a job whose provider failed (not the build)", INT, I(max_attempts), 1, 100, 0, 0},
@@ -70,6 +73,14 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
         fprintf(err, "sbx-worker: SBX_PROJECT_POLICY=%s is not known: use queue, reject or "
                      "supersede\n", cfg->project_policy);
         bad = 1;
+    }
+    {
+        char e[256];
+        if (sbx_egress_check("SBX_EGRESS_ALLOW", cfg->egress_allow, e, sizeof(e)) ||
+            sbx_egress_check("SBX_EGRESS_DENY", cfg->egress_deny, e, sizeof(e))) {
+            fprintf(err, "sbx-worker: %s\n", e);
+            bad = 1;
+        }
     }
     if (cfg->provider_kind == SBX_PROVIDER_DOCKER && !*cfg->docker_hosts) {
         fprintf(err, "sbx-worker: SBX_DOCKER_HOSTS is not set: the docker provider needs "

@@ -38,6 +38,8 @@ typedef struct sbx_config {
     char work_dir[512];
     int uid_base;
     int allow_network;
+    char egress_allow[2048];    /* SBX_EGRESS_ALLOW: CIDRs and host names, comma-separated */
+    char egress_deny[2048];     /* SBX_EGRESS_DENY */
     int lease_ttl_ms;
     int max_inflight;
     int max_attempts;

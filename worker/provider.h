@@ -108,6 +108,8 @@ typedef struct sbx_local_config {
     const char *work_dir;      /* parent of per-run workspaces */
     int uid_base;              /* slot i runs as uid/gid uid_base+i when root */
     int allow_network;         /* jobs may ask for network */
+    const char *egress_allow;  /* SBX_EGRESS_ALLOW / _DENY (common/egress.h) */
+    const char *egress_deny;
     int default_memory_mb;
     int default_pids;
     double default_cpus;

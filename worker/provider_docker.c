@@ -411,9 +411,15 @@ static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err
     labels = NULL;
     jset(&b, o, "Tty", json_object_new_boolean(0));
     jset(&b, o, "StopTimeout", json_object_new_int(1));
+    /* Never the engine's host network: a networked build gets the default
+     * bridge, named here so an engine default can never make it "host".
+     * Keeping the bridge away from internal services is the operator's
+     * firewall (README: DOCKER-USER rules); egress.c does not reach in here. */
     if (!(job->network && d->allow_network)) {
         jset(&b, o, "NetworkDisabled", json_object_new_boolean(1));
         jset(&b, hc, "NetworkMode", json_object_new_string("none"));
+    } else {
+        jset(&b, hc, "NetworkMode", json_object_new_string("bridge"));
     }
     jset(&b, o, "HostConfig", hc);
     hc = NULL;

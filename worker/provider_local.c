@@ -32,6 +32,11 @@
  *   its whole wall time; a backstop behind the quota (and the only CPU
  *   bound without cgroups).
  *
+ * Network: a job with "network": true on a host with allow_network gets a
+ * network namespace of its own with a NAT and the egress filter (netns.c,
+ * egress.c): the operator's SBX_EGRESS_ALLOW / SBX_EGRESS_DENY, resolved
+ * here at start-up, narrowed by the job's "egress" list.
+ *
  * Outcomes: canceled -> CANCELED (even if the build ended meanwhile: the
  * caller asked, provider.h promises it); wall timer -> TIMED_OUT; bwrap never
  * reached the command -> ERROR (a host problem, worth a retry); exit 0 ->
@@ -76,6 +81,7 @@ typedef struct local_provider {
     int nslots;
     int uid_base;                /* -1 when not root */
     int allow_network;
+    sbx_netns_host net;          /* set up when allow_network */
     int default_memory_mb;
     int default_pids;
     double default_cpus;
@@ -148,8 +154,9 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
                  st->exit_code - 128);
         res.exit_code = -1;
     } else if (res.outcome == SBX_OUTCOME_ERROR) {
-        snprintf(res.error, sizeof(res.error), "sandbox did not start the command (bwrap exit %d)",
-                 st->exit_code);
+        snprintf(res.error, sizeof(res.error),
+                 "sandbox did not start the command (bwrap exit %d)%s%s", st->exit_code,
+                 st->error[0] ? ": " : "", st->error);
         res.exit_code = -1;
     } else if (res.outcome == SBX_OUTCOME_FAILED && st->limit[0]) {
         snprintf(res.error, sizeof(res.error), "%s%s%s", st->limit, st->error[0] ? "; " : "",
@@ -232,6 +239,8 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     spec.uid = p->uid_base >= 0 ? p->uid_base + i : -1;
     spec.gid = spec.uid;
     spec.network = job->network && p->allow_network;
+    spec.net = &p->net;
+    spec.egress = job->egress;
     spec.memory_mb = job->memory_mb > 0 ? job->memory_mb : p->default_memory_mb;
     spec.pids = job->pids > 0 ? job->pids : p->default_pids;
     cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
@@ -290,6 +299,7 @@ static void free_provider(local_provider *p)
             free(p->ids[i]);
     free(p->ids);
     free(p->busy);
+    sbx_netns_host_free(&p->net);
     free(p->node);
     free(p->work_dir);
     free(p->bwrap);
@@ -465,6 +475,13 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
     rc = prepare_work_dir(p->work_dir, as_root, err, errlen);
     if (rc)
         goto out;
+    if (p->allow_network) {
+        rc = sbx_netns_host_init(&p->net, cfg->egress_allow, cfg->egress_deny, err, errlen);
+        if (rc)
+            goto out;
+        sbx_info("local", "egress policy deny=%zu allow=%s", p->net.egress.deny.n,
+                 p->net.egress.allow_set ? "set" : "any public IPv4");
+    }
 
     /* Whatever a crashed predecessor left: its processes, then its disk. */
     if (as_root)

@@ -31,6 +31,8 @@ static int make_local(sbx_worker *w, char *err, size_t errlen)
     lc.work_dir = w->cfg.work_dir;
     lc.uid_base = w->cfg.uid_base;
     lc.allow_network = w->cfg.allow_network;
+    lc.egress_allow = w->cfg.egress_allow;
+    lc.egress_deny = w->cfg.egress_deny;
     lc.default_memory_mb = 1024;
     lc.default_pids = 256;
     lc.default_cpus = 1;

@@ -39,6 +39,8 @@ const char *sbx_strerror(sbx_err e);
 #define SBX_FILES_MAX         64
 #define SBX_FILES_BYTES_MAX   (512 * 1024)  /* sum of inline file contents */
 #define SBX_TIMEOUT_MAX_S     86400
+#define SBX_EGRESS_ITEMS_MAX  32            /* "egress" entries */
+#define SBX_EGRESS_ITEM_MAX   253           /* one entry: a DNS name is at most 253 */
 #define SBX_DEFAULT_TIMEOUT_S 600
 
 /* Why a message was refused: the "reason" of a dead-letter envelope. */
@@ -70,6 +72,10 @@ typedef struct sbx_job {
     int pids;            /* "resources.pids", 0 = provider default */
     int disk_mb;         /* "resources.disk_mb", 0 = provider default */
     bool network;        /* "network", default false */
+    char **egress;       /* "egress": IPv4 CIDRs and host names the build may reach
+                            (narrowing the host's policy), NULL-terminated; NULL when
+                            absent, {NULL} when [] (no destination at all) */
+    size_t negress;
     char provider[16];   /* "provider"; "" when absent or "any" */
     char *traceparent;   /* "trace.traceparent" or NULL */
     char *tracestate;    /* "trace.tracestate" or NULL */

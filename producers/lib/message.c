@@ -917,6 +917,92 @@ static sbx_err f_network(json_object *v, sbx_job *job, char *err, size_t errlen)
     return SBX_OK;
 }
 
+/* 0..255 in decimal without a leading zero: the schema's
+ * 25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]. */
+static bool octet_ok(const char *s, size_t n)
+{
+    int v = 0;
+    if (n < 1 || n > 3 || (n > 1 && s[0] == '0') || !digits(s, n))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    return v <= 255;
+}
+
+/* a.b.c.d with an optional /0../32 (no leading zero). */
+static bool ipv4_cidr_ok(const char *s, size_t n)
+{
+    const char *slash = memchr(s, '/', n);
+    size_t alen = slash ? (size_t)(slash - s) : n, start = 0, parts = 0;
+    for (size_t i = 0; i <= alen; i++) {
+        if (i < alen && s[i] != '.')
+            continue;
+        if (++parts > 4 || !octet_ok(s + start, i - start))
+            return false;
+        start = i + 1;
+    }
+    if (parts != 4)
+        return false;
+    if (slash) {
+        const char *b = slash + 1;
+        size_t blen = n - alen - 1;
+        if (blen < 1 || blen > 2 || (blen == 2 && b[0] == '0') || !digits(b, blen))
+            return false;
+        if ((blen == 2 ? (b[0] - '0') * 10 + (b[1] - '0') : b[0] - '0') > 32)
+            return false;
+    }
+    return true;
+}
+
+/* Labels of 1..63 letters, digits and inner '-', dot-separated, the last one
+ * starting with a letter: the schema's
+ * (?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])? */
+static bool hostname_ok(const char *s, size_t n)
+{
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && s[i] != '.') {
+            if (!is_alnum((unsigned char)s[i]) && s[i] != '-')
+                return false;
+            continue;
+        }
+        size_t len = i - start;
+        if (len < 1 || len > 63 || s[start] == '-' || s[i - 1] == '-')
+            return false;
+        if (i == n && is_digit((unsigned char)s[start]))
+            return false;
+        start = i + 1;
+    }
+    return true;
+}
+
+static sbx_err f_egress(json_object *v, sbx_job *job, char *err, size_t errlen)
+{
+    struct path p = { "egress", NULL, NULL, -1 };
+    if (want_type(v, json_type_array, "an array", &p, err, errlen))
+        return SBX_EINVAL;
+    size_t n = json_object_array_length(v);
+    if (n > SBX_EGRESS_ITEMS_MAX)
+        return bad(&p, err, errlen, "must have at most %d items", SBX_EGRESS_ITEMS_MAX);
+    job->egress = calloc(n + 1, sizeof *job->egress);
+    if (!job->egress)
+        return SBX_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const char *s;
+        size_t len;
+        p.index = (long)i;
+        if (get_string(json_object_array_get_idx(v, i), 0, SBX_EGRESS_ITEM_MAX, &p, &s, &len,
+                       err, errlen))
+            return SBX_EINVAL;
+        if (!ipv4_cidr_ok(s, len) && !hostname_ok(s, len))
+            return bad(&p, err, errlen, "must be an IPv4 address or CIDR, or a host name");
+        if (!(job->egress[i] = dupn(s, len)))
+            return SBX_ENOMEM;
+        job->negress = i + 1;
+    }
+    return SBX_OK;
+}
+
 static sbx_err f_provider(json_object *v, sbx_job *job, char *err, size_t errlen)
 {
     static const char *const names[] = { "any", "local", "vmpool", "docker", "fly" };
@@ -999,6 +1085,7 @@ static const struct field {
     { "timeout_s", f_timeout },
     { "resources", f_resources },
     { "network", f_network },
+    { "egress", f_egress },
     { "provider", f_provider },
     { "trace", f_trace },
     { "metadata", f_metadata },
@@ -1047,6 +1134,9 @@ void sbx_job_free(sbx_job *job)
     for (size_t i = 0; job->argv && job->argv[i]; i++)
         free(job->argv[i]);
     free(job->argv);
+    for (size_t i = 0; job->egress && job->egress[i]; i++)
+        free(job->egress[i]);
+    free(job->egress);
     free(job->script);
     sbx_kv *maps[] = { job->env, job->files, job->metadata };
     size_t counts[] = { job->nenv, job->nfiles, job->nmetadata };

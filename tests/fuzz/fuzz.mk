@@ -49,7 +49,8 @@ $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c) $(FUZZ_NDEBU
 # and libmicrohttpd-dev, no Redis).
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c \
                    common/loop.c common/log.c common/sandbox.c common/cgroup.c common/seccomp_filter.c \
-                   common/text.c common/buf.c producers/lib/message.c producers/lib/utf8.c
+                   common/netns.c common/egress.c common/text.c common/buf.c \
+                   producers/lib/message.c producers/lib/utf8.c
 $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c): \
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
 $(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd libseccomp)

@@ -21,6 +21,7 @@
  */
 #include "sbx.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <string.h>
 
@@ -184,6 +185,60 @@ static bool timestamp_pattern(const char *s, size_t n)
            ndigits(s + i + 4, 2);
 }
 
+/* A number written the way printf("%u") writes it (no sign, no leading zero)
+ * and at most max: decoded, then printed back and compared. */
+static bool canonical_uint(const char *s, size_t n, unsigned max)
+{
+    char in[8], back[16];
+    unsigned long v;
+    if (n == 0 || n > 3 || !ndigits(s, n))
+        return false;
+    memcpy(in, s, n);
+    in[n] = '\0';
+    v = strtoul(in, NULL, 10);
+    snprintf(back, sizeof back, "%lu", v);
+    return v <= max && strcmp(back, in) == 0;
+}
+
+/* One "egress" item (RFC 791 dotted quad with an optional prefix length, or
+ * an RFC 1123 host name whose last label starts with a letter), judged by
+ * cutting a copy of the text at its separators. */
+static bool egress_item(const char *s, size_t n)
+{
+    char name[256], *last, *slash;
+    size_t parts = 0;
+    bool quad = true;
+
+    if (n == 0 || n > 253 || memchr(s, '\0', n))
+        return false;
+    memcpy(name, s, n);
+    name[n] = '\0';
+    slash = strchr(name, '/');
+    for (char *p = name, *dot; quad && p; p = dot ? dot + 1 : NULL) {
+        dot = strpbrk(p, "./");
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        quad = ++parts <= 4 && canonical_uint(p, len, 255);
+        if (dot && *dot == '/')
+            dot = NULL;
+    }
+    if (quad && parts == 4)
+        return !slash || canonical_uint(slash + 1, strlen(slash + 1), 32);
+    last = strrchr(name, '.');
+    last = last ? last + 1 : name;
+    if (!isalpha((unsigned char)last[0]))
+        return false;
+    for (char *p = name, *dot; p; p = dot ? dot + 1 : NULL) {
+        dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (len == 0 || len > 63 || p[0] == '-' || p[len - 1] == '-')
+            return false;
+        for (size_t k = 0; k < len; k++)
+            if (!isalnum((unsigned char)p[k]) && p[k] != '-')
+                return false;
+    }
+    return true;
+}
+
 /* An object of strings: maxProperties, propertyNames, value lengths. */
 static bool map_ok(const ref_val *v, size_t max_props, size_t name_max_chars,
                    bool (*name_ok)(const char *, size_t), size_t value_max_chars, size_t *bytes)
@@ -287,6 +342,10 @@ static bool schema_ok(const ref_val *root)
             ok = resources_ok(v);
         } else if (name_is(m, "network")) {
             ok = v->type == REF_BOOL;
+        } else if (name_is(m, "egress")) {
+            ok = v->type == REF_ARR && v->n <= 32;
+            for (size_t k = 0; ok && k < v->n; k++)
+                ok = v->items[k]->type == REF_STR && egress_item(v->items[k]->str, v->items[k]->len);
         } else if (name_is(m, "provider")) {
             for (size_t k = 0; k < 5 && !ok; k++)
                 ok = v->type == REF_STR && v->len == strlen(providers[k]) &&
@@ -380,6 +439,12 @@ static void check_matches_message(const sbx_job *job, const ref_val *root)
     FUZZ_CHECK(job->pids == (int)num_or(ref_obj_get(res, "pids"), 0), "pids differs");
     FUZZ_CHECK(job->disk_mb == (int)num_or(ref_obj_get(res, "disk_mb"), 0), "disk_mb differs");
     FUZZ_CHECK(job->network == (network && network->b), "network differs");
+    const ref_val *egress = ref_obj_get(root, "egress");
+    FUZZ_CHECK(egress ? job->egress && job->negress == egress->n : !job->egress,
+               "egress: %zu items", job->negress);
+    for (size_t i = 0; egress && i < egress->n; i++)
+        FUZZ_CHECK(same(job->egress[i], egress->items[i]), "egress[%zu] differs", i);
+    FUZZ_CHECK(!egress || !job->egress[egress->n], "egress: not NULL-terminated");
     if (!provider || strcmp(provider->str, "any") == 0)
         FUZZ_CHECK(job->provider[0] == '\0', "provider \"%s\", expected \"\"", job->provider);
     else
