@@ -42,7 +42,7 @@ static int set(const char *prog, void *cfg, const sbx_opt *o, const char *v, con
     return 0;
 }
 
-void sbx_opts_usage(const char *prog, const sbx_opt *opts, size_t n, FILE *out)
+static void usage(const char *prog, const sbx_opt *opts, size_t n, FILE *out)
 {
     fprintf(out, "usage: %s [--flag value]...\n"
                  "Every flag has an environment variable; the flag wins.\n\n", prog);
@@ -90,7 +90,7 @@ int sbx_opts_load(const char *prog, const sbx_opt *opts, size_t n, void *cfg, in
         char name[64], src[96];
         size_t i;
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            sbx_opts_usage(prog, opts, n, stdout);
+            usage(prog, opts, n, stdout);
             return 2;
         }
         if (strncmp(arg, "--", 2) != 0) {

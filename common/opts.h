@@ -31,7 +31,6 @@ typedef struct sbx_opt {
  * was asked (usage printed on stdout). */
 int sbx_opts_load(const char *prog, const sbx_opt *opts, size_t n, void *cfg, int argc,
                   char **argv, FILE *err);
-void sbx_opts_usage(const char *prog, const sbx_opt *opts, size_t n, FILE *out);
 void sbx_opts_print(const sbx_opt *opts, size_t n, const void *cfg, FILE *out);
 /* SBX_LOG_LEVEL's value: sets the log level and returns 0, or prints the
  * line naming the fix and returns 1. */

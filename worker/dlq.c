@@ -16,8 +16,9 @@
 #include "text.h"
 #include "worker.h"
 
-char *sbx__dlq_envelope(const sbx_kafka_msg *m, const char *worker_id, const char *reason,
-                        const char *detail, int attempts)
+/* The envelope of m as JSON text (malloc'd), or NULL when out of memory. */
+static char *envelope(const sbx_kafka_msg *m, const char *worker_id, const char *reason,
+                      const char *detail, int attempts)
 {
     char jid[SBX_ID_MAX + 1], pid[SBX_ID_MAX + 1], ts[32];
     json_object *o = json_object_new_object();
@@ -57,7 +58,7 @@ out:
 void sbx__dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason,
                       const char *detail, int attempts, int mark_done)
 {
-    char *json = sbx__dlq_envelope(m, w->cfg.worker_id, reason, detail, attempts);
+    char *json = envelope(m, w->cfg.worker_id, reason, detail, attempts);
 
     sbx_warn("job", "p%d@%" PRId64 " dead-lettered: %s: %s", (int)m->partition, m->offset,
              reason, detail);

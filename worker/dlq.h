@@ -17,10 +17,6 @@
 
 typedef struct sbx_worker sbx_worker;
 
-/* The envelope of m as JSON text (malloc'd), or NULL when out of memory. */
-char *sbx__dlq_envelope(const sbx_kafka_msg *m, const char *worker_id, const char *reason,
-                        const char *detail, int attempts);
-
 /* Publishes m's envelope. With mark_done the message's offset is done once
  * the broker has it; else the caller finishes it (a run that also ends with
  * a terminal row). A publish that fails leaves the offset unfinished, so the

@@ -42,12 +42,6 @@ static void unlink_call(call *c)
         c->next->prev = c->prev;
 }
 
-const char *sbx_lease_status_name(sbx_lease_status s)
-{
-    static const char *const names[] = {"ok", "busy", "held", "no_capacity", "lost", "error"};
-    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
-}
-
 int sbx_leases_new(sbx_redis *r, sbx_leases **out)
 {
     sbx_leases *l = calloc(1, sizeof(*l));

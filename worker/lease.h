@@ -24,7 +24,6 @@ typedef enum sbx_lease_status {
     SBX_LEASE_ERROR,     /* Redis down or a script error: retry later */
 } sbx_lease_status;
 
-const char *sbx_lease_status_name(sbx_lease_status s);
 
 /* Longest slot id (sbx_lease_reply.slot holds it). */
 #define SBX_LEASE_SLOT_MAX 191
