@@ -237,7 +237,9 @@ def test_kill9_restart_every_job_once(run_sbx, pg, start_worker, topics, workdir
     t0 = time.monotonic()
     w2 = start_worker(**env)
     st = wait_terminal(pg, ids, 180, [w2])
-    assert set(st.values()) == {"succeeded"}, st
+    bad = [j for j in ids if st[j] != "succeeded"]
+    assert not bad, [(j, st[j], pg.scalar("SELECT error FROM sbx.runs WHERE job_id = %s", j),
+                      history(pg, j)) for j in bad]
     reran = 0
     for job_id in ids:
         h = history(pg, job_id)
