@@ -88,7 +88,7 @@ typedef struct sbx_job {
  * the line is valid UTF-8 without control characters, cut to errlen.
  * Gates, in order: size (too_large), UTF-8 (not_utf8), RFC 8259 text with
  * unique member names and no "\u0000" or unpaired surrogate escape
- * (invalid_json), then the schema (schema_violation). See producers/lib/job.c.
+ * (invalid_json), then the schema (schema_violation). See producers/lib/message.c.
  * SBX_ENOMEM leaves *reject at SBX_REJECT_NONE. */
 sbx_err sbx_job_parse(const char *buf, size_t len, sbx_job **out,
                       sbx_reject *reject, char *err, size_t errlen);

@@ -1,5 +1,5 @@
 /* fuzz_job.c — libFuzzer target for sbx_job_parse() and sbx_job_peek_ids()
- * (producers/lib/job.c): every byte string a Kafka producer can send.
+ * (producers/lib/message.c): every byte string a Kafka producer can send.
  *
  * What one input checks:
  *  1. Differential: a reference model (ref.c's strict JSON parser plus the

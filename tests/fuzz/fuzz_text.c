@@ -1,6 +1,6 @@
-/* fuzz_text.c — libFuzzer target for the dead-letter envelope path: the
- * helpers of common/text.c and the pieces sbx-worker's dead_letter()
- * (worker/job.c, static) puts into an envelope for a refused message.
+/* fuzz_text.c — libFuzzer target for the text helpers of common/text.c, the
+ * buffers of common/buf.c, and the text fields sbx-worker's dead-letter
+ * envelope (worker/dlq.c) carries for a refused message.
  *
  * The input is the refused Kafka message. Properties:
  *  - sbx__utf8_valid() agrees with the reference decoder (RFC 3629).
@@ -10,14 +10,12 @@
  *    and equal to the reference: each well-formed character copied, each
  *    byte that starts none (and NUL) turned into '?', stopping before the
  *    first unit that does not fit. ASan sees any write past cap.
- *  - sbx__base64() has the RFC 4648 length and alphabet, matches the
- *    payload_base64 pattern of schemas/dlq.v1.schema.json and decodes back
- *    to the input (ref_base64_decode(), strict).
- *  - The envelope fields built the way dead_letter() builds them (detail
- *    from sbx_job_parse(), ids from sbx_job_peek_ids(), payload text only
- *    when valid UTF-8 without NUL), serialized by json-c with the worker's
- *    flags, parse as strict RFC 8259 JSON and give back exactly the payload,
- *    the detail and the ids, within the envelope schema's bounds.
+ *  - sbx__base64() (job files sent to Fly) has the RFC 4648 length and
+ *    alphabet and decodes back to the input (ref_base64_decode(), strict).
+ *  - Text fields built the way the envelope builds them (detail from
+ *    sbx_job_parse(), ids from sbx_job_peek_ids()), serialized by json-c with
+ *    the worker's flags, parse as strict RFC 8259 JSON and give back exactly
+ *    the text, the detail and the ids.
  *  - The buffers of common/buf.c, fed the input in pieces whose sizes the
  *    input picks: an sbx_tail (cap from the input) holds exactly the last
  *    cap bytes whenever it is read, and an sbx_buf (cap from the input)
@@ -153,7 +151,7 @@ static void check_envelope(const uint8_t *data, size_t size, const char *b64)
     json_object_object_add(o, "job_id", jid[0] ? json_object_new_string(jid) : NULL);
     json_object_object_add(o, "project_id", pid[0] ? json_object_new_string(pid) : NULL);
     json_object_object_add(o, "payload", text ? json_object_new_string_len(payload, (int)size) : NULL);
-    json_object_object_add(o, "payload_base64", json_object_new_string(b64));
+    json_object_object_add(o, "files_base64", json_object_new_string(b64));
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     size_t slen = strlen(s);
 
@@ -166,7 +164,7 @@ static void check_envelope(const uint8_t *data, size_t size, const char *b64)
     check_field(doc.root, "job_id", jid[0] ? jid : NULL, strlen(jid));
     check_field(doc.root, "project_id", pid[0] ? pid : NULL, strlen(pid));
     check_field(doc.root, "payload", text ? payload : NULL, size);
-    check_field(doc.root, "payload_base64", b64, strlen(b64));
+    check_field(doc.root, "files_base64", b64, strlen(b64));
     ref_json_free(&doc);
     json_object_put(o);
 }
