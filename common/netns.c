@@ -697,8 +697,11 @@ static void on_info(sbx_io *io, int events)
             fail(ns, "bwrap gave no sandbox pid on its info fd");
         return;
     }
+    /* The read end stays open until the end: bwrap writes its info in
+     * several write()s (the pid, then each namespace's id), and a write
+     * after we closed would kill bwrap with SIGPIPE. The rest is a few
+     * hundred bytes, which the pipe holds unread. */
     sbx_io_stop(&ns->info_io);
-    close_fd(&ns->info_r);
     rc = open_namespaces(ns, (pid_t)pid);
     if (rc) {
         fail(ns, "the sandbox's network namespace (pid %ld): %s", pid, strerror(-rc));
