@@ -530,7 +530,12 @@ static int copy_start(arun *a, const char *name)
     b->max_bytes = (uint64_t)a->disk_mb * 1024 * 1024;
     a->copy_pid = fork();
     if (a->copy_pid == 0) {
+        int lo = src < dst ? src : dst, hi = src < dst ? dst : src;
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* Nothing of the agent's (sockets, the token file) but the two trees. */
+        close_range(3, (unsigned)lo - 1, 0);
+        close_range((unsigned)lo + 1, (unsigned)hi - 1, 0);
+        close_range((unsigned)hi + 1, ~0U, 0);
         /* As the build's uid: the copy can read no more than the build
          * could, and writes nothing a root process would. */
         if (uid >= 0 && (setgroups(0, NULL) < 0 || setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) < 0 ||
@@ -602,6 +607,7 @@ static void try_gate(arun *a)
         release_gate(a);
 }
 
+/* The newline that lets the wrapper exit, once the preview is taken. */
 static void release_gate(arun *a)
 {
     struct stat st;
