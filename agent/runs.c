@@ -15,10 +15,23 @@
  *      Its size is bounded by the build's RLIMIT_FSIZE (disk_mb).
  *   2. When the command has exited, the wrapper makes a FIFO ".sbx-agent/
  *      gate" and waits on it. The agent sees the FIFO appear (inotify on
- *      .sbx-agent; a 1 s sweep covers a lost event), moves public/ (or
- *      dist/) out of the workspace into previews/<run id> with one rename
- *      (no copy, no symlink followed), then writes a newline into the FIFO,
- *      and the wrapper exits with the command's status.
+ *      .sbx-agent; a 1 s sweep covers a lost event), takes public/ (or
+ *      dist/) out of the workspace into previews/<run id>, then writes a
+ *      newline into the FIFO, and the wrapper exits with the command's
+ *      status.
+ *
+ * Disk: as root the workspace and /tmp share one tmpfs of disk_mb
+ * (sandbox.c's disk_total), so taking the preview out crosses a filesystem.
+ * Without that mount one renameat() does it (no copy, no symlink followed);
+ * across it (EXDEV) a child process copies the tree (copy_tree()), watched
+ * by a pidfd on the loop, and the gate opens when it has exited: the copy
+ * runs inside the build's wall time, and the build's timeout or cancel
+ * kills it. The copy takes regular files and directories only, through
+ * descriptors (openat, O_NOFOLLOW), as the slot's uid, within caps of
+ * depth, entries and bytes; a tree over a cap is not kept at all. The log
+ * stays readable after the run: its descriptor outlives the unmount, and
+ * sandbox.c empties the tmpfs before detaching it, so the descriptor pins
+ * the log alone.
  *   The paths under .sbx-agent are reserved: a job file there is refused by
  *   the sandbox as a clash. Whatever the build does to them only harms its
  *   own log and preview.
@@ -40,6 +53,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
@@ -47,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -76,6 +91,18 @@
 /* The work dir path: what the config accepts (SBX_WORK_DIR), so every path
  * under it fits PATH_MAX with a run id and a file name. */
 #define RUN_WORK_DIR_MAX 512
+/* Preview copy across the tmpfs (copy_tree). Depth: each level holds two
+ * descriptors and a directory stream in the child, far below its
+ * RLIMIT_NOFILE (1024); a site nests a handful of levels. Entries: the
+ * previews live on the agent's own disk, where an empty file costs an
+ * inode and no byte of disk_mb; a large static site has some 10^4 files.
+ * Bytes: disk_mb, what the tmpfs holds; the cap still matters because a
+ * hardlinked file is copied once per name (and a sparse one in full). */
+#define RUN_COPY_DEPTH 64
+#define RUN_COPY_ENTRIES 100000
+#define RUN_COPY_CHUNK 65536
+/* The copy child's exit status: copied, a cap reached, a host error. */
+enum { COPY_OK, COPY_DEPTH, COPY_ENTRIES, COPY_BYTES, COPY_FAILED };
 
 #define AGENT_DIR ".sbx-agent"
 #define AGENT_LOG AGENT_DIR "/log"
@@ -128,6 +155,10 @@ struct arun {
     int gate_fd;                 /* the FIFO we answered, kept until the exit */
     int wd;                      /* inotify watch on .sbx-agent, -1 when none */
     int gated;
+    pid_t copy_pid;              /* preview copy child, 0 when none */
+    int copy_pidfd;
+    sbx_io copy_io;
+    int disk_mb;                 /* the job's, for the copy's byte cap */
     int log_dirty;
     int has_preview;
     char *tail;                  /* at the end: the last SBX_RUNS_TAIL_MAX bytes */
@@ -300,48 +331,288 @@ static void trash_preview(sbx_runs *r, const char *name)
 
 /* ---- preview and gate ---- */
 
-/* Moves the workspace's public/ or dist/ to previews/<run id>. renameat
- * neither follows a symlink nor copies; a swapped-in non-directory is
- * thrown away, and serving resolves paths without symlinks anyway. */
-static void capture_preview(arun *a)
+/* ---- preview copy (child process) ---- */
+
+typedef struct copy_budget {
+    uint64_t entries, bytes, max_bytes;
+    dev_t dev;                   /* the source tree's filesystem */
+    char buf[RUN_COPY_CHUNK];
+} copy_budget;
+
+static int copy_file(int sdir, int ddir, const char *name, copy_budget *b)
+{
+    struct stat st;
+    int in, out, rc = COPY_OK;
+
+    /* O_NONBLOCK: a FIFO swapped in after the fstatat does not block the
+     * open; fstat then sees it is not a regular file. */
+    in = openat(sdir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (in < 0)
+        return COPY_OK; /* gone, or unreadable by the build's own uid: skipped */
+    if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != b->dev) {
+        close(in);
+        return COPY_OK;
+    }
+    out = openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (out < 0) {
+        close(in);
+        return COPY_FAILED;
+    }
+    for (;;) {
+        ssize_t n = read(in, b->buf, sizeof(b->buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? COPY_FAILED : COPY_OK;
+            break;
+        }
+        if (b->bytes + (uint64_t)n > b->max_bytes) {
+            rc = COPY_BYTES;
+            break;
+        }
+        b->bytes += (uint64_t)n;
+        if (sbx_sandbox_write_all(out, b->buf, (size_t)n) != 0) {
+            rc = COPY_FAILED;
+            break;
+        }
+    }
+    close(in);
+    close(out);
+    return rc;
+}
+
+/* Copies the entries of directory sdir into ddir: directories and regular
+ * files, nothing else, never through a symlink (every open is relative to
+ * a directory descriptor, with O_NOFOLLOW). */
+static int copy_tree(int sdir, int ddir, int depth, copy_budget *b)
+{
+    struct dirent *de;
+    struct stat st;
+    DIR *d;
+    int fd, rc = COPY_OK;
+
+    if (depth > RUN_COPY_DEPTH)
+        return COPY_DEPTH;
+    fd = openat(sdir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || !(d = fdopendir(fd))) {
+        if (fd >= 0)
+            close(fd);
+        return COPY_FAILED;
+    }
+    while (rc == COPY_OK && (de = readdir(d)) != NULL) {
+        int cs, cd;
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (++b->entries > RUN_COPY_ENTRIES) {
+            rc = COPY_ENTRIES;
+            break;
+        }
+        if (fstatat(sdir, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != b->dev)
+            continue;
+        if (S_ISREG(st.st_mode)) {
+            rc = copy_file(sdir, ddir, de->d_name, b);
+            continue;
+        }
+        if (!S_ISDIR(st.st_mode))
+            continue; /* symlinks, devices, FIFOs, sockets */
+        cs = openat(sdir, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (cs < 0)
+            continue;
+        if (mkdirat(ddir, de->d_name, 0755) < 0 ||
+            (cd = openat(ddir, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+            close(cs);
+            rc = COPY_FAILED;
+            break;
+        }
+        rc = copy_tree(cs, cd, depth + 1, b);
+        close(cs);
+        close(cd);
+    }
+    closedir(d);
+    return rc;
+}
+
+
+/* ---- preview and gate ---- */
+
+static void release_gate(arun *a);
+
+/* previews/<run id> is complete: it becomes the slot's preview. A
+ * swapped-in non-directory is thrown away; serving resolves paths without
+ * symlinks anyway. */
+static void keep_preview(arun *a, const char *from)
+{
+    sbx_runs *r = a->r;
+    slot *s = &r->slots[a->slot];
+    struct stat st;
+
+    if (fstatat(r->preview_fd, a->id, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
+        trash_preview(r, a->id);
+        return;
+    }
+    if (s->preview_run[0])
+        trash_preview(r, s->preview_run);
+    snprintf(s->preview_run, sizeof(s->preview_run), "%s", a->id);
+    a->has_preview = 1;
+    sbx_debug("runs", "run %s preview from %s/", a->id, from);
+}
+
+/* Kills and reaps the copy child, if any; returns 1 if there was one. */
+static int copy_kill(arun *a)
+{
+    if (a->copy_pid <= 0)
+        return 0;
+    sbx_io_stop(&a->copy_io);
+    kill(a->copy_pid, SIGKILL);
+    waitpid(a->copy_pid, NULL, 0);
+    a->copy_pid = 0;
+    close_fd(&a->copy_pidfd);
+    return 1;
+}
+
+static void on_copy_exit(sbx_io *io, int events)
+{
+    arun *a = io->data;
+    siginfo_t si;
+    int status;
+    (void)events;
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)a->copy_pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (errno == EINTR)
+            return;
+        status = COPY_FAILED;
+    } else if (si.si_pid == 0) {
+        return; /* not yet */
+    } else {
+        status = si.si_code == CLD_EXITED ? si.si_status : COPY_FAILED;
+    }
+    sbx_io_stop(&a->copy_io);
+    close_fd(&a->copy_pidfd);
+    a->copy_pid = 0;
+    if (status == COPY_OK) {
+        keep_preview(a, "a copy of the build");
+    } else {
+        if (status == COPY_DEPTH)
+            sbx_warn("runs", "run %s preview not kept: deeper than %d levels", a->id, RUN_COPY_DEPTH);
+        else if (status == COPY_ENTRIES)
+            sbx_warn("runs", "run %s preview not kept: more than %d entries", a->id, RUN_COPY_ENTRIES);
+        else if (status == COPY_BYTES)
+            sbx_warn("runs", "run %s preview not kept: more than %d MB", a->id, a->disk_mb);
+        else
+            sbx_warn("runs", "run %s preview not kept: copy failed", a->id);
+        trash_preview(a->r, a->id);
+    }
+    release_gate(a);
+}
+
+/* Starts the copy of <ws>/name into previews/<run id> in a child that
+ * runs as the slot's uid. Returns 0 when started (the gate waits for it). */
+static int copy_start(arun *a, const char *name)
+{
+    sbx_runs *r = a->r;
+    int uid = r->slots[a->slot].uid, src = -1, dst = -1, rc = -1;
+    struct stat st;
+    copy_budget *b = NULL;
+
+    if (mkdirat(r->preview_fd, a->id, 0755) < 0)
+        goto out;
+    src = openat(a->ws_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    dst = openat(r->preview_fd, a->id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (src < 0 || dst < 0 || fstat(src, &st) < 0 ||
+        (uid >= 0 && fchown(dst, (uid_t)uid, (gid_t)uid) < 0))
+        goto out;
+    /* Allocated before the fork: the child only runs the copy. */
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        goto out;
+    b->dev = st.st_dev;
+    b->max_bytes = (uint64_t)a->disk_mb * 1024 * 1024;
+    a->copy_pid = fork();
+    if (a->copy_pid == 0) {
+        int lo = src < dst ? src : dst, hi = src < dst ? dst : src;
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* Nothing of the agent's (sockets, the token file) but the two trees. */
+        close_range(3, (unsigned)lo - 1, 0);
+        close_range((unsigned)lo + 1, (unsigned)hi - 1, 0);
+        close_range((unsigned)hi + 1, ~0U, 0);
+        /* As the build's uid: the copy can read no more than the build
+         * could, and writes nothing a root process would. */
+        if (uid >= 0 && (setgroups(0, NULL) < 0 || setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) < 0 ||
+                         setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0))
+            _exit(COPY_FAILED);
+        _exit(copy_tree(src, dst, 1, b));
+    }
+    if (a->copy_pid < 0) {
+        a->copy_pid = 0;
+        goto out;
+    }
+    a->copy_pidfd = (int)syscall(SYS_pidfd_open, a->copy_pid, 0);
+    if (a->copy_pidfd < 0) {
+        /* No pidfd: this copy is not watched; it ends with its tree trashed. */
+        copy_kill(a);
+        trash_preview(r, a->id);
+        rc = -2;
+        goto out;
+    }
+    sbx_io_init(&a->copy_io, a->copy_pidfd, on_copy_exit, a);
+    sbx_io_set(r->loop, &a->copy_io, SBX_READ);
+    rc = 0;
+out:
+    if (rc == -1) {
+        sbx_warn("runs", "run %s preview %s/ not copied: %s", a->id, name, strerror(errno));
+        trash_preview(r, a->id);
+    }
+    free(b);
+    close_fd(&src);
+    close_fd(&dst);
+    return rc;
+}
+
+/* Takes the workspace's public/ or dist/ to previews/<run id>: one
+ * renameat (neither follows a symlink nor copies) when both are on one
+ * filesystem, else a copy. Returns 1 while the copy runs. */
+static int capture_preview(arun *a)
 {
     static const char *const names[] = {"public", "dist"};
     sbx_runs *r = a->r;
-    slot *s = &r->slots[a->slot];
     struct stat st;
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (fstatat(a->ws_fd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
             continue;
-        if (renameat(a->ws_fd, names[i], r->preview_fd, a->id) < 0) {
-            sbx_warn("runs", "run %s preview %s not kept: %s", a->id, names[i], strerror(errno));
-            return;
+        if (renameat(a->ws_fd, names[i], r->preview_fd, a->id) == 0) {
+            keep_preview(a, names[i]);
+            return 0;
         }
-        if (fstatat(r->preview_fd, a->id, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
-            trash_preview(r, a->id);
-            return;
-        }
-        if (s->preview_run[0])
-            trash_preview(r, s->preview_run);
-        snprintf(s->preview_run, sizeof(s->preview_run), "%s", a->id);
-        a->has_preview = 1;
-        sbx_debug("runs", "run %s preview from %s/", a->id, names[i]);
-        return;
+        if (errno == EXDEV)
+            return copy_start(a, names[i]) == 0;
+        sbx_warn("runs", "run %s preview %s not kept: %s", a->id, names[i], strerror(errno));
+        return 0;
     }
+    return 0;
 }
 
 /* The wrapper waits on .sbx-agent/gate once the command has exited. */
 static void try_gate(arun *a)
 {
     struct stat st;
-    int fd;
 
     if (a->gated || a->adir_fd < 0 || a->state != SBX_RS_RUNNING)
         return;
     if (fstatat(a->adir_fd, "gate", &st, AT_SYMLINK_NOFOLLOW) < 0)
         return;
     a->gated = 1;
-    capture_preview(a);
+    if (!capture_preview(a))
+        release_gate(a);
+}
+
+/* The newline that lets the wrapper exit, once the preview is taken. */
+static void release_gate(arun *a)
+{
+    struct stat st;
+    int fd;
+
     /* O_RDWR never blocks on a FIFO and makes us a writer whether or not the
      * wrapper has opened its end yet; the newline waits in the pipe. */
     fd = openat(a->adir_fd, "gate", O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
@@ -422,6 +693,7 @@ static void run_free(arun *a)
 {
     if (!a)
         return;
+    copy_kill(a); /* shutdown: its tree goes with the next start's clean-up */
     close_fd(&a->ws_fd);
     close_fd(&a->adir_fd);
     close_fd(&a->log_fd);
@@ -531,6 +803,8 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     if (a->wd >= 0)
         inotify_rm_watch(r->ino_fd, a->wd);
     a->wd = -1;
+    if (copy_kill(a)) /* timed out or canceled while copying its preview */
+        trash_preview(r, a->id);
     close_fd(&a->gate_fd);
     close_fd(&a->adir_fd);
     close_fd(&a->ws_fd);
@@ -641,6 +915,8 @@ static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
     spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
     spec.cpus = cpus; /* the cgroup's quota, when the agent runs as root */
     spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : RUN_DEFAULT_DISK_MB;
+    spec.disk_total = 1; /* as root: workspace and /tmp share one tmpfs of disk_mb */
+    a->disk_mb = spec.disk_mb;
     spec.timeout_s = timeout_s;
     spec.kill_grace_ms = r->kill_grace_ms;
 
@@ -755,7 +1031,7 @@ sbx_wake_status sbx_runs_wake(sbx_runs *r, const sbx_wake_req *w, char run_id[SB
         goto out;
     }
     a->r = r;
-    a->ws_fd = a->adir_fd = a->log_fd = a->gate_fd = a->wd = -1;
+    a->ws_fd = a->adir_fd = a->log_fd = a->gate_fd = a->wd = a->copy_pidfd = -1;
     a->slot = i;
     a->token = w->token;
     a->attempt = w->attempt;
@@ -899,6 +1175,30 @@ int sbx_runs_preview_open(sbx_runs *r, const char *run_id)
 
 /* ---- setup ---- */
 
+/* A crashed agent's workspaces may each still be a mounted tmpfs, which
+ * one rm --one-file-system of ws/ would skip: each is removed on its own,
+ * after sbx_sandbox_remove_tree detaches it. */
+static int clean_workspaces(const char *ws)
+{
+    char path[PATH_MAX + 16];
+    struct dirent *de;
+    DIR *d = opendir(ws);
+    int rc = 0;
+
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    while (!rc && (de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", ws, de->d_name) >= sizeof(path))
+            rc = -ENAMETOOLONG;
+        else
+            rc = sbx_sandbox_remove_tree(path);
+    }
+    closedir(d);
+    return rc;
+}
+
 /* Leftovers of a previous agent on this work dir: its builds' processes,
  * workspaces and previews (their runs are gone with its memory). */
 static int clean_start(sbx_runs *r, char *err, size_t errlen)
@@ -915,7 +1215,9 @@ static int clean_start(sbx_runs *r, char *err, size_t errlen)
         }
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", r->work_dir, dirs[i]);
-        rc = sbx_sandbox_remove_tree(path);
+        rc = i == 0 ? clean_workspaces(path) : 0;
+        if (!rc)
+            rc = sbx_sandbox_remove_tree(path);
         if (rc) {
             snprintf(err, errlen, "%s: not removed: %s", path, strerror(-rc));
             return rc;

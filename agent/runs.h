@@ -12,7 +12,8 @@
  *  - a run's whole log: while it runs and, per slot, for the last finished
  *    run, until the slot's next run starts (readers that opened it keep
  *    their own descriptor until they are done);
- *  - a preview (the run's public/ or dist/ directory): per slot, the last
+ *  - a preview (the run's public/ or dist/ directory, regular files and
+ *    directories only, within the copy caps of runs.c): per slot, the last
  *    run that produced one.
  *
  * Events (log grew, run ended) go to one callback, always from the loop and

@@ -52,8 +52,10 @@
  * sandbox's memory cgroup, so disk cannot be used to escape the memory limit
  * (the price: a build's disk use counts as memory too). A failed build that
  * left the filesystem full is reported as "disk limit of N MB reached".
- * Otherwise (not root, or a caller such as the agent that renames out of the
- * workspace) the workspace is a plain directory and /tmp a tmpfs of its own.
+ * At the end it is emptied by rm while still mounted, then detached: a
+ * descriptor the caller keeps (the agent's log) then holds that one file,
+ * not the tree. Otherwise (not root, or disk_total off) the workspace is a
+ * plain directory and /tmp a tmpfs of its own.
  *
  * Limits, second line: rlimits set before exec, inherited by everything in
  * the sandbox:
@@ -374,11 +376,12 @@ int sbx_sandbox_sweep_uid(uid_t uid, int wait_ms)
 
 /* ---- workspace ---- */
 
-static pid_t spawn_rm(const char *path)
+/* rm -rf of path, and of path2 too unless NULL. */
+static pid_t spawn_rm(const char *path, const char *path2)
 {
     pid_t pid = fork();
     if (pid == 0) {
-        char *const argv[] = {"rm", "-rf", "--one-file-system", "--", (char *)path, NULL};
+        char *const argv[] = {"rm", "-rf", "--one-file-system", "--", (char *)path, (char *)path2, NULL};
         int fd = open("/dev/null", O_RDWR);
         if (fd >= 0) {
             dup2(fd, 0);
@@ -416,7 +419,7 @@ int sbx_sandbox_remove_tree(const char *path)
         return 0;
     if (unmount_at(path) < 0)
         return -EBUSY;
-    pid = spawn_rm(path);
+    pid = spawn_rm(path, NULL);
     if (pid < 0)
         return -errno;
     if (wait_blocking(pid, &status) < 0)
@@ -939,6 +942,14 @@ static void on_rm_exit(sbx_io *io, int events)
     sbx_io_stop(&s->rm_io);
     close_fd(&s->rm_pidfd);
     s->rm_pid = 0;
+    if (s->mounted) {
+        /* Emptied; what is left open (the agent's log) stays readable. */
+        if (umount2(s->root, MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
+            s->mounted = 0;
+        else
+            sbx_warn("sandbox", "workspace tmpfs not unmounted ws=%s: %s", s->root, strerror(errno));
+        rmdir(s->root);
+    }
     if (lstat(s->root, &st) == 0) {
         snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->root);
         sbx_warn("sandbox", "workspace not removed ws=%s", s->root);
@@ -948,9 +959,10 @@ static void on_rm_exit(sbx_io *io, int events)
     finish(s);
 }
 
-/* The cgroup and the disk_total tmpfs, once no process of the sandbox is
- * left: what the limits did first, then both go (the tmpfs before the
- * cgroup its pages are charged to). */
+/* The cgroup, once no process of the sandbox is left: what the limits did
+ * first (a full disk_total tmpfs too), then it goes. The tmpfs stays
+ * mounted until start_cleaning's rm has emptied it (cgroup.c: its charges
+ * do not keep the cgroup alive). */
 static void release_limits(sbx_sandbox *s)
 {
     if (s->cg) {
@@ -965,10 +977,6 @@ static void release_limits(sbx_sandbox *s)
         if (s->exit_code != 0 && statfs(s->root, &fs) == 0 &&
             (unsigned long long)fs.f_bavail * (unsigned long long)fs.f_bsize < SB_DISK_FULL_SLACK)
             s->disk_full = 1;
-        if (umount2(s->root, MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
-            s->mounted = 0;
-        else
-            sbx_warn("sandbox", "workspace tmpfs not unmounted ws=%s: %s", s->root, strerror(errno));
     }
     if (s->oom_killed) {
         snprintf(s->limit, sizeof(s->limit),
@@ -990,7 +998,10 @@ static void start_cleaning(sbx_sandbox *s)
         finish(s);
         return;
     }
-    s->rm_pid = spawn_rm(s->root);
+    /* A disk_total tmpfs is emptied while mounted and detached after
+     * (on_rm_exit): detached first, a descriptor still open into it (the
+     * agent keeps the build's log) would pin the whole tree in RAM. */
+    s->rm_pid = s->mounted ? spawn_rm(s->ws, s->tmp) : spawn_rm(s->root, NULL);
     if (s->rm_pid > 0)
         s->rm_pidfd = pidfd_open_(s->rm_pid);
     if (s->rm_pid <= 0 || s->rm_pidfd < 0) {
@@ -1000,7 +1011,7 @@ static void start_cleaning(sbx_sandbox *s)
             wait_blocking(s->rm_pid, &status);
         s->rm_pid = 0;
         if (sbx_sandbox_remove_tree(s->root) == 0)
-            s->ws_exists = 0;
+            s->ws_exists = s->mounted = 0;
         else
             snprintf(s->error, sizeof(s->error), "workspace %.200s not removed", s->root);
         finish(s);

@@ -15,7 +15,9 @@
  * the agents; stale tokens refused by /wake and cancel, also after an agent
  * restart; a newer lease takes a busy slot over; the service key enforced
  * and never logged; previews served from the VM that built them, without
- * escaping the preview tree; the log followed while it is written; a
+ * escaping the preview tree (copied out of the build's disk tmpfs: no
+ * symlink, FIFO or oversized tree kept); the disk quota over /workspace and
+ * /tmp together; the log followed while it is written; a
  * kill -9'd agent turned into ERROR within a bounded time; a stale
  * heartbeat keeping a VM out of the pool, and registration bringing it
  * back; bad configuration; draining on SIGTERM; and the start -> STARTED
@@ -789,6 +791,7 @@ static void t_preview(void **state)
     job_init(&job, "j-preview",
              "mkdir -p public/sub && echo '<h1>preview</h1>' > public/index.html && "
              "echo a > public/sub/a.txt && ln -s /etc/passwd public/evil && ln -s .. public/up && "
+             "ln -s /etc public/etc && mkfifo public/fifo && ln public/sub/a.txt public/hard && "
              "echo built",
              60);
     assert_int_equal(start_job(e, l.slot, l.token, &job, &v), 0);
@@ -818,6 +821,32 @@ static void t_preview(void **state)
     snprintf(url, sizeof(url), "%sup/tokens", v.res.preview_url);
     assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
     assert_int_equal(h.status, 404);
+    snprintf(url, sizeof(url), "%setc/passwd", v.res.preview_url);
+    assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 404);
+    snprintf(url, sizeof(url), "%sfifo", v.res.preview_url);
+    assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 404);
+    snprintf(url, sizeof(url), "%shard", v.res.preview_url);
+    assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 200);
+    assert_string_equal(h.body, "a\n");
+    /* The build's disk is a tmpfs of its own: the preview was copied, and
+     * the copy on the agent's disk holds no symlink and no FIFO at all. */
+    {
+        char dir[512], p[640];
+        struct stat st;
+        const char *run = strstr(v.res.preview_url, "/preview/") + strlen("/preview/");
+        snprintf(dir, sizeof(dir), "%s/previews/%.*s", a->dir, (int)strcspn(run, "/"), run);
+        snprintf(p, sizeof(p), "%s/index.html", dir);
+        assert_int_equal(lstat(p, &st), 0);
+        assert_true(S_ISREG(st.st_mode));
+        const char *gone[] = {"evil", "up", "etc", "fifo"};
+        for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+            snprintf(p, sizeof(p), "%s/%s", dir, gone[i]);
+            assert_int_equal(lstat(p, &st), -1);
+        }
+    }
     assert_int_equal(http(e, "GET", v.res.preview_url, "", NULL, &h), 0);
     assert_int_equal(h.status, 401);
 
@@ -839,6 +868,99 @@ static void t_preview(void **state)
     assert_true(n > 12);
     resp[n] = '\0';
     assert_int_equal(strncmp(resp, "HTTP/1.1 404", 12), 0);
+}
+
+/* One job on a fresh lease, run to its end. */
+static void run_job(tenv *e, const char *id, const char *script, int disk_mb, vrun *v)
+{
+    lres l;
+    sbx_job job;
+
+    assert_int_equal(acquire(e, id, &l), 0);
+    assert_int_equal(l.status, SBX_LEASE_OK);
+    job_init(&job, id, script, 60);
+    job.disk_mb = disk_mb;
+    assert_int_equal(start_job(e, l.slot, l.token, &job, v), 0);
+    assert_true(wait_one(e, v, 40000));
+    release(e, &l);
+}
+
+/* /workspace and /tmp share disk_mb: 15 MB into each of a 20 MB quota
+ * stops at 20 MB (+10 %), and the run says which limit it hit. */
+static void t_disk_total(void **state)
+{
+    tenv *e = *state;
+    vrun v;
+    const char *t;
+    long long total;
+
+    /* The first echo gives the log its page, so the last fits a full disk. */
+    run_job(e, "j-disk",
+            "echo start; dd if=/dev/zero of=/workspace/a bs=1M count=15 2>/dev/null; "
+            "dd if=/dev/zero of=/tmp/b bs=1M count=15 2>/dev/null; rc=$?; "
+            "echo total=$(( $(stat -c %s /workspace/a) + $(stat -c %s /tmp/b) )); exit $rc",
+            20, &v);
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_FAILED);
+    assert_non_null(strstr(v.res.error, "disk limit of 20 MB reached"));
+    t = strstr(v.res.log_tail, "total=");
+    assert_non_null(t);
+    total = atoll(t + 6);
+    print_message("disk_total: wrote %lld bytes of 30 MB asked, quota 20 MB\n", total);
+    assert_true(total > 0 && total <= 22LL * 1024 * 1024);
+}
+
+/* The log of the agent that ran v says why its preview was not kept. */
+static void assert_agent_said(const vrun *v, const char *why)
+{
+    agent_proc *a = agent_of(v->res.instance);
+    char *log;
+    assert_non_null(a);
+    log = read_file(a->log);
+    assert_non_null(log);
+    if (!strstr(log, why))
+        print_error("agent %s log lacks \"%s\":\n%s\n", a->id, why, log);
+    assert_non_null(strstr(log, why));
+    free(log);
+}
+
+/* A public/ over a cap of the copy is not kept, the run itself is not
+ * harmed, and the agent goes on serving the next build's preview. */
+static void t_preview_caps(void **state)
+{
+    tenv *e = *state;
+    vrun v;
+    hres h;
+
+    /* 70 levels: over RUN_COPY_DEPTH (64). */
+    run_job(e, "j-deep",
+            "d=public; for i in $(seq 70); do d=$d/d; done; mkdir -p $d && echo x > $d/f && "
+            "echo deep",
+            0, &v);
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(v.res.preview_url, "");
+    assert_agent_said(&v, "preview not kept: deeper than 64 levels");
+    /* 100001 empty files: over RUN_COPY_ENTRIES, within any disk quota. */
+    run_job(e, "j-wide", "mkdir -p public/w && cd public/w && seq 100001 | xargs touch && echo wide",
+            0, &v);
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(v.res.preview_url, "");
+    assert_agent_said(&v, "preview not kept: more than 100000 entries");
+    /* One 3 MB file under four names: 12 MB to copy, disk_mb 8. */
+    run_job(e, "j-links",
+            "mkdir public && dd if=/dev/zero of=public/big bs=1M count=3 2>/dev/null && "
+            "ln public/big public/l1 && ln public/big public/l2 && ln public/big public/l3 && "
+            "echo links",
+            8, &v);
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(v.res.preview_url, "");
+    assert_agent_said(&v, "preview not kept: more than 8 MB");
+
+    run_job(e, "j-after", "mkdir public && echo fine > public/index.html", 0, &v);
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_true(v.res.preview_url[0] != '\0');
+    assert_int_equal(http(e, "GET", v.res.preview_url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 200);
+    assert_string_equal(h.body, "fine\n");
 }
 
 static void t_log_follow(void **state)
@@ -1220,6 +1342,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_stale_token, setup, teardown),
         cmocka_unit_test_setup_teardown(t_auth, setup, teardown),
         cmocka_unit_test_setup_teardown(t_preview, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_disk_total, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_preview_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(t_log_follow, setup, teardown),
         cmocka_unit_test_setup_teardown(t_latency20, setup, teardown),
         cmocka_unit_test_setup_teardown(t_kill9_restart, setup, teardown),
