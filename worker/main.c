@@ -196,7 +196,7 @@ int main(int argc, char **argv)
     sbx_kafka_config kc;
     char err[512], redis_shown[1024], db_shown[1024], kextra[sizeof(w.cfg.kafka_conf)];
     const char *extra[KAFKA_EXTRA_MAX + 1];
-    int nextra = 0, rc;
+    int nextra = 0, rc, status = 1;
     sbx_timer cron_t;
     sbx_admin *admin = NULL;
 
@@ -207,6 +207,7 @@ int main(int argc, char **argv)
     if (sbx_daemon_start(&d, "sbx-worker", "worker", on_stop, &w) != 0)
         return 1;
     w.loop = d.loop;
+    sbx_timer_init(&cron_t, cron, &w);
     sbx_log_redact(w.cfg.redis_url, redis_shown, sizeof(redis_shown));
     sbx_log_redact(w.cfg.database_url, db_shown, sizeof(db_shown));
     sbx_info("worker", "starting %s: brokers=%s topic=%s group=%s redis=%s db=%s provider=%s",
@@ -216,15 +217,18 @@ int main(int argc, char **argv)
     rc = sbx__provider_new(&w, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sbx-worker: provider %s: %s\n", w.cfg.provider, err);
-        return 2;
+        status = 2;
+        goto out;
     }
-    if (sbx_daemon_redis(&d, w.cfg.redis_url, on_redis_state, &w, &w.redis) != 0)
-        return 2;
-    if (sbx_leases_new(w.redis, &w.leases) != 0)
-        return 1;
-    rc = sbx_db_new(w.loop, w.cfg.database_url, NULL, NULL, &w.db);
-    if (rc)
-        return 1;
+    if (sbx_daemon_redis(&d, w.cfg.redis_url, on_redis_state, &w, &w.redis) != 0) {
+        status = 2;
+        goto out;
+    }
+    if (sbx_leases_new(w.redis, &w.leases) != 0 ||
+        sbx_db_new(w.loop, w.cfg.database_url, NULL, NULL, &w.db) != 0) {
+        fprintf(stderr, "sbx-worker: out of memory\n");
+        goto out;
+    }
     if (sbx_redis_connected(w.redis))
         on_redis_state(&w, 1);
     sbx_db_listen(w.db, "sbx_cancel", on_cancel_notify, &w);
@@ -245,26 +249,29 @@ int main(int argc, char **argv)
     rc = sbx_kafka_new(w.loop, &kc, on_message, &w, &w.kafka, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sbx-worker: SBX_BROKERS / SBX_KAFKA_CONF: %s\n", err);
-        return 2;
+        status = 2;
+        goto out;
     }
 
     if (w.cfg.admin_listen[0]) {
         rc = sbx_admin_new(&w, w.cfg.admin_listen, &admin, err, sizeof(err));
         if (rc) {
             fprintf(stderr, "sbx-worker: %s\n", err);
-            return 2;
+            status = 2;
+            goto out;
         }
     }
-    sbx_timer_init(&cron_t, cron, &w);
     sbx_timer_start(w.loop, &cron_t, 1000);
     sbx_loop_before_sleep(w.loop, before_sleep, &w);
 
     rc = sbx_daemon_run(&d);
-
     log_stats(&w, "exit");
+    status = rc ? 1 : 0;
+out:
     sbx_admin_free(admin);
     sbx_timer_stop(w.loop, &cron_t);
-    w.prov->ops->destroy(w.prov);
+    if (w.prov)
+        w.prov->ops->destroy(w.prov);
     w.prov = NULL;
     sbx_kafka_close(w.kafka);
     sbx_redis_free(w.redis);
@@ -272,5 +279,5 @@ int main(int argc, char **argv)
     sbx__jobs_abandon(&w);
     sbx_leases_free(w.leases);
     sbx_daemon_end(&d);
-    return rc ? 1 : 0;
+    return status;
 }
