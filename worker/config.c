@@ -131,9 +131,9 @@ static int check_database_url(const char *url, FILE *err)
         const char *v = k->val;
         if (strcmp(k->keyword, "port") != 0 || !v || !*v)
             continue;
-        /* One port per host, comma-separated. */
+        /* One port per host, comma-separated; an empty one is the default. */
         for (const char *p = v;; p += strcspn(p, ",") + 1) {
-            if (!port_ok(p, strcspn(p, ","), 1)) {
+            if (strcspn(p, ",") > 0 && !port_ok(p, strcspn(p, ","), 1)) {
                 fprintf(err, "sbx-worker: SBX_DATABASE_URL has port %.20s: use a number from 1 to "
                              "65535 per host\n", v);
                 bad = 1;
@@ -147,15 +147,25 @@ static int check_database_url(const char *url, FILE *err)
     return bad;
 }
 
-/* SBX_BROKERS: [proto://]host:port[,...]; a host is a name, an IPv4 address
- * or [IPv6]. librdkafka would take almost anything and retry it forever. */
+/* SBX_BROKERS: [proto://]host:port, separated by commas or spaces as
+ * librdkafka reads them; a host is a name, an IPv4 address or [IPv6].
+ * librdkafka itself would take almost anything and retry it forever. */
 static int check_brokers(const char *list, FILE *err)
 {
     const char *e = list;
+    int entries = 0;
 
     for (;;) {
-        size_t len = strcspn(e, ","), hlen;
-        const char *h = e, *end = e + len, *colon, *scheme = strstr(e, "://");
+        size_t len, hlen;
+        const char *h, *end, *colon, *scheme;
+
+        e += strspn(e, ", ");
+        if (!*e)
+            break;
+        len = strcspn(e, ", ");
+        h = e;
+        end = e + len;
+        scheme = strstr(e, "://");
         if (scheme && scheme < end)
             h = scheme + 3;
         if (*h == '[') {
@@ -168,17 +178,20 @@ static int check_brokers(const char *list, FILE *err)
             if (colon && memchr(colon + 1, ':', (size_t)(end - colon - 1)))
                 colon = NULL;   /* an IPv6 address needs its brackets */
         }
-        if (!colon || hlen == 0 || memchr(h, ' ', (size_t)(end - h)) ||
-            !port_ok(colon + 1, (size_t)(end - colon - 1), 1)) {
+        if (!colon || hlen == 0 || !port_ok(colon + 1, (size_t)(end - colon - 1), 1)) {
             fprintf(err, "sbx-worker: SBX_BROKERS entry \"%.*s\" is not host:port with a port from "
                          "1 to 65535: use host:port[,host:port]\n",
                     (int)(len < BROKER_SHOWN_MAX ? len : BROKER_SHOWN_MAX), e);
             return 1;
         }
-        if (!*end)
-            return 0;
-        e = end + 1;
+        entries++;
+        e = end;
     }
+    if (entries == 0) {
+        fprintf(err, "sbx-worker: SBX_BROKERS names no broker: use host:port[,host:port]\n");
+        return 1;
+    }
+    return 0;
 }
 
 /* SBX_ADMIN_LISTEN: "" (off) or IPv4:port; port 0 lets the kernel pick one

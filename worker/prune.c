@@ -18,7 +18,10 @@
  *   per second.
  * - Through db.c like every other statement: the loop never blocks, and a
  *   statement lost with a connection is sent again (a batch is idempotent:
- *   it deletes whatever is old at the time it runs).
+ *   it deletes whatever is old at the time it runs). A batch may share a
+ *   group-commit round with job writes; if it fails (migration 0003 not
+ *   applied yet) the round is sent again statement by statement, once per
+ *   cron period, and the pass ends with a warning.
  */
 #include "prune.h"
 
