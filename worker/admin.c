@@ -86,6 +86,9 @@ static void metrics(sbx_worker *w, page *p)
     metric(p, "sbx_fenced_out_total", "counter", "writes or runs refused for a stale token",
            s->fenced_out);
     metric(p, "sbx_retries_total", "counter", "transient errors retried", s->retries);
+    metric(p, "sbx_runs_pruned_total", "counter",
+           "terminal runs (with their history) this worker deleted past SBX_RETENTION",
+           sbx_prune_total(w->prune));
     metric(p, "sbx_jobs_in_flight", "gauge", "jobs this worker holds", sbx__jobs_count(w));
     metric(p, "sbx_offsets_pending", "gauge", "consumed offsets not yet finished",
            sbx_kafka_pending(w->kafka));

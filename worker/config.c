@@ -2,10 +2,16 @@
  * checks that span settings. */
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <libpq-fe.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "egress.h"
+#include "log.h"
 #include "opts.h"
 #include "redis.h"
 
@@ -37,6 +43,7 @@ static const sbx_opt opts[] = {
     {"SBX_RETRY_BASE_MS", "retry-base-ms", "200", "first retry delay; doubles, with jitter, up to 30 s", INT, I(retry_base_ms), 1, 60000, 0, 0},
     {"SBX_KAFKA_SESSION_TIMEOUT_MS", "kafka-session-timeout-ms", "10000", "how soon a dead worker's partitions move", INT, I(session_timeout_ms), 1000, 3600000, 0, 0},
     {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0, 0},
+    {"SBX_RETENTION", "retention", "7d", "terminal runs and their history older than this are deleted (s, m, h or d: 7d, 24h, 3600s); 0: keep forever", STR, S(retention), 0, 0, 0, 0},
     {"SBX_PROJECT_POLICY", "project-policy", "queue", "when a project already has a build running: queue (wait), reject (end the new job canceled) or supersede (cancel the older builds)", STR, S(project_policy), 0, 0, 0, 0},
     {"SBX_ADMIN_LISTEN", "admin-listen", "", "ip:port of /healthz, /readyz and /metrics (Prometheus); empty: off", STR, S(admin_listen), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
@@ -45,6 +52,186 @@ static const sbx_opt opts[] = {
     {"SBX_DOCKER_IMAGE", "docker-image", "", "docker provider: image of jobs that name none", STR, S(docker_image), 0, 0, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+/* The longest SBX_RETENTION: 100 years, far beyond any use, and small
+ * enough that the seconds fit an interval and a long long. */
+#define RETENTION_MAX_S (36500LL * 86400)
+/* How much of a bad SBX_BROKERS entry the error line quotes. */
+#define BROKER_SHOWN_MAX 200
+
+/* SBX_RETENTION: N followed by s, m, h or d; "0" alone is off. */
+static int check_retention(sbx_config *cfg, FILE *err)
+{
+    const char *s = cfg->retention;
+    long long n = 0, mult = 0;
+    size_t i = 0;
+
+    while (isdigit((unsigned char)s[i]) && n <= RETENTION_MAX_S)
+        n = n * 10 + (s[i++] - '0');
+    if (i > 0 && s[i] && !s[i + 1]) {
+        switch (s[i]) {
+        case 's': mult = 1; break;
+        case 'm': mult = 60; break;
+        case 'h': mult = 3600; break;
+        case 'd': mult = 86400; break;
+        }
+    } else if (i > 0 && !s[i] && n == 0) {
+        mult = 1;
+    }
+    if (mult == 0 || n > RETENTION_MAX_S / mult) {
+        fprintf(err, "sbx-worker: SBX_RETENTION=%s is not a duration: use a number with s, m, h "
+                     "or d (7d, 24h, 3600s) up to 36500d, or 0 to keep runs forever\n", s);
+        return 1;
+    }
+    cfg->retention_s = n * mult;
+    return 0;
+}
+
+/* A port as text: digits only, within [min, 65535]. */
+static int port_ok(const char *s, size_t len, long min)
+{
+    long v = 0;
+    if (len == 0 || len > 5)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= min && v <= 65535;
+}
+
+/* SBX_DATABASE_URL: libpq parses it without connecting. libpq's reason
+ * quotes the text around the fault, so the value and the reason are shown
+ * only when the setting cannot hold a password (no userinfo, no password
+ * keyword). */
+static int check_database_url(const char *url, FILE *err)
+{
+    char *why = NULL;
+    PQconninfoOption *o = PQconninfoParse(url, &why);
+    int bad = 0;
+
+    if (!o) {
+        /* A value that failed to parse may be cut anywhere, so the redaction
+         * cannot be trusted to find its password: such a value is not shown. */
+        int secret = strchr(url, '@') || strcasestr(url, "password");
+        if (secret)
+            fprintf(err, "sbx-worker: SBX_DATABASE_URL (not shown: it may hold a password) is not a "
+                         "PostgreSQL URL or conninfo: use postgresql://USER:PASSWORD@HOST:PORT/DB "
+                         "or 'host=H port=P dbname=D user=U'\n");
+        else
+            fprintf(err, "sbx-worker: SBX_DATABASE_URL=%s is not a PostgreSQL URL or conninfo "
+                         "(%.*s): use postgresql://USER:PASSWORD@HOST:PORT/DB or 'host=H port=P "
+                         "dbname=D user=U'\n", url, why ? (int)strcspn(why, "\n") : 0,
+                    why ? why : "");
+        PQfreemem(why);
+        return 1;
+    }
+    for (PQconninfoOption *k = o; k->keyword; k++) {
+        const char *v = k->val;
+        if (strcmp(k->keyword, "port") != 0 || !v || !*v)
+            continue;
+        /* One port per host, comma-separated; an empty one is the default. */
+        for (const char *p = v;; p += strcspn(p, ",") + 1) {
+            if (strcspn(p, ",") > 0 && !port_ok(p, strcspn(p, ","), 1)) {
+                fprintf(err, "sbx-worker: SBX_DATABASE_URL has port %.20s: use a number from 1 to "
+                             "65535 per host\n", v);
+                bad = 1;
+                break;
+            }
+            if (!p[strcspn(p, ",")])
+                break;
+        }
+    }
+    PQconninfoFree(o);
+    return bad;
+}
+
+/* SBX_BROKERS: [proto://]host:port, separated by commas or spaces as
+ * librdkafka reads them; a host is a name, an IPv4 address or [IPv6].
+ * librdkafka itself would take almost anything and retry it forever. */
+static int check_brokers(const char *list, FILE *err)
+{
+    const char *e = list;
+    int entries = 0;
+
+    for (;;) {
+        size_t len, hlen;
+        const char *h, *end, *colon, *scheme;
+
+        e += strspn(e, ", ");
+        if (!*e)
+            break;
+        len = strcspn(e, ", ");
+        h = e;
+        end = e + len;
+        scheme = strstr(e, "://");
+        if (scheme && scheme < end)
+            h = scheme + 3;
+        if (*h == '[') {
+            const char *rb = memchr(h, ']', (size_t)(end - h));
+            colon = rb && rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+            hlen = rb ? (size_t)(rb - h) - 1 : 0;
+        } else {
+            colon = memchr(h, ':', (size_t)(end - h));
+            hlen = colon ? (size_t)(colon - h) : 0;
+            if (colon && memchr(colon + 1, ':', (size_t)(end - colon - 1)))
+                colon = NULL;   /* an IPv6 address needs its brackets */
+        }
+        if (!colon || hlen == 0 || !port_ok(colon + 1, (size_t)(end - colon - 1), 1)) {
+            fprintf(err, "sbx-worker: SBX_BROKERS entry \"%.*s\" is not host:port with a port from "
+                         "1 to 65535: use host:port[,host:port]\n",
+                    (int)(len < BROKER_SHOWN_MAX ? len : BROKER_SHOWN_MAX), e);
+            return 1;
+        }
+        entries++;
+        e = end;
+    }
+    if (entries == 0) {
+        fprintf(err, "sbx-worker: SBX_BROKERS names no broker: use host:port[,host:port]\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* SBX_ADMIN_LISTEN: "" (off) or IPv4:port; port 0 lets the kernel pick one
+ * (admin.c logs which). */
+static int check_admin_listen(const char *addr, FILE *err)
+{
+    const char *colon = strrchr(addr, ':');
+    char host[64];
+    struct in_addr a;
+
+    if (!*addr)
+        return 0;
+    if (colon && (size_t)(colon - addr) < sizeof(host)) {
+        memcpy(host, addr, (size_t)(colon - addr));
+        host[colon - addr] = '\0';
+        if (inet_pton(AF_INET, host, &a) == 1 && port_ok(colon + 1, strlen(colon + 1), 0))
+            return 0;
+    }
+    fprintf(err, "sbx-worker: SBX_ADMIN_LISTEN=%s is not ip:port (an IPv4 address, a port from 0 "
+                 "to 65535): use e.g. 127.0.0.1:9464, or leave it empty for no admin endpoint\n",
+            addr);
+    return 1;
+}
+
+/* SBX_REDIS_URL: common/redis.c's own parser, so start-up refuses exactly
+ * what the connection would, with its reasons (each says the fix, never the
+ * password). The parsed copy holds the password: wiped. */
+static int check_redis_url(const char *url, FILE *err)
+{
+    sbx_redis_url u;
+    char why[256], shown[600];
+    int rc = sbx_redis_parse_url(url, &u, why, sizeof(why));
+
+    explicit_bzero(&u, sizeof(u));
+    if (rc == 0)
+        return 0;
+    sbx_log_redact(url, shown, sizeof(shown));
+    fprintf(err, "sbx-worker: SBX_REDIS_URL=%s: %s\n", shown, why);
+    return 1;
+}
 
 void sbx_config_print(const sbx_config *cfg, FILE *out) { sbx_opts_print(opts, NOPTS, cfg, out); }
 
@@ -82,6 +269,18 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
             bad = 1;
         }
     }
+    /* The settings that can be checked without the network; the connections
+     * themselves are tried (and retried) once running. */
+    if (check_retention(cfg, err))
+        bad = 1;
+    if (*cfg->database_url && check_database_url(cfg->database_url, err))
+        bad = 1;
+    if (*cfg->brokers && check_brokers(cfg->brokers, err))
+        bad = 1;
+    if (check_admin_listen(cfg->admin_listen, err))
+        bad = 1;
+    if (check_redis_url(cfg->redis_url, err))
+        bad = 1;
     if (cfg->provider_kind == SBX_PROVIDER_DOCKER && !*cfg->docker_hosts) {
         fprintf(err, "sbx-worker: SBX_DOCKER_HOSTS is not set: the docker provider needs "
                      "name=unix:///path/docker.sock@capacity[,...]\n");

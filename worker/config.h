@@ -53,6 +53,8 @@ typedef struct sbx_config {
     char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
     char docker_hosts[2048];/* name=endpoint@capacity[,...] */
     char docker_image[512];
+    char retention[32];         /* SBX_RETENTION as given: 7d, 24h, 3600s, 0 */
+    long long retention_s;      /* the same in seconds; 0 = keep runs forever */
 } sbx_config;
 
 /* Fills cfg from the environment and argv. Returns 0, or 1 after printing

@@ -6,6 +6,9 @@
  * The settings, signals and the loop's start and end are common/daemon.c's,
  * shared with sbx-agent.
  *
+ * Periodic duties live in cron(): stats, provider sweeps, retention passes
+ * (prune.c).
+ *
  * Shutdown (SIGTERM/SIGINT): intake stops at once; running builds get
  * SBX_SHUTDOWN_GRACE_MS to finish and be recorded; what is left is abandoned
  * without a write (its lease expires, its offset was never committed, so the
@@ -27,6 +30,11 @@
 
 /* How often provider-side orphans are looked for (also once at start). */
 #define SWEEP_PERIOD_MS 60000
+
+/* How often a retention pass starts (also once at start). A pass goes on
+ * batch after batch while batches come back full (prune.c), so the period
+ * only bounds how soon newly expired runs go. */
+#define PRUNE_PERIOD_MS 60000
 
 /* Extra librdkafka settings from SBX_KAFKA_CONF, split on commas. */
 #define KAFKA_EXTRA_MAX 32
@@ -138,7 +146,7 @@ static void log_stats(sbx_worker *w, const char *why)
 static void cron(sbx_timer *t)
 {
     sbx_worker *w = t->data;
-    static uint64_t last_stats, last_sweep;
+    static uint64_t last_stats, last_sweep, last_prune;
     uint64_t now = sbx_now_ms();
 
     if (now - last_stats >= 30000) {
@@ -148,6 +156,10 @@ static void cron(sbx_timer *t)
     if (!w->stopping && (last_sweep == 0 || now - last_sweep >= SWEEP_PERIOD_MS)) {
         last_sweep = now;
         sbx__provider_sweep(w);
+    }
+    if (w->prune && !w->stopping && (last_prune == 0 || now - last_prune >= PRUNE_PERIOD_MS)) {
+        last_prune = now;
+        sbx_prune_pass(w->prune);
     }
     if (w->stopping) {
         if (sbx__jobs_count(w) == 0) {
@@ -232,6 +244,9 @@ int main(int argc, char **argv)
     if (sbx_redis_connected(w.redis))
         on_redis_state(&w, 1);
     sbx_db_listen(w.db, "sbx_cancel", on_cancel_notify, &w);
+    if (w.cfg.retention_s > 0 && sbx_prune_new(w.loop, w.db, w.cfg.retention_s, SBX_PRUNE_BATCH,
+                                               SBX_PRUNE_PAUSE_MS, &w.prune) != 0)
+        return 1;
 
     snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
     for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))
@@ -276,6 +291,7 @@ out:
     sbx_kafka_close(w.kafka);
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);
+    sbx_prune_free(w.prune);
     sbx__jobs_abandon(&w);
     sbx_leases_free(w.leases);
     sbx_daemon_end(&d);

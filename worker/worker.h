@@ -15,6 +15,7 @@
 #include "lease.h"
 #include "loop.h"
 #include "provider.h"
+#include "prune.h"
 #include "redis.h"
 #include "waitq.h"
 
@@ -34,6 +35,7 @@ struct sbx_worker {
     sbx_redis *redis;
     sbx_leases *leases;
     sbx_provider *prov;
+    sbx_prune *prune;             /* NULL: SBX_RETENTION=0 */
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */

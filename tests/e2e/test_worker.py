@@ -265,6 +265,39 @@ def test_bad_config_stops_startup(sbx_bin, services):
     assert len(lines) == 3, r.stderr
 
 
+def test_bad_config_without_network_stops_startup(sbx_bin, services):
+    """Settings that are wrong on their face (no network needed to tell)
+    stop start-up, one line each naming the variable and the fix, before
+    the worker connects anywhere; a database URL that may hold a password
+    is not echoed."""
+    env = dict(os.environ, **services)
+    env.update(SBX_DATABASE_URL="notaurl", SBX_BROKERS="127.0.0.1:9092,kafka",
+               SBX_ADMIN_LISTEN="localhost:9464", SBX_REDIS_URL="redis://127.0.0.1:70000",
+               SBX_RETENTION="1w")
+    r = subprocess.run([str(sbx_bin / "sbx-worker")], env=env, capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert any("SBX_DATABASE_URL=notaurl" in l and "postgresql://" in l for l in lines), r.stderr
+    assert any("SBX_BROKERS" in l and '"kafka"' in l and "host:port" in l for l in lines), r.stderr
+    assert any("SBX_ADMIN_LISTEN=localhost:9464" in l and "ip:port" in l for l in lines), r.stderr
+    assert any("SBX_REDIS_URL=" in l and "port" in l for l in lines), r.stderr
+    assert any("SBX_RETENTION=1w" in l and "7d" in l for l in lines), r.stderr
+    assert len(lines) == 5, r.stderr
+    assert "starting" not in r.stderr + r.stdout
+
+    env.update(SBX_DATABASE_URL="postgresql://sbx:Pw-9secret@db:5432/sbx?nosuchkey=1",
+               SBX_BROKERS=services["SBX_BROKERS"], SBX_ADMIN_LISTEN="127.0.0.1:65536",
+               SBX_REDIS_URL=services["SBX_REDIS_URL"], SBX_RETENTION="0")
+    r = subprocess.run([str(sbx_bin / "sbx-worker")], env=env, capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2, r.stderr
+    assert "SBX_DATABASE_URL" in lines[0] and "Pw-9secret" not in r.stderr, r.stderr
+    assert "SBX_ADMIN_LISTEN=127.0.0.1:65536" in lines[1], r.stderr
+
+
 def test_cancel_running_and_waiting(run_sbx, pg, start_worker, topics, workdir):
     """`sbx cancel` stops a running build within seconds (its processes gone)
     and ends a job still waiting for its project without ever running it."""

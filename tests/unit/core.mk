@@ -3,5 +3,8 @@ TEST_BINS += $(BUILD)/tests/test_loop $(BUILD)/tests/test_offsets $(BUILD)/tests
              $(BUILD)/tests/test_lease $(BUILD)/tests/test_db
 $(BUILD)/tests/test_lease: $(BUILD)/obj/tests/unit/svc.o
 $(BUILD)/tests/test_db: $(BUILD)/obj/tests/unit/svc.o
+# Retention (worker/prune.c, migrations/0003_retention.sql), against PostgreSQL.
+TEST_BINS += $(BUILD)/tests/test_prune
+$(BUILD)/tests/test_prune: $(BUILD)/obj/tests/unit/svc.o
 # The Redis contract: the scripts name only the keys common/rkeys.h lists.
 TEST_BINS += $(BUILD)/tests/test_rkeys
