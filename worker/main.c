@@ -245,8 +245,10 @@ int main(int argc, char **argv)
         on_redis_state(&w, 1);
     sbx_db_listen(w.db, "sbx_cancel", on_cancel_notify, &w);
     if (w.cfg.retention_s > 0 && sbx_prune_new(w.loop, w.db, w.cfg.retention_s, SBX_PRUNE_BATCH,
-                                               SBX_PRUNE_PAUSE_MS, &w.prune) != 0)
-        return 1;
+                                               SBX_PRUNE_PAUSE_MS, &w.prune) != 0) {
+        fprintf(stderr, "sbx-worker: out of memory\n");
+        goto out;
+    }
 
     snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
     for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))
