@@ -11,10 +11,12 @@
 #include <string.h>
 
 #include "assert.h"
+#include "loop.h"
 
 typedef struct entry {
     int64_t offset;
     int done;
+    uint64_t at_ms;     /* when tracked: the age of the oldest unfinished */
 } entry;
 
 typedef struct part {
@@ -117,7 +119,7 @@ int sbx_offsets_track(sbx_offsets *o, int32_t partition, int64_t offset, sbx_off
         p->cap = cap;
         p->head = 0;
     }
-    p->ring[(p->head + p->count) % p->cap] = (entry){offset, 0};
+    p->ring[(p->head + p->count) % p->cap] = (entry){offset, 0, sbx_now_ms()};
     p->count++;
     p->last = offset;
     p->pending++;
@@ -165,3 +167,20 @@ int64_t sbx_offsets_done(sbx_offsets *o, const sbx_offset_ref *ref)
 }
 
 size_t sbx_offsets_pending(const sbx_offsets *o) { return o->pending; }
+
+int sbx_offsets_oldest(const sbx_offsets *o, sbx_offset_oldest *out, int max)
+{
+    int n = 0;
+    for (size_t i = 0; i < o->nparts && n < max; i++) {
+        const part *p = &o->parts[i];
+        /* done() pops finished entries off the head, so the head is the
+         * oldest unfinished. */
+        if (!p->assigned || p->count == 0)
+            continue;
+        out[n].partition = p->partition;
+        out[n].offset = p->ring[p->head].offset;
+        out[n].since_ms = p->ring[p->head].at_ms;
+        n++;
+    }
+    return n;
+}
