@@ -50,6 +50,10 @@
  * come back in step. */
 #define DLQ_RETRY_BASE_MS 500
 #define DLQ_RETRY_MAX_MS 30000
+/* A dead letter not acknowledged after this long counts as a stall even
+ * before it failed: librdkafka keeps a message for a topic it cannot find
+ * (auto-creation off) queued for message.timeout.ms, 5 min by default. */
+#define DLQ_STALL_AFTER_MS 10000
 
 typedef struct dlq_op {
     sbx_offset_ref ref;
@@ -58,7 +62,7 @@ typedef struct dlq_op {
     char *key, *json;
     size_t key_len, len;
     int failures;
-    uint64_t first_failure_ms;
+    uint64_t created_ms, first_failure_ms;
     char last_error[128];
     sbx_timer retry;
     struct dlq_op *prev, *next;     /* every op not yet acknowledged: k->ops */
@@ -420,6 +424,7 @@ int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const c
         op->has_ref = 1;
     }
     sbx_timer_init(&op->retry, on_retry, op);
+    op->created_ms = sbx_now_ms();
     op->next = k->ops;
     if (k->ops)
         k->ops->prev = op;
@@ -430,15 +435,17 @@ int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const c
 
 int sbx_kafka_stalls(const sbx_kafka *k, sbx_kafka_stall *out, int max)
 {
+    uint64_t now = sbx_now_ms();
     int n = 0;
     for (const dlq_op *op = k->ops; op && n < max; op = op->next) {
-        if (!op->has_ref || !op->failures)
+        if (!op->has_ref || (!op->failures && now - op->created_ms < DLQ_STALL_AFTER_MS))
             continue;
         out[n].partition = op->ref.partition;
         out[n].offset = op->ref.offset;
-        out[n].since_ms = op->first_failure_ms;
+        out[n].since_ms = op->failures ? op->first_failure_ms : op->created_ms;
         out[n].failures = op->failures;
-        snprintf(out[n].error, sizeof(out[n].error), "%s", op->last_error);
+        snprintf(out[n].error, sizeof(out[n].error), "%s",
+                 op->failures ? op->last_error : "not acknowledged yet");
         n++;
     }
     return n;

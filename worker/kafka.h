@@ -49,9 +49,10 @@ void sbx_kafka_done(sbx_kafka *k, const sbx_offset_ref *ref);
  * intake closes; only -ENOMEM is returned. */
 int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const char *json,
                           size_t len, const sbx_offset_ref *ref);
-/* Dead letters whose publish has failed and whose offset therefore holds
- * its partition's commit back: where, since when (sbx_now_ms of the first
- * failure), how often, the last error. At most max; returns how many. */
+/* Dead letters whose publish has failed (or has not been acknowledged for
+ * 10 s) and whose offset therefore holds its partition's commit back: where,
+ * since when (sbx_now_ms of the first failure, or of the publish), how often
+ * it failed, the last error. At most max; returns how many. */
 typedef struct sbx_kafka_stall {
     int32_t partition;
     int64_t offset;
