@@ -90,6 +90,8 @@ struct sbx_kafka {
     dlq_op *ops;
 };
 
+static void op_free(dlq_op *op);
+
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
 {
     char e[256];
@@ -199,6 +201,22 @@ static void update_pause(sbx_kafka *k)
     set_paused(k, want);
 }
 
+/* A dead letter waiting for its retry whose partition was revoked is
+ * dropped: its offset is not committed, so the partition's next owner
+ * dead-letters the message itself, and publishing ours too would make two.
+ * One in librdkafka's hands is dropped when its publish fails. */
+static void drop_dead_letters(sbx_kafka *k, int32_t partition)
+{
+    for (dlq_op *op = k->ops, *next; op; op = next) {
+        next = op->next;
+        if (!op->has_ref || op->ref.partition != partition || !sbx_timer_active(&op->retry))
+            continue;
+        sbx_warn("kafka", "dead letter of p%d@%lld dropped: the partition was revoked; its next "
+                          "owner dead-letters it", (int)partition, (long long)op->ref.offset);
+        op_free(op);
+    }
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -223,8 +241,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (ce && ce != RD_KAFKA_RESP_ERR__NO_OFFSET)
             sbx_warn("kafka", "commit on revoke: %s", rd_kafka_err2str(ce));
     }
-    for (i = 0; i < parts->cnt; i++)
+    for (i = 0; i < parts->cnt; i++) {
         sbx_offsets_revoke(k->offsets, parts->elems[i].partition);
+        drop_dead_letters(k, parts->elems[i].partition);
+    }
     sbx_info("kafka", "revoked %d partitions", parts->cnt);
     rd_kafka_assign(rk, NULL);
     if (k->assigned) {
@@ -361,11 +381,16 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     sbx_kafka *k = op->k;
     (void)rk;
     (void)opaque;
-    if (m->err && !k->closing) {
+    if (m->err && !k->closing &&
+        (!op->has_ref || sbx_offsets_assigned(k->offsets, op->ref.partition))) {
         op_failed(op, rd_kafka_err2str(m->err));
         return;
     }
-    if (m->err) {
+    if (m->err && !k->closing) {
+        sbx_warn("kafka", "dead letter of p%d@%lld dropped after a failed publish: the partition "
+                          "was revoked; its next owner dead-letters it",
+                 (int)op->ref.partition, (long long)op->ref.offset);
+    } else if (m->err) {
         /* Closing: the offset stays unfinished, so the message is
          * redelivered and dead-lettered by the next owner. */
         sbx_error("kafka", "dead-letter publish abandoned at exit: %s", rd_kafka_err2str(m->err));
@@ -438,7 +463,8 @@ int sbx_kafka_stalls(const sbx_kafka *k, sbx_kafka_stall *out, int max)
     uint64_t now = sbx_now_ms();
     int n = 0;
     for (const dlq_op *op = k->ops; op && n < max; op = op->next) {
-        if (!op->has_ref || (!op->failures && now - op->created_ms < DLQ_STALL_AFTER_MS))
+        if (!op->has_ref || (!op->failures && now - op->created_ms < DLQ_STALL_AFTER_MS) ||
+            !sbx_offsets_assigned(k->offsets, op->ref.partition))
             continue;
         out[n].partition = op->ref.partition;
         out[n].offset = op->ref.offset;

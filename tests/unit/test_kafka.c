@@ -910,6 +910,51 @@ static void t_dead_letter_retried_until_topic_fixed(void **state)
     close_intake(&A);
 }
 
+/* A dead letter waiting for its retry when its partition is revoked is
+ * dropped, not published late: the offset was not committed, so the new
+ * owner gets the message again and dead-letters it itself. */
+static void t_dead_letter_dropped_on_revoke(void **state)
+{
+    char topic[96], dlq[96], group[96], env[600];
+    want_stalls one = {&A, 1}, none = {&A, 0};
+    want_assigned split2 = {&A, &B, 1, 1};
+    (void)state;
+    name(topic, sizeof(topic), "dlv");
+    name(dlq, sizeof(dlq), "dlqv");
+    name(group, sizeof(group), "g");
+    mk_topic(topic, 2);
+    mk_topic_max(dlq, 1, "200");
+    produce_n(topic, 0, 1);
+    produce_n(topic, 1, 1);
+    flush();
+    open_intake(&A, topic, dlq, group, 1000, fast_hb);
+    wait_n(&A, 2);
+    snprintf(env, sizeof(env), "{\"reason\":\"too_large\",\"pad\":\"%0500d\"}", 0);
+    assert_int_equal(sbx_kafka_dead_letter(A.k, "k", 1, env, strlen(env),
+                                           &find(&A, 0, 0, 0)->ref), 0);
+    if (!until(stalls_are, &one, WAIT_MS))
+        fail_msg("the refused dead letter did not show as a stall");
+
+    open_intake(&B, topic, dlq, group, 1000, fast_hb);
+    assert_true(until(has_assigned, &split2, WAIT_MS));
+    if (!until(stalls_are, &none, WAIT_MS))
+        fail_msg("the stall of a revoked partition is still listed");
+    /* Whoever owns p0 now has offset 0 again, uncommitted. */
+    assert_int_equal(committed(group, topic, 0), RD_KAFKA_OFFSET_INVALID);
+    set_topic_max(dlq, "100000");
+    run_for(3000);
+    {
+        /* Nothing was published late: the dead-letter topic is empty. */
+        rd_kafka_t *c = checker(dlq);
+        int64_t lo = -1, hi = -1;
+        assert_int_equal(rd_kafka_query_watermark_offsets(c, dlq, 0, &lo, &hi, 10000), 0);
+        assert_int_equal(hi, 0);
+        checker_free(c);
+    }
+    close_intake(&B);
+    close_intake(&A);
+}
+
 typedef struct want_lag {
     const intake *in;
     int64_t p0, p1;
@@ -1041,6 +1086,7 @@ int main(void)
         cmocka_unit_test_teardown(t_rebalance, close_all),
         cmocka_unit_test_teardown(t_dead_letter, close_all),
         cmocka_unit_test_teardown(t_dead_letter_retried_until_topic_fixed, close_all),
+        cmocka_unit_test_teardown(t_dead_letter_dropped_on_revoke, close_all),
         cmocka_unit_test_teardown(t_up_and_lag, close_all),
         cmocka_unit_test_teardown(t_unreachable_broker_is_down, close_all),
     };
