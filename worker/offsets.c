@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
 #include "assert.h"
-#include "loop.h"
 
 typedef struct entry {
     int64_t offset;
@@ -45,6 +46,15 @@ void sbx_offsets_free(sbx_offsets *o)
         free(o->parts[i].ring);
     free(o->parts);
     free(o);
+}
+
+/* sbx_now_ms()'s clock (CLOCK_MONOTONIC, ms), read here: this file links
+ * without the loop into the fuzz target (tests/fuzz/fuzz.mk). */
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static part *find(const sbx_offsets *o, int32_t partition)
@@ -119,7 +129,7 @@ int sbx_offsets_track(sbx_offsets *o, int32_t partition, int64_t offset, sbx_off
         p->cap = cap;
         p->head = 0;
     }
-    p->ring[(p->head + p->count) % p->cap] = (entry){offset, 0, sbx_now_ms()};
+    p->ring[(p->head + p->count) % p->cap] = (entry){offset, 0, now_ms()};
     p->count++;
     p->last = offset;
     p->pending++;
