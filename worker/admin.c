@@ -23,6 +23,9 @@
  * capped at ADMIN_LAG_LINES_MAX so the page stays bounded. */
 #define ADMIN_PAGE_MAX 16384
 #define ADMIN_LAG_LINES_MAX 256
+/* /readyz names at most this many stalled partitions (and counts them all
+ * up to ADMIN_LAG_LINES_MAX), so the answer stays one short JSON line. */
+#define ADMIN_STALLS_SHOWN 16
 #define MHD_RUN_MAX_MS 1000
 
 struct sbx_admin {
@@ -64,6 +67,62 @@ static void metric(page *p, const char *name, const char *type, const char *help
     put(p, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
 }
 
+/* Per partition: the oldest unfinished offset and its age (a long build
+ * holds it too, so age alone is no alarm), and whether a dead letter that
+ * cannot be published holds it (that is: stalled until the topic takes it). */
+static void partitions(sbx_worker *w, page *p)
+{
+    sbx_offset_oldest old[ADMIN_LAG_LINES_MAX];
+    sbx_kafka_stall st[ADMIN_LAG_LINES_MAX];
+    int nold = sbx_kafka_oldest(w->kafka, old, ADMIN_LAG_LINES_MAX);
+    int nst = sbx_kafka_stalls(w->kafka, st, ADMIN_LAG_LINES_MAX);
+    uint64_t now = sbx_now_ms();
+
+    put(p, "# HELP sbx_partition_oldest_unfinished_offset the partition's oldest offset not "
+           "yet finished (its commit waits for it)\n"
+           "# TYPE sbx_partition_oldest_unfinished_offset gauge\n");
+    for (int i = 0; i < nold; i++)
+        put(p, "sbx_partition_oldest_unfinished_offset{topic=\"%s\",partition=\"%d\"} %" PRId64
+               "\n", w->cfg.topic, (int)old[i].partition, old[i].offset);
+    put(p, "# HELP sbx_partition_oldest_unfinished_age_seconds how long that offset has been "
+           "unfinished\n# TYPE sbx_partition_oldest_unfinished_age_seconds gauge\n");
+    for (int i = 0; i < nold; i++)
+        put(p, "sbx_partition_oldest_unfinished_age_seconds{topic=\"%s\",partition=\"%d\"} "
+               "%.3f\n", w->cfg.topic, (int)old[i].partition,
+            (double)(now - old[i].since_ms) / 1000.0);
+    put(p, "# HELP sbx_partition_stalled_offset an offset whose dead letter could not be "
+           "published yet (retried with backoff)\n"
+           "# TYPE sbx_partition_stalled_offset gauge\n");
+    for (int i = 0; i < nst; i++)
+        put(p, "sbx_partition_stalled_offset{topic=\"%s\",partition=\"%d\"} %" PRId64 "\n",
+            w->cfg.topic, (int)st[i].partition, st[i].offset);
+    put(p, "# HELP sbx_dead_letter_publish_failures failed publishes of the dead letter that "
+           "stalls the partition\n# TYPE sbx_dead_letter_publish_failures gauge\n");
+    for (int i = 0; i < nst; i++)
+        put(p, "sbx_dead_letter_publish_failures{topic=\"%s\",partition=\"%d\"} %d\n",
+            w->cfg.topic, (int)st[i].partition, st[i].failures);
+}
+
+/* The "stalled" member of /readyz: the first ADMIN_STALLS_SHOWN. The last
+ * error comes from librdkafka's fixed strings; quoted safely anyway. */
+static void stalls_json(sbx_worker *w, page *p)
+{
+    sbx_kafka_stall st[ADMIN_STALLS_SHOWN];
+    int n = sbx_kafka_stalls(w->kafka, st, ADMIN_STALLS_SHOWN);
+    uint64_t now = sbx_now_ms();
+
+    put(p, "\"stalled\":[");
+    for (int i = 0; i < n; i++) {
+        for (char *c = st[i].error; *c; c++)
+            if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+                *c = '?';
+        put(p, "%s{\"partition\":%d,\"offset\":%" PRId64 ",\"seconds\":%" PRIu64
+               ",\"failures\":%d,\"error\":\"%s\"}", i ? "," : "", (int)st[i].partition,
+            st[i].offset, (now - st[i].since_ms) / 1000, st[i].failures, st[i].error);
+    }
+    put(p, "]");
+}
+
 static void metrics(sbx_worker *w, page *p)
 {
     const sbx_stats *s = &w->stats;
@@ -102,6 +161,7 @@ static void metrics(sbx_worker *w, page *p)
     for (int i = 0; i < nlag; i++)
         put(p, "sbx_kafka_consumer_lag{topic=\"%s\",partition=\"%d\"} %" PRId64 "\n",
             w->cfg.topic, (int)lag[i].partition, lag[i].lag);
+    partitions(w, p);
 }
 
 static int ready(sbx_worker *w, page *p)
@@ -117,10 +177,15 @@ static int ready(sbx_worker *w, page *p)
         why[n++] = (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20) ? '?' : *c;
     why[n] = '\0';
     put(p, "{\"ready\":%s,\"kafka\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\","
-           "\"stopping\":%s,\"jobs\":%zu,\"assigned_partitions\":%d,\"redis_error\":\"%s\"}\n",
+           "\"stopping\":%s,\"jobs\":%zu,\"assigned_partitions\":%d,\"redis_error\":\"%s\",",
         ok ? "true" : "false", k ? "up" : "down", r ? "up" : "down", d ? "up" : "down",
         w->stopping ? "true" : "false", sbx__jobs_count(w), sbx_kafka_assigned_count(w->kafka),
         r ? "" : why);
+    /* A stall leaves "ready" as it is: the worker still serves its other
+     * partitions, and a restart or another owner would meet the same
+     * dead-letter topic. It is listed for the operator, who fixes the topic. */
+    stalls_json(w, p);
+    put(p, "}\n");
     return ok;
 }
 

@@ -27,6 +27,11 @@ typedef struct sbx_config {
     char brokers[512];
     char topic[128];
     char dlq_topic[128];
+    /* SBX_DLQ_PAYLOAD_MAX: bytes of redacted payload a dead letter keeps.
+     * Default 64 KiB: with JSON escaping (at most 2x on json-c's output) and
+     * the other fields an envelope stays far below Kafka's default 1 MB
+     * message.max.bytes; the cap of 256 KiB keeps it below in any case. */
+    int dlq_payload_max;
     char group[128];
     char redis_url[512];
     char database_url[1024];

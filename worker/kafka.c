@@ -8,6 +8,14 @@
  * messages are taken and a 0 ms timer continues. A 1 s timer polls as well so
  * max.poll.interval.ms is never hit while idle.
  *
+ * Dead letters: an envelope (dlq.c keeps it small enough for the topic)
+ * stays ours until the broker acknowledges it. A publish that fails (the
+ * topic missing, over its max.message.bytes, no broker) is tried again on
+ * a timer, 0.5 s doubling to 30 s with jitter, for as long as it takes: its
+ * offset is unfinished meanwhile and the partition's commit waits, which
+ * /metrics and /readyz show (sbx_kafka_stalls). Giving up instead would
+ * leave the offset unfinished for good, and the partition with it.
+ *
  * Rebalance: the eager `range` strategy (cooperative-sticky has known bugs
  * before librdkafka 2.1). On revoke we commit what is stored and drop the
  * partitions' trackers; builds keep running (the new owner sees the job's
@@ -37,10 +45,27 @@
 /* Partitions whose lag is kept (the job topic has tens). */
 #define SBX_KAFKA_LAG_MAX 1024
 
+/* Retries of a dead-letter publish: 0.5 s doubling up to 30 s, each
+ * jittered down to half, so workers that lost the topic together do not
+ * come back in step. */
+#define DLQ_RETRY_BASE_MS 500
+#define DLQ_RETRY_MAX_MS 30000
+/* A dead letter not acknowledged after this long counts as a stall even
+ * before it failed: librdkafka keeps a message for a topic it cannot find
+ * (auto-creation off) queued for message.timeout.ms, 5 min by default. */
+#define DLQ_STALL_AFTER_MS 10000
+
 typedef struct dlq_op {
     sbx_offset_ref ref;
     int has_ref;
     sbx_kafka *k;
+    char *key, *json;
+    size_t key_len, len;
+    int failures;
+    uint64_t created_ms, first_failure_ms;
+    char last_error[128];
+    sbx_timer retry;
+    struct dlq_op *prev, *next;     /* every op not yet acknowledged: k->ops */
 } dlq_op;
 
 struct sbx_kafka {
@@ -62,7 +87,10 @@ struct sbx_kafka {
     int up;         /* -1 unknown yet, 0 no broker reachable, 1 reachable */
     sbx_kafka_lag lag[SBX_KAFKA_LAG_MAX];
     int nlag;
+    dlq_op *ops;
 };
+
+static void op_free(dlq_op *op);
 
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
 {
@@ -173,6 +201,22 @@ static void update_pause(sbx_kafka *k)
     set_paused(k, want);
 }
 
+/* A dead letter waiting for its retry whose partition was revoked is
+ * dropped: its offset is not committed, so the partition's next owner
+ * dead-letters the message itself, and publishing ours too would make two.
+ * One in librdkafka's hands is dropped when its publish fails. */
+static void drop_dead_letters(sbx_kafka *k, int32_t partition)
+{
+    for (dlq_op *op = k->ops, *next; op; op = next) {
+        next = op->next;
+        if (!op->has_ref || op->ref.partition != partition || !sbx_timer_active(&op->retry))
+            continue;
+        sbx_warn("kafka", "dead letter of p%d@%lld dropped: the partition was revoked; its next "
+                          "owner dead-letters it", (int)partition, (long long)op->ref.offset);
+        op_free(op);
+    }
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -197,8 +241,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (ce && ce != RD_KAFKA_RESP_ERR__NO_OFFSET)
             sbx_warn("kafka", "commit on revoke: %s", rd_kafka_err2str(ce));
     }
-    for (i = 0; i < parts->cnt; i++)
+    for (i = 0; i < parts->cnt; i++) {
         sbx_offsets_revoke(k->offsets, parts->elems[i].partition);
+        drop_dead_letters(k, parts->elems[i].partition);
+    }
     sbx_info("kafka", "revoked %d partitions", parts->cnt);
     rd_kafka_assign(rk, NULL);
     if (k->assigned) {
@@ -274,19 +320,87 @@ static void on_drain_timer(sbx_timer *t) { drain_consumer(t->data); }
 
 /* ---- dead letters ---- */
 
+static void op_free(dlq_op *op)
+{
+    sbx_kafka *k = op->k;
+    sbx_timer_stop(k->loop, &op->retry);
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        k->ops = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    free(op->key);
+    free(op->json);
+    free(op);
+}
+
+static void op_failed(dlq_op *op, const char *why)
+{
+    sbx_kafka *k = op->k;
+    uint64_t delay = DLQ_RETRY_MAX_MS;
+
+    if (op->failures++ == 0)
+        op->first_failure_ms = sbx_now_ms();
+    snprintf(op->last_error, sizeof(op->last_error), "%s", why);
+    if (op->failures < 16 && ((uint64_t)DLQ_RETRY_BASE_MS << (op->failures - 1)) < delay)
+        delay = (uint64_t)DLQ_RETRY_BASE_MS << (op->failures - 1);
+    delay = delay / 2 + (uint64_t)rand() % (delay / 2 + 1);
+    if (op->has_ref)
+        sbx_error("kafka", "dead-letter publish for p%d@%lld failed (%d times): %s; "
+                           "retrying in %llu ms, the partition's commit waits",
+                  (int)op->ref.partition, (long long)op->ref.offset, op->failures, why,
+                  (unsigned long long)delay);
+    else
+        sbx_error("kafka", "dead-letter publish failed (%d times): %s; retrying in %llu ms",
+                  op->failures, why, (unsigned long long)delay);
+    sbx_timer_start(k->loop, &op->retry, delay);
+}
+
+/* Hands op to librdkafka; a refusal on the spot is retried like a failed
+ * delivery. */
+static void op_publish(dlq_op *op)
+{
+    sbx_kafka *k = op->k;
+    rd_kafka_resp_err_t e;
+
+    e = rd_kafka_producev(k->dlq, RD_KAFKA_V_TOPIC(k->dlq_topic),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_KEY(op->key, op->key ? op->key_len : 0),
+                          RD_KAFKA_V_VALUE(op->json, op->len), RD_KAFKA_V_OPAQUE(op),
+                          RD_KAFKA_V_END);
+    if (e)
+        op_failed(op, rd_kafka_err2str(e));
+}
+
+static void on_retry(sbx_timer *t) { op_publish(t->data); }
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     dlq_op *op = m->_private;
+    sbx_kafka *k = op->k;
     (void)rk;
     (void)opaque;
-    if (m->err) {
-        /* The offset stays unfinished: the message is redelivered later and
-         * dead-lettered again, rather than lost. */
-        sbx_error("kafka", "dead-letter publish failed: %s", rd_kafka_err2str(m->err));
-    } else if (op->has_ref) {
-        sbx_kafka_done(op->k, &op->ref);
+    if (m->err && !k->closing &&
+        (!op->has_ref || sbx_offsets_assigned(k->offsets, op->ref.partition))) {
+        op_failed(op, rd_kafka_err2str(m->err));
+        return;
     }
-    free(op);
+    if (m->err && !k->closing) {
+        sbx_warn("kafka", "dead letter of p%d@%lld dropped after a failed publish: the partition "
+                          "was revoked; its next owner dead-letters it",
+                 (int)op->ref.partition, (long long)op->ref.offset);
+    } else if (m->err) {
+        /* Closing: the offset stays unfinished, so the message is
+         * redelivered and dead-lettered by the next owner. */
+        sbx_error("kafka", "dead-letter publish abandoned at exit: %s", rd_kafka_err2str(m->err));
+    } else {
+        if (op->failures)
+            sbx_info("kafka", "dead-letter publish succeeded after %d failures", op->failures);
+        if (op->has_ref)
+            sbx_kafka_done(k, &op->ref);
+    }
+    op_free(op);
 }
 
 static void drain_dlq(sbx_kafka *k)
@@ -315,26 +429,57 @@ int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const c
                           size_t len, const sbx_offset_ref *ref)
 {
     dlq_op *op = calloc(1, sizeof(*op));
-    rd_kafka_resp_err_t e;
 
-    if (!op)
+    if (!op || !(op->json = malloc(len ? len : 1)) ||
+        (key && !(op->key = malloc(key_len ? key_len : 1)))) {
+        if (op)
+            free(op->json);
+        free(op);
         return -ENOMEM;
+    }
+    memcpy(op->json, json, len);
+    op->len = len;
+    if (key) {
+        memcpy(op->key, key, key_len);
+        op->key_len = key_len;
+    }
     op->k = k;
     if (ref) {
         op->ref = *ref;
         op->has_ref = 1;
     }
-    e = rd_kafka_producev(k->dlq, RD_KAFKA_V_TOPIC(k->dlq_topic),
-                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                          RD_KAFKA_V_KEY(key, key ? key_len : 0),
-                          RD_KAFKA_V_VALUE((void *)json, len), RD_KAFKA_V_OPAQUE(op),
-                          RD_KAFKA_V_END);
-    if (e) {
-        sbx_error("kafka", "dead-letter publish: %s", rd_kafka_err2str(e));
-        free(op);
-        return -EIO;
-    }
+    sbx_timer_init(&op->retry, on_retry, op);
+    op->created_ms = sbx_now_ms();
+    op->next = k->ops;
+    if (k->ops)
+        k->ops->prev = op;
+    k->ops = op;
+    op_publish(op);
     return 0;
+}
+
+int sbx_kafka_stalls(const sbx_kafka *k, sbx_kafka_stall *out, int max)
+{
+    uint64_t now = sbx_now_ms();
+    int n = 0;
+    for (const dlq_op *op = k->ops; op && n < max; op = op->next) {
+        if (!op->has_ref || (!op->failures && now - op->created_ms < DLQ_STALL_AFTER_MS) ||
+            !sbx_offsets_assigned(k->offsets, op->ref.partition))
+            continue;
+        out[n].partition = op->ref.partition;
+        out[n].offset = op->ref.offset;
+        out[n].since_ms = op->failures ? op->first_failure_ms : op->created_ms;
+        out[n].failures = op->failures;
+        snprintf(out[n].error, sizeof(out[n].error), "%s",
+                 op->failures ? op->last_error : "not acknowledged yet");
+        n++;
+    }
+    return n;
+}
+
+int sbx_kafka_oldest(const sbx_kafka *k, sbx_offset_oldest *out, int max)
+{
+    return sbx_offsets_oldest(k->offsets, out, max);
 }
 
 /* ---- life ---- */
@@ -489,8 +634,13 @@ void sbx_kafka_close(sbx_kafka *k)
     sbx_timer_stop(k->loop, &k->tick);
     sbx_io_stop(&k->io_c);
     sbx_io_stop(&k->io_d);
+    k->closing = 1;
     if (k->dlq) {
         rd_kafka_flush(k->dlq, 5000);
+        /* What the broker did not take in time fails now, and its op is
+         * freed by its delivery report (closing: not retried). */
+        rd_kafka_purge(k->dlq, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_poll(k->dlq, 0);
         if (k->dlq_q)
             rd_kafka_queue_destroy(k->dlq_q);
         rd_kafka_destroy(k->dlq);
@@ -509,6 +659,8 @@ void sbx_kafka_close(sbx_kafka *k)
         if (k->pipe_d[i] >= 0)
             close(k->pipe_d[i]);
     }
+    while (k->ops)
+        op_free(k->ops);
     sbx_offsets_free(k->offsets);
     free(k->topic);
     free(k->dlq_topic);

@@ -43,10 +43,26 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
 void sbx_kafka_close(sbx_kafka *k);
 
 void sbx_kafka_done(sbx_kafka *k, const sbx_offset_ref *ref);
-/* Publishes a dead-letter envelope (JSON) keyed like the original; once the
- * broker acknowledged it, ref is marked done (unless ref is NULL). */
+/* Publishes a dead-letter envelope (JSON, copied) keyed like the original;
+ * once the broker acknowledged it, ref is marked done (unless ref is NULL).
+ * A publish that fails is retried with backoff until it succeeds or the
+ * intake closes; only -ENOMEM is returned. */
 int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const char *json,
                           size_t len, const sbx_offset_ref *ref);
+/* Dead letters whose publish has failed (or has not been acknowledged for
+ * 10 s) and whose offset therefore holds its partition's commit back: where,
+ * since when (sbx_now_ms of the first failure, or of the publish), how often
+ * it failed, the last error. At most max; returns how many. */
+typedef struct sbx_kafka_stall {
+    int32_t partition;
+    int64_t offset;
+    uint64_t since_ms;
+    int failures;
+    char error[128];
+} sbx_kafka_stall;
+int sbx_kafka_stalls(const sbx_kafka *k, sbx_kafka_stall *out, int max);
+/* The oldest unfinished offset of each assigned partition (offsets.h). */
+int sbx_kafka_oldest(const sbx_kafka *k, sbx_offset_oldest *out, int max);
 /* Stop / start taking new messages (shutdown). */
 void sbx_kafka_hold(sbx_kafka *k, int hold);
 size_t sbx_kafka_pending(const sbx_kafka *k);

@@ -10,11 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
 #include "assert.h"
 
 typedef struct entry {
     int64_t offset;
     int done;
+    uint64_t at_ms;     /* when tracked: the age of the oldest unfinished */
 } entry;
 
 typedef struct part {
@@ -43,6 +46,15 @@ void sbx_offsets_free(sbx_offsets *o)
         free(o->parts[i].ring);
     free(o->parts);
     free(o);
+}
+
+/* sbx_now_ms()'s clock (CLOCK_MONOTONIC, ms), read here: this file links
+ * without the loop into the fuzz target (tests/fuzz/fuzz.mk). */
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static part *find(const sbx_offsets *o, int32_t partition)
@@ -117,7 +129,7 @@ int sbx_offsets_track(sbx_offsets *o, int32_t partition, int64_t offset, sbx_off
         p->cap = cap;
         p->head = 0;
     }
-    p->ring[(p->head + p->count) % p->cap] = (entry){offset, 0};
+    p->ring[(p->head + p->count) % p->cap] = (entry){offset, 0, now_ms()};
     p->count++;
     p->last = offset;
     p->pending++;
@@ -165,3 +177,20 @@ int64_t sbx_offsets_done(sbx_offsets *o, const sbx_offset_ref *ref)
 }
 
 size_t sbx_offsets_pending(const sbx_offsets *o) { return o->pending; }
+
+int sbx_offsets_oldest(const sbx_offsets *o, sbx_offset_oldest *out, int max)
+{
+    int n = 0;
+    for (size_t i = 0; i < o->nparts && n < max; i++) {
+        const part *p = &o->parts[i];
+        /* done() pops finished entries off the head, so the head is the
+         * oldest unfinished. */
+        if (!p->assigned || p->count == 0)
+            continue;
+        out[n].partition = p->partition;
+        out[n].offset = p->ring[p->head].offset;
+        out[n].since_ms = p->ring[p->head].at_ms;
+        n++;
+    }
+    return n;
+}

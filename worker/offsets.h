@@ -45,4 +45,13 @@ int64_t sbx_offsets_done(sbx_offsets *o, const sbx_offset_ref *ref);
 /* Offsets tracked and not done, over all partitions. */
 size_t sbx_offsets_pending(const sbx_offsets *o);
 
+/* Per assigned partition with an unfinished offset: the oldest one, and
+ * since when (sbx_now_ms) it was tracked. At most max; returns how many. */
+typedef struct sbx_offset_oldest {
+    int32_t partition;
+    int64_t offset;
+    uint64_t since_ms;
+} sbx_offset_oldest;
+int sbx_offsets_oldest(const sbx_offsets *o, sbx_offset_oldest *out, int max);
+
 #endif
