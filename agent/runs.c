@@ -248,16 +248,11 @@ static void trash_next(sbx_runs *r);
 static void on_rm_exit(sbx_io *io, int events)
 {
     sbx_runs *r = io->data;
-    siginfo_t si;
+    int status;
     (void)events;
 
-    memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)r->rm_pidfd, &si, WEXITED | WNOHANG) < 0) {
-        if (errno == EINTR)
-            return;
-    } else if (si.si_pid == 0) {
+    if (sbx_sandbox_try_reap(r->rm_pidfd, &status, NULL) == 0)
         return; /* not yet */
-    }
     sbx_io_stop(&r->rm_io);
     close_fd(&r->rm_pidfd);
     r->rm_pid = 0;
@@ -473,20 +468,14 @@ static int copy_kill(arun *a)
 static void on_copy_exit(sbx_io *io, int events)
 {
     arun *a = io->data;
-    siginfo_t si;
-    int status;
+    int status, killed, rc;
     (void)events;
 
-    memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)a->copy_pidfd, &si, WEXITED | WNOHANG) < 0) {
-        if (errno == EINTR)
-            return;
-        status = COPY_FAILED;
-    } else if (si.si_pid == 0) {
+    rc = sbx_sandbox_try_reap(a->copy_pidfd, &status, &killed);
+    if (rc == 0)
         return; /* not yet */
-    } else {
-        status = si.si_code == CLD_EXITED ? si.si_status : COPY_FAILED;
-    }
+    if (rc < 0 || killed)
+        status = COPY_FAILED;
     sbx_io_stop(&a->copy_io);
     close_fd(&a->copy_pidfd);
     a->copy_pid = 0;

@@ -325,19 +325,13 @@ static void proc_done(sbx_netns *ns, ns_proc *p);
 static void on_proc_exit(sbx_io *io, int events)
 {
     ns_proc *p = io->data;
-    siginfo_t si;
+    int status, rc;
     (void)events;
 
-    memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) < 0) {
-        if (errno == EINTR)
-            return;
-        p->status = -1; /* ECHILD: a uid sweep reaped it first */
-    } else if (si.si_pid == 0) {
+    rc = sbx_sandbox_try_reap(p->pidfd, &status, NULL);
+    if (rc == 0)
         return;
-    } else {
-        p->status = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
-    }
+    p->status = rc < 0 ? -1 : status; /* ECHILD: a uid sweep reaped it first */
     sbx_io_stop(&p->io);
     close_fd(&p->pidfd);
     p->pid = 0;

@@ -430,6 +430,21 @@ int sbx_sandbox_remove_tree(const char *path)
 }
 
 
+int sbx_sandbox_try_reap(int pidfd, int *status, int *killed)
+{
+    siginfo_t si;
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG) < 0)
+        return errno == EINTR ? 0 : -errno;
+    if (si.si_pid == 0)
+        return 0;
+    *status = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+    if (killed)
+        *killed = si.si_code != CLD_EXITED;
+    return 1;
+}
+
 int sbx_sandbox_write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
@@ -928,17 +943,12 @@ static void finish(sbx_sandbox *s)
 static void on_rm_exit(sbx_io *io, int events)
 {
     sbx_sandbox *s = io->data;
-    siginfo_t si;
     struct stat st;
+    int status;
     (void)events;
 
-    memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)s->rm_pidfd, &si, WEXITED | WNOHANG) < 0) {
-        if (errno == EINTR)
-            return;
-    } else if (si.si_pid == 0) {
+    if (sbx_sandbox_try_reap(s->rm_pidfd, &status, NULL) == 0)
         return; /* not yet */
-    }
     sbx_io_stop(&s->rm_io);
     close_fd(&s->rm_pidfd);
     s->rm_pid = 0;
@@ -1066,20 +1076,18 @@ static void on_reap_timer(sbx_timer *t) { advance(t->data); }
 static void on_pid_exit(sbx_io *io, int events)
 {
     sbx_sandbox *s = io->data;
-    siginfo_t si;
+    int status, killed, rc;
     (void)events;
 
-    memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG) < 0) {
-        if (errno == EINTR)
-            return;
-        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(errno));
-        s->exit_code = -1;
-    } else if (si.si_pid == 0) {
+    rc = sbx_sandbox_try_reap(s->pidfd, &status, &killed);
+    if (rc == 0)
         return; /* not yet */
+    if (rc < 0) {
+        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
+        s->exit_code = -1;
     } else {
-        s->exit_code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
-        s->lost = si.si_code != CLD_EXITED && !s->end_set;
+        s->exit_code = status;
+        s->lost = killed && !s->end_set;
     }
     s->reaped = 1;
     s->t_exit_ms = sbx_now_ms();

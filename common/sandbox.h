@@ -132,5 +132,12 @@ void sbx_sandbox_sweep_cgroups(const char *work_dir, int uid);
 char *sbx_sandbox_resolve_exe(const char *name);
 /* write(2) until all n bytes are out (EINTR retried); 0 or -errno. */
 int sbx_sandbox_write_all(int fd, const char *p, size_t n);
+/* Reaps the child behind pidfd without blocking, for a pidfd watched on the
+ * loop. Returns 1 when it is gone and sets *status to its exit code, or to
+ * 128 + the signal that killed it (*killed = 1; killed may be NULL); 0 when it
+ * has not exited yet (or EINTR): wait for the pidfd again; -errno when waitid
+ * failed (ECHILD: someone else reaped it, e.g. a uid sweep), the child being
+ * gone either way. */
+int sbx_sandbox_try_reap(int pidfd, int *status, int *killed);
 
 #endif
