@@ -57,6 +57,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -686,11 +687,41 @@ static int answered(const conn *c)
                          count_versions(c->resp, c->resp_len, 1) >= c->nreq);
 }
 
+/* A non-blocking connection to the agent on loopback. Loopback completes
+ * the handshake from the backlog, but a signal (libFuzzer's timer, a
+ * reaped child) may interrupt connect(): the handshake then goes on in the
+ * kernel, and we wait for it here. */
+static int connect_agent(void)
+{
+    struct sockaddr_in a;
+    struct pollfd p;
+    int fd, err = 0;
+    socklen_t len = sizeof(err);
+
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)g.port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    FUZZ_CHECK(fd >= 0, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+        return fd;
+    FUZZ_CHECK(errno == EINPROGRESS || errno == EINTR, "connect to the agent: %s",
+               strerror(errno));
+    p.fd = fd;
+    p.events = POLLOUT;
+    p.revents = 0;
+    while (poll(&p, 1, 5000) < 0 && errno == EINTR)
+        ;
+    FUZZ_CHECK(p.revents && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0,
+               "connect to the agent: %s", strerror(err ? err : ETIMEDOUT));
+    return fd;
+}
+
 /* Sends one stream and runs the loop until it is answered: the server
  * closed it, or every request line got a status line, or it is quiet. */
 static void send_stream(conn *c, const uint8_t *d, size_t n, int first)
 {
-    struct sockaddr_in a;
     int64_t tok0 = newest_token();
     char running0[SBX_RUN_ID_MAX];
     uint64_t start = sbx_now_ms();
@@ -701,15 +732,7 @@ static void send_stream(conn *c, const uint8_t *d, size_t n, int first)
     c->keyless = !has(c->out, c->out_len, KEY);
     c->resp = malloc(RESP_KEEP);
     FUZZ_CHECK(c->resp != NULL, "out of memory");
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)g.port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    /* Loopback: the kernel completes the handshake from the backlog. */
-    FUZZ_CHECK(c->fd >= 0 && connect(c->fd, (struct sockaddr *)&a, sizeof(a)) == 0,
-               "connect to the agent: %s", strerror(errno));
-    fcntl(c->fd, F_SETFL, O_NONBLOCK);
+    c->fd = connect_agent();
     sbx_io_init(&c->io, c->fd, on_conn, c);
     sbx_io_set(g.loop, &c->io, c->out_len ? SBX_READ | SBX_WRITE : SBX_READ);
     c->last_ms = start;
@@ -803,21 +826,13 @@ static void check_health(void)
                               "\r\nConnection: close\r\n\r\n";
     conn c;
     uint64_t until = sbx_now_ms() + HEALTH_MS;
-    struct sockaddr_in a;
 
     memset(&c, 0, sizeof(c));
     c.out = strdup(req);
     c.out_len = sizeof(req) - 1;
     c.resp = malloc(RESP_KEEP);
     FUZZ_CHECK(c.out && c.resp, "out of memory");
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)g.port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    FUZZ_CHECK(c.fd >= 0 && connect(c.fd, (struct sockaddr *)&a, sizeof(a)) == 0,
-               "health: connect: %s", strerror(errno));
-    fcntl(c.fd, F_SETFL, O_NONBLOCK);
+    c.fd = connect_agent();
     sbx_io_init(&c.io, c.fd, on_conn, &c);
     sbx_io_set(g.loop, &c.io, SBX_READ | SBX_WRITE);
     while (!c.closed && sbx_now_ms() < until)
