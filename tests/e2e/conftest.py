@@ -424,6 +424,16 @@ def worker_env(services):
     }
 
 
+# Builds run as slot uids, and a worker sweeps its own range's processes.
+# Two suites on one host (a CI run and a developer's) must not share a range:
+# SBX_TEST_UID_SHIFT moves every range the e2e tests use.
+UID_SHIFT = int(os.environ.get("SBX_TEST_UID_SHIFT", "0"))
+
+
+def uid_base(base):
+    return base + UID_SHIFT
+
+
 @pytest.fixture
 def start_worker(services, sbx_bin, worker_env, tmp_path):
     """start_worker(**env) starts an sbx-worker with the session's services,
@@ -445,6 +455,7 @@ def start_worker(services, sbx_bin, worker_env, tmp_path):
                 env.pop(k, None)
             else:
                 env[k] = str(v)
+        env["SBX_UID_BASE"] = str(uid_base(int(overrides.get("SBX_UID_BASE") or 60000)))
         binary = sbx_bin / "sbx-worker"
         if not os.access(binary, os.X_OK):
             pytest.fail("%s is not built (run make, or set SBX_BUILD)" % binary, pytrace=False)

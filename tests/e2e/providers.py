@@ -36,14 +36,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from conftest import REPO, SANITIZER_RE, build_dir, wait_until
+from conftest import REPO, SANITIZER_RE, build_dir, uid_base, wait_until
 
 PROVIDERS = ("local", "docker", "fly", "vmpool")
 
 # uid ranges of sandbox builds, disjoint from test_worker.py's (60000.., 61000..)
 # and from each other: each range's uids must belong to one process only.
-LOCAL_UID_BASE = 62000
-AGENT_UID_BASE = 62100          # agent k gets AGENT_UID_BASE + 100 * k
+LOCAL_UID_BASE = 62000          # start_worker() adds the shift
+AGENT_UID_BASE = uid_base(62100)         # agent k gets AGENT_UID_BASE + 100 * k
 FLY_TOKEN = "e2e-fly-token"
 AGENT_KEY = "e2e-vmpool-service-key-0123456789"
 # Stopping a backend: SIGTERM, then SIGKILL to its session after this.

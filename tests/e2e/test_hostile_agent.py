@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_dir, wait_until
+from conftest import build_dir, uid_base, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "services"))
 import sbxsvc  # noqa: E402
@@ -49,7 +49,7 @@ import sbxsvc  # noqa: E402
 KEY = "hostile-agent-test-key-0123456789"
 # Build uids of this module's agents: disjoint from the other e2e ranges
 # (60000.., 61000.., 62000.., 62100..) and the fuzzer's (64000).
-UID_BASE = 63700
+UID_BASE = uid_base(63700)
 # Short deadlines, so the test waits seconds and not the defaults' 20/30.
 HEADER_MS = 3000
 BODY_MS = 3000
