@@ -28,6 +28,17 @@ endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm
 
+# The version every program's --version prints and sbx_build_info reports:
+# the VERSION file, plus the commit when built in a git checkout (a tarball
+# or the Dockerfile's context has no .git: VERSION alone). The stamp is
+# rewritten only when the text changes, so only producers/lib/version.o is
+# rebuilt after a commit.
+SBX_VERSION   := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+SBX_GIT       := $(shell test -e .git && git describe --always --dirty 2>/dev/null)
+VERSION_STAMP := $(BUILD)/gen/version.txt
+$(shell mkdir -p $(BUILD)/gen && (echo '$(SBX_VERSION) $(SBX_GIT)' | cmp -s - $(VERSION_STAMP) || \
+        echo '$(SBX_VERSION) $(SBX_GIT)' > $(VERSION_STAMP)))
+
 DEPS_STAMP := $(BUILD)/.deps-ok
 BINS       :=
 TEST_BINS  :=

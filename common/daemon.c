@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sbx.h"
 
 /* sbx_redis_new()'s reasons are one short line; a URL is at most a setting
  * (the settings tables cap SBX_REDIS_URL at 512 bytes). */
@@ -22,6 +23,17 @@ int sbx_daemon_settings(int argc, char **argv, void *cfg, sbx_daemon_load_fn loa
 {
     int check_only = 0, rc;
 
+    /* --version anywhere wins, before settings are read: it must answer on a
+     * host where none is set yet. The name is the one the program was
+     * started by (sbx-worker, sbx-agent, sbx-worker-bench). */
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--version") == 0) {
+            const char *slash = strrchr(argv[0], '/');
+            char line[256];
+            sbx_version_line(slash ? slash + 1 : argv[0], line, sizeof(line));
+            printf("%s\n", line);
+            return 0;
+        }
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--check-config") == 0) {
             check_only = 1;

@@ -48,7 +48,8 @@ typedef struct sbx_daemon {
 } sbx_daemon;
 
 /* Reads the settings into cfg; --check-config (anywhere in argv) prints
- * them and exits 0. Returns SBX_DAEMON_RUN, or the exit status: 0 after
+ * them and exits 0; --version prints "<argv[0]'s name> 0.3.0 (git ...)"
+ * and exits 0 without reading any setting. Returns SBX_DAEMON_RUN, or the exit status: 0 after
  * --help or --check-config, 2 when a setting is wrong. */
 int sbx_daemon_settings(int argc, char **argv, void *cfg, sbx_daemon_load_fn load,
                         sbx_daemon_print_fn print);

@@ -2,7 +2,8 @@
 # the `sbx` CLI and `sbx-validate`, and `make schema-test`, which holds the
 # JSON Schemas, their examples and the C validator to one another
 # (tests/schema/check.mjs; needs Node.js and npm).
-LIBSBX_SRCS := producers/lib/message.c producers/lib/producer.c producers/lib/utf8.c
+LIBSBX_SRCS := producers/lib/message.c producers/lib/producer.c producers/lib/utf8.c \
+               producers/lib/version.c
 LIBSBX_OBJS := $(LIBSBX_SRCS:%.c=$(BUILD)/obj/%.o)
 LIBSBX      := $(BUILD)/lib/libsbx.a
 
@@ -10,6 +11,10 @@ SBX_CLI_SRCS := producers/cli/sbx.c producers/cli/enqueue.c producers/cli/runs.c
 SBX_CLI_OBJS := $(SBX_CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 
 BINS += $(BUILD)/bin/sbx $(BUILD)/bin/sbx-validate
+
+# sbx_version() (Makefile: SBX_VERSION, SBX_GIT, VERSION_STAMP).
+$(BUILD)/obj/producers/lib/version.o: CFLAGS += -DSBX_VERSION='"$(SBX_VERSION)"' -DSBX_GIT='"$(SBX_GIT)"'
+$(BUILD)/obj/producers/lib/version.o: $(VERSION_STAMP)
 
 $(LIBSBX): $(LIBSBX_OBJS)
 	@mkdir -p $(dir $@)

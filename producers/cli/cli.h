@@ -24,7 +24,7 @@ struct sbx__cli_config {
 
 /* Options every subcommand accepts; the short codes are out of the char range
  * so they never collide with a subcommand's own. */
-enum { OPT_BROKERS = 1000, OPT_TOPIC, OPT_DATABASE_URL, OPT_HELP };
+enum { OPT_BROKERS = 1000, OPT_TOPIC, OPT_DATABASE_URL, OPT_HELP, OPT_VERSION };
 #define SBX_CLI_COMMON_OPTIONS                                          \
     { "brokers", required_argument, NULL, OPT_BROKERS },                \
     { "topic", required_argument, NULL, OPT_TOPIC },                    \

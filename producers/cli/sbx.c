@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sbx.h"
+
 static const struct command {
     const char *name;
     int (*run)(int argc, char **argv, struct sbx__cli_config *cfg);
@@ -72,6 +74,7 @@ static const struct command {
 
 static const char program_usage[] =
     "usage: sbx [--brokers B] [--topic T] [--database-url URL] COMMAND [ARGS]\n"
+    "       sbx --version\n"
     "Commands:\n"
     "  enqueue   publish a job to Kafka and print its id\n"
     "  status    show a run\n"
@@ -151,7 +154,11 @@ int main(int argc, char **argv)
         .topic = getenv("SBX_TOPIC"),
         .database_url = getenv("SBX_DATABASE_URL"),
     };
-    static const struct option opts[] = { SBX_CLI_COMMON_OPTIONS, { 0, 0, 0, 0 } };
+    static const struct option opts[] = {
+        SBX_CLI_COMMON_OPTIONS,
+        { "version", no_argument, NULL, OPT_VERSION },
+        { 0, 0, 0, 0 },
+    };
     int c;
 
     if (!cfg.topic || !*cfg.topic)
@@ -161,6 +168,12 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         if (c == OPT_HELP) {
             sbx__cli_usage("", false);
+            return SBX_EXIT_OK;
+        }
+        if (c == OPT_VERSION) {
+            char line[256];
+            sbx_version_line("sbx", line, sizeof(line));
+            printf("%s\n", line);
             return SBX_EXIT_OK;
         }
         if (!sbx__cli_common_option(&cfg, c, optarg)) {

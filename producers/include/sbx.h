@@ -151,4 +151,12 @@ void sbx_producer_free(sbx_producer *p);
  * sort by creation time. */
 void sbx_new_job_id(char out[SBX_ID_MAX + 1]);
 
+/* The release (the VERSION file, "0.3.0") and the commit it was built from
+ * (`git describe --always --dirty`; "" outside a git checkout). */
+const char *sbx_version(void);
+const char *sbx_version_git(void);
+/* "<prog> 0.3.0 (git 1a2b3c4)", or "<prog> 0.3.0" without a commit: what
+ * every program's --version prints. */
+void sbx_version_line(const char *prog, char *out, size_t outlen);
+
 #endif
