@@ -10,6 +10,21 @@ LIBSBX      := $(BUILD)/lib/libsbx.a
 SBX_CLI_SRCS := producers/cli/sbx.c producers/cli/enqueue.c producers/cli/runs.c producers/cli/migrate.c
 SBX_CLI_OBJS := $(SBX_CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 
+# The migrations, built into `sbx` so `sbx migrate` works from any directory
+# (producers/cli/migrations.h); a new file in migrations/ is picked up here.
+MIGRATIONS     := $(sort $(wildcard migrations/[0-9][0-9][0-9][0-9]_*.sql))
+MIGRATIONS_GEN := $(BUILD)/gen/producers/migrations.c
+SBX_CLI_OBJS   += $(BUILD)/obj/producers/migrations.o
+
+$(MIGRATIONS_GEN): common/lua/embed.awk $(MIGRATIONS) producers/producers.mk
+	@mkdir -p $(dir $@)
+	awk -v raw=1 -v prefix=sbx__migration_ -v header=migrations.h -v table=sbx__migrations \
+	    -f common/lua/embed.awk $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/producers/migrations.o: $(MIGRATIONS_GEN) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Iproducers/cli -c $< -o $@
+
 BINS += $(BUILD)/bin/sbx $(BUILD)/bin/sbx-validate
 
 # sbx_version() (Makefile: SBX_VERSION, SBX_GIT, VERSION_STAMP).

@@ -1,6 +1,10 @@
 /* migrate.c — `sbx migrate`: bring the database schema up to date.
  *
- * Migrations are files DIR/NNNN_name.sql, applied in version order, each in
+ * Migrations are NNNN_name.sql, built into the binary from migrations/ at
+ * build time (migrations.h), so `sbx migrate` needs no file and works from
+ * any directory; --dir DIR (or SBX_MIGRATIONS_DIR) reads them from DIR
+ * instead, for a schema change being written. Either way they are applied in
+ * version order, each in
  * its own transaction together with its row in public.sbx_schema_migrations
  * (version, name, sha256, applied_at): a migration is either applied and
  * recorded or neither. The table lives in public, not in schema sbx, because
@@ -20,6 +24,7 @@
  * Migration files must not contain BEGIN/COMMIT of their own.
  */
 #include "cli.h"
+#include "migrations.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -149,6 +154,44 @@ out:
     return rc;
 }
 
+/* The migrations built in (already sorted by name: producers.mk). */
+static int load_embedded(struct migration **out, size_t *n)
+{
+    struct migration *m = calloc(sbx__migrations_count ? sbx__migrations_count : 1, sizeof *m);
+    int rc = SBX_EXIT_FAIL;
+
+    *n = 0;
+    if (!m) {
+        fprintf(stderr, "sbx migrate: out of memory\n");
+        return rc;
+    }
+    for (size_t i = 0; i < sbx__migrations_count; i++) {
+        const struct sbx__embedded *e = &sbx__migrations[i];
+        if (!migration_name(e->name, &m[i].version) ||
+            (i > 0 && m[i].version <= m[i - 1].version)) {
+            fprintf(stderr, "sbx migrate: built-in %s is out of order or misnamed\n", e->name);
+            goto out;
+        }
+        snprintf(m[i].name, sizeof m[i].name, "%s", e->name);
+        if (!(m[i].sql = malloc(e->len + 1))) {
+            fprintf(stderr, "sbx migrate: out of memory\n");
+            goto out;
+        }
+        memcpy(m[i].sql, e->text, e->len + 1);
+        m[i].len = e->len;
+        (*n)++;
+    }
+    *out = m;
+    m = NULL;
+    rc = SBX_EXIT_OK;
+out:
+    if (m)
+        for (size_t i = 0; i < *n; i++)
+            free(m[i].sql);
+    free(m);
+    return rc;
+}
+
 static bool exec_ok(PGconn *conn, const char *sql, const char *what)
 {
     PGresult *r = PQexec(conn, sql);
@@ -246,23 +289,12 @@ rollback:
     return -1;
 }
 
-static const char *default_dir(void)
-{
-    const char *env = getenv("SBX_MIGRATIONS_DIR");
-    DIR *d;
-    if (env && *env)
-        return env;
-    if ((d = opendir("migrations"))) {
-        closedir(d);
-        return "migrations";
-    }
-    return "/usr/local/share/sbx/migrations";
-}
 
 int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg)
 {
     static const struct option opts[] = {
         { "dir", required_argument, NULL, 'd' },
+        { "list", no_argument, NULL, 'l' },
         SBX_CLI_COMMON_OPTIONS,
         { 0, 0, 0, 0 },
     };
@@ -270,11 +302,14 @@ int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg)
     struct migration *m = NULL;
     size_t n = 0, applied = 0;
     PGconn *conn = NULL;
+    bool list = false;
     int c, rc;
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == 'd')
             dir = optarg;
+        else if (c == 'l')
+            list = true;
         else if (c == OPT_HELP) {
             sbx__cli_usage("migrate", false);
             return SBX_EXIT_OK;
@@ -287,13 +322,20 @@ int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg)
         fprintf(stderr, "sbx migrate: unexpected argument \"%s\"; run `sbx migrate --help`\n", argv[optind]);
         return SBX_EXIT_USAGE;
     }
-    if (!dir)
-        dir = default_dir();
-    if ((rc = load_dir(dir, &m, &n)))
+    if (!dir && getenv("SBX_MIGRATIONS_DIR") && *getenv("SBX_MIGRATIONS_DIR"))
+        dir = getenv("SBX_MIGRATIONS_DIR");
+    if ((rc = dir ? load_dir(dir, &m, &n) : load_embedded(&m, &n)))
         return rc;
     if (n == 0) {
-        fprintf(stderr, "sbx migrate: no NNNN_name.sql files in %s\n", dir);
+        fprintf(stderr, "sbx migrate: no NNNN_name.sql files in %s\n", dir ? dir : "this build");
         rc = SBX_EXIT_USAGE;
+        goto out;
+    }
+    if (list) {
+        /* What would be applied, in order, without touching a database. */
+        for (size_t i = 0; i < n; i++)
+            printf("%s %zu bytes\n", m[i].name, m[i].len);
+        rc = SBX_EXIT_OK;
         goto out;
     }
     if (!(conn = sbx__cli_db_connect(cfg, &rc)))

@@ -63,13 +63,15 @@ static const struct command {
       "worker running it listens to. A finished run is left alone.\n"
       "Exit status: 0 done (or already finished), 1 unknown job.\n" },
     { "migrate", sbx__cmd_migrate,
-      "usage: sbx migrate [--dir DIR]\n"
-      "Applies migrations DIR/NNNN_*.sql in order, each in its own transaction,\n"
-      "and records them in public.sbx_schema_migrations with their sha256. Safe to\n"
-      "run twice or concurrently (it holds an advisory lock). A migration whose\n"
-      "file changed after it was applied is an error.\n"
-      "  --dir DIR   default: $SBX_MIGRATIONS_DIR, else ./migrations, else\n"
-      "              /usr/local/share/sbx/migrations\n" },
+      "usage: sbx migrate [--dir DIR] [--list]\n"
+      "Applies the migrations built into sbx (migrations/NNNN_*.sql at build time)\n"
+      "in order, each in its own transaction, and records them in\n"
+      "public.sbx_schema_migrations with their sha256. Works from any directory.\n"
+      "Safe to run twice or concurrently (it holds an advisory lock). A migration\n"
+      "whose text changed after it was applied is an error.\n"
+      "  --dir DIR   read DIR/NNNN_*.sql instead (default: $SBX_MIGRATIONS_DIR if\n"
+      "              set, else the built-in ones)\n"
+      "  --list      print the migrations (name, size) in order and exit; no database\n" },
 };
 
 static const char program_usage[] =
