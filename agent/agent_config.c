@@ -56,6 +56,7 @@ static const sbx_opt opts[] = {
     {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0, 0},
     {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
+    {"SBX_LOG_FORMAT", "log-format", "text", "text, or json: one JSON object per line (ts, level, area, msg, job and project ids, the line's key=value fields)", STR, S(log_format), 0, 0, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -194,6 +195,8 @@ static int checks(sbx_agent_config *cfg, FILE *err)
         }
     }
     if (sbx_opts_log_level("sbx-agent", cfg->log_level, err))
+        bad = 1;
+    if (sbx_opts_log_format("sbx-agent", cfg->log_format, err))
         bad = 1;
     return bad;
 }

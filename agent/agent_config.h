@@ -44,6 +44,7 @@ typedef struct sbx_agent_config {
     int shutdown_grace_ms;
     char bwrap[256];
     char log_level[16];
+    char log_format[8];         /* SBX_LOG_FORMAT: text or json */
 } sbx_agent_config;
 
 /* Fills cfg from the environment and argv. Returns 0, 1 after printing one

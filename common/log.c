@@ -1,5 +1,7 @@
 /* log.c — timestamped lines on stderr, one write(2) per line so lines of
- * concurrent processes sharing a file never interleave mid-line. */
+ * concurrent processes sharing a file never interleave mid-line; as text
+ * (default) or as one JSON object per line (SBX_LOG_FORMAT=json), for log
+ * shippers that index fields. */
 #include "log.h"
 #include "assert.h"
 
@@ -11,13 +13,26 @@
 #include <time.h>
 #include <unistd.h>
 
-/* One log line; longer lines are cut and end in "...". */
+/* One log line as text; longer lines are cut and end in "...". The message
+ * of a JSON line has the same cap; its line has room for the message
+ * escaped and its fields again (LOG_JSON_MAX), and is cut (still valid
+ * JSON, with "truncated":true) beyond. */
 #define SBX_LOG_LINE_MAX 2048
+#define LOG_JSON_MAX 8192
+/* What a cut JSON line still needs: '"', ,"truncated":true, '}', '\n'. */
+#define LOG_JSON_TAIL 24
+/* key=value fields taken from one message at most (a line has a dozen). */
+#define LOG_FIELDS_MAX 32
+#define LOG_KEY_MAX 32
 
 static enum sbx_log_level min_level = SBX_LOG_INFO;
+static enum sbx_log_format format = SBX_LOG_TEXT;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static const char *const format_names[] = {"text", "json"};
 
 void sbx_log_set_level(enum sbx_log_level lvl) { min_level = lvl; }
+
+void sbx_log_set_format(enum sbx_log_format f) { format = f; }
 
 int sbx_log_parse_level(const char *s, enum sbx_log_level *out)
 {
@@ -30,37 +45,287 @@ int sbx_log_parse_level(const char *s, enum sbx_log_level *out)
     return -1;
 }
 
-void sbx_log(enum sbx_log_level lvl, const char *comp, const char *fmt, ...)
+int sbx_log_parse_format(const char *s, enum sbx_log_format *out)
 {
-    char line[SBX_LOG_LINE_MAX];
-    struct timespec ts;
+    for (int i = 0; i < 2; i++) {
+        if (strcasecmp(s, format_names[i]) == 0) {
+            *out = (enum sbx_log_format)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* ---- text ---- */
+
+typedef struct tline {
+    char b[SBX_LOG_LINE_MAX];
+    size_t n;
+    int cut;
+} tline;
+
+static void tput(tline *t, const char *s)
+{
+    size_t len = strlen(s);
+    if (t->cut)
+        return;
+    /* Room for "...\n" at the end. */
+    if (len > sizeof(t->b) - 4 - t->n) {
+        len = sizeof(t->b) - 4 - t->n;
+        t->cut = 1;
+    }
+    memcpy(t->b + t->n, s, len);
+    t->n += len;
+}
+
+static void text_line(const char *ts, enum sbx_log_level lvl, const char *comp, const char *job,
+                      const char *project, const char *msg, int msg_cut)
+{
+    tline t;
+    char head[96];
+
+    t.n = 0;
+    t.cut = 0;
+    snprintf(head, sizeof(head), "%s %-5s %-7s ", ts, level_names[lvl], comp);
+    tput(&t, head);
+    if (job) {
+        tput(&t, job);
+        tput(&t, " ");
+    }
+    tput(&t, msg);
+    if (project && *project) {
+        tput(&t, " project=");
+        tput(&t, project);
+    }
+    if (t.cut || msg_cut) {
+        memcpy(t.b + t.n, "...", 3);
+        t.n += 3;
+    }
+    t.b[t.n++] = '\n';
+    (void)!write(STDERR_FILENO, t.b, t.n);
+}
+
+/* ---- JSON ----
+ *
+ * {"ts":..,"level":..,"area":..,["job":..,"project":..,]<fields>,"msg":..}
+ * The fields are the message's key=value words (key: [a-z_][a-z0-9_.]*;
+ * value: up to the next space, or a "quoted" run), a value of digits alone
+ * as a number; the message is kept whole as well. A key the line already has
+ * (ts, level, area, msg, job and project of a job line, an earlier field) is
+ * left in the message only. Bytes that are not UTF-8 become U+FFFD, so
+ * every line parses. */
+
+typedef struct jline {
+    char b[LOG_JSON_MAX];
+    size_t n;
+    int cut;
+} jline;
+
+static void jraw(jline *j, const char *s, size_t len)
+{
+    if (j->cut || len > sizeof(j->b) - LOG_JSON_TAIL - j->n) {
+        j->cut = 1;
+        return;
+    }
+    memcpy(j->b + j->n, s, len);
+    j->n += len;
+}
+
+/* Length of the UTF-8 sequence at s (at most n bytes), 0 if it is none. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : 0;
+    if (len == 0 || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    /* Overlong 3- and 4-byte forms, surrogates, beyond U+10FFFF. */
+    if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0) ||
+        (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))
+        return 0;
+    return len;
+}
+
+/* A JSON string of s[0..len); cut short (and closed) where the line is full. */
+static void jstr(jline *j, const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+
+    jraw(j, "\"", 1);
+    if (j->cut)
+        return;
+    while (i < len) {
+        char e[8];
+        const char *piece = e;
+        size_t plen = 1, adv = 1;
+        if (u[i] == '"' || u[i] == '\\') {
+            e[0] = '\\';
+            e[1] = (char)u[i];
+            plen = 2;
+        } else if (u[i] < 0x20 || u[i] == 0x7f) {
+            plen = (size_t)snprintf(e, sizeof(e), "\\u%04x", u[i]);
+        } else if (u[i] < 0x80) {
+            e[0] = (char)u[i];
+        } else if ((adv = utf8_len(u + i, len - i)) > 0) {
+            piece = s + i;
+            plen = adv;
+        } else {
+            piece = "\\ufffd";
+            plen = 6;
+            adv = 1;
+        }
+        if (plen > sizeof(j->b) - LOG_JSON_TAIL - j->n) {
+            j->cut = 1;
+            break;
+        }
+        memcpy(j->b + j->n, piece, plen);
+        j->n += plen;
+        i += adv;
+    }
+    /* The closing quote is part of LOG_JSON_TAIL. */
+    j->b[j->n++] = '"';
+}
+
+static void jfield(jline *j, const char *key, const char *v, size_t vlen)
+{
+    jraw(j, ",", 1);
+    jstr(j, key, strlen(key));
+    jraw(j, ":", 1);
+    jstr(j, v, vlen);
+}
+
+static int is_number(const char *v, size_t n)
+{
+    size_t i = v[0] == '-';
+    /* 15 digits: exact in a double, which is what most JSON readers use. */
+    if (n == i || n - i > 15 || (v[i] == '0' && n - i > 1))
+        return 0;
+    for (; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return 1;
+}
+
+static void json_fields(jline *j, const char *msg, int job_line)
+{
+    static const char *const reserved[] = {"ts", "level", "area", "msg", "job", "project"};
+    char keys[LOG_FIELDS_MAX][LOG_KEY_MAX];
+    int nkeys = 0;
+
+    for (const char *p = msg; *p && nkeys < LOG_FIELDS_MAX;) {
+        const char *k = p, *v, *e;
+        size_t klen;
+        int taken = 0;
+
+        if (p != msg && p[-1] != ' ') {
+            p++;
+            continue;
+        }
+        while ((*p >= 'a' && *p <= 'z') || *p == '_' || (p > k && ((*p >= '0' && *p <= '9') || *p == '.')))
+            p++;
+        klen = (size_t)(p - k);
+        if (klen == 0 || klen >= LOG_KEY_MAX || *p != '=') {
+            p += *p ? 1 : 0;
+            continue;
+        }
+        v = ++p;
+        if (*v == '"' && strchr(v + 1, '"')) {
+            e = strchr(v + 1, '"');
+            p = e + 1;
+            v++;
+        } else {
+            e = v + strcspn(v, " ");
+            p = e;
+        }
+        for (size_t r = 0; r < sizeof(reserved) / sizeof(*reserved); r++)
+            if (strlen(reserved[r]) == klen && memcmp(reserved[r], k, klen) == 0)
+                taken = r < 4 || job_line;
+        for (int i = 0; i < nkeys && !taken; i++)
+            taken = strlen(keys[i]) == klen && memcmp(keys[i], k, klen) == 0;
+        if (taken)
+            continue;
+        memcpy(keys[nkeys], k, klen);
+        keys[nkeys][klen] = '\0';
+        if (is_number(v, (size_t)(e - v))) {
+            jraw(j, ",", 1);
+            jstr(j, keys[nkeys], klen);
+            jraw(j, ":", 1);
+            jraw(j, v, (size_t)(e - v));
+        } else {
+            jfield(j, keys[nkeys], v, (size_t)(e - v));
+        }
+        nkeys++;
+    }
+}
+
+static void json_line(const char *ts, enum sbx_log_level lvl, const char *comp, const char *job,
+                      const char *project, const char *msg, int msg_cut)
+{
+    jline j;
+
+    j.n = 0;
+    j.cut = 0;
+    jraw(&j, "{\"ts\":", 6);
+    jstr(&j, ts, strlen(ts));
+    jraw(&j, ",\"level\":", 9);
+    jstr(&j, level_names[lvl], strlen(level_names[lvl]));
+    jfield(&j, "area", comp, strlen(comp));
+    if (job) {
+        jfield(&j, "job", job, strlen(job));
+        jfield(&j, "project", project ? project : "", project ? strlen(project) : 0);
+    }
+    json_fields(&j, msg, job != NULL);
+    jfield(&j, "msg", msg, strlen(msg));
+    if (j.cut || msg_cut) {
+        memcpy(j.b + j.n, ",\"truncated\":true", 17);
+        j.n += 17;
+    }
+    j.b[j.n++] = '}';
+    j.b[j.n++] = '\n';
+    (void)!write(STDERR_FILENO, j.b, j.n);
+}
+
+static void vlog(enum sbx_log_level lvl, const char *comp, const char *job, const char *project,
+                 const char *fmt, va_list ap)
+{
+    char msg[SBX_LOG_LINE_MAX], ts[40];
+    struct timespec now;
     struct tm tm;
     size_t n;
     int w;
-    va_list ap;
 
     if (lvl < min_level)
         return;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    w = snprintf(line + n, sizeof(line) - n, ".%03ldZ %-5s %-7s ", ts.tv_nsec / 1000000L,
-                 level_names[lvl], comp);
-    n += (size_t)(w > 0 ? w : 0);
-    va_start(ap, fmt);
-    w = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
-    va_end(ap);
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000L);
+    w = vsnprintf(msg, sizeof(msg), fmt, ap);
     if (w < 0)
-        w = 0;
-    if ((size_t)w >= sizeof(line) - n - 1) {
-        n = sizeof(line) - 5;
-        memcpy(line + n, "...", 3);
-        n += 3;
-    } else {
-        n += (size_t)w;
-    }
-    line[n++] = '\n';
-    (void)!write(STDERR_FILENO, line, n);
+        msg[0] = '\0';
+    if (format == SBX_LOG_JSON)
+        json_line(ts, lvl, comp, job, project, msg, w >= (int)sizeof(msg));
+    else
+        text_line(ts, lvl, comp, job, project, msg, w >= (int)sizeof(msg));
+}
+
+void sbx_log(enum sbx_log_level lvl, const char *comp, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(lvl, comp, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void sbx_log_job(enum sbx_log_level lvl, const char *comp, const char *job, const char *project,
+                 const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(lvl, comp, job, project, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- redaction ----

@@ -151,3 +151,18 @@ int sbx_opts_log_level(const char *prog, const char *level, FILE *err)
     sbx_log_set_level(lvl);
     return 0;
 }
+
+int sbx_opts_log_format(const char *prog, const char *fmt, FILE *err)
+{
+    enum sbx_log_format f;
+
+    if (sbx_log_parse_format(fmt, &f) != 0) {
+        char shown[SHOWN_MAX];
+        sbx_log_redact(fmt, shown, sizeof(shown));
+        fprintf(err, "%s: SBX_LOG_FORMAT=%s is not valid: use text (the default) or json (one "
+                     "JSON object per line)\n", prog, shown);
+        return 1;
+    }
+    sbx_log_set_format(f);
+    return 0;
+}

@@ -35,5 +35,7 @@ void sbx_opts_print(const sbx_opt *opts, size_t n, const void *cfg, FILE *out);
 /* SBX_LOG_LEVEL's value: sets the log level and returns 0, or prints the
  * line naming the fix and returns 1. */
 int sbx_opts_log_level(const char *prog, const char *level, FILE *err);
+/* SBX_LOG_FORMAT's value (text or json), likewise. */
+int sbx_opts_log_format(const char *prog, const char *fmt, FILE *err);
 
 #endif

@@ -48,6 +48,7 @@ static const sbx_opt opts[] = {
     {"SBX_PROJECT_POLICY", "project-policy", "queue", "when a project already has a build running: queue (wait), reject (end the new job canceled) or supersede (cancel the older builds)", STR, S(project_policy), 0, 0, 0, 0},
     {"SBX_ADMIN_LISTEN", "admin-listen", "", "ip:port of /healthz, /readyz and /metrics (Prometheus); empty: off", STR, S(admin_listen), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
+    {"SBX_LOG_FORMAT", "log-format", "text", "text, or json: one JSON object per line (ts, level, area, msg, job and project ids, the line's key=value fields)", STR, S(log_format), 0, 0, 0, 0},
     {"SBX_KAFKA_CONF", "kafka-conf", "", "extra librdkafka settings, k=v[,k=v]", STR, S(kafka_conf), 0, 0, 0, 0},
     {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=unix:///sock@capacity or name=tcp://host:port@capacity, comma-separated", STR, S(docker_hosts), 0, 0, 0, 0},
     {"SBX_DOCKER_IMAGE", "docker-image", "", "docker provider: image of jobs that name none", STR, S(docker_image), 0, 0, 0, 0},
@@ -245,6 +246,8 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
     if (bad == 2)
         return 2;
     if (sbx_opts_log_level("sbx-worker", cfg->log_level, err))
+        bad = 1;
+    if (sbx_opts_log_format("sbx-worker", cfg->log_format, err))
         bad = 1;
     if (sbx__provider_parse(cfg->provider, &cfg->provider_kind) != 0) {
         fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",

@@ -52,6 +52,7 @@ typedef struct sbx_config {
     int session_timeout_ms;
     int shutdown_grace_ms;
     char log_level[16];
+    char log_format[8];         /* SBX_LOG_FORMAT: text or json */
     char project_policy[16];
     sbx_project_policy policy;
     char admin_listen[64];      /* "" = no admin endpoint */

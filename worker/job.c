@@ -56,6 +56,9 @@
 #include "text.h"
 #include "worker.h"
 
+/* A line about job j: its job and project ids ride along as fields (log.h). */
+#define jlog(lvl, j, ...) sbx_log_job((lvl), "job", (j)->id, (j)->spec->project_id, __VA_ARGS__)
+
 /* Capacity waits poll at most this far apart (a local release wakes sooner). */
 #define WAIT_MAX_MS 1000
 /* Transient-error retries back off up to this. */
@@ -230,12 +233,12 @@ static int transition(job *j, jstate to)
     jstate from = j->st;
     int ok = sbx__job_move_legal((int)from, (int)to);
     if (!ok)
-        sbx_error("job", "%s illegal move %s -> %s", j->id, state_names[from], state_names[to]);
+        jlog(SBX_LOG_ERROR, j, "illegal move %s -> %s", state_names[from], state_names[to]);
     if (!SBX_ASSERT(ok)) {
         end_safely(j);
         return 0;
     }
-    sbx_debug("job", "%s %s -> %s", j->id, state_names[from], state_names[to]);
+    jlog(SBX_LOG_DEBUG, j, "%s -> %s", state_names[from], state_names[to]);
     moves[from][to]++;
     j->st = to;
     return 1;
@@ -259,7 +262,7 @@ static void finish(job *j)
  * never claimed) and the partition's next owner runs it. */
 static void hand_back(job *j)
 {
-    sbx_info("job", "%s handed back (was %s)", j->id, state_names[j->st]);
+    jlog(SBX_LOG_INFO, j, "handed back (was %s)", state_names[j->st]);
     if (!transition(j, J_HANDED_BACK))
         return;
     forget(j);
@@ -326,7 +329,7 @@ static void retry_later(job *j, const char *why)
         d = RETRY_MAX_MS;
     j->backoff++;
     j->w->stats.retries++;
-    sbx_warn("job", "%s %s: %s; retrying in ~%" PRIu64 " ms", j->id, state_names[j->st], why, d);
+    jlog(SBX_LOG_WARN, j, "%s: %s; retrying in ~%" PRIu64 " ms", state_names[j->st], why, d);
     sbx_timer_start(j->w->loop, &j->timer, jitter(d));
 }
 
@@ -363,7 +366,7 @@ static void on_fire_and_forget(void *arg, PGresult *res, const char *err)
     (void)res;
     op_done(j);
     if (err)
-        sbx_warn("job", "%s: %s", j->id, err);
+        jlog(SBX_LOG_WARN, j, "%s", err);
 }
 
 /* Ends a job nobody has claimed (its cancel was asked, or policy "reject"):
@@ -377,13 +380,13 @@ static void on_ended_unclaimed(void *arg, PGresult *res, const char *err)
     if (j->st != J_ENDING)
         return;
     if (res && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
-        sbx_info("job", "%s %s", j->id, j->end_note);
+        jlog(SBX_LOG_INFO, j, "%s", j->end_note);
         j->w->stats.canceled++;
         finish(j);
         return;
     }
     if (err)
-        sbx_warn("job", "%s %s: %s", j->id, j->end_note, err);
+        jlog(SBX_LOG_WARN, j, "%s: %s", j->end_note, err);
     if (transition(j, J_LEASING))
         step(j);
 }
@@ -431,7 +434,7 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
     j->attempt = atoi(PQgetvalue(res, 0, 1));
     j->row_token = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     if (is_terminal(PQgetvalue(res, 0, 0))) {
-        sbx_info("job", "%s already %s; skipped", j->id, PQgetvalue(res, 0, 0));
+        jlog(SBX_LOG_INFO, j, "already %s; skipped", PQgetvalue(res, 0, 0));
         j->w->stats.duplicates++;
         finish(j);
         return;
@@ -528,7 +531,7 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
         j->backoff = 0;
         sbx__waitq_unlist(&w->waits, &j->wt);
-        sbx_info("job", "%s leased %s token=%" PRId64, j->id, j->slot, j->token);
+        jlog(SBX_LOG_INFO, j, "leased %s token=%" PRId64, j->slot, j->token);
         if (transition(j, J_CLAIMING))
             step(j);
         return;
@@ -556,7 +559,7 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         /* A previous owner (killed, or still running after a rebalance)
          * holds this job's lease: wait for it to end or expire. */
         w->stats.lease_waits++;
-        sbx_info("job", "%s lease still held on %s for %" PRId64 " ms; waiting", j->id,
+        jlog(SBX_LOG_INFO, j, "lease still held on %s for %" PRId64 " ms; waiting",
                  rep->slot, rep->ttl_left_ms);
         d = rep->ttl_left_ms > 0 ? (uint64_t)rep->ttl_left_ms + 50 : 100;
         if (d > (uint64_t)w->cfg.lease_ttl_ms)
@@ -610,7 +613,7 @@ static void lose_lease(job *j, const char *why)
         return;
     j->lost = 1;
     j->w->stats.fenced_out++;
-    sbx_warn("job", "%s lost its lease on %s (%s): stopping the build, writing nothing", j->id,
+    jlog(SBX_LOG_WARN, j, "lost its lease on %s (%s): stopping the build, writing nothing",
              j->slot, why);
     sbx_timer_stop(j->w->loop, &j->renew);
     if (j->run)
@@ -627,7 +630,7 @@ static void on_renewed(void *arg, const sbx_lease_reply *rep)
     if (rep->status == SBX_LEASE_OK) {
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
         if (rep->reaped)
-            sbx_warn("job", "%s lease on %s was gone from Redis; restored", j->id, j->slot);
+            jlog(SBX_LOG_WARN, j, "lease on %s was gone from Redis; restored", j->slot);
     } else if (rep->status == SBX_LEASE_LOST) {
         lose_lease(j, "renewal refused: a newer owner or expired");
         return;
@@ -671,7 +674,7 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
         return;
     if (rep->status == SBX_LEASE_ERROR) {
         /* Redis down: the lease expires by itself; the reaper returns the slot. */
-        sbx_warn("job", "%s release of %s failed (%s); it will expire", j->id, j->slot,
+        jlog(SBX_LOG_WARN, j, "release of %s failed (%s); it will expire", j->slot,
                  rep->error ? rep->error : "?");
     }
     j->have_lease = 0;
@@ -756,7 +759,7 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
     if (j->st != J_CLAIMING)
         return;
     if (!res || PQntuples(res) != 1) {
-        sbx_warn("job", "%s claim failed: %s", j->id, err ? err : "no row");
+        jlog(SBX_LOG_WARN, j, "claim failed: %s", err ? err : "no row");
         release(j, AR_WAIT);
         return;
     }
@@ -773,11 +776,11 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
         return;
     }
     if (strcmp(result, "terminal") == 0) {
-        sbx_info("job", "%s already %s; releasing", j->id, PQgetvalue(res, 0, 1));
+        jlog(SBX_LOG_INFO, j, "already %s; releasing", PQgetvalue(res, 0, 1));
         release(j, AR_DONE);
         return;
     }
-    sbx_info("job", "%s claim: %s (status %s); waiting", j->id, result, PQgetvalue(res, 0, 1));
+    jlog(SBX_LOG_INFO, j, "claim: %s (status %s); waiting", result, PQgetvalue(res, 0, 1));
     if (strcmp(result, "stale") == 0)
         j->w->stats.fenced_out++;
     release(j, AR_WAIT);
@@ -812,7 +815,7 @@ static void on_running_written(void *arg, PGresult *res, const char *err)
     job *j = arg;
     op_done(j);
     if (err) {
-        sbx_warn("job", "%s running write: %s", j->id, err);
+        jlog(SBX_LOG_WARN, j, "running write: %s", err);
         return;
     }
     if (res && strcmp(PQgetvalue(res, 0, 0), "f") == 0 && j->st == J_RUNNING)
@@ -886,7 +889,7 @@ static void on_terminal_written(void *arg, PGresult *res, const char *err)
     }
     if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
         w->stats.fenced_out++;
-        sbx_warn("job", "%s terminal write refused: a newer owner holds the run", j->id);
+        jlog(SBX_LOG_WARN, j, "terminal write refused: a newer owner holds the run");
         release(j, AR_WAIT);
         return;
     }
@@ -898,7 +901,7 @@ static void on_terminal_written(void *arg, PGresult *res, const char *err)
         w->stats.canceled++;
     else
         w->stats.failed++;
-    sbx_info("job", "%s %s exit=%d attempt=%d in %" PRIu64 " ms", j->id, j->status,
+    jlog(SBX_LOG_INFO, j, "%s exit=%d attempt=%d in %" PRIu64 " ms", j->status,
              j->res ? j->res->exit_code : -1, j->attempt, sbx_now_ms() - j->started_ms);
     release(j, AR_DONE);
 }
@@ -940,7 +943,7 @@ static void on_claim_handed_back(void *arg, PGresult *res, const char *err)
     (void)res;
     op_done(j);
     if (err)
-        sbx_warn("job", "%s hand-back: %s", j->id, err);
+        jlog(SBX_LOG_WARN, j, "hand-back: %s", err);
     if (j->st == J_UNCLAIMING)
         release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
 }
@@ -970,7 +973,7 @@ static void hand_claim_back(job *j, const char *sql, const char *why)
  * counted), give the lease back and wait for capacity. */
 static void unclaim(job *j, const char *why)
 {
-    sbx_info("job", "%s: slot %s not free on the provider's side (%s); waiting", j->id, j->slot,
+    jlog(SBX_LOG_INFO, j, "slot %s not free on the provider's side (%s); waiting", j->slot,
              why);
     j->w->stats.lease_waits++;
     j->marked_waiting = 1;
@@ -1029,14 +1032,14 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
         return;
     case SBX_OUTCOME_JOB_ERROR:
         /* Every attempt would meet the same content: end it now, with why. */
-        sbx_info("job", "%s cannot run as given (attempt %d): %s", j->id, j->attempt, res->error);
+        jlog(SBX_LOG_INFO, j, "cannot run as given (attempt %d): %s", j->attempt, res->error);
         if (!j->res->error[0])
             snprintf(j->res->error, sizeof(j->res->error), "the provider refused the job");
         j->status = "failed";
         break;
     case SBX_OUTCOME_ERROR:
         if (j->attempt < w->cfg.max_attempts) {
-            sbx_warn("job", "%s provider error on attempt %d/%d: %s", j->id, j->attempt,
+            jlog(SBX_LOG_WARN, j, "provider error on attempt %d/%d: %s", j->attempt,
                      w->cfg.max_attempts, res->error);
             requeue(j, res->error);
             return;
@@ -1144,7 +1147,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
         }
         j->refs[j->nrefs++] = m->ref;
         w->stats.duplicates++;
-        sbx_info("job", "%s delivered again (p%d@%" PRId64 "); joined the running one", j->id,
+        jlog(SBX_LOG_INFO, j, "delivered again (p%d@%" PRId64 "); joined the running one",
                  (int)m->partition, m->offset);
         sbx_job_free(spec);
         return;
@@ -1181,7 +1184,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
         job_free(j);
         return;
     }
-    sbx_debug("job", "%s received p%d@%" PRId64, j->id, (int)m->partition, m->offset);
+    jlog(SBX_LOG_DEBUG, j, "received p%d@%" PRId64, (int)m->partition, m->offset);
     step(j);
 }
 
@@ -1190,7 +1193,7 @@ void sbx__jobs_cancel(sbx_worker *w, const char *job_id)
     job *j = sbx__jobtab_find(&w->jobs, job_id);
     if (!j)
         return;
-    sbx_info("job", "%s cancel requested (state %s)", j->id, state_names[j->st]);
+    jlog(SBX_LOG_INFO, j, "cancel requested (state %s)", state_names[j->st]);
     j->cancel = 1;
     switch (j->st) {
     case J_STARTING:

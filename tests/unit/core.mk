@@ -8,3 +8,5 @@ TEST_BINS += $(BUILD)/tests/test_prune
 $(BUILD)/tests/test_prune: $(BUILD)/obj/tests/unit/svc.o
 # The Redis contract: the scripts name only the keys common/rkeys.h lists.
 TEST_BINS += $(BUILD)/tests/test_rkeys
+# Log lines: text and SBX_LOG_FORMAT=json (common/log.c).
+TEST_BINS += $(BUILD)/tests/test_log
