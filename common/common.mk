@@ -1,11 +1,12 @@
 # common/common.mk — code both programs link: the event loop, logging, the
-# Redis connection, text helpers, the settings-table engine and the
+# Redis connection, text helpers, the settings-table engine, latency
+# histograms (hist.c) and the
 # bubblewrap sandbox with its cgroups, seccomp filter and network (netns.c,
 # egress.c). COMMON_OBJS is what sbx-worker and sbx-agent link; nothing here
 # may include a header from worker/ or agent/.
 COMMON_SRCS := common/loop.c common/log.c common/redis.c common/text.c common/opts.c common/buf.c \
                common/sandbox.c common/cgroup.c common/seccomp_filter.c common/netns.c \
-               common/egress.c
+               common/egress.c common/hist.c
 COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
 COMMON_INC  := -Icommon
 

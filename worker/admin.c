@@ -16,12 +16,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "hist.h"
 #include "log.h"
+#include "sbx.h"
 #include "worker.h"
 
-/* /metrics with a few dozen series fits easily; partitions' lag lines are
- * capped at ADMIN_LAG_LINES_MAX so the page stays bounded. */
-#define ADMIN_PAGE_MAX 16384
+/* /metrics with a few dozen series and three histograms (~1.5 KiB each)
+ * fits easily; partitions' lag lines are capped at ADMIN_LAG_LINES_MAX so
+ * the page stays bounded. */
+#define ADMIN_PAGE_MAX 32768
+/* One histogram's text: 19 lines of at most ~120 bytes. */
+#define ADMIN_HIST_MAX 4096
 #define ADMIN_LAG_LINES_MAX 256
 /* /readyz names at most this many stalled partitions (and counts them all
  * up to ADMIN_LAG_LINES_MAX), so the answer stays one short JSON line. */
@@ -65,6 +70,35 @@ static void put(page *p, const char *fmt, ...)
 static void metric(page *p, const char *name, const char *type, const char *help, uint64_t v)
 {
     put(p, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
+}
+
+/* A histogram goes in whole or not at all (put()'s rule). */
+static void histogram(page *p, const sbx_hist *h, const char *name, const char *help)
+{
+    char buf[ADMIN_HIST_MAX];
+    int n = sbx_hist_format(h, name, help, "", buf, sizeof(buf));
+    if (n > 0 && (size_t)n < sizeof(buf))
+        put(p, "%s", buf);
+}
+
+/* Slots of this worker's provider: how many it offers (0 for vmpool, whose
+ * agents register their own slots) and how many this worker's jobs lease. */
+static void slots(sbx_worker *w, page *p)
+{
+    const char **ids, **held;
+    size_t total = w->prov ? w->prov->ops->slots(w->prov, &ids) : 0, busy = 0;
+    size_t njobs = sbx__jobs_count(w);
+
+    if (njobs && (held = malloc(njobs * sizeof(*held)))) {
+        busy = sbx__jobs_leased_slots(w, held, njobs);
+        free(held);
+    }
+    put(p, "# HELP sbx_slots_total build slots this worker's provider offers (vmpool: 0, the "
+           "agents offer theirs)\n# TYPE sbx_slots_total gauge\n"
+           "sbx_slots_total{provider=\"%s\"} %zu\n", w->cfg.provider, total);
+    put(p, "# HELP sbx_slots_busy slots this worker's jobs hold a lease on\n"
+           "# TYPE sbx_slots_busy gauge\nsbx_slots_busy{provider=\"%s\"} %zu\n",
+        w->cfg.provider, busy);
 }
 
 /* Per partition: the oldest unfinished offset and its age (a long build
@@ -156,6 +190,16 @@ static void metrics(sbx_worker *w, page *p)
     put(p, "sbx_up{dep=\"kafka\"} %d\n", sbx_kafka_up(w->kafka));
     put(p, "sbx_up{dep=\"redis\"} %d\n", sbx_redis_connected(w->redis));
     put(p, "sbx_up{dep=\"postgres\"} %d\n", sbx_db_connected(w->db));
+    histogram(p, &s->queue_wait, "sbx_queue_wait_seconds",
+              "from a job's enqueue (its Kafka timestamp) to its claim by this worker");
+    histogram(p, &s->to_running, "sbx_create_to_running_seconds",
+              "from a job's enqueue to its build running");
+    histogram(p, &s->build, "sbx_build_duration_seconds",
+              "from a build's start to its outcome written");
+    slots(w, p);
+    put(p, "# HELP sbx_build_info the running sbx-worker's version\n"
+           "# TYPE sbx_build_info gauge\nsbx_build_info{program=\"sbx-worker\",version=\"%s\","
+           "git=\"%s\"} 1\n", sbx_version(), sbx_version_git());
     put(p, "# HELP sbx_kafka_consumer_lag messages behind the partition's end\n"
            "# TYPE sbx_kafka_consumer_lag gauge\n");
     for (int i = 0; i < nlag; i++)

@@ -49,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "assert.h"
 #include "log.h"
@@ -58,6 +59,10 @@
 
 /* A line about job j: its job and project ids ride along as fields (log.h). */
 #define jlog(lvl, j, ...) sbx_log_job((lvl), "job", (j)->id, (j)->spec->project_id, __VA_ARGS__)
+
+/* Each histogram counts a job once, however often it is retried. */
+#define SEEN_CLAIMED 1u
+#define SEEN_RUNNING 2u
 
 /* Capacity waits poll at most this far apart (a local release wakes sooner). */
 #define WAIT_MAX_MS 1000
@@ -166,6 +171,8 @@ struct job {
     const char *status;         /* terminal status being written */
     sbx_result *res;
     uint64_t started_ms;
+    int64_t enqueued_ms;        /* Kafka timestamp (wall clock); <= 0: unknown */
+    unsigned seen;              /* SEEN_* histograms this job was counted in */
 };
 
 int sbx__job_nstates(void) { return J_NSTATES; }
@@ -314,6 +321,19 @@ size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max)
     leased l = {out, 0, max};
     sbx__jobtab_each((sbx_jobtab *)&w->jobs, add_leased, &l);
     return l.n;
+}
+
+/* Seconds since the job was enqueued, into h once (bit). The producer's
+ * clock is another host's: a skewed one shows as 0 or as a long wait. */
+static void observe_since_enqueue(job *j, sbx_hist *h, unsigned bit)
+{
+    struct timespec now;
+    if (j->seen & bit || j->enqueued_ms <= 0)
+        return;
+    j->seen |= bit;
+    clock_gettime(CLOCK_REALTIME, &now);
+    sbx_hist_observe(h, ((double)now.tv_sec * 1000 + (double)now.tv_nsec / 1e6 -
+                         (double)j->enqueued_ms) / 1000.0);
 }
 
 static uint64_t jitter(uint64_t ms)
@@ -768,6 +788,7 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
     if (strtoll(PQgetvalue(res, 0, 3), NULL, 10) > j->row_token)
         j->row_token = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
     if (strcmp(result, "claimed") == 0) {
+        observe_since_enqueue(j, &j->w->stats.queue_wait, SEEN_CLAIMED);
         if (j->w->stopping) {
             requeue(j, "worker shutting down");
             return;
@@ -901,6 +922,8 @@ static void on_terminal_written(void *arg, PGresult *res, const char *err)
         w->stats.canceled++;
     else
         w->stats.failed++;
+    if (j->started_ms)
+        sbx_hist_observe(&w->stats.build, (double)(sbx_now_ms() - j->started_ms) / 1000.0);
     jlog(SBX_LOG_INFO, j, "%s exit=%d attempt=%d in %" PRIu64 " ms", j->status,
              j->res ? j->res->exit_code : -1, j->attempt, sbx_now_ms() - j->started_ms);
     release(j, AR_DONE);
@@ -998,6 +1021,7 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
             return;
         if (!transition(j, J_RUNNING))
             return;
+        observe_since_enqueue(j, &w->stats.to_running, SEEN_RUNNING);
         if (!j->lost)
             write_fenced(j, "running", res && res->instance[0] ? res->instance : NULL, res,
                          LATE_RUNNING);
@@ -1169,6 +1193,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     memcpy(j->raw, m->payload, m->len);
     j->raw[m->len] = '\0';
     j->rawlen = m->len;
+    j->enqueued_ms = m->timestamp_ms;
     j->caprefs = 2;
     j->refs[j->nrefs++] = m->ref;
     j->te.id = j->id;

@@ -288,6 +288,9 @@ static void handle(sbx_kafka *k, rd_kafka_message_t *m)
     }
     msg.payload = m->payload ? m->payload : "";
     msg.len = m->len;
+    /* CreateTime as the producer set it (LogAppendTime on a topic that says
+     * so): when the job was enqueued, for the queue-wait histograms. */
+    msg.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
     k->cb(k->arg, &msg);
 }
 

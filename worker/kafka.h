@@ -25,6 +25,7 @@ typedef struct sbx_kafka_msg {
     size_t key_len;
     const char *payload;
     size_t len;
+    int64_t timestamp_ms;   /* the message's Kafka timestamp (wall clock, ms); -1: none */
     sbx_offset_ref ref;     /* hand to sbx_kafka_done() when finished */
 } sbx_kafka_msg;
 

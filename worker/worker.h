@@ -10,6 +10,7 @@
 #include "config.h"
 #include "db.h"
 #include "dlq.h"
+#include "hist.h"
 #include "jobtable.h"
 #include "kafka.h"
 #include "lease.h"
@@ -21,10 +22,14 @@
 
 typedef struct sbx_worker sbx_worker;
 
-/* Counters the cron logs and tests read from the log. */
+/* Counters the cron logs and tests read from the log; histograms /metrics
+ * shows (job.c observes each once per job and worker). */
 typedef struct sbx_stats {
     uint64_t received, duplicates, dead_lettered, succeeded, failed, timed_out, canceled;
     uint64_t lease_waits, fenced_out, retries;
+    sbx_hist queue_wait;        /* enqueued (Kafka timestamp) -> claimed */
+    sbx_hist to_running;        /* enqueued -> the provider said STARTED */
+    sbx_hist build;             /* build started -> its outcome written */
 } sbx_stats;
 
 struct sbx_worker {

@@ -10,3 +10,5 @@ $(BUILD)/tests/test_prune: $(BUILD)/obj/tests/unit/svc.o
 TEST_BINS += $(BUILD)/tests/test_rkeys
 # Log lines: text and SBX_LOG_FORMAT=json (common/log.c).
 TEST_BINS += $(BUILD)/tests/test_log
+# Latency histograms (common/hist.c).
+TEST_BINS += $(BUILD)/tests/test_hist

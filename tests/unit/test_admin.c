@@ -38,16 +38,17 @@
 
 #include "admin.h"
 #include "log.h"
+#include "sbx.h"
 #include "svc.h"
 #include "worker.h"
 
 #define WAIT_MS 15000
-/* A response is a few kilobytes (admin.c's page is 16 KiB at most). */
+/* A response is a few kilobytes (admin.c's page is 32 KiB at most). */
 #define RESP_MAX 65536
 /* admin.c's MHD_OPTION_CONNECTION_LIMIT and MHD_OPTION_CONNECTION_TIMEOUT. */
 #define CONN_LIMIT 64
 #define CONN_TIMEOUT_S 10
-#define PAGE_MAX 16384
+#define PAGE_MAX 32768
 #define TOPIC "sbx.jobs"
 
 static sbx_loop *L;
@@ -287,7 +288,8 @@ static int all_up(const void *arg)
 /* ---- /metrics ---- */
 
 /* Every line is complete and is a comment (# HELP / # TYPE) or a sample of
- * a family whose TYPE came before it, with a number for value. */
+ * a family whose TYPE came before it, with a number for value; a
+ * histogram's samples are its name with _bucket, _sum or _count. */
 static void check_exposition(const char *page)
 {
     char families[64][96];
@@ -305,7 +307,8 @@ static void check_exposition(const char *page)
         if (strncmp(line, "# TYPE ", 7) == 0) {
             char type[32];
             assert_int_equal(sscanf(line + 7, "%95s %31s", fam, type), 2);
-            assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0);
+            assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 ||
+                        strcmp(type, "histogram") == 0);
             assert_true(nf < 64);
             snprintf(families[nf++], sizeof(families[0]), "%s", fam);
         } else if (strncmp(line, "# HELP ", 7) == 0) {
@@ -321,6 +324,12 @@ static void check_exposition(const char *page)
             snprintf(fam, sizeof(fam), "%.*s", (int)n, line);
             for (int i = 0; i < nf; i++)
                 known |= strcmp(families[i], fam) == 0;
+            for (int i = 0; i < nf && !known; i++) {
+                size_t fl = strlen(families[i]);
+                known = strncmp(families[i], fam, fl) == 0 &&
+                        (strcmp(fam + fl, "_bucket") == 0 || strcmp(fam + fl, "_sum") == 0 ||
+                         strcmp(fam + fl, "_count") == 0);
+            }
             if (!known)
                 fail_msg("sample before its # TYPE: %s", line);
             if (line[n] == '{')
@@ -536,8 +545,25 @@ static void t_metrics(void **state)
     W.stats = (sbx_stats){.received = 11, .duplicates = 2, .dead_lettered = 3, .succeeded = 5,
                           .failed = 7, .timed_out = 13, .canceled = 17, .lease_waits = 19,
                           .fenced_out = 23, .retries = 29};
+    sbx_hist_observe(&W.stats.build, 2.0);
+    sbx_hist_observe(&W.stats.queue_wait, 0.2);
     assert_true(until(lag_is, &lag, WAIT_MS));
     page = metrics();
+    expect_line(page, "# TYPE sbx_build_duration_seconds histogram");
+    expect_line(page, "sbx_build_duration_seconds_bucket{le=\"1\"} 0");
+    expect_line(page, "sbx_build_duration_seconds_bucket{le=\"2.5\"} 1");
+    expect_line(page, "sbx_build_duration_seconds_bucket{le=\"+Inf\"} 1");
+    expect_line(page, "sbx_build_duration_seconds_count 1");
+    expect_line(page, "sbx_queue_wait_seconds_bucket{le=\"0.25\"} 1");
+    expect_line(page, "sbx_create_to_running_seconds_count 0");
+    expect_line(page, "# TYPE sbx_slots_total gauge");
+    expect_line(page, "# TYPE sbx_slots_busy gauge");
+    {
+        char info[256];
+        snprintf(info, sizeof(info), "sbx_build_info{program=\"sbx-worker\",version=\"%s\",git=\"%s\"} 1",
+                 sbx_version(), sbx_version_git());
+        expect_line(page, info);
+    }
     expect_line(page, "# TYPE sbx_jobs_received_total counter");
     expect_line(page, "sbx_jobs_received_total 11");
     expect_line(page, "sbx_jobs_finished_total{status=\"succeeded\"} 5");
