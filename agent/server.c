@@ -66,6 +66,7 @@
  * "token_unverified" if the counter could not be read in FENCE_WAIT_MS.
  */
 #include "server.h"
+#include "metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -112,6 +113,8 @@
 #define FOLLOW_BLOCK (64 * 1024)
 /* MHD asks to be run again within this at the latest (a safety net). */
 #define MHD_RUN_MAX_MS 1000
+/* GET /metrics: about 40 lines (metrics.h), well under 8 KiB. */
+#define METRICS_PAGE_MAX 8192
 
 typedef enum wkind { W_POLL, W_FOLLOW, W_FENCE } wkind;
 
@@ -165,6 +168,7 @@ struct sbx_server {
     int fence_asking;              /* a question is out since fence_asked_ms */
     int fence_unknown;             /* the last answer was "could not read" */
     uint64_t fence_asked_ms;
+    sbx_agent_metrics metrics;     /* GET /metrics (metrics.h) */
 };
 
 /* One request (MHD's con_cls). */
@@ -252,6 +256,10 @@ static void on_wait_timer(sbx_timer *t)
 void sbx_server_notify(sbx_server *s, const char *run_id, sbx_runs_event ev)
 {
     waiter *w = s->waiters;
+    sbx_run_view v;
+
+    if (ev == SBX_RUNS_END && sbx_runs_view(s->runs, run_id, &v) == 0)
+        sbx__metrics_run_ended(&s->metrics, &v);
     while (w) {
         waiter *next = w->next;
         if (strcmp(w->run_id, run_id) == 0 && (ev == SBX_RUNS_END || w->kind == W_FOLLOW))
@@ -1046,6 +1054,23 @@ static enum MHD_Result method_not_allowed(struct MHD_Connection *c, const char *
     return ret;
 }
 
+/* Prometheus text; the page is small (metrics.h), made on the stack. */
+static enum MHD_Result h_metrics(sbx_server *s, struct MHD_Connection *c)
+{
+    char page[METRICS_PAGE_MAX];
+    size_t n = sbx__metrics_page(&s->metrics, s->runs, page, sizeof(page));
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, page, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ret;
+
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result route(sbx_server *s, req *q, struct MHD_Connection *c, const char *url,
                              const char *method)
 {
@@ -1057,6 +1082,8 @@ static enum MHD_Result route(sbx_server *s, req *q, struct MHD_Connection *c, co
 
     if (!strcmp(url, "/health"))
         return get ? h_health(s, c) : method_not_allowed(c, "GET, HEAD");
+    if (!strcmp(url, "/metrics"))
+        return get ? h_metrics(s, c) : method_not_allowed(c, "GET, HEAD");
     if (!strcmp(url, "/wake"))
         return post ? h_wake(s, q, c) : method_not_allowed(c, "POST");
     if (!strncmp(url, "/runs/", 6) || !strncmp(url, "/preview/", 9)) {

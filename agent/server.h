@@ -6,6 +6,13 @@
  *   GET  /livez                     200 "ok" without the key: the process
  *                                   answers HTTP (nothing about runs)
  *   GET  /health                    {"id","state","capacity","slots","running":[...]}
+ *   GET  /metrics                   Prometheus text (metrics.h): capacity, runs
+ *                                   active, builds by outcome, build duration,
+ *                                   version. Behind the key too: the port is open
+ *                                   to the VM's whole network, and build counts
+ *                                   and timings say what the tenants on this VM
+ *                                   are doing; Prometheus sends the key with
+ *                                   `authorization: {credentials_file: ...}`
  *   POST /wake                      {"slot","token","job":{...},"attempt"} -> {"run_id"}
  *                                   409 {"error":"stale_token"|"busy"|"future_token"},
  *                                   503 draining or token_unverified

@@ -47,11 +47,11 @@ $(FUZZ_DIR)/obj/ndebug/%.o: %.c | $(DEPS_STAMP)
 $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c) $(FUZZ_NDEBUG_OBJS) $(FUZZ_COMMON)
 # The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
 # and libmicrohttpd-dev, no Redis).
-FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c \
+FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c \
                    common/loop.c common/log.c common/sandbox.c common/cgroup.c common/seccomp_filter.c \
-                   common/netns.c common/egress.c common/text.c common/buf.c \
-                   producers/lib/message.c producers/lib/utf8.c
-$(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c): \
+                   common/netns.c common/egress.c common/text.c common/buf.c common/hist.c \
+                   producers/lib/message.c producers/lib/utf8.c producers/lib/version.c
+$(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c): \
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
 $(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd libseccomp)
 $(FUZZ_DIR)/fuzz_agent: $(call fuzzobj,$(FUZZ_AGENT_SRCS)) $(FUZZ_COMMON)
