@@ -85,5 +85,7 @@ install: bins
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 migrations/*.sql $(DESTDIR)$(PREFIX)/share/sbx/migrations/
 	install -m 644 schemas/*.json $(DESTDIR)$(PREFIX)/share/sbx/schemas/
+	install -d $(DESTDIR)$(PREFIX)/share/sbx/systemd
+	install -m 644 docker/systemd/*.service docker/systemd/*.env.example $(DESTDIR)$(PREFIX)/share/sbx/systemd/
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

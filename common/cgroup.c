@@ -19,7 +19,8 @@
  * co-mounted in one hierarchy share a directory). The probe runs once per
  * process and checks that we can create directories there: anything else
  * (not root, read-only cgroupfs) means "no cgroups", and the caller keeps
- * its rlimits.
+ * its rlimits. Under systemd (Delegate=yes) the unit's cgroup holds our own
+ * process, so we first move into a leaf of it (move_to_leaf()).
  *
  * Ending. The caller frees the cgroup only once the sandbox's processes are
  * gone (its uid sweep), so rmdir normally succeeds at once; whatever is
@@ -217,6 +218,32 @@ static int make_dir(const char *base, const char *sub, char *out)
     return 0;
 }
 
+/* A delegated systemd service (Delegate=yes: docker/systemd/) starts in a
+ * cgroup of its own, which holds its main process; the kernel refuses to
+ * enable controllers for the children of a non-root cgroup that holds
+ * processes. So, as systemd's delegation rules ask, the process moves into
+ * a leaf of its cgroup, supervisor/, and the cgroup itself then holds only
+ * cgroups. Only when we are alone there: out of a cgroup shared with other
+ * processes (a shell, a test runner) the move would not help, and would
+ * change where we are for nothing. Returns 0 when moved. */
+static int move_to_leaf(const char *v2)
+{
+    char buf[CG_SMALL_READ], d[PATH_MAX], self[24];
+
+    if (get(v2, "cgroup.procs", buf, sizeof(buf)) != 0)
+        return -1;
+    snprintf(self, sizeof(self), "%ld", (long)getpid());
+    for (const char *c = buf; *c;) {
+        size_t n = strcspn(c, "\n");
+        if (n && (n != strlen(self) || strncmp(c, self, n) != 0))
+            return -1;
+        c += n + (c[n] != '\0');
+    }
+    if (make_dir(v2, "supervisor", d) != 0 || put(d, "cgroup.procs", "0") != 0)
+        return -1;
+    return 0;
+}
+
 static void probe(void)
 {
     char v2[PATH_MAX] = "", v1[CG_N][PATH_MAX], buf[CG_SMALL_READ], d[PATH_MAX];
@@ -227,7 +254,10 @@ static void probe(void)
     if (v2[0] && get(v2, "cgroup.controllers", buf, sizeof(buf)) == 0 &&
         has_token(buf, "memory", ' ') && has_token(buf, "cpu", ' ') && has_token(buf, "pids", ' ')) {
         /* Our subtree must offer the controllers to sbx/ and below. */
-        if (put(v2, "cgroup.subtree_control", "+memory +cpu +pids") == 0 &&
+        int offered = put(v2, "cgroup.subtree_control", "+memory +cpu +pids") == 0 ||
+                      (move_to_leaf(v2) == 0 &&
+                       put(v2, "cgroup.subtree_control", "+memory +cpu +pids") == 0);
+        if (offered &&
             make_dir(v2, "sbx", d) == 0 &&
             put(d, "cgroup.subtree_control", "+memory +cpu +pids") == 0) {
             for (int i = 0; i < CG_N; i++)

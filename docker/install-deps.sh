@@ -11,7 +11,7 @@
 # build stage); the default, SBX_DEPS=all, adds the real services and tools
 # the test suite runs: PostgreSQL 15, Redis, Kafka (through Java and Maven),
 # bubblewrap, slirp4netns and nftables (networked builds), Podman, kcat,
-# valgrind, clang, pytest and psycopg.
+# valgrind, clang, systemd-analyze, pytest and psycopg.
 #
 # Java, Node.js and npm are checked by command only: a machine may carry them
 # from elsewhere (a vendor JDK, NodeSource's nodejs with its own npm), and
@@ -75,6 +75,9 @@ if [ "$mode" = all ]; then
     ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 \
         || need libclang-rt-14-dev
     have ps || need procps
+    # systemd-analyze verify checks the units of docker/systemd/ (tests/e2e/test_ops.py);
+    # the package installs without systemd running as init.
+    have systemd-analyze || need systemd
 
     # pytest and psycopg belong to whichever python3 runs the tests. For
     # Debian's own interpreter they come from apt (pip is refused there,
