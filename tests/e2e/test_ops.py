@@ -85,7 +85,7 @@ def test_systemd_units_verify(tmp_path):
     broken = root / "etc/systemd/system/sbx-agent.service"
     broken.write_text(broken.read_text().replace("KillMode=mixed", "KillMode=mixd"))
     r = verify("sbx-agent.service")
-    assert "KillMode" in r.stderr, r.stderr
+    assert "kill mode" in r.stderr, r.stderr
 
 
 def test_migrate_from_any_directory(services, pg, sbx_bin, tmp_path):
