@@ -30,6 +30,7 @@
  */
 #include "deps.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +170,7 @@ static void joined(sbx_deps *d, uint64_t now)
     d->changed_ms = now;
 }
 
-static void out(sbx_deps *d, uint64_t now)
+static void outside(sbx_deps *d, uint64_t now)
 {
     char why[96];
 
@@ -192,7 +193,7 @@ static void on_tick(sbx_timer *t)
         switch (d->st) {
         case SBX_DEPS_STARTING: starting(d, now); break;
         case SBX_DEPS_JOINED: joined(d, now); break;
-        case SBX_DEPS_OUT: out(d, now); break;
+        case SBX_DEPS_OUT: outside(d, now); break;
         case SBX_DEPS_FAILED: return;
         }
     }
@@ -200,17 +201,17 @@ static void on_tick(sbx_timer *t)
         sbx_timer_start(d->w->loop, &d->tick, TICK_MS);
 }
 
-int sbx__deps_new(sbx_worker *w, sbx_deps **out_)
+int sbx__deps_new(sbx_worker *w, sbx_deps **out)
 {
     sbx_deps *d = calloc(1, sizeof(*d));
     if (!d)
-        return -1;
+        return -ENOMEM;
     d->w = w;
     d->st = SBX_DEPS_STARTING;
     d->started_ms = d->changed_ms = sbx_now_ms();
     sbx_timer_init(&d->tick, on_tick, d);
     sbx_timer_start(w->loop, &d->tick, 0);
-    *out_ = d;
+    *out = d;
     return 0;
 }
 
