@@ -157,6 +157,25 @@ static void stalls_json(sbx_worker *w, page *p)
     put(p, "]");
 }
 
+/* Group membership (deps.c): whether this worker is in the consumer group,
+ * and how long each dependency has been down as deps.c counts it (the
+ * grace that makes the worker leave runs on this number). */
+static void intake_metrics(sbx_worker *w, page *p)
+{
+    if (!w->deps)
+        return;
+    metric(p, "sbx_consumer_group_member", "gauge",
+           "1 while this worker is in the consumer group; 0 while it waits for its "
+           "dependencies at start or left the group during an outage",
+           sbx__deps_state(w->deps) == SBX_DEPS_JOINED);
+    put(p, "# HELP sbx_dependency_down_seconds how long a dependency has been unreachable\n"
+           "# TYPE sbx_dependency_down_seconds gauge\n");
+    put(p, "sbx_dependency_down_seconds{dep=\"redis\"} %" PRIu64 "\n",
+        sbx__deps_down_s(w->deps, "redis"));
+    put(p, "sbx_dependency_down_seconds{dep=\"postgres\"} %" PRIu64 "\n",
+        sbx__deps_down_s(w->deps, "postgres"));
+}
+
 static void metrics(sbx_worker *w, page *p)
 {
     const sbx_stats *s = &w->stats;
@@ -200,6 +219,7 @@ static void metrics(sbx_worker *w, page *p)
     put(p, "# HELP sbx_build_info the running sbx-worker's version\n"
            "# TYPE sbx_build_info gauge\nsbx_build_info{program=\"sbx-worker\",version=\"%s\","
            "git=\"%s\"} 1\n", sbx_version(), sbx_version_git());
+    intake_metrics(w, p);
     put(p, "# HELP sbx_kafka_consumer_lag messages behind the partition's end\n"
            "# TYPE sbx_kafka_consumer_lag gauge\n");
     for (int i = 0; i < nlag; i++)
@@ -211,8 +231,9 @@ static void metrics(sbx_worker *w, page *p)
 static int ready(sbx_worker *w, page *p)
 {
     int k = sbx_kafka_up(w->kafka), r = sbx_redis_connected(w->redis), d = sbx_db_connected(w->db);
-    int ok = k && r && d && !w->stopping;
-    char why[256];
+    int member = !w->deps || sbx__deps_state(w->deps) == SBX_DEPS_JOINED;
+    int ok = k && r && d && member && !w->stopping;
+    char why[256], intake[96] = "joined";
     size_t n = 0;
 
     /* Why Redis is down (a refused password says so), as a JSON string:
@@ -225,6 +246,11 @@ static int ready(sbx_worker *w, page *p)
         ok ? "true" : "false", k ? "up" : "down", r ? "up" : "down", d ? "up" : "down",
         w->stopping ? "true" : "false", sbx__jobs_count(w), sbx_kafka_assigned_count(w->kafka),
         r ? "" : why);
+    /* "intake": in the group, waiting to join, or out ("paused: redis down
+     * 45s"): deps.c's own words, no quotes in them. */
+    if (w->deps)
+        sbx__deps_describe(w->deps, intake, sizeof(intake));
+    put(p, "\"intake\":\"%s\",", intake);
     /* A stall leaves "ready" as it is: the worker still serves its other
      * partitions, and a restart or another owner would meet the same
      * dead-letter topic. It is listed for the operator, who fixes the topic. */

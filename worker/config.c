@@ -43,6 +43,8 @@ static const sbx_opt opts[] = {
     {"SBX_MAX_ATTEMPTS", "max-attempts", "3", "tries of a job whose provider failed (not the build)", INT, I(max_attempts), 1, 100, 0, 0},
     {"SBX_RETRY_BASE_MS", "retry-base-ms", "200", "first retry delay; doubles, with jitter, up to 30 s", INT, I(retry_base_ms), 1, 60000, 0, 0},
     {"SBX_KAFKA_SESSION_TIMEOUT_MS", "kafka-session-timeout-ms", "10000", "how soon a dead worker's partitions move", INT, I(session_timeout_ms), 1000, 3600000, 0, 0},
+    {"SBX_STARTUP_WAIT_MS", "startup-wait-ms", "60000", "at start, how long to wait for Redis and PostgreSQL before joining the consumer group; past it the worker exits non-zero", INT, I(startup_wait_ms), 1000, 3600000, 0, 0},
+    {"SBX_DEPENDENCY_GRACE_MS", "dependency-grace-ms", "30000", "Redis or PostgreSQL down this long: intake pauses and the worker leaves the consumer group (its builds keep running) until the dependency is back", INT, I(dependency_grace_ms), 1000, 86400000, 0, 0},
     {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0, 0},
     {"SBX_RETENTION", "retention", "7d", "terminal runs and their history older than this are deleted (s, m, h or d: 7d, 24h, 3600s); 0: keep forever", STR, S(retention), 0, 0, 0, 0},
     {"SBX_PROJECT_POLICY", "project-policy", "queue", "when a project already has a build running: queue (wait), reject (end the new job canceled) or supersede (cancel the older builds)", STR, S(project_policy), 0, 0, 0, 0},

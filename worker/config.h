@@ -51,6 +51,8 @@ typedef struct sbx_config {
     int retry_base_ms;
     int session_timeout_ms;
     int shutdown_grace_ms;
+    int startup_wait_ms;        /* deps.c: wait for Redis and PostgreSQL at start */
+    int dependency_grace_ms;    /* deps.c: a dependency down this long: leave the group */
     char log_level[16];
     char log_format[8];         /* SBX_LOG_FORMAT: text or json */
     char project_policy[16];

@@ -65,6 +65,7 @@ struct sbx_db {
     char listen_sql[128];       /* "LISTEN <channel>", "" if none */
     sbx_db_notify_cb notify_cb;
     void *notify_arg;
+    char last_err[256];         /* first line of the last connect failure; "" when ready */
 };
 
 static void set_state(sbx_db *db, enum conn_state s)
@@ -101,6 +102,7 @@ static void drop_conn(sbx_db *db, const char *why)
         if (db->state == DB_READY)
             sbx_warn("db", "connection lost: %.*s (%zu statements will be sent again)",
                      (int)strcspn(why, "\n"), why, db->inflight);
+        snprintf(db->last_err, sizeof(db->last_err), "%.*s", (int)strcspn(why, "\n"), why);
         sbx_io_stop(&db->io);
         PQfinish(db->conn);
         db->conn = NULL;
@@ -278,6 +280,7 @@ static void connect_poll(sbx_db *db)
             return;
         }
         sbx_info("db", "connected (server %d)", PQserverVersion(db->conn));
+        db->last_err[0] = '\0';
         db->backoff_ms = RECONNECT_MIN_MS;
         if (db->listen_sql[0])
             push_front(db, db->listen_sql, NULL, NULL);
@@ -290,6 +293,7 @@ static void connect_poll(sbx_db *db)
         snprintf(msg, sizeof(msg), "%s", PQerrorMessage(db->conn));
         msg[strcspn(msg, "\n")] = '\0';
         sbx_warn("db", "connect failed: %s", msg);
+        memcpy(db->last_err, msg, sizeof(db->last_err));
         sbx_io_stop(&db->io);
         PQfinish(db->conn);
         db->conn = NULL;
@@ -335,7 +339,9 @@ static void start_connect(sbx_db *db)
 {
     db->conn = PQconnectStart(db->conninfo);
     if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
-        sbx_warn("db", "connect failed: %s", db->conn ? PQerrorMessage(db->conn) : "out of memory");
+        const char *why = db->conn ? PQerrorMessage(db->conn) : "out of memory";
+        snprintf(db->last_err, sizeof(db->last_err), "%.*s", (int)strcspn(why, "\n"), why);
+        sbx_warn("db", "connect failed: %s", db->last_err);
         if (db->conn)
             PQfinish(db->conn);
         db->conn = NULL;
@@ -427,6 +433,7 @@ int sbx_db_listen(sbx_db *db, const char *channel, sbx_db_notify_cb cb, void *ar
 }
 
 int sbx_db_connected(const sbx_db *db) { return db->state == DB_READY; }
+const char *sbx_db_last_error(const sbx_db *db) { return db->last_err; }
 size_t sbx_db_queued(const sbx_db *db) { return db->queued; }
 
 int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,

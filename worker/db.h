@@ -33,6 +33,9 @@ int sbx_db_new(sbx_loop *loop, const char *conninfo, sbx_db_state_cb state_cb, v
                sbx_db **out);
 void sbx_db_free(sbx_db *db);
 int sbx_db_connected(const sbx_db *db);
+/* Why the last connection attempt failed or the link broke (libpq's first
+ * line: never the password), "" once connected; for the start-up wait. */
+const char *sbx_db_last_error(const sbx_db *db);
 size_t sbx_db_queued(const sbx_db *db);
 
 /* Notifications: after every (re)connect the connection LISTENs to channel

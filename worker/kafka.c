@@ -20,6 +20,21 @@
  * before librdkafka 2.1). On revoke we commit what is stored and drop the
  * partitions' trackers; builds keep running (the new owner sees the job's
  * live lease and waits for it; see job.c).
+ *
+ * Membership (deps.c decides when): sbx_kafka_join() subscribes,
+ * sbx_kafka_leave() unsubscribes. librdkafka then revokes through the same
+ * callback as a rebalance (commit what is stored, drop the trackers) and
+ * sends LeaveGroup, so the group rebalances at once instead of after
+ * session.timeout.ms; a later subscribe joins again as a new member. While
+ * out, messages still queued for the old assignment are skipped untracked,
+ * so no job is started and no offset stored for a partition being given up.
+ *
+ * The dead-letter producer never asks the broker to create its topic
+ * (allow.auto.create.topics=false): a topic born from a metadata request
+ * gets the broker's defaults (its retention would delete dead letters), and
+ * a misspelt SBX_DLQ_TOPIC would fill a topic nobody reads. A missing topic
+ * is a failed publish like any other (retried, a stall in /readyz) until
+ * someone creates it; `sbx-worker --check-config` says so up front.
  */
 #include "kafka.h"
 
@@ -54,6 +69,11 @@
  * before it failed: librdkafka keeps a message for a topic it cannot find
  * (auto-creation off) queued for message.timeout.ms, 5 min by default. */
 #define DLQ_STALL_AFTER_MS 10000
+/* How soon the dead-letter producer gives up on a topic the broker says it
+ * does not know (librdkafka's default: 30 s), and how often it asks again:
+ * a topic created meanwhile is seen within this, not after librdkafka's
+ * 5 min refresh. One metadata request per 10 s is nothing to a broker. */
+#define DLQ_TOPIC_REFRESH_MS "10000"
 
 typedef struct dlq_op {
     sbx_offset_ref ref;
@@ -84,6 +104,7 @@ struct sbx_kafka {
     int paused;     /* by back-pressure */
     int held;       /* by shutdown */
     int closing;
+    int member;     /* subscribed (sbx_kafka_join), not left */
     int up;         /* -1 unknown yet, 0 no broker reachable, 1 reachable */
     sbx_kafka_lag lag[SBX_KAFKA_LAG_MAX];
     int nlag;
@@ -264,6 +285,11 @@ static void handle(sbx_kafka *k, rd_kafka_message_t *m)
     if (m->err) {
         if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
             sbx_warn("kafka", "consume: %s", rd_kafka_message_errstr(m));
+        return;
+    }
+    if (!k->member) {
+        sbx_debug("kafka", "p%d@%lld skipped: leaving the group", (int)m->partition,
+                  (long long)m->offset);
         return;
     }
     memset(&msg, 0, sizeof(msg));
@@ -509,6 +535,41 @@ void sbx_kafka_hold(sbx_kafka *k, int hold)
 }
 
 size_t sbx_kafka_pending(const sbx_kafka *k) { return sbx_offsets_pending(k->offsets); }
+int sbx_kafka_member(const sbx_kafka *k) { return k->member; }
+
+int sbx_kafka_join(sbx_kafka *k)
+{
+    rd_kafka_topic_partition_list_t *topics;
+    rd_kafka_resp_err_t e;
+
+    if (k->member)
+        return 0;
+    topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, k->topic, RD_KAFKA_PARTITION_UA);
+    e = rd_kafka_subscribe(k->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (e) {
+        sbx_error("kafka", "subscribe to %s: %s", k->topic, rd_kafka_err2str(e));
+        return -EIO;
+    }
+    k->member = 1;
+    sbx_info("kafka", "joining group (topic %s)", k->topic);
+    return 0;
+}
+
+void sbx_kafka_leave(sbx_kafka *k)
+{
+    rd_kafka_resp_err_t e;
+
+    if (!k->member)
+        return;
+    k->member = 0;
+    e = rd_kafka_unsubscribe(k->rk);
+    if (e)
+        sbx_warn("kafka", "unsubscribe: %s", rd_kafka_err2str(e));
+    sbx_info("kafka", "leaving group (%zu offsets unfinished stay uncommitted)",
+             sbx_offsets_pending(k->offsets));
+}
 int sbx_kafka_assigned_count(const sbx_kafka *k) { return k->assigned ? k->assigned->cnt : 0; }
 
 static int make_pipe(int p[2])
@@ -521,7 +582,6 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
 {
     sbx_kafka *k;
     rd_kafka_conf_t *cc = NULL, *pc = NULL;
-    rd_kafka_topic_partition_list_t *topics = NULL;
     char e[512], num[32];
     int rc = -EINVAL;
 
@@ -562,7 +622,10 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
         conf_set(pc, "bootstrap.servers", cfg->brokers, err, errlen) ||
         conf_set(pc, "client.id", cfg->client_id, err, errlen) ||
         conf_set(pc, "enable.idempotence", "true", err, errlen) ||
-        conf_set(pc, "linger.ms", "5", err, errlen))
+        conf_set(pc, "linger.ms", "5", err, errlen) ||
+        conf_set(pc, "allow.auto.create.topics", "false", err, errlen) ||
+        conf_set(pc, "topic.metadata.propagation.max.ms", DLQ_TOPIC_REFRESH_MS, err, errlen) ||
+        conf_set(pc, "topic.metadata.refresh.interval.ms", DLQ_TOPIC_REFRESH_MS, err, errlen))
         goto fail;
     for (const char *const *x = cfg->extra; x && *x; x++) {
         char kv[512], *eq;
@@ -608,19 +671,14 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
     sbx_io_set(loop, &k->io_c, SBX_READ);
     sbx_io_set(loop, &k->io_d, SBX_READ);
 
-    topics = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(topics, cfg->topic, RD_KAFKA_PARTITION_UA);
-    if (rd_kafka_subscribe(k->rk, topics)) {
+    if (!cfg->join_later && sbx_kafka_join(k) != 0) {
         snprintf(err, errlen, "kafka subscribe to %s failed", cfg->topic);
         goto fail;
     }
-    rd_kafka_topic_partition_list_destroy(topics);
     sbx_timer_start(loop, &k->tick, 1000);
     *out = k;
     return 0;
 fail:
-    if (topics)
-        rd_kafka_topic_partition_list_destroy(topics);
     if (cc)
         rd_kafka_conf_destroy(cc);
     if (pc)

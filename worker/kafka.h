@@ -35,6 +35,7 @@ typedef struct sbx_kafka_config {
     const char *brokers, *topic, *dlq_topic, *group, *client_id;
     int session_timeout_ms;
     int max_inflight;               /* intake pauses at this many unfinished offsets */
+    int join_later;                 /* 1: do not subscribe yet (sbx_kafka_join() will) */
     const char *const *extra;       /* "key=value" librdkafka settings, NULL-terminated */
 } sbx_kafka_config;
 
@@ -42,6 +43,13 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
                   sbx_kafka **out, char *err, size_t errlen);
 /* Leaves the group (commits stored offsets) and frees. */
 void sbx_kafka_close(sbx_kafka *k);
+/* Group membership. join subscribes to the job topic (0, or -EIO); leave
+ * unsubscribes: the partitions are revoked like in a rebalance (stored
+ * offsets committed, unfinished ones not, trackers dropped; running jobs
+ * untouched) and the group rebalances at once. Both are idempotent. */
+int sbx_kafka_join(sbx_kafka *k);
+void sbx_kafka_leave(sbx_kafka *k);
+int sbx_kafka_member(const sbx_kafka *k);
 
 void sbx_kafka_done(sbx_kafka *k, const sbx_offset_ref *ref);
 /* Publishes a dead-letter envelope (JSON, copied) keyed like the original;

@@ -1,13 +1,19 @@
 /* main.c — sbx-worker: wiring, the stop on SIGTERM, periodic duties.
  *
  *   sbx-worker [--flag value]...   run (see --help for every setting)
- *   sbx-worker --check-config      print the effective settings and exit
+ *   sbx-worker --check-config      print the effective settings, then try
+ *                                  each service (checks.c); exit 0 only if
+ *                                  all answered as needed
  *
  * The settings, signals and the loop's start and end are common/daemon.c's,
  * shared with sbx-agent.
  *
  * Periodic duties live in cron(): stats, provider sweeps, retention passes
  * (prune.c).
+ *
+ * The consumer is created outside the group; deps.c joins it once Redis and
+ * PostgreSQL answer (or stops the loop when SBX_STARTUP_WAIT_MS runs out),
+ * and takes it out of the group and back in around long outages.
  *
  * Shutdown (SIGTERM/SIGINT): intake stops at once; running builds get
  * SBX_SHUTDOWN_GRACE_MS to finish and be recorded; what is left is abandoned
@@ -194,9 +200,15 @@ static void on_stop(void *arg, int signo)
     sbx__jobs_shutdown(w, 0);
 }
 
+/* --help was asked: sbx_daemon_settings() returns 0 for it as for
+ * --check-config, and only the latter goes on to the service checks. */
+static int asked_help;
+
 static int load_config(void *cfg, int argc, char **argv, FILE *err)
 {
-    return sbx_config_load(cfg, argc, argv, err);
+    int rc = sbx_config_load(cfg, argc, argv, err);
+    asked_help = rc == 2;
+    return rc;
 }
 
 static void print_config(const void *cfg, FILE *out) { sbx_config_print(cfg, out); }
@@ -208,12 +220,16 @@ int main(int argc, char **argv)
     sbx_kafka_config kc;
     char err[512], redis_shown[1024], db_shown[1024], kextra[sizeof(w.cfg.kafka_conf)];
     const char *extra[KAFKA_EXTRA_MAX + 1];
-    int nextra = 0, rc, status = 1;
+    int nextra = 0, rc, status = 1, check_only = 0;
     sbx_timer cron_t;
     sbx_admin *admin = NULL;
 
     memset(&w, 0, sizeof(w));
+    for (int i = 1; i < argc; i++)
+        check_only |= strcmp(argv[i], "--check-config") == 0;
     rc = sbx_daemon_settings(argc, argv, &w.cfg, load_config, print_config);
+    if (rc == 0 && check_only && !asked_help)
+        return sbx__check_services(&w.cfg, stdout) ? 1 : 0;
     if (rc != SBX_DAEMON_RUN)
         return rc;
     if (sbx_daemon_start(&d, "sbx-worker", "worker", on_stop, &w) != 0)
@@ -262,11 +278,16 @@ int main(int argc, char **argv)
     kc.client_id = w.cfg.worker_id;
     kc.session_timeout_ms = w.cfg.session_timeout_ms;
     kc.max_inflight = w.cfg.max_inflight;
+    kc.join_later = 1;
     kc.extra = extra;
     rc = sbx_kafka_new(w.loop, &kc, on_message, &w, &w.kafka, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sbx-worker: SBX_BROKERS / SBX_KAFKA_CONF: %s\n", err);
         status = 2;
+        goto out;
+    }
+    if (sbx__deps_new(&w, &w.deps) != 0) {
+        fprintf(stderr, "sbx-worker: out of memory\n");
         goto out;
     }
 
@@ -283,9 +304,10 @@ int main(int argc, char **argv)
 
     rc = sbx_daemon_run(&d);
     log_stats(&w, "exit");
-    status = rc ? 1 : 0;
+    status = rc || sbx__deps_state(w.deps) == SBX_DEPS_FAILED ? 1 : 0;
 out:
     sbx_admin_free(admin);
+    sbx__deps_free(w.deps);
     sbx_timer_stop(w.loop, &cron_t);
     if (w.prov)
         w.prov->ops->destroy(w.prov);

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "deps.h"
 #include "dlq.h"
 #include "hist.h"
 #include "jobtable.h"
@@ -41,6 +42,7 @@ struct sbx_worker {
     sbx_leases *leases;
     sbx_provider *prov;
     sbx_prune *prune;             /* NULL: SBX_RETENTION=0 */
+    sbx_deps *deps;               /* group membership by dependency state; NULL in unit tests */
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
@@ -76,6 +78,11 @@ int sbx__job_move_legal(int from, int to);
 const unsigned long *sbx__job_moves(void);
 /* The state of the job with this id, or -1 when this worker holds none. */
 int sbx__job_state(const sbx_worker *w, const char *job_id);
+
+/* --check-config's connection checks (checks.c): Redis, PostgreSQL and its
+ * schema, Kafka and both topics; one line each on out. Returns the number
+ * of problems. */
+int sbx__check_services(const sbx_config *cfg, FILE *out);
 
 /* Builds w->prov from w->cfg (providers.c). */
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen);

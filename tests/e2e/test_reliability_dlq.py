@@ -11,10 +11,13 @@ visibly in /metrics and /readyz; the worker retries the publish with backoff
 and, once the topic takes it, the partition's commit reaches the end.
 
 The broker of the test services creates missing topics on first use
-(auto.create.topics.enable, tests/services/sbxsvc.py), so "the dead-letter
-topic missing" cannot be staged against it; a topic that refuses the
-envelope fails the publish the same way (a delivery error, retried), and a
-publish that is merely not acknowledged for 10 s counts as a stall too.
+(auto.create.topics.enable, tests/services/sbxsvc.py), but the worker's
+dead-letter producer never asks it to (allow.auto.create.topics=false), so
+"the dead-letter topic missing" is staged against it as on a broker with
+auto-creation off: the publish fails with "Unknown topic" and is retried
+until the topic is created. A topic that refuses the envelope fails the
+publish the same way (a delivery error, retried), and a publish that is
+merely not acknowledged for 10 s counts as a stall too.
 
 Topics with settings (max.message.bytes), alterations of them, and the
 group's committed offsets go through librdkafka's admin API with ctypes: the
@@ -357,3 +360,78 @@ def test_refused_dead_letter_stalls_visibly_then_recovers(pg, services, start_wo
     e = json.loads(envs[0]["payload"])
     assert e["reason"] == "schema_violation" and e["payload_truncated"] is False
     assert e["payload_sha256"] == hashlib.sha256(e["payload"].encode()).hexdigest()
+
+
+def test_missing_dead_letter_topic_stalls_visibly_then_recovers(pg, services, start_worker,
+                                                                workdir):
+    """SBX_DLQ_TOPIC names a topic that does not exist. The broker would
+    create it on a producer's metadata request (auto.create.topics.enable),
+    but the worker does not ask (allow.auto.create.topics=false), so this is
+    what a broker with auto-creation off shows too: the publish fails
+    ("Unknown topic") and is retried, /readyz and /metrics show the stall,
+    the job after it runs, the commit waits, and the topic stays missing.
+    Once someone creates it the dead letter goes through once, the commit
+    reaches the end and the lag is 0."""
+    brokers = services["SBX_BROKERS"]
+    tag = uuid.uuid4().hex[:10]
+    t = {"SBX_TOPIC": "sbx.e2e.rel.%s" % tag, "SBX_DLQ_TOPIC": "sbx.e2e.rel.%s.dlq" % tag,
+         "SBX_GROUP": "g-" + tag}
+    sbxsvc.create_topics(brokers, {t["SBX_TOPIC"]: 1}, 30)
+
+    def dlq_exists():
+        meta = json.loads(subprocess.run(["kcat", "-b", brokers, "-L", "-J"], capture_output=True,
+                                         text=True, timeout=30, check=True).stdout)
+        return any(x["topic"] == t["SBX_DLQ_TOPIC"] for x in meta["topics"])
+
+    port = sbxsvc._free_port(set())
+    base = "http://127.0.0.1:%d" % port
+    bad = job("p-bad", "true", timeout_s=0)
+    after = job("p-next", "echo next")
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_ADMIN_LISTEN="127.0.0.1:%d" % port,
+                     SBX_KAFKA_CONF="statistics.interval.ms=500", **t)
+    t0 = time.monotonic()
+    produce_raw(brokers, t["SBX_TOPIC"], [("p-bad", json.dumps(bad).encode()),
+                                          ("p-next", json.dumps(after).encode())])
+
+    def stalled():
+        code, body = _get(base + "/readyz")
+        return json.loads(body).get("stalled") or None
+
+    # Not acknowledged for 10 s counts as a stall before librdkafka fails it.
+    s = wait_until(stalled, 40, "/readyz lists the stall")
+    assert s[0]["partition"] == 0 and s[0]["offset"] == 0, s
+    t_stall = time.monotonic()
+    w.wait_log(r"dead-letter publish for p0@0 failed \(1 times\): .*[Uu]nknown topic", 60)
+    w.wait_log(r"dead-letter publish for p0@0 failed \(2 times\)", 60)
+    t_failed = time.monotonic()
+    s = stalled()
+    assert s and s[0]["failures"] >= 2 and "unknown topic" in s[0]["error"].lower(), s
+    assert metric_lines(base, "sbx_partition_stalled_offset") == \
+        ['sbx_partition_stalled_offset{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]]
+    st = wait_terminal(pg, [after["job_id"]], 60, [w])
+    assert st[after["job_id"]] == "succeeded"
+    assert metric_lines(base, "sbx_partition_oldest_unfinished_offset") == \
+        ['sbx_partition_oldest_unfinished_offset{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]]
+    assert committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) < 1
+    assert not dlq_exists(), "the worker created the dead-letter topic"
+
+    admin = _Rdk(brokers)
+    try:
+        admin.create_topic(t["SBX_DLQ_TOPIC"], 1)
+    finally:
+        admin.close()
+    t_created = time.monotonic()
+    w.wait_log(r"dead-letter publish succeeded after \d+ failures", 90)
+    t_through = time.monotonic()
+    wait_until(lambda: committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) == 2, 30,
+               "the commit at the partition's end")
+    assert stalled() is None
+    assert metric_lines(base, "sbx_partition_stalled_offset") == []
+    wait_until(lambda: metric_lines(base, "sbx_kafka_consumer_lag") ==
+               ['sbx_kafka_consumer_lag{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]],
+               30, "consumer lag 0")
+    envs = dead_letters(brokers, t["SBX_DLQ_TOPIC"])
+    assert len(envs) == 1 and json.loads(envs[0]["payload"])["reason"] == "schema_violation"
+    print("missing dead-letter topic: stall shown %.1f s after produce, 2nd failure %.1f s, "
+          "published %.1f s after the topic was created"
+          % (t_stall - t0, t_failed - t0, t_through - t_created))
