@@ -294,6 +294,7 @@ out:
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);
     sbx_prune_free(w.prune);
+    sbx__dead_letters_free(&w);
     sbx__jobs_abandon(&w);
     sbx_leases_free(w.leases);
     sbx_daemon_end(&d);

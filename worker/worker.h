@@ -40,6 +40,7 @@ struct sbx_worker {
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
+    sbx__dl *dls;                 /* dead letters being recorded or published (dlq.c) */
     sbx_stats stats;
     int stopping;                 /* 1: draining; 2: grace over, handing back */
     uint64_t stop_deadline_ms;
