@@ -416,3 +416,11 @@ void sbx__dead_letters_free(sbx_worker *w)
     while (w->dls)
         dl_free(w->dls);
 }
+
+size_t sbx__dead_letters_pending(const sbx_worker *w)
+{
+    size_t n = 0;
+    for (const sbx__dl *d = w->dls; d; d = d->next)
+        n++;
+    return n;
+}

@@ -30,6 +30,8 @@
 #ifndef SBX_DLQ_H
 #define SBX_DLQ_H
 
+#include <stddef.h>
+
 #include "kafka.h"
 
 typedef struct sbx_worker sbx_worker;
@@ -52,5 +54,7 @@ int sbx__dead_letter_job(sbx_worker *w, const sbx_kafka_msg *m, const char *reas
  * offsets stay unfinished and are redelivered). After sbx_kafka_close and
  * sbx_db_free, which drop the callbacks that point at them. */
 void sbx__dead_letters_free(sbx_worker *w);
+/* How many are under way (a gauge in /metrics). */
+size_t sbx__dead_letters_pending(const sbx_worker *w);
 
 #endif

@@ -36,6 +36,7 @@ struct sbx_worker {
     sbx_leases *leases;
     sbx_provider *prov;
     sbx_prune *prune;             /* NULL: SBX_RETENTION=0 */
+    sbx_prune *prune_dlq;         /* sbx.dead_letters; NULL: SBX_DLQ_RETENTION=0 */
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
