@@ -285,6 +285,7 @@ static void on_published(void *arg, int ok)
         dl_free(d);
         return;
     }
+    d->w->stats.dead_lettered++;
     d->st = DL_MARKING;
     d->backoff = 0;
     dl_step(d);
@@ -355,7 +356,6 @@ static int dead_letter(sbx_worker *w, const sbx_kafka_msg *m, const char *reason
 
     sbx_warn("job", "p%d@%" PRId64 " dead-lettered: %s: %s", (int)m->partition, m->offset,
              reason, detail);
-    w->stats.dead_lettered++;
     if (!d || envelope(m, w->cfg.worker_id, reason, detail, attempts,
                        (size_t)w->cfg.dlq_payload_max, &d->env, &d->row) != 0)
         goto nomem;
