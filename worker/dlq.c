@@ -140,6 +140,9 @@ static int envelope(const sbx_kafka_msg *m, const char *worker_id, const char *r
                     const char *detail, int attempts, size_t keep_max, char **env, char **row)
 {
     char jid[SBX_ID_MAX + 1], pid[SBX_ID_MAX + 1], ts[32], sha[65];
+    /* The detail may quote the message, cut anywhere by its buffer: as
+     * valid UTF-8 it can go into jsonb (the row) and any reader's parser. */
+    char clean[1024];
     json_object *o = json_object_new_object();
     char *kept = NULL;
     size_t kept_len = 0;
@@ -161,7 +164,8 @@ static int envelope(const sbx_kafka_msg *m, const char *worker_id, const char *r
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
     json_object_object_add(o, "v", json_object_new_int(1));
     json_object_object_add(o, "reason", json_object_new_string(reason));
-    json_object_object_add(o, "detail", json_object_new_string(detail));
+    sbx__utf8_sanitize(detail, strlen(detail), clean, sizeof(clean));
+    json_object_object_add(o, "detail", json_object_new_string(clean));
     json_object_object_add(o, "job_id", jid[0] ? json_object_new_string(jid) : NULL);
     json_object_object_add(o, "project_id", pid[0] ? json_object_new_string(pid) : NULL);
     json_object_object_add(o, "topic", json_object_new_string(m->topic));
