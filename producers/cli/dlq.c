@@ -268,7 +268,8 @@ static int cmd_show(int argc, char **argv, struct sbx__cli_config *cfg)
     field("attempts", val(r, 0, "attempts"));
     field("created", val(r, 0, "created_at"));
     snprintf(buf, sizeof buf, "%s%s%s", strcmp(val(r, 0, "published"), "t") == 0 ? "yes" : "no",
-             val(r, 0, "published_at") ? ", " : "", or_dash(val(r, 0, "published_at")));
+             val(r, 0, "published_at") ? ", " : "",
+             val(r, 0, "published_at") ? val(r, 0, "published_at") : "");
     field("published", buf);
     snprintf(buf, sizeof buf, "%s%s%s", val(r, 0, "replays"),
              val(r, 0, "replayed_at") ? ", last " : "",
