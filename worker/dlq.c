@@ -13,7 +13,17 @@
  * letters apart or match one against a producer's copy after redacting it
  * the same way, and a hash of text whose secrets are already replaced by
  * "<redacted>" tells a reader nothing the text itself would not (redact.h
- * and schemas/README.md say why a hash of the original is not kept). */
+ * and schemas/README.md say why a hash of the original is not kept).
+ *
+ * Each dead letter is then a small state machine of its own (sbx__dl):
+ * RECORDING (sbx.record_dead_letter: the row, or the news that it exists)
+ * -> PUBLISHING (kafka.c, retried until the broker has it) -> MARKING
+ * (sbx.dead_letter_published) -> the offset done, or the job told. A row
+ * that says "published" skips the middle. The steps are ordered so that a
+ * crash anywhere leaves the offset unfinished and the next owner repeats
+ * only what is missing; the row is the dedupe key a topic replay meets. The
+ * row goes to PostgreSQL as the envelope itself (jsonb) minus its key, with
+ * the key and the original as bytea, so the two never disagree. */
 #include "dlq.h"
 
 #include <errno.h>
