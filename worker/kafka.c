@@ -215,7 +215,7 @@ static void drop_dead_letters(sbx_kafka *k, int32_t partition)
             continue;
         sbx_warn("kafka", "dead letter of p%d@%lld dropped: the partition was revoked; its next "
                           "owner dead-letters it", (int)partition, (long long)op->ref.offset);
-        if (op->cb)
+        if (op->cb && !k->closing)
             op->cb(op->cb_arg, 0);
         op_free(op);
     }
