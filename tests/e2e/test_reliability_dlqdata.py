@@ -13,6 +13,10 @@ Real sbx-worker, Kafka, Redis and PostgreSQL, as in test_worker.py.
   is put back, `sbx dlq replay` sends the original again and the job runs to
   succeeded; replaying it once more, and replaying a message the parser
   refuses, are refused with the reason.
+- PostgreSQL down while a message is dead-lettered: nothing reaches the
+  dead-letter topic and the offset is not committed until the row is
+  recorded; after PostgreSQL returns, the row, the envelope and the commit
+  follow (nothing lost, nothing before its row).
 - Retention: rows backdated past SBX_DLQ_RETENTION are deleted by the
   worker, newer ones stay, and /metrics counts them; a bad
   SBX_DLQ_RETENTION stops start-up with one line.
@@ -23,10 +27,12 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
 
 import sbxsvc
 from conftest import wait_until
+from test_reliability_dlq import committed, end_offset, one_partition  # noqa: F401 (fixture)
 from test_worker import _get, enqueue, history, job, topics, wait_terminal, workdir  # noqa: F401
 
 DL_SQL = ("SELECT id, reason, encode(kafka_key, 'escape'), published, job_id "
@@ -167,6 +173,42 @@ def test_retries_exhausted_fixed_and_replayed(run_sbx, pg, kafka, start_worker, 
     assert r.returncode == 1 and "already ended succeeded" in r.stderr, r.stderr
     r = run_sbx("dlq", "replay", "abc", check=False)
     assert r.returncode == 2
+
+
+def test_postgres_down_dead_letter_waits_for_its_row(pg, kafka, services, services_ctl,
+                                                     start_worker, one_partition, workdir):
+    t = one_partition
+    brokers = services["SBX_BROKERS"]
+    port = sbxsvc._free_port(set())
+    base = "http://127.0.0.1:%d" % port
+
+    def pending():
+        m = re.search(r"^sbx_dead_letters_pending (\d+)$", _get(base + "/metrics")[1], re.M)
+        return int(m.group(1)) if m else -1
+
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_ADMIN_LISTEN="127.0.0.1:%d" % port, **t)
+    w.wait_log(r"assigned 1 partitions", 30)
+    services_ctl.down("postgres", hard=True)
+    try:
+        kafka.produce(t["SBX_TOPIC"], [("kd", "not json at all")])
+        w.wait_log(r"p0@0 dead-lettered: invalid_json", 30)
+        wait_until(lambda: pending() == 1, 10, "the dead letter pending")
+        # Nothing may run ahead of the row: watch for a while (an envelope
+        # published first would be there within milliseconds).
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert end_offset(brokers, t["SBX_DLQ_TOPIC"]) == 0
+            time.sleep(0.5)
+        assert committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) < 1
+    finally:
+        services_ctl.up("postgres")
+    wait_until(lambda: pending() == 0, 60, "the dead letter recorded and published")
+    assert end_offset(brokers, t["SBX_DLQ_TOPIC"]) == 1
+    r = pg.query("SELECT reason, published FROM sbx.dead_letters WHERE topic = %s",
+                 t["SBX_TOPIC"])
+    assert [tuple(x) for x in r] == [("invalid_json", True)]
+    wait_until(lambda: committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) == 1, 30,
+               "the offset committed")
 
 
 def test_dead_letter_retention(pg, kafka, start_worker, topics, sbx_bin, services):
