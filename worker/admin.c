@@ -201,6 +201,12 @@ static void metrics(sbx_worker *w, page *p)
     metric(p, "sbx_runs_pruned_total", "counter",
            "terminal runs (with their history) this worker deleted past SBX_RETENTION",
            sbx_prune_total(w->prune));
+    metric(p, "sbx_dead_letters_pruned_total", "counter",
+           "rows of sbx.dead_letters this worker deleted past SBX_DLQ_RETENTION",
+           sbx_prune_total(w->prune_dlq));
+    metric(p, "sbx_dead_letters_pending", "gauge",
+           "dead letters not yet recorded and published (their offsets wait)",
+           sbx__dead_letters_pending(w));
     metric(p, "sbx_jobs_in_flight", "gauge", "jobs this worker holds", sbx__jobs_count(w));
     metric(p, "sbx_offsets_pending", "gauge", "consumed offsets not yet finished",
            sbx_kafka_pending(w->kafka));

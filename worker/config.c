@@ -47,6 +47,7 @@ static const sbx_opt opts[] = {
     {"SBX_DEPENDENCY_GRACE_MS", "dependency-grace-ms", "30000", "Redis or PostgreSQL down this long: intake pauses and the worker leaves the consumer group (its builds keep running) until the dependency is back", INT, I(dependency_grace_ms), 1000, 86400000, 0, 0},
     {"SBX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", "30000", "on SIGTERM, how long running builds may finish", INT, I(shutdown_grace_ms), 0, 86400000, 0, 0},
     {"SBX_RETENTION", "retention", "7d", "terminal runs and their history older than this are deleted (s, m, h or d: 7d, 24h, 3600s); 0: keep forever", STR, S(retention), 0, 0, 0, 0},
+    {"SBX_DLQ_RETENTION", "dlq-retention", "30d", "rows of sbx.dead_letters (and the originals kept for `sbx dlq replay`) older than this are deleted (s, m, h or d); 0: keep forever", STR, S(dlq_retention), 0, 0, 0, 0},
     {"SBX_PROJECT_POLICY", "project-policy", "queue", "when a project already has a build running: queue (wait), reject (end the new job canceled) or supersede (cancel the older builds)", STR, S(project_policy), 0, 0, 0, 0},
     {"SBX_ADMIN_LISTEN", "admin-listen", "", "ip:port of /healthz, /readyz and /metrics (Prometheus); empty: off", STR, S(admin_listen), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
@@ -63,10 +64,10 @@ static const sbx_opt opts[] = {
 /* How much of a bad SBX_BROKERS entry the error line quotes. */
 #define BROKER_SHOWN_MAX 200
 
-/* SBX_RETENTION: N followed by s, m, h or d; "0" alone is off. */
-static int check_retention(sbx_config *cfg, FILE *err)
+/* A retention setting: N followed by s, m, h or d; "0" alone is off. name
+ * is the variable, for the error line; *out gets the seconds. */
+static int check_retention(const char *name, const char *s, long long *out, FILE *err)
 {
-    const char *s = cfg->retention;
     long long n = 0, mult = 0;
     size_t i = 0;
 
@@ -83,11 +84,11 @@ static int check_retention(sbx_config *cfg, FILE *err)
         mult = 1;
     }
     if (mult == 0 || n > RETENTION_MAX_S / mult) {
-        fprintf(err, "sbx-worker: SBX_RETENTION=%s is not a duration: use a number with s, m, h "
-                     "or d (7d, 24h, 3600s) up to 36500d, or 0 to keep runs forever\n", s);
+        fprintf(err, "sbx-worker: %s=%s is not a duration: use a number with s, m, h or d (7d, "
+                     "24h, 3600s) up to 36500d, or 0 to keep rows forever\n", name, s);
         return 1;
     }
-    cfg->retention_s = n * mult;
+    *out = n * mult;
     return 0;
 }
 
@@ -277,7 +278,9 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
     }
     /* The settings that can be checked without the network; the connections
      * themselves are tried (and retried) once running. */
-    if (check_retention(cfg, err))
+    if (check_retention("SBX_RETENTION", cfg->retention, &cfg->retention_s, err))
+        bad = 1;
+    if (check_retention("SBX_DLQ_RETENTION", cfg->dlq_retention, &cfg->dlq_retention_s, err))
         bad = 1;
     if (*cfg->database_url && check_database_url(cfg->database_url, err))
         bad = 1;

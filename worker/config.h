@@ -63,6 +63,8 @@ typedef struct sbx_config {
     char docker_image[512];
     char retention[32];         /* SBX_RETENTION as given: 7d, 24h, 3600s, 0 */
     long long retention_s;      /* the same in seconds; 0 = keep runs forever */
+    char dlq_retention[32];     /* SBX_DLQ_RETENTION, the same for sbx.dead_letters */
+    long long dlq_retention_s;
 } sbx_config;
 
 /* Fills cfg from the environment and argv. Returns 0, or 1 after printing

@@ -941,9 +941,28 @@ static void write_terminal(job *j)
     write_fenced(j, j->status, j->res->error[0] ? j->res->error : NULL, j->res, LATE_TERMINAL);
 }
 
+/* The dead letter of a job whose retries ran out is recorded and published:
+ * now the run ends dead_lettered (its offset after that, as for any job). */
+static void on_dead_lettered(void *arg, int ok)
+{
+    job *j = arg;
+    op_done(j);
+    if (j->st != J_STARTING && j->st != J_RUNNING)
+        return;
+    if (!ok || j->lost) {
+        release(j, j->w->stopping ? AR_HANDBACK : AR_WAIT);
+        return;
+    }
+    j->status = "dead_lettered";
+    if (transition(j, J_FINISHING))
+        write_terminal(j);
+}
+
 /* The provider failed on every attempt: the original message goes to the
- * dead-letter topic with the last error, and the run ends dead_lettered. */
-static void retries_exhausted(job *j, const char *error)
+ * dead-letter topic and sbx.dead_letters with the last error, and the run
+ * ends dead_lettered once it is there (on_dead_lettered). Returns 0 when
+ * that is under way; else (out of memory) the run ends without it. */
+static int retries_exhausted(job *j, const char *error)
 {
     sbx_kafka_msg m;
     char detail[320];
@@ -957,7 +976,11 @@ static void retries_exhausted(job *j, const char *error)
     m.payload = j->raw;
     m.len = j->rawlen;
     snprintf(detail, sizeof(detail), "provider failed %d times; last: %s", j->attempt, error);
-    sbx__dead_letter(j->w, &m, "retries_exhausted", detail, j->attempt, 0);
+    if (sbx__dead_letter_job(j->w, &m, "retries_exhausted", detail, j->attempt, on_dead_lettered,
+                             j) != 0)
+        return -ENOMEM;
+    j->ops++;
+    return 0;
 }
 
 static void on_claim_handed_back(void *arg, PGresult *res, const char *err)
@@ -1068,7 +1091,8 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
             requeue(j, res->error);
             return;
         }
-        retries_exhausted(j, res->error);
+        if (retries_exhausted(j, res->error) == 0)
+            return;
         j->status = "dead_lettered";
         break;
     }

@@ -78,6 +78,8 @@
 typedef struct dlq_op {
     sbx_offset_ref ref;
     int has_ref;
+    sbx_kafka_dlq_cb cb;            /* called instead of marking ref done */
+    void *cb_arg;
     sbx_kafka *k;
     char *key, *json;
     size_t key_len, len;
@@ -234,6 +236,8 @@ static void drop_dead_letters(sbx_kafka *k, int32_t partition)
             continue;
         sbx_warn("kafka", "dead letter of p%d@%lld dropped: the partition was revoked; its next "
                           "owner dead-letters it", (int)partition, (long long)op->ref.offset);
+        if (op->cb && !k->closing)
+            op->cb(op->cb_arg, 0);
         op_free(op);
     }
 }
@@ -419,6 +423,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         sbx_warn("kafka", "dead letter of p%d@%lld dropped after a failed publish: the partition "
                           "was revoked; its next owner dead-letters it",
                  (int)op->ref.partition, (long long)op->ref.offset);
+        if (op->cb)
+            op->cb(op->cb_arg, 0);
     } else if (m->err) {
         /* Closing: the offset stays unfinished, so the message is
          * redelivered and dead-lettered by the next owner. */
@@ -426,7 +432,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     } else {
         if (op->failures)
             sbx_info("kafka", "dead-letter publish succeeded after %d failures", op->failures);
-        if (op->has_ref)
+        if (op->cb && !k->closing)
+            op->cb(op->cb_arg, 1);
+        else if (op->has_ref && !op->cb)
             sbx_kafka_done(k, &op->ref);
     }
     op_free(op);
@@ -457,6 +465,13 @@ static void on_tick(sbx_timer *t)
 int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const char *json,
                           size_t len, const sbx_offset_ref *ref)
 {
+    return sbx_kafka_dead_letter_cb(k, key, key_len, json, len, ref, NULL, NULL);
+}
+
+int sbx_kafka_dead_letter_cb(sbx_kafka *k, const char *key, size_t key_len, const char *json,
+                             size_t len, const sbx_offset_ref *ref, sbx_kafka_dlq_cb cb,
+                             void *arg)
+{
     dlq_op *op = calloc(1, sizeof(*op));
 
     if (!op || !(op->json = malloc(len ? len : 1)) ||
@@ -473,6 +488,8 @@ int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const c
         op->key_len = key_len;
     }
     op->k = k;
+    op->cb = cb;
+    op->cb_arg = arg;
     if (ref) {
         op->ref = *ref;
         op->has_ref = 1;

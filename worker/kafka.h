@@ -58,6 +58,15 @@ void sbx_kafka_done(sbx_kafka *k, const sbx_offset_ref *ref);
  * intake closes; only -ENOMEM is returned. */
 int sbx_kafka_dead_letter(sbx_kafka *k, const char *key, size_t key_len, const char *json,
                           size_t len, const sbx_offset_ref *ref);
+/* The same, but once the broker has it cb(arg, 1) is called instead of
+ * marking ref done (the caller has more to do first: dlq.c records it);
+ * cb(arg, 0) when it was dropped because ref's partition was revoked. ref
+ * still names the offset whose commit waits (sbx_kafka_stalls) and whose
+ * revocation drops the envelope. Never called once sbx_kafka_close began. */
+typedef void (*sbx_kafka_dlq_cb)(void *arg, int published);
+int sbx_kafka_dead_letter_cb(sbx_kafka *k, const char *key, size_t key_len, const char *json,
+                             size_t len, const sbx_offset_ref *ref, sbx_kafka_dlq_cb cb,
+                             void *arg);
 /* Dead letters whose publish has failed (or has not been acknowledged for
  * 10 s) and whose offset therefore holds its partition's commit back: where,
  * since when (sbx_now_ms of the first failure, or of the publish), how often

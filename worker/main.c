@@ -9,7 +9,7 @@
  * shared with sbx-agent.
  *
  * Periodic duties live in cron(): stats, provider sweeps, retention passes
- * (prune.c).
+ * of runs and of dead letters (prune.c).
  *
  * The consumer is created outside the group; deps.c joins it once Redis and
  * PostgreSQL answer (or stops the loop when SBX_STARTUP_WAIT_MS runs out),
@@ -152,7 +152,7 @@ static void log_stats(sbx_worker *w, const char *why)
 static void cron(sbx_timer *t)
 {
     sbx_worker *w = t->data;
-    static uint64_t last_stats, last_sweep, last_prune;
+    static uint64_t last_stats, last_sweep, last_prune, last_prune_dlq;
     uint64_t now = sbx_now_ms();
 
     if (now - last_stats >= 30000) {
@@ -166,6 +166,11 @@ static void cron(sbx_timer *t)
     if (w->prune && !w->stopping && (last_prune == 0 || now - last_prune >= PRUNE_PERIOD_MS)) {
         last_prune = now;
         sbx_prune_pass(w->prune);
+    }
+    if (w->prune_dlq && !w->stopping &&
+        (last_prune_dlq == 0 || now - last_prune_dlq >= PRUNE_PERIOD_MS)) {
+        last_prune_dlq = now;
+        sbx_prune_pass(w->prune_dlq);
     }
     if (w->stopping) {
         if (sbx__jobs_count(w) == 0) {
@@ -265,6 +270,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "sbx-worker: out of memory\n");
         goto out;
     }
+    if (w.cfg.dlq_retention_s > 0 &&
+        sbx_prune_new_table(w.loop, w.db, SBX_PRUNE_DEAD_LETTERS, w.cfg.dlq_retention_s,
+                            SBX_PRUNE_BATCH, SBX_PRUNE_PAUSE_MS, &w.prune_dlq) != 0) {
+        fprintf(stderr, "sbx-worker: out of memory\n");
+        goto out;
+    }
 
     snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
     for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))
@@ -316,6 +327,8 @@ out:
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);
     sbx_prune_free(w.prune);
+    sbx_prune_free(w.prune_dlq);
+    sbx__dead_letters_free(&w);
     sbx__jobs_abandon(&w);
     sbx_leases_free(w.leases);
     sbx_daemon_end(&d);

@@ -1,4 +1,6 @@
-/* prune.c — retention of sbx.runs and sbx.run_events.
+/* prune.c — retention of sbx.runs and sbx.run_events, and of
+ * sbx.dead_letters (its own age, SBX_DLQ_RETENTION: one pruner each, the
+ * same machinery, a different function and advisory lock in SQL).
  *
  * A pass is a chain of statements, never more than one in flight:
  * `SELECT sbx.prune_runs(keep, batch)` deletes up to `batch` of the oldest
@@ -33,9 +35,18 @@
 
 #include "log.h"
 
-#define PRUNE_SQL "SELECT sbx.prune_runs($1::interval, $2::integer)"
+/* What each table's pruner calls, and what it says it removed. */
+static const struct {
+    const char *sql, *fn, *removed;
+} tables[] = {
+    [SBX_PRUNE_RUNS] = {"SELECT sbx.prune_runs($1::interval, $2::integer)", "sbx.prune_runs",
+                        "runs finished more than %s ago, with their history"},
+    [SBX_PRUNE_DEAD_LETTERS] = {"SELECT sbx.prune_dead_letters($1::interval, $2::integer)",
+                                "sbx.prune_dead_letters", "dead letters recorded more than %s ago"},
+};
 
 struct sbx_prune {
+    sbx_prune_table table;
     sbx_loop *loop;
     sbx_db *db;
     char keep[32];          /* "%lld seconds", an interval literal */
@@ -50,9 +61,11 @@ struct sbx_prune {
 
 static void end_pass(sbx_prune *p)
 {
-    if (p->pass_total > 0)
-        sbx_info("prune", "removed %" PRIu64 " runs finished more than %s ago, with their history",
-                 p->pass_total, p->keep);
+    char what[160];
+    if (p->pass_total > 0) {
+        snprintf(what, sizeof(what), tables[p->table].removed, p->keep);
+        sbx_info("prune", "removed %" PRIu64 " %s", p->pass_total, what);
+    }
     p->running = 0;
 }
 
@@ -62,7 +75,7 @@ static void on_batch(void *arg, PGresult *res, const char *err)
     long n;
 
     if (!res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-        sbx_warn("prune", "sbx.prune_runs failed (run `sbx migrate`?): %.*s",
+        sbx_warn("prune", "%s failed (run `sbx migrate`?): %.*s", tables[p->table].fn,
                  err ? (int)strcspn(err, "\n") : 6, err ? err : "no row");
         end_pass(p);
         return;
@@ -85,7 +98,7 @@ static void on_batch(void *arg, PGresult *res, const char *err)
 static void send_batch(sbx_prune *p)
 {
     const char *params[2] = {p->keep, p->batch};
-    int rc = sbx_db_query(p->db, PRUNE_SQL, 2, params, on_batch, p);
+    int rc = sbx_db_query(p->db, tables[p->table].sql, 2, params, on_batch, p);
     if (rc != 0) {
         sbx_warn("prune", "not queued: %s", strerror(-rc));
         end_pass(p);
@@ -97,13 +110,20 @@ static void on_pause(sbx_timer *t) { send_batch(t->data); }
 int sbx_prune_new(sbx_loop *loop, sbx_db *db, long long keep_s, int batch, uint64_t pause_ms,
                   sbx_prune **out)
 {
+    return sbx_prune_new_table(loop, db, SBX_PRUNE_RUNS, keep_s, batch, pause_ms, out);
+}
+
+int sbx_prune_new_table(sbx_loop *loop, sbx_db *db, sbx_prune_table table, long long keep_s,
+                        int batch, uint64_t pause_ms, sbx_prune **out)
+{
     sbx_prune *p;
 
-    if (keep_s <= 0 || batch < 1)
+    if (keep_s <= 0 || batch < 1 || (table != SBX_PRUNE_RUNS && table != SBX_PRUNE_DEAD_LETTERS))
         return -EINVAL;
     p = calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;
+    p->table = table;
     p->loop = loop;
     p->db = db;
     snprintf(p->keep, sizeof(p->keep), "%lld seconds", keep_s);

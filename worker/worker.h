@@ -42,11 +42,13 @@ struct sbx_worker {
     sbx_leases *leases;
     sbx_provider *prov;
     sbx_prune *prune;             /* NULL: SBX_RETENTION=0 */
+    sbx_prune *prune_dlq;         /* sbx.dead_letters; NULL: SBX_DLQ_RETENTION=0 */
     sbx_deps *deps;               /* group membership by dependency state; NULL in unit tests */
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
+    sbx__dl *dls;                 /* dead letters being recorded or published (dlq.c) */
     sbx_stats stats;
     int stopping;                 /* 1: draining; 2: grace over, handing back */
     uint64_t stop_deadline_ms;

@@ -49,5 +49,6 @@ int sbx__cmd_status(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_dlq(int argc, char **argv, struct sbx__cli_config *cfg);
 
 #endif

@@ -1,8 +1,8 @@
 /* sbx.c — the `sbx` command: submit jobs and look at their runs.
  *
  * One program with subcommands, each in its own file: enqueue.c (Kafka),
- * runs.c (status, wait, cancel: the sbx.runs tables) and migrate.c (the
- * schema). This file holds what they share: configuration from the
+ * runs.c (status, wait, cancel: the sbx.runs tables), dlq.c (list, show and
+ * replay dead letters: sbx.dead_letters) and migrate.c (the schema). This file holds what they share: configuration from the
  * environment with flags overriding, usage text, and the database
  * connection. Messages for people go to stderr; what scripts read (job ids,
  * statuses, JSON) goes to stdout.
@@ -62,6 +62,28 @@ static const struct command {
       "Marks the run cancel_requested and notifies channel sbx_cancel, which the\n"
       "worker running it listens to. A finished run is left alone.\n"
       "Exit status: 0 done (or already finished), 1 unknown job.\n" },
+    { "dlq", sbx__cmd_dlq,
+      "usage: sbx dlq list [--reason R] [--since DUR] [--limit N]\n"
+      "       sbx dlq show ID [--json]\n"
+      "       sbx dlq replay ID... [--force]\n"
+      "Dead letters as recorded in sbx.dead_letters, one per message a worker will\n"
+      "never run (refused at intake, or retries exhausted), newest first.\n"
+      "  list      a table: id, time, reason, job id, partition@offset, size, replays\n"
+      "    --reason R    only this reason (invalid_json, schema_violation, not_utf8,\n"
+      "                  too_large, retries_exhausted, ...)\n"
+      "    --since DUR   only those recorded in the last DUR (90s, 15m, 12h, 7d)\n"
+      "    --limit N     at most N rows (default 50)\n"
+      "  show      every field, and the payload with env values redacted (or its\n"
+      "            excerpt); --json prints the row as one JSON object\n"
+      "  replay    re-publishes each dead letter's original message, same key, to\n"
+      "            the topic it came from, after you fixed its cause; a run that\n"
+      "            ended dead_lettered is queued again (attempts reset). Refused,\n"
+      "            with the reason: a message over SBX_DLQ_PAYLOAD_MAX (no original\n"
+      "            kept), a job id whose run ended otherwise or is under way (a job\n"
+      "            id runs once: use a new one), and a message this sbx's parser\n"
+      "            refuses (--force sends it anyway). Needs the sbx_writer role (the\n"
+      "            original holds env values) and SBX_BROKERS.\n"
+      "Exit status: 0 done, 1 not found, refused or failed, 2 usage.\n" },
     { "migrate", sbx__cmd_migrate,
       "usage: sbx migrate [--dir DIR] [--list]\n"
       "Applies the migrations built into sbx (migrations/NNNN_*.sql at build time)\n"
@@ -82,6 +104,7 @@ static const char program_usage[] =
     "  status    show a run\n"
     "  wait      wait until runs finish\n"
     "  cancel    ask the worker to cancel a run\n"
+    "  dlq       list, show and replay dead letters\n"
     "  migrate   create or upgrade the database schema\n"
     "Run `sbx COMMAND --help` for a command's options.\n";
 

@@ -513,6 +513,17 @@ static void test_provider_error_then_dead_letter(void **state)
     until_row(j, "dead_lettered");
     assert_int_equal(W.stats.dead_lettered, before + 1);
     assert_string_equal(row(j, "attempt"), "2");
+    /* The dead letter was recorded and published before the run ended. */
+    {
+        const char *p[1] = {j};
+        PGresult *r = PQexecParams(PG, "SELECT reason || ' ' || published::text FROM "
+                                       "sbx.dead_letters WHERE job_id = $1",
+                                   1, NULL, p, NULL, NULL, 0);
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        assert_int_equal(PQntuples(r), 1);
+        assert_string_equal(PQgetvalue(r, 0, 0), "retries_exhausted true");
+        PQclear(r);
+    }
 }
 
 /* The provider's slot is busy on its side: the claim is undone (no attempt

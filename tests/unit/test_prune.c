@@ -9,7 +9,10 @@
  * with the newest fencing token stay; a writer-role session may call it; a
  * second pruner gets -1 and deletes nothing while the first one's
  * transaction is open; the driver sends batch after batch with its pause
- * and counts what went; the migration runs twice. */
+ * and counts what went; the migration runs twice. The dead-letter pruner
+ * (sbx.prune_dead_letters, migrations/0004_dead_letters.sql): old rows go
+ * with their originals, new ones stay, and its lock is its own (a runs
+ * pass in progress does not stop it). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -303,6 +306,51 @@ static void test_migration_runs_twice(void **state)
     ex(C1, "RESET enable_seqscan");
 }
 
+/* Dead letters: n rows of this test's topic recorded `age` ago, each with
+ * an original. */
+static void seed_dead_letters(const char *name, int n, const char *age)
+{
+    ex(C1, "WITH d AS (INSERT INTO sbx.dead_letters (topic, kafka_partition, kafka_offset, "
+           "reason, payload_bytes, original_kept, created_at) SELECT '%s-%s', 0, g, "
+           "'invalid_json', 3, true, now() - interval '%s' FROM generate_series(1, %d) g "
+           "RETURNING id) INSERT INTO sbx.dead_letter_originals (id, payload) "
+           "SELECT id, '\\x7b7b7b' FROM d",
+       tag, name, age, n);
+}
+
+static int dead_letters_of(const char *name)
+{
+    return (int)num(C2, "SELECT count(*) FROM sbx.dead_letters WHERE topic = '%s-%s'", tag, name);
+}
+
+static void test_dead_letters_pruned(void **state)
+{
+    sbx_prune *p;
+    (void)state;
+    seed_dead_letters("dlold", 5, "31 days");
+    seed_dead_letters("dlnew", 2, "1 day");
+    assert_int_equal(sbx_prune_new_table(L, D, SBX_PRUNE_DEAD_LETTERS, 30 * 86400LL, 2, 10,
+                                         &p), 0);
+    /* A runs pass holding its lock does not stop the dead letters'. */
+    ex(C1, "BEGIN");
+    ex(C1, "SELECT sbx.prune_runs('1 day', 1)");
+    sbx_prune_pass(p);
+    wait_idle(p);
+    ex(C1, "COMMIT");
+    assert_int_equal(dead_letters_of("dlold"), 0);
+    assert_int_equal(dead_letters_of("dlnew"), 2);
+    assert_true(sbx_prune_total(p) >= 5);
+    assert_string_equal(ex(C2, "SELECT count(*) FROM sbx.dead_letter_originals o WHERE NOT "
+                               "EXISTS (SELECT 1 FROM sbx.dead_letters d WHERE d.id = o.id)"),
+                        "0");
+    /* Its own lock: a second pruner gets -1 while one is mid-batch. */
+    ex(C1, "BEGIN");
+    ex(C1, "SELECT sbx.prune_dead_letters('1 hour', 1)");
+    assert_string_equal(ex(C2, "SELECT sbx.prune_dead_letters('1 hour', 1)"), "-1");
+    ex(C1, "ROLLBACK");
+    sbx_prune_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -310,6 +358,7 @@ int main(void)
         cmocka_unit_test(test_one_pruner_at_a_time),
         cmocka_unit_test(test_driver_batches_with_pauses),
         cmocka_unit_test(test_migration_runs_twice),
+        cmocka_unit_test(test_dead_letters_pruned),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
