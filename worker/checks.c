@@ -43,7 +43,8 @@
  * migration that adds one the worker starts to call adds it here. */
 static const char *const SCHEMA_FUNCTIONS =
     "{record_run,wait_run,cancel_unclaimed,reject_run,supersede_older,claim_run,transition,"
-    "requeue_run,unclaim_run,dead_letter_run,prune_runs}";
+    "requeue_run,unclaim_run,dead_letter_run,prune_runs,record_dead_letter,dead_letter_published,"
+    "prune_dead_letters}";
 
 static int report(FILE *out, const char *what, int ok, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
