@@ -2,7 +2,8 @@
 # the `sbx` CLI and `sbx-validate`, and `make schema-test`, which holds the
 # JSON Schemas, their examples and the C validator to one another
 # (tests/schema/check.mjs; needs Node.js and npm).
-LIBSBX_SRCS := producers/lib/message.c producers/lib/producer.c producers/lib/utf8.c
+LIBSBX_SRCS := producers/lib/message.c producers/lib/producer.c producers/lib/utf8.c \
+               producers/lib/redact.c producers/lib/sha256.c producers/lib/submit.c
 LIBSBX_OBJS := $(LIBSBX_SRCS:%.c=$(BUILD)/obj/%.o)
 LIBSBX      := $(BUILD)/lib/libsbx.a
 

@@ -25,6 +25,7 @@ typedef struct sbx_worker sbx_worker;
 typedef struct sbx_stats {
     uint64_t received, duplicates, dead_lettered, succeeded, failed, timed_out, canceled;
     uint64_t lease_waits, fenced_out, retries;
+    uint64_t id_reused;           /* messages refused: their job id holds another payload */
 } sbx_stats;
 
 struct sbx_worker {
