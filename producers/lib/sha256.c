@@ -1,6 +1,6 @@
 /* sha256.c — see sbx_sha256.h. The compression function and the padding,
- * straight from FIPS 180-4 §6.2; tests/unit check it against known digests
- * through the dead-letter envelope and the fingerprint. */
+ * straight from FIPS 180-4 §6.2; tests/unit/test_message.c checks it against
+ * the FIPS 180-2 example digests. */
 #include "sbx_sha256.h"
 
 #include <inttypes.h>
