@@ -441,7 +441,9 @@ static void message_of(const job *j, const sbx_offset_ref *ref, sbx_kafka_msg *m
 static void dead_letter_reused(sbx_worker *w, const sbx_kafka_msg *m, const char *job_id,
                                const char *first, const char *first_sha, const char *sha)
 {
-    char detail[SBX_ID_MAX + 256];
+    /* The id, two fingerprints (64 each), a status or state name and about
+     * 110 bytes of text; the schema's cap on detail is 1024. */
+    char detail[SBX_ID_MAX + 384];
     snprintf(detail, sizeof(detail),
              "job id %s is already used by another payload (its run is %s, payload_sha256 %s); "
              "this message's payload_sha256 is %s",
