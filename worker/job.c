@@ -441,9 +441,10 @@ static void message_of(const job *j, const sbx_offset_ref *ref, sbx_kafka_msg *m
 static void dead_letter_reused(sbx_worker *w, const sbx_kafka_msg *m, const char *job_id,
                                const char *first, const char *first_sha, const char *sha)
 {
-    /* The id, two fingerprints (64 each), a status or state name and about
-     * 110 bytes of text; the schema's cap on detail is 1024. */
-    char detail[SBX_ID_MAX + 384];
+    /* The id, two fingerprints (64 each), `first` (a status, or a state and
+     * a worker id) and about 110 bytes of text; the schema's cap on detail
+     * is 1024. */
+    char detail[2 * SBX_ID_MAX + 400];
     snprintf(detail, sizeof(detail),
              "job id %s is already used by another payload (its run is %s, payload_sha256 %s); "
              "this message's payload_sha256 is %s",
@@ -1200,10 +1201,13 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     }
     j = sbx__jobtab_find(&w->jobs, spec->job_id);
     if (j && !same_job(j, m)) {
-        char sha[65] = "";
+        /* The first payload is this worker's job: its state here stands for
+         * the run's status, which may be behind it. */
+        char sha[65] = "", first[SBX_ID_MAX + 32];
         sbx__job_fingerprint(m->payload, m->len, NULL, sha);
         sbx_job_free(spec);
-        dead_letter_reused(w, m, j->id, state_names[j->st], j->sha, sha);
+        snprintf(first, sizeof(first), "%s on worker %s", state_names[j->st], w->cfg.worker_id);
+        dead_letter_reused(w, m, j->id, first, j->sha, sha);
         return;
     }
     if (j) {
