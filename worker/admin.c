@@ -193,6 +193,8 @@ static void metrics(sbx_worker *w, page *p)
            s->dead_lettered);
     metric(p, "sbx_duplicates_total", "counter", "deliveries of jobs already known",
            s->duplicates);
+    metric(p, "sbx_jobs_id_reused_total", "counter",
+           "messages dead-lettered because their job id holds another payload", s->id_reused);
     metric(p, "sbx_lease_waits_total", "counter", "acquires that found no slot or a busy project",
            s->lease_waits);
     metric(p, "sbx_fenced_out_total", "counter", "writes or runs refused for a stale token",

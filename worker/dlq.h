@@ -6,7 +6,7 @@
  * JSON, against the schema: `reason` is the sbx_reject name) and one whose
  * provider failed on every attempt ("retries_exhausted"). The envelope
  * says where the message came from and why, and carries it with its env
- * values redacted (redact.h) when it is a JSON object, else only its size:
+ * values redacted (sbx_redact.h) when it is a JSON object, else only its size:
  * the dead-letter topic is read by operators and their tools, and a secret
  * must not rest there in clear.
  *

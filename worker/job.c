@@ -7,8 +7,10 @@
  * state:
  *
  *   RECORDING    sbx.record_run() in flight (or retried on a timer): the row
- *                exists (queued) or we learn it is already terminal (a
- *                redelivery: skip)
+ *                exists (queued), or we learn it is already terminal (a
+ *                redelivery: skip), or that the id holds another payload
+ *                (the message is dead-lettered as job_id_reused, the run
+ *                that holds the id left alone)
  *   ENDING       a job nobody claimed is being ended canceled: its cancel was
  *                asked, or policy "reject" refused it; one unfenced write
  *                (cancel_unclaimed / reject_run) in flight
@@ -53,7 +55,7 @@
 
 #include "assert.h"
 #include "log.h"
-#include "redact.h"
+#include "sbx_redact.h"
 #include "text.h"
 #include "worker.h"
 
@@ -134,8 +136,9 @@ struct job {
     char id[SBX_ID_MAX + 1];
     sbx_job *spec;
     char *raw;                  /* the message, env values and all: only in memory; what
-                                 * is stored or dead-lettered is redacted (redact.h) */
+                                 * is stored or dead-lettered is redacted (sbx_redact.h) */
     size_t rawlen;
+    char sha[65];               /* its fingerprint (sbx_redact.h); "" until recorded */
     sbx_offset_ref *refs;       /* every delivery of this job we hold */
     int nrefs, caprefs;
     int attempt;                /* as counted by PostgreSQL */
@@ -440,6 +443,53 @@ static void cancel_unclaimed(job *j)
     end_unclaimed(j, END_CANCEL, "canceled before it started");
 }
 
+/* The message of delivery `ref` of j as the dead-letter path takes it. Its
+ * key is the project id, as every producer of sbx keys jobs. */
+static void message_of(const job *j, const sbx_offset_ref *ref, sbx_kafka_msg *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->topic = j->w->cfg.topic;
+    m->partition = ref->partition;
+    m->offset = ref->offset;
+    m->ref = *ref;
+    m->key = j->spec->project_id;
+    m->key_len = strlen(j->spec->project_id);
+    m->payload = j->raw;
+    m->len = j->rawlen;
+}
+
+/* A job id reused with another payload (issue 10): the message is refused as
+ * a dead letter of its own reason, and the run that holds the id is left as
+ * it is. `first` names that run's status and fingerprint. */
+static void dead_letter_reused(sbx_worker *w, const sbx_kafka_msg *m, const char *job_id,
+                               const char *first, const char *first_sha, const char *sha)
+{
+    /* The id, two fingerprints (64 each), `first` (a status, or a state and
+     * a worker id) and about 110 bytes of text; the schema's cap on detail
+     * is 1024. */
+    char detail[2 * SBX_ID_MAX + 400];
+    snprintf(detail, sizeof(detail),
+             "job id %s is already used by another payload (its run is %s, payload_sha256 %s); "
+             "this message's payload_sha256 is %s",
+             job_id, first, first_sha && *first_sha ? first_sha : "unknown", sha);
+    w->stats.id_reused++;
+    sbx__dead_letter(w, m, "job_id_reused", detail, 0, 1);
+}
+
+/* record_run found the id taken by another payload: every delivery of this
+ * message is dead-lettered (each offset is done once its dead letter is on
+ * the broker), and the job ends without a write. */
+static void refuse_reused(job *j, const char *first_status, const char *first_sha)
+{
+    sbx_kafka_msg m;
+    for (int i = 0; i < j->nrefs; i++) {
+        message_of(j, &j->refs[i], &m);
+        dead_letter_reused(j->w, &m, j->id, first_status, first_sha, j->sha);
+    }
+    j->nrefs = 0;
+    finish(j);
+}
+
 static void on_recorded(void *arg, PGresult *res, const char *err)
 {
     job *j = arg;
@@ -451,6 +501,10 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
         return;
     }
     j->backoff = 0;
+    if (strcmp(PQgetvalue(res, 0, 4), "t") == 0) {
+        refuse_reused(j, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 5));
+        return;
+    }
     j->attempt = atoi(PQgetvalue(res, 0, 1));
     j->row_token = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     if (is_terminal(PQgetvalue(res, 0, 0))) {
@@ -474,14 +528,14 @@ static void on_recorded(void *arg, PGresult *res, const char *err)
         step(j);
 }
 
-/* The row keeps the message with its env values redacted (redact.h): the
+/* The row keeps the message with its env values redacted (sbx_redact.h): the
  * build alone gets them, from j->spec. */
 static void record(job *j)
 {
     sbx_worker *w = j->w;
     char part[16], off[24], *stored = NULL;
-    const char *p[6];
-    int rc = sbx__redact_job(j->raw, j->rawlen, &stored);
+    const char *p[7];
+    int rc = sbx__job_fingerprint(j->raw, j->rawlen, &stored, j->sha);
     if (rc) {
         /* A message the parser took is a JSON object: only memory fails. */
         SBX_ASSERT(rc == -ENOMEM);
@@ -496,9 +550,10 @@ static void record(job *j)
     p[3] = w->cfg.worker_id;
     p[4] = part;
     p[5] = off;
-    rc = sbx_db_query(w->db, "SELECT status, attempt, lease_token, cancel_requested"
-                             " FROM sbx.record_run($1,$2,$3,$4,$5,$6)",
-                      6, p, on_recorded, j);
+    p[6] = j->sha;
+    rc = sbx_db_query(w->db, "SELECT status, attempt, lease_token, cancel_requested, reused,"
+                             " first_sha FROM sbx.record_run($1,$2,$3,$4,$5,$6,$7)",
+                      7, p, on_recorded, j);
     free(stored);
     if (rc != 0) {
         retry_later(j, "database queue full");
@@ -966,15 +1021,7 @@ static int retries_exhausted(job *j, const char *error)
 {
     sbx_kafka_msg m;
     char detail[320];
-    memset(&m, 0, sizeof(m));
-    m.topic = j->w->cfg.topic;
-    m.partition = j->refs[0].partition;
-    m.offset = j->refs[0].offset;
-    m.ref = j->refs[0];
-    m.key = j->spec->project_id;
-    m.key_len = strlen(j->spec->project_id);
-    m.payload = j->raw;
-    m.len = j->rawlen;
+    message_of(j, &j->refs[0], &m);
     snprintf(detail, sizeof(detail), "provider failed %d times; last: %s", j->attempt, error);
     if (sbx__dead_letter_job(j->w, &m, "retries_exhausted", detail, j->attempt, on_dead_lettered,
                              j) != 0)
@@ -1159,6 +1206,29 @@ static void on_late(sbx_timer *t)
 
 /* ---- intake ---- */
 
+/* Whether m is j's message again: the same bytes, or the same redacted text
+ * (what record_run compares: two that differ only in env values are one job).
+ * Out of memory counts as the same: the message then joins j, as before
+ * sbx compared them, rather than being refused for our lack of memory. */
+static int same_job(job *j, const sbx_kafka_msg *m)
+{
+    char *a = NULL, *b = NULL, sha[65];
+    int same;
+    if (m->len == j->rawlen && memcmp(m->payload, j->raw, m->len) == 0)
+        return 1;
+    if (sbx__job_fingerprint(j->raw, j->rawlen, &a, sha) != 0 ||
+        sbx__redact_job(m->payload, m->len, &b) != 0) {
+        free(a);
+        return 1;
+    }
+    if (!j->sha[0])
+        memcpy(j->sha, sha, sizeof(sha));
+    same = strcmp(a, b) == 0;
+    free(a);
+    free(b);
+    return same;
+}
+
 void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
 {
     sbx_job *spec = NULL;
@@ -1181,6 +1251,16 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
         return;
     }
     j = sbx__jobtab_find(&w->jobs, spec->job_id);
+    if (j && !same_job(j, m)) {
+        /* The first payload is this worker's job: its state here stands for
+         * the run's status, which may be behind it. */
+        char sha[65] = "", first[SBX_ID_MAX + 32];
+        sbx__job_fingerprint(m->payload, m->len, NULL, sha);
+        sbx_job_free(spec);
+        snprintf(first, sizeof(first), "%s on worker %s", state_names[j->st], w->cfg.worker_id);
+        dead_letter_reused(w, m, j->id, first, j->sha, sha);
+        return;
+    }
     if (j) {
         /* Delivered again while we still work on it: finish both together. */
         if (j->nrefs == j->caprefs) {

@@ -31,6 +31,7 @@ typedef struct sbx_stats {
     sbx_hist queue_wait;        /* enqueued (Kafka timestamp) -> claimed */
     sbx_hist to_running;        /* enqueued -> the provider said STARTED */
     sbx_hist build;             /* build started -> its outcome written */
+    uint64_t id_reused;           /* messages refused: their job id holds another payload */
 } sbx_stats;
 
 struct sbx_worker {

@@ -3,7 +3,7 @@
 # without the provider table (providers.c), which `make bench` compiles again
 # with the benchmark provider (tests/bench/bench.mk).
 WORKER_CORE_SRCS := worker/offsets.c worker/lease.c worker/db.c worker/config.c worker/kafka.c \
-                    worker/jobtable.c worker/waitq.c worker/dlq.c worker/redact.c \
+                    worker/jobtable.c worker/waitq.c worker/dlq.c \
                     worker/jobfiles.c worker/prune.c worker/deps.c worker/checks.c \
                     worker/job.c worker/provider_local.c worker/http.c \
                     worker/provider_docker.c worker/provider_fly.c \

@@ -7,6 +7,12 @@
  * printed in input order for the messages the brokers acknowledged, and a
  * failure of any makes the exit status 1. --raw skips the check on purpose:
  * it exists to put poison into the topic for dead-letter tests.
+ *
+ * With a database URL (SBX_DATABASE_URL, --database-url) each job is first
+ * recorded as `submitted` in sbx.runs, then published (libsbx does both:
+ * sbx_producer_set_database), so `sbx status` and `sbx cancel` work as soon
+ * as the id is printed, and before. --no-database publishes without it;
+ * --raw never records (its bytes need not be a job).
  */
 #include "cli.h"
 #include "sbx.h"
@@ -26,7 +32,7 @@
 
 struct enqueue_opts {
     const char *project, *job_id, *timeout, *provider, *image, *script, *json;
-    bool network, raw;
+    bool network, raw, no_database;
     const char **env, **files, **kafka;   /* argv strings, as given */
     size_t nenv, nfiles, nkafka;
     int delivery_timeout_s;
@@ -56,7 +62,7 @@ static int usage_error(const char *fmt, const char *arg)
 static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct enqueue_opts *o)
 {
     enum { O_PROJECT = 1, O_JOB_ID, O_TIMEOUT, O_ENV, O_FILE, O_NETWORK, O_PROVIDER, O_IMAGE,
-           O_SCRIPT, O_JSON, O_RAW, O_DELIVERY };
+           O_SCRIPT, O_JSON, O_RAW, O_DELIVERY, O_NO_DATABASE };
     static const struct option opts[] = {
         { "project", required_argument, NULL, O_PROJECT },
         { "job-id", required_argument, NULL, O_JOB_ID },
@@ -69,6 +75,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         { "script", required_argument, NULL, O_SCRIPT },
         { "json", required_argument, NULL, O_JSON },
         { "raw", no_argument, NULL, O_RAW },
+        { "no-database", no_argument, NULL, O_NO_DATABASE },
         { "delivery-timeout", required_argument, NULL, O_DELIVERY },
         { "kafka", required_argument, NULL, 'X' },
         SBX_CLI_COMMON_OPTIONS,
@@ -97,6 +104,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         case O_SCRIPT:   o->script = optarg; break;
         case O_JSON:     o->json = optarg; break;
         case O_RAW:      o->raw = true; break;
+        case O_NO_DATABASE: o->no_database = true; break;
         case 'X':        o->kafka[o->nkafka++] = optarg; break;
         case O_DELIVERY: {
             char *end;
@@ -487,6 +495,12 @@ static int send_all(const struct sbx__cli_config *cfg, const struct enqueue_opts
     if (sbx_producer_new(cfg->brokers, cfg->topic, extra, &p, err, sizeof err)) {
         fprintf(stderr, "sbx enqueue: %s\n", err);
         rc = SBX_EXIT_USAGE;
+        goto out;
+    }
+    if (!o->raw && !o->no_database && cfg->database_url && *cfg->database_url &&
+        sbx_producer_set_database(p, cfg->database_url, err, sizeof err)) {
+        fprintf(stderr, "sbx enqueue: %s; nothing sent (--no-database sends without "
+                        "recording)\n", err);
         goto out;
     }
 

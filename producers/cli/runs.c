@@ -1,9 +1,11 @@
 /* runs.c — `sbx status`, `sbx wait` and `sbx cancel`: the CLI side of the
  * sbx.runs tables (migrations/0001_runs.sql).
  *
- * These read what workers write and never change a run's status: the only
- * write is cancel's cancel_requested flag, which the worker that owns the
- * run acts on (it LISTENs to sbx_cancel). `wait` LISTENs to sbx_runs, whose
+ * These read what workers write. The one write is cancel's, through
+ * sbx.request_cancel (migrations/0005_submitted.sql): a consumed run gets the
+ * cancel_requested flag, which the worker that owns it acts on (it LISTENs to
+ * sbx_cancel); a run not consumed yet, or an id with no run at all, ends
+ * canceled there, so the job never runs when a worker consumes it. `wait` LISTENs to sbx_runs, whose
  * payload carries the new status, and also re-reads the rows every
  * RECHECK_MS, because NOTIFY is a hint: a notification sent while we were
  * connecting, or before the job's row existed, is not replayed.
@@ -442,25 +444,22 @@ int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg)
     const char *params[1] = { ids[0] };
     /* One statement: the flag and the notification commit together, and a
      * finished run is neither flagged nor announced. */
-    r = PQexecParams(conn,
-        "WITH u AS (UPDATE sbx.runs SET cancel_requested = true, updated_at = now()"
-        "            WHERE job_id = $1 AND NOT sbx.is_terminal(status) RETURNING status)"
-        "SELECT (SELECT status FROM sbx.runs WHERE job_id = $1),"
-        "       (SELECT status FROM u),"
-        "       (SELECT pg_notify('sbx_cancel', $1) FROM u) IS NOT NULL",
-        1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        sbx__cli_pg_error("cancel", conn, r);
+    r = PQexecParams(conn, "SELECT status, outcome FROM sbx.request_cancel($1)",
+                     1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        sbx__cli_pg_error("cancel (run `sbx migrate`?)", conn, r);
         goto out;
     }
-    if (PQgetisnull(r, 0, 0)) {
-        fprintf(stderr, "sbx cancel: unknown job %s\n", ids[0]);
-        goto out;
-    }
-    if (PQgetisnull(r, 0, 1))
-        printf("%s already finished (%s); nothing to cancel\n", ids[0], PQgetvalue(r, 0, 0));
+    const char *status = PQgetvalue(r, 0, 0), *outcome = PQgetvalue(r, 0, 1);
+    if (strcmp(outcome, "finished") == 0)
+        printf("%s already finished (%s); nothing to cancel\n", ids[0], status);
+    else if (strcmp(outcome, "canceled") == 0)
+        printf("%s: canceled before any worker consumed it; it will not run\n", ids[0]);
+    else if (strcmp(outcome, "recorded") == 0)
+        printf("%s: no such job yet; recorded as canceled, so it will not run when it "
+               "arrives\n", ids[0]);
     else
-        printf("%s: cancel requested (status %s); notified sbx_cancel\n", ids[0], PQgetvalue(r, 0, 1));
+        printf("%s: cancel requested (status %s); notified sbx_cancel\n", ids[0], status);
     rc = SBX_EXIT_OK;
 out:
     PQclear(r);

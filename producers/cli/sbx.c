@@ -25,6 +25,10 @@ static const struct command {
       "Publishes a job to Kafka (keyed by its project_id), waits for the brokers to\n"
       "acknowledge it, and prints its job id. The message is checked against\n"
       "schemas/job.v1.schema.json first: a refused message is never sent (exit 2).\n"
+      "With a database URL the job is first recorded in sbx.runs as \"submitted\"\n"
+      "(env values redacted), so status and cancel work at once; a publish that\n"
+      "fails deletes the row again, and a job id already used by another payload\n"
+      "is refused (exit 1, nothing sent).\n"
       "  --project P            project id (required unless --json)\n"
       "  --job-id J             job id (default: a new random id)\n"
       "  --timeout S            timeout_s of the job\n"
@@ -41,13 +45,18 @@ static const struct command {
       "                         checked before any is sent; a message without job_id\n"
       "                         gets a new one); prints one job id per line\n"
       "  --raw                  with --json: send the bytes unchecked as one message,\n"
-      "                         keyed by --project if given (for dead-letter tests)\n"
+      "                         keyed by --project if given (for dead-letter tests);\n"
+      "                         never recorded in the database\n"
+      "  --no-database          publish without recording the job as submitted\n"
       "  --delivery-timeout S   how long to wait for the brokers (default 30)\n"
       "  -X, --kafka KEY=VALUE  a librdkafka setting (repeatable)\n" },
     { "status", sbx__cmd_status,
       "usage: sbx status JOB_ID [--json] [--history]\n"
       "Prints a run from sbx.runs: status, attempt, exit code, error, provider and\n"
-      "slot, worker, times, preview URL and the end of its log.\n"
+      "slot, worker, times, preview URL and the end of its log. Statuses: submitted\n"
+      "(recorded by `sbx enqueue`, not consumed yet), queued, waiting_capacity,\n"
+      "provisioning, running, then succeeded, failed, timed_out, canceled or\n"
+      "dead_lettered.\n"
       "  --json      print the row as one JSON object\n"
       "  --history   also print its transitions (sbx.run_events), oldest first\n"
       "Exit status: 0 found, 1 unknown job.\n" },
@@ -60,8 +69,11 @@ static const struct command {
     { "cancel", sbx__cmd_cancel,
       "usage: sbx cancel JOB_ID\n"
       "Marks the run cancel_requested and notifies channel sbx_cancel, which the\n"
-      "worker running it listens to. A finished run is left alone.\n"
-      "Exit status: 0 done (or already finished), 1 unknown job.\n" },
+      "worker running it listens to. A finished run is left alone. A job not yet\n"
+      "consumed (submitted) ends canceled at once; an id with no run at all (sent\n"
+      "without a database URL, or not sent yet) is recorded as canceled, so the job\n"
+      "never runs when a worker consumes it.\n"
+      "Exit status: 0 done (or already finished).\n" },
     { "dlq", sbx__cmd_dlq,
       "usage: sbx dlq list [--reason R] [--since DUR] [--limit N]\n"
       "       sbx dlq show ID [--json]\n"

@@ -146,6 +146,23 @@ sbx_err sbx_producer_flush(sbx_producer *p, int timeout_ms);
  * briefly for in-flight reports, and destroys the handle. */
 void sbx_producer_free(sbx_producer *p);
 
+/* Visible from the moment it is sent (issue 10). With a database attached,
+ * sbx_producer_send() and sbx_producer_queue() first record each job in
+ * sbx.runs as `submitted` (its spec with env values redacted, as workers
+ * store it, and its fingerprint: migrations/0005_submitted.sql), and only
+ * then publish it, so `sbx status` and `sbx cancel` work before any worker
+ * consumes it. A job whose publish fails (a refused produce, an error
+ * report, a purge at sbx_producer_free) has its row deleted again; one
+ * whose report never comes keeps it. The record is part of the send: when
+ * it fails the job is not sent (SBX_EIO, the error text says why), and a
+ * job id whose row holds another payload is refused (SBX_EINVAL) instead of
+ * being dead-lettered later as job_id_reused. A resend of the same job
+ * finds its row and is sent. database_url: a libpq connection string or
+ * URL, for a role granted sbx_submitter; NULL detaches. SBX_EIO: could not
+ * connect (the handle keeps what it had). */
+sbx_err sbx_producer_set_database(sbx_producer *p, const char *database_url, char *err,
+                                  size_t errlen);
+
 /* Generates a random job id: "j_" + 26 characters of lowercase Crockford
  * base32, 48 bits of milliseconds then 80 random bits (getrandom()), so ids
  * sort by creation time. */

@@ -18,8 +18,15 @@
  *  - message.max.bytes: room for the largest valid job (SBX_MSG_MAX_BYTES)
  *    plus key and record overhead; librdkafka's default (1000000) is lower.
  * Callers' extra settings are applied last and may override any of these.
+ *
+ * With a database attached (sbx_producer_set_database), each job is first
+ * recorded as `submitted` (submit.c) and then produced; its delivery record
+ * remembers that, so a publish that fails, whenever its report comes (or
+ * the purge at sbx_producer_free), takes the row back. A record whose report
+ * never comes keeps its row: the message may have reached the brokers.
  */
 #include "sbx.h"
+#include "submit.h"
 
 #include <librdkafka/rdkafka.h>
 
@@ -44,12 +51,15 @@ struct delivery {
     bool abandoned;            /* sync: the waiter gave up; the report frees it */
     rd_kafka_resp_err_t err;
     char job_id[SBX_ID_MAX + 1];
+    bool recorded;             /* we made its `submitted` row (submit.c) */
+    char sha[65];              /* its fingerprint, when recorded */
 };
 
 struct sbx_producer {
     rd_kafka_t *rk;
     rd_kafka_topic_t *rkt;
     struct delivery *pending;  /* produced, not yet reported */
+    sbx__submitter *db;        /* NULL: jobs are not recorded before the publish */
     char last_error[256];      /* from the error callback, for timeouts */
 };
 
@@ -88,6 +98,14 @@ static sbx_err map_err(rd_kafka_resp_err_t e)
     return SBX_EKAFKA;
 }
 
+/* The job of d was not published: its `submitted` row goes. */
+static void unrecord(sbx_producer *p, struct delivery *d)
+{
+    if (d->recorded && p->db)
+        sbx__submit_forget(p->db, d->job_id, d->sha);
+    d->recorded = false;
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     sbx_producer *p = opaque;
@@ -96,6 +114,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     if (!d)
         return;
     unlink_delivery(p, d);
+    if (m->err)
+        unrecord(p, d);
     if (d->cb) {
         d->cb(d->arg, d->job_id, map_err(m->err), m->err ? rd_kafka_err2str(m->err) : NULL);
         free(d);
@@ -240,21 +260,17 @@ static sbx_err produce(sbx_producer *p, const char *key, const char *msg, size_t
 
 /* Produces msg and polls until its report or the deadline. */
 static sbx_err send_and_wait(sbx_producer *p, const char *key, const char *job_id,
-                             const char *msg, size_t len, int timeout_ms,
+                             const char *msg, size_t len, int timeout_ms, struct delivery *d,
                              char *err, size_t errlen)
 {
     long long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-    struct delivery *d = calloc(1, sizeof *d);
     sbx_err rc;
 
-    if (!d) {
-        seterr(err, errlen, "out of memory");
-        return SBX_ENOMEM;
-    }
     snprintf(d->job_id, sizeof d->job_id, "%s", job_id);
     p->last_error[0] = '\0';
     rc = produce(p, key, msg, len, d, deadline, err, errlen);
     if (rc) {
+        unrecord(p, d);
         free(d);
         return rc;
     }
@@ -277,16 +293,43 @@ static sbx_err send_and_wait(sbx_producer *p, const char *key, const char *job_i
     return rc;
 }
 
+/* A delivery record for job, which is first recorded as submitted when a
+ * database is attached. NULL: out of memory or not recorded (err says). */
+static struct delivery *new_delivery(sbx_producer *p, const sbx_job *job, const char *msg,
+                                     size_t len, sbx_err *rc, char *err, size_t errlen)
+{
+    struct delivery *d = calloc(1, sizeof *d);
+    if (!d) {
+        seterr(err, errlen, "out of memory");
+        *rc = SBX_ENOMEM;
+        return NULL;
+    }
+    if (job) {
+        memcpy(d->job_id, job->job_id, sizeof d->job_id);
+        if (p->db && (*rc = sbx__submit(p->db, job, msg, len, d->sha, &d->recorded, err,
+                                        errlen)) != SBX_OK) {
+            free(d);
+            return NULL;
+        }
+    }
+    *rc = SBX_OK;
+    return d;
+}
+
 sbx_err sbx_producer_send(sbx_producer *p, const char *msg, size_t len, int timeout_ms,
                           char job_id_out[SBX_ID_MAX + 1], char *err, size_t errlen)
 {
     sbx_job *job = NULL;
+    struct delivery *d;
     sbx_err rc = sbx_job_parse(msg, len, &job, NULL, err, errlen);
     if (rc)
         return rc;
     if (job_id_out)
         memcpy(job_id_out, job->job_id, sizeof job->job_id);
-    rc = send_and_wait(p, job->project_id, job->job_id, msg, len, timeout_ms, err, errlen);
+    d = new_delivery(p, job, msg, len, &rc, err, errlen);
+    if (d)
+        rc = send_and_wait(p, job->project_id, job->job_id, msg, len, timeout_ms, d, err,
+                           errlen);
     sbx_job_free(job);
     return rc;
 }
@@ -294,7 +337,9 @@ sbx_err sbx_producer_send(sbx_producer *p, const char *msg, size_t len, int time
 sbx_err sbx_producer_send_raw(sbx_producer *p, const char *key, const char *msg,
                               size_t len, int timeout_ms, char *err, size_t errlen)
 {
-    return send_and_wait(p, key, "", msg, len, timeout_ms, err, errlen);
+    sbx_err rc;
+    struct delivery *d = new_delivery(p, NULL, msg, len, &rc, err, errlen);
+    return d ? send_and_wait(p, key, "", msg, len, timeout_ms, d, err, errlen) : rc;
 }
 
 sbx_err sbx_producer_queue(sbx_producer *p, const char *msg, size_t len,
@@ -306,19 +351,16 @@ sbx_err sbx_producer_queue(sbx_producer *p, const char *msg, size_t len,
     sbx_err rc = sbx_job_parse(msg, len, &job, NULL, err, errlen);
     if (rc)
         return rc;
-    d = calloc(1, sizeof *d);
-    if (!d) {
-        seterr(err, errlen, "out of memory");
-        rc = SBX_ENOMEM;
+    if (!(d = new_delivery(p, job, msg, len, &rc, err, errlen)))
         goto out;
-    }
-    memcpy(d->job_id, job->job_id, sizeof d->job_id);
     d->cb = cb;
     d->arg = arg;
     /* A queue full for 60 s means the brokers are gone; say so. */
     rc = produce(p, job->project_id, msg, len, d, now_ms() + 60000, err, errlen);
-    if (rc)
+    if (rc) {
+        unrecord(p, d);
         goto out;
+    }
     if (job_id_out)
         memcpy(job_id_out, job->job_id, sizeof job->job_id);
     d = NULL;
@@ -361,5 +403,18 @@ void sbx_producer_free(sbx_producer *p)
             d->cb(d->arg, d->job_id, SBX_EKAFKA, "producer closed before delivery");
         free(d);
     }
+    sbx__submitter_free(p->db);
     free(p);
+}
+
+sbx_err sbx_producer_set_database(sbx_producer *p, const char *database_url, char *err,
+                                  size_t errlen)
+{
+    sbx__submitter *db = NULL;
+    sbx_err rc = SBX_OK;
+    if (database_url && (rc = sbx__submitter_new(database_url, &db, err, errlen)) != SBX_OK)
+        return rc;
+    sbx__submitter_free(p->db);
+    p->db = db;
+    return SBX_OK;
 }

@@ -65,12 +65,14 @@ import sbxsvc  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "timed_out", "canceled", "dead_lettered")
 ACTIVE = ("provisioning", "running")
-# Every move the run functions of migrations/0001_runs.sql can make. A claim
+# Every move the run functions of migrations/0001_runs.sql (and 0005's
+# submitted -> queued, when `sbx enqueue` recorded the job first) can make. A claim
 # (-> provisioning) may also take over a run whose owner's lease expired;
 # active -> waiting_capacity is unclaim_run (the provider refused the slot:
 # the claim is undone and not counted as an attempt).
 ALLOWED = {
-    None: {"queued", "dead_lettered"},
+    None: {"submitted", "queued", "dead_lettered"},
+    "submitted": {"queued", "canceled"},
     "queued": {"waiting_capacity", "provisioning", "canceled", "dead_lettered"},
     "waiting_capacity": {"provisioning", "canceled", "dead_lettered"},
     "provisioning": {"running", "queued", "provisioning", "waiting_capacity"} | set(TERMINAL),

@@ -544,7 +544,7 @@ static void t_metrics(void **state)
     (void)state;
     W.stats = (sbx_stats){.received = 11, .duplicates = 2, .dead_lettered = 3, .succeeded = 5,
                           .failed = 7, .timed_out = 13, .canceled = 17, .lease_waits = 19,
-                          .fenced_out = 23, .retries = 29};
+                          .fenced_out = 23, .retries = 29, .id_reused = 31};
     sbx_hist_observe(&W.stats.build, 2.0);
     sbx_hist_observe(&W.stats.queue_wait, 0.2);
     assert_true(until(lag_is, &lag, WAIT_MS));
@@ -572,6 +572,8 @@ static void t_metrics(void **state)
     expect_line(page, "sbx_jobs_finished_total{status=\"canceled\"} 17");
     expect_line(page, "sbx_dead_lettered_total 3");
     expect_line(page, "sbx_duplicates_total 2");
+    expect_line(page, "# TYPE sbx_jobs_id_reused_total counter");
+    expect_line(page, "sbx_jobs_id_reused_total 31");
     expect_line(page, "sbx_lease_waits_total 19");
     expect_line(page, "sbx_fenced_out_total 23");
     expect_line(page, "sbx_retries_total 29");

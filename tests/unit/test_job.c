@@ -15,7 +15,8 @@
  * and without the database's flag), cancel while running, policies reject and
  * supersede, shutdown at each stage and redelivery after it, lease lost while
  * starting and running, a terminal write fenced out, a table lock that makes
- * record_run fail, redelivery of a terminal job. Then: every legal move of
+ * record_run fail, redelivery of a terminal job, its id reused with another
+ * payload (after it finished, and while it runs). Then: every legal move of
  * the table was taken at least once; the table equals this file's own list
  * over the whole from x to matrix; and an illegal move (a provider that
  * reports FINISHED twice) aborts a debug build, in a forked child.
@@ -397,13 +398,15 @@ static const char *id(const char *name)
     return b;
 }
 
-static void intake(const char *job, const char *project)
+/* Hands the worker a message of job with `command` (a JSON array). */
+static void intake_cmd(const char *job, const char *project, const char *command)
 {
     char payload[512];
     sbx_kafka_msg m;
     memset(&m, 0, sizeof(m));
     snprintf(payload, sizeof(payload),
-             "{\"job_id\":\"%s\",\"project_id\":\"%s\",\"command\":[\"true\"]}", job, project);
+             "{\"job_id\":\"%s\",\"project_id\":\"%s\",\"command\":%s}", job, project,
+             command);
     m.topic = W.cfg.topic;
     m.partition = 0;
     m.offset = next_offset++;
@@ -414,6 +417,11 @@ static void intake(const char *job, const char *project)
     m.ref.partition = 0;
     m.ref.offset = m.offset;
     sbx__job_intake(&W, &m);
+}
+
+static void intake(const char *job, const char *project)
+{
+    intake_cmd(job, project, "[\"true\"]");
 }
 
 static void sql(const char *q, const char *p1)
@@ -781,6 +789,50 @@ static void test_redelivery_of_terminal(void **state)
     assert_int_equal(TP.starts, starts);
 }
 
+/* The id of a finished job sent again with another payload: the message is
+ * dead-lettered as job_id_reused, the run keeps its status and fingerprint,
+ * nothing starts; the same payload again is still a plain duplicate. */
+static void test_reused_id_after_finish(void **state)
+{
+    const char *j = id("ok"), *p = id("p-ok");
+    uint64_t reused = W.stats.id_reused, dl = W.stats.dead_lettered, dup = W.stats.duplicates;
+    int starts = TP.starts;
+    char sha[65];
+    (void)state;
+    snprintf(sha, sizeof(sha), "%s", row(j, "payload_sha256"));
+    assert_int_equal(strlen(sha), 64);
+    intake_cmd(j, p, "[\"false\"]");
+    RUN_UNTIL(sbx__job_state(&W, j) == -1 && W.stats.id_reused > reused, "refused");
+    assert_int_equal(W.stats.dead_lettered, dl + 1);
+    assert_int_equal(W.stats.duplicates, dup);
+    assert_string_equal(row(j, "status"), "succeeded");
+    assert_string_equal(row(j, "payload_sha256"), sha);
+    intake(j, p);
+    RUN_UNTIL(sbx__job_state(&W, j) == -1 && W.stats.duplicates > dup, "skipped");
+    assert_int_equal(W.stats.id_reused, reused + 1);
+    assert_int_equal(TP.starts, starts);
+}
+
+/* The same while the first payload still runs in this worker: the second is
+ * refused at once (the job table), the first runs on and finishes. */
+static void test_reused_id_in_flight(void **state)
+{
+    const char *j = id("reuse-fly"), *p = id("p-reuse-fly");
+    uint64_t reused = W.stats.id_reused;
+    int starts;
+    (void)state;
+    tp_plan(j, "H");
+    intake(j, p);
+    until_state(j, "running");
+    starts = TP.starts;
+    intake_cmd(j, p, "[\"false\"]");
+    assert_int_equal(W.stats.id_reused, reused + 1);
+    assert_int_equal(sbx__job_state(&W, j), state_of("running"));
+    tp_finish(j, SBX_OUTCOME_SUCCEEDED);
+    until_row(j, "succeeded");
+    assert_int_equal(TP.starts, starts);
+}
+
 /* ---- the table ---- */
 
 /* This file's own list of the legal moves: the design, written twice. */
@@ -903,6 +955,8 @@ int main(void)
         cmocka_unit_test(test_lease_lost),
         cmocka_unit_test(test_fenced_terminal_write),
         cmocka_unit_test(test_redelivery_of_terminal),
+        cmocka_unit_test(test_reused_id_after_finish),
+        cmocka_unit_test(test_reused_id_in_flight),
         cmocka_unit_test(test_every_legal_move_taken),
         cmocka_unit_test(test_illegal_move_aborts),
     };

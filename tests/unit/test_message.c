@@ -15,6 +15,8 @@
 #include <cmocka.h>
 
 #include "sbx.h"
+#include "sbx_redact.h"
+#include "sbx_sha256.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -397,6 +399,38 @@ static int load_vectors(const char *root, struct vector **out, size_t *n)
     return 0;
 }
 
+/* SHA-256 against FIPS 180-2's vectors (and a length that pads into a second
+ * block), and the fingerprint: the digest of the redacted text, so two
+ * messages that differ only in env values share it and others do not. */
+static void test_sha256_and_fingerprint(void **state)
+{
+    char hex[65], a[65], b[65], c[65], *red = NULL;
+    char m56[] = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    (void)state;
+    sbx__sha256_hex("", 0, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    sbx__sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    sbx__sha256_hex(m56, strlen(m56), hex);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+
+    const char *j1 = "{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"true\","
+                     "\"env\":{\"T\":\"one\"}}";
+    const char *j2 = "{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"true\","
+                     "\"env\":{\"T\":\"two\"}}";
+    const char *j3 = "{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"false\"}";
+    assert_int_equal(sbx__job_fingerprint(j1, strlen(j1), &red, a), 0);
+    assert_null(strstr(red, "one"));
+    sbx__sha256_hex(red, strlen(red), hex);
+    assert_string_equal(a, hex);
+    free(red);
+    assert_int_equal(sbx__job_fingerprint(j2, strlen(j2), NULL, b), 0);
+    assert_int_equal(sbx__job_fingerprint(j3, strlen(j3), NULL, c), 0);
+    assert_string_equal(a, b);
+    assert_string_not_equal(a, c);
+    assert_int_not_equal(sbx__job_fingerprint("[1]", 3, NULL, c), 0);
+}
+
 int main(void)
 {
     static const struct CMUnitTest fixed[] = {
@@ -407,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_error_text),
         cmocka_unit_test(test_peek_ids),
         cmocka_unit_test(test_new_job_id),
+        cmocka_unit_test(test_sha256_and_fingerprint),
     };
     const char *root = getenv("SBX_EXAMPLES");
     struct vector *v = NULL;

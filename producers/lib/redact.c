@@ -1,15 +1,17 @@
-/* redact.c — see redact.h. The list of members the job schema names is
+/* redact.c — see sbx_redact.h. The list of members the job schema names is
  * kept here, next to the rule that uses it; a member added to the schema and
  * not here shows as SBX_REDACTED in stored specs, which is the safe way to
  * be out of date. */
-#include "redact.h"
+#include "sbx_redact.h"
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "text.h"
+#include "sbx_sha256.h"
+#include "sbx_utf8.h"
 
 /* The top-level members of schemas/job.v1.schema.json (and "egress", the
  * per-job network allowlist of issue 9). "env" is among them: its values are
@@ -94,4 +96,18 @@ out:
     if (tok)
         json_tokener_free(tok);
     return rc;
+}
+
+int sbx__job_fingerprint(const char *msg, size_t len, char **redacted, char hex[65])
+{
+    char *text = NULL;
+    int rc = sbx__redact_job(msg, len, &text);
+    if (rc)
+        return rc;
+    sbx__sha256_hex(text, strlen(text), hex);
+    if (redacted)
+        *redacted = text;
+    else
+        free(text);
+    return 0;
 }
