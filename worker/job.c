@@ -617,6 +617,14 @@ static void lose_lease(job *j, const char *why)
         j->w->prov->ops->cancel(j->w->prov, j->run);
 }
 
+/* The provider's watchdog kills the build when our trust window ends
+ * without a renewal, even if we are frozen then (provider.h trust). */
+static void trust_build(job *j)
+{
+    if (j->run && j->w->prov->ops->trust)
+        j->w->prov->ops->trust(j->w->prov, j->run, j->lease_until_ms);
+}
+
 static void on_renewed(void *arg, const sbx_lease_reply *rep)
 {
     job *j = arg;
@@ -626,6 +634,7 @@ static void on_renewed(void *arg, const sbx_lease_reply *rep)
         return;
     if (rep->status == SBX_LEASE_OK) {
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
+        trust_build(j);
         if (rep->reaped)
             sbx_warn("job", "%s lease on %s was gone from Redis; restored", j->id, j->slot);
     } else if (rep->status == SBX_LEASE_LOST) {
@@ -745,6 +754,7 @@ static void start_build(job *j)
         return;
     }
     j->ops++; /* the build, until FINISHED */
+    trust_build(j);
     sbx_timer_start(w->loop, &j->renew, (uint64_t)w->cfg.lease_ttl_ms / 3);
 }
 
@@ -1004,6 +1014,8 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     op_done(j);
     if (over(j))
         return; /* ended safely while it ran */
+    if (!j->lost && sbx_now_ms() >= j->lease_until_ms)
+        lose_lease(j, "the trust window ended while the build ran"); /* we were frozen */
     if (j->lost) {
         release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
         return;
