@@ -16,7 +16,7 @@ COMMON_OBJS += $(BUILD)/obj/common/daemon.o
 
 # The Redis scripts: common/lua/<name>.lua becomes sbx_lua_<name> (rscripts.h)
 # in a generated file under $(BUILD), never in the source tree.
-RSCRIPTS     := acquire renew fence release register beat leave
+RSCRIPTS     := acquire renew fence release register beat leave lease_left
 RSCRIPTS_GEN := $(BUILD)/gen/common/rscripts.c
 COMMON_OBJS  += $(BUILD)/obj/common/rscripts.o
 
