@@ -120,6 +120,7 @@ static void check_all(sbx_leasewatch *lw)
         check *c = NULL;
         char tok[24];
         const char *argv[3];
+        size_t lens[3];
 
         if (sbx_runs_view(lw->runs, ids[i], &v) != 0)
             continue;
@@ -137,8 +138,10 @@ static void check_all(sbx_leasewatch *lw)
         argv[0] = "0";
         argv[1] = v.slot;
         argv[2] = tok;
+        for (int k = 0; k < 3; k++)
+            lens[k] = strlen(argv[k]);
         c->sent_ms = sbx_now_ms();
-        if (sbx_redis_evalsha(lw->redis, lw->script, on_left, c, 3, argv, NULL) == 0)
+        if (sbx_redis_evalsha(lw->redis, lw->script, on_left, c, 3, argv, lens) == 0)
             c->pending = 1;
     }
 }

@@ -145,7 +145,16 @@ def test_frozen_worker_build_dies_before_its_lease(provider, request, run_sbx, p
                           job_id)[0]
             return st if st[0] in ("succeeded", "failed", "timed_out", "canceled",
                                    "dead_lettered") else None
-        status, token2, tail2 = wait_until(taken_over, 90, "the job to end on the other worker")
+        try:
+            status, token2, tail2 = wait_until(taken_over, 90, "the job to end on the other "
+                                               "worker")
+        except BaseException:
+            for w in workers.values():
+                print(w.tail(60))
+            if provider == "vmpool":
+                for a in ag.agents:
+                    print("--- %s ---\n%s" % (a.log, "".join(open(a.log).readlines()[-60:])))
+            raise
         if provider == "local":
             with open(first["file"]) as f:
                 ticks1 = [int(x) for x in f.read().split()]
@@ -173,6 +182,8 @@ def test_frozen_worker_build_dies_before_its_lease(provider, request, run_sbx, p
     # The thawed worker writes nothing: one terminal event, with the new token.
     if provider == "local":
         victim.wait_log(r"lost its lease", 20)
+        wait_until(lambda: not os.listdir(victim.work), 20,
+                   "the thawed worker to remove its killed build's workspace")
     h = history(pg, job_id)
     assert sum(1 for s in h if s in ("succeeded", "failed", "canceled", "timed_out",
                                      "dead_lettered")) == 1, h
