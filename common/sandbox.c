@@ -85,6 +85,12 @@
  * on_exit waits for that. The uids from uid_base on must be reserved for
  * sandboxes: anything else running as them is killed.
  *
+ * Lease. All of the above runs in the caller's loop, so a caller frozen
+ * (SIGSTOP) kills nothing. sbx_sandbox_trust() hands the sandbox to a
+ * supervisor process (supervise.c) with a deadline the caller keeps
+ * pushing; past it, the supervisor SIGKILLs the sandbox by its cgroup and
+ * bwrap's pidfd, and on_exit says expired.
+ *
  * Orphans. bwrap exits as soon as its pid 1 reports the command's status, so
  * that pid 1 is sometimes reparented; a zombie left to a host init that never
  * reaps (common in containers) would count against the uid's RLIMIT_NPROC
@@ -1539,6 +1545,8 @@ out:
 
 pid_t sbx_sandbox_pid(const sbx_sandbox *s) { return s->pid; }
 
+const char *sbx_sandbox_workspace(const sbx_sandbox *s) { return s->ws; }
+
 int sbx_sandbox_trust(sbx_sandbox *s, uint64_t until_ms)
 {
     sbx_supervise_target t = {.pidfd = s->pidfd, .cgroup_kill = -1, .cgroup_procs = -1};
@@ -1558,7 +1566,6 @@ int sbx_sandbox_trust(sbx_sandbox *s, uint64_t until_ms)
         sbx_warn("sandbox", "no supervisor pid=%d: %s", (int)s->pid, strerror(-rc));
     return rc;
 }
-const char *sbx_sandbox_workspace(const sbx_sandbox *s) { return s->ws; }
 
 void sbx_sandbox_free(sbx_sandbox *s)
 {

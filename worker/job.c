@@ -37,6 +37,8 @@
  *    owner exists, and we stop acting (fenced out).
  *  - We trust our lease only until sent_at + TTL - margin on the monotonic
  *    clock; past that without a renewal we cancel the build and write nothing.
+ *    The provider gets the same deadline (ops->trust) and kills the build by
+ *    itself if we are frozen when it passes.
  *
  * Async callbacks carry the job pointer; `ops` counts those outstanding (a
  * started build counts as one until it reports FINISHED), so a job is never

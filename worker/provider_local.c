@@ -37,6 +37,10 @@
  * egress.c): the operator's SBX_EGRESS_ALLOW / SBX_EGRESS_DENY, resolved
  * here at start-up, narrowed by the job's "egress" list.
  *
+ * Lease: trust() gives the sandbox's supervisor (common/supervise.c) the
+ * end of the lease's trust window; a build it killed ends ERROR ("killed by
+ * its supervisor"), which the worker, past that window, never writes.
+ *
  * Outcomes: canceled -> CANCELED (even if the build ended meanwhile: the
  * caller asked, provider.h promises it); wall timer -> TIMED_OUT; bwrap never
  * reached the command -> ERROR (a host problem, worth a retry); exit 0 ->
