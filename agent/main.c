@@ -5,8 +5,9 @@
  *   sbx-agent --check-config      print the effective settings and exit
  *
  * Wiring: one sbx_loop drives the HTTP server (server.c), the builds
- * (runs.c), the Redis connection (common/redis.c) and two timers: the
- * heartbeat and, while stopping, the drain check. The settings, signals and
+ * (runs.c), the Redis connection (common/redis.c), the lease checks of the
+ * running builds (leasewatch.c) and two timers: the heartbeat and, while
+ * stopping, the drain check. The settings, signals and
  * the loop's start and end are common/daemon.c's, shared with sbx-worker.
  *
  * Life in Redis (registry.h): a full registration as soon as Redis answers
@@ -24,6 +25,7 @@
 
 #include "agent_config.h"
 #include "daemon.h"
+#include "leasewatch.h"
 #include "log.h"
 #include "redis.h"
 #include "registry.h"
@@ -46,6 +48,7 @@ typedef struct agent {
     sbx_server *server;
     sbx_redis *redis;
     sbx_registry *reg;
+    sbx_leasewatch *lw;      /* builds die with their worker's lease */
     sbx_timer beat_t;
     sbx_timer stop_t;
     int stopping;
@@ -262,7 +265,8 @@ int main(int argc, char **argv)
     gc.labels = a.cfg.labels;
     gc.capacity = a.cfg.capacity;
     gc.ttl_ms = a.cfg.ttl_ms;
-    if (sbx_registry_new(a.redis, &gc, &a.reg) != 0) {
+    if (sbx_registry_new(a.redis, &gc, &a.reg) != 0 ||
+        sbx_leasewatch_new(a.loop, a.redis, a.runs, &a.lw) != 0) {
         fprintf(stderr, "sbx-agent: out of memory\n");
         goto out;
     }
@@ -282,6 +286,7 @@ int main(int argc, char **argv)
         sbx_timer_stop(a.loop, &a.stop_t);
         sbx_server_free(a.server);
         a.server = NULL;
+        sbx_leasewatch_stop(a.lw);
         sbx_runs_free(a.runs);
         a.runs = NULL;
         leave(&a);
@@ -293,9 +298,11 @@ out:
     sbx_timer_stop(a.loop, &a.beat_t);
     sbx_timer_stop(a.loop, &a.stop_t);
     sbx_server_free(a.server);
+    sbx_leasewatch_stop(a.lw);
     sbx_runs_free(a.runs);
     sbx_redis_free(a.redis);
     sbx_registry_free(a.reg);
+    sbx_leasewatch_free(a.lw);
     sbx_daemon_end(&a.d);
     return status;
 }

@@ -761,13 +761,19 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     a->exit_code = st->exit_code;
     if (a->canceled)
         to = SBX_RS_CANCELED;
+    else if (st->expired)
+        to = SBX_RS_ERROR;
     else if (st->end == SBX_SANDBOX_TIMED_OUT)
         to = SBX_RS_TIMED_OUT;
     else if (!st->ran || st->lost)
         to = SBX_RS_ERROR;
     else
         to = st->exit_code == 0 ? SBX_RS_SUCCEEDED : SBX_RS_FAILED;
-    if (to == SBX_RS_ERROR) {
+    if (st->expired) {
+        /* leasewatch.c: its worker's lease ran out in Redis. */
+        snprintf(a->error, sizeof(a->error), "%s", st->error);
+        a->exit_code = -1;
+    } else if (to == SBX_RS_ERROR) {
         /* The sandbox's own output is bwrap's complaint; a network set-up
          * that failed says so in st->error. */
         snprintf(a->error, sizeof(a->error), "sandbox did not start the command (bwrap exit %d): %.150s",
@@ -1094,6 +1100,14 @@ size_t sbx_runs_running_ids(const sbx_runs *r, const char **ids, size_t max)
         if (r->slots[i].run)
             ids[n++] = r->slots[i].run->id;
     return n;
+}
+
+int sbx_runs_trust(sbx_runs *r, const char *run_id, uint64_t until_ms)
+{
+    arun *a = find_run(r, run_id);
+    if (!a || !a->sb || a->state != SBX_RS_RUNNING)
+        return -ENOENT;
+    return sbx_sandbox_trust(a->sb, until_ms);
 }
 
 int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v)

@@ -121,6 +121,11 @@ typedef enum sbx_cancel_status {
 sbx_cancel_status sbx_runs_cancel(sbx_runs *r, const char *run_id, int64_t token,
                                   int64_t *newest);
 
+/* The run may go on until until_ms (sbx_now_ms() clock), and no longer,
+ * even if the agent is frozen meanwhile (sbx_sandbox_trust: a supervisor
+ * process kills the sandbox); called again to move it. 0, -ENOENT when the
+ * run is not running, or another negative errno. */
+int sbx_runs_trust(sbx_runs *r, const char *run_id, uint64_t until_ms);
 /* A snapshot of a run; strings stay valid until the loop turns. */
 typedef struct sbx_run_view {
     const char *id, *slot, *job_id;

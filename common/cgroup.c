@@ -457,6 +457,21 @@ void sbx_cgroup_usage_of(const sbx_cgroup *cg, sbx_cgroup_usage *u)
     }
 }
 
+void sbx_cgroup_kill_fds(const sbx_cgroup *cg, int *kill_fd, int *procs_fd)
+{
+    char path[PATH_MAX];
+
+    *kill_fd = *procs_fd = -1;
+    if (!cg || cg->ndirs < 1)
+        return;
+    /* dir[0]: v2's one directory, or v1's memory hierarchy (always there). */
+    if (g.version == 2 &&
+        (size_t)snprintf(path, sizeof(path), "%s/cgroup.kill", cg->dir[0]) < sizeof(path))
+        *kill_fd = open(path, O_WRONLY | O_CLOEXEC);
+    if ((size_t)snprintf(path, sizeof(path), "%s/cgroup.procs", cg->dir[0]) < sizeof(path))
+        *procs_fd = open(path, O_RDONLY | O_CLOEXEC);
+}
+
 int sbx_cgroup_free(sbx_cgroup *cg)
 {
     int rc = 0;

@@ -46,6 +46,11 @@ int sbx_cgroup_new(const char *group, const char *name, const sbx_cgroup_limits 
  * opened by sbx_cgroup_new). 0 or -errno. */
 int sbx_cgroup_join(const sbx_cgroup *cg);
 void sbx_cgroup_usage_of(const sbx_cgroup *cg, sbx_cgroup_usage *u);
+/* New descriptors that let another process kill everything inside without
+ * naming a pid or a path (supervise.h): cgroup.kill for writing (v2, kernel
+ * 5.14+), and cgroup.procs for reading (v1's memory hierarchy, or v2's);
+ * each -1 when not available. The caller closes them. */
+void sbx_cgroup_kill_fds(const sbx_cgroup *cg, int *kill_fd, int *procs_fd);
 /* SIGKILLs anything still inside, removes the cgroup, frees cg. 0, or
  * -EBUSY when it could not be removed (logged). NULL is fine. */
 int sbx_cgroup_free(sbx_cgroup *cg);

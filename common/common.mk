@@ -5,7 +5,7 @@
 # egress.c). COMMON_OBJS is what sbx-worker and sbx-agent link; nothing here
 # may include a header from worker/ or agent/.
 COMMON_SRCS := common/loop.c common/log.c common/redis.c common/text.c common/opts.c common/buf.c \
-               common/sandbox.c common/cgroup.c common/seccomp_filter.c common/netns.c \
+               common/sandbox.c common/supervise.c common/cgroup.c common/seccomp_filter.c common/netns.c \
                common/egress.c common/hist.c
 COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
 COMMON_INC  := -Icommon
@@ -17,7 +17,7 @@ COMMON_OBJS += $(BUILD)/obj/common/daemon.o
 
 # The Redis scripts: common/lua/<name>.lua becomes sbx_lua_<name> (rscripts.h)
 # in a generated file under $(BUILD), never in the source tree.
-RSCRIPTS     := acquire renew fence release register beat leave
+RSCRIPTS     := acquire renew fence release register beat leave lease_left
 RSCRIPTS_GEN := $(BUILD)/gen/common/rscripts.c
 COMMON_OBJS  += $(BUILD)/obj/common/rscripts.o
 

@@ -20,5 +20,7 @@ extern const char sbx_lua_register[];
 /* The agent's registration (agent/registry.c). */
 extern const char sbx_lua_beat[];
 extern const char sbx_lua_leave[];
+/* The agent: a slot's lease still ours, and its time left (agent/leasewatch.c). */
+extern const char sbx_lua_lease_left[];
 
 #endif

@@ -85,6 +85,12 @@
  * on_exit waits for that. The uids from uid_base on must be reserved for
  * sandboxes: anything else running as them is killed.
  *
+ * Lease. All of the above runs in the caller's loop, so a caller frozen
+ * (SIGSTOP) kills nothing. sbx_sandbox_trust() hands the sandbox to a
+ * supervisor process (supervise.c) with a deadline the caller keeps
+ * pushing; past it, the supervisor SIGKILLs the sandbox by its cgroup and
+ * bwrap's pidfd, and on_exit says expired.
+ *
  * Orphans. bwrap exits as soon as its pid 1 reports the command's status, so
  * that pid 1 is sometimes reparented; a zombie left to a host init that never
  * reaps (common in containers) would count against the uid's RLIMIT_NPROC
@@ -126,6 +132,7 @@
 #include "cgroup.h"
 #include "log.h"
 #include "seccomp_filter.h"
+#include "supervise.h"
 
 /* After bwrap exits, wait this long for output EOF: every writer lives in
  * the pid namespace, which dies with bwrap's pid 1, so EOF normally arrives
@@ -210,6 +217,9 @@ struct sbx_sandbox {
     sbx_timer reap_t;     /* REAPING poll */
     sbx_timer done_t;     /* on_exit */
     sbx_netns *ns;        /* network: its namespace's set-up and NAT */
+    sbx_supervisor *sv;   /* sbx_sandbox_trust(): kills the build at the deadline
+                           * even while we are frozen; stopped when bwrap is reaped */
+    int expired;          /* see sbx_sandbox_status.expired */
 
     int started;          /* on_start delivered */
     int end_set;
@@ -1091,6 +1101,18 @@ static void on_pid_exit(sbx_io *io, int events)
     }
     s->reaped = 1;
     s->t_exit_ms = sbx_now_ms();
+    if (s->sv) {
+        /* It fired, or would have: bwrap died at or after the deadline. */
+        int late = s->lost && s->t_exit_ms >= sbx_supervisor_until(s->sv);
+        s->expired = sbx_supervisor_stop(s->sv) || late;
+        s->sv = NULL;
+        if (s->expired) {
+            s->lost = 0;
+            if (!s->end_set)
+                snprintf(s->error, sizeof(s->error), "killed by its supervisor: the owner's "
+                         "trust in its lease ran out");
+        }
+    }
     sbx__netns_stop(s->ns); /* the NAT has nothing left to carry */
     sbx_io_stop(&s->pid_io);
     close_fd(&s->pidfd);
@@ -1163,6 +1185,7 @@ static void on_done(sbx_timer *t)
     st.duration_ms = s->t_exit_ms - s->t0_ms;
     st.error = s->error;
     st.oom_killed = s->oom_killed;
+    st.expired = s->expired;
     st.disk_full = s->disk_full;
     st.limit = s->limit;
     s->on_exit(s->arg, s, &st);
@@ -1521,7 +1544,28 @@ out:
 }
 
 pid_t sbx_sandbox_pid(const sbx_sandbox *s) { return s->pid; }
+
 const char *sbx_sandbox_workspace(const sbx_sandbox *s) { return s->ws; }
+
+int sbx_sandbox_trust(sbx_sandbox *s, uint64_t until_ms)
+{
+    sbx_supervise_target t = {.pidfd = s->pidfd, .cgroup_kill = -1, .cgroup_procs = -1};
+    int rc;
+
+    if (s->sv) {
+        sbx_supervisor_trust(s->sv, until_ms);
+        return 0;
+    }
+    if (s->state != SB_RUNNING || s->reaped)
+        return 0; /* bwrap is gone: nothing left for a supervisor to kill */
+    sbx_cgroup_kill_fds(s->cg, &t.cgroup_kill, &t.cgroup_procs);
+    rc = sbx_supervisor_start(&t, until_ms, &s->sv);
+    close_fd(&t.cgroup_kill);
+    close_fd(&t.cgroup_procs);
+    if (rc)
+        sbx_warn("sandbox", "no supervisor pid=%d: %s", (int)s->pid, strerror(-rc));
+    return rc;
+}
 
 void sbx_sandbox_free(sbx_sandbox *s)
 {
@@ -1529,6 +1573,8 @@ void sbx_sandbox_free(sbx_sandbox *s)
 
     if (!s)
         return;
+    sbx_supervisor_stop(s->sv);
+    s->sv = NULL;
     sbx_timer_stop(s->loop, &s->start_t);
     sbx_timer_stop(s->loop, &s->wall_t);
     sbx_timer_stop(s->loop, &s->kill_t);

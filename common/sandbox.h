@@ -86,6 +86,8 @@ typedef struct sbx_sandbox_status {
     uint64_t duration_ms;    /* spawn to exit */
     const char *error;       /* "" or a cleanup problem worth reporting */
     int oom_killed;          /* the cgroup's memory limit killed a process */
+    int expired;             /* its supervisor killed it: the deadline of
+                              * sbx_sandbox_trust() passed without a newer one */
     int disk_full;           /* the command failed with the disk_total tmpfs full */
     const char *limit;       /* "" or which limit stopped it, worded for the run's
                               * error: "memory limit of 256 MB reached: killed by
@@ -107,6 +109,14 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
  * kill_grace_ms; on_exit reports SBX_SANDBOX_CANCELED. */
 void sbx_sandbox_cancel(sbx_sandbox *s);
 pid_t sbx_sandbox_pid(const sbx_sandbox *s);
+/* The owner vouches for the build until until_ms (sbx_now_ms() clock): the
+ * first call starts the sandbox's supervisor (supervise.h), a process that
+ * SIGKILLs the whole sandbox when that passes without a newer call, or when
+ * we die, even if this process is frozen (SIGSTOP) and never runs again;
+ * later calls move the deadline (one non-blocking write). on_exit then
+ * reports expired. Without a call, no supervisor. 0 or a negative errno
+ * (no supervisor: the build runs on, as without a call). */
+int sbx_sandbox_trust(sbx_sandbox *s, uint64_t until_ms);
 const char *sbx_sandbox_workspace(const sbx_sandbox *s);
 void sbx_sandbox_free(sbx_sandbox *s);
 

@@ -39,6 +39,8 @@
  *    owner exists, and we stop acting (fenced out).
  *  - We trust our lease only until sent_at + TTL - margin on the monotonic
  *    clock; past that without a renewal we cancel the build and write nothing.
+ *    The provider gets the same deadline (ops->trust) and kills the build by
+ *    itself if we are frozen when it passes.
  *
  * Async callbacks carry the job pointer; `ops` counts those outstanding (a
  * started build counts as one until it reports FINISHED), so a job is never
@@ -695,6 +697,14 @@ static void lose_lease(job *j, const char *why)
         j->w->prov->ops->cancel(j->w->prov, j->run);
 }
 
+/* The provider's watchdog kills the build when our trust window ends
+ * without a renewal, even if we are frozen then (provider.h trust). */
+static void trust_build(job *j)
+{
+    if (j->run && j->w->prov->ops->trust)
+        j->w->prov->ops->trust(j->w->prov, j->run, j->lease_until_ms);
+}
+
 static void on_renewed(void *arg, const sbx_lease_reply *rep)
 {
     job *j = arg;
@@ -704,6 +714,7 @@ static void on_renewed(void *arg, const sbx_lease_reply *rep)
         return;
     if (rep->status == SBX_LEASE_OK) {
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
+        trust_build(j);
         if (rep->reaped)
             jlog(SBX_LOG_WARN, j, "lease on %s was gone from Redis; restored", j->slot);
     } else if (rep->status == SBX_LEASE_LOST) {
@@ -823,6 +834,7 @@ static void start_build(job *j)
         return;
     }
     j->ops++; /* the build, until FINISHED */
+    trust_build(j);
     sbx_timer_start(w->loop, &j->renew, (uint64_t)w->cfg.lease_ttl_ms / 3);
 }
 
@@ -1101,6 +1113,8 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
     op_done(j);
     if (over(j))
         return; /* ended safely while it ran */
+    if (!j->lost && sbx_now_ms() >= j->lease_until_ms)
+        lose_lease(j, "the trust window ended while the build ran"); /* we were frozen */
     if (j->lost) {
         release(j, w->stopping ? AR_HANDBACK : AR_WAIT);
         return;

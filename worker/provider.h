@@ -92,6 +92,13 @@ typedef struct sbx_provider_ops {
      * watches (a crashed predecessor). Runs in the background and logs what
      * it did; called at start-up and every minute. */
     void (*sweep)(sbx_provider *p);
+    /* Optional (NULL: nothing outside this process enforces the lease).
+     * The run's lease is trusted until until_ms (sbx_now_ms() clock): called
+     * right after start() and after every renewal. The provider kills the
+     * build by itself when that passes without a newer call, even while this
+     * process is frozen; FINISHED then reports SBX_OUTCOME_ERROR ("killed by
+     * its supervisor"). Cheap and non-blocking: no network call. */
+    void (*trust)(sbx_provider *p, sbx_run *r, uint64_t until_ms);
     /* Kills every run at once (worker exit); no callbacks follow. */
     void (*destroy)(sbx_provider *p);
 } sbx_provider_ops;

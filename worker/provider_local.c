@@ -37,6 +37,10 @@
  * egress.c): the operator's SBX_EGRESS_ALLOW / SBX_EGRESS_DENY, resolved
  * here at start-up, narrowed by the job's "egress" list.
  *
+ * Lease: trust() gives the sandbox's supervisor (common/supervise.c) the
+ * end of the lease's trust window; a build it killed ends ERROR ("killed by
+ * its supervisor"), which the worker, past that window, never writes.
+ *
  * Outcomes: canceled -> CANCELED (even if the build ended meanwhile: the
  * caller asked, provider.h promises it); wall timer -> TIMED_OUT; bwrap never
  * reached the command -> ERROR (a host problem, worth a retry); exit 0 ->
@@ -143,13 +147,18 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     res.exit_code = st->exit_code;
     if (r->canceled)
         res.outcome = SBX_OUTCOME_CANCELED;
+    else if (st->expired)
+        res.outcome = SBX_OUTCOME_ERROR;
     else if (st->end == SBX_SANDBOX_TIMED_OUT)
         res.outcome = SBX_OUTCOME_TIMED_OUT;
     else if (!st->ran || st->lost)
         res.outcome = SBX_OUTCOME_ERROR;
     else
         res.outcome = st->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
-    if (res.outcome == SBX_OUTCOME_ERROR && st->lost) {
+    if (res.outcome == SBX_OUTCOME_ERROR && st->expired) {
+        snprintf(res.error, sizeof(res.error), "%s", st->error);
+        res.exit_code = -1;
+    } else if (res.outcome == SBX_OUTCOME_ERROR && st->lost) {
         snprintf(res.error, sizeof(res.error), "sandbox killed from outside (signal %d)",
                  st->exit_code - 128);
         res.exit_code = -1;
@@ -281,6 +290,13 @@ static void local_cancel(sbx_provider *bp, sbx_run *r)
     sbx_sandbox_cancel(r->sb);
 }
 
+/* The sandbox's supervisor holds the deadline (common/supervise.c). */
+static void local_trust(sbx_provider *bp, sbx_run *r, uint64_t until_ms)
+{
+    (void)bp;
+    sbx_sandbox_trust(r->sb, until_ms);
+}
+
 static size_t local_slots(sbx_provider *bp, const char ***ids)
 {
     local_provider *p = (local_provider *)bp;
@@ -331,6 +347,7 @@ static const sbx_provider_ops local_ops = {
     .name = "local",
     .start = local_start,
     .cancel = local_cancel,
+    .trust = local_trust,
     .slots = local_slots,
     .pool = local_pool,
     .destroy = local_destroy,

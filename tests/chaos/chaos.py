@@ -24,7 +24,12 @@ the e2e session's through run_chaos()), and the judgement of that run.
    worker and a restart; SIGSTOP of a worker past its lease TTL, then
    SIGCONT; Redis crash (SIGKILL, data lost) and restart; PostgreSQL crash
    and restart (WAL recovery); Kafka broker restart (crash or controlled);
-   vmpool: kill -9 of an agent and a restart. The first faults go through
+   vmpool: kill -9 of an agent and a restart; the long run only: SIGSTOP of
+   a worker while it runs one of the builds that last three lease TTLs
+   (Options.long_builds of the jobs), past its session and lease, so that
+   another worker takes the job over while the frozen one's build would
+   still run (the lease's supervisor must have killed it: the watcher sees
+   any two builds of a project alive at once). The first faults go through
    every kind once, so even a short run injects each.
  - A watcher thread samples /proc (only processes of the sandbox uids) and
    records every moment at which two builds of one project were alive.
@@ -82,8 +87,8 @@ SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Memory|Thread)Sanitizer|runtime
 STATS_RE = re.compile(r"\bstats\b.*?(periodic|exit): .*?duplicates=(\d+) lease_waits=(\d+) "
                       r"fenced_out=(\d+) retries=(\d+)")
 MARK_RE = re.compile(r"sbxchaos\.([A-Za-z0-9_:-]+)\.([A-Za-z0-9_:-]+)")
-FAULTS = ("worker_kill9", "worker_sigstop", "redis_restart", "postgres_restart", "kafka_restart",
-          "agent_kill9")
+FAULTS = ("worker_kill9", "worker_sigstop", "worker_sigstop_build", "redis_restart",
+          "postgres_restart", "kafka_restart", "agent_kill9")
 # Per kind of job finding, how many jobs' histories go into the evidence.
 GROUP_EVIDENCE = 20
 # Sandbox uids: far above the ranges the unit and e2e tests use, and per
@@ -116,11 +121,13 @@ class Options:
         self.produce = 30.0         # jobs are published over this many s
         self.gap = (2.0, 4.5)       # between two faults, s
         self.build = (0.2, 2.0)     # build length, s
+        self.long_builds = 0.0      # share of jobs whose build lasts 3 lease TTLs
         self.ttl_ms = 3000
         self.session_ms = 6000
         self.settle = 75.0          # all jobs terminal within, s after the faults
-        self.weights = {"worker_kill9": 3, "worker_sigstop": 2, "redis_restart": 2,
-                        "postgres_restart": 2, "kafka_restart": 1, "agent_kill9": 2}
+        self.weights = {"worker_kill9": 3, "worker_sigstop": 2, "worker_sigstop_build": 0,
+                        "redis_restart": 2, "postgres_restart": 2, "kafka_restart": 1,
+                        "agent_kill9": 2}
         self.keep = False
         self.out = None
         self.own_services = False   # every lease key in Redis is ours
@@ -133,7 +140,8 @@ class Options:
     @classmethod
     def long(cls, **kw):
         d = dict(jobs=800, projects=36, duration=360.0, produce=330.0, gap=(2.0, 6.0),
-                 settle=150.0)
+                 settle=150.0, long_builds=0.05)
+        d["weights"] = dict(cls().weights, worker_sigstop_build=2)
         d.update(kw)
         return cls(**d)
 
@@ -358,6 +366,7 @@ class Chaos:
         self.findings = []
         self.workers, self.agents = [], []
         self.acked = set()
+        self.long_ids = set()       # jobs whose build lasts 3 lease TTLs
         self.resent = 0             # batches sent again after a failed publication
         self.produce_error = None
         self.figures = {}
@@ -390,6 +399,9 @@ class Chaos:
             project = self.projects[self.rng.randrange(len(self.projects))]
             job_id = "%s-j%04d" % (self.tag, i)
             d = round(self.rng.uniform(*self.o.build), 2)
+            if self.rng.random() < self.o.long_builds:
+                d = 3 * self.o.ttl_ms / 1000.0
+                self.long_ids.add(job_id)
             script = (": sbxchaos.%s.%s; echo start=$(date +%%s%%N) job=%s; sleep %s; "
                       "echo end=$(date +%%s%%N) job=%s" % (project, job_id, job_id, d, job_id))
             jobs.append({"job_id": job_id, "project_id": project, "script": script,
@@ -536,6 +548,8 @@ class Chaos:
 
     def inject(self, kind):
         ttl = self.o.ttl_ms / 1000.0
+        if kind == "worker_sigstop_build":
+            return self.freeze_long_build(ttl)
         if kind in ("worker_kill9", "worker_sigstop", "agent_kill9"):
             pool = self.agents if kind == "agent_kill9" else self.workers
             up = [p for p in pool if p.alive() and p.restart_at is None
@@ -569,6 +583,27 @@ class Chaos:
         self.note(kind, "%s %s, down %.1f s, back after %.1f s" % (
             name, "crashed (SIGKILL)" if hard else "stopped (SIGTERM)", down, _now() - t0),
             began)
+        return True
+
+    def freeze_long_build(self, ttl):
+        """SIGSTOP of a worker while it runs a build of 3 TTLs, until after
+        its Kafka session and lease expired and another worker took the job
+        over: the frozen build must be gone by then (common/supervise.c;
+        vmpool: agent/leasewatch.c), which the watcher checks on the host."""
+        rows = self.db.query("SELECT worker_id FROM sbx.runs WHERE job_id = ANY(%s) "
+                             "AND status = 'running'", sorted(self.long_ids))
+        busy = {r[0] for r in rows}
+        up = [p for p in self.workers if p.alive() and p.restart_at is None
+              and p.stopped_until is None and p.env["SBX_WORKER_ID"] in busy]
+        if not up:
+            return False
+        p = self.rng.choice(up)
+        session = self.o.session_ms / 1000.0
+        d = self.rng.uniform(session + ttl, session * 1.5 + ttl)
+        p.signal(signal.SIGSTOP)
+        p.stopped_until = _now() + d
+        self.note("worker_sigstop_build", "%s (pid %d), running a long build, stopped for %.1f s"
+                  % (p.name, p.pid, d))
         return True
 
     def up(self, name):
@@ -760,6 +795,7 @@ class Chaos:
             "jobs": len(self.ids),
             "batches published again": self.resent,
             "jobs re-run (attempt > 1)": reran,
+            "long builds (3 TTLs)": len(self.long_ids),
             "takeovers (claim of an active run)": takeovers,
             "builds seen on the host": len(watcher.builds),
             "most builds alive at once": watcher.max_alive,

@@ -48,7 +48,7 @@ $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c) $(FUZZ_NDEBU
 # The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
 # and libmicrohttpd-dev, no Redis).
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c \
-                   common/loop.c common/log.c common/sandbox.c common/cgroup.c common/seccomp_filter.c \
+                   common/loop.c common/log.c common/sandbox.c common/supervise.c common/cgroup.c common/seccomp_filter.c \
                    common/netns.c common/egress.c common/text.c common/buf.c common/hist.c \
                    producers/lib/message.c producers/lib/utf8.c producers/lib/version.c
 $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c): \

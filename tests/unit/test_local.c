@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conformance.h"
@@ -813,6 +814,153 @@ static void t_nothing_left_of_slot_uids(void **state)
     assert_int_equal(n, 0);
 }
 
+/* ---- the lease's watchdog (provider trust, common/supervise.c) ---- */
+
+/* The build's own clock: the last line of <workspace>/clock (ns since the
+ * epoch, `date +%s%N`), read from the host while the workspace exists. */
+static long long last_tick(int slot, int64_t token)
+{
+    char path[512], buf[4096];
+    long long last = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%d-%" PRId64 "/ws/clock", g_work_dir, slot, token);
+    f = fopen(path, "r");
+    if (!f) {
+        snprintf(path, sizeof(path), "%s/%d-%" PRId64 "/clock", g_work_dir, slot, token);
+        f = fopen(path, "r");
+    }
+    if (!f)
+        return 0;
+    while (fgets(buf, sizeof(buf), f))
+        if (strlen(buf) > 10)
+            last = atoll(buf);
+    fclose(f);
+    return last;
+}
+
+static long long wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+#define TICKS "while :; do date +%s%N >>/workspace/clock; sleep 0.02; done"
+
+/* The owner stops running (its loop is not turned: as frozen as a SIGSTOP
+ * makes it) with the deadline 800 ms ahead: the build's own clock must stop
+ * at the deadline, before the owner runs again. */
+static void t_frozen_owner_build_killed(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char err[256] = "", m[64], script[256];
+    long long deadline_ns, tick, killed_after_ms;
+    uint64_t until;
+    (void)state;
+
+    sbx_conformance_marker(m, 26);
+    snprintf(script, sizeof(script), "%s & %s", m, TICKS);
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, script, 600);
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m));
+    while (last_tick(0, r.token) == 0 && !r.finished)
+        sbx_loop_once(e.loop, 10);
+    until = sbx_now_ms() + 800;
+    deadline_ns = wall_ns() + 800 * 1000000LL;
+    e.p->ops->trust(e.p, r.run, until);
+    /* Frozen: no loop turn, no timer, no callback for 2.5 s. */
+    usleep(2500 * 1000);
+    tick = last_tick(0, r.token);
+    killed_after_ms = (tick - deadline_ns) / 1000000LL;
+    print_message("    frozen owner: the build's last tick %lld ms after the deadline\n",
+                  killed_after_ms);
+    assert_true(tick > 0);
+    assert_true(killed_after_ms > -300 && killed_after_ms < 200);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    /* Thawed: the run reports that its supervisor ended it. */
+    assert_true(wait_done(&e, &r, 10000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "supervisor"));
+    env_close(&e);
+}
+
+/* An owner that keeps vouching keeps its build, well past the first
+ * deadline; the build then ends as it would have. */
+static void t_trusted_build_runs_on(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char err[256] = "";
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, "sleep 1.5; echo done", 60);
+    assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+    e.p->ops->trust(e.p, r.run, sbx_now_ms() + 400);
+    while (!r.finished) {
+        uint64_t next = sbx_now_ms() + 100;
+        while (sbx_now_ms() < next && !r.finished)
+            sbx_loop_once(e.loop, 10);
+        if (!r.finished)
+            e.p->ops->trust(e.p, r.run, sbx_now_ms() + 400);
+    }
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(r.res.log_tail, "done\n");
+    env_close(&e);
+}
+
+/* kill -9 of the owner: its sandbox dies with it (bwrap's PDEATHSIG, and
+ * the supervisor sees its pipe close), long before any deadline. */
+static void t_killed_owner_build_killed(void **state)
+{
+    char m[64], script[256];
+    pid_t owner;
+    uint64_t until;
+    int status, up = 0;
+    (void)state;
+
+    sbx_conformance_marker(m, 27);
+    snprintf(script, sizeof(script), "%s & %s", m, TICKS);
+    owner = fork();
+    assert_true(owner >= 0);
+    if (owner == 0) {
+        lenv e;
+        sbx_job job;
+        lrun r;
+        char err[256] = "";
+        if (env_open(&e, NULL) != 0)
+            _exit(1);
+        job_init(&job, script, 600);
+        if (start(&e, 0, &job, &r, err, sizeof(err)) != 0)
+            _exit(2);
+        e.p->ops->trust(e.p, r.run, sbx_now_ms() + 600000);
+        for (;;)
+            sbx_loop_once(e.loop, 100);
+    }
+    until = sbx_now_ms() + 10000;
+    while (!(up = sbx_conformance_procs_with(m, 1) > 0) && sbx_now_ms() < until)
+        usleep(10000);
+    assert_true(up);
+    usleep(200 * 1000); /* the supervisor is forked right after the start */
+    kill(owner, SIGKILL);
+    assert_int_equal(waitpid(owner, &status, 0), owner);
+    until = sbx_now_ms() + 2000;
+    while (sbx_conformance_procs_with(m, 0) > 0 && sbx_now_ms() < until)
+        usleep(10000);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    /* What the dead owner left on disk goes with the next provider's sweep. */
+    {
+        lenv e;
+        assert_int_equal(env_open(&e, NULL), 0);
+        env_close(&e);
+    }
+}
+
 static void t_slots_and_pool(void **state)
 {
     lenv e;
@@ -848,6 +996,9 @@ int main(void)
         cmocka_unit_test(t_cancel_graceful),
         cmocka_unit_test(t_cancel_term_ignored),
         cmocka_unit_test(t_daemons_killed),
+        cmocka_unit_test(t_frozen_owner_build_killed),
+        cmocka_unit_test(t_trusted_build_runs_on),
+        cmocka_unit_test(t_killed_owner_build_killed),
         cmocka_unit_test(t_bwrap_failure_is_error),
         cmocka_unit_test(t_leftover_of_slot_uid_swept),
         cmocka_unit_test(t_stale_workspaces_removed),

@@ -17,7 +17,7 @@
 static const struct { const char *name, *lua; } scripts[] = {
     {"acquire", sbx_lua_acquire}, {"renew", sbx_lua_renew},       {"fence", sbx_lua_fence},
     {"release", sbx_lua_release}, {"register", sbx_lua_register}, {"beat", sbx_lua_beat},
-    {"leave", sbx_lua_leave},
+    {"leave", sbx_lua_leave},     {"lease_left", sbx_lua_lease_left},
 };
 #define NSCRIPTS (sizeof(scripts) / sizeof(scripts[0]))
 
