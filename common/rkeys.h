@@ -18,6 +18,13 @@
  *                                acquire, renew and fence.lua lift it to the
  *                                newest token PostgreSQL holds after Redis
  *                                lost its data. Writer: worker.
+ *   {sbx}:quiet_until            string: ms (Redis clock) before which
+ *                                acquire.lua hands out no lease. Set to now
+ *                                + ttl by the script that finds {sbx}:fence
+ *                                below a token a worker knows (Redis lost
+ *                                its data): the owners of the leases it
+ *                                forgot take them back meanwhile (renew).
+ *                                Writer: worker.
  *   {sbx}:slots:<pool>           set: the pool's registered slots. Writers:
  *                                worker (register.lua, for the pools whose
  *                                slots the worker knows: local, docker, fly),
@@ -64,6 +71,7 @@
 /* Whole keys. */
 #define SBX_RKEY_FENCE     "{sbx}:fence"
 #define SBX_RKEY_DEADLINES "{sbx}:deadlines"
+#define SBX_RKEY_QUIET     "{sbx}:quiet_until"
 
 /* Prefixes: the key is the prefix followed by the id named above. */
 #define SBX_RKEY_SLOTS     "{sbx}:slots:"

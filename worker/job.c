@@ -605,6 +605,8 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         j->lost = 0;
         snprintf(j->slot, sizeof(j->slot), "%s", rep->slot);
         j->token = rep->token;
+        if (j->token > w->tokens_seen)
+            w->tokens_seen = j->token;
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
         j->backoff = 0;
         sbx__waitq_unlist(&w->waits, &j->wt);
@@ -633,11 +635,18 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         }
         break;
     case SBX_LEASE_HELD:
-        /* A previous owner (killed, or still running after a rebalance)
-         * holds this job's lease: wait for it to end or expire. */
+    case SBX_LEASE_QUIET:
+        /* HELD: a previous owner (killed, or still running after a
+         * rebalance) holds this job's lease. QUIET: Redis lost its data, and
+         * builds of leases it forgot may still run; their owners take those
+         * leases back within one ttl. Either way, wait for it to end. */
         w->stats.lease_waits++;
-        jlog(SBX_LOG_INFO, j, "lease still held on %s for %" PRId64 " ms; waiting",
+        if (rep->status == SBX_LEASE_HELD)
+            jlog(SBX_LOG_INFO, j, "lease still held on %s for %" PRId64 " ms; waiting",
                  rep->slot, rep->ttl_left_ms);
+        else
+            jlog(SBX_LOG_WARN, j, "Redis lost its data; no new lease for %" PRId64 " ms",
+                 rep->ttl_left_ms);
         d = rep->ttl_left_ms > 0 ? (uint64_t)rep->ttl_left_ms + 50 : 100;
         if (d > (uint64_t)w->cfg.lease_ttl_ms)
             d = (uint64_t)w->cfg.lease_ttl_ms;
@@ -673,7 +682,9 @@ static void acquire(job *j)
     j->renew_sent_ms = sbx_now_ms();
     j->releases_seen = w->releases;
     rc = sbx_lease_acquire(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id, j->id,
-                           w->cfg.worker_id, w->cfg.lease_ttl_ms, j->row_token, on_acquired, j);
+                           w->cfg.worker_id, w->cfg.lease_ttl_ms,
+                           j->row_token > w->tokens_seen ? j->row_token : w->tokens_seen,
+                           on_acquired, j);
     if (rc) {
         if (!transition(j, J_WAITING))
             return;

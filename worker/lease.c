@@ -93,7 +93,7 @@ static void on_reply(void *arg, redisReply *rep)
     sbx_lease_reply out;
     static const struct { const char *word; sbx_lease_status st; } words[] = {
         {"OK", SBX_LEASE_OK},       {"BUSY", SBX_LEASE_BUSY}, {"HELD", SBX_LEASE_HELD},
-        {"NOCAP", SBX_LEASE_NOCAP}, {"LOST", SBX_LEASE_LOST},
+        {"NOCAP", SBX_LEASE_NOCAP}, {"LOST", SBX_LEASE_LOST}, {"QUIET", SBX_LEASE_QUIET},
     };
 
     memset(&out, 0, sizeof(out));
@@ -172,12 +172,14 @@ int sbx_lease_renew(sbx_leases *l, const sbx_lease_id *id, int64_t ttl_ms, sbx_l
     return eval(l, l->renew, cb, arg, 8, argv);
 }
 
-int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, sbx_lease_cb cb, void *arg)
+int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, int64_t ttl_ms, sbx_lease_cb cb,
+                          void *arg)
 {
-    char f[24];
-    const char *argv[] = {"0", f};
+    char f[24], ttl[24];
+    const char *argv[] = {"0", f, ttl};
     snprintf(f, sizeof(f), "%" PRId64, floor);
-    return eval(l, l->fence, cb, arg, 2, argv);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    return eval(l, l->fence, cb, arg, 3, argv);
 }
 
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,

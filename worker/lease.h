@@ -20,6 +20,7 @@ typedef enum sbx_lease_status {
     SBX_LEASE_BUSY,      /* the project has a build on another job */
     SBX_LEASE_HELD,      /* this very job holds a lease (another worker, or our past self) */
     SBX_LEASE_NOCAP,     /* no free slot in the pool */
+    SBX_LEASE_QUIET,     /* Redis lost its data just now: no new lease for ttl_left_ms */
     SBX_LEASE_LOST,      /* renew/release: the token is no longer the slot's */
     SBX_LEASE_ERROR,     /* Redis down or a script error: retry later */
 } sbx_lease_status;
@@ -32,7 +33,8 @@ typedef struct sbx_lease_reply {
     sbx_lease_status status;
     char slot[SBX_LEASE_SLOT_MAX + 1]; /* OK on acquire */
     int64_t token;          /* OK on acquire */
-    int64_t ttl_left_ms;    /* BUSY/HELD: how long the holder's lease still runs */
+    int64_t ttl_left_ms;    /* BUSY/HELD: how long the holder's lease still runs;
+                               QUIET: how long new leases are held back */
     int reaped;             /* expired leases this call reaped */
     const char *error;      /* ERROR: Redis' text, valid during the callback */
 } sbx_lease_reply;
@@ -46,8 +48,10 @@ void sbx_leases_free(sbx_leases *l);
 
 /* Every call returns 0 and later calls cb once, or returns an error and never
  * calls cb (Redis down). */
-/* token_floor: the newest token PostgreSQL holds for the job's run; the new
- * token is above it even if Redis lost its counter (restart without data). */
+/* token_floor: the newest token the caller knows (the job's run row, or any
+ * it saw); the new token is above it even if Redis lost its counter
+ * (restart without data). A counter below it is that loss seen: the reply
+ * is QUIET, and so is every acquire for one ttl (acquire.lua says why). */
 int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
                       const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
                       void *arg);
@@ -62,8 +66,10 @@ typedef struct sbx_lease_id {
 int sbx_lease_renew(sbx_leases *l, const sbx_lease_id *id, int64_t ttl_ms, sbx_lease_cb cb,
                     void *arg);
 /* Lifts the token counter to at least floor (the newest token PostgreSQL
- * recorded) so tokens keep growing after Redis lost its data. */
-int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, sbx_lease_cb cb, void *arg);
+ * recorded) so tokens keep growing after Redis lost its data; a lift also
+ * holds new leases back for ttl_ms (acquire replies QUIET). */
+int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, int64_t ttl_ms, sbx_lease_cb cb,
+                          void *arg);
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
                       void *arg);
 /* Makes the pool's slot set exactly `slots` (free unless leased, or marked

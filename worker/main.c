@@ -101,20 +101,26 @@ out:
 
 static void on_fence_floor(void *arg, const sbx_lease_reply *rep)
 {
-    (void)arg;
+    sbx_worker *w = arg;
     if (rep->status == SBX_LEASE_OK && rep->reaped)
-        sbx_warn("lease", "token counter was behind PostgreSQL (Redis lost data?); lifted to %lld",
-                 (long long)rep->token);
+        sbx_warn("lease", "token counter was behind PostgreSQL (Redis lost data?); lifted to "
+                 "%lld, and no new lease for %d ms while live builds take theirs back",
+                 (long long)rep->token, w->cfg.lease_ttl_ms);
 }
 
 static void on_max_token(void *arg, PGresult *res, const char *err)
 {
     sbx_worker *w = arg;
+    int64_t t;
+
     if (!res || PQntuples(res) != 1) {
         sbx_warn("lease", "newest token from PostgreSQL: %s", err ? err : "no row");
         return;
     }
-    sbx_lease_fence_floor(w->leases, strtoll(PQgetvalue(res, 0, 0), NULL, 10), on_fence_floor, w);
+    t = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (t > w->tokens_seen)
+        w->tokens_seen = t;
+    sbx_lease_fence_floor(w->leases, t, w->cfg.lease_ttl_ms, on_fence_floor, w);
 }
 
 /* Slots are registered when Redis connects (at start, and after every

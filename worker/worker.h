@@ -48,6 +48,8 @@ struct sbx_worker {
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
+    int64_t tokens_seen;          /* newest fencing token this worker knows: every
+                                     acquire's floor, so it notices Redis lost data */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
     sbx__dl *dls;                 /* dead letters being recorded or published (dlq.c) */
     sbx_stats stats;

@@ -7,6 +7,8 @@
 --   HELD   this very job holds the project's lease (slot, time left)
 --   BUSY   another job of the project holds it (slot, time left)
 --   NOCAP  no free slot in the pool
+--   QUIET  Redis lost its data a moment ago: no new lease until every live
+--          owner had a renewal's chance to take its lease back (time left)
 --
 -- First, expired leases are reaped (any worker may reap; reaping twice is
 -- harmless), at most 64 per call so one acquire never runs long inside
@@ -29,6 +31,19 @@ for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now
   reaped = reaped + 1
 end
 local pool, project, job, worker, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+-- Tokens must outgrow every token PostgreSQL has seen, even after Redis
+-- lost its data: the caller passes the newest token it knows as a floor.
+-- A counter below it is that loss seen; the owners of the leases it took
+-- are maybe still building, so no lease is handed out for one ttl
+-- ({sbx}:quiet_until): each live owner renews within it and takes its lease
+-- back (renew.lua), and a frozen one stops trusting its lease (its
+-- supervisor kills the build) before it ends.
+if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[6]) then
+  redis.call('SET', '{sbx}:fence', ARGV[6])
+  if (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) < now + ttl then
+    redis.call('SET', '{sbx}:quiet_until', now + ttl)
+  end
+end
 local held = redis.call('GET', '{sbx}:project:' .. project)
 if held then
   local l = redis.call('HMGET', '{sbx}:lease:' .. held, 'job', 'expires')
@@ -36,6 +51,8 @@ if held then
   if l[1] == job then return {'HELD', held, 0, left, reaped} end
   return {'BUSY', held, 0, left, reaped}
 end
+local quiet = (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) - now
+if quiet > 0 then return {'QUIET', '', 0, quiet, reaped} end
 -- A slot on a VM whose agent stopped heartbeating is never handed out: it
 -- leaves the pool (the agent registers again when it comes back). Slots
 -- without a {sbx}:vm: hash (local, docker, fly) skip the check.
@@ -51,11 +68,6 @@ for _ = 1, 64 do
   slot = nil
 end
 if not slot then return {'NOCAP', '', 0, 0, reaped} end
--- Tokens must outgrow every token PostgreSQL has seen, even after Redis
--- lost its data: the caller passes the run row's token as a floor.
-if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[6]) then
-  redis.call('SET', '{sbx}:fence', ARGV[6])
-end
 local token = redis.call('INCR', '{sbx}:fence')
 redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker', worker, 'token', token, 'pool', pool, 'expires', now + ttl)
 redis.call('SET', '{sbx}:project:' .. project, slot)

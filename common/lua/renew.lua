@@ -20,8 +20,14 @@ local restored = 0
 if not l[1] then
   local held = redis.call('GET', '{sbx}:project:' .. project)
   if held and held ~= slot then return {'LOST', '', 0, 0, 0} end
+  -- A counter below our token: Redis lost its data, and other owners may
+  -- be about to take theirs back too. acquire.lua hands out nothing new
+  -- until they had one ttl to do so.
   if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(tok) then
     redis.call('SET', '{sbx}:fence', tok)
+    if (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) < now + ttl then
+      redis.call('SET', '{sbx}:quiet_until', now + ttl)
+    end
   end
   redis.call('HSET', lk, 'job', job, 'project', project, 'worker', worker, 'token', tok, 'pool', pool)
   redis.call('SREM', '{sbx}:free:' .. pool, slot)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "lease.h"
+#include "rkeys.h"
 #include "svc.h"
 
 static test_redis srv;
@@ -247,12 +248,17 @@ static void test_renew_restores_a_lease_redis_lost(void **state)
     CALL(sbx_lease_acquire(LS, "dl", "projE", "jobE", "w2", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
     assert_string_not_equal(last_slot, s1);
-    /* and its renewal takes the lease back and lifts the counter above it. */
+    /* and its renewal takes the lease back and lifts the counter above it; */
     renew("dl", s1, "projD", "jobD", t1, 10000);
     assert_int_equal(last.status, SBX_LEASE_OK);
     assert_int_equal(last.reaped, 1);
     CALL(sbx_lease_acquire(LS, "dl", "projD", "jobOther", "w3", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_BUSY);
+    /* other owners may be taking theirs back too: one ttl without new leases. */
+    CALL(sbx_lease_acquire(LS, "dl", "projF", "jobF", "w3", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_QUIET);
+    assert_true(last.ttl_left_ms > 9000 && last.ttl_left_ms <= 10000);
+    redis_do("DEL", SBX_RKEY_QUIET, NULL, NULL, NULL, NULL); /* the ttl went by */
     CALL(sbx_lease_release(LS, s1, t1, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
     CALL(sbx_lease_acquire(LS, "dl", "projF", "jobF", "w3", 10000, 0, on_rep, NULL));
@@ -265,11 +271,63 @@ static void test_renew_restores_a_lease_redis_lost(void **state)
     assert_int_equal(last.status, SBX_LEASE_OK);
     renew("dl", strcmp(last_slot, "dl/0") == 0 ? "dl/1" : "dl/0", "projD", "jobD", t1, 10000);
     assert_int_equal(last.status, SBX_LEASE_LOST);
-    /* The fence floor lifts a counter that fell behind. */
-    CALL(sbx_lease_fence_floor(LS, 900000, on_rep, NULL));
+    /* The fence floor lifts a counter that fell behind, and holds new
+     * leases back for the ttl it is given. */
+    CALL(sbx_lease_fence_floor(LS, 900000, 300, on_rep, NULL));
     assert_int_equal(last.reaped, 1);
     CALL(sbx_lease_acquire(LS, "dl", "projG", "jobG", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_QUIET);
+    assert_true(last.ttl_left_ms > 0 && last.ttl_left_ms <= 300);
+    {
+        struct timespec ts = {0, (long)(last.ttl_left_ms + 20) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    CALL(sbx_lease_acquire(LS, "dl", "projG", "jobG", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
     assert_int_equal(last.token, 900001);
+}
+
+/* Redis forgets a running build's lease. A worker that knows a newer token
+ * than the counter (another job of the same project, the same job after a
+ * rebalance) gets no lease for one ttl, in which the owner's renewal takes
+ * its lease back: the project is then busy, not handed out twice. */
+static void test_data_loss_holds_new_leases_back(void **state)
+{
+    char s1[192];
+    int64_t t1;
+    const char *ids[2] = {"dq/0", "dq/1"};
+    (void)state;
+    CALL(sbx_lease_register(LS, "dq", "t", ids, 2, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS, "dq", "projQ", "jobQ1", "w1", 400, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    snprintf(s1, sizeof(s1), "%s", last_slot);
+    t1 = last.token;
+    redis_do("FLUSHALL", NULL, NULL, NULL, NULL, NULL);
+    CALL(sbx_lease_register(LS, "dq", "t", ids, 2, on_rep, NULL));
+    /* A floor above the counter: the loss is seen. */
+    CALL(sbx_lease_acquire(LS, "dq", "projQ", "jobQ2", "w2", 400, t1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_QUIET);
+    assert_true(last.ttl_left_ms > 0 && last.ttl_left_ms <= 400);
+    CALL(sbx_lease_acquire(LS, "dq", "projOther", "jobO", "w2", 400, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_QUIET);
+    /* The owner renews within the ttl and takes its lease back. */
+    renew("dq", s1, "projQ", "jobQ1", t1, 400);
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_int_equal(last.reaped, 1);
+    {
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        renew("dq", s1, "projQ", "jobQ1", t1, 10000);
+        assert_int_equal(last.status, SBX_LEASE_OK);
+        assert_int_equal(last.reaped, 0);
+        ts.tv_nsec = 300 * 1000000L; /* the quiet ttl runs out */
+        nanosleep(&ts, NULL);
+    }
+    CALL(sbx_lease_acquire(LS, "dq", "projQ", "jobQ2", "w2", 400, t1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_BUSY);
+    CALL(sbx_lease_acquire(LS, "dq", "projOther", "jobO", "w2", 400, t1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_true(last.token > t1);
 }
 
 static void test_survives_redis_restart(void **state)
@@ -300,7 +358,12 @@ static void test_survives_redis_restart(void **state)
     assert_true(test_run_until(L, &connected, 10000));
     reg("p4", 1);
     /* The restarted Redis lost the counter; the floor from PostgreSQL keeps
-     * tokens growing. */
+     * tokens growing, once the builds of forgotten leases had their ttl to
+     * take them back. */
+    CALL(sbx_lease_acquire(LS, "p4", "q", "j", "w", 300, 5000, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_QUIET);
+    ts.tv_nsec = (long)(last.ttl_left_ms + 20) * 1000000L;
+    nanosleep(&ts, NULL);
     CALL(sbx_lease_acquire(LS, "p4", "q", "j", "w", 1000, 5000, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
     assert_int_equal(last.token, 5001);
@@ -315,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_register_many_slots_in_chunks),
         cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),
         cmocka_unit_test(test_renew_restores_a_lease_redis_lost),
+        cmocka_unit_test(test_data_loss_holds_new_leases_back),
         cmocka_unit_test(test_survives_redis_restart),
     };
     return cmocka_run_group_tests_name("lease", tests, setup, teardown);
