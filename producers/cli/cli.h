@@ -44,6 +44,11 @@ PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code);
 /* Prints a libpq error as one line: "sbx: <what>: <message>". */
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res);
 
+/* Prints text someone else wrote (a build's output, a producer's message)
+ * to the terminal, each line after indent: control characters (terminal
+ * escapes included) are shown as '?'. */
+void sbx__cli_print_clean(const char *s, const char *indent);
+
 int sbx__cmd_enqueue(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_status(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg);

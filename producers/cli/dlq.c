@@ -46,23 +46,6 @@ static const char *val(const PGresult *r, int row, const char *col)
 
 static const char *or_dash(const char *s) { return s && *s ? s : "-"; }
 
-/* Text from a message someone else produced: control characters (terminal
- * escapes included) are shown as '?'; a newline keeps its indent. */
-static void print_clean(const char *s, const char *indent)
-{
-    fputs(indent, stdout);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '\n') {
-            if (s[1])
-                printf("\n%s", indent);
-            continue;
-        }
-        putchar((c < 0x20 && c != '\t') || c == 0x7f ? '?' : c);
-    }
-    putchar('\n');
-}
-
 /* "30d", "12h", "15m", "90s" or plain seconds. */
 static int parse_duration(const char *s, long long *out)
 {
@@ -195,7 +178,7 @@ out:
 static void field(const char *label, const char *value)
 {
     printf("%-11s ", label);
-    print_clean(or_dash(value), "");
+    sbx__cli_print_clean(or_dash(value), "");
 }
 
 static int cmd_show(int argc, char **argv, struct sbx__cli_config *cfg)
@@ -285,10 +268,10 @@ static int cmd_show(int argc, char **argv, struct sbx__cli_config *cfg)
                               "kept)");
     if (val(r, 0, "payload")) {
         printf("payload (env values redacted):\n");
-        print_clean(val(r, 0, "payload"), "  | ");
+        sbx__cli_print_clean(val(r, 0, "payload"), "  | ");
     } else if (val(r, 0, "payload_excerpt")) {
         printf("payload excerpt (env values redacted, cut):\n");
-        print_clean(val(r, 0, "payload_excerpt"), "  | ");
+        sbx__cli_print_clean(val(r, 0, "payload_excerpt"), "  | ");
     } else {
         printf("payload     - (not a JSON object, or too large to read: only its size is kept)\n");
     }

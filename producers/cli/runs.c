@@ -73,23 +73,6 @@ static int parse_args(const char *cmd, int argc, char **argv, struct sbx__cli_co
     return SBX_EXIT_OK;
 }
 
-/* Text from the database may hold a build's raw output: control characters
- * (terminal escapes included) are shown as '?'. */
-static void print_clean(const char *s, const char *indent)
-{
-    fputs(indent, stdout);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '\n') {
-            if (s[1])
-                printf("\n%s", indent);
-            continue;
-        }
-        putchar((c < 0x20 && c != '\t') || c == 0x7f ? '?' : c);
-    }
-    putchar('\n');
-}
-
 /* ---- status ---- */
 
 struct status_flags { bool json, history; };
@@ -187,7 +170,7 @@ static int status_text(PGconn *conn, const char *id, bool history)
     }
     if (val(r, 0, "log_tail")) {
         printf("log tail:\n");
-        print_clean(val(r, 0, "log_tail"), "  | ");
+        sbx__cli_print_clean(val(r, 0, "log_tail"), "  | ");
     }
     if (history) {
         ev = PQexecParams(conn, events_sql, 1, NULL, params, NULL, NULL, 0);
@@ -203,7 +186,7 @@ static int status_text(PGconn *conn, const char *id, bool history)
                      val(ev, i, "lease_token") ? val(ev, i, "lease_token") : "-",
                      val(ev, i, "worker_id") ? val(ev, i, "worker_id") : "-",
                      detail ? "  " : "", detail ? detail : "");
-            print_clean(buf, "  ");
+            sbx__cli_print_clean(buf, "  ");
         }
     }
     rc = SBX_EXIT_OK;

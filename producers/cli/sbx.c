@@ -161,6 +161,21 @@ void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
     fprintf(stderr, "sbx: %s: %s\n", what, line);
 }
 
+void sbx__cli_print_clean(const char *s, const char *indent)
+{
+    fputs(indent, stdout);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n') {
+            if (s[1])
+                printf("\n%s", indent);
+            continue;
+        }
+        putchar((c < 0x20 && c != '\t') || c == 0x7f ? '?' : c);
+    }
+    putchar('\n');
+}
+
 PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code)
 {
     if (!cfg->database_url || !*cfg->database_url) {
