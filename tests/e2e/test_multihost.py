@@ -124,7 +124,7 @@ class Net:
     """The namespaces, bridge and veth pairs; remove() undoes all of it."""
 
     def __init__(self):
-        self.tag = "%x" % (os.getpid() & 0xFFFFF)
+        self.tag = "%d" % os.getpid()
         self.svc = "sbxmh-%s-svc" % self.tag
         self.hosts = ["sbxmh-%s-h%d" % (self.tag, i) for i in range(1, HOSTS + 1)]
         self.made = []
@@ -133,6 +133,7 @@ class Net:
         return "%s.%d" % (NET, 10 + i)
 
     def up(self):
+        sweep_stale()
         for ns in [self.svc] + self.hosts:
             sh("ip", "netns", "add", ns)
             self.made.append(ns)
@@ -157,6 +158,17 @@ class Net:
             kill_namespace(ns, ())
             sh("ip", "netns", "del", ns, check=False)
         self.made = []
+
+
+def sweep_stale():
+    """Removes the namespaces of an earlier run whose pytest was killed
+    before its cleanup (the name carries its pid)."""
+    for line in sh("ip", "netns", "list", check=False).splitlines():
+        m = re.match(r"(sbxmh-(\d+)-\S+)", line)
+        if not m or os.path.exists("/proc/" + m.group(2)):
+            continue
+        kill_namespace(m.group(1), ())
+        sh("ip", "netns", "del", m.group(1), check=False)
 
 
 def _procs():
@@ -419,6 +431,12 @@ def test_host_dies_others_take_over(sbx_bin, tmp_path):
               % (VICTIM, SESSION_MS, LEASE_TTL_MS, t_parts, len(was_running),
                  "/".join("%.1f" % t for t in restart), len(unfinished), BUILD_S, t_done,
                  len(ids)))
+    except BaseException:
+        # pytest shows this with the failure.
+        for i in logs:
+            print("--- last lines of host%d's log ---\n%s"
+                  % (i, "\n".join(logs[i].read_text(errors="replace").splitlines()[-40:])))
+        raise
     finally:
         for i, w in enumerate(workers, 1):
             if w.poll() is None:
