@@ -17,8 +17,10 @@ notices only when the session times out; Redis still holds the dead host's
 leases until they expire. The test then checks that the other two take its
 partitions and its unfinished jobs, that every job ends exactly once
 (succeeded), that no project ever had two builds at once, and prints the
-takeover times: kill -> its partitions owned by the others -> each of its
-unfinished jobs running elsewhere.
+takeover times: kill -> its partitions owned by the others -> each build it
+ran running again elsewhere. Last, host 2 comes back (a new link, its
+worker started again): it clears the workspaces its death left mounted and
+gets a share of the partitions again.
 
 Needs root (ip netns); skipped under `make asan` (its build adds nothing a
 takeover would show, and the second Kafka costs the ASan pass ~40 s).
@@ -141,13 +143,18 @@ class Net:
         sh("ip", "-n", self.svc, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.svc, "addr", "add", SVC_ADDR + "/24", "dev", "br0")
         sh("ip", "-n", self.svc, "link", "set", "br0", "up")
-        for i, ns in enumerate(self.hosts, 1):
-            # Made inside the services' namespace, one end moved to the host.
-            sh("ip", "-n", self.svc, "link", "add", "vh%d" % i, "type", "veth",
-               "peer", "name", "eth0", "netns", ns)
-            sh("ip", "-n", self.svc, "link", "set", "vh%d" % i, "master", "br0", "up")
-            sh("ip", "-n", ns, "addr", "add", self.addr(i) + "/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        for i in range(1, HOSTS + 1):
+            self.link(i)
+
+    def link(self, i):
+        """Host i's veth pair, one end on the bridge, eth0 with its address."""
+        ns = self.hosts[i - 1]
+        # Made inside the services' namespace, one end moved to the host.
+        sh("ip", "-n", self.svc, "link", "add", "vh%d" % i, "type", "veth",
+           "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", self.svc, "link", "set", "vh%d" % i, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", self.addr(i) + "/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
     def cut(self, i):
         """Deletes host i's veth pair: from now on nothing it sends arrives."""
@@ -169,6 +176,28 @@ def sweep_stale():
             continue
         kill_namespace(m.group(1), ())
         sh("ip", "netns", "del", m.group(1), check=False)
+
+
+def mounts_under(path):
+    """Mount points below path (a dead host's build workspaces are tmpfs)."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return [p for p in points if p.startswith(str(path) + "/")]
+
+
+def remove_leftovers(work, uids):
+    """What a host SIGKILLed and never restarted leaves on this machine:
+    workspace mounts and the sandboxes' cgroups of its slot uids."""
+    for m in mounts_under(work):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+    for root in Path("/sys/fs/cgroup").glob("*/sbx/*-u*"):
+        if int(root.name.rsplit("-u", 1)[1]) in uids:
+            for d in sorted(root.rglob("*"), key=lambda p: -len(p.parts)) + [root]:
+                if d.is_dir():
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
 
 
 def _procs():
@@ -298,19 +327,21 @@ def test_host_dies_others_take_over(sbx_bin, tmp_path):
         assert "mh.jobs: created with %d partitions" % PARTITIONS in out, out
 
         # --- three hosts, one worker each ---
-        for i, ns in enumerate(net.hosts, 1):
+        def start_worker(i):
             wenv = dict(env, SBX_GROUP="mh", SBX_WORKER_ID="host%d" % i, SBX_NODE="host%d" % i,
                         SBX_LOCAL_SLOTS=str(SLOTS), SBX_UID_BASE=str(min(uid_ranges[i])),
                         SBX_WORK_DIR=str(work / ("h%d" % i)),
                         SBX_LEASE_TTL_MS=str(LEASE_TTL_MS),
                         SBX_KAFKA_SESSION_TIMEOUT_MS=str(SESSION_MS),
                         SBX_ADMIN_LISTEN="%s:9464" % net.addr(i), SBX_LOG_LEVEL="info")
-            (work / ("h%d" % i)).mkdir(mode=0o755)
+            (work / ("h%d" % i)).mkdir(mode=0o755, exist_ok=True)
             logs[i] = tmp_path / ("host%d.log" % i)
-            with open(logs[i], "wb") as f:
-                workers.append(subprocess.Popen(in_ns(ns, sbx_bin / "sbx-worker"), env=wenv,
-                                                stdout=f, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True))
+            with open(logs[i], "ab") as f:
+                return subprocess.Popen(in_ns(net.hosts[i - 1], sbx_bin / "sbx-worker"), env=wenv,
+                                        stdout=f, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        for i in range(1, HOSTS + 1):
+            workers.append(start_worker(i))
 
         def assigned(i, since=0):
             """Host i's latest assignment (log from byte since), or None."""
@@ -424,6 +455,14 @@ def test_host_dies_others_take_over(sbx_bin, tmp_path):
             for (s1, e1, j1), (s2, e2, j2) in zip(ss, ss[1:]):
                 assert e1 <= s2, "%s: %s and %s overlapped by %.3f s" % (project, j1, j2, e1 - s2)
 
+        # --- host 2 comes back: it clears what its death left and gets a share ---
+        assert mounts_under(work / ("h%d" % VICTIM)), "the dead host left no workspace mounted"
+        net.link(VICTIM)
+        back_mark = logs[VICTIM].stat().st_size
+        workers[VICTIM - 1] = start_worker(VICTIM)
+        wait_until(lambda: assigned(VICTIM, back_mark), 60, "host%d back in the group" % VICTIM)
+        assert not mounts_under(work / ("h%d" % VICTIM)), mounts_under(work / ("h%d" % VICTIM))
+
         print("takeover of host%d (session %d ms, lease TTL %d ms): its partitions owned by "
               "the others %.1f s after the kill; its %d running builds running again "
               "elsewhere after %s s; all %d of its unfinished jobs (%d s builds, one at a time "
@@ -451,6 +490,7 @@ def test_host_dies_others_take_over(sbx_bin, tmp_path):
         if svc is not None:
             svc.stop()
         net.remove()
+        remove_leftovers(work, set().union(*uid_ranges.values()))
         shutil.rmtree(work, ignore_errors=True)
         for i in logs:
             if re.search(r"ERROR: (Address|Leak)Sanitizer|runtime error:", logs[i].read_text()):
