@@ -77,7 +77,7 @@ def sh(*argv, check=True, timeout=30):
 def in_ns(ns, *argv):
     """argv run inside namespace ns's network only (not `ip netns exec`,
     which also remounts /sys and would hide the cgroup hierarchy)."""
-    return ["nsenter", "--net=/var/run/netns/" + ns, "--"] + [str(a) for a in argv]
+    return ["nsenter", "--net=/run/netns/" + ns, "--"] + [str(a) for a in argv]
 
 
 def murmur2(data):
