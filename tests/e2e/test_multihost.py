@@ -260,6 +260,12 @@ class Services:
     def __init__(self, net, tmp):
         self.log = tmp / "sbxsvc.log"
         self.out = tmp / "sbxsvc.env"
+        # The namespace has no way out: fetch Kafka's jars (if not cached
+        # yet) from here first.
+        r = subprocess.run(["sh", REPO / "tests/services/fetch-kafka.sh"], capture_output=True,
+                           text=True, timeout=900, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            pytest.fail("fetch-kafka.sh failed:\n%s" % r.stderr[-3000:], pytrace=False)
         with open(self.log, "wb") as err, open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
                 in_ns(net.svc, sys.executable, REPO / "tests/services/sbxsvc.py", "env",
@@ -302,7 +308,7 @@ class Services:
 
 def test_host_dies_others_take_over(sbx_bin, tmp_path):
     net = Net()
-    svc = None
+    svc = pg = None
     workers = []
     logs = {}
     work = Path(tempfile.mkdtemp(prefix="sbx-mh-work-"))
@@ -487,6 +493,8 @@ def test_host_dies_others_take_over(sbx_bin, tmp_path):
                 pass
         for i, ns in enumerate(net.hosts, 1):
             kill_namespace(ns, uid_ranges[i])
+        if pg is not None:
+            pg.close()
         if svc is not None:
             svc.stop()
         net.remove()
