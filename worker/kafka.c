@@ -249,9 +249,20 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int i;
 
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        for (i = 0; i < parts->cnt; i++)
+        /* Which partitions, so an operator (and the multi-host test) can
+         * see who took over a dead host's share; cut at the buffer's end. */
+        char list[256];
+        size_t used = 0;
+        list[0] = '\0';
+        for (i = 0; i < parts->cnt; i++) {
             sbx_offsets_assign(k->offsets, parts->elems[i].partition);
-        sbx_info("kafka", "assigned %d partitions", parts->cnt);
+            if (used < sizeof(list)) {
+                int n = snprintf(list + used, sizeof(list) - used, "%s%d", i ? "," : "",
+                                 (int)parts->elems[i].partition);
+                used += n > 0 ? (size_t)n : 0;
+            }
+        }
+        sbx_info("kafka", "assigned %d partitions: %s", parts->cnt, list);
         rd_kafka_assign(rk, parts);
         if (k->assigned)
             rd_kafka_topic_partition_list_destroy(k->assigned);

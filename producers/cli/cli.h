@@ -49,11 +49,15 @@ void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res);
  * escapes included) are shown as '?'. */
 void sbx__cli_print_clean(const char *s, const char *indent);
 
+/* "30d", "12h", "15m", "90s" or plain seconds, at most max_s; 0 or -1. */
+int sbx__cli_parse_duration(const char *s, long long max_s, long long *out);
+
 int sbx__cmd_enqueue(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_status(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_dlq(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_topics(int argc, char **argv, struct sbx__cli_config *cfg);
 
 #endif

@@ -46,31 +46,6 @@ static const char *val(const PGresult *r, int row, const char *col)
 
 static const char *or_dash(const char *s) { return s && *s ? s : "-"; }
 
-/* "30d", "12h", "15m", "90s" or plain seconds. */
-static int parse_duration(const char *s, long long *out)
-{
-    char *end;
-    long long n, mult = 1;
-    errno = 0;
-    n = strtoll(s, &end, 10);
-    if (errno || end == s || n < 0 || !isdigit((unsigned char)*s))
-        return -1;
-    if (*end) {
-        if (end[1])
-            return -1;
-        switch (*end) {
-        case 's': mult = 1; break;
-        case 'm': mult = 60; break;
-        case 'h': mult = 3600; break;
-        case 'd': mult = 86400; break;
-        default: return -1;
-        }
-    }
-    if (n > SINCE_MAX_S / mult)
-        return -1;
-    *out = n * mult;
-    return 0;
-}
 
 /* A dead letter id: a positive decimal number. */
 static bool id_ok(const char *s)
@@ -119,7 +94,7 @@ static int cmd_list(int argc, char **argv, struct sbx__cli_config *cfg)
         switch (c) {
         case O_REASON: reason = optarg; break;
         case O_SINCE:
-            if (parse_duration(optarg, &secs) != 0) {
+            if (sbx__cli_parse_duration(optarg, SINCE_MAX_S, &secs) != 0) {
                 fprintf(stderr, "sbx dlq list: --since %s is not a duration (90s, 15m, 12h, 7d)\n",
                         optarg);
                 return SBX_EXIT_USAGE;

@@ -2,13 +2,16 @@
  *
  * One program with subcommands, each in its own file: enqueue.c (Kafka),
  * runs.c (status, wait, cancel: the sbx.runs tables), dlq.c (list, show and
- * replay dead letters: sbx.dead_letters) and migrate.c (the schema). This file holds what they share: configuration from the
+ * replay dead letters: sbx.dead_letters), migrate.c (the schema) and
+ * topics.c (the Kafka topics). This file holds what they share: configuration from the
  * environment with flags overriding, usage text, and the database
  * connection. Messages for people go to stderr; what scripts read (job ids,
  * statuses, JSON) goes to stdout.
  */
 #include "cli.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +109,30 @@ static const struct command {
       "  --dir DIR   read DIR/NNNN_*.sql instead (default: $SBX_MIGRATIONS_DIR if\n"
       "              set, else the built-in ones)\n"
       "  --list      print the migrations (name, size) in order and exit; no database\n" },
+    { "topics", sbx__cmd_topics,
+      "usage: sbx topics create [--partitions N] [--replication R] [--dlq-partitions N]\n"
+      "                         [--retention DUR] [--dlq-retention DUR] [--timeout S]\n"
+      "                         [--dlq-topic T] [-X KEY=VALUE]...\n"
+      "       sbx topics describe [--dlq-topic T] [-X KEY=VALUE]...\n"
+      "create makes the job topic and the dead-letter topic with Kafka's admin API\n"
+      "and waits until every partition has a leader. A topic that exists with the\n"
+      "same settings is fine (exit 0, says so); one with other settings is left as\n"
+      "it is and each difference is printed (exit 1). describe prints both topics.\n"
+      "  --partitions N     job topic partitions: at least the number of workers, a\n"
+      "                     few per worker to rebalance well (default 12)\n"
+      "  --replication R    replicas of each partition (default: 3, or the number of\n"
+      "                     brokers if fewer); min.insync.replicas is 2 when R >= 3\n"
+      "  --dlq-partitions N dead-letter topic partitions (default 1)\n"
+      "  --retention DUR    how long the job topic keeps messages (default 3d); with\n"
+      "                     segment.ms (as long, at most 1d) it must stay below\n"
+      "                     SBX_RETENTION and SBX_DLQ_RETENTION (worker defaults 7d,\n"
+      "                     30d), or a replay would run a forgotten job again\n"
+      "  --dlq-retention DUR  how long the dead-letter topic keeps envelopes\n"
+      "                     (default: SBX_DLQ_RETENTION, else 30d; 0: forever)\n"
+      "  --dlq-topic T      SBX_DLQ_TOPIC, default sbx.jobs.dlq\n"
+      "  --timeout S        give up after S seconds (default 30)\n"
+      "  -X, --kafka KEY=VALUE  a librdkafka setting (repeatable: TLS, SASL)\n"
+      "Exit status: 0 created or already right, 1 differs or failed, 2 usage.\n" },
 };
 
 static const char program_usage[] =
@@ -118,6 +145,7 @@ static const char program_usage[] =
     "  cancel    ask the worker to cancel a run\n"
     "  dlq       list, show and replay dead letters\n"
     "  migrate   create or upgrade the database schema\n"
+    "  topics    create or describe the job and dead-letter topics\n"
     "Run `sbx COMMAND --help` for a command's options.\n";
 
 static const char common_usage[] =
@@ -146,6 +174,31 @@ bool sbx__cli_common_option(struct sbx__cli_config *cfg, int c, const char *arg)
     case OPT_DATABASE_URL: cfg->database_url = arg; return true;
     }
     return false;
+}
+
+int sbx__cli_parse_duration(const char *s, long long max_s, long long *out)
+{
+    char *end;
+    long long n, mult = 1;
+    errno = 0;
+    n = strtoll(s, &end, 10);
+    if (errno || end == s || n < 0 || !isdigit((unsigned char)*s))
+        return -1;
+    if (*end) {
+        if (end[1])
+            return -1;
+        switch (*end) {
+        case 's': mult = 1; break;
+        case 'm': mult = 60; break;
+        case 'h': mult = 3600; break;
+        case 'd': mult = 86400; break;
+        default: return -1;
+        }
+    }
+    if (n > max_s / mult)
+        return -1;
+    *out = n * mult;
+    return 0;
 }
 
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)

@@ -33,6 +33,11 @@ const char *sbx_strerror(sbx_err e);
 
 /* Limits of the v1 message (the schema says the same numbers). */
 #define SBX_MSG_MAX_BYTES     (1024 * 1024) /* whole message: Kafka's default message.max.bytes */
+/* The largest record batch libsbx sends: one message of SBX_MSG_MAX_BYTES plus
+ * its key (<= SBX_ID_MAX) and Kafka's record and batch headers, with room to
+ * spare. Job topics need a max.message.bytes of at least this much
+ * (`sbx topics create` sets it). */
+#define SBX_RECORD_MAX_BYTES  (SBX_MSG_MAX_BYTES + 64 * 1024)
 #define SBX_ID_MAX            128           /* job_id, project_id */
 #define SBX_ARGV_MAX          256
 #define SBX_ENV_MAX           128

@@ -36,9 +36,8 @@
 #include <string.h>
 #include <time.h>
 
-/* SBX_MSG_MAX_BYTES plus key (<= 128 bytes) and Kafka's record and batch
- * headers, with room to spare. */
-#define PRODUCER_MSG_MAX (SBX_MSG_MAX_BYTES + 64 * 1024)
+/* SBX_MSG_MAX_BYTES plus key and record headers (sbx.h). */
+#define PRODUCER_MSG_MAX SBX_RECORD_MAX_BYTES
 
 /* How long sbx_producer_free() waits for in-flight reports. */
 #define FREE_WAIT_MS 5000

@@ -61,6 +61,10 @@ import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The address every server binds and every client here uses. --host changes
+# it for a test that runs the services in a network namespace of its own
+# and reaches them from others (tests/e2e/test_multihost.py).
+HOST = "127.0.0.1"
 TOPICS = {"sbx.jobs": 8, "sbx.jobs.dlq": 1}
 DATABASE = "sbx"
 TAIL_LINES = 30
@@ -109,7 +113,7 @@ def _free_port(taken):
         port = rng.randrange(10000, lo) if lo > 11000 else 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((HOST, port))
             except OSError:
                 continue
             port = s.getsockname()[1]
@@ -121,7 +125,7 @@ def _free_port(taken):
 
 def _connects(port, timeout=0.5):
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+        with socket.create_connection((HOST, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -300,12 +304,12 @@ class Redis(_Service):
     @property
     def url(self):
         if self.password:
-            return "redis://:%s@127.0.0.1:%d" % (urllib.parse.quote(self.password, safe=""),
-                                                  self.port)
-        return "redis://127.0.0.1:%d" % self.port
+            return "redis://:%s@%s:%d" % (urllib.parse.quote(self.password, safe=""),
+                                           HOST, self.port)
+        return "redis://%s:%d" % (HOST, self.port)
 
     def _spawn(self):
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        argv = ["redis-server", "--port", str(self.port), "--bind", HOST,
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--protected-mode", "no"]
         if self.password:
@@ -317,7 +321,7 @@ class Redis(_Service):
 
     def ping(self):
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            with socket.create_connection((HOST, self.port), timeout=1) as s:
                 if self.password:
                     s.sendall(_resp("AUTH", self.password))
                     if not s.recv(64).startswith(b"+OK"):
@@ -357,12 +361,12 @@ class Postgres(_Service):
 
     @property
     def url(self):
-        return "postgresql://postgres@127.0.0.1:%d/%s" % (self.port, DATABASE)
+        return "postgresql://postgres@%s:%d/%s" % (HOST, self.port, DATABASE)
 
     def psql(self, sql, db="postgres", timeout=10):
         """Runs sql through psql over TCP; returns (returncode, output)."""
         r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                            "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                            "-h", HOST, "-p", str(self.port), "-U", "postgres",
                             "-d", db, "-c", sql],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            timeout=timeout, env=dict(os.environ, PGCONNECT_TIMEOUT="5"))
@@ -371,7 +375,7 @@ class Postgres(_Service):
     def _spawn(self):
         return _Proc([os.path.join(self.bindir, "postgres"), "-D", self.data,
                       "-p", str(self.port), "-k", self.sock,
-                      "-c", "listen_addresses=127.0.0.1",
+                      "-c", "listen_addresses=" + HOST,
                       # Durability is under test: keep the real commit path.
                       "-c", "fsync=on", "-c", "synchronous_commit=on",
                       "-c", "full_page_writes=on",
@@ -402,6 +406,10 @@ class Postgres(_Service):
                           "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync",
                           "--no-instructions"], self.log, user=self.user, cwd=self.dir)
             yield from self._run_to_end(init, "initdb")
+            if HOST != "127.0.0.1":
+                # initdb trusts loopback only; the clients are on HOST's subnet.
+                with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                    f.write("host all all samenet trust\n")
         else:
             # The old server is gone (its process group was waited for), so
             # its lock files are stale. Left in place they name a PID that a
@@ -469,15 +477,15 @@ class Kafka(_Service):
 
     @property
     def brokers(self):
-        return "127.0.0.1:%d" % self.port
+        return "%s:%d" % (HOST, self.port)
 
     def _write_config(self):
         cfg = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": "1@127.0.0.1:%d" % self.cport,
-            "listeners": "PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d" % (self.port, self.cport),
-            "advertised.listeners": "PLAINTEXT://127.0.0.1:%d" % self.port,
+            "controller.quorum.voters": "1@%s:%d" % (HOST, self.cport),
+            "listeners": "PLAINTEXT://%s:%d,CONTROLLER://%s:%d" % (HOST, self.port, HOST, self.cport),
+            "advertised.listeners": "PLAINTEXT://%s:%d" % (HOST, self.port),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -675,7 +683,7 @@ class _Reader:
 
 class _KafkaConn:
     def __init__(self, port, timeout):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.s = socket.create_connection((HOST, port), timeout=timeout)
         self.corr = 0
 
     def __enter__(self):
@@ -960,8 +968,9 @@ def _start_from_args(a):
 
 
 def main(argv=None):
+    global HOST
     ap = argparse.ArgumentParser(usage="%(prog)s {run,env} [--no-kafka] [--no-redis] [--no-postgres] "
-                                       "[--redis-password PW] [--keep] [-- CMD ...]",
+                                       "[--redis-password PW] [--keep] [--host ADDR] [-- CMD ...]",
                                  description="Run real Kafka, Redis and PostgreSQL for sbx.")
     ap.add_argument("mode", choices=["run", "env"])
     ap.add_argument("--no-kafka", action="store_true")
@@ -970,12 +979,15 @@ def main(argv=None):
     ap.add_argument("--redis-password", metavar="PW",
                     help="start Redis with requirepass PW (SBX_REDIS_URL carries it)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--host", metavar="ADDR", default=HOST,
+                    help="bind the servers to ADDR instead of 127.0.0.1")
     argv = sys.argv[1:] if argv is None else argv
     cmd = []
     if "--" in argv:
         at = argv.index("--")
         argv, cmd = argv[:at], argv[at + 1:]
     a = ap.parse_args(argv)
+    HOST = a.host
     if a.mode == "run" and not cmd:
         ap.error("run needs a command after --")
     if a.mode == "env" and cmd:
