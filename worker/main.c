@@ -42,9 +42,6 @@
  * only bounds how soon newly expired runs go. */
 #define PRUNE_PERIOD_MS 60000
 
-/* Extra librdkafka settings from SBX_KAFKA_CONF, split on commas. */
-#define KAFKA_EXTRA_MAX 32
-
 static void on_message(void *arg, const sbx_kafka_msg *m) { sbx__job_intake(arg, m); }
 
 static void on_registered(void *arg, const sbx_lease_reply *rep)
@@ -223,9 +220,9 @@ int main(int argc, char **argv)
     sbx_worker w;
     sbx_daemon d;
     sbx_kafka_config kc;
-    char err[512], redis_shown[1024], db_shown[1024], kextra[sizeof(w.cfg.kafka_conf)];
-    const char *extra[KAFKA_EXTRA_MAX + 1];
-    int nextra = 0, rc, status = 1, check_only = 0;
+    sbx_kafka_settings ks;
+    char err[512], redis_shown[1024], db_shown[1024];
+    int rc, status = 1, check_only = 0;
     sbx_timer cron_t;
     sbx_admin *admin = NULL;
 
@@ -277,10 +274,11 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
-    for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))
-        extra[nextra++] = s;
-    extra[nextra] = NULL;
+    if (sbx__config_kafka_settings(&w.cfg, &ks, err, sizeof(err)) != 0) {
+        fprintf(stderr, "sbx-worker: %s\n", err);
+        status = 2;
+        goto out;
+    }
     memset(&kc, 0, sizeof(kc));
     kc.brokers = w.cfg.brokers;
     kc.topic = w.cfg.topic;
@@ -290,8 +288,10 @@ int main(int argc, char **argv)
     kc.session_timeout_ms = w.cfg.session_timeout_ms;
     kc.max_inflight = w.cfg.max_inflight;
     kc.join_later = 1;
-    kc.extra = extra;
+    kc.extra = ks.kv;
     rc = sbx_kafka_new(w.loop, &kc, on_message, &w, &w.kafka, err, sizeof(err));
+    /* librdkafka holds its own copy of the password now. */
+    sbx__config_kafka_settings_wipe(&ks);
     if (rc) {
         fprintf(stderr, "sbx-worker: SBX_BROKERS / SBX_KAFKA_CONF: %s\n", err);
         status = 2;
