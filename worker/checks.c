@@ -208,7 +208,7 @@ out:
 typedef struct kafka_probe {
     int all_down;
     int refused;            /* RD_KAFKA_RESP_ERR__AUTHENTICATION or __SSL: retrying won't help */
-    char error[256];
+    char error[512];        /* librdkafka's reason: a TLS failure's runs to ~300 bytes */
 } kafka_probe;
 
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -219,8 +219,12 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
         p->all_down = 1;
     else if (!p->refused)
         snprintf(p->error, sizeof(p->error), "%s", reason);
+    /* A broker that wants a client certificate refuses it with a TLS alert,
+     * which librdkafka reports as a transport error. */
     if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL)
         p->refused = err;
+    else if (err == RD_KAFKA_RESP_ERR__TRANSPORT && strstr(reason, "SSL routines"))
+        p->refused = RD_KAFKA_RESP_ERR__SSL;
 }
 
 /* librdkafka's own lines would interleave with ours; its errors reach us
@@ -314,14 +318,16 @@ static int check_kafka(const sbx_config *cfg, FILE *out)
     }
     if (!md && probe.refused == RD_KAFKA_RESP_ERR__SSL) {
         bad = report(out, "kafka", 0, "TLS to %s failed (%s); fix SBX_KAFKA_SSL_CA (the CA that "
-                     "signed the brokers' certificates), the host names in SBX_BROKERS, or "
-                     "SBX_KAFKA_SSL_CERT/KEY if the brokers require a client certificate",
+                     "signed the brokers' certificates), SBX_BROKERS (a TLS listener, by a name its "
+                     "certificate holds), or SBX_KAFKA_SSL_CERT/KEY if the brokers require a "
+                     "client certificate",
                      cfg->brokers, probe.error);
         goto out;
     }
     if (!md) {
         bad = report(out, "kafka", 0, "no broker of %s answered within %d ms (%s); start Kafka "
-                     "or fix SBX_BROKERS (and SBX_KAFKA_CONF for security settings)",
+                     "or fix SBX_BROKERS (and SBX_KAFKA_SECURITY_PROTOCOL if the listener "
+                     "uses TLS or SASL)",
                      cfg->brokers, KAFKA_WAIT_MS,
                      probe.error[0] ? probe.error : rd_kafka_err2str(err));
         goto out;

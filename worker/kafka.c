@@ -167,8 +167,9 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
                            "the password", rd_kafka_err2name(err), reason);
     else if (err == RD_KAFKA_RESP_ERR__SSL)
         sbx_error("kafka", "%s: %s; check SBX_KAFKA_SSL_CA (the CA of the brokers' "
-                           "certificates), the host names in SBX_BROKERS, and "
-                           "SBX_KAFKA_SSL_CERT/KEY if the brokers require a client certificate",
+                           "certificates), SBX_BROKERS (a TLS listener, by a name its "
+                           "certificate holds), and SBX_KAFKA_SSL_CERT/KEY if the brokers "
+                           "require a client certificate",
                   rd_kafka_err2name(err), reason);
     else
         sbx_warn("kafka", "%s: %s", rd_kafka_err2name(err), reason);
