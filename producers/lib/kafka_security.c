@@ -191,6 +191,9 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
                    mech);
             return SBX_EINVAL;
         }
+        if (set(s->sasl_password_file) &&
+            read_password(s->sasl_password_file, pw, sizeof(pw), err, errlen))
+            return SBX_EINVAL;
     }
     if (tls) {
         if (set(s->ssl_cert) != set(s->ssl_key)) {
@@ -212,23 +215,15 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
                  add(buf, &used, kv, &n, "ssl.certificate.location", s->ssl_cert)) ||
                 (set(s->ssl_key) && add(buf, &used, kv, &n, "ssl.key.location", s->ssl_key))))
         goto full;
-    if (sasl) {
-        const char *p = s->sasl_password;
-        int rc;
-        if (set(s->sasl_password_file)) {
-            if (read_password(s->sasl_password_file, pw, sizeof(pw), err, errlen))
-                return SBX_EINVAL;
-            p = pw;
-        }
-        rc = add(buf, &used, kv, &n, "sasl.mechanisms", mech) ||
-             add(buf, &used, kv, &n, "sasl.username", s->sasl_username) ||
-             add(buf, &used, kv, &n, "sasl.password", p);
-        explicit_bzero(pw, sizeof(pw));
-        if (rc)
-            goto full;
-    }
+    if (sasl && (add(buf, &used, kv, &n, "sasl.mechanisms", mech) ||
+                 add(buf, &used, kv, &n, "sasl.username", s->sasl_username) ||
+                 add(buf, &used, kv, &n, "sasl.password",
+                     set(s->sasl_password_file) ? pw : s->sasl_password)))
+        goto full;
+    explicit_bzero(pw, sizeof(pw));
     return SBX_OK;
 full:
+    explicit_bzero(pw, sizeof(pw));
     explicit_bzero(buf, SBX_KAFKA_SECURITY_BUF);
     kv[0] = NULL;
     seterr(err, errlen, "the SBX_KAFKA_SSL_* paths and SASL user and password are longer than "
