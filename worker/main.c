@@ -240,9 +240,10 @@ int main(int argc, char **argv)
     sbx_timer_init(&cron_t, cron, &w);
     sbx_log_redact(w.cfg.redis_url, redis_shown, sizeof(redis_shown));
     sbx_log_redact(w.cfg.database_url, db_shown, sizeof(db_shown));
-    sbx_info("worker", "starting %s: brokers=%s topic=%s group=%s redis=%s db=%s provider=%s",
-             w.cfg.worker_id, w.cfg.brokers, w.cfg.topic, w.cfg.group, redis_shown, db_shown,
-             w.cfg.provider);
+    sbx_info("worker", "starting %s: brokers=%s kafka_security=%s%s%s topic=%s group=%s redis=%s "
+             "db=%s provider=%s", w.cfg.worker_id, w.cfg.brokers, w.cfg.kafka_security_protocol,
+             *w.cfg.kafka_sasl_mechanism ? "/" : "", w.cfg.kafka_sasl_mechanism, w.cfg.topic,
+             w.cfg.group, redis_shown, db_shown, w.cfg.provider);
 
     rc = sbx__provider_new(&w, err, sizeof(err));
     if (rc) {
