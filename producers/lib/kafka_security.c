@@ -191,9 +191,6 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
                    mech);
             return SBX_EINVAL;
         }
-        if (set(s->sasl_password_file) &&
-            read_password(s->sasl_password_file, pw, sizeof(pw), err, errlen))
-            return SBX_EINVAL;
     }
     if (tls) {
         if (set(s->ssl_cert) != set(s->ssl_key)) {
@@ -206,6 +203,10 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
             if (set(tls_vars[i]) && readable(tls_names[i], tls_vars[i], err, errlen))
                 return SBX_EINVAL;
     }
+    /* Last of the checks, so no refusal leaves the password in pw. */
+    if (sasl && set(s->sasl_password_file) &&
+        read_password(s->sasl_password_file, pw, sizeof(pw), err, errlen))
+        return SBX_EINVAL;
 
     if (add(buf, &used, kv, &n, "security.protocol", proto))
         goto full;
