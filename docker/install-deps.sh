@@ -69,6 +69,8 @@ if [ "$mode" = all ]; then
     have node || need nodejs
     have npm || need npm
     have kcat || need kcat
+    # tests/e2e/test_tls.py makes its CA and certificates with it.
+    have openssl || need openssl
     have valgrind || need valgrind
     have clang || need clang
     # libFuzzer (make fuzz-smoke) is only a Recommends of clang-14.

@@ -3,7 +3,7 @@
 # JSON Schemas, their examples and the C validator to one another
 # (tests/schema/check.mjs; needs Node.js and npm).
 LIBSBX_SRCS := producers/lib/message.c producers/lib/producer.c producers/lib/utf8.c \
-               producers/lib/version.c \
+               producers/lib/version.c producers/lib/kafka_security.c \
                producers/lib/redact.c producers/lib/sha256.c producers/lib/submit.c
 LIBSBX_OBJS := $(LIBSBX_SRCS:%.c=$(BUILD)/obj/%.o)
 LIBSBX      := $(BUILD)/lib/libsbx.a

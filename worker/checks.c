@@ -5,8 +5,10 @@
  *   redis     connect, AUTH and SELECT as SBX_REDIS_URL says, PING
  *   postgres  connect, then the sbx schema: the functions the worker calls
  *             exist (a migration not applied shows as one missing)
- *   kafka     a broker answers metadata; the job topic and the dead-letter
- *             topic exist (the worker creates neither)
+ *   kafka     a broker answers metadata (over TLS and SASL as SBX_KAFKA_*
+ *             say; a refused login or certificate ends the wait at once);
+ *             the job topic and the dead-letter topic exist (the worker
+ *             creates neither)
  *
  * Blocking clients, each bounded (CHECK_TIMEOUT_S, KAFKA_WAIT_MS): this runs
  * before any loop, and an operator waits at a prompt for it. Nothing
@@ -36,8 +38,6 @@
 /* One problem line: a service's error is a sentence; the URL is capped by
  * the settings (1 KiB). */
 #define LINE_MAX 2048
-/* SBX_KAFKA_CONF entries, as main.c splits them. */
-#define KAFKA_EXTRA_MAX 32
 
 /* The functions of schema sbx the worker calls (job.c, prune.c); a
  * migration that adds one the worker starts to call adds it here. */
@@ -166,6 +166,10 @@ static int check_postgres(const sbx_config *cfg, FILE *out)
         const char *m = c ? PQerrorMessage(c) : "out of memory";
         const char *fix = strstr(m, "password") || strstr(m, "authentication")
                               ? "fix the user or password in SBX_DATABASE_URL"
+                          : strstr(m, "SSL") || strstr(m, "certificate") || strstr(m, "pg_hba")
+                              ? "fix sslmode and sslrootcert (the CA of the server's certificate) "
+                                "in SBX_DATABASE_URL, e.g. ?sslmode=verify-full&sslrootcert=/etc/"
+                                "sbx/pg-ca.pem"
                               : strstr(m, "does not exist")
                                     ? "create the database or fix SBX_DATABASE_URL"
                                     : "start PostgreSQL there or fix SBX_DATABASE_URL";
@@ -203,7 +207,8 @@ out:
 
 typedef struct kafka_probe {
     int all_down;
-    char error[256];
+    int refused;            /* RD_KAFKA_RESP_ERR__AUTHENTICATION or __SSL: retrying won't help */
+    char error[512];        /* librdkafka's reason: a TLS failure's runs to ~300 bytes */
 } kafka_probe;
 
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -212,8 +217,14 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         p->all_down = 1;
-    else
+    else if (!p->refused)
         snprintf(p->error, sizeof(p->error), "%s", reason);
+    /* A broker that wants a client certificate refuses it with a TLS alert,
+     * which librdkafka reports as a transport error. */
+    if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL)
+        p->refused = err;
+    else if (err == RD_KAFKA_RESP_ERR__TRANSPORT && strstr(reason, "SSL routines"))
+        p->refused = RD_KAFKA_RESP_ERR__SSL;
 }
 
 /* librdkafka's own lines would interleave with ours; its errors reach us
@@ -246,14 +257,15 @@ static int topic_line(FILE *out, const rd_kafka_metadata_t *md, const char *topi
 
 static int check_kafka(const sbx_config *cfg, FILE *out)
 {
-    char e[512], extra[sizeof(cfg->kafka_conf)];
+    char e[512];
+    sbx_kafka_settings ks;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
     kafka_probe probe;
     rd_kafka_t *rk;
     uint64_t end = sbx_now_ms() + KAFKA_WAIT_MS;
-    int bad = 0, n = 0;
+    int bad = 0;
 
     memset(&probe, 0, sizeof(probe));
     if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, e, sizeof(e)) ||
@@ -261,17 +273,28 @@ static int check_kafka(const sbx_config *cfg, FILE *out)
         rd_kafka_conf_destroy(conf);
         return report(out, "kafka", 0, "SBX_BROKERS: %s", e);
     }
-    /* Security settings (SASL, TLS) come through SBX_KAFKA_CONF. */
-    snprintf(extra, sizeof(extra), "%s", cfg->kafka_conf);
-    for (char *s = strtok(extra, ","); s && n < KAFKA_EXTRA_MAX; s = strtok(NULL, ","), n++) {
-        char *eq = strchr(s, '=');
-        if (!eq || (*eq = '\0', rd_kafka_conf_set(conf, s, eq + 1, e, sizeof(e))) !=
+    /* TLS and SASL (SBX_KAFKA_*), then SBX_KAFKA_CONF: as the worker's clients. */
+    if (sbx__config_kafka_settings(cfg, &ks, e, sizeof(e)) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return report(out, "kafka", 0, "%s", e);
+    }
+    for (int i = 0; ks.kv[i]; i++) {
+        char kv[SBX_KAFKA_SECURITY_BUF], shown[SBX_KAFKA_SECURITY_BUF];
+        char *eq;
+        snprintf(kv, sizeof(kv), "%s", ks.kv[i]);
+        eq = strchr(kv, '=');
+        if (!eq || (*eq = '\0', rd_kafka_conf_set(conf, kv, eq + 1, e, sizeof(e))) !=
                        RD_KAFKA_CONF_OK) {
+            sbx_log_redact(ks.kv[i], shown, sizeof(shown));
+            explicit_bzero(kv, sizeof(kv));
+            sbx__config_kafka_settings_wipe(&ks);
             rd_kafka_conf_destroy(conf);
-            return report(out, "kafka", 0, "SBX_KAFKA_CONF entry %s: %s", s,
+            return report(out, "kafka", 0, "SBX_KAFKA_CONF entry %s: %s", shown,
                           eq ? e : "not key=value");
         }
+        explicit_bzero(kv, sizeof(kv));
     }
+    sbx__config_kafka_settings_wipe(&ks);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     rd_kafka_conf_set_log_cb(conf, on_kafka_log);
     rd_kafka_conf_set_opaque(conf, &probe);
@@ -280,16 +303,31 @@ static int check_kafka(const sbx_config *cfg, FILE *out)
         rd_kafka_conf_destroy(conf);
         return report(out, "kafka", 0, "client: %s; fix SBX_KAFKA_CONF", e);
     }
-    while (sbx_now_ms() < end && !probe.all_down) {
+    while (sbx_now_ms() < end && !probe.all_down && !probe.refused) {
         err = rd_kafka_metadata(rk, 1, NULL, &md, METADATA_STEP_MS);
         if (!err)
             break;
         md = NULL;
         rd_kafka_poll(rk, 0);
     }
+    if (!md && probe.refused == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+        bad = report(out, "kafka", 0, "%s refused the login (%s); fix SBX_KAFKA_SASL_MECHANISM, "
+                     "SBX_KAFKA_SASL_USERNAME or the password (SBX_KAFKA_SASL_PASSWORD_FILE)",
+                     cfg->brokers, probe.error);
+        goto out;
+    }
+    if (!md && probe.refused == RD_KAFKA_RESP_ERR__SSL) {
+        bad = report(out, "kafka", 0, "TLS to %s failed (%s); fix SBX_KAFKA_SSL_CA (the CA that "
+                     "signed the brokers' certificates), SBX_BROKERS (a TLS listener, by a name its "
+                     "certificate holds), or SBX_KAFKA_SSL_CERT/KEY if the brokers require a "
+                     "client certificate",
+                     cfg->brokers, probe.error);
+        goto out;
+    }
     if (!md) {
         bad = report(out, "kafka", 0, "no broker of %s answered within %d ms (%s); start Kafka "
-                     "or fix SBX_BROKERS (and SBX_KAFKA_CONF for security settings)",
+                     "or fix SBX_BROKERS (and SBX_KAFKA_SECURITY_PROTOCOL if the listener "
+                     "uses TLS or SASL)",
                      cfg->brokers, KAFKA_WAIT_MS,
                      probe.error[0] ? probe.error : rd_kafka_err2str(err));
         goto out;

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "opts.h"
 #include "redis.h"
+#include "sbx.h"
 
 #define STR SBX_OPT_STR
 #define INT SBX_OPT_INT
@@ -52,7 +53,15 @@ static const sbx_opt opts[] = {
     {"SBX_ADMIN_LISTEN", "admin-listen", "", "ip:port of /healthz, /readyz and /metrics (Prometheus); empty: off", STR, S(admin_listen), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
     {"SBX_LOG_FORMAT", "log-format", "text", "text, or json: one JSON object per line (ts, level, area, msg, job and project ids, the line's key=value fields)", STR, S(log_format), 0, 0, 0, 0},
-    {"SBX_KAFKA_CONF", "kafka-conf", "", "extra librdkafka settings, k=v[,k=v]", STR, S(kafka_conf), 0, 0, 0, 0},
+    {"SBX_KAFKA_CONF", "kafka-conf", "", "extra librdkafka settings, k=v[,k=v], applied after the SBX_KAFKA_* ones (security.*, sasl.* and ssl.* reach the dead-letter producer too)", STR, S(kafka_conf), 0, 0, 0, 0},
+    {"SBX_KAFKA_SECURITY_PROTOCOL", "kafka-security-protocol", "plaintext", "plaintext, ssl (TLS), sasl_ssl (TLS and a password) or sasl_plaintext", STR, S(kafka_security_protocol), 0, 0, 0, 0},
+    {"SBX_KAFKA_SSL_CA", "kafka-ssl-ca", "", "PEM file of the CA that signed the brokers' certificates (empty: the system's CAs); host names are verified", STR, S(kafka_ssl_ca), 0, 0, 0, 0},
+    {"SBX_KAFKA_SSL_CERT", "kafka-ssl-cert", "", "PEM client certificate, for brokers that require one (mutual TLS)", STR, S(kafka_ssl_cert), 0, 0, 0, 0},
+    {"SBX_KAFKA_SSL_KEY", "kafka-ssl-key", "", "PEM private key of SBX_KAFKA_SSL_CERT (unencrypted; keep it mode 0600)", STR, S(kafka_ssl_key), 0, 0, 0, 0},
+    {"SBX_KAFKA_SASL_MECHANISM", "kafka-sasl-mechanism", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (sasl_* protocols)", STR, S(kafka_sasl_mechanism), 0, 0, 0, 0},
+    {"SBX_KAFKA_SASL_USERNAME", "kafka-sasl-username", "", "SASL user name", STR, S(kafka_sasl_username), 0, 0, 0, 0},
+    {"SBX_KAFKA_SASL_PASSWORD_FILE", "kafka-sasl-password-file", "", "file whose first line is the SASL password (preferred to SBX_KAFKA_SASL_PASSWORD)", STR, S(kafka_sasl_password_file), 0, 0, 0, 0},
+    {"SBX_KAFKA_SASL_PASSWORD", NULL, "", "SASL password (environment only; never printed)", STR, S(kafka_sasl_password), 0, 0, 0, 1},
     {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=unix:///sock@capacity or name=tcp://host:port@capacity, comma-separated", STR, S(docker_hosts), 0, 0, 0, 0},
     {"SBX_DOCKER_IMAGE", "docker-image", "", "docker provider: image of jobs that name none", STR, S(docker_image), 0, 0, 0, 0},
 };
@@ -238,6 +247,51 @@ static int check_redis_url(const char *url, FILE *err)
     return 1;
 }
 
+/* The SBX_KAFKA_* security variables as libsbx reads them. */
+static void kafka_security(const sbx_config *cfg, sbx_kafka_security *s)
+{
+    s->protocol = cfg->kafka_security_protocol;
+    s->sasl_mechanism = cfg->kafka_sasl_mechanism;
+    s->sasl_username = cfg->kafka_sasl_username;
+    s->sasl_password = cfg->kafka_sasl_password;
+    s->sasl_password_file = cfg->kafka_sasl_password_file;
+    s->ssl_ca = cfg->kafka_ssl_ca;
+    s->ssl_cert = cfg->kafka_ssl_cert;
+    s->ssl_key = cfg->kafka_ssl_key;
+}
+
+int sbx__config_kafka_settings(const sbx_config *cfg, sbx_kafka_settings *ks, char *err,
+                               size_t errlen)
+{
+    sbx_kafka_security sec;
+    int n = 0;
+
+    memset(ks, 0, sizeof(*ks));
+    kafka_security(cfg, &sec);
+    if (sbx_kafka_security_settings(&sec, ks->security, ks->kv, err, errlen) != SBX_OK)
+        return -1;
+    while (ks->kv[n])
+        n++;
+    snprintf(ks->conf, sizeof(ks->conf), "%s", cfg->kafka_conf);
+    for (char *save = NULL, *e = strtok_r(ks->conf, ",", &save); e;
+         e = strtok_r(NULL, ",", &save)) {
+        if (n == SBX_KAFKA_SETTINGS_MAX) {
+            snprintf(err, errlen, "SBX_KAFKA_CONF has more than %d entries",
+                     SBX_KAFKA_SETTINGS_MAX - SBX_KAFKA_SECURITY_MAX);
+            sbx__config_kafka_settings_wipe(ks);
+            return -1;
+        }
+        ks->kv[n++] = e;
+    }
+    ks->kv[n] = NULL;
+    return 0;
+}
+
+void sbx__config_kafka_settings_wipe(sbx_kafka_settings *ks)
+{
+    explicit_bzero(ks, sizeof(*ks));
+}
+
 void sbx_config_print(const sbx_config *cfg, FILE *out) { sbx_opts_print(opts, NOPTS, cfg, out); }
 
 int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
@@ -290,6 +344,17 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
         bad = 1;
     if (check_redis_url(cfg->redis_url, err))
         bad = 1;
+    {
+        /* Built once here to check the SBX_KAFKA_* variables (files
+         * readable, SASL complete) before anything connects. */
+        sbx_kafka_settings ks;
+        char e[512];
+        if (sbx__config_kafka_settings(cfg, &ks, e, sizeof(e)) != 0) {
+            fprintf(err, "sbx-worker: %s\n", e);
+            bad = 1;
+        }
+        sbx__config_kafka_settings_wipe(&ks);
+    }
     if (cfg->provider_kind == SBX_PROVIDER_DOCKER && !*cfg->docker_hosts) {
         fprintf(err, "sbx-worker: SBX_DOCKER_HOSTS is not set: the docker provider needs "
                      "name=unix:///path/docker.sock@capacity[,...]\n");

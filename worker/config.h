@@ -10,6 +10,8 @@
 
 #include <stdio.h>
 
+#include "sbx.h"
+
 /* SBX_PROVIDER, parsed once (the names live in providers.c). */
 typedef enum sbx_provider_kind {
     SBX_PROVIDER_LOCAL, SBX_PROVIDER_VMPOOL, SBX_PROVIDER_DOCKER, SBX_PROVIDER_FLY,
@@ -59,6 +61,15 @@ typedef struct sbx_config {
     sbx_project_policy policy;
     char admin_listen[64];      /* "" = no admin endpoint */
     char kafka_conf[1024];  /* extra librdkafka settings, comma-separated k=v */
+    /* SBX_KAFKA_*: TLS and SASL to the brokers (libsbx's sbx_kafka_security). */
+    char kafka_security_protocol[32];
+    char kafka_ssl_ca[512];
+    char kafka_ssl_cert[512];
+    char kafka_ssl_key[512];
+    char kafka_sasl_mechanism[32];
+    char kafka_sasl_username[256];
+    char kafka_sasl_password[256];
+    char kafka_sasl_password_file[512];
     char docker_hosts[2048];/* name=endpoint@capacity[,...] */
     char docker_image[512];
     char retention[32];         /* SBX_RETENTION as given: 7d, 24h, 3600s, 0 */
@@ -73,5 +84,19 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err);
 /* The provider name's kind (providers.c); -EINVAL when not built in. */
 int sbx__provider_parse(const char *name, sbx_provider_kind *out);
 void sbx_config_print(const sbx_config *cfg, FILE *out);
+
+/* Every librdkafka setting of the worker's clients: the SBX_KAFKA_*
+ * security ones first, then SBX_KAFKA_CONF's entries (which may override
+ * them). The SASL password is in it: wipe it once the clients exist. */
+#define SBX_KAFKA_SETTINGS_MAX (SBX_KAFKA_SECURITY_MAX + 32)
+typedef struct sbx_kafka_settings {
+    char security[SBX_KAFKA_SECURITY_BUF];
+    char conf[sizeof(((sbx_config *)0)->kafka_conf)];
+    const char *kv[SBX_KAFKA_SETTINGS_MAX + 1];     /* "key=value", NULL-terminated */
+} sbx_kafka_settings;
+/* 0, or -1 with one line in err naming the variable and the fix. */
+int sbx__config_kafka_settings(const sbx_config *cfg, sbx_kafka_settings *ks, char *err,
+                               size_t errlen);
+void sbx__config_kafka_settings_wipe(sbx_kafka_settings *ks);
 
 #endif

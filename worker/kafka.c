@@ -35,6 +35,11 @@
  * a misspelt SBX_DLQ_TOPIC would fill a topic nobody reads. A missing topic
  * is a failed publish like any other (retried, a stall in /readyz) until
  * someone creates it; `sbx-worker --check-config` says so up front.
+ *
+ * Extra settings (config.c: the SBX_KAFKA_* TLS and SASL ones, then
+ * SBX_KAFKA_CONF) configure the consumer; those that say how to reach and
+ * authenticate to the brokers (security.*, sasl.*, ssl.*) configure the
+ * dead-letter producer as well, or it would talk plaintext to a TLS port.
  */
 #include "kafka.h"
 
@@ -50,6 +55,7 @@
 #include <json-c/json.h>
 
 #include "log.h"
+#include "sbx.h"
 
 /* Messages handled per loop iteration before yielding to other sockets. */
 #define DRAIN_BUDGET 512
@@ -117,12 +123,26 @@ static void op_free(dlq_op *op);
 
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
 {
-    char e[256];
+    char e[256], kv[600], shown[600];
     if (rd_kafka_conf_set(c, k, v, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
-        snprintf(err, errlen, "kafka setting %s=%s: %s", k, v, e);
+        /* sasl.password=... is shown as ***. */
+        snprintf(kv, sizeof(kv), "%s=%s", k, v);
+        sbx_log_redact(kv, shown, sizeof(shown));
+        explicit_bzero(kv, sizeof(kv));
+        snprintf(err, errlen, "kafka setting %s: %s", shown, e);
         return -EINVAL;
     }
     return 0;
+}
+
+/* Settings the dead-letter producer needs as much as the consumer: how to
+ * reach and authenticate to the brokers (and librdkafka's test hooks).
+ * The rest (fetch sizes, timeouts) is the consumer's. */
+static int client_wide(const char *key)
+{
+    return strncmp(key, "security.", 9) == 0 || strncmp(key, "sasl.", 5) == 0 ||
+           strncmp(key, "ssl.", 4) == 0 || strncmp(key, "enable.ssl.", 11) == 0 ||
+           strncmp(key, "test.", 5) == 0;
 }
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -139,7 +159,20 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && k)
         k->up = 0;
-    sbx_warn("kafka", "%s: %s", rd_kafka_err2name(err), reason);
+    /* A refused password or an untrusted certificate does not heal by
+     * retrying (librdkafka retries anyway, in case the broker side is being
+     * fixed): say which settings to look at. */
+    if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION)
+        sbx_error("kafka", "%s: %s; check SBX_KAFKA_SASL_MECHANISM, SBX_KAFKA_SASL_USERNAME and "
+                           "the password", rd_kafka_err2name(err), reason);
+    else if (err == RD_KAFKA_RESP_ERR__SSL)
+        sbx_error("kafka", "%s: %s; check SBX_KAFKA_SSL_CA (the CA of the brokers' "
+                           "certificates), SBX_BROKERS (a TLS listener, by a name its "
+                           "certificate holds), and SBX_KAFKA_SSL_CERT/KEY if the brokers "
+                           "require a client certificate",
+                  rd_kafka_err2name(err), reason);
+    else
+        sbx_warn("kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
 /* librdkafka's statistics JSON: broker states and per-partition consumer
@@ -656,16 +689,20 @@ int sbx_kafka_new(sbx_loop *loop, const sbx_kafka_config *cfg, sbx_kafka_msg_cb 
         conf_set(pc, "topic.metadata.refresh.interval.ms", DLQ_TOPIC_REFRESH_MS, err, errlen))
         goto fail;
     for (const char *const *x = cfg->extra; x && *x; x++) {
-        char kv[512], *eq;
+        char kv[SBX_KAFKA_SECURITY_BUF], *eq;
+        int bad;
         snprintf(kv, sizeof(kv), "%s", *x);
         eq = strchr(kv, '=');
         if (!eq) {
-            snprintf(err, errlen, "kafka setting '%s' is not key=value", *x);
+            sbx_log_redact(*x, e, sizeof(e));
+            snprintf(err, errlen, "kafka setting '%s' is not key=value", e);
             goto fail;
         }
         *eq = '\0';
-        if (conf_set(cc, kv, eq + 1, err, errlen) ||
-            (strncmp(kv, "test.", 5) == 0 && conf_set(pc, kv, eq + 1, err, errlen)))
+        bad = conf_set(cc, kv, eq + 1, err, errlen) ||
+              (client_wide(kv) && conf_set(pc, kv, eq + 1, err, errlen));
+        explicit_bzero(kv, sizeof(kv));
+        if (bad)
             goto fail;
     }
     rd_kafka_conf_set_log_cb(cc, on_log);

@@ -42,9 +42,6 @@
  * only bounds how soon newly expired runs go. */
 #define PRUNE_PERIOD_MS 60000
 
-/* Extra librdkafka settings from SBX_KAFKA_CONF, split on commas. */
-#define KAFKA_EXTRA_MAX 32
-
 static void on_message(void *arg, const sbx_kafka_msg *m) { sbx__job_intake(arg, m); }
 
 static void on_registered(void *arg, const sbx_lease_reply *rep)
@@ -229,9 +226,9 @@ int main(int argc, char **argv)
     sbx_worker w;
     sbx_daemon d;
     sbx_kafka_config kc;
-    char err[512], redis_shown[1024], db_shown[1024], kextra[sizeof(w.cfg.kafka_conf)];
-    const char *extra[KAFKA_EXTRA_MAX + 1];
-    int nextra = 0, rc, status = 1, check_only = 0;
+    sbx_kafka_settings ks;
+    char err[512], redis_shown[1024], db_shown[1024];
+    int rc, status = 1, check_only = 0;
     sbx_timer cron_t;
     sbx_admin *admin = NULL;
 
@@ -249,9 +246,10 @@ int main(int argc, char **argv)
     sbx_timer_init(&cron_t, cron, &w);
     sbx_log_redact(w.cfg.redis_url, redis_shown, sizeof(redis_shown));
     sbx_log_redact(w.cfg.database_url, db_shown, sizeof(db_shown));
-    sbx_info("worker", "starting %s: brokers=%s topic=%s group=%s redis=%s db=%s provider=%s",
-             w.cfg.worker_id, w.cfg.brokers, w.cfg.topic, w.cfg.group, redis_shown, db_shown,
-             w.cfg.provider);
+    sbx_info("worker", "starting %s: brokers=%s kafka_security=%s%s%s topic=%s group=%s redis=%s "
+             "db=%s provider=%s", w.cfg.worker_id, w.cfg.brokers, w.cfg.kafka_security_protocol,
+             *w.cfg.kafka_sasl_mechanism ? "/" : "", w.cfg.kafka_sasl_mechanism, w.cfg.topic,
+             w.cfg.group, redis_shown, db_shown, w.cfg.provider);
 
     rc = sbx__provider_new(&w, err, sizeof(err));
     if (rc) {
@@ -283,10 +281,11 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    snprintf(kextra, sizeof(kextra), "%s", w.cfg.kafka_conf);
-    for (char *s = strtok(kextra, ","); s && nextra < KAFKA_EXTRA_MAX; s = strtok(NULL, ","))
-        extra[nextra++] = s;
-    extra[nextra] = NULL;
+    if (sbx__config_kafka_settings(&w.cfg, &ks, err, sizeof(err)) != 0) {
+        fprintf(stderr, "sbx-worker: %s\n", err);
+        status = 2;
+        goto out;
+    }
     memset(&kc, 0, sizeof(kc));
     kc.brokers = w.cfg.brokers;
     kc.topic = w.cfg.topic;
@@ -296,8 +295,10 @@ int main(int argc, char **argv)
     kc.session_timeout_ms = w.cfg.session_timeout_ms;
     kc.max_inflight = w.cfg.max_inflight;
     kc.join_later = 1;
-    kc.extra = extra;
+    kc.extra = ks.kv;
     rc = sbx_kafka_new(w.loop, &kc, on_message, &w, &w.kafka, err, sizeof(err));
+    /* librdkafka holds its own copy of the password now. */
+    sbx__config_kafka_settings_wipe(&ks);
     if (rc) {
         fprintf(stderr, "sbx-worker: SBX_BROKERS / SBX_KAFKA_CONF: %s\n", err);
         status = 2;

@@ -7,6 +7,8 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 
+#include "sbx.h"
+
 /* Exit codes of every subcommand. */
 enum {
     SBX_EXIT_OK = 0,
@@ -21,6 +23,19 @@ struct sbx__cli_config {
     const char *topic;         /* SBX_TOPIC, --topic; default "sbx.jobs" */
     const char *database_url;  /* SBX_DATABASE_URL, --database-url */
 };
+
+/* The librdkafka settings of a command that talks to Kafka: the SBX_KAFKA_*
+ * TLS and SASL ones, SBX_KAFKA_CONF's entries (k=v,k=v, as sbx-worker reads
+ * it), then the command's own (NULL-terminated; its timeout, -X ones), later
+ * ones winning. NULL after printing one line "sbx <what>: <problem>" to
+ * stderr. sbx__cli_kafka_free() wipes the password copy it holds. */
+struct sbx__cli_kafka {
+    char security[SBX_KAFKA_SECURITY_BUF];
+    char *conf;             /* SBX_KAFKA_CONF, split in place */
+    const char *kv[];       /* "key=value", NULL-terminated */
+};
+struct sbx__cli_kafka *sbx__cli_kafka_settings(const char *what, const char *const *own);
+void sbx__cli_kafka_free(struct sbx__cli_kafka *k);
 
 /* Options every subcommand accepts; the short codes are out of the char range
  * so they never collide with a subcommand's own. */

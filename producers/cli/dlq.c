@@ -364,11 +364,19 @@ static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const cha
     {
         char timeout_setting[48];
         const char *extra[2] = { timeout_setting, NULL };
+        struct sbx__cli_kafka *settings;
+        int bad;
         snprintf(timeout_setting, sizeof timeout_setting, "message.timeout.ms=%d",
                  DELIVERY_TIMEOUT_MS);
-        if (sbx_producer_new(cfg->brokers, val(meta, 0, "topic"), extra, &p, err, sizeof err) ||
-            sbx_producer_send_raw(p, send_key, msg, msg_len, DELIVERY_TIMEOUT_MS + 5000, err,
-                                  sizeof err)) {
+        if (!(settings = sbx__cli_kafka_settings("dlq replay", extra))) {
+            rc = SBX_EXIT_USAGE;
+            goto out;
+        }
+        bad = sbx_producer_new(cfg->brokers, val(meta, 0, "topic"), settings->kv, &p, err,
+                               sizeof err) != SBX_OK;
+        sbx__cli_kafka_free(settings);
+        if (bad || sbx_producer_send_raw(p, send_key, msg, msg_len, DELIVERY_TIMEOUT_MS + 5000,
+                                         err, sizeof err)) {
             fprintf(stderr, "sbx dlq replay: %s: not sent: %s; nothing changed\n", id, err);
             goto out;
         }

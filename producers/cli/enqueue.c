@@ -475,6 +475,7 @@ static int send_all(const struct sbx__cli_config *cfg, const struct enqueue_opts
     sbx_producer *p = NULL;
     int rc = SBX_EXIT_FAIL;
     const char **extra = calloc(o->nkafka + 2, sizeof *extra);
+    struct sbx__cli_kafka *settings = NULL;
     int wait_ms = o->delivery_timeout_s * 1000;
 
     if (!extra) {
@@ -492,11 +493,18 @@ static int send_all(const struct sbx__cli_config *cfg, const struct enqueue_opts
     snprintf(timeout_setting, sizeof timeout_setting, "message.timeout.ms=%d", wait_ms);
     extra[0] = timeout_setting;
     memcpy(extra + 1, o->kafka, o->nkafka * sizeof *extra);
-    if (sbx_producer_new(cfg->brokers, cfg->topic, extra, &p, err, sizeof err)) {
+    if (!(settings = sbx__cli_kafka_settings("enqueue", extra))) {
+        rc = SBX_EXIT_USAGE;
+        goto out;
+    }
+    if (sbx_producer_new(cfg->brokers, cfg->topic, settings->kv, &p, err, sizeof err)) {
         fprintf(stderr, "sbx enqueue: %s\n", err);
         rc = SBX_EXIT_USAGE;
         goto out;
     }
+    /* librdkafka holds its own copy of the password now. */
+    sbx__cli_kafka_free(settings);
+    settings = NULL;
     if (!o->raw && !o->no_database && cfg->database_url && *cfg->database_url &&
         sbx_producer_set_database(p, cfg->database_url, err, sizeof err)) {
         fprintf(stderr, "sbx enqueue: %s; nothing sent (--no-database sends without "
@@ -555,6 +563,7 @@ static int send_all(const struct sbx__cli_config *cfg, const struct enqueue_opts
     rc = failed ? SBX_EXIT_FAIL : SBX_EXIT_OK;
 out:
     sbx_producer_free(p);
+    sbx__cli_kafka_free(settings);
     free(extra);
     return rc;
 }

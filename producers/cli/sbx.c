@@ -152,7 +152,14 @@ static const char common_usage[] =
     "Configuration (flags override the environment):\n"
     "  --brokers B          SBX_BROKERS       Kafka bootstrap servers, host:port,...\n"
     "  --topic T            SBX_TOPIC         job topic (default sbx.jobs)\n"
-    "  --database-url URL   SBX_DATABASE_URL  PostgreSQL connection string\n";
+    "  --database-url URL   SBX_DATABASE_URL  PostgreSQL connection string (TLS:\n"
+    "                       ?sslmode=verify-full&sslrootcert=CA.pem)\n"
+    "Kafka TLS and SASL (environment only; as sbx-worker reads them):\n"
+    "  SBX_KAFKA_SECURITY_PROTOCOL  plaintext, ssl, sasl_ssl or sasl_plaintext\n"
+    "  SBX_KAFKA_SSL_CA, SBX_KAFKA_SSL_CERT, SBX_KAFKA_SSL_KEY  PEM files\n"
+    "  SBX_KAFKA_SASL_MECHANISM     PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512\n"
+    "  SBX_KAFKA_SASL_USERNAME, SBX_KAFKA_SASL_PASSWORD_FILE (or SBX_KAFKA_SASL_PASSWORD)\n"
+    "  SBX_KAFKA_CONF               more librdkafka settings, k=v[,k=v]\n";
 
 void sbx__cli_usage(const char *cmd, bool to_stderr)
 {
@@ -227,6 +234,51 @@ void sbx__cli_print_clean(const char *s, const char *indent)
         putchar((c < 0x20 && c != '\t') || c == 0x7f ? '?' : c);
     }
     putchar('\n');
+}
+
+struct sbx__cli_kafka *sbx__cli_kafka_settings(const char *what, const char *const *own)
+{
+    const char *env = getenv("SBX_KAFKA_CONF");
+    size_t nown = 0, nconf = 0, n = 0;
+    struct sbx__cli_kafka *k;
+    sbx_kafka_security sec;
+    char err[512];
+
+    while (own && own[nown])
+        nown++;
+    for (const char *c = env ? env : ""; *c; c++)
+        nconf += *c == ',';
+    k = calloc(1, sizeof *k + (SBX_KAFKA_SECURITY_MAX + nconf + 1 + nown + 1) * sizeof k->kv[0]);
+    if (!k || !(k->conf = strdup(env ? env : ""))) {
+        fprintf(stderr, "sbx %s: out of memory\n", what);
+        free(k);
+        return NULL;
+    }
+    sbx_kafka_security_from_env(&sec);
+    if (sbx_kafka_security_settings(&sec, k->security, k->kv, err, sizeof err) != SBX_OK) {
+        fprintf(stderr, "sbx %s: %s\n", what, err);
+        sbx__cli_kafka_free(k);
+        return NULL;
+    }
+    while (k->kv[n])
+        n++;
+    for (char *save = NULL, *e = strtok_r(k->conf, ",", &save); e; e = strtok_r(NULL, ",", &save))
+        k->kv[n++] = e;
+    for (size_t i = 0; i < nown; i++)
+        k->kv[n++] = own[i];
+    k->kv[n] = NULL;
+    return k;
+}
+
+void sbx__cli_kafka_free(struct sbx__cli_kafka *k)
+{
+    if (!k)
+        return;
+    explicit_bzero(k->security, sizeof k->security);
+    if (k->conf)
+        explicit_bzero(k->conf, strlen(k->conf));
+    free(k->conf);
+    free(k);
 }
 
 PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code)

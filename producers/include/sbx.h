@@ -168,6 +168,39 @@ void sbx_producer_free(sbx_producer *p);
 sbx_err sbx_producer_set_database(sbx_producer *p, const char *database_url, char *err,
                                   size_t errlen);
 
+/* ---- Kafka security ----
+ * TLS and SASL to the brokers, as sbx-worker and `sbx` read them from the
+ * environment (README "TLS and authentication"). NULL or "" is unset. */
+typedef struct sbx_kafka_security {
+    const char *protocol;           /* SBX_KAFKA_SECURITY_PROTOCOL: plaintext (unset), ssl,
+                                       sasl_plaintext or sasl_ssl */
+    const char *sasl_mechanism;     /* SBX_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256, -512 */
+    const char *sasl_username;      /* SBX_KAFKA_SASL_USERNAME */
+    const char *sasl_password;      /* SBX_KAFKA_SASL_PASSWORD */
+    const char *sasl_password_file; /* SBX_KAFKA_SASL_PASSWORD_FILE: first line is the password */
+    const char *ssl_ca;             /* SBX_KAFKA_SSL_CA: PEM CA file; unset: the system's CAs */
+    const char *ssl_cert;           /* SBX_KAFKA_SSL_CERT: client certificate (PEM), mutual TLS */
+    const char *ssl_key;            /* SBX_KAFKA_SSL_KEY: its private key (PEM, unencrypted) */
+} sbx_kafka_security;
+
+/* Settings sbx_kafka_security_settings() may produce, the bytes of their
+ * text (three paths, a user name and a password), and the longest password
+ * it reads from a file (SASL passwords are far shorter). */
+#define SBX_KAFKA_SECURITY_MAX 9
+#define SBX_KAFKA_SECURITY_BUF 4096
+#define SBX_KAFKA_SECURITY_PASSWORD_MAX 1023
+
+/* Fills s from the SBX_KAFKA_* variables (pointers into the environment). */
+void sbx_kafka_security_from_env(sbx_kafka_security *s);
+/* Checks s and writes the librdkafka settings it stands for ("key=value",
+ * for sbx_producer_new()'s extra) into kv, NULL-terminated, their text in
+ * buf (SBX_KAFKA_SECURITY_BUF bytes). buf then holds the SASL password,
+ * read from its file if so configured: wipe it (explicit_bzero) once the
+ * client is created. SBX_EINVAL: one line in err naming the variable and
+ * the fix (never a password); kv is then empty. */
+sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, const char **kv,
+                                    char *err, size_t errlen);
+
 /* Generates a random job id: "j_" + 26 characters of lowercase Crockford
  * base32, 48 bits of milliseconds then 80 random bits (getrandom()), so ids
  * sort by creation time. */

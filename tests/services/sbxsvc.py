@@ -32,11 +32,19 @@ Why it is shaped so:
 - Redis may be started with a password (requirepass, off by default) and
   ACL users, so the clients' AUTH is tested against the real server; the
   URL in the env then carries the password (percent-encoded).
+- With tls= (certificates the caller made), Kafka adds an SSL listener that
+  requires a client certificate and a SASL_SSL one (PLAIN and SCRAM-SHA-256
+  users), and PostgreSQL turns on ssl with a pg_hba.conf that takes only
+  hostssl connections with a scram-sha-256 password. The probes and set-up
+  keep their own paths (Kafka's PLAINTEXT listener, PostgreSQL's socket),
+  so readiness means the same with and without it.
 
 Library:  env = Services(tmpdir).start(kafka=True, redis=True, postgres=True)
           ... services.restart("redis"); services.stop()   (or `with`)
           Services().start(kafka=False, postgres=False, redis_password="pw",
                            redis_users=["sbx on >pw2 ~{sbx}* +@all"])
+          Services().start(tls=dict(ca=CA, cert=CRT, key=KEY,
+                                    users={"alice": "pw"}, pg_password="pw"))
 CLI:      sbxsvc.py run [--no-kafka] [--no-redis] [--no-postgres]
                         [--redis-password PW] -- CMD ...
           sbxsvc.py env [...]      prints `export` lines, serves until killed
@@ -344,10 +352,13 @@ class Redis(_Service):
 
 
 class Postgres(_Service):
+    """tls: None, or {"ca", "cert", "key" (PEM files: the CA, the server's
+    certificate and key), "pg_password"}: ssl=on, TCP takes only hostssl
+    with user postgres' scram password, and url says sslmode=verify-full."""
     name = "postgres"
     deadline = 90.0
 
-    def __init__(self, root, taken):
+    def __init__(self, root, taken, tls=None):
         super().__init__(root, taken)
         self.port = _free_port(taken)
         self.data = os.path.join(self.dir, "data")
@@ -355,18 +366,25 @@ class Postgres(_Service):
         # initdb and postgres refuse to run as root.
         self.user = "postgres" if os.geteuid() == 0 else None
         self.bindir = _pg_bindir()
+        self.tls = tls
 
     def new_ports(self):
         self.port = _free_port(self.taken)
 
     @property
     def url(self):
+        if self.tls:
+            return "postgresql://postgres:%s@127.0.0.1:%d/%s?sslmode=verify-full&sslrootcert=%s" % (
+                urllib.parse.quote(self.tls["pg_password"], safe=""), self.port, DATABASE,
+                urllib.parse.quote(self.tls["ca"], safe="/"))
         return "postgresql://postgres@%s:%d/%s" % (HOST, self.port, DATABASE)
 
     def psql(self, sql, db="postgres", timeout=10):
-        """Runs sql through psql over TCP; returns (returncode, output)."""
+        """Runs sql through psql over TCP (with tls: the socket, which
+        pg_hba.conf trusts); returns (returncode, output)."""
+        host = self.sock if self.tls else HOST
         r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                            "-h", HOST, "-p", str(self.port), "-U", "postgres",
+                            "-h", host, "-p", str(self.port), "-U", "postgres",
                             "-d", db, "-c", sql],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            timeout=timeout, env=dict(os.environ, PGCONNECT_TIMEOUT="5"))
@@ -381,8 +399,33 @@ class Postgres(_Service):
                       "-c", "full_page_writes=on",
                       # Load tests run many workers, each with a connection.
                       "-c", "max_connections=200",
-                      "-c", "logging_collector=off", "-c", "log_destination=stderr"],
+                      "-c", "logging_collector=off", "-c", "log_destination=stderr"]
+                     + self._tls_args(),
                      self.log, user=self.user, cwd=self.dir)
+
+    def _owned(self, path, text, mode):
+        """Writes a file the server (user postgres when we are root) reads."""
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _tls_args(self):
+        if not self.tls:
+            return []
+        crt, key, hba = (os.path.join(self.dir, n) for n in ("server.crt", "server.key", "pg_hba.conf"))
+        with open(self.tls["cert"]) as f:
+            self._owned(crt, f.read(), 0o644)
+        with open(self.tls["key"]) as f:
+            # The server refuses a key others can read.
+            self._owned(key, f.read(), 0o600)
+        # No hostnossl line: plain TCP is refused ("no encryption").
+        self._owned(hba, "local all all trust\n"
+                         "hostssl all all 127.0.0.1/32 scram-sha-256\n", 0o644)
+        return ["-c", "ssl=on", "-c", "ssl_cert_file=" + crt, "-c", "ssl_key_file=" + key,
+                "-c", "hba_file=" + hba, "-c", "password_encryption=scram-sha-256"]
 
     def _answers(self):
         if not _connects(self.port):
@@ -428,6 +471,9 @@ class Postgres(_Service):
                     rc, out = self.psql("CREATE DATABASE " + DATABASE)
                     if rc != 0 and "already exists" in out:
                         rc = 0
+                if rc == 0 and self.tls:
+                    rc, out = self.psql("ALTER ROLE postgres PASSWORD '%s'"
+                                        % self.tls["pg_password"].replace("'", "''"))
             except subprocess.TimeoutExpired:
                 rc, out = 1, "psql timed out"
             if rc == 0:
@@ -461,11 +507,16 @@ def _pg_bindir():
 
 
 class Kafka(_Service):
+    """tls: None, or {"ca", "cert", "key" (PEM files: the CA and the broker's
+    certificate), "users" {name: password}}: two more listeners, SSL
+    (ssl_brokers; a client certificate signed by the CA is required) and
+    SASL_SSL (sasl_brokers; PLAIN and SCRAM-SHA-256, the same users)."""
     name = "kafka"
     deadline = 90.0
 
-    def __init__(self, root, taken):
+    def __init__(self, root, taken, tls=None):
         super().__init__(root, taken)
+        self.tls = tls
         self.new_ports()
         self.props = os.path.join(self.dir, "server.properties")
         self.data = os.path.join(self.dir, "data")
@@ -474,10 +525,56 @@ class Kafka(_Service):
     def new_ports(self):
         self.port = _free_port(self.taken)
         self.cport = _free_port(self.taken)
+        if self.tls:
+            self.ssl_port = _free_port(self.taken)
+            self.sasl_port = _free_port(self.taken)
 
     @property
     def brokers(self):
         return "%s:%d" % (HOST, self.port)
+
+    @property
+    def ssl_brokers(self):
+        return "127.0.0.1:%d" % self.ssl_port
+
+    @property
+    def sasl_brokers(self):
+        return "127.0.0.1:%d" % self.sasl_port
+
+    def _tls_config(self, cfg):
+        """The SSL and SASL_SSL listeners; PLAINTEXT stays for our probes and
+        between broker and controller."""
+        t = self.tls
+        keystore = os.path.join(self.dir, "broker-keystore.pem")
+        with open(keystore, "w") as out:
+            for path in (t["key"], t["cert"]):
+                with open(path) as f:
+                    out.write(f.read())
+        os.chmod(keystore, 0o600)
+        cfg["listeners"] += ",SSL://127.0.0.1:%d,SASL_SSL://127.0.0.1:%d" % (self.ssl_port,
+                                                                             self.sasl_port)
+        cfg["advertised.listeners"] += ",SSL://127.0.0.1:%d,SASL_SSL://127.0.0.1:%d" % (
+            self.ssl_port, self.sasl_port)
+        cfg["listener.security.protocol.map"] += ",SSL:SSL,SASL_SSL:SASL_SSL"
+        cfg["ssl.keystore.type"] = "PEM"
+        cfg["ssl.keystore.location"] = keystore
+        cfg["ssl.truststore.type"] = "PEM"
+        cfg["ssl.truststore.location"] = t["ca"]
+        cfg["listener.name.ssl.ssl.client.auth"] = "required"
+        cfg["listener.name.sasl_ssl.sasl.enabled.mechanisms"] = "PLAIN,SCRAM-SHA-256"
+        users = " ".join('user_%s="%s"' % (u, p) for u, p in t["users"].items())
+        cfg["listener.name.sasl_ssl.plain.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required %s;" % users)
+        cfg["listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+
+    def _scram_args(self):
+        """StorageTool format arguments that create the SCRAM users (KRaft
+        keeps them in the metadata log, written at format time)."""
+        args = []
+        for u, p in (self.tls or {}).get("users", {}).items():
+            args += ["--add-scram", "SCRAM-SHA-256=[name=%s,password=%s]" % (u, p)]
+        return args
 
     def _write_config(self):
         cfg = {
@@ -511,6 +608,8 @@ class Kafka(_Service):
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
+        if self.tls:
+            self._tls_config(cfg)
         with open(self.props, "w") as f:
             f.writelines("%s=%s\n" % kv for kv in cfg.items())
         with open(os.path.join(self.dir, "log4j.properties"), "w") as f:
@@ -556,11 +655,15 @@ class Kafka(_Service):
             os.makedirs(self.dir, exist_ok=True)
             self._write_config()
             fmt = _Proc(self._java("kafka.tools.StorageTool",
-                                   ["format", "-t", _cluster_id(), "-c", self.props], "256m"),
+                                   ["format", "-t", _cluster_id(), "-c", self.props]
+                                   + self._scram_args(), "256m"),
                         self.log, cwd=self.dir)
             yield from self._run_to_end(fmt, "kafka.tools.StorageTool format")
         yield from self._launch_with_retries(self._spawn, self._answers)
         yield from self._setup_topics()
+        while self.tls and not (_connects(self.ssl_port) and _connects(self.sasl_port)):
+            self._check_alive()
+            yield
 
     def _setup_topics(self):
         """Creates the topics (idempotent), then waits until every partition
@@ -836,16 +939,19 @@ class Services:
     def __exit__(self, *exc):
         self.stop()
 
-    def start(self, kafka=True, redis=True, postgres=True, redis_password=None, redis_users=()):
+    def start(self, kafka=True, redis=True, postgres=True, redis_password=None, redis_users=(),
+              tls=None):
         """Starts the chosen services in parallel; returns the env dict.
-        redis_password / redis_users: see Redis (default: no password)."""
+        redis_password / redis_users: see Redis (default: no password).
+        tls: see Kafka and Postgres (default: none); the env keeps Kafka's
+        PLAINTEXT listener in SBX_BROKERS."""
         started = []
         if kafka:
-            started.append(Kafka(self.root, self.taken))
+            started.append(Kafka(self.root, self.taken, tls))
         if redis:
             started.append(Redis(self.root, self.taken, redis_password, redis_users))
         if postgres:
-            started.append(Postgres(self.root, self.taken))
+            started.append(Postgres(self.root, self.taken, tls))
         for s in started:
             self.svc[s.name] = s
         try:
