@@ -94,37 +94,46 @@ static int left_ms(long long deadline)
     return l > 0 ? (int)l : 0;
 }
 
+/* The admin client: the TLS and SASL settings every command shares
+ * (sbx__cli_kafka_settings: SBX_KAFKA_*, SBX_KAFKA_CONF), then -X ones. */
 static rd_kafka_t *admin_new(const struct sbx__cli_config *cfg, const struct topics_opts *o)
 {
     char e[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_t *rk;
+    struct sbx__cli_kafka *settings = sbx__cli_kafka_settings("topics", o->kafka);
+    rd_kafka_t *rk = NULL;
 
+    if (!settings) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     /* A metadata request never creates a topic with the broker's defaults. */
     if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, e, sizeof e) ||
         rd_kafka_conf_set(conf, "allow.auto.create.topics", "false", e, sizeof e) ||
         rd_kafka_conf_set(conf, "client.id", "sbx-topics", e, sizeof e))
         goto fail;
-    for (size_t i = 0; i < o->nkafka; i++) {
+    for (const char *const *kv = settings->kv; *kv; kv++) {
         char key[128];
-        const char *eq = strchr(o->kafka[i], '=');
-        if (!eq || eq == o->kafka[i] || (size_t)(eq - o->kafka[i]) >= sizeof key) {
-            snprintf(e, sizeof e, "kafka setting \"%s\": expected key=value", o->kafka[i]);
+        const char *eq = strchr(*kv, '=');
+        if (!eq || eq == *kv || (size_t)(eq - *kv) >= sizeof key) {
+            snprintf(e, sizeof e, "kafka setting \"%s\": expected key=value", *kv);
             goto fail;
         }
-        memcpy(key, o->kafka[i], (size_t)(eq - o->kafka[i]));
-        key[eq - o->kafka[i]] = '\0';
+        memcpy(key, *kv, (size_t)(eq - *kv));
+        key[eq - *kv] = '\0';
         if (rd_kafka_conf_set(conf, key, eq + 1, e, sizeof e))
             goto fail;
     }
     /* rd_kafka_new takes conf only when it succeeds. */
     rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
     if (rk)
-        return rk;
+        goto out;
 fail:
     rd_kafka_conf_destroy(conf);
     fprintf(stderr, "sbx topics: %s\n", e);
-    return NULL;
+out:
+    sbx__cli_kafka_free(settings);
+    return rk;
 }
 
 /* Waits for the result event of one admin call. */
