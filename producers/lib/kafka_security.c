@@ -21,6 +21,7 @@
  * than left to the library version's default).
  */
 #include "sbx.h"
+#include "libsbx.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -29,17 +30,6 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int set(const char *s) { return s && *s; }
 
@@ -74,7 +64,7 @@ static int readable(const char *var, const char *path, char *err, size_t errlen)
 {
     if (access(path, R_OK) == 0)
         return 0;
-    seterr(err, errlen, "%s=%s cannot be read (%s): give the path of a PEM file this user can "
+    sbx__seterr(err, errlen, "%s=%s cannot be read (%s): give the path of a PEM file this user can "
            "read", var, path, strerror(errno));
     return -1;
 }
@@ -88,13 +78,13 @@ static int read_password(const char *path, char *out, size_t outlen, char *err, 
     int rc = -1;
 
     if (!f) {
-        seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s cannot be read (%s): give the path "
+        sbx__seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s cannot be read (%s): give the path "
                "of a file holding the password", path, strerror(errno));
         return -1;
     }
     n = fread(out, 1, outlen, f);
     if (ferror(f)) {
-        seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s cannot be read (%s)", path,
+        sbx__seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s cannot be read (%s)", path,
                strerror(errno));
         goto out;
     }
@@ -104,13 +94,13 @@ static int read_password(const char *path, char *out, size_t outlen, char *err, 
             break;
         }
     if (n == outlen) {
-        seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s: the password is longer than %zu "
+        sbx__seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s: the password is longer than %zu "
                "bytes", path, outlen - 1);
         goto out;
     }
     out[n] = '\0';
     if (n == 0 || memchr(out, '\0', n)) {
-        seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s: %s", path,
+        sbx__seterr(err, errlen, "SBX_KAFKA_SASL_PASSWORD_FILE=%s: %s", path,
                n ? "the password holds a NUL byte" : "the file is empty: put the password on "
                                                      "its first line");
         goto out;
@@ -153,7 +143,7 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
 
     kv[0] = NULL;
     if (!proto) {
-        seterr(err, errlen, "SBX_KAFKA_SECURITY_PROTOCOL=%s is not known: use plaintext, ssl, "
+        sbx__seterr(err, errlen, "SBX_KAFKA_SECURITY_PROTOCOL=%s is not known: use plaintext, ssl, "
                "sasl_plaintext or sasl_ssl", s->protocol);
         return SBX_EINVAL;
     }
@@ -162,31 +152,31 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
     /* A setting the protocol would ignore is a mistake to say, not to drop. */
     for (int i = 0; i < 4 && !sasl; i++)
         if (set(sasl_vars[i])) {
-            seterr(err, errlen, "%s is set but SBX_KAFKA_SECURITY_PROTOCOL=%s sends no SASL: "
+            sbx__seterr(err, errlen, "%s is set but SBX_KAFKA_SECURITY_PROTOCOL=%s sends no SASL: "
                    "use sasl_ssl (or sasl_plaintext), or unset %s", sasl_names[i], proto,
                    sasl_names[i]);
             return SBX_EINVAL;
         }
     for (int i = 0; i < 3 && !tls; i++)
         if (set(tls_vars[i])) {
-            seterr(err, errlen, "%s is set but SBX_KAFKA_SECURITY_PROTOCOL=%s does not use TLS: "
+            sbx__seterr(err, errlen, "%s is set but SBX_KAFKA_SECURITY_PROTOCOL=%s does not use TLS: "
                    "use ssl or sasl_ssl, or unset %s", tls_names[i], proto, tls_names[i]);
             return SBX_EINVAL;
         }
     if (sasl) {
         if (!set(s->sasl_mechanism) || !(mech = known(MECHANISMS, s->sasl_mechanism))) {
-            seterr(err, errlen, "SBX_KAFKA_SASL_MECHANISM=%s: use PLAIN, SCRAM-SHA-256 or "
+            sbx__seterr(err, errlen, "SBX_KAFKA_SASL_MECHANISM=%s: use PLAIN, SCRAM-SHA-256 or "
                    "SCRAM-SHA-512 (others through SBX_KAFKA_CONF)",
                    set(s->sasl_mechanism) ? s->sasl_mechanism : "(unset)");
             return SBX_EINVAL;
         }
         if (!set(s->sasl_username)) {
-            seterr(err, errlen, "SBX_KAFKA_SASL_USERNAME is not set: SASL (%s) needs the user "
+            sbx__seterr(err, errlen, "SBX_KAFKA_SASL_USERNAME is not set: SASL (%s) needs the user "
                    "name", mech);
             return SBX_EINVAL;
         }
         if (set(s->sasl_password) == set(s->sasl_password_file)) {
-            seterr(err, errlen, "SASL (%s) needs the password in exactly one of "
+            sbx__seterr(err, errlen, "SASL (%s) needs the password in exactly one of "
                    "SBX_KAFKA_SASL_PASSWORD_FILE (a file, preferred) or SBX_KAFKA_SASL_PASSWORD",
                    mech);
             return SBX_EINVAL;
@@ -194,7 +184,7 @@ sbx_err sbx_kafka_security_settings(const sbx_kafka_security *s, char *buf, cons
     }
     if (tls) {
         if (set(s->ssl_cert) != set(s->ssl_key)) {
-            seterr(err, errlen, "%s is set without %s: a client certificate needs both",
+            sbx__seterr(err, errlen, "%s is set without %s: a client certificate needs both",
                    set(s->ssl_cert) ? "SBX_KAFKA_SSL_CERT" : "SBX_KAFKA_SSL_KEY",
                    set(s->ssl_cert) ? "SBX_KAFKA_SSL_KEY" : "SBX_KAFKA_SSL_CERT");
             return SBX_EINVAL;
@@ -227,7 +217,7 @@ full:
     explicit_bzero(pw, sizeof(pw));
     explicit_bzero(buf, SBX_KAFKA_SECURITY_BUF);
     kv[0] = NULL;
-    seterr(err, errlen, "the SBX_KAFKA_SSL_* paths and SASL user and password are longer than "
+    sbx__seterr(err, errlen, "the SBX_KAFKA_SSL_* paths and SASL user and password are longer than "
            "%d bytes together: use shorter paths", SBX_KAFKA_SECURITY_BUF);
     return SBX_EINVAL;
 }

@@ -27,6 +27,7 @@
  */
 #include "sbx.h"
 #include "submit.h"
+#include "libsbx.h"
 
 #include <librdkafka/rdkafka.h>
 
@@ -62,12 +63,11 @@ struct sbx_producer {
     char last_error[256];      /* from the error callback, for timeouts */
 };
 
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+void sbx__seterr(char *err, size_t errlen, const char *fmt, ...)
 {
+    va_list ap;
     if (!err || errlen == 0)
         return;
-    va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
@@ -149,7 +149,7 @@ static int set(rd_kafka_conf_t *conf, const char *key, const char *value, char *
 {
     char e[256];
     if (rd_kafka_conf_set(conf, key, value, e, sizeof e) != RD_KAFKA_CONF_OK) {
-        seterr(err, errlen, "kafka setting %s: %s", key, e);
+        sbx__seterr(err, errlen, "kafka setting %s: %s", key, e);
         return -1;
     }
     return 0;
@@ -166,14 +166,14 @@ sbx_err sbx_producer_new(const char *brokers, const char *topic,
 
     *out = NULL;
     if (!brokers || !*brokers || !topic || !*topic) {
-        seterr(err, errlen, "brokers and topic are required");
+        sbx__seterr(err, errlen, "brokers and topic are required");
         return SBX_EINVAL;
     }
     p = calloc(1, sizeof *p);
     conf = rd_kafka_conf_new();
     if (!p || !conf) {
         rc = SBX_ENOMEM;
-        seterr(err, errlen, "out of memory");
+        sbx__seterr(err, errlen, "out of memory");
         goto out;
     }
     snprintf(maxbytes, sizeof maxbytes, "%d", PRODUCER_MSG_MAX);
@@ -189,7 +189,7 @@ sbx_err sbx_producer_new(const char *brokers, const char *topic,
         char key[128];
         const char *eq = strchr(extra[i], '=');
         if (!eq || eq == extra[i] || (size_t)(eq - extra[i]) >= sizeof key) {
-            seterr(err, errlen, "kafka setting \"%s\": expected key=value", extra[i]);
+            sbx__seterr(err, errlen, "kafka setting \"%s\": expected key=value", extra[i]);
             goto out;
         }
         memcpy(key, extra[i], (size_t)(eq - extra[i]));
@@ -204,13 +204,13 @@ sbx_err sbx_producer_new(const char *brokers, const char *topic,
 
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
     if (!p->rk) {
-        seterr(err, errlen, "kafka: %s", e);
+        sbx__seterr(err, errlen, "kafka: %s", e);
         goto out;
     }
     conf = NULL; /* owned by rk now */
     p->rkt = rd_kafka_topic_new(p->rk, topic, NULL);
     if (!p->rkt) {
-        seterr(err, errlen, "kafka topic %s: %s", topic, rd_kafka_err2str(rd_kafka_last_error()));
+        sbx__seterr(err, errlen, "kafka topic %s: %s", topic, rd_kafka_err2str(rd_kafka_last_error()));
         rc = SBX_EKAFKA;
         goto out;
     }
@@ -249,9 +249,9 @@ static sbx_err produce(sbx_producer *p, const char *key, const char *msg, size_t
         if (e == RD_KAFKA_RESP_ERR__FATAL) {
             char why[256];
             rd_kafka_fatal_error(p->rk, why, sizeof why);
-            seterr(err, errlen, "kafka: fatal: %s", why);
+            sbx__seterr(err, errlen, "kafka: fatal: %s", why);
         } else {
-            seterr(err, errlen, "kafka: produce: %s", rd_kafka_err2str(e));
+            sbx__seterr(err, errlen, "kafka: produce: %s", rd_kafka_err2str(e));
         }
         return e == RD_KAFKA_RESP_ERR__QUEUE_FULL ? SBX_ETIMEDOUT : SBX_EKAFKA;
     }
@@ -278,7 +278,7 @@ static sbx_err send_and_wait(sbx_producer *p, const char *key, const char *job_i
         if (left <= 0) {
             /* The report may still come; on_delivery frees the record then. */
             d->abandoned = true;
-            seterr(err, errlen, "kafka: no delivery report within %d ms%s%s", timeout_ms,
+            sbx__seterr(err, errlen, "kafka: no delivery report within %d ms%s%s", timeout_ms,
                    p->last_error[0] ? "; last error: " : "", p->last_error);
             return SBX_ETIMEDOUT;
         }
@@ -286,7 +286,7 @@ static sbx_err send_and_wait(sbx_producer *p, const char *key, const char *job_i
     }
     rc = map_err(d->err);
     if (rc)
-        seterr(err, errlen, "kafka: delivery failed: %s%s%s", rd_kafka_err2str(d->err),
+        sbx__seterr(err, errlen, "kafka: delivery failed: %s%s%s", rd_kafka_err2str(d->err),
                p->last_error[0] ? "; last error: " : "", p->last_error);
     free(d);
     return rc;
@@ -299,7 +299,7 @@ static struct delivery *new_delivery(sbx_producer *p, const sbx_job *job, const 
 {
     struct delivery *d = calloc(1, sizeof *d);
     if (!d) {
-        seterr(err, errlen, "out of memory");
+        sbx__seterr(err, errlen, "out of memory");
         *rc = SBX_ENOMEM;
         return NULL;
     }

@@ -23,21 +23,11 @@
 #include <string.h>
 
 #include "sbx_redact.h"
+#include "libsbx.h"
 
 struct sbx__submitter {
     PGconn *conn;
 };
-
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* libpq's message as one line. */
 static void pg_error(char *err, size_t errlen, const char *what, PGconn *c, const PGresult *r)
@@ -50,7 +40,7 @@ static void pg_error(char *err, size_t errlen, const char *what, PGconn *c, cons
     for (char *p = line; *p; p++)
         if (*p == '\n')
             *p = p[1] ? ' ' : '\0';
-    seterr(err, errlen, "database: %s: %s", what, line);
+    sbx__seterr(err, errlen, "database: %s: %s", what, line);
 }
 
 sbx_err sbx__submitter_new(const char *database_url, sbx__submitter **out, char *err,
@@ -63,11 +53,11 @@ sbx_err sbx__submitter_new(const char *database_url, sbx__submitter **out, char 
 
     *out = NULL;
     if (!database_url || !*database_url) {
-        seterr(err, errlen, "database: no URL given");
+        sbx__seterr(err, errlen, "database: no URL given");
         return SBX_EINVAL;
     }
     if (!(s = calloc(1, sizeof *s))) {
-        seterr(err, errlen, "out of memory");
+        sbx__seterr(err, errlen, "out of memory");
         return SBX_ENOMEM;
     }
     s->conn = PQconnectdbParams(keys, vals, 1);
@@ -112,7 +102,7 @@ sbx_err sbx__submit(sbx__submitter *s, const sbx_job *job, const char *msg, size
     fr = sbx__job_fingerprint(msg, len, &spec, sha);
     if (fr) {
         /* A message sbx_job_parse() took is a JSON object: only memory fails. */
-        seterr(err, errlen, "out of memory redacting the spec");
+        sbx__seterr(err, errlen, "out of memory redacting the spec");
         return SBX_ENOMEM;
     }
     {
@@ -125,7 +115,7 @@ sbx_err sbx__submit(sbx__submitter *s, const sbx_job *job, const char *msg, size
         goto out;
     }
     if (strcmp(PQgetvalue(r, 0, 2), "t") == 0) {
-        seterr(err, errlen, "job id %s is already used by another payload (its run is %s, "
+        sbx__seterr(err, errlen, "job id %s is already used by another payload (its run is %s, "
                             "payload_sha256 %s; this one's is %s); nothing sent",
                job->job_id, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 3), sha);
         rc = SBX_EINVAL;
