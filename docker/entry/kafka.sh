@@ -58,16 +58,15 @@ log4j.logger.org.apache.kafka.controller=WARN
 CONF
 
 heap=${KAFKA_HEAP:-512m}
-java() {
-    command java "-Xmx$heap" "-Xms$heap" -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError \
-        -Djava.io.tmpdir="$data/tmp" -Djava.awt.headless=true \
-        -Dlog4j.configuration="file:$data/log4j.properties" -cp '/opt/kafka/libs/*' "$@"
-}
+set -- "-Xmx$heap" "-Xms$heap" -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError \
+    -Djava.io.tmpdir="$data/tmp" -Djava.awt.headless=true \
+    -Dlog4j.configuration="file:$data/log4j.properties" -cp '/opt/kafka/libs/*'
 
 if [ ! -f "$data/logs/meta.properties" ]; then
     # Kafka's Uuid form: URL-safe base64 of 16 random bytes, no padding, no
     # leading '-' (it would read as an option).
     id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' | sed 's/^-/A/')
-    java kafka.tools.StorageTool format -t "$id" -c "$conf" >/dev/null
+    java "$@" kafka.tools.StorageTool format -t "$id" -c "$conf" >/dev/null
 fi
-exec java kafka.Kafka "$conf"
+# exec: the JVM is pid 1 and gets the stop signal (a controlled shutdown).
+exec java "$@" kafka.Kafka "$conf"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # sbx-postgres — the sbx-postgres image's entrypoint: Debian's PostgreSQL 15
-# with one database POSTGRES_DB (sbx) owned by POSTGRES_USER (sbx) whose
+# with one database POSTGRES_DB (sbx) owned by POSTGRES_USER (sbx; CREATEROLE,
+# for migration 0002's sbx_writer and sbx_reader) whose
 # password is POSTGRES_PASSWORD (required), data in /var/lib/postgresql/data
 # (a volume). The cluster is made on the first start only (initdb as user
 # postgres, scram-sha-256 for every TCP client); later starts reuse it.
@@ -28,7 +29,7 @@ if [ ! -s "$data/PG_VERSION" ]; then
     chown postgres "$pw"
     run psql -v ON_ERROR_STOP=1 -q -U postgres <<SQL
 \\set pw \`cat $pw\`
-CREATE ROLE "$user" LOGIN PASSWORD :'pw';
+CREATE ROLE "$user" LOGIN CREATEROLE PASSWORD :'pw';
 CREATE DATABASE "$db" OWNER "$user";
 SQL
     rm -f "$pw"
