@@ -19,12 +19,19 @@ PODMAN      ?= podman
 base-image:
 	@sh docker/base-image.sh >/dev/null
 
+# The build stage is tagged too (localhost/sbx-build), so that its layers,
+# the costly ones (compiler and -dev packages), are not dangling; what is
+# dangling afterwards is an older build superseded by this one, pruned
+# here (only images made from our base: they carry its sbx.base.key label),
+# so repeated builds do not fill the disk.
 images: base-image
-	@set -e; for t in $(IMAGES); do \
+	@set -e; for t in build $(IMAGES); do \
 	    ctx=; \
 	    if [ $$t = sbx-kafka ]; then ctx="--build-context kafka-libs=$$(sh tests/services/fetch-kafka.sh)"; fi; \
-	    echo "images: building localhost/$$t:$(IMAGE_TAG)"; \
+	    n=$$t; [ $$t = build ] && n=sbx-build; \
+	    echo "images: building localhost/$$n:$(IMAGE_TAG)"; \
 	    $(PODMAN) build --quiet --layers -f docker/Dockerfile --ignorefile docker/Dockerfile.dockerignore \
-	        --target $$t $$ctx -t localhost/$$t:$(IMAGE_TAG) . >/dev/null; \
+	        --target $$t $$ctx -t localhost/$$n:$(IMAGE_TAG) . >/dev/null; \
 	done
-	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^localhost/sbx-' | sort
+	@$(PODMAN) image prune -f --filter label=sbx.base.key >/dev/null
+	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^localhost/sbx-' | grep -v sbx-build | sort
