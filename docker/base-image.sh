@@ -7,11 +7,14 @@
 #
 # Why mmdebstrap and not `FROM debian:12`: the machines that build sbx reach
 # a Debian mirror (apt works) but no container registry. mmdebstrap builds a
-# minbase bookworm (apt, dpkg, coreutils, dash; ~125 MB unpacked, 25 s) into
+# minbase bookworm (apt, dpkg, coreutils, dash; 78 MB unpacked, 25 s) into
 # a tarball from the mirror the host's own apt uses; `podman import` turns it
 # into a one-layer image. dpkg is told, in the image, to leave out man pages,
 # docs and locales, so every package later installed on top stays small too;
-# apt installs no Recommends. /usr/share/man/man1 exists, empty, because
+# apt installs no Recommends. Merged /usr is set up the way debootstrap does
+# (mmdebstrap's merged-usr hook: the symlinks and usr-is-merged), not by
+# the usrmerge package, which would pull in perl (~48 MB) for a one-time
+# conversion. /usr/share/man/man1 exists, empty, because
 # some maintainer scripts (the JRE's update-alternatives) link into it.
 #
 # Cache. The tarball is kept in ${SBX_CACHE:-~/.cache/sbx}/images/, named by
@@ -49,6 +52,7 @@ set -- --variant=minbase --mode=root --format=tar \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --customize-hook='mkdir -p "$1/usr/share/man/man1"' \
     "$suite" - \
     "deb $mirror $suite main" \
@@ -80,6 +84,10 @@ if [ ! -s "$tar" ]; then
     fi
     mv "$tar.tmp" "$tar"
     rm -f "$log"
+    # Tarballs of other keys are superseded: one base per suite is kept.
+    for old in "$cache/sbx-debian-$suite-"*.tar; do
+        [ "$old" = "$tar" ] || rm -f "$old"
+    done
 fi
 
 echo "base-image: importing $tar as $image" >&2
