@@ -11,7 +11,7 @@ included, and each step is bounded, so a broken image costs minutes, not
 CI's whole budget.
 
 Times (2-core dev box): a cold `make images` (no base tarball, no Podman
-layers) 100 s, warm 10-25 s; the stack ready 12-18 s after `up` (~60 s
+layers) 80-100 s, warm 10-25 s; the stack ready 12-18 s after `up` (~60 s
 when Podman's DNS stalls, see docker/compose.yaml); 100 jobs
 1.5-3 s; the whole test 55 s warm, 130 s cold. Each step's time and the
 image sizes are printed on a line of their own.
@@ -40,7 +40,7 @@ COMPOSE = REPO / "docker" / "compose.yaml"
 # Podman cannot apply on this host, runc, cgroupfs): the stack's containers
 # start under the same.
 CONTAINERS_CONF = REPO / "tests" / "services" / "podman" / "containers.conf"
-BUILD_TIMEOUT = 600    # a cold build with a slow mirror; 100 s measured
+BUILD_TIMEOUT = 600    # a cold build with a slow mirror; 80-100 s measured
 UP_TIMEOUT = 180       # `up` itself, then every worker ready; 12-18 s, 60 s with a DNS stall
 JOBS = 100
 
