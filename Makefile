@@ -60,6 +60,7 @@ include common/common.mk
 include worker/worker.mk
 include agent/agent.mk
 include tests/tests.mk
+include docker/images.mk
 
 bins: $(BINS)
 

@@ -10,8 +10,9 @@
 # SBX_DEPS=build limits the set to what compiling needs (the Dockerfile's
 # build stage); the default, SBX_DEPS=all, adds the real services and tools
 # the test suite runs: PostgreSQL 15, Redis, Kafka (through Java and Maven),
-# bubblewrap, slirp4netns and nftables (networked builds), Podman, kcat,
-# valgrind, clang, systemd-analyze, pytest and psycopg.
+# bubblewrap, slirp4netns and nftables (networked builds), Podman,
+# mmdebstrap and podman-compose (the images), kcat, valgrind, clang,
+# systemd-analyze, pytest and psycopg.
 #
 # Java, Node.js and npm are checked by command only: a machine may carry them
 # from elsewhere (a vendor JDK, NodeSource's nodejs with its own npm), and
@@ -64,6 +65,10 @@ if [ "$mode" = all ]; then
     have podman || need podman
     have runc || need runc
     have newuidmap || need uidmap
+    # The images and the compose stack (docker/images.mk, tests/e2e/test_images.py):
+    # a Debian base from the mirror, no registry.
+    have mmdebstrap || need mmdebstrap
+    have podman-compose || need podman-compose
 
     # --- test tools -------------------------------------------------------
     have node || need nodejs
@@ -138,7 +143,7 @@ fi
 still=""
 for m in rdkafka hiredis libpq libcurl json-c cmocka libmicrohttpd libseccomp; do pc "$m" || still="$still pkg-config:$m"; done
 if [ "$mode" = all ]; then
-    for c in cc make psql redis-server java mvn bwrap slirp4netns podman runc newuidmap node npm kcat valgrind clang python3; do
+    for c in cc make psql redis-server java mvn bwrap slirp4netns podman runc newuidmap mmdebstrap podman-compose node npm kcat valgrind clang python3; do
         have "$c" || still="$still $c"
     done
     for mod in pytest psycopg; do python3 -c "import $mod" >/dev/null 2>&1 || still="$still python3:$mod"; done
