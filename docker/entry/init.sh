@@ -2,12 +2,9 @@
 # sbx-init — the compose stack's one-shot set-up, with the worker's
 # settings (SBX_BROKERS, SBX_DATABASE_URL, SBX_TOPIC, SBX_DLQ_TOPIC):
 #  1. `sbx migrate` (idempotent), retried until PostgreSQL accepts it;
-#  2. the job and dead-letter topics, created by asking for their metadata
-#     (kcat -L -t T: a producer's metadata request, which a broker with
-#     auto.create.topics.enable answers by creating T with its
-#     num.partitions), repeated until each has a leader.
-# The broker's defaults then apply to both topics; a production cluster
-# creates them by hand with the partitions and retention it wants (README).
+#  2. `sbx topics create` (idempotent): the job and dead-letter topics with
+#     SBX_PARTITIONS (8) partitions, replication 1 (one broker), and the
+#     message size and retention sbx needs, retried until the broker answers.
 # Exits 0 when done, 1 after SBX_READY_TIMEOUT_S (300) seconds.
 set -eu
 limit=${SBX_READY_TIMEOUT_S:-300}
@@ -34,11 +31,5 @@ retry() {
     done
     echo "sbx-init: $what: done after $(( $(date +%s) - start )) s" >&2
 }
-topic_led() {
-    m=$(kcat -b "$SBX_BROKERS" -m 5 -L -t "$1" 2>&1) || { printf '%s\n' "$m"; return 1; }
-    printf '%s\n' "$m" | grep -q "partition 0, leader [0-9]" || { printf '%s\n' "$m"; return 1; }
-}
 retry "sbx migrate" sbx migrate
-for t in "${SBX_TOPIC:-sbx.jobs}" "${SBX_DLQ_TOPIC:-sbx.jobs.dlq}"; do
-    retry "topic $t" topic_led "$t"
-done
+retry "sbx topics create" sbx topics create --partitions "${SBX_PARTITIONS:-8}" --replication 1
