@@ -48,6 +48,13 @@ enum { OPT_BROKERS = 1000, OPT_TOPIC, OPT_DATABASE_URL, OPT_HELP, OPT_VERSION };
 
 /* Applies a common option; returns false if c is not one. */
 bool sbx__cli_common_option(struct sbx__cli_config *cfg, int c, const char *arg);
+/* A subcommand's option loop: --help, the common options, then flag() for
+ * the command's own (0: taken; -1: not its own, the usage follows; an exit
+ * code: a bad value it already reported). Returns -1 after --help, else an
+ * exit code (0 = go on, operands from argv[optind]). */
+int sbx__cli_options(const char *cmd, int argc, char **argv, struct sbx__cli_config *cfg,
+                     const struct option *opts, int (*flag)(int c, const char *arg, void *ctx),
+                     void *ctx);
 
 /* Prints the usage of cmd ("" for the program) to stdout or stderr. */
 void sbx__cli_usage(const char *cmd, bool to_stderr);

@@ -60,13 +60,56 @@ static bool id_ok(const char *s)
 
 /* ---- list ---- */
 
+struct list_flags {
+    const char *reason, *since;
+    char since_s[24];
+    long long limit;
+};
+
+static int list_flag(int c, const char *arg, void *ctx)
+{
+    struct list_flags *f = ctx;
+    long long secs;
+    char *end;
+
+    switch (c) {
+    case 'r': f->reason = arg; return 0;
+    case 's':
+        if (sbx__cli_parse_duration(arg, SINCE_MAX_S, &secs) != 0) {
+            fprintf(stderr, "sbx dlq list: --since %s is not a duration (90s, 15m, 12h, 7d)\n",
+                    arg);
+            return SBX_EXIT_USAGE;
+        }
+        snprintf(f->since_s, sizeof f->since_s, "%lld", secs);
+        f->since = f->since_s;
+        return 0;
+    case 'l':
+        f->limit = strtoll(arg, &end, 10);
+        if (*end || end == arg || f->limit < 1 || f->limit > LIMIT_MAX) {
+            fprintf(stderr, "sbx dlq list: --limit must be 1..%d\n", LIMIT_MAX);
+            return SBX_EXIT_USAGE;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+/* The one boolean flag of show (--json) and replay (--force). */
+static int bool_flag(int c, const char *arg, void *ctx)
+{
+    (void)arg;
+    if (c != 'b')
+        return -1;
+    *(bool *)ctx = true;
+    return 0;
+}
+
 static int cmd_list(int argc, char **argv, struct sbx__cli_config *cfg)
 {
-    enum { O_REASON = 1, O_SINCE, O_LIMIT };
     static const struct option opts[] = {
-        { "reason", required_argument, NULL, O_REASON },
-        { "since", required_argument, NULL, O_SINCE },
-        { "limit", required_argument, NULL, O_LIMIT },
+        { "reason", required_argument, NULL, 'r' },
+        { "since", required_argument, NULL, 's' },
+        { "limit", required_argument, NULL, 'l' },
         SBX_CLI_COMMON_OPTIONS,
         { 0, 0, 0, 0 },
     };
@@ -77,53 +120,22 @@ static int cmd_list(int argc, char **argv, struct sbx__cli_config *cfg)
         " WHERE ($1::text IS NULL OR reason = $1)"
         "   AND ($2::bigint IS NULL OR created_at >= now() - make_interval(secs => $2::bigint))"
         " ORDER BY id DESC LIMIT $3::integer";
-    const char *reason = NULL, *since = NULL;
-    char since_s[24], limit_s[16];
-    long long secs, limit = DEFAULT_LIMIT;
+    struct list_flags f = { .limit = DEFAULT_LIMIT };
+    char limit_s[16];
     PGconn *conn = NULL;
     PGresult *r = NULL;
-    int c, rc = SBX_EXIT_USAGE;
+    int rc = sbx__cli_options("dlq", argc, argv, cfg, opts, list_flag, &f);
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == OPT_HELP) {
-            sbx__cli_usage("dlq", false);
-            return SBX_EXIT_OK;
-        }
-        if (sbx__cli_common_option(cfg, c, optarg))
-            continue;
-        switch (c) {
-        case O_REASON: reason = optarg; break;
-        case O_SINCE:
-            if (sbx__cli_parse_duration(optarg, SINCE_MAX_S, &secs) != 0) {
-                fprintf(stderr, "sbx dlq list: --since %s is not a duration (90s, 15m, 12h, 7d)\n",
-                        optarg);
-                return SBX_EXIT_USAGE;
-            }
-            snprintf(since_s, sizeof since_s, "%lld", secs);
-            since = since_s;
-            break;
-        case O_LIMIT: {
-            char *end;
-            limit = strtoll(optarg, &end, 10);
-            if (*end || end == optarg || limit < 1 || limit > LIMIT_MAX) {
-                fprintf(stderr, "sbx dlq list: --limit must be 1..%d\n", LIMIT_MAX);
-                return SBX_EXIT_USAGE;
-            }
-            break;
-        }
-        default:
-            sbx__cli_usage("dlq", true);
-            return SBX_EXIT_USAGE;
-        }
-    }
+    if (rc != SBX_EXIT_OK)
+        return rc < 0 ? SBX_EXIT_OK : rc;
     if (optind < argc) {
         fprintf(stderr, "sbx dlq list: unexpected argument \"%s\"\n", argv[optind]);
         return SBX_EXIT_USAGE;
     }
-    snprintf(limit_s, sizeof limit_s, "%lld", limit);
+    snprintf(limit_s, sizeof limit_s, "%lld", f.limit);
     if (!(conn = sbx__cli_db_connect(cfg, &rc)))
         return rc;
-    const char *params[3] = { reason, since, limit_s };
+    const char *params[3] = { f.reason, f.since, limit_s };
     r = PQexecParams(conn, sql, 3, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         sbx__cli_pg_error("dlq list", conn, r);
@@ -158,9 +170,8 @@ static void field(const char *label, const char *value)
 
 static int cmd_show(int argc, char **argv, struct sbx__cli_config *cfg)
 {
-    enum { O_JSON = 1 };
     static const struct option opts[] = {
-        { "json", no_argument, NULL, O_JSON },
+        { "json", no_argument, NULL, 'b' },
         SBX_CLI_COMMON_OPTIONS,
         { 0, 0, 0, 0 },
     };
@@ -174,22 +185,11 @@ static int cmd_show(int argc, char **argv, struct sbx__cli_config *cfg)
     PGconn *conn = NULL;
     PGresult *r = NULL;
     char buf[512];
-    int c, rc = SBX_EXIT_USAGE;
+    int rc = sbx__cli_options("dlq", argc, argv, cfg, opts, bool_flag, &json);
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == OPT_HELP) {
-            sbx__cli_usage("dlq", false);
-            return SBX_EXIT_OK;
-        }
-        if (sbx__cli_common_option(cfg, c, optarg))
-            continue;
-        if (c == O_JSON) {
-            json = true;
-            continue;
-        }
-        sbx__cli_usage("dlq", true);
-        return SBX_EXIT_USAGE;
-    }
+    if (rc != SBX_EXIT_OK)
+        return rc < 0 ? SBX_EXIT_OK : rc;
+    rc = SBX_EXIT_USAGE;
     if (argc - optind != 1 || !id_ok(argv[optind])) {
         fprintf(stderr, "sbx dlq show: give one dead letter id (a number from `sbx dlq list`)\n");
         return SBX_EXIT_USAGE;
@@ -408,30 +408,17 @@ out:
 
 static int cmd_replay(int argc, char **argv, struct sbx__cli_config *cfg)
 {
-    enum { O_FORCE = 1 };
     static const struct option opts[] = {
-        { "force", no_argument, NULL, O_FORCE },
+        { "force", no_argument, NULL, 'b' },
         SBX_CLI_COMMON_OPTIONS,
         { 0, 0, 0, 0 },
     };
     bool force = false;
     PGconn *conn;
-    int c, rc = SBX_EXIT_OK, one;
+    int rc = sbx__cli_options("dlq", argc, argv, cfg, opts, bool_flag, &force), one;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == OPT_HELP) {
-            sbx__cli_usage("dlq", false);
-            return SBX_EXIT_OK;
-        }
-        if (sbx__cli_common_option(cfg, c, optarg))
-            continue;
-        if (c == O_FORCE) {
-            force = true;
-            continue;
-        }
-        sbx__cli_usage("dlq", true);
-        return SBX_EXIT_USAGE;
-    }
+    if (rc != SBX_EXIT_OK)
+        return rc < 0 ? SBX_EXIT_OK : rc;
     if (optind >= argc) {
         fprintf(stderr, "sbx dlq replay: give one or more dead letter ids (from `sbx dlq list`)\n");
         return SBX_EXIT_USAGE;

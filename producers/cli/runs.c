@@ -50,17 +50,9 @@ static int parse_args(const char *cmd, int argc, char **argv, struct sbx__cli_co
                       const struct option *opts, int (*flag)(int c, const char *arg, void *ctx),
                       void *ctx, char ***ids, int *nids)
 {
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == OPT_HELP) {
-            sbx__cli_usage(cmd, false);
-            return -1;
-        }
-        if (sbx__cli_common_option(cfg, c, optarg) || (flag && flag(c, optarg, ctx) == 0))
-            continue;
-        sbx__cli_usage(cmd, true);
-        return SBX_EXIT_USAGE;
-    }
+    int rc = sbx__cli_options(cmd, argc, argv, cfg, opts, flag, ctx);
+    if (rc != SBX_EXIT_OK)
+        return rc;
     *ids = argv + optind;
     *nids = argc - optind;
     for (int i = 0; i < *nids; i++) {

@@ -183,6 +183,28 @@ bool sbx__cli_common_option(struct sbx__cli_config *cfg, int c, const char *arg)
     return false;
 }
 
+int sbx__cli_options(const char *cmd, int argc, char **argv, struct sbx__cli_config *cfg,
+                     const struct option *opts, int (*flag)(int c, const char *arg, void *ctx),
+                     void *ctx)
+{
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == OPT_HELP) {
+            sbx__cli_usage(cmd, false);
+            return -1;
+        }
+        if (sbx__cli_common_option(cfg, c, optarg))
+            continue;
+        rc = flag ? flag(c, optarg, ctx) : -1;
+        if (rc == 0)
+            continue;
+        if (rc < 0)
+            sbx__cli_usage(cmd, true);
+        return SBX_EXIT_USAGE;
+    }
+    return SBX_EXIT_OK;
+}
+
 int sbx__cli_parse_duration(const char *s, long long max_s, long long *out)
 {
     char *end;
