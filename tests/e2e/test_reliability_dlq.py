@@ -237,6 +237,24 @@ def metric_lines(base, name):
     return [l for l in body.splitlines() if l.startswith(name + "{")]
 
 
+def stalled(base):
+    """The stalls /readyz lists, or None."""
+    code, body = _get(base + "/readyz")
+    return json.loads(body).get("stalled") or None
+
+
+def recovered(base, brokers, t):
+    """After a stall of offset 0 of a two-message partition: the commit
+    reaches the end, the stall is gone from /readyz and /metrics, lag is 0."""
+    wait_until(lambda: committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) == 2, 30,
+               "the commit at the partition's end")
+    assert stalled(base) is None
+    assert metric_lines(base, "sbx_partition_stalled_offset") == []
+    wait_until(lambda: metric_lines(base, "sbx_kafka_consumer_lag") ==
+               ['sbx_kafka_consumer_lag{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]],
+               30, "consumer lag 0")
+
+
 def test_oversized_messages_dead_lettered_once_lag_returns_to_zero(pg, services, start_worker,
                                                                  one_partition, workdir):
     """A 2 MB and a 20 MB message become one small dead letter each (the 2 MB
@@ -322,12 +340,8 @@ def test_refused_dead_letter_stalls_visibly_then_recovers(pg, services, start_wo
                                           ("p-next", json.dumps(after).encode())])
     w.wait_log(r"dead-letter publish for p0@0 failed", 60)
 
-    def stalled():
-        code, body = _get(base + "/readyz")
-        return json.loads(body).get("stalled") or None
-
-    wait_until(stalled, 30, "/readyz lists the stall")
-    s = stalled()
+    wait_until(lambda: stalled(base), 30, "/readyz lists the stall")
+    s = stalled(base)
     assert s[0]["partition"] == 0 and s[0]["offset"] == 0 and s[0]["failures"] >= 1, s
     assert "too large" in s[0]["error"].lower(), s
     assert metric_lines(base, "sbx_partition_stalled_offset") == \
@@ -348,13 +362,7 @@ def test_refused_dead_letter_stalls_visibly_then_recovers(pg, services, start_wo
     finally:
         admin.close()
     w.wait_log(r"dead-letter publish succeeded after \d+ failures", 60)
-    wait_until(lambda: committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) == 2, 30,
-               "the commit at the partition's end")
-    assert stalled() is None
-    assert metric_lines(base, "sbx_partition_stalled_offset") == []
-    wait_until(lambda: metric_lines(base, "sbx_kafka_consumer_lag") ==
-               ['sbx_kafka_consumer_lag{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]],
-               30, "consumer lag 0")
+    recovered(base, brokers, t)
     envs = dead_letters(brokers, t["SBX_DLQ_TOPIC"])
     assert len(envs) == 1
     e = json.loads(envs[0]["payload"])
@@ -393,18 +401,14 @@ def test_missing_dead_letter_topic_stalls_visibly_then_recovers(pg, services, st
     produce_raw(brokers, t["SBX_TOPIC"], [("p-bad", json.dumps(bad).encode()),
                                           ("p-next", json.dumps(after).encode())])
 
-    def stalled():
-        code, body = _get(base + "/readyz")
-        return json.loads(body).get("stalled") or None
-
     # Not acknowledged for 10 s counts as a stall before librdkafka fails it.
-    s = wait_until(stalled, 40, "/readyz lists the stall")
+    s = wait_until(lambda: stalled(base), 40, "/readyz lists the stall")
     assert s[0]["partition"] == 0 and s[0]["offset"] == 0, s
     t_stall = time.monotonic()
     w.wait_log(r"dead-letter publish for p0@0 failed \(1 times\): .*[Uu]nknown topic", 60)
     w.wait_log(r"dead-letter publish for p0@0 failed \(2 times\)", 60)
     t_failed = time.monotonic()
-    s = stalled()
+    s = stalled(base)
     assert s and s[0]["failures"] >= 2 and "unknown topic" in s[0]["error"].lower(), s
     assert metric_lines(base, "sbx_partition_stalled_offset") == \
         ['sbx_partition_stalled_offset{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]]
@@ -423,13 +427,7 @@ def test_missing_dead_letter_topic_stalls_visibly_then_recovers(pg, services, st
     t_created = time.monotonic()
     w.wait_log(r"dead-letter publish succeeded after \d+ failures", 90)
     t_through = time.monotonic()
-    wait_until(lambda: committed(brokers, t["SBX_GROUP"], t["SBX_TOPIC"]) == 2, 30,
-               "the commit at the partition's end")
-    assert stalled() is None
-    assert metric_lines(base, "sbx_partition_stalled_offset") == []
-    wait_until(lambda: metric_lines(base, "sbx_kafka_consumer_lag") ==
-               ['sbx_kafka_consumer_lag{topic="%s",partition="0"} 0' % t["SBX_TOPIC"]],
-               30, "consumer lag 0")
+    recovered(base, brokers, t)
     envs = dead_letters(brokers, t["SBX_DLQ_TOPIC"])
     assert len(envs) == 1 and json.loads(envs[0]["payload"])["reason"] == "schema_violation"
     print("missing dead-letter topic: stall shown %.1f s after produce, 2nd failure %.1f s, "
