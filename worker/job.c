@@ -815,7 +815,7 @@ static void requeue(job *j, const char *why);
 static void start_build(job *j)
 {
     sbx_worker *w = j->w;
-    sbx_run_req req;
+    sbx_run_req req = {0};
     char err[256] = "";
     int rc;
 

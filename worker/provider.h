@@ -64,12 +64,37 @@ typedef enum sbx_run_event { SBX_RUN_STARTED, SBX_RUN_FINISHED } sbx_run_event;
 /* res is valid only during the call. */
 typedef void (*sbx_run_cb)(void *arg, sbx_run_event ev, const sbx_result *res);
 
+/* Live output. A provider hands the build's output to the job as it
+ * arrives, so readers see it while the build runs (the job batches it into
+ * sbx.run_logs, worker/runlog.c). Rules every provider keeps:
+ *  - called only from the event loop, after start() returned 0 and before
+ *    the FINISHED callback (never after it; the output all comes first);
+ *  - per stream, bytes in the order the build wrote them, none twice, none
+ *    left out unless the provider itself could not read them (then it says
+ *    so in the result's error);
+ *  - data is raw: any split, any bytes (UTF-8 cut mid-character, control
+ *    characters, NULs); cleaning is the sink's job, the same for everyone;
+ *  - a provider that only learns the output at the end calls it then, in
+ *    order, before FINISHED. */
+typedef enum sbx_stream { SBX_STREAM_STDOUT = 1, SBX_STREAM_STDERR = 2 } sbx_stream;
+typedef void (*sbx_output_fn)(void *arg, sbx_stream stream, const char *data, size_t len);
+
 typedef struct sbx_run_req {
     const sbx_job *job;      /* valid until FINISHED */
     const char *slot;        /* the leased slot id */
     int64_t token;           /* fencing token of the lease */
     int attempt;             /* 1-based */
+    sbx_output_fn output;    /* NULL: nobody reads the output live */
+    void *output_arg;
 } sbx_run_req;
+
+/* Providers call this rather than the pointer (it may be NULL). */
+static inline void sbx_run_output(sbx_output_fn fn, void *arg, sbx_stream stream,
+                                  const char *data, size_t len)
+{
+    if (fn && len > 0)
+        fn(arg, stream, data, len);
+}
 
 typedef struct sbx_provider_ops {
     const char *name;
