@@ -98,10 +98,8 @@ RESTART_POLICIES = ("no", "always", "on-failure")
 DEFAULT_MAX_RETRIES = 10
 # A request log and a log buffer must not grow without bound in a long test run.
 REQUEST_LOG_MAX = 5000
-# Log entries kept per app, and entries per logs API reply (Fly's page size is
-# not documented; 100 keeps replies small and paging exercised).
+# Log entries kept per app (Fly keeps logs for a while, not forever).
 LOG_ENTRIES_MAX = 200000
-LOG_PAGE_MAX = 100
 MACHINES_MAX = 5000
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ADJ = ("aged", "bold", "calm", "dry", "empty", "fancy", "green", "lively", "misty", "quiet")
@@ -172,6 +170,15 @@ def image_ref(image):
         registry, repo = "registry-1.docker.io", name if len(parts) > 1 else "library/" + name
     return {"registry": registry, "repository": repo, "tag": tag,
             "digest": "sha256:" + hashlib.sha256(image.encode()).hexdigest()}
+
+
+class AppLog:
+    """An app's log lines in shipping order; entry i has sequence base + i,
+    which is what next_token carries."""
+
+    def __init__(self):
+        self.entries = []          # (monotonic time, machine id, region, message)
+        self.base = 1
 
 
 class Bucket:
@@ -272,8 +279,7 @@ class Emulator:
         self.buckets = {}
         self.reqlog = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.reqseq = 0
-        self.logseq = 0
-        self.applogs = collections.defaultdict(collections.deque)   # app -> log entries
+        self.applogs = {}          # app -> AppLog
         self.sched = Scheduler()
         self.t0 = time.monotonic()
         self.reset_faults()
@@ -286,10 +292,10 @@ class Emulator:
         self.faults = {
             "fail_creates": a.fail_creates, "fail_status": a.fail_status,
             "fail_boots": a.fail_boots, "delay_ms": a.delay_ms, "lose_creates": 0,
-            "timeout_creates": 0, "drop_creates": 0, "launch_fails": 0,
+            "timeout_creates": 0, "drop_creates": 0, "launch_fails": 0, "new_404_ms": 0,
             "wait_errors": 0, "wait_error_status": 500,
             "capacity_status": 409, "list_delay_ms": a.list_delay_ms,
-            "log_delay_ms": a.log_delay_ms,
+            "log_delay_ms": a.log_delay_ms, "log_page": a.log_page,
             "throttle": {},             # action -> {"count": n, "retry_after": s}
             "rate_limit": not a.no_rate_limit,
             "rate": a.rate, "burst": a.burst,
@@ -302,7 +308,8 @@ class Emulator:
         f = self.faults
         for k in ("fail_creates", "fail_status", "fail_boots", "delay_ms", "lose_creates",
                   "timeout_creates", "drop_creates", "launch_fails", "wait_errors",
-                  "wait_error_status", "capacity_status", "list_delay_ms", "log_delay_ms"):
+                  "wait_error_status", "capacity_status", "list_delay_ms", "log_delay_ms",
+                  "log_page", "new_404_ms"):
             if k in body:
                 f[k] = int(body[k])
         for k in ("rate", "burst", "get_rate", "get_burst", "create_rate", "create_burst"):
@@ -386,6 +393,8 @@ class Emulator:
         m = self.machines.get(mid)
         if m is None or m.app != app or not self.visible(m):
             raise ApiError(404, "machine not found")
+        if (time.monotonic() - m.created_mono) * 1000 < self.faults["new_404_ms"]:
+            raise ApiError(404, "machine not found")   # not replicated yet (flyctl PR #4618)
         if not allow_destroyed and m.state == "destroyed":
             raise ApiError(404, "machine not found")
         return m
@@ -543,13 +552,16 @@ class Emulator:
         m.partial = b"" if final else lines.pop()
         if final and lines and lines[-1] == b"":
             lines.pop()
-        q = self.applogs[m.app]
+        q = self.applogs.get(m.app)
+        if q is None:
+            q = self.applogs[m.app] = AppLog()
+        now = time.monotonic()
         for ln in lines:
-            self.logseq += 1
-            q.append((self.logseq, time.monotonic(), m.id, m.region,
-                      ln.decode("utf-8", errors="replace")))
-        while len(q) > LOG_ENTRIES_MAX:
-            q.popleft()
+            q.entries.append((now, m.id, m.region, ln.decode("utf-8", errors="replace")))
+        if len(q.entries) > LOG_ENTRIES_MAX * 5 // 4:
+            drop = len(q.entries) - LOG_ENTRIES_MAX
+            del q.entries[:drop]
+            q.base += drop
 
     def app_logs(self, app, query):
         """GET /api/v1/apps/{app}/logs: flyctl's api/resource_logs.go reads
@@ -564,9 +576,13 @@ class Emulator:
             raise ApiError(400, "invalid next_token")
         visible_before = time.monotonic() - self.faults["log_delay_ms"] / 1000.0
         data = []
-        for seq, t, mid, reg, msg in self.applogs.get(app, ()):
-            if seq <= after or t > visible_before:
-                continue
+        q = self.applogs.get(app) or AppLog()
+        page = self.faults["log_page"]
+        for i in range(max(after + 1 - q.base, 0), len(q.entries)):
+            t, mid, reg, msg = q.entries[i]
+            seq = q.base + i
+            if t > visible_before:
+                break                   # later lines are not shipped yet either
             if (inst and mid != inst) or (region and reg != region):
                 continue
             w = self.wall(t)
@@ -575,7 +591,7 @@ class Emulator:
                 "timestamp": ts, "message": msg, "level": "info",
                 "instance": mid, "region": reg,
                 "meta": {"instance": mid, "region": reg, "event": {"provider": "app"}}}})
-            if len(data) >= LOG_PAGE_MAX:
+            if len(data) >= page:
                 break
         return 200, {"data": data, "meta": {"next_token": data[-1]["id"] if data else ""}}
 
@@ -749,8 +765,9 @@ class Emulator:
             mem = guest.get("memory_mb", 256)
             if kind not in ("shared", "performance"):
                 raise ApiError(400, "invalid config.guest.cpu_kind %r" % (kind,))
-            if cpus not in (1, 2, 4, 8, 16):
-                raise ApiError(400, "invalid config.guest.cpus %r" % (cpus,))
+            # Fly's presets: shared-cpu-1x..8x, performance-1x..16x
+            if cpus not in ((1, 2, 4, 8) if kind == "shared" else (1, 2, 4, 8, 16)):
+                raise ApiError(400, "invalid config.guest.cpus %r for cpu_kind %s" % (cpus, kind))
             lo, hi = (256, 2048) if kind == "shared" else (2048, 8192)
             if not isinstance(mem, int) or mem % 256 or not lo * cpus <= mem <= hi * cpus:
                 raise ApiError(400, "invalid config.guest.memory_mb %r for %d %s cpu(s): "
@@ -1310,6 +1327,8 @@ def main(argv=None):
                     help="a new machine shows in list only after this (eventual consistency)")
     ap.add_argument("--log-delay-ms", type=int, default=100,
                     help="output reaches the logs API after this")
+    ap.add_argument("--log-page", type=int, default=1000,
+                    help="log entries per logs API reply (Fly's page size is not documented)")
     ap.add_argument("--no-rate-limit", action="store_true")
     ap.add_argument("--fail-creates", type=int, default=0)
     ap.add_argument("--fail-status", type=int, default=503)

@@ -475,7 +475,7 @@ def test_replaced_or_migrated_version(emu, how):
 
 
 def test_logs_api_shape_and_paging(emu):
-    emu.call("POST", "/_emu/faults", {"log_delay_ms": 0})
+    emu.call("POST", "/_emu/faults", {"log_delay_ms": 0, "log_page": 100})
     m = emu.create(["/bin/sh", "-c", "for i in $(seq 1 150); do echo line-$i; done; "
                     "printf no-newline"])
     other = emu.create(["/bin/sh", "-c", "echo other-machine"])
@@ -520,3 +520,11 @@ def test_default_rate_limits_per_app_create(limited):
     time.sleep(1.05)
     assert limited.api("POST", "", {"region": "ord",
                                     "config": {"image": "x", "init": {"cmd": ["true"]}}})[0] == 200
+
+
+def test_new_machine_may_404_at_first(emu):
+    emu.call("POST", "/_emu/faults", {"new_404_ms": 400})
+    m = emu.create(["sleep", "30"])
+    assert emu.api("GET", "/" + m["id"])[0] == 404
+    emu.until(lambda: emu.api("GET", "/" + m["id"])[0] == 200, 5)
+    emu.api("DELETE", "/%s?force=true" % m["id"])
