@@ -791,10 +791,13 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
         run_finish(r);
         return;
     }
-    for (size_t i = 0; i < json_object_array_length(list) && !found; i++) {
+    /* Destroyed ones count too: a short build may have run and ended (and
+     * auto_destroy removed its machine) before the list showed it; creating
+     * again would run it twice. A live one is preferred. */
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *m = json_object_array_get_idx(list, i);
         const char *st = jstr(m, "state");
-        if (st && strcmp(st, "destroyed") != 0 && strcmp(st, "destroying") != 0)
+        if (!found || (st && strcmp(st, "destroyed") != 0 && strcmp(st, "destroying") != 0))
             found = m;
     }
     if (found) {
@@ -822,7 +825,7 @@ static void step_adopt_look(sbx_run *r)
 
     r->looks++;
     sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX,
-                        on_adopt, "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s",
+                        on_adopt, "/apps/%s/machines?include_deleted=true&metadata.sbx_run=%s",
                         f->app, r->run_id);
 }
 
@@ -931,8 +934,25 @@ static const char *version_lost(const sbx_run *r, json_object *m)
     if (st && (strcmp(st, "replaced") == 0 || strcmp(st, "migrated") == 0 ||
                strcmp(st, "replacing") == 0))
         return st;
-    if (iid && r->instance_id[0] && strcmp(iid, r->instance_id) != 0)
-        return "replaced by a new version";
+    if (iid && r->instance_id[0] && strcmp(iid, r->instance_id) != 0) {
+        /* the newest event that says how, if any */
+        json_object *evs = jobj(m, "events");
+        size_t n = evs && json_object_is_type(evs, json_type_array)
+                       ? json_object_array_length(evs) : 0;
+        int64_t best_ts = INT64_MIN;
+        const char *how = "replaced by a new version";
+        for (size_t i = 0; i < n; i++) {
+            json_object *ev = json_object_array_get_idx(evs, i);
+            const char *es = jstr(ev, "status");
+            int64_t ts = json_object_get_int64(jobj(ev, "timestamp"));
+            if (es && (strcmp(es, "migrated") == 0 || strcmp(es, "replaced") == 0) &&
+                ts > best_ts) {
+                best_ts = ts;
+                how = es;
+            }
+        }
+        return how;
+    }
     return NULL;
 }
 
