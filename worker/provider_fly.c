@@ -4,56 +4,71 @@
  * A run walks these states; every transition goes through run_set(), which
  * logs "from -> to":
  *
- *   CREATING     POST /apps/{app}/machines. A capacity refusal (409 or 422
- *                "insufficient_capacity", "insufficient CPUs", "no capacity")
- *                moves on to the next configured region.
- *   ADOPTING     a create answered 5xx or not at all may still have made the
- *                machine: list ?metadata.sbx_run=<this run> and adopt what is
- *                there before creating again, so a build never runs twice.
+ *   CREATING     POST /apps/{app}/machines, when the app's create pacer
+ *                (one token bucket for all runs: Fly allows ~1 create/s per
+ *                app, burst 3) lets it go; a 429 holds every create until its
+ *                Retry-After and costs no attempt. A capacity refusal (the
+ *                body's status "insufficient_capacity" whatever the code, or
+ *                flyd's phrases on a 409, as fly-go reads them) moves on to
+ *                the next configured region.
+ *   ADOPTING     a create answered 408, 5xx or nothing at all (or 409 because
+ *                this run's unique name is taken) may have made the machine.
+ *                Fly's list is eventually consistent, so after settle_ms
+ *                (flyctl waits ~500 ms) list ?metadata.sbx_run=<this run>,
+ *                destroyed ones included, and once more after another
+ *                settle; adopt what is there, else create again. A build
+ *                never gets two machines: the name guards the rest.
  *   BOOTING      GET .../wait?state=started. Slices start short (first_wait_s)
  *                and double: a build that exits before the wait is served
  *                leaves the machine `stopped`, and wait(started) would then
  *                sit out its whole timeout.
- *   PROBING      after a wait answered 408, GET the machine: `failed` is an
- *                ERROR, stopped/destroyed means it already ran (the events
- *                have its exit), started waits for stopped, anything else
- *                waits again until boot_timeout_s says it is wedged. A wait
- *                never returns for a machine that went `failed`, so this look
- *                once per slice is what notices it.
+ *   PROBING      after a wait answered anything but 200, GET the machine:
+ *                `failed` and `launch_failed` are ERRORs, a version replaced
+ *                or migrated under the build is an ERROR (the new version
+ *                runs the build again, so the machine is destroyed),
+ *                stopped/destroyed means it already ran (the events have its
+ *                exit), started waits for stopped, anything else waits again
+ *                until boot_timeout_s says it is wedged. A 404 soon after the
+ *                create is "not replicated yet" (flyctl PR #4618), waited out.
  *   RUNNING      STARTED reported; GET .../wait?state=stopped&instance_id=..
  *                in slices of at most 60 s (the documented maximum) until the
- *                job's deadline, which the deadline timer enforces.
+ *                job's deadline, which the deadline timer enforces. A wait
+ *                error ("failed to reach desired state") goes to PROBING.
  *   INSPECTING   GET the machine: the exit code is in the newest `exit`
  *                event, request.exit_event.exit_code (or under MonitorEvent);
  *                Go's omitempty drops a 0, so a missing code means 0.
  *   STOPPING     timeout or cancel: POST .../stop {SIGTERM, grace}.
  *   STOP_WAIT    wait?state=stopped for the grace plus a margin.
- *   LOGS         only with logs_url (see below).
+ *   LOGS         the logs API read to its end (below).
  *   DESTROYING   DELETE ?force=true; 404 is fine (auto_destroy got there).
  *
  * Whose fault (provider.h): a create refused with 400 or 422 for anything
- * but capacity, and files that cannot be written as given (start() says
- * -EINVAL), are the job's: SBX_OUTCOME_JOB_ERROR, failed at once. Every other
- * failure is SBX_OUTCOME_ERROR.
+ * but capacity, a size no Fly preset holds, and files that cannot be written
+ * as given (start() says -EINVAL), are the job's: SBX_OUTCOME_JOB_ERROR,
+ * failed at once. Every other failure is SBX_OUTCOME_ERROR.
  *
- * Retries: every call is retried on 429 and on transport errors and 5xx
- * (except create, see ADOPTING) with exponential backoff and full jitter,
- * never sooner than a Retry-After, at most max_attempts times; that layer
+ * Retries: every call but create is retried on 429, transport errors and
+ * 5xx with exponential backoff and full jitter, never sooner than a
+ * Retry-After, at most max_attempts failures (429s do not count); that layer
  * (sbx__fly_call) is fly_api.c. Waits are not failures when they answer 408;
  * they are simply issued again.
  *
  * Cancel and timeout never call back from inside cancel(): a running machine
- * is stopped then destroyed, a create in flight is let finish so its reply
- * says whether there is a machine to destroy, and a run with nothing to undo
- * finishes from a zero-delay timer.
+ * is stopped then destroyed, a create in flight is let finish (and an
+ * adoption its looks) so the reply says whether there is a machine to
+ * destroy, and a run with nothing to undo finishes from a zero-delay timer.
  *
- * Logs: the Machines API has no way to read a machine's output (Fly sends
- * logs through NATS to `fly logs`; `exec` needs a running machine, and the
- * output is wanted after the build stopped). The tail is therefore read from
- * logs_url only when one is configured, which today means the emulator's
- * extension GET /_emu/machines/{id}/logs; against real Fly the log tail stays
- * empty. Machines get auto_destroy so a lost worker leaves nothing billing
- * after its builds end; builds that never end are what sbx_fly_sweep() is for.
+ * Output: the Machines API has no logs endpoint; Fly serves machine logs
+ * over its HTTP logs API, GET <logs_url>/api/v1/apps/{app}/logs?instance=
+ * <machine id>&next_token=<t>, what `flyctl logs` polls (flyctl logs/
+ * polling.go, api/resource_logs.go): {"data": [{"attributes": {"message",
+ * ...}}], "meta": {"next_token"}}, one line per entry. A run polls it every
+ * logs_poll_ms from the moment its machine exists, feeds each line to the
+ * live-output sink and the log tail, and after the machine stopped keeps
+ * reading until a page asked for logs_drain_ms after the stop comes back
+ * empty (logs reach the API late). next_token keeps every line to once.
+ * Machines get auto_destroy so a lost worker leaves nothing billing after
+ * its builds end; builds that never end are what sbx_fly_sweep() is for.
  *
  * Not available on Fly and ignored: job->pids, job->disk_mb, and network=false
  * (Machines always have a network; the VM is the isolation boundary). Jobs run
