@@ -34,18 +34,27 @@ What it does not do (and says so):
     recorded (and echoed in image_ref) but every machine's root filesystem is
     the host's /usr, read-only. With no init.cmd/exec/entrypoint the machine
     runs --default-cmd, standing in for the image's CMD.
-  - Logs. The Machines API has no logs endpoint (Fly ships logs through NATS
-    to `fly logs`). As an EMULATOR EXTENSION, not part of Fly's API, the
-    process output is served at GET /_emu/machines/{id}/logs (text/plain, the
-    last --max-log-bytes; ?tail=N for fewer). It needs the same bearer token.
+  - Logs are served as Fly's HTTP logs API serves them (flyctl api/
+    resource_logs.go): GET /api/v1/apps/{app}/logs?instance=&region=
+    &next_token=, one entry per output line, paged by next_token, lines
+    visible --log-delay-ms after they were written. As an EMULATOR EXTENSION
+    the raw output is also at GET /_emu/machines/{id}/logs (text/plain, the
+    last --max-log-bytes; ?tail=N for fewer). Both need the bearer token.
   - guest limits are validated but not enforced on the process; there is no
     6PN network, no services, volumes, checks or suspend.
 
 Control endpoints (emulator extensions, no auth, for tests):
   GET/POST /_emu/faults  knobs (Emulator.apply_faults): fail_creates +
                          fail_status (refused before anything is made),
-                         lose_creates (made, launched, then answered 500),
-                         fail_boots, delay_ms, throttle, capacity, rate limits
+                         lose_creates / timeout_creates / drop_creates (made,
+                         launched, then answered 500 / 408 / nothing),
+                         capacity + capacity_status, launch_fails,
+                         fail_boots, wait_errors + wait_error_status,
+                         list_delay_ms, new_404_ms, log_delay_ms, log_page,
+                         monitor_exit, delay_ms, throttle, rate limits
+  POST /_emu/replace/{id}, /_emu/migrate/{id}
+                         Fly replaces / migrates the machine: the running
+                         version ends, a new instance runs the config again
   POST /_emu/fail/{id}   the machine goes to `failed` now (process killed)
   POST /_emu/reset       restores faults and region capacities to the command
                          line's, clears rate-limit buckets and the request log;
@@ -55,9 +64,13 @@ Control endpoints (emulator extensions, no auth, for tests):
 
 Rate limits (working-with-machines-api, "Rate Limits"): 1 req/s per action
 per machine with a burst of 3, Get Machine 5 req/s burst 10. Create has no
-machine yet, so it uses one bucket per app (--create-rate/--create-burst);
-list likewise. A refused request gets 429 {"error": ...} and Retry-After in
-whole seconds.
+machine yet, so it uses one bucket per app (--create-rate/--create-burst,
+1/s burst 3 like every other action); list likewise. A refused request gets
+429 {"error": ...} and Retry-After in whole seconds. The list is eventually
+consistent: a new machine shows there --list-delay-ms after its create.
+
+Each behaviour, its source at Fly, and the test that covers it: README.md
+next to this file.
 
 Run: python3 flyemu.py --port 0 --print-port   (prints the bound port, then
 serves on 127.0.0.1 until SIGTERM/SIGINT; sandboxes die with it).
@@ -293,6 +306,7 @@ class Emulator:
             "fail_creates": a.fail_creates, "fail_status": a.fail_status,
             "fail_boots": a.fail_boots, "delay_ms": a.delay_ms, "lose_creates": 0,
             "timeout_creates": 0, "drop_creates": 0, "launch_fails": 0, "new_404_ms": 0,
+            "monitor_exit": False,
             "wait_errors": 0, "wait_error_status": 500,
             "capacity_status": 409, "list_delay_ms": a.list_delay_ms,
             "log_delay_ms": a.log_delay_ms, "log_page": a.log_page,
@@ -316,6 +330,8 @@ class Emulator:
             if k in body:
                 f[k] = float(body[k])
                 self.buckets.clear()
+        if "monitor_exit" in body:
+            f["monitor_exit"] = bool(body["monitor_exit"])
         if "rate_limit" in body:
             f["rate_limit"] = bool(body["rate_limit"])
             self.buckets.clear()
@@ -661,7 +677,9 @@ class Emulator:
             ee["requested_stop"] = True
         if restarting:
             ee["restarting"] = True
-        req = {"exit_event": ee}
+        # fly-go machine_types.go: the exit is under request.exit_event or
+        # request.MonitorEvent.exit_event (GetExitCode checks the latter first)
+        req = {"MonitorEvent": {"exit_event": ee}} if self.faults["monitor_exit"] else {"exit_event": ee}
         if restarting:
             m.restart_count += 1
             req["restart_count"] = m.restart_count

@@ -528,3 +528,21 @@ def test_new_machine_may_404_at_first(emu):
     assert emu.api("GET", "/" + m["id"])[0] == 404
     emu.until(lambda: emu.api("GET", "/" + m["id"])[0] == 200, 5)
     emu.api("DELETE", "/%s?force=true" % m["id"])
+
+
+def test_exit_event_under_monitor_event(emu):
+    emu.call("POST", "/_emu/faults", {"monitor_exit": True})
+    m = emu.create(["/bin/sh", "-c", "exit 5"])
+    assert emu.wait(m, "stopped")[0] == 200
+    ev = exit_event(emu.api("GET", "/" + m["id"])[1])
+    assert ev["request"]["MonitorEvent"]["exit_event"]["exit_code"] == 5
+    assert "exit_event" not in ev["request"]
+
+
+def test_shared_cpus_stop_at_8(emu):
+    st, body, _ = emu.api("POST", "", {"config": {"image": "x", "guest": {
+        "cpu_kind": "shared", "cpus": 16, "memory_mb": 4096}}})
+    assert st == 400 and "cpus" in body["error"]
+    st, _, _ = emu.api("POST", "", {"config": {"image": "x", "init": {"cmd": ["true"]}, "guest": {
+        "cpu_kind": "performance", "cpus": 16, "memory_mb": 32768}}})
+    assert st == 200

@@ -896,6 +896,20 @@ static void t_new_machine_404_waited_out(void **state)
     assert_non_null(strstr(r.res.log_tail, "found-later"));
 }
 
+/* The exit under request.MonitorEvent.exit_event, the nesting fly-go's
+ * GetExitCode reads first. */
+static void t_exit_under_monitor_event(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    emu_post("/_emu/faults", "{\"monitor_exit\": true}");
+    assert_int_equal(run_start(e, 0, "echo monitored; exit 6", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_int_equal(r.res.exit_code, 6);
+}
+
 /* Fly's presets: an impossible size is the job's fault, at once, with why. */
 static void t_sizes_checked_against_presets(void **state)
 {
@@ -1101,6 +1115,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(t_new_machine_404_waited_out, setup, teardown),
         cmocka_unit_test_setup_teardown(t_sizes_checked_against_presets, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_exit_under_monitor_event, setup, teardown),
         cmocka_unit_test_setup_teardown(t_live_output_from_logs_api, setup, teardown),
     };
     sbx_conformance_opts opts;
