@@ -795,6 +795,7 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
     sbx_run *r = c->owner;
     fly_provider *f = r->f;
     json_object *list = NULL, *found = NULL;
+    const char *st;
     char why[200];
 
     if (res->code != SBX_HTTP_OK || res->status != 200 ||
@@ -811,11 +812,20 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
      * again would run it twice. A live one is preferred. */
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *m = json_object_array_get_idx(list, i);
-        const char *st = jstr(m, "state");
-        if (!found || (st && strcmp(st, "destroyed") != 0 && strcmp(st, "destroying") != 0))
+        const char *ms = jstr(m, "state");
+        if (!found || (ms && strcmp(ms, "destroyed") != 0 && strcmp(ms, "destroying") != 0))
             found = m;
     }
-    if (found) {
+    st = found ? jstr(found, "state") : NULL;
+    if (found && st && strcmp(st, "started") != 0 && strcmp(st, "starting") != 0 &&
+        strcmp(st, "created") != 0 && take_machine(r, found) == 0 && parse_exit(r, found) == 0) {
+        /* it already ran (and may be gone): its exit is in the list's events */
+        sbx_info("fly", "run %s: adopting machine %s, which already ran (%s)", r->job_id, r->id,
+                 st);
+        logs_start(r);
+        if (run_started(r))
+            step_after_stop(r);
+    } else if (found) {
         sbx_info("fly", "run %s: adopting machine %s from a create whose reply proved nothing",
                  r->job_id, jstr(found, "id") ? jstr(found, "id") : "?");
         on_created(r, found);

@@ -860,12 +860,12 @@ static void moved_under_build(fenv *e, const char *how, const char *want)
 
 static void t_migrated_is_error(void **state)
 {
-    moved_under_build(*state, "migrate", "migrated");
+    moved_under_build(*state, "migrate", "version was migrated");
 }
 
 static void t_replaced_is_error(void **state)
 {
-    moved_under_build(*state, "replace", "replaced");
+    moved_under_build(*state, "replace", "version was replaced");
 }
 
 /* A wait that answers "failed to reach desired state" is not the end: the
