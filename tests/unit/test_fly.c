@@ -187,7 +187,7 @@ static sbx_fly_config base_cfg(void)
     c.backoff_max_ms = 2000;
     c.stop_grace_s = 2;
     c.logs_poll_ms = 200;
-    c.logs_drain_ms = 400;   /* the emulator ships lines 100 ms late */
+    c.logs_drain_ms = 250;   /* the emulator ships lines 100 ms late */
     return c;
 }
 
