@@ -33,13 +33,16 @@
 
 /* Bounds of what goes into a URL, checked in sbx_fly_new(): the base URL, an
  * app name (Fly: at most 63 characters), a machine id (14 hex characters
- * today; 32 leaves room) and a query with a percent-encoded worker id. */
+ * today; 32 leaves room) and a query with a percent-encoded worker id or
+ * logs API token. */
 #define SBX_FLY_API_URL_MAX 512
 #define SBX_FLY_APP_MAX 63
 #define SBX_FLY_ID_MAX 32
 #define SBX_FLY_WORKER_MAX 128
+/* next_token values of the logs API are opaque; flyctl passes them back as is. */
+#define SBX_FLY_LOG_TOKEN_MAX 256
 #define SBX_FLY_URL_MAX (SBX_FLY_API_URL_MAX + SBX_FLY_APP_MAX + SBX_FLY_ID_MAX + \
-                         3 * SBX_FLY_WORKER_MAX + 128)
+                         3 * SBX_FLY_WORKER_MAX + 3 * SBX_FLY_LOG_TOKEN_MAX + 128)
 /* Plain calls answer in well under a second; 30 s means something is broken. */
 #define SBX_FLY_CALL_TIMEOUT_MS 30000
 #define SBX_FLY_CONNECT_TIMEOUT_MS 10000

@@ -59,14 +59,9 @@
  * destroy, and a run with nothing to undo finishes from a zero-delay timer.
  *
  * Output: the Machines API has no logs endpoint; Fly serves machine logs
- * over its HTTP logs API, GET <logs_url>/api/v1/apps/{app}/logs?instance=
- * <machine id>&next_token=<t>, what `flyctl logs` polls (flyctl logs/
- * polling.go, api/resource_logs.go): {"data": [{"attributes": {"message",
- * ...}}], "meta": {"next_token"}}, one line per entry. A run polls it every
- * logs_poll_ms from the moment its machine exists, feeds each line to the
- * live-output sink and the log tail, and after the machine stopped keeps
- * reading until a page asked for logs_drain_ms after the stop comes back
- * empty (logs reach the API late). next_token keeps every line to once.
+ * over its HTTP logs API by instance, which fly_logs.c reads for each run
+ * from the moment its machine exists (live output and the log tail), and
+ * reads to the end in LOGS, after the machine stopped.
  * Machines get auto_destroy so a lost worker leaves nothing billing after
  * its builds end; builds that never end are what sbx_fly_sweep() is for.
  *
@@ -88,6 +83,7 @@
 
 #include "buf.h"
 #include "fly_api.h"
+#include "fly_logs.h"
 #include "http.h"
 #include "jobfiles.h"
 #include "log.h"
@@ -125,13 +121,6 @@
 /* Wait replies that are neither 200 nor 408 in a row before the run gives up;
  * each one is followed by a GET that says what the machine is doing. */
 #define FLY_WAIT_ERRORS_MAX 5
-/* Logs API: next_token values are opaque; flyctl passes them back as is. */
-#define FLY_LOG_TOKEN_MAX 256
-/* Failed logs polls in a row before live output is given up for the run. */
-#define FLY_LOGS_FAILURES_MAX 5
-/* After the drain window, pages that still bring lines are read for at most
- * this much longer (a build that printed a lot just before it ended). */
-#define FLY_LOGS_DRAIN_MAX_MS 30000
 #define FLY_DEFAULT_LOGS_URL "https://api.fly.io"
 #define FLY_WORKSPACE "/workspace"
 
@@ -193,20 +182,7 @@ struct sbx_run {
     fly_step deferred;
     sbx_run_cb cb;
     void *arg;
-    sbx_output_fn out;            /* live output sink (provider.h) */
-    void *out_arg;
-    /* Output from the logs API: polled while the machine runs (logs_t),
-     * drained after it stopped (state LOGS). */
-    sbx__fly_call logs_call;
-    sbx_timer logs_t;
-    char logs_token[FLY_LOG_TOKEN_MAX + 1];
-    int logs_on;                  /* polling (logs configured, machine known, not given up) */
-    int logs_busy;                /* a poll is in flight */
-    int logs_failures;
-    uint64_t logs_asked_ms;       /* when the poll in flight was sent */
-    uint64_t stopped_ms;          /* when the stop was seen: the drain starts */
-    char tail[SBX_LOG_TAIL_MAX];  /* the last output bytes, for res.log_tail */
-    size_t tail_len;
+    sbx__fly_logs logs;           /* output: polled while it runs, drained in LOGS */
 };
 
 struct fly_sweep {
@@ -395,7 +371,6 @@ static int wait_slice(long want, long left)
 }
 
 static void pace_remove(sbx_run *r);
-static void logs_stop(sbx_run *r);
 
 static void run_finish(sbx_run *r)
 {
@@ -406,12 +381,11 @@ static void run_finish(sbx_run *r)
 
     run_set(r, FLY_DONE);
     pace_remove(r);
-    logs_stop(r);
+    sbx__fly_logs_free(&r->logs);
     sbx__fly_call_free(&r->call);
-    sbx__fly_call_free(&r->logs_call);
     sbx_timer_stop(f->base.loop, &r->deadline_t);
     sbx_timer_stop(f->base.loop, &r->defer_t);
-    res->log_tail_len = sbx__utf8_sanitize(r->tail, r->tail_len, res->log_tail,
+    res->log_tail_len = sbx__utf8_sanitize(r->logs.tail, r->logs.tail_len, res->log_tail,
                                            sizeof(res->log_tail));
     /* provider.h's life of a run is STARTED then FINISHED, and the other
      * providers and the conformance scenarios read it as "always both": a
@@ -430,6 +404,9 @@ static void run_finish(sbx_run *r)
     } else {
         res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
     }
+    /* provider.h: output the provider could not read is said in the error */
+    if (!res->error[0] && r->logs.error[0])
+        snprintf(res->error, sizeof(res->error), "%s", r->logs.error);
     sbx_info("fly", "run %s machine=%s outcome=%d exit=%d %s", r->job_id,
              r->id[0] ? r->id : "-", (int)res->outcome, res->exit_code, res->error);
     if (r->prev)
@@ -502,166 +479,20 @@ static int parse_exit(sbx_run *r, json_object *m)
     return 0;
 }
 
-/* ---- live output from the logs API ---- */
+/* ---- live output (fly_logs.c) ---- */
 
-static void tail_add(sbx_run *r, const char *data, size_t n)
+static void on_logs_drained(sbx__fly_logs *l)
 {
-    if (n >= sizeof(r->tail)) {
-        memcpy(r->tail, data + n - sizeof(r->tail), sizeof(r->tail));
-        r->tail_len = sizeof(r->tail);
-        return;
-    }
-    if (r->tail_len + n > sizeof(r->tail)) {
-        size_t drop = r->tail_len + n - sizeof(r->tail);
-        memmove(r->tail, r->tail + drop, r->tail_len - drop);
-        r->tail_len -= drop;
-    }
-    memcpy(r->tail + r->tail_len, data, n);
-    r->tail_len += n;
-}
-
-static void emit(sbx_run *r, const char *data, size_t n)
-{
-    tail_add(r, data, n);
-    sbx_run_output(r->out, r->out_arg, SBX_STREAM_STDOUT, data, n);
-}
-
-static void logs_poll(sbx_run *r);
-
-static void logs_fire(sbx_timer *t)
-{
-    logs_poll(t->data);
-}
-
-static void logs_stop(sbx_run *r)
-{
-    r->logs_on = 0;
-    r->logs_busy = 0;
-    sbx__fly_call_cancel(&r->logs_call);
-    sbx_timer_stop(r->f->base.loop, &r->logs_t);
-}
-
-/* Output will be incomplete: provider.h wants the result to say so. */
-static void logs_give_up(sbx_run *r, const char *why)
-{
-    sbx_warn("fly", "run %s: live output of machine %s given up: %s", r->job_id, r->id, why);
-    if (!r->res.error[0])
-        snprintf(r->res.error, sizeof(r->res.error), "output incomplete: logs API: %.200s", why);
-    logs_stop(r);
-    if (r->state == FLY_LOGS)
-        step_destroy(r);
-}
-
-static void logs_start(sbx_run *r)
-{
-    if (!r->f->logs_url || r->logs_on)
-        return;
-    r->logs_on = 1;
-    sbx_timer_start(r->f->base.loop, &r->logs_t, (uint64_t)r->f->logs_poll_ms);
-}
-
-/* One page: {"data": [{"id", "attributes": {"message", "instance", ...}}],
- * "meta": {"next_token"}} (flyctl api/resource_logs.go); an entry is one
- * line without its newline. Fly's entries do not say which stream a line
- * came from, so everything goes to stdout. Returns the entries read. */
-static size_t logs_page(sbx_run *r, json_object *o)
-{
-    json_object *data = jobj(o, "data");
-    const char *next = jstr(jobj(o, "meta"), "next_token");
-    size_t n = 0;
-
-    if (data && json_object_is_type(data, json_type_array)) {
-        n = json_object_array_length(data);
-        for (size_t i = 0; i < n; i++) {
-            json_object *a = jobj(json_object_array_get_idx(data, i), "attributes");
-            json_object *msg = jobj(a, "message");
-            if (!msg || !json_object_is_type(msg, json_type_string))
-                continue;
-            emit(r, json_object_get_string(msg), (size_t)json_object_get_string_len(msg));
-            emit(r, "\n", 1);
-        }
-    }
-    /* flyctl keeps its token when a reply has none (logs/polling.go) */
-    if (next && *next && strlen(next) <= FLY_LOG_TOKEN_MAX)
-        snprintf(r->logs_token, sizeof(r->logs_token), "%s", next);
-    return n;
-}
-
-static void on_logs_page(sbx__fly_call *c, const sbx_http_res *res)
-{
-    sbx_run *r = c->owner;
-    fly_provider *f = r->f;
-    json_object *o = NULL;
-    size_t got = 0;
-    uint64_t now = sbx_now_ms(), next_ms;
-
-    r->logs_busy = 0;
-    if (res->code == SBX_HTTP_OK && res->status == 200 && (o = json_tokener_parse(res->body))) {
-        got = logs_page(r, o);
-        r->logs_failures = 0;
-        json_object_put(o);
-    } else {
-        char why[200];
-        sbx__fly_api_error(res, why, sizeof(why));
-        /* 401/403/404: a wrong URL or token; asking again will not help */
-        if (++r->logs_failures >= FLY_LOGS_FAILURES_MAX ||
-            (res->code == SBX_HTTP_OK &&
-             (res->status == 401 || res->status == 403 || res->status == 404))) {
-            logs_give_up(r, why);
-            return;
-        }
-    }
-    if (r->state != FLY_LOGS) {
-        sbx_timer_start(f->base.loop, &r->logs_t, got ? 0 : (uint64_t)f->logs_poll_ms);
-        return;
-    }
-    /* Draining: done at the first empty page asked for after the window. */
-    if (got == 0 && r->logs_asked_ms >= r->stopped_ms + (uint64_t)f->logs_drain_ms) {
-        logs_stop(r);
-        step_destroy(r);
-        return;
-    }
-    if (now > r->stopped_ms + (uint64_t)f->logs_drain_ms + FLY_LOGS_DRAIN_MAX_MS) {
-        logs_give_up(r, "still bringing lines long after the machine stopped");
-        return;
-    }
-    next_ms = got ? 0 : (uint64_t)(f->logs_poll_ms < 250 ? f->logs_poll_ms : 250);
-    sbx_timer_start(f->base.loop, &r->logs_t, next_ms);
-}
-
-static void logs_poll(sbx_run *r)
-{
-    fly_provider *f = r->f;
-    char tok[3 * FLY_LOG_TOKEN_MAX + 1];
-
-    if (!r->logs_on || r->logs_busy)
-        return;
-    url_escape(r->logs_token, tok, sizeof(tok));
-    r->logs_busy = 1;
-    r->logs_asked_ms = sbx_now_ms();
-    if (sbx__fly_call_start_at(&r->logs_call, f->logs_url, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS,
-                               SBX_FLY_RETRY_5XX, on_logs_page,
-                               "/api/v1/apps/%s/logs?instance=%s&next_token=%s", f->app, r->id,
-                               tok) != 0) {
-        r->logs_busy = 0;
-        logs_give_up(r, "URL too long");
-    }
+    step_destroy(l->owner);
 }
 
 /* What comes after the build stopped (or was found stopped): read the logs
  * to their end, then destroy. */
 static void step_after_stop(sbx_run *r)
 {
-    if (!r->logs_on) {
-        step_destroy(r);
-        return;
-    }
     run_set(r, FLY_LOGS);
-    r->stopped_ms = sbx_now_ms();
-    if (!r->logs_busy) {
-        sbx_timer_stop(r->f->base.loop, &r->logs_t);
-        logs_poll(r);
-    }
+    if (sbx__fly_logs_drain(&r->logs) != 0)
+        step_destroy(r);
 }
 
 /* ---- creating: the per-app pacer, ambiguous replies, adoption ---- */
@@ -783,7 +614,7 @@ static void on_created(sbx_run *r, json_object *m)
         step_destroy(r);
         return;
     }
-    logs_start(r);
+    sbx__fly_logs_start(&r->logs, r->id);
     r->wait_s = r->f->first_wait_s;
     step_boot_wait(r);
 }
@@ -822,7 +653,7 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
         /* it already ran (and may be gone): its exit is in the list's events */
         sbx_info("fly", "run %s: adopting machine %s, which already ran (%s)", r->job_id, r->id,
                  st);
-        logs_start(r);
+        sbx__fly_logs_start(&r->logs, r->id);
         if (run_started(r))
             step_after_stop(r);
     } else if (found) {
@@ -1437,8 +1268,6 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
     r->f = f;
     r->cb = cb;
     r->arg = arg;
-    r->out = req->output;
-    r->out_arg = req->output_arg;
     r->token = req->token;
     r->timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     snprintf(r->job_id, sizeof(r->job_id), "%s", job->job_id);
@@ -1452,8 +1281,8 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
         goto out;
     }
     sbx__fly_call_init(&r->call, &f->api, r);
-    sbx__fly_call_init(&r->logs_call, &f->api, r);
-    sbx_timer_init(&r->logs_t, logs_fire, r);
+    sbx__fly_logs_init(&r->logs, &f->api, f->logs_url, f->app, f->logs_poll_ms, f->logs_drain_ms,
+                       req->output, req->output_arg, on_logs_drained, r);
     sbx_timer_init(&r->deadline_t, deadline_fire, r);
     sbx_timer_init(&r->defer_t, defer_fire, r);
     r->deadline_ms = sbx_now_ms() + (uint64_t)r->timeout_s * 1000u;
@@ -1557,8 +1386,7 @@ static void fly_destroy(sbx_provider *p)
         if (r->id[0] && ids)
             memcpy(ids[n++], r->id, sizeof(r->id));
         sbx__fly_call_free(&r->call);
-        sbx__fly_call_free(&r->logs_call);
-        sbx_timer_stop(p->loop, &r->logs_t);
+        sbx__fly_logs_free(&r->logs);
         sbx_timer_stop(p->loop, &r->deadline_t);
         sbx_timer_stop(p->loop, &r->defer_t);
         json_object_put(r->create);
