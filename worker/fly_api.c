@@ -18,8 +18,9 @@
 
 #include "log.h"
 
-/* Fly limits each action to 1 request/s per machine (working-with-machines-api,
- * "Rate Limits"): a 429 is never retried sooner than that window. */
+/* Fly limits each action to 1 request/s per machine, creates per app
+ * (fly.io/docs/machines/api/working-with-machines-api/#rate-limits): a 429
+ * is never retried sooner than that window. */
 #define FLY_RATE_WINDOW_MS 1000
 
 int sbx__fly_api_init(sbx__fly_api *a, sbx_loop *loop, const char *url, size_t url_len,
@@ -92,9 +93,7 @@ void sbx__fly_api_error(const sbx_http_res *res, char *out, size_t cap)
     json_object_put(o);
 }
 
-/* How long a 429 asks us to wait: the server's Retry-After, else the
- * documented rate window. */
-static uint64_t retry_after_ms(const sbx_http_res *res)
+uint64_t sbx__fly_retry_after_ms(const sbx_http_res *res)
 {
     if (res->code != SBX_HTTP_OK || res->status != 429)
         return 0;
@@ -121,10 +120,10 @@ static int retryable(const sbx__fly_call *c, const sbx_http_res *res)
     if (res->code == SBX_HTTP_ETOOBIG || res->code == SBX_HTTP_EABORTED)
         return 0;
     if (res->code != SBX_HTTP_OK)
-        return c->retry_5xx;
+        return (c->flags & SBX_FLY_RETRY_5XX) != 0;
     if (res->status == 429)
-        return 1;
-    return res->status >= 500 && c->retry_5xx;
+        return !(c->flags & SBX_FLY_OWN_429) && c->throttled < SBX_FLY_MAX_THROTTLED;
+    return res->status >= 500 && (c->flags & SBX_FLY_RETRY_5XX);
 }
 
 static void call_issue(sbx__fly_call *c);
@@ -134,13 +133,18 @@ static void call_done(void *arg, const sbx_http_res *res)
     sbx__fly_call *c = arg;
     sbx__fly_api *a = c->api;
 
+    int throttle = res->code == SBX_HTTP_OK && res->status == 429;
+
     c->h = NULL;
-    if (c->attempt < a->max_attempts && retryable(c, res)) {
-        uint64_t d = sbx__fly_backoff_ms(a, c->attempt, retry_after_ms(res));
-        sbx_debug("fly", "%s %s: status=%ld code=%d, retry %d/%d in %llu ms", c->method,
-                  c->url + c->path_off, res->status, (int)res->code, c->attempt + 1,
-                  a->max_attempts, (unsigned long long)d);
-        c->attempt++;
+    if ((throttle || c->attempt < a->max_attempts) && retryable(c, res)) {
+        uint64_t d = sbx__fly_backoff_ms(a, c->attempt, sbx__fly_retry_after_ms(res));
+        sbx_debug("fly", "%s %s: status=%ld code=%d, retry (attempt %d/%d, 429s %d) in %llu ms",
+                  c->method, c->url + c->path_off, res->status, (int)res->code, c->attempt,
+                  a->max_attempts, c->throttled, (unsigned long long)d);
+        if (throttle)
+            c->throttled++;
+        else
+            c->attempt++;
         sbx_timer_start(a->loop, &c->retry_t, d);
         return;
     }
@@ -209,7 +213,7 @@ void sbx__fly_call_cancel(sbx__fly_call *c)
 }
 
 static int vstart(sbx__fly_call *c, const char *base, const char *method, char *body,
-                  uint32_t timeout_ms, int retry_5xx, sbx__fly_call_cb cb, const char *fmt,
+                  uint32_t timeout_ms, int flags, sbx__fly_call_cb cb, const char *fmt,
                   va_list ap)
 {
     size_t n = strlen(base);
@@ -228,32 +232,33 @@ static int vstart(sbx__fly_call *c, const char *base, const char *method, char *
     c->path_off = n;
     c->method = method;
     c->timeout_ms = timeout_ms;
-    c->retry_5xx = retry_5xx;
+    c->flags = flags;
     c->cb = cb;
     c->attempt = 1;
+    c->throttled = 0;
     call_issue(c);
     return 0;
 }
 
 int sbx__fly_call_start(sbx__fly_call *c, const char *method, char *body, uint32_t timeout_ms,
-                        int retry_5xx, sbx__fly_call_cb cb, const char *fmt, ...)
+                        int flags, sbx__fly_call_cb cb, const char *fmt, ...)
 {
     va_list ap;
     int rc;
     va_start(ap, fmt);
-    rc = vstart(c, c->api->url, method, body, timeout_ms, retry_5xx, cb, fmt, ap);
+    rc = vstart(c, c->api->url, method, body, timeout_ms, flags, cb, fmt, ap);
     va_end(ap);
     return rc;
 }
 
 int sbx__fly_call_start_at(sbx__fly_call *c, const char *base, const char *method, char *body,
-                           uint32_t timeout_ms, int retry_5xx, sbx__fly_call_cb cb,
+                           uint32_t timeout_ms, int flags, sbx__fly_call_cb cb,
                            const char *fmt, ...)
 {
     va_list ap;
     int rc;
     va_start(ap, fmt);
-    rc = vstart(c, base, method, body, timeout_ms, retry_5xx, cb, fmt, ap);
+    rc = vstart(c, base, method, body, timeout_ms, flags, cb, fmt, ap);
     va_end(ap);
     return rc;
 }

@@ -7,12 +7,16 @@
  * retries; it lives inside its owner (a run or a sweep), which starts it
  * again for each step, and has at most one request in flight.
  *
- * Retries: a 429 always; transport errors and 5xx only when the call allows
- * it (not a create: a 5xx may have made a machine, and the provider looks
- * before it creates again). Exponential backoff with full jitter, never
- * sooner than the server's Retry-After (or, for a 429 without one, Fly's
- * documented rate window), at most max_attempts requests per call. A
- * request that cannot even be started counts as a transport error.
+ * Retries: a 429 always, unless the call takes its 429s itself
+ * (SBX_FLY_OWN_429: creates, which the provider's per-app pacer schedules);
+ * transport errors and 5xx only when the call allows it (SBX_FLY_RETRY_5XX;
+ * not a create: a 5xx may have made a machine, and the provider looks before
+ * it creates again). Exponential backoff with full jitter, never sooner than
+ * the server's Retry-After (or, for a 429 without one, Fly's documented rate
+ * window). At most max_attempts requests per call fail; a 429 is Fly asking
+ * us to slow down, not a failure, so it does not count, up to
+ * SBX_FLY_MAX_THROTTLED of them (a server that only ever says 429 is broken).
+ * A request that cannot even be started counts as a transport error.
  *
  * Callback rule (libuv's): after sbx__fly_call_start() returns 0 the call's
  * cb runs exactly once, from the loop, never from inside the start; after
@@ -29,16 +33,26 @@
 
 /* Bounds of what goes into a URL, checked in sbx_fly_new(): the base URL, an
  * app name (Fly: at most 63 characters), a machine id (14 hex characters
- * today; 32 leaves room) and a query with a percent-encoded worker id. */
+ * today; 32 leaves room) and a query with a percent-encoded worker id or
+ * logs API token. */
 #define SBX_FLY_API_URL_MAX 512
 #define SBX_FLY_APP_MAX 63
 #define SBX_FLY_ID_MAX 32
 #define SBX_FLY_WORKER_MAX 128
+/* next_token values of the logs API are opaque; flyctl passes them back as is. */
+#define SBX_FLY_LOG_TOKEN_MAX 256
 #define SBX_FLY_URL_MAX (SBX_FLY_API_URL_MAX + SBX_FLY_APP_MAX + SBX_FLY_ID_MAX + \
-                         3 * SBX_FLY_WORKER_MAX + 128)
+                         3 * SBX_FLY_WORKER_MAX + 3 * SBX_FLY_LOG_TOKEN_MAX + 128)
 /* Plain calls answer in well under a second; 30 s means something is broken. */
 #define SBX_FLY_CALL_TIMEOUT_MS 30000
 #define SBX_FLY_CONNECT_TIMEOUT_MS 10000
+/* 429s one call waits out before it gives up: at Fly's 1 request/s that is
+ * minutes of being told to wait, far beyond any burst of ours. */
+#define SBX_FLY_MAX_THROTTLED 120
+
+/* flags of sbx__fly_call_start() */
+#define SBX_FLY_RETRY_5XX 1   /* transport errors and 5xx are retried */
+#define SBX_FLY_OWN_429 2     /* a 429 goes to the callback, not to a retry */
 
 typedef struct sbx__fly_api {
     sbx_loop *loop;
@@ -61,8 +75,9 @@ struct sbx__fly_call {
     size_t path_off;              /* where the path starts in url, for logs */
     char *body;                   /* NULL or a JSON document we own */
     uint32_t timeout_ms;
-    int attempt;                  /* 1-based */
-    int retry_5xx;                /* 0 for create: a 5xx may have made a machine */
+    int attempt;                  /* 1-based; 429s do not count */
+    int throttled;                /* 429s answered so far */
+    int flags;                    /* SBX_FLY_RETRY_5XX | SBX_FLY_OWN_429 */
     int start_failed;             /* sbx_http_request() itself failed */
     sbx_http_handle *h;           /* the request in flight, or NULL */
     sbx_timer retry_t;
@@ -84,6 +99,9 @@ void sbx__fly_api_close(sbx__fly_api *a);
 uint64_t sbx__fly_api_rand(sbx__fly_api *a);
 /* Full jitter for the attempt-th try, never below retry_after_ms. */
 uint64_t sbx__fly_backoff_ms(sbx__fly_api *a, int attempt, uint64_t retry_after_ms);
+/* How long a 429 asks us to wait: its Retry-After, else Fly's documented
+ * rate window; 0 for anything but a 429. */
+uint64_t sbx__fly_retry_after_ms(const sbx_http_res *res);
 /* One line for a failed reply: the transport error, or the "error" of a Fly
  * error body, or the start of the raw body. */
 void sbx__fly_api_error(const sbx_http_res *res, char *out, size_t cap);
@@ -94,11 +112,11 @@ void sbx__fly_call_init(sbx__fly_call *c, sbx__fly_api *a, void *owner);
  * -ENAMETOOLONG when the URL does not fit (nothing is sent, body is freed,
  * cb never runs). */
 int sbx__fly_call_start(sbx__fly_call *c, const char *method, char *body, uint32_t timeout_ms,
-                        int retry_5xx, sbx__fly_call_cb cb, const char *fmt, ...)
+                        int flags, sbx__fly_call_cb cb, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
-/* The same on another base URL (the emulator's logs extension). */
+/* The same on another base URL (Fly's logs API lives on api.fly.io). */
 int sbx__fly_call_start_at(sbx__fly_call *c, const char *base, const char *method, char *body,
-                           uint32_t timeout_ms, int retry_5xx, sbx__fly_call_cb cb,
+                           uint32_t timeout_ms, int flags, sbx__fly_call_cb cb,
                            const char *fmt, ...) __attribute__((format(printf, 8, 9)));
 void sbx__fly_call_cancel(sbx__fly_call *c);
 /* Cancels and frees the body; the owner may then free c. */

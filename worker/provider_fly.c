@@ -4,56 +4,66 @@
  * A run walks these states; every transition goes through run_set(), which
  * logs "from -> to":
  *
- *   CREATING     POST /apps/{app}/machines. A capacity refusal (409 or 422
- *                "insufficient_capacity", "insufficient CPUs", "no capacity")
- *                moves on to the next configured region.
- *   ADOPTING     a create answered 5xx or not at all may still have made the
- *                machine: list ?metadata.sbx_run=<this run> and adopt what is
- *                there before creating again, so a build never runs twice.
+ *   CREATING     POST /apps/{app}/machines, when the app's create pacer
+ *                (one token bucket for all runs: Fly allows ~1 create/s per
+ *                app, burst 3) lets it go; a 429 holds every create until its
+ *                Retry-After and costs no attempt. A capacity refusal (the
+ *                body's status "insufficient_capacity" whatever the code, or
+ *                flyd's phrases on a 409, as fly-go reads them) moves on to
+ *                the next configured region.
+ *   ADOPTING     a create answered 408, 5xx or nothing at all (or 409 because
+ *                this run's unique name is taken) may have made the machine.
+ *                Fly's list is eventually consistent, so after settle_ms
+ *                (flyctl waits ~500 ms) list ?metadata.sbx_run=<this run>,
+ *                destroyed ones included, and once more after another
+ *                settle; adopt what is there, else create again. A build
+ *                never gets two machines: the name guards the rest.
  *   BOOTING      GET .../wait?state=started. Slices start short (first_wait_s)
  *                and double: a build that exits before the wait is served
  *                leaves the machine `stopped`, and wait(started) would then
  *                sit out its whole timeout.
- *   PROBING      after a wait answered 408, GET the machine: `failed` is an
- *                ERROR, stopped/destroyed means it already ran (the events
- *                have its exit), started waits for stopped, anything else
- *                waits again until boot_timeout_s says it is wedged. A wait
- *                never returns for a machine that went `failed`, so this look
- *                once per slice is what notices it.
+ *   PROBING      after a wait answered anything but 200, GET the machine:
+ *                `failed` and `launch_failed` are ERRORs, a version replaced
+ *                or migrated under the build is an ERROR (the new version
+ *                runs the build again, so the machine is destroyed),
+ *                stopped/destroyed means it already ran (the events have its
+ *                exit), started waits for stopped, anything else waits again
+ *                until boot_timeout_s says it is wedged. A 404 soon after the
+ *                create is "not replicated yet" (flyctl PR #4618), waited out.
  *   RUNNING      STARTED reported; GET .../wait?state=stopped&instance_id=..
  *                in slices of at most 60 s (the documented maximum) until the
- *                job's deadline, which the deadline timer enforces.
+ *                job's deadline, which the deadline timer enforces. A wait
+ *                error ("failed to reach desired state") goes to PROBING.
  *   INSPECTING   GET the machine: the exit code is in the newest `exit`
  *                event, request.exit_event.exit_code (or under MonitorEvent);
  *                Go's omitempty drops a 0, so a missing code means 0.
  *   STOPPING     timeout or cancel: POST .../stop {SIGTERM, grace}.
  *   STOP_WAIT    wait?state=stopped for the grace plus a margin.
- *   LOGS         only with logs_url (see below).
+ *   LOGS         the logs API read to its end (below).
  *   DESTROYING   DELETE ?force=true; 404 is fine (auto_destroy got there).
  *
  * Whose fault (provider.h): a create refused with 400 or 422 for anything
- * but capacity, and files that cannot be written as given (start() says
- * -EINVAL), are the job's: SBX_OUTCOME_JOB_ERROR, failed at once. Every other
- * failure is SBX_OUTCOME_ERROR.
+ * but capacity, a size no Fly preset holds, and files that cannot be written
+ * as given (start() says -EINVAL), are the job's: SBX_OUTCOME_JOB_ERROR,
+ * failed at once. Every other failure is SBX_OUTCOME_ERROR.
  *
- * Retries: every call is retried on 429 and on transport errors and 5xx
- * (except create, see ADOPTING) with exponential backoff and full jitter,
- * never sooner than a Retry-After, at most max_attempts times; that layer
+ * Retries: every call but create is retried on 429, transport errors and
+ * 5xx with exponential backoff and full jitter, never sooner than a
+ * Retry-After, at most max_attempts failures (429s do not count); that layer
  * (sbx__fly_call) is fly_api.c. Waits are not failures when they answer 408;
  * they are simply issued again.
  *
  * Cancel and timeout never call back from inside cancel(): a running machine
- * is stopped then destroyed, a create in flight is let finish so its reply
- * says whether there is a machine to destroy, and a run with nothing to undo
- * finishes from a zero-delay timer.
+ * is stopped then destroyed, a create in flight is let finish (and an
+ * adoption its looks) so the reply says whether there is a machine to
+ * destroy, and a run with nothing to undo finishes from a zero-delay timer.
  *
- * Logs: the Machines API has no way to read a machine's output (Fly sends
- * logs through NATS to `fly logs`; `exec` needs a running machine, and the
- * output is wanted after the build stopped). The tail is therefore read from
- * logs_url only when one is configured, which today means the emulator's
- * extension GET /_emu/machines/{id}/logs; against real Fly the log tail stays
- * empty. Machines get auto_destroy so a lost worker leaves nothing billing
- * after its builds end; builds that never end are what sbx_fly_sweep() is for.
+ * Output: the Machines API has no logs endpoint; Fly serves machine logs
+ * over its HTTP logs API by instance, which fly_logs.c reads for each run
+ * from the moment its machine exists (live output and the log tail), and
+ * reads to the end in LOGS, after the machine stopped.
+ * Machines get auto_destroy so a lost worker leaves nothing billing after
+ * its builds end; builds that never end are what sbx_fly_sweep() is for.
  *
  * Not available on Fly and ignored: job->pids, job->disk_mb, and network=false
  * (Machines always have a network; the VM is the isolation boundary). Jobs run
@@ -73,6 +83,7 @@
 
 #include "buf.h"
 #include "fly_api.h"
+#include "fly_logs.h"
 #include "http.h"
 #include "jobfiles.h"
 #include "log.h"
@@ -101,6 +112,16 @@
 #define FLY_SWEEP_MAX 512
 /* How long destroy() keeps deleting machines at worker exit. */
 #define FLY_EXIT_REAP_MS 5000
+/* A machine a create just made may 404 on wait/GET for a moment: the API is
+ * eventually consistent (flyctl PR #4618 retries that 404). Within this long
+ * after the create reply, a 404 means "not replicated yet", not "gone". */
+#define FLY_NEW_404_MS 5000
+/* Lists after an ambiguous create: one after the settle delay, one retry. */
+#define FLY_ADOPT_LOOKS 2
+/* Wait replies that are neither 200 nor 408 in a row before the run gives up;
+ * each one is followed by a GET that says what the machine is doing. */
+#define FLY_WAIT_ERRORS_MAX 5
+#define FLY_DEFAULT_LOGS_URL "https://api.fly.io"
 #define FLY_WORKSPACE "/workspace"
 
 typedef struct fly_provider fly_provider;
@@ -115,7 +136,7 @@ typedef enum fly_state {
     FLY_INSPECTING,
     FLY_STOPPING,
     FLY_STOP_WAIT,
-    FLY_LOGS,
+    FLY_LOGS,                     /* draining the logs API after the machine stopped */
     FLY_DESTROYING,
     FLY_DONE,
 } fly_state;
@@ -138,6 +159,12 @@ struct sbx_run {
     json_object *create;          /* the create body; "region" changes per try */
     size_t region_idx;
     int creates;                  /* create requests sent */
+    int throttled;                /* creates answered 429 */
+    int looks;                    /* lists since the last ambiguous create */
+    sbx_run *pace_next;           /* in the provider's create queue */
+    int pacing;                   /* ... while this is set */
+    int wait_errors;              /* wait replies neither 200 nor 408, in a row */
+    uint64_t created_ms;          /* when the machine id became known */
     char id[SBX_FLY_ID_MAX + 1];
     char instance_id[FLY_IID_MAX + 1];
     int wait_s;                   /* next wait?state=started slice */
@@ -155,6 +182,7 @@ struct sbx_run {
     fly_step deferred;
     sbx_run_cb cb;
     void *arg;
+    sbx__fly_logs logs;           /* output: polled while it runs, drained in LOGS */
 };
 
 struct fly_sweep {
@@ -178,8 +206,18 @@ struct fly_provider {
     char cpu_kind[16];
     int cpus, memory_mb;
     char *image;
-    char *logs_url;
+    char *logs_url;               /* the logs API's base, or NULL: no output */
     int stop_grace_s, boot_timeout_s, first_wait_s, run_wait_s;
+    int settle_ms, logs_poll_ms, logs_drain_ms;
+    /* The create pacer: one token bucket per app, shared by every run, so a
+     * burst of slots does not spend its attempts on 429s (Fly allows about
+     * 1 create/s per app, burst 3). Runs wait in FIFO order. */
+    int create_rate, create_burst;
+    double pace_tokens;
+    uint64_t pace_last_ms;
+    uint64_t pace_blocked_until;  /* a 429's Retry-After holds every run */
+    sbx_run *pace_head, *pace_tail;
+    sbx_timer pace_t;
     char **slot_ids;
     sbx_run **slot_runs;          /* the run holding each slot, or NULL */
     size_t nslots;
@@ -237,25 +275,47 @@ static json_object *jobj(json_object *o, const char *key)
     return v;
 }
 
-/* A create refused for lack of room: documented as 409 "insufficient CPUs"
- * with status "insufficient_capacity"; the Go client also knows 422 with that
- * status and flyd's "no capacity" / "insufficient ... available" phrases. */
+/* A create refused for lack of room. As Fly's Go client decides it (fly-go
+ * flaps/flaps_error.go, CapacityScopeOf): the body's "status" says
+ * "insufficient_capacity" whatever the HTTP code; only a body without a
+ * status falls back to flyd's phrases, and only on a 409. */
 static int capacity_error(const sbx_http_res *res)
 {
     json_object *o;
     const char *st, *msg;
     int yes = 0;
 
-    if (res->code != SBX_HTTP_OK || (res->status != 409 && res->status != 422))
+    if (res->code != SBX_HTTP_OK || !res->body)
         return 0;
-    o = res->body ? json_tokener_parse(res->body) : NULL;
+    o = json_tokener_parse(res->body);
     st = jstr(o, "status");
     msg = jstr(o, "error");
-    if ((st && strcmp(st, "insufficient_capacity") == 0) ||
-        (msg && (strstr(msg, "insufficient") || strstr(msg, "no capacity"))))
-        yes = 1;
+    if (st && *st)
+        yes = strcmp(st, "insufficient_capacity") == 0;
+    else if (res->status == 409 && msg)
+        yes = strstr(msg, "available to fulfill request") != NULL ||
+              (strlen(msg) >= 11 && strcmp(msg + strlen(msg) - 11, "no capacity") == 0);
     json_object_put(o);
     return yes;
+}
+
+/* A create whose reply proves nothing: no reply at all (lost, timed out, cut),
+ * a 408, or a 5xx. The machine may exist and run. */
+static int ambiguous(const sbx_http_res *res)
+{
+    if (res->code == SBX_HTTP_EABORTED)
+        return 0;
+    if (res->code != SBX_HTTP_OK)
+        return 1;
+    return res->status == 408 || res->status >= 500;
+}
+
+/* 409 because this run's name is taken: an earlier create of ours made it
+ * (machines-resource: "name: Unique name for this Machine"). */
+static int name_taken(const sbx_http_res *res)
+{
+    return res->code == SBX_HTTP_OK && res->status == 409 && res->body &&
+           strstr(res->body, "already exists") != NULL;
 }
 
 /* ---- runs ---- */
@@ -310,6 +370,8 @@ static int wait_slice(long want, long left)
     return s < 1 ? 1 : (int)s;
 }
 
+static void pace_remove(sbx_run *r);
+
 static void run_finish(sbx_run *r)
 {
     fly_provider *f = r->f;
@@ -318,9 +380,13 @@ static void run_finish(sbx_run *r)
     void *arg = r->arg;
 
     run_set(r, FLY_DONE);
+    pace_remove(r);
+    sbx__fly_logs_free(&r->logs);
     sbx__fly_call_free(&r->call);
     sbx_timer_stop(f->base.loop, &r->deadline_t);
     sbx_timer_stop(f->base.loop, &r->defer_t);
+    res->log_tail_len = sbx__utf8_sanitize(r->logs.tail, r->logs.tail_len, res->log_tail,
+                                           sizeof(res->log_tail));
     /* provider.h's life of a run is STARTED then FINISHED, and the other
      * providers and the conformance scenarios read it as "always both": a
      * run that ended before its machine started still gets STARTED first. */
@@ -338,6 +404,9 @@ static void run_finish(sbx_run *r)
     } else {
         res->outcome = res->exit_code == 0 ? SBX_OUTCOME_SUCCEEDED : SBX_OUTCOME_FAILED;
     }
+    /* provider.h: output the provider could not read is said in the error */
+    if (!res->error[0] && r->logs.error[0])
+        snprintf(res->error, sizeof(res->error), "%s", r->logs.error);
     sbx_info("fly", "run %s machine=%s outcome=%d exit=%d %s", r->job_id,
              r->id[0] ? r->id : "-", (int)res->outcome, res->exit_code, res->error);
     if (r->prev)
@@ -371,17 +440,7 @@ static void step_run_wait(sbx_run *r);
 static void step_probe(sbx_run *r);
 static void step_inspect(sbx_run *r);
 static void step_stop(sbx_run *r);
-static void step_logs(sbx_run *r);
 static void step_destroy(sbx_run *r);
-
-/* What comes after the build stopped (or was found stopped). */
-static void step_after_stop(sbx_run *r)
-{
-    if (r->f->logs_url && r->started)
-        step_logs(r);
-    else
-        step_destroy(r);
-}
 
 /* Reads the exit code from a machine's events. Returns 0, or -1 when there
  * is no exit event. */
@@ -420,6 +479,116 @@ static int parse_exit(sbx_run *r, json_object *m)
     return 0;
 }
 
+/* ---- live output (fly_logs.c) ---- */
+
+static void on_logs_drained(sbx__fly_logs *l)
+{
+    step_destroy(l->owner);
+}
+
+/* What comes after the build stopped (or was found stopped): read the logs
+ * to their end, then destroy. */
+static void step_after_stop(sbx_run *r)
+{
+    run_set(r, FLY_LOGS);
+    if (sbx__fly_logs_drain(&r->logs) != 0)
+        step_destroy(r);
+}
+
+/* ---- creating: the per-app pacer, ambiguous replies, adoption ---- */
+
+static void pace_refill(fly_provider *f, uint64_t now)
+{
+    if (now > f->pace_last_ms) {
+        f->pace_tokens += (double)(now - f->pace_last_ms) * f->create_rate / 1000.0;
+        if (f->pace_tokens > f->create_burst)
+            f->pace_tokens = f->create_burst;
+    }
+    f->pace_last_ms = now;
+}
+
+/* 0 and a token taken, or how many ms until one is there. */
+static uint64_t pace_take(fly_provider *f)
+{
+    uint64_t now = sbx_now_ms();
+
+    pace_refill(f, now);
+    if (now < f->pace_blocked_until)
+        return f->pace_blocked_until - now;
+    if (f->pace_tokens >= 1.0) {
+        f->pace_tokens -= 1.0;
+        return 0;
+    }
+    return (uint64_t)((1.0 - f->pace_tokens) * 1000.0 / f->create_rate) + 1;
+}
+
+static void step_create_now(sbx_run *r);
+
+static void pace_kick(fly_provider *f)
+{
+    while (f->pace_head) {
+        sbx_run *r = f->pace_head;
+        uint64_t d = pace_take(f);
+        if (d) {
+            sbx_timer_start(f->base.loop, &f->pace_t, d);
+            return;
+        }
+        f->pace_head = r->pace_next;
+        if (!f->pace_head)
+            f->pace_tail = NULL;
+        r->pace_next = NULL;
+        r->pacing = 0;
+        step_create_now(r);
+    }
+}
+
+static void pace_fire(sbx_timer *t)
+{
+    pace_kick(t->data);
+}
+
+/* front: a run Fly just throttled keeps its place at the head. */
+static void pace_enqueue(sbx_run *r, int front)
+{
+    fly_provider *f = r->f;
+
+    r->pacing = 1;
+    if (front) {
+        r->pace_next = f->pace_head;
+        f->pace_head = r;
+        if (!f->pace_tail)
+            f->pace_tail = r;
+    } else {
+        r->pace_next = NULL;
+        if (f->pace_tail)
+            f->pace_tail->pace_next = r;
+        else
+            f->pace_head = r;
+        f->pace_tail = r;
+    }
+    pace_kick(f);
+}
+
+static void pace_remove(sbx_run *r)
+{
+    fly_provider *f = r->f;
+    sbx_run **pp = &f->pace_head, *prev = NULL;
+
+    if (!r->pacing)
+        return;
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->pace_next;
+    }
+    if (*pp) {
+        *pp = r->pace_next;
+        if (f->pace_tail == r)
+            f->pace_tail = prev;
+    }
+    r->pace_next = NULL;
+    r->pacing = 0;
+}
+
 static int take_machine(sbx_run *r, json_object *m)
 {
     const char *id = jstr(m, "id"), *iid = jstr(m, "instance_id");
@@ -428,6 +597,7 @@ static int take_machine(sbx_run *r, json_object *m)
     snprintf(r->id, sizeof(r->id), "%s", id);
     snprintf(r->instance_id, sizeof(r->instance_id), "%s", iid);
     snprintf(r->res.instance, sizeof(r->res.instance), "%s", id);
+    r->created_ms = sbx_now_ms();
     return 0;
 }
 
@@ -444,15 +614,19 @@ static void on_created(sbx_run *r, json_object *m)
         step_destroy(r);
         return;
     }
+    sbx__fly_logs_start(&r->logs, r->id);
     r->wait_s = r->f->first_wait_s;
     step_boot_wait(r);
 }
+
+static void step_adopt_look(sbx_run *r);
 
 static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     fly_provider *f = r->f;
     json_object *list = NULL, *found = NULL;
+    const char *st;
     char why[200];
 
     if (res->code != SBX_HTTP_OK || res->status != 200 ||
@@ -464,16 +638,31 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
         run_finish(r);
         return;
     }
-    for (size_t i = 0; i < json_object_array_length(list) && !found; i++) {
+    /* Destroyed ones count too: a short build may have run and ended (and
+     * auto_destroy removed its machine) before the list showed it; creating
+     * again would run it twice. A live one is preferred. */
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *m = json_object_array_get_idx(list, i);
-        const char *st = jstr(m, "state");
-        if (st && strcmp(st, "destroyed") != 0 && strcmp(st, "destroying") != 0)
+        const char *ms = jstr(m, "state");
+        if (!found || (ms && strcmp(ms, "destroyed") != 0 && strcmp(ms, "destroying") != 0))
             found = m;
     }
-    if (found) {
-        sbx_info("fly", "run %s: adopting machine %s from a create whose reply was lost",
+    st = found ? jstr(found, "state") : NULL;
+    if (found && st && strcmp(st, "started") != 0 && strcmp(st, "starting") != 0 &&
+        strcmp(st, "created") != 0 && take_machine(r, found) == 0 && parse_exit(r, found) == 0) {
+        /* it already ran (and may be gone): its exit is in the list's events */
+        sbx_info("fly", "run %s: adopting machine %s, which already ran (%s)", r->job_id, r->id,
+                 st);
+        sbx__fly_logs_start(&r->logs, r->id);
+        if (run_started(r))
+            step_after_stop(r);
+    } else if (found) {
+        sbx_info("fly", "run %s: adopting machine %s from a create whose reply proved nothing",
                  r->job_id, jstr(found, "id") ? jstr(found, "id") : "?");
         on_created(r, found);
+    } else if (r->looks < FLY_ADOPT_LOOKS) {
+        /* the list may not show it yet: settle once more and look again */
+        run_defer(r, step_adopt_look, (uint64_t)f->settle_ms);
     } else if (r->aborting) {
         run_finish(r);
     } else if (r->creates >= f->api.max_attempts) {
@@ -486,6 +675,16 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
     json_object_put(list);
 }
 
+static void step_adopt_look(sbx_run *r)
+{
+    fly_provider *f = r->f;
+
+    r->looks++;
+    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX,
+                        on_adopt, "/apps/%s/machines?include_deleted=true&metadata.sbx_run=%s",
+                        f->app, r->run_id);
+}
+
 static void on_create(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
@@ -493,15 +692,10 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
     json_object *m;
     char why[200];
 
-    if (res->code == SBX_HTTP_OK && res->status == 200) {
-        m = json_tokener_parse(res->body);
-        on_created(r, m);
-        json_object_put(m);
-        return;
-    }
+    /* before the 200 case: Fly marks capacity in the body whatever the code */
     if (capacity_error(res)) {
-        sbx_info("fly", "run %s: no capacity in %s", r->job_id,
-                 f->nregions ? f->regions[r->region_idx] : "the default region");
+        sbx_info("fly", "run %s: no capacity in %s (HTTP %ld)", r->job_id,
+                 f->nregions ? f->regions[r->region_idx] : "the default region", res->status);
         if (!r->aborting && r->region_idx + 1 < f->nregions) {
             r->region_idx++;
             step_create(r);
@@ -511,14 +705,37 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
         run_finish(r);
         return;
     }
-    if (res->code != SBX_HTTP_OK || res->status >= 500) {
-        /* Maybe created: look before creating again. */
+    if (res->code == SBX_HTTP_OK && res->status == 429 && !r->aborting) {
+        /* Fly asks every create of this app to wait: the pacer holds them
+         * all, and this run keeps its place; not a failed attempt. */
+        uint64_t until = sbx_now_ms() + sbx__fly_retry_after_ms(res);
+        r->creates--;
+        if (++r->throttled <= SBX_FLY_MAX_THROTTLED) {
+            if (until > f->pace_blocked_until)
+                f->pace_blocked_until = until;
+            sbx_debug("fly", "run %s: create throttled (%d), all creates wait %llu ms",
+                      r->job_id, r->throttled,
+                      (unsigned long long)(f->pace_blocked_until - sbx_now_ms()));
+            run_set(r, FLY_CREATING);
+            pace_enqueue(r, 1);
+            return;
+        }
+    }
+    if (res->code == SBX_HTTP_OK && res->status == 200) {
+        m = json_tokener_parse(res->body);
+        on_created(r, m);
+        json_object_put(m);
+        return;
+    }
+    if (ambiguous(res) || name_taken(res)) {
+        /* Maybe created. Fly's list is eventually consistent, so look only
+         * after a settle delay (flyctl waits ~500 ms), then once more. */
         sbx__fly_api_error(res, why, sizeof(why));
-        sbx_warn("fly", "run %s: create answered %s; checking for the machine", r->job_id, why);
+        sbx_warn("fly", "run %s: create answered %s; looking for the machine in %d ms",
+                 r->job_id, why, f->settle_ms);
         run_set(r, FLY_ADOPTING);
-        sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_adopt,
-                            "/apps/%s/machines?include_deleted=false&metadata.sbx_run=%s", f->app,
-                            r->run_id);
+        r->looks = 0;
+        run_defer(r, step_adopt_look, (uint64_t)f->settle_ms);
         return;
     }
     sbx__fly_api_error(res, why, sizeof(why));
@@ -530,17 +747,23 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
     run_finish(r);
 }
 
+/* Queues the create behind the app's pacer. */
 static void step_create(sbx_run *r)
 {
-    fly_provider *f = r->f;
-    const char *body;
-    char *copy;
-
     if (r->aborting) {
         run_finish(r);
         return;
     }
     run_set(r, FLY_CREATING);
+    pace_enqueue(r, 0);
+}
+
+static void step_create_now(sbx_run *r)
+{
+    fly_provider *f = r->f;
+    const char *body;
+    char *copy;
+
     if (f->nregions)
         json_object_object_add(r->create, "region",
                                json_object_new_string(f->regions[r->region_idx]));
@@ -553,8 +776,40 @@ static void step_create(sbx_run *r)
         return;
     }
     r->creates++;
-    sbx__fly_call_start(&r->call, "POST", copy, SBX_FLY_CALL_TIMEOUT_MS, 0, on_create,
-                        "/apps/%s/machines", f->app);
+    sbx__fly_call_start(&r->call, "POST", copy, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_OWN_429,
+                        on_create, "/apps/%s/machines", f->app);
+}
+
+/* The build's version is gone: Fly replaced it (an update) or migrated it to
+ * another host; the machine runs the same config again as a new version
+ * (machine-states: replaced, migrated). Returns what happened, or NULL. */
+static const char *version_lost(const sbx_run *r, json_object *m)
+{
+    const char *st = jstr(m, "state"), *iid = jstr(m, "instance_id");
+
+    if (st && (strcmp(st, "replaced") == 0 || strcmp(st, "migrated") == 0 ||
+               strcmp(st, "replacing") == 0))
+        return st;
+    if (iid && r->instance_id[0] && strcmp(iid, r->instance_id) != 0) {
+        /* the newest event that says how, if any */
+        json_object *evs = jobj(m, "events");
+        size_t n = evs && json_object_is_type(evs, json_type_array)
+                       ? json_object_array_length(evs) : 0;
+        int64_t best_ts = INT64_MIN;
+        const char *how = "replaced by a new version";
+        for (size_t i = 0; i < n; i++) {
+            json_object *ev = json_object_array_get_idx(evs, i);
+            const char *es = jstr(ev, "status");
+            int64_t ts = json_object_get_int64(jobj(ev, "timestamp"));
+            if (es && (strcmp(es, "migrated") == 0 || strcmp(es, "replaced") == 0) &&
+                ts > best_ts) {
+                best_ts = ts;
+                how = es;
+            }
+        }
+        return how;
+    }
+    return NULL;
 }
 
 /* The machine as a GET shows it, after BOOTING's wait ran out. */
@@ -562,9 +817,16 @@ static void on_probe(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     json_object *m = NULL;
-    const char *st;
+    const char *st, *lost;
     char why[200];
 
+    if (res->code == SBX_HTTP_OK && res->status == 404 && !r->started &&
+        sbx_now_ms() < r->created_ms + FLY_NEW_404_MS) {
+        /* not replicated yet (flyctl PR #4618): look again after a settle */
+        sbx_debug("fly", "run %s: new machine %s not found yet", r->job_id, r->id);
+        run_defer(r, step_boot_wait, (uint64_t)r->f->settle_ms);
+        return;
+    }
     if (res->code != SBX_HTTP_OK || res->status != 200 || !(m = json_tokener_parse(res->body))) {
         sbx__fly_api_error(res, why, sizeof(why));
         run_fail(r, "machine %s: %s", r->id, why);
@@ -576,7 +838,14 @@ static void on_probe(sbx__fly_call *c, const sbx_http_res *res)
     }
     st = jstr(m, "state");
     st = st ? st : "";
-    if (strcmp(st, "started") == 0) {
+    if ((lost = version_lost(r, m)) != NULL) {
+        /* DELETE ?force=true also stops the new version's second run */
+        run_fail(r, "machine %s: the build's version was %s by Fly; retried", r->id, lost);
+        step_destroy(r);
+    } else if (strcmp(st, "launch_failed") == 0) {
+        run_fail(r, "machine %s failed to launch (launch_failed)", r->id);
+        step_destroy(r);
+    } else if (strcmp(st, "started") == 0) {
         if (run_started(r))
             step_run_wait(r);
     } else if (strcmp(st, "stopped") == 0 || strcmp(st, "destroying") == 0 ||
@@ -603,7 +872,7 @@ static void on_probe(sbx__fly_call *c, const sbx_http_res *res)
 static void step_probe(sbx_run *r)
 {
     run_set(r, FLY_PROBING);
-    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_probe,
+    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX, on_probe,
                         "/apps/%s/machines/%s", r->f->app, r->id);
 }
 
@@ -624,7 +893,7 @@ static void step_boot_wait(sbx_run *r)
 {
     int s = wait_slice(r->wait_s, remaining_s(r));
     run_set(r, FLY_BOOTING);
-    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1,
+    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, SBX_FLY_RETRY_5XX,
                         on_boot_wait, "/apps/%s/machines/%s/wait?state=started&timeout=%d",
                         r->f->app, r->id, s);
 }
@@ -635,9 +904,18 @@ static void on_run_wait(sbx__fly_call *c, const sbx_http_res *res)
     char why[200];
 
     if (res->code == SBX_HTTP_OK && (res->status == 200 || res->status == 404)) {
+        r->wait_errors = 0;
         step_inspect(r);          /* 404: gone already; the GET says how */
     } else if (res->code == SBX_HTTP_OK && res->status == 408) {
+        r->wait_errors = 0;
         step_probe(r);            /* still started: wait again; the deadline timer ends this */
+    } else if (++r->wait_errors < FLY_WAIT_ERRORS_MAX) {
+        /* "failed to reach desired state" and the like: the machine's state
+         * says what happened (failed, replaced, migrated, or still running) */
+        sbx__fly_api_error(res, why, sizeof(why));
+        sbx_info("fly", "run %s: wait on machine %s answered %s; looking at it", r->job_id,
+                 r->id, why);
+        step_probe(r);
     } else {
         sbx__fly_api_error(res, why, sizeof(why));
         run_fail(r, "waiting for machine %s: %s", r->id, why);
@@ -649,7 +927,7 @@ static void step_run_wait(sbx_run *r)
 {
     int s = wait_slice(r->f->run_wait_s, remaining_s(r));
     run_set(r, FLY_RUNNING);
-    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, 1,
+    sbx__fly_call_start(&r->call, "GET", NULL, (uint32_t)s * 1000u + FLY_WAIT_SLACK_MS, SBX_FLY_RETRY_5XX,
                         on_run_wait,
                         "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
                         r->f->app, r->id, r->instance_id, s);
@@ -659,7 +937,7 @@ static void on_inspect(sbx__fly_call *c, const sbx_http_res *res)
 {
     sbx_run *r = c->owner;
     json_object *m = NULL;
-    const char *st;
+    const char *st, *lost;
     char why[200];
 
     if (res->code != SBX_HTTP_OK || res->status != 200 || !(m = json_tokener_parse(res->body))) {
@@ -672,8 +950,16 @@ static void on_inspect(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     st = jstr(m, "state");
+    if ((lost = version_lost(r, m)) != NULL) {
+        run_fail(r, "machine %s: the build's version was %s by Fly; retried", r->id, lost);
+        json_object_put(m);
+        step_destroy(r);
+        return;
+    }
     if (st && strcmp(st, "failed") == 0)
         run_fail(r, "machine %s failed", r->id);
+    else if (st && strcmp(st, "launch_failed") == 0)
+        run_fail(r, "machine %s failed to launch (launch_failed)", r->id);
     else if (parse_exit(r, m) != 0)
         run_fail(r, "machine %s stopped without an exit event", r->id);
     json_object_put(m);
@@ -683,7 +969,7 @@ static void on_inspect(sbx__fly_call *c, const sbx_http_res *res)
 static void step_inspect(sbx_run *r)
 {
     run_set(r, FLY_INSPECTING);
-    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_inspect,
+    sbx__fly_call_start(&r->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX, on_inspect,
                         "/apps/%s/machines/%s", r->f->app, r->id);
 }
 
@@ -709,7 +995,7 @@ static void on_stop(sbx__fly_call *c, const sbx_http_res *res)
     }
     run_set(r, FLY_STOP_WAIT);
     sbx__fly_call_start(&r->call, "GET", NULL,
-                        (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, 1, on_stop_wait,
+                        (uint32_t)wait_slice(s, s) * 1000u + FLY_WAIT_SLACK_MS, SBX_FLY_RETRY_5XX, on_stop_wait,
                         "/apps/%s/machines/%s/wait?state=stopped&instance_id=%s&timeout=%d",
                         r->f->app, r->id, r->instance_id, wait_slice(s, s));
 }
@@ -721,35 +1007,8 @@ static void step_stop(sbx_run *r)
              r->f->stop_grace_s);
     run_set(r, FLY_STOPPING);
     /* NULL from strdup only costs the signal: Fly's default stop then applies */
-    sbx__fly_call_start(&r->call, "POST", strdup(body), SBX_FLY_CALL_TIMEOUT_MS, 1, on_stop,
+    sbx__fly_call_start(&r->call, "POST", strdup(body), SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX, on_stop,
                         "/apps/%s/machines/%s/stop", r->f->app, r->id);
-}
-
-static void on_logs(sbx__fly_call *c, const sbx_http_res *res)
-{
-    sbx_run *r = c->owner;
-
-    if (res->code == SBX_HTTP_OK && res->status == 200) {
-        size_t n = res->body_len;
-        const char *tail = sbx_tail_of(res->body, &n, SBX_LOG_TAIL_MAX);
-        r->res.log_tail_len =
-            sbx__utf8_sanitize(tail, n, r->res.log_tail, sizeof(r->res.log_tail));
-    } else {
-        char why[200];
-        sbx__fly_api_error(res, why, sizeof(why));
-        sbx_warn("fly", "run %s: no log tail for machine %s: %s", r->job_id, r->id, why);
-    }
-    step_destroy(r);
-}
-
-static void step_logs(sbx_run *r)
-{
-    fly_provider *f = r->f;
-
-    run_set(r, FLY_LOGS);
-    if (sbx__fly_call_start_at(&r->call, f->logs_url, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1,
-                               on_logs, "/%s/logs?tail=%d", r->id, SBX_LOG_TAIL_MAX) != 0)
-        step_destroy(r);
 }
 
 static void on_destroy(sbx__fly_call *c, const sbx_http_res *res)
@@ -768,7 +1027,7 @@ static void on_destroy(sbx__fly_call *c, const sbx_http_res *res)
 static void step_destroy(sbx_run *r)
 {
     run_set(r, FLY_DESTROYING);
-    sbx__fly_call_start(&r->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_destroy,
+    sbx__fly_call_start(&r->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX, on_destroy,
                         "/apps/%s/machines/%s?force=true", r->f->app, r->id);
 }
 
@@ -781,16 +1040,20 @@ static void run_abort(sbx_run *r, sbx_outcome why)
     r->abort = why;
     switch (r->state) {
     case FLY_CREATING:
-    case FLY_ADOPTING:
         if (r->call.h)
             return;               /* its reply says whether a machine exists */
+        pace_remove(r);
         sbx__fly_call_cancel(&r->call);
         run_defer(r, run_finish, 0);
         return;
+    case FLY_ADOPTING:
+        return;                   /* the looks say whether there is a machine to destroy */
     case FLY_BOOTING:
     case FLY_PROBING:
     case FLY_RUNNING:
         sbx__fly_call_cancel(&r->call);
+        sbx_timer_stop(r->f->base.loop, &r->defer_t);
+        r->deferred = NULL;
         step_stop(r);
         return;
     default:
@@ -809,37 +1072,51 @@ static void deadline_fire(sbx_timer *t)
 
 /* ---- the create body ---- */
 
-static int round_cpus(double want, int dflt)
+/* Fly's guest presets (fly.io/docs/machines/guides-examples/machine-sizing,
+ * and the presets in fly-go's machine_types.go): shared CPUs come in 1, 2, 4
+ * or 8, performance CPUs in 1, 2, 4, 8 or 16; memory in multiples of 256 MB,
+ * per CPU between 256 and 2048 MB (shared) or 2048 and 8192 MB
+ * (performance). */
+static int max_cpus(int perf)
 {
-    static const int allowed[] = {1, 2, 4, 8, 16};
-    if (want <= 0)
-        return dflt;
-    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
-        if (want <= allowed[i])
-            return allowed[i] > dflt ? allowed[i] : dflt;
-    return -1;
+    return perf ? 16 : 8;
 }
 
-/* Fly's sizes: memory in multiples of 256 MB, per CPU between 256 and 2048
- * (shared) or 2048 and 8192 (performance). More memory than the CPUs allow
- * takes more CPUs. */
-static int size_guest(const fly_provider *f, const sbx_job *job, int *cpus, int *mem)
+static int preset_cpus(int n, int perf)
+{
+    return n == 1 || n == 2 || n == 4 || n == 8 || (perf && n == 16);
+}
+
+/* The smallest preset that fits the job (never below the configured size).
+ * More memory than the CPUs allow takes more CPUs. A size no preset holds is
+ * the job's fault: -1 and the reason in err. */
+static int size_guest(const fly_provider *f, const sbx_job *job, int *cpus, int *mem, char *err,
+                      size_t errlen)
 {
     int perf = strcmp(f->cpu_kind, "performance") == 0;
-    int lo = perf ? 2048 : 256, hi = perf ? 8192 : 2048;
-    int m = job->memory_mb > f->memory_mb ? job->memory_mb : f->memory_mb;
+    int lo = perf ? 2048 : 256, hi = perf ? 8192 : 2048, top = max_cpus(perf);
+    long m = job->memory_mb > f->memory_mb ? job->memory_mb : f->memory_mb;
+    int c = f->cpus;
 
-    *cpus = round_cpus(job->cpus, f->cpus);
-    if (*cpus < 0)
+    if (job->cpus > top) {
+        snprintf(err, errlen, "cpus=%g: a Fly %s machine has at most %d CPUs", job->cpus,
+                 f->cpu_kind, top);
         return -1;
+    }
+    while (c < job->cpus)
+        c *= 2;
     m = (m + 255) / 256 * 256;
-    while (m > hi * *cpus && *cpus < 16)
-        *cpus *= 2;
-    if (m > hi * *cpus)
+    while (m > (long)hi * c && c < top)
+        c *= 2;
+    if (m > (long)hi * c) {
+        snprintf(err, errlen, "memory_mb=%d: a Fly %s machine has at most %d MB (%d CPUs x %d MB)",
+                 job->memory_mb, f->cpu_kind, hi * top, top, hi);
         return -1;
-    if (m < lo * *cpus)
-        m = lo * *cpus;
-    *mem = m;
+    }
+    if (m < (long)lo * c)
+        m = (long)lo * c;
+    *cpus = c;
+    *mem = (int)m;
     return 0;
 }
 
@@ -925,6 +1202,13 @@ static json_object *build_create(fly_provider *f, const sbx_run_req *req, const 
     json_object_object_add(restart, "policy", json_object_new_string("no"));
     json_object_object_add(cfg, "restart", restart);
     json_object_object_add(body, "config", cfg);
+    {
+        /* a unique name per run: a second create of the same run is refused
+         * (409) instead of making a second machine */
+        char name[32];
+        snprintf(name, sizeof(name), "sbx-%s", run_id);
+        json_object_object_add(body, "name", json_object_new_string(name));
+    }
     return body;
 fail:
     json_object_put(body);
@@ -952,8 +1236,7 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
         rc = -EINVAL;
         goto out;
     }
-    if (size_guest(f, job, &cpus, &mem) != 0) {
-        snprintf(err, errlen, "resources beyond what a Fly machine offers (16 CPUs)");
+    if (size_guest(f, job, &cpus, &mem, err, errlen) != 0) {
         rc = -EINVAL;
         goto out;
     }
@@ -998,6 +1281,8 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
         goto out;
     }
     sbx__fly_call_init(&r->call, &f->api, r);
+    sbx__fly_logs_init(&r->logs, &f->api, f->logs_url, f->app, f->logs_poll_ms, f->logs_drain_ms,
+                       req->output, req->output_arg, on_logs_drained, r);
     sbx_timer_init(&r->deadline_t, deadline_fire, r);
     sbx_timer_init(&r->defer_t, defer_fire, r);
     r->deadline_ms = sbx_now_ms() + (uint64_t)r->timeout_s * 1000u;
@@ -1101,11 +1386,14 @@ static void fly_destroy(sbx_provider *p)
         if (r->id[0] && ids)
             memcpy(ids[n++], r->id, sizeof(r->id));
         sbx__fly_call_free(&r->call);
+        sbx__fly_logs_free(&r->logs);
         sbx_timer_stop(p->loop, &r->deadline_t);
         sbx_timer_stop(p->loop, &r->defer_t);
         json_object_put(r->create);
         free(r);
     }
+    if (p->loop)
+        sbx_timer_stop(p->loop, &f->pace_t);
     while (f->sweeps) {
         fly_sweep *s = f->sweeps;
         f->sweeps = s->next;
@@ -1186,7 +1474,7 @@ static void sweep_next(fly_sweep *s)
         return;
     }
     sbx_info("fly", "sweep: destroying orphan machine %s", s->ids[s->i]);
-    sbx__fly_call_start(&s->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_sweep_delete,
+    sbx__fly_call_start(&s->call, "DELETE", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX, on_sweep_delete,
                         "/apps/%s/machines/%s?force=true", s->f->app, s->ids[s->i]);
 }
 
@@ -1258,7 +1546,7 @@ int sbx_fly_sweep(sbx_provider *p, const char *worker_id, sbx_fly_sweep_cb cb, v
     s->next = f->sweeps;
     f->sweeps = s;
     url_escape(worker_id, enc, sizeof(enc));
-    sbx__fly_call_start(&s->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, 1, on_sweep_list,
+    sbx__fly_call_start(&s->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX, on_sweep_list,
                         "/apps/%s/machines?metadata.sbx_worker=%s", f->app, enc);
     return 0;
 }
@@ -1299,7 +1587,9 @@ int sbx_fly_config_from_env(sbx_fly_config *cfg, const char *worker_id, char *er
     cfg->worker_id = worker_id;
     if (env_int("SBX_FLY_MAX_MACHINES", &cfg->max_machines, err, errlen) ||
         env_int("SBX_FLY_CPUS", &cfg->cpus, err, errlen) ||
-        env_int("SBX_FLY_MEMORY_MB", &cfg->memory_mb, err, errlen))
+        env_int("SBX_FLY_MEMORY_MB", &cfg->memory_mb, err, errlen) ||
+        env_int("SBX_FLY_CREATE_RATE", &cfg->create_rate, err, errlen) ||
+        env_int("SBX_FLY_CREATE_BURST", &cfg->create_burst, err, errlen))
         return -EINVAL;
     return 0;
 }
@@ -1327,6 +1617,14 @@ static int parse_regions(fly_provider *f, const char *s, char *err, size_t errle
         s += n + (s[n] == ',');
     }
     return 0;
+}
+
+static int logs_url_ok(const char *u)
+{
+    if (!u || !*u || strcmp(u, "off") == 0)
+        return 1;
+    return strlen(u) <= SBX_FLY_API_URL_MAX &&
+           (strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0);
 }
 
 static int dflt(int v, int d)
@@ -1378,8 +1676,8 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
         goto out;
     }
     f->cpus = dflt(cfg->cpus, 1);
-    if (round_cpus(f->cpus, 1) != f->cpus) {
-        rc = bad(err, errlen, "SBX_FLY_CPUS: 1, 2, 4, 8 or 16");
+    if (!preset_cpus(f->cpus, strcmp(f->cpu_kind, "performance") == 0)) {
+        rc = bad(err, errlen, "SBX_FLY_CPUS: 1, 2, 4 or 8 (shared); 1, 2, 4, 8 or 16 (performance)");
         goto out;
     }
     f->memory_mb = dflt(cfg->memory_mb, 256);
@@ -1387,27 +1685,39 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
         rc = bad(err, errlen, "SBX_FLY_MEMORY_MB: a multiple of 256");
         goto out;
     }
+    f->create_rate = dflt(cfg->create_rate, 1);
+    f->create_burst = dflt(cfg->create_burst, 3);
+    f->pace_tokens = f->create_burst;
+    f->pace_last_ms = sbx_now_ms();
+    sbx_timer_init(&f->pace_t, pace_fire, f);
     f->nslots = (size_t)dflt(cfg->max_machines, 4);
     if (f->nslots > FLY_MAX_MACHINES) {
         rc = bad(err, errlen, "SBX_FLY_MAX_MACHINES: at most 4096");
         goto out;
     }
-    if (cfg->logs_url && *cfg->logs_url &&
-        (strlen(cfg->logs_url) > SBX_FLY_API_URL_MAX || strncmp(cfg->logs_url, "http", 4) != 0)) {
-        rc = bad(err, errlen, "SBX_FLY_LOGS_URL: an http(s) URL of at most 512 bytes");
+    if (!logs_url_ok(cfg->logs_url)) {
+        rc = bad(err, errlen, "SBX_FLY_LOGS_URL: an http(s) URL of at most 512 bytes, or off");
         goto out;
     }
     f->stop_grace_s = dflt(cfg->stop_grace_s, 5);
     f->boot_timeout_s = dflt(cfg->boot_timeout_s, 300);
     f->first_wait_s = dflt(cfg->first_wait_s, 1);
     f->run_wait_s = dflt(cfg->run_wait_s, FLY_RUN_WAIT_S);
+    f->settle_ms = dflt(cfg->settle_ms, 500);
+    f->logs_poll_ms = dflt(cfg->logs_poll_ms, 1000);
+    f->logs_drain_ms = dflt(cfg->logs_drain_ms, 2000);
 
     f->image = cfg->image && *cfg->image ? strdup(cfg->image) : NULL;
-    f->logs_url = cfg->logs_url && *cfg->logs_url ? strdup(cfg->logs_url) : NULL;
+    if (!cfg->logs_url || !*cfg->logs_url)
+        f->logs_url = strdup(FLY_DEFAULT_LOGS_URL);
+    else if (strcmp(cfg->logs_url, "off") != 0)
+        f->logs_url = strndup(cfg->logs_url, strlen(cfg->logs_url) -
+                                                 (cfg->logs_url[strlen(cfg->logs_url) - 1] == '/'));
     f->slot_ids = calloc(f->nslots, sizeof(char *));
     f->slot_runs = calloc(f->nslots, sizeof(sbx_run *));
     if (!f->slot_runs || (cfg->image && *cfg->image && !f->image) ||
-        (cfg->logs_url && *cfg->logs_url && !f->logs_url) || !f->slot_ids) {
+        (!f->logs_url && !(cfg->logs_url && strcmp(cfg->logs_url, "off") == 0)) ||
+        !f->slot_ids) {
         rc = -ENOMEM;
         goto out;
     }
@@ -1423,9 +1733,9 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
                            dflt(cfg->backoff_base_ms, 200), dflt(cfg->backoff_max_ms, 10000));
     if (rc)
         goto out;
-    sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s", f->api.url, f->app,
-             cfg->regions && *cfg->regions ? cfg->regions : "(fly picks)", f->nslots,
-             f->logs_url ? "emulator extension" : "none");
+    sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s creates=%d/s burst %d",
+             f->api.url, f->app, cfg->regions && *cfg->regions ? cfg->regions : "(fly picks)",
+             f->nslots, f->logs_url ? f->logs_url : "off", f->create_rate, f->create_burst);
     *out = &f->base;
     f = NULL;
 out:

@@ -13,11 +13,10 @@
  * sbx_fly_sweep() can find and destroy machines nobody is watching any more
  * (a crashed worker, a create whose reply was lost).
  *
- * Logs: the Machines API has no logs endpoint (Fly ships logs through NATS to
- * `fly logs`), and `exec` needs a running machine while a build's output is
- * wanted after it stopped. So the log tail is empty unless logs_url is set;
- * only the local emulator (tests/flyemu) serves such a URL. See
- * provider_fly.c.
+ * Output: read from Fly's HTTP logs API by instance (GET <logs_url>/api/v1/
+ * apps/{app}/logs?instance=<machine id>&next_token=..., what `flyctl logs`
+ * polls), while the machine runs and to the end after it stopped; it feeds
+ * the live-output sink and the result's log tail. See provider_fly.c.
  */
 #ifndef SBX_PROVIDER_FLY_H
 #define SBX_PROVIDER_FLY_H
@@ -38,7 +37,7 @@ typedef struct sbx_fly_config {
     int cpus;                 /* 0: 1; jobs asking for more get more */
     int memory_mb;            /* 0: 256; jobs asking for more get more */
     const char *image;        /* for jobs without "image"; NULL: such jobs are refused */
-    const char *logs_url;     /* NULL/"": no log tail; else GET <logs_url>/<id>/logs */
+    const char *logs_url;     /* the logs API's base; NULL/"": https://api.fly.io; "off": none */
     int max_attempts;         /* per API call, counting the first; 0: 6 */
     int backoff_base_ms;      /* 0: 200; full jitter, doubling */
     int backoff_max_ms;       /* 0: 10000 */
@@ -46,12 +45,18 @@ typedef struct sbx_fly_config {
     int boot_timeout_s;       /* created/starting longer than this is wedged; 0: 300 */
     int first_wait_s;         /* first wait?state=started slice; 0: 1 (see provider_fly.c) */
     int run_wait_s;           /* wait?state=stopped slice; 0: 5 (a `failed` machine is seen within it) */
+    int create_rate;          /* creates per second for the whole app, shared by all runs; 0: 1 */
+    int create_burst;         /* ... with this burst; 0: 3 (Fly's documented limit) */
+    int settle_ms;            /* after an ambiguous create, wait this before listing; 0: 500 */
+    int logs_poll_ms;         /* logs API poll interval while a machine runs; 0: 1000 */
+    int logs_drain_ms;        /* after the machine stopped, read logs until an empty page
+                               * at least this much later (Fly ships logs with a lag); 0: 2000 */
 } sbx_fly_config;
 
 /* Fills cfg from the environment: SBX_FLY_API_URL, SBX_FLY_APP,
  * SBX_FLY_API_TOKEN (else FLY_API_TOKEN), SBX_FLY_REGIONS, SBX_FLY_MAX_MACHINES,
  * SBX_FLY_CPU_KIND, SBX_FLY_CPUS, SBX_FLY_MEMORY_MB, SBX_FLY_IMAGE,
- * SBX_FLY_LOGS_URL. worker_id is the caller's. The strings point into the
+ * SBX_FLY_LOGS_URL, SBX_FLY_CREATE_RATE, SBX_FLY_CREATE_BURST. worker_id is the caller's. The strings point into the
  * environment. Returns 0, or -EINVAL and one line in err. */
 int sbx_fly_config_from_env(sbx_fly_config *cfg, const char *worker_id, char *err, size_t errlen);
 

@@ -267,7 +267,7 @@ class FlyBackend(Backend):
                 "SBX_FLY_APP": self.app, "SBX_FLY_API_TOKEN": FLY_TOKEN,
                 "SBX_FLY_REGIONS": "iad,ord", "SBX_FLY_MAX_MACHINES": "4",
                 "SBX_FLY_IMAGE": "registry.fly.io/sbx-e2e:latest",
-                "SBX_FLY_LOGS_URL": self.base + "/_emu/machines"}
+                "SBX_FLY_LOGS_URL": self.base}
 
     def machines(self, **metadata):
         """The app's machines that are not destroyed, filtered by metadata,

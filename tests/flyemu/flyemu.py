@@ -34,18 +34,27 @@ What it does not do (and says so):
     recorded (and echoed in image_ref) but every machine's root filesystem is
     the host's /usr, read-only. With no init.cmd/exec/entrypoint the machine
     runs --default-cmd, standing in for the image's CMD.
-  - Logs. The Machines API has no logs endpoint (Fly ships logs through NATS
-    to `fly logs`). As an EMULATOR EXTENSION, not part of Fly's API, the
-    process output is served at GET /_emu/machines/{id}/logs (text/plain, the
-    last --max-log-bytes; ?tail=N for fewer). It needs the same bearer token.
+  - Logs are served as Fly's HTTP logs API serves them (flyctl api/
+    resource_logs.go): GET /api/v1/apps/{app}/logs?instance=&region=
+    &next_token=, one entry per output line, paged by next_token, lines
+    visible --log-delay-ms after they were written. As an EMULATOR EXTENSION
+    the raw output is also at GET /_emu/machines/{id}/logs (text/plain, the
+    last --max-log-bytes; ?tail=N for fewer). Both need the bearer token.
   - guest limits are validated but not enforced on the process; there is no
     6PN network, no services, volumes, checks or suspend.
 
 Control endpoints (emulator extensions, no auth, for tests):
   GET/POST /_emu/faults  knobs (Emulator.apply_faults): fail_creates +
                          fail_status (refused before anything is made),
-                         lose_creates (made, launched, then answered 500),
-                         fail_boots, delay_ms, throttle, capacity, rate limits
+                         lose_creates / timeout_creates / drop_creates (made,
+                         launched, then answered 500 / 408 / nothing),
+                         capacity + capacity_status, launch_fails,
+                         fail_boots, wait_errors + wait_error_status,
+                         list_delay_ms, new_404_ms, log_delay_ms, log_page,
+                         monitor_exit, delay_ms, throttle, rate limits
+  POST /_emu/replace/{id}, /_emu/migrate/{id}
+                         Fly replaces / migrates the machine: the running
+                         version ends, a new instance runs the config again
   POST /_emu/fail/{id}   the machine goes to `failed` now (process killed)
   POST /_emu/reset       restores faults and region capacities to the command
                          line's, clears rate-limit buckets and the request log;
@@ -55,9 +64,13 @@ Control endpoints (emulator extensions, no auth, for tests):
 
 Rate limits (working-with-machines-api, "Rate Limits"): 1 req/s per action
 per machine with a burst of 3, Get Machine 5 req/s burst 10. Create has no
-machine yet, so it uses one bucket per app (--create-rate/--create-burst);
-list likewise. A refused request gets 429 {"error": ...} and Retry-After in
-whole seconds.
+machine yet, so it uses one bucket per app (--create-rate/--create-burst,
+1/s burst 3 like every other action); list likewise. A refused request gets
+429 {"error": ...} and Retry-After in whole seconds. The list is eventually
+consistent: a new machine shows there --list-delay-ms after its create.
+
+Each behaviour, its source at Fly, and the test that covers it: README.md
+next to this file.
 
 Run: python3 flyemu.py --port 0 --print-port   (prints the bound port, then
 serves on 127.0.0.1 until SIGTERM/SIGINT; sandboxes die with it).
@@ -98,10 +111,16 @@ RESTART_POLICIES = ("no", "always", "on-failure")
 DEFAULT_MAX_RETRIES = 10
 # A request log and a log buffer must not grow without bound in a long test run.
 REQUEST_LOG_MAX = 5000
+# Log entries kept per app (Fly keeps logs for a while, not forever).
+LOG_ENTRIES_MAX = 200000
 MACHINES_MAX = 5000
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ADJ = ("aged", "bold", "calm", "dry", "empty", "fancy", "green", "lively", "misty", "quiet")
 NOUN = ("wind", "river", "field", "leaf", "sun", "moon", "stone", "wave", "snow", "fire")
+
+
+class DropReply(Exception):
+    """The connection is closed without any reply (a reply lost on the way)."""
 
 
 class ApiError(Exception):
@@ -164,6 +183,15 @@ def image_ref(image):
         registry, repo = "registry-1.docker.io", name if len(parts) > 1 else "library/" + name
     return {"registry": registry, "repository": repo, "tag": tag,
             "digest": "sha256:" + hashlib.sha256(image.encode()).hexdigest()}
+
+
+class AppLog:
+    """An app's log lines in shipping order; entry i has sequence base + i,
+    which is what next_token carries."""
+
+    def __init__(self):
+        self.entries = []          # (monotonic time, machine id, region, message)
+        self.base = 1
 
 
 class Bucket:
@@ -246,6 +274,9 @@ class Machine:
         self.destroyed_at = None
         self.log = bytearray()
         self.log_total = 0
+        self.partial = b""         # output after the last newline, not yet a log line
+        self.created_mono = time.monotonic()
+        self.dead_versions = {}    # instance_id -> "replaced"/"migrated": waits on it fail
 
 
 class Emulator:
@@ -261,6 +292,7 @@ class Emulator:
         self.buckets = {}
         self.reqlog = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.reqseq = 0
+        self.applogs = {}          # app -> AppLog
         self.sched = Scheduler()
         self.t0 = time.monotonic()
         self.reset_faults()
@@ -273,6 +305,11 @@ class Emulator:
         self.faults = {
             "fail_creates": a.fail_creates, "fail_status": a.fail_status,
             "fail_boots": a.fail_boots, "delay_ms": a.delay_ms, "lose_creates": 0,
+            "timeout_creates": 0, "drop_creates": 0, "launch_fails": 0, "new_404_ms": 0,
+            "monitor_exit": False,
+            "wait_errors": 0, "wait_error_status": 500,
+            "capacity_status": 409, "list_delay_ms": a.list_delay_ms,
+            "log_delay_ms": a.log_delay_ms, "log_page": a.log_page,
             "throttle": {},             # action -> {"count": n, "retry_after": s}
             "rate_limit": not a.no_rate_limit,
             "rate": a.rate, "burst": a.burst,
@@ -283,13 +320,18 @@ class Emulator:
 
     def apply_faults(self, body):
         f = self.faults
-        for k in ("fail_creates", "fail_status", "fail_boots", "delay_ms", "lose_creates"):
+        for k in ("fail_creates", "fail_status", "fail_boots", "delay_ms", "lose_creates",
+                  "timeout_creates", "drop_creates", "launch_fails", "wait_errors",
+                  "wait_error_status", "capacity_status", "list_delay_ms", "log_delay_ms",
+                  "log_page", "new_404_ms"):
             if k in body:
                 f[k] = int(body[k])
         for k in ("rate", "burst", "get_rate", "get_burst", "create_rate", "create_burst"):
             if k in body:
                 f[k] = float(body[k])
                 self.buckets.clear()
+        if "monitor_exit" in body:
+            f["monitor_exit"] = bool(body["monitor_exit"])
         if "rate_limit" in body:
             f["rate_limit"] = bool(body["rate_limit"])
             self.buckets.clear()
@@ -367,6 +409,8 @@ class Emulator:
         m = self.machines.get(mid)
         if m is None or m.app != app or not self.visible(m):
             raise ApiError(404, "machine not found")
+        if (time.monotonic() - m.created_mono) * 1000 < self.faults["new_404_ms"]:
+            raise ApiError(404, "machine not found")   # not replicated yet (flyctl PR #4618)
         if not allow_destroyed and m.state == "destroyed":
             raise ApiError(404, "machine not found")
         return m
@@ -411,6 +455,13 @@ class Emulator:
     def boot(self, m, gen):
         with self.cv:
             if m.gen != gen or m.state != "starting":
+                return
+            if self.faults["launch_fails"] > 0:
+                # machine-states: launch_failed "will transition to destroyed"
+                self.faults["launch_fails"] -= 1
+                self.event(m, "launch", "launch_failed", "flyd")
+                self.set_state(m, "launch_failed")
+                self.sched.call_later(self.args.destroy_ms / 1000.0, self.gone_after_launch, m)
                 return
             if self.faults["fail_boots"] > 0:
                 self.faults["fail_boots"] -= 1
@@ -498,12 +549,70 @@ class Emulator:
             with self.cv:
                 m.log += b
                 m.log_total += len(b)
+                self.log_lines(m, b, final=False)
                 if len(m.log) > 2 * cap:
                     del m.log[:len(m.log) - cap]
         os.close(out_r)
+        with self.cv:
+            self.log_lines(m, b"", final=True)
         rc = proc.wait()
         with self.cv:
             self.on_exit(m, proc, rc)
+
+    def log_lines(self, m, data, final):
+        """Output as Fly's log pipeline ships it: one entry per line, without
+        its newline; a last line with no newline is shipped when the process
+        ends. Called with self.cv held."""
+        buf = m.partial + data
+        lines = buf.split(b"\n")
+        m.partial = b"" if final else lines.pop()
+        if final and lines and lines[-1] == b"":
+            lines.pop()
+        q = self.applogs.get(m.app)
+        if q is None:
+            q = self.applogs[m.app] = AppLog()
+        now = time.monotonic()
+        for ln in lines:
+            q.entries.append((now, m.id, m.region, ln.decode("utf-8", errors="replace")))
+        if len(q.entries) > LOG_ENTRIES_MAX * 5 // 4:
+            drop = len(q.entries) - LOG_ENTRIES_MAX
+            del q.entries[:drop]
+            q.base += drop
+
+    def app_logs(self, app, query):
+        """GET /api/v1/apps/{app}/logs: flyctl's api/resource_logs.go reads
+        {"data": [{"id", "attributes": LogEntry}], "meta": {"next_token"}}
+        and keeps its old token when the reply has none (logs/polling.go)."""
+        inst = query.get("instance", [""])[0]
+        region = query.get("region", [""])[0]
+        tok = query.get("next_token", [""])[0]
+        try:
+            after = int(tok) if tok else 0
+        except ValueError:
+            raise ApiError(400, "invalid next_token")
+        visible_before = time.monotonic() - self.faults["log_delay_ms"] / 1000.0
+        data = []
+        q = self.applogs.get(app) or AppLog()
+        page = self.faults["log_page"]
+        for i in range(max(after + 1 - q.base, 0), len(q.entries)):
+            t, mid, reg, msg = q.entries[i]
+            seq = q.base + i
+            if t > visible_before:
+                break                   # later lines are not shipped yet either
+            if (inst and mid != inst) or (region and reg != region):
+                continue
+            w = self.wall(t)
+            ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(w)) + ".%06dZ" % (w % 1 * 1e6)
+            data.append({"id": "%d" % seq, "type": "logs", "attributes": {
+                "timestamp": ts, "message": msg, "level": "info",
+                "instance": mid, "region": reg,
+                "meta": {"instance": mid, "region": reg, "event": {"provider": "app"}}}})
+            if len(data) >= page:
+                break
+        return 200, {"data": data, "meta": {"next_token": data[-1]["id"] if data else ""}}
+
+    def wall(self, mono):
+        return time.time() - (time.monotonic() - mono)
 
     def signal(self, m, sig):
         """Signals the machine's processes the way Fly's init forwards a stop
@@ -568,7 +677,9 @@ class Emulator:
             ee["requested_stop"] = True
         if restarting:
             ee["restarting"] = True
-        req = {"exit_event": ee}
+        # fly-go machine_types.go: the exit is under request.exit_event or
+        # request.MonitorEvent.exit_event (GetExitCode checks the latter first)
+        req = {"MonitorEvent": {"exit_event": ee}} if self.faults["monitor_exit"] else {"exit_event": ee}
         if restarting:
             m.restart_count += 1
             req["restart_count"] = m.restart_count
@@ -595,6 +706,37 @@ class Emulator:
             self.set_state(m, "destroying")
             self.event(m, "destroy", "requested", "flyd")
             self.sched.call_later(self.args.destroy_ms / 1000.0, self.delayed_destroyed, m)
+
+    def gone_after_launch(self, m):
+        with self.cv:
+            if m.state == "launch_failed":
+                self.set_state(m, "destroyed")
+
+    def move_version(self, m, how):
+        """Fault injection: Fly replaces (an update by someone else) or migrates
+        (host maintenance: stop, then start on another host) the machine. The
+        version being watched ends in the terminal state `how`; a new version
+        with a new instance_id starts and runs the same config again."""
+        self.event(m, "update" if how == "replaced" else "migrate", how, "flyd")
+        m.dead_versions[m.instance_id] = how
+        m.gen += 1
+        if m.proc is not None:
+            proc = m.proc
+            m.proc = None
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if m.init_pid:
+                try:
+                    os.kill(m.init_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            m.init_pid = None
+        m.instance_id = ulid()
+        m.restart_count = 0
+        self.set_state(m, "replacing" if how == "replaced" else "stopped")
+        self.launch(m, "flyd")
 
     def delayed_destroyed(self, m):
         with self.cv:
@@ -641,8 +783,9 @@ class Emulator:
             mem = guest.get("memory_mb", 256)
             if kind not in ("shared", "performance"):
                 raise ApiError(400, "invalid config.guest.cpu_kind %r" % (kind,))
-            if cpus not in (1, 2, 4, 8, 16):
-                raise ApiError(400, "invalid config.guest.cpus %r" % (cpus,))
+            # Fly's presets: shared-cpu-1x..8x, performance-1x..16x
+            if cpus not in ((1, 2, 4, 8) if kind == "shared" else (1, 2, 4, 8, 16)):
+                raise ApiError(400, "invalid config.guest.cpus %r for cpu_kind %s" % (cpus, kind))
             lo, hi = (256, 2048) if kind == "shared" else (2048, 8192)
             if not isinstance(mem, int) or mem % 256 or not lo * cpus <= mem <= hi * cpus:
                 raise ApiError(400, "invalid config.guest.memory_mb %r for %d %s cpu(s): "
@@ -706,7 +849,8 @@ class Emulator:
             raise ApiError(400, "invalid region %r" % region)
         used = sum(1 for x in self.machines.values() if x.region == region and x.state != "destroyed")
         if used >= self.regions[region]:
-            raise ApiError(409, "could not reserve resource for machine: insufficient CPUs "
+            raise ApiError(self.faults["capacity_status"],
+                           "could not reserve resource for machine: insufficient CPUs "
                            "available to fulfill request", {"status": "insufficient_capacity"})
         name = body.get("name") or "%s-%s-%04d" % (random.choice(ADJ), random.choice(NOUN),
                                                      random.randrange(10000))
@@ -732,6 +876,13 @@ class Emulator:
             # the machine exists, but the caller never hears about it
             self.faults["lose_creates"] -= 1
             raise ApiError(500, "internal error: deadline exceeded")
+        if self.faults["timeout_creates"] > 0:
+            # made and launched, yet answered 408: the reply is no proof either way
+            self.faults["timeout_creates"] -= 1
+            raise ApiError(408, "deadline_exceeded: context deadline exceeded")
+        if self.faults["drop_creates"] > 0:
+            self.faults["drop_creates"] -= 1
+            raise DropReply()
         return 200, out
 
     def update(self, m, body, headers):
@@ -865,15 +1016,26 @@ class Emulator:
             raise ApiError(400, "instance_id is required when waiting for the stopped state")
         deadline = time.monotonic() + timeout
         since = len(m.history)
+        if self.faults["wait_errors"] > 0:
+            self.faults["wait_errors"] -= 1
+            raise ApiError(self.faults["wait_error_status"],
+                           "machine failed to reach desired state, %s, currently %s"
+                           % (state, m.state))
         while True:
             if self.reached(m, state, iid, since):
                 return 200, {"ok": True}
+            dead = m.dead_versions.get(iid) if iid else None
+            if dead or m.state in ("launch_failed",) or (
+                    m.state == "destroyed" and state != "destroyed"):
+                # it can no longer get there: say so rather than sit out the timeout
+                raise ApiError(400, "machine failed to reach desired state, %s, currently %s"
+                               % (state, dead or m.state))
             if not self.visible(m):
                 raise ApiError(404, "machine not found")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ApiError(408, "deadline_exceeded: machine %s did not reach state %s within %ds"
-                               % (m.id, state, timeout))
+                raise ApiError(408, "deadline_exceeded: machine failed to reach desired state, "
+                               "%s, currently %s" % (state, m.state))
             self.cv.wait(min(left, 0.5))
 
     def take_lease(self, m, body):
@@ -910,6 +1072,8 @@ class Emulator:
         for m in self.machines.values():
             if m.app != app or (m.state == "destroyed" and not deleted):
                 continue
+            if (time.monotonic() - m.created_mono) * 1000 < self.faults["list_delay_ms"]:
+                continue                # not replicated to the list yet
             if region and m.region != region:
                 continue
             md = m.config.get("metadata") or {}
@@ -947,6 +1111,8 @@ MACHINE_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)$")
 ACTION_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)/(wait|start|stop|lease|events|exec)$")
 LOGS_RE = re.compile(r"^/_emu/machines/([^/]+)/logs$")
 FAIL_RE = re.compile(r"^/_emu/fail/([^/]+)$")
+MOVE_RE = re.compile(r"^/_emu/(replace|migrate)/([^/]+)$")
+APP_LOGS_RE = re.compile(r"^/api/v1/apps/([^/]+)/logs$")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -1006,12 +1172,21 @@ class Handler(BaseHTTPRequestHandler):
                 extra, ctype = None, "application/json"
         except ApiError as e:
             status, out, extra, ctype = e.status, e.body, e.headers, "application/json"
+        except DropReply:
+            status, out, extra, ctype = 0, None, None, None
         with emu.cv:
             emu.reqseq += 1
             entry = {"seq": emu.reqseq, "t": round(time.monotonic() - emu.t0, 4),
                      "method": method, "path": path, "status": status}
             entry.update(self.ctx)
             emu.reqlog.append(entry)
+        if status == 0:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(2)
+            except OSError:
+                pass
+            return
         self.reply(status, out, extra, ctype)
 
     def authorize(self, headers):
@@ -1022,6 +1197,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def api(self, method, path, query, body, headers):
         emu = self.emu
+        m = APP_LOGS_RE.match(path)
+        if m:
+            self.ctx.update(action="logs", app=m.group(1))
+            if method != "GET":
+                raise ApiError(405, "method not allowed")
+            self.authorize(headers)
+            with emu.cv:
+                return emu.app_logs(m.group(1), query)
         m = MACHINES_RE.match(path)
         if m:
             app = m.group(1)
@@ -1092,6 +1275,14 @@ class Handler(BaseHTTPRequestHandler):
             if tail:
                 data = data[-int(tail):]
             return 200, data, {"X-Log-Total-Bytes": str(mach.log_total)}, "text/plain"
+        mv = MOVE_RE.match(path)
+        if mv and method == "POST":
+            with emu.cv:
+                mach = emu.machines.get(mv.group(2))
+                if mach is None:
+                    raise ApiError(404, "machine not found")
+                emu.move_version(mach, "replaced" if mv.group(1) == "replace" else "migrated")
+                return 200, {"ok": True}, None, js
         m = FAIL_RE.match(path)
         with emu.cv:
             if m and method == "POST":
@@ -1148,8 +1339,14 @@ def main(argv=None):
     ap.add_argument("--burst", type=float, default=3.0)
     ap.add_argument("--get-rate", type=float, default=5.0)
     ap.add_argument("--get-burst", type=float, default=10.0)
-    ap.add_argument("--create-rate", type=float, default=5.0, help="per app (create, list)")
-    ap.add_argument("--create-burst", type=float, default=10.0)
+    ap.add_argument("--create-rate", type=float, default=1.0, help="per app (create, list)")
+    ap.add_argument("--create-burst", type=float, default=3.0)
+    ap.add_argument("--list-delay-ms", type=int, default=300,
+                    help="a new machine shows in list only after this (eventual consistency)")
+    ap.add_argument("--log-delay-ms", type=int, default=100,
+                    help="output reaches the logs API after this")
+    ap.add_argument("--log-page", type=int, default=1000,
+                    help="log entries per logs API reply (Fly's page size is not documented)")
     ap.add_argument("--no-rate-limit", action="store_true")
     ap.add_argument("--fail-creates", type=int, default=0)
     ap.add_argument("--fail-status", type=int, default=503)

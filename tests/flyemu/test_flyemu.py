@@ -259,8 +259,7 @@ def test_skip_launch_then_start(emu):
 def test_metadata_filter(emu):
     a = emu.create(["/bin/true"], metadata={"sbx_worker": "w1"})
     b = emu.create(["/bin/true"], metadata={"sbx_worker": "w2"})
-    st, lst, _ = emu.api("GET", "?metadata.sbx_worker=w1")
-    ids = [x["id"] for x in lst]
+    ids = emu.until(lambda: [x["id"] for x in emu.api("GET", "?metadata.sbx_worker=w1")[1]])
     assert a["id"] in ids and b["id"] not in ids
 
 
@@ -383,7 +382,7 @@ def test_lost_create_reply_and_brief_started(emu):
     st, body, _ = emu.api("POST", "", {"config": {
         "image": "x", "init": {"cmd": ["sleep", "30"]}, "metadata": {"sbx_run": "r1"}}})
     assert st == 500
-    lst = emu.api("GET", "?metadata.sbx_run=r1")[1]
+    lst = emu.until(lambda: emu.api("GET", "?metadata.sbx_run=r1")[1])
     assert len(lst) == 1                            # made all the same
     emu.api("DELETE", "/%s?force=true" % lst[0]["id"])
     # a wait sees a state the machine passed through after the wait began
@@ -396,3 +395,154 @@ def test_429_is_logged_with_its_action(limited):
     assert limited.api("POST", "", {"config": {"image": "x"}})[0] == 429
     reqs = limited.call("GET", "/_emu/requests")[1]
     assert reqs[-1]["action"] == "create" and reqs[-1]["status"] == 429
+
+
+# ---- issue 15: the stricter emulator ----
+
+def test_list_is_eventually_consistent(emu):
+    # flyctl PR #4618: "The Fly machines API is eventually consistent"; a new
+    # machine is not in the list at once (default --list-delay-ms 300).
+    m = emu.create(["sleep", "30"], metadata={"sbx_run": "ec1"})
+    t0 = time.monotonic()
+    assert emu.api("GET", "?metadata.sbx_run=ec1")[1] == []
+    emu.until(lambda: emu.api("GET", "?metadata.sbx_run=ec1")[1], 5)
+    assert time.monotonic() - t0 >= 0.25
+    emu.api("DELETE", "/%s?force=true" % m["id"])
+
+
+def test_create_answered_408_or_dropped_still_made(emu):
+    emu.call("POST", "/_emu/faults", {"timeout_creates": 1, "drop_creates": 1})
+    body = {"config": {"image": "x", "init": {"cmd": ["sleep", "30"]},
+                       "metadata": {"sbx_run": "amb"}}}
+    st, out, _ = emu.api("POST", "", body)
+    assert st == 408 and "deadline_exceeded" in out["error"]
+    with pytest.raises((urllib.error.URLError, ConnectionError, http_client_errors())):
+        emu.api("POST", "", body)
+    lst = emu.until(lambda: len(emu.api("GET", "?metadata.sbx_run=amb")[1]) == 2 and
+                    emu.api("GET", "?metadata.sbx_run=amb")[1])
+    assert all(x["state"] in ("starting", "started") for x in lst)
+    for x in lst:
+        emu.api("DELETE", "/%s?force=true" % x["id"])
+
+
+def http_client_errors():
+    import http.client
+    return http.client.HTTPException
+
+
+def test_capacity_status_in_body_whatever_the_code(emu):
+    # fly-go flaps/flaps_error.go CapacityScopeOf: the body's "status" decides
+    for code in (412, 200, 422):
+        emu.call("POST", "/_emu/faults", {"capacity": {"ord": 0}, "capacity_status": code})
+        st, body, _ = emu.api("POST", "", {"region": "ord", "config": {"image": "x"}})
+        assert st == code and body["status"] == "insufficient_capacity"
+
+
+def test_launch_failed_then_destroyed(emu):
+    emu.call("POST", "/_emu/faults", {"launch_fails": 1})
+    m = emu.create(["sleep", "30"])
+    emu.until(lambda: emu.api("GET", "/" + m["id"])[1].get("state") == "launch_failed", 5)
+    st, body, _ = emu.wait(m, "started", timeout=5)
+    assert st == 400 and "failed to reach desired state" in body["error"]
+    emu.until(lambda: emu.api("GET", "/" + m["id"])[1].get("state") in ("destroyed", None), 5)
+
+
+def test_wait_errors_and_408_text(emu):
+    m = emu.create(["sleep", "30"])
+    assert emu.wait(m, "started")[0] == 200
+    st, body, _ = emu.wait(m, "stopped", timeout=1)
+    assert st == 408
+    assert body["error"] == ("deadline_exceeded: machine failed to reach desired state, "
+                             "stopped, currently started")
+    emu.call("POST", "/_emu/faults", {"wait_errors": 1, "wait_error_status": 500})
+    st, body, _ = emu.wait(m, "stopped", timeout=1)
+    assert st == 500 and "failed to reach desired state" in body["error"]
+    emu.api("DELETE", "/%s?force=true" % m["id"])
+
+
+@pytest.mark.parametrize("how", ["replace", "migrate"])
+def test_replaced_or_migrated_version(emu, how):
+    m = emu.create(["sleep", "30"])
+    assert emu.wait(m, "started")[0] == 200
+    assert emu.call("POST", "/_emu/%s/%s" % (how, m["id"]))[0] == 200
+    # the version we watched can no longer stop: the wait says so
+    st, body, _ = emu.wait(m, "stopped", timeout=5)
+    assert st == 400 and ("currently %sd" % how if how == "replace" else "currently migrated") \
+        in body["error"]
+    got = emu.api("GET", "/" + m["id"])[1]
+    assert got["instance_id"] != m["instance_id"]   # a new version runs the config again
+    emu.api("DELETE", "/%s?force=true" % m["id"])
+
+
+def test_logs_api_shape_and_paging(emu):
+    emu.call("POST", "/_emu/faults", {"log_delay_ms": 0, "log_page": 100})
+    m = emu.create(["/bin/sh", "-c", "for i in $(seq 1 150); do echo line-$i; done; "
+                    "printf no-newline"])
+    other = emu.create(["/bin/sh", "-c", "echo other-machine"])
+    assert emu.wait(m, "stopped")[0] == 200 and emu.wait(other, "stopped")[0] == 200
+    time.sleep(0.2)
+    msgs, tok, pages = [], "", 0
+    while True:
+        st, body, _ = emu.call("GET", "/api/v1/apps/%s/logs?instance=%s&next_token=%s"
+                               % (APP, m["id"], tok))
+        assert st == 200 and set(body) == {"data", "meta"}
+        if not body["data"]:
+            assert body["meta"]["next_token"] == ""   # flyctl keeps its old token then
+            break
+        pages += 1
+        for e in body["data"]:
+            a = e["attributes"]
+            assert set(a) >= {"timestamp", "message", "level", "instance", "region", "meta"}
+            assert a["instance"] == m["id"]
+            msgs.append(a["message"])
+        tok = body["meta"]["next_token"]
+    assert pages == 2                               # 100 entries a page
+    assert msgs == ["line-%d" % i for i in range(1, 151)] + ["no-newline"]
+    assert emu.call("GET", "/api/v1/apps/%s/logs" % APP, token="bad")[0] == 401
+
+
+def test_logs_arrive_late(emu):
+    emu.call("POST", "/_emu/faults", {"log_delay_ms": 600})
+    m = emu.create(["/bin/sh", "-c", "echo late"])
+    assert emu.wait(m, "stopped")[0] == 200
+    q = "/api/v1/apps/%s/logs?instance=%s" % (APP, m["id"])
+    first = emu.call("GET", q)[1]["data"]
+    time.sleep(0.7)
+    assert first == [] and emu.call("GET", q)[1]["data"][0]["attributes"]["message"] == "late"
+
+
+def test_default_rate_limits_per_app_create(limited):
+    # working-with-machines-api "Rate limits" and community.fly.io/t/20636:
+    # 1 req/s per action, burst 3; creates have no machine, so per app.
+    codes = [limited.api("POST", "", {"config": {"image": "x", "init": {"cmd": ["true"]}}})[0]
+             for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and codes[3] == 429
+    time.sleep(1.05)
+    assert limited.api("POST", "", {"region": "ord",
+                                    "config": {"image": "x", "init": {"cmd": ["true"]}}})[0] == 200
+
+
+def test_new_machine_may_404_at_first(emu):
+    emu.call("POST", "/_emu/faults", {"new_404_ms": 400})
+    m = emu.create(["sleep", "30"])
+    assert emu.api("GET", "/" + m["id"])[0] == 404
+    emu.until(lambda: emu.api("GET", "/" + m["id"])[0] == 200, 5)
+    emu.api("DELETE", "/%s?force=true" % m["id"])
+
+
+def test_exit_event_under_monitor_event(emu):
+    emu.call("POST", "/_emu/faults", {"monitor_exit": True})
+    m = emu.create(["/bin/sh", "-c", "exit 5"])
+    assert emu.wait(m, "stopped")[0] == 200
+    ev = exit_event(emu.api("GET", "/" + m["id"])[1])
+    assert ev["request"]["MonitorEvent"]["exit_event"]["exit_code"] == 5
+    assert "exit_event" not in ev["request"]
+
+
+def test_shared_cpus_stop_at_8(emu):
+    st, body, _ = emu.api("POST", "", {"config": {"image": "x", "guest": {
+        "cpu_kind": "shared", "cpus": 16, "memory_mb": 4096}}})
+    assert st == 400 and "cpus" in body["error"]
+    st, _, _ = emu.api("POST", "", {"config": {"image": "x", "init": {"cmd": ["true"]}, "guest": {
+        "cpu_kind": "performance", "cpus": 16, "memory_mb": 32768}}})
+    assert st == 200

@@ -122,6 +122,7 @@ static void job_init(sbx_job *j, const char *script, int timeout_s)
 static int start_on(cenv *e, size_t slot, const sbx_job *job, crun *c, char *err, size_t errlen)
 {
     sbx_run_req req;
+    memset(&req, 0, sizeof(req));   /* output: none (provider.h's NULL sink) */
     memset(c, 0, sizeof(*c));
     req.job = job;
     req.slot = e->slots[slot];
@@ -417,6 +418,7 @@ static void t_busy_slot(void **state)
 
     err[0] = '\0';
     memset(&u, 0, sizeof(u));
+    memset(&req, 0, sizeof(req));
     req.job = &job2;
     req.slot = "no-such-pool/no-such-slot";
     req.token = g_token++;

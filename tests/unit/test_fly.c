@@ -101,7 +101,7 @@ static int emu_start(void)
     }
     snprintf(emu_base, sizeof(emu_base), "http://127.0.0.1:%d", atoi(line));
     snprintf(api_url, sizeof(api_url), "%s/v1", emu_base);
-    snprintf(logs_url, sizeof(logs_url), "%s/_emu/machines", emu_base);
+    snprintf(logs_url, sizeof(logs_url), "%s", emu_base);
     return 0;
 }
 
@@ -186,7 +186,25 @@ static sbx_fly_config base_cfg(void)
     c.backoff_base_ms = 100;
     c.backoff_max_ms = 2000;
     c.stop_grace_s = 2;
+    c.logs_poll_ms = 200;
+    c.logs_drain_ms = 250;   /* the emulator ships lines 100 ms late */
     return c;
+}
+
+/* Fly-specific scenarios whose subject is not the rate limit: the emulator's
+ * and the provider's create budgets raised (t_create_pacer_at_fly_limits and
+ * the conformance run keep Fly's defaults). */
+static sbx_fly_config fast_cfg(void)
+{
+    sbx_fly_config c = base_cfg();
+    c.create_rate = 50;
+    c.create_burst = 50;
+    return c;
+}
+
+static void emu_relax(void)
+{
+    emu_post("/_emu/faults", "{\"create_rate\": 50, \"create_burst\": 50}");
 }
 
 static sbx_provider *make_provider(sbx_loop *loop)
@@ -206,7 +224,30 @@ typedef struct frun {
     int started, finished;
     uint64_t t0_us, started_us, finished_us;
     sbx_result res;
+    char out[4096];          /* live output (stdout), as the sink got it */
+    size_t out_len;
+    int err_chunks;          /* chunks on stderr */
+    int after_finish;        /* chunks after FINISHED: a broken contract */
+    uint64_t first_out_us;   /* when the first chunk came */
 } frun;
+
+static void on_output(void *arg, sbx_stream stream, const char *data, size_t len)
+{
+    frun *r = arg;
+    if (r->finished)
+        r->after_finish++;
+    if (!r->first_out_us)
+        r->first_out_us = sbx_now_us();
+    if (stream == SBX_STREAM_STDERR) {
+        r->err_chunks++;
+        return;
+    }
+    if (r->out_len + len < sizeof(r->out)) {
+        memcpy(r->out + r->out_len, data, len);
+        r->out_len += len;
+        r->out[r->out_len] = '\0';
+    }
+}
 
 static void on_event(void *arg, sbx_run_event ev, const sbx_result *res)
 {
@@ -247,6 +288,8 @@ static int run_start(fenv *e, size_t slot, const char *script, int timeout_s, fr
     req.slot = e->slots[slot];
     req.token = next_token++;
     req.attempt = 1;
+    req.output = on_output;
+    req.output_arg = r;
     r->t0_us = sbx_now_us();
     rc = e->p->ops->start(e->p, &req, on_event, r, &r->run, err, sizeof(err));
     if (rc)
@@ -274,20 +317,37 @@ static int setup_with(void **state, const sbx_fly_config *c)
     }
     e->p->ops->slots(e->p, &e->slots);
     emu_post("/_emu/reset", "{}");
+    if (c->create_rate > 1)
+        emu_relax();
     *state = e;
     return 0;
 }
 
 static int setup(void **state)
 {
-    sbx_fly_config c = base_cfg();
+    sbx_fly_config c = fast_cfg();
     return setup_with(state, &c);
 }
 
 static int setup_short_waits(void **state)
 {
-    sbx_fly_config c = base_cfg();
+    sbx_fly_config c = fast_cfg();
     c.run_wait_s = 1;
+    return setup_with(state, &c);
+}
+
+/* Two attempts per call: a 429 that counted as one would end the run. */
+static int setup_two_attempts(void **state)
+{
+    sbx_fly_config c = fast_cfg();
+    c.max_attempts = 2;
+    return setup_with(state, &c);
+}
+
+/* Fly's documented limits on both sides: 1 create/s per app, burst 3. */
+static int setup_fly_limits(void **state)
+{
+    sbx_fly_config c = base_cfg();
     return setup_with(state, &c);
 }
 
@@ -345,6 +405,48 @@ static json_object *emu_machine(const char *id)
     return found;
 }
 
+/* The id of the job's machine, from the (eventually consistent) list. */
+static const char *job_machine(const char *job_id)
+{
+    static char id[64];
+    char q[256];
+    uint64_t until = sbx_now_ms() + 5000;
+
+    snprintf(q, sizeof(q), "/v1/apps/" APP "/machines?metadata.sbx_job=%s", job_id);
+    id[0] = '\0';
+    while (!id[0] && sbx_now_ms() < until) {
+        json_object *list = NULL, *v;
+        assert_int_equal(emu_call("GET", q, NULL, &list), 200);
+        if (json_object_array_length(list) == 1) {
+            json_object_object_get_ex(json_object_array_get_idx(list, 0), "id", &v);
+            snprintf(id, sizeof(id), "%s", json_object_get_string(v));
+        }
+        json_object_put(list);
+        if (!id[0])
+            usleep(50000);
+    }
+    assert_true(id[0] != '\0');
+    return id;
+}
+
+/* Machines ever made for a job (destroyed ones too). */
+static size_t machines_of_job(const char *job_id)
+{
+    json_object *all = NULL;
+    size_t n = 0;
+    assert_int_equal(emu_call("GET", "/_emu/machines", NULL, &all), 200);
+    for (size_t i = 0; i < json_object_array_length(all); i++) {
+        json_object *m = json_object_array_get_idx(all, i), *cfg, *meta, *v;
+        if (json_object_object_get_ex(m, "config", &cfg) &&
+            json_object_object_get_ex(cfg, "metadata", &meta) &&
+            json_object_object_get_ex(meta, "sbx_job", &v) &&
+            strcmp(json_object_get_string(v), job_id) == 0)
+            n++;
+    }
+    json_object_put(all);
+    return n;
+}
+
 /* ---- scenarios ---- */
 
 static void t_429_retried_after_retry_after(void **state)
@@ -355,17 +457,20 @@ static void t_429_retried_after_retry_after(void **state)
     double t[8];
     size_t n;
 
-    emu_post("/_emu/faults", "{\"throttle\": {\"action\": \"create\", \"count\": 2, "
+    /* three 429s with max_attempts 2: a 429 asks us to wait, it is not a
+     * failed attempt (setup_two_attempts) */
+    emu_post("/_emu/faults", "{\"throttle\": {\"action\": \"create\", \"count\": 3, "
                              "\"retry_after\": 1}}");
     assert_int_equal(run_start(e, 0, "echo throttled-ok", 60, &r), 0);
     assert_true(drive_until(e, &r.finished, 20000));
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_non_null(strstr(r.res.log_tail, "throttled-ok"));
     n = requests_of("create", "POST", st, t, 8);
-    assert_int_equal(n, 3);
+    assert_int_equal(n, 4);
     assert_int_equal(st[0], 429);
     assert_int_equal(st[1], 429);
-    assert_int_equal(st[2], 200);
+    assert_int_equal(st[2], 429);
+    assert_int_equal(st[3], 200);
     print_message("    429 -> retry after %.3f s, %.3f s (Retry-After: 1)\n", t[1] - t[0],
                   t[2] - t[1]);
     assert_true(t[1] - t[0] >= 0.99);
@@ -418,8 +523,9 @@ static void t_503_create_retried_once(void **state)
     for (size_t i = 0; i < n; i++)
         ok += st[i] == 200;
     assert_int_equal(ok, 1);
-    /* each 503 made the provider look for a machine it might have created */
-    assert_int_equal(requests_of("list", "GET", st, t, 8), 2);
+    /* each 503 made the provider look for a machine it might have created:
+     * after the settle delay, and once more */
+    assert_int_equal(requests_of("list", "GET", st, t, 8), 4);
 }
 
 static void t_lost_create_reply_adopted(void **state)
@@ -429,7 +535,7 @@ static void t_lost_create_reply_adopted(void **state)
     json_object *list = NULL;
     char q[256];
     long st[8];
-    double t[8];
+    double t[8], t0;
 
     /* the create makes the machine but answers 500: no second machine may run */
     emu_post("/_emu/faults", "{\"lose_creates\": 1}");
@@ -439,6 +545,10 @@ static void t_lost_create_reply_adopted(void **state)
     assert_non_null(strstr(r.res.log_tail, "adopted-ok"));
     assert_int_equal(requests_of("create", "POST", st, t, 8), 1);
     assert_int_equal(st[0], 500);
+    t0 = t[0];
+    /* the list is eventually consistent: the first look waits the settle delay */
+    assert_true(requests_of("list", "GET", st, t, 8) >= 1);
+    assert_true(t[0] - t0 >= 0.45);
     snprintf(q, sizeof(q), "/v1/apps/" APP "/machines?include_deleted=true&metadata.sbx_job=%s",
              e->job.job_id);
     assert_int_equal(emu_call("GET", q, NULL, &list), 200);
@@ -501,12 +611,10 @@ static void t_failed_while_running_is_error(void **state)
     assert_int_equal(run_start(e, 0, marker, 60, &r), 0);
     assert_true(drive_until(e, &r.started, 20000));
     /* the machine of this job, found the way the sweep finds machines */
-    snprintf(q, sizeof(q), "/v1/apps/" APP "/machines?metadata.sbx_job=%s", e->job.job_id);
-    assert_int_equal(emu_call("GET", q, NULL, &list), 200);
-    assert_int_equal(json_object_array_length(list), 1);
-    json_object_object_get_ex(json_object_array_get_idx(list, 0), "id", &v);
-    snprintf(path, sizeof(path), "/_emu/fail/%s", json_object_get_string(v));
-    json_object_put(list);
+    (void)q;
+    (void)list;
+    (void)v;
+    snprintf(path, sizeof(path), "/_emu/fail/%s", job_machine(e->job.job_id));
     emu_post(path, "{}");
     assert_true(drive_until(e, &r.finished, 20000));
     assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
@@ -587,6 +695,10 @@ static void t_orphan_sweep(void **state)
     orphan1 = create_direct(WORKER, "j_lost_1", lost);
     orphan2 = create_direct(WORKER, "j_lost_2", lost);
     other = create_direct("w-someone-else", "j_theirs", theirs);
+    /* the list is eventually consistent: a sweep sees what the list shows */
+    (void)job_machine("j_lost_1");
+    (void)job_machine("j_lost_2");
+    (void)job_machine("j_theirs");
     assert_int_equal(run_start(e, 0, mine, 120, &r), 0);
     assert_true(drive_until(e, &r.started, 20000));
     sweep_done = 0;
@@ -616,6 +728,255 @@ static void t_orphan_sweep(void **state)
     free(orphan1);
     free(orphan2);
     free(other);
+}
+
+/* ---- issue 15: Fly as it behaves ---- */
+
+/* A create answered 408 made its machine all the same. The list shows it only
+ * 800 ms later here, so the first look (after 500 ms) misses it and the one
+ * retry finds it: one create, one machine, the build's output. */
+static void t_create_408_adopted_after_settle(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    long st[8];
+    double t[8];
+
+    emu_post("/_emu/faults", "{\"timeout_creates\": 1, \"list_delay_ms\": 800}");
+    assert_int_equal(run_start(e, 0, "echo adopted-408", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "adopted-408"));
+    assert_int_equal(requests_of("create", "POST", st, t, 8), 1);
+    assert_int_equal(st[0], 408);
+    assert_int_equal(requests_of("list", "GET", st, t, 8), 2);
+    assert_int_equal(machines_of_job(e->job.job_id), 1);
+}
+
+/* The reply is lost on the way (connection closed, no status). */
+static void t_create_reply_dropped_adopted(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    long st[8];
+    double t[8];
+
+    emu_post("/_emu/faults", "{\"drop_creates\": 1}");
+    assert_int_equal(run_start(e, 0, "echo adopted-dropped", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "adopted-dropped"));
+    assert_int_equal(requests_of("create", "POST", st, t, 8), 1);
+    assert_int_equal(machines_of_job(e->job.job_id), 1);
+}
+
+/* fly-go decides capacity from the body's status, whatever the code. */
+static void t_capacity_in_body_any_code(void **state)
+{
+    static const char *const codes[] = {"412", "200"};
+    fenv *e = *state;
+    frun r;
+    json_object *m, *v;
+    char faults[128];
+
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(faults, sizeof(faults),
+                 "{\"capacity\": {\"iad\": 0, \"ord\": 16}, \"capacity_status\": %s}", codes[i]);
+        emu_post("/_emu/faults", faults);
+        assert_int_equal(run_start(e, 0, "echo in-ord", 60, &r), 0);
+        assert_true(drive_until(e, &r.finished, 20000));
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        m = emu_machine(r.res.instance);
+        assert_non_null(m);
+        json_object_object_get_ex(m, "region", &v);
+        assert_string_equal(json_object_get_string(v), "ord");
+        json_object_put(m);
+    }
+    emu_post("/_emu/faults", "{\"capacity\": {\"iad\": 16, \"ord\": 16}}");
+}
+
+/* Fly's limits on both sides (1 create/s per app, burst 3): four runs at
+ * once are paced by the provider, so Fly never has to say 429. */
+static void t_create_pacer_at_fly_limits(void **state)
+{
+    fenv *e = *state;
+    frun r[4];
+    long st[16];
+    double t[16];
+    size_t n;
+    int done = 0;
+
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(run_start(e, i, "echo paced", 60, &r[i]), 0);
+    for (uint64_t until = sbx_now_ms() + 30000; done < 4 && sbx_now_ms() < until;) {
+        sbx_loop_once(e->loop, 20);
+        done = r[0].finished + r[1].finished + r[2].finished + r[3].finished;
+    }
+    assert_int_equal(done, 4);
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(r[i].res.outcome, SBX_OUTCOME_SUCCEEDED);
+    n = requests_of("create", "POST", st, t, 16);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(st[i], 200);
+    print_message("    4 creates at Fly's limits: at %.2f %.2f %.2f %.2f s\n", 0.0, t[1] - t[0],
+                  t[2] - t[0], t[3] - t[0]);
+    assert_true(t[3] - t[0] >= 0.9);
+}
+
+static void t_launch_failed_is_error(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    emu_post("/_emu/faults", "{\"launch_fails\": 1}");
+    assert_int_equal(run_start(e, 0, "echo never", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "launch_failed"));
+}
+
+/* Fly replaces or migrates the machine under a running build: the new
+ * version runs the build again, so the provider destroys the machine and
+ * says ERROR (the job is retried). */
+static void moved_under_build(fenv *e, const char *how, const char *want)
+{
+    frun r;
+    char path[128], marker[64];
+    const char *id;
+
+    sbx_conformance_marker(marker, strcmp(how, "migrate") == 0 ? 81 : 82);
+    assert_int_equal(run_start(e, 0, marker, 60, &r), 0);
+    assert_true(drive_until(e, &r.started, 20000));
+    id = job_machine(e->job.job_id);
+    snprintf(path, sizeof(path), "/_emu/%s/%s", how, id);
+    emu_post(path, "{}");
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, want));
+    assert_true(becomes_destroyed(id));
+    assert_int_equal(sbx_conformance_procs_with(marker, 0), 0);
+}
+
+static void t_migrated_is_error(void **state)
+{
+    moved_under_build(*state, "migrate", "version was migrated");
+}
+
+static void t_replaced_is_error(void **state)
+{
+    moved_under_build(*state, "replace", "version was replaced");
+}
+
+/* A wait that answers "failed to reach desired state" is not the end: the
+ * machine is still running the build, and the run goes on. */
+static void t_wait_error_looks_at_machine(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    assert_int_equal(run_start(e, 0, "sleep 2; echo survived-wait-errors", 60, &r), 0);
+    assert_true(drive_until(e, &r.started, 20000));
+    emu_post("/_emu/faults", "{\"wait_errors\": 2, \"wait_error_status\": 400}");
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "survived-wait-errors"));
+}
+
+/* A machine just made may 404 for a moment (eventual consistency). */
+static void t_new_machine_404_waited_out(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    emu_post("/_emu/faults", "{\"new_404_ms\": 1200}");
+    assert_int_equal(run_start(e, 0, "sleep 1.5; echo found-later", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "found-later"));
+}
+
+/* The exit under request.MonitorEvent.exit_event, the nesting fly-go's
+ * GetExitCode reads first. */
+static void t_exit_under_monitor_event(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    emu_post("/_emu/faults", "{\"monitor_exit\": true}");
+    assert_int_equal(run_start(e, 0, "echo monitored; exit 6", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_FAILED);
+    assert_int_equal(r.res.exit_code, 6);
+}
+
+/* Fly's presets: an impossible size is the job's fault, at once, with why. */
+static void t_sizes_checked_against_presets(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    sbx_run_req req;
+    json_object *m, *cfg, *guest, *v;
+    char err[256];
+
+    memset(&e->job, 0, sizeof(e->job));
+    snprintf(e->job.job_id, sizeof(e->job.job_id), "j_fly_size");
+    e->job.script = "true";
+    memset(&req, 0, sizeof(req));
+    req.job = &e->job;
+    req.slot = e->slots[0];
+    req.token = next_token++;
+    req.attempt = 1;
+
+    e->job.cpus = 16;                      /* shared CPUs stop at 8 */
+    err[0] = '\0';
+    assert_int_equal(e->p->ops->start(e->p, &req, on_event, &r, &r.run, err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "at most 8 CPUs"));
+    e->job.cpus = 0;
+    e->job.memory_mb = 20000;              /* 8 shared CPUs x 2048 MB at most */
+    err[0] = '\0';
+    assert_int_equal(e->p->ops->start(e->p, &req, on_event, &r, &r.run, err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "at most 16384 MB"));
+    /* a size in between is rounded up to a preset and runs */
+    e->job.cpus = 3;
+    e->job.memory_mb = 300;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(e->p->ops->start(e->p, &req, on_event, &r, &r.run, err, sizeof(err)), 0);
+    assert_true(drive_until(e, &r.finished, 20000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    m = emu_machine(r.res.instance);
+    assert_non_null(m);
+    json_object_object_get_ex(m, "config", &cfg);
+    json_object_object_get_ex(cfg, "guest", &guest);
+    json_object_object_get_ex(guest, "cpus", &v);
+    assert_int_equal(json_object_get_int(v), 4);
+    json_object_object_get_ex(guest, "memory_mb", &v);
+    assert_int_equal(json_object_get_int(v), 1024);   /* 4 shared CPUs x 256 MB at least */
+    json_object_put(m);
+}
+
+/* Live output from the logs API: in order, once each, before FINISHED, and
+ * while the build still runs. Fly's log entries do not say which stream a
+ * line came from, so stderr arrives in the stdout stream, in its place. */
+static void t_live_output_from_logs_api(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    const char *want = "first-line\nto-stderr\nsecond-line\n";
+
+    assert_int_equal(run_start(e, 0, "echo first-line; echo to-stderr >&2; sleep 2; "
+                                     "echo second-line", 60, &r), 0);
+    assert_true(drive_until(e, &r.finished, 30000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(r.out, want);
+    assert_int_equal(r.err_chunks, 0);
+    assert_int_equal(r.after_finish, 0);
+    print_message("    first output %.2f s before FINISHED\n",
+                  (double)(r.finished_us - r.first_out_us) / 1e6);
+    assert_true(r.first_out_us > 0 && r.finished_us - r.first_out_us >= 1500000);
+    assert_string_equal(r.res.log_tail, want);
 }
 
 static void t_bad_config_refused(void **state)
@@ -731,7 +1092,8 @@ int main(void)
         cmocka_unit_test(t_bad_config_refused),
         cmocka_unit_test(t_config_from_env),
         cmocka_unit_test(t_wrong_token_is_error),
-        cmocka_unit_test_setup_teardown(t_429_retried_after_retry_after, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_429_retried_after_retry_after, setup_two_attempts,
+                                        teardown),
         cmocka_unit_test_setup_teardown(t_wait_429_and_408_loop, setup_short_waits, teardown),
         cmocka_unit_test_setup_teardown(t_503_create_retried_once, setup, teardown),
         cmocka_unit_test_setup_teardown(t_lost_create_reply_adopted, setup, teardown),
@@ -741,6 +1103,20 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(t_orphan_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(t_create_to_running_latency, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_create_408_adopted_after_settle, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_create_reply_dropped_adopted, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_capacity_in_body_any_code, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_create_pacer_at_fly_limits, setup_fly_limits,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(t_launch_failed_is_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_migrated_is_error, setup_short_waits, teardown),
+        cmocka_unit_test_setup_teardown(t_replaced_is_error, setup_short_waits, teardown),
+        cmocka_unit_test_setup_teardown(t_wait_error_looks_at_machine, setup_short_waits,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(t_new_machine_404_waited_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_sizes_checked_against_presets, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_exit_under_monitor_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_live_output_from_logs_api, setup, teardown),
     };
     sbx_conformance_opts opts;
     int failed;
