@@ -9,6 +9,24 @@
  * is canceled, timed out or refused by the engine before that still reports
  * STARTED, right before FINISHED, so every run has both (provider.h).
  *
+ * Hosts are reached as their endpoint says (the transport is this
+ * provider's; the engine calls do not see it):
+ *   unix:///run/docker.sock            a local engine's socket
+ *   https://host:port                  TLS: the engine's certificate verified
+ *                                      against the host's CA, and a client
+ *                                      certificate shown (dockerd --tlsverify)
+ *   ssh://[user@]host[:port][/socket]  through `ssh -N -L` to the engine's
+ *                                      socket there (default
+ *                                      /var/run/docker.sock), the host key
+ *                                      checked against ssh_known_hosts; the
+ *                                      tunnel is supervised (ssh_tunnel.h)
+ *   tcp://host:port, http://host:port  plain HTTP, which lets anyone on the
+ *                                      path run containers as the engine: to
+ *                                      loopback addresses only, unless
+ *                                      insecure_tcp
+ * The error lines name the worker's settings (SBX_DOCKER_*) that fill the
+ * config, since that is where an operator fixes them.
+ *
  * Every container carries the labels sbx.job, sbx.project, sbx.token,
  * sbx.slot, sbx.worker and sbx.pool=docker, so orphans are found by asking
  * the engine, not our database: sbx_docker_sweep() removes containers of
@@ -26,8 +44,10 @@
 
 typedef struct sbx_docker_host {
     const char *name;       /* in slot ids; letters, digits, '.', '_', '-' */
-    const char *endpoint;   /* "unix:///run/podman/podman.sock", "tcp://h:p" or "http://h:p" */
+    const char *endpoint;   /* one of the forms above */
     int capacity;           /* concurrent containers on this host */
+    /* https: PEM files; NULL: cert_dir/<name>/ca.pem, cert.pem, key.pem */
+    const char *tls_ca, *tls_cert, *tls_key;
 } sbx_docker_host;
 
 typedef struct sbx_docker_config {
@@ -48,7 +68,29 @@ typedef struct sbx_docker_config {
                                      * too); 0 = 30000 */
     int kill_grace_ms;              /* kill -> engine reports exit; 0 = 10000 */
     int no_start_sweep;             /* tests: do not sweep in sbx_docker_new() */
+    int insecure_tcp;               /* tcp:// and http:// to any address */
+    const char *cert_dir;           /* https hosts' files, Docker's layout;
+                                     * NULL: SBX_DOCKER_CERT_DIR_DEFAULT */
+    const char *ssh_known_hosts;    /* ssh hosts: the host keys trusted; required */
+    const char *ssh_key;            /* ssh hosts: private key; NULL: ssh's defaults */
+    const char *ssh_command;        /* NULL: "ssh" from PATH */
+    const char *run_dir;            /* tunnels' local sockets go in a private
+                                     * directory under it; NULL:
+                                     * $RUNTIME_DIRECTORY (systemd), else /tmp */
 } sbx_docker_config;
+
+#define SBX_DOCKER_CERT_DIR_DEFAULT "/etc/sbx/docker"
+
+/* SBX_DOCKER_HOSTS, "name=endpoint@capacity[,...]": the endpoint may hold
+ * ':', '/' and '@' (ssh://user@host), so the capacity is after the last
+ * '@'. Cuts buf in place; hosts[] point into it. 0, or -EINVAL with err. */
+int sbx_docker_parse_hosts(char *buf, sbx_docker_host *hosts, size_t max, size_t *n, char *err,
+                           size_t errlen);
+/* Everything sbx_docker_new() would refuse in cfg, without the network:
+ * names, capacities, endpoints, plain HTTP to a non-loopback address, the
+ * TLS files and known_hosts readable. 0, or -EINVAL with one line in err
+ * that names the setting and the fix. */
+int sbx_docker_check_config(const sbx_docker_config *cfg, char *err, size_t errlen);
 
 int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **out,
                    char *err, size_t errlen);
@@ -65,6 +107,10 @@ size_t sbx_docker_host_count(sbx_provider *p);
 const char *sbx_docker_host_name(sbx_provider *p, size_t host);
 /* The slot ids of one host; ids[i] point into provider memory. */
 size_t sbx_docker_host_slots(sbx_provider *p, size_t host, const char ***ids);
+/* 1 when the host can be reached as far as we know: always for unix, tcp
+ * and https hosts, and for ssh hosts while the tunnel is up; else 0 and
+ * *why (may be NULL) says what ssh said. */
+int sbx_docker_host_up(sbx_provider *p, size_t host, const char **why);
 /* Runs started and not yet finished. */
 size_t sbx_docker_active(sbx_provider *p);
 
