@@ -95,7 +95,10 @@ static void keep_line(sbx_ssh_tunnel *t)
     t->line_len = 0;
     if (!t->line[0])
         return;
-    sbx_warn(COMP, "tunnel %s: %s", t->name, t->line);
+    /* At debug: ssh's reason is its last line, which the "down" line
+     * carries; the banner around a changed host key would repeat at every
+     * retry. */
+    sbx_debug(COMP, "tunnel %s: %s", t->name, t->line);
     snprintf(t->why, sizeof(t->why), "ssh: %s", t->line);
     t->said = 1;
 }

@@ -7,8 +7,9 @@
 #
 # Everything is private to a temp dir and bound to 127.0.0.1:
 #  - certificates made here with openssl: a CA, the engine's server
-#    certificate (SAN IP:127.0.0.1), a client certificate, and a second CA
-#    that signed nothing of ours (the "wrong CA");
+#    certificate (SAN IP:127.0.0.1), a client certificate (also laid out as
+#    SBX_DOCKER_CERT_DIR wants it, in certs/hosts/tls/), and a second CA
+#    with a client certificate of its own (the "wrong CA");
 #  - a dockerd (Debian's docker.io) with its own --data-root, --exec-root,
 #    --pidfile, no bridge and no iptables, listening on a unix socket and on
 #    tcp://127.0.0.1:<free port> with --tlsverify (a client certificate
@@ -17,8 +18,8 @@
 #    coreutils and imported with `docker import` (no registry is reachable);
 #  - an sshd on 127.0.0.1:<free port> with its own host key and config, that
 #    lets root in with a key made here (PermitRootLogin prohibit-password),
-#    plus a known_hosts file holding its host key and one holding another
-#    key (the "unknown host key").
+#    plus a known_hosts file holding its host key, one holding another key
+#    for it (a changed host key) and an empty one (an unknown host).
 # It exports SBX_TEST_RD_* (see the end) and runs COMMAND, or waits for
 # SIGINT/SIGTERM without one; at exit it stops both daemons, removes what
 # dockerd mounted and deletes the temp dir.
@@ -90,6 +91,11 @@ mkcert "$C/good" "$C/server" "127.0.0.1" "$C/server.ext"
 mkcert "$C/good" "$C/client" "sbx-worker" "$C/client.ext"
 mkcert "$C/wrong" "$C/wrongclient" "sbx-worker" "$C/client.ext"
 chmod 600 "$C"/*-key.pem "$C"/*/ca-key.pem
+# Docker's layout for SBX_DOCKER_CERT_DIR, for a host named "tls".
+mkdir -p "$C/hosts/tls"
+cp "$C/good/ca.pem" "$C/hosts/tls/ca.pem"
+cp "$C/client.pem" "$C/hosts/tls/cert.pem"
+cp "$C/client-key.pem" "$C/hosts/tls/key.pem"
 phase "certificates made" "$t"
 
 # ---- dockerd ----
@@ -157,6 +163,7 @@ cp "$S/id_ed25519.pub" "$S/authorized_keys"
 SSH_PORT=$(free_port)
 printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$S/host_key.pub")" >"$S/known_hosts"
 printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$S/other_host_key.pub")" >"$S/known_hosts.wrong"
+: >"$S/known_hosts.empty"
 cat >"$S/sshd_config" <<CONF
 ListenAddress 127.0.0.1:$SSH_PORT
 HostKey $S/host_key
