@@ -809,11 +809,12 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
         return -EBUSY;
     }
     if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel)) {
-        /* Not a call bound to fail on a missing socket: a provider error the
-         * job is retried after, with ssh's reason. */
+        /* The host has no capacity until its tunnel is back: the job waits
+         * (provider.h's -EBUSY) instead of spending attempts on calls bound
+         * to fail, and the next lease may well be on another host. */
         snprintf(err, errlen, "docker host %s: ssh tunnel is down: %.200s", h->name,
                  sbx_ssh_tunnel_error(h->tunnel));
-        return -EAGAIN;
+        return -EBUSY;
     }
     if (!req->job->image && !d->default_image) {
         snprintf(err, errlen, "job names no image and the provider has no default");

@@ -479,7 +479,7 @@ static void test_ssh_job_runs_and_tunnel_restarts(void **state)
     }
     assert_int_equal(kill(first, SIGKILL), 0);
     assert_true(wait_up(0, 5000));
-    assert_int_equal(start("docker/ssh/0", "true", &r, err, sizeof(err)), -EAGAIN);
+    assert_int_equal(start("docker/ssh/0", "true", &r, err, sizeof(err)), -EBUSY);
     if (!strstr(err, "docker host ssh: ssh tunnel is down: ssh killed by signal 9"))
         fail_msg("start said \"%s\"", err);
     assert_true(wait_up(1, 15000));
@@ -510,7 +510,7 @@ static void host_key_refused(const char *known_hosts)
     assert_false(sbx_docker_host_up(P, 0, &why));
     if (!strstr(why, "Host key verification failed"))
         fail_msg("%s: tunnel down because \"%s\"", known_hosts, why);
-    assert_int_equal(start("docker/ssh/0", "true", &r, err, sizeof(err)), -EAGAIN);
+    assert_int_equal(start("docker/ssh/0", "true", &r, err, sizeof(err)), -EBUSY);
     assert_non_null(strstr(err, "Host key verification failed"));
     assert_int_equal(r.finished, 0);
     P->ops->destroy(P);
