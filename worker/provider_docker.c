@@ -1349,18 +1349,16 @@ bad:
     return -EINVAL;
 }
 
-/* The three TLS files of an https host: its own, or Docker's layout under
- * cert_dir. Each must be readable now (an operator learns of a missing one
- * at start-up, not at the first job). */
+/* The three TLS files of an https host, in Docker's layout under cert_dir.
+ * Each must be readable now (an operator learns of a missing one at
+ * start-up, not at the first job). */
 static int tls_files(const sbx_docker_config *cfg, const sbx_docker_host *hc, char out[3][512],
                      char *err, size_t errlen)
 {
     static const char *const base[3] = {"ca.pem", "cert.pem", "key.pem"};
-    const char *own[3] = {hc->tls_ca, hc->tls_cert, hc->tls_key};
     const char *dir = cfg->cert_dir && *cfg->cert_dir ? cfg->cert_dir : SBX_DOCKER_CERT_DIR_DEFAULT;
     for (int i = 0; i < 3; i++) {
-        int n = own[i] ? snprintf(out[i], 512, "%s", own[i])
-                       : snprintf(out[i], 512, "%s/%s/%s", dir, hc->name, base[i]);
+        int n = snprintf(out[i], 512, "%s/%s/%s", dir, hc->name, base[i]);
         if (n < 0 || n >= 512 || access(out[i], R_OK) != 0) {
             snprintf(err, errlen,
                      "SBX_DOCKER_CERT_DIR: https host %s needs %.300s, which cannot be read (%s): "

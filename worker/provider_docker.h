@@ -46,8 +46,6 @@ typedef struct sbx_docker_host {
     const char *name;       /* in slot ids; letters, digits, '.', '_', '-' */
     const char *endpoint;   /* one of the forms above */
     int capacity;           /* concurrent containers on this host */
-    /* https: PEM files; NULL: cert_dir/<name>/ca.pem, cert.pem, key.pem */
-    const char *tls_ca, *tls_cert, *tls_key;
 } sbx_docker_host;
 
 typedef struct sbx_docker_config {
@@ -69,7 +67,8 @@ typedef struct sbx_docker_config {
     int kill_grace_ms;              /* kill -> engine reports exit; 0 = 10000 */
     int no_start_sweep;             /* tests: do not sweep in sbx_docker_new() */
     int insecure_tcp;               /* tcp:// and http:// to any address */
-    const char *cert_dir;           /* https hosts' files, Docker's layout;
+    const char *cert_dir;           /* https host H's files, Docker's layout:
+                                     * cert_dir/H/ca.pem, cert.pem, key.pem;
                                      * NULL: SBX_DOCKER_CERT_DIR_DEFAULT */
     const char *ssh_known_hosts;    /* ssh hosts: the host keys trusted; required */
     const char *ssh_key;            /* ssh hosts: private key; NULL: ssh's defaults */

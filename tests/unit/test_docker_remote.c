@@ -178,7 +178,7 @@ static void test_plain_tcp_only_to_loopback(void **state)
     static const char *const remote[] = {"tcp://10.0.0.5:2375", "http://192.0.2.1:2375",
                                          "tcp://127.0.0.1.example.com:2375", "tcp://[::2]:2375",
                                          "http://docker.example.com:2375"};
-    sbx_docker_host h = {"h", NULL, 1, NULL, NULL, NULL};
+    sbx_docker_host h = {"h", NULL, 1};
     sbx_docker_config cfg;
     (void)state;
     base_config(&cfg, &h);
@@ -205,7 +205,7 @@ static void test_bad_endpoints_and_files_refused(void **state)
         "ssh://u@-oProxyCommand=x",
         "ssh://u@h:0", "ssh://u@h:99999", "ssh://u@h/run/a:b.sock", "ssh://u@h/run/a b.sock",
         "ssh://@h", "ftp://h:1", "https://h", "https://u@h:2376"};
-    sbx_docker_host h = {"vps1", NULL, 1, NULL, NULL, NULL};
+    sbx_docker_host h = {"vps1", NULL, 1};
     sbx_docker_config cfg;
     (void)state;
     base_config(&cfg, &h);
@@ -220,9 +220,10 @@ static void test_bad_endpoints_and_files_refused(void **state)
     h.name = "tls";
     cfg.cert_dir = path(0, "%s/hosts", CERTS, NULL);
     expect_ok(&cfg);
-    h.tls_key = "/nonexistent/key.pem";
-    expect_refused(&cfg, "SBX_DOCKER_CERT_DIR", "/nonexistent/key.pem");
-    h.tls_key = NULL;
+    h.name = "nokey";   /* a directory with no files */
+    cfg.cert_dir = path(2, "%s", CERTS, NULL);
+    expect_refused(&cfg, "SBX_DOCKER_CERT_DIR", "/nokey/ca.pem");
+    h.name = "tls";
     /* ssh: known_hosts is required, the key must be readable. */
     h.endpoint = "ssh://root@127.0.0.1:22";
     expect_refused(&cfg, "SBX_DOCKER_SSH_KNOWN_HOSTS is not set", NULL);
@@ -367,21 +368,21 @@ static void test_tls_sweep_lists_and_removes(void **state)
     sbx_http_free(http);
 }
 
-/* A TLS host whose files say tls_ca/cert/key; the run must not reach the
- * engine, and the error says why in the TLS library's words. */
-static void expect_tls_refused(const char *ca, const char *cert, const char *key, const char *why)
+/* A TLS host whose files (certs/hosts/<name>/) are wrong; the run must not
+ * reach the engine, and the error says why in the TLS library's words. */
+static void expect_tls_refused(const char *name, const char *why)
 {
     sbx_docker_host h;
     sbx_docker_config cfg;
-    char ep[128];
+    char ep[128], slot[64];
     rec r;
     tls_host(&h, ep, sizeof(ep));
-    h.tls_ca = ca;
-    h.tls_cert = cert;
-    h.tls_key = key;
+    h.name = name;
     base_config(&cfg, &h);
+    cfg.cert_dir = path(0, "%s/hosts", CERTS, NULL);
     make(&cfg);
-    run_job("docker/tls/0", "echo must not run", &r);
+    snprintf(slot, sizeof(slot), "docker/%s/0", name);
+    run_job(slot, "echo must not run", &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
     if (!strstr(r.res.error, "create: ") || !strstr(r.res.error, why))
         fail_msg("error \"%s\" does not say \"%s\"", r.res.error, why);
@@ -394,12 +395,9 @@ static void test_tls_wrong_ca_or_client_cert_refused(void **state)
 {
     (void)state;
     /* We do not trust the engine's certificate. */
-    expect_tls_refused(path(0, "%s/wrong/ca.pem", CERTS, NULL), path(1, "%s/client.pem", CERTS, NULL),
-                       path(2, "%s/client-key.pem", CERTS, NULL), "certificate");
+    expect_tls_refused("badca", "SSL certificate problem: unable to get local issuer certificate");
     /* The engine does not trust ours. */
-    expect_tls_refused(path(3, "%s/good/ca.pem", CERTS, NULL),
-                       path(4, "%s/wrongclient.pem", CERTS, NULL),
-                       path(5, "%s/wrongclient-key.pem", CERTS, NULL), "SSL");
+    expect_tls_refused("badclient", "alert bad certificate");
 }
 
 /* No client certificate at all: the provider never sends a request like

@@ -7,9 +7,9 @@
 #
 # Everything is private to a temp dir and bound to 127.0.0.1:
 #  - certificates made here with openssl: a CA, the engine's server
-#    certificate (SAN IP:127.0.0.1), a client certificate (also laid out as
-#    SBX_DOCKER_CERT_DIR wants it, in certs/hosts/tls/), and a second CA
-#    with a client certificate of its own (the "wrong CA");
+#    certificate (SAN IP:127.0.0.1), a client certificate, and a second CA
+#    with a client certificate of its own (the "wrong CA"), also laid out as
+#    SBX_DOCKER_CERT_DIR wants them (certs/hosts/<name>/, see below);
 #  - a dockerd (Debian's docker.io) with its own --data-root, --exec-root,
 #    --pidfile, no bridge and no iptables, listening on a unix socket and on
 #    tcp://127.0.0.1:<free port> with --tlsverify (a client certificate
@@ -91,11 +91,16 @@ mkcert "$C/good" "$C/server" "127.0.0.1" "$C/server.ext"
 mkcert "$C/good" "$C/client" "sbx-worker" "$C/client.ext"
 mkcert "$C/wrong" "$C/wrongclient" "sbx-worker" "$C/client.ext"
 chmod 600 "$C"/*-key.pem "$C"/*/ca-key.pem
-# Docker's layout for SBX_DOCKER_CERT_DIR, for a host named "tls".
-mkdir -p "$C/hosts/tls"
-cp "$C/good/ca.pem" "$C/hosts/tls/ca.pem"
-cp "$C/client.pem" "$C/hosts/tls/cert.pem"
-cp "$C/client-key.pem" "$C/hosts/tls/key.pem"
+# Docker's layout for SBX_DOCKER_CERT_DIR, per host name: "tls" has the
+# right files, "badca" trusts the wrong CA, "badclient" shows a client
+# certificate of the wrong CA.
+layout() { # host ca cert key
+    mkdir -p "$C/hosts/$1"
+    cp "$2" "$C/hosts/$1/ca.pem"; cp "$3" "$C/hosts/$1/cert.pem"; cp "$4" "$C/hosts/$1/key.pem"
+}
+layout tls "$C/good/ca.pem" "$C/client.pem" "$C/client-key.pem"
+layout badca "$C/wrong/ca.pem" "$C/client.pem" "$C/client-key.pem"
+layout badclient "$C/good/ca.pem" "$C/wrongclient.pem" "$C/wrongclient-key.pem"
 phase "certificates made" "$t"
 
 # ---- dockerd ----
