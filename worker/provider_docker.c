@@ -1062,6 +1062,8 @@ int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
     for (size_t i = 0; i < d->nhosts; i++) {
         s->lists[i].s = s;
         s->lists[i].h = &d->hosts[i];
+        if (d->hosts[i].tunnel && !sbx_ssh_tunnel_up(d->hosts[i].tunnel))
+            continue;   /* swept when its tunnel comes up (on_tunnel) */
         if (call(d, &d->hosts[i], "GET", path, NULL, NULL, 0, d->req_timeout_ms, LIST_MAX_BYTES,
                  NULL, on_sweep_list, &s->lists[i], NULL) < 0) {
             s->failed++;

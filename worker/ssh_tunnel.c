@@ -200,8 +200,11 @@ static void on_exit_io(sbx_io *io, int events)
 static void child(sbx_ssh_tunnel *t, int errw, pid_t parent)
 {
     sigset_t none;
-    int null = open("/dev/null", O_RDWR);
-    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(errw, 2) < 0)
+    int null;
+    /* The pipe first: it may sit on fd 0, 1 or 2 in a worker started with
+     * those closed (and dup2 onto itself would keep its close-on-exec). */
+    if ((errw == 2 ? fcntl(2, F_SETFD, 0) : dup2(errw, 2)) < 0 ||
+        (null = open("/dev/null", O_RDWR)) < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0)
         _exit(127);
     closefrom(3);
     sigemptyset(&none);
