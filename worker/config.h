@@ -91,6 +91,12 @@ void sbx_config_print(const sbx_config *cfg, FILE *out);
 /* The SBX_DOCKER_* settings checked as the docker provider will check them
  * (providers.c); 0, or -EINVAL with one line in err. */
 int sbx__docker_check(const sbx_config *cfg, char *err, size_t errlen);
+/* --check-config: every docker host asked GET /_ping the way runs reach it
+ * (providers.c, sbx_docker_probe()); report once per host. Returns the
+ * hosts that failed, or -errno with err. */
+int sbx__docker_probe(const sbx_config *cfg, int timeout_ms,
+                      void (*report)(void *arg, const char *host, int ok, const char *msg),
+                      void *arg, char *err, size_t errlen);
 
 /* Every librdkafka setting of the worker's clients: the SBX_KAFKA_*
  * security ones first, then SBX_KAFKA_CONF's entries (which may override

@@ -134,6 +134,7 @@ struct sbx_docker {
     size_t nruns;
     sweep *sweep;            /* the sweep in progress, or NULL */
     char *tunnel_dir;        /* private dir of the ssh tunnels' sockets, or NULL */
+    int no_start_sweep;      /* also no sweep when a tunnel comes up */
 };
 
 typedef enum run_state {
@@ -1478,7 +1479,7 @@ int sbx_docker_parse_hosts(char *buf, sbx_docker_host *hosts, size_t max, size_t
 static void on_tunnel(void *arg, int up)
 {
     host *h = arg;
-    if (up)
+    if (up && !h->d->no_start_sweep)
         (void)sbx_docker_sweep(&h->d->base, NULL, NULL);
 }
 
@@ -1611,6 +1612,7 @@ int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **
     d->base.ops = &docker_ops;
     d->base.loop = loop;
     d->allow_network = cfg->allow_network;
+    d->no_start_sweep = cfg->no_start_sweep;
     d->memory_mb = cfg->default_memory_mb > 0 ? cfg->default_memory_mb : 1024;
     d->pids = cfg->default_pids > 0 ? cfg->default_pids : 512;
     d->cpus = cfg->default_cpus > 0 ? cfg->default_cpus : 1.0;
@@ -1682,6 +1684,115 @@ int sbx_docker_host_up(sbx_provider *p, size_t host_i, const char **why)
     if (why)
         *why = t ? sbx_ssh_tunnel_error(t) : "";
     return !t || sbx_ssh_tunnel_up(t);
+}
+
+/* ---- --check-config ---- */
+
+typedef struct probe {
+    int done;
+    int ok;
+    char msg[300];
+} probe;
+
+static void on_probe(void *arg, const sbx_http_res *res)
+{
+    probe *pr = arg;
+    pr->done = 1;
+    if (res->code != SBX_HTTP_OK)
+        snprintf(pr->msg, sizeof(pr->msg), "%s", res->error);
+    else if (res->status != 200)
+        snprintf(pr->msg, sizeof(pr->msg), "GET /_ping answered %ld: %.200s", res->status, res->body);
+    else
+        pr->ok = 1;
+}
+
+int sbx_docker_probe(const sbx_docker_config *cfg, int timeout_ms, sbx_docker_probe_cb report,
+                     void *arg, char *err, size_t errlen)
+{
+    sbx_docker_config c = *cfg;
+    sbx_loop *loop = NULL;
+    sbx_provider *p = NULL;
+    sbx_docker *d;
+    probe *pr = NULL;
+    uint64_t end = sbx_now_ms() + (uint64_t)timeout_ms;
+    int failed = 0, rc;
+
+    /* No sweep: with the worker's own id it would take a running worker's
+     * containers for orphans. */
+    c.no_start_sweep = 1;
+    if (sbx_loop_new(&loop) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    if ((rc = sbx_docker_new(loop, &c, &p, err, errlen)) < 0)
+        goto out;
+    d = docker_of(p);
+    if (!(pr = calloc(d->nhosts, sizeof(*pr)))) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    /* The tunnels first: a host is asked once its tunnel is up; one still
+     * down at the deadline reports ssh's reason. */
+    for (;;) {
+        int waiting = 0;
+        for (size_t i = 0; i < d->nhosts; i++) {
+            host *h = &d->hosts[i];
+            char url[URL_MAX];
+            sbx_http_req q = {0};
+            if (pr[i].done || pr[i].ok == -1)
+                continue;
+            if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel)) {
+                /* Once ssh has exited, its reason is the answer. */
+                waiting |= sbx_ssh_tunnel_pid(h->tunnel) != 0 && sbx_ssh_tunnel_spawns(h->tunnel) == 1;
+                continue;
+            }
+            snprintf(url, sizeof(url), "%s/_ping", h->base);
+            q.url = url;
+            q.unix_socket_path = h->unix_path;
+            q.tls_ca = h->tls_ca;
+            q.tls_cert = h->tls_cert;
+            q.tls_key = h->tls_key;
+            q.timeout_ms = (uint32_t)(end > sbx_now_ms() ? end - sbx_now_ms() : 1);
+            q.max_response_bytes = 4096;
+            pr[i].ok = -1;   /* asked */
+            if (sbx_http_request(d->http, &q, on_probe, &pr[i], NULL) < 0) {
+                pr[i].ok = 0;
+                pr[i].done = 1;
+                snprintf(pr[i].msg, sizeof(pr[i].msg), "cannot start the request");
+            }
+            waiting = 1;
+        }
+        for (size_t i = 0; i < d->nhosts; i++)
+            waiting |= pr[i].ok == -1 && !pr[i].done;
+        if (!waiting || sbx_now_ms() >= end)
+            break;
+        sbx_loop_once(loop, 20);
+    }
+    for (size_t i = 0; i < d->nhosts; i++) {
+        host *h = &d->hosts[i];
+        const char *how = h->tunnel ? "through the ssh tunnel" : h->tls_ca ? "over TLS" : "";
+        char line[400];
+        if (pr[i].done && pr[i].ok == 1) {
+            snprintf(line, sizeof(line), "the engine answered /_ping%s%s", *how ? " " : "", how);
+            report(arg, h->name, 1, line);
+            continue;
+        }
+        failed++;
+        if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel) && !pr[i].done)
+            snprintf(line, sizeof(line), "ssh tunnel did not come up: %.300s",
+                     sbx_ssh_tunnel_error(h->tunnel));
+        else
+            snprintf(line, sizeof(line), "%.300s", pr[i].done ? pr[i].msg : "no answer in time");
+        report(arg, h->name, 0, line);
+    }
+    rc = failed;
+out:
+    free(pr);
+    if (p)
+        p->ops->destroy(p);
+    sbx_loop_free(loop);
+    return rc;
 }
 
 size_t sbx_docker_active(sbx_provider *p) { return docker_of(p)->nruns; }

@@ -65,7 +65,8 @@ typedef struct sbx_docker_config {
     int request_timeout_ms;         /* each engine call but wait (reading the logs
                                      * too); 0 = 30000 */
     int kill_grace_ms;              /* kill -> engine reports exit; 0 = 10000 */
-    int no_start_sweep;             /* tests: do not sweep in sbx_docker_new() */
+    int no_start_sweep;             /* tests, --check-config: do not sweep in
+                                     * sbx_docker_new() nor when a tunnel is up */
     int insecure_tcp;               /* tcp:// and http:// to any address */
     const char *cert_dir;           /* https host H's files, Docker's layout:
                                      * cert_dir/H/ca.pem, cert.pem, key.pem;
@@ -106,6 +107,14 @@ size_t sbx_docker_host_count(sbx_provider *p);
 const char *sbx_docker_host_name(sbx_provider *p, size_t host);
 /* The slot ids of one host; ids[i] point into provider memory. */
 size_t sbx_docker_host_slots(sbx_provider *p, size_t host, const char ***ids);
+/* `sbx-worker --check-config`: reaches every host of cfg as a run would
+ * (its own loop, TLS files, ssh tunnels) and asks GET /_ping, all within
+ * timeout_ms. report is called once per host, in order, with ok = 1 and
+ * what answered, or ok = 0 and why not. Returns the hosts that failed, or
+ * -errno when cfg is refused (err says why). Blocks. */
+typedef void (*sbx_docker_probe_cb)(void *arg, const char *host, int ok, const char *msg);
+int sbx_docker_probe(const sbx_docker_config *cfg, int timeout_ms, sbx_docker_probe_cb report,
+                     void *arg, char *err, size_t errlen);
 /* 1 when the host can be reached as far as we know: always for unix, tcp
  * and https hosts, and for ssh hosts while the tunnel is up; else 0 and
  * *why (may be NULL) says what ssh said. */

@@ -73,6 +73,17 @@ int sbx__docker_check(const sbx_config *cfg, char *err, size_t errlen)
     return rc ? rc : sbx_docker_check_config(&dc, err, errlen);
 }
 
+int sbx__docker_probe(const sbx_config *cfg, int timeout_ms,
+                      void (*report)(void *arg, const char *host, int ok, const char *msg),
+                      void *arg, char *err, size_t errlen)
+{
+    char buf[sizeof(cfg->docker_hosts)];
+    sbx_docker_host hosts[DOCKER_HOSTS_MAX];
+    sbx_docker_config dc;
+    int rc = docker_settings(cfg, buf, sizeof(buf), hosts, &dc, err, errlen);
+    return rc ? rc : sbx_docker_probe(&dc, timeout_ms, report, arg, err, errlen);
+}
+
 static int make_docker(sbx_worker *w, char *err, size_t errlen)
 {
     /* static: the provider keeps pointers into neither, but its config

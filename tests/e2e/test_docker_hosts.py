@@ -56,11 +56,14 @@ def test_unsafe_or_incomplete_host_stops_startup(sbx_bin, env, words):
 def test_loopback_and_opt_in_accepted(sbx_bin):
     """tcp:// to loopback needs nothing; to another address it needs the
     explicit SBX_DOCKER_INSECURE_TCP=1. Either way the settings pass and
-    --check-config goes on to the services (which are not there: exit 1,
-    with no docker line)."""
+    --check-config goes on to the services, the docker hosts among them
+    (none is there: exit 1, one PROBLEM line per host on stdout, no
+    settings error on stderr)."""
     for env in ({"SBX_DOCKER_HOSTS": "lo=tcp://127.0.0.1:2375@2,v6=http://[::1]:2375@1"},
                 {"SBX_DOCKER_HOSTS": "vps1=tcp://10.0.0.5:2375@8", "SBX_DOCKER_INSECURE_TCP": "1"}):
         r = run_worker(sbx_bin, env, "--check-config")
         assert r.returncode == 1, r.stdout + r.stderr
         assert "SBX_DOCKER_INSECURE_TCP=%s" % env.get("SBX_DOCKER_INSECURE_TCP", "0") in r.stdout
         assert "SBX_DOCKER_HOSTS" not in r.stderr and "docker host" not in r.stderr, r.stderr
+        for name in [h.split("=")[0] for h in env["SBX_DOCKER_HOSTS"].split(",")]:
+            assert "docker %s: PROBLEM: " % name in r.stdout, r.stdout

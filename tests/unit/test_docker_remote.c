@@ -14,7 +14,8 @@
  *    all are each refused with the TLS library's reason;
  *  - a job runs through the ssh tunnel; a killed ssh is started again and
  *    the next job runs; a host key that is not the one in known_hosts keeps
- *    the tunnel down, and start() says ssh's own reason.
+ *    the tunnel down, and start() says ssh's own reason;
+ *  - --check-config's probe reaches each host as runs do and says why not.
  *
  * Jobs carry no files: dockerd 20.10 refuses to write into a read-only
  * root filesystem (issue 15, item 1), which is not what this tests.
@@ -522,6 +523,72 @@ static void test_ssh_unknown_host_key_refused(void **state)
     host_key_refused("known_hosts.empty");
 }
 
+/* ---- --check-config's probe ---- */
+
+typedef struct probed {
+    int n;
+    char host[4][32];
+    int ok[4];
+    char msg[4][400];
+} probed;
+
+static void on_probed(void *arg, const char *host, int ok, const char *msg)
+{
+    probed *p = arg;
+    assert_true(p->n < 4);
+    snprintf(p->host[p->n], sizeof(p->host[0]), "%s", host);
+    p->ok[p->n] = ok;
+    snprintf(p->msg[p->n], sizeof(p->msg[0]), "%s", msg);
+    p->n++;
+}
+
+static void test_probe_reaches_hosts_as_runs_do(void **state)
+{
+    char tls_ep[128], ssh_ep[512], err[256];
+    sbx_docker_host hosts[3];
+    sbx_docker_config cfg;
+    probed pr = {0};
+    uint64_t t0;
+    (void)state;
+    snprintf(tls_ep, sizeof(tls_ep), "https://%s", TLS);
+    snprintf(ssh_ep, sizeof(ssh_ep), "ssh://%s%s", SSH, SSH_SOCK);
+    hosts[0] = (sbx_docker_host){"tls", tls_ep, 1};
+    hosts[1] = (sbx_docker_host){"badca", tls_ep, 1};
+    hosts[2] = (sbx_docker_host){"ssh", ssh_ep, 1};
+    base_config(&cfg, hosts);
+    cfg.nhosts = 3;
+    cfg.cert_dir = path(2, "%s/hosts", CERTS, NULL);
+    cfg.ssh_known_hosts = path(0, "%s/known_hosts", SSH_DIR, NULL);
+    cfg.ssh_key = path(1, "%s/id_ed25519", SSH_DIR, NULL);
+    assert_int_equal(sbx_docker_probe(&cfg, 10000, on_probed, &pr, err, sizeof(err)), 1);
+    assert_int_equal(pr.n, 3);
+    assert_string_equal(pr.host[0], "tls");
+    assert_true(pr.ok[0]);
+    assert_string_equal(pr.msg[0], "the engine answered /_ping over TLS");
+    assert_false(pr.ok[1]);
+    assert_non_null(strstr(pr.msg[1], "unable to get local issuer certificate"));
+    assert_true(pr.ok[2]);
+    assert_string_equal(pr.msg[2], "the engine answered /_ping through the ssh tunnel");
+
+    /* An unknown host key is the answer as soon as ssh gives up. */
+    memset(&pr, 0, sizeof(pr));
+    cfg.hosts = hosts + 2;
+    cfg.nhosts = 1;
+    cfg.ssh_known_hosts = path(0, "%s/known_hosts.empty", SSH_DIR, NULL);
+    t0 = sbx_now_ms();
+    assert_int_equal(sbx_docker_probe(&cfg, 10000, on_probed, &pr, err, sizeof(err)), 1);
+    assert_true(sbx_now_ms() - t0 < 5000);
+    assert_int_equal(pr.n, 1);
+    assert_false(pr.ok[0]);
+    if (!strstr(pr.msg[0], "ssh tunnel did not come up: ssh: Host key verification failed."))
+        fail_msg("probe said \"%s\"", pr.msg[0]);
+
+    /* Refused settings are refused here too. */
+    cfg.ssh_known_hosts = NULL;
+    assert_int_equal(sbx_docker_probe(&cfg, 10000, on_probed, &pr, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "SBX_DOCKER_SSH_KNOWN_HOSTS"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,6 +601,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_without_client_cert_refused, up, down),
         cmocka_unit_test_setup_teardown(test_ssh_job_runs_and_tunnel_restarts, up, down),
         cmocka_unit_test_setup_teardown(test_ssh_unknown_host_key_refused, up, down),
+        cmocka_unit_test_setup_teardown(test_probe_reaches_hosts_as_runs_do, up, down),
     };
     IMAGE = getenv("SBX_TEST_RD_IMAGE");
     SOCK = getenv("SBX_TEST_RD_SOCK");
