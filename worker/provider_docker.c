@@ -107,6 +107,7 @@ typedef struct host {
     char *unix_path;         /* NULL for TCP */
     char *tls_ca, *tls_cert, *tls_key;  /* https: PEM files; else NULL */
     sbx_ssh_tunnel *tunnel;  /* ssh: unix_path is its local end; else NULL */
+    char remote_socket[EP_FIELD_MAX];  /* ssh: the engine's socket over there */
     int capacity;
     char **slot_ids;         /* capacity entries, into d->slot_ptrs */
     sbx_run **busy;          /* the run on each slot, or NULL */
@@ -1543,6 +1544,7 @@ static int host_init(sbx_docker *d, host *h, const sbx_docker_config *dc, const 
         tc.destination = ep.dest;
         tc.port = ep.port;
         tc.remote_socket = ep.path;
+        snprintf(h->remote_socket, sizeof(h->remote_socket), "%s", ep.path);
         tc.local_socket = local;
         tc.known_hosts = dc->ssh_known_hosts;
         tc.identity = dc->ssh_key;
@@ -1772,7 +1774,7 @@ int sbx_docker_probe(const sbx_docker_config *cfg, int timeout_ms, sbx_docker_pr
     for (size_t i = 0; i < d->nhosts; i++) {
         host *h = &d->hosts[i];
         const char *how = h->tunnel ? "through the ssh tunnel" : h->tls_ca ? "over TLS" : "";
-        char line[400];
+        char line[EP_FIELD_MAX + 512];
         if (pr[i].done && pr[i].ok == 1) {
             snprintf(line, sizeof(line), "the engine answered /_ping%s%s", *how ? " " : "", how);
             report(arg, h->name, 1, line);
@@ -1782,6 +1784,11 @@ int sbx_docker_probe(const sbx_docker_config *cfg, int timeout_ms, sbx_docker_pr
         if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel) && !pr[i].done)
             snprintf(line, sizeof(line), "ssh tunnel did not come up: %.300s",
                      sbx_ssh_tunnel_error(h->tunnel));
+        else if (h->tunnel && pr[i].done && strncmp(pr[i].msg, "GET", 3) != 0)
+            /* ssh logged in, but the far side could not open the socket. */
+            snprintf(line, sizeof(line), "%.200s through the ssh tunnel: is %s the engine's "
+                     "socket on that host, and may the ssh user use it?", pr[i].msg,
+                     h->remote_socket);
         else
             snprintf(line, sizeof(line), "%.300s", pr[i].done ? pr[i].msg : "no answer in time");
         report(arg, h->name, 0, line);

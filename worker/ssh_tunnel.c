@@ -299,7 +299,9 @@ static int build_argv(sbx_ssh_tunnel *t, const sbx_ssh_tunnel_config *cfg)
     a[n++] = "-o";  a[n++] = "ServerAliveCountMax=3";
     a[n++] = "-o";  a[n++] = "ConnectTimeout=10";
     a[n++] = "-o";  a[n++] = "StreamLocalBindMask=0177";
-    a[n++] = "-o";  a[n++] = "LogLevel=ERROR";
+    /* INFO, not ERROR: a forward the far side cannot open ("channel 3:
+     * open failed: connect failed") is said at INFO. */
+    a[n++] = "-o";  a[n++] = "LogLevel=INFO";
     if (cfg->identity && *cfg->identity) {
         a[n++] = "-o";  a[n++] = "IdentitiesOnly=yes";
         a[n++] = "-i";  a[n++] = cfg->identity;

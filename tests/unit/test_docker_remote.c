@@ -583,6 +583,15 @@ static void test_probe_reaches_hosts_as_runs_do(void **state)
     if (!strstr(pr.msg[0], "ssh tunnel did not come up: ssh: Host key verification failed."))
         fail_msg("probe said \"%s\"", pr.msg[0]);
 
+    /* ssh logs in, but there is no engine socket at that path. */
+    memset(&pr, 0, sizeof(pr));
+    snprintf(ssh_ep, sizeof(ssh_ep), "ssh://%s/run/sbx-no-such-engine.sock", SSH);
+    cfg.ssh_known_hosts = path(0, "%s/known_hosts", SSH_DIR, NULL);
+    assert_int_equal(sbx_docker_probe(&cfg, 10000, on_probed, &pr, err, sizeof(err)), 1);
+    if (pr.ok[0] || !strstr(pr.msg[0], "through the ssh tunnel: is /run/sbx-no-such-engine.sock "
+                                       "the engine's socket on that host"))
+        fail_msg("probe said \"%s\"", pr.msg[0]);
+
     /* Refused settings are refused here too. */
     cfg.ssh_known_hosts = NULL;
     assert_int_equal(sbx_docker_probe(&cfg, 10000, on_probed, &pr, err, sizeof(err)), -EINVAL);
