@@ -168,10 +168,13 @@ static void on_exit_io(sbx_io *io, int events)
     (void)events;
 
     memset(&si, 0, sizeof(si));
-    if (waitid((idtype_t)P_PIDFD, (id_t)t->pidfd, &si, WEXITED | WNOHANG) < 0 && errno == EINTR)
-        return;
-    if (si.si_pid == 0 && errno != ECHILD)
+    if (waitid((idtype_t)P_PIDFD, (id_t)t->pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (errno == EINTR)
+            return;
+        si.si_code = 0;   /* reaped by someone else: gone, status unknown */
+    } else if (si.si_pid == 0) {
         return;   /* not yet: the pidfd stays readable until reaped */
+    }
     sbx_io_stop(&t->pid_io);
     close(t->pidfd);
     t->pidfd = -1;
@@ -180,12 +183,14 @@ static void on_exit_io(sbx_io *io, int events)
     if (t->errfd >= 0)
         drain_err(t);
     close_err(t);
-    if (!t->said) {
-        if (si.si_code == CLD_EXITED)
-            snprintf(t->why, sizeof(t->why), "ssh exited with status %d", si.si_status);
-        else
-            snprintf(t->why, sizeof(t->why), "ssh killed by signal %d", si.si_status);
-    }
+    /* ssh's last line says why it gave up; a signal came from elsewhere,
+     * and an older line (a refused forward) would mislead. */
+    if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED)
+        snprintf(t->why, sizeof(t->why), "ssh killed by signal %d", si.si_status);
+    else if (si.si_code != CLD_EXITED)
+        snprintf(t->why, sizeof(t->why), "ssh is gone (reaped elsewhere)");
+    else if (!t->said)
+        snprintf(t->why, sizeof(t->why), "ssh exited with status %d", si.si_status);
     stable = t->up && sbx_now_ms() - t->up_since_ms >= STABLE_MS;
     t->delay_ms = stable || !t->delay_ms ? BACKOFF_MIN_MS
                   : t->delay_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : t->delay_ms * 2;
