@@ -49,7 +49,6 @@
  */
 #include "provider_docker.h"
 
-#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -58,23 +57,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include "buf.h"
+#include "docker_hosts.h"
 #include "docker_tar.h"
 #include "http.h"
 #include "jobfiles.h"
 #include "log.h"
-#include "ssh_tunnel.h"
 
 /* Engine API version in every path: 1.41 is the newest Podman 4.3 serves
  * in its compatible API, and Docker 20.10+ speaks it too. */
 #define API "/v1.41"
 /* Slot ids "docker/<host>/<i>" and host names are short by construction. */
 #define SLOT_ID_MAX 96
-#define HOST_NAME_MAX_LEN 48
+#define HOST_NAME_MAX_LEN SBX_DOCKER_HOST_NAME_MAX
 /* Container ids are 64 hex digits. */
 #define CONTAINER_ID_MAX 64
 /* A URL: base + API + a path of ids and a few query parameters. */
@@ -86,28 +82,12 @@
 
 static const char COMP[] = "docker";
 
-/* What an endpoint says (parse_endpoint). The fields are bounded by the
- * setting they come from (SBX_DOCKER_HOSTS, 2 KiB for all hosts). */
-#define EP_FIELD_MAX 256
-typedef enum ep_kind { EP_UNIX, EP_TCP, EP_TLS, EP_SSH } ep_kind;
-typedef struct endpoint {
-    ep_kind kind;
-    char base[EP_FIELD_MAX];   /* "http(s)://host:port"; "http://docker" for a socket */
-    char path[EP_FIELD_MAX];   /* unix: the socket; ssh: the socket on the far side */
-    char dest[EP_FIELD_MAX];   /* ssh: "[user@]host" */
-    int port;                  /* ssh: 0 = 22 */
-} endpoint;
-
 typedef struct sbx_docker sbx_docker;
 
 typedef struct host {
     sbx_docker *d;
     char name[HOST_NAME_MAX_LEN + 1];
-    char base[EP_FIELD_MAX];  /* "http://docker" for a unix socket or an ssh tunnel */
-    char *unix_path;         /* NULL for TCP */
-    char *tls_ca, *tls_cert, *tls_key;  /* https: PEM files; else NULL */
-    sbx_ssh_tunnel *tunnel;  /* ssh: unix_path is its local end; else NULL */
-    char remote_socket[EP_FIELD_MAX];  /* ssh: the engine's socket over there */
+    sbx__docker_link link;   /* how requests reach it (docker_hosts.h) */
     int capacity;
     char **slot_ids;         /* capacity entries, into d->slot_ptrs */
     sbx_run **busy;          /* the run on each slot, or NULL */
@@ -134,7 +114,6 @@ struct sbx_docker {
     sbx_run *runs;           /* active runs */
     size_t nruns;
     sweep *sweep;            /* the sweep in progress, or NULL */
-    char *tunnel_dir;        /* private dir of the ssh tunnels' sockets, or NULL */
     int no_start_sweep;      /* also no sweep when a tunnel comes up */
 };
 
@@ -477,7 +456,7 @@ static int call(sbx_docker *d, host *h, const char *method, const char *path, co
     char url[URL_MAX], hdr[64];
     const char *hdrs[2] = {NULL, NULL};
     sbx_http_req q = {0};
-    int n = snprintf(url, sizeof(url), "%s" API "%s", h->base, path);
+    int n = snprintf(url, sizeof(url), "%s" API "%s", h->link.base, path);
 
     if (n < 0 || (size_t)n >= sizeof(url))
         return -ENAMETOOLONG;
@@ -487,10 +466,7 @@ static int call(sbx_docker *d, host *h, const char *method, const char *path, co
     }
     q.method = method;
     q.url = url;
-    q.unix_socket_path = h->unix_path;
-    q.tls_ca = h->tls_ca;
-    q.tls_cert = h->tls_cert;
-    q.tls_key = h->tls_key;
+    sbx__docker_link_req(&h->link, &q);
     q.headers = hdrs;
     q.body = body;
     q.body_len = body_len;
@@ -799,6 +775,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     sbx_docker *d = docker_of(p);
     sbx_run *r = NULL;
     char *body = NULL;
+    const char *why;
     host *h;
     int idx, rc;
 
@@ -810,12 +787,11 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
         snprintf(err, errlen, "slot %.100s is busy with job %s", req->slot, h->busy[idx]->job_id);
         return -EBUSY;
     }
-    if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel)) {
+    if (!sbx__docker_link_up(&h->link, &why)) {
         /* The host has no capacity until its tunnel is back: the job waits
          * (provider.h's -EBUSY) instead of spending attempts on calls bound
          * to fail, and the next lease may well be on another host. */
-        snprintf(err, errlen, "docker host %s: ssh tunnel is down: %.200s", h->name,
-                 sbx_ssh_tunnel_error(h->tunnel));
+        snprintf(err, errlen, "docker host %s: ssh tunnel is down: %.200s", h->name, why);
         return -EBUSY;
     }
     if (!req->job->image && !d->default_image) {
@@ -1064,7 +1040,7 @@ int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
     for (size_t i = 0; i < d->nhosts; i++) {
         s->lists[i].s = s;
         s->lists[i].h = &d->hosts[i];
-        if (d->hosts[i].tunnel && !sbx_ssh_tunnel_up(d->hosts[i].tunnel))
+        if (!sbx__docker_link_up(&d->hosts[i].link, NULL))
             continue;   /* swept when its tunnel comes up (on_tunnel) */
         if (call(d, &d->hosts[i], "GET", path, NULL, NULL, 0, d->req_timeout_ms, LIST_MAX_BYTES,
                  NULL, on_sweep_list, &s->lists[i], NULL) < 0) {
@@ -1104,19 +1080,13 @@ static void delete_all_now(sbx_docker *d)
         CURL *e;
         if (!r->id[0] || !(e = curl_easy_init()))
             continue;
-        snprintf(url, sizeof(url), "%s" API "/containers/%s?force=1&v=1", r->host->base, r->id);
+        snprintf(url, sizeof(url), "%s" API "/containers/%s?force=1&v=1", r->host->link.base, r->id);
         curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)DESTROY_MS);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
-        if (r->host->unix_path)
-            curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->host->unix_path);
-        if (r->host->tls_ca) {
-            curl_easy_setopt(e, CURLOPT_CAINFO, r->host->tls_ca);
-            curl_easy_setopt(e, CURLOPT_SSLCERT, r->host->tls_cert);
-            curl_easy_setopt(e, CURLOPT_SSLKEY, r->host->tls_key);
-        }
+        sbx__docker_link_curl(&r->host->link, e);
         if (curl_multi_add_handle(m, e) != CURLM_OK)
             curl_easy_cleanup(e);
         else
@@ -1162,15 +1132,7 @@ static void docker_free(sbx_docker *d)
             free(h->slot_ids[k]);
         free(h->slot_ids);
         free(h->busy);
-        sbx_ssh_tunnel_free(h->tunnel);
-        free(h->unix_path);
-        free(h->tls_ca);
-        free(h->tls_cert);
-        free(h->tls_key);
-    }
-    if (d->tunnel_dir) {
-        rmdir(d->tunnel_dir);
-        free(d->tunnel_dir);
+        sbx__docker_link_free(&h->link);
     }
     free(d->hosts);
     free(d->slot_ptrs);
@@ -1202,278 +1164,7 @@ static const sbx_provider_ops docker_ops = {
     .destroy = docker_destroy,
 };
 
-/* ---- hosts: endpoints, their files, the tunnels ---- */
-
-static const char NAME_CHARS[] =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
-/* ssh destinations and socket paths go on ssh's command line: no option
- * look-alikes, no spaces, no ':' (which splits -L's local:remote). */
-static const char HOST_CHARS[] =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-";
-static const char PATH_CHARS[] =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/+@";
-#define DEFAULT_REMOTE_SOCKET "/var/run/docker.sock"
-
-static int all_of(const char *s, size_t n, const char *set)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!s[i] || !strchr(set, s[i]))
-            return 0;
-    return 1;
-}
-
-static int port_of(const char *s, size_t n)
-{
-    int v = 0;
-    if (n == 0 || n > 5 || !all_of(s, n, "0123456789"))
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        v = v * 10 + (s[i] - '0');
-    return v >= 1 && v <= 65535 ? v : -1;
-}
-
-/* "host:port" or "[v6]:port": where the host is, and whether the port is
- * sound. The host is copied without brackets. */
-static int split_authority(const char *a, size_t alen, char *hostbuf, size_t hostlen, int *port)
-{
-    const char *colon;
-    const char *h = a;
-    size_t hl;
-    if (alen && a[0] == '[') {
-        const char *rb = memchr(a, ']', alen);
-        if (!rb)
-            return -1;
-        h = a + 1;
-        hl = (size_t)(rb - h);
-        colon = rb + 1 < a + alen && rb[1] == ':' ? rb + 1 : NULL;
-        if (!colon && rb + 1 != a + alen)
-            return -1;
-    } else {
-        colon = memchr(a, ':', alen);
-        hl = colon ? (size_t)(colon - a) : alen;
-    }
-    if (hl == 0 || hl >= hostlen)
-        return -1;
-    memcpy(hostbuf, h, hl);
-    hostbuf[hl] = '\0';
-    *port = 0;
-    if (colon && (*port = port_of(colon + 1, (size_t)(a + alen - colon - 1))) < 0)
-        return -1;
-    return 0;
-}
-
-static int is_loopback(const char *host)
-{
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (strcasecmp(host, "localhost") == 0)
-        return 1;
-    if (inet_pton(AF_INET, host, &a4) == 1)
-        return (ntohl(a4.s_addr) >> 24) == 127;
-    if (inet_pton(AF_INET6, host, &a6) == 1)
-        return IN6_IS_ADDR_LOOPBACK(&a6);
-    return 0;
-}
-
-/* One endpoint of SBX_DOCKER_HOSTS. Names are never resolved here: what a
- * name resolves to may change, so only loopback addresses and "localhost"
- * count as loopback. */
-static int parse_endpoint(const char *name, const char *ep, int insecure_tcp, endpoint *out,
-                          char *err, size_t errlen)
-{
-    char hostbuf[EP_FIELD_MAX];
-    int port;
-    memset(out, 0, sizeof(*out));
-    if (strlen(ep) >= EP_FIELD_MAX - 16)
-        goto bad;
-    if (strncmp(ep, "unix://", 7) == 0 && ep[7] == '/') {
-        out->kind = EP_UNIX;
-        snprintf(out->path, sizeof(out->path), "%s", ep + 7);
-        snprintf(out->base, sizeof(out->base), "http://docker");
-        return 0;
-    }
-    if (strncmp(ep, "tcp://", 6) == 0 || strncmp(ep, "http://", 7) == 0 ||
-        strncmp(ep, "https://", 8) == 0) {
-        const char *a = strstr(ep, "://") + 3;
-        size_t alen = strlen(a);
-        if (alen && a[alen - 1] == '/')
-            alen--;
-        if (split_authority(a, alen, hostbuf, sizeof(hostbuf), &port) < 0 || port == 0 ||
-            memchr(a, '/', alen) || memchr(a, '@', alen))
-            goto bad;
-        if (ep[4] == 's') {
-            out->kind = EP_TLS;
-            snprintf(out->base, sizeof(out->base), "https://%.*s", (int)alen, a);
-            return 0;
-        }
-        if (!insecure_tcp && !is_loopback(hostbuf)) {
-            snprintf(err, errlen,
-                     "SBX_DOCKER_HOSTS: host %s is %.100s, plain HTTP to a non-loopback address, "
-                     "which lets anyone on the path run containers: use https://%.100s with "
-                     "certificates (SBX_DOCKER_CERT_DIR) or ssh://user@%.100s, or set "
-                     "SBX_DOCKER_INSECURE_TCP=1 to allow it", name, ep, a, hostbuf);
-            return -EINVAL;
-        }
-        out->kind = EP_TCP;
-        snprintf(out->base, sizeof(out->base), "http://%.*s", (int)alen, a);
-        return 0;
-    }
-    if (strncmp(ep, "ssh://", 6) == 0) {
-        const char *a = ep + 6, *slash = strchr(a, '/'), *at;
-        size_t alen = slash ? (size_t)(slash - a) : strlen(a);
-        size_t ulen = 0;
-        out->kind = EP_SSH;
-        at = memchr(a, '@', alen);
-        if (at) {
-            ulen = (size_t)(at - a);
-            if (ulen == 0 || a[0] == '-' || !all_of(a, ulen, NAME_CHARS))
-                goto bad;
-            alen -= ulen + 1;
-            a = at + 1;
-        }
-        if (split_authority(a, alen, hostbuf, sizeof(hostbuf), &port) < 0 || hostbuf[0] == '-' ||
-            (!all_of(hostbuf, strlen(hostbuf), HOST_CHARS) &&
-             !all_of(hostbuf, strlen(hostbuf), "0123456789abcdefABCDEF:.")))
-            goto bad;
-        if ((size_t)snprintf(out->dest, sizeof(out->dest), "%.*s%s%s", (int)ulen,
-                             ulen ? ep + 6 : "", ulen ? "@" : "", hostbuf) >= sizeof(out->dest))
-            goto bad;
-        out->port = port;
-        snprintf(out->path, sizeof(out->path), "%s", slash && slash[1] ? slash : DEFAULT_REMOTE_SOCKET);
-        if (!all_of(out->path, strlen(out->path), PATH_CHARS))
-            goto bad;
-        snprintf(out->base, sizeof(out->base), "http://docker");
-        return 0;
-    }
-bad:
-    snprintf(err, errlen,
-             "SBX_DOCKER_HOSTS: host %s has endpoint \"%.100s\": use unix:///path/docker.sock, "
-             "https://host:port, ssh://user@host[:port][/path/docker.sock], or tcp://host:port "
-             "(loopback only)", name, ep);
-    return -EINVAL;
-}
-
-/* The three TLS files of an https host, in Docker's layout under cert_dir.
- * Each must be readable now (an operator learns of a missing one at
- * start-up, not at the first job). */
-static int tls_files(const sbx_docker_config *cfg, const sbx_docker_host *hc, char out[3][512],
-                     char *err, size_t errlen)
-{
-    static const char *const base[3] = {"ca.pem", "cert.pem", "key.pem"};
-    const char *dir = cfg->cert_dir && *cfg->cert_dir ? cfg->cert_dir : SBX_DOCKER_CERT_DIR_DEFAULT;
-    for (int i = 0; i < 3; i++) {
-        int n = snprintf(out[i], 512, "%s/%s/%s", dir, hc->name, base[i]);
-        if (n < 0 || n >= 512 || access(out[i], R_OK) != 0) {
-            snprintf(err, errlen,
-                     "SBX_DOCKER_CERT_DIR: https host %s needs %.300s, which cannot be read (%s): "
-                     "put the CA of the engine's certificate in %s/%s/ca.pem, the client "
-                     "certificate in cert.pem and its key in key.pem", hc->name, out[i],
-                     n >= 512 ? "path too long" : strerror(errno), dir, hc->name);
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
-static int check_host(const sbx_docker_config *cfg, const sbx_docker_host *hc, endpoint *ep,
-                      char tls[3][512], char *err, size_t errlen)
-{
-    int rc;
-    if (!hc->name || !hc->name[0] || strlen(hc->name) > HOST_NAME_MAX_LEN ||
-        strspn(hc->name, NAME_CHARS) != strlen(hc->name)) {
-        snprintf(err, errlen, "SBX_DOCKER_HOSTS: host name \"%.60s\" must be 1-%d of [A-Za-z0-9._-]",
-                 hc->name ? hc->name : "", HOST_NAME_MAX_LEN);
-        return -EINVAL;
-    }
-    /* Slot ids and the per-slot table: a host's capacity is its CPU count
-     * or so; 1024 is far above any real one and keeps the tables small. */
-    if (hc->capacity < 1 || hc->capacity > 1024) {
-        snprintf(err, errlen, "SBX_DOCKER_HOSTS: capacity of host %s must be 1..1024", hc->name);
-        return -EINVAL;
-    }
-    if ((rc = parse_endpoint(hc->name, hc->endpoint ? hc->endpoint : "", cfg->insecure_tcp, ep,
-                             err, errlen)) < 0)
-        return rc;
-    if (ep->kind == EP_TLS)
-        return tls_files(cfg, hc, tls, err, errlen);
-    if (ep->kind == EP_SSH) {
-        const char *kh = cfg->ssh_known_hosts;
-        if (!kh || !*kh || access(kh, R_OK) != 0) {
-            snprintf(err, errlen,
-                     "SBX_DOCKER_SSH_KNOWN_HOSTS%s%.300s%s: ssh host %s needs a known_hosts file "
-                     "holding its host key (ssh-keyscan -p PORT HOST, checked against the host): "
-                     "set SBX_DOCKER_SSH_KNOWN_HOSTS to it", kh && *kh ? "=" : " is not set",
-                     kh && *kh ? kh : "", kh && *kh ? " cannot be read" : "", hc->name);
-            return -EINVAL;
-        }
-        if (strpbrk(kh, " \t\n")) {
-            snprintf(err, errlen, "SBX_DOCKER_SSH_KNOWN_HOSTS=%.300s: a path without spaces, please",
-                     kh);
-            return -EINVAL;
-        }
-        if (cfg->ssh_key && *cfg->ssh_key && access(cfg->ssh_key, R_OK) != 0) {
-            snprintf(err, errlen, "SBX_DOCKER_SSH_KEY=%.300s cannot be read (%s): set it to the "
-                     "private key ssh logs in with, or leave it empty for ssh's defaults",
-                     cfg->ssh_key, strerror(errno));
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
-int sbx_docker_check_config(const sbx_docker_config *cfg, char *err, size_t errlen)
-{
-    endpoint ep;
-    char tls[3][512];
-    if (cfg->nhosts == 0 || !cfg->hosts) {
-        snprintf(err, errlen, "SBX_DOCKER_HOSTS names no host: use name=unix:///path/docker.sock@capacity[,...]");
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < cfg->nhosts; i++) {
-        int rc = check_host(cfg, &cfg->hosts[i], &ep, tls, err, errlen);
-        if (rc < 0)
-            return rc;
-        for (size_t k = 0; k < i; k++) {
-            if (strcmp(cfg->hosts[i].name, cfg->hosts[k].name) == 0) {
-                snprintf(err, errlen, "SBX_DOCKER_HOSTS: host %s is listed twice", cfg->hosts[i].name);
-                return -EINVAL;
-            }
-        }
-    }
-    return 0;
-}
-
-int sbx_docker_parse_hosts(char *buf, sbx_docker_host *hosts, size_t max, size_t *n, char *err,
-                           size_t errlen)
-{
-    char *save = NULL;
-    *n = 0;
-    for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(item, '='), *at = strrchr(item, '@'), *end;
-        long cap;
-        if (*n == max) {
-            snprintf(err, errlen, "SBX_DOCKER_HOSTS: more than %zu hosts", max);
-            return -EINVAL;
-        }
-        if (!eq || !at || at < eq) {
-            snprintf(err, errlen, "SBX_DOCKER_HOSTS entry '%.200s' is not name=endpoint@capacity",
-                     item);
-            return -EINVAL;
-        }
-        *eq = *at = '\0';
-        cap = strtol(at + 1, &end, 10);
-        if (*end || cap < 1 || cap > 10000) {
-            snprintf(err, errlen, "SBX_DOCKER_HOSTS: capacity of %.60s must be 1..10000", item);
-            return -EINVAL;
-        }
-        memset(&hosts[*n], 0, sizeof(hosts[*n]));
-        hosts[*n].name = item;
-        hosts[*n].endpoint = eq + 1;
-        hosts[*n].capacity = (int)cap;
-        (*n)++;
-    }
-    return 0;
-}
+/* ---- hosts ---- */
 
 /* A tunnel came up: containers a crashed predecessor left on that host
  * could not be listed while it was down, so sweep now. */
@@ -1484,76 +1175,14 @@ static void on_tunnel(void *arg, int up)
         (void)sbx_docker_sweep(&h->d->base, NULL, NULL);
 }
 
-/* The private directory of the tunnels' sockets, mode 0700: a socket there
- * is the engine, root on the remote host, to whoever can connect to it. */
-static int tunnel_dir(sbx_docker *d, const sbx_docker_config *cfg, char *err, size_t errlen)
-{
-    const char *parent = cfg->run_dir && *cfg->run_dir ? cfg->run_dir : getenv("RUNTIME_DIRECTORY");
-    char tmpl[256];
-    if (d->tunnel_dir)
-        return 0;
-    if (!parent || !*parent || strchr(parent, ':'))
-        parent = "/tmp";   /* systemd may list several, colon-separated */
-    snprintf(tmpl, sizeof(tmpl), "%s/sbx-docker-ssh.XXXXXX", parent);
-    if (!mkdtemp(tmpl)) {
-        snprintf(err, errlen, "docker ssh tunnels: cannot make a directory in %.200s: %s", parent,
-                 strerror(errno));
-        return -EIO;
-    }
-    if (!(d->tunnel_dir = strdup(tmpl))) {
-        rmdir(tmpl);
-        return -ENOMEM;
-    }
-    return 0;
-}
-
 static int host_init(sbx_docker *d, host *h, const sbx_docker_config *dc, const sbx_docker_host *cfg,
                      char *err, size_t errlen)
 {
-    endpoint ep;
-    char tls[3][512];
-    int rc;
-
-    if ((rc = check_host(dc, cfg, &ep, tls, err, errlen)) < 0)
+    int rc = sbx__docker_link_new(d->base.loop, dc, cfg, on_tunnel, h, &h->link, err, errlen);
+    if (rc < 0)
         return rc;
     h->d = d;
     snprintf(h->name, sizeof(h->name), "%s", cfg->name);
-    snprintf(h->base, sizeof(h->base), "%s", ep.base);
-    if (ep.kind == EP_UNIX && !(h->unix_path = strdup(ep.path)))
-        return -ENOMEM;
-    if (ep.kind == EP_TLS &&
-        (!(h->tls_ca = strdup(tls[0])) || !(h->tls_cert = strdup(tls[1])) ||
-         !(h->tls_key = strdup(tls[2]))))
-        return -ENOMEM;
-    if (ep.kind == EP_SSH) {
-        sbx_ssh_tunnel_config tc = {0};
-        char local[sizeof(((struct sockaddr_un *)0)->sun_path)];
-        int n;
-        if ((rc = tunnel_dir(d, dc, err, errlen)) < 0)
-            return rc;
-        n = snprintf(local, sizeof(local), "%s/%s.sock", d->tunnel_dir, h->name);
-        if (n < 0 || (size_t)n >= sizeof(local)) {
-            snprintf(err, errlen, "docker host %s: the tunnel's socket path %s/%s.sock is longer "
-                     "than a unix socket allows: use a shorter RUNTIME_DIRECTORY or host name",
-                     h->name, d->tunnel_dir, h->name);
-            return -EINVAL;
-        }
-        if (!(h->unix_path = strdup(local)))
-            return -ENOMEM;
-        tc.name = h->name;
-        tc.destination = ep.dest;
-        tc.port = ep.port;
-        tc.remote_socket = ep.path;
-        snprintf(h->remote_socket, sizeof(h->remote_socket), "%s", ep.path);
-        tc.local_socket = local;
-        tc.known_hosts = dc->ssh_known_hosts;
-        tc.identity = dc->ssh_key;
-        tc.ssh = dc->ssh_command;
-        tc.on_state = on_tunnel;
-        tc.arg = h;
-        if ((rc = sbx_ssh_tunnel_new(d->base.loop, &tc, &h->tunnel, err, errlen)) < 0)
-            return rc;
-    }
     h->capacity = cfg->capacity;
     h->slot_ids = calloc((size_t)cfg->capacity, sizeof(*h->slot_ids));
     h->busy = calloc((size_t)cfg->capacity, sizeof(*h->busy));
@@ -1682,124 +1311,12 @@ size_t sbx_docker_host_slots(sbx_provider *p, size_t host_i, const char ***ids)
 int sbx_docker_host_up(sbx_provider *p, size_t host_i, const char **why)
 {
     sbx_docker *d = docker_of(p);
-    const sbx_ssh_tunnel *t = host_i < d->nhosts ? d->hosts[host_i].tunnel : NULL;
-    if (why)
-        *why = t ? sbx_ssh_tunnel_error(t) : "";
-    return !t || sbx_ssh_tunnel_up(t);
-}
-
-/* ---- --check-config ---- */
-
-typedef struct probe {
-    int done;
-    int ok;
-    char msg[300];
-} probe;
-
-static void on_probe(void *arg, const sbx_http_res *res)
-{
-    probe *pr = arg;
-    pr->done = 1;
-    if (res->code != SBX_HTTP_OK)
-        snprintf(pr->msg, sizeof(pr->msg), "%s", res->error);
-    else if (res->status != 200)
-        snprintf(pr->msg, sizeof(pr->msg), "GET /_ping answered %ld: %.200s", res->status, res->body);
-    else
-        pr->ok = 1;
-}
-
-int sbx_docker_probe(const sbx_docker_config *cfg, int timeout_ms, sbx_docker_probe_cb report,
-                     void *arg, char *err, size_t errlen)
-{
-    sbx_docker_config c = *cfg;
-    sbx_loop *loop = NULL;
-    sbx_provider *p = NULL;
-    sbx_docker *d;
-    probe *pr = NULL;
-    uint64_t end = sbx_now_ms() + (uint64_t)timeout_ms;
-    int failed = 0, rc;
-
-    /* No sweep: with the worker's own id it would take a running worker's
-     * containers for orphans. */
-    c.no_start_sweep = 1;
-    if (sbx_loop_new(&loop) < 0) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
+    if (host_i >= d->nhosts) {
+        if (why)
+            *why = "no such host";
+        return 0;
     }
-    if ((rc = sbx_docker_new(loop, &c, &p, err, errlen)) < 0)
-        goto out;
-    d = docker_of(p);
-    if (!(pr = calloc(d->nhosts, sizeof(*pr)))) {
-        snprintf(err, errlen, "out of memory");
-        rc = -ENOMEM;
-        goto out;
-    }
-    /* The tunnels first: a host is asked once its tunnel is up; one still
-     * down at the deadline reports ssh's reason. */
-    for (;;) {
-        int waiting = 0;
-        for (size_t i = 0; i < d->nhosts; i++) {
-            host *h = &d->hosts[i];
-            char url[URL_MAX];
-            sbx_http_req q = {0};
-            if (pr[i].done || pr[i].ok == -1)
-                continue;
-            if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel)) {
-                /* Once ssh has exited, its reason is the answer. */
-                waiting |= sbx_ssh_tunnel_pid(h->tunnel) != 0 && sbx_ssh_tunnel_spawns(h->tunnel) == 1;
-                continue;
-            }
-            snprintf(url, sizeof(url), "%s/_ping", h->base);
-            q.url = url;
-            q.unix_socket_path = h->unix_path;
-            q.tls_ca = h->tls_ca;
-            q.tls_cert = h->tls_cert;
-            q.tls_key = h->tls_key;
-            q.timeout_ms = (uint32_t)(end > sbx_now_ms() ? end - sbx_now_ms() : 1);
-            q.max_response_bytes = 4096;
-            pr[i].ok = -1;   /* asked */
-            if (sbx_http_request(d->http, &q, on_probe, &pr[i], NULL) < 0) {
-                pr[i].ok = 0;
-                pr[i].done = 1;
-                snprintf(pr[i].msg, sizeof(pr[i].msg), "cannot start the request");
-            }
-            waiting = 1;
-        }
-        for (size_t i = 0; i < d->nhosts; i++)
-            waiting |= pr[i].ok == -1 && !pr[i].done;
-        if (!waiting || sbx_now_ms() >= end)
-            break;
-        sbx_loop_once(loop, 20);
-    }
-    for (size_t i = 0; i < d->nhosts; i++) {
-        host *h = &d->hosts[i];
-        const char *how = h->tunnel ? "through the ssh tunnel" : h->tls_ca ? "over TLS" : "";
-        char line[EP_FIELD_MAX + 512];
-        if (pr[i].done && pr[i].ok == 1) {
-            snprintf(line, sizeof(line), "the engine answered /_ping%s%s", *how ? " " : "", how);
-            report(arg, h->name, 1, line);
-            continue;
-        }
-        failed++;
-        if (h->tunnel && !sbx_ssh_tunnel_up(h->tunnel) && !pr[i].done)
-            snprintf(line, sizeof(line), "ssh tunnel did not come up: %.300s",
-                     sbx_ssh_tunnel_error(h->tunnel));
-        else if (h->tunnel && pr[i].done && strncmp(pr[i].msg, "GET", 3) != 0)
-            /* ssh logged in, but the far side could not open the socket. */
-            snprintf(line, sizeof(line), "%.200s through the ssh tunnel: is %s the engine's "
-                     "socket on that host, and may the ssh user use it?", pr[i].msg,
-                     h->remote_socket);
-        else
-            snprintf(line, sizeof(line), "%.300s", pr[i].done ? pr[i].msg : "no answer in time");
-        report(arg, h->name, 0, line);
-    }
-    rc = failed;
-out:
-    free(pr);
-    if (p)
-        p->ops->destroy(p);
-    sbx_loop_free(loop);
-    return rc;
+    return sbx__docker_link_up(&d->hosts[host_i].link, why);
 }
 
 size_t sbx_docker_active(sbx_provider *p) { return docker_of(p)->nruns; }

@@ -24,7 +24,8 @@
  *                                      path run containers as the engine: to
  *                                      loopback addresses only, unless
  *                                      insecure_tcp
- * The error lines name the worker's settings (SBX_DOCKER_*) that fill the
+ * docker_hosts.h parses and checks endpoints and makes each host's link;
+ * its error lines name the worker's settings (SBX_DOCKER_*) that fill the
  * config, since that is where an operator fixes them.
  *
  * Every container carries the labels sbx.job, sbx.project, sbx.token,
@@ -80,17 +81,8 @@ typedef struct sbx_docker_config {
 } sbx_docker_config;
 
 #define SBX_DOCKER_CERT_DIR_DEFAULT "/etc/sbx/docker"
-
-/* SBX_DOCKER_HOSTS, "name=endpoint@capacity[,...]": the endpoint may hold
- * ':', '/' and '@' (ssh://user@host), so the capacity is after the last
- * '@'. Cuts buf in place; hosts[] point into it. 0, or -EINVAL with err. */
-int sbx_docker_parse_hosts(char *buf, sbx_docker_host *hosts, size_t max, size_t *n, char *err,
-                           size_t errlen);
-/* Everything sbx_docker_new() would refuse in cfg, without the network:
- * names, capacities, endpoints, plain HTTP to a non-loopback address, the
- * TLS files and known_hosts readable. 0, or -EINVAL with one line in err
- * that names the setting and the fix. */
-int sbx_docker_check_config(const sbx_docker_config *cfg, char *err, size_t errlen);
+/* A host name's length: it is part of every slot id ("docker/<name>/<i>"). */
+#define SBX_DOCKER_HOST_NAME_MAX 48
 
 int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **out,
                    char *err, size_t errlen);
@@ -107,14 +99,6 @@ size_t sbx_docker_host_count(sbx_provider *p);
 const char *sbx_docker_host_name(sbx_provider *p, size_t host);
 /* The slot ids of one host; ids[i] point into provider memory. */
 size_t sbx_docker_host_slots(sbx_provider *p, size_t host, const char ***ids);
-/* `sbx-worker --check-config`: reaches every host of cfg as a run would
- * (its own loop, TLS files, ssh tunnels) and asks GET /_ping, all within
- * timeout_ms. report is called once per host, in order, with ok = 1 and
- * what answered, or ok = 0 and why not. Returns the hosts that failed, or
- * -errno when cfg is refused (err says why). Blocks. */
-typedef void (*sbx_docker_probe_cb)(void *arg, const char *host, int ok, const char *msg);
-int sbx_docker_probe(const sbx_docker_config *cfg, int timeout_ms, sbx_docker_probe_cb report,
-                     void *arg, char *err, size_t errlen);
 /* 1 when the host can be reached as far as we know: always for unix, tcp
  * and https hosts, and for ssh hosts while the tunnel is up; else 0 and
  * *why (may be NULL) says what ssh said. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "docker_hosts.h"
 #include "provider_docker.h"
 #include "provider_fly.h"
 #include "provider_vmpool.h"

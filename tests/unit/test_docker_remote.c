@@ -32,6 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "docker_hosts.h"
 #include "http.h"
 #include "loop.h"
 #include "provider.h"
@@ -589,7 +590,7 @@ static void test_probe_reaches_hosts_as_runs_do(void **state)
     cfg.ssh_known_hosts = path(0, "%s/known_hosts", SSH_DIR, NULL);
     assert_int_equal(sbx_docker_probe(&cfg, 10000, on_probed, &pr, err, sizeof(err)), 1);
     if (pr.ok[0] || !strstr(pr.msg[0], "through the ssh tunnel: is /run/sbx-no-such-engine.sock "
-                                       "the engine's socket on that host"))
+                                       "the engine's socket on host ssh"))
         fail_msg("probe said \"%s\"", pr.msg[0]);
 
     /* Refused settings are refused here too. */
