@@ -65,6 +65,12 @@ if [ "$mode" = all ]; then
     have podman || need podman
     have runc || need runc
     have newuidmap || need uidmap
+    # Remote docker hosts (tests/services/remote-docker/): a private dockerd
+    # with TLS, an sshd to tunnel through, and the worker's ssh client.
+    # sshd and dockerd live in /usr/sbin, which a non-root PATH may lack.
+    have dockerd || [ -x /usr/sbin/dockerd ] || need docker.io
+    have sshd || [ -x /usr/sbin/sshd ] || need openssh-server
+    have ssh || need openssh-client
     # The images and the compose stack (docker/images.mk, tests/e2e/test_images.py):
     # a Debian base from the mirror, no registry.
     have mmdebstrap || need mmdebstrap

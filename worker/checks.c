@@ -9,8 +9,11 @@
  *             say; a refused login or certificate ends the wait at once);
  *             the job topic and the dead-letter topic exist (the worker
  *             creates neither)
+ *   docker    (SBX_PROVIDER=docker) each host answers GET /_ping, reached
+ *             as runs reach it: its TLS files, its ssh tunnel
  *
- * Blocking clients, each bounded (CHECK_TIMEOUT_S, KAFKA_WAIT_MS): this runs
+ * Blocking clients, each bounded (CHECK_TIMEOUT_S, KAFKA_WAIT_MS,
+ * DOCKER_WAIT_MS; the docker probe runs a loop of its own): this runs
  * before any loop, and an operator waits at a prompt for it. Nothing
  * printed holds a password: URLs go through sbx_log_redact(), Redis error
  * replies that quote the password are not shown (as in common/redis.c), and
@@ -35,6 +38,9 @@
  * "every broker refused" ends it early. */
 #define KAFKA_WAIT_MS 5000
 #define METADATA_STEP_MS 500
+/* Docker hosts: all of them at once, ssh tunnels included (a login takes
+ * well under a second; ssh's own ConnectTimeout is 10 s). */
+#define DOCKER_WAIT_MS 10000
 /* One problem line: a service's error is a sentence; the URL is capped by
  * the settings (1 KiB). */
 #define LINE_MAX 2048
@@ -341,6 +347,24 @@ out:
     return bad;
 }
 
+/* ---- docker hosts ---- */
+
+static void docker_report(void *arg, const char *host, int ok, const char *msg)
+{
+    char what[80];
+    snprintf(what, sizeof(what), "docker %s", host);
+    report(arg, what, ok, "%s", msg);
+}
+
+static int check_docker(const sbx_config *cfg, FILE *out)
+{
+    char err[512];
+    int rc = sbx__docker_probe(cfg, DOCKER_WAIT_MS, docker_report, out, err, sizeof(err));
+    if (rc < 0)
+        return report(out, "docker", 0, "%s", err);
+    return rc;
+}
+
 int sbx__check_services(const sbx_config *cfg, FILE *out)
 {
     int problems = 0;
@@ -348,6 +372,8 @@ int sbx__check_services(const sbx_config *cfg, FILE *out)
     problems += check_redis(cfg, out);
     problems += check_postgres(cfg, out);
     problems += check_kafka(cfg, out);
+    if (cfg->provider_kind == SBX_PROVIDER_DOCKER)
+        problems += check_docker(cfg, out);
     fflush(out);
     return problems;
 }

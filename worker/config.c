@@ -62,8 +62,12 @@ static const sbx_opt opts[] = {
     {"SBX_KAFKA_SASL_USERNAME", "kafka-sasl-username", "", "SASL user name", STR, S(kafka_sasl_username), 0, 0, 0, 0},
     {"SBX_KAFKA_SASL_PASSWORD_FILE", "kafka-sasl-password-file", "", "file whose first line is the SASL password (preferred to SBX_KAFKA_SASL_PASSWORD)", STR, S(kafka_sasl_password_file), 0, 0, 0, 0},
     {"SBX_KAFKA_SASL_PASSWORD", NULL, "", "SASL password (environment only; never printed)", STR, S(kafka_sasl_password), 0, 0, 0, 1},
-    {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=unix:///sock@capacity or name=tcp://host:port@capacity, comma-separated", STR, S(docker_hosts), 0, 0, 0, 0},
+    {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=endpoint@capacity, comma-separated; endpoint: unix:///path/docker.sock, https://host:port (TLS, SBX_DOCKER_CERT_DIR), ssh://user@host[:port][/path/docker.sock] (SBX_DOCKER_SSH_*), or tcp://host:port to loopback only", STR, S(docker_hosts), 0, 0, 0, 0},
     {"SBX_DOCKER_IMAGE", "docker-image", "", "docker provider: image of jobs that name none", STR, S(docker_image), 0, 0, 0, 0},
+    {"SBX_DOCKER_CERT_DIR", "docker-cert-dir", "/etc/sbx/docker", "https docker hosts: <dir>/<host name>/ca.pem (the engine's CA), cert.pem and key.pem (the client certificate and key), Docker's layout", STR, S(docker_cert_dir), 0, 0, 0, 0},
+    {"SBX_DOCKER_SSH_KNOWN_HOSTS", "docker-ssh-known-hosts", "", "ssh docker hosts: known_hosts file with their host keys, the only ones trusted (required for ssh://)", STR, S(docker_ssh_known_hosts), 0, 0, 0, 0},
+    {"SBX_DOCKER_SSH_KEY", "docker-ssh-key", "", "ssh docker hosts: private key file to log in with (empty: ssh's defaults)", STR, S(docker_ssh_key), 0, 0, 0, 0},
+    {"SBX_DOCKER_INSECURE_TCP", "docker-insecure-tcp", "0", "allow tcp:// and http:// docker hosts at non-loopback addresses: unencrypted, unauthenticated root on the engine to anyone on the path (0/1)", BOOL, I(docker_insecure_tcp), 0, 1, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -359,6 +363,12 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
         fprintf(err, "sbx-worker: SBX_DOCKER_HOSTS is not set: the docker provider needs "
                      "name=unix:///path/docker.sock@capacity[,...]\n");
         bad = 1;
+    } else if (cfg->provider_kind == SBX_PROVIDER_DOCKER) {
+        char e[1024];
+        if (sbx__docker_check(cfg, e, sizeof(e)) != 0) {
+            fprintf(err, "sbx-worker: %s\n", e);
+            bad = 1;
+        }
     }
     if (!*cfg->node) {
         if (gethostname(cfg->node, sizeof(cfg->node)) != 0)

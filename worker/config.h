@@ -72,6 +72,10 @@ typedef struct sbx_config {
     char kafka_sasl_password_file[512];
     char docker_hosts[2048];/* name=endpoint@capacity[,...] */
     char docker_image[512];
+    char docker_cert_dir[512];          /* https hosts: <dir>/<name>/{ca,cert,key}.pem */
+    char docker_ssh_known_hosts[512];
+    char docker_ssh_key[512];
+    int docker_insecure_tcp;            /* tcp:// to non-loopback addresses allowed */
     char retention[32];         /* SBX_RETENTION as given: 7d, 24h, 3600s, 0 */
     long long retention_s;      /* the same in seconds; 0 = keep runs forever */
     char dlq_retention[32];     /* SBX_DLQ_RETENTION, the same for sbx.dead_letters */
@@ -84,6 +88,15 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err);
 /* The provider name's kind (providers.c); -EINVAL when not built in. */
 int sbx__provider_parse(const char *name, sbx_provider_kind *out);
 void sbx_config_print(const sbx_config *cfg, FILE *out);
+/* The SBX_DOCKER_* settings checked as the docker provider will check them
+ * (providers.c); 0, or -EINVAL with one line in err. */
+int sbx__docker_check(const sbx_config *cfg, char *err, size_t errlen);
+/* --check-config: every docker host asked GET /_ping the way runs reach it
+ * (providers.c, sbx_docker_probe()); report once per host. Returns the
+ * hosts that failed, or -errno with err. */
+int sbx__docker_probe(const sbx_config *cfg, int timeout_ms,
+                      void (*report)(void *arg, const char *host, int ok, const char *msg),
+                      void *arg, char *err, size_t errlen);
 
 /* Every librdkafka setting of the worker's clients: the SBX_KAFKA_*
  * security ones first, then SBX_KAFKA_CONF's entries (which may override

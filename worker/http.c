@@ -383,6 +383,13 @@ static int start(sbx_http *http, const sbx_http_req *req, sbx_http_chunk_cb chun
     if (req->unix_socket_path &&
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, req->unix_socket_path) != CURLE_OK)
         goto out_free;
+    /* curl's defaults, said again so no later edit can drop them. */
+    if (curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
+        (req->tls_ca && curl_easy_setopt(e, CURLOPT_CAINFO, req->tls_ca) != CURLE_OK) ||
+        (req->tls_cert && curl_easy_setopt(e, CURLOPT_SSLCERT, req->tls_cert) != CURLE_OK) ||
+        (req->tls_key && curl_easy_setopt(e, CURLOPT_SSLKEY, req->tls_key) != CURLE_OK))
+        goto out_free;
     if (req->timeout_ms)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)req->timeout_ms);
     if (req->connect_timeout_ms)

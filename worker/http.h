@@ -53,6 +53,12 @@ typedef struct sbx_http_req {
     uint32_t timeout_ms;           /* whole request; 0 = none (long waits, log streams) */
     uint32_t connect_timeout_ms;   /* 0 = curl's default (300 s) */
     size_t max_response_bytes;     /* 0 = SBX_HTTP_DEFAULT_MAX_RESPONSE */
+    /* https only. The server's certificate is always verified, chain and
+     * host name (no option turns that off); these say against what, and
+     * what we show in return. PEM file paths, read at each request. */
+    const char *tls_ca;            /* CA bundle the server must chain to; NULL: the system's */
+    const char *tls_cert;          /* client certificate, for servers that require one; NULL: none */
+    const char *tls_key;           /* its private key (unencrypted) */
 } sbx_http_req;
 
 typedef struct sbx_http_res {

@@ -59,6 +59,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "docker_hosts.h"
 #include "docker_tar.h"
 #include "http.h"
 #include "jobfiles.h"
@@ -69,7 +70,7 @@
 #define API "/v1.41"
 /* Slot ids "docker/<host>/<i>" and host names are short by construction. */
 #define SLOT_ID_MAX 96
-#define HOST_NAME_MAX_LEN 48
+#define HOST_NAME_MAX_LEN SBX_DOCKER_HOST_NAME_MAX
 /* Container ids are 64 hex digits. */
 #define CONTAINER_ID_MAX 64
 /* A URL: base + API + a path of ids and a few query parameters. */
@@ -81,10 +82,12 @@
 
 static const char COMP[] = "docker";
 
+typedef struct sbx_docker sbx_docker;
+
 typedef struct host {
+    sbx_docker *d;
     char name[HOST_NAME_MAX_LEN + 1];
-    char base[256];          /* "http://docker" for a unix socket */
-    char *unix_path;         /* NULL for TCP */
+    sbx__docker_link link;   /* how requests reach it (docker_hosts.h) */
     int capacity;
     char **slot_ids;         /* capacity entries, into d->slot_ptrs */
     sbx_run **busy;          /* the run on each slot, or NULL */
@@ -92,7 +95,7 @@ typedef struct host {
 
 typedef struct sweep sweep;
 
-typedef struct sbx_docker {
+struct sbx_docker {
     sbx_provider base;       /* first: sbx_provider * <-> sbx_docker * */
     sbx_http *http;
     host *hosts;
@@ -111,7 +114,8 @@ typedef struct sbx_docker {
     sbx_run *runs;           /* active runs */
     size_t nruns;
     sweep *sweep;            /* the sweep in progress, or NULL */
-} sbx_docker;
+    int no_start_sweep;      /* also no sweep when a tunnel comes up */
+};
 
 typedef enum run_state {
     RUN_CREATING,    /* POST /containers/create in flight */
@@ -452,7 +456,7 @@ static int call(sbx_docker *d, host *h, const char *method, const char *path, co
     char url[URL_MAX], hdr[64];
     const char *hdrs[2] = {NULL, NULL};
     sbx_http_req q = {0};
-    int n = snprintf(url, sizeof(url), "%s" API "%s", h->base, path);
+    int n = snprintf(url, sizeof(url), "%s" API "%s", h->link.base, path);
 
     if (n < 0 || (size_t)n >= sizeof(url))
         return -ENAMETOOLONG;
@@ -462,7 +466,7 @@ static int call(sbx_docker *d, host *h, const char *method, const char *path, co
     }
     q.method = method;
     q.url = url;
-    q.unix_socket_path = h->unix_path;
+    sbx__docker_link_req(&h->link, &q);
     q.headers = hdrs;
     q.body = body;
     q.body_len = body_len;
@@ -771,6 +775,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     sbx_docker *d = docker_of(p);
     sbx_run *r = NULL;
     char *body = NULL;
+    const char *why;
     host *h;
     int idx, rc;
 
@@ -780,6 +785,13 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     }
     if (h->busy[idx]) {
         snprintf(err, errlen, "slot %.100s is busy with job %s", req->slot, h->busy[idx]->job_id);
+        return -EBUSY;
+    }
+    if (!sbx__docker_link_up(&h->link, &why)) {
+        /* The host has no capacity until its tunnel is back: the job waits
+         * (provider.h's -EBUSY) instead of spending attempts on calls bound
+         * to fail, and the next lease may well be on another host. */
+        snprintf(err, errlen, "docker host %s: ssh tunnel is down: %.200s", h->name, why);
         return -EBUSY;
     }
     if (!req->job->image && !d->default_image) {
@@ -1028,6 +1040,8 @@ int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
     for (size_t i = 0; i < d->nhosts; i++) {
         s->lists[i].s = s;
         s->lists[i].h = &d->hosts[i];
+        if (!sbx__docker_link_up(&d->hosts[i].link, NULL))
+            continue;   /* swept when its tunnel comes up (on_tunnel) */
         if (call(d, &d->hosts[i], "GET", path, NULL, NULL, 0, d->req_timeout_ms, LIST_MAX_BYTES,
                  NULL, on_sweep_list, &s->lists[i], NULL) < 0) {
             s->failed++;
@@ -1066,14 +1080,13 @@ static void delete_all_now(sbx_docker *d)
         CURL *e;
         if (!r->id[0] || !(e = curl_easy_init()))
             continue;
-        snprintf(url, sizeof(url), "%s" API "/containers/%s?force=1&v=1", r->host->base, r->id);
+        snprintf(url, sizeof(url), "%s" API "/containers/%s?force=1&v=1", r->host->link.base, r->id);
         curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)DESTROY_MS);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
-        if (r->host->unix_path)
-            curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->host->unix_path);
+        sbx__docker_link_curl(&r->host->link, e);
         if (curl_multi_add_handle(m, e) != CURLM_OK)
             curl_easy_cleanup(e);
         else
@@ -1119,7 +1132,7 @@ static void docker_free(sbx_docker *d)
             free(h->slot_ids[k]);
         free(h->slot_ids);
         free(h->busy);
-        free(h->unix_path);
+        sbx__docker_link_free(&h->link);
     }
     free(d->hosts);
     free(d->slot_ptrs);
@@ -1151,41 +1164,25 @@ static const sbx_provider_ops docker_ops = {
     .destroy = docker_destroy,
 };
 
-static int host_init(sbx_docker *d, host *h, const sbx_docker_host *cfg, char *err, size_t errlen)
+/* ---- hosts ---- */
+
+/* A tunnel came up: containers a crashed predecessor left on that host
+ * could not be listed while it was down, so sweep now. */
+static void on_tunnel(void *arg, int up)
 {
-    const char *ep = cfg->endpoint ? cfg->endpoint : "";
-    if (!cfg->name || !cfg->name[0] || strlen(cfg->name) > HOST_NAME_MAX_LEN ||
-        strspn(cfg->name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
-            strlen(cfg->name)) {
-        snprintf(err, errlen, "docker host name \"%.60s\" must be 1-%d of [A-Za-z0-9._-]",
-                 cfg->name ? cfg->name : "", HOST_NAME_MAX_LEN);
-        return -EINVAL;
-    }
-    /* Slot ids and the per-slot table: a host's capacity is its CPU count
-     * or so; 1024 is far above any real one and keeps the tables small. */
-    if (cfg->capacity < 1 || cfg->capacity > 1024) {
-        snprintf(err, errlen, "docker host %s: capacity must be 1..1024", cfg->name);
-        return -EINVAL;
-    }
+    host *h = arg;
+    if (up && !h->d->no_start_sweep)
+        (void)sbx_docker_sweep(&h->d->base, NULL, NULL);
+}
+
+static int host_init(sbx_docker *d, host *h, const sbx_docker_config *dc, const sbx_docker_host *cfg,
+                     char *err, size_t errlen)
+{
+    int rc = sbx__docker_link_new(d->base.loop, dc, cfg, on_tunnel, h, &h->link, err, errlen);
+    if (rc < 0)
+        return rc;
+    h->d = d;
     snprintf(h->name, sizeof(h->name), "%s", cfg->name);
-    if (strncmp(ep, "unix://", 7) == 0 && ep[7] == '/') {
-        if (!(h->unix_path = strdup(ep + 7)))
-            return -ENOMEM;
-        snprintf(h->base, sizeof(h->base), "http://docker");
-    } else if (strncmp(ep, "tcp://", 6) == 0 && ep[6] && strlen(ep) < sizeof(h->base) - 1) {
-        snprintf(h->base, sizeof(h->base), "http://%s", ep + 6);
-    } else if (strncmp(ep, "http://", 7) == 0 && ep[7] && strlen(ep) < sizeof(h->base)) {
-        snprintf(h->base, sizeof(h->base), "%s", ep);
-    } else {
-        snprintf(err, errlen, "docker host %s: endpoint \"%.100s\" is not unix:///path, tcp://h:p or http://h:p",
-                 cfg->name, ep);
-        return -EINVAL;
-    }
-    {
-        size_t bl = strlen(h->base);
-        if (bl > 0 && h->base[bl - 1] == '/')
-            h->base[bl - 1] = '\0';
-    }
     h->capacity = cfg->capacity;
     h->slot_ids = calloc((size_t)cfg->capacity, sizeof(*h->slot_ids));
     h->busy = calloc((size_t)cfg->capacity, sizeof(*h->busy));
@@ -1239,15 +1236,14 @@ int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **
         snprintf(err, errlen, "docker provider needs a worker id (1-128 chars, no quotes)");
         return -EINVAL;
     }
-    if (cfg->nhosts == 0 || !cfg->hosts) {
-        snprintf(err, errlen, "docker provider needs at least one host");
-        return -EINVAL;
-    }
+    if ((rc = sbx_docker_check_config(cfg, err, errlen)) < 0)
+        return rc;
     if (!(d = calloc(1, sizeof(*d))))
         goto nomem;
     d->base.ops = &docker_ops;
     d->base.loop = loop;
     d->allow_network = cfg->allow_network;
+    d->no_start_sweep = cfg->no_start_sweep;
     d->memory_mb = cfg->default_memory_mb > 0 ? cfg->default_memory_mb : 1024;
     d->pids = cfg->default_pids > 0 ? cfg->default_pids : 512;
     d->cpus = cfg->default_cpus > 0 ? cfg->default_cpus : 1.0;
@@ -1267,15 +1263,8 @@ int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **
         !(d->slot_ptrs = calloc(total + 1, sizeof(*d->slot_ptrs))))
         goto nomem;
     for (size_t i = 0; i < cfg->nhosts; i++) {
-        for (size_t k = 0; k < i; k++) {
-            if (cfg->hosts[i].name && strcmp(cfg->hosts[i].name, cfg->hosts[k].name) == 0) {
-                snprintf(err, errlen, "docker host %s is listed twice", cfg->hosts[i].name);
-                rc = -EINVAL;
-                goto fail;
-            }
-        }
         d->nhosts = i + 1;
-        if ((rc = host_init(d, &d->hosts[i], &cfg->hosts[i], err, errlen)) < 0) {
+        if ((rc = host_init(d, &d->hosts[i], cfg, &cfg->hosts[i], err, errlen)) < 0) {
             if (rc == -ENOMEM)
                 goto nomem;
             goto fail;
@@ -1317,6 +1306,17 @@ size_t sbx_docker_host_slots(sbx_provider *p, size_t host_i, const char ***ids)
         first += (size_t)d->hosts[i].capacity;
     *ids = d->slot_ptrs + first;
     return (size_t)d->hosts[host_i].capacity;
+}
+
+int sbx_docker_host_up(sbx_provider *p, size_t host_i, const char **why)
+{
+    sbx_docker *d = docker_of(p);
+    if (host_i >= d->nhosts) {
+        if (why)
+            *why = "no such host";
+        return 0;
+    }
+    return sbx__docker_link_up(&d->hosts[host_i].link, why);
 }
 
 size_t sbx_docker_active(sbx_provider *p) { return docker_of(p)->nruns; }

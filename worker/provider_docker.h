@@ -9,6 +9,25 @@
  * is canceled, timed out or refused by the engine before that still reports
  * STARTED, right before FINISHED, so every run has both (provider.h).
  *
+ * Hosts are reached as their endpoint says (the transport is this
+ * provider's; the engine calls do not see it):
+ *   unix:///run/docker.sock            a local engine's socket
+ *   https://host:port                  TLS: the engine's certificate verified
+ *                                      against the host's CA, and a client
+ *                                      certificate shown (dockerd --tlsverify)
+ *   ssh://[user@]host[:port][/socket]  through `ssh -N -L` to the engine's
+ *                                      socket there (default
+ *                                      /var/run/docker.sock), the host key
+ *                                      checked against ssh_known_hosts; the
+ *                                      tunnel is supervised (ssh_tunnel.h)
+ *   tcp://host:port, http://host:port  plain HTTP, which lets anyone on the
+ *                                      path run containers as the engine: to
+ *                                      loopback addresses only, unless
+ *                                      insecure_tcp
+ * docker_hosts.h parses and checks endpoints and makes each host's link;
+ * its error lines name the worker's settings (SBX_DOCKER_*) that fill the
+ * config, since that is where an operator fixes them.
+ *
  * Every container carries the labels sbx.job, sbx.project, sbx.token,
  * sbx.slot, sbx.worker and sbx.pool=docker, so orphans are found by asking
  * the engine, not our database: sbx_docker_sweep() removes containers of
@@ -26,7 +45,7 @@
 
 typedef struct sbx_docker_host {
     const char *name;       /* in slot ids; letters, digits, '.', '_', '-' */
-    const char *endpoint;   /* "unix:///run/podman/podman.sock", "tcp://h:p" or "http://h:p" */
+    const char *endpoint;   /* one of the forms above */
     int capacity;           /* concurrent containers on this host */
 } sbx_docker_host;
 
@@ -47,8 +66,23 @@ typedef struct sbx_docker_config {
     int request_timeout_ms;         /* each engine call but wait (reading the logs
                                      * too); 0 = 30000 */
     int kill_grace_ms;              /* kill -> engine reports exit; 0 = 10000 */
-    int no_start_sweep;             /* tests: do not sweep in sbx_docker_new() */
+    int no_start_sweep;             /* tests, --check-config: do not sweep in
+                                     * sbx_docker_new() nor when a tunnel is up */
+    int insecure_tcp;               /* tcp:// and http:// to any address */
+    const char *cert_dir;           /* https host H's files, Docker's layout:
+                                     * cert_dir/H/ca.pem, cert.pem, key.pem;
+                                     * NULL: SBX_DOCKER_CERT_DIR_DEFAULT */
+    const char *ssh_known_hosts;    /* ssh hosts: the host keys trusted; required */
+    const char *ssh_key;            /* ssh hosts: private key; NULL: ssh's defaults */
+    const char *ssh_command;        /* NULL: "ssh" from PATH */
+    const char *run_dir;            /* tunnels' local sockets go in a private
+                                     * directory under it; NULL:
+                                     * $RUNTIME_DIRECTORY (systemd), else /tmp */
 } sbx_docker_config;
+
+#define SBX_DOCKER_CERT_DIR_DEFAULT "/etc/sbx/docker"
+/* A host name's length: it is part of every slot id ("docker/<name>/<i>"). */
+#define SBX_DOCKER_HOST_NAME_MAX 48
 
 int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **out,
                    char *err, size_t errlen);
@@ -65,6 +99,10 @@ size_t sbx_docker_host_count(sbx_provider *p);
 const char *sbx_docker_host_name(sbx_provider *p, size_t host);
 /* The slot ids of one host; ids[i] point into provider memory. */
 size_t sbx_docker_host_slots(sbx_provider *p, size_t host, const char ***ids);
+/* 1 when the host can be reached as far as we know: always for unix, tcp
+ * and https hosts, and for ssh hosts while the tunnel is up; else 0 and
+ * *why (may be NULL) says what ssh said. */
+int sbx_docker_host_up(sbx_provider *p, size_t host, const char **why);
 /* Runs started and not yet finished. */
 size_t sbx_docker_active(sbx_provider *p);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "docker_hosts.h"
 #include "provider_docker.h"
 #include "provider_fly.h"
 #include "provider_vmpool.h"
@@ -41,56 +42,59 @@ static int make_local(sbx_worker *w, char *err, size_t errlen)
     return sbx_local_new(w->loop, &lc, &w->prov, err, errlen);
 }
 
-/* "name=endpoint@capacity,..." — the endpoint may hold ':' and '/', so the
- * capacity is after the last '@'. The strings are cut in place in buf. */
-static int parse_docker_hosts(char *buf, sbx_docker_host *hosts, size_t *n, char *err,
-                              size_t errlen)
+/* The docker provider's config from SBX_DOCKER_*; hosts point into buf. */
+static int docker_settings(const sbx_config *cfg, char *buf, size_t buflen, sbx_docker_host *hosts,
+                           sbx_docker_config *dc, char *err, size_t errlen)
 {
-    *n = 0;
-    for (char *item = strtok(buf, ","); item; item = strtok(NULL, ",")) {
-        char *eq = strchr(item, '='), *at = strrchr(item, '@'), *end;
-        long cap;
-        if (*n == DOCKER_HOSTS_MAX) {
-            snprintf(err, errlen, "SBX_DOCKER_HOSTS: more than %d hosts", DOCKER_HOSTS_MAX);
-            return -EINVAL;
-        }
-        if (!eq || !at || at < eq) {
-            snprintf(err, errlen, "SBX_DOCKER_HOSTS entry '%s' is not name=endpoint@capacity",
-                     item);
-            return -EINVAL;
-        }
-        *eq = *at = '\0';
-        cap = strtol(at + 1, &end, 10);
-        if (*end || cap < 1 || cap > 10000) {
-            snprintf(err, errlen, "SBX_DOCKER_HOSTS: capacity of %s must be 1..10000", item);
-            return -EINVAL;
-        }
-        hosts[*n].name = item;
-        hosts[*n].endpoint = eq + 1;
-        hosts[*n].capacity = (int)cap;
-        (*n)++;
-    }
+    size_t n;
+    int rc;
+
+    snprintf(buf, buflen, "%s", cfg->docker_hosts);
+    if ((rc = sbx_docker_parse_hosts(buf, hosts, DOCKER_HOSTS_MAX, &n, err, errlen)) < 0)
+        return rc;
+    memset(dc, 0, sizeof(*dc));
+    dc->worker_id = cfg->worker_id;
+    dc->hosts = hosts;
+    dc->nhosts = n;
+    dc->default_image = cfg->docker_image[0] ? cfg->docker_image : NULL;
+    dc->allow_network = cfg->allow_network;
+    dc->insecure_tcp = cfg->docker_insecure_tcp;
+    dc->cert_dir = cfg->docker_cert_dir;
+    dc->ssh_known_hosts = cfg->docker_ssh_known_hosts;
+    dc->ssh_key = cfg->docker_ssh_key;
     return 0;
+}
+
+int sbx__docker_check(const sbx_config *cfg, char *err, size_t errlen)
+{
+    char buf[sizeof(cfg->docker_hosts)];
+    sbx_docker_host hosts[DOCKER_HOSTS_MAX];
+    sbx_docker_config dc;
+    int rc = docker_settings(cfg, buf, sizeof(buf), hosts, &dc, err, errlen);
+    return rc ? rc : sbx_docker_check_config(&dc, err, errlen);
+}
+
+int sbx__docker_probe(const sbx_config *cfg, int timeout_ms,
+                      void (*report)(void *arg, const char *host, int ok, const char *msg),
+                      void *arg, char *err, size_t errlen)
+{
+    char buf[sizeof(cfg->docker_hosts)];
+    sbx_docker_host hosts[DOCKER_HOSTS_MAX];
+    sbx_docker_config dc;
+    int rc = docker_settings(cfg, buf, sizeof(buf), hosts, &dc, err, errlen);
+    return rc ? rc : sbx_docker_probe(&dc, timeout_ms, report, arg, err, errlen);
 }
 
 static int make_docker(sbx_worker *w, char *err, size_t errlen)
 {
+    /* static: the provider keeps pointers into neither, but its config
+     * names them while it is made. */
     static char buf[sizeof(w->cfg.docker_hosts)];
     static sbx_docker_host hosts[DOCKER_HOSTS_MAX];
     sbx_docker_config dc;
-    size_t n;
-    int rc;
-
-    snprintf(buf, sizeof(buf), "%s", w->cfg.docker_hosts);
-    rc = parse_docker_hosts(buf, hosts, &n, err, errlen);
+    int rc = docker_settings(&w->cfg, buf, sizeof(buf), hosts, &dc, err, errlen);
     if (rc)
         return rc;
-    memset(&dc, 0, sizeof(dc));
-    dc.worker_id = w->cfg.worker_id;
-    dc.hosts = hosts;
-    dc.nhosts = n;
-    dc.default_image = w->cfg.docker_image[0] ? w->cfg.docker_image : NULL;
-    dc.allow_network = w->cfg.allow_network;
     return sbx_docker_new(w->loop, &dc, &w->prov, err, errlen);
 }
 
