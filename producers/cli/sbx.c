@@ -232,6 +232,11 @@ int sbx__cli_parse_duration(const char *s, long long max_s, long long *out)
 
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
 {
+    sbx__cli_pg_error_to(stderr, what, conn, res);
+}
+
+void sbx__cli_pg_error_to(FILE *f, const char *what, PGconn *conn, const PGresult *res)
+{
     const char *msg = res ? PQresultErrorMessage(res) : "";
     char line[1024];
     if (!msg || !*msg)
@@ -240,7 +245,7 @@ void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
     for (char *p = line; *p; p++)
         if (*p == '\n')
             *p = p[1] ? ' ' : '\0';
-    fprintf(stderr, "sbx: %s: %s\n", what, line);
+    fprintf(f, "sbx: %s: %s\n", what, line);
 }
 
 void sbx__cli_print_clean(const char *s, const char *indent)
