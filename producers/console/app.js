@@ -231,7 +231,10 @@ function viewRuns(view, params) {
       const t = table(columns, runs, "No runs match.");
       tbody = t.querySelector("tbody");
       rows.clear();
-      runs.forEach((r, i) => rows.set(r.job_id, tbody.children[i]));
+      runs.forEach((r, i) => {
+        tbody.children[i].setAttribute("data-job", r.job_id);
+        rows.set(r.job_id, tbody.children[i]);
+      });
       holder.replaceChildren(t);
     } catch (e) {
       holder.replaceChildren(el("p", { class: "notice error" }, "Could not load runs: " + e.message));

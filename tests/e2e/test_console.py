@@ -1,0 +1,302 @@
+"""test_console.py — the web console (`sbx serve`) in a real browser.
+
+Debian's headless Chromium, driven by Selenium through chromedriver, against
+`sbx serve` and a real sbx-worker with the session's Kafka, Redis and
+PostgreSQL. The console reads as a login that is only a member of sbx_reader
+(what an operator would give it); its actions use a login that is a member
+of sbx_writer and sbx_submitter (SBX_CONSOLE_ACTION_DATABASE_URL).
+
+Assertions are about what a person sees, without reloading the page:
+- a job sent while the runs list is open appears in it and turns
+  succeeded; a run's page shows its log as it is written (a line printed
+  seconds after the page opened shows up), and markup in a log line shows
+  as text (no element made, no script run);
+- cancel from a run's page ends a running build canceled;
+- a dead letter's Replay is refused without the operator token and works
+  with it (the job then succeeds); the API refuses it too;
+- lag per partition and slots per pool are shown;
+- at 390x844 (a phone) no view scrolls sideways.
+Screenshots of every view go to $SBX_BUILD/screenshots/ (paths printed).
+"""
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import build_dir, wait_until
+from test_worker import enqueue, job, topics, wait_terminal, workdir  # noqa: F401 (fixtures)
+
+selenium = pytest.importorskip("selenium", reason="install-deps installs selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+PHONE = (390, 844)
+DESKTOP = (1280, 900)
+SHOTS = build_dir() / "screenshots"
+# What a log line or detail with markup must show as: text.
+MARKUP = "<script>window.__sbxPwned=1</script><img src=x onerror=window.__sbxPwned=2><b>bold</b>"
+
+
+def as_role(url, role):
+    scheme, rest = url.split("://", 1)
+    return "%s://%s@%s" % (scheme, role, rest.split("@", 1)[1])
+
+
+def login(pg, services, role, *groups):
+    """A login role that is a member of groups only (the session's server
+    trusts 127.0.0.1)."""
+    pg.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '%s') THEN "
+               "CREATE ROLE %s LOGIN; END IF; END $$" % (role, role))
+    for g in groups:
+        pg.execute("GRANT %s TO %s" % (g, role))
+    return as_role(services["SBX_DATABASE_URL"], role)
+
+
+class Console:
+    def __init__(self, proc, url, token, log):
+        self.proc, self.url, self.token, self.log = proc, url, token, log
+
+    def post(self, path, token=None):
+        req = urllib.request.Request(self.url + path, data=b"", method="POST")
+        if token:
+            req.add_header("X-Sbx-Token", token)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+
+@pytest.fixture
+def console(services, pg, sbx_bin, topics, tmp_path):  # noqa: F811
+    """`sbx serve` on a free port for this test's topic and group, with an
+    operator token; stopped (SIGTERM, must exit 0) at teardown."""
+    token = secrets.token_hex(16)
+    env = dict(os.environ, **services)
+    env.update(topics)
+    env.update({
+        "SBX_DATABASE_URL": login(pg, services, "sbx_e2e_console_reader", "sbx_reader"),
+        "SBX_CONSOLE_ACTION_DATABASE_URL": login(pg, services, "sbx_e2e_console_actor",
+                                                 "sbx_writer", "sbx_submitter"),
+        "SBX_CONSOLE_TOKEN": token,
+    })
+    log = tmp_path / "console.log"
+    with open(log, "w") as errf:
+        proc = subprocess.Popen([str(sbx_bin / "sbx"), "serve", "--listen", "127.0.0.1:0"], env=env,
+                                stdout=subprocess.PIPE, stderr=errf, text=True,
+                                stdin=subprocess.DEVNULL)
+    first = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(20)
+    line = first[0] if first else ""
+    if "listening on http://" not in line:
+        proc.kill()
+        pytest.fail("sbx serve did not start: %r\n%s" % (line, log.read_text()), pytrace=False)
+    url = line.split("listening on ", 1)[1].split()[0].rstrip("/")
+    c = Console(proc, url, token, log)
+    yield c
+    proc.terminate()
+    try:
+        rc = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("sbx serve did not stop within 20 s of SIGTERM", pytrace=False)
+    print("sbx serve log:\n" + log.read_text())
+    assert rc == 0, "sbx serve exited %d" % rc
+
+
+@pytest.fixture
+def browser():
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.fail("chromium and chromium-driver are not installed (docker/install-deps.sh)",
+                    pytrace=False)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=%d,%d" % DESKTOP, "--hide-scrollbars"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+def phone(d, on):
+    """Emulates a 390x844 phone screen (or goes back to the desktop size)."""
+    if on:
+        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                          {"width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 2,
+                           "mobile": True})
+    else:
+        d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def shot(d, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / (name + ".png")
+    d.save_screenshot(str(path))
+    print("screenshot:", path)
+    return path
+
+
+def text(d, css):
+    return " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, css))
+
+
+def no_sideways_scroll(d, what):
+    w = d.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert w[0] <= w[1], "%s scrolls sideways at %dpx: content is %dpx wide" % (what, w[1], w[0])
+
+
+def go(d, console, hash_):
+    d.get(console.url + "/" + hash_)
+    d.execute_script("window.__sbxMark = 42")
+
+
+def still_same_page(d):
+    assert d.execute_script("return window.__sbxMark") == 42, "the page reloaded"
+    assert d.execute_script("return window.__sbxPwned") is None, "markup from the data ran"
+
+
+def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, workdir,  # noqa: F811
+                                           console, browser):
+    d = browser
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_LOCAL_SLOTS=2, **topics)
+    w.wait_log(r"assigned \d+ partitions", 30)
+    tag = uuid.uuid4().hex[:8]
+
+    # The runs list, open before the job exists.
+    go(d, console, "#/runs")
+    wait_until(lambda: "live" == text(d, ".live"), 15, "the runs feed connected")
+    quick = job("console-" + tag, "echo quick-%s" % tag)
+    enqueue(run_sbx, topics, [quick])
+    row = 'tr[data-job="%s"]' % quick["job_id"]
+    wait_until(lambda: text(d, row), 30, "the new run in the list")
+    wait_until(lambda: "succeeded" in text(d, row + " .pill"), 60, "the run turned succeeded")
+    still_same_page(d)
+    shot(d, "console-runs-desktop")
+
+    # A run's page while it runs: the first line is there, a line printed
+    # seconds later streams in, markup shows as text.
+    slow = job("console-" + tag, "echo first-%s; sleep 4; printf '%%s\\n' '%s'; echo last-%s"
+               % (tag, MARKUP, tag))
+    enqueue(run_sbx, topics, [slow])
+    go(d, console, "#/run/" + slow["job_id"])
+    wait_until(lambda: "first-" + tag in text(d, "#log"), 30, "the first log line")
+    assert "last-" + tag not in text(d, "#log"), "the page opened after the build ended"
+    wait_until(lambda: "last-" + tag in text(d, "#log"), 30, "a later log line streamed in")
+    assert MARKUP in text(d, "#log"), text(d, "#log")
+    assert d.find_elements(By.CSS_SELECTOR, "#log script, #log img, #log b") == []
+    wait_until(lambda: "succeeded" in text(d, ".run-head .pill"), 30, "the page shows succeeded")
+    wait_until(lambda: "succeeded" in text(d, "table"), 10, "the history shows succeeded")
+    still_same_page(d)
+    shot(d, "console-run-desktop")
+
+    # Cancel from a running build's page (with the token).
+    long = job("console-" + tag + "-b", "echo started-%s; sleep 60" % tag)
+    enqueue(run_sbx, topics, [long])
+    go(d, console, "#/run/" + long["job_id"])
+    wait_until(lambda: "started-" + tag in text(d, "#log"), 30, "the long build's log")
+    set_token(d, console.token)
+    d.find_element(By.CSS_SELECTOR, ".run-head button.danger").click()
+    d.switch_to.alert.accept()
+    wait_until(lambda: "canceled" in text(d, ".run-head .pill"), 30, "the page shows canceled")
+    assert wait_terminal(pg, [long["job_id"]], 5, [w])[long["job_id"]] == "canceled"
+    still_same_page(d)
+
+    # Lag per partition: the worker committed past every job.
+    go(d, console, "#/lag")
+    wait_until(lambda: text(d, "#total-lag") == "0", 30, "lag 0 after the jobs finished")
+    assert len(d.find_elements(By.CSS_SELECTOR, "tbody tr")) == 8
+    shot(d, "console-lag-desktop")
+    go(d, console, "#/slots")
+    wait_until(lambda: "free of" in text(d, "h2"), 15, "a pool with its slots")
+    shot(d, "console-slots-desktop")
+
+    # A phone: every view fits the width.
+    phone(d, True)
+    for name, hash_ in (("runs", "#/runs"), ("run", "#/run/" + slow["job_id"]),
+                        ("slots", "#/slots"), ("lag", "#/lag"), ("dlq", "#/dlq")):
+        go(d, console, hash_)
+        wait_until(lambda: "Loading" not in text(d, "main"), 15, name + " loaded")
+        if name == "run":
+            wait_until(lambda: "last-" + tag in text(d, "#log"), 15, "the log at phone size")
+        time.sleep(0.3)
+        no_sideways_scroll(d, name)
+        shot(d, "console-%s-phone" % name)
+    phone(d, False)
+
+
+def set_token(d, token):
+    d.find_element(By.ID, "token-toggle").click()
+    d.find_element(By.ID, "token-input").send_keys(token)
+    d.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait_until(lambda: d.find_element(By.ID, "token-toggle").text == "Token set", 5, "token set")
+
+
+def test_dead_letter_replay_needs_the_token(run_sbx, pg, start_worker, topics, workdir,  # noqa: F811
+                                            console, browser):
+    d = browser
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_MAX_ATTEMPTS=2, SBX_RETRY_BASE_MS=50, **topics)
+    w.wait_log(r"assigned \d+ partitions", 30)
+    # A provider error on every attempt (the work directory is a file), as
+    # test_reliability_dlqdata does: the job ends dead_lettered.
+    shutil.rmtree(workdir)
+    open(workdir, "w").close()
+    j = job("console-dlq", "echo replayed-ok")
+    try:
+        enqueue(run_sbx, topics, [j])
+        assert wait_terminal(pg, [j["job_id"]], 60, [w])[j["job_id"]] == "dead_lettered"
+    finally:
+        os.unlink(workdir)
+        os.mkdir(workdir)
+        os.chmod(workdir, 0o755)
+    dl_id = pg.scalar("SELECT id FROM sbx.dead_letters WHERE job_id = %s", j["job_id"])
+
+    # The API: no token, a wrong one.
+    assert console.post("/api/dead-letters/%d/replay" % dl_id)[0] == 401
+    assert console.post("/api/dead-letters/%d/replay" % dl_id, "x" * 32)[0] == 401
+
+    go(d, console, "#/dlq")
+    row = '//tr[td[@data-label="Job"]/a[text()="%s"]]' % j["job_id"]
+    wait_until(lambda: d.find_elements(By.XPATH, row), 20, "the dead letter listed")
+    d.find_element(By.XPATH, row + '//button[text()="Replay"]').click()
+    wait_until(lambda: "refused" in text(d, "#notice"), 10, "the refusal shown")
+    assert "token" in text(d, "#notice")
+    assert pg.scalar("SELECT status FROM sbx.runs WHERE job_id = %s", j["job_id"]) == "dead_lettered"
+    assert pg.scalar("SELECT replays FROM sbx.dead_letters WHERE id = %s", dl_id) == 0
+    shot(d, "console-dlq-refused-desktop")
+
+    set_token(d, console.token)
+    d.find_element(By.XPATH, row + '//button[text()="Replay"]').click()
+    wait_until(lambda: "replayed" in text(d, "#notice"), 30, "the replay done")
+    wait_until(lambda: pg.scalar("SELECT status FROM sbx.runs WHERE job_id = %s",
+                                 j["job_id"]) == "succeeded", 60, "the replayed job succeeded")
+    wait_until(lambda: "succeeded" in d.find_element(By.XPATH, row).text, 20,
+               "the list shows the run succeeded")
+    assert pg.scalar("SELECT replays FROM sbx.dead_letters WHERE id = %s", dl_id) == 1
+    still_same_page(d)
+    shot(d, "console-dlq-replayed-desktop")
+    phone(d, True)
+    go(d, console, "#/dlq")
+    wait_until(lambda: d.find_elements(By.XPATH, row), 20, "the dead letter at phone size")
+    no_sideways_scroll(d, "dlq")
+    shot(d, "console-dlq-phone")
+    phone(d, False)
