@@ -269,8 +269,8 @@ function viewRun(view, id) {
   const history = el("div");
   const log = el("pre", { class: "log", id: "log", "aria-label": "log" });
   const tail = el("div");
-  view.append(head, el("h2", {}, "Details"), fields, el("h2", {}, "History"), history,
-              el("h2", {}, "Log ", badge), log, tail);
+  view.append(head, fields, el("h2", {}, "Log ", badge), log, tail,
+              el("h2", {}, "History"), history);
   let run = null, cursor = { attempt: 0, seq: -1 }, shownAttempt = null, anyLog = false;
 
   const drawRun = (r) => {
@@ -291,7 +291,7 @@ function viewRun(view, id) {
       ["Created", when(run.created_at)], ["Started", when(run.started_at)],
       ["Finished", when(run.finished_at)], ["Updated", when(run.updated_at)],
     ];
-    fields.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    fields.replaceChildren(...pairs.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
     if (!anyLog && run.log_tail && TERMINAL.includes(run.status)) {
       tail.replaceChildren(el("h2", {}, "Log tail (kept with the run)"),
                            el("pre", { class: "log" }, run.log_tail));

@@ -19,6 +19,7 @@ Assertions are about what a person sees, without reloading the page:
 Screenshots of every view go to $SBX_BUILD/screenshots/ (paths printed).
 """
 
+import base64
 import json
 import os
 import secrets
@@ -32,7 +33,7 @@ import uuid
 
 import pytest
 
-from conftest import build_dir, wait_until
+from conftest import REPO, build_dir, wait_until
 from test_worker import enqueue, job, topics, wait_terminal, workdir  # noqa: F401 (fixtures)
 
 selenium = pytest.importorskip("selenium", reason="install-deps installs selenium")
@@ -149,9 +150,15 @@ def phone(d, on):
 
 
 def shot(d, name):
+    """The whole page (not only the window), as a person scrolling sees it."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / (name + ".png")
-    d.save_screenshot(str(path))
+    size = d.execute_script("return [document.documentElement.scrollWidth, "
+                            "document.documentElement.scrollHeight]")
+    png = d.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size[0], "height": min(size[1], 4000), "scale": 1}})
+    path.write_bytes(base64.b64decode(png["data"]))
     print("screenshot:", path)
     return path
 
@@ -208,6 +215,15 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, wo
     wait_until(lambda: "succeeded" in text(d, "table"), 10, "the history shows succeeded")
     still_same_page(d)
     shot(d, "console-run-desktop")
+    # The API's shapes are the contract's (schemas/run.v1, log.v1).
+    schemas = REPO / "schemas"
+    run_keys = set(json.loads((schemas / "run.v1.schema.json").read_text())["required"])
+    log_keys = set(json.loads((schemas / "log.v1.schema.json").read_text())["required"])
+    r = console.get("/api/runs/" + slow["job_id"])
+    assert run_keys <= set(r) and r["v"] == 1 and r["events"][-1]["to_status"] == "succeeded", r
+    assert all(run_keys <= set(x) for x in console.get("/api/runs?project=console-" + tag))
+    chunks = console.get("/api/runs/%s/logs" % slow["job_id"])
+    assert chunks and all(log_keys <= set(c) and c["v"] == 1 for c in chunks), chunks
 
     # Cancel from a running build's page (with the token).
     long = job("console-" + tag + "-b", "echo started-%s; sleep 60" % tag)
