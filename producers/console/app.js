@@ -84,7 +84,7 @@ async function api(path, opts) {
 
 // A table; columns [label, cell(row) -> Node|string, className]. Under
 // 700px wide it shows one card per row (style.css), labels from data-label.
-function table(columns, rows, empty) {
+function table(columns, rows, empty, plain) {
   const head = el("tr", {}, columns.map(([label, , cls]) => el("th", { class: cls }, label)));
   const body = el("tbody");
   for (const row of rows) body.append(tableRow(columns, row));
@@ -92,7 +92,7 @@ function table(columns, rows, empty) {
     body.append(el("tr", {}, el("td", { class: "empty muted", colspan: columns.length },
                                     empty || "Nothing here.")));
   }
-  return el("table", { class: "cards" }, el("thead", {}, head), body);
+  return el("table", { class: plain ? "plain" : "cards" }, el("thead", {}, head), body);
 }
 
 function tableRow(columns, row) {
@@ -143,9 +143,14 @@ async function act(path, what) {
 }
 
 function replayButton(d, after) {
+  // What sbx dlq replay refuses is not offered: no original kept, or a job
+  // whose run is not dead_lettered (a job id runs once).
+  const stuck = d.run_status && d.run_status !== "dead_lettered";
   return el("button", {
-    type: "button", class: "action", disabled: !d.replayable,
-    title: d.replayable ? "publish the original message again" : "no original kept",
+    type: "button", class: "action", disabled: !d.replayable || stuck,
+    title: !d.replayable ? "no original kept (the message was too large)"
+      : stuck ? "its job is " + d.run_status + "; a job id runs once"
+      : "publish the original message again",
     onclick: async () => { await act("/api/dead-letters/" + d.id + "/replay",
                                      "Replay of dead letter " + d.id); after(); },
   }, "Replay");
@@ -297,13 +302,17 @@ function viewRun(view, id) {
                            el("pre", { class: "log" }, run.log_tail));
     }
   };
+  // One line per transition, oldest first: short enough for a phone.
   const drawHistory = (events) => {
-    history.replaceChildren(table([
-      ["At", (e) => when(e.at)],
-      ["From", (e) => e.from_status ? pill(e.from_status) : "(new)"],
-      ["To", (e) => pill(e.to_status)],
-      ["Detail", (e) => e.detail || ""],
-    ], events || [], "No transitions yet."));
+    if (!events || !events.length) {
+      history.replaceChildren(el("p", { class: "muted" }, "No transitions yet."));
+      return;
+    }
+    history.replaceChildren(el("ol", { class: "events" }, events.map((e) => el("li", {},
+      el("span", { class: "at muted" }, when(e.at)), " ",
+      e.from_status ? pill(e.from_status) : el("span", { class: "muted" }, "(new)"),
+      " \u2192 ", pill(e.to_status),
+      e.detail ? el("span", { class: "detail" }, " " + e.detail) : null))));
   };
   const append = (chunks) => {
     const near = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
@@ -415,7 +424,7 @@ function viewLag(view) {
             fill.style.width = Math.round(100 * p.lag / max) + "%";
             return el("div", { class: "bar" }, fill);
           }],
-        ], l.partitions, "The topic has no partitions."));
+        ], l.partitions, "The topic has no partitions.", true));
     } catch (e) {
       holder.replaceChildren(el("p", { class: "notice error" }, "Could not read Kafka: " + e.message));
     }

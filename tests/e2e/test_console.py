@@ -185,17 +185,18 @@ def still_same_page(d):
 def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, workdir,  # noqa: F811
                                            console, browser):
     d = browser
-    w = start_worker(SBX_WORK_DIR=workdir, SBX_LOCAL_SLOTS=2, **topics)
-    w.wait_log(r"assigned \d+ partitions", 30)
     tag = uuid.uuid4().hex[:8]
 
-    # The runs list, open before the job exists.
+    # The runs list, open before the job exists; no worker yet, so the job
+    # waits in Kafka (lag 1) until one starts.
     go(d, console, "#/runs")
     wait_until(lambda: "live" == text(d, ".live"), 15, "the runs feed connected")
     quick = job("console-" + tag, "echo quick-%s" % tag)
     enqueue(run_sbx, topics, [quick])
     row = 'tr[data-job="%s"]' % quick["job_id"]
-    wait_until(lambda: text(d, row), 30, "the new run in the list")
+    wait_until(lambda: "submitted" in text(d, row + " .pill"), 30, "the new run in the list")
+    wait_until(lambda: console.get("/api/lag")["total_lag"] == 1, 15, "lag 1 with no worker")
+    w = start_worker(SBX_WORK_DIR=workdir, SBX_LOCAL_SLOTS=2, **topics)
     wait_until(lambda: "succeeded" in text(d, row + " .pill"), 60, "the run turned succeeded")
     still_same_page(d)
     shot(d, "console-runs-desktop")
@@ -212,7 +213,8 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, wo
     assert MARKUP in text(d, "#log"), text(d, "#log")
     assert d.find_elements(By.CSS_SELECTOR, "#log script, #log img, #log b") == []
     wait_until(lambda: "succeeded" in text(d, ".run-head .pill"), 30, "the page shows succeeded")
-    wait_until(lambda: "succeeded" in text(d, "table"), 10, "the history shows succeeded")
+    wait_until(lambda: "succeeded" in text(d, "ol.events li:last-child"), 10,
+               "the history ends succeeded")
     still_same_page(d)
     shot(d, "console-run-desktop")
     # The API's shapes are the contract's (schemas/run.v1, log.v1).
@@ -308,6 +310,8 @@ def test_dead_letter_replay_needs_the_token(run_sbx, pg, start_worker, topics, w
     wait_until(lambda: "succeeded" in d.find_element(By.XPATH, row).text, 20,
                "the list shows the run succeeded")
     assert pg.scalar("SELECT replays FROM sbx.dead_letters WHERE id = %s", dl_id) == 1
+    # A job id runs once: Replay is no longer offered.
+    assert not d.find_element(By.XPATH, row + '//button[text()="Replay"]').is_enabled()
     still_same_page(d)
     shot(d, "console-dlq-replayed-desktop")
     phone(d, True)
