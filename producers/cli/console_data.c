@@ -300,6 +300,14 @@ static void add_int(json_object *o, const char *k, const char *v)
     json_object_object_add(o, k, v ? json_object_new_int64(strtoll(v, NULL, 10)) : NULL);
 }
 
+static int by_slot(const void *a, const void *b)
+{
+    json_object *x, *y;
+    json_object_object_get_ex(*(json_object *const *)a, "slot", &x);
+    json_object_object_get_ex(*(json_object *const *)b, "slot", &y);
+    return strcmp(json_object_get_string(x), json_object_get_string(y));
+}
+
 /* One pool: its slots, each free, leased (to a job) or held (out of the
  * free set with no lease: between a release and its return, or a dead VM's). */
 static json_object *pool_json(redisContext *rc, const char *pool, long long now)
@@ -344,6 +352,7 @@ static json_object *pool_json(redisContext *rc, const char *pool, long long now)
         freeReplyObject(isfree);
         freeReplyObject(lease);
     }
+    json_object_array_sort(slots, by_slot);
     free_ = redisCommand(rc, "SCARD %s%s", SBX_RKEY_FREE, pool);
     add_str(o, "pool", pool);
     json_object_object_add(o, "total", json_object_new_int64((int64_t)n));
@@ -375,6 +384,12 @@ static json_object *agent_json(redisContext *rc, const char *vm, long long now)
     return o;
 }
 
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(json_object_get_string(*(json_object *const *)a),
+                  json_object_get_string(*(json_object *const *)b));
+}
+
 void sbx__console_slots(struct sbx__console *con, struct sbx__answer *a)
 {
     redisContext *rc = redis_open(con->redis_url, a);
@@ -402,7 +417,8 @@ void sbx__console_slots(struct sbx__console *con, struct sbx__answer *a)
         redisFree(rc);
         return;
     }
-    json_object_array_sort(names, NULL);
+    json_object_array_sort(names, by_name);
+    json_object_array_sort(vms, by_name);
     pools = json_object_new_array();
     agents = json_object_new_array();
     for (size_t i = 0; i < json_object_array_length(names); i++)

@@ -37,6 +37,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,6 +347,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return send_answer(c, &a);
 }
 
+/* libmicrohttpd's own errors, on stderr as ours are; a browser that left
+ * a page (its feed's socket gone) is not one. */
+static void http_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    (void)cls;
+    vsnprintf(line, sizeof line, fmt, ap);
+    if (strstr(line, "no longer available") || strstr(line, "Connection reset"))
+        return;
+    line[strcspn(line, "\n")] = '\0';
+    fprintf(stderr, "sbx serve: http: %s\n", line);
+}
+
 /* Binds "host:port" or "[v6]:port"; fills hosts_ok when it is loopback. */
 static int listen_on(const char *spec, char *bound, size_t boundlen)
 {
@@ -508,6 +522,7 @@ int sbx__cmd_serve(int argc, char **argv, struct sbx__cli_config *cfg)
                          MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTIONS_MAX,
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
+                         MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL,
                          MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "sbx serve: the HTTP server did not start\n");

@@ -58,6 +58,13 @@ function when(ts) {
   return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") + (rel ? " (" + rel + ")" : "");
 }
 
+// A duration in ms as a person reads it.
+function span(ms) {
+  const s = ms / 1000;
+  return s < 120 ? s.toFixed(1) + " s" : s < 7200 ? Math.round(s / 60) + " min"
+    : s < 172800 ? Math.round(s / 3600) + " h" : Math.round(s / 86400) + " d";
+}
+
 function runLink(id) {
   return el("a", { href: "#/run/" + encodeURIComponent(id) }, id);
 }
@@ -383,8 +390,8 @@ function viewSlots(view) {
           ["Job", (x) => x.job ? runLink(x.job) : "-"],
           ["Project", (x) => x.project || "-"],
           ["Worker", (x) => x.worker || "-"],
-          ["Lease left", (x) => x.expires_in_ms === null || x.expires_in_ms === undefined
-            ? "-" : (x.expires_in_ms / 1000).toFixed(1) + " s", "num"],
+          ["Lease left", (x) => x.expires_in_ms === null || x.expires_in_ms === undefined ? "-"
+            : x.expires_in_ms < 0 ? "expired" : span(x.expires_in_ms), "num"],
         ], p.slots, "No slots."));
       }
       parts.push(el("h2", {}, "Agents (vmpool)"));
@@ -392,7 +399,9 @@ function viewSlots(view) {
         ["VM", (a) => a.vm],
         ["State", (a) => pill(a.state)],
         ["Capacity", (a) => a.capacity === null ? "-" : String(a.capacity), "num"],
-        ["Heartbeat", (a) => a.heartbeat_age_ms === null ? "-" : (a.heartbeat_age_ms / 1000).toFixed(1) + " s ago"],
+        ["Heartbeat", (a) => a.heartbeat_age_ms === null ? "-"
+          : span(a.heartbeat_age_ms) + " ago" +
+            (a.ttl_ms !== null && a.heartbeat_age_ms > a.ttl_ms ? " (late: past its TTL)" : "")],
         ["Labels", (a) => a.labels || "-"],
         ["Address", (a) => a.base_url || "-"],
       ], s.agents, "No agents registered."));

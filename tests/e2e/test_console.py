@@ -33,7 +33,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, build_dir, wait_until
+from conftest import REPO, SANITIZER_RE, build_dir, wait_until
 from test_worker import enqueue, job, topics, wait_terminal, workdir  # noqa: F401 (fixtures)
 
 selenium = pytest.importorskip("selenium", reason="install-deps installs selenium")
@@ -119,8 +119,10 @@ def console(services, pg, sbx_bin, topics, tmp_path):  # noqa: F811
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("sbx serve did not stop within 20 s of SIGTERM", pytrace=False)
-    print("sbx serve log:\n" + log.read_text())
+    out = log.read_text()
+    print("sbx serve log:\n" + out)
     assert rc == 0, "sbx serve exited %d" % rc
+    assert not SANITIZER_RE.search(out), "sbx serve printed a sanitizer report"
 
 
 @pytest.fixture
@@ -182,8 +184,8 @@ def still_same_page(d):
     assert d.execute_script("return window.__sbxPwned") is None, "markup from the data ran"
 
 
-def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, workdir,  # noqa: F811
-                                           console, browser):
+def test_runs_live_log_cancel_and_escaping(run_sbx, pg, services, start_worker, topics,  # noqa: F811
+                                           workdir, console, browser):  # noqa: F811
     d = browser
     tag = uuid.uuid4().hex[:8]
 
@@ -244,14 +246,38 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, wo
     wait_until(lambda: text(d, "#total-lag") == "0", 30, "lag 0 after the jobs finished")
     assert len(d.find_elements(By.CSS_SELECTOR, "tbody tr")) == 8
     shot(d, "console-lag-desktop")
-    go(d, console, "#/slots")
-    wait_until(lambda: "free of" in text(d, "h2"), 15, "a pool with its slots")
-    shot(d, "console-slots-desktop")
+    # Slots: the worker's pool, and a pool and agent written here the way
+    # sbx-agent does (common/rkeys.h), with markup in their names.
+    pool, vm = "console-e2e-" + tag, "console-e2e-" + tag
+    slot = vm + "#<b>0</b>"
+    redis(services, "SADD", "{sbx}:slots:" + pool, slot, vm + "#1")
+    redis(services, "SADD", "{sbx}:free:" + pool, vm + "#1")
+    now_s = int(redis(services, "TIME").split()[0])
+    redis(services, "HSET", "{sbx}:vm:" + vm, "base_url", "http://10.9.9.9:1", "capacity", "2",
+          "state", "busy", "labels", MARKUP, "heartbeat_ms", str((now_s - 60) * 1000),
+          "ttl_ms", "15000")
+    try:
+        go(d, console, "#/slots")
+        wait_until(lambda: "Pool local/" in text(d, "h2"), 15, "the worker's pool")
+        wait_until(lambda: "Pool " + pool in text(d, "h2"), 15, "the agent's pool")
+        assert slot in text(d, "td") and MARKUP in text(d, "td"), text(d, "main")
+        assert "1 free of 2" in text(d, "h2")
+        assert "late" in text(d, "td"), "an agent past its TTL is not marked"
+        still_same_page(d)
+        shot(d, "console-slots-desktop")
+        phone(d, True)
+        go(d, console, "#/slots")
+        wait_until(lambda: "Pool " + pool in text(d, "h2"), 15, "the pools at phone size")
+        no_sideways_scroll(d, "slots")
+        shot(d, "console-slots-phone")
+        phone(d, False)
+    finally:
+        redis(services, "DEL", "{sbx}:slots:" + pool, "{sbx}:free:" + pool, "{sbx}:vm:" + vm)
 
     # A phone: every view fits the width.
     phone(d, True)
     for name, hash_ in (("runs", "#/runs"), ("run", "#/run/" + slow["job_id"]),
-                        ("slots", "#/slots"), ("lag", "#/lag"), ("dlq", "#/dlq")):
+                        ("lag", "#/lag"), ("dlq", "#/dlq")):
         go(d, console, hash_)
         wait_until(lambda: "Loading" not in text(d, "main"), 15, name + " loaded")
         if name == "run":
@@ -260,6 +286,13 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, start_worker, topics, wo
         no_sideways_scroll(d, name)
         shot(d, "console-%s-phone" % name)
     phone(d, False)
+
+
+def redis(services, *args):
+    r = subprocess.run(["redis-cli", "-u", services["SBX_REDIS_URL"]] + list(args),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and not r.stdout.startswith("ERR"), r.stdout + r.stderr
+    return r.stdout
 
 
 def set_token(d, token):
