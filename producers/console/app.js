@@ -20,6 +20,8 @@ const TOKEN_KEY = "sbx-console-token";
 // from the top (the whole log stays in PostgreSQL and /api/runs/ID/logs).
 const LOG_KEEP = 2000000;
 const REFRESH_MS = 3000;
+// Rows the runs list keeps as runs arrive (it loads 200).
+const LIST_KEEP = 500;
 
 let config = { actions: false, version: "" };
 let cleanup = [];
@@ -270,6 +272,12 @@ function viewRuns(view, params) {
         tbody.prepend(tr);
       }
       rows.set(r.job_id, tr);
+      // A busy queue does not grow the page without end: the oldest go.
+      while (tbody.children.length > LIST_KEEP) {
+        const last = tbody.lastElementChild;
+        rows.delete(last.getAttribute("data-job"));
+        last.remove();
+      }
     },
   }, badge);
 }
@@ -283,7 +291,7 @@ function viewRun(view, id) {
   const tail = el("div");
   view.append(head, fields, el("h2", {}, "Log ", badge), log, tail,
               el("h2", {}, "History"), history);
-  let run = null, cursor = { attempt: 0, seq: -1 }, shownAttempt = null, anyLog = false;
+  let run = null, cursor = { attempt: 0, seq: -1 }, shownAttempt = null, anyLog = false, logChars = 0;
 
   const drawRun = (r) => {
     run = Object.assign(run || {}, r);
@@ -334,9 +342,13 @@ function viewRun(view, id) {
       }
       const cls = /^(stdout|stderr|sbx)$/.test(c.stream) ? c.stream : "stdout";
       log.append(el("span", { class: cls, title: c.at }, c.data));
+      logChars += c.data.length;
       anyLog = true;
     }
-    while (log.textContent.length > LOG_KEEP && log.firstChild) log.firstChild.remove();
+    while (logChars > LOG_KEEP && log.firstChild) {
+      logChars -= log.firstChild.textContent.length;
+      log.firstChild.remove();
+    }
     if (anyLog) tail.replaceChildren();
     if (near) log.scrollTop = log.scrollHeight;
   };
