@@ -273,7 +273,7 @@ int sbx__dlq_replay(PGconn *conn, const struct sbx__cli_config *cfg, const char 
         "SELECT d.topic, d.reason, d.job_id, d.project_id, d.payload_bytes, d.original_kept,"
         "       r.status AS run_status"
         "  FROM sbx.dead_letters d LEFT JOIN sbx.runs r ON r.job_id = d.job_id"
-        " WHERE d.id = $1::bigint FOR UPDATE OF d";
+        " WHERE d.id = $1::bigint";
     static const char bytes_sql[] =
         "SELECT d.kafka_key, o.payload FROM sbx.dead_letters d"
         "  JOIN sbx.dead_letter_originals o ON o.id = d.id WHERE d.id = $1::bigint";
@@ -286,6 +286,17 @@ int sbx__dlq_replay(PGconn *conn, const struct sbx__cli_config *cfg, const char 
     int rc = SBX_EXIT_FAIL;
 
     PQclear(PQexec(conn, "BEGIN"));
+    /* The dead letter's row, locked until COMMIT or ROLLBACK (migration
+     * 0007), so a second replay waits here and then sees the first one's
+     * outcome: its own statement, so the read below has a snapshot taken
+     * after the wait (READ COMMITTED). */
+    r = exec(conn, "SELECT sbx.lock_dead_letter($1::bigint)", 1, params, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        sbx__cli_pg_error_to(err, "dlq replay (run `sbx migrate`?)", conn, r);
+        goto out;
+    }
+    PQclear(r);
+    r = NULL;
     meta = exec(conn, meta_sql, 1, params, 0);
     if (PQresultStatus(meta) != PGRES_TUPLES_OK) {
         sbx__cli_pg_error_to(err, "dlq replay", conn, meta);
