@@ -105,8 +105,10 @@ function table(columns, rows, empty, plain) {
 }
 
 function tableRow(columns, row) {
+  // One child per cell: on a phone the cell is a flex row of its label
+  // (::before) and this.
   return el("tr", {}, columns.map(([label, cell, cls]) =>
-    el("td", { class: cls, "data-label": label }, cell(row))));
+    el("td", { class: cls, "data-label": label }, el("div", { class: "v" }, cell(row)))));
 }
 
 function every(ms, fn) {

@@ -205,7 +205,7 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, services, start_worker, 
 
     # A run's page while it runs: the first line is there, a line printed
     # seconds later streams in, markup shows as text.
-    slow = job("console-" + tag, "echo first-%s; sleep 4; printf '%%s\\n' '%s'; echo last-%s"
+    slow = job("console-" + tag, "echo first-%s; sleep 5; printf '%%s\\n' '%s'; echo last-%s"
                % (tag, MARKUP, tag))
     enqueue(run_sbx, topics, [slow])
     go(d, console, "#/run/" + slow["job_id"])
@@ -326,7 +326,7 @@ def test_dead_letter_replay_needs_the_token(run_sbx, pg, start_worker, topics, w
     assert console.post("/api/dead-letters/%d/replay" % dl_id, "x" * 32)[0] == 401
 
     go(d, console, "#/dlq")
-    row = '//tr[td[@data-label="Job"]/a[text()="%s"]]' % j["job_id"]
+    row = '//tr[td[@data-label="Job"]//a[text()="%s"]]' % j["job_id"]
     wait_until(lambda: d.find_elements(By.XPATH, row), 20, "the dead letter listed")
     d.find_element(By.XPATH, row + '//button[text()="Replay"]').click()
     wait_until(lambda: "refused" in text(d, "#notice"), 10, "the refusal shown")
