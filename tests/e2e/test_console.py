@@ -83,21 +83,50 @@ class Console:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read())
 
+    def raw(self, path, method="GET", headers=None):
+        """(status, headers, body) of any request."""
+        req = urllib.request.Request(self.url + path, method=method, headers=headers or {},
+                                     data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
 
-@pytest.fixture
-def console(services, pg, sbx_bin, topics, tmp_path):  # noqa: F811
-    """`sbx serve` on a free port for this test's topic and group, with an
-    operator token; stopped (SIGTERM, must exit 0) at teardown."""
-    token = secrets.token_hex(16)
+    def events(self, path, n, headers=None):
+        """The first n events of a Server-Sent Events stream, as (name, id, data)."""
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        out, name, ev_id, data = [], None, None, []
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.headers["Content-Type"] == "text/event-stream"
+            for raw in r:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("id: "):
+                    ev_id = line[4:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                elif line == "" and data:
+                    out.append((name, ev_id, json.loads("\n".join(data))))
+                    name, ev_id, data = None, None, []
+                    if len(out) == n:
+                        return out
+        return out
+
+
+def start_console(services, pg, sbx_bin, topics, log, token):
+    """Starts `sbx serve` on a free port (read-only when token is None)."""
     env = dict(os.environ, **services)
     env.update(topics)
     env.update({
         "SBX_DATABASE_URL": login(pg, services, "sbx_e2e_console_reader", "sbx_reader"),
         "SBX_CONSOLE_ACTION_DATABASE_URL": login(pg, services, "sbx_e2e_console_actor",
                                                  "sbx_writer", "sbx_submitter"),
-        "SBX_CONSOLE_TOKEN": token,
     })
-    log = tmp_path / "console.log"
+    env.pop("SBX_CONSOLE_TOKEN", None)
+    if token:
+        env["SBX_CONSOLE_TOKEN"] = token
     with open(log, "w") as errf:
         proc = subprocess.Popen([str(sbx_bin / "sbx"), "serve", "--listen", "127.0.0.1:0"], env=env,
                                 stdout=subprocess.PIPE, stderr=errf, text=True,
@@ -111,18 +140,30 @@ def console(services, pg, sbx_bin, topics, tmp_path):  # noqa: F811
         proc.kill()
         pytest.fail("sbx serve did not start: %r\n%s" % (line, log.read_text()), pytrace=False)
     url = line.split("listening on ", 1)[1].split()[0].rstrip("/")
-    c = Console(proc, url, token, log)
-    yield c
-    proc.terminate()
+    return Console(proc, url, token, log)
+
+
+def stop_console(c):
+    """SIGTERM; it must exit 0 at once, with no sanitizer report."""
+    c.proc.terminate()
     try:
-        rc = proc.wait(20)
+        rc = c.proc.wait(20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        c.proc.kill()
         pytest.fail("sbx serve did not stop within 20 s of SIGTERM", pytrace=False)
-    out = log.read_text()
+    out = c.log.read_text()
     print("sbx serve log:\n" + out)
     assert rc == 0, "sbx serve exited %d" % rc
     assert not SANITIZER_RE.search(out), "sbx serve printed a sanitizer report"
+
+
+@pytest.fixture
+def console(services, pg, sbx_bin, topics, tmp_path):  # noqa: F811
+    """`sbx serve` for this test's topic and group, with an operator token."""
+    c = start_console(services, pg, sbx_bin, topics, tmp_path / "console.log",
+                      secrets.token_hex(16))
+    yield c
+    stop_console(c)
 
 
 @pytest.fixture
@@ -353,3 +394,63 @@ def test_dead_letter_replay_needs_the_token(run_sbx, pg, start_worker, topics, w
     no_sideways_scroll(d, "dlq")
     shot(d, "console-dlq-phone")
     phone(d, False)
+
+
+def test_api_answers_and_refusals(pg, services, sbx_bin, topics, console, tmp_path):  # noqa: F811
+    """The JSON API without a browser: bad input is a 400 naming it, the log
+    and the feed go on from a cursor (Last-Event-ID wins over the URL's),
+    actions need the token and a read-only console has none, a request for
+    another Host is refused, and pages carry the CSP."""
+    job_id = "console-api-" + uuid.uuid4().hex[:8]
+    pg.execute("INSERT INTO sbx.runs (job_id, project_id, status, attempt, spec) "
+               "VALUES (%s, 'console-api', 'running', 2, '{}')", job_id)
+    for attempt, seq, data in ((1, 0, "a1s0\n"), (2, 0, "a2s0\n"), (2, 1, MARKUP + "\n"),
+                               (2, 2, "a2s2\n")):
+        pg.execute("INSERT INTO sbx.run_logs (job_id, attempt, seq, stream, data, bytes) "
+                   "VALUES (%s, %s, %s, 'stdout', %s, %s)", job_id, attempt, seq, data, len(data))
+    logs = console.get("/api/runs/%s/logs" % job_id)
+    assert [(c["attempt"], c["seq"]) for c in logs] == [(1, 0), (2, 0), (2, 1), (2, 2)]
+    assert logs[2]["data"] == MARKUP + "\n" and logs[0]["v"] == 1
+    logs = console.get("/api/runs/%s/logs?attempt=2&after=0&limit=1" % job_id)
+    assert [(c["attempt"], c["seq"]) for c in logs] == [(2, 1)]
+
+    # The feed of one job: its run as it is now, then its log after the cursor.
+    ev = console.events("/api/feed?job=%s&attempt=2&after=0" % job_id, 2)
+    assert ev[0][0] == "run" and ev[0][2]["job_id"] == job_id and ev[0][2]["status"] == "running"
+    assert ev[1][0] == "log" and ev[1][1] == "2:2"
+    assert [c["seq"] for c in ev[1][2]] == [1, 2]
+    ev = console.events("/api/feed?job=%s&attempt=1&after=0" % job_id, 2,
+                        {"Last-Event-ID": "2:1"})
+    assert ev[1][1] == "2:2" and [c["seq"] for c in ev[1][2]] == [2]
+
+    for path, status in (("/api/runs?limit=0", 400), ("/api/runs?since=yesterday-ish", 400),
+                         ("/api/runs/bad%20id", 400), ("/api/runs/%s/logs?after=x" % job_id, 400),
+                         ("/api/feed?job=bad%20id", 400), ("/api/runs/no-such-job", 404),
+                         ("/api/nothing", 404), ("/nothing.html", 404)):
+        code, _, body = console.raw(path)
+        assert code == status and json.loads(body)["error"], (path, code, body)
+    assert console.raw("/api/runs", method="PUT")[0] == 405
+    assert console.raw("/api/runs", headers={"Host": "sbx.attacker.example"})[0] == 421
+    code, headers, body = console.raw("/")
+    assert code == 200 and b'src="/app.js"' in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+    # Actions: the token, and only the token.
+    cancel = "/api/runs/%s/cancel" % job_id
+    assert console.post(cancel)[0] == 401
+    assert console.post(cancel, console.token[:-1] + "x")[0] == 401
+    assert console.post(cancel, console.token + "x")[0] == 401
+    assert not pg.scalar("SELECT cancel_requested FROM sbx.runs WHERE job_id = %s", job_id)
+    code, body = console.post(cancel, console.token)
+    assert code == 200 and body["ok"] and "cancel requested" in body["message"], body
+    assert pg.scalar("SELECT cancel_requested FROM sbx.runs WHERE job_id = %s", job_id)
+    assert console.post("/api/dead-letters/999999999/replay", console.token)[0] == 409
+
+    ro = start_console(services, pg, sbx_bin, topics, tmp_path / "ro.log", None)
+    try:
+        assert ro.get("/api/config")["actions"] is False
+        assert ro.post(cancel, console.token)[0] == 403
+    finally:
+        stop_console(ro)
+    pg.execute("DELETE FROM sbx.runs WHERE job_id = %s", job_id)
