@@ -343,8 +343,8 @@ static json_object *pool_json(redisContext *rc, const char *pool, long long now)
             add_str(s, "worker", hash_get(lease, "worker"));
             add_int(s, "token", hash_get(lease, "token"));
             exp = hash_get(lease, "expires");
-            json_object_object_add(s, "expires_in_ms",
-                                   exp ? json_object_new_int64(strtoll(exp, NULL, 10) - now) : NULL);
+            json_object_object_add(s, "expires_in_ms", exp ? json_object_new_int64(
+                                                           strtoll(exp, NULL, 10) - now) : NULL);
         }
         nfree += is_free;
         nleased += leased;

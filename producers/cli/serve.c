@@ -110,7 +110,8 @@ static bool token_ok(const struct sbx__console *con, const char *given)
     return diff == 0;
 }
 
-static void queue(struct MHD_Connection *c, struct MHD_Response *r, unsigned status, const char *type)
+static void queue(struct MHD_Connection *c, struct MHD_Response *r, unsigned status,
+                  const char *type)
 {
     for (size_t i = 0; i < sizeof security_headers / sizeof *security_headers; i++)
         MHD_add_response_header(r, security_headers[i][0], security_headers[i][1]);
@@ -224,9 +225,9 @@ static void action(struct sbx__console *con, struct MHD_Connection *c, bool repl
     fclose(out);
     fclose(err);
     out = err = NULL;
-    fprintf(stderr, "sbx serve: %s %s from %s: %s%s", replay ? "replay of dead letter" : "cancel of",
-            id, peer, rc == SBX_EXIT_OK ? outs : "refused or failed: ",
-            rc == SBX_EXIT_OK ? "" : errs);
+    fprintf(stderr, "sbx serve: %s %s from %s: %s%s",
+            replay ? "replay of dead letter" : "cancel of", id, peer,
+            rc == SBX_EXIT_OK ? outs : "refused or failed: ", rc == SBX_EXIT_OK ? "" : errs);
     o = json_object_new_object();
     json_object_object_add(o, "ok", json_object_new_boolean(rc == SBX_EXIT_OK));
     json_object_object_add(o, "message", json_object_new_string(rc == SBX_EXIT_OK ? outs : errs));
