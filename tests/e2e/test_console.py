@@ -22,6 +22,7 @@ Screenshots of every view go to $SBX_BUILD/screenshots/ (paths printed).
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -246,13 +247,25 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, services, start_worker, 
 
     # A run's page while it runs: the first line is there, a line printed
     # seconds later streams in, markup shows as text.
-    slow = job("console-" + tag, "echo first-%s; sleep 5; printf '%%s\\n' '%s'; echo last-%s"
-               % (tag, MARKUP, tag))
+    slow = job("console-" + tag, "echo first-%s; sleep 5; printf '%%s\\n' '%s'; "
+               "echo last-%s at=$(date +%%s%%N)" % (tag, MARKUP, tag))
     enqueue(run_sbx, topics, [slow])
     go(d, console, "#/run/" + slow["job_id"])
     wait_until(lambda: "first-" + tag in text(d, "#log"), 30, "the first log line")
     assert "last-" + tag not in text(d, "#log"), "the page opened after the build ended"
+    # When the line shows on the page (the browser's clock is the build's: one host).
+    d.execute_script("""
+        const log = document.getElementById("log"), want = arguments[0];
+        window.__sbxSeen = null;
+        new MutationObserver(() => {
+          if (window.__sbxSeen === null && log.textContent.includes(want)) window.__sbxSeen = Date.now();
+        }).observe(log, { childList: true, subtree: true, characterData: true });""", "last-" + tag)
     wait_until(lambda: "last-" + tag in text(d, "#log"), 30, "a later log line streamed in")
+    printed_ms = int(re.search(r"last-%s at=(\d+)" % tag, text(d, "#log")).group(1)) / 1e6
+    seen_ms = d.execute_script("return window.__sbxSeen")
+    latency = seen_ms - printed_ms
+    print("log latency, the build's echo to the line on the page: %.0f ms" % latency)
+    assert 0 <= latency < 5000, latency
     assert MARKUP in text(d, "#log"), text(d, "#log")
     assert d.find_elements(By.CSS_SELECTOR, "#log script, #log img, #log b") == []
     wait_until(lambda: "succeeded" in text(d, ".run-head .pill"), 30, "the page shows succeeded")
