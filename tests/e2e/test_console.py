@@ -248,7 +248,7 @@ def test_runs_live_log_cancel_and_escaping(run_sbx, pg, services, start_worker, 
     # A run's page while it runs: the first line is there, a line printed
     # seconds later streams in, markup shows as text.
     slow = job("console-" + tag, "echo first-%s; sleep 5; printf '%%s\\n' '%s'; "
-               "echo last-%s at=$(date +%%s%%N)" % (tag, MARKUP, tag))
+               "echo last-%s at=$(date +%%s%%N); sleep 1" % (tag, MARKUP, tag))
     enqueue(run_sbx, topics, [slow])
     go(d, console, "#/run/" + slow["job_id"])
     wait_until(lambda: "first-" + tag in text(d, "#log"), 30, "the first log line")
