@@ -37,7 +37,8 @@ import pytest
 from conftest import REPO, SANITIZER_RE, build_dir, wait_until
 from test_worker import enqueue, job, topics, wait_terminal, workdir  # noqa: F401 (fixtures)
 
-selenium = pytest.importorskip("selenium", reason="install-deps installs selenium")
+# Installed by docker/install-deps.sh (selenium 4.8.3, Debian 12's): a missing
+# one is an error here, never a skip.
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
