@@ -91,22 +91,29 @@ if [ "$mode" = all ]; then
     # systemd-analyze verify checks the units of docker/systemd/ (tests/e2e/test_ops.py);
     # the package installs without systemd running as init.
     have systemd-analyze || need systemd
+    # The web console's browser test (tests/e2e/test_console.py): Debian's
+    # headless Chromium and its driver, driven by Selenium (below).
+    have chromium || need chromium
+    have chromedriver || need chromium-driver
 
-    # pytest and psycopg belong to whichever python3 runs the tests. For
-    # Debian's own interpreter they come from apt (pip is refused there,
-    # PEP 668); any other python3 (pyenv, a venv) gets them from pip.
+    # pytest, psycopg and selenium belong to whichever python3 runs the
+    # tests. For Debian's own interpreter they come from apt (pip is refused
+    # there, PEP 668); any other python3 (pyenv, a venv) gets them from pip,
+    # selenium pinned to Debian 12's version so both paths test the same.
     if ! have python3; then
-        need python3; need python3-pytest; need python3-psycopg
+        need python3; need python3-pytest; need python3-psycopg; need python3-selenium
     else
         # One interpreter start (a pyenv shim costs ~0.1 s): its prefix, then
         # the modules it lacks.
         py=$(python3 -c '
 import importlib.util as u, sys
-print(sys.prefix, *[m for m in ("pytest", "psycopg") if u.find_spec(m) is None])' 2>/dev/null) || py="? pytest psycopg"
+print(sys.prefix, *[m for m in ("pytest", "psycopg", "selenium") if u.find_spec(m) is None])' 2>/dev/null) || py="? pytest psycopg selenium"
         set -- $py
         prefix=$1; shift
         for mod in "$@"; do
-            if [ "$prefix" = /usr ]; then need "python3-$mod"; else pip_missing="$pip_missing $mod"; fi
+            if [ "$prefix" = /usr ]; then need "python3-$mod"
+            elif [ "$mod" = selenium ]; then pip_missing="$pip_missing selenium==4.8.3"
+            else pip_missing="$pip_missing $mod"; fi
         done
     fi
 fi

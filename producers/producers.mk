@@ -9,8 +9,27 @@ LIBSBX_OBJS := $(LIBSBX_SRCS:%.c=$(BUILD)/obj/%.o)
 LIBSBX      := $(BUILD)/lib/libsbx.a
 
 SBX_CLI_SRCS := producers/cli/sbx.c producers/cli/enqueue.c producers/cli/runs.c producers/cli/migrate.c \
-                producers/cli/dlq.c producers/cli/topics.c
+                producers/cli/dlq.c producers/cli/topics.c \
+                producers/cli/serve.c producers/cli/console_data.c producers/cli/console_feed.c
 SBX_CLI_OBJS := $(SBX_CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+
+# `sbx serve` reads Redis with the key layout and URL forms the daemons
+# share (common/rkeys.h, common/redis.c; redis.o needs loop.o and log.o),
+# and embeds the console's page (producers/console/) as the migrations are.
+$(BUILD)/obj/producers/cli/console_data.o: CFLAGS += $(COMMON_INC)
+SBX_CLI_OBJS += $(BUILD)/obj/common/redis.o $(BUILD)/obj/common/loop.o $(BUILD)/obj/common/log.o
+CONSOLE_ASSETS := $(sort $(wildcard producers/console/*))
+CONSOLE_GEN    := $(BUILD)/gen/producers/console_assets.c
+SBX_CLI_OBJS   += $(BUILD)/obj/producers/console_assets.o
+
+$(CONSOLE_GEN): common/lua/embed.awk $(CONSOLE_ASSETS) producers/producers.mk
+	@mkdir -p $(dir $@)
+	awk -v raw=1 -v prefix=sbx__console_ -v header=migrations.h -v table=sbx__console_assets \
+	    -f common/lua/embed.awk $(CONSOLE_ASSETS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/producers/console_assets.o: $(CONSOLE_GEN) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Iproducers/cli -c $< -o $@
 
 # The migrations, built into `sbx` so `sbx migrate` works from any directory
 # (producers/cli/migrations.h); a new file in migrations/ is picked up here.

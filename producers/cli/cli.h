@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "sbx.h"
 
@@ -63,8 +64,10 @@ void sbx__cli_usage(const char *cmd, bool to_stderr);
  * with *exit_code set (2: not configured, 1: connection failed). */
 PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code);
 
-/* Prints a libpq error as one line: "sbx: <what>: <message>". */
+/* Prints a libpq error as one line: "sbx: <what>: <message>" (to stderr,
+ * or to f). */
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res);
+void sbx__cli_pg_error_to(FILE *f, const char *what, PGconn *conn, const PGresult *res);
 
 /* Prints text someone else wrote (a build's output, a producer's message)
  * to the terminal, each line after indent: control characters (terminal
@@ -81,5 +84,15 @@ int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_dlq(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_topics(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_serve(int argc, char **argv, struct sbx__cli_config *cfg);
+
+/* The two actions `sbx serve` shares with the CLI, so the console does what
+ * `sbx dlq replay` and `sbx cancel` do and says what they say: what people
+ * read goes to out (the result) or err (why not); an exit code as the
+ * command's. by: who replayed, recorded in sbx.dead_letters. Each may be
+ * called from any thread with its own conn. */
+int sbx__dlq_replay(PGconn *conn, const struct sbx__cli_config *cfg, const char *id, bool force,
+                    const char *by, FILE *out, FILE *err);
+int sbx__run_cancel(PGconn *conn, const char *id, FILE *out, FILE *err);
 
 #endif

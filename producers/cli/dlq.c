@@ -265,39 +265,51 @@ static PGresult *exec(PGconn *conn, const char *sql, int n, const char *const *p
 
 static void rollback(PGconn *conn) { PQclear(PQexec(conn, "ROLLBACK")); }
 
-/* One replay, in its own transaction. Returns an exit code. */
-static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const char *id, bool force)
+/* cli.h. The `sbx serve` console calls this too, with its own out and err. */
+int sbx__dlq_replay(PGconn *conn, const struct sbx__cli_config *cfg, const char *id, bool force,
+                   const char *by, FILE *out, FILE *err)
 {
     static const char meta_sql[] =
         "SELECT d.topic, d.reason, d.job_id, d.project_id, d.payload_bytes, d.original_kept,"
         "       r.status AS run_status"
         "  FROM sbx.dead_letters d LEFT JOIN sbx.runs r ON r.job_id = d.job_id"
-        " WHERE d.id = $1::bigint FOR UPDATE OF d";
+        " WHERE d.id = $1::bigint";
     static const char bytes_sql[] =
         "SELECT d.kafka_key, o.payload FROM sbx.dead_letters d"
         "  JOIN sbx.dead_letter_originals o ON o.id = d.id WHERE d.id = $1::bigint";
-    const char *params[2] = { id, "sbx dlq replay" };
+    const char *params[2] = { id, by };
     PGresult *meta = NULL, *bytes = NULL, *r = NULL;
     sbx_producer *p = NULL;
-    char err[512], *key = NULL, *msg = NULL;
+    char why_s[512], *key = NULL, *msg = NULL;
     const char *run, *job, *send_key;
     size_t msg_len = 0;
     int rc = SBX_EXIT_FAIL;
 
     PQclear(PQexec(conn, "BEGIN"));
+    /* The dead letter's row, locked until COMMIT or ROLLBACK (migration
+     * 0007), so a second replay waits here and then sees the first one's
+     * outcome: its own statement, so the read below has a snapshot taken
+     * after the wait (READ COMMITTED). */
+    r = exec(conn, "SELECT sbx.lock_dead_letter($1::bigint)", 1, params, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        sbx__cli_pg_error_to(err, "dlq replay (run `sbx migrate`?)", conn, r);
+        goto out;
+    }
+    PQclear(r);
+    r = NULL;
     meta = exec(conn, meta_sql, 1, params, 0);
     if (PQresultStatus(meta) != PGRES_TUPLES_OK) {
-        sbx__cli_pg_error("dlq replay", conn, meta);
+        sbx__cli_pg_error_to(err, "dlq replay", conn, meta);
         goto out;
     }
     if (PQntuples(meta) == 0) {
-        fprintf(stderr, "sbx dlq replay: no dead letter %s\n", id);
+        fprintf(err, "sbx dlq replay: no dead letter %s\n", id);
         goto out;
     }
     job = val(meta, 0, "job_id");
     run = val(meta, 0, "run_status");
     if (strcmp(val(meta, 0, "original_kept"), "t") != 0) {
-        fprintf(stderr, "sbx dlq replay: %s refused: the message was %s bytes, more than the worker "
+        fprintf(err, "sbx dlq replay: %s refused: the message was %s bytes, more than the worker "
                         "keeps (SBX_DLQ_PAYLOAD_MAX), so only a redacted excerpt was kept and not "
                         "the original; send the job again from its producer\n",
                 id, val(meta, 0, "payload_bytes"));
@@ -306,7 +318,7 @@ static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const cha
     if (run && strcmp(run, "dead_lettered") != 0) {
         bool over = strcmp(run, "succeeded") == 0 || strcmp(run, "failed") == 0 ||
                     strcmp(run, "timed_out") == 0 || strcmp(run, "canceled") == 0;
-        fprintf(stderr, over ? "sbx dlq replay: %s refused: job %s already ended %s, and a job id "
+        fprintf(err, over ? "sbx dlq replay: %s refused: job %s already ended %s, and a job id "
                                "runs once (workers would skip it); send it under a new job id\n"
                              : "sbx dlq replay: %s refused: job %s is %s now; a replay would only "
                                "join it\n",
@@ -316,12 +328,12 @@ static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const cha
     bytes = exec(conn, bytes_sql, 1, params, 1);
     if (PQresultStatus(bytes) != PGRES_TUPLES_OK || PQntuples(bytes) != 1) {
         if (PQresultStatus(bytes) == PGRES_TUPLES_OK)
-            fprintf(stderr, "sbx dlq replay: %s: its original is gone (pruned meanwhile?)\n", id);
+            fprintf(err, "sbx dlq replay: %s: its original is gone (pruned meanwhile?)\n", id);
         else if (strcmp(or_dash(PQresultErrorField(bytes, PG_DIAG_SQLSTATE)), "42501") == 0)
-            fprintf(stderr, "sbx dlq replay: %s: reading the original needs the sbx_writer role "
+            fprintf(err, "sbx dlq replay: %s: reading the original needs the sbx_writer role "
                             "(it holds the job's env values)\n", id);
         else
-            sbx__cli_pg_error("dlq replay", conn, bytes);
+            sbx__cli_pg_error_to(err, "dlq replay", conn, bytes);
         goto out;
     }
     msg_len = (size_t)PQgetlength(bytes, 0, 1);
@@ -343,20 +355,20 @@ static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const cha
     }
     if (!force) {
         sbx_reject why;
-        if (sbx_job_parse(msg, msg_len, NULL, &why, err, sizeof err) != SBX_OK) {
-            fprintf(stderr, "sbx dlq replay: %s refused: the message would be refused again (%s: "
+        if (sbx_job_parse(msg, msg_len, NULL, &why, why_s, sizeof why_s) != SBX_OK) {
+            fprintf(err, "sbx dlq replay: %s refused: the message would be refused again (%s: "
                             "%s); fix it at its producer, or pass --force if the workers accept "
-                            "what this sbx does not\n", id, sbx_reject_name(why), err);
+                            "what this sbx does not\n", id, sbx_reject_name(why), why_s);
             goto out;
         }
     }
     r = exec(conn, "SELECT sbx.replay_dead_letter($1::bigint, $2)", 2, params, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        sbx__cli_pg_error("dlq replay", conn, r);
+        sbx__cli_pg_error_to(err, "dlq replay", conn, r);
         goto out;
     }
     if (!cfg->brokers || !*cfg->brokers) {
-        fprintf(stderr, "sbx dlq replay: no Kafka brokers configured: set SBX_BROKERS "
+        fprintf(err, "sbx dlq replay: no Kafka brokers configured: set SBX_BROKERS "
                         "(e.g. 127.0.0.1:9092) or pass --brokers\n");
         rc = SBX_EXIT_USAGE;
         goto out;
@@ -372,12 +384,12 @@ static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const cha
             rc = SBX_EXIT_USAGE;
             goto out;
         }
-        bad = sbx_producer_new(cfg->brokers, val(meta, 0, "topic"), settings->kv, &p, err,
-                               sizeof err) != SBX_OK;
+        bad = sbx_producer_new(cfg->brokers, val(meta, 0, "topic"), settings->kv, &p, why_s,
+                               sizeof why_s) != SBX_OK;
         sbx__cli_kafka_free(settings);
         if (bad || sbx_producer_send_raw(p, send_key, msg, msg_len, DELIVERY_TIMEOUT_MS + 5000,
-                                         err, sizeof err)) {
-            fprintf(stderr, "sbx dlq replay: %s: not sent: %s; nothing changed\n", id, err);
+                                         why_s, sizeof why_s)) {
+            fprintf(err, "sbx dlq replay: %s: not sent: %s; nothing changed\n", id, why_s);
             goto out;
         }
     }
@@ -385,15 +397,15 @@ static int replay_one(PGconn *conn, const struct sbx__cli_config *cfg, const cha
     r = PQexec(conn, "COMMIT");
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         /* Sent, but the run was not reset: workers skip the message. */
-        sbx__cli_pg_error("dlq replay: sent, but not recorded", conn, r);
+        sbx__cli_pg_error_to(err, "dlq replay: sent, but not recorded", conn, r);
         goto out;
     }
-    printf("%s replayed to %s%s%s%s\n", id, val(meta, 0, "topic"), job ? " (job " : "",
+    fprintf(out, "%s replayed to %s%s%s%s\n", id, val(meta, 0, "topic"), job ? " (job " : "",
            job ? job : "", job ? (run ? ", its run queued again)" : ")") : "");
     rc = SBX_EXIT_OK;
     goto out;
 nomem:
-    fprintf(stderr, "sbx dlq replay: out of memory\n");
+    fprintf(err, "sbx dlq replay: out of memory\n");
 out:
     if (rc != SBX_EXIT_OK)
         rollback(conn);
@@ -432,7 +444,7 @@ static int cmd_replay(int argc, char **argv, struct sbx__cli_config *cfg)
     if (!(conn = sbx__cli_db_connect(cfg, &rc)))
         return rc;
     for (int i = optind; i < argc; i++) {
-        one = replay_one(conn, cfg, argv[i], force);
+        one = sbx__dlq_replay(conn, cfg, argv[i], force, "sbx dlq replay", stdout, stderr);
         if (one != SBX_EXIT_OK && rc == SBX_EXIT_OK)
             rc = one;
     }

@@ -399,13 +399,42 @@ out:
 
 /* ---- cancel ---- */
 
+/* cli.h. The `sbx serve` console calls this too, with its own out and err. */
+int sbx__run_cancel(PGconn *conn, const char *id, FILE *out, FILE *err)
+{
+    const char *params[1] = { id };
+    /* One statement: the flag and the notification commit together, and a
+     * finished run is neither flagged nor announced. */
+    PGresult *r = PQexecParams(conn, "SELECT status, outcome FROM sbx.request_cancel($1)",
+                               1, NULL, params, NULL, NULL, 0);
+    int rc = SBX_EXIT_FAIL;
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        sbx__cli_pg_error_to(err, "cancel (run `sbx migrate`?)", conn, r);
+        goto out;
+    }
+    const char *status = PQgetvalue(r, 0, 0), *outcome = PQgetvalue(r, 0, 1);
+    if (strcmp(outcome, "finished") == 0)
+        fprintf(out, "%s already finished (%s); nothing to cancel\n", id, status);
+    else if (strcmp(outcome, "canceled") == 0)
+        fprintf(out, "%s: canceled before any worker consumed it; it will not run\n", id);
+    else if (strcmp(outcome, "recorded") == 0)
+        fprintf(out, "%s: no such job yet; recorded as canceled, so it will not run when it "
+                     "arrives\n", id);
+    else
+        fprintf(out, "%s: cancel requested (status %s); notified sbx_cancel\n", id, status);
+    rc = SBX_EXIT_OK;
+out:
+    PQclear(r);
+    return rc;
+}
+
 int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg)
 {
     static const struct option opts[] = { SBX_CLI_COMMON_OPTIONS, { 0, 0, 0, 0 } };
     char **ids;
     int nids, rc = parse_args("cancel", argc, argv, cfg, opts, NULL, NULL, &ids, &nids);
-    PGconn *conn = NULL;
-    PGresult *r = NULL;
+    PGconn *conn;
 
     if (rc)
         return rc < 0 ? SBX_EXIT_OK : rc;
@@ -415,29 +444,7 @@ int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg)
     }
     if (!(conn = sbx__cli_db_connect(cfg, &rc)))
         return rc;
-    rc = SBX_EXIT_FAIL;
-    const char *params[1] = { ids[0] };
-    /* One statement: the flag and the notification commit together, and a
-     * finished run is neither flagged nor announced. */
-    r = PQexecParams(conn, "SELECT status, outcome FROM sbx.request_cancel($1)",
-                     1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        sbx__cli_pg_error("cancel (run `sbx migrate`?)", conn, r);
-        goto out;
-    }
-    const char *status = PQgetvalue(r, 0, 0), *outcome = PQgetvalue(r, 0, 1);
-    if (strcmp(outcome, "finished") == 0)
-        printf("%s already finished (%s); nothing to cancel\n", ids[0], status);
-    else if (strcmp(outcome, "canceled") == 0)
-        printf("%s: canceled before any worker consumed it; it will not run\n", ids[0]);
-    else if (strcmp(outcome, "recorded") == 0)
-        printf("%s: no such job yet; recorded as canceled, so it will not run when it "
-               "arrives\n", ids[0]);
-    else
-        printf("%s: cancel requested (status %s); notified sbx_cancel\n", ids[0], status);
-    rc = SBX_EXIT_OK;
-out:
-    PQclear(r);
+    rc = sbx__run_cancel(conn, ids[0], stdout, stderr);
     PQfinish(conn);
     return rc;
 }

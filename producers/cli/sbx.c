@@ -2,9 +2,9 @@
  *
  * One program with subcommands, each in its own file: enqueue.c (Kafka),
  * runs.c (status, wait, cancel: the sbx.runs tables), dlq.c (list, show and
- * replay dead letters: sbx.dead_letters), migrate.c (the schema) and
- * topics.c (the Kafka topics). This file holds what they share: configuration from the
- * environment with flags overriding, usage text, and the database
+ * replay dead letters: sbx.dead_letters), migrate.c (the schema),
+ * topics.c (the Kafka topics) and serve.c (the web console). This file
+ * holds what they share: configuration from the environment with flags overriding, usage text, and the database
  * connection. Messages for people go to stderr; what scripts read (job ids,
  * statuses, JSON) goes to stdout.
  */
@@ -133,6 +133,20 @@ static const struct command {
       "  --timeout S        give up after S seconds (default 30)\n"
       "  -X, --kafka KEY=VALUE  a librdkafka setting (repeatable: TLS, SASL)\n"
       "Exit status: 0 created or already right, 1 differs or failed, 2 usage.\n" },
+    { "serve", sbx__cmd_serve,
+      "usage: sbx serve [--listen HOST:PORT]\n"
+      "The web console: runs with filters and live status, a run's history and live\n"
+      "log, slots and agents per pool (Redis), consumer lag per partition (Kafka),\n"
+      "dead letters; JSON under /api/ (README: \"The web console\"). Read-only\n"
+      "unless SBX_CONSOLE_TOKEN is set: then replay and cancel work for whoever\n"
+      "types that token into the page. Runs until SIGINT or SIGTERM.\n"
+      "  --listen HOST:PORT   SBX_CONSOLE_LISTEN (default 127.0.0.1:8070; port 0:\n"
+      "                       any free one, printed at start)\n"
+      "  SBX_DATABASE_URL     reads (an sbx_reader login is enough)\n"
+      "  SBX_CONSOLE_ACTION_DATABASE_URL  the actions' login (replay needs\n"
+      "                       sbx_writer, cancel sbx_submitter); default SBX_DATABASE_URL\n"
+      "  SBX_CONSOLE_TOKEN    the operator token (at least 16 characters)\n"
+      "  SBX_REDIS_URL        slots and agents; SBX_BROKERS, SBX_GROUP: lag, replay\n" },
 };
 
 static const char program_usage[] =
@@ -146,6 +160,7 @@ static const char program_usage[] =
     "  dlq       list, show and replay dead letters\n"
     "  migrate   create or upgrade the database schema\n"
     "  topics    create or describe the job and dead-letter topics\n"
+    "  serve     the web console\n"
     "Run `sbx COMMAND --help` for a command's options.\n";
 
 static const char common_usage[] =
@@ -232,6 +247,11 @@ int sbx__cli_parse_duration(const char *s, long long max_s, long long *out)
 
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
 {
+    sbx__cli_pg_error_to(stderr, what, conn, res);
+}
+
+void sbx__cli_pg_error_to(FILE *f, const char *what, PGconn *conn, const PGresult *res)
+{
     const char *msg = res ? PQresultErrorMessage(res) : "";
     char line[1024];
     if (!msg || !*msg)
@@ -240,7 +260,7 @@ void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
     for (char *p = line; *p; p++)
         if (*p == '\n')
             *p = p[1] ? ' ' : '\0';
-    fprintf(stderr, "sbx: %s: %s\n", what, line);
+    fprintf(f, "sbx: %s: %s\n", what, line);
 }
 
 void sbx__cli_print_clean(const char *s, const char *indent)

@@ -12,6 +12,9 @@
 // vectors (seeded, so runs repeat) and compares C with the reference on each
 // mutant, which finds disagreements no hand-written vector thought of.
 //
+// run.v1 and log.v1 (what sbx reports: `sbx status/list/wait/logs --json`
+// and the clients) have only Ajv: their vectors check the schemas themselves.
+//
 // Usage: node check.mjs [--validator PATH] [--mutants N] [--seed S] [-v]
 // Prints one line per failure and last `schema: N passed, M failed`.
 import { execFileSync } from "node:child_process";
@@ -284,7 +287,13 @@ function main() {
   const schemas = {
     job: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/job.v1.schema.json")))),
     dlq: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/dlq.v1.schema.json")))),
+    run: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/run.v1.schema.json")))),
+    log: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/log.v1.schema.json")))),
   };
+  // run and log are what sbx reports, never messages it parses: no C
+  // validator and no malformed text to refuse, so only valid/ and invalid/.
+  const folders = { job: ["valid", "invalid", "malformed"], dlq: ["valid", "invalid", "malformed"],
+    run: ["valid", "invalid"], log: ["valid", "invalid"] };
 
   let passed = 0, failed = 0;
   const fail = (what) => { failed++; console.log(`FAIL ${what}`); };
@@ -292,15 +301,15 @@ function main() {
   // Example vectors.
   const jobVectors = [];
   const validJobs = [];
-  for (const kind of ["job", "dlq"]) {
-    for (const folder of ["valid", "invalid", "malformed"]) {
+  for (const kind of Object.keys(folders)) {
+    for (const folder of folders[kind]) {
       const dir = path.join(repo, "schemas/examples", kind, folder);
       const names = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => n.endsWith(".json")).sort() : [];
       if (names.length === 0) fail(`${kind}/${folder}: no vectors`);
       for (const name of names) {
         const file = path.join(dir, name);
         const bytes = fs.readFileSync(file);
-        const ref = kind === "job" ? jobReference(bytes, schemas.job) : plainReference(bytes, schemas.dlq);
+        const ref = kind === "job" ? jobReference(bytes, schemas.job) : plainReference(bytes, schemas[kind]);
         const rel = `${kind}/${folder}/${name}`;
         if (!expectedByFolder[folder](ref)) {
           const why = ref === "schema_violation" ? ` (${ajv.errorsText(schemas[kind].errors)})` : "";
