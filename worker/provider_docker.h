@@ -9,6 +9,9 @@
  * is canceled, timed out or refused by the engine before that still reports
  * STARTED, right before FINISHED, so every run has both (provider.h).
  *
+ * The engine is dockerd (API 1.41 and up) or Podman's compatible service;
+ * the API version is negotiated per host (provider_docker.c).
+ *
  * Every container carries the labels sbx.job, sbx.project, sbx.token,
  * sbx.slot, sbx.worker and sbx.pool=docker, so orphans are found by asking
  * the engine, not our database: sbx_docker_sweep() removes containers of
@@ -48,6 +51,9 @@ typedef struct sbx_docker_config {
                                      * too); 0 = 30000 */
     int kill_grace_ms;              /* kill -> engine reports exit; 0 = 10000 */
     int no_start_sweep;             /* tests: do not sweep in sbx_docker_new() */
+    const char *registry_auth;      /* X-Registry-Auth sent with pulls (base64url of
+                                     * {"username":..,"password":..,"serveraddress":..}
+                                     * or {"identitytoken":..}); NULL: none */
 } sbx_docker_config;
 
 int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **out,

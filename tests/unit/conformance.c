@@ -123,6 +123,7 @@ static int start_on(cenv *e, size_t slot, const sbx_job *job, crun *c, char *err
 {
     sbx_run_req req;
     memset(c, 0, sizeof(*c));
+    memset(&req, 0, sizeof(req));
     req.job = job;
     req.slot = e->slots[slot];
     req.token = g_token++;
@@ -417,6 +418,7 @@ static void t_busy_slot(void **state)
 
     err[0] = '\0';
     memset(&u, 0, sizeof(u));
+    memset(&req, 0, sizeof(req));
     req.job = &job2;
     req.slot = "no-such-pool/no-such-slot";
     req.token = g_token++;

@@ -444,7 +444,9 @@ static void test_sandbox_as_engine_and_build_see_it(void **state)
     assert_string_equal(json_object_get_string(jget(o, "HostConfig/NetworkMode")), "none");
     v = jget(o, "HostConfig/CapDrop");
     assert_non_null(v);
-    assert_true(json_object_array_length(v) > 10); /* Podman lists what ALL dropped */
+    /* Podman lists what ALL dropped; dockerd keeps "ALL". */
+    assert_true(json_object_array_length(v) > 10 ||
+                strcmp(json_object_get_string(json_object_array_get_idx(v, 0)), "ALL") == 0);
     assert_string_equal(json_object_get_string(jget(o, "Config/User")), "65534:65534");
     assert_non_null(strstr(json_object_to_json_string(jget(o, "HostConfig/SecurityOpt")),
                            "no-new-privileges"));
@@ -542,6 +544,7 @@ static void test_orphan_sweep(void **state)
     assert_int_equal(swept, 0); /* never from inside the call */
     run_until(&swept, 1, 30000);
     assert_int_equal(swept, 1);
+    print_message("swept removed=%d failed=%d\n", swept_removed, swept_failed);
     assert_int_equal(swept_removed, 1);
     assert_int_equal(swept_failed, 0);
     assert_gone(orphan);
@@ -602,7 +605,7 @@ static void test_engine_errors(void **state)
     assert_int_equal(r.res.outcome, SBX_OUTCOME_JOB_ERROR);
     assert_int_equal(r.res.exit_code, -1);
     assert_string_equal(r.res.instance, ""); /* nothing was created */
-    assert_non_null(strstr(r.res.error, "create: engine said 404"));
+    assert_non_null(strstr(r.res.error, "image not found: localhost/sbx-no-such-image:latest: "));
     print_message("engine error: %s\n", r.res.error);
     job_init(&t, "true");
     t.job.image = "Not/A:Valid:Reference";
@@ -629,7 +632,7 @@ static void test_engine_errors(void **state)
     run_job("docker/gone/0", &t, &r, 30000);
     P = saved;
     assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
-    assert_non_null(strstr(r.res.error, "create: "));
+    assert_non_null(strstr(r.res.error, "version: "));
     print_message("socket error: %s\n", r.res.error);
     p2->ops->destroy(p2);
 
