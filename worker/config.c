@@ -64,6 +64,7 @@ static const sbx_opt opts[] = {
     {"SBX_KAFKA_SASL_PASSWORD", NULL, "", "SASL password (environment only; never printed)", STR, S(kafka_sasl_password), 0, 0, 0, 1},
     {"SBX_DOCKER_HOSTS", "docker-hosts", "", "docker provider: name=unix:///sock@capacity or name=tcp://host:port@capacity, comma-separated", STR, S(docker_hosts), 0, 0, 0, 0},
     {"SBX_DOCKER_IMAGE", "docker-image", "", "docker provider: image of jobs that name none", STR, S(docker_image), 0, 0, 0, 0},
+    {"SBX_DOCKER_REGISTRY_AUTH", NULL, "", "docker provider: X-Registry-Auth sent with image pulls (base64url of the registry credentials' JSON; environment only; never printed)", STR, S(docker_registry_auth), 0, 0, 0, 1},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 

@@ -90,6 +90,7 @@ static int make_docker(sbx_worker *w, char *err, size_t errlen)
     dc.hosts = hosts;
     dc.nhosts = n;
     dc.default_image = w->cfg.docker_image[0] ? w->cfg.docker_image : NULL;
+    dc.registry_auth = w->cfg.docker_registry_auth[0] ? w->cfg.docker_registry_auth : NULL;
     dc.allow_network = w->cfg.allow_network;
     return sbx_docker_new(w->loop, &dc, &w->prov, err, errlen);
 }
