@@ -166,6 +166,7 @@ typedef struct host {
     sbx_run **busy;          /* the run on each slot, or NULL */
     char api[16];            /* "/v1.41": negotiated, "" until a probe answered */
     int podman;              /* the engine is Podman's compatible service */
+    int reprobe;             /* the engine refused api: the next run asks again */
     int ncpu;                /* the engine's NCPU, 0 if unknown */
     int64_t mem_total;       /* the engine's MemTotal in bytes, 0 if unknown */
     int told;                /* what the probe found is in the log */
@@ -395,8 +396,8 @@ static void fail_step(sbx_run *r, const char *what, const sbx_http_res *res)
     /* "client version 1.41 is too old" (the engine was upgraded since the
      * probe): ask again on the next run. */
     if (res->code == SBX_HTTP_OK && res->status == 400 && strstr(r->res.error, "client version")) {
-        sbx_warn(COMP, "host %s: engine refuses API %s; probing again", r->host->name, r->host->api + 1);
-        r->host->api[0] = '\0';
+        sbx_warn(COMP, "host %s: engine refuses API %s; probing again", r->host->name, r->host->api + 2);
+        r->host->reprobe = 1; /* runs in flight keep the version they have */
     }
 }
 
@@ -954,6 +955,7 @@ static void on_probe_ping(void *arg, const sbx_http_res *res)
         return;
     }
     h->podman = sbx_http_res_header(res, "Libpod-Api-Version") != NULL;
+    h->reprobe = 0;
     snprintf(h->api, sizeof(h->api), "/v1.%d", minor < API_MAX_MINOR ? minor : API_MAX_MINOR);
     sbx_debug(COMP, "host %s: API %s (engine %s)", h->name, h->api + 2, v);
     probe_info(pr);
@@ -971,7 +973,7 @@ static int probe_start(probe *pr, sbx_docker *d, host *h, int need_info, probe_c
     pr->owner = owner;
     pr->step = step;
     pr->need_info = need_info;
-    if (h->api[0])
+    if (h->api[0] && !h->reprobe)
         return call(d, h, "GET", "/info", NULL, NULL, 0, d->req_timeout_ms, 0, NULL, on_probe_info,
                     pr, step);
     return call_ex(d, h, 0, NULL, "GET", "/_ping", NULL, NULL, 0, d->req_timeout_ms, 0, NULL,
@@ -1529,7 +1531,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     }
     /* More CPUs than one may be more than the host has: know first. */
     need_info = (req->job->cpus > 0 ? req->job->cpus : d->cpus) > 1 && h->ncpu <= 0;
-    if (h->api[0] && !need_info) {
+    if (h->api[0] && !h->reprobe && !need_info) {
         if ((rc = create_send(r, err, errlen)) < 0)
             goto fail;
     } else {
@@ -1761,7 +1763,7 @@ int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
         sl->h = &d->hosts[i];
         /* Counted before the call: a failed send below counts itself down. */
         s->pending++;
-        if (sl->h->api[0]) {
+        if (sl->h->api[0] && !sl->h->reprobe) {
             sweep_list_send(sl);
         } else if (probe_start(&sl->probe, d, sl->h, 0, on_sweep_probed, sl, &sl->step) < 0) {
             s->failed++;

@@ -864,7 +864,9 @@ static void fake_reply(int c, int status, const char *api, const char *body)
 }
 
 /* The child: answers one request per connection, from the routes below,
- * and appends each request line (and its X-Registry-Auth) to logf. */
+ * and appends each request line (and its X-Registry-Auth) to logf. The
+ * create answers 201, or 404 (image_missing 1), or 400 "client version"
+ * (2: an engine downgraded under us). */
 static void fake_serve(int ls, const char *api, const char *wait_body, int image_missing,
                        const char *logf)
 {
@@ -904,7 +906,10 @@ static void fake_serve(int ls, const char *api, const char *wait_body, int image
         else if (strstr(line, "POST ") && strstr(line, "/containers/create")) {
             char b[128];
             snprintf(b, sizeof(b), "{\"Id\":\"%s\",\"Warnings\":[]}", FAKE_ID);
-            if (image_missing)
+            if (image_missing == 2)
+                fake_reply(c, 400, api, "{\"message\":\"client version 1.47 is too new. Maximum "
+                                        "supported API version is 1.45\"}");
+            else if (image_missing)
                 fake_reply(c, 404, api, "{\"message\":\"No such image: x\"}");
             else
                 fake_reply(c, 201, api, b);
@@ -964,8 +969,9 @@ static char *fake_stop(fake *f)
     return log;
 }
 
-/* One run on the fake engine with a provider of its own. */
-static void fake_run(fake *f, const char *registry_auth, rec *r)
+/* runs runs, one after the other, on the fake engine with a provider of
+ * their own; r is the last one's. */
+static void fake_runs(fake *f, const char *registry_auth, rec *r, int runs)
 {
     sbx_docker_host h = {"fake", NULL, 1};
     sbx_docker_config cfg = {0};
@@ -981,10 +987,22 @@ static void fake_run(fake *f, const char *registry_auth, rec *r)
     cfg.no_start_sweep = 1;
     cfg.registry_auth = registry_auth;
     assert_int_equal(sbx_docker_new(L, &cfg, &P, err, sizeof(err)), 0);
-    job_init(&t, "true");
-    run_job("docker/fake/0", &t, r, 20000);
+    for (int i = 0; i < runs; i++) {
+        job_init(&t, "true");
+        run_job("docker/fake/0", &t, r, 20000);
+    }
     P->ops->destroy(P);
     P = saved;
+}
+
+static void fake_run(fake *f, const char *registry_auth, rec *r) { fake_runs(f, registry_auth, r, 1); }
+
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
 }
 
 static void test_api_version_negotiated(void **state)
@@ -1016,6 +1034,14 @@ static void test_api_version_negotiated(void **state)
     print_message("old engine: %s\n", r.res.error);
     assert_non_null(strstr(r.res.error, "engine API 1.40 on host fake is older than 1.41"));
     assert_null(strstr(log, "/containers/create"));
+    /* The engine says our version no longer suits it: the provider's error
+     * (retried), and the next run negotiates again. */
+    fake_start(&f, "1.47", "{\"StatusCode\":0,\"Error\":null}", 2);
+    fake_runs(&f, NULL, &r, 2);
+    log = fake_stop(&f);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "client version"));
+    assert_int_equal(count_of(log, "GET /_ping "), 2);
 }
 
 static void test_wait_error_in_body(void **state)
