@@ -165,7 +165,7 @@ static void job_init(tjob *t, const char *script)
 /* What the live sink got, per stream, and when it first got something. */
 typedef struct outbuf {
     char *p[3];
-    size_t len[3];
+    size_t len[3], cap[3];
     size_t chunks;
     uint64_t t_first;
     int after_finished;  /* calls after FINISHED: provider.h forbids them */
@@ -191,8 +191,15 @@ static void on_output(void *arg, sbx_stream stream, const char *data, size_t len
         o->after_finished++;
     if (!o->chunks++)
         o->t_first = sbx_now_us();
-    o->p[stream] = realloc(o->p[stream], o->len[stream] + len + 1);
-    assert_non_null(o->p[stream]);
+    if (o->len[stream] + len + 1 > o->cap[stream]) {
+        /* Doubling: a build of 10^5 lines calls this 10^5 times. */
+        size_t cap = o->cap[stream] ? o->cap[stream] : 4096;
+        while (cap < o->len[stream] + len + 1)
+            cap *= 2;
+        o->p[stream] = realloc(o->p[stream], cap);
+        assert_non_null(o->p[stream]);
+        o->cap[stream] = cap;
+    }
     memcpy(o->p[stream] + o->len[stream], data, len);
     o->len[stream] += len;
     o->p[stream][o->len[stream]] = '\0';
@@ -470,8 +477,10 @@ static void test_slots_per_host(void **state)
 static void test_sandbox_as_engine_and_build_see_it(void **state)
 {
     tjob t;
-    rec r = {0};
+    outbuf out = {0};
+    rec r = {.out = &out};
     json_object *o, *v;
+    uint64_t end;
     const char *labels[][2] = {{"sbx.slot", "docker/b/1"}, {"sbx.pool", "docker"},
                                {"sbx.worker", WORKER}};
     (void)state;
@@ -511,9 +520,15 @@ static void test_sandbox_as_engine_and_build_see_it(void **state)
     }
     json_object_put(o);
 
+    /* The build has said it all (the live output shows it) before the
+     * cancel: the kill must not race its first lines. */
+    end = sbx_now_ms() + 20000;
+    while (sbx_now_ms() < end && !(out.p[1] && strstr(out.p[1], "tmp-writable")))
+        sbx_loop_once(L, 20);
     P->ops->cancel(P, r.run);
     run_until(&r.finished, 1, 20000);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    outbuf_free(&out);
     assert_true(tail_has(&r, "65534\n65534\n"));
     assert_true(tail_has(&r, "\nlo \n")); /* loopback only */
     assert_true(tail_has(&r, "root-readonly"));
