@@ -282,6 +282,7 @@ struct sbx_run {
     int failed;                       /* res.error says why */
     int job_fault;                    /* ... and it is the job's (provider.h) */
     logread rd;                       /* the log read in progress */
+    size_t out_live, out_after;       /* bytes delivered by the follow, by the last read */
     logcur cur[3];                    /* per stream (SBX_STREAM_*): what went out */
     sbx_tail tail;                    /* the last output, over res.log_tail */
     sbx_run *prev, *next;
@@ -440,6 +441,10 @@ static int64_t parse_ts(const char *s)
 
 static void deliver(sbx_run *r, int stream, const char *p, size_t n)
 {
+    if (r->state == RUN_COLLECTING)
+        r->out_after += n;
+    else
+        r->out_live += n;
     sbx_tail_add(&r->tail, p, n);
     sbx_run_output(r->output, r->output_arg, (sbx_stream)stream, p, n);
 }
@@ -1018,8 +1023,8 @@ static void finish(sbx_run *r)
     d->nruns--;
     r->host->busy[r->slot_idx] = NULL;
 
-    sbx_info(COMP, "run finished job=%s slot=%s container=%.12s outcome=%d exit=%d", r->job_id,
-             r->slot, r->id, (int)res->outcome, res->exit_code);
+    sbx_info(COMP, "run finished job=%s slot=%s container=%.12s outcome=%d exit=%d output_live=%zu output_after=%zu",
+             r->job_id, r->slot, r->id, (int)res->outcome, res->exit_code, r->out_live, r->out_after);
     r->cb(r->arg, SBX_RUN_FINISHED, res);
     sbx_buf_free(&r->tar);
     free(r);
