@@ -68,16 +68,16 @@
  *    the follow got to, delivers the rest. Following alone loses output on
  *    Podman 4.3 (measured: the stream ends when the container exits, before
  *    the end of the output: 1.1-1.9 MB of 2.9 MB arrived), and reading only
- *    at the end shows nothing while the build runs. De-duplication is per
- *    stream, by position: each message (one frame, "<timestamp> <text>")
- *    is known by its timestamp and its index among messages of the same
- *    timestamp on that stream, and the bytes of a message cut by the drop
- *    are counted, so the second read skips exactly what was delivered
- *    (timestamps are monotonic per stream on both engines, not across
- *    streams: hence one cursor per stream; Podman stamps whole seconds,
- *    which the index covers). The container is deleted only after the last
- *    read: the engine keeps its log until then, so nothing is lost, not
- *    even from a command that exits right after printing.
+ *    at the end shows nothing while the build runs. The reader
+ *    (docker_logs.c) keeps a cursor per stream, so the second read skips
+ *    exactly what the first delivered. The container is deleted only after
+ *    the last read: the engine keeps its log until then, so nothing is
+ *    lost, not even from a command that exits right after printing.
+ *    Measured (test_live_output_*): a build printing for 2 s has its first
+ *    line out 2 s before FINISHED on both engines; 0.9 MB printed in a
+ *    fraction of a second came 92 KB live and the rest after the exit on
+ *    Podman, all after the exit on dockerd (the run's "run finished" log
+ *    line counts both).
  *  - LogConfig json-file with max-size LOG_MAX_SIZE: an engine whose
  *    default driver is not readable (journald without a journal, "none")
  *    would return no output, and an unbounded log fills the engine's disk.
@@ -96,11 +96,9 @@
  *    command that does not exist (start: 400, or Podman's 500 "command that
  *    was not found").
  *
- * The log stream is Docker's multiplexed format (Tty false): frames of an
- * 8-byte header {stream, 0, 0, 0, big-endian u32 size} and a payload. Frames
- * arrive split at any byte, so the reader keeps its place across chunks.
- * Only the last SBX_LOG_TAIL_MAX bytes are kept for the result (an sbx_tail
- * over the result's log_tail, buf.h).
+ * The log stream is Docker's multiplexed format (Tty false), read by
+ * docker_logs.c. Only the last SBX_LOG_TAIL_MAX bytes are kept for the
+ * result (an sbx_tail over the result's log_tail, buf.h).
  */
 #include "provider_docker.h"
 
@@ -112,10 +110,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "assert.h"
 #include "buf.h"
+#include "docker_logs.h"
 #include "docker_tar.h"
 #include "http.h"
 #include "jobfiles.h"
@@ -135,9 +133,6 @@
 /* A pull's progress stream is read a line at a time for its error; a line
  * is a JSON object of a few hundred bytes. */
 #define PULL_LINE_MAX 4096
-/* The engine's timestamp before each log message, RFC 3339 with up to
- * nanoseconds and an offset: 35 bytes; a little more for safety. */
-#define LOG_TS_MAX 48
 /* Where the job files are staged (a volume) and the command that copies
  * them into the workspace before the build's own command. */
 #define STAGE_DIR "/.sbx"
@@ -187,32 +182,6 @@ typedef struct probe {
     sbx_http_handle **step;  /* the owner's slot for the call in flight */
     int need_info;           /* wait for NCPU too */
 } probe;
-
-/* The reader of one log read: where it is in the frames, and in the
- * timestamp that starts each message. */
-typedef struct logread {
-    unsigned char hdr[8];
-    size_t hdr_have;
-    uint32_t frame_left;     /* payload bytes of the current frame still to come */
-    int stream;              /* SBX_STREAM_* of the current frame */
-    char ts[LOG_TS_MAX + 1]; /* the current message's timestamp, being read */
-    size_t ts_have;
-    int in_ts;               /* still reading the timestamp */
-    int deliver;             /* this message's text goes out (after skip bytes) */
-    size_t skip;
-    int64_t seen_ts[3];      /* per stream: the last timestamp of this read ... */
-    unsigned seen_n[3];      /* ... and messages with it so far */
-    int raw;                 /* the stream was not framed: bytes as they come */
-} logread;
-
-/* Per stream, how far the output has been delivered: every message before
- * timestamp ts_ns, the first n messages at ts_ns, and `partial` bytes of
- * the one after them. */
-typedef struct logcur {
-    int64_t ts_ns;           /* 0: nothing delivered on this stream */
-    unsigned n;
-    size_t partial;
-} logcur;
 
 struct sbx_docker {
     sbx_provider base;       /* first: sbx_provider * <-> sbx_docker * */
@@ -281,9 +250,8 @@ struct sbx_run {
     int exited;
     int failed;                       /* res.error says why */
     int job_fault;                    /* ... and it is the job's (provider.h) */
-    logread rd;                       /* the log read in progress */
+    sbx_docker_logs logs;             /* the log reads and what they delivered */
     size_t out_live, out_after;       /* bytes delivered by the follow, by the last read */
-    logcur cur[3];                    /* per stream (SBX_STREAM_*): what went out */
     sbx_tail tail;                    /* the last output, over res.log_tail */
     sbx_run *prev, *next;
     sbx_result res;
@@ -402,210 +370,19 @@ static void fail_step(sbx_run *r, const char *what, const sbx_http_res *res)
     }
 }
 
-/* ---- the log reader ---- */
+/* ---- output: the log reader's sink ---- */
 
-/* "2026-12-04T20:31:05.123456789Z" (or "+01:00", or no fraction) in ns
- * since the epoch; -1 if it is not one. */
-static int64_t parse_ts(const char *s)
+/* Every byte the reader (docker_logs.c) lets through: the result's tail
+ * and the live sink. */
+static void deliver(void *arg, sbx_stream stream, const char *p, size_t n)
 {
-    struct tm tm = {0};
-    int64_t ns = 0, off = 0;
-    int n = 0, digits = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &n) != 6 || n != 19)
-        return -1;
-    s += n;
-    if (*s == '.')
-        for (s++; *s >= '0' && *s <= '9'; s++)
-            if (digits++ < 9)
-                ns = ns * 10 + (*s - '0');
-    for (; digits < 9; digits++)
-        ns *= 10;
-    if (*s == '+' || *s == '-') {
-        int hh, mm;
-        if (sscanf(s + 1, "%2d:%2d", &hh, &mm) != 2)
-            return -1;
-        off = (int64_t)(hh * 3600 + mm * 60) * (*s == '-' ? -1 : 1);
-        s += 6;
-    } else if (*s == 'Z') {
-        s++;
-    } else {
-        return -1;
-    }
-    if (*s)
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    return ((int64_t)timegm(&tm) - off) * 1000000000 + ns;
-}
-
-static void deliver(sbx_run *r, int stream, const char *p, size_t n)
-{
+    sbx_run *r = arg;
     if (r->state == RUN_COLLECTING)
         r->out_after += n;
     else
         r->out_live += n;
     sbx_tail_add(&r->tail, p, n);
-    sbx_run_output(r->output, r->output_arg, (sbx_stream)stream, p, n);
-}
-
-/* A message's timestamp is read: whether it (and how much of it) goes out,
- * against the stream's cursor (see the top of the file). */
-static void message_begins(sbx_run *r)
-{
-    logread *rd = &r->rd;
-    logcur *c = &r->cur[rd->stream];
-    int64_t ts = parse_ts(rd->ts);
-    unsigned k;
-
-    rd->skip = 0;
-    rd->deliver = 1;
-    if (ts < 0) {
-        /* No timestamp: an engine that ignored timestamps=1. Deliver what
-         * came; nothing to de-duplicate against. */
-        sbx_warn(COMP, "log message without a timestamp container=%.12s", r->id);
-        deliver(r, rd->stream, rd->ts, rd->ts_have);
-        deliver(r, rd->stream, " ", 1);
-        rd->deliver = 2; /* not counted in the cursor */
-        return;
-    }
-    if (ts != rd->seen_ts[rd->stream]) {
-        rd->seen_ts[rd->stream] = ts;
-        rd->seen_n[rd->stream] = 0;
-    }
-    k = rd->seen_n[rd->stream]++;
-    if (ts < c->ts_ns || (ts == c->ts_ns && k < c->n)) {
-        rd->deliver = 0;
-        return;
-    }
-    if (ts > c->ts_ns) {
-        c->ts_ns = ts;
-        c->n = 0;
-        c->partial = 0;
-    }
-    rd->skip = c->partial;
-}
-
-static void message_text(sbx_run *r, const char *p, size_t n)
-{
-    logread *rd = &r->rd;
-    if (!rd->deliver)
-        return;
-    if (rd->skip) {
-        size_t k = rd->skip < n ? rd->skip : n;
-        rd->skip -= k;
-        p += k;
-        n -= k;
-    }
-    if (n == 0)
-        return;
-    deliver(r, rd->stream, p, n);
-    if (rd->deliver == 1)
-        r->cur[rd->stream].partial += n;
-}
-
-static void message_ends(sbx_run *r)
-{
-    logread *rd = &r->rd;
-    if (rd->in_ts) /* a frame shorter than a timestamp: keep its bytes */
-        deliver(r, rd->stream, rd->ts, rd->ts_have);
-    else if (rd->deliver == 1) {
-        r->cur[rd->stream].n++;
-        r->cur[rd->stream].partial = 0;
-    }
-    rd->in_ts = 0;
-}
-
-static void logread_reset(sbx_run *r)
-{
-    memset(&r->rd, 0, sizeof(r->rd));
-    for (int i = 0; i < 3; i++)
-        r->rd.seen_ts[i] = -1;
-}
-
-static void log_bytes(sbx_run *r, const char *p, size_t n)
-{
-    logread *rd = &r->rd;
-    while (n > 0) {
-        size_t k;
-        if (rd->raw) {
-            deliver(r, SBX_STREAM_STDOUT, p, n);
-            return;
-        }
-        if (rd->frame_left == 0) {
-            k = 8 - rd->hdr_have < n ? 8 - rd->hdr_have : n;
-            memcpy(rd->hdr + rd->hdr_have, p, k);
-            rd->hdr_have += k;
-            p += k;
-            n -= k;
-            if (rd->hdr_have < 8)
-                return;
-            rd->hdr_have = 0;
-            if (rd->hdr[0] > 2 || rd->hdr[1] || rd->hdr[2] || rd->hdr[3]) {
-                /* Not a frame header: a TTY stream or a confused engine.
-                 * Keep the bytes rather than guess at frames. */
-                rd->raw = 1;
-                deliver(r, SBX_STREAM_STDOUT, (const char *)rd->hdr, 8);
-                continue;
-            }
-            rd->stream = rd->hdr[0] == 2 ? SBX_STREAM_STDERR : SBX_STREAM_STDOUT;
-            rd->frame_left = (uint32_t)rd->hdr[4] << 24 | (uint32_t)rd->hdr[5] << 16 |
-                             (uint32_t)rd->hdr[6] << 8 | (uint32_t)rd->hdr[7];
-            rd->in_ts = rd->frame_left > 0;
-            rd->ts_have = 0;
-            continue;
-        }
-        k = rd->frame_left < n ? rd->frame_left : n;
-        if (rd->in_ts) {
-            const char *sp = memchr(p, ' ', k);
-            size_t take = sp ? (size_t)(sp - p) : k;
-            if (rd->ts_have + take > LOG_TS_MAX) {
-                /* Too long for a timestamp: the text starts here. */
-                rd->ts[rd->ts_have] = '\0';
-                rd->in_ts = 0;
-                rd->deliver = 2;
-                deliver(r, rd->stream, rd->ts, rd->ts_have);
-                continue;
-            }
-            memcpy(rd->ts + rd->ts_have, p, take);
-            rd->ts_have += take;
-            rd->ts[rd->ts_have] = '\0';
-            if (sp) {
-                take++; /* the space */
-                rd->in_ts = 0;
-                message_begins(r);
-            }
-            k = take;
-        } else {
-            message_text(r, p, k);
-        }
-        rd->frame_left -= (uint32_t)k;
-        p += k;
-        n -= k;
-        if (rd->frame_left == 0)
-            message_ends(r);
-    }
-}
-
-/* Where the last read starts: a second before the earliest place a stream
- * got to (engines take whole seconds; the reader skips the rest). A stream
- * that delivered nothing counts as the latest one: its messages before
- * that were delivered (none), and the margin covers the microseconds by
- * which the two streams' stamps and the order in the log can differ.
- * 0: from the beginning. */
-static int64_t log_since_s(const sbx_run *r)
-{
-    int64_t lo = 0, hi = 0;
-    for (int i = SBX_STREAM_STDOUT; i <= SBX_STREAM_STDERR; i++)
-        if (r->cur[i].ts_ns > hi)
-            hi = r->cur[i].ts_ns;
-    if (hi == 0)
-        return 0;
-    lo = hi;
-    for (int i = SBX_STREAM_STDOUT; i <= SBX_STREAM_STDERR; i++)
-        if (r->cur[i].ts_ns && r->cur[i].ts_ns < lo)
-            lo = r->cur[i].ts_ns;
-    return lo / 1000000000 - 1 > 0 ? lo / 1000000000 - 1 : 0;
+    sbx_run_output(r->output, r->output_arg, stream, p, n);
 }
 
 /* ---- the create body ---- */
@@ -1071,7 +848,8 @@ static void run_remove(sbx_run *r)
 
 static int on_log_chunk(void *arg, const char *data, size_t len)
 {
-    log_bytes(arg, data, len);
+    sbx_run *r = arg;
+    sbx__docker_logs_feed(&r->logs, data, len);
     return 0;
 }
 
@@ -1103,12 +881,12 @@ static void on_follow_done(void *arg, const sbx_http_res *res)
 static void collect_logs(sbx_run *r)
 {
     char path[URL_MAX];
-    int64_t since = log_since_s(r);
+    int64_t since = sbx__docker_logs_since_s(&r->logs);
 
     sbx_http_cancel(r->follow);
     r->follow = NULL;
     set_state(r, RUN_COLLECTING);
-    logread_reset(r);
+    sbx__docker_logs_read(&r->logs);
     if (since > 0)
         snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1&timestamps=1&since=%" PRId64,
                  r->id, since);
@@ -1203,7 +981,7 @@ static void on_started(void *arg, const sbx_http_res *res)
     }
     /* Beside the wait: the live output. Not following is no loss (the read
      * after the exit delivers it all), only later. */
-    logread_reset(r);
+    sbx__docker_logs_read(&r->logs);
     snprintf(path, sizeof(path), "/containers/%s/logs?follow=1&stdout=1&stderr=1&timestamps=1", r->id);
     rc = call(r->d, r->host, "GET", path, NULL, NULL, 0, 0, 0, on_log_chunk, on_follow_done, r,
               &r->follow);
@@ -1516,6 +1294,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     snprintf(r->slot, sizeof(r->slot), "%s", req->slot);
     sbx_timer_init(&r->deadline, on_deadline, r);
     sbx_tail_init(&r->tail, r->res.log_tail, SBX_LOG_TAIL_MAX);
+    sbx__docker_logs_init(&r->logs, deliver, r);
 
     /* A ustar name is a 155-byte prefix, '/' and a 100-byte name at most:
      * "workspace/" and the path must fit. */

@@ -6,4 +6,5 @@ TEST_BINS += $(BUILD)/tests/test_http $(BUILD)/tests/test_docker
 
 $(BUILD)/tests/test_http: $(BUILD)/obj/worker/http.o
 $(BUILD)/tests/test_docker: $(BUILD)/obj/worker/http.o $(BUILD)/obj/worker/provider_docker.o \
-                            $(BUILD)/obj/worker/docker_tar.o $(BUILD)/obj/tests/unit/conformance.o
+                            $(BUILD)/obj/worker/docker_tar.o $(BUILD)/obj/worker/docker_logs.o \
+                            $(BUILD)/obj/tests/unit/conformance.o
