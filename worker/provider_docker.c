@@ -12,13 +12,13 @@
  *  - API version: negotiated per host, once, with GET /_ping (served
  *    without a version; its Api-Version header is what the docker CLI
  *    negotiates with, and Podman answers it at once where /version takes
- *    it 400 ms): min(API_MAX, the engine's API version); an
- *    engine older than API_MIN is refused with a clear error (the run ends
+ *    it 400 ms): min(1.API_MAX_MINOR, the engine's API version); an
+ *    engine older than 1.API_MIN_MINOR is refused with a clear error (the run ends
  *    as the provider's error, retried: the operator must upgrade). A
  *    pinned version breaks both ways: Docker 29.0-29.2 refuse anything
  *    below 1.44 and Podman 4.3 serves nothing above 1.41. A 400 "client
- *    version" later (the engine was upgraded) forgets it, and the next run
- *    asks again. GET /info gives NCPU and MemTotal, once per host, in the
+ *    version" later (the engine was changed under us) makes the next run
+ *    ask again; runs in flight keep the version they have. GET /info gives NCPU and MemTotal, once per host, in the
  *    background (a run waits for it only when it asks for more than one
  *    CPU): the configured capacity is checked against them (a warning in
  *    the log, not a clamp: the slots are already registered), and a job's
@@ -52,8 +52,8 @@
  *    and dockerd creates WorkingDir (/workspace) root-owned 0755 before
  *    that, so the mode alone leaves the workspace unwritable (measured on
  *    20.10); dockerd passes uid=/gid= to the kernel, Podman refuses them
- *    and has its own U. The probe tells the engines apart (/version's
- *    Components). Never tmpcopyup (Podman-only; dockerd refuses to start):
+ *    and has its own U. The probe tells the engines apart (Podman's _ping
+ *    answer has a Libpod-Api-Version header). Never tmpcopyup (Podman-only; dockerd refuses to start):
  *    a tmpfs hides what the image has in /workspace and /tmp on dockerd,
  *    so images must not count on it, and an image's /tmp must be 1777.
  *  - Missing image: create answers 404; the image is pulled once (POST
@@ -61,7 +61,8 @@
  *    without tag or digest gets ":latest", else the engine pulls every
  *    tag) and the create sent again. A pull that fails (also inside the
  *    200 progress stream, where engines put their errors) ends the run as
- *    the job's error, "image not found: <image>: <why>".
+ *    the job's error, "image not found: <image>: <why>" (an engine that
+ *    cannot be reached during the pull is the provider's error).
  *  - Live output: the log stream is followed (timestamps=1) from the start
  *    returned and handed to the sink as it comes; when the wait returns,
  *    the follow is dropped and one more read, from a second before where
@@ -1060,15 +1061,20 @@ static void on_pulled(void *arg, const sbx_http_res *res)
     r->step = NULL;
     if (r->pull_have && !r->pull_error[0]) /* a last line without '\n' */
         on_pull_chunk(r, "\n", 1);
-    if (res->code != SBX_HTTP_OK || res->status != 200 || r->pull_error[0]) {
+    if (res->code != SBX_HTTP_OK) {
+        /* The engine, not the image: the provider's error, retried. */
+        run_fail(r, "pull: %s", res->error);
+        run_remove(r);
+        return;
+    }
+    if (res->status != 200 || r->pull_error[0]) {
         char msg[256];
         if (r->pull_error[0])
             snprintf(msg, sizeof(msg), "%s", r->pull_error);
         else
             engine_error(msg, sizeof(msg), "pull", res);
         run_fail(r, "image not found: %.100s: %.140s", run_image(r), msg);
-        /* The registry, not the host: the job's image (provider.h). */
-        r->job_fault = res->code == SBX_HTTP_OK;
+        r->job_fault = 1; /* the job's image (provider.h): failed at once */
         run_remove(r);
         return;
     }
