@@ -1,5 +1,5 @@
 /* provider_docker.h — builds in containers through the Docker Engine API,
- * as served by Podman's compatible service (`podman system service`).
+ * of dockerd or of Podman's compatible service (`podman system service`).
  *
  * Several engine hosts, each with a capacity, make one pool "docker"; slot
  * i of host H is "docker/H/i". The lease layer picks a slot (the least
