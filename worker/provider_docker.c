@@ -136,6 +136,9 @@
 #define PULL_LINE_MAX 4096
 /* Where the job files are staged (a volume) and the command that copies
  * them into the workspace before the build's own command. */
+/* The live output's latency: a log read every POLL_MS while the build
+ * runs (each re-reads at most the last second or two of output). */
+#define POLL_MS 500
 #define STAGE_DIR "/.sbx"
 #define STAGE_COPY "cp -R " STAGE_DIR "/workspace/. /workspace/ && exec \"$@\""
 /* Slot ids "docker/<host>/<i>" and host names are short by construction. */
@@ -237,7 +240,8 @@ struct sbx_run {
     char id[CONTAINER_ID_MAX + 1];    /* "" until create answered */
     sbx_buf tar;                      /* the archive (docker_tar.h), until PUT is sent */
     sbx_http_handle *step;            /* the one chained call in flight */
-    sbx_http_handle *follow;          /* the log stream beside the wait */
+    sbx_http_handle *poll;            /* a log read beside the wait */
+    sbx_timer poll_timer;             /* the next one */
     sbx_http_handle *kill;
     probe probe;
     int pulled;                       /* the image was pulled once already */
@@ -252,7 +256,7 @@ struct sbx_run {
     int failed;                       /* res.error says why */
     int job_fault;                    /* ... and it is the job's (provider.h) */
     sbx_docker_logs logs;             /* the log reads and what they delivered */
-    size_t out_live, out_after;       /* bytes delivered by the follow, by the last read */
+    size_t out_live, out_after;       /* bytes delivered while it ran, by the last read */
     sbx_tail tail;                    /* the last output, over res.log_tail */
     sbx_run *prev, *next;
     sbx_result res;
@@ -830,8 +834,9 @@ static void run_remove(sbx_run *r)
 
     sbx_http_cancel(r->kill);
     r->kill = NULL;
-    sbx_http_cancel(r->follow);
-    r->follow = NULL;
+    sbx_http_cancel(r->poll);
+    r->poll = NULL;
+    sbx_timer_stop(d->base.loop, &r->poll_timer);
     sbx_http_cancel(r->step);
     r->step = NULL;
     sbx_timer_stop(d->base.loop, &r->deadline);
@@ -863,38 +868,63 @@ static void on_logs_done(void *arg, const sbx_http_res *res)
     run_remove(r);
 }
 
-/* The follow ended by itself (dockerd at the exit; Podman sometimes
- * before the end of the output): the last read after the wait delivers
- * the rest, so nothing is done here but noting a refusal. */
-static void on_follow_done(void *arg, const sbx_http_res *res)
-{
-    sbx_run *r = arg;
-    r->follow = NULL;
-    if (res->code != SBX_HTTP_OK || res->status != 200) {
-        char msg[256];
-        engine_error(msg, sizeof(msg), "follow logs", res);
-        sbx_debug(COMP, "log follow ended container=%.12s error=\"%s\"", r->id, msg);
-    }
-}
-
-/* The container exited (or the wait failed): drop the follow, and read
- * what it did not deliver. */
-static void collect_logs(sbx_run *r)
+/* GET logs from where the reader got to (a second before: engines take
+ * whole seconds), timestamped; the reader skips what it delivered. */
+static int logs_read(sbx_run *r, sbx_http_done_cb done, sbx_http_handle **h)
 {
     char path[URL_MAX];
     int64_t since = sbx__docker_logs_since_s(&r->logs);
+    int n;
 
-    sbx_http_cancel(r->follow);
-    r->follow = NULL;
-    set_state(r, RUN_COLLECTING);
     sbx__docker_logs_read(&r->logs);
     if (since > 0)
-        snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1&timestamps=1&since=%" PRId64,
-                 r->id, since);
+        n = snprintf(path, sizeof(path),
+                     "/containers/%s/logs?stdout=1&stderr=1&timestamps=1&since=%" PRId64, r->id, since);
     else
-        snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1&timestamps=1", r->id);
-    if (call(r->d, r->host, "GET", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, on_log_chunk,
-             on_logs_done, r, &r->step) < 0) {
+        n = snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1&timestamps=1", r->id);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -ENAMETOOLONG;
+    return call(r->d, r->host, "GET", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, on_log_chunk, done,
+                r, h);
+}
+
+/* A read while it runs is done: the next one after POLL_MS. A refusal is
+ * only noted: the read after the exit delivers what this one did not. */
+static void on_poll_done(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->poll = NULL;
+    if (res->code != SBX_HTTP_OK || res->status != 200) {
+        char msg[256];
+        engine_error(msg, sizeof(msg), "logs while running", res);
+        sbx_debug(COMP, "log read failed container=%.12s error=\"%s\"", r->id, msg);
+    }
+    if (r->state == RUN_RUNNING && !r->exited)
+        sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);
+}
+
+static void on_poll_timer(sbx_timer *t)
+{
+    sbx_run *r = t->data;
+    int rc;
+    if (r->state != RUN_RUNNING || r->exited || r->poll)
+        return;
+    if ((rc = logs_read(r, on_poll_done, &r->poll)) < 0) {
+        sbx_debug(COMP, "log read not sent container=%.12s error=\"%s\"", r->id, strerror(-rc));
+        sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);
+    }
+}
+
+/* The container exited (or the wait failed): drop a read in flight (the
+ * reader counts what it delivered of a message cut short), and read the
+ * rest. */
+static void collect_logs(sbx_run *r)
+{
+    sbx_http_cancel(r->poll);
+    r->poll = NULL;
+    sbx_timer_stop(r->d->base.loop, &r->poll_timer);
+    set_state(r, RUN_COLLECTING);
+    if (logs_read(r, on_logs_done, &r->step) < 0) {
         run_fail(r, "logs: could not send the request");
         run_remove(r);
     }
@@ -980,14 +1010,8 @@ static void on_started(void *arg, const sbx_http_res *res)
         run_remove(r);
         return;
     }
-    /* Beside the wait: the live output. Not following is no loss (the read
-     * after the exit delivers it all), only later. */
-    sbx__docker_logs_read(&r->logs);
-    snprintf(path, sizeof(path), "/containers/%s/logs?follow=1&stdout=1&stderr=1&timestamps=1", r->id);
-    rc = call(r->d, r->host, "GET", path, NULL, NULL, 0, 0, 0, on_log_chunk, on_follow_done, r,
-              &r->follow);
-    if (rc < 0)
-        sbx_warn(COMP, "log follow not sent container=%.12s error=\"%s\"", r->id, strerror(-rc));
+    /* Beside the wait: the live output, read every POLL_MS. */
+    sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);
     if (r->stop != SBX_OUTCOME_SUCCEEDED)
         send_kill(r);
     /* Last: the callback may cancel this run, which is ready for it now. */
@@ -1299,6 +1323,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     snprintf(r->job_id, sizeof(r->job_id), "%s", req->job->job_id);
     snprintf(r->slot, sizeof(r->slot), "%s", req->slot);
     sbx_timer_init(&r->deadline, on_deadline, r);
+    sbx_timer_init(&r->poll_timer, on_poll_timer, r);
     sbx_tail_init(&r->tail, r->res.log_tail, SBX_LOG_TAIL_MAX);
     sbx__docker_logs_init(&r->logs, deliver, r);
 
@@ -1635,6 +1660,7 @@ static void docker_free(sbx_docker *d)
         sbx_run *r = d->runs;
         d->runs = r->next;
         sbx_timer_stop(d->base.loop, &r->deadline);
+        sbx_timer_stop(d->base.loop, &r->poll_timer);
         sbx_buf_free(&r->tar);
         free(r);
     }
