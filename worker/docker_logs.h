@@ -1,14 +1,15 @@
 /* docker_logs.h — the docker provider's reader of a container's log, read
  * more than once without delivering a byte twice.
  *
- * The provider follows the log while the build runs and reads it once
- * more after the exit (provider_docker.c says why). Both reads ask for
+ * The provider reads the log every half second while the build runs and
+ * once more after the exit (provider_docker.c says why). Every read asks for
  * timestamps=1, so the engine sends Docker's multiplexed frames (8-byte
  * header {stream, 0, 0, 0, big-endian u32 size}, then the payload), one
  * message per frame, each payload "<RFC 3339 timestamp> <text>". This
  * reader keeps, per stream, a cursor of what it delivered: the timestamp
  * of the last message, how many whole messages of that timestamp, and how
- * many bytes of the next one (a read dropped mid-message). A later read
+ * many bytes of the next one (a read dropped mid-message). A later read,
+ * from a second before that (`since` is whole seconds),
  * skips exactly that, so each byte of the text reaches deliver once, in
  * order per stream. Timestamps are monotonic per stream on dockerd and
  * Podman, not across streams (two copiers stamp them), hence a cursor per
