@@ -48,6 +48,12 @@ void sbx__docker_logs_init(sbx_docker_logs *l, sbx_docker_deliver_fn deliver, vo
     sbx__docker_logs_read(l);
 }
 
+void sbx__docker_logs_read_done(sbx_docker_logs *l)
+{
+    if (l->read_max_ts > l->done_ts)
+        l->done_ts = l->read_max_ts;
+}
+
 void sbx__docker_logs_read(sbx_docker_logs *l)
 {
     l->hdr_have = 0;
@@ -57,6 +63,7 @@ void sbx__docker_logs_read(sbx_docker_logs *l)
     l->deliver_mode = 0;
     l->skip = 0;
     l->raw = 0;
+    l->read_max_ts = 0;
     for (int i = 0; i < 3; i++) {
         l->seen_ts[i] = -1;
         l->seen_n[i] = 0;
@@ -86,6 +93,8 @@ static void message_begins(sbx_docker_logs *l)
         l->deliver_mode = 2;
         return;
     }
+    if (ts > l->read_max_ts)
+        l->read_max_ts = ts;
     if (ts != l->seen_ts[s]) {
         l->seen_ts[s] = ts;
         l->seen_n[s] = 0;
@@ -191,13 +200,17 @@ void sbx__docker_logs_feed(sbx_docker_logs *l, const char *p, size_t n)
     }
 }
 
-/* A stream that delivered nothing counts as the latest one: its messages
- * before that were delivered (none), and the second of margin covers the
- * microseconds by which the two streams' stamps and their order in the
- * log can differ; engines take whole seconds anyway. */
+/* The second of margin covers the microseconds by which the two streams'
+ * stamps and their order in the log can differ; engines take whole
+ * seconds anyway. Without a read to the end yet: a stream that delivered
+ * nothing counts as the latest one (its messages before that were
+ * delivered: none). The first rule keeps a stream that printed once long
+ * ago from making every read start there. */
 int64_t sbx__docker_logs_since_s(const sbx_docker_logs *l)
 {
     int64_t lo, hi = 0;
+    if (l->done_ts > 0)
+        return l->done_ts / 1000000000 - 1;
     for (int i = SBX_STREAM_STDOUT; i <= SBX_STREAM_STDERR; i++)
         if (l->cur[i].ts_ns > hi)
             hi = l->cur[i].ts_ns;

@@ -57,14 +57,20 @@ typedef struct sbx_docker_logs {
     int64_t seen_ts[3];          /* per stream: the last timestamp of this read ... */
     unsigned seen_n[3];          /* ... and messages with it so far */
     int raw;                     /* the stream was not framed */
+    int64_t read_max_ts;         /* the latest stamp this read saw */
+    int64_t done_ts;             /* ... of the last read that went to its end */
 } sbx_docker_logs;
 
 void sbx__docker_logs_init(sbx_docker_logs *l, sbx_docker_deliver_fn deliver, void *arg);
 /* A new read begins (the cursors stay). */
 void sbx__docker_logs_read(sbx_docker_logs *l);
+/* The read went to the end of the log: what is not delivered is after it. */
+void sbx__docker_logs_read_done(sbx_docker_logs *l);
 void sbx__docker_logs_feed(sbx_docker_logs *l, const char *p, size_t n);
 /* The `since` (unix seconds) for the next read: a second before the
- * earliest place a stream got to; 0: from the beginning. */
+ * latest stamp of the last read that went to its end (what is not
+ * delivered comes after that in the log), or before that, a second before
+ * the earliest place a stream got to; 0: from the beginning. */
 int64_t sbx__docker_logs_since_s(const sbx_docker_logs *l);
 /* "2026-12-04T20:31:05.123456789Z" (or "+01:00", or no fraction) in ns
  * since the epoch; -1 if it is not one. */

@@ -900,6 +900,8 @@ static void on_poll_done(void *arg, const sbx_http_res *res)
         char msg[256];
         engine_error(msg, sizeof(msg), "logs while running", res);
         sbx_debug(COMP, "log read failed container=%.12s error=\"%s\"", r->id, msg);
+    } else {
+        sbx__docker_logs_read_done(&r->logs);
     }
     if (r->state == RUN_RUNNING && !r->exited)
         sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);

@@ -951,6 +951,21 @@ static void test_log_reader_two_reads(void **state)
                                  sbx__docker_log_ts("2026-12-04T20:40:07Z") / 1000000000 - 1);
         }
     }
+    /* A stream that printed once, long ago, does not hold every later read
+     * back there once a read went to the end of the log. */
+    {
+        sbx_docker_logs l;
+        lbuf b = {0};
+        len = frame(log, 2, "2026-12-04T20:00:00Z early\n");
+        len += frame(log + len, 1, "2026-12-04T20:10:00Z late\n");
+        sbx__docker_logs_init(&l, on_log_out, &b);
+        sbx__docker_logs_feed(&l, log, len);
+        assert_int_equal(sbx__docker_logs_since_s(&l),
+                         sbx__docker_log_ts("2026-12-04T20:00:00Z") / 1000000000 - 1);
+        sbx__docker_logs_read_done(&l);
+        assert_int_equal(sbx__docker_logs_since_s(&l),
+                         sbx__docker_log_ts("2026-12-04T20:10:00Z") / 1000000000 - 1);
+    }
 }
 
 /* ---- a scripted fake engine, for what no real engine here does ---- */
