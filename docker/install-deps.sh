@@ -63,6 +63,9 @@ if [ "$mode" = all ]; then
     have nft || [ -x /usr/sbin/nft ] || need nftables
     have ip || [ -x /usr/sbin/ip ] || [ -x /bin/ip ] || need iproute2
     have podman || need podman
+    # Docker Engine itself, the docker provider's second engine in the tests
+    # (tests/services/dockerd/dockerd-service.sh starts a private one).
+    have dockerd || [ -x /usr/sbin/dockerd ] || need docker.io
     have runc || need runc
     have newuidmap || need uidmap
     # Remote docker hosts (tests/services/remote-docker/): a private dockerd

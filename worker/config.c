@@ -69,6 +69,8 @@ static const sbx_opt opts[] = {
     {"SBX_DOCKER_SSH_KNOWN_HOSTS", "docker-ssh-known-hosts", "", "ssh docker hosts: known_hosts file with their host keys, the only ones trusted (required for ssh://)", STR, S(docker_ssh_known_hosts), 0, 0, 0, 0},
     {"SBX_DOCKER_SSH_KEY", "docker-ssh-key", "", "ssh docker hosts: private key file to log in with (empty: ssh's defaults)", STR, S(docker_ssh_key), 0, 0, 0, 0},
     {"SBX_DOCKER_INSECURE_TCP", "docker-insecure-tcp", "0", "allow tcp:// and http:// docker hosts at non-loopback addresses: unencrypted, unauthenticated root on the engine to anyone on the path (0/1)", BOOL, I(docker_insecure_tcp), 0, 1, 0, 0},
+
+    {"SBX_DOCKER_REGISTRY_AUTH", NULL, "", "docker provider: X-Registry-Auth sent with image pulls (base64url of the registry credentials' JSON; environment only; never printed)", STR, S(docker_registry_auth), 0, 0, 0, 1},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 

@@ -77,6 +77,8 @@ typedef struct sbx_config {
     char docker_ssh_known_hosts[512];
     char docker_ssh_key[512];
     int docker_insecure_tcp;            /* tcp:// to non-loopback addresses allowed */
+
+    char docker_registry_auth[4096]; /* base64url JSON: a token or user/password/server */
     char retention[32];         /* SBX_RETENTION as given: 7d, 24h, 3600s, 0 */
     long long retention_s;      /* the same in seconds; 0 = keep runs forever */
     char dlq_retention[32];     /* SBX_DLQ_RETENTION, the same for sbx.dead_letters */

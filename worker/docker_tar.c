@@ -116,8 +116,7 @@ int sbx__docker_tar(const sbx_job *job, unsigned uid, unsigned gid, sbx_buf *out
     sbx_buf_init(out, SBX_DOCKER_TAR_MAX);
     if (!seen)
         goto out;
-    if ((rc = tar_add(out, "workspace/", '5', 0755, uid, gid, NULL, 0)) < 0 ||
-        (rc = tar_add(out, "tmp/", '5', 01777, 0, 0, NULL, 0)) < 0)
+    if ((rc = tar_add(out, "workspace/", '5', 0755, uid, gid, NULL, 0)) < 0)
         goto out;
     for (size_t i = 0; i < job->nfiles; i++) {
         const char *path = job->files[i].key, *data = job->files[i].value;

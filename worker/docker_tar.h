@@ -1,10 +1,11 @@
 /* docker_tar.h — the archive of a job's files that the docker provider
- * uploads with PUT /containers/{id}/archive?path=/ before the start.
+ * uploads with PUT /containers/{id}/archive into the run's staging volume
+ * before the start (the build's first command copies it into /workspace).
  *
- * The archive holds workspace/ (owned by the run's user), tmp/ (mode 1777)
- * and each job file under workspace/ with its parent directories; a file
- * starting with "#!" gets mode 0755, any other 0644. Why a tar into the
- * container's layer rather than a wrapper command: provider_docker.c.
+ * The archive holds workspace/ (owned by the run's user) and each job file
+ * under workspace/ with its parent directories; a file starting with "#!"
+ * gets mode 0755, any other 0644. Why a staging volume and a copy rather
+ * than an upload into the container's layer: provider_docker.c.
  */
 #ifndef SBX_DOCKER_TAR_H
 #define SBX_DOCKER_TAR_H
@@ -16,7 +17,7 @@
 
 /* The largest archive a valid job makes: every file's bytes plus, per
  * file, a 512-byte header and under 512 bytes of padding; at most 16
- * parent directories per file, one header each; the two top directories and
+ * parent directories per file, one header each; the top directory and
  * the two zero blocks that end the archive. A job past it is not valid
  * (SBX_FILES_MAX, SBX_FILES_BYTES_MAX), so the cap never refuses one. */
 #define SBX_DOCKER_TAR_DEPTH 16

@@ -107,6 +107,14 @@ static void flush_canceled(sbx_http *http)
     }
 }
 
+const char *sbx_http_res_header(const sbx_http_res *res, const char *name)
+{
+    struct curl_header *hh;
+    if (!res->easy_ || curl_easy_header(res->easy_, name, 0, CURLH_HEADER, -1, &hh) != CURLHE_OK)
+        return NULL;
+    return hh->value;
+}
+
 static void finish(sbx_http_handle *h, CURLcode result)
 {
     sbx_http_res res;
@@ -117,6 +125,7 @@ static void finish(sbx_http_handle *h, CURLcode result)
     memset(&res, 0, sizeof(res));
     res.status = status;
     res.error = "";
+    res.easy_ = h->easy;
     {
         curl_off_t ra = 0;
         if (curl_easy_getinfo(h->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)

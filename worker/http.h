@@ -68,7 +68,12 @@ typedef struct sbx_http_res {
     size_t body_len;
     const char *error;    /* "" when code is SBX_HTTP_OK */
     long retry_after_s;   /* the response's Retry-After in seconds, 0 if none */
+    void *easy_;          /* http.c's own: for sbx_http_res_header() */
 } sbx_http_res;
+
+/* The value of the response's last header called name (any case), or NULL;
+ * valid only during the done callback, like res. */
+const char *sbx_http_res_header(const sbx_http_res *res, const char *name);
 
 /* res and everything it points to are valid only during the call. */
 typedef void (*sbx_http_done_cb)(void *arg, const sbx_http_res *res);

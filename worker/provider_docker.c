@@ -1,51 +1,107 @@
 /* provider_docker.c — one container per run, through the Docker Engine API
- * (Podman's compatible service), on the event loop via http.c.
+ * (dockerd itself, or Podman's compatible service), on the event loop via
+ * http.c.
  *
- * A run is a chain of engine calls, one in flight at a time, plus at most
- * one kill beside the wait:
+ * A run is a chain of engine calls, one in flight at a time, plus a log
+ * read beside the wait and at most one kill:
  *
- *   create ─▶ put archive ─▶ start ─▶ wait ─▶ logs ─▶ delete ─▶ FINISHED
+ *   [ping ─▶ info] ─▶ create [─▶ pull ─▶ create] [─▶ put archive] ─▶ start
+ *     ─▶ wait (∥ logs every POLL_MS) ─▶ logs since the last read ─▶ delete ─▶ FINISHED
  *
  * Choices, and why:
- *  - Job files: the archive endpoint (PUT /containers/{id}/archive) with a
- *    tar built in memory (docker_tar.c), before start. The root fs is
- *    read-only and /workspace and /tmp are tmpfs mounts, which do not exist
- *    before start; so the tar goes into the container's own layer and the
- *    tmpfs options "tmpcopyup" (copy what is underneath into the fresh
- *    tmpfs, Podman's default, stated explicitly) and "U" (chown the tmpfs to
- *    the container's user; Podman) carry it into the workspace at start. No
- *    wrapper command, no assumption about the image beyond /bin/sh for
- *    scripts, no size limit of argv or env on the files. The tar also
- *    carries /tmp with mode 1777, which the copy-up keeps.
- *  - Logs are read once, after the exit, from the beginning, and only then
- *    is the container deleted (never AutoRemove). The engine keeps a
- *    container's output in its log file until delete, so nothing is lost,
- *    not even from a command that exits right after printing. Following
- *    the stream is what loses output on Podman 4.3 (measured here):
- *    logs?follow=1 before start answers an empty 200 at once; started
- *    after start it ends when the container exits but before the end of
- *    the output (1.1-1.9 MB of 2.9 MB arrived, the last lines never); and
- *    "tail=N" merges a partial last line into the line before it. Nothing
- *    needs the output while the build runs (the result keeps a tail), so
- *    the one complete read is the right trade.
+ *  - API version: negotiated per host, once, with GET /_ping (served
+ *    without a version; its Api-Version header is what the docker CLI
+ *    negotiates with, and Podman answers it at once where /version takes
+ *    it 400 ms): min(1.API_MAX_MINOR, the engine's API version); an
+ *    engine older than 1.API_MIN_MINOR is refused with a clear error (the run ends
+ *    as the provider's error, retried: the operator must upgrade). A
+ *    pinned version breaks both ways: Docker 29.0-29.2 refuse anything
+ *    below 1.44 and Podman 4.3 serves nothing above 1.41. A 400 "client
+ *    version" later (the engine was changed under us) makes the next run
+ *    ask again; runs in flight keep the version they have. GET /info gives NCPU and MemTotal, once per host, in the
+ *    background (a run waits for it only when it asks for more than one
+ *    CPU): the configured capacity is checked against them (a warning in
+ *    the log, not a clamp: the slots are already registered), and a job's
+ *    CPUs are capped at NCPU, which dockerd otherwise refuses ("range of
+ *    CPUs").
+ *  - Memory below 6 MB: dockerd refuses it and Podman is killed at once;
+ *    start() refuses it as the job's own error (-EINVAL), a default below
+ *    it is a configuration error. Not floored: a job that asked for 4 MB
+ *    and ran with 6 would pass tests it should fail.
+ *  - Job files: dockerd refuses PUT archive anywhere on a read-only root
+ *    filesystem except into a volume ("container rootfs is marked
+ *    read-only"), and writes into a tmpfs of a running container land in
+ *    the layer underneath it, unseen (measured on 20.10). Podman took an
+ *    upload into the layer and copied it up with its own tmpfs options
+ *    (tmpcopyup, U), which dockerd refuses. What both take: an anonymous
+ *    volume mounted at /.sbx (a staging area on the engine's disk, deleted
+ *    with the container by DELETE ?v=1), the tar uploaded into it before
+ *    the start, and the command wrapped in one `cp -R /.sbx/workspace/.
+ *    /workspace/ && exec "$@"` by /bin/sh. So /workspace stays a tmpfs of
+ *    disk_mb (in memory, counted in Memory), the root stays read-only, and
+ *    the cost is what a job with files needs of its image: /bin/sh and cp,
+ *    as any image that runs a script has. A job without files gets no
+ *    volume and no wrapper (any image, argv as given). Rejected: a volume
+ *    as the workspace itself (no size limit on disk), a tmpfs-backed
+ *    volume written after the start (Podman ignores the driver options of
+ *    anonymous volumes, and the build must then wait for a marker), files
+ *    in the environment (argv/env size limits).
+ *  - Tmpfs options: rw, exec, nosuid, nodev, size and mode=1777, which both
+ *    engines take, and the workspace's owner, which neither spells like
+ *    the other: runc gives a tmpfs the mode of the directory it covers,
+ *    and dockerd creates WorkingDir (/workspace) root-owned 0755 before
+ *    that, so the mode alone leaves the workspace unwritable (measured on
+ *    20.10); dockerd passes uid=/gid= to the kernel, Podman refuses them
+ *    and has its own U. The probe tells the engines apart (Podman's _ping
+ *    answer has a Libpod-Api-Version header). Never tmpcopyup (Podman-only; dockerd refuses to start):
+ *    a tmpfs hides what the image has in /workspace and /tmp on dockerd,
+ *    so images must not count on it, and an image's /tmp must be 1777.
+ *  - Missing image: create answers 404; the image is pulled once (POST
+ *    /images/create, with X-Registry-Auth when configured; a reference
+ *    without tag or digest gets ":latest", else the engine pulls every
+ *    tag) and the create sent again. A pull that fails (also inside the
+ *    200 progress stream, where engines put their errors) ends the run as
+ *    the job's error, "image not found: <image>: <why>" (an engine that
+ *    cannot be reached during the pull is the provider's error).
+ *  - Live output: while the build runs, the log is read every POLL_MS
+ *    (timestamps=1, since a second before where the last read got to) and
+ *    handed to the sink; when the wait returns, a read in flight is dropped
+ *    and one more read delivers the rest. The reader (docker_logs.c) keeps
+ *    a cursor per stream, so each read skips exactly what the ones before
+ *    delivered. Not a follow (logs?follow=1): Podman 4.3's follow skips
+ *    messages mid-stream (measured: of `seq 1 120000`, lines 6929-6969 never
+ *    came while later ones did) and ends before the end of the output, so
+ *    no cursor over it can be exact; a plain read is the log file as it is.
+ *    The cost: up to POLL_MS of latency, and each read re-reads the last
+ *    second or two of output. The container is deleted only after the last
+ *    read: the engine keeps its log until then, so nothing is lost, not
+ *    even from a command that exits right after printing. Measured
+ *    (test_live_output_*): a build that prints, sleeps 2 s and prints has
+ *    its first line out 2.0-2.3 s before FINISHED on both engines; 0.9 MB
+ *    printed in bursts over 3 s came 640 KB while it ran and 255 KB after
+ *    the exit, each line once (the run's "run finished" log line counts
+ *    both).
+ *  - LogConfig json-file with max-size LOG_MAX_SIZE: an engine whose
+ *    default driver is not readable (journald without a journal, "none")
+ *    would return no output, and an unbounded log fills the engine's disk.
  *  - Stop (timeout or cancel): POST kill with SIGKILL, and the pending wait
  *    returns. If the engine does not report the exit within kill_grace_ms,
  *    we stop waiting and force-delete.
- *  - Everything the engine refuses (4xx/5xx) or a dead socket ends the run
- *    with SBX_OUTCOME_ERROR and the engine's own message; the container, if
- *    one was created, is still deleted, and the sweeper catches whatever a
- *    failed delete leaves behind. Except what the job itself caused, which
- *    ends SBX_OUTCOME_JOB_ERROR (provider.h: failed at once, not retried):
- *    files that cannot be written as given (start() says -EINVAL before any
- *    call), an image the engine does not have or cannot parse (create: 404,
- *    400, or Podman's 500 "invalid reference format"), a command that does
- *    not exist (start: 400, or Podman's 500 "command that was not found").
+ *  - Everything the engine refuses (4xx/5xx), an error in the wait's 200
+ *    body, or a dead socket ends the run with SBX_OUTCOME_ERROR and the
+ *    engine's own message; the container, if one was created, is still
+ *    deleted, and the sweeper catches whatever a failed delete leaves
+ *    behind. Except what the job itself caused, which ends
+ *    SBX_OUTCOME_JOB_ERROR (provider.h: failed at once, not retried): files
+ *    that cannot be written as given or a memory limit below 6 MB (start()
+ *    says -EINVAL before any call), an image that cannot be pulled or
+ *    parsed (create: 400, or Podman's 500 "invalid reference format"), a
+ *    command that does not exist (start: 400, or Podman's 500 "command that
+ *    was not found").
  *
- * The log stream is Docker's multiplexed format (Tty false): frames of an
- * 8-byte header {stream, 0, 0, 0, big-endian u32 size} and a payload. Frames
- * arrive split at any byte, so the demultiplexer keeps its place across
- * chunks. Only the last SBX_LOG_TAIL_MAX bytes are kept (an sbx_tail over the
- * result's log_tail, buf.h).
+ * The log stream is Docker's multiplexed format (Tty false), read by
+ * docker_logs.c. Only the last SBX_LOG_TAIL_MAX bytes are kept for the
+ * result (an sbx_tail over the result's log_tail, buf.h).
  */
 #include "provider_docker.h"
 
@@ -58,22 +114,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "assert.h"
 #include "buf.h"
 #include "docker_hosts.h"
+#include "docker_logs.h"
 #include "docker_tar.h"
 #include "http.h"
 #include "jobfiles.h"
 #include "log.h"
 
-/* Engine API version in every path: 1.41 is the newest Podman 4.3 serves
- * in its compatible API, and Docker 20.10+ speaks it too. */
-#define API "/v1.41"
+/* The API versions this provider speaks (see the top of the file): 1.41
+ * is what Podman 4.3 and Docker 20.10 serve; nothing we send changed up to
+ * 1.47 (Docker 27), and Docker 29 wants at least 1.44. */
+#define API_MIN_MINOR 41
+#define API_MAX_MINOR 47
+/* dockerd refuses a memory limit below 6 MB ("Minimum memory limit allowed
+ * is 6MB"). */
+#define MEMORY_MIN_MB 6
+/* The container's json-file log: far above what a build prints and what
+ * the live reader lags behind by; the engine rotates past it. */
+#define LOG_MAX_SIZE "100m"
+/* A pull's progress stream is read a line at a time for its error; a line
+ * is a JSON object of a few hundred bytes. */
+#define PULL_LINE_MAX 4096
+/* Where the job files are staged (a volume) and the command that copies
+ * them into the workspace before the build's own command. */
+/* The live output's latency: a log read every POLL_MS while the build
+ * runs (each re-reads at most the last second or two of output). */
+#define POLL_MS 500
+#define STAGE_DIR "/.sbx"
+#define STAGE_COPY "cp -R " STAGE_DIR "/workspace/. /workspace/ && exec \"$@\""
 /* Slot ids "docker/<host>/<i>" and host names are short by construction. */
 #define SLOT_ID_MAX 96
 #define HOST_NAME_MAX_LEN SBX_DOCKER_HOST_NAME_MAX
 /* Container ids are 64 hex digits. */
 #define CONTAINER_ID_MAX 64
-/* A URL: base + API + a path of ids and a few query parameters. */
+/* A URL: base + "/v1.xx" + a path of ids and a few query parameters. */
 #define URL_MAX 512
 /* One sweep's list reply: an entry is 1-2 KiB with our labels, so 4 MiB is
  * a couple of thousand containers, far above any host's capacity (and the
@@ -91,9 +167,29 @@ typedef struct host {
     int capacity;
     char **slot_ids;         /* capacity entries, into d->slot_ptrs */
     sbx_run **busy;          /* the run on each slot, or NULL */
+    char api[16];            /* "/v1.41": negotiated, "" until a probe answered */
+    int podman;              /* the engine is Podman's compatible service */
+    int reprobe;             /* the engine refused api: the next run asks again */
+    int ncpu;                /* the engine's NCPU, 0 if unknown */
+    int64_t mem_total;       /* the engine's MemTotal in bytes, 0 if unknown */
+    int told;                /* what the probe found is in the log */
+    sbx_http_handle *info_call; /* GET /info in the background */
 } host;
 
 typedef struct sweep sweep;
+typedef struct sbx_docker sbx_docker;
+
+/* One probe of a host's version and capacity (GET /version, then GET
+ * /info), embedded in what waits for it: a run or a sweep's list. */
+typedef void (*probe_cb)(void *owner, const char *err);
+typedef struct probe {
+    sbx_docker *d;
+    host *h;
+    probe_cb done;
+    void *owner;
+    sbx_http_handle **step;  /* the owner's slot for the call in flight */
+    int need_info;           /* wait for NCPU too */
+} probe;
 
 struct sbx_docker {
     sbx_provider base;       /* first: sbx_provider * <-> sbx_docker * */
@@ -104,6 +200,7 @@ struct sbx_docker {
     size_t nslots;
     char *worker_id;
     char *default_image;
+    char *registry_auth;     /* X-Registry-Auth for pulls, or NULL */
     char *user;
     unsigned uid, gid;
     int allow_network;
@@ -118,16 +215,18 @@ struct sbx_docker {
 };
 
 typedef enum run_state {
+    RUN_PROBING,     /* GET /version or /info of the host in flight */
     RUN_CREATING,    /* POST /containers/create in flight */
-    RUN_COPYING,     /* PUT archive (workspace, job files) in flight */
+    RUN_PULLING,     /* POST /images/create in flight (the image was missing) */
+    RUN_COPYING,     /* PUT archive (job files) in flight */
     RUN_STARTING,    /* POST start in flight */
     RUN_RUNNING,     /* POST wait in flight (and a kill, once asked to stop) */
     RUN_COLLECTING,  /* exited; GET logs in flight */
     RUN_REMOVING,    /* DELETE in flight; FINISHED when it answers */
 } run_state;
 
-static const char *const state_names[] = {"creating", "copying", "starting",
-                                          "running", "collecting", "removing"};
+static const char *const state_names[] = {"probing",  "creating", "pulling",   "copying",
+                                          "starting", "running",  "collecting", "removing"};
 
 struct sbx_run {
     sbx_docker *d;
@@ -140,10 +239,20 @@ struct sbx_run {
     char slot[SLOT_ID_MAX + 1];
     int64_t token;
     int timeout_s;
+    const sbx_job *job;               /* valid until FINISHED (provider.h) */
+    sbx_output_fn output;             /* the live sink, may be NULL */
+    void *output_arg;
     char id[CONTAINER_ID_MAX + 1];    /* "" until create answered */
     sbx_buf tar;                      /* the archive (docker_tar.h), until PUT is sent */
     sbx_http_handle *step;            /* the one chained call in flight */
+    sbx_http_handle *poll;            /* a log read beside the wait */
+    sbx_timer poll_timer;             /* the next one */
     sbx_http_handle *kill;
+    probe probe;
+    int pulled;                       /* the image was pulled once already */
+    char pull_line[PULL_LINE_MAX + 1];/* the pull's progress line being read */
+    size_t pull_have;
+    char pull_error[200];             /* "" or the error the pull stream said */
     sbx_timer deadline;               /* job timeout, then kill grace */
     sbx_outcome stop;                 /* TIMED_OUT or CANCELED once asked, else SUCCEEDED */
     int killing;                      /* kill asked; deadline now counts the grace */
@@ -151,10 +260,8 @@ struct sbx_run {
     int exited;
     int failed;                       /* res.error says why */
     int job_fault;                    /* ... and it is the job's (provider.h) */
-    unsigned char hdr[8];             /* log frame header being read */
-    size_t hdr_have;
-    uint32_t frame_left;
-    int raw_logs;                     /* the stream was not framed: keep bytes as they come */
+    sbx_docker_logs logs;             /* the log reads and what they delivered */
+    size_t out_live, out_after;       /* bytes delivered while it ran, by the last read */
     sbx_tail tail;                    /* the last output, over res.log_tail */
     sbx_run *prev, *next;
     sbx_result res;
@@ -163,6 +270,8 @@ struct sbx_run {
 typedef struct sweep_list {
     sweep *s;
     host *h;
+    probe probe;
+    sbx_http_handle *step;   /* unused: a sweep is never canceled but whole */
 } sweep_list;
 
 struct sweep {
@@ -244,6 +353,8 @@ static int job_caused(const char *what, const sbx_http_res *res, const char *msg
 {
     if (res->code != SBX_HTTP_OK)
         return 0;
+    if (strstr(msg, "client version"))
+        return 0; /* ours, not the job's: see fail_step */
     if (strcmp(what, "create") == 0)
         return res->status == 404 || res->status == 400 ||
                (res->status == 500 && strstr(msg, "invalid reference format"));
@@ -261,42 +372,27 @@ static void fail_step(sbx_run *r, const char *what, const sbx_http_res *res)
     fail_engine(r, what, res);
     if (first && job_caused(what, res, r->res.error))
         r->job_fault = 1;
+    /* "client version 1.41 is too old" (the engine was upgraded since the
+     * probe): ask again on the next run. */
+    if (res->code == SBX_HTTP_OK && res->status == 400 && strstr(r->res.error, "client version")) {
+        sbx_warn(COMP, "host %s: engine refuses API %s; probing again", r->host->name, r->host->api + 2);
+        r->host->reprobe = 1; /* runs in flight keep the version they have */
+    }
 }
 
-static void demux(sbx_run *r, const char *p, size_t n)
+/* ---- output: the log reader's sink ---- */
+
+/* Every byte the reader (docker_logs.c) lets through: the result's tail
+ * and the live sink. */
+static void deliver(void *arg, sbx_stream stream, const char *p, size_t n)
 {
-    while (n > 0) {
-        size_t k;
-        if (r->raw_logs) {
-            sbx_tail_add(&r->tail, p, n);
-            return;
-        }
-        if (r->frame_left == 0) {
-            k = 8 - r->hdr_have < n ? 8 - r->hdr_have : n;
-            memcpy(r->hdr + r->hdr_have, p, k);
-            r->hdr_have += k;
-            p += k;
-            n -= k;
-            if (r->hdr_have < 8)
-                return;
-            r->hdr_have = 0;
-            if (r->hdr[0] > 2 || r->hdr[1] || r->hdr[2] || r->hdr[3]) {
-                /* Not a frame header: a TTY stream or a confused engine.
-                 * Keep the bytes rather than guess at frames. */
-                r->raw_logs = 1;
-                sbx_tail_add(&r->tail, r->hdr, 8);
-                continue;
-            }
-            r->frame_left = (uint32_t)r->hdr[4] << 24 | (uint32_t)r->hdr[5] << 16 |
-                            (uint32_t)r->hdr[6] << 8 | (uint32_t)r->hdr[7];
-            continue;
-        }
-        k = r->frame_left < n ? r->frame_left : n;
-        sbx_tail_add(&r->tail, p, k);
-        r->frame_left -= (uint32_t)k;
-        p += k;
-        n -= k;
-    }
+    sbx_run *r = arg;
+    if (r->state == RUN_COLLECTING)
+        r->out_after += n;
+    else
+        r->out_live += n;
+    sbx_tail_add(&r->tail, p, n);
+    sbx_run_output(r->output, r->output_arg, stream, p, n);
 }
 
 /* ---- the create body ---- */
@@ -328,9 +424,10 @@ static void jpush(jb *b, json_object *arr, json_object *v)
     }
 }
 
-static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err, size_t errlen)
+static char *build_create(const sbx_docker *d, const sbx_run *r, char *err, size_t errlen)
 {
-    const sbx_job *job = req->job;
+    const sbx_job *job = r->job;
+    const host *h = r->host;
     jb b = {0};
     json_object *o = jchk(&b, json_object_new_object());
     json_object *hc = jchk(&b, json_object_new_object());
@@ -340,6 +437,9 @@ static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err
     json_object *tmpfs = jchk(&b, json_object_new_object());
     json_object *caps = jchk(&b, json_object_new_array());
     json_object *secopt = jchk(&b, json_object_new_array());
+    json_object *logcfg = jchk(&b, json_object_new_object());
+    json_object *logopt = jchk(&b, json_object_new_object());
+    json_object *mounts = NULL;
     char buf[128], *out = NULL;
     int memory_mb = job->memory_mb > 0 ? job->memory_mb : d->memory_mb;
     int pids = job->pids > 0 ? job->pids : d->pids;
@@ -347,6 +447,22 @@ static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err
     double cpus = job->cpus > 0 ? job->cpus : d->cpus;
     int home = 0;
 
+    if (job->nfiles > 0) {
+        json_object *m = jchk(&b, json_object_new_object());
+        mounts = jchk(&b, json_object_new_array());
+        jset(&b, m, "Type", json_object_new_string("volume"));
+        jset(&b, m, "Target", json_object_new_string(STAGE_DIR));
+        jpush(&b, mounts, m);
+        jpush(&b, cmd, json_object_new_string("/bin/sh"));
+        jpush(&b, cmd, json_object_new_string("-c"));
+        jpush(&b, cmd, json_object_new_string(STAGE_COPY));
+        jpush(&b, cmd, json_object_new_string("sbx"));
+    }
+    if (h->ncpu > 0 && cpus > h->ncpu) {
+        sbx_info(COMP, "cpus capped job=%s host=%s asked=%g ncpu=%d", job->job_id, h->name, cpus,
+                 h->ncpu);
+        cpus = h->ncpu;
+    }
     if (job->argv && job->argc > 0) {
         for (size_t i = 0; i < job->argc; i++)
             jpush(&b, cmd, json_object_new_string(job->argv[i]));
@@ -378,16 +494,20 @@ static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err
 
     jset(&b, labels, "sbx.job", json_object_new_string(job->job_id));
     jset(&b, labels, "sbx.project", json_object_new_string(job->project_id));
-    snprintf(buf, sizeof(buf), "%" PRId64, req->token);
+    snprintf(buf, sizeof(buf), "%" PRId64, r->token);
     jset(&b, labels, "sbx.token", json_object_new_string(buf));
-    jset(&b, labels, "sbx.slot", json_object_new_string(req->slot));
+    jset(&b, labels, "sbx.slot", json_object_new_string(r->slot));
     jset(&b, labels, "sbx.worker", json_object_new_string(d->worker_id));
     jset(&b, labels, "sbx.pool", json_object_new_string(SBX_DOCKER_POOL));
 
     /* The workspace lives in memory: its pages count toward Memory. */
-    snprintf(buf, sizeof(buf), "rw,exec,nosuid,nodev,size=%dm,tmpcopyup,U", disk_mb);
+    if (h->podman)
+        snprintf(buf, sizeof(buf), "rw,exec,nosuid,nodev,size=%dm,mode=1777,U", disk_mb);
+    else
+        snprintf(buf, sizeof(buf), "rw,exec,nosuid,nodev,size=%dm,mode=1777,uid=%u,gid=%u", disk_mb,
+                 d->uid, d->gid);
     jset(&b, tmpfs, "/workspace", json_object_new_string(buf));
-    snprintf(buf, sizeof(buf), "rw,nosuid,nodev,size=%dm,tmpcopyup", d->tmp_mb);
+    snprintf(buf, sizeof(buf), "rw,nosuid,nodev,size=%dm,mode=1777", d->tmp_mb);
     jset(&b, tmpfs, "/tmp", json_object_new_string(buf));
     jpush(&b, caps, json_object_new_string("ALL"));
     jpush(&b, secopt, json_object_new_string("no-new-privileges"));
@@ -403,6 +523,16 @@ static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err
     secopt = NULL;
     jset(&b, hc, "Tmpfs", tmpfs);
     tmpfs = NULL;
+    if (mounts) {
+        jset(&b, hc, "Mounts", mounts);
+        mounts = NULL;
+    }
+    jset(&b, logcfg, "Type", json_object_new_string("json-file"));
+    jset(&b, logopt, "max-size", json_object_new_string(LOG_MAX_SIZE));
+    jset(&b, logcfg, "Config", logopt);
+    logopt = NULL;
+    jset(&b, hc, "LogConfig", logcfg);
+    logcfg = NULL;
 
     jset(&b, o, "Image", json_object_new_string(job->image ? job->image : d->default_image));
     jset(&b, o, "Cmd", cmd);
@@ -435,6 +565,9 @@ static char *build_create(const sbx_docker *d, const sbx_run_req *req, char *err
     if (b.oom)
         snprintf(err, errlen, "out of memory building the create request");
 out:
+    json_object_put(mounts);
+    json_object_put(logcfg);
+    json_object_put(logopt);
     json_object_put(caps);
     json_object_put(secopt);
     json_object_put(tmpfs);
@@ -448,22 +581,30 @@ out:
 
 /* ---- engine calls ---- */
 
-static int call(sbx_docker *d, host *h, const char *method, const char *path, const char *ctype,
-                const void *body, size_t body_len, uint32_t timeout_ms, size_t max_bytes,
-                sbx_http_chunk_cb chunk_cb, sbx_http_done_cb done_cb, void *arg,
-                sbx_http_handle **out)
+/* One engine call: path under the host's negotiated version (versioned),
+ * or as given (GET /version, which every version serves). extra is one
+ * more "Name: value" header or NULL. */
+static int call_ex(sbx_docker *d, host *h, int versioned, const char *extra, const char *method,
+                   const char *path, const char *ctype, const void *body, size_t body_len,
+                   uint32_t timeout_ms, size_t max_bytes, sbx_http_chunk_cb chunk_cb,
+                   sbx_http_done_cb done_cb, void *arg, sbx_http_handle **out)
 {
     char url[URL_MAX], hdr[64];
-    const char *hdrs[2] = {NULL, NULL};
+    const char *hdrs[3] = {NULL, NULL, NULL};
+    size_t nh = 0;
     sbx_http_req q = {0};
-    int n = snprintf(url, sizeof(url), "%s" API "%s", h->link.base, path);
+    int n = snprintf(url, sizeof(url), "%s%s%s", h->link.base, versioned ? h->api : "", path);
 
+    if (!SBX_ASSERT(!versioned || h->api[0]))
+        return -EINVAL;
     if (n < 0 || (size_t)n >= sizeof(url))
         return -ENAMETOOLONG;
     if (ctype) {
         snprintf(hdr, sizeof(hdr), "Content-Type: %s", ctype);
-        hdrs[0] = hdr;
+        hdrs[nh++] = hdr;
     }
+    if (extra)
+        hdrs[nh++] = extra;
     q.method = method;
     q.url = url;
     sbx__docker_link_req(&h->link, &q);
@@ -478,6 +619,15 @@ static int call(sbx_docker *d, host *h, const char *method, const char *path, co
     return sbx_http_request(d->http, &q, done_cb, arg, out);
 }
 
+static int call(sbx_docker *d, host *h, const char *method, const char *path, const char *ctype,
+                const void *body, size_t body_len, uint32_t timeout_ms, size_t max_bytes,
+                sbx_http_chunk_cb chunk_cb, sbx_http_done_cb done_cb, void *arg,
+                sbx_http_handle **out)
+{
+    return call_ex(d, h, 1, NULL, method, path, ctype, body, body_len, timeout_ms, max_bytes,
+                   chunk_cb, done_cb, arg, out);
+}
+
 static int run_call(sbx_run *r, const char *method, const char *fmt_path, const char *ctype,
                     const void *body, size_t body_len, sbx_http_done_cb done_cb)
 {
@@ -487,10 +637,146 @@ static int run_call(sbx_run *r, const char *method, const char *fmt_path, const 
                 NULL, done_cb, r, &r->step);
 }
 
+/* ---- the host probe: API version, then NCPU and MemTotal ---- */
+
+/* What GET /info says of the host; logged (with the capacity check) the
+ * first time. */
+static void host_set_info(host *h, const sbx_http_res *res)
+{
+    sbx_docker *d = h->d;
+    json_object *o = NULL, *v;
+    int64_t need_mem = (int64_t)d->memory_mb * 1024 * 1024 * h->capacity;
+    double need_cpus = d->cpus * h->capacity;
+
+    if (res->code == SBX_HTTP_OK && res->status == 200 && (o = json_tokener_parse(res->body))) {
+        if (json_object_object_get_ex(o, "NCPU", &v))
+            h->ncpu = json_object_get_int(v);
+        if (json_object_object_get_ex(o, "MemTotal", &v))
+            h->mem_total = json_object_get_int64(v);
+    }
+    json_object_put(o);
+    if (h->told || h->ncpu <= 0)
+        return;
+    h->told = 1;
+    sbx_info(COMP, "host %s: engine %s API %s ncpu=%d mem_total_mb=%" PRId64 " capacity=%d", h->name,
+             h->podman ? "podman" : "docker", h->api + 2, h->ncpu, h->mem_total / (1024 * 1024),
+             h->capacity);
+    /* Not a clamp: the slots are registered; the operator decides. */
+    if (need_cpus > h->ncpu)
+        sbx_warn(COMP, "host %s: capacity %d x %g CPUs is more than its %d CPUs: builds share them",
+                 h->name, h->capacity, d->cpus, h->ncpu);
+    if (h->mem_total > 0 && need_mem > h->mem_total)
+        sbx_warn(COMP, "host %s: capacity %d x %d MB is more than its %" PRId64
+                       " MB of memory: builds may be OOM-killed",
+                 h->name, h->capacity, d->memory_mb, h->mem_total / (1024 * 1024));
+}
+
+static void on_host_info(void *arg, const sbx_http_res *res)
+{
+    host *h = arg;
+    h->info_call = NULL;
+    host_set_info(h, res);
+}
+
+/* /info beside the runs, once per host: Podman takes ~250 ms to answer
+ * it, which no run with the default CPUs needs to wait for. */
+static void host_info_background(host *h)
+{
+    if (h->ncpu > 0 || h->info_call)
+        return;
+    if (call(h->d, h, "GET", "/info", NULL, NULL, 0, h->d->req_timeout_ms, 0, NULL, on_host_info, h,
+             &h->info_call) < 0)
+        h->info_call = NULL;
+}
+
+static void probe_end(probe *pr, const char *err)
+{
+    *pr->step = NULL;
+    pr->done(pr->owner, err);
+}
+
+static void on_probe_info(void *arg, const sbx_http_res *res)
+{
+    probe *pr = arg;
+    *pr->step = NULL;
+    host_set_info(pr->h, res);
+    probe_end(pr, NULL);
+}
+
+/* The version is known: wait for /info only when the run may ask for more
+ * CPUs than the host has (dockerd refuses that create), else let it come
+ * in the background. */
+static void probe_info(probe *pr)
+{
+    host *h = pr->h;
+    if (h->ncpu > 0 || !pr->need_info) {
+        host_info_background(h);
+        probe_end(pr, NULL);
+        return;
+    }
+    if (call(pr->d, h, "GET", "/info", NULL, NULL, 0, pr->d->req_timeout_ms, 0, NULL, on_probe_info,
+             pr, pr->step) < 0)
+        probe_end(pr, NULL); /* the version is what matters; info is a check */
+}
+
+/* GET /_ping: the cheapest call every engine and version serves, with the
+ * API version in a header (Podman takes 400 ms to answer /version). */
+static void on_probe_ping(void *arg, const sbx_http_res *res)
+{
+    probe *pr = arg;
+    host *h = pr->h;
+    const char *v = res->code == SBX_HTTP_OK ? sbx_http_res_header(res, "Api-Version") : NULL;
+    char msg[256];
+    int major = 0, minor = 0;
+
+    *pr->step = NULL;
+    if (res->code != SBX_HTTP_OK || res->status != 200) {
+        engine_error(msg, sizeof(msg), "version", res);
+        probe_end(pr, msg);
+        return;
+    }
+    if (!v || sscanf(v, "%d.%d", &major, &minor) != 2) {
+        probe_end(pr, "version: no Api-Version in the engine's answer to /_ping");
+        return;
+    }
+    if (major != 1 || minor < API_MIN_MINOR) {
+        snprintf(msg, sizeof(msg),
+                 "engine API %d.%d on host %s is older than 1.%d, the oldest this provider speaks",
+                 major, minor, h->name, API_MIN_MINOR);
+        probe_end(pr, msg);
+        return;
+    }
+    h->podman = sbx_http_res_header(res, "Libpod-Api-Version") != NULL;
+    h->reprobe = 0;
+    snprintf(h->api, sizeof(h->api), "/v1.%d", minor < API_MAX_MINOR ? minor : API_MAX_MINOR);
+    sbx_debug(COMP, "host %s: API %s (engine %s)", h->name, h->api + 2, v);
+    probe_info(pr);
+}
+
+/* Makes h ready for owner: its version negotiated (unless known) and, with
+ * need_info, its CPUs known. done runs from the loop, never from here;
+ * returns -errno if nothing could be sent (done is then not called). */
+static int probe_start(probe *pr, sbx_docker *d, host *h, int need_info, probe_cb done, void *owner,
+                       sbx_http_handle **step)
+{
+    pr->d = d;
+    pr->h = h;
+    pr->done = done;
+    pr->owner = owner;
+    pr->step = step;
+    pr->need_info = need_info;
+    if (h->api[0] && !h->reprobe)
+        return call(d, h, "GET", "/info", NULL, NULL, 0, d->req_timeout_ms, 0, NULL, on_probe_info,
+                    pr, step);
+    return call_ex(d, h, 0, NULL, "GET", "/_ping", NULL, NULL, 0, d->req_timeout_ms, 0, NULL,
+                   on_probe_ping, pr, step);
+}
+
 /* ---- the run's chain ---- */
 
 static void run_remove(sbx_run *r);
 static void send_kill(sbx_run *r);
+static void send_create(sbx_run *r);
 
 static void finish(sbx_run *r)
 {
@@ -524,8 +810,8 @@ static void finish(sbx_run *r)
     d->nruns--;
     r->host->busy[r->slot_idx] = NULL;
 
-    sbx_info(COMP, "run finished job=%s slot=%s container=%.12s outcome=%d exit=%d", r->job_id,
-             r->slot, r->id, (int)res->outcome, res->exit_code);
+    sbx_info(COMP, "run finished job=%s slot=%s container=%.12s outcome=%d exit=%d output_live=%zu output_after=%zu",
+             r->job_id, r->slot, r->id, (int)res->outcome, res->exit_code, r->out_live, r->out_after);
     r->cb(r->arg, SBX_RUN_FINISHED, res);
     sbx_buf_free(&r->tar);
     free(r);
@@ -553,6 +839,9 @@ static void run_remove(sbx_run *r)
 
     sbx_http_cancel(r->kill);
     r->kill = NULL;
+    sbx_http_cancel(r->poll);
+    r->poll = NULL;
+    sbx_timer_stop(d->base.loop, &r->poll_timer);
     sbx_http_cancel(r->step);
     r->step = NULL;
     sbx_timer_stop(d->base.loop, &r->deadline);
@@ -570,7 +859,8 @@ static void run_remove(sbx_run *r)
 
 static int on_log_chunk(void *arg, const char *data, size_t len)
 {
-    demux(arg, data, len);
+    sbx_run *r = arg;
+    sbx__docker_logs_feed(&r->logs, data, len);
     return 0;
 }
 
@@ -583,14 +873,76 @@ static void on_logs_done(void *arg, const sbx_http_res *res)
     run_remove(r);
 }
 
+/* GET logs from where the reader got to (a second before: engines take
+ * whole seconds), timestamped; the reader skips what it delivered. */
+static int logs_read(sbx_run *r, sbx_http_done_cb done, sbx_http_handle **h)
+{
+    char path[URL_MAX];
+    int64_t since = sbx__docker_logs_since_s(&r->logs);
+    int n;
+
+    sbx__docker_logs_read(&r->logs);
+    if (since > 0)
+        n = snprintf(path, sizeof(path),
+                     "/containers/%s/logs?stdout=1&stderr=1&timestamps=1&since=%" PRId64, r->id, since);
+    else
+        n = snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1&timestamps=1", r->id);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -ENAMETOOLONG;
+    return call(r->d, r->host, "GET", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, on_log_chunk, done,
+                r, h);
+}
+
+/* A read while it runs is done: the next one after POLL_MS. A refusal is
+ * only noted: the read after the exit delivers what this one did not. */
+static void on_poll_done(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->poll = NULL;
+    if (res->code != SBX_HTTP_OK || res->status != 200) {
+        char msg[256];
+        engine_error(msg, sizeof(msg), "logs while running", res);
+        sbx_debug(COMP, "log read failed container=%.12s error=\"%s\"", r->id, msg);
+    } else {
+        sbx__docker_logs_read_done(&r->logs);
+    }
+    if (r->state == RUN_RUNNING && !r->exited)
+        sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);
+}
+
+static void on_poll_timer(sbx_timer *t)
+{
+    sbx_run *r = t->data;
+    int rc;
+    if (r->state != RUN_RUNNING || r->exited || r->poll)
+        return;
+    if ((rc = logs_read(r, on_poll_done, &r->poll)) < 0) {
+        sbx_debug(COMP, "log read not sent container=%.12s error=\"%s\"", r->id, strerror(-rc));
+        sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);
+    }
+}
+
+/* The container exited (or the wait failed): drop a read in flight (the
+ * reader counts what it delivered of a message cut short), and read the
+ * rest. */
+static void collect_logs(sbx_run *r)
+{
+    sbx_http_cancel(r->poll);
+    r->poll = NULL;
+    sbx_timer_stop(r->d->base.loop, &r->poll_timer);
+    set_state(r, RUN_COLLECTING);
+    if (logs_read(r, on_logs_done, &r->step) < 0) {
+        run_fail(r, "logs: could not send the request");
+        run_remove(r);
+    }
+}
+
 static void on_wait(void *arg, const sbx_http_res *res)
 {
     sbx_run *r = arg;
-    char path[URL_MAX];
-    json_object *o, *code;
+    json_object *o, *code, *e, *m;
 
     r->step = NULL;
-    snprintf(path, sizeof(path), "/containers/%s/logs?stdout=1&stderr=1", r->id);
     if (res->code != SBX_HTTP_OK || res->status != 200) {
         fail_engine(r, "wait", res);
         run_remove(r);
@@ -604,17 +956,18 @@ static void on_wait(void *arg, const sbx_http_res *res)
         return;
     }
     r->res.exit_code = json_object_get_int(code);
+    /* An error the engine had while waiting comes in the 200 body
+     * ({"Error":{"Message":...}}): the status code is then not the
+     * build's. The output is still read. */
+    if (json_object_object_get_ex(o, "Error", &e) && json_object_is_type(e, json_type_object) &&
+        json_object_object_get_ex(e, "Message", &m) && json_object_get_string_len(m) > 0)
+        run_fail(r, "wait: engine said: %.200s", json_object_get_string(m));
     json_object_put(o);
     r->exited = 1;
     sbx_timer_stop(r->d->base.loop, &r->deadline);
     sbx_http_cancel(r->kill);
     r->kill = NULL;
-    set_state(r, RUN_COLLECTING);
-    if (call(r->d, r->host, "GET", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, on_log_chunk,
-             on_logs_done, r, &r->step) < 0) {
-        run_fail(r, "logs: could not send the request");
-        run_remove(r);
-    }
+    collect_logs(r);
 }
 
 static void on_killed(void *arg, const sbx_http_res *res)
@@ -664,11 +1017,22 @@ static void on_started(void *arg, const sbx_http_res *res)
         run_remove(r);
         return;
     }
+    /* Beside the wait: the live output, read every POLL_MS. */
+    sbx_timer_start(r->d->base.loop, &r->poll_timer, POLL_MS);
     if (r->stop != SBX_OUTCOME_SUCCEEDED)
         send_kill(r);
     /* Last: the callback may cancel this run, which is ready for it now. */
     r->started = 1;
     r->cb(r->arg, SBX_RUN_STARTED, &r->res);
+}
+
+static void send_start(sbx_run *r)
+{
+    set_state(r, RUN_STARTING);
+    if (run_call(r, "POST", "/containers/%s/start", NULL, NULL, 0, on_started) < 0) {
+        run_fail(r, "start: could not send the request");
+        run_remove(r);
+    }
 }
 
 static void on_copied(void *arg, const sbx_http_res *res)
@@ -685,11 +1049,109 @@ static void on_copied(void *arg, const sbx_http_res *res)
         run_remove(r);
         return;
     }
-    set_state(r, RUN_STARTING);
-    if (run_call(r, "POST", "/containers/%s/start", NULL, NULL, 0, on_started) < 0) {
-        run_fail(r, "start: could not send the request");
-        run_remove(r);
+    send_start(r);
+}
+
+/* The pull's progress: JSON objects, one a line; an error is one with an
+ * "error" (or "errorDetail") member, in a 200 reply. The first is kept. */
+static int on_pull_chunk(void *arg, const char *data, size_t len)
+{
+    sbx_run *r = arg;
+    for (size_t i = 0; i < len; i++) {
+        json_object *o, *e, *m;
+        if (data[i] != '\n') {
+            if (r->pull_have < PULL_LINE_MAX) /* a longer line is cut: still JSON-ish */
+                r->pull_line[r->pull_have++] = data[i];
+            continue;
+        }
+        r->pull_line[r->pull_have] = '\0';
+        r->pull_have = 0;
+        if (r->pull_error[0] || !strstr(r->pull_line, "\"error"))
+            continue;
+        o = json_tokener_parse(r->pull_line);
+        if (o && json_object_object_get_ex(o, "errorDetail", &e) &&
+            json_object_object_get_ex(e, "message", &m))
+            snprintf(r->pull_error, sizeof(r->pull_error), "%s", json_object_get_string(m));
+        else if (o && json_object_object_get_ex(o, "error", &e))
+            snprintf(r->pull_error, sizeof(r->pull_error), "%s", json_object_get_string(e));
+        else
+            snprintf(r->pull_error, sizeof(r->pull_error), "%.190s", r->pull_line);
+        json_object_put(o);
     }
+    return 0;
+}
+
+static const char *run_image(const sbx_run *r)
+{
+    return r->job->image ? r->job->image : r->d->default_image;
+}
+
+static void on_pulled(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    r->step = NULL;
+    if (r->pull_have && !r->pull_error[0]) /* a last line without '\n' */
+        on_pull_chunk(r, "\n", 1);
+    if (res->code != SBX_HTTP_OK) {
+        /* The engine, not the image: the provider's error, retried. */
+        run_fail(r, "pull: %s", res->error);
+        run_remove(r);
+        return;
+    }
+    if (res->status != 200 || r->pull_error[0]) {
+        char msg[256];
+        if (r->pull_error[0])
+            snprintf(msg, sizeof(msg), "%s", r->pull_error);
+        else
+            engine_error(msg, sizeof(msg), "pull", res);
+        run_fail(r, "image not found: %.100s: %.140s", run_image(r), msg);
+        r->job_fault = 1; /* the job's image (provider.h): failed at once */
+        run_remove(r);
+        return;
+    }
+    sbx_info(COMP, "image pulled job=%s image=%s host=%s", r->job_id, run_image(r), r->host->name);
+    if (r->stop != SBX_OUTCOME_SUCCEEDED) {
+        run_remove(r);
+        return;
+    }
+    send_create(r);
+}
+
+/* The image is not on the host: pull it once. */
+static void send_pull(sbx_run *r)
+{
+    const char *image = run_image(r);
+    const char *last = strrchr(image, '/');
+    char path[URL_MAX], *esc, *auth = NULL;
+    int tagged = strchr(image, '@') || strchr(last ? last : image, ':'), rc = -ENOMEM;
+
+    r->pulled = 1;
+    set_state(r, RUN_PULLING);
+    if (!(esc = curl_easy_escape(NULL, image, 0)))
+        goto fail;
+    rc = snprintf(path, sizeof(path), "/images/create?fromImage=%s%s", esc, tagged ? "" : "&tag=latest");
+    curl_free(esc);
+    if (rc < 0 || (size_t)rc >= sizeof(path)) {
+        rc = -ENAMETOOLONG;
+        goto fail;
+    }
+    if (r->d->registry_auth) {
+        size_t n = strlen(r->d->registry_auth) + sizeof("X-Registry-Auth: ");
+        if (!(auth = malloc(n))) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        snprintf(auth, n, "X-Registry-Auth: %s", r->d->registry_auth);
+    }
+    /* No timeout of its own: the job's deadline bounds it. */
+    rc = call_ex(r->d, r->host, 1, auth, "POST", path, NULL, NULL, 0, 0, 0, on_pull_chunk, on_pulled,
+                 r, &r->step);
+    free(auth);
+    if (rc == 0)
+        return;
+fail:
+    run_fail(r, "pull: %s", strerror(-rc));
+    run_remove(r);
 }
 
 static void on_created(void *arg, const sbx_http_res *res)
@@ -698,6 +1160,10 @@ static void on_created(void *arg, const sbx_http_res *res)
     json_object *o, *id;
 
     r->step = NULL;
+    if (res->code == SBX_HTTP_OK && res->status == 404 && !r->pulled && r->stop == SBX_OUTCOME_SUCCEEDED) {
+        send_pull(r);
+        return;
+    }
     if (res->code != SBX_HTTP_OK || (res->status != 201 && res->status != 200)) {
         fail_step(r, "create", res);
         run_remove(r);
@@ -717,12 +1183,58 @@ static void on_created(void *arg, const sbx_http_res *res)
         run_remove(r);
         return;
     }
+    if (r->job->nfiles == 0) {
+        send_start(r);
+        return;
+    }
     set_state(r, RUN_COPYING);
-    if (run_call(r, "PUT", "/containers/%s/archive?path=/", "application/x-tar", r->tar.p,
+    if (run_call(r, "PUT", "/containers/%s/archive?path=" STAGE_DIR, "application/x-tar", r->tar.p,
                  r->tar.len, on_copied) < 0) {
         run_fail(r, "copy files: could not send the request");
         run_remove(r);
     }
+}
+
+/* Sends the create; on an error no callback follows and err says why. */
+static int create_send(sbx_run *r, char *err, size_t errlen)
+{
+    char *body;
+    int rc;
+
+    r->state = RUN_CREATING;
+    if (!(body = build_create(r->d, r, err, errlen)))
+        return -ENOMEM; /* start() checked the command: only memory is left */
+    rc = call(r->d, r->host, "POST", "/containers/create", "application/json", body, strlen(body),
+              r->d->req_timeout_ms, 0, NULL, on_created, r, &r->step);
+    free(body);
+    if (rc < 0)
+        snprintf(err, errlen, "create: %s", strerror(-rc));
+    return rc;
+}
+
+static void send_create(sbx_run *r)
+{
+    char err[256];
+    sbx_debug(COMP, "run %s -> creating job=%s slot=%s", state_names[r->state], r->job_id, r->slot);
+    if (create_send(r, err, sizeof(err)) < 0) {
+        run_fail(r, "%s", err);
+        run_remove(r);
+    }
+}
+
+static void on_run_probed(void *owner, const char *err)
+{
+    sbx_run *r = owner;
+    if (err) {
+        run_fail(r, "%s", err);
+        run_remove(r);
+        return;
+    }
+    if (r->stop != SBX_OUTCOME_SUCCEEDED) {
+        run_remove(r);
+        return;
+    }
+    send_create(r);
 }
 
 /* The job's time is up, or after a kill the engine took too long. */
@@ -774,10 +1286,9 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
 {
     sbx_docker *d = docker_of(p);
     sbx_run *r = NULL;
-    char *body = NULL;
     const char *why;
     host *h;
-    int idx, rc;
+    int idx, rc, need_info;
 
     if (parse_slot(d, req->slot, &h, &idx) < 0) {
         snprintf(err, errlen, "slot %.100s is not one of this provider's", req->slot);
@@ -798,6 +1309,15 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
         snprintf(err, errlen, "job names no image and the provider has no default");
         return -EINVAL;
     }
+    if (!(req->job->argv && req->job->argc > 0) && !req->job->script) {
+        snprintf(err, errlen, "job has neither command nor script");
+        return -EINVAL;
+    }
+    if (req->job->memory_mb > 0 && req->job->memory_mb < MEMORY_MIN_MB) {
+        snprintf(err, errlen, "memory_mb %d is below the %d MB a container needs", req->job->memory_mb,
+                 MEMORY_MIN_MB);
+        return -EINVAL;
+    }
     r = calloc(1, sizeof(*r));
     if (!r) {
         snprintf(err, errlen, "out of memory");
@@ -809,13 +1329,18 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     r->cb = cb;
     r->arg = arg;
     r->token = req->token;
+    r->job = req->job;
+    r->output = req->output;
+    r->output_arg = req->output_arg;
     r->timeout_s = req->job->timeout_s > 0 ? req->job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     r->stop = SBX_OUTCOME_SUCCEEDED;
     r->res.exit_code = -1;
     snprintf(r->job_id, sizeof(r->job_id), "%s", req->job->job_id);
     snprintf(r->slot, sizeof(r->slot), "%s", req->slot);
     sbx_timer_init(&r->deadline, on_deadline, r);
+    sbx_timer_init(&r->poll_timer, on_poll_timer, r);
     sbx_tail_init(&r->tail, r->res.log_tail, SBX_LOG_TAIL_MAX);
+    sbx__docker_logs_init(&r->logs, deliver, r);
 
     /* A ustar name is a 155-byte prefix, '/' and a 100-byte name at most:
      * "workspace/" and the path must fit. */
@@ -829,38 +1354,37 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
     if ((rc = sbx__job_files_check(req->job, err, errlen)) < 0)
         goto fail;
     /* Anything but memory that the archive refuses is the job's files. */
-    if ((rc = sbx__docker_tar(req->job, d->uid, d->gid, &r->tar, err, errlen)) < 0) {
+    if (req->job->nfiles > 0 && (rc = sbx__docker_tar(req->job, d->uid, d->gid, &r->tar, err, errlen)) < 0) {
         if (rc != -ENOMEM)
             rc = -EINVAL;
         goto fail;
     }
-    if (!(body = build_create(d, req, err, errlen))) {
-        rc = req->job->script || req->job->argc > 0 ? -ENOMEM : -EINVAL;
-        goto fail;
-    }
-    r->state = RUN_CREATING;
-    rc = call(d, h, "POST", "/containers/create", "application/json", body, strlen(body),
-              d->req_timeout_ms, 0, NULL, on_created, r, &r->step);
-    if (rc < 0) {
-        snprintf(err, errlen, "create: %s", strerror(-rc));
-        goto fail;
+    /* More CPUs than one may be more than the host has: know first. */
+    need_info = (req->job->cpus > 0 ? req->job->cpus : d->cpus) > 1 && h->ncpu <= 0;
+    if (h->api[0] && !h->reprobe && !need_info) {
+        if ((rc = create_send(r, err, errlen)) < 0)
+            goto fail;
+    } else {
+        r->state = RUN_PROBING;
+        if ((rc = probe_start(&r->probe, d, h, need_info, on_run_probed, r, &r->step)) < 0) {
+            snprintf(err, errlen, "version: %s", strerror(-rc));
+            goto fail;
+        }
     }
     /* The job's time counts from here: a slow engine is part of it. */
     sbx_timer_start(p->loop, &r->deadline, (uint64_t)r->timeout_s * 1000);
-    free(body);
     h->busy[idx] = r;
     r->next = d->runs;
     if (d->runs)
         d->runs->prev = r;
     d->runs = r;
     d->nruns++;
-    sbx_info(COMP, "run creating job=%s slot=%s token=%" PRId64 " attempt=%d", r->job_id, r->slot,
-             r->token, req->attempt);
+    sbx_info(COMP, "run %s job=%s slot=%s token=%" PRId64 " attempt=%d", state_names[r->state],
+             r->job_id, r->slot, r->token, req->attempt);
     *out = r;
     return 0;
 
 fail:
-    free(body);
     sbx_buf_free(&r->tar);
     free(r);
     return rc;
@@ -974,6 +1498,7 @@ static void on_sweep_list(void *arg, const sbx_http_res *res)
     host *h = sl->h;
     json_object *arr = NULL;
 
+    sl->step = NULL;
     if (res->code != SBX_HTTP_OK || res->status != 200 ||
         !(arr = json_tokener_parse(res->body)) || !json_object_is_type(arr, json_type_array)) {
         char msg[256];
@@ -1012,20 +1537,45 @@ out:
     sweep_step_done(s);
 }
 
+/* Lists one host's containers of ours (the probe done, if it was needed). */
+static void sweep_list_send(sweep_list *sl)
+{
+    sbx_docker *d = sl->s->d;
+    char filters[512], path[URL_MAX], *esc;
+
+    snprintf(filters, sizeof(filters), "{\"label\":[\"sbx.worker=%s\",\"sbx.pool=" SBX_DOCKER_POOL "\"]}",
+             d->worker_id);
+    if (!(esc = curl_easy_escape(NULL, filters, 0)))
+        goto fail;
+    snprintf(path, sizeof(path), "/containers/json?all=1&filters=%s", esc);
+    curl_free(esc);
+    if (call(d, sl->h, "GET", path, NULL, NULL, 0, d->req_timeout_ms, LIST_MAX_BYTES, NULL,
+             on_sweep_list, sl, &sl->step) == 0)
+        return;
+fail:
+    sl->s->failed++;
+    sweep_step_done(sl->s);
+}
+
+static void on_sweep_probed(void *owner, const char *err)
+{
+    sweep_list *sl = owner;
+    if (err) {
+        sbx_warn(COMP, "sweep skipped host=%s error=\"%s\"", sl->h->name, err);
+        sl->s->failed++;
+        sweep_step_done(sl->s);
+        return;
+    }
+    sweep_list_send(sl);
+}
+
 int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
 {
     sbx_docker *d = docker_of(p);
-    char filters[512], path[URL_MAX], *esc;
     sweep *s;
 
     if (d->sweep)
         return -EBUSY;
-    snprintf(filters, sizeof(filters), "{\"label\":[\"sbx.worker=%s\",\"sbx.pool=" SBX_DOCKER_POOL "\"]}",
-             d->worker_id);
-    if (!(esc = curl_easy_escape(NULL, filters, 0)))
-        return -ENOMEM;
-    snprintf(path, sizeof(path), "/containers/json?all=1&filters=%s", esc);
-    curl_free(esc);
     if (!(s = calloc(1, sizeof(*s) + d->nhosts * sizeof(s->lists[0]))))
         return -ENOMEM;
     s->d = d;
@@ -1038,16 +1588,19 @@ int sbx_docker_sweep(sbx_provider *p, sbx_docker_sweep_cb done, void *arg)
     sbx_timer_start(p->loop, &s->kick, 0);
     d->sweep = s;
     for (size_t i = 0; i < d->nhosts; i++) {
-        s->lists[i].s = s;
-        s->lists[i].h = &d->hosts[i];
-        if (!sbx__docker_link_up(&d->hosts[i].link, NULL))
+        sweep_list *sl = &s->lists[i];
+        sl->s = s;
+        sl->h = &d->hosts[i];
+        if (!sbx__docker_link_up(&sl->h->link, NULL))
             continue;   /* swept when its tunnel comes up (on_tunnel) */
-        if (call(d, &d->hosts[i], "GET", path, NULL, NULL, 0, d->req_timeout_ms, LIST_MAX_BYTES,
-                 NULL, on_sweep_list, &s->lists[i], NULL) < 0) {
-            s->failed++;
-            continue;
-        }
+        /* Counted before the call: a failed send below counts itself down. */
         s->pending++;
+        if (sl->h->api[0] && !sl->h->reprobe) {
+            sweep_list_send(sl);
+        } else if (probe_start(&sl->probe, d, sl->h, 0, on_sweep_probed, sl, &sl->step) < 0) {
+            s->failed++;
+            s->pending--;
+        }
     }
     return 0;
 }
@@ -1080,7 +1633,7 @@ static void delete_all_now(sbx_docker *d)
         CURL *e;
         if (!r->id[0] || !(e = curl_easy_init()))
             continue;
-        snprintf(url, sizeof(url), "%s" API "/containers/%s?force=1&v=1", r->host->link.base, r->id);
+        snprintf(url, sizeof(url), "%s%s/containers/%s?force=1&v=1", r->host->link.base, r->host->api, r->id);
         curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -1123,6 +1676,7 @@ static void docker_free(sbx_docker *d)
         sbx_run *r = d->runs;
         d->runs = r->next;
         sbx_timer_stop(d->base.loop, &r->deadline);
+        sbx_timer_stop(d->base.loop, &r->poll_timer);
         sbx_buf_free(&r->tar);
         free(r);
     }
@@ -1138,6 +1692,7 @@ static void docker_free(sbx_docker *d)
     free(d->slot_ptrs);
     free(d->worker_id);
     free(d->default_image);
+    free(d->registry_auth);
     free(d->user);
     free(d);
 }
@@ -1253,8 +1808,20 @@ int sbx_docker_new(sbx_loop *loop, const sbx_docker_config *cfg, sbx_provider **
     d->kill_grace_ms = cfg->kill_grace_ms > 0 ? cfg->kill_grace_ms : 10000;
     if (!(d->worker_id = strdup(cfg->worker_id)) ||
         !(d->user = strdup(cfg->user ? cfg->user : "65534:65534")) ||
-        (cfg->default_image && !(d->default_image = strdup(cfg->default_image))))
+        (cfg->default_image && !(d->default_image = strdup(cfg->default_image))) ||
+        (cfg->registry_auth && cfg->registry_auth[0] && !(d->registry_auth = strdup(cfg->registry_auth))))
         goto nomem;
+    if (d->memory_mb < MEMORY_MIN_MB) {
+        snprintf(err, errlen, "docker default memory %d MB is below the %d MB a container needs",
+                 d->memory_mb, MEMORY_MIN_MB);
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (d->registry_auth && strpbrk(d->registry_auth, "\r\n")) {
+        snprintf(err, errlen, "docker registry auth must be one line (base64url of the JSON)");
+        rc = -EINVAL;
+        goto fail;
+    }
     if ((rc = parse_user(d, d->user, err, errlen)) < 0)
         goto fail;
     for (size_t i = 0; i < cfg->nhosts; i++)

@@ -1,5 +1,5 @@
 /* provider_docker.h — builds in containers through the Docker Engine API,
- * as served by Podman's compatible service (`podman system service`).
+ * of dockerd or of Podman's compatible service (`podman system service`).
  *
  * Several engine hosts, each with a capacity, make one pool "docker"; slot
  * i of host H is "docker/H/i". The lease layer picks a slot (the least
@@ -8,6 +8,9 @@
  * SBX_RUN_STARTED is reported when the engine's start returned. A run that
  * is canceled, timed out or refused by the engine before that still reports
  * STARTED, right before FINISHED, so every run has both (provider.h).
+ *
+ * The engine is dockerd (API 1.41 and up) or Podman's compatible service;
+ * the API version is negotiated per host (provider_docker.c).
  *
  * Hosts are reached as their endpoint says (the transport is this
  * provider's; the engine calls do not see it):
@@ -78,6 +81,9 @@ typedef struct sbx_docker_config {
     const char *run_dir;            /* tunnels' local sockets go in a private
                                      * directory under it; NULL:
                                      * $RUNTIME_DIRECTORY (systemd), else /tmp */
+    const char *registry_auth;      /* X-Registry-Auth sent with pulls (base64url of
+                                     * {"username":..,"password":..,"serveraddress":..}
+                                     * or {"identitytoken":..}); NULL: none */
 } sbx_docker_config;
 
 #define SBX_DOCKER_CERT_DIR_DEFAULT "/etc/sbx/docker"

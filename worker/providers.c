@@ -57,6 +57,7 @@ static int docker_settings(const sbx_config *cfg, char *buf, size_t buflen, sbx_
     dc->hosts = hosts;
     dc->nhosts = n;
     dc->default_image = cfg->docker_image[0] ? cfg->docker_image : NULL;
+    dc->registry_auth = cfg->docker_registry_auth[0] ? cfg->docker_registry_auth : NULL;
     dc->allow_network = cfg->allow_network;
     dc->insecure_tcp = cfg->docker_insecure_tcp;
     dc->cert_dir = cfg->docker_cert_dir;

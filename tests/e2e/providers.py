@@ -2,6 +2,7 @@
 
 Owns what test_providers.py needs to run the same scenarios on every
 provider: starting each backend once (a private Podman service for `docker`,
+a private dockerd for `dockerd`, the docker provider on Docker Engine itself,
 the Fly Machines emulator for `fly`, a few sbx-agent processes for
 `vmpool`; nothing for `local`), the worker settings that point at it, and a
 provider-side view of the sandboxes a job left behind, so a test can say
@@ -38,7 +39,8 @@ from pathlib import Path
 
 from conftest import REPO, SANITIZER_RE, build_dir, uid_base, wait_until
 
-PROVIDERS = ("local", "docker", "fly", "vmpool")
+# Test parameters: the provider kinds, the docker one twice (one per engine).
+PROVIDERS = ("local", "docker", "dockerd", "fly", "vmpool")
 
 # uid ranges of sandbox builds, disjoint from test_worker.py's (60000.., 61000..)
 # and from each other: each range's uids must belong to one process only.
@@ -108,6 +110,11 @@ class Backend:
     def __init__(self, logdir):
         self.logdir = Path(logdir)
 
+    @property
+    def key(self):
+        """The test parameter (PROVIDERS) this backend stands for."""
+        return self.name
+
     def env(self):
         """Worker settings (beyond services/topics) that select this backend."""
         raise NotImplementedError
@@ -162,29 +169,31 @@ class LocalBackend(Backend):
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-# --- docker: a private Podman service ----------------------------------------------
+# --- docker: a private Podman service, or a private dockerd --------------------------
 
 class DockerBackend(Backend):
     name = "docker"
-    API = "http://d/v1.41"
+    API = "http://d/v1.41"      # both engines here serve 1.41 (the provider negotiates)
 
-    def __init__(self, logdir):
+    def __init__(self, logdir, engine="podman"):
         super().__init__(logdir)
-        envfile = self.logdir / "podman.env"
-        self.log = self.logdir / "podman-service.log"
+        self.engine = engine
+        script = {"podman": "tests/services/podman/podman-service.sh",
+                  "dockerd": "tests/services/dockerd/dockerd-service.sh"}[engine]
+        envfile = self.logdir / ("%s.env" % engine)
+        self.log = self.logdir / ("%s-service.log" % engine)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                ["sh", str(REPO / "tests/services/podman/podman-service.sh"),
-                 "--env-file", str(envfile)],
+                ["sh", str(REPO / script), "--env-file", str(envfile)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         try:
             def ready():
                 if self.proc.poll() is not None:
-                    raise RuntimeError("podman-service.sh exited %s:\n%s"
-                                       % (self.proc.returncode, self.log.read_text()))
+                    raise RuntimeError("%s exited %s:\n%s"
+                                       % (script, self.proc.returncode, self.log.read_text()))
                 return envfile.exists()
-            wait_until(ready, 90, "the Podman service")
+            wait_until(ready, 90, "the %s service" % engine)
             kv = dict(l.split("=", 1) for l in envfile.read_text().split())
             self.sock = kv["SBX_TEST_DOCKER_SOCK"]
             self.image = kv["SBX_TEST_DOCKER_IMAGE"]
@@ -193,7 +202,8 @@ class DockerBackend(Backend):
             raise
 
     def env(self):
-        return {"SBX_PROVIDER": "docker", "SBX_DOCKER_HOSTS": "pm=unix://%s@2" % self.sock,
+        host = "pm" if self.engine == "podman" else "dd"
+        return {"SBX_PROVIDER": "docker", "SBX_DOCKER_HOSTS": "%s=unix://%s@2" % (host, self.sock),
                 "SBX_DOCKER_IMAGE": self.image}
 
     def api(self, method, path, timeout=10):
@@ -229,7 +239,11 @@ class DockerBackend(Backend):
             raise RuntimeError("kill %s: %s %s" % (container_id, st, body))
 
     def describe(self):
-        return "docker (podman at %s)" % self.sock
+        return "docker (%s at %s)" % (self.engine, self.sock)
+
+    @property
+    def key(self):
+        return "docker" if self.engine == "podman" else self.engine
 
     def stop(self):
         _stop_proc(self.proc, grace=30)
@@ -423,6 +437,8 @@ def start_backend(name, logdir, services):
         return LocalBackend(logdir)
     if name == "docker":
         return DockerBackend(logdir)
+    if name == "dockerd":
+        return DockerBackend(logdir, engine="dockerd")
     if name == "fly":
         return FlyBackend(logdir)
     if name == "vmpool":

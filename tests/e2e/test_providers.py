@@ -1,6 +1,6 @@
 """test_providers.py — one conformance suite for every provider: the same
 scenarios run through sbx-worker on local (bubblewrap), docker (a private
-Podman service), fly (the Machines API emulator) and vmpool (sbx-agent
+Podman service, and again on a private dockerd: parameter `dockerd`), fly (the Machines API emulator) and vmpool (sbx-agent
 processes), against the session's real Kafka, Redis and PostgreSQL.
 
 What a UI backend would read (sbx.runs, sbx.run_events) is what is
@@ -219,7 +219,7 @@ class Harness:
             print(w.tail(40))
 
     def done(self):
-        record_latency(self.pg, self.b.name, self.ids)
+        record_latency(self.pg, self.b.key, self.ids)
 
 
 @pytest.fixture

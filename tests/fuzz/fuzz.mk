@@ -11,7 +11,7 @@
 FUZZ_CC            ?= clang
 FUZZ_SECONDS       ?= 600
 FUZZ_SMOKE_SECONDS ?= 25
-FUZZ_TARGETS       := job text offsets agent
+FUZZ_TARGETS       := job text offsets agent docker_logs
 FUZZ_DIR           := $(BUILD)/fuzz
 FUZZ_BINS          := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
@@ -45,6 +45,7 @@ $(FUZZ_DIR)/obj/ndebug/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -DNDEBUG $(FUZZ_EXTRA) -MMD -MP -c $< -o $@
 $(FUZZ_DIR)/fuzz_offsets: $(call fuzzobj,tests/fuzz/fuzz_offsets.c) $(FUZZ_NDEBUG_OBJS) $(FUZZ_COMMON)
+$(FUZZ_DIR)/fuzz_docker_logs: $(call fuzzobj,tests/fuzz/fuzz_docker_logs.c worker/docker_logs.c) $(FUZZ_COMMON)
 # The agent's server and runs, hosted in the target (fuzz_agent.c; needs bwrap
 # and libmicrohttpd-dev, no Redis).
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c \

@@ -124,6 +124,7 @@ static int start_on(cenv *e, size_t slot, const sbx_job *job, crun *c, char *err
     sbx_run_req req;
     memset(&req, 0, sizeof(req));   /* output: none (provider.h's NULL sink) */
     memset(c, 0, sizeof(*c));
+    memset(&req, 0, sizeof(req));
     req.job = job;
     req.slot = e->slots[slot];
     req.token = g_token++;

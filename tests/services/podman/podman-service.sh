@@ -83,7 +83,7 @@ ROOTFS=$WORK/rootfs
 mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp"
 chmod 1777 "$ROOTFS/tmp"
 # The files themselves, not shell builtins: argv jobs exec "echo" directly.
-for tool in sh echo printf true false cat sleep id ls head tail yes dd wc tr seq mkdir touch env; do
+for tool in sh echo printf true false cat cp sleep id ls head tail yes dd wc tr seq mkdir touch env; do
     path=
     for dir in /usr/bin /bin; do
         if [ -x "$dir/$tool" ]; then path=$dir/$tool; break; fi
