@@ -1396,7 +1396,6 @@ int main(void)
 
     memset(&opts, 0, sizeof(opts));
     opts.host_procs = 1;   /* the agents run on this host */
-    opts.output_merged = 1; /* the agent writes both streams into one log file */
     opts.time_scale = 1;
     /* The conformance scenarios pick their own tokens (from 1000); the
      * agents refuse a token above {sbx}:fence (agent/tokens.c), so the
