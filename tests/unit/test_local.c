@@ -142,7 +142,7 @@ static void job_init(sbx_job *j, const char *script, int timeout_s)
 
 static int start(lenv *e, int slot, const sbx_job *job, lrun *r, char *err, size_t errlen)
 {
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     memset(r, 0, sizeof(*r));
     r->token = g_token++;
     req.job = job;
@@ -1022,6 +1022,7 @@ int main(void)
     memset(&opts, 0, sizeof(opts));
     opts.host_procs = 1;
     opts.time_scale = scale ? atoi(scale) : 1;
+    opts.output_apart = 1; /* two pipes */
     failed = sbx_conformance_run("local conformance", make_default, &opts);
     failed += cmocka_run_group_tests_name("local", tests, NULL, NULL);
     sbx_sandbox_remove_tree(g_work_dir);
