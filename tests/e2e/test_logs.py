@@ -32,13 +32,16 @@ from conftest import wait_until
 from test_providers import backend, h  # noqa: F401 (fixtures)
 from test_worker import TERMINAL, job, topics, wait_terminal, workdir  # noqa: F401 (fixtures)
 
-# Providers whose output reaches the sink while the build runs. docker and
-# fly hand theirs over in their own branches (issue 15); add them here when
-# they do.
-LIVE_PROVIDERS = ("local", "vmpool")
-# The agent writes a build's stdout and stderr into one file (agent/runs.c):
-# its chunks are all stdout, in the order the build wrote them.
-MERGED_STREAMS = ("vmpool",)
+# Every provider hands its output to the sink while the build runs.
+LIVE_PROVIDERS = ("local", "vmpool", "docker", "fly")
+# The agent writes a build's stdout and stderr into one file (agent/runs.c),
+# and Fly's log lines do not say which stream they came from: their chunks
+# are all stdout, in the order the build wrote them.
+MERGED_STREAMS = ("vmpool", "fly")
+# local and vmpool push output as it is written; docker reads the engine's
+# log every 500 ms (provider_docker.c POLL_MS) and fly Fly's logs API every
+# second (provider_fly.c logs_poll_ms), so their latency has that on top.
+POLL_MS = {"docker": 500, "fly": 1000}
 RUN_S = 60
 
 
@@ -249,8 +252,9 @@ def test_latency_echo_to_listener(h, reader):
     p99 = lat[int(0.99 * (len(lat) - 1))]
     print("\nlog latency (%s) echo -> LISTEN reader over %d lines: p50 %.1f ms, p99 %.1f ms, "
           "max %.1f ms" % (h.b.name, n, p50, p99, lat[-1]))
-    out = os.path.join(os.environ.get("SBX_BUILD", "build"), "log-latency-%s.txt" % h.b.name)
+    out = os.path.join(os.environ.get("SBX_BUILD", "build"), "log-latency-%s.txt" % h.b.key)
     with open(out, "w") as f:
         f.write("p50_ms %.1f\np99_ms %.1f\nmax_ms %.1f\nlines %d\n" % (p50, p99, lat[-1], n))
-    # The flush promise is 250 ms; a round trip and a loaded CI box on top.
-    assert p99 < 1000, lat[-10:]
+    # The flush promise is 250 ms; a round trip and a loaded CI box on top,
+    # and for the providers that poll their engine for output, one interval.
+    assert p99 < 1000 + POLL_MS.get(h.b.name, 0), lat[-10:]
