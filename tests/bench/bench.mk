@@ -1,7 +1,8 @@
 # tests/bench/bench.mk — `make bench`: the benchmark figures of sbx-worker
 # (dispatch rate, latency, builds in flight, instructions per job) and of its
 # peers (River, the Node pipeline, BullMQ), against real Kafka, Redis and
-# PostgreSQL. BENCH_QUICK=1 runs a smaller version; see tests/bench/bench.py for every
+# PostgreSQL. BENCH_QUICK=1 runs a smaller version (20,000 jobs a run; about
+# two minutes with BENCH_RUNS=1); see tests/bench/bench.py for every
 # knob. The table lands on stdout and in $(BUILD)/bench/last-results.md;
 # `make bench BENCH_OUT=tests/bench/last-results.md` replaces the published
 # table (the committed one) on purpose.

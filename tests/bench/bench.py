@@ -17,11 +17,37 @@ do nothing, so every figure is the worker's own cost:
              provisioning event, written by the claim that follows the Redis
              lease, just before the provider call), enqueue -> running (the
              provider reported the build started), enqueue -> terminal as a
-             LISTEN sbx_runs reader sees it.
+             LISTEN sbx_runs reader sees it. The topic stamps each message
+             with the broker's append time (LogAppendTime, read back with
+             kcat), which cuts enqueue -> provider call into parts, each
+             with its own p50/p99: enqueue -> Kafka append (producer and
+             broker), append -> run row (the worker's fetch, intake and
+             record write; the worker keeps no intake time to split them),
+             run row -> lease (queued -> provisioning) and lease -> provider
+             call (provisioning -> running).
   inflight   10,000 builds of 10,000 projects that each last 60 s: time until
              all run, the worker's RSS, and its CPU while nothing changes.
-  bullmq     the peer: the same no-op jobs through BullMQ on the same Redis
+  river      River (tests/bench/river, Go, riverpgxv5), the durable
+             PostgreSQL-only queue nearest to sbx, in a database "river" on
+             the same PostgreSQL: its own migrations, N no-op jobs inserted
+             by InsertMany, then a client with a no-op worker drains them,
+             tuned for throughput (MaxWorkers 500, FetchCooldown 1 ms,
+             FetchPollInterval 5 ms) and with River's defaults (MaxWorkers
+             100). jobs/s from river_job (max(finalized_at) -
+             min(attempted_at): created_at is the insert, before the drain)
+             and by wall clock.
+  nodepipe   the pipeline sbx is, written the straightforward Node way
+             (tests/bench/nodepipe: kafkajs, an ioredis Lua lease with a
+             fencing token, pg with a run row and history rows in two
+             transactions per job, offsets after the database), fed the
+             same `sbx enqueue` messages through a topic of its own.
+  bullmq     the same no-op jobs through BullMQ on the same Redis
              (tests/bench/bullmq), jobs/s and worker CPU per 1,000 jobs.
+  For sbx and every peer, the CPU seconds per 1,000 jobs of the worker and
+  of each server (PostgreSQL, Redis, Kafka) over the same window (from the
+  last look before the first job to the last job), and the ratios of sbx's
+  medians to each peer's. The peers are programs of their own, built from
+  their lock files by bench.mk; none is linked into sbx.
   callgrind  instructions per job of the worker under callgrind for a small
              fixed workload (counters zeroed once the worker is idle and
              ready, dumped when the last job is terminal), and where they go.
@@ -38,7 +64,8 @@ Why it is shaped so:
   sbxsvc._Proc), and stopped in a finally block, so nothing outlives us.
 - Each figure is run BENCH_RUNS times; the table shows the median.
 
-Configuration (environment): BENCH_QUICK=1 (small, about 3 minutes),
+Configuration (environment): BENCH_QUICK=1 (20,000 jobs a run, so even
+10,000 jobs/s lasts two seconds; shorter latency and in-flight runs),
 BENCH_RUNS, BENCH_JOBS, BENCH_PROJECTS, BENCH_MAX_INFLIGHT, BENCH_RUN_CAP_S,
 BENCH_LATENCY_RATE, BENCH_LATENCY_S, BENCH_INFLIGHT, BENCH_HOLD_MS,
 BENCH_IDLE_S, BENCH_BULLMQ_CONCURRENCY, BENCH_CALLGRIND_JOBS,
@@ -94,6 +121,10 @@ BULLMQ_NOT = ("BullMQ keeps no durable status in a SQL store (its job records li
               "only), issues no fencing tokens (a stalled job is handed to another worker "
               "while the first may still run it), and has no per-project exclusion (two "
               "jobs of one project run at once).")
+RIVER_NOT = ("River takes its jobs from its own table, not from Kafka (no broker hop, no "
+             "offsets to commit), keeps one row per job updated in place rather than a history "
+             "row per transition, and has no per-project exclusion in its open-source edition "
+             "(two jobs of one project run at once).")
 
 
 def log(msg):
@@ -1098,7 +1129,8 @@ def write_markdown(path, cfg, m, rows, bench, started):
     if any(r[2].endswith("*") for r in rows):
         lines += ["", "`*` at least one run was partial (stopped at its time cap, or a job was "
                   "never seen): the figure is over what it measured."]
-    lines += ["", "What BullMQ does not do: " + BULLMQ_NOT]
+    lines += ["", "What BullMQ does not do: " + BULLMQ_NOT, "",
+              "What River does not do: " + RIVER_NOT]
     if bench.notes:
         lines += ["", "Notes:", ""] + ["- " + n for n in bench.notes]
     if bench.top15:
@@ -1144,6 +1176,7 @@ def main():
     if any(r[2].endswith("*") for r in rows):
         print("* at least one run was partial (time cap reached or a job never seen).")
     print("What BullMQ does not do: " + BULLMQ_NOT)
+    print("What River does not do: " + RIVER_NOT)
     for n in bench.notes:
         print("note: " + n)
     if bench.top15:
