@@ -1,7 +1,8 @@
 # tests/bench/bench.mk — `make bench`: the benchmark figures of sbx-worker
 # (dispatch rate, latency, builds in flight, instructions per job) and of its
-# peer BullMQ, against real Kafka, Redis and PostgreSQL. BENCH_QUICK=1 runs a
-# small version in about three minutes; see tests/bench/bench.py for every
+# peers (River, the Node pipeline, BullMQ), against real Kafka, Redis and
+# PostgreSQL. BENCH_QUICK=1 runs a smaller version (20,000 jobs a run; about
+# two minutes with BENCH_RUNS=1); see tests/bench/bench.py for every
 # knob. The table lands on stdout and in $(BUILD)/bench/last-results.md;
 # `make bench BENCH_OUT=tests/bench/last-results.md` replaces the published
 # table (the committed one) on purpose.
@@ -11,6 +12,10 @@
 # tests of `make unit`.
 SBX_BENCH_PACE  := $(BUILD)/bench/sbx-bench-pace
 BENCH_NPM_STAMP := tests/bench/bullmq/node_modules/.package-lock.json
+BENCH_NODEPIPE_STAMP := tests/bench/nodepipe/node_modules/.package-lock.json
+# The peers are built from their lock files (go.sum, package-lock.json) and
+# run as programs of their own: nothing of them is linked into sbx.
+BENCH_RIVER := $(BUILD)/bench/river-bench
 
 $(SBX_BENCH_PACE): $(BUILD)/obj/tests/bench/pace.o $(LIBSBX)
 	@mkdir -p $(dir $@)
@@ -27,6 +32,15 @@ $(BENCH_NPM_STAMP): tests/bench/bullmq/package.json tests/bench/bullmq/package-l
 	cd tests/bench/bullmq && npm ci --no-audit --no-fund
 	@touch $@
 
+$(BENCH_NODEPIPE_STAMP): tests/bench/nodepipe/package.json tests/bench/nodepipe/package-lock.json
+	cd tests/bench/nodepipe && npm ci --no-audit --no-fund
+	@touch $@
+
+# River and its drivers come from the Go module proxy, pinned by go.sum.
+$(BENCH_RIVER): tests/bench/river/main.go tests/bench/river/go.mod tests/bench/river/go.sum
+	@mkdir -p $(dir $@)
+	cd tests/bench/river && go build -mod=readonly -o $(abspath $@) .
+
 # sbx-worker-bench: sbx-worker plus the benchmark provider (SBX_PROVIDER=bench),
 # which the production binary does not carry.
 SBX_WORKER_BENCH := $(BUILD)/bench/sbx-worker-bench
@@ -38,5 +52,6 @@ $(SBX_WORKER_BENCH): $(BUILD)/obj/worker/main.o $(WORKER_CORE_OBJS) $(BUILD)/obj
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-bench: bins $(SBX_WORKER_BENCH) $(SBX_BENCH_PACE) $(BENCH_NPM_STAMP)
+bench: bins $(SBX_WORKER_BENCH) $(SBX_BENCH_PACE) $(BENCH_NPM_STAMP) $(BENCH_NODEPIPE_STAMP) \
+       $(BENCH_RIVER)
 	SBX_BUILD=$(BUILD) python3 tests/bench/bench.py

@@ -17,11 +17,37 @@ do nothing, so every figure is the worker's own cost:
              provisioning event, written by the claim that follows the Redis
              lease, just before the provider call), enqueue -> running (the
              provider reported the build started), enqueue -> terminal as a
-             LISTEN sbx_runs reader sees it.
+             LISTEN sbx_runs reader sees it. The topic stamps each message
+             with the broker's append time (LogAppendTime, read back with
+             kcat), which cuts enqueue -> provider call into parts, each
+             with its own p50/p99: enqueue -> Kafka append (producer and
+             broker), append -> run row (the worker's fetch, intake and
+             record write; the worker keeps no intake time to split them),
+             run row -> lease (queued -> provisioning) and lease -> provider
+             call (provisioning -> running).
   inflight   10,000 builds of 10,000 projects that each last 60 s: time until
              all run, the worker's RSS, and its CPU while nothing changes.
-  bullmq     the peer: the same no-op jobs through BullMQ on the same Redis
+  river      River (tests/bench/river, Go, riverpgxv5), the durable
+             PostgreSQL-only queue nearest to sbx, in a database "river" on
+             the same PostgreSQL: its own migrations, N no-op jobs inserted
+             by InsertMany, then a client with a no-op worker drains them,
+             tuned for throughput (MaxWorkers 500, FetchCooldown 1 ms,
+             FetchPollInterval 5 ms) and with River's defaults (MaxWorkers
+             100). jobs/s from river_job (max(finalized_at) -
+             min(attempted_at): created_at is the insert, before the drain)
+             and by wall clock.
+  nodepipe   the pipeline sbx is, written the straightforward Node way
+             (tests/bench/nodepipe: kafkajs, an ioredis Lua lease with a
+             fencing token, pg with a run row and history rows in two
+             transactions per job, offsets after the database), fed the
+             same `sbx enqueue` messages through a topic of its own.
+  bullmq     the same no-op jobs through BullMQ on the same Redis
              (tests/bench/bullmq), jobs/s and worker CPU per 1,000 jobs.
+  For sbx and every peer, the CPU seconds per 1,000 jobs of the worker and
+  of each server (PostgreSQL, Redis, Kafka) over the same window (from the
+  last look before the first job to the last job), and the ratios of sbx's
+  medians to each peer's. The peers are programs of their own, built from
+  their lock files by bench.mk; none is linked into sbx.
   callgrind  instructions per job of the worker under callgrind for a small
              fixed workload (counters zeroed once the worker is idle and
              ready, dumped when the last job is terminal), and where they go.
@@ -38,7 +64,8 @@ Why it is shaped so:
   sbxsvc._Proc), and stopped in a finally block, so nothing outlives us.
 - Each figure is run BENCH_RUNS times; the table shows the median.
 
-Configuration (environment): BENCH_QUICK=1 (small, about 3 minutes),
+Configuration (environment): BENCH_QUICK=1 (20,000 jobs a run, so even
+10,000 jobs/s lasts two seconds; shorter latency and in-flight runs),
 BENCH_RUNS, BENCH_JOBS, BENCH_PROJECTS, BENCH_MAX_INFLIGHT, BENCH_RUN_CAP_S,
 BENCH_LATENCY_RATE, BENCH_LATENCY_S, BENCH_INFLIGHT, BENCH_HOLD_MS,
 BENCH_IDLE_S, BENCH_BULLMQ_CONCURRENCY, BENCH_CALLGRIND_JOBS,
@@ -57,10 +84,12 @@ import re
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,12 +99,14 @@ import sbxsvc  # noqa: E402
 
 import psycopg  # noqa: E402  (installed by docker/install-deps.sh)
 
-FIGURES = ("dispatch", "latency", "inflight", "bullmq", "callgrind")
+FIGURES = ("dispatch", "latency", "inflight", "river", "nodepipe", "bullmq", "callgrind")
 PARTITIONS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # How often progress is polled. A count over 100,000 rows costs PostgreSQL a
 # few milliseconds; twice a second is noise next to the work measured.
 POLL_S = 0.5
+# Until the first job is seen, so the CPU window opens close before it.
+POLL_OPEN_S = 0.05
 # Worker start to "ready" (group joined, pool registered); callgrind's is
 # tens of times slower.
 READY_TIMEOUT_S = 60
@@ -90,6 +121,10 @@ BULLMQ_NOT = ("BullMQ keeps no durable status in a SQL store (its job records li
               "only), issues no fencing tokens (a stalled job is handed to another worker "
               "while the first may still run it), and has no per-project exclusion (two "
               "jobs of one project run at once).")
+RIVER_NOT = ("River takes its jobs from its own table, not from Kafka (no broker hop, no "
+             "offsets to commit), keeps one row per job updated in place rather than a history "
+             "row per transition, and has no per-project exclusion in its open-source edition "
+             "(two jobs of one project run at once).")
 
 
 def log(msg):
@@ -111,11 +146,13 @@ class Config:
         quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
         self.quick = quick
         self.runs = env_int("BENCH_RUNS", 3)
-        self.jobs = env_int("BENCH_JOBS", 2000 if quick else 100000)
+        # Quick: enough jobs that a run at 10,000 jobs/s still lasts two
+        # seconds, long against the 0.5 s poll and the worker's start.
+        self.jobs = env_int("BENCH_JOBS", 20000 if quick else 100000)
         self.projects = env_int("BENCH_PROJECTS", 1000)
         self.max_inflight = env_int("BENCH_MAX_INFLIGHT", 10000)
         # A dispatch run stops here even if jobs remain (it is then partial).
-        self.run_cap_s = env_float("BENCH_RUN_CAP_S", 15 if quick else 60)
+        self.run_cap_s = env_float("BENCH_RUN_CAP_S", 30 if quick else 90)
         self.latency_rate = env_float("BENCH_LATENCY_RATE", 0)
         self.latency_s = env_float("BENCH_LATENCY_S", 5 if quick else 20)
         self.inflight = env_int("BENCH_INFLIGHT", 1000 if quick else 10000)
@@ -124,7 +161,7 @@ class Config:
         self.bullmq_concurrency = env_int("BENCH_BULLMQ_CONCURRENCY", 1000)
         self.callgrind_jobs = env_int("BENCH_CALLGRIND_JOBS", 200 if quick else 2000)
         self.callgrind_runs = env_int("BENCH_CALLGRIND_RUNS", 1 if quick else self.runs)
-        self.budget_s = env_float("BENCH_BUDGET_S", 180 if quick else 900)
+        self.budget_s = env_float("BENCH_BUDGET_S", 600 if quick else 2400)
         only = os.environ.get("BENCH_ONLY", "").strip()
         self.only = [x.strip() for x in only.split(",") if x.strip()] or list(FIGURES)
         for x in self.only:
@@ -143,6 +180,8 @@ class Config:
         self.pace = os.path.join(build, "bench", "sbx-bench-pace")
         # sbx-worker plus the bench provider (tests/bench/bench.mk).
         self.worker_bin = os.path.join(build, "bench", "sbx-worker-bench")
+        # The River peer (tests/bench/river, `go build` by bench.mk).
+        self.river_bin = os.path.join(build, "bench", "river-bench")
 
     def describe(self):
         return ("runs=%d jobs=%d projects=%d max_inflight=%d run_cap=%gs latency=%gs "
@@ -242,6 +281,18 @@ def redis_cmd(port, *args):
         return s.recv(4096).split(b"\r\n", 1)[0].decode()
 
 
+def create_topic(k, name, parts, configs, timeout_ms):
+    """CreateTopics v0 with topic configs, on a sbxsvc._KafkaConn (whose own
+    create_topics sends none): [(name, error code)]."""
+    body = struct.pack(">i", 1) + sbxsvc._str(name) + struct.pack(">ihi", parts, 1, 0)
+    body += struct.pack(">i", len(configs))
+    for key, value in configs.items():
+        body += sbxsvc._str(key) + sbxsvc._str(value)
+    body += struct.pack(">i", timeout_ms)
+    r = k.request(sbxsvc.API_CREATE_TOPICS, 0, body)
+    return [(r.string(), r.take(">h")) for _ in range(r.take(">i"))]
+
+
 def percentile(sorted_vals, p):
     """Nearest rank; sorted_vals may end in inf (jobs never seen)."""
     if not sorted_vals:
@@ -313,8 +364,9 @@ class Bench:
             cur.execute(sql, params or None)
             return cur.fetchall() if cur.description else None
 
-    def fresh(self, tag):
-        """A clean slate: no runs, no Redis keys, a new topic and group."""
+    def fresh(self, tag, configs=None):
+        """A clean slate: no runs, no Redis keys, a new topic and group.
+        configs: topic configs (the latency runs stamp LogAppendTime)."""
         for p in self.procs:
             p.stop(signal.SIGKILL, 5)
         self.procs = []
@@ -326,7 +378,7 @@ class Bench:
         while True:
             try:
                 with sbxsvc._KafkaConn(kport, 5.0) as k:
-                    errs = dict(k.create_topics({topic: PARTITIONS}, 5000))
+                    errs = dict(create_topic(k, topic, PARTITIONS, configs or {}, 5000))
                     if errs.get(topic) in (0, 36) and k.topics_led({topic: PARTITIONS}):
                         break
             except (OSError, ValueError):
@@ -412,14 +464,16 @@ class Bench:
         cpu0 = srv0 = None
         partial = False
         while True:
-            time.sleep(POLL_S)
+            time.sleep(POLL_S if cpu0 is not None else POLL_OPEN_S)
             for w in ws:
                 if w.exited():
                     raise RuntimeError("worker exited; log %s:\n%s" % (w.log, sbxsvc._tail(w.log)))
-            # The window opens at the first recorded run (first message consumed).
-            if cpu0 is None and self.q("SELECT 1 FROM sbx.runs LIMIT 1"):
-                cpu0 = [proc_times(w.pid) for w in ws]
-                srv0 = self.server_cpu()
+            # The window opens at the last look before the first recorded run
+            # (first message consumed), as for the peers (peer_drain).
+            if cpu0 is None:
+                before = [proc_times(w.pid) for w in ws], self.server_cpu()
+                if self.q("SELECT 1 FROM sbx.runs LIMIT 1"):
+                    cpu0, srv0 = before
             done = self.done_count()
             if done >= jobs:
                 break
@@ -470,7 +524,9 @@ class Bench:
 
     def latency_run(self, rate, run):
         cfg = self.cfg
-        topic = self.fresh("l%d" % run)
+        # The broker stamps each message as it appends it (LogAppendTime), which
+        # splits enqueue -> run row into Kafka's part and the worker's.
+        topic = self.fresh("l%d" % run, {"message.timestamp.type": "LogAppendTime"})
         n = max(1, int(rate * cfg.latency_s))
         arrivals = {}
         stop = threading.Event()
@@ -533,6 +589,10 @@ class Bench:
                 v = a.get(key) if a else None
                 stages[name].append((v - a["t"]) / 1000.0 if v else inf)
         missing = sum(1 for x in stages["terminal"] if x == inf)
+        for name, vals in self.latency_parts(topic, at, n).items():
+            vals.sort()
+            for p in (50, 99):
+                self.add("part_%s_%s" % (name, p), percentile(vals, p), missing > 0)
         for name, vals in stages.items():
             vals.sort()
             for p in (50, 99, 99.9):
@@ -544,6 +604,36 @@ class Bench:
                *("/".join(fmt_num(percentile(stages[k], p)) for p in (50, 99, 99.9))
                  for k in ("recorded", "lease", "running", "terminal")),
                "; %d never reached the reader" % missing if missing else ""))
+
+    def latency_parts(self, topic, at, n):
+        """enqueue -> provider call per job, cut where a timestamp exists:
+        the producer's stamp (t_us), the broker's append (LogAppendTime, read
+        back with kcat), the queued, provisioning and running events. Each
+        part's percentiles are over its own per-job durations, so they do not
+        add up to the whole's."""
+        appended = {}
+        r = subprocess.run(["kcat", "-C", "-b", self.env["SBX_BROKERS"], "-t", topic, "-o",
+                            "beginning", "-e", "-q", "-f", "%T\t%s\n"], capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            self.notes.append("latency parts: kcat exited %d; no Kafka append times."
+                              % r.returncode)
+        for line in r.stdout.splitlines():
+            ts, _, payload = line.partition("\t")
+            try:
+                appended[json.loads(payload)["job_id"]] = int(ts) * 1000
+            except (ValueError, KeyError):
+                continue
+        parts = {"kafka": [], "intake": [], "lease": [], "call": []}
+        inf = float("inf")
+        for i in range(n):
+            job_id = "l-%d" % i
+            a = at.get(job_id) or {}
+            marks = [a.get("t"), appended.get(job_id), a.get("queued"), a.get("provisioning"),
+                     a.get("running")]
+            for name, t0, t1 in zip(parts, marks, marks[1:]):
+                parts[name].append((t1 - t0) / 1000.0 if t0 and t1 else inf)
+        return parts
 
     # ----- in flight -----
 
@@ -596,6 +686,123 @@ class Bench:
                                         "" if quiet else " (not quiet: %d running, %d ended)"
                                         % (still, ended)))
 
+    # ----- peers that drain like sbx-worker: River, the Node pipeline -----
+
+    def peer_drain(self, key, what, argv, cwd, conn, started_sql, done_sql, span_sql, n):
+        """What dispatch_run measures, for a peer's worker process: started
+        after its jobs were enqueued, its CPU and the servers' from its first
+        job (started_sql) until done_sql counts n, jobs/s from the peer's own
+        table (span_sql: count, seconds) and by wall clock from its start."""
+        cfg = self.cfg
+
+        def q(sql):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    return cur.fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []   # the peer creates its tables as it starts
+
+        logf = os.path.join(self.tmp, "%s-%s.log" % (key, uuid.uuid4().hex[:6]))
+        self.last_logs = [logf]
+        t0 = time.monotonic()
+        p = sbxsvc._Proc(argv, logf, env=dict(os.environ, **self.env), cwd=cwd)
+        self.procs.append(p)
+        cap = t0 + cfg.run_cap_s
+        cpu0 = srv0 = None
+        partial = False
+        while True:
+            if cpu0 is None:
+                # The window opens at the last look before the first job: no
+                # job's work falls before it, however fast the peer is.
+                time.sleep(POLL_OPEN_S)
+                before = proc_cpu_s(p.pid), self.server_cpu()
+                if q(started_sql):
+                    cpu0, srv0 = before
+                    continue
+            else:
+                time.sleep(POLL_S)
+            if p.exited():
+                raise RuntimeError("%s exited; log %s:\n%s" % (what, logf, sbxsvc._tail(logf)))
+            if cpu0 is None:
+                if time.monotonic() > cap:
+                    raise RuntimeError("%s started no job within %.0f s" % (what, cfg.run_cap_s))
+                continue
+            done = (q(done_sql) or [[0]])[0][0]
+            if done >= n:
+                break
+            if time.monotonic() > cap:
+                partial = True
+                break
+        t_end = time.monotonic()
+        cpu1, srv1 = proc_cpu_s(p.pid), self.server_cpu()
+        self.stop_proc(p)
+        done, span = (q(span_sql) or [[0, None]])[0]
+        if not done or not span or cpu0 is None:
+            raise RuntimeError("%s finished no job within %.0f s" % (what, cfg.run_cap_s))
+        per1k = 1000.0 / done
+        self.add(key + "_rate_db", done / float(span), partial)
+        self.add(key + "_rate_wall", done / (t_end - t0), partial)
+        self.add(key + "_cpu", (cpu1 - cpu0) * per1k, partial)
+        for name in srv1:
+            self.add("%s_srv_%s" % (key, name), (srv1[name] - srv0[name]) * per1k, partial)
+        log("%s: %d jobs%s, %.0f jobs/s (its table), %.0f jobs/s (wall), worker CPU %.3f s, "
+            "PostgreSQL CPU %.3f s per 1,000 jobs"
+            % (what, done, " (partial: run cap reached)" if partial else "", done / float(span),
+               done / (t_end - t0), (cpu1 - cpu0) * per1k,
+               (srv1["postgres"] - srv0["postgres"]) * per1k))
+
+    def river_url(self):
+        """River's own database on the same PostgreSQL (its migrations and
+        tables apart from sbx's), created on first use."""
+        if not self.q("SELECT 1 FROM pg_database WHERE datname = 'river'"):
+            self.q("CREATE DATABASE river")
+        u = urllib.parse.urlsplit(self.env["SBX_DATABASE_URL"])
+        return urllib.parse.urlunsplit(u._replace(path="/river"))
+
+    def river_run(self, mode, run):
+        cfg = self.cfg
+        if not os.access(cfg.river_bin, os.X_OK):
+            raise RuntimeError("%s is not built (make bench builds it)" % cfg.river_bin)
+        self.fresh("r%d" % run)
+        url = self.river_url()
+        r = subprocess.run([cfg.river_bin, "insert", url, str(cfg.jobs)], capture_output=True,
+                           text=True, timeout=600, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError("river-bench insert exited %d: %s" % (r.returncode, r.stderr[-2000:]))
+        ins = json.loads(r.stdout.strip().splitlines()[-1])
+        log("River %s run %d: %d jobs inserted (InsertMany) in %.1f s"
+            % (mode, run, cfg.jobs, ins["insert_s"]))
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            # River's created_at is the insert, before its client starts (all
+            # jobs are enqueued first, as for sbx): its table's span starts at
+            # the first attempt, where sbx's starts at the first run row.
+            self.peer_drain("river_" + mode, "River %s run %d" % (mode, run),
+                            [cfg.river_bin, "work", url, mode], None, conn,
+                            "SELECT 1 FROM river_job WHERE attempted_at IS NOT NULL LIMIT 1",
+                            "SELECT count(*) FROM river_job WHERE state = 'completed'",
+                            "SELECT count(*), extract(epoch FROM max(finalized_at) - "
+                            "min(attempted_at)) FROM river_job WHERE state = 'completed'",
+                            cfg.jobs)
+
+    def nodepipe_run(self, run):
+        cfg = self.cfg
+        d = os.path.join(HERE, "nodepipe")
+        if not os.path.isdir(os.path.join(d, "node_modules", "kafkajs")):
+            raise RuntimeError("tests/bench/nodepipe/node_modules missing: run `npm ci` there "
+                               "(make bench does)")
+        topic = self.fresh("n%d" % run)
+        self.q("DROP SCHEMA IF EXISTS nodepipe CASCADE")
+        secs = self.publish(topic, self.jobs_spec("n", cfg.jobs, cfg.projects))
+        log("Node pipeline run %d: %d jobs published in %.1f s" % (run, cfg.jobs, secs))
+        self.peer_drain("nodepipe", "Node pipeline run %d" % run,
+                        ["node", "pipe.mjs", self.env["SBX_BROKERS"], topic, "g-" + topic,
+                         self.env["SBX_DATABASE_URL"], self.env["SBX_REDIS_URL"]], d, self.db,
+                        "SELECT 1 FROM nodepipe.runs LIMIT 1",
+                        "SELECT count(*) FROM nodepipe.runs WHERE finished_at IS NOT NULL",
+                        "SELECT count(*), extract(epoch FROM max(finished_at) - min(created_at)) "
+                        "FROM nodepipe.runs WHERE finished_at IS NOT NULL", cfg.jobs)
+
     # ----- BullMQ -----
 
     def bullmq_run(self, run):
@@ -606,19 +813,39 @@ class Bench:
                                "(make bench does)")
         redis_cmd(self.svc.svc["redis"].port, "FLUSHALL")
         timeout = cfg.run_cap_s + 120
-        r = subprocess.run(["node", "bench.mjs", self.env["SBX_REDIS_URL"],
-                            "bench-%d-%s" % (run, uuid.uuid4().hex[:6]), str(cfg.jobs),
-                            str(cfg.bullmq_concurrency), str(cfg.run_cap_s)],
-                           cwd=d, capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
-        if r.returncode != 0:
-            raise RuntimeError("bullmq bench failed (%d): %s" % (r.returncode, r.stderr[-2000:]))
-        res = json.loads(r.stdout.strip().splitlines()[-1])
+        errf = os.path.join(self.tmp, "bullmq-%d.err" % run)
+        with open(errf, "wb") as err:
+            p = subprocess.Popen(["node", "bench.mjs", self.env["SBX_REDIS_URL"],
+                                  "bench-%d-%s" % (run, uuid.uuid4().hex[:6]), str(cfg.jobs),
+                                  str(cfg.bullmq_concurrency), str(cfg.run_cap_s)],
+                                 cwd=d, stdout=subprocess.PIPE, stderr=err, text=True,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        watchdog = threading.Timer(timeout, p.kill)
+        watchdog.start()
+        srv0 = srv1 = None
+        lines = []
+        try:
+            for line in p.stdout:
+                if line.strip() == "draining":
+                    srv0 = self.server_cpu()
+                elif line.strip() == "drained":
+                    srv1 = self.server_cpu()
+                lines.append(line)
+            rc = p.wait()
+        finally:
+            watchdog.cancel()
+        if rc != 0 or not lines:
+            raise RuntimeError("bullmq bench failed (%d): %s" % (rc, sbxsvc._tail(errf)))
+        res = json.loads(lines[-1])
         if not res["done"]:
             raise RuntimeError("BullMQ finished no job")
         partial = bool(res["timed_out"])
         self.add("bullmq_rate", res["rate"], partial)
         self.add("bullmq_cpu", res["cpu_s"] * 1000.0 / res["done"], partial)
+        if srv0 and srv1:
+            for name in srv1:
+                self.add("bullmq_srv_%s" % name, (srv1[name] - srv0[name]) * 1000.0 / res["done"],
+                         partial)
         log("bullmq run %d: %d jobs added in %.1f s, drained %d at %.0f jobs/s, worker CPU %.3f s "
             "per 1,000 jobs%s" % (run, cfg.jobs, res["add_s"], res["done"], res["rate"],
                                   res["cpu_s"] * 1000.0 / res["done"],
@@ -679,7 +906,8 @@ class Bench:
             self.last_logs = []
             try:
                 fn(i)
-            except (RuntimeError, subprocess.TimeoutExpired, OSError, psycopg.Error) as e:
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError,
+                    psycopg.Error) as e:
                 log("%s run %d failed: %s" % (what, i, e))
                 for path in self.last_logs:
                     log("--- last lines of %s ---\n%s" % (path, sbxsvc._tail(path, 15)))
@@ -704,6 +932,11 @@ class Bench:
             self.repeat("latency", lambda i: self.latency_run(rate, i), cfg.runs)
         if "inflight" in cfg.only:
             self.repeat("inflight", self.inflight_run, cfg.runs)
+        if "river" in cfg.only:
+            self.repeat("River tuned", lambda i: self.river_run("tuned", i), cfg.runs)
+            self.repeat("River defaults", lambda i: self.river_run("defaults", i), cfg.runs)
+        if "nodepipe" in cfg.only:
+            self.repeat("Node pipeline", self.nodepipe_run, cfg.runs)
         if "bullmq" in cfg.only:
             self.repeat("bullmq", self.bullmq_run, cfg.runs)
         if "callgrind" in cfg.only:
@@ -761,15 +994,22 @@ def median_of(results, key):
     return statistics.median(xs), len(xs), any(p for _, p in vals)
 
 
+# The peers that drain like sbx-worker (peer_drain): result key prefix, name.
+PEERS = [("river_tuned", "River tuned"), ("river_defaults", "River defaults"),
+         ("nodepipe", "Node pipeline")]
+
 # (key, figure, unit, peer key or None, how the ratio reads)
 ROWS = [
-    ("dispatch_db_1", "dispatch, 1 worker (runs table)", "jobs/s", "bullmq_rate", "x BullMQ"),
+    ("dispatch_db_1", "dispatch, 1 worker (runs table)", "jobs/s", "river_tuned_rate_db",
+     "x River tuned"),
     ("dispatch_wall_1", "dispatch, 1 worker (wall clock from start)", "jobs/s", None, ""),
-    ("worker_cpu_1", "worker CPU per 1,000 jobs, 1 worker", "CPU s", "bullmq_cpu", "x BullMQ worker"),
+    ("worker_cpu_1", "worker CPU per 1,000 jobs, 1 worker", "CPU s", "river_tuned_cpu",
+     "x River tuned"),
     ("worker_sys_1", "worker CPU in the kernel (system time), 1 worker", "%", None, ""),
     ("lease_waits_1", "lease acquires refused (project busy, no slot) per job, 1 worker", "per job",
      None, ""),
-    ("server_cpu_postgres", "PostgreSQL CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
+    ("server_cpu_postgres", "PostgreSQL CPU per 1,000 jobs, 1 worker", "CPU s",
+     "river_tuned_srv_postgres", "x River tuned"),
     ("server_cpu_redis", "Redis CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
     ("server_cpu_kafka", "Kafka broker CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
     ("dispatch_db_2", "dispatch, 2 workers (runs table)", "jobs/s", "dispatch_db_1", "x 1 worker"),
@@ -789,15 +1029,59 @@ ROWS = [
     ("lat_terminal_50", "latency enqueue->terminal seen (LISTEN) p50", "ms", None, ""),
     ("lat_terminal_99", "latency enqueue->terminal seen (LISTEN) p99", "ms", None, ""),
     ("lat_terminal_99.9", "latency enqueue->terminal seen (LISTEN) p99.9", "ms", None, ""),
+    ("part_kafka_50", "latency part: enqueue->Kafka append p50", "ms", None, ""),
+    ("part_kafka_99", "latency part: enqueue->Kafka append p99", "ms", None, ""),
+    ("part_intake_50", "latency part: Kafka append->run row (fetch, intake, record) p50", "ms",
+     None, ""),
+    ("part_intake_99", "latency part: Kafka append->run row (fetch, intake, record) p99", "ms",
+     None, ""),
+    ("part_lease_50", "latency part: run row->lease (queued->provisioning) p50", "ms", None, ""),
+    ("part_lease_99", "latency part: run row->lease (queued->provisioning) p99", "ms", None, ""),
+    ("part_call_50", "latency part: lease->provider call (provisioning->running) p50", "ms",
+     None, ""),
+    ("part_call_99", "latency part: lease->provider call (provisioning->running) p99", "ms",
+     None, ""),
     ("inflight_ramp_wall", "in flight: until all {inflight} running (wall)", "s", None, ""),
     ("inflight_ramp_db", "in flight: until all {inflight} running (runs table)", "s", None, ""),
     ("inflight_rss", "in flight: worker RSS with {inflight} running", "MiB", None, ""),
     ("inflight_cpu", "in flight: worker CPU while {inflight} wait", "% of a core", None, ""),
+] + [row for key, name in PEERS for row in (
+    (key + "_rate_db", name + " dispatch (its own table)", "jobs/s", None, ""),
+    (key + "_rate_wall", name + " dispatch (wall clock from start)", "jobs/s", None, ""),
+    (key + "_cpu", name + " worker CPU per 1,000 jobs", "CPU s", None, ""),
+    (key + "_srv_postgres", name + " PostgreSQL CPU per 1,000 jobs", "CPU s", None, ""),
+    (key + "_srv_redis", name + " Redis CPU per 1,000 jobs", "CPU s", None, ""),
+    (key + "_srv_kafka", name + " Kafka broker CPU per 1,000 jobs", "CPU s", None, ""))] + [
     ("bullmq_rate", "BullMQ dispatch, 1 worker", "jobs/s", None, ""),
     ("bullmq_cpu", "BullMQ worker CPU per 1,000 jobs", "CPU s", None, ""),
+    ("bullmq_srv_redis", "BullMQ Redis CPU per 1,000 jobs", "CPU s", None, ""),
     ("callgrind_ir", "worker instructions per job ({callgrind_jobs} jobs, callgrind)", "Ir/job",
      None, ""),
 ]
+
+
+# sbx (1 worker) against each peer, as ratios of the medians:
+# (what, sbx key, peer key suffix for PEERS, BullMQ's key or None).
+RATIOS = [("dispatch jobs/s (tables)", "dispatch_db_1", "_rate_db", "bullmq_rate"),
+          ("dispatch jobs/s (wall clock)", "dispatch_wall_1", "_rate_wall", None),
+          ("worker CPU per 1,000 jobs", "worker_cpu_1", "_cpu", "bullmq_cpu"),
+          ("PostgreSQL CPU per 1,000 jobs", "server_cpu_postgres", "_srv_postgres", None)]
+
+
+def ratio_rows(results):
+    out = []
+    peers = PEERS + [("bullmq", "BullMQ")]
+    for what, mine, suffix, bullmq in RATIOS:
+        me, _, mp = median_of(results, mine)
+        for key, name in peers:
+            other = bullmq if key == "bullmq" else key + suffix
+            if other is None or not me:
+                continue
+            them, runs, tp = median_of(results, other)
+            if them:
+                out.append(("sbx / %s: %s" % (name, what), "ratio",
+                            "%.2f%s" % (me / them, "*" if mp or tp else ""), str(runs), ""))
+    return out
 
 
 def table_rows(cfg, results):
@@ -814,7 +1098,7 @@ def table_rows(cfg, results):
         out.append((fig.format(inflight="{:,}".format(cfg.inflight),
                                callgrind_jobs="{:,}".format(cfg.callgrind_jobs)),
                     unit, fmt_num(med) + ("*" if partial else ""), str(runs), ratio))
-    return out
+    return out + ratio_rows(results)
 
 
 def print_table(rows):
@@ -845,7 +1129,8 @@ def write_markdown(path, cfg, m, rows, bench, started):
     if any(r[2].endswith("*") for r in rows):
         lines += ["", "`*` at least one run was partial (stopped at its time cap, or a job was "
                   "never seen): the figure is over what it measured."]
-    lines += ["", "What BullMQ does not do: " + BULLMQ_NOT]
+    lines += ["", "What BullMQ does not do: " + BULLMQ_NOT, "",
+              "What River does not do: " + RIVER_NOT]
     if bench.notes:
         lines += ["", "Notes:", ""] + ["- " + n for n in bench.notes]
     if bench.top15:
@@ -891,6 +1176,7 @@ def main():
     if any(r[2].endswith("*") for r in rows):
         print("* at least one run was partial (time cap reached or a job never seen).")
     print("What BullMQ does not do: " + BULLMQ_NOT)
+    print("What River does not do: " + RIVER_NOT)
     for n in bench.notes:
         print("note: " + n)
     if bench.top15:

@@ -8,8 +8,9 @@
 // rows. What it does not do is printed by bench.py beside the figures.
 //
 // Usage: node bench.mjs REDIS_URL QUEUE JOBS CONCURRENCY TIMEOUT_S
-// Prints one JSON line: {"jobs", "done", "add_s", "drain_s", "rate",
-//   "cpu_s" (this process while draining), "timed_out"}.
+// Prints "draining" and "drained" around the drain (bench.py reads the
+// servers' CPU there), then one JSON line: {"jobs", "done", "add_s",
+// "drain_s", "rate", "cpu_s" (this process while draining), "timed_out"}.
 // Exits non-zero on errors; gives up draining after TIMEOUT_S.
 import { Queue, Worker } from "bullmq";
 
@@ -67,8 +68,10 @@ async function main() {
   });
   worker.on("error", (e) => console.error("worker error:", e.message));
   const timer = setTimeout(() => finish(true), timeoutS * 1000);
+  console.log("draining");
   worker.run();
   const timedOut = await finished;
+  console.log("drained");
   clearTimeout(timer);
   if (timedOut)
     last = performance.now();
