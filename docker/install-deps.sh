@@ -102,6 +102,9 @@ print(sys.prefix, *[m for m in ("pytest", "psycopg") if u.find_spec(m) is None])
         for mod in "$@"; do
             if [ "$prefix" = /usr ]; then need "python3-$mod"; else pip_missing="$pip_missing $mod"; fi
         done
+        # The Python client's tests install into a venv (producers/clients.mk);
+        # Debian splits venv's ensurepip into python3-venv.
+        [ "$prefix" = /usr ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1 && need python3-venv
     fi
 fi
 
