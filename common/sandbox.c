@@ -31,7 +31,10 @@
  *    failed build.
  *  - stdout and stderr share one pipe read non-blocking into a ring that
  *    keeps the last SBX_SANDBOX_TAIL_MAX bytes, so memory is bounded however
- *    much a build prints; the total is counted.
+ *    much a build prints; the total is counted. A caller that wants the
+ *    output live (spec->output) gets two pipes instead, so it can tell the
+ *    streams apart, and each read is handed over as it comes; the ring then
+ *    keeps the last bytes of both in the order they were read.
  *
  * Limits, first line: a cgroup per sandbox (cgroup.c; v2, else v1),
  * <own cgroup>/sbx/<hash of work_dir>-u<uid>/s-<name>, which the forked child joins
@@ -204,8 +207,12 @@ struct sbx_sandbox {
     int reaped;           /* pid is no longer ours to signal */
     int pidfd;
     sbx_io pid_io;
-    int out_fd;           /* read end of stdout+stderr; -1 after EOF */
+    int out_fd;           /* read end of stdout (+stderr without output); -1 after EOF */
     sbx_io out_io;
+    int err_fd;           /* read end of stderr with output, else -1 */
+    sbx_io err_io;
+    sbx_sandbox_output_cb output;
+    void *output_arg;
     int mark_fd;          /* read end of the wrapper's "exec now" byte */
     pid_t rm_pid;
     int rm_pidfd;
@@ -740,6 +747,7 @@ typedef struct child_plan {
     char **argv;
     int src[SB_CHILD_FDS];
     int nsrc;
+    int stderr_src;         /* stderr's pipe, or -1: stderr shares src[0] */
     int err_w;
     int uid, gid;
     int memory_mb, pids, cpu_s, disk_mb;
@@ -771,7 +779,7 @@ static _Noreturn void child_exec(const child_plan *cp)
     char *envp[] = {NULL};
     struct sigaction sa;
     sigset_t none;
-    int hi[SB_CHILD_FDS], err_w, fd;
+    int hi[SB_CHILD_FDS], err_w, fd, errfd;
     rlim_t mb = 1024 * 1024;
 
     /* First, so bwrap and all it starts are inside; the cgroup's fds may
@@ -804,8 +812,9 @@ static _Noreturn void child_exec(const child_plan *cp)
         if (hi[i] < 0)
             child_fail(err_w, STAGE_FDS);
     }
+    errfd = cp->stderr_src >= 0 ? fcntl(cp->stderr_src, F_DUPFD_CLOEXEC, 10) : hi[0];
     fd = open("/dev/null", O_RDONLY);
-    if (fd < 0 || dup2(fd, 0) < 0 || dup2(hi[0], 2) < 0)
+    if (errfd < 0 || fd < 0 || dup2(fd, 0) < 0 || dup2(errfd, 2) < 0)
         child_fail(err_w, STAGE_FDS);
     for (int i = 0; i < cp->nsrc; i++)
         if (dup2(hi[i], target[i]) < 0)
@@ -917,28 +926,42 @@ static void close_output(sbx_sandbox *s)
 {
     sbx_io_stop(&s->out_io);
     close_fd(&s->out_fd);
+    sbx_io_stop(&s->err_io);
+    close_fd(&s->err_fd);
 }
+
+/* One pipe at EOF (or broken); the output is over when both are. */
+static void close_stream(sbx_sandbox *s, int err)
+{
+    sbx_io_stop(err ? &s->err_io : &s->out_io);
+    close_fd(err ? &s->err_fd : &s->out_fd);
+}
+
+static int output_open(const sbx_sandbox *s) { return s->out_fd >= 0 || s->err_fd >= 0; }
 
 static void advance(sbx_sandbox *s);
 
 static void on_output(sbx_io *io, int events)
 {
     sbx_sandbox *s = io->data;
+    int err = io == &s->err_io;
     char buf[SB_READ_CHUNK];
     (void)events;
 
     for (int i = 0; i < SB_READS_PER_TURN; i++) {
-        ssize_t n = read(s->out_fd, buf, sizeof(buf));
+        ssize_t n = read(err ? s->err_fd : s->out_fd, buf, sizeof(buf));
         if (n > 0) {
             s->out_bytes += (uint64_t)n;
             sbx_tail_add(&s->tail, buf, (size_t)n);
+            if (s->output)
+                s->output(s->output_arg, err ? 2 : 1, buf, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
-        close_output(s); /* EOF, or an error that will not go away */
+        close_stream(s, err); /* EOF, or an error that will not go away */
         advance(s);
         return;
     }
@@ -1049,7 +1072,7 @@ static void advance(sbx_sandbox *s)
 
     if (s->state != SB_REAPING)
         return;
-    if (s->out_fd >= 0 && now >= s->drain_deadline_ms) {
+    if (output_open(s) && now >= s->drain_deadline_ms) {
         sbx_warn("sandbox", "output still open %d ms after exit, cut pid=%d", SB_DRAIN_MS,
                  (int)s->pid);
         close_output(s);
@@ -1067,7 +1090,7 @@ static void advance(sbx_sandbox *s)
             kill_uid((uid_t)s->uid, SIGKILL);
         }
     }
-    if (s->out_fd >= 0 || (s->uid >= 0 && !s->uid_clear) || !sbx__netns_idle(s->ns)) {
+    if (output_open(s) || (s->uid >= 0 && !s->uid_clear) || !sbx__netns_idle(s->ns)) {
         if (!sbx_timer_active(&s->reap_t))
             sbx_timer_start(s->loop, &s->reap_t, SB_POLL_MS);
         return;
@@ -1338,7 +1361,7 @@ static char **build_argv(const sbx_sandbox_spec *spec)
 
 static void init_handles(sbx_sandbox *s)
 {
-    s->pidfd = s->out_fd = s->mark_fd = s->rm_pidfd = -1;
+    s->pidfd = s->out_fd = s->err_fd = s->mark_fd = s->rm_pidfd = -1;
     sbx_timer_init(&s->start_t, on_start_timer, s);
     sbx_timer_init(&s->wall_t, on_wall, s);
     sbx_timer_init(&s->kill_t, on_grace, s);
@@ -1358,6 +1381,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     char pw[512], gr[256];
     char **argv = NULL;
     int memfds[4] = {-1, -1, -1, -1}, outp[2] = {-1, -1}, markp[2] = {-1, -1}, errp[2] = {-1, -1};
+    int serrp[2] = {-1, -1};
     int rc, in_uid, in_gid;
     ssize_t n;
 
@@ -1443,7 +1467,8 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
             goto out;
         }
     }
-    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(markp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(markp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 ||
+        (spec->output && pipe2(serrp, O_CLOEXEC) < 0)) {
         rc = -errno;
         snprintf(err, errlen, "pipe: %s", strerror(errno));
         goto out;
@@ -1460,6 +1485,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     cp.src[4] = markp[1];
     cp.src[5] = memfds[3];
     cp.nsrc = 6;
+    cp.stderr_src = serrp[1];
     if (s->ns) {
         sbx__netns_child_fds(s->ns, &cp.src[6]);
         cp.nsrc += SBX_NETNS_NFDS;
@@ -1484,6 +1510,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     if (s->pid == 0)
         child_exec(&cp);
     close_fd(&outp[1]);
+    close_fd(&serrp[1]);
     close_fd(&markp[1]);
     close_fd(&errp[1]);
     if (s->ns)
@@ -1511,14 +1538,23 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     }
     s->out_fd = outp[0];
     outp[0] = -1;
+    s->err_fd = serrp[0];
+    serrp[0] = -1;
+    s->output = spec->output;
+    s->output_arg = spec->output_arg;
     s->mark_fd = markp[0];
     markp[0] = -1;
     fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
     fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
     sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
     sbx_io_init(&s->out_io, s->out_fd, on_output, s);
+    if (s->err_fd >= 0) {
+        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
+        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
+    }
     if ((rc = sbx_io_set(loop, &s->pid_io, SBX_READ)) != 0 ||
-        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0) {
+        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0 ||
+        (s->err_fd >= 0 && (rc = sbx_io_set(loop, &s->err_io, SBX_READ)) != 0)) {
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
@@ -1535,6 +1571,7 @@ out:
         close_fd(&memfds[i]);
     for (int i = 0; i < 2; i++) {
         close_fd(&outp[i]);
+        close_fd(&serrp[i]);
         close_fd(&markp[i]);
         close_fd(&errp[i]);
     }

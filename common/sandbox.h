@@ -37,6 +37,10 @@
 
 typedef struct sbx_sandbox sbx_sandbox;
 
+/* Live output: stream 1 is stdout, 2 stderr; data is raw, as read. Called
+ * from the loop (an fd callback), after spawn returned and before on_exit. */
+typedef void (*sbx_sandbox_output_cb)(void *arg, int stream, const char *data, size_t len);
+
 typedef struct sbx_sandbox_spec {
     const char *bwrap;       /* absolute path of bwrap */
     const char *work_dir;    /* absolute, existing parent of the workspace */
@@ -65,6 +69,10 @@ typedef struct sbx_sandbox_spec {
                                 <name>/ws, see sbx_sandbox_workspace) */
     int timeout_s;           /* wall time from spawn; 0: none */
     int kill_grace_ms;       /* cancel: SIGTERM, then SIGKILL after this */
+    sbx_sandbox_output_cb output; /* NULL: stdout and stderr share one pipe, only
+                                     the tail is kept; else two pipes, each read
+                                     handed over as it comes */
+    void *output_arg;
 } sbx_sandbox_spec;
 
 typedef enum sbx_sandbox_end {

@@ -27,6 +27,7 @@ static const sbx_opt opts[] = {
     {"SBX_TOPIC", "topic", "sbx.jobs", "topic of job messages", STR, S(topic), 0, 0, 0, 0},
     {"SBX_DLQ_TOPIC", "dlq-topic", "sbx.jobs.dlq", "dead-letter topic", STR, S(dlq_topic), 0, 0, 0, 0},
     {"SBX_DLQ_PAYLOAD_MAX", "dlq-payload-max", "65536", "bytes of a dead letter's redacted payload kept; a longer one is cut, marked truncated, with its size and SHA-256", INT, I(dlq_payload_max), 0, 262144, 0, 0},
+    {"SBX_LOG_MAX_BYTES", "log-max-bytes", "10485760", "text of a build's live log kept per attempt (sbx.run_logs); the rest is dropped and counted in a last 'sbx' chunk", INT, I(log_max_bytes), 0, 1073741824, 0, 0},
     {"SBX_GROUP", "group", "sbx-workers", "Kafka consumer group", STR, S(group), 0, 0, 0, 0},
     {"SBX_REDIS_URL", "redis-url", SBX_REDIS_URL_DEFAULT, "Redis for leases: " SBX_REDIS_URL_FORMS, STR, S(redis_url), 0, 0, 0, 0},
     {"SBX_DATABASE_URL", "database-url", NULL, "PostgreSQL conninfo or URL (postgresql://user@host:port/db)", STR, S(database_url), 0, 0, 1, 0},

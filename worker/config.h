@@ -34,6 +34,7 @@ typedef struct sbx_config {
      * the other fields an envelope stays far below Kafka's default 1 MB
      * message.max.bytes; the cap of 256 KiB keeps it below in any case. */
     int dlq_payload_max;
+    int log_max_bytes;          /* SBX_LOG_MAX_BYTES: live log text per attempt (runlog.h) */
     char group[128];
     char redis_url[512];
     char database_url[1024];

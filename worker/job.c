@@ -57,6 +57,7 @@
 
 #include "assert.h"
 #include "log.h"
+#include "runlog.h"
 #include "sbx_redact.h"
 #include "text.h"
 #include "worker.h"
@@ -173,6 +174,7 @@ struct job {
     char late_error[256];       /* LATE_START: sbx_result.error */
     /* build */
     sbx_run *run;
+    sbx_runlog *log;            /* the attempt's live output, until FINISHED */
     const char *status;         /* terminal status being written */
     sbx_result *res;
     uint64_t started_ms;
@@ -286,6 +288,7 @@ static void job_free(job *j)
     sbx_timer_stop(j->w->loop, &j->timer);
     sbx_timer_stop(j->w->loop, &j->renew);
     sbx_timer_stop(j->w->loop, &j->late_t);
+    sbx__runlog_end(j->log); /* the provider was destroyed before FINISHED */
     sbx_job_free(j->spec);
     free(j->raw);
     free(j->refs);
@@ -831,8 +834,22 @@ static void start_build(job *j)
     if (!transition(j, J_STARTING))
         return;
     j->started_ms = sbx_now_ms();
+    {
+        sbx_runlog_cfg lc = {0};
+        lc.loop = w->loop;
+        lc.db = w->db;
+        lc.job_id = j->id;
+        lc.token = j->token;
+        lc.attempt = j->attempt;
+        lc.max_bytes = (size_t)w->cfg.log_max_bytes;
+        j->log = sbx__runlog_new(&lc);
+    }
+    req.output = j->log ? sbx__runlog_output : NULL;
+    req.output_arg = j->log;
     rc = w->prov->ops->start(w->prov, &req, on_provider, j, &j->run, err, sizeof(err));
     if (rc) {
+        sbx__runlog_end(j->log);
+        j->log = NULL;
         /* No build: its FINISHED, carrying the error, comes from the loop. */
         j->run = NULL;
         j->late_outcome = rc == -EBUSY    ? SBX_OUTCOME_BUSY
@@ -1120,6 +1137,10 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
                          LATE_RUNNING);
         return;
     }
+    /* The output is all in (provider.h): its last chunks are queued before
+     * any write below, so they are durable before the run's outcome. */
+    sbx__runlog_end(j->log);
+    j->log = NULL;
     j->run = NULL;
     op_done(j);
     if (over(j))

@@ -103,6 +103,8 @@ struct sbx_run {
     void *arg;
     int canceled;
     int pid;
+    sbx_output_fn output;        /* req->output: the sandbox's reads go there */
+    void *output_arg;
 };
 
 static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled",
@@ -133,6 +135,14 @@ static void on_sb_start(void *arg, sbx_sandbox *sb)
     res.exit_code = -1;
     set_instance(r, &res);
     r->cb(r->arg, SBX_RUN_STARTED, &res);
+}
+
+/* stdout and stderr in two pipes, each read handed on as it comes. */
+static void on_sb_output(void *arg, int stream, const char *data, size_t len)
+{
+    struct sbx_run *r = arg;
+    sbx_run_output(r->output, r->output_arg, stream == 2 ? SBX_STREAM_STDERR : SBX_STREAM_STDOUT,
+                   data, len);
 }
 
 static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
@@ -259,6 +269,12 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     spec.disk_total = 1;
     spec.timeout_s = timeout_s;
     spec.kill_grace_ms = p->kill_grace_ms;
+    if (req->output) {
+        r->output = req->output;
+        r->output_arg = req->output_arg;
+        spec.output = on_sb_output;
+        spec.output_arg = r;
+    }
 
     rc = sbx_sandbox_spawn(p->base.loop, &spec, on_sb_start, on_sb_exit, r, &r->sb, err, errlen);
     if (rc) {

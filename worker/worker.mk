@@ -9,6 +9,7 @@ WORKER_CORE_SRCS := worker/offsets.c worker/lease.c worker/db.c worker/config.c 
                     worker/provider_docker.c worker/provider_fly.c \
                     worker/provider_vmpool.c worker/admin.c
 WORKER_CORE_SRCS += worker/docker_tar.c worker/fly_api.c
+WORKER_CORE_SRCS += worker/runlog.c
 WORKER_CORE_OBJS := $(WORKER_CORE_SRCS:%.c=$(BUILD)/obj/%.o) $(COMMON_OBJS)
 WORKER_LIB_OBJS  := $(WORKER_CORE_OBJS) $(BUILD)/obj/worker/providers.o
 WORKER_INC      := -Iworker $(COMMON_INC)

@@ -1,0 +1,2 @@
+# The live log's cleaning, chunking and batching (worker/runlog.c).
+TEST_BINS += $(BUILD)/tests/test_runlog
