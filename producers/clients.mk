@@ -34,7 +34,7 @@ $(PYCLIENT)/.stamp: producers/python/requirements.lock
 clients: $(NODE_CLIENT)/dist/index.js $(PYCLIENT)/.stamp
 
 clients-test: clients
-	cd $(NODE_CLIENT) && node --test test/
+	cd $(NODE_CLIENT) && node --test test/vectors.test.mjs
 	PYTHONPATH=producers/python/src $(PYCLIENT)/bin/python -m pytest -q -p no:cacheprovider \
 	    producers/python/tests
 

@@ -87,6 +87,7 @@ def test_client_job_succeeds_and_its_log_streams(client, services, pg, run_sbx, 
     assert [e["to_status"] for e in st["events"]][-1] == "succeeded"
     assert st["events"][0]["from_status"] is None
     assert [x["job_id"] for x in out["list"]] == [job["job_id"]]
+    assert "already used by another payload" in (out["reused_error"] or ""), out["reused_error"]
     assert out["cancel_finished"] == {"status": "succeeded", "outcome": "finished"}
     assert out["cancel_unknown"] == {"status": "canceled", "outcome": "recorded"}
     assert out["unknown_status"] is None

@@ -10,7 +10,8 @@
  * configured (sbx.submit_run, refusing a job id already used by another
  * payload), publish keyed by project_id with acks=all and idempotence, wait
  * for the broker's acknowledgement, and take the row back
- * (sbx.forget_submitted) if the publish failed. The partitioner is Java's
+ * (sbx.forget_submitted) if the publish failed (not if it timed out: the
+ * message may still arrive). The partitioner is Java's
  * murmur2 (@platformatic/kafka's compatibilityPartitioner), librdkafka's
  * murmur2_random for a keyed message, so a project's jobs land on the same
  * partition whichever client sent them.
@@ -142,18 +143,23 @@ export class SbxClient {
       }
       recorded = row.inserted;
     }
+    let res;
     try {
-      const res = await withTimeout(producer.send({ messages: [{ topic: this.#opt.topic!, key: job.project_id, value: text }] }),
-        this.#opt.ackTimeoutMs!, `no acknowledgement for ${job.job_id} within ${this.#opt.ackTimeoutMs} ms`);
-      const o = res.offsets?.[0];
-      if (!o) throw new SbxError(`publishing ${job.job_id}: the broker returned no offset`);
-      return { job_id: job.job_id, partition: o.partition, offset: String(o.offset), recorded };
+      res = await withTimeout(producer.send({ messages: [{ topic: this.#opt.topic!, key: job.project_id, value: text }] }),
+        this.#opt.ackTimeoutMs!);
     } catch (e) {
-      // The message may still arrive after a timeout; the row goes only if
-      // it is still 'submitted' with this fingerprint (0005), as libsbx does.
+      // Refused or failed: the row goes, if it is still 'submitted' with this
+      // fingerprint (0005), as libsbx does when a delivery report fails.
       if (recorded) await this.#db().query(SQL.FORGET, [job.job_id, sha]).catch(() => undefined);
-      throw e instanceof SbxError ? e : new SbxError(`publishing ${job.job_id}: ${(e as Error).message}`, { cause: e });
+      throw new SbxError(`publishing ${job.job_id}: ${(e as Error).message}`, { cause: e });
     }
+    // No answer in time: the message may still reach the brokers, so the
+    // row stays (libsbx keeps it when no report comes), and a worker that
+    // consumes it moves it on; `sbx cancel` ends it if it never comes.
+    if (res === TIMED_OUT) throw new SbxError(`no acknowledgement for ${job.job_id} within ${this.#opt.ackTimeoutMs} ms`);
+    const o = res.offsets?.[0];
+    if (!o) throw new SbxError(`publishing ${job.job_id}: the broker returned no offset`);
+    return { job_id: job.job_id, partition: o.partition, offset: String(o.offset), recorded };
   }
 
   /** The run (run.v1), with its events if history; null for an unknown job. */
@@ -273,8 +279,10 @@ export class SbxClient {
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+const TIMED_OUT = Symbol("timed out");
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
   let t: NodeJS.Timeout;
-  return Promise.race([p, new Promise<T>((_, rej) => { t = setTimeout(() => rej(new SbxError(what)), ms); })])
+  return Promise.race([p, new Promise<typeof TIMED_OUT>((res) => { t = setTimeout(() => res(TIMED_OUT), ms); })])
     .finally(() => clearTimeout(t));
 }

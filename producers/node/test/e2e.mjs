@@ -4,10 +4,11 @@
 //
 // Environment: SBX_BROKERS, SBX_DATABASE_URL, SBX_TOPIC, E2E_JOB (the job, as
 // JSON), E2E_TIMEOUT_S; E2E_FINGERPRINT_JOBS: jobs whose fingerprints to
-// print (alone, without E2E_JOB). It enqueues the job, watches it to the end (each
-// event stamped with when it arrived), then reads it back with status(),
-// list() and logs(), and cancels a finished and an unknown job. Every run
-// and chunk it got is validated with Ajv against schemas/run.v1 and log.v1.
+// print (alone, without E2E_JOB). It enqueues the job, watches it to the end
+// (each event stamped with when it arrived), reads it back with status(),
+// list() and logs(), sends another payload under its id (refused), and
+// cancels a finished and an unknown job. Every run and chunk it got is
+// validated with Ajv against schemas/run.v1 and log.v1.
 import { Ajv2020 } from "ajv/dist/2020.js";
 import addFormatsModule from "ajv-formats";
 import { SbxClient, isLogChunk, loadSchema, fingerprint, validateJob } from "../dist/index.js";
@@ -42,6 +43,7 @@ try {
   out.list = (await sbx.list({ project: job.project_id })).map((r) => valid("run", r, "list"));
   out.logs = [];
   for await (const c of sbx.logs(job.job_id)) out.logs.push(valid("log", c, "logs"));
+  out.reused_error = await sbx.enqueue({ ...job, script: "echo another payload" }).then(() => null, (e) => e.message);
   out.cancel_finished = await sbx.cancel(job.job_id);
   out.cancel_unknown = await sbx.cancel(`${job.job_id}-never-sent`);
   out.unknown_status = await sbx.status(`${job.job_id}-not-a-job`);

@@ -1,10 +1,11 @@
 // vectors.test.mjs — the shared job vectors through the client's own gate:
 // every schemas/examples/job/valid/ job is accepted and every invalid/ one is
-// refused by enqueue() before anything is sent (its broker address leads
-// nowhere, so a send would fail differently). Also: the fingerprint is
+// refused by enqueue() before anything is sent (its "broker" is a listener
+// that counts connections: none may come). Also: the fingerprint is
 // libsbx's for the redaction rule's cases.
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -24,15 +25,21 @@ test("valid job vectors are accepted", () => {
 test("invalid job vectors are refused before anything is sent", async () => {
   const v = vectors("invalid");
   assert.ok(v.length > 10);
-  // Port 1 on loopback: nothing listens, so a send would end in a connection
-  // error, never in JobInvalidError.
-  const c = new SbxClient({ brokers: "127.0.0.1:1", topic: "none", ackTimeoutMs: 2000 });
+  // A listener standing in for the broker: it counts connections, so a
+  // client that opened one (to fetch metadata, to send) is caught.
+  let connections = 0;
+  const server = net.createServer((s) => { connections++; s.destroy(); });
+  await new Promise((res) => server.listen(0, "127.0.0.1", res));
+  const c = new SbxClient({ brokers: `127.0.0.1:${server.address().port}`, topic: "none", ackTimeoutMs: 2000 });
   try {
     for (const [name, job] of v) {
       await assert.rejects(c.enqueue(job), (e) => e instanceof JobInvalidError && e.errors.length > 0, name);
     }
+    await new Promise((res) => setTimeout(res, 200));
+    assert.equal(connections, 0, "the client connected to the broker for an invalid job");
   } finally {
     await c.close();
+    server.close();
   }
 });
 

@@ -48,6 +48,11 @@ def main():
         out["status"] = valid("run", sbx.status(job["job_id"], history=True), "status --history")
         out["list"] = [valid("run", r, "list") for r in sbx.list(project=job["project_id"])]
         out["logs"] = [valid("log", c, "logs") for c in sbx.logs(job["job_id"])]
+        try:
+            sbx.enqueue(dict(job, script="echo another payload"))
+            out["reused_error"] = None
+        except Exception as e:
+            out["reused_error"] = str(e)
         out["cancel_finished"] = sbx.cancel(job["job_id"])
         out["cancel_unknown"] = sbx.cancel(job["job_id"] + "-never-sent")
         out["unknown_status"] = sbx.status(job["job_id"] + "-not-a-job")

@@ -4,7 +4,10 @@ is refused by enqueue() before anything is sent; the run/log vectors check
 the validators the e2e test uses; the TypedDicts name what the schemas name;
 the fingerprint is libsbx's (the same case as the Node client's test)."""
 import json
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import get_type_hints
 
@@ -42,11 +45,33 @@ def test_valid_job_accepted(job):
 
 @pytest.fixture(scope="module")
 def nowhere():
-    # Port 1 on loopback: a send would fail as a connection error, never as
-    # JobInvalidError, and the producer is not even made before the gate.
-    c = Client(brokers="127.0.0.1:1", topic="none", ack_timeout_s=2)
+    # A listener standing in for the broker counts connections: a client that
+    # opened one (metadata, a send) for an invalid job is caught.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                accepted.append(1)
+                conn.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    c = Client(brokers="127.0.0.1:%d" % srv.getsockname()[1], topic="none", ack_timeout_s=2)
     yield c
+    time.sleep(0.2)
+    stop.set()
+    t.join()
+    srv.close()
     assert c._producer is None, "a producer was created for an invalid job"
+    assert not accepted, "the client connected to the broker for an invalid job"
     c.close()
 
 

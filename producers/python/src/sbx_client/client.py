@@ -11,7 +11,7 @@ validate, record the job as `submitted` when a database is configured
 publish keyed by project_id with idempotence (acks=all) and librdkafka's
 murmur2_random partitioner (Java's, the one libsbx sets), wait for the
 delivery report, and take the row back (sbx.forget_submitted) if the
-publish failed.
+publish failed (not if no report came in time: the message may still arrive).
 
 watch() listens, then reads: LISTEN sbx_runs and sbx_logs, read the run and
 its chunks so far, then on each notification for the job (or every second,
@@ -138,20 +138,23 @@ class Client:
             deadline = time.monotonic() + self._ack_timeout_s
             while not report and time.monotonic() < deadline:
                 producer.poll(min(0.1, max(0.0, deadline - time.monotonic())))
-            if not report:
-                raise SbxError(f"no acknowledgement for {job['job_id']} within "
-                               f"{self._ack_timeout_s} s")
-            if report["err"] is not None:
-                raise SbxError(f"publishing {job['job_id']}: {report['err']}")
-        except (SbxError, KafkaException, BufferError) as e:
-            # A late message may still arrive; the row goes only while it is
-            # still 'submitted' with this fingerprint (0005), as libsbx does.
+        except (KafkaException, BufferError) as e:
+            report["err"] = e
+        if not report:
+            # No report in time: the message may still reach the brokers, so
+            # the row stays (as libsbx keeps it); a worker that consumes it
+            # moves it on, `sbx cancel` ends it if it never comes.
+            raise SbxError(f"no acknowledgement for {job['job_id']} within "
+                           f"{self._ack_timeout_s} s")
+        if report["err"] is not None:
+            # Refused or failed: the row goes while it is still 'submitted'
+            # with this fingerprint (0005), as libsbx does.
             if recorded:
                 try:
                     self._query(_sql.FORGET, {"job": job["job_id"], "sha": sha})
                 except psycopg.Error:
                     pass
-            raise e if isinstance(e, SbxError) else SbxError(f"publishing {job['job_id']}: {e}")
+            raise SbxError(f"publishing {job['job_id']}: {report['err']}")
         msg = report["msg"]
         return {"job_id": job["job_id"], "partition": msg.partition(), "offset": msg.offset(),
                 "recorded": recorded}
