@@ -8,7 +8,8 @@
 # producers/python/requirements.lock (a venv because Debian's python3
 # refuses pip, PEP 668). Both come from the npm registry and PyPI; a second
 # run installs nothing (stamps; npm and pip reuse their caches when offline).
-# `make clients-test` runs each client's schema-vector tests; the
+# `make clients-test` runs each client's schema-vector tests (and
+# mypy --strict on the Python package; tsc is strict in the build); the
 # end-to-end test (tests/e2e/test_clients.py, part of `make e2e`) drives
 # both through a real broker, database and sbx-worker.
 PYCLIENT := $(BUILD)/pyclient
@@ -37,6 +38,8 @@ clients-test: clients
 	cd $(NODE_CLIENT) && node --test test/vectors.test.mjs
 	PYTHONPATH=producers/python/src $(PYCLIENT)/bin/python -m pytest -q -p no:cacheprovider \
 	    producers/python/tests
+	MYPY_CACHE_DIR=$(abspath $(BUILD))/mypy-cache $(PYCLIENT)/bin/python -m mypy --strict \
+	    producers/python/src/sbx_client
 
 test: clients-test
 e2e: clients

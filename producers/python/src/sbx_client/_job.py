@@ -21,7 +21,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple, cast
 
 import jsonschema
 from jsonschema import Draft202012Validator
@@ -50,9 +50,9 @@ def load_schema(name: str) -> Dict[str, Any]:
     repository's schemas/ when run from a checkout."""
     packaged = resources.files("sbx_client").joinpath("schemas").joinpath(name)
     if packaged.is_file():
-        return json.loads(packaged.read_text("utf-8"))
+        return cast(Dict[str, Any], json.loads(packaged.read_text("utf-8")))
     repo = Path(__file__).resolve().parents[4] / "schemas" / name
-    return json.loads(repo.read_text("utf-8"))
+    return cast(Dict[str, Any], json.loads(repo.read_text("utf-8")))
 
 
 def _ecma(pattern: str) -> str:
@@ -74,7 +74,8 @@ def _ecma(pattern: str) -> str:
     return "".join(out)
 
 
-def _pattern(validator, pattern, instance, schema):  # jsonschema keyword signature
+def _pattern(validator: Any, pattern: str, instance: Any,
+             schema: Any) -> Iterator[ValidationError]:  # jsonschema's keyword signature
     if isinstance(instance, str) and not re.search(_ecma(pattern), instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
@@ -83,8 +84,9 @@ def _pattern(validator, pattern, instance, schema):  # jsonschema keyword signat
 def validator_for(name: str) -> Draft202012Validator:
     """A validator for schemas/NAME with ECMA patterns and format checks."""
     schema = load_schema(name)
-    cls = jsonschema.validators.extend(Draft202012Validator, {"pattern": _pattern})
-    return cls(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    cls = jsonschema.validators.extend(Draft202012Validator,  # type: ignore[no-untyped-call]
+                                       {"pattern": _pattern})
+    return cast(Draft202012Validator, cls(schema, format_checker=Draft202012Validator.FORMAT_CHECKER))
 
 
 def _gates(v: Any, depth: int, errors: List[str]) -> int:
@@ -138,8 +140,8 @@ def validate_job(job: Any) -> str:
     except (TypeError, ValueError) as e:
         raise JobInvalidError([f"not serialisable as JSON: {e}"]) from None
     sent = json.loads(text)  # what would be sent: int keys became strings
-    for e in validator_for("job.v1.schema.json").iter_errors(sent):
-        errors.append("/" + "/".join(str(p) for p in e.absolute_path) + " " + e.message)
+    for err in validator_for("job.v1.schema.json").iter_errors(sent):
+        errors.append("/" + "/".join(str(p) for p in err.absolute_path) + " " + err.message)
     files = sent.get("files")
     if isinstance(files, dict):
         n = sum(len(s.encode("utf-8")) for s in files.values() if isinstance(s, str))
