@@ -7,7 +7,9 @@ producers/python/tests/e2e_driver.py) in its own runtime and prints what it
 saw; this file judges it. A job sent by the client must reach `succeeded`;
 watch() must yield its status changes in order, ending with the terminal one,
 and its log chunks as they are stored: the build echoes, sleeps a second and
-echoes again, so the first line arrives well before the run ends. Every object
+echoes again, so the first line arrives well before the run ends. logs(follow)
+running beside it must see the same chunks, and watching the finished run
+again must give its chunks, its terminal status, and stop. Every object
 the client returned was validated by the driver against schemas/run.v1 and
 log.v1. The client must publish where librdkafka would (the same partition
 as `sbx enqueue` for the same project: murmur2, Java's) and fingerprint a job
@@ -124,3 +126,5 @@ def test_client_job_succeeds_and_its_log_streams(client, services, pg, run_sbx, 
     print("%s: first line after %d ms, terminal status after %d ms, %d chunks" % (
         client, first["ms"], end["ms"], len(chunks)))
     assert out["logs"] == [c["value"] for c in chunks]
+    assert out["followed"] == out["logs"], "logs(follow) saw what logs() reads afterwards"
+    assert out["rewatch"] == out["logs"] + [runs[-1]["value"]], out["rewatch"]

@@ -5,7 +5,8 @@
 // Environment: SBX_BROKERS, SBX_DATABASE_URL, SBX_TOPIC, E2E_JOB (the job, as
 // JSON), E2E_TIMEOUT_S; E2E_FINGERPRINT_JOBS: jobs whose fingerprints to
 // print (alone, without E2E_JOB). It enqueues the job, watches it to the end
-// (each event stamped with when it arrived), reads it back with status(),
+// (each event stamped with when it arrived) while logs({follow}) follows it,
+// watches it again once finished, reads it back with status(),
 // list() and logs(), sends another payload under its id (refused), and
 // cancels a finished and an unknown job. Every run and chunk it got is
 // validated with Ajv against schemas/run.v1 and log.v1.
@@ -34,11 +35,21 @@ try {
   out.first_status = valid("run", await sbx.status(job.job_id), "status after enqueue");
   out.events = [];
   const signal = AbortSignal.timeout(Number(process.env.E2E_TIMEOUT_S ?? 60) * 1000);
+  // logs({follow}) at the same time, on its own connection.
+  const followed = (async () => {
+    const got = [];
+    for await (const c of sbx.logs(job.job_id, { follow: true, signal })) got.push(valid("log", c, "logs follow"));
+    return got;
+  })();
   for await (const e of sbx.watch(job.job_id, { signal })) {
     const log = isLogChunk(e);
     valid(log ? "log" : "run", e, "watch");
     out.events.push({ kind: log ? "log" : "run", ms: Date.now() - t0, value: e });
   }
+  out.followed = await followed;
+  // Watching a finished run: its chunks, then its terminal status, and the end.
+  out.rewatch = [];
+  for await (const e of sbx.watch(job.job_id, { signal })) out.rewatch.push(e);
   out.status = valid("run", await sbx.status(job.job_id, { history: true }), "status --history");
   out.list = (await sbx.list({ project: job.project_id })).map((r) => valid("run", r, "list"));
   out.logs = [];

@@ -10,6 +10,7 @@ jsonschema against schemas/run.v1 and log.v1."""
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -40,11 +41,21 @@ def main():
         out["enqueued"] = sbx.enqueue(job)
         out["first_status"] = valid("run", sbx.status(job["job_id"]), "status after enqueue")
         out["events"] = []
+        # logs(follow=True) at the same time, on its own connection.
+        followed = []
+        follower = threading.Thread(target=lambda: followed.extend(
+            valid("log", c, "logs follow") for c in sbx.logs(job["job_id"], follow=True,
+                                                             timeout=60)))
+        follower.start()
         for e in sbx.watch(job["job_id"], timeout=float(os.environ.get("E2E_TIMEOUT_S", "60"))):
             kind = "log" if is_log_chunk(e) else "run"
             valid(kind, e, "watch")
             out["events"].append({"kind": kind, "ms": int((time.monotonic() - t0) * 1000),
                                   "value": e})
+        follower.join(60)
+        out["followed"] = followed
+        # Watching a finished run: its chunks, then its terminal status, and the end.
+        out["rewatch"] = list(sbx.watch(job["job_id"], timeout=10))
         out["status"] = valid("run", sbx.status(job["job_id"], history=True), "status --history")
         out["list"] = [valid("run", r, "list") for r in sbx.list(project=job["project_id"])]
         out["logs"] = [valid("log", c, "logs") for c in sbx.logs(job["job_id"])]
