@@ -43,3 +43,10 @@ clients-test: clients
 
 test: clients-test
 e2e: clients
+
+# The Node client's build products live beside its sources (the package's
+# own layout); node_modules stays, as tests/schema's does.
+clean: clients-clean
+.PHONY: clients-clean
+clients-clean:
+	rm -rf $(NODE_CLIENT)/dist $(NODE_CLIENT)/src/generated
