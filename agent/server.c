@@ -187,6 +187,7 @@ typedef struct follow {
     sbx_server *s;
     int fd;
     int follow;
+    uint64_t offset;        /* ?offset=N: the log from byte N (a reader resuming) */
     waiter w;
 } follow;
 
@@ -875,6 +876,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
     sbx_run_view v;
     ssize_t n;
 
+    pos += f->offset;
     n = pread(f->fd, buf, max, (off_t)pos);
     if (n > 0)
         return n;
@@ -903,6 +905,7 @@ static void follow_free(void *cls)
 static enum MHD_Result h_log(sbx_server *s, struct MHD_Connection *c, const char *id)
 {
     const char *fl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "follow");
+    const char *off = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "offset");
     struct MHD_Response *r;
     enum MHD_Result ret;
     follow *f;
@@ -929,6 +932,15 @@ static enum MHD_Result h_log(sbx_server *s, struct MHD_Connection *c, const char
         f->s = s;
         f->fd = fd;
         f->follow = fl && strcmp(fl, "1") == 0;
+        if (off) {
+            char *end;
+            unsigned long long v = strtoull(off, &end, 10);
+            if (*off < '0' || *off > '9' || *end || v > INT64_MAX) {
+                follow_free(f);
+                return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "offset: a byte count");
+            }
+            f->offset = (uint64_t)v;
+        }
         f->w.conn = c;
         f->w.kind = W_FOLLOW;
         snprintf(f->w.run_id, sizeof(f->w.run_id), "%s", id);

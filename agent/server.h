@@ -18,8 +18,8 @@
  *                                   503 draining or token_unverified
  *   GET  /runs/{id}[?wait_ms=N]     the run; with wait_ms, answers when the run
  *                                   ends or N ms (at most 30 s) pass: a long poll
- *   GET  /runs/{id}/log[?follow=1]  the whole log (chunked while following,
- *                                   until the run ends)
+ *   GET  /runs/{id}/log[?follow=1][&offset=N]  the whole log, or from byte N
+ *                                   (chunked while following, until the run ends)
  *   POST /runs/{id}/cancel          {"token"} -> the run; 409 stale_token or
  *                                   future_token, 503 token_unverified
  *   GET  /preview/{id}/{path}       files of the run's public/ (or dist/)

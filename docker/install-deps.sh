@@ -12,7 +12,7 @@
 # the test suite runs: PostgreSQL 15, Redis, Kafka (through Java and Maven),
 # bubblewrap, slirp4netns and nftables (networked builds), Podman,
 # mmdebstrap and podman-compose (the images), kcat, valgrind, clang,
-# systemd-analyze, pytest and psycopg.
+# systemd-analyze, pytest, psycopg and jsonschema (the CLI's --json against schemas/).
 #
 # Java, Node.js and npm are checked by command only: a machine may carry them
 # from elsewhere (a vendor JDK, NodeSource's nodejs with its own npm), and
@@ -90,13 +90,13 @@ if [ "$mode" = all ]; then
     # Debian's own interpreter they come from apt (pip is refused there,
     # PEP 668); any other python3 (pyenv, a venv) gets them from pip.
     if ! have python3; then
-        need python3; need python3-pytest; need python3-psycopg
+        need python3; need python3-pytest; need python3-psycopg; need python3-jsonschema
     else
         # One interpreter start (a pyenv shim costs ~0.1 s): its prefix, then
         # the modules it lacks.
         py=$(python3 -c '
 import importlib.util as u, sys
-print(sys.prefix, *[m for m in ("pytest", "psycopg") if u.find_spec(m) is None])' 2>/dev/null) || py="? pytest psycopg"
+print(sys.prefix, *[m for m in ("pytest", "psycopg", "jsonschema") if u.find_spec(m) is None])' 2>/dev/null) || py="? pytest psycopg"
         set -- $py
         prefix=$1; shift
         for mod in "$@"; do
@@ -149,7 +149,7 @@ if [ "$mode" = all ]; then
     for c in cc make psql redis-server java mvn bwrap slirp4netns podman runc newuidmap mmdebstrap podman-compose node npm kcat valgrind clang python3; do
         have "$c" || still="$still $c"
     done
-    for mod in pytest psycopg; do python3 -c "import $mod" >/dev/null 2>&1 || still="$still python3:$mod"; done
+    for mod in pytest psycopg jsonschema; do python3 -c "import $mod" >/dev/null 2>&1 || still="$still python3:$mod"; done
 fi
 if [ -n "$still" ]; then
     echo "install-deps: still missing after install:$still" >&2

@@ -9,7 +9,8 @@ LIBSBX_OBJS := $(LIBSBX_SRCS:%.c=$(BUILD)/obj/%.o)
 LIBSBX      := $(BUILD)/lib/libsbx.a
 
 SBX_CLI_SRCS := producers/cli/sbx.c producers/cli/enqueue.c producers/cli/runs.c producers/cli/migrate.c \
-                producers/cli/dlq.c producers/cli/topics.c
+                producers/cli/dlq.c producers/cli/topics.c \
+                producers/cli/list.c producers/cli/logs.c
 SBX_CLI_OBJS := $(SBX_CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 
 # The migrations, built into `sbx` so `sbx migrate` works from any directory

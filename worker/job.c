@@ -288,7 +288,9 @@ static void job_free(job *j)
     sbx_timer_stop(j->w->loop, &j->timer);
     sbx_timer_stop(j->w->loop, &j->renew);
     sbx_timer_stop(j->w->loop, &j->late_t);
-    sbx__runlog_end(j->log); /* the provider was destroyed before FINISHED */
+    /* j->log is set only when the provider was destroyed before FINISHED
+     * (exit): the database is gone too, and main frees the runlogs. */
+    j->log = NULL;
     sbx_job_free(j->spec);
     free(j->raw);
     free(j->refs);
@@ -842,6 +844,7 @@ static void start_build(job *j)
         lc.token = j->token;
         lc.attempt = j->attempt;
         lc.max_bytes = (size_t)w->cfg.log_max_bytes;
+        lc.registry = &w->runlogs;
         j->log = sbx__runlog_new(&lc);
     }
     req.output = j->log ? sbx__runlog_output : NULL;

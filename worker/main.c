@@ -28,6 +28,7 @@
 #include "admin.h"
 #include "daemon.h"
 #include "log.h"
+#include "runlog.h"
 #include "worker.h"
 
 /* After the grace period, how long stopping builds, requeueing and releasing
@@ -333,6 +334,7 @@ out:
     sbx_kafka_close(w.kafka);
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);
+    sbx__runlog_free_all(&w.runlogs);
     sbx_prune_free(w.prune);
     sbx_prune_free(w.prune_dlq);
     sbx__dead_letters_free(&w);

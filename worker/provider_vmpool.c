@@ -12,7 +12,18 @@
  *           once, and every poll is also a liveness check of the agent
  *   DONE    FINISHED delivered; the run is freed
  * STARTED is reported when the agent has the build (wake answered with a
- * run id): it then runs in a sandbox on the VM. A run that ends before that
+ * run id): it then runs in a sandbox on the VM.
+ *
+ * Live output (req->output): in FOLLOW, beside the long poll, one streamed
+ * GET /runs/{id}/log?follow=1&offset=N hands each piece to the sink as the
+ * agent's log file grows; N is what arrived so far, so a broken stream
+ * resumes where it stopped (after LOG_RETRY_MS) and no byte comes twice.
+ * The agent writes stdout and stderr into that one file (agent/runs.c), so
+ * the output reaches the sink as stdout. When the poll sees the run end,
+ * FINISHED waits until the stream has ended too (the agent ends it once the
+ * run is over and the file is read), at most LOG_DRAIN_MS; past that the
+ * stream is cut and the result's error says the log may be incomplete
+ * (provider.h: all output before FINISHED). A run that ends before that
  * (cancel, error) still gets STARTED first, as provider.h's order promises.
  *
  * Liveness: every failed exchange (no connection, reset, timeout) starts or
@@ -70,6 +81,10 @@
  * track of it: give up with TIMED_OUT rather than hold the lease forever. */
 #define AGENT_TIMEOUT_SLACK_MS 60000
 #define DESTROY_WAIT_MS 2000
+/* A broken log stream is asked again this much later (from its offset). */
+#define LOG_RETRY_MS 250
+/* After the run ended, how long its log may take to arrive. */
+#define LOG_DRAIN_MS 5000
 /* "<vm id>#<i>": the id is a job-id-like name (agent's SBX_AGENT_ID). */
 #define SLOT_MAX 191
 /* An agent id (SBX_AGENT_ID) is at most 100 bytes. */
@@ -116,6 +131,14 @@ struct sbx_run {
     int cancel_sent;
     sbx_run_cb cb;
     void *arg;
+    /* live output */
+    sbx_output_fn out;
+    void *out_arg;
+    sbx_http_handle *hl;          /* the log stream, while it flows */
+    sbx_timer lt;                 /* LOG_RETRY_MS, then LOG_DRAIN_MS once ended */
+    uint64_t log_off;             /* bytes of the agent's log handed to out */
+    int log_done;                 /* the agent ended the stream: the log is whole */
+    sbx_result *ended;            /* the run's result, held while the log drains */
 };
 
 static void step(struct sbx_run *r);
@@ -159,10 +182,14 @@ static void unlink_run(struct sbx_run *r)
 static void run_free(struct sbx_run *r)
 {
     sbx_timer_stop(r->p->base.loop, &r->t);
+    sbx_timer_stop(r->p->base.loop, &r->lt);
     if (r->h)
         sbx_http_cancel(r->h);
     if (r->hc)
         sbx_http_cancel(r->hc);
+    if (r->hl)
+        sbx_http_cancel(r->hl);
+    free(r->ended);
     free(r->wake_body);
     free(r);
 }
@@ -387,6 +414,28 @@ static sbx_outcome outcome_of(const char *state, int *terminal)
     return SBX_OUTCOME_ERROR;
 }
 
+static void follow_log(struct sbx_run *r);
+
+/* FINISHED once the log is whole (or LOG_DRAIN_MS passed): see the top. */
+static void finish_after_log(struct sbx_run *r, sbx_result *res)
+{
+    if (!r->out || r->log_done) {
+        finish(r, res);
+        return;
+    }
+    r->ended = malloc(sizeof(*r->ended));
+    if (!r->ended) {
+        finish(r, res);
+        return;
+    }
+    *r->ended = *res;
+    sbx_timer_stop(r->p->base.loop, &r->lt);
+    if (!r->hl)
+        follow_log(r); /* it was waiting to retry: the last look, now */
+    if (r->ended)
+        sbx_timer_start(r->p->base.loop, &r->lt, LOG_DRAIN_MS);
+}
+
 static void finish_from(struct sbx_run *r, json_object *o, sbx_outcome out)
 {
     sbx_result res;
@@ -409,7 +458,77 @@ static void finish_from(struct sbx_run *r, json_object *o, sbx_outcome out)
         snprintf(res.preview_url, sizeof(res.preview_url), "%s", s);
     if ((s = str_field(o, "error")) != NULL)
         snprintf(res.error, sizeof(res.error), "%s", s);
-    finish(r, &res);
+    finish_after_log(r, &res);
+}
+
+/* ---- the live log ---- */
+
+static int on_log_chunk(void *arg, const char *data, size_t len)
+{
+    struct sbx_run *r = arg;
+    r->log_off += len;
+    sbx_run_output(r->out, r->out_arg, SBX_STREAM_STDOUT, data, len);
+    return 0;
+}
+
+static void on_log_done(void *arg, const sbx_http_res *res)
+{
+    struct sbx_run *r = arg;
+    r->hl = NULL;
+    if (res->code == SBX_HTTP_OK && res->status == 200) {
+        r->log_done = 1; /* the agent ends the stream only when the run is over */
+    } else if (!r->ended) {
+        sbx_debug("vmpool", "run %s: log stream: %s (HTTP %ld); again from byte %" PRIu64,
+                  r->job_id, res->code != SBX_HTTP_OK ? res->error : "refused", res->status,
+                  r->log_off);
+        sbx_timer_start(r->p->base.loop, &r->lt, LOG_RETRY_MS);
+        return;
+    }
+    if (r->ended) {
+        sbx_result done = *r->ended;
+        if (!r->log_done && !done.error[0])
+            snprintf(done.error, sizeof(done.error), "live log incomplete: %s",
+                     res->code != SBX_HTTP_OK ? res->error : "the agent refused it");
+        finish(r, &done);
+    }
+}
+
+static void follow_log(struct sbx_run *r)
+{
+    const char *headers[] = {r->p->auth, NULL};
+    char url[BASE_URL_MAX + 160];
+    sbx_http_req req;
+
+    snprintf(url, sizeof(url), "%s/runs/%s/log?follow=1&offset=%" PRIu64, r->base_url, r->run_id,
+             r->log_off);
+    memset(&req, 0, sizeof(req));
+    req.method = "GET";
+    req.url = url;
+    req.headers = headers;
+    req.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+    /* No timeout: the stream lasts as long as the build; the poll watches the agent. */
+    if (sbx_http_stream(r->p->http, &req, on_log_chunk, on_log_done, r, &r->hl) != 0) {
+        r->hl = NULL;
+        if (!r->ended)
+            sbx_timer_start(r->p->base.loop, &r->lt, LOG_RETRY_MS);
+    }
+}
+
+static void on_log_timer(sbx_timer *t)
+{
+    struct sbx_run *r = t->data;
+    if (r->ended) {
+        /* LOG_DRAIN_MS passed: FINISHED now, with what arrived. */
+        sbx_result done = *r->ended;
+        if (!done.error[0])
+            snprintf(done.error, sizeof(done.error),
+                     "live log incomplete: the agent's log stream did not end within %d ms",
+                     LOG_DRAIN_MS);
+        finish(r, &done);
+        return;
+    }
+    if (!r->hl)
+        follow_log(r);
 }
 
 static void on_poll_done(void *arg, const sbx_http_res *res)
@@ -500,6 +619,8 @@ static void on_wake_done(void *arg, const sbx_http_res *res)
         /* The callback may have canceled us; the run is still ours either way. */
         if (r->canceled)
             send_cancel(r);
+        if (r->out)
+            follow_log(r);
         step(r);
         return;
     }
@@ -755,12 +876,15 @@ static int vm_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, voi
     r->arg = arg;
     r->token = req->token;
     r->attempt = req->attempt;
+    r->out = req->output;
+    r->out_arg = req->output_arg;
     r->timeout_s = req->job->timeout_s > 0 ? req->job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     snprintf(r->slot, sizeof(r->slot), "%s", req->slot);
     snprintf(r->vm, sizeof(r->vm), "%s", vm);
     snprintf(r->job_id, sizeof(r->job_id), "%s", req->job->job_id);
     r->st = V_LOOKUP;
     sbx_timer_init(&r->t, on_timer, r);
+    sbx_timer_init(&r->lt, on_log_timer, r);
     /* The first step runs from the loop: no callback from inside start(). */
     sbx_timer_start(bp->loop, &r->t, 0);
     r->next = p->runs;
@@ -876,7 +1000,7 @@ static void vm_destroy(sbx_provider *bp)
         struct sbx_run *r = p->runs;
         p->runs = r->next;
         sbx_timer_stop(bp->loop, &r->t);
-        r->h = r->hc = NULL; /* went with p->http */
+        r->h = r->hc = r->hl = NULL; /* went with p->http */
         sbx_info("vmpool", "run abandoned at shutdown job=%s slot=%s token=%" PRId64 " run=%s",
                  r->job_id, r->slot, r->token, r->run_id[0] ? r->run_id : "-");
         run_free(r);

@@ -48,6 +48,8 @@ struct sbx_runlog {
     size_t max_bytes;
     sbx_runlog_send_fn send;
     void *send_arg;
+    sbx_runlog **registry;
+    sbx_runlog *next, **pprev;  /* on *registry */
 
     decoder dec[NSTREAMS];
     chunk *ch;              /* waiting, oldest first; the last may be open */
@@ -462,11 +464,24 @@ sbx_runlog *sbx__runlog_new(const sbx_runlog_cfg *cfg)
     l->send = cfg->send;
     l->send_arg = cfg->send_arg;
     sbx_timer_init(&l->flush_t, on_flush_timer, l);
+    if (cfg->registry) {
+        l->registry = cfg->registry;
+        l->next = *cfg->registry;
+        if (l->next)
+            l->next->pprev = &l->next;
+        l->pprev = cfg->registry;
+        *cfg->registry = l;
+    }
     return l;
 }
 
 static void runlog_free(sbx_runlog *l)
 {
+    if (l->pprev) {
+        *l->pprev = l->next;
+        if (l->next)
+            l->next->pprev = l->pprev;
+    }
     sbx_timer_stop(l->loop, &l->flush_t);
     for (int i = 0; i < l->nch; i++)
         chunk_free(&l->ch[i]);
@@ -522,6 +537,12 @@ void sbx__runlog_end(sbx_runlog *l)
     l->ended = 1;
     flush(l, 1);
     maybe_free(l);
+}
+
+void sbx__runlog_free_all(sbx_runlog **registry)
+{
+    while (*registry)
+        runlog_free(*registry);
 }
 
 void sbx__runlog_sent(sbx_runlog *l)

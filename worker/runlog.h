@@ -88,6 +88,7 @@ typedef struct sbx_runlog_cfg {
     size_t max_bytes;
     sbx_runlog_send_fn send;      /* tests; NULL: the database */
     void *send_arg;
+    sbx_runlog **registry;        /* every live runlog is on this list (may be NULL) */
 } sbx_runlog_cfg;
 
 /* NULL when out of memory (the build then runs without a live log). */
@@ -97,6 +98,9 @@ void sbx__runlog_output(void *arg, sbx_stream stream, const char *data, size_t l
 /* The build is over: what waits goes now (with the truncation marker), and
  * the runlog frees itself once its last batch is answered. l may be NULL. */
 void sbx__runlog_end(sbx_runlog *l);
+/* At exit, after the database connection is gone (its callbacks never
+ * come): frees every runlog on the list, sending nothing. */
+void sbx__runlog_free_all(sbx_runlog **registry);
 /* A custom sender's answer for its batch. */
 void sbx__runlog_sent(sbx_runlog *l);
 

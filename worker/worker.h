@@ -51,6 +51,7 @@ struct sbx_worker {
     int64_t tokens_seen;          /* newest fencing token this worker knows: every
                                      acquire's floor, so it notices Redis lost data */
     job *dead;                    /* finished jobs, freed before the loop sleeps */
+    struct sbx_runlog *runlogs;   /* live logs not yet answered (runlog.c); freed at exit */
     sbx__dl *dls;                 /* dead letters being recorded or published (dlq.c) */
     sbx_stats stats;
     int stopping;                 /* 1: draining; 2: grace over, handing back */

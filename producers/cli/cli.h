@@ -15,7 +15,43 @@ enum {
     SBX_EXIT_FAIL = 1,     /* the operation failed, or (status) the job is unknown */
     SBX_EXIT_USAGE = 2,    /* bad arguments, missing configuration, refused message */
     SBX_EXIT_TIMEOUT = 3,  /* wait: not every job finished in time */
+    SBX_EXIT_UNKNOWN = 4,  /* wait, logs: no run with that id */
 };
+
+#define SBX_CLI_STR_(x) #x
+#define SBX_CLI_STR(x) SBX_CLI_STR_(x)
+
+/* RFC 3339 UTC text of a timestamptz column (run.v1, log.v1): microseconds
+ * and a Z, the same for every reader. */
+#define SBX_CLI_TS(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+/* One row of sbx.runs r as schemas/run.v1.schema.json (jsonb): the members
+ * every reader gets, then the ones `sbx status --json` printed before v1
+ * (worker_id, lease_token, kafka_partition, kafka_offset, payload_sha256),
+ * which v1 allows as extra members. */
+#define SBX_CLI_RUN_V1 \
+    "jsonb_build_object('v', 1, 'job_id', r.job_id, 'project_id', r.project_id," \
+    " 'status', r.status, 'attempt', r.attempt, 'provider', r.provider, 'slot', r.slot," \
+    " 'instance', r.instance, 'exit_code', r.exit_code, 'error', r.error," \
+    " 'preview_url', r.preview_url, 'log_tail', r.log_tail," \
+    " 'cancel_requested', r.cancel_requested," \
+    " 'created_at', " SBX_CLI_TS("r.created_at") ", 'updated_at', " SBX_CLI_TS("r.updated_at") "," \
+    " 'started_at', " SBX_CLI_TS("r.started_at") ", 'finished_at', " SBX_CLI_TS("r.finished_at") ")" \
+    " || jsonb_build_object('worker_id', r.worker_id, 'lease_token', r.lease_token," \
+    " 'kafka_partition', r.kafka_partition, 'kafka_offset', r.kafka_offset," \
+    " 'payload_sha256', r.payload_sha256)"
+
+/* The same with its history as "events" (oldest first). */
+#define SBX_CLI_RUN_V1_EVENTS \
+    SBX_CLI_RUN_V1 " || jsonb_build_object('events', (SELECT coalesce(jsonb_agg(" \
+    "jsonb_build_object('from_status', e.from_status, 'to_status', e.to_status," \
+    " 'at', " SBX_CLI_TS("e.at") ", 'detail', e.detail, 'worker_id', e.worker_id," \
+    " 'lease_token', e.lease_token) ORDER BY e.id), '[]'::jsonb)" \
+    " FROM sbx.run_events e WHERE e.job_id = r.job_id))"
+
+/* Whether a run status is terminal (succeeded, failed, timed_out, canceled,
+ * dead_lettered). */
+bool sbx__cli_terminal(const char *status);
 
 /* From the environment, overridden by flags. NULL = not configured. */
 struct sbx__cli_config {
@@ -55,6 +91,11 @@ bool sbx__cli_common_option(struct sbx__cli_config *cfg, int c, const char *arg)
 int sbx__cli_options(const char *cmd, int argc, char **argv, struct sbx__cli_config *cfg,
                      const struct option *opts, int (*flag)(int c, const char *arg, void *ctx),
                      void *ctx);
+/* The same loop with short options too (getopt's "f" or "n:"); -h is always
+ * --help, in every subcommand. */
+int sbx__cli_options_short(const char *cmd, int argc, char **argv, struct sbx__cli_config *cfg,
+                           const char *shortopts, const struct option *opts,
+                           int (*flag)(int c, const char *arg, void *ctx), void *ctx);
 
 /* Prints the usage of cmd ("" for the program) to stdout or stderr. */
 void sbx__cli_usage(const char *cmd, bool to_stderr);
@@ -78,6 +119,8 @@ int sbx__cmd_enqueue(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_status(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_cancel(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_list(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_logs(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_dlq(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_topics(int argc, char **argv, struct sbx__cli_config *cfg);

@@ -91,7 +91,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         return SBX_EXIT_FAIL;
     }
     o->delivery_timeout_s = DEFAULT_DELIVERY_TIMEOUT_S;
-    while ((c = getopt_long(argc, argv, "X:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
         switch (c) {
         case O_PROJECT:  o->project = optarg; break;
         case O_JOB_ID:   o->job_id = optarg; break;
@@ -115,6 +115,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
             break;
         }
         case OPT_HELP:
+        case 'h':
             sbx__cli_usage("enqueue", false);
             return -1;
         default:

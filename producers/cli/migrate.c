@@ -305,12 +305,12 @@ int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg)
     bool list = false;
     int c, rc;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'd')
             dir = optarg;
         else if (c == 'l')
             list = true;
-        else if (c == OPT_HELP) {
+        else if (c == OPT_HELP || c == 'h') {
             sbx__cli_usage("migrate", false);
             return SBX_EXIT_OK;
         } else if (!sbx__cli_common_option(cfg, c, optarg)) {

@@ -25,17 +25,7 @@
 #define DEFAULT_WAIT_S 600
 #define STATUS_MAX 24   /* longest status is "waiting_capacity" */
 
-static const char *const terminal_statuses[] = {
-    "succeeded", "failed", "timed_out", "canceled", "dead_lettered",
-};
-
-static bool is_terminal(const char *status)
-{
-    for (size_t i = 0; i < sizeof terminal_statuses / sizeof *terminal_statuses; i++)
-        if (strcmp(status, terminal_statuses[i]) == 0)
-            return true;
-    return false;
-}
+static bool is_terminal(const char *status) { return sbx__cli_terminal(status); }
 
 static long long now_ms(void)
 {
@@ -92,13 +82,11 @@ static void line(const char *label, const char *value)
 
 static int status_json(PGconn *conn, const char *id, bool history)
 {
-    static const char sql[] =
-        "SELECT (to_jsonb(r) - 'spec') || CASE WHEN $2::boolean THEN jsonb_build_object('events', "
-        "  (SELECT coalesce(jsonb_agg(to_jsonb(e) - 'job_id' ORDER BY e.id), '[]'::jsonb) "
-        "     FROM sbx.run_events e WHERE e.job_id = r.job_id)) ELSE '{}'::jsonb END "
-        "FROM sbx.runs r WHERE r.job_id = $1";
-    const char *params[2] = { id, history ? "true" : "false" };
-    PGresult *r = PQexecParams(conn, sql, 2, NULL, params, NULL, NULL, 0);
+    static const char sql[] = "SELECT " SBX_CLI_RUN_V1 " FROM sbx.runs r WHERE r.job_id = $1";
+    static const char sql_events[] =
+        "SELECT " SBX_CLI_RUN_V1_EVENTS " FROM sbx.runs r WHERE r.job_id = $1";
+    const char *params[1] = { id };
+    PGresult *r = PQexecParams(conn, history ? sql_events : sql, 1, NULL, params, NULL, NULL, 0);
     int rc = SBX_EXIT_FAIL;
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         sbx__cli_pg_error("status", conn, r);
@@ -220,6 +208,7 @@ int sbx__cmd_status(int argc, char **argv, struct sbx__cli_config *cfg)
 struct tracked {
     const char *id;
     char status[STATUS_MAX];   /* "" until the row exists */
+    bool printed;              /* --json: its run was printed */
 };
 
 static int tracked_cmp(const void *a, const void *b)
@@ -301,10 +290,17 @@ static void drain_notifications(PGconn *conn, struct tracked *t, size_t n)
     }
 }
 
+struct wait_flags { long timeout_s; bool json; };
+
 static int wait_flag(int c, const char *arg, void *ctx)
 {
+    struct wait_flags *f = ctx;
     char *end;
     long s;
+    if (c == 'j') {
+        f->json = true;
+        return 0;
+    }
     if (c != 't')
         return -1;
     s = strtol(arg, &end, 10);
@@ -312,7 +308,30 @@ static int wait_flag(int c, const char *arg, void *ctx)
         fprintf(stderr, "sbx wait: --timeout: expected seconds, got \"%s\"\n", arg);
         return -1;
     }
-    *(long *)ctx = s;
+    f->timeout_s = s;
+    return 0;
+}
+
+/* --json: prints the run of each job that has finished since the last call,
+ * one run.v1 object per line. -1 after a database error. */
+static int print_finished(PGconn *conn, struct tracked *t, size_t n)
+{
+    static const char sql[] = "SELECT " SBX_CLI_RUN_V1 " FROM sbx.runs r WHERE r.job_id = $1";
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].printed || !is_terminal(t[i].status))
+            continue;
+        const char *params[1] = { t[i].id };
+        PGresult *r = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+            sbx__cli_pg_error("wait", conn, r);
+            PQclear(r);
+            return -1;
+        }
+        printf("%s\n", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        t[i].printed = true;
+    }
+    fflush(stdout);
     return 0;
 }
 
@@ -320,12 +339,15 @@ int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg)
 {
     static const struct option opts[] = {
         { "timeout", required_argument, NULL, 't' },
+        { "json", no_argument, NULL, 'j' },
         SBX_CLI_COMMON_OPTIONS,
         { 0, 0, 0, 0 },
     };
-    long timeout_s = DEFAULT_WAIT_S;
+    struct wait_flags f = { DEFAULT_WAIT_S, false };
+    long timeout_s;
+    bool first = true;
     char **ids;
-    int nids, rc = parse_args("wait", argc, argv, cfg, opts, wait_flag, &timeout_s, &ids, &nids);
+    int nids, rc = parse_args("wait", argc, argv, cfg, opts, wait_flag, &f, &ids, &nids);
     struct tracked *t = NULL;
     size_t n = 0;
     PGconn *conn = NULL;
@@ -336,6 +358,7 @@ int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg)
         fprintf(stderr, "sbx wait: expected JOB_ID...; run `sbx wait --help`\n");
         return SBX_EXIT_USAGE;
     }
+    timeout_s = f.timeout_s;
     if (!(conn = sbx__cli_db_connect(cfg, &rc)))
         return rc;
     rc = SBX_EXIT_FAIL;
@@ -367,8 +390,27 @@ int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg)
                 goto out;
             next_check = now + RECHECK_MS;
         }
+        if (first) {
+            /* An id with no run would be waited for in vain: say so now. */
+            size_t unknown = 0;
+            for (size_t i = 0; i < n; i++)
+                if (!t[i].status[0]) {
+                    fprintf(stderr, "sbx wait: unknown job %s\n", t[i].id);
+                    unknown++;
+                }
+            if (unknown) {
+                rc = SBX_EXIT_UNKNOWN;
+                goto out;
+            }
+            first = false;
+        }
+        if (f.json && print_finished(conn, t, n))
+            goto out;
         if (unfinished(t, n) == 0) {
             rc = SBX_EXIT_OK;
+            for (size_t i = 0; i < n; i++)
+                if (strcmp(t[i].status, "succeeded") != 0)
+                    rc = SBX_EXIT_FAIL;
             break;
         }
         if (now >= deadline) {
@@ -385,7 +427,7 @@ int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg)
         }
         drain_notifications(conn, t, n);
     }
-    for (int i = 0; i < nids; i++) {
+    for (int i = 0; i < nids && !f.json; i++) {
         struct tracked *x = find(t, n, ids[i]);
         printf("%s %s\n", ids[i], x->status[0] ? x->status : "unknown");
     }

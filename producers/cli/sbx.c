@@ -60,15 +60,40 @@ static const struct command {
       "(recorded by `sbx enqueue`, not consumed yet), queued, waiting_capacity,\n"
       "provisioning, running, then succeeded, failed, timed_out, canceled or\n"
       "dead_lettered.\n"
-      "  --json      print the row as one JSON object\n"
+      "  --json      print the run as one JSON object, schemas/run.v1.schema.json\n"
       "  --history   also print its transitions (sbx.run_events), oldest first\n"
       "Exit status: 0 found, 1 unknown job.\n" },
     { "wait", sbx__cmd_wait,
-      "usage: sbx wait JOB_ID... [--timeout S]\n"
+      "usage: sbx wait JOB_ID... [--timeout S] [--json]\n"
       "Waits until every job is finished (succeeded, failed, timed_out, canceled or\n"
-      "dead_lettered), then prints \"JOB_ID STATUS\" for each.\n"
+      "dead_lettered), then prints \"JOB_ID STATUS\" for each. An id with no run is\n"
+      "an error at once (exit 4): `sbx enqueue` with a database URL records its job\n"
+      "before it returns.\n"
       "  --timeout S   give up after S seconds (default 600)\n"
-      "Exit status: 0 all finished, 3 timed out (statuses so far are printed).\n" },
+      "  --json        print each run as it finishes, one JSON object per line\n"
+      "                (schemas/run.v1.schema.json), instead of the status lines\n"
+      "Exit status: 0 all succeeded, 1 some failed, timed out, were canceled or\n"
+      "dead-lettered, 2 usage, 3 not all finished in time (statuses so far are\n"
+      "printed), 4 unknown job.\n" },
+    { "list", sbx__cmd_list,
+      "usage: sbx list [--project P] [--status S] [--since T] [--limit N] [--json]\n"
+      "Lists runs from sbx.runs, newest first: job, project, status, attempt, exit\n"
+      "code, age. --status takes a status (submitted, queued, waiting_capacity,\n"
+      "provisioning, running, succeeded, failed, timed_out, canceled, dead_lettered),\n"
+      "or active / finished for the two groups; --since a duration (90s, 15m, 12h,\n"
+      "30d: created that recently) or an RFC 3339 time; --limit at most 10000\n"
+      "(default 50). --json prints one JSON array of runs as\n"
+      "schemas/run.v1.schema.json.\n"
+      "Exit status: 0 done (an empty list too), 1 failed, 2 usage.\n" },
+    { "logs", sbx__cmd_logs,
+      "usage: sbx logs JOB_ID [-f|--follow] [--json] [--attempt N]\n"
+      "Prints a build's output from sbx.run_logs: the build's stdout to stdout, its\n"
+      "stderr and sbx's own notes (a truncated log's marker) to stderr, attempt by\n"
+      "attempt (a line \"--- attempt N ---\" on stderr between them). -f follows the\n"
+      "run live (LISTEN sbx_logs) until it has finished and its log is all printed.\n"
+      "--attempt N prints that attempt only. --json prints one JSON object per\n"
+      "chunk, as schemas/log.v1.schema.json, everything on stdout.\n"
+      "Exit status: 0 done, 1 failed, 2 usage, 4 unknown job.\n" },
     { "cancel", sbx__cmd_cancel,
       "usage: sbx cancel JOB_ID\n"
       "Marks the run cancel_requested and notifies channel sbx_cancel, which the\n"
@@ -142,6 +167,8 @@ static const char program_usage[] =
     "  enqueue   publish a job to Kafka and print its id\n"
     "  status    show a run\n"
     "  wait      wait until runs finish\n"
+    "  list      list runs\n"
+    "  logs      print or follow a build's output\n"
     "  cancel    ask the worker to cancel a run\n"
     "  dlq       list, show and replay dead letters\n"
     "  migrate   create or upgrade the database schema\n"
@@ -187,9 +214,29 @@ int sbx__cli_options(const char *cmd, int argc, char **argv, struct sbx__cli_con
                      const struct option *opts, int (*flag)(int c, const char *arg, void *ctx),
                      void *ctx)
 {
+    return sbx__cli_options_short(cmd, argc, argv, cfg, "", opts, flag, ctx);
+}
+
+bool sbx__cli_terminal(const char *status)
+{
+    static const char *const terminal[] = {"succeeded", "failed", "timed_out", "canceled",
+                                           "dead_lettered"};
+    for (size_t i = 0; status && i < sizeof terminal / sizeof *terminal; i++)
+        if (strcmp(status, terminal[i]) == 0)
+            return true;
+    return false;
+}
+
+int sbx__cli_options_short(const char *cmd, int argc, char **argv, struct sbx__cli_config *cfg,
+                           const char *shortopts, const struct option *opts,
+                           int (*flag)(int c, const char *arg, void *ctx), void *ctx)
+{
+    /* "h" and a subcommand's few short options: bounded by the alphabet. */
+    char shorts[64];
     int c, rc;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == OPT_HELP) {
+    snprintf(shorts, sizeof shorts, "h%s", shortopts);
+    while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+        if (c == OPT_HELP || c == 'h') {
             sbx__cli_usage(cmd, false);
             return -1;
         }
@@ -344,8 +391,8 @@ int main(int argc, char **argv)
         cfg.topic = "sbx.jobs";
     /* Options before the command; "+" stops at the command name. */
     opterr = 1;
-    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
-        if (c == OPT_HELP) {
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        if (c == OPT_HELP || c == 'h') {
             sbx__cli_usage("", false);
             return SBX_EXIT_OK;
         }

@@ -435,7 +435,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         return SBX_EXIT_FAIL;
     }
     opterr = 1;
-    while ((c = getopt_long(argc, argv, "X:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
         char *end = NULL;
         long v = 0;
         if (c == O_PARTS || c == O_DLQ_PARTS || c == O_REPL || c == O_TIMEOUT)
@@ -476,6 +476,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         case O_DLQ_TOPIC: o->dlq_topic = optarg; break;
         case 'X': o->kafka[o->nkafka++] = optarg; break;
         case OPT_HELP:
+        case 'h':
             sbx__cli_usage("topics", false);
             return -1;
         default:
@@ -508,7 +509,7 @@ int sbx__cmd_topics(int argc, char **argv, struct sbx__cli_config *cfg)
     long long deadline;
 
     if (argc < 2 || (strcmp(argv[1], "create") != 0 && strcmp(argv[1], "describe") != 0)) {
-        if (argc >= 2 && strcmp(argv[1], "--help") == 0) {
+        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
             sbx__cli_usage("topics", false);
             return SBX_EXIT_OK;
         }

@@ -11,7 +11,7 @@
 FUZZ_CC            ?= clang
 FUZZ_SECONDS       ?= 600
 FUZZ_SMOKE_SECONDS ?= 25
-FUZZ_TARGETS       := job text offsets agent
+FUZZ_TARGETS       := job text offsets agent runlog
 FUZZ_DIR           := $(BUILD)/fuzz
 FUZZ_BINS          := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
@@ -55,6 +55,15 @@ $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)
 $(FUZZ_DIR)/fuzz_agent: FUZZ_LIBS += $(shell pkg-config --libs libmicrohttpd libseccomp)
 $(FUZZ_DIR)/fuzz_agent: $(call fuzzobj,$(FUZZ_AGENT_SRCS)) $(FUZZ_COMMON)
+
+# The live log's cleaning and chunking (fuzz_runlog.c): runlog.c with a
+# recording sender; db.c is linked for the default sender, never called.
+FUZZ_RUNLOG_SRCS := tests/fuzz/fuzz_runlog.c worker/runlog.c worker/db.c common/loop.c common/log.c \
+                    common/text.c common/buf.c producers/lib/utf8.c
+$(call fuzzobj,tests/fuzz/fuzz_runlog.c worker/runlog.c worker/db.c): \
+    FUZZ_EXTRA := $(shell pkg-config --cflags libpq)
+$(FUZZ_DIR)/fuzz_runlog: FUZZ_LIBS += $(shell pkg-config --libs libpq)
+$(FUZZ_DIR)/fuzz_runlog: $(call fuzzobj,$(FUZZ_RUNLOG_SRCS)) $(FUZZ_COMMON)
 
 $(FUZZ_BINS):
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)

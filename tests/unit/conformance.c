@@ -121,7 +121,7 @@ static void job_init(sbx_job *j, const char *script, int timeout_s)
 
 static int start_on(cenv *e, size_t slot, const sbx_job *job, crun *c, char *err, size_t errlen)
 {
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     memset(c, 0, sizeof(*c));
     req.job = job;
     req.slot = e->slots[slot];
@@ -402,7 +402,7 @@ static void t_busy_slot(void **state)
     sbx_job job, job2;
     crun a, b, u;
     char err[256] = "";
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     int rc;
 
     job_init(&job, "sleep 600", 600);

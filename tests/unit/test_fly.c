@@ -233,7 +233,7 @@ static int64_t next_token = 5000;
 
 static int run_start(fenv *e, size_t slot, const char *script, int timeout_s, frun *r)
 {
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     char err[256] = "";
     int rc;
 

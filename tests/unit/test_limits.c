@@ -79,7 +79,7 @@ static void run_job(sbx_job *job, lrun *r)
     sbx_loop *loop = NULL;
     sbx_provider *p;
     const char **slots;
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     char err[256] = "";
     uint64_t until;
 
@@ -231,7 +231,7 @@ static void t_fork_bomb(void **state)
     sbx_provider *p;
     const char **slots;
     sbx_job job;
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     lrun r;
     char err[256] = "";
     int max = 0;

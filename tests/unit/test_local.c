@@ -142,7 +142,7 @@ static void job_init(sbx_job *j, const char *script, int timeout_s)
 
 static int start(lenv *e, int slot, const sbx_job *job, lrun *r, char *err, size_t errlen)
 {
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     memset(r, 0, sizeof(*r));
     r->token = g_token++;
     req.job = job;

@@ -394,7 +394,7 @@ static void job_init(sbx_job *j, const char *id, const char *script, int timeout
 
 static int start_job(tenv *e, const char *slot, int64_t token, const sbx_job *job, vrun *v)
 {
-    sbx_run_req req;
+    sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     char err[256] = "";
     int rc;
     memset(v, 0, sizeof(*v));
