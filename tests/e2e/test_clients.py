@@ -11,7 +11,8 @@ echoes again, so the first line arrives well before the run ends. logs(follow)
 running beside it must see the same chunks, and watching the finished run
 again must give its chunks, its terminal status, and stop. Every object
 the client returned was validated by the driver against schemas/run.v1 and
-log.v1. The client must publish where librdkafka would (the same partition
+log.v1, and must equal what `sbx status/list/logs --json` print. The client
+must publish where librdkafka would (the same partition
 as `sbx enqueue` for the same project: murmur2, Java's) and fingerprint a job
 as libsbx does (the payload_sha256 `sbx enqueue` records)."""
 
@@ -93,6 +94,13 @@ def test_client_job_succeeds_and_its_log_streams(client, services, pg, run_sbx, 
     assert out["cancel_finished"] == {"status": "succeeded", "outcome": "finished"}
     assert out["cancel_unknown"] == {"status": "canceled", "outcome": "recorded"}
     assert out["unknown_status"] is None
+
+    # The same objects as the CLI's --json, member for member (the run is
+    # terminal, and a cancel of a finished run changes nothing).
+    cli = lambda *a: run_sbx(*a).stdout  # noqa: E731
+    assert json.loads(cli("status", job["job_id"], "--json", "--history")) == st
+    assert json.loads(cli("list", "--project", project, "--json")) == out["list"]
+    assert [json.loads(x) for x in cli("logs", job["job_id"], "--json").splitlines()] == out["logs"]
 
     # Where librdkafka would put it, and libsbx's fingerprint: `sbx enqueue`
     # of the tricky job (same project as ours for the partition) records its

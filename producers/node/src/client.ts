@@ -56,10 +56,11 @@ export interface Enqueued {
 
 export interface ListFilter {
   project?: string;
-  status?: Run["status"];
+  /** A status, or "active" (not terminal) / "finished" (terminal), as `sbx list --status`. */
+  status?: Run["status"] | "active" | "finished";
   /** Runs created at or after this time. */
   since?: Date | string;
-  /** At most this many, newest first; default 100. */
+  /** At most this many, newest first; default 50 (`sbx list`'s). */
   limit?: number;
 }
 
@@ -171,7 +172,7 @@ export class SbxClient {
   /** Runs, newest first. */
   async list(filter: ListFilter = {}): Promise<Run[]> {
     const since = filter.since instanceof Date ? filter.since.toISOString() : filter.since ?? null;
-    const r = await this.#db().query(SQL.LIST, [filter.project ?? null, filter.status ?? null, since, filter.limit ?? 100]);
+    const r = await this.#db().query(SQL.LIST, [filter.project ?? null, filter.status ?? null, since, filter.limit ?? 50]);
     return r.rows.map((x) => x.run as Run);
   }
 

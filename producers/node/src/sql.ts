@@ -1,8 +1,11 @@
 /* sql.ts — the statements that read runs and log chunks as run.v1 and
  * log.v1 (schemas/), built in PostgreSQL so every member has the contract's
  * type and every timestamp the contract's form: RFC 3339 in UTC with a Z and
- * microseconds. producers/python/src/sbx_client/_sql.py holds the same text;
- * the clients' tests validate what both return against the schemas. */
+ * microseconds. The objects are the CLI's, member for member
+ * (producers/cli/cli.h, SBX_CLI_RUN_V1: v1's members, then the extra ones
+ * `sbx status --json` printed before v1); tests/e2e/test_clients.py compares
+ * them with `sbx status/list/logs --json`. producers/python/src/sbx_client/
+ * _sql.py holds the same text. */
 
 const ts = (col: string) => `to_char(${col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
 
@@ -14,18 +17,25 @@ export const runObject = (history: string) => `jsonb_build_object(
   'log_tail', r.log_tail, 'cancel_requested', r.cancel_requested,
   'created_at', ${ts("r.created_at")}, 'updated_at', ${ts("r.updated_at")},
   'started_at', ${ts("r.started_at")}, 'finished_at', ${ts("r.finished_at")})
+  || jsonb_build_object('worker_id', r.worker_id, 'lease_token', r.lease_token,
+       'kafka_partition', r.kafka_partition, 'kafka_offset', r.kafka_offset,
+       'payload_sha256', r.payload_sha256)
   || CASE WHEN ${history} THEN jsonb_build_object('events', (
        SELECT coalesce(jsonb_agg(jsonb_build_object('from_status', e.from_status,
-                'to_status', e.to_status, 'at', ${ts("e.at")}, 'detail', e.detail) ORDER BY e.id), '[]'::jsonb)
+                'to_status', e.to_status, 'at', ${ts("e.at")}, 'detail', e.detail,
+                'worker_id', e.worker_id, 'lease_token', e.lease_token) ORDER BY e.id), '[]'::jsonb)
          FROM sbx.run_events e WHERE e.job_id = r.job_id)) ELSE '{}'::jsonb END`;
 
 export const STATUS = `SELECT ${runObject("$2::boolean")} AS run FROM sbx.runs r WHERE r.job_id = $1`;
 
-/** Newest first; each filter is NULL when not given. */
+/** Newest first, as `sbx list`; each filter is NULL when not given; status
+ * 'active' / 'finished' mean not terminal / terminal. */
 export const LIST = `SELECT ${runObject("false")} AS run FROM sbx.runs r
-  WHERE ($1::text IS NULL OR r.project_id = $1) AND ($2::text IS NULL OR r.status = $2)
+  WHERE ($1::text IS NULL OR r.project_id = $1)
+    AND ($2::text IS NULL OR r.status = $2 OR ($2 = 'active' AND NOT sbx.is_terminal(r.status))
+         OR ($2 = 'finished' AND sbx.is_terminal(r.status)))
     AND ($3::timestamptz IS NULL OR r.created_at >= $3)
-  ORDER BY r.created_at DESC, r.job_id DESC LIMIT $4`;
+  ORDER BY r.created_at DESC, r.job_id LIMIT $4`;
 
 /** Chunks after (attempt, seq) = ($2, $3), in order, at most $4 of them. */
 export const LOGS_AFTER = `SELECT jsonb_build_object('v', 1, 'job_id', l.job_id, 'attempt', l.attempt,

@@ -25,7 +25,7 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
@@ -164,9 +164,11 @@ class Client:
         rows = self._query(_sql.STATUS, {"job": job_id, "history": history})
         return rows[0][0] if rows else None
 
-    def list(self, project: Optional[str] = None, status: Optional[Status] = None,
-             since: Union[datetime, str, None] = None, limit: int = 100) -> List[Run]:
-        """Runs, newest first."""
+    def list(self, project: Optional[str] = None,
+             status: Union[Status, Literal["active", "finished"], None] = None,
+             since: Union[datetime, str, None] = None, limit: int = 50) -> List[Run]:
+        """Runs, newest first, as `sbx list`: status may also be "active" (not
+        terminal) or "finished" (terminal); limit defaults to sbx list's 50."""
         rows = self._query(_sql.LIST, {"project": project, "status": status,
                                        "since": since, "limit": limit})
         return [r[0] for r in rows]
