@@ -9,7 +9,8 @@ watch() must yield its status changes in order, ending with the terminal one,
 and its log chunks as they are stored: the build echoes, sleeps a second and
 echoes again, so the first line arrives well before the run ends. logs(follow)
 running beside it must see the same chunks, and watching the finished run
-again must give its chunks, its terminal status, and stop. Every object
+again must give its chunks, its terminal status, and stop (resumed past a
+chunk: the rest). Every object
 the client returned was validated by the driver against schemas/run.v1 and
 log.v1, and must equal what `sbx status/list/logs --json` print. The client
 must publish where librdkafka would (the same partition
@@ -136,3 +137,4 @@ def test_client_job_succeeds_and_its_log_streams(client, services, pg, run_sbx, 
     assert out["logs"] == [c["value"] for c in chunks]
     assert out["followed"] == out["logs"], "logs(follow) saw what logs() reads afterwards"
     assert out["rewatch"] == out["logs"] + [runs[-1]["value"]], out["rewatch"]
+    assert out["resumed"] == out["rewatch"][1:], "watch(after=) resumes past that chunk"

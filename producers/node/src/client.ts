@@ -74,6 +74,9 @@ export interface CancelResult {
 export interface WatchOptions {
   /** Ends the iteration (the iterator returns) when aborted. */
   signal?: AbortSignal;
+  /** Resume: only chunks after this [attempt, seq] (the last one a reader
+   * kept before its connection broke); default from the start. */
+  after?: [number, number];
 }
 
 /** What watch() yields: a run.v1 when its status changed, a log.v1 chunk as it is stored. */
@@ -189,7 +192,7 @@ export class SbxClient {
       for await (const e of this.watch(jobId, options)) if (isLogChunk(e)) yield e;
       return;
     }
-    let cur: [number, number] = [0, -1];
+    let cur: [number, number] = options.after ?? [0, -1];
     for (;;) {
       const page = await this.#chunks(this.#db(), jobId, cur);
       for (const c of page) yield c;
@@ -227,7 +230,7 @@ export class SbxClient {
       await conn.query("LISTEN sbx_runs");
       await conn.query("LISTEN sbx_logs");
       let lastStatus: string | undefined;
-      let cur: [number, number] = [0, -1];
+      let cur: [number, number] = options.after ?? [0, -1];
       const drain = async function* (self: SbxClient): AsyncGenerator<LogChunk> {
         for (;;) {
           const page = await self.#chunks(conn, jobId, cur);

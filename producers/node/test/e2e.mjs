@@ -50,6 +50,10 @@ try {
   // Watching a finished run: its chunks, then its terminal status, and the end.
   out.rewatch = [];
   for await (const e of sbx.watch(job.job_id, { signal })) out.rewatch.push(e);
+  // ... resumed after its first chunk.
+  out.resumed = [];
+  const c0 = out.rewatch[0];
+  for await (const e of sbx.watch(job.job_id, { signal, after: [c0.attempt, c0.seq] })) out.resumed.push(e);
   out.status = valid("run", await sbx.status(job.job_id, { history: true }), "status --history");
   out.list = (await sbx.list({ project: job.project_id })).map((r) => valid("run", r, "list"));
   out.logs = [];

@@ -56,6 +56,9 @@ def main():
         out["followed"] = followed
         # Watching a finished run: its chunks, then its terminal status, and the end.
         out["rewatch"] = list(sbx.watch(job["job_id"], timeout=10))
+        # ... resumed after its first chunk.
+        c0 = out["rewatch"][0]
+        out["resumed"] = list(sbx.watch(job["job_id"], timeout=10, after=(c0["attempt"], c0["seq"])))
         out["status"] = valid("run", sbx.status(job["job_id"], history=True), "status --history")
         out["list"] = [valid("run", r, "list") for r in sbx.list(project=job["project_id"])]
         out["logs"] = [valid("log", c, "logs") for c in sbx.logs(job["job_id"])]

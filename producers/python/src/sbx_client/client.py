@@ -178,16 +178,16 @@ class Client:
         status, outcome = self._query(_sql.CANCEL, {"job": job_id})[0]
         return {"status": status, "outcome": outcome}
 
-    def logs(self, job_id: str, follow: bool = False,
-             timeout: Optional[float] = None) -> Iterator[LogChunk]:
+    def logs(self, job_id: str, follow: bool = False, timeout: Optional[float] = None,
+             after: Tuple[int, int] = (0, -1)) -> Iterator[LogChunk]:
         """The run's log chunks (log.v1) in order; with follow, also those
-        written from now on, until the run is terminal and its log drained."""
+        written from now on, until the run is terminal and its log drained.
+        after: resume past this (attempt, seq)."""
         if follow:
-            for e in self.watch(job_id, timeout=timeout):
+            for e in self.watch(job_id, timeout=timeout, after=after):
                 if is_log_chunk(e):
                     yield e  # type: ignore[misc]
             return
-        after = (0, -1)
         while True:
             page = self._chunks(None, job_id, after)
             yield from page
@@ -204,17 +204,19 @@ class Client:
             rows = conn.execute(_sql.LOGS_AFTER, params).fetchall()
         return [r[0] for r in rows]
 
-    def watch(self, job_id: str, timeout: Optional[float] = None) -> Iterator[WatchEvent]:
+    def watch(self, job_id: str, timeout: Optional[float] = None,
+              after: Tuple[int, int] = (0, -1)) -> Iterator[WatchEvent]:
         """Each status change of the run (run.v1) and each log chunk
         (log.v1), in order, starting with the run as it is now (once it
         exists); ends after the terminal status, which follows the run's last
-        chunk. timeout: give up (TimeoutError) after so many seconds."""
+        chunk. timeout: give up (TimeoutError) after so many seconds. after:
+        resume past this (attempt, seq), the last chunk a reader kept before
+        its connection broke (a broken connection raises psycopg.Error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._connect() as conn:
             conn.execute("LISTEN sbx_runs")
             conn.execute("LISTEN sbx_logs")
             last_status: Optional[str] = None
-            after: Tuple[int, int] = (0, -1)
 
             def drain() -> Iterator[LogChunk]:
                 nonlocal after
