@@ -56,6 +56,7 @@ $(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
 include producers/producers.mk
+include producers/clients.mk
 include common/common.mk
 include worker/worker.mk
 include agent/agent.mk

@@ -121,6 +121,9 @@ print(sys.prefix, *[m for m in ("pytest", "psycopg", "selenium", "jsonschema") i
             elif [ "$mod" = selenium ]; then pip_missing="$pip_missing selenium==4.8.3"
             else pip_missing="$pip_missing $mod"; fi
         done
+        # The Python client's tests install into a venv (producers/clients.mk);
+        # Debian splits venv's ensurepip into python3-venv.
+        [ "$prefix" = /usr ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1 && need python3-venv
     fi
 fi
 
