@@ -137,10 +137,17 @@ static void put(sbx_runlog *l, int stream, const char *s, size_t n, size_t raw)
         l->open = 0;
         c = NULL;
     }
-    if (!c)
+    if (!c) {
         c = chunk_open(l, stream);
-    else if (c->len + n > RUNLOG_CHUNK_MAX)
+    } else if (c->len + n > RUNLOG_CHUNK_MAX) {
         c = chunk_split(l);
+        /* What followed the last newline may itself nearly fill a chunk:
+         * a line longer than a chunk is cut at a character. */
+        if (c && c->len + n > RUNLOG_CHUNK_MAX) {
+            l->open = 0;
+            c = chunk_open(l, stream);
+        }
+    }
     if (!c) {
         /* Out of memory: this character is lost, counted as dropped. */
         l->open = 0;

@@ -33,6 +33,14 @@ static sbx_conformance_make g_make;
 static sbx_conformance_opts g_opts;
 static int64_t g_token = 1000;
 
+/* What a run's output sink kept of a stream: the first OUT_KEEP bytes and
+ * the count of all (t_big_output's 10.9 MB are counted, not kept). */
+#define OUT_KEEP 4096
+typedef struct cout {
+    char head[OUT_KEEP + 1];
+    size_t n;
+} cout;
+
 /* One run as the callback saw it. */
 typedef struct crun {
     sbx_run *run;
@@ -40,6 +48,9 @@ typedef struct crun {
     int order_bad;            /* FINISHED before STARTED, or anything after FINISHED */
     uint64_t t_start_us, t_started_us, t_finished_us;
     sbx_result res;
+    cout out[3];              /* by sbx_stream: [1] stdout, [2] stderr */
+    uint64_t t_first_out_us;
+    int out_bad;              /* output after FINISHED, or an unknown stream */
 } crun;
 
 typedef struct cenv {
@@ -66,6 +77,26 @@ static void on_event(void *arg, sbx_run_event ev, const sbx_result *res)
     c->finished++;
     c->t_finished_us = sbx_now_us();
     c->res = *res;
+}
+
+/* The output sink of every run started here (provider.h's rules). */
+static void on_output(void *arg, sbx_stream stream, const char *data, size_t len)
+{
+    crun *c = arg;
+    cout *o;
+    if (c->finished || (stream != SBX_STREAM_STDOUT && stream != SBX_STREAM_STDERR) || len == 0) {
+        c->out_bad = 1;
+        return;
+    }
+    if (!c->t_first_out_us)
+        c->t_first_out_us = sbx_now_us();
+    o = &c->out[stream];
+    if (o->n < OUT_KEEP) {
+        size_t k = len < OUT_KEEP - o->n ? len : OUT_KEEP - o->n;
+        memcpy(o->head + o->n, data, k);
+        o->head[o->n + k] = '\0';
+    }
+    o->n += len;
 }
 
 void sbx_conformance_marker(char out[64], int k)
@@ -127,6 +158,8 @@ static int start_on(cenv *e, size_t slot, const sbx_job *job, crun *c, char *err
     req.slot = e->slots[slot];
     req.token = g_token++;
     req.attempt = 1;
+    req.output = on_output;
+    req.output_arg = c;
     c->t_start_us = sbx_now_us();
     return e->p->ops->start(e->p, &req, on_event, c, &c->run, err, errlen);
 }
@@ -393,7 +426,40 @@ static void t_big_output(void **state)
     assert_int_equal(c.res.log_tail_len, SBX_LOG_TAIL_MAX);
     assert_int_equal(c.res.log_tail[SBX_LOG_TAIL_MAX], '\0');
     assert_memory_equal(c.res.log_tail, want + len - SBX_LOG_TAIL_MAX, SBX_LOG_TAIL_MAX);
+    /* The sink got every byte once, in order (its head is the start). */
+    assert_false(c.out_bad);
+    assert_int_equal(c.out[SBX_STREAM_STDOUT].n + c.out[SBX_STREAM_STDERR].n, len);
+    assert_memory_equal(c.out[SBX_STREAM_STDOUT].head, want, OUT_KEEP);
     free(want);
+}
+
+/* The output sink: stdout and stderr apart (or, unless opts.output_apart,
+ * both as stdout), in order, nothing after FINISHED; live unless the provider only
+ * learns the output at the end: the first line arrives while the build
+ * still sleeps. */
+static void t_live_output(void **state)
+{
+    cenv *e = *state;
+    sbx_job job;
+    crun c;
+    char err[256] = "";
+
+    job_init(&job, "echo live-out-1; echo live-err-1 >&2; sleep 2; echo live-out-2", 60);
+    assert_int_equal(start_on(e, 0, &job, &c, err, sizeof(err)), 0);
+    assert_true(wait_one(e, &c, ms(30000)));
+    assert_once_in_order(&c);
+    assert_int_equal(c.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    spin(e, 200);
+    assert_false(c.out_bad);
+    if (!g_opts.output_apart && c.out[SBX_STREAM_STDERR].n == 0) {
+        /* One stream (vmpool's agent keeps one log file). */
+        assert_string_equal(c.out[SBX_STREAM_STDOUT].head, "live-out-1\nlive-err-1\nlive-out-2\n");
+    } else {
+        assert_string_equal(c.out[SBX_STREAM_STDOUT].head, "live-out-1\nlive-out-2\n");
+        assert_string_equal(c.out[SBX_STREAM_STDERR].head, "live-err-1\n");
+    }
+    if (!g_opts.output_at_end)
+        assert_true(c.t_first_out_us + 1000000 < c.t_finished_us);
 }
 
 static void t_busy_slot(void **state)
@@ -553,6 +619,7 @@ int sbx_conformance_run(const char *name, sbx_conformance_make make,
         cmocka_unit_test_setup_teardown(t_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(t_cancel_before_started, setup, teardown),
         cmocka_unit_test_setup_teardown(t_big_output, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_live_output, setup, teardown),
         cmocka_unit_test_setup_teardown(t_busy_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(t_concurrency, setup, teardown),
         cmocka_unit_test_setup_teardown(t_destroy_running, setup, teardown),

@@ -24,6 +24,9 @@ typedef struct sbx_conformance_opts {
     int concurrency;     /* builds at once in the concurrency scenario; 0 = all slots, at most 8 */
     int time_scale;      /* multiply deadlines for slow providers or sanitizers; 0 = 1 */
     const char *image;   /* job->image for providers that need one; may be NULL */
+    int output_apart;    /* the sink must get stdout and stderr apart; else one
+                            stream (all stdout, in order) is accepted too */
+    int output_at_end;   /* the sink gets the output only when the build ended */
 } sbx_conformance_opts;
 
 /* Runs the scenarios as one cmocka group called name (cmocka's summary is

@@ -1022,6 +1022,7 @@ int main(void)
     memset(&opts, 0, sizeof(opts));
     opts.host_procs = 1;
     opts.time_scale = scale ? atoi(scale) : 1;
+    opts.output_apart = 1; /* two pipes */
     failed = sbx_conformance_run("local conformance", make_default, &opts);
     failed += cmocka_run_group_tests_name("local", tests, NULL, NULL);
     sbx_sandbox_remove_tree(g_work_dir);

@@ -326,6 +326,28 @@ static void test_chunk_cuts(void **state)
     assert_int_equal(strlen(all), RUNLOG_CHUNK_MAX * 2);
     free(all);
     teardown(&f);
+
+    /* A newline, then a line that nearly fills the chunk, then a 3-byte
+     * character: what follows the newline is too long for it even after
+     * the cut there, so the line itself is cut. */
+    setup_with(&f, 1 << 20);
+    out(&f, SBX_STREAM_STDOUT, "first\n", 6); /* out and unanswered: the rest waits */
+    {
+        char *big = malloc(RUNLOG_CHUNK_MAX);
+        memset(big, 'y', RUNLOG_CHUNK_MAX);
+        out(&f, SBX_STREAM_STDOUT, "\n", 1);
+        out(&f, SBX_STREAM_STDOUT, big, RUNLOG_CHUNK_MAX - 2);
+        out(&f, SBX_STREAM_STDOUT, "\xE2\x82\xAC", 3);
+        free(big);
+    }
+    all = end_all(&f);
+    assert_string_equal(f.r->data[0], "first\n");
+    assert_string_equal(f.r->data[1], "\n");
+    for (int i = 0; i < f.r->nch; i++)
+        assert_true(strlen(f.r->data[i]) <= RUNLOG_CHUNK_MAX);
+    assert_int_equal(strlen(all), 6 + RUNLOG_CHUNK_MAX - 1 + 3);
+    free(all);
+    teardown(&f);
 }
 
 /* The cap: text up to max_bytes (never half a character), the rest counted,
