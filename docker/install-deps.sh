@@ -67,14 +67,14 @@ if [ "$mode" = all ]; then
     have ip || [ -x /usr/sbin/ip ] || [ -x /bin/ip ] || need iproute2
     have podman || need podman
     # Docker Engine itself, the docker provider's second engine in the tests
-    # (tests/services/dockerd/dockerd-service.sh starts a private one).
+    # (tests/services/dockerd/dockerd-service.sh starts a private one; so
+    # does tests/services/remote-docker/, with TLS). It lives in /usr/sbin,
+    # which a non-root PATH may lack.
     have dockerd || [ -x /usr/sbin/dockerd ] || need docker.io
     have runc || need runc
     have newuidmap || need uidmap
-    # Remote docker hosts (tests/services/remote-docker/): a private dockerd
-    # with TLS, an sshd to tunnel through, and the worker's ssh client.
-    # sshd and dockerd live in /usr/sbin, which a non-root PATH may lack.
-    have dockerd || [ -x /usr/sbin/dockerd ] || need docker.io
+    # Remote docker hosts (tests/services/remote-docker/): an sshd to tunnel
+    # through (in /usr/sbin too), and the worker's ssh client.
     have sshd || [ -x /usr/sbin/sshd ] || need openssh-server
     have ssh || need openssh-client
     # The images and the compose stack (docker/images.mk, tests/e2e/test_images.py):
