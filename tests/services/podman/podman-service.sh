@@ -80,23 +80,7 @@ trap 'exit 143' INT TERM
 # ---- the test image: /bin/sh and a few tools with the libraries they load ----
 t=$(ms)
 ROOTFS=$WORK/rootfs
-mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp"
-chmod 1777 "$ROOTFS/tmp"
-# The files themselves, not shell builtins: argv jobs exec "echo" directly.
-for tool in sh echo printf true false cat cp sleep id ls head tail yes dd wc tr seq mkdir touch env; do
-    path=
-    for dir in /usr/bin /bin; do
-        if [ -x "$dir/$tool" ]; then path=$dir/$tool; break; fi
-    done
-    [ -n "$path" ] || continue
-    cp -L "$path" "$ROOTFS/bin/$tool"
-    for lib in $(ldd "$path" 2>/dev/null | grep -o '/[^ ]*'); do
-        mkdir -p "$ROOTFS$(dirname "$lib")"
-        [ -e "$ROOTFS$lib" ] || cp -L "$lib" "$ROOTFS$lib"
-    done
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ROOTFS/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
+sh "$HERE/../test-rootfs.sh" "$ROOTFS"
 import_image() {
     tar -C "$ROOTFS" -cf - . | pm import --change 'CMD ["/bin/sh"]' - "$IMAGE" >/dev/null 2>"$WORK/import.log"
 }

@@ -28,6 +28,8 @@
 # (openssh-server, openssh-client), openssl, curl, ldd.
 set -eu
 
+HERE=$(cd "$(dirname "$0")" && pwd)
+
 while [ $# -gt 0 ]; do
     case $1 in
     --) shift; break ;;
@@ -132,22 +134,7 @@ phase "dockerd answering on $SOCK and tcp://127.0.0.1:$TLS_PORT (TLS)" "$t"
 t=$(ms)
 IMAGE=sbx-test:latest
 ROOTFS=$WORK/rootfs
-mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp" "$ROOTFS/workspace"
-chmod 1777 "$ROOTFS/tmp"
-for tool in sh echo printf true false cat sleep id ls head tail env; do
-    path=
-    for dir in /usr/bin /bin; do
-        if [ -x "$dir/$tool" ]; then path=$dir/$tool; break; fi
-    done
-    [ -n "$path" ] || continue
-    cp -L "$path" "$ROOTFS/bin/$tool"
-    for lib in $(ldd "$path" 2>/dev/null | grep -o '/[^ ]*'); do
-        mkdir -p "$ROOTFS$(dirname "$lib")"
-        [ -e "$ROOTFS$lib" ] || cp -L "$lib" "$ROOTFS$lib"
-    done
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ROOTFS/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
+sh "$HERE/../test-rootfs.sh" "$ROOTFS"
 # The engine API's import (POST /images/create?fromSrc=-), so no docker CLI
 # is needed beside dockerd.
 tar -C "$ROOTFS" -cf - . | curl -sf --max-time 60 --unix-socket "$SOCK" -X POST \
