@@ -129,6 +129,10 @@ int sbx__cmd_dlq(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_topics(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_serve(int argc, char **argv, struct sbx__cli_config *cfg);
 
+/* A dead letter id as sbx.dead_letters numbers them: decimal digits, at
+ * most 18 (a bigint). */
+bool sbx__dlq_id_ok(const char *s);
+
 /* The two actions `sbx serve` shares with the CLI, so the console does what
  * `sbx dlq replay` and `sbx cancel` do and says what they say: what people
  * read goes to out (the result) or err (why not); an exit code as the

@@ -47,8 +47,7 @@ static const char *val(const PGresult *r, int row, const char *col)
 static const char *or_dash(const char *s) { return s && *s ? s : "-"; }
 
 
-/* A dead letter id: a positive decimal number. */
-static bool id_ok(const char *s)
+bool sbx__dlq_id_ok(const char *s)
 {
     if (!*s || strlen(s) > 18)
         return false;
@@ -190,7 +189,7 @@ static int cmd_show(int argc, char **argv, struct sbx__cli_config *cfg)
     if (rc != SBX_EXIT_OK)
         return rc < 0 ? SBX_EXIT_OK : rc;
     rc = SBX_EXIT_USAGE;
-    if (argc - optind != 1 || !id_ok(argv[optind])) {
+    if (argc - optind != 1 || !sbx__dlq_id_ok(argv[optind])) {
         fprintf(stderr, "sbx dlq show: give one dead letter id (a number from `sbx dlq list`)\n");
         return SBX_EXIT_USAGE;
     }
@@ -436,7 +435,7 @@ static int cmd_replay(int argc, char **argv, struct sbx__cli_config *cfg)
         return SBX_EXIT_USAGE;
     }
     for (int i = optind; i < argc; i++) {
-        if (!id_ok(argv[i])) {
+        if (!sbx__dlq_id_ok(argv[i])) {
             fprintf(stderr, "sbx dlq replay: \"%s\" is not a dead letter id\n", argv[i]);
             return SBX_EXIT_USAGE;
         }

@@ -30,7 +30,6 @@
 #include "console.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
@@ -85,16 +84,6 @@ void sbx__answer_error(struct sbx__answer *a, unsigned status, const char *msg)
     a->len = a->body ? strlen(a->body) : 0;
     a->type = "application/json";
     json_object_put(o);
-}
-
-static bool digits(const char *s)
-{
-    if (!*s || strlen(s) > 18)
-        return false;
-    for (; *s; s++)
-        if (!isdigit((unsigned char)*s))
-            return false;
-    return true;
 }
 
 static bool token_ok(const struct sbx__console *con, const char *given)
@@ -295,7 +284,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 #undef ARG
     if (post) {
         if (path_id(url, "/api/dead-letters/", id, sizeof id, &rest) &&
-            strcmp(rest, "/replay") == 0 && digits(id))
+            strcmp(rest, "/replay") == 0 && sbx__dlq_id_ok(id))
             action(con, c, true, id, &a);
         else if (path_id(url, "/api/runs/", id, sizeof id, &rest) &&
                  strcmp(rest, "/cancel") == 0 && sbx_id_valid(id))

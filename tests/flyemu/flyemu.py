@@ -720,23 +720,28 @@ class Emulator:
         self.event(m, "update" if how == "replaced" else "migrate", how, "flyd")
         m.dead_versions[m.instance_id] = how
         m.gen += 1
-        if m.proc is not None:
-            proc = m.proc
-            m.proc = None
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if m.init_pid:
-                try:
-                    os.kill(m.init_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            m.init_pid = None
+        self.kill_build(m)
         m.instance_id = ulid()
         m.restart_count = 0
         self.set_state(m, "replacing" if how == "replaced" else "stopped")
         self.launch(m, "flyd")
+
+    def kill_build(self, m):
+        """The machine's build and its init die at once (SIGKILL)."""
+        if m.proc is None:
+            return
+        proc = m.proc
+        m.proc = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if m.init_pid:
+            try:
+                os.kill(m.init_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        m.init_pid = None
 
     def delayed_destroyed(self, m):
         with self.cv:
@@ -751,19 +756,7 @@ class Emulator:
     def fail(self, m):
         """Fault injection: the machine crashes into `failed`."""
         m.gen += 1
-        if m.proc is not None:
-            proc = m.proc
-            m.proc = None
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if m.init_pid:
-                try:
-                    os.kill(m.init_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            m.init_pid = None
+        self.kill_build(m)
         self.event(m, "exit", "failed", "flyd", {"exit_event": {"exited_at": iso(), "exit_code": 1}})
         self.set_state(m, "failed")
 
