@@ -22,34 +22,6 @@ enum {
 #define SBX_CLI_STR_(x) #x
 #define SBX_CLI_STR(x) SBX_CLI_STR_(x)
 
-/* RFC 3339 UTC text of a timestamptz column (run.v1, log.v1): microseconds
- * and a Z, the same for every reader. */
-#define SBX_CLI_TS(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-
-/* One row of sbx.runs r as schemas/run.v1.schema.json (jsonb): the members
- * every reader gets, then the ones `sbx status --json` printed before v1
- * (worker_id, lease_token, kafka_partition, kafka_offset, payload_sha256),
- * which v1 allows as extra members. */
-#define SBX_CLI_RUN_V1 \
-    "jsonb_build_object('v', 1, 'job_id', r.job_id, 'project_id', r.project_id," \
-    " 'status', r.status, 'attempt', r.attempt, 'provider', r.provider, 'slot', r.slot," \
-    " 'instance', r.instance, 'exit_code', r.exit_code, 'error', r.error," \
-    " 'preview_url', r.preview_url, 'log_tail', r.log_tail," \
-    " 'cancel_requested', r.cancel_requested," \
-    " 'created_at', " SBX_CLI_TS("r.created_at") ", 'updated_at', " SBX_CLI_TS("r.updated_at") "," \
-    " 'started_at', " SBX_CLI_TS("r.started_at") ", 'finished_at', " SBX_CLI_TS("r.finished_at") ")" \
-    " || jsonb_build_object('worker_id', r.worker_id, 'lease_token', r.lease_token," \
-    " 'kafka_partition', r.kafka_partition, 'kafka_offset', r.kafka_offset," \
-    " 'payload_sha256', r.payload_sha256)"
-
-/* The same with its history as "events" (oldest first). */
-#define SBX_CLI_RUN_V1_EVENTS \
-    SBX_CLI_RUN_V1 " || jsonb_build_object('events', (SELECT coalesce(jsonb_agg(" \
-    "jsonb_build_object('from_status', e.from_status, 'to_status', e.to_status," \
-    " 'at', " SBX_CLI_TS("e.at") ", 'detail', e.detail, 'worker_id', e.worker_id," \
-    " 'lease_token', e.lease_token) ORDER BY e.id), '[]'::jsonb)" \
-    " FROM sbx.run_events e WHERE e.job_id = r.job_id))"
-
 /* Whether a run status is terminal (succeeded, failed, timed_out, canceled,
  * dead_lettered). */
 bool sbx__cli_terminal(const char *status);

@@ -68,23 +68,10 @@ void sbx__console_lag(struct sbx__console *con, struct sbx__answer *a);
 /* A PostgreSQL connection to url for one request; NULL with *a set. */
 PGconn *sbx__console_pg(const char *url, struct sbx__answer *a);
 
-/* The SQL of one run.v1 object (schemas/run.v1.schema.json) from sbx.runs
- * aliased r, without "events"; of one log.v1 from sbx.run_logs aliased l.
- * Macros, so queries are string literals put together at compile time. */
+/* RFC 3339 UTC text of a timestamptz column, as run.v1 and log.v1 write it
+ * (their objects come from sbx.run_v1() and sbx.log_v1(),
+ * migrations/0008_json_shapes.sql): for the dead letters' times. */
 #define SBX_CONSOLE_TS(c) "to_char(" c " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-#define SBX_RUN_V1_SQL                                                                       \
-    "jsonb_build_object('v', 1, 'job_id', r.job_id, 'project_id', r.project_id,"            \
-    " 'status', r.status, 'attempt', r.attempt, 'provider', r.provider, 'slot', r.slot,"     \
-    " 'instance', r.instance, 'exit_code', r.exit_code, 'error', r.error,"                    \
-    " 'preview_url', r.preview_url, 'log_tail', r.log_tail,"                                  \
-    " 'cancel_requested', r.cancel_requested,"                                                \
-    " 'created_at', " SBX_CONSOLE_TS("r.created_at") ","                                      \
-    " 'updated_at', " SBX_CONSOLE_TS("r.updated_at") ","                                      \
-    " 'started_at', " SBX_CONSOLE_TS("r.started_at") ","                                      \
-    " 'finished_at', " SBX_CONSOLE_TS("r.finished_at") ")"
-#define SBX_LOG_V1_SQL                                                                       \
-    "jsonb_build_object('v', 1, 'job_id', l.job_id, 'attempt', l.attempt, 'seq', l.seq,"     \
-    " 'stream', l.stream, 'data', l.data, 'at', " SBX_CONSOLE_TS("l.at") ")"
 
 /* console_feed.c: the Server-Sent Events stream of /api/feed. Returns a
  * libmicrohttpd response (NULL with *a set when it cannot start). */

@@ -2,9 +2,11 @@
  * their logs (run.v1 and log.v1, schemas/), dead letters, slots and agents
  * per pool from Redis, and the consumer lag per partition from Kafka.
  *
- * PostgreSQL builds the JSON itself (jsonb_build_object, jsonb_agg), so a
- * row reaches the page in the shape of the schema with no C copy of each
- * field, and one query answers one request. Redis is read with the key
+ * PostgreSQL builds the JSON itself (jsonb_build_object, jsonb_agg; runs
+ * and chunks through sbx.run_v1() and sbx.log_v1(), the one definition of
+ * those shapes, migrations/0008_json_shapes.sql), so a row reaches the page
+ * in the shape of the schema with no C copy of each field, and one query
+ * answers one request. Redis is read with the key
  * layout of common/rkeys.h, the worker's and agent's contract, through a
  * plain blocking hiredis connection per request (the handler has its own
  * thread). Every list is capped (LIMIT_MAX, SLOTS_MAX, AGENTS_MAX) so a
@@ -117,7 +119,7 @@ void sbx__console_runs(struct sbx__console *con, const struct sbx__query *q, str
 {
     static const char sql[] =
         "SELECT coalesce(jsonb_agg(x.j ORDER BY x.created_at DESC, x.job_id), '[]')::text FROM ("
-        "SELECT " SBX_RUN_V1_SQL " AS j, r.created_at, r.job_id FROM sbx.runs r"
+        "SELECT sbx.run_v1(r) AS j, r.created_at, r.job_id FROM sbx.runs r"
         " WHERE ($1::text IS NULL OR r.project_id = $1)"
         "   AND ($2::text IS NULL OR r.status = $2)"
         "   AND ($3::bigint IS NULL OR r.created_at >= now() - make_interval(secs => $3::bigint))"
@@ -146,11 +148,7 @@ void sbx__console_runs(struct sbx__console *con, const struct sbx__query *q, str
 void sbx__console_run(struct sbx__console *con, const char *id, struct sbx__answer *a)
 {
     static const char sql[] =
-        "SELECT (" SBX_RUN_V1_SQL " || jsonb_build_object('events', (SELECT coalesce(jsonb_agg("
-        "  jsonb_build_object('from_status', e.from_status, 'to_status', e.to_status,"
-        "  'at', " SBX_CONSOLE_TS("e.at") ", 'detail', e.detail) ORDER BY e.id), '[]'::jsonb)"
-        "  FROM sbx.run_events e WHERE e.job_id = r.job_id)))::text"
-        " FROM sbx.runs r WHERE r.job_id = $1";
+        "SELECT sbx.run_v1_events(r)::text FROM sbx.runs r WHERE r.job_id = $1";
     const char *params[1] = { id };
 
     pg_json(con->reader_url, sql, 1, params, "no such job", a);
@@ -162,7 +160,7 @@ void sbx__console_logs(struct sbx__console *con, const char *id, const struct sb
     /* The readers' order (migrations/0006_run_logs.sql): (attempt, seq). */
     static const char sql[] =
         "SELECT coalesce(jsonb_agg(x.j ORDER BY x.attempt, x.seq), '[]')::text FROM ("
-        "SELECT " SBX_LOG_V1_SQL " AS j, l.attempt, l.seq FROM sbx.run_logs l"
+        "SELECT sbx.log_v1(l) AS j, l.attempt, l.seq FROM sbx.run_logs l"
         " WHERE l.job_id = $1 AND (l.attempt, l.seq) > ($2::integer, $3::integer)"
         " ORDER BY l.attempt, l.seq LIMIT $4::integer) x";
     long long attempt = 0, after = -1, limit = LOG_LIMIT_DEFAULT;

@@ -68,7 +68,7 @@ static long long now_ms(void)
 static bool send_runs(struct feed *f, FILE *m)
 {
     static const char sql[] =
-        "SELECT (" SBX_RUN_V1_SQL ")::text FROM sbx.runs r WHERE r.job_id = ANY($1::text[])"
+        "SELECT sbx.run_v1(r)::text FROM sbx.runs r WHERE r.job_id = ANY($1::text[])"
         " ORDER BY r.updated_at";
     const char *params[1] = { f->ids };
     PGresult *r;
@@ -109,7 +109,7 @@ static bool send_logs(struct feed *f, FILE *m)
         "SELECT jsonb_agg(x.j ORDER BY x.attempt, x.seq)::text,"
         "       (array_agg(x.attempt ORDER BY x.attempt DESC, x.seq DESC))[1],"
         "       (array_agg(x.seq ORDER BY x.attempt DESC, x.seq DESC))[1], count(*) FROM ("
-        "SELECT " SBX_LOG_V1_SQL " AS j, l.attempt, l.seq FROM sbx.run_logs l"
+        "SELECT sbx.log_v1(l) AS j, l.attempt, l.seq FROM sbx.run_logs l"
         " WHERE l.job_id = $1 AND (l.attempt, l.seq) > ($2::integer, $3::integer)"
         " ORDER BY l.attempt, l.seq LIMIT $4::integer) x";
     char a_s[24], s_s[24], lim_s[24];

@@ -103,7 +103,7 @@ int sbx__cmd_list(int argc, char **argv, struct sbx__cli_config *cfg)
         " ORDER BY r.created_at DESC, r.job_id LIMIT $5::integer";
     static const char sql_json[] =
         "SELECT coalesce(jsonb_agg(x.run ORDER BY x.created_at DESC, x.job_id), '[]'::jsonb)"
-        "  FROM (SELECT " SBX_CLI_RUN_V1 " AS run, r.created_at, r.job_id";
+        "  FROM (SELECT sbx.run_v1(r) AS run, r.created_at, r.job_id";
     static const char sql_text[] =
         "SELECT r.job_id, r.project_id, r.status, r.attempt, r.exit_code,"
         "       floor(extract(epoch FROM now() - r.created_at))::bigint AS age";

@@ -82,10 +82,7 @@ static int run_status(PGconn *conn, const char *id, char *st, size_t len)
 static int read_new(PGconn *conn, const char *id, const struct logs_flags *f, struct cursor *c)
 {
     static const char sql[] =
-        "SELECT l.attempt, l.seq, l.stream, l.data,"
-        "       jsonb_build_object('v', 1, 'job_id', l.job_id, 'attempt', l.attempt, 'seq', l.seq,"
-        "                          'stream', l.stream, 'data', l.data,"
-        "                          'at', " SBX_CLI_TS("l.at") ")"
+        "SELECT l.attempt, l.seq, l.stream, l.data, sbx.log_v1(l)"
         "  FROM sbx.run_logs l"
         " WHERE l.job_id = $1 AND (l.attempt, l.seq) > ($2::integer, $3::integer)"
         "   AND ($4::integer IS NULL OR l.attempt = $4::integer)"

@@ -82,9 +82,9 @@ static void line(const char *label, const char *value)
 
 static int status_json(PGconn *conn, const char *id, bool history)
 {
-    static const char sql[] = "SELECT " SBX_CLI_RUN_V1 " FROM sbx.runs r WHERE r.job_id = $1";
+    static const char sql[] = "SELECT sbx.run_v1(r) FROM sbx.runs r WHERE r.job_id = $1";
     static const char sql_events[] =
-        "SELECT " SBX_CLI_RUN_V1_EVENTS " FROM sbx.runs r WHERE r.job_id = $1";
+        "SELECT sbx.run_v1_events(r) FROM sbx.runs r WHERE r.job_id = $1";
     const char *params[1] = { id };
     PGresult *r = PQexecParams(conn, history ? sql_events : sql, 1, NULL, params, NULL, NULL, 0);
     int rc = SBX_EXIT_FAIL;
@@ -316,7 +316,7 @@ static int wait_flag(int c, const char *arg, void *ctx)
  * one run.v1 object per line. -1 after a database error. */
 static int print_finished(PGconn *conn, struct tracked *t, size_t n)
 {
-    static const char sql[] = "SELECT " SBX_CLI_RUN_V1 " FROM sbx.runs r WHERE r.job_id = $1";
+    static const char sql[] = "SELECT sbx.run_v1(r) FROM sbx.runs r WHERE r.job_id = $1";
     for (size_t i = 0; i < n; i++) {
         if (t[i].printed || !is_terminal(t[i].status))
             continue;
