@@ -27,6 +27,11 @@ typedef struct sbx_conformance_opts {
     int output_apart;    /* the sink must get stdout and stderr apart; else one
                             stream (all stdout, in order) is accepted too */
     int output_at_end;   /* the sink gets the output only when the build ended */
+    int output_lossy;    /* the provider reads output from a store that keeps only
+                            so much (Fly's logs API: "these logs ... do not persist
+                            very long", fly.io docs, exporting logs): of a big
+                            output the sink gets what the store still held when
+                            read, in order and once, not every byte */
 } sbx_conformance_opts;
 
 /* Runs the scenarios as one cmocka group called name (cmocka's summary is
