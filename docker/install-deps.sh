@@ -16,10 +16,11 @@
 #
 # Java, Node.js and npm are checked by command only: a machine may carry them
 # from elsewhere (a vendor JDK, NodeSource's nodejs with its own npm), and
-# Debian's packages would conflict with or duplicate those. Go (make bench's
-# River peer, tests/bench/river) is checked and never installed: its go.mod
-# asks for Go 1.26, which a Go of 1.21 or later fetches by itself
-# (GOTOOLCHAIN=auto) and Debian 12's golang-go (1.19) cannot.
+# Debian's packages would conflict with or duplicate those. Go is not this
+# script's: only make bench's River peer (tests/bench/river) uses it, and
+# tests/bench/bench.mk checks for it (its go.mod asks for Go 1.26, which a
+# Go of 1.21 or later fetches by itself and Debian 12's golang-go, 1.19,
+# cannot).
 set -eu
 
 mode=${SBX_DEPS:-all}
@@ -165,7 +166,7 @@ fi
 still=""
 for m in rdkafka hiredis libpq libcurl json-c cmocka libmicrohttpd libseccomp; do pc "$m" || still="$still pkg-config:$m"; done
 if [ "$mode" = all ]; then
-    for c in cc make psql redis-server java mvn bwrap slirp4netns podman runc newuidmap mmdebstrap podman-compose node npm go kcat valgrind clang python3; do
+    for c in cc make psql redis-server java mvn bwrap slirp4netns podman runc newuidmap mmdebstrap podman-compose node npm kcat valgrind clang python3; do
         have "$c" || still="$still $c"
     done
     for mod in pytest psycopg selenium jsonschema; do python3 -c "import $mod" >/dev/null 2>&1 || still="$still python3:$mod"; done

@@ -36,8 +36,11 @@ $(BENCH_NODEPIPE_STAMP): tests/bench/nodepipe/package.json tests/bench/nodepipe/
 	cd tests/bench/nodepipe && npm ci --no-audit --no-fund
 	@touch $@
 
-# River and its drivers come from the Go module proxy, pinned by go.sum.
+# River and its drivers come from the Go module proxy, pinned by go.sum. Go
+# itself is needed by this peer only, so it is checked here, not by
+# docker/install-deps.sh (which `make test` runs).
 $(BENCH_RIVER): tests/bench/river/main.go tests/bench/river/go.mod tests/bench/river/go.sum
+	@command -v go >/dev/null 2>&1 || { echo "make bench: the River peer needs Go 1.21 or later on PATH (Debian 12's golang-go, 1.19, is too old); see https://go.dev/doc/install" >&2; exit 1; }
 	@mkdir -p $(dir $@)
 	cd tests/bench/river && go build -mod=readonly -o $(abspath $@) .
 
