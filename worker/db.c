@@ -15,6 +15,18 @@
  * each with its own Sync ("solo"), so only the failing one reports an error.
  * One round is in flight at a time, which keeps answers and retries in the
  * order statements were queued.
+ *
+ * Merged calls (sbx_db_batched): before a round is sent, the calls of one
+ * kind waiting in it are unlinked and become ONE statement with array
+ * parameters (a "group" req holding them as its members), put where the
+ * kind's last call stood: a call moves later, never earlier, past the
+ * statements queued between, so nothing queued after a statement runs before
+ * it. PostgreSQL spends most of a small function call on the statement
+ * around the row (parse, plan, executor and trigger set-up), so one
+ * statement for a few hundred calls is where its CPU per job goes down. A
+ * group's answer is one row per member, handed to each member's callback as
+ * a one-row result; a group whose round failed is split back into its
+ * members, sent solo as the kind's one-call statement.
  */
 #include "db.h"
 
@@ -23,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "assert.h"
+#include "buf.h"
 #include "log.h"
 
 #define RECONNECT_MIN_MS 100
@@ -32,6 +46,16 @@
  * retries. */
 #define ROUND_MAX 256
 #define PARAMS_MAX 12
+/* Calls merged into one statement. Its array parameters hold every member's
+ * values (a transition carries a log tail of up to SBX_LOG_TAIL_MAX), so
+ * this bounds one statement to a few MiB. */
+#define GROUP_MAX 512
+/* ...and to this many bytes of parameters, escaping counted at its worst
+ * (every byte escaped): 512 transitions with 8 KiB log tails fit. A call
+ * larger than that alone goes as its one-call statement. */
+#define GROUP_ARRAY_MAX (16u << 20)
+/* Kinds merged per round; sbx has four. Calls of more kinds go one by one. */
+#define KINDS_MAX 8
 
 typedef struct req {
     struct req *next;
@@ -42,6 +66,10 @@ typedef struct req {
     void *arg;
     PGresult *res;          /* first result received for it */
     int solo;               /* send with its own Sync (its round failed) */
+    const sbx_db_batch *kind;   /* a call that may merge, or a group */
+    struct req *members;    /* a group: its calls, in order (via next) */
+    size_t nmembers;        /* a group: how many; 0 for any other req */
+    size_t cost;            /* a call's share of its group's arrays, at most */
 } req;
 
 enum conn_state { DB_DOWN, DB_CONNECTING, DB_READY };
@@ -81,6 +109,11 @@ static void set_state(sbx_db *db, enum conn_state s)
 
 static void req_free(req *r)
 {
+    req *m, *n;
+    for (m = r->members; m; m = n) {
+        n = m->next;
+        req_free(m);
+    }
     for (int i = 0; i < r->nparams; i++)
         free(r->params[i]);
     if (r->res)
@@ -124,10 +157,148 @@ static void watch(sbx_db *db, int want_write)
     sbx_io_set(db->loop, &db->io, SBX_READ | (want_write ? SBX_WRITE : 0));
 }
 
+/* One array literal: {"v1",NULL,"v2"}, each value quoted with \\ and "
+ * escaped (PostgreSQL's array input syntax). */
+static int add_array(sbx_buf *b, const req *members, int k)
+{
+    int rc = sbx_buf_add(b, "{", 1);
+    for (const req *m = members; m && rc == 0; m = m->next) {
+        const char *v = m->params[k];
+        if (m != members)
+            rc = sbx_buf_add(b, ",", 1);
+        if (rc == 0 && !v) {
+            rc = sbx_buf_add(b, "NULL", 4);
+            continue;
+        }
+        if (rc == 0)
+            rc = sbx_buf_add(b, "\"", 1);
+        while (rc == 0 && *v) {
+            size_t n = strcspn(v, "\\\"");
+            rc = sbx_buf_add(b, v, n);
+            v += n;
+            if (rc == 0 && *v) {
+                char esc[2] = {'\\', *v++};
+                rc = sbx_buf_add(b, esc, 2);
+            }
+        }
+        if (rc == 0)
+            rc = sbx_buf_add(b, "\"", 1);
+    }
+    return rc ? rc : sbx_buf_add(b, "}", 1);
+}
+
+static int send_group(sbx_db *db, req *g)
+{
+    sbx_buf arrays[PARAMS_MAX];
+    const char *vals[PARAMS_MAX];
+    int k, n = g->kind->nparams, rc = 0, ok = 0;
+
+    for (k = 0; k < n; k++)
+        sbx_buf_init(&arrays[k], GROUP_ARRAY_MAX);
+    for (k = 0; k < n && rc == 0; k++) {
+        rc = add_array(&arrays[k], g->members, k);
+        vals[k] = sbx_buf_str(&arrays[k]);
+    }
+    if (rc == 0)
+        ok = PQsendQueryParams(db->conn, g->kind->many, n, NULL, vals, NULL, NULL, 0);
+    else
+        sbx_warn("db", "no memory for a statement of %zu calls: %s", g->nmembers, strerror(-rc));
+    for (k = 0; k < n; k++)
+        sbx_buf_free(&arrays[k]);
+    return ok;
+}
+
 static int send_one(sbx_db *db, req *r)
 {
+    if (r->members)
+        return send_group(db, r);
     return PQsendQueryParams(db->conn, r->sql, r->nparams, NULL, (const char *const *)r->params,
                              NULL, NULL, 0);
+}
+
+static int mergeable(const req *r) { return r->kind && !r->members && !r->solo; }
+
+/* Merges the calls of each kind in the next round into one group req, put
+ * where the kind's last call in the round stands. The round: from the head
+ * until a solo statement, ROUND_MAX statements or a full group. */
+static void merge(sbx_db *db)
+{
+    struct { const sbx_db_batch *kind; req *last, *first, *tail; size_t n, cost; } g[KINDS_MAX];
+    size_t ng = 0, stmts = 0, i;
+    req *r, *prev = NULL, *end = NULL;
+
+    /* Pass 1: the round's extent and each kind's last call in it. */
+    for (r = db->head; r && !r->solo; r = r->next) {
+        if (mergeable(r)) {
+            for (i = 0; i < ng && g[i].kind != r->kind; i++)
+                ;
+            if (i == ng && ng < KINDS_MAX) {
+                g[ng].kind = r->kind;
+                g[ng].first = g[ng].tail = NULL;
+                g[ng].n = g[ng].cost = 0;
+                ng++;
+                stmts++;
+            }
+            if (i < ng) {
+                if (g[i].n == GROUP_MAX || (g[i].n && g[i].cost + r->cost > GROUP_ARRAY_MAX))
+                    break;
+                g[i].last = r;
+                g[i].n++;
+                g[i].cost += r->cost;
+                continue;
+            }
+        }
+        if (++stmts > ROUND_MAX)
+            break;
+    }
+    end = r;
+    /* Pass 2: unlink every member but the last; the last becomes the group. */
+    for (r = db->head; r != end;) {
+        req *next = r->next;
+        for (i = 0; i < ng && !(mergeable(r) && g[i].kind == r->kind); i++)
+            ;
+        if (i == ng || g[i].n < 2) {
+            prev = r;
+            r = next;
+            continue;
+        }
+        if (g[i].tail)
+            g[i].tail->next = r;
+        else
+            g[i].first = r;
+        g[i].tail = r;
+        r->next = NULL;
+        if (r != g[i].last) {
+            if (prev)
+                prev->next = next;
+            else
+                db->head = next;
+            r = next;
+            continue;
+        }
+        {
+            req *grp = calloc(1, sizeof(*grp));
+            if (!grp) {
+                /* Put the members back where the last one stood, unmerged. */
+                g[i].tail->next = next;
+                grp = g[i].first;
+            } else {
+                grp->kind = g[i].kind;
+                grp->members = g[i].first;
+                grp->nmembers = g[i].n;
+                grp->next = next;
+            }
+            if (prev)
+                prev->next = grp;
+            else
+                db->head = grp;
+            if (!next)
+                db->tail = grp->members ? grp : g[i].tail;
+            prev = grp->members ? grp : g[i].tail;
+            g[i].n = 0;
+            r = next;
+        }
+    }
 }
 
 /* Sends the next round if none is in flight. */
@@ -137,6 +308,10 @@ static void pump(sbx_db *db)
 
     if (db->state != DB_READY || db->inflight > 0 || !r)
         return;
+    if (!r->solo) {
+        merge(db);
+        r = db->head;
+    }
     db->round_solo = r->solo;
     db->rcur = r;
     while (r && db->inflight < ROUND_MAX && r->solo == db->round_solo) {
@@ -171,6 +346,40 @@ static int failed(const req *r)
     return st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK;
 }
 
+/* One row of a group's answer as a result of its own, for a member's
+ * callback (which reads row 0 as it would of the one-call statement). */
+static PGresult *row_of(const PGresult *res, int row)
+{
+    PGresult *one = PQcopyResult(res, PG_COPYRES_ATTRS);
+    for (int c = 0; one && c < PQnfields(res); c++) {
+        int null = PQgetisnull(res, row, c);
+        if (!PQsetvalue(one, 0, c, null ? NULL : PQgetvalue(res, row, c),
+                        null ? -1 : PQgetlength(res, row, c))) {
+            PQclear(one);
+            one = NULL;
+        }
+    }
+    return one;
+}
+
+static void complete_group(req *g, const char *err)
+{
+    int rows = err ? 0 : PQntuples(g->res), i = 0;
+    char msg[96];
+
+    if (!err && !SBX_ASSERT((size_t)rows == g->nmembers)) {
+        snprintf(msg, sizeof(msg), "%d rows answered %zu calls", rows, g->nmembers);
+        err = msg;
+    }
+    for (req *m = g->members; m; m = m->next, i++) {
+        PGresult *one = err ? NULL : row_of(g->res, i);
+        if (m->cb)
+            m->cb(m->arg, one, one ? NULL : err ? err : "out of memory");
+        if (one)
+            PQclear(one);
+    }
+}
+
 static void complete_head(sbx_db *db)
 {
     req *r = db->head;
@@ -180,12 +389,34 @@ static void complete_head(sbx_db *db)
     if (!db->head)
         db->tail = NULL;
     db->inflight--;
-    db->queued--;
+    db->queued -= r->members ? r->nmembers : 1;
     if (failed(r))
         err = r->res ? PQresultErrorMessage(r->res) : "no result";
-    if (r->cb)
+    if (r->members)
+        complete_group(r, err);
+    else if (r->cb)
         r->cb(r->arg, err ? NULL : r->res, err);
     req_free(r);
+}
+
+/* A group whose round failed: its members take its place, each to be sent
+ * solo as its kind's one-call statement. Returns the last of them. */
+static req *split(sbx_db *db, req *prev, req *g)
+{
+    req *m = g->members, *last = m;
+    for (m->solo = 1; last->next; last = last->next)
+        last->next->solo = 1;
+    last->next = g->next;
+    if (prev)
+        prev->next = m;
+    else
+        db->head = m;
+    if (db->tail == g)
+        db->tail = last;
+    g->members = NULL;
+    g->next = NULL;
+    req_free(g);
+    return last;
 }
 
 /* The round's Sync arrived: hand out its answers, or, if a statement of a
@@ -194,16 +425,18 @@ static void complete_head(sbx_db *db)
 static void end_round(sbx_db *db)
 {
     size_t n = db->inflight, i;
-    req *r = db->head;
+    req *r = db->head, *prev = NULL;
     int any_failed = 0;
 
     for (i = 0; i < n && r; i++, r = r->next)
         any_failed |= failed(r);
-    if (any_failed && n > 1) {
-        for (i = 0, r = db->head; i < n && r; i++, r = r->next) {
+    if (any_failed && (n > 1 || db->head->members)) {
+        for (i = 0, r = db->head; i < n && r; i++, prev = r, r = r->next) {
             if (r->res)
                 PQclear(r->res);
             r->res = NULL;
+            if (r->members)
+                r = split(db, prev, r);
             r->solo = 1;
         }
         db->inflight = 0;
@@ -436,8 +669,8 @@ int sbx_db_connected(const sbx_db *db) { return db->state == DB_READY; }
 const char *sbx_db_last_error(const sbx_db *db) { return db->last_err; }
 size_t sbx_db_queued(const sbx_db *db) { return db->queued; }
 
-int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,
-                 sbx_db_cb cb, void *arg)
+static int enqueue(sbx_db *db, const char *sql, int nparams, const char *const *params,
+                   const sbx_db_batch *kind, sbx_db_cb cb, void *arg)
 {
     req *r;
     if (db->queued >= SBX_DB_QUEUE_MAX || nparams > PARAMS_MAX)
@@ -446,6 +679,7 @@ int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *pa
     if (!r)
         return -ENOMEM;
     r->sql = (char *)sql;
+    r->kind = kind;
     r->cb = cb;
     r->arg = arg;
     for (int i = 0; i < nparams; i++) {
@@ -456,6 +690,8 @@ int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *pa
         }
     }
     r->nparams = nparams;
+    for (int i = 0; kind && i < nparams; i++)
+        r->cost += 2 * (params[i] ? strlen(params[i]) : 0) + 8;
     if (db->tail)
         db->tail->next = r;
     else
@@ -464,4 +700,16 @@ int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *pa
     db->queued++;
     pump(db);
     return 0;
+}
+
+int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,
+                 sbx_db_cb cb, void *arg)
+{
+    return enqueue(db, sql, nparams, params, NULL, cb, arg);
+}
+
+int sbx_db_batched(sbx_db *db, const sbx_db_batch *kind, const char *const *params,
+                   sbx_db_cb cb, void *arg)
+{
+    return enqueue(db, kind->one, kind->nparams, params, kind, cb, arg);
 }

@@ -1,9 +1,10 @@
 /* db.h — one non-blocking PostgreSQL connection in pipeline mode.
  *
  * Callers queue parameterised statements; the connection sends them without
- * waiting for earlier answers (libpq pipeline mode, one Sync per statement so
- * each is its own transaction and one failure aborts nothing else) and calls
- * back in order. While PostgreSQL is away the queue keeps growing up to
+ * waiting for earlier answers (libpq pipeline mode; what queued while a round
+ * was in flight goes as the next round, one transaction, and a round that
+ * fails is sent again one statement per transaction, so one failure aborts
+ * nothing else: db.c) and calls back in order. While PostgreSQL is away the queue keeps growing up to
  * SBX_DB_QUEUE_MAX and the connection retries with backoff; statements that
  * were in flight when the link broke are sent again after reconnecting, so
  * every statement sent through here must be idempotent (the sbx.* functions
@@ -49,5 +50,23 @@ int sbx_db_listen(sbx_db *db, const char *channel, sbx_db_notify_cb cb, void *ar
  * or -ENOBUFS when the queue is full (cb will not be called). */
 int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *params,
                  sbx_db_cb cb, void *arg);
+
+/* A statement that merges: the calls of one kind that wait for the same
+ * round are sent as ONE statement, `many`, whose parameters are arrays (the
+ * n-th element of $k is the n-th call's k-th parameter, NULL kept) and which
+ * answers one row per call, in call order, with the columns `one` answers.
+ * Each call still gets its own callback with a one-row result. A kind alone
+ * in its round, or sent again after its round failed, goes as `one`, so a
+ * failing call reports its own error. `many` must give exactly the answers
+ * the calls one by one would (migrations/0009_batches.sql). */
+typedef struct sbx_db_batch {
+    const char *one;    /* one call: $1..$nparams */
+    const char *many;   /* many calls: $1..$nparams are text arrays */
+    int nparams;
+} sbx_db_batch;
+
+/* Queues one call of a kind; returns as sbx_db_query(). */
+int sbx_db_batched(sbx_db *db, const sbx_db_batch *kind, const char *const *params,
+                   sbx_db_cb cb, void *arg);
 
 #endif

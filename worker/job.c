@@ -62,6 +62,23 @@
 #include "text.h"
 #include "worker.h"
 
+/* The hot writes, merged per round by db.c (migrations/0009_batches.sql). */
+static const sbx_db_batch RECORD = {
+    "SELECT status, attempt, lease_token, cancel_requested, reused, first_sha"
+    " FROM sbx.record_run($1,$2,$3,$4,$5,$6,$7)",
+    "SELECT * FROM sbx.record_runs($1::text[],$2::text[],$3::jsonb[],$4::text[],"
+    "$5::integer[],$6::bigint[],$7::text[])", 7};
+static const sbx_db_batch WAIT = {
+    "SELECT sbx.wait_run($1,$2,$3)",
+    "SELECT * FROM sbx.wait_runs($1::text[],$2::text[],$3::text[])", 3};
+static const sbx_db_batch CLAIM = {
+    "SELECT result, status, attempt, lease_token FROM sbx.claim_run($1,$2,$3,$4,$5)",
+    "SELECT * FROM sbx.claim_runs($1::text[],$2::bigint[],$3::text[],$4::text[],$5::text[])", 5};
+static const sbx_db_batch TRANSITION = {
+    "SELECT sbx.transition($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+    "SELECT * FROM sbx.transitions($1::text[],$2::bigint[],$3::text[],$4::text[],$5::text[],"
+    "$6::integer[],$7::text[],$8::text[],$9::text[],$10::text[])", 10};
+
 /* A line about job j: its job and project ids ride along as fields (log.h). */
 #define jlog(lvl, j, ...) sbx_log_job((lvl), "job", (j)->id, (j)->spec->project_id, __VA_ARGS__)
 
@@ -558,9 +575,7 @@ static void record(job *j)
     p[4] = part;
     p[5] = off;
     p[6] = j->sha;
-    rc = sbx_db_query(w->db, "SELECT status, attempt, lease_token, cancel_requested, reused,"
-                             " first_sha FROM sbx.record_run($1,$2,$3,$4,$5,$6,$7)",
-                      7, p, on_recorded, j);
+    rc = sbx_db_batched(w->db, &RECORD, p, on_recorded, j);
     free(stored);
     if (rc != 0) {
         retry_later(j, "database queue full");
@@ -575,7 +590,7 @@ static void mark_waiting(job *j, const char *why)
     if (j->marked_waiting)
         return;
     j->marked_waiting = 1;
-    if (sbx_db_query(j->w->db, "SELECT sbx.wait_run($1,$2,$3)", 3, p, on_fire_and_forget, j) == 0)
+    if (sbx_db_batched(j->w->db, &WAIT, p, on_fire_and_forget, j) == 0)
         j->ops++;
 }
 
@@ -920,9 +935,7 @@ static void claim(job *j)
     p[2] = w->cfg.worker_id;
     p[3] = w->prov->ops->name;
     p[4] = j->slot;
-    if (sbx_db_query(w->db, "SELECT result, status, attempt, lease_token"
-                            " FROM sbx.claim_run($1,$2,$3,$4,$5)", 5,
-                     p, on_claimed, j) != 0) {
+    if (sbx_db_batched(w->db, &CLAIM, p, on_claimed, j) != 0) {
         release(j, AR_WAIT);
         return;
     }
@@ -982,8 +995,8 @@ static void write_fenced(job *j, const char *to, const char *detail, const sbx_r
         p[8] = r->preview_url[0] ? r->preview_url : NULL;
         p[9] = r->instance[0] ? r->instance : NULL;
     }
-    if (sbx_db_query(w->db, "SELECT sbx.transition($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)", 10, p,
-                     which == LATE_TERMINAL ? on_terminal_written : on_running_written, j) == 0)
+    if (sbx_db_batched(w->db, &TRANSITION, p,
+                       which == LATE_TERMINAL ? on_terminal_written : on_running_written, j) == 0)
         j->ops++;
     else
         fail_later(j, which);
