@@ -19,9 +19,11 @@
  * Merged calls (sbx_db_batched): before a round is sent, the calls of one
  * kind waiting in it are unlinked and become ONE statement with array
  * parameters (a "group" req holding them as its members), put where the
- * kind's last call stood: a call moves later, never earlier, past the
- * statements queued between, so nothing queued after a statement runs before
- * it. PostgreSQL spends most of a small function call on the statement
+ * kind's last call stood: a call moves later, never earlier, so it still
+ * runs after everything queued before it (a build's log chunks before its
+ * outcome). A statement that needs a call's effect is queued once the call
+ * has answered, as job.c does; it must not count on queue order alone. All
+ * of a round commits together either way. PostgreSQL spends most of a small function call on the statement
  * around the row (parse, plan, executor and trigger set-up), so one
  * statement for a few hundred calls is where its CPU per job goes down. A
  * group's answer is one row per member, handed to each member's callback as
@@ -94,6 +96,8 @@ struct sbx_db {
     sbx_db_notify_cb notify_cb;
     void *notify_arg;
     char last_err[256];         /* first line of the last connect failure; "" when ready */
+    uint64_t calls;             /* answered, to their callbacks */
+    uint64_t statements;        /* sent (a group is one; a resend counts again) */
 };
 
 static void set_state(sbx_db *db, enum conn_state s)
@@ -320,6 +324,7 @@ static void pump(sbx_db *db)
             return;
         }
         db->inflight++;
+        db->statements++;
         db->syncs += db->round_solo;
         r = r->next;
     }
@@ -390,6 +395,7 @@ static void complete_head(sbx_db *db)
         db->tail = NULL;
     db->inflight--;
     db->queued -= r->members ? r->nmembers : 1;
+    db->calls += r->members ? r->nmembers : 1;
     if (failed(r))
         err = r->res ? PQresultErrorMessage(r->res) : "no result";
     if (r->members)
@@ -668,6 +674,12 @@ int sbx_db_listen(sbx_db *db, const char *channel, sbx_db_notify_cb cb, void *ar
 int sbx_db_connected(const sbx_db *db) { return db->state == DB_READY; }
 const char *sbx_db_last_error(const sbx_db *db) { return db->last_err; }
 size_t sbx_db_queued(const sbx_db *db) { return db->queued; }
+
+void sbx_db_counts(const sbx_db *db, uint64_t *calls, uint64_t *statements)
+{
+    *calls = db->calls;
+    *statements = db->statements;
+}
 
 static int enqueue(sbx_db *db, const char *sql, int nparams, const char *const *params,
                    const sbx_db_batch *kind, sbx_db_cb cb, void *arg)

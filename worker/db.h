@@ -14,6 +14,7 @@
 #define SBX_DB_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <libpq-fe.h>
 
 #include "loop.h"
@@ -38,6 +39,9 @@ int sbx_db_connected(const sbx_db *db);
  * line: never the password), "" once connected; for the start-up wait. */
 const char *sbx_db_last_error(const sbx_db *db);
 size_t sbx_db_queued(const sbx_db *db);
+/* Calls answered and statements sent so far: their ratio is how much merging
+ * and group commit save (the worker's stats line and /metrics). */
+void sbx_db_counts(const sbx_db *db, uint64_t *calls, uint64_t *statements);
 
 /* Notifications: after every (re)connect the connection LISTENs to channel
  * and calls cb(arg, payload) for each NOTIFY on it. A notification sent while
