@@ -180,6 +180,7 @@ struct job {
     uint64_t lease_until_ms;
     uint64_t renew_sent_ms;
     uint64_t releases_seen;     /* w->releases when the acquire was sent */
+    int acquiring;              /* an acquire is in flight: a wake-up must not send another */
     int lost;                   /* lease lost: no more writes or provider calls */
     after_release after;
     sbx_timer timer;            /* retries and waits */
@@ -606,6 +607,7 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     uint64_t d;
 
     op_done(j);
+    j->acquiring = 0;
     if (j->st != J_LEASING)
         return;
     if (w->stopping) {
@@ -712,6 +714,7 @@ static void acquire(job *j)
         retry_later(j, "redis unavailable");
         return;
     }
+    j->acquiring = 1;
     j->ops++;
 }
 
@@ -1216,7 +1219,14 @@ static void step(job *j)
     switch (j->st) {
     case J_RECORDING: record(j); break;
     case J_ENDING: send_end(j); break;
-    case J_LEASING: acquire(j); break;
+    case J_LEASING:
+        /* A wake-up (a release, the oldest waiter's turn) can find the job
+         * with its acquire in flight: a second one's answer would land in
+         * another state and be dropped, an OK too, leaving a lease nobody
+         * knows of held until its ttl (every job of the project waits). */
+        if (!j->acquiring)
+            acquire(j);
+        break;
     case J_WAITING:
         if (transition(j, J_LEASING))
             acquire(j);
