@@ -179,7 +179,7 @@ static void intake_metrics(sbx_worker *w, page *p)
 static void metrics(sbx_worker *w, page *p)
 {
     const sbx_stats *s = &w->stats;
-    uint64_t calls, stmts;
+    sbx_db_count c;
     sbx_kafka_lag lag[ADMIN_LAG_LINES_MAX];
     int nlag = sbx_kafka_lag_get(w->kafka, lag, ADMIN_LAG_LINES_MAX);
 
@@ -214,10 +214,14 @@ static void metrics(sbx_worker *w, page *p)
     metric(p, "sbx_offsets_pending", "gauge", "consumed offsets not yet finished",
            sbx_kafka_pending(w->kafka));
     metric(p, "sbx_db_queue", "gauge", "statements waiting or in flight", sbx_db_queued(w->db));
-    sbx_db_counts(w->db, &calls, &stmts);
-    metric(p, "sbx_db_calls_total", "counter", "database calls answered", calls);
+    sbx_db_counts(w->db, &c);
+    metric(p, "sbx_db_calls_total", "counter", "database calls answered", c.calls);
     metric(p, "sbx_db_statements_total", "counter",
-           "statements sent to PostgreSQL (merged calls share one)", stmts);
+           "statements sent to PostgreSQL (merged calls share one)", c.statements);
+    metric(p, "sbx_db_wait_microseconds_total", "counter",
+           "summed over calls: time queued behind the round in flight", c.wait_us);
+    metric(p, "sbx_db_round_microseconds_total", "counter",
+           "summed over calls: time from sent to answered", c.round_us);
     put(p, "# HELP sbx_up whether a dependency is reachable\n# TYPE sbx_up gauge\n");
     put(p, "sbx_up{dep=\"kafka\"} %d\n", sbx_kafka_up(w->kafka));
     put(p, "sbx_up{dep=\"redis\"} %d\n", sbx_redis_connected(w->redis));

@@ -72,6 +72,8 @@ typedef struct req {
     struct req *members;    /* a group: its calls, in order (via next) */
     size_t nmembers;        /* a group: how many; 0 for any other req */
     size_t cost;            /* a call's share of its group's arrays, at most */
+    uint64_t queued_us;     /* when the call was queued (a group: unused) */
+    uint64_t sent_us;       /* when it was last sent */
 } req;
 
 enum conn_state { DB_DOWN, DB_CONNECTING, DB_READY };
@@ -98,6 +100,8 @@ struct sbx_db {
     char last_err[256];         /* first line of the last connect failure; "" when ready */
     uint64_t calls;             /* answered, to their callbacks */
     uint64_t statements;        /* sent (a group is one; a resend counts again) */
+    uint64_t wait_us;           /* summed over calls: queued until sent */
+    uint64_t round_us;          /* summed over calls: sent until answered */
 };
 
 static void set_state(sbx_db *db, enum conn_state s)
@@ -323,6 +327,7 @@ static void pump(sbx_db *db)
             drop_conn(db, PQerrorMessage(db->conn));
             return;
         }
+        r->sent_us = sbx_now_us();
         db->inflight++;
         db->statements++;
         db->syncs += db->round_solo;
@@ -385,6 +390,22 @@ static void complete_group(req *g, const char *err)
     }
 }
 
+/* Each call's time in the queue and in its round, for sbx_db_counts(). */
+static void account(sbx_db *db, const req *r)
+{
+    uint64_t now = sbx_now_us();
+    const req *m;
+    if (!r->members) {
+        db->wait_us += r->sent_us - r->queued_us;
+        db->round_us += now - r->sent_us;
+        return;
+    }
+    for (m = r->members; m; m = m->next) {
+        db->wait_us += r->sent_us - m->queued_us;
+        db->round_us += now - r->sent_us;
+    }
+}
+
 static void complete_head(sbx_db *db)
 {
     req *r = db->head;
@@ -396,6 +417,7 @@ static void complete_head(sbx_db *db)
     db->inflight--;
     db->queued -= r->members ? r->nmembers : 1;
     db->calls += r->members ? r->nmembers : 1;
+    account(db, r);
     if (failed(r))
         err = r->res ? PQresultErrorMessage(r->res) : "no result";
     if (r->members)
@@ -675,10 +697,12 @@ int sbx_db_connected(const sbx_db *db) { return db->state == DB_READY; }
 const char *sbx_db_last_error(const sbx_db *db) { return db->last_err; }
 size_t sbx_db_queued(const sbx_db *db) { return db->queued; }
 
-void sbx_db_counts(const sbx_db *db, uint64_t *calls, uint64_t *statements)
+void sbx_db_counts(const sbx_db *db, sbx_db_count *c)
 {
-    *calls = db->calls;
-    *statements = db->statements;
+    c->calls = db->calls;
+    c->statements = db->statements;
+    c->wait_us = db->wait_us;
+    c->round_us = db->round_us;
 }
 
 static int enqueue(sbx_db *db, const char *sql, int nparams, const char *const *params,
@@ -702,6 +726,7 @@ static int enqueue(sbx_db *db, const char *sql, int nparams, const char *const *
         }
     }
     r->nparams = nparams;
+    r->queued_us = sbx_now_us();
     for (int i = 0; kind && i < nparams; i++)
         r->cost += 2 * (params[i] ? strlen(params[i]) : 0) + 8;
     if (db->tail)

@@ -39,9 +39,14 @@ int sbx_db_connected(const sbx_db *db);
  * line: never the password), "" once connected; for the start-up wait. */
 const char *sbx_db_last_error(const sbx_db *db);
 size_t sbx_db_queued(const sbx_db *db);
-/* Calls answered and statements sent so far: their ratio is how much merging
- * and group commit save (the worker's stats line and /metrics). */
-void sbx_db_counts(const sbx_db *db, uint64_t *calls, uint64_t *statements);
+/* Since start, for the worker's stats line and /metrics: calls answered and
+ * statements sent (their ratio is what merging saves), and, summed over the
+ * calls, the time each waited in the queue (for the round before it, at
+ * most) and the time its round took (PostgreSQL and the link). */
+typedef struct sbx_db_count {
+    uint64_t calls, statements, wait_us, round_us;
+} sbx_db_count;
+void sbx_db_counts(const sbx_db *db, sbx_db_count *c);
 
 /* Notifications: after every (re)connect the connection LISTENs to channel
  * and calls cb(arg, payload) for each NOTIFY on it. A notification sent while

@@ -296,21 +296,24 @@ static void phase(int mode, int ph, const sbx_db_batch *kind, const call *calls,
         }
         return;
     }
-    uint64_t calls0, stmts0, calls1, stmts1;
+    sbx_db_count c0, c1;
     reset(n + 1);
     q("SELECT 'first' FROM pg_sleep(0.05)", 0, NULL, -1);
-    sbx_db_counts(D, &calls0, &stmts0);
+    sbx_db_counts(D, &c0);
     for (int i = 0; i < n; i++) {
         fill(vals, &calls[i], kind->nparams, pre, ps);
         assert_int_equal(sbx_db_batched(D, kind, ps, on_ans, (void *)(intptr_t)i), 0);
     }
     assert_true(test_run_until(L, &done_all, 10000));
-    sbx_db_counts(D, &calls1, &stmts1);
-    assert_int_equal(calls1 - calls0, n + 1);
+    sbx_db_counts(D, &c1);
+    assert_int_equal(c1.calls - c0.calls, n + 1);
+    /* The n calls waited for the sleep's round, ~50 ms each. */
+    assert_true(c1.wait_us - c0.wait_us >= (uint64_t)n * 30000);
     /* Merged: one statement for the n calls, or (the phase with a failing
      * call) that one and then each call solo. */
-    assert_true(stmts1 - stmts0 == 1 || stmts1 - stmts0 == (uint64_t)n + 1);
-    merged_phases += stmts1 - stmts0 == 1;
+    assert_true(c1.statements - c0.statements == 1 ||
+                c1.statements - c0.statements == (uint64_t)n + 1);
+    merged_phases += c1.statements - c0.statements == 1;
     for (int i = 0; i < n; i++) {
         assert_int_equal(A.order[i + 1], i);
         snprintf(answers[1][ph][i], sizeof(answers[1][ph][i]), "%s", A.val[i + 1]);
