@@ -22,8 +22,11 @@
  * kind's last call stood: a call moves later, never earlier, so it still
  * runs after everything queued before it (a build's log chunks before its
  * outcome). A statement that needs a call's effect is queued once the call
- * has answered, as job.c does; it must not count on queue order alone. All
- * of a round commits together either way. PostgreSQL spends most of a small function call on the statement
+ * has answered, as job.c does; it must not count on queue order alone. Two
+ * calls of different kinds may so run in either order: the one pair job.c
+ * has in flight at once is a job's wait mark and its claim, and wait_run
+ * never moves a run back (only queued -> waiting_capacity). All of a round
+ * commits together either way. PostgreSQL spends most of a small function call on the statement
  * around the row (parse, plan, executor and trigger set-up), so one
  * statement for a few hundred calls is where its CPU per job goes down. A
  * group's answer is one row per member, handed to each member's callback as
