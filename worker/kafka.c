@@ -75,8 +75,9 @@
 #define QUEUED_MAX_KB "4096"
 
 /* The intake wait is kept in 1 ms buckets up to SBX_KAFKA_WAIT_MS_MAX, the
- * last holding everything beyond: 40 KiB, for percentiles exact to the
- * millisecond that Kafka's timestamps have anyway. */
+ * last holding everything beyond: 80 KiB a worker, for percentiles exact to
+ * the millisecond that Kafka's timestamps have anyway, and counters that do
+ * not wrap. */
 #define WAIT_BUCKETS (SBX_KAFKA_WAIT_MS_MAX + 1)
 
 /* Partitions whose lag is kept (the job topic has tens). */
@@ -133,7 +134,7 @@ struct sbx_kafka {
     sbx_kafka_lag lag[SBX_KAFKA_LAG_MAX];
     int nlag;
     dlq_op *ops;
-    uint32_t wait_ms[WAIT_BUCKETS];     /* intake wait: messages per ms */
+    uint64_t wait_ms[WAIT_BUCKETS];     /* intake wait: messages per ms */
     uint64_t waits;
 };
 
