@@ -33,7 +33,8 @@ do nothing, so every figure is the worker's own cost:
              with the broker's append time (LogAppendTime, read back with
              kcat), which cuts enqueue -> provider call into parts, each
              with its own p50/p99: enqueue -> Kafka append (producer and
-             broker), append -> run row (the worker's fetch, intake and
+             broker; the broker's stamp is in whole ms, cut down, so at p50
+             this can read a little below zero), append -> run row (the worker's fetch, intake and
              record write), run row -> lease (queued -> provisioning) and
              lease -> provider call (provisioning -> running). The worker's
              stats line adds its intake wait (append -> its loop took the
