@@ -88,6 +88,12 @@ does not log) shows "-". The binaries, from two commits:
   make bench BENCH_QUICK=1 BENCH_ONLY=dispatch,latency,callgrind \
     BENCH_SBX_VARIANTS=before=/tmp/before/build/bench/sbx-worker-bench,after=/tmp/after/build/bench/sbx-worker-bench
 
+Counts (statements, commits per job in dispatch) repeat to within 1 %
+between variants of one binary; timings on a shared 2-core box do not, and
+callgrind's Ir per job moved 6 % between two runs of one binary at 200 jobs
+(the interleaving of messages, rounds and lease refusals varies): compare
+with BENCH_CALLGRIND_JOBS=2000 and BENCH_RUNS=3, and latencies at a fixed
+BENCH_LATENCY_RATE the slower variant keeps up with.
 (the bench, its pacer and the peers are this tree's; only the worker varies;
 a variant whose migrations differ needs the newer tree's `sbx migrate`, which
 the bench runs from SBX_BUILD, so run the bench from the newer tree).
