@@ -93,10 +93,10 @@ between variants of one binary; timings on a shared 2-core box do not, and
 callgrind's Ir per job moved 6 % between two runs of one binary at 200 jobs
 (the interleaving of messages, rounds and lease refusals varies): compare
 with BENCH_CALLGRIND_JOBS=2000 and BENCH_RUNS=3, and latencies at a fixed
-BENCH_LATENCY_RATE the slower variant keeps up with.
-(the bench, its pacer and the peers are this tree's; only the worker varies;
-a variant whose migrations differ needs the newer tree's `sbx migrate`, which
-the bench runs from SBX_BUILD, so run the bench from the newer tree).
+BENCH_LATENCY_RATE the slower variant keeps up with. The bench, its pacer
+and the peers are this tree's; only the worker varies. A variant whose
+migrations differ needs the newer tree's `sbx migrate`, which the bench runs
+from SBX_BUILD: run the bench from the newer tree.
 
 Why it is shaped so:
 - One set of servers for the whole run (their start is the slow part), and a
