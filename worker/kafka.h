@@ -94,5 +94,12 @@ typedef struct sbx_kafka_lag {
 /* Consumer lag per assigned partition, as of the last statistics. */
 int sbx_kafka_lag_get(const sbx_kafka *k, sbx_kafka_lag *out, int max);
 int sbx_kafka_assigned_count(const sbx_kafka *k);
+/* The intake wait: from a message's timestamp (the producer's CreateTime, or
+ * the broker's append on a LogAppendTime topic) to the moment the loop took
+ * it from librdkafka, over every message taken so far. Returns the wait in
+ * ms at percentile pct (0-100; SBX_KAFKA_WAIT_MS_MAX means that or more) and
+ * sets *n to how many messages it is over; -1 before the first. */
+#define SBX_KAFKA_WAIT_MS_MAX 10000
+int sbx_kafka_intake_wait_ms(const sbx_kafka *k, double pct, uint64_t *n);
 
 #endif

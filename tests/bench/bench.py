@@ -10,9 +10,21 @@ do nothing, so every figure is the worker's own cost:
   dispatch   N no-op jobs over 1,000 projects, all published first, then one
              worker (and then two) drains them: jobs/s from the runs table
              (max(finished_at) - min(created_at)) and by wall clock; CPU
-             seconds per 1,000 jobs of the worker and of each server.
+             seconds per 1,000 jobs of the worker and of each server; and
+             from PostgreSQL's own counters (pg_stat_statements, loaded in
+             the bench's server only, reset as each run starts): the worker's
+             statements per job (top level, and nested in the sbx.*
+             functions), executor ms per job, commits and WAL flushes per
+             job (pg_stat_database, pg_stat_wal), and under the table its top
+             statements by total executor time (calls per job, ms per call,
+             share). The bench's own polls run as role sbx_bench and are left
+             out of the statements.
   latency    a paced producer (sbx-bench-pace, pace.c) at half the measured
-             one-worker rate stamps each job (metadata t_us); enqueue -> run
+             one-worker rate, after 1 s of unmeasured warm-up jobs at the same
+             rate (BENCH_LATENCY_WARMUP_S: a new producer, topic and worker
+             cost up to ~100 ms per job for a fraction of a second, which was
+             the p99 of "enqueue -> Kafka append" before), stamps each job
+             (metadata t_us); enqueue -> run
              row (the queued event: Kafka and intake), enqueue -> lease (the
              provisioning event, written by the claim that follows the Redis
              lease, just before the provider call), enqueue -> running (the
@@ -21,10 +33,20 @@ do nothing, so every figure is the worker's own cost:
              with the broker's append time (LogAppendTime, read back with
              kcat), which cuts enqueue -> provider call into parts, each
              with its own p50/p99: enqueue -> Kafka append (producer and
-             broker), append -> run row (the worker's fetch, intake and
-             record write; the worker keeps no intake time to split them),
-             run row -> lease (queued -> provisioning) and lease -> provider
-             call (provisioning -> running).
+             broker; the broker's stamp is in whole ms, cut down, so at p50
+             this can read a little below zero), append -> run row (the worker's fetch, intake and
+             record write), run row -> lease (queued -> provisioning) and
+             lease -> provider call (provisioning -> running). The worker's
+             stats line adds its intake wait (append -> its loop took the
+             message: the fetch part of append -> run row; over all jobs of
+             the run, warm-up included, as the worker cannot tell them
+             apart). PostgreSQL's counters over the run give commits per job
+             and the time per commit: the worker sends its statements in
+             rounds, one transaction each, one round in flight (db.c), so a
+             statement waits up to two rounds. Also the worker's CPU and the
+             bench's own (LISTEN reader, pacer: they share the cores with
+             what they measure). BENCH_KEEP=1 writes each job's marks to
+             latency-<topic>.tsv beside BENCH_OUT.
   inflight   10,000 builds of 10,000 projects that each last 60 s: time until
              all run, the worker's RSS, and its CPU while nothing changes.
   river      River (tests/bench/river, Go, riverpgxv5), the durable
@@ -52,6 +74,30 @@ do nothing, so every figure is the worker's own cost:
              fixed workload (counters zeroed once the worker is idle and
              ready, dumped when the last job is terminal), and where they go.
 
+Before/after in one run: BENCH_SBX_VARIANTS="before=PATH,after=PATH" runs
+sbx's figures (dispatch, latency, inflight, callgrind) once per worker binary,
+taking turns run by run, with the peers once; the table gets one row set per
+variant ("before: ...", "after: ..."), then the ratio of each variant's median
+to the first's ("after / before: ..."), then the last variant against the
+peers. The latency runs all offer half the first variant's dispatch rate. A
+variant may be an older worker: a figure it cannot give (a stats field it
+does not log) shows "-". The binaries, from two commits:
+
+  git worktree add --detach /tmp/before <rev> && make -C /tmp/before -j2 build/bench/sbx-worker-bench
+  git worktree add --detach /tmp/after  <rev> && make -C /tmp/after  -j2 build/bench/sbx-worker-bench
+  make bench BENCH_QUICK=1 BENCH_ONLY=dispatch,latency,callgrind \
+    BENCH_SBX_VARIANTS=before=/tmp/before/build/bench/sbx-worker-bench,after=/tmp/after/build/bench/sbx-worker-bench
+
+Counts (statements, commits per job in dispatch) repeat to within 1 %
+between variants of one binary; timings on a shared 2-core box do not, and
+callgrind's Ir per job moved 6 % between two runs of one binary at 200 jobs
+(the interleaving of messages, rounds and lease refusals varies): compare
+with BENCH_CALLGRIND_JOBS=2000 and BENCH_RUNS=3, and latencies at a fixed
+BENCH_LATENCY_RATE the slower variant keeps up with. The bench, its pacer
+and the peers are this tree's; only the worker varies. A variant whose
+migrations differ needs the newer tree's `sbx migrate`, which the bench runs
+from SBX_BUILD: run the bench from the newer tree.
+
 Why it is shaped so:
 - One set of servers for the whole run (their start is the slow part), and a
   clean slate per run: a new topic and consumer group, runs truncated, Redis
@@ -67,10 +113,11 @@ Why it is shaped so:
 Configuration (environment): BENCH_QUICK=1 (20,000 jobs a run, so even
 10,000 jobs/s lasts two seconds; shorter latency and in-flight runs),
 BENCH_RUNS, BENCH_JOBS, BENCH_PROJECTS, BENCH_MAX_INFLIGHT, BENCH_RUN_CAP_S,
-BENCH_LATENCY_RATE, BENCH_LATENCY_S, BENCH_INFLIGHT, BENCH_HOLD_MS,
+BENCH_LATENCY_RATE, BENCH_LATENCY_S, BENCH_LATENCY_WARMUP_S,
+BENCH_SBX_VARIANTS (above), BENCH_INFLIGHT, BENCH_HOLD_MS,
 BENCH_IDLE_S, BENCH_BULLMQ_CONCURRENCY, BENCH_CALLGRIND_JOBS,
 BENCH_CALLGRIND_RUNS, BENCH_ONLY (comma list of the names above),
-BENCH_BUDGET_S, BENCH_OUT (markdown, default $SBX_BUILD/bench/last-results.md;
+BENCH_BUDGET_S (default per variant), BENCH_OUT (markdown, default $SBX_BUILD/bench/last-results.md;
 BENCH_OUT=tests/bench/last-results.md replaces the published table on purpose),
 BENCH_KEEP=1 (keep the servers' and workers' logs), SBX_BUILD (default build).
 """
@@ -100,6 +147,19 @@ import sbxsvc  # noqa: E402
 import psycopg  # noqa: E402  (installed by docker/install-deps.sh)
 
 FIGURES = ("dispatch", "latency", "inflight", "river", "nodepipe", "bullmq", "callgrind")
+# The figures of sbx itself, run once per worker variant (BENCH_SBX_VARIANTS).
+SBX_FIGURES = ("dispatch", "latency", "inflight", "callgrind")
+# Result keys of the peers; every other key is sbx's (one set per variant).
+PEER_PREFIXES = ("river_", "nodepipe", "bullmq")
+# The bench's own connection logs in as this role, so pg_stat_statements
+# tells its polls from the worker's statements (by userid).
+BENCH_ROLE = "sbx_bench"
+# pg_stat_statements in the bench's PostgreSQL only: track=all counts the
+# statements inside the sbx.* functions too (as nested, toplevel = false).
+PG_SETTINGS = {"shared_preload_libraries": "pg_stat_statements",
+               "pg_stat_statements.track": "all", "pg_stat_statements.max": "1000"}
+# Statements listed under the table, by total executor time.
+TOP_STATEMENTS = 8
 PARTITIONS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # How often progress is polled. A count over 100,000 rows costs PostgreSQL a
@@ -115,6 +175,11 @@ READY_TIMEOUT_CALLGRIND_S = 240
 DRAIN_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 15
 WARMUP_JOBS = 1000
+# Unmeasured jobs at the head of a latency run (sbx-bench-pace's WARMUP), in
+# seconds of the offered rate: a new producer, topic and worker take a
+# fraction of a second to reach their steady state.
+LATENCY_WARMUP_S = 1.0
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 # callgrind frames at or above this share of all Ir are the whole program.
 WHOLE_PROGRAM_PCT = 95.0
 BULLMQ_NOT = ("BullMQ keeps no durable status in a SQL store (its job records live in Redis "
@@ -161,7 +226,10 @@ class Config:
         self.bullmq_concurrency = env_int("BENCH_BULLMQ_CONCURRENCY", 1000)
         self.callgrind_jobs = env_int("BENCH_CALLGRIND_JOBS", 200 if quick else 2000)
         self.callgrind_runs = env_int("BENCH_CALLGRIND_RUNS", 1 if quick else self.runs)
-        self.budget_s = env_float("BENCH_BUDGET_S", 600 if quick else 2400)
+        # sbx's figures run once per variant (BENCH_SBX_VARIANTS, read below).
+        nvar = max(1, len([x for x in os.environ.get("BENCH_SBX_VARIANTS", "").split(",")
+                           if x.strip()]))
+        self.budget_s = env_float("BENCH_BUDGET_S", (600 if quick else 2400) * nvar)
         only = os.environ.get("BENCH_ONLY", "").strip()
         self.only = [x.strip() for x in only.split(",") if x.strip()] or list(FIGURES)
         for x in self.only:
@@ -182,13 +250,33 @@ class Config:
         self.worker_bin = os.path.join(build, "bench", "sbx-worker-bench")
         # The River peer (tests/bench/river, `go build` by bench.mk).
         self.river_bin = os.path.join(build, "bench", "river-bench")
+        # name=path,name=path: sbx's figures once per worker binary, in the
+        # same run, with ratios of each to the first. Default: one unnamed
+        # variant, the worker built beside this bench.
+        self.variants = []
+        for item in os.environ.get("BENCH_SBX_VARIANTS", "").split(","):
+            if not item.strip():
+                continue
+            name, eq, path = item.strip().partition("=")
+            path = os.path.abspath(os.path.expanduser(path))
+            if not eq or not VARIANT_NAME.match(name) or name in (v[0] for v in self.variants):
+                raise SystemExit("bench: BENCH_SBX_VARIANTS: %r is not name=path with a new name "
+                                 "of letters, digits, '_', '.', '-'" % item)
+            if not os.access(path, os.X_OK):
+                raise SystemExit("bench: BENCH_SBX_VARIANTS: %s is not an executable" % path)
+            self.variants.append((name, path))
+        if not self.variants:
+            self.variants = [("", self.worker_bin)]
+        self.latency_warmup_s = env_float("BENCH_LATENCY_WARMUP_S", LATENCY_WARMUP_S)
 
     def describe(self):
         return ("runs=%d jobs=%d projects=%d max_inflight=%d run_cap=%gs latency=%gs "
-                "inflight=%d hold=%dms idle=%gs bullmq_concurrency=%d callgrind_jobs=%d%s"
+                "(after %gs unmeasured) inflight=%d hold=%dms idle=%gs bullmq_concurrency=%d "
+                "callgrind_jobs=%d%s"
                 % (self.runs, self.jobs, self.projects, self.max_inflight, self.run_cap_s,
-                   self.latency_s, self.inflight, self.hold_ms, self.idle_s,
-                   self.bullmq_concurrency, self.callgrind_jobs, " (quick)" if self.quick else ""))
+                   self.latency_s, self.latency_warmup_s, self.inflight, self.hold_ms,
+                   self.idle_s, self.bullmq_concurrency, self.callgrind_jobs,
+                   " (quick)" if self.quick else ""))
 
 
 # --- processes and /proc ---------------------------------------------------------
@@ -262,7 +350,8 @@ def machine():
 
 
 def worker_stats(path):
-    """The counters of the worker's last "stats" line (it logs one at exit)."""
+    """The counters of the worker's last "stats" line (it logs one at exit).
+    A variant's worker may be older than a field: callers take what is there."""
     last = None
     with open(path, "rb") as f:
         for line in f:
@@ -311,9 +400,15 @@ class Bench:
         self.env = None
         self.db = None
         self.procs = []
-        self.results = {}      # row key -> list of (value, partial)
+        self.results = {}      # peers' row key -> list of (value, partial)
+        self.vresults = {name: {} for name, _ in cfg.variants}   # sbx's, per variant
+        self.variant = None    # the variant whose figures are being run, or None
+        self.worker_bin = cfg.variants[0][1]
         self.notes = []
-        self.top15 = None
+        self.top15 = {}        # variant -> callgrind's top functions
+        self.top_stmts = {}    # variant -> pg_stat_statements' top statements
+        self.versions = {}     # variant -> its worker's --version
+        self.last_commits = 0  # of the last pg_counts
         self.tmp = None
         self.last_logs = []     # the worker logs of the current run
 
@@ -323,14 +418,25 @@ class Bench:
         for exe in (os.path.join(self.cfg.bin, "sbx"), self.cfg.worker_bin, self.cfg.pace):
             if not os.access(exe, os.X_OK):
                 raise SystemExit("bench: %s is not built (run make bench)" % exe)
-        self.env = self.svc.start(kafka=True, redis=True, postgres=True)
+        for name, path in self.cfg.variants:
+            r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                               stdin=subprocess.DEVNULL)
+            self.versions[name] = (r.stdout.strip().splitlines() or ["?"])[0]
+        self.env = self.svc.start(kafka=True, redis=True, postgres=True, pg_settings=PG_SETTINGS)
         log(self.svc.timing_line())
         self.tmp = self.svc.root
         r = self.sbx(["migrate"], timeout=120)
         if r.returncode != 0:
             raise RuntimeError("sbx migrate failed: %s%s" % (r.stdout, r.stderr))
-        self.db = psycopg.connect(self.env["SBX_DATABASE_URL"], autocommit=True,
-                                  connect_timeout=10)
+        url = self.env["SBX_DATABASE_URL"]
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BENCH_ROLE,)).fetchall():
+                c.execute("CREATE ROLE %s SUPERUSER LOGIN" % BENCH_ROLE)
+        u = urllib.parse.urlsplit(url)
+        self.db = psycopg.connect(urllib.parse.urlunsplit(u._replace(
+            netloc="%s@%s" % (BENCH_ROLE, u.netloc.rpartition("@")[2]))),
+            autocommit=True, connect_timeout=10)
 
     def stop(self):
         for p in self.procs:
@@ -411,7 +517,7 @@ class Bench:
         if not self.last_logs or topic not in self.last_logs[0]:
             self.last_logs = []
         self.last_logs.append(logf)
-        p = sbxsvc._Proc((wrap or []) + [self.cfg.worker_bin], logf, env=env)
+        p = sbxsvc._Proc((wrap or []) + [self.worker_bin], logf, env=env)
         p.topic = topic
         self.procs.append(p)
         return p
@@ -442,7 +548,59 @@ class Bench:
         return self.q("SELECT count(*) FROM sbx.runs WHERE finished_at IS NOT NULL")[0][0]
 
     def add(self, key, value, partial=False):
-        self.results.setdefault(key, []).append((value, partial))
+        into = self.results if self.variant is None else self.vresults[self.variant]
+        into.setdefault(key, []).append((value, partial))
+
+    # ----- pg_stat_statements -----
+
+    def pg_reset(self):
+        """Zeroes what pg_counts reads: at the start of each sbx run."""
+        self.q("SELECT pg_stat_statements_reset()")
+        self.q("SELECT pg_stat_reset_shared('wal')")
+        return self.pg_commits()
+
+    def pg_commits(self):
+        return self.q("SELECT xact_commit FROM pg_stat_database "
+                      "WHERE datname = current_database()")[0][0]
+
+    def pg_counts(self, commits0, n, suffix, what):
+        """After a run's workers stopped (their backends' counters are then
+        flushed): statements per job (top level, and nested in the sbx.*
+        functions), executor ms per job, commits and WAL flushes per job,
+        the top statements by total executor time. The bench's own polls run
+        as BENCH_ROLE and are left out (its commits, two a second, are not)."""
+        # A backend adds its commits and WAL counts to the shared ones when it
+        # exits (or once a second): wait for the workers' to go.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.q(
+                "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                " AND usename <> %s AND datname = current_database()", BENCH_ROLE):
+            time.sleep(0.05)
+        rows = self.q(
+            "SELECT s.query, s.calls, s.total_exec_time, s.toplevel FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE d.datname = current_database()"
+            " AND s.userid <> (SELECT oid FROM pg_roles WHERE rolname = %s)", BENCH_ROLE)
+        commits = self.last_commits = self.pg_commits() - commits0
+        wal_sync = self.q("SELECT wal_sync FROM pg_stat_wal")[0][0]
+        top = [r for r in rows if r[3]]
+        calls = sum(r[1] for r in top)
+        ms = sum(r[2] for r in top)
+        nested = sum(r[1] for r in rows if not r[3])
+        self.add("pg_stmts_" + suffix, calls / float(n))
+        self.add("pg_nested_" + suffix, nested / float(n))
+        self.add("pg_exec_ms_" + suffix, ms / float(n))
+        self.add("pg_commits_" + suffix, commits / float(n))
+        self.add("pg_wal_sync_" + suffix, wal_sync / float(n))
+        best = sorted(top, key=lambda r: -r[2])[:TOP_STATEMENTS]
+        listed = [(c / float(n), t / c if c else 0.0, 100.0 * t / ms if ms else 0.0,
+                   " ".join(q.split())) for q, c, t, _ in best]
+        log("%s: PostgreSQL per job: %.2f statements (+ %.2f nested), %.3f ms executing, "
+            "%.2f commits, %.2f WAL flushes; top statements by time:%s"
+            % (what, calls / float(n), nested / float(n), ms / float(n), commits / float(n),
+               wal_sync / float(n), "".join("\n    %5.2f/job %8.3f ms %5.1f%%  %s"
+                                            % (a, b, c, d[:120]) for a, b, c, d in listed)))
+        return listed
 
     # ----- dispatch -----
 
@@ -458,6 +616,7 @@ class Bench:
         secs = self.publish(topic, self.jobs_spec("d", jobs, cfg.projects))
         log("dispatch %d worker(s) %s: %d jobs published in %.1f s"
             % (nworkers, "run %d" % run if record else "warm-up", jobs, secs))
+        commits0 = self.pg_reset()
         t0 = time.monotonic()
         ws = [self.worker(topic, "bench%d" % i) for i in range(nworkers)]
         cap = t0 + cfg.run_cap_s
@@ -488,9 +647,11 @@ class Bench:
         bad = self.q("SELECT count(*) FROM sbx.runs WHERE finished_at IS NOT NULL "
                      "AND status <> 'succeeded'")[0][0]
         lease_waits = received = 0
+        have_waits = True
         for w in ws:
             self.stop_proc(w)
             st = worker_stats(w.log)
+            have_waits = have_waits and "lease_waits" in st
             lease_waits += st.get("lease_waits", 0)
             received += st.get("received", 0)
         if bad:
@@ -504,14 +665,17 @@ class Bench:
         per1k = 1000.0 / n
         user = sum(b[0] - a[0] for a, b in zip(cpu0, cpu1))
         system = sum(b[1] - a[1] for a, b in zip(cpu0, cpu1))
-        tag = "1 worker" if nworkers == 1 else "%d workers" % nworkers
+        tag = ("1 worker" if nworkers == 1 else "%d workers" % nworkers) + vlabel(self.variant)
         self.add("dispatch_db_%d" % nworkers, rate_db, partial)
         self.add("dispatch_wall_%d" % nworkers, rate_wall, partial)
         self.add("worker_cpu_%d" % nworkers, (user + system) * per1k, partial)
         self.add("worker_sys_%d" % nworkers, 100.0 * system / (user + system) if user + system else 0,
                  partial)
-        if received:
+        if received and have_waits:
             self.add("lease_waits_%d" % nworkers, lease_waits / float(received), partial)
+        listed = self.pg_counts(commits0, n, str(nworkers), "dispatch %s run %d" % (tag, run))
+        if nworkers == 1:
+            self.top_stmts[self.variant] = listed
         if nworkers == 1:
             for name in srv1:
                 self.add("server_cpu_%s" % name, (srv1[name] - srv0[name]) * per1k, partial)
@@ -528,6 +692,7 @@ class Bench:
         # splits enqueue -> run row into Kafka's part and the worker's.
         topic = self.fresh("l%d" % run, {"message.timestamp.type": "LogAppendTime"})
         n = max(1, int(rate * cfg.latency_s))
+        warm = int(rate * cfg.latency_warmup_s)
         arrivals = {}
         stop = threading.Event()
         listen_ready = threading.Event()
@@ -550,17 +715,24 @@ class Bench:
                 raise RuntimeError("LISTEN client did not connect")
             w = self.worker(topic, "bench0")
             self.wait_worker_ready(w, READY_TIMEOUT_S)
+            commits0 = self.pg_reset()
             t0 = time.monotonic()
+            me0, w0 = os.times(), proc_cpu_s(w.pid)
             r = subprocess.run([cfg.pace, self.env["SBX_BROKERS"], topic, "%g" % rate, str(n),
-                                str(cfg.projects), "l"], capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL, timeout=cfg.latency_s * 2 + 60)
+                                str(cfg.projects), "l", str(warm)], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL,
+                               timeout=(cfg.latency_s + cfg.latency_warmup_s) * 2 + 60)
             sent_s = time.monotonic() - t0
+            me1, w1 = os.times(), proc_cpu_s(w.pid)
+            # Warm-up and measured jobs go at one rate: the measured share of
+            # the time is theirs.
+            sent_s *= n / float(n + warm)
             if r.returncode != 0:
                 raise RuntimeError("sbx-bench-pace exited %d: %s %s"
                                    % (r.returncode, r.stdout.strip(), r.stderr[-1000:]))
             late_ms = float(re.search(r"late_ms=([\d.]+)", r.stdout).group(1))
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while self.done_count() < n and time.monotonic() < deadline:
+            while self.done_count() < n + warm and time.monotonic() < deadline:
                 time.sleep(POLL_S)
             # The last NOTIFYs trail the commit that the count saw.
             time.sleep(0.5)
@@ -568,6 +740,24 @@ class Bench:
             stop.set()
             th.join(5)
         self.stop_proc(w)
+        st = worker_stats(w.log)
+        span = (me1.elapsed - me0.elapsed) or 1e-9
+        # At a steady rate the worker's one connection sends a round (one
+        # transaction) whenever the last one is answered: the time per commit
+        # is how long a statement waits for its round, at most twice that.
+        self.pg_counts(commits0, n + warm, "lat", "latency%s run %d" % (vlabel(self.variant), run))
+        commits = self.last_commits
+        if commits:
+            self.add("lat_commit_ms", 1000.0 * sent_s * (n + warm) / n / commits)
+        # The bench's reader thread and the pacer share the 2 cores with what
+        # they measure: their CPU says how much.
+        self.add("lat_bench_cpu", 100.0 * (me1.user + me1.system + me1.children_user
+                                           + me1.children_system - me0.user - me0.system
+                                           - me0.children_user - me0.children_system) / span)
+        self.add("lat_worker_cpu", 100.0 * (w1 - w0) / span)
+        for p in (50, 99):
+            if "intake_wait_p%d_ms" % p in st:
+                self.add("part_take_%d" % p, float(st["intake_wait_p%d_ms" % p]))
         rows = self.q(
             "SELECT r.job_id, (r.spec->'metadata'->>'t_us')::bigint, e.to_status,"
             " (extract(epoch FROM min(e.at)) * 1e6)::bigint"
@@ -598,9 +788,9 @@ class Bench:
             for p in (50, 99, 99.9):
                 self.add("lat_%s_%s" % (name, p), percentile(vals, p), missing > 0)
         self.add("lat_rate", n / sent_s)
-        log("latency run %d: %d jobs at %.0f/s (producer at most %.1f ms behind), p50/p99/p99.9 "
+        log("latency%s run %d: %d jobs at %.0f/s (producer at most %.1f ms behind), p50/p99/p99.9 "
             "ms: recorded %s, lease %s, running %s, terminal %s%s"
-            % (run, n, n / sent_s, late_ms,
+            % (vlabel(self.variant), run, n, n / sent_s, late_ms,
                *("/".join(fmt_num(percentile(stages[k], p)) for p in (50, 99, 99.9))
                  for k in ("recorded", "lease", "running", "terminal")),
                "; %d never reached the reader" % missing if missing else ""))
@@ -626,6 +816,17 @@ class Bench:
                 continue
         parts = {"kafka": [], "intake": [], "lease": [], "call": []}
         inf = float("inf")
+        if self.cfg.keep:
+            # Per job, for looking at where one slow job lost its time.
+            path = os.path.join(os.path.dirname(self.cfg.out), "latency-%s.tsv" % topic)
+            with open(path, "w") as f:
+                f.write("job\tenqueued_us\tappended_us\tqueued_us\tprovisioning_us\trunning_us\n")
+                for i in range(n):
+                    a = at.get("l-%d" % i) or {}
+                    f.write("\t".join(str(x if x is not None else "") for x in (
+                        i, a.get("t"), appended.get("l-%d" % i), a.get("queued"),
+                        a.get("provisioning"), a.get("running"))) + "\n")
+            log("per-job marks in %s" % path)
         for i in range(n):
             job_id = "l-%d" % i
             a = at.get(job_id) or {}
@@ -680,8 +881,8 @@ class Bench:
         self.add("inflight_ramp_db", float(ramp_db))
         self.add("inflight_rss", rss / 1024.0)
         self.add("inflight_cpu", (c1 - c0) / (m1 - m0) * 100.0, not quiet)
-        log("inflight run %d: %d running after %.1f s (runs table %.1f s), RSS %.1f MiB, "
-            "CPU %.2f%% over %.0f s%s" % (run, n, t_all - t0, ramp_db, rss / 1024.0,
+        log("inflight%s run %d: %d running after %.1f s (runs table %.1f s), RSS %.1f MiB, "
+            "CPU %.2f%% over %.0f s%s" % (vlabel(self.variant), run, n, t_all - t0, ramp_db, rss / 1024.0,
                                         (c1 - c0) / (m1 - m0) * 100.0, m1 - m0,
                                         "" if quiet else " (not quiet: %d running, %d ended)"
                                         % (still, ended)))
@@ -892,46 +1093,73 @@ class Bench:
         if not total or not done:
             raise RuntimeError("callgrind: no totals in %s or no job done" % dump)
         self.add("callgrind_ir", total / float(done), done < n)
-        log("callgrind run %d: %d jobs, %d Ir in the worker, %.0f Ir per job"
-            % (run, done, total, total / float(done)))
-        if self.top15 is None:
-            self.top15 = callgrind_top(dump, 15)
+        log("callgrind%s run %d: %d jobs, %d Ir in the worker, %.0f Ir per job"
+            % (vlabel(self.variant), run, done, total, total / float(done)))
+        if self.variant not in self.top15:
+            self.top15[self.variant] = callgrind_top(dump, 15)
 
     # ----- the whole -----
 
+    def attempt(self, what, fn, i):
+        if self.over_budget("%s run %d" % (what, i)):
+            return False
+        self.last_logs = []
+        try:
+            fn(i)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError,
+                psycopg.Error) as e:
+            log("%s run %d failed: %s" % (what, i, e))
+            for path in self.last_logs:
+                log("--- last lines of %s ---\n%s" % (path, sbxsvc._tail(path, 15)))
+            self.notes.append("%s run %d failed: %s" % (what, i, str(e).splitlines()[0]))
+        return True
+
     def repeat(self, what, fn, runs):
         for i in range(1, runs + 1):
-            if self.over_budget("%s run %d" % (what, i)):
+            if not self.attempt(what, fn, i):
                 return
-            self.last_logs = []
-            try:
-                fn(i)
-            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError,
-                    psycopg.Error) as e:
-                log("%s run %d failed: %s" % (what, i, e))
-                for path in self.last_logs:
-                    log("--- last lines of %s ---\n%s" % (path, sbxsvc._tail(path, 15)))
-                self.notes.append("%s run %d failed: %s" % (what, i, str(e).splitlines()[0]))
+
+    def use_variant(self, name):
+        self.variant = name
+        self.worker_bin = dict(self.cfg.variants)[name]
+
+    def each_variant(self, what, fn, runs):
+        """fn's runs with each variant's worker, taking turns (run 1 of every
+        variant, then run 2, ...) so that a drift in the machine's load over
+        the bench weighs on all of them alike."""
+        try:
+            for i in range(1, runs + 1):
+                for name, _ in self.cfg.variants:
+                    self.use_variant(name)
+                    if not self.attempt(what + (" [%s]" % name if name else ""), fn, i):
+                        return
+        finally:
+            self.variant = None
 
     def run(self):
         cfg = self.cfg
         # The first jobs after the servers start are slower (the broker's JIT,
         # PostgreSQL's caches): a short unrecorded run goes first.
+        self.use_variant(cfg.variants[0][0])
         self.repeat("warm-up", lambda i: self.dispatch_run(1, 0, min(cfg.jobs, WARMUP_JOBS), None), 1)
+        self.variant = None
         if "dispatch" in cfg.only:
-            self.repeat("dispatch 1 worker", lambda i: self.dispatch_run(1, i), cfg.runs)
-            self.repeat("dispatch 2 workers", lambda i: self.dispatch_run(2, i), cfg.runs)
+            self.each_variant("dispatch 1 worker", lambda i: self.dispatch_run(1, i), cfg.runs)
+            self.each_variant("dispatch 2 workers", lambda i: self.dispatch_run(2, i), cfg.runs)
         if "latency" in cfg.only:
             rate = cfg.latency_rate
             if not rate:
-                rates = [v for v, _ in self.results.get("dispatch_db_1", [])]
+                # One offered rate for every variant (half the first one's
+                # dispatch), so their latencies compare.
+                first = self.vresults[cfg.variants[0][0]]
+                rates = [v for v, _ in first.get("dispatch_db_1", [])]
                 rate = statistics.median(rates) / 2 if rates else 100.0
                 if not rates:
                     self.notes.append("latency: no dispatch figure to halve; offered 100 jobs/s "
                                       "(set BENCH_LATENCY_RATE).")
-            self.repeat("latency", lambda i: self.latency_run(rate, i), cfg.runs)
+            self.each_variant("latency", lambda i: self.latency_run(rate, i), cfg.runs)
         if "inflight" in cfg.only:
-            self.repeat("inflight", self.inflight_run, cfg.runs)
+            self.each_variant("inflight", self.inflight_run, cfg.runs)
         if "river" in cfg.only:
             self.repeat("River tuned", lambda i: self.river_run("tuned", i), cfg.runs)
             self.repeat("River defaults", lambda i: self.river_run("defaults", i), cfg.runs)
@@ -940,7 +1168,7 @@ class Bench:
         if "bullmq" in cfg.only:
             self.repeat("bullmq", self.bullmq_run, cfg.runs)
         if "callgrind" in cfg.only:
-            self.repeat("callgrind", self.callgrind_run, cfg.callgrind_runs)
+            self.each_variant("callgrind", self.callgrind_run, cfg.callgrind_runs)
 
 
 def callgrind_top(path, k):
@@ -1008,6 +1236,14 @@ ROWS = [
     ("worker_sys_1", "worker CPU in the kernel (system time), 1 worker", "%", None, ""),
     ("lease_waits_1", "lease acquires refused (project busy, no slot) per job, 1 worker", "per job",
      None, ""),
+    ("pg_stmts_1", "PostgreSQL statements per job (top level, pg_stat_statements), 1 worker",
+     "per job", None, ""),
+    ("pg_nested_1", "PostgreSQL statements per job nested in the sbx.* functions, 1 worker",
+     "per job", None, ""),
+    ("pg_exec_ms_1", "PostgreSQL executor time per job (top-level statements), 1 worker", "ms",
+     None, ""),
+    ("pg_commits_1", "PostgreSQL commits per job, 1 worker", "per job", None, ""),
+    ("pg_wal_sync_1", "PostgreSQL WAL flushes (fsync) per job, 1 worker", "per job", None, ""),
     ("server_cpu_postgres", "PostgreSQL CPU per 1,000 jobs, 1 worker", "CPU s",
      "river_tuned_srv_postgres", "x River tuned"),
     ("server_cpu_redis", "Redis CPU per 1,000 jobs, 1 worker", "CPU s", None, ""),
@@ -1016,7 +1252,22 @@ ROWS = [
     ("dispatch_wall_2", "dispatch, 2 workers (wall clock from start)", "jobs/s", "dispatch_wall_1",
      "x 1 worker"),
     ("worker_cpu_2", "worker CPU per 1,000 jobs, 2 workers", "CPU s", "worker_cpu_1", "x 1 worker"),
+    ("pg_stmts_2", "PostgreSQL statements per job (top level), 2 workers", "per job", "pg_stmts_1",
+     "x 1 worker"),
+    ("pg_commits_2", "PostgreSQL commits per job, 2 workers", "per job", "pg_commits_1",
+     "x 1 worker"),
+    ("pg_wal_sync_2", "PostgreSQL WAL flushes (fsync) per job, 2 workers", "per job",
+     "pg_wal_sync_1", "x 1 worker"),
     ("lat_rate", "latency: offered rate (half of 1-worker dispatch)", "jobs/s", None, ""),
+    ("lat_worker_cpu", "latency: worker CPU at that rate", "% of a core", None, ""),
+    ("lat_bench_cpu", "latency: the bench's own CPU meanwhile (LISTEN reader, pacer)",
+     "% of a core", None, ""),
+    ("pg_stmts_lat", "latency: PostgreSQL statements per job (top level)", "per job", None, ""),
+    ("pg_exec_ms_lat", "latency: PostgreSQL executor time per job (top level)", "ms", None, ""),
+    ("pg_commits_lat", "latency: PostgreSQL commits (worker's rounds) per job", "per job", None,
+     ""),
+    ("lat_commit_ms", "latency: time per commit (run's time / commits; the worker's round "
+     "time when rounds go back to back)", "ms", None, ""),
     ("lat_recorded_50", "latency enqueue->run row (queued) p50", "ms", None, ""),
     ("lat_recorded_99", "latency enqueue->run row (queued) p99", "ms", None, ""),
     ("lat_recorded_99.9", "latency enqueue->run row (queued) p99.9", "ms", None, ""),
@@ -1031,6 +1282,10 @@ ROWS = [
     ("lat_terminal_99.9", "latency enqueue->terminal seen (LISTEN) p99.9", "ms", None, ""),
     ("part_kafka_50", "latency part: enqueue->Kafka append p50", "ms", None, ""),
     ("part_kafka_99", "latency part: enqueue->Kafka append p99", "ms", None, ""),
+    ("part_take_50", "latency part: Kafka append->worker took it (its intake wait, warm-up "
+     "included) p50", "ms", None, ""),
+    ("part_take_99", "latency part: Kafka append->worker took it (its intake wait, warm-up "
+     "included) p99", "ms", None, ""),
     ("part_intake_50", "latency part: Kafka append->run row (fetch, intake, record) p50", "ms",
      None, ""),
     ("part_intake_99", "latency part: Kafka append->run row (fetch, intake, record) p99", "ms",
@@ -1068,7 +1323,7 @@ RATIOS = [("dispatch jobs/s (tables)", "dispatch_db_1", "_rate_db", "bullmq_rate
           ("PostgreSQL CPU per 1,000 jobs", "server_cpu_postgres", "_srv_postgres", None)]
 
 
-def ratio_rows(results):
+def ratio_rows(results, me_name="sbx"):
     out = []
     peers = PEERS + [("bullmq", "BullMQ")]
     for what, mine, suffix, bullmq in RATIOS:
@@ -1079,26 +1334,63 @@ def ratio_rows(results):
                 continue
             them, runs, tp = median_of(results, other)
             if them:
-                out.append(("sbx / %s: %s" % (name, what), "ratio",
+                out.append(("%s / %s: %s" % (me_name, name, what), "ratio",
                             "%.2f%s" % (me / them, "*" if mp or tp else ""), str(runs), ""))
     return out
 
 
-def table_rows(cfg, results):
+def is_sbx(key):
+    return not key.startswith(PEER_PREFIXES)
+
+
+def fig_name(cfg, fig):
+    return fig.format(inflight="{:,}".format(cfg.inflight),
+                      callgrind_jobs="{:,}".format(cfg.callgrind_jobs))
+
+
+def rows_for(cfg, results, rows, label="", dash=False):
+    """dash: a row this variant has no figure for (an older worker without
+    that stats field, a failed run) shows "-" rather than nothing."""
     out = []
-    for key, fig, unit, peer, how in ROWS:
+    for key, fig, unit, peer, how in rows:
         med, runs, partial = median_of(results, key)
         if med is None:
+            if dash:
+                out.append((label + fig_name(cfg, fig), unit, "-", "0", ""))
             continue
         ratio = ""
         if peer:
             pm, _, _ = median_of(results, peer)
             if pm:
                 ratio = "%.2f %s" % (med / pm, how)
-        out.append((fig.format(inflight="{:,}".format(cfg.inflight),
-                               callgrind_jobs="{:,}".format(cfg.callgrind_jobs)),
-                    unit, fmt_num(med) + ("*" if partial else ""), str(runs), ratio))
-    return out + ratio_rows(results)
+        out.append((label + fig_name(cfg, fig), unit, fmt_num(med) + ("*" if partial else ""),
+                    str(runs), ratio))
+    return out
+
+
+def table_rows(cfg, bench):
+    names = [name for name, _ in cfg.variants]
+    if names == [""]:
+        merged = dict(bench.results, **bench.vresults[""])
+        return rows_for(cfg, merged, ROWS) + ratio_rows(merged)
+    # One row set per variant, then the peers, then each variant against the
+    # first, then the last variant against the peers.
+    sbx_rows = [r for r in ROWS if is_sbx(r[0]) and
+                any(median_of(bench.vresults[v], r[0])[0] is not None for v in names)]
+    out = []
+    for v in names:
+        out += rows_for(cfg, dict(bench.results, **bench.vresults[v]), sbx_rows, v + ": ", True)
+    out += rows_for(cfg, bench.results, [r for r in ROWS if not is_sbx(r[0])])
+    base = names[0]
+    for v in names[1:]:
+        for key, fig, _, _, _ in sbx_rows:
+            a, _, ap = median_of(bench.vresults[base], key)
+            b, runs, bp = median_of(bench.vresults[v], key)
+            if a and a > 0 and b is not None and b >= 0:
+                out.append(("%s / %s: %s" % (v, base, fig_name(cfg, fig)), "ratio",
+                            "%.2f%s" % (b / a, "*" if ap or bp else ""), str(runs), ""))
+    last = names[-1]
+    return out + ratio_rows(dict(bench.results, **bench.vresults[last]), "sbx %s" % last)
 
 
 def print_table(rows):
@@ -1111,6 +1403,10 @@ def print_table(rows):
         print("  ".join(("%*s" if i in (2, 3) else "%-*s") % (widths[i], r[i]) for i in range(5)))
 
 
+def vlabel(v):
+    return " [%s]" % v if v else ""
+
+
 def write_markdown(path, cfg, m, rows, bench, started):
     lines = ["# sbx benchmark results (`make bench`)", "",
              "Written by tests/bench/bench.py; see its top comment for what each figure measures.",
@@ -1121,8 +1417,12 @@ def write_markdown(path, cfg, m, rows, bench, started):
              "- source: %s" % m["rev"],
              "- load average (1 min) at start: %.2f, at end: %.2f (anything else running on "
              "the machine competes with the worker and the servers)" % (m["load"], os.getloadavg()[0]),
-             "- config: %s" % cfg.describe(),
-             "",
+             "- config: %s" % cfg.describe()]
+    if [v for v, _ in cfg.variants] != [""]:
+        lines += ["- worker variants (BENCH_SBX_VARIANTS; ratios are of each to the first): %s"
+                  % "; ".join("%s = `%s` (%s)" % (v, path, bench.versions.get(v, "?"))
+                              for v, path in cfg.variants)]
+    lines += ["",
              "| figure | unit | median | runs | ratio |",
              "| --- | --- | ---: | ---: | --- |"]
     lines += ["| %s |" % " | ".join(r) for r in rows]
@@ -1133,12 +1433,19 @@ def write_markdown(path, cfg, m, rows, bench, started):
               "What River does not do: " + RIVER_NOT]
     if bench.notes:
         lines += ["", "Notes:", ""] + ["- " + n for n in bench.notes]
-    if bench.top15:
-        lines += ["", "Worker, top 15 functions by inclusive Ir (callgrind, %s jobs; frames holding "
-                  "the whole program, such as main and the loop, left out):"
-                  % "{:,}".format(cfg.callgrind_jobs), "",
+    for v, listed in bench.top_stmts.items():
+        lines += ["", "PostgreSQL, top statements of the worker%s by total executor time "
+                  "(pg_stat_statements, top level, the last 1-worker dispatch run):" % vlabel(v),
+                  "", "| calls per job | ms per call | share | statement |",
+                  "| ---: | ---: | ---: | --- |"]
+        lines += ["| %.2f | %.3f | %.1f %% | `%s` |" % (a, b, c, d[:200].replace("|", "\\|"))
+                  for a, b, c, d in listed]
+    for v, top in bench.top15.items():
+        lines += ["", "Worker%s, top 15 functions by inclusive Ir (callgrind, %s jobs; frames "
+                  "holding the whole program, such as main and the loop, left out):"
+                  % (vlabel(v), "{:,}".format(cfg.callgrind_jobs)), "",
                   "| Ir | % | function |", "| ---: | ---: | --- |"]
-        lines += ["| {:,} | {:.1f} | `{}` |".format(ir, pct, name) for ir, pct, name in bench.top15]
+        lines += ["| {:,} | {:.1f} | `{}` |".format(ir, pct, name) for ir, pct, name in top]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -1164,7 +1471,7 @@ def main():
         raise SystemExit(130)
     finally:
         bench.stop()
-    rows = table_rows(cfg, bench.results)
+    rows = table_rows(cfg, bench)
     if not rows:
         log("no figure was measured")
         for n in bench.notes:
@@ -1179,10 +1486,17 @@ def main():
     print("What River does not do: " + RIVER_NOT)
     for n in bench.notes:
         print("note: " + n)
-    if bench.top15:
+    for v, listed in bench.top_stmts.items():
         print()
-        print("worker, top 15 functions by inclusive Ir (callgrind; main and the loop left out):")
-        for ir, pct, name in bench.top15:
+        print("PostgreSQL, top statements of the worker%s by executor time (last 1-worker "
+              "dispatch run): calls per job, ms per call, share" % vlabel(v))
+        for a, b, c, d in listed:
+            print("  %6.2f %9.3f %5.1f%%  %s" % (a, b, c, d[:110]))
+    for v, top in bench.top15.items():
+        print()
+        print("worker%s, top 15 functions by inclusive Ir (callgrind; main and the loop left out):"
+              % vlabel(v))
+        for ir, pct, name in top:
             print("  %15s %5.1f%%  %s" % ("{:,}".format(ir), pct, name))
     write_markdown(cfg.out, cfg, m, rows, bench, started)
     log("table written to %s; total %.0f s" % (os.path.relpath(cfg.out, REPO), bench.elapsed()))

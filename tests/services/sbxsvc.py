@@ -354,12 +354,15 @@ class Redis(_Service):
 class Postgres(_Service):
     """tls: None, or {"ca", "cert", "key" (PEM files: the CA, the server's
     certificate and key), "pg_password"}: ssl=on, TCP takes only hostssl
-    with user postgres' scram password, and url says sslmode=verify-full."""
+    with user postgres' scram password, and url says sslmode=verify-full.
+    settings: extra server settings {name: value}, passed as -c name=value
+    after ours (the bench loads pg_stat_statements so)."""
     name = "postgres"
     deadline = 90.0
 
-    def __init__(self, root, taken, tls=None):
+    def __init__(self, root, taken, tls=None, settings=None):
         super().__init__(root, taken)
+        self.settings = dict(settings or {})
         self.port = _free_port(taken)
         self.data = os.path.join(self.dir, "data")
         self.sock = os.path.join(self.dir, "sock")
@@ -400,7 +403,8 @@ class Postgres(_Service):
                       # Load tests run many workers, each with a connection.
                       "-c", "max_connections=200",
                       "-c", "logging_collector=off", "-c", "log_destination=stderr"]
-                     + self._tls_args(),
+                     + self._tls_args()
+                     + [a for k, v in self.settings.items() for a in ("-c", "%s=%s" % (k, v))],
                      self.log, user=self.user, cwd=self.dir)
 
     def _owned(self, path, text, mode):
@@ -940,9 +944,10 @@ class Services:
         self.stop()
 
     def start(self, kafka=True, redis=True, postgres=True, redis_password=None, redis_users=(),
-              tls=None):
+              tls=None, pg_settings=None):
         """Starts the chosen services in parallel; returns the env dict.
         redis_password / redis_users: see Redis (default: no password).
+        pg_settings: see Postgres' settings (default: none).
         tls: see Kafka and Postgres (default: none); the env keeps Kafka's
         PLAINTEXT listener in SBX_BROKERS."""
         started = []
@@ -951,7 +956,7 @@ class Services:
         if redis:
             started.append(Redis(self.root, self.taken, redis_password, redis_users))
         if postgres:
-            started.append(Postgres(self.root, self.taken, tls))
+            started.append(Postgres(self.root, self.taken, tls, pg_settings))
         for s in started:
             self.svc[s.name] = s
         try:

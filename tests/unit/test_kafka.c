@@ -971,6 +971,54 @@ static int lag_is(const void *arg)
     return n == 2 && ok == 2;
 }
 
+/* The intake wait goes from each message's timestamp to the loop taking
+ * it: one stamped 20 s ago lands in the last bucket, one 3 s ago near 3 s,
+ * one stamped ahead of our clock (another host's) counts as no wait. */
+static void produce_at(const char *topic, const char *val, int64_t ts_ms)
+{
+    assert_int_equal(rd_kafka_producev(P, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+                                       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                       RD_KAFKA_V_VALUE((void *)val, strlen(val)),
+                                       RD_KAFKA_V_TIMESTAMP(ts_ms), RD_KAFKA_V_END),
+                     0);
+}
+
+static void t_intake_wait(void **state)
+{
+    char topic[96], group[96];
+    uint64_t n = 99, t0;
+    int64_t now;
+    int w;
+    (void)state;
+    name(topic, sizeof(topic), "wait");
+    name(group, sizeof(group), "g");
+    mk_topic(topic, 1);
+    open_intake(&A, topic, NULL, group, 1000, NULL);
+    wait_assigned(&A, 1);
+    assert_int_equal(sbx_kafka_intake_wait_ms(A.k, 50, &n), -1);
+    assert_int_equal(n, 0);
+
+    t0 = sbx_now_ms();
+    now = (int64_t)sbx_wall_ms();
+    produce_at(topic, "ahead", now + 60000);
+    for (int i = 0; i < 3; i++)
+        produce_at(topic, "now", now);
+    produce_at(topic, "3s", now - 3000);
+    produce_at(topic, "20s", now - 20000);
+    flush();
+    wait_n(&A, 6);
+
+    /* Nearest rank over 6: 1/6 is the one ahead, 5/6 the one 3 s old. */
+    assert_int_equal(sbx_kafka_intake_wait_ms(A.k, 100.0 / 6, &n), 0);
+    assert_int_equal(n, 6);
+    w = sbx_kafka_intake_wait_ms(A.k, 50, &n);
+    assert_true(w >= 0 && (uint64_t)w <= sbx_now_ms() - t0 + 1);
+    w = sbx_kafka_intake_wait_ms(A.k, 80, &n);
+    assert_true(w >= 3000 && (uint64_t)w <= 3000 + sbx_now_ms() - t0 + 1);
+    assert_int_equal(sbx_kafka_intake_wait_ms(A.k, 100, &n), SBX_KAFKA_WAIT_MS_MAX);
+    close_intake(&A);
+}
+
 static void t_up_and_lag(void **state)
 {
     const char *const stats[] = {"statistics.interval.ms=200", NULL};
@@ -1088,6 +1136,7 @@ int main(void)
         cmocka_unit_test_teardown(t_dead_letter_retried_until_topic_fixed, close_all),
         cmocka_unit_test_teardown(t_dead_letter_dropped_on_revoke, close_all),
         cmocka_unit_test_teardown(t_up_and_lag, close_all),
+        cmocka_unit_test_teardown(t_intake_wait, close_all),
         cmocka_unit_test_teardown(t_unreachable_broker_is_down, close_all),
     };
     brokers = getenv("SBX_BROKERS");
