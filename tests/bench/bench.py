@@ -758,6 +758,12 @@ class Bench:
         for p in (50, 99):
             if "intake_wait_p%d_ms" % p in st:
                 self.add("part_take_%d" % p, float(st["intake_wait_p%d_ms" % p]))
+        # Each database call's mean time queued behind the round in flight
+        # and in its own round (worker/db.c; warm-up included).
+        if st.get("db_calls"):
+            self.add("part_db_wait", st["db_wait_us"] / 1000.0 / st["db_calls"])
+            self.add("part_db_round", st["db_round_us"] / 1000.0 / st["db_calls"])
+            self.add("db_calls_per_statement", st["db_calls"] / float(st["db_statements"] or 1))
         rows = self.q(
             "SELECT r.job_id, (r.spec->'metadata'->>'t_us')::bigint, e.to_status,"
             " (extract(epoch FROM min(e.at)) * 1e6)::bigint"
@@ -1286,6 +1292,11 @@ ROWS = [
      "included) p50", "ms", None, ""),
     ("part_take_99", "latency part: Kafka append->worker took it (its intake wait, warm-up "
      "included) p99", "ms", None, ""),
+    ("part_db_wait", "latency part: a database call queued behind the round in flight (mean)",
+     "ms", None, ""),
+    ("part_db_round", "latency part: a database call's own round (mean)", "ms", None, ""),
+    ("db_calls_per_statement", "latency run: database calls per statement sent (merged calls, "
+     "worker/db.c)", "ratio", None, ""),
     ("part_intake_50", "latency part: Kafka append->run row (fetch, intake, record) p50", "ms",
      None, ""),
     ("part_intake_99", "latency part: Kafka append->run row (fetch, intake, record) p99", "ms",
