@@ -673,6 +673,7 @@ static int push_front(sbx_db *db, const char *sql, sbx_db_cb cb, void *arg)
     r->sql = (char *)sql;
     r->cb = cb;
     r->arg = arg;
+    r->queued_us = sbx_now_us();
     r->next = db->head;
     db->head = r;
     if (!db->tail)
