@@ -414,6 +414,7 @@ static long long script_calls(void)
 enum { NB = 150 };
 static int nreplies[NB];
 static sbx_lease_reply replies[NB];
+static char errors[NB][128];
 static volatile int nleft;
 
 static void on_nth(void *arg, const sbx_lease_reply *rep)
@@ -421,6 +422,7 @@ static void on_nth(void *arg, const sbx_lease_reply *rep)
     int i = (int)(intptr_t)arg;
     nreplies[i]++;
     replies[i] = *rep;
+    snprintf(errors[i], sizeof(errors[i]), "%s", rep->error ? rep->error : "");
     replies[i].error = NULL;
     if (nreplies[i] == 1 && --nleft == 0)
         got = 1;
@@ -614,6 +616,47 @@ static void test_held_project_is_answered_here(void **state)
     }
 }
 
+/* Redis refuses a batch (an error reply for the whole call), or each job of
+ * it (an error raised inside the script): every call gets ERROR once, with
+ * Redis' text, and the holders are forgotten (the next acquire asks). */
+static void test_redis_errors_fail_each_call_once(void **state)
+{
+    (void)state;
+    regn("er", 4);
+    redis_do("ACL", "SETUSER", "default", "-evalsha", "-eval", NULL);
+    expect_replies(4);
+    for (int i = 0; i < 4; i++) {
+        char p[16], j[16];
+        snprintf(p, sizeof(p), "e%d", i % 3); /* e0 twice: the second waits */
+        snprintf(j, sizeof(j), "ej%d", i);
+        assert_int_equal(sbx_lease_acquire(LS, "er", p, j, "w", 10000, 0, on_nth,
+                                           (void *)(intptr_t)i), 0);
+    }
+    wait_replies();
+    redis_do("ACL", "SETUSER", "default", "+@all", NULL, NULL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(nreplies[i], 1);
+        assert_int_equal(replies[i].status, SBX_LEASE_ERROR);
+        assert_non_null(strstr(errors[i], "NOPERM"));
+    }
+    /* A job whose decision raises (its pool's free set is a string) gets
+     * ERROR with Redis' text; its batch-mates are decided as usual. */
+    redis_do("SET", "{sbx}:free:bad", "not-a-set", NULL, NULL, NULL);
+    expect_replies(3);
+    assert_int_equal(sbx_lease_acquire(LS, "er", "eo0", "eo0", "w", 10000, 0, on_nth, (void *)0), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "bad", "eo1", "eo1", "w", 10000, 0, on_nth, (void *)1), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "er", "eo2", "eo2", "w", 10000, 0, on_nth, (void *)2), 0);
+    wait_replies();
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(nreplies[i], 1);
+    assert_int_equal(replies[0].status, SBX_LEASE_OK);
+    assert_int_equal(replies[1].status, SBX_LEASE_ERROR);
+    assert_non_null(strstr(errors[1], "WRONGTYPE"));
+    assert_int_equal(replies[2].status, SBX_LEASE_OK);
+    CALL(sbx_lease_acquire(LS, "er", "e0", "ej3", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
 static void restart_server(void)
 {
     struct timespec ts = {0, 50 * 1000000};
@@ -690,6 +733,7 @@ int main(void)
         cmocka_unit_test(test_batch_of_mixed_outcomes),
         cmocka_unit_test(test_two_workers_race),
         cmocka_unit_test(test_held_project_is_answered_here),
+        cmocka_unit_test(test_redis_errors_fail_each_call_once),
         cmocka_unit_test(test_connection_lost_mid_batch),
     };
     return cmocka_run_group_tests_name("lease", tests, setup, teardown);
