@@ -14,8 +14,13 @@
  * order; what changes is one EVALSHA (one Redis script run, one reply) for
  * many jobs, where a loaded worker made one per job. A whole-batch failure
  * (connection lost, an error reply, Redis down at the flush) fails every
- * call of the batch once through its callback, as a failed call did alone.
- * Fence and register are rare and go at once, after the queue (order kept).
+ * call of the batch once through its callback, as a failed call did alone;
+ * an error inside one job's decision fails that job only (the script's
+ * pcall, "ERR"). Calls queue only while Redis is connected: when it is not,
+ * they are refused at once, as before. Fence and register are rare and go
+ * at once, ahead of anything still queued; nothing depends on that order
+ * (an acquire carries its own token floor, a registration leaves leased
+ * slots alone).
  *
  * Local answers. A worker asks Redis about a project far more often than the
  * answer can be "yes": jobs of one project arrive together, and all but the
@@ -30,8 +35,10 @@
  *    first); if not (another worker holds it, no slot, an error), its acquire
  *    goes to Redis after all, because only Redis knows.
  * A local answer only ever refuses, never grants, so it cannot break "one
- * build per project"; at worst it is stale by less than one ttl (a lease of
- * ours that Redis let expire), the delay the lease itself would have caused.
+ * build per project" nor the token order (every grant is Redis', with its
+ * floor); at worst it is stale by less than one ttl (a lease of ours that
+ * Redis let expire or lost, where Redis would have said OK or QUIET), the
+ * delay the lease itself would have caused.
  * A holder is dropped when its release or a LOST renewal is answered, and
  * is ignored once its ttl has passed without a renewal, so one that is never
  * released (a job that vanished) holds nobody back for longer.
