@@ -130,6 +130,12 @@ static void on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
         memcpy(s->sha, rep->str, 41);
 }
 
+static void load_script(sbx_redis *r, sbx_redis_script *s)
+{
+    s->sha[0] = '\0';
+    redisAsyncCommand(r->ac, on_script_loaded, s, "SCRIPT LOAD %s", s->lua);
+}
+
 /* The handshake's steps; the address is the callback's priv. */
 static const char STEP_AUTH[] = "AUTH", STEP_SELECT[] = "SELECT", STEP_PING[] = "PING";
 
@@ -141,10 +147,8 @@ static void handshake_done(sbx_redis *r)
         sbx_info("redis", "connected to %s", r->target);
     r->last_err[0] = '\0';
     r->backoff_ms = RECONNECT_MIN_MS;
-    for (sbx_redis_script *s = r->scripts; s; s = s->next) {
-        s->sha[0] = '\0';
-        redisAsyncCommand(r->ac, on_script_loaded, s, "SCRIPT LOAD %s", s->lua);
-    }
+    for (sbx_redis_script *s = r->scripts; s; s = s->next)
+        load_script(r, s);
     set_connected(r, 1);
 }
 
@@ -516,14 +520,15 @@ typedef struct pending {
     void *arg;
     sbx_redis_script *script;  /* set for EVALSHA: resend as EVAL on NOSCRIPT */
     int argc;
-    char **argv;
+    char **argv;               /* EVAL: the whole command, argv[0..1] not owned */
     size_t *lens;
 } pending;
 
 static void pending_free(pending *p)
 {
     if (p->argv) {
-        for (int i = 0; i < p->argc; i++)
+        /* An EVAL's first two are the command and the script's (send_eval). */
+        for (int i = p->script ? 2 : 0; i < p->argc; i++)
             free(p->argv[i]);
         free(p->argv);
         free(p->lens);
@@ -543,7 +548,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     if (p->script && rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        p->script->sha[0] = '\0';
+        /* Redis lost its scripts (restart, SCRIPT FLUSH): this call goes
+         * as EVAL, and the script is loaded again for the next ones. */
+        load_script(p->r, p->script);
         if (send_eval(p, 0) == 0)
             return;
         rep = NULL;
@@ -594,7 +601,10 @@ void sbx_redis_script_free(sbx_redis_script *s)
 }
 
 /* Scripts are few (one per lease operation): keep them on a list the
- * connect callback walks to SCRIPT LOAD them again. */
+ * connect callback walks to SCRIPT LOAD them again. A script first seen on a
+ * live link is loaded now, pipelined ahead of its first call (which goes as
+ * EVAL): without that, a script registered after the handshake would never
+ * get its sha and every call would send its whole body. */
 static void remember_script(sbx_redis *r, sbx_redis_script *s)
 {
     for (sbx_redis_script *x = r->scripts; x; x = x->next)
@@ -602,28 +612,28 @@ static void remember_script(sbx_redis *r, sbx_redis_script *s)
             return;
     s->next = r->scripts;
     r->scripts = s;
+    load_script(r, s);
 }
 
-/* Lua scripts bound the arguments we send: a lease call has fewer than 16. */
-#define EVAL_MAX_ARGS 64
+/* The most arguments one script call carries: a lease batch (lease.c
+ * BATCH_MAX jobs of at most 7 arguments, plus one) stays under it. Redis
+ * itself takes far more; the cap only catches a caller's runaway count. */
+#define EVAL_MAX_ARGS 1024
 
+/* p->argv[0..1] are the command and the sha or body (not owned); the
+ * caller's arguments follow. */
 static int send_eval(pending *p, int use_sha)
 {
-    const char *argv[EVAL_MAX_ARGS + 2];
-    size_t lens[EVAL_MAX_ARGS + 2];
     sbx_redis *r = p->r;
 
     if (!sbx_redis_connected(r))
         return -ENOTCONN;
-    argv[0] = use_sha ? "EVALSHA" : "EVAL";
-    lens[0] = strlen(argv[0]);
-    argv[1] = use_sha ? p->script->sha : p->script->lua;
-    lens[1] = strlen(argv[1]);
-    for (int i = 0; i < p->argc; i++) {
-        argv[i + 2] = p->argv[i];
-        lens[i + 2] = p->lens[i];
-    }
-    if (redisAsyncCommandArgv(r->ac, on_reply, p, p->argc + 2, argv, lens) != REDIS_OK)
+    p->argv[0] = use_sha ? "EVALSHA" : "EVAL";
+    p->lens[0] = strlen(p->argv[0]);
+    p->argv[1] = use_sha ? p->script->sha : p->script->lua;
+    p->lens[1] = strlen(p->argv[1]);
+    if (redisAsyncCommandArgv(r->ac, on_reply, p, p->argc, (const char **)p->argv, p->lens) !=
+        REDIS_OK)
         return -ENOTCONN;
     return 0;
 }
@@ -646,18 +656,18 @@ int sbx_redis_evalsha(sbx_redis *r, sbx_redis_script *s, sbx_redis_cb cb, void *
     p->cb = cb;
     p->arg = arg;
     p->script = s;
-    p->argc = argc;
-    p->argv = calloc((size_t)argc + 1, sizeof(char *));
-    p->lens = calloc((size_t)argc + 1, sizeof(size_t));
+    p->argc = argc + 2;
+    p->argv = calloc((size_t)argc + 2, sizeof(char *));
+    p->lens = calloc((size_t)argc + 2, sizeof(size_t));
     if (!p->argv || !p->lens)
         goto fail;
     for (int i = 0; i < argc; i++) {
-        p->argv[i] = malloc(lens[i] + 1);
-        if (!p->argv[i])
+        p->argv[i + 2] = malloc(lens[i] + 1);
+        if (!p->argv[i + 2])
             goto fail;
-        memcpy(p->argv[i], argv[i], lens[i]);
-        p->argv[i][lens[i]] = '\0';
-        p->lens[i] = lens[i];
+        memcpy(p->argv[i + 2], argv[i], lens[i]);
+        p->argv[i + 2][lens[i]] = '\0';
+        p->lens[i + 2] = lens[i];
     }
     rc = send_eval(p, s->sha[0] != '\0');
     if (rc)
@@ -667,3 +677,5 @@ fail:
     pending_free(p);
     return rc;
 }
+
+sbx_loop *sbx_redis_loop(const sbx_redis *r) { return r->loop; }

@@ -7,7 +7,9 @@
  *
  * Scripts: sbx_redis_script() registers a Lua script once; sbx_redis_evalsha()
  * sends EVALSHA and, on NOSCRIPT (a restarted or flushed Redis), sends the
- * same call as EVAL transparently, so callers see one reply.
+ * same call as EVAL transparently, so callers see one reply. A script is
+ * loaded (SCRIPT LOAD) when first used and again on every connection, so
+ * its calls carry the sha, not the body.
  *
  * Every (re)connection first sends, pipelined, AUTH (when the URL carries a
  * password), SELECT (db > 0) and PING; only when PING answers is the link
@@ -84,5 +86,8 @@ void sbx_redis_script_free(sbx_redis_script *s);
 /* argv/lens hold numkeys, the keys, then the args (what follows the sha). */
 int sbx_redis_evalsha(sbx_redis *r, sbx_redis_script *s, sbx_redis_cb cb, void *arg, int argc,
                       const char **argv, const size_t *lens);
+/* The loop the connection runs on (a caller that batches its commands
+ * flushes them on its timers). */
+sbx_loop *sbx_redis_loop(const sbx_redis *r);
 
 #endif

@@ -1,6 +1,9 @@
 /* lease.h — slot leases and fencing tokens in Redis, one Lua script per
- * operation (acquire, renew, release, register, fence; common/lua/), each
- * one EVALSHA.
+ * operation (acquire, renew, release, register, fence; common/lua/).
+ * Acquires, renewals and releases are batched: the calls of one loop turn
+ * go to Redis as one EVALSHA per kind (up to 64 jobs each), each job still
+ * decided atomically on its own; an acquire of a project this worker
+ * already holds or is acquiring is answered here, without Redis (lease.c).
  *
  * The keys ({sbx}:fence, :slots:, :free:, :lease:, :project:, :deadlines)
  * are described in common/rkeys.h. Time comes from redis.call('TIME')
@@ -46,8 +49,10 @@ typedef struct sbx_leases sbx_leases;
 int sbx_leases_new(sbx_redis *r, sbx_leases **out);
 void sbx_leases_free(sbx_leases *l);
 
-/* Every call returns 0 and later calls cb once, or returns an error and never
- * calls cb (Redis down). */
+/* Every call returns 0 and later calls cb once (never from inside the call),
+ * or returns an error and never calls cb (Redis down). A batched call whose
+ * batch fails (connection lost, Redis down by the time it is sent) gets
+ * ERROR once. */
 /* token_floor: the newest token the caller knows (the job's run row, or any
  * it saw); the new token is above it even if Redis lost its counter
  * (restart without data). A counter below it is that loss seen: the reply
@@ -78,5 +83,18 @@ int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_
  * id) so two registrations of one pool never mix their chunks. */
 int sbx_lease_register(sbx_leases *l, const char *pool, const char *registrant,
                        const char *const *slots, int nslots, sbx_lease_cb cb, void *arg);
+
+/* What the batching and the local answers saved, for the stats line and the
+ * tests. */
+typedef struct sbx_leases_stats {
+    uint64_t script_calls;     /* EVALSHA/EVAL sent, every kind */
+    uint64_t acquires_sent;    /* acquires that reached Redis */
+    uint64_t granted;          /* of those: OK */
+    uint64_t refused_remote;   /* of those: BUSY, HELD, NOCAP, QUIET */
+    uint64_t local_busy;       /* answered BUSY here: the project is ours */
+    uint64_t waited;           /* waited for another job's acquire here */
+} sbx_leases_stats;
+
+void sbx_leases_get_stats(const sbx_leases *l, sbx_leases_stats *out);
 
 #endif

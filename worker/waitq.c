@@ -1,4 +1,5 @@
-/* waitq.c — see waitq.h.
+/* waitq.c — see waitq.h (and lease.c for the acquires it answers without
+ * Redis, which park here like any other refusal).
  *
  * The FIFO is a doubly linked list through the waiters. Project queues are
  * found by id in a fixed table of PROJQ_BUCKETS chains: the number of busy

@@ -12,6 +12,12 @@
  * poll every second (a lease storm measured in the benchmarks), and the
  * project's order would be left to chance.
  *
+ * A project this worker holds costs no Redis call at all: lease.c answers
+ * an acquire of it BUSY itself (it knows our holders), so the job parks
+ * here at once, and our release's sbx__waitq_wake() starts the project's
+ * first waiter, whose acquire then goes to Redis. Only a project held by
+ * another worker is polled in Redis, by its first waiter alone.
+ *
  * Intrusive: each job embeds its sbx_waiter; the queue only allocates a small
  * node per busy project.
  */

@@ -1,75 +1,102 @@
--- acquire.lua — a lease on a free slot of a pool for one job (worker,
--- lease.c sbx_lease_acquire). rkeys.h describes every key named here.
+-- acquire.lua — leases on free slots of a pool, for a batch of jobs (worker,
+-- lease.c sbx_lease_acquire, up to its BATCH_MAX jobs per call). rkeys.h
+-- describes every key named here.
 --
--- ARGV: pool, project, job, worker, ttl_ms, token floor
--- Reply: {status, slot, token, ttl_left_ms, reaped}
+-- ARGV: six per job: pool, project, job, worker, ttl_ms, token floor
+-- Reply: one {status, slot, token, ttl_left_ms, reaped} per job, in order
 --   OK     slot leased: its token and the lease's ttl
 --   HELD   this very job holds the project's lease (slot, time left)
 --   BUSY   another job of the project holds it (slot, time left)
 --   NOCAP  no free slot in the pool
 --   QUIET  Redis lost its data a moment ago: no new lease until every live
 --          owner had a renewal's chance to take its lease back (time left)
+--   ERR    this job's decision raised an error (slot holds its text); the
+--          other jobs of the batch are decided as if it had not been there
+--
+-- Each job is decided by the same steps a call of its own would take, one
+-- job after the other in the batch's order, so two jobs of one project in
+-- one batch are exactly "first OK, second BUSY", and Redis runs the whole
+-- batch atomically, so no other worker's call interleaves with any job.
+-- Time is read once per batch (one instant for all its decisions).
 --
 -- First, expired leases are reaped (any worker may reap; reaping twice is
--- harmless), at most 64 per call so one acquire never runs long inside
+-- harmless), at most 64 per job so one decision never runs long inside
 -- Redis: a killed worker's slots come back without a separate process.
 -- Time is Redis' own (TIME), never a worker's clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local reaped = 0
-for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now, 'LIMIT', 0, 64)) do
-  local lk = '{sbx}:lease:' .. slot
-  local l = redis.call('HMGET', lk, 'project', 'pool')
-  if l[1] and redis.call('GET', '{sbx}:project:' .. l[1]) == slot then
-    redis.call('DEL', '{sbx}:project:' .. l[1])
+
+local function reap()
+  local reaped = 0
+  for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now, 'LIMIT', 0, 64)) do
+    local lk = '{sbx}:lease:' .. slot
+    local l = redis.call('HMGET', lk, 'project', 'pool')
+    if l[1] and redis.call('GET', '{sbx}:project:' .. l[1]) == slot then
+      redis.call('DEL', '{sbx}:project:' .. l[1])
+    end
+    redis.call('DEL', lk)
+    redis.call('ZREM', '{sbx}:deadlines', slot)
+    if l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then
+      redis.call('SADD', '{sbx}:free:' .. l[2], slot)
+    end
+    reaped = reaped + 1
   end
-  redis.call('DEL', lk)
-  redis.call('ZREM', '{sbx}:deadlines', slot)
-  if l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then
-    redis.call('SADD', '{sbx}:free:' .. l[2], slot)
+  return reaped
+end
+
+local function acquire(pool, project, job, worker, ttl, floor)
+  local reaped = reap()
+  -- Tokens must outgrow every token PostgreSQL has seen, even after Redis
+  -- lost its data: the caller passes the newest token it knows as a floor.
+  -- A counter below it is that loss seen; the owners of the leases it took
+  -- are maybe still building, so no lease is handed out for one ttl
+  -- ({sbx}:quiet_until): each live owner renews within it and takes its
+  -- lease back (renew.lua), and a frozen one stops trusting its lease (its
+  -- supervisor kills the build) before it ends.
+  if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(floor) then
+    redis.call('SET', '{sbx}:fence', floor)
+    if (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) < now + ttl then
+      redis.call('SET', '{sbx}:quiet_until', now + ttl)
+    end
   end
-  reaped = reaped + 1
-end
-local pool, project, job, worker, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
--- Tokens must outgrow every token PostgreSQL has seen, even after Redis
--- lost its data: the caller passes the newest token it knows as a floor.
--- A counter below it is that loss seen; the owners of the leases it took
--- are maybe still building, so no lease is handed out for one ttl
--- ({sbx}:quiet_until): each live owner renews within it and takes its lease
--- back (renew.lua), and a frozen one stops trusting its lease (its
--- supervisor kills the build) before it ends.
-if (tonumber(redis.call('GET', '{sbx}:fence')) or 0) < tonumber(ARGV[6]) then
-  redis.call('SET', '{sbx}:fence', ARGV[6])
-  if (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) < now + ttl then
-    redis.call('SET', '{sbx}:quiet_until', now + ttl)
+  local held = redis.call('GET', '{sbx}:project:' .. project)
+  if held then
+    local l = redis.call('HMGET', '{sbx}:lease:' .. held, 'job', 'expires')
+    local left = (tonumber(l[2]) or now) - now
+    if l[1] == job then return {'HELD', held, 0, left, reaped} end
+    return {'BUSY', held, 0, left, reaped}
   end
-end
-local held = redis.call('GET', '{sbx}:project:' .. project)
-if held then
-  local l = redis.call('HMGET', '{sbx}:lease:' .. held, 'job', 'expires')
-  local left = (tonumber(l[2]) or now) - now
-  if l[1] == job then return {'HELD', held, 0, left, reaped} end
-  return {'BUSY', held, 0, left, reaped}
-end
-local quiet = (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) - now
-if quiet > 0 then return {'QUIET', '', 0, quiet, reaped} end
--- A slot on a VM whose agent stopped heartbeating is never handed out: it
--- leaves the pool (the agent registers again when it comes back). Slots
--- without a {sbx}:vm: hash (local, docker, fly) skip the check.
-local slot
-for _ = 1, 64 do
-  slot = redis.call('SPOP', '{sbx}:free:' .. pool)
+  local quiet = (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) - now
+  if quiet > 0 then return {'QUIET', '', 0, quiet, reaped} end
+  -- A slot on a VM whose agent stopped heartbeating is never handed out: it
+  -- leaves the pool (the agent registers again when it comes back). Slots
+  -- without a {sbx}:vm: hash (local, docker, fly) skip the check.
+  local slot
+  for _ = 1, 64 do
+    slot = redis.call('SPOP', '{sbx}:free:' .. pool)
+    if not slot then return {'NOCAP', '', 0, 0, reaped} end
+    local vm = string.match(slot, '^[^#]+')
+    local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')
+    if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then break end
+    redis.call('SREM', '{sbx}:slots:' .. pool, slot)
+    redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')
+    slot = nil
+  end
   if not slot then return {'NOCAP', '', 0, 0, reaped} end
-  local vm = string.match(slot, '^[^#]+')
-  local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')
-  if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then break end
-  redis.call('SREM', '{sbx}:slots:' .. pool, slot)
-  redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')
-  slot = nil
+  local token = redis.call('INCR', '{sbx}:fence')
+  redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker', worker, 'token', token, 'pool', pool, 'expires', now + ttl)
+  redis.call('SET', '{sbx}:project:' .. project, slot)
+  redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)
+  return {'OK', slot, token, ttl, reaped}
 end
-if not slot then return {'NOCAP', '', 0, 0, reaped} end
-local token = redis.call('INCR', '{sbx}:fence')
-redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker', worker, 'token', token, 'pool', pool, 'expires', now + ttl)
-redis.call('SET', '{sbx}:project:' .. project, slot)
-redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)
-return {'OK', slot, token, ttl, reaped}
+
+-- A job whose decision raises (a bad argument, a key of the wrong type)
+-- gets ERR; what it wrote before the error stays, as it would for a call of
+-- its own, and the jobs after it are still decided.
+local out = {}
+for i = 1, #ARGV, 6 do
+  local ok, r = pcall(acquire, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5])
+  if not ok then r = {'ERR', type(r) == 'table' and tostring(r.err) or tostring(r), 0, 0, 0} end
+  out[#out + 1] = r
+end
+return out

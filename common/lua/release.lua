@@ -1,20 +1,34 @@
--- release.lua — ends a lease and frees its slot (worker, lease.c
--- sbx_lease_release). rkeys.h describes every key named here.
+-- release.lua — ends leases and frees their slots, for a batch of jobs
+-- (worker, lease.c sbx_lease_release, up to its BATCH_MAX per call).
+-- rkeys.h describes every key named here.
 --
--- ARGV: slot, token
--- Reply: {status, slot, token, 0, 0}
+-- ARGV: two per lease: slot, token
+-- Reply: one {status, slot, token, 0, 0} per lease, in order
 --   OK     released; the slot is free again if it is still registered
 --   LOST   the token is no longer the slot's: nothing changed
-local slot = ARGV[1]
-local lk = '{sbx}:lease:' .. slot
-local l = redis.call('HMGET', lk, 'token', 'project', 'pool')
-if l[1] ~= ARGV[2] then return {'LOST', '', 0, 0, 0} end
-if redis.call('GET', '{sbx}:project:' .. l[2]) == slot then
-  redis.call('DEL', '{sbx}:project:' .. l[2])
+--   ERR    this release raised an error (slot holds its text)
+--
+-- Each release is the same steps a call of its own would take; Redis runs
+-- the batch atomically, so no other call sees a release half done.
+local function release(slot, tok)
+  local lk = '{sbx}:lease:' .. slot
+  local l = redis.call('HMGET', lk, 'token', 'project', 'pool')
+  if l[1] ~= tok then return {'LOST', '', 0, 0, 0} end
+  if redis.call('GET', '{sbx}:project:' .. l[2]) == slot then
+    redis.call('DEL', '{sbx}:project:' .. l[2])
+  end
+  redis.call('DEL', lk)
+  redis.call('ZREM', '{sbx}:deadlines', slot)
+  if redis.call('SISMEMBER', '{sbx}:slots:' .. l[3], slot) == 1 then
+    redis.call('SADD', '{sbx}:free:' .. l[3], slot)
+  end
+  return {'OK', slot, tonumber(tok), 0, 0}
 end
-redis.call('DEL', lk)
-redis.call('ZREM', '{sbx}:deadlines', slot)
-if redis.call('SISMEMBER', '{sbx}:slots:' .. l[3], slot) == 1 then
-  redis.call('SADD', '{sbx}:free:' .. l[3], slot)
+
+local out = {}
+for i = 1, #ARGV, 2 do
+  local ok, r = pcall(release, ARGV[i], ARGV[i + 1])
+  if not ok then r = {'ERR', type(r) == 'table' and tostring(r.err) or tostring(r), 0, 0, 0} end
+  out[#out + 1] = r
 end
-return {'OK', slot, tonumber(ARGV[2]), 0, 0}
+return out

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <cmocka.h>
@@ -19,8 +20,8 @@
 
 static test_redis srv;
 static sbx_loop *L;
-static sbx_redis *R;
-static sbx_leases *LS;
+static sbx_redis *R, *R2;
+static sbx_leases *LS, *LS2;   /* two workers, each its own connection */
 static volatile int got;
 static sbx_lease_reply last;
 static char last_slot[192];
@@ -55,15 +56,22 @@ static int setup(void **state)
     if (sbx_redis_new(L, url, on_state, NULL, &R, err, sizeof(err)) != 0)
         return -1;
     test_run_until(L, &connected, 5000);
+    if (!connected || sbx_redis_new(L, url, NULL, NULL, &R2, err, sizeof(err)) != 0)
+        return -1;
+    for (int i = 0; i < 250 && !sbx_redis_connected(R2); i++)
+        sbx_loop_once(L, 20);
     sbx_leases_new(R, &LS);
-    return connected ? 0 : -1;
+    sbx_leases_new(R2, &LS2);
+    return sbx_redis_connected(R2) ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
     sbx_leases_free(LS);
+    sbx_leases_free(LS2);
     sbx_redis_free(R);
+    sbx_redis_free(R2);
     sbx_loop_free(L);
     test_redis_stop(&srv);
     return 0;
@@ -98,9 +106,9 @@ static void test_one_build_per_project_and_tokens_grow(void **state)
     assert_int_equal(last.status, SBX_LEASE_OK);
     t1 = last.token;
     snprintf(s1, sizeof(s1), "%s", last_slot);
-    CALL(sbx_lease_acquire(LS, "p1", "projA", "job2", "w2", 10000, 0, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS2, "p1", "projA", "job2", "w2", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_BUSY);
-    CALL(sbx_lease_acquire(LS, "p1", "projA", "job1", "w2", 10000, 0, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS2, "p1", "projA", "job1", "w2", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_HELD);
     assert_true(last.ttl_left_ms > 5000);
     CALL(sbx_lease_acquire(LS, "p1", "projB", "job3", "w1", 10000, 0, on_rep, NULL));
@@ -305,7 +313,7 @@ static void test_data_loss_holds_new_leases_back(void **state)
     redis_do("FLUSHALL", NULL, NULL, NULL, NULL, NULL);
     CALL(sbx_lease_register(LS, "dq", "t", ids, 2, on_rep, NULL));
     /* A floor above the counter: the loss is seen. */
-    CALL(sbx_lease_acquire(LS, "dq", "projQ", "jobQ2", "w2", 400, t1, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS2, "dq", "projQ", "jobQ2", "w2", 400, t1, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_QUIET);
     assert_true(last.ttl_left_ms > 0 && last.ttl_left_ms <= 400);
     CALL(sbx_lease_acquire(LS, "dq", "projOther", "jobO", "w2", 400, 0, on_rep, NULL));
@@ -323,7 +331,7 @@ static void test_data_loss_holds_new_leases_back(void **state)
         ts.tv_nsec = 300 * 1000000L; /* the quiet ttl runs out */
         nanosleep(&ts, NULL);
     }
-    CALL(sbx_lease_acquire(LS, "dq", "projQ", "jobQ2", "w2", 400, t1, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS2, "dq", "projQ", "jobQ2", "w2", 400, t1, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_BUSY);
     CALL(sbx_lease_acquire(LS, "dq", "projOther", "jobO", "w2", 400, t1, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
@@ -369,6 +377,347 @@ static void test_survives_redis_restart(void **state)
     assert_int_equal(last.token, 5001);
 }
 
+/* ---- batches and local answers ---- */
+
+static volatile int stats_done;
+static long long script_calls_seen;
+
+static void on_cmdstats(void *arg, redisReply *rep)
+{
+    const char *p;
+    (void)arg;
+    script_calls_seen = 0;
+    /* EVALSHA and EVAL both count: a call that went as EVAL is a script
+     * call all the same. */
+    for (p = rep && rep->type == REDIS_REPLY_STRING ? rep->str : ""; (p = strstr(p, "cmdstat_eval"));) {
+        const char *c = strstr(p, "calls=");
+        if (c)
+            script_calls_seen += strtoll(c + 6, NULL, 10);
+        p += 12;
+    }
+    stats_done = 1;
+}
+
+/* Script calls Redis has run since it started. */
+static long long script_calls(void)
+{
+    const char *argv[2] = {"INFO", "commandstats"};
+    size_t lens[2] = {4, 12};
+    stats_done = 0;
+    assert_int_equal(sbx_redis_cmd(R, on_cmdstats, NULL, 2, argv, lens), 0);
+    assert_true(test_run_until(L, &stats_done, 5000));
+    return script_calls_seen;
+}
+
+/* One reply slot per call of a batch: how many times each callback came,
+ * and its last reply. */
+enum { NB = 150 };
+static int nreplies[NB];
+static sbx_lease_reply replies[NB];
+static char errors[NB][128];
+static volatile int nleft;
+
+static void on_nth(void *arg, const sbx_lease_reply *rep)
+{
+    int i = (int)(intptr_t)arg;
+    nreplies[i]++;
+    replies[i] = *rep;
+    snprintf(errors[i], sizeof(errors[i]), "%s", rep->error ? rep->error : "");
+    replies[i].error = NULL;
+    if (nreplies[i] == 1 && --nleft == 0)
+        got = 1;
+}
+
+static void expect_replies(int n)
+{
+    memset(nreplies, 0, sizeof(nreplies));
+    nleft = n;
+    got = 0;
+}
+
+static void wait_replies(void)
+{
+    assert_true(test_run_until(L, &got, 5000));
+    /* Nothing else comes: every callback once. */
+    for (int i = 0; i < 20; i++)
+        sbx_loop_once(L, 5);
+}
+
+static void regn(const char *pool, int n)
+{
+    static char buf[NB][32];
+    static const char *ids[NB];
+    for (int i = 0; i < n; i++) {
+        snprintf(buf[i], sizeof(buf[i]), "%s/%d", pool, i);
+        ids[i] = buf[i];
+    }
+    CALL(sbx_lease_register(LS, pool, "t", ids, n, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
+/* 150 acquires of one loop turn, more than a batch holds, over 100 slots:
+ * 100 OK (each a token of its own), 50 NOCAP, in 3 script calls. */
+static void test_batch_of_many_acquires(void **state)
+{
+    static char proj[NB][16];
+    long long before;
+    int ok = 0, nocap = 0;
+    (void)state;
+    regn("mb", 100);
+    before = script_calls();
+    expect_replies(NB);
+    for (int i = 0; i < NB; i++) {
+        snprintf(proj[i], sizeof(proj[i]), "mbp%d", i);
+        assert_int_equal(sbx_lease_acquire(LS, "mb", proj[i], proj[i], "w", 10000, 0, on_nth,
+                                           (void *)(intptr_t)i),
+                         0);
+    }
+    assert_int_equal(got, 0); /* never from inside the call */
+    wait_replies();
+    for (int i = 0; i < NB; i++) {
+        assert_int_equal(nreplies[i], 1);
+        if (replies[i].status == SBX_LEASE_OK) {
+            ok++;
+            for (int k = 0; k < i; k++)
+                if (replies[k].status == SBX_LEASE_OK)
+                    assert_true(replies[k].token < replies[i].token);
+        } else {
+            assert_int_equal(replies[i].status, SBX_LEASE_NOCAP);
+            nocap++;
+        }
+    }
+    assert_int_equal(ok, 100);
+    assert_int_equal(nocap, 50);
+    /* 64 + 64 + 22, in call order: the first 100 got the slots. */
+    assert_int_equal(replies[99].status, SBX_LEASE_OK);
+    assert_int_equal(replies[100].status, SBX_LEASE_NOCAP);
+    assert_int_equal(script_calls() - before, 3);
+}
+
+/* Every outcome in one batch, each job decided as if it were alone. */
+static void test_batch_of_mixed_outcomes(void **state)
+{
+    sbx_leases_stats st0, st1;
+    long long before;
+    (void)state;
+    regn("mx", 3);
+    /* Another worker holds project m0 for job jH. */
+    CALL(sbx_lease_acquire(LS2, "mx", "m0", "jH", "w2", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    sbx_leases_get_stats(LS, &st0);
+    before = script_calls();
+    expect_replies(6);
+    /* 0: m0 is the other worker's; 1, 2: the two free slots; 3: none left;
+     * 4: m1 again, behind 1 here; 5: jH's own lease (after 0's answer). */
+    assert_int_equal(sbx_lease_acquire(LS, "mx", "m0", "jA", "w", 10000, 0, on_nth, (void *)0), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "mx", "m1", "jB", "w", 10000, 0, on_nth, (void *)1), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "mx", "m2", "jC", "w", 10000, 0, on_nth, (void *)2), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "mx", "m3", "jD", "w", 10000, 0, on_nth, (void *)3), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "mx", "m1", "jB2", "w", 10000, 0, on_nth, (void *)4), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "mx", "m0", "jH", "w", 10000, 0, on_nth, (void *)5), 0);
+    wait_replies();
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(nreplies[i], 1);
+    assert_int_equal(replies[0].status, SBX_LEASE_BUSY);
+    assert_int_equal(replies[1].status, SBX_LEASE_OK);
+    assert_int_equal(replies[2].status, SBX_LEASE_OK);
+    assert_true(replies[2].token > replies[1].token);
+    assert_int_equal(replies[3].status, SBX_LEASE_NOCAP);
+    assert_int_equal(replies[4].status, SBX_LEASE_BUSY);
+    assert_string_equal(replies[4].slot, replies[1].slot);
+    assert_true(replies[4].ttl_left_ms > 9000);
+    assert_int_equal(replies[5].status, SBX_LEASE_HELD);
+    /* One batch of four, then jH's (it waited for jA's answer, which only
+     * Redis could give); jB2 never reached Redis. */
+    assert_int_equal(script_calls() - before, 2);
+    sbx_leases_get_stats(LS, &st1);
+    assert_int_equal(st1.acquires_sent - st0.acquires_sent, 5);
+    assert_int_equal(st1.local_busy - st0.local_busy, 1);
+    /* Releases batch too, and each answers for itself. */
+    expect_replies(3);
+    assert_int_equal(sbx_lease_release(LS, replies[1].slot, replies[1].token, on_nth, (void *)1), 0);
+    assert_int_equal(sbx_lease_release(LS, replies[2].slot, replies[2].token + 1000, on_nth,
+                                       (void *)2), 0);
+    assert_int_equal(sbx_lease_release(LS, replies[2].slot, replies[2].token, on_nth, (void *)0), 0);
+    wait_replies();
+    assert_int_equal(replies[1].status, SBX_LEASE_OK);
+    assert_int_equal(replies[2].status, SBX_LEASE_LOST);
+    assert_int_equal(replies[0].status, SBX_LEASE_OK);
+}
+
+/* Two workers' batches race for the same projects, each on its own
+ * connection: every project is leased exactly once. */
+static void test_two_workers_race(void **state)
+{
+    enum { NP = 40 };
+    static char proj[NP][16], job[2 * NP][16];
+    int wins[NP] = {0};
+    (void)state;
+    regn("rc", 100);
+    expect_replies(2 * NP);
+    for (int i = 0; i < NP; i++) {
+        snprintf(proj[i], sizeof(proj[i]), "rp%d", i);
+        for (int w = 0; w < 2; w++) {
+            int k = 2 * i + w;
+            snprintf(job[k], sizeof(job[k]), "rj%d", k);
+            assert_int_equal(sbx_lease_acquire(w ? LS2 : LS, "rc", proj[i], job[k], w ? "w2" : "w1",
+                                               10000, 0, on_nth, (void *)(intptr_t)k),
+                             0);
+        }
+    }
+    wait_replies();
+    for (int k = 0; k < 2 * NP; k++) {
+        assert_int_equal(nreplies[k], 1);
+        if (replies[k].status == SBX_LEASE_OK)
+            wins[k / 2]++;
+        else
+            assert_int_equal(replies[k].status, SBX_LEASE_BUSY);
+    }
+    for (int i = 0; i < NP; i++)
+        assert_int_equal(wins[i], 1);
+}
+
+/* A job of a project this worker holds waits here: no script call until the
+ * holder's release, and then its acquire goes to Redis and wins. */
+static void test_held_project_is_answered_here(void **state)
+{
+    char slot[192];
+    int64_t tok;
+    long long before;
+    (void)state;
+    regn("lw", 2);
+    CALL(sbx_lease_acquire(LS, "lw", "projL", "jobL1", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    snprintf(slot, sizeof(slot), "%s", last_slot);
+    tok = last.token;
+    before = script_calls();
+    for (int i = 0; i < 5; i++) {
+        CALL(sbx_lease_acquire(LS, "lw", "projL", i % 2 ? "jobL2" : "jobL3", "w", 10000, 0, on_rep,
+                               NULL));
+        assert_int_equal(last.status, SBX_LEASE_BUSY);
+        assert_string_equal(last_slot, slot);
+        assert_true(last.ttl_left_ms > 9000 && last.ttl_left_ms <= 10000);
+    }
+    assert_int_equal(script_calls() - before, 0);
+    /* The holder's own job still asks Redis (it may be its past self). */
+    CALL(sbx_lease_acquire(LS, "lw", "projL", "jobL1", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_HELD);
+    CALL(sbx_lease_release(LS, slot, tok, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    before = script_calls();
+    CALL(sbx_lease_acquire(LS, "lw", "projL", "jobL2", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_int_equal(script_calls() - before, 1);
+    /* A renewal refused as LOST forgets the holder: Redis decides again. */
+    {
+        sbx_lease_id id = {"lw", last_slot, "projL", "jobL2", "w", last.token + 1};
+        CALL(sbx_lease_renew(LS, &id, 10000, on_rep, NULL));
+        assert_int_equal(last.status, SBX_LEASE_LOST);
+    }
+}
+
+/* Redis refuses a batch (an error reply for the whole call), or each job of
+ * it (an error raised inside the script): every call gets ERROR once, with
+ * Redis' text, and the holders are forgotten (the next acquire asks). */
+static void test_redis_errors_fail_each_call_once(void **state)
+{
+    (void)state;
+    regn("er", 4);
+    redis_do("ACL", "SETUSER", "default", "-evalsha", "-eval", NULL);
+    expect_replies(4);
+    for (int i = 0; i < 4; i++) {
+        char p[16], j[16];
+        snprintf(p, sizeof(p), "e%d", i % 3); /* e0 twice: the second waits */
+        snprintf(j, sizeof(j), "ej%d", i);
+        assert_int_equal(sbx_lease_acquire(LS, "er", p, j, "w", 10000, 0, on_nth,
+                                           (void *)(intptr_t)i), 0);
+    }
+    wait_replies();
+    redis_do("ACL", "SETUSER", "default", "+@all", NULL, NULL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(nreplies[i], 1);
+        assert_int_equal(replies[i].status, SBX_LEASE_ERROR);
+        assert_non_null(strstr(errors[i], "NOPERM"));
+    }
+    /* A job whose decision raises (its pool's free set is a string) gets
+     * ERROR with Redis' text; its batch-mates are decided as usual. */
+    redis_do("SET", "{sbx}:free:bad", "not-a-set", NULL, NULL, NULL);
+    expect_replies(3);
+    assert_int_equal(sbx_lease_acquire(LS, "er", "eo0", "eo0", "w", 10000, 0, on_nth, (void *)0), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "bad", "eo1", "eo1", "w", 10000, 0, on_nth, (void *)1), 0);
+    assert_int_equal(sbx_lease_acquire(LS, "er", "eo2", "eo2", "w", 10000, 0, on_nth, (void *)2), 0);
+    wait_replies();
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(nreplies[i], 1);
+    assert_int_equal(replies[0].status, SBX_LEASE_OK);
+    assert_int_equal(replies[1].status, SBX_LEASE_ERROR);
+    assert_non_null(strstr(errors[1], "WRONGTYPE"));
+    assert_int_equal(replies[2].status, SBX_LEASE_OK);
+    CALL(sbx_lease_acquire(LS, "er", "e0", "ej3", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
+static void restart_server(void)
+{
+    struct timespec ts = {0, 50 * 1000000};
+    char port[16];
+    pid_t pid;
+    snprintf(port, sizeof(port), "%d", srv.port);
+    pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", srv.dir, (char *)NULL);
+        _exit(127);
+    }
+    srv.pid = pid;
+    nanosleep(&ts, NULL);
+    assert_true(test_run_until(L, &connected, 10000));
+    for (int i = 0; i < 250 && !sbx_redis_connected(R2); i++)
+        sbx_loop_once(L, 20);
+}
+
+/* The connection drops with a batch sent and unanswered: every call of it,
+ * and every call waiting behind one, gets ERROR exactly once. */
+static void test_connection_lost_mid_batch(void **state)
+{
+    (void)state;
+    regn("cl", 4);
+    CALL(sbx_lease_acquire(LS, "cl", "held", "jh", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    /* Redis stops answering; the batch is written but never read. */
+    kill(srv.pid, SIGSTOP);
+    expect_replies(8);
+    for (int i = 0; i < 5; i++) {
+        char p[16], j[16];
+        snprintf(p, sizeof(p), "c%d", i % 3); /* c0, c1 twice: one waits behind */
+        snprintf(j, sizeof(j), "cj%d", i);
+        assert_int_equal(sbx_lease_acquire(LS, "cl", p, j, "w", 10000, 0, on_nth,
+                                           (void *)(intptr_t)i), 0);
+    }
+    assert_int_equal(sbx_lease_release(LS, last_slot, last.token, on_nth, (void *)5), 0);
+    assert_int_equal(sbx_lease_release(LS, "cl/9", 1, on_nth, (void *)6), 0);
+    {
+        sbx_lease_id id = {"cl", last_slot, "held", "jh", "w", last.token};
+        assert_int_equal(sbx_lease_renew(LS, &id, 10000, on_nth, (void *)7), 0);
+    }
+    for (int i = 0; i < 10; i++)
+        sbx_loop_once(L, 5);
+    assert_int_equal(got, 0);
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    wait_replies();
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(nreplies[i], 1);
+        assert_int_equal(replies[i].status, SBX_LEASE_ERROR);
+    }
+    restart_server();
+    /* Nothing of the dead link is left behind: a new lease works. */
+    regn("cl", 1);
+    CALL(sbx_lease_acquire(LS, "cl", "c0", "cj0", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -380,6 +729,12 @@ int main(void)
         cmocka_unit_test(test_renew_restores_a_lease_redis_lost),
         cmocka_unit_test(test_data_loss_holds_new_leases_back),
         cmocka_unit_test(test_survives_redis_restart),
+        cmocka_unit_test(test_batch_of_many_acquires),
+        cmocka_unit_test(test_batch_of_mixed_outcomes),
+        cmocka_unit_test(test_two_workers_race),
+        cmocka_unit_test(test_held_project_is_answered_here),
+        cmocka_unit_test(test_redis_errors_fail_each_call_once),
+        cmocka_unit_test(test_connection_lost_mid_batch),
     };
     return cmocka_run_group_tests_name("lease", tests, setup, teardown);
 }
