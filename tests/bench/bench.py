@@ -646,13 +646,17 @@ class Bench:
                          "FROM sbx.runs WHERE finished_at IS NOT NULL")[0]
         bad = self.q("SELECT count(*) FROM sbx.runs WHERE finished_at IS NOT NULL "
                      "AND status <> 'succeeded'")[0][0]
-        lease_waits = received = 0
-        have_waits = True
+        lease_waits = received = scripts = 0
+        have_waits = have_scripts = True
         for w in ws:
             self.stop_proc(w)
             st = worker_stats(w.log)
             have_waits = have_waits and "lease_waits" in st
-            lease_waits += st.get("lease_waits", 0)
+            have_scripts = have_scripts and "lease_script_calls" in st
+            # Refused by Redis: a worker that answers a project it holds
+            # itself (worker/lease.c) counts those answers in lease_waits too.
+            lease_waits += st.get("lease_refused_redis", st.get("lease_waits", 0))
+            scripts += st.get("lease_script_calls", 0)
             received += st.get("received", 0)
         if bad:
             raise RuntimeError("%d runs ended other than succeeded" % bad)
@@ -673,6 +677,8 @@ class Bench:
                  partial)
         if received and have_waits:
             self.add("lease_waits_%d" % nworkers, lease_waits / float(received), partial)
+        if received and have_scripts:
+            self.add("lease_scripts_%d" % nworkers, scripts / float(received), partial)
         listed = self.pg_counts(commits0, n, str(nworkers), "dispatch %s run %d" % (tag, run))
         if nworkers == 1:
             self.top_stmts[self.variant] = listed
@@ -680,7 +686,7 @@ class Bench:
             for name in srv1:
                 self.add("server_cpu_%s" % name, (srv1[name] - srv0[name]) * per1k, partial)
         log("dispatch %s run %d: %d jobs%s, %.0f jobs/s (runs table), %.0f jobs/s (wall), "
-            "worker CPU %.3f s per 1,000 jobs, %.1f lease waits per job received"
+            "worker CPU %.3f s per 1,000 jobs, %.1f lease acquires refused by Redis per job received"
             % (tag, run, n, " (partial: run cap reached)" if partial else "", rate_db, rate_wall,
                (user + system) * per1k, lease_waits / float(received) if received else 0))
 
@@ -1240,8 +1246,10 @@ ROWS = [
     ("worker_cpu_1", "worker CPU per 1,000 jobs, 1 worker", "CPU s", "river_tuned_cpu",
      "x River tuned"),
     ("worker_sys_1", "worker CPU in the kernel (system time), 1 worker", "%", None, ""),
-    ("lease_waits_1", "lease acquires refused (project busy, no slot) per job, 1 worker", "per job",
-     None, ""),
+    ("lease_waits_1", "lease acquires refused by Redis (project busy, no slot) per job, 1 worker",
+     "per job", None, ""),
+    ("lease_scripts_1", "Redis lease script calls per job (batched; pool registration included), "
+     "1 worker", "per job", None, ""),
     ("pg_stmts_1", "PostgreSQL statements per job (top level, pg_stat_statements), 1 worker",
      "per job", None, ""),
     ("pg_nested_1", "PostgreSQL statements per job nested in the sbx.* functions, 1 worker",
