@@ -231,8 +231,10 @@ static int mergeable(const req *r) { return r->kind && !r->members && !r->solo; 
 
 /* Merges the calls of each kind in the next round into one group req, put
  * where the kind's last call in the round stands. The round: from the head
- * until a solo statement, ROUND_MAX statements or a full group. */
-static void merge(sbx_db *db)
+ * until a solo statement, ROUND_MAX statements or a full group; returns the
+ * first req after it (NULL: the queue's end), where the round must stop, or
+ * what waits there would be sent one call per statement. */
+static req *merge(sbx_db *db)
 {
     struct { const sbx_db_batch *kind; req *last, *first, *tail; size_t n, cost; } g[KINDS_MAX];
     size_t ng = 0, stmts = 0, i;
@@ -310,22 +312,23 @@ static void merge(sbx_db *db)
             r = next;
         }
     }
+    return end;
 }
 
 /* Sends the next round if none is in flight. */
 static void pump(sbx_db *db)
 {
-    req *r = db->head;
+    req *r = db->head, *end = NULL;
 
     if (db->state != DB_READY || db->inflight > 0 || !r)
         return;
     if (!r->solo) {
-        merge(db);
+        end = merge(db);
         r = db->head;
     }
     db->round_solo = r->solo;
     db->rcur = r;
-    while (r && db->inflight < ROUND_MAX && r->solo == db->round_solo) {
+    while (r && r != end && db->inflight < ROUND_MAX && r->solo == db->round_solo) {
         if (!send_one(db, r) || (db->round_solo && !PQpipelineSync(db->conn))) {
             drop_conn(db, PQerrorMessage(db->conn));
             return;
