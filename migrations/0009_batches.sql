@@ -73,7 +73,8 @@ DECLARE
 BEGIN
     WITH upd AS (
         UPDATE sbx.runs r SET status = 'waiting_capacity', updated_at = now()
-         WHERE r.job_id = ANY (p_job) AND r.status = 'queued'
+          FROM (SELECT DISTINCT x.job FROM unnest(p_job) AS x(job)) u
+         WHERE r.job_id = u.job AND r.status = 'queued'
         RETURNING r.job_id)
     SELECT COALESCE(jsonb_object_agg(upd.job_id, true), '{}') INTO moved FROM upd;
 
@@ -99,8 +100,11 @@ DECLARE
     att integer[];      -- per element: its run's attempt after that claim
 BEGIN
     -- Lock the runs in key order (as concurrent callers do), so the next
-    -- statement's snapshot sees them as they are.
-    PERFORM 1 FROM sbx.runs r WHERE r.job_id = ANY (p_job) ORDER BY r.job_id FOR UPDATE;
+    -- statement's snapshot sees them as they are. One index probe per job:
+    -- "job_id = ANY (p_job)" let the generic plan scan the whole table
+    -- (18.8 ms a call with 13,000 runs, against 0.35 ms).
+    PERFORM 1 FROM (SELECT DISTINCT x.job FROM unnest(p_job) AS x(job) ORDER BY x.job) u,
+                   LATERAL (SELECT 1 FROM sbx.runs r WHERE r.job_id = u.job FOR UPDATE) l;
 
     -- Claimable: the job's only element, an older token on the row, not
     -- terminal, no cancel asked (claim_run ends those canceled).
@@ -159,7 +163,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fast boolean[];     -- per element: applied by the set-based statements
 BEGIN
-    PERFORM 1 FROM sbx.runs r WHERE r.job_id = ANY (p_job) ORDER BY r.job_id FOR UPDATE;
+    PERFORM 1 FROM (SELECT DISTINCT x.job FROM unnest(p_job) AS x(job) ORDER BY x.job) u,
+                   LATERAL (SELECT 1 FROM sbx.runs r WHERE r.job_id = u.job FOR UPDATE) l;
 
     -- A job's elements chain when the row holds their one token and is not
     -- terminal, none repeats the status before it (a replay) and only the
