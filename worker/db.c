@@ -269,7 +269,7 @@ static req *merge(sbx_db *db)
         req *next = r->next;
         for (i = 0; i < ng && !(mergeable(r) && g[i].kind == r->kind); i++)
             ;
-        if (i == ng || g[i].n < 2) {
+        if (i == ng || g[i].n < 2 || g[i].n < (size_t)g[i].kind->merge_min) {
             prev = r;
             r = next;
             continue;
