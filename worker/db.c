@@ -16,22 +16,21 @@
  * One round is in flight at a time, which keeps answers and retries in the
  * order statements were queued.
  *
- * Merged calls (sbx_db_batched): before a round is sent, the calls of one
- * kind waiting in it are unlinked and become ONE statement with array
- * parameters (a "group" req holding them as its members), put where the
- * kind's last call stood: a call moves later, never earlier, so it still
- * runs after everything queued before it (a build's log chunks before its
- * outcome). A statement that needs a call's effect is queued once the call
- * has answered, as job.c does; it must not count on queue order alone. Two
- * calls of different kinds may so run in either order: the one pair job.c
- * has in flight at once is a job's wait mark and its claim, and wait_run
- * never moves a run back (only queued -> waiting_capacity). All of a round
- * commits together either way. PostgreSQL spends most of a small function call on the statement
- * around the row (parse, plan, executor and trigger set-up), so one
- * statement for a few hundred calls is where its CPU per job goes down. A
- * group's answer is one row per member, handed to each member's callback as
- * a one-row result; a group whose round failed is split back into its
- * members, sent solo as the kind's one-call statement.
+ * Merged calls (sbx_db_batched): PostgreSQL spends most of a small function
+ * call on the statement around the row (parse, plan, executor and trigger
+ * set-up), so before a round is sent the calls of one kind waiting in it are
+ * unlinked and become ONE statement with array parameters (a "group" req
+ * holding them as its members). The group stands where the kind's last call
+ * stood: a call moves later, never earlier, so it still runs after
+ * everything queued before it (a build's log chunks before its outcome). A
+ * statement that needs a call's effect is queued once the call has
+ * answered, as job.c does; it must not count on queue order alone. Two calls
+ * of different kinds may so run in either order: the one such pair job.c has
+ * in flight at once is a job's wait mark and its claim, and wait_run never
+ * moves a run back (only queued -> waiting_capacity). All of a round commits
+ * together either way. A group's answer is one row per member, handed to
+ * each member's callback as a one-row result; a group whose round failed is
+ * split back into its members, sent solo as the kind's one-call statement.
  */
 #include "db.h"
 
@@ -270,7 +269,7 @@ static req *merge(sbx_db *db)
         req *next = r->next;
         for (i = 0; i < ng && !(mergeable(r) && g[i].kind == r->kind); i++)
             ;
-        if (i == ng || g[i].n < 2) {
+        if (i == ng || g[i].n < 2 || g[i].n < (size_t)g[i].kind->merge_min) {
             prev = r;
             r = next;
             continue;

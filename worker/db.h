@@ -64,14 +64,18 @@ int sbx_db_query(sbx_db *db, const char *sql, int nparams, const char *const *pa
  * round are sent as ONE statement, `many`, whose parameters are arrays (the
  * n-th element of $k is the n-th call's k-th parameter, NULL kept) and which
  * answers one row per call, in call order, with the columns `one` answers.
- * Each call still gets its own callback with a one-row result. A kind alone
- * in its round, or sent again after its round failed, goes as `one`, so a
- * failing call reports its own error. `many` must give exactly the answers
+ * Each call still gets its own callback with a one-row result. Calls of a
+ * kind fewer than its merge_min in a round, or sent again after their round
+ * failed, go as `one`, so a failing call reports its own error. `many` must give exactly the answers
  * the calls one by one would (migrations/0009_batches.sql). */
 typedef struct sbx_db_batch {
     const char *one;    /* one call: $1..$nparams */
     const char *many;   /* many calls: $1..$nparams are text arrays */
     int nparams;
+    /* Merge from this many calls in a round; fewer go one by one. The array
+     * form has a fixed cost (its set-up statements) that only enough calls
+     * pay back. */
+    int merge_min;
 } sbx_db_batch;
 
 /* Queues one call of a kind; returns as sbx_db_query(). */

@@ -244,16 +244,16 @@ static void test_one_active_build_per_project(void **state)
 static const sbx_db_batch RECORD = {
     "SELECT * FROM sbx.record_run($1,$2,$3,$4,$5,$6,$7)",
     "SELECT * FROM sbx.record_runs($1::text[],$2::text[],$3::jsonb[],$4::text[],$5::integer[],"
-    "$6::bigint[],$7::text[])", 7};
+    "$6::bigint[],$7::text[])", 7, 2};
 static const sbx_db_batch WAIT = {
-    "SELECT sbx.wait_run($1,$2,$3)", "SELECT * FROM sbx.wait_runs($1,$2,$3)", 3};
+    "SELECT sbx.wait_run($1,$2,$3)", "SELECT * FROM sbx.wait_runs($1,$2,$3)", 3, 2};
 static const sbx_db_batch CLAIM = {
     "SELECT * FROM sbx.claim_run($1,$2,$3,$4,$5)",
-    "SELECT * FROM sbx.claim_runs($1::text[],$2::bigint[],$3,$4,$5)", 5};
+    "SELECT * FROM sbx.claim_runs($1::text[],$2::bigint[],$3,$4,$5)", 5, 2};
 static const sbx_db_batch TRANSITION = {
     "SELECT sbx.transition($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
     "SELECT * FROM sbx.transitions($1::text[],$2::bigint[],$3,$4,$5,$6::integer[],$7,$8,$9,$10)",
-    10};
+    10, 2};
 
 #define CALLS_MAX 12
 #define PARTS_MAX 10
@@ -432,6 +432,36 @@ static void test_merged_calls_equal_one_by_one(void **state)
     assert_string_equal(answers[0][4][4], "f");
 }
 
+/* Fewer calls of a kind than its merge_min go one by one; as many, merged. */
+static void test_merge_min(void **state)
+{
+    static const sbx_db_batch DOUBLE = {"SELECT $1::int * 2",
+                                        "SELECT x * 2 FROM unnest($1::int[]) WITH ORDINALITY"
+                                        " AS u(x, o) ORDER BY o", 1, 8};
+    char v[8][8];
+    (void)state;
+    for (int n = 7; n <= 8; n++) {
+        sbx_db_count c0, c1;
+        reset(n + 1);
+        q("SELECT 'first' FROM pg_sleep(0.05)", 0, NULL, -1);
+        sbx_db_counts(D, &c0);
+        for (int i = 0; i < n; i++) {
+            const char *p[1] = {v[i]};
+            snprintf(v[i], sizeof(v[i]), "%d", i);
+            assert_int_equal(sbx_db_batched(D, &DOUBLE, p, on_ans, (void *)(intptr_t)i), 0);
+        }
+        assert_true(test_run_until(L, &done_all, 10000));
+        sbx_db_counts(D, &c1);
+        for (int i = 0; i < n; i++) {
+            char want[8];
+            snprintf(want, sizeof(want), "%d", 2 * i);
+            assert_string_equal(A.val[i + 1], want);
+        }
+        /* The sleep was sent before c0. */
+        assert_int_equal(c1.statements - c0.statements, n == 7 ? 7 : 1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -441,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_fencing_functions),
         cmocka_unit_test(test_one_active_build_per_project),
         cmocka_unit_test(test_merged_calls_equal_one_by_one),
+        cmocka_unit_test(test_merge_min),
     };
     return cmocka_run_group_tests_name("db", tests, setup, teardown);
 }
