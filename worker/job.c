@@ -188,6 +188,7 @@ struct job {
     uint64_t renew_sent_ms;
     uint64_t releases_seen;     /* w->releases when the acquire was sent */
     int acquiring;              /* an acquire is in flight: a wake-up must not send another */
+    int held_logged;            /* "lease still held" said once (it is asked each second) */
     int lost;                   /* lease lost: no more writes or provider calls */
     after_release after;
     sbx_timer timer;            /* retries and waits */
@@ -670,15 +671,23 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
          * builds of leases it forgot may still run; their owners take those
          * leases back within one ttl. Either way, wait for it to end. */
         w->stats.lease_waits++;
-        if (rep->status == SBX_LEASE_HELD)
+        if (rep->status == SBX_LEASE_HELD && !j->held_logged)
             jlog(SBX_LOG_INFO, j, "lease still held on %s for %" PRId64 " ms; waiting",
                  rep->slot, rep->ttl_left_ms);
-        else
+        else if (rep->status == SBX_LEASE_QUIET)
             jlog(SBX_LOG_WARN, j, "Redis lost its data; no new lease for %" PRId64 " ms",
                  rep->ttl_left_ms);
+        j->held_logged |= rep->status == SBX_LEASE_HELD;
         d = rep->ttl_left_ms > 0 ? (uint64_t)rep->ttl_left_ms + 50 : 100;
         if (d > (uint64_t)w->cfg.lease_ttl_ms)
             d = (uint64_t)w->cfg.lease_ttl_ms;
+        /* A previous owner that is still running releases the lease when
+         * its build ends, on another worker (nothing wakes us): ask again
+         * each WAIT_MAX_MS rather than wait out the whole ttl. A worker
+         * that took over partitions in a rebalance sat 30 s on every job
+         * the old owner was finishing (bench runs with two workers capped). */
+        if (rep->status == SBX_LEASE_HELD && d > WAIT_MAX_MS)
+            d = WAIT_MAX_MS;
         break;
     default:
         if (!transition(j, J_WAITING))
