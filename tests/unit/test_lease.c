@@ -84,10 +84,12 @@ static void renew(const char *pool, const char *slot, const char *project, const
     CALL(sbx_lease_renew(LS, &id, ttl, on_rep, NULL));
 }
 
+/* Registers slots pool/0 .. pool/n-1 (n at most REG_MAX). */
+enum { REG_MAX = 150 };
 static void reg(const char *pool, int n)
 {
-    const char *ids[8];
-    static char buf[8][64];
+    static char buf[REG_MAX][32];
+    static const char *ids[REG_MAX];
     for (int i = 0; i < n; i++) {
         snprintf(buf[i], sizeof(buf[i]), "%s/%d", pool, i);
         ids[i] = buf[i];
@@ -443,18 +445,6 @@ static void wait_replies(void)
         sbx_loop_once(L, 5);
 }
 
-static void regn(const char *pool, int n)
-{
-    static char buf[NB][32];
-    static const char *ids[NB];
-    for (int i = 0; i < n; i++) {
-        snprintf(buf[i], sizeof(buf[i]), "%s/%d", pool, i);
-        ids[i] = buf[i];
-    }
-    CALL(sbx_lease_register(LS, pool, "t", ids, n, on_rep, NULL));
-    assert_int_equal(last.status, SBX_LEASE_OK);
-}
-
 /* 150 acquires of one loop turn, more than a batch holds, over 100 slots:
  * 100 OK (each a token of its own), 50 NOCAP, in 3 script calls. */
 static void test_batch_of_many_acquires(void **state)
@@ -463,7 +453,7 @@ static void test_batch_of_many_acquires(void **state)
     long long before;
     int ok = 0, nocap = 0;
     (void)state;
-    regn("mb", 100);
+    reg("mb", 100);
     before = script_calls();
     expect_replies(NB);
     for (int i = 0; i < NB; i++) {
@@ -500,7 +490,7 @@ static void test_batch_of_mixed_outcomes(void **state)
     sbx_leases_stats st0, st1;
     long long before;
     (void)state;
-    regn("mx", 3);
+    reg("mx", 3);
     /* Another worker holds project m0 for job jH. */
     CALL(sbx_lease_acquire(LS2, "mx", "m0", "jH", "w2", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
@@ -553,7 +543,7 @@ static void test_two_workers_race(void **state)
     static char proj[NP][16], job[2 * NP][16];
     int wins[NP] = {0};
     (void)state;
-    regn("rc", 100);
+    reg("rc", 100);
     expect_replies(2 * NP);
     for (int i = 0; i < NP; i++) {
         snprintf(proj[i], sizeof(proj[i]), "rp%d", i);
@@ -585,7 +575,7 @@ static void test_held_project_is_answered_here(void **state)
     int64_t tok;
     long long before;
     (void)state;
-    regn("lw", 2);
+    reg("lw", 2);
     CALL(sbx_lease_acquire(LS, "lw", "projL", "jobL1", "w", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
     snprintf(slot, sizeof(slot), "%s", last_slot);
@@ -622,7 +612,7 @@ static void test_held_project_is_answered_here(void **state)
 static void test_redis_errors_fail_each_call_once(void **state)
 {
     (void)state;
-    regn("er", 4);
+    reg("er", 4);
     redis_do("ACL", "SETUSER", "default", "-evalsha", "-eval", NULL);
     expect_replies(4);
     for (int i = 0; i < 4; i++) {
@@ -682,7 +672,7 @@ static void restart_server(void)
 static void test_connection_lost_mid_batch(void **state)
 {
     (void)state;
-    regn("cl", 4);
+    reg("cl", 4);
     CALL(sbx_lease_acquire(LS, "cl", "held", "jh", "w", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
     /* Redis stops answering; the batch is written but never read. */
@@ -713,7 +703,7 @@ static void test_connection_lost_mid_batch(void **state)
     }
     restart_server();
     /* Nothing of the dead link is left behind: a new lease works. */
-    regn("cl", 1);
+    reg("cl", 1);
     CALL(sbx_lease_acquire(LS, "cl", "c0", "cj0", "w", 10000, 0, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
 }
