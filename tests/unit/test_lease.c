@@ -340,21 +340,13 @@ static void test_data_loss_holds_new_leases_back(void **state)
     assert_true(last.token > t1);
 }
 
-static void test_survives_redis_restart(void **state)
+/* Starts Redis again on its port and dir (empty: no persistence) and waits
+ * for both handles to reconnect. */
+static void restart_server(void)
 {
     struct timespec ts = {0, 50 * 1000000};
     char port[16];
     pid_t pid;
-    (void)state;
-    /* Kill the server: commands are refused while it is down... */
-    kill(srv.pid, SIGKILL);
-    waitpid(srv.pid, NULL, 0);
-    for (int i = 0; i < 100 && connected; i++)
-        sbx_loop_once(L, 20);
-    assert_false(connected);
-    assert_int_not_equal(sbx_lease_acquire(LS, "p1", "q", "j", "w", 1000, 0, on_rep, NULL), 0);
-    /* ...and after it comes back (empty), the client reconnects and the
-     * scripts load again (NOSCRIPT is handled). */
     snprintf(port, sizeof(port), "%d", srv.port);
     pid = fork();
     if (pid == 0) {
@@ -366,14 +358,35 @@ static void test_survives_redis_restart(void **state)
     srv.pid = pid;
     nanosleep(&ts, NULL);
     assert_true(test_run_until(L, &connected, 10000));
+    for (int i = 0; i < 250 && !sbx_redis_connected(R2); i++)
+        sbx_loop_once(L, 20);
+}
+
+/* The connection drops with a batch sent and unanswered: every call of it,
+ * and every call waiting behind one, gets ERROR exactly once. */
+static void test_survives_redis_restart(void **state)
+{
+    (void)state;
+    /* Kill the server: commands are refused while it is down... */
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    for (int i = 0; i < 100 && connected; i++)
+        sbx_loop_once(L, 20);
+    assert_false(connected);
+    assert_int_not_equal(sbx_lease_acquire(LS, "p1", "q", "j", "w", 1000, 0, on_rep, NULL), 0);
+    /* ...and after it comes back (empty), the client reconnects and the
+     * scripts load again (NOSCRIPT is handled). */
+    restart_server();
     reg("p4", 1);
     /* The restarted Redis lost the counter; the floor from PostgreSQL keeps
      * tokens growing, once the builds of forgotten leases had their ttl to
      * take them back. */
     CALL(sbx_lease_acquire(LS, "p4", "q", "j", "w", 300, 5000, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_QUIET);
-    ts.tv_nsec = (long)(last.ttl_left_ms + 20) * 1000000L;
-    nanosleep(&ts, NULL);
+    {
+        struct timespec ts = {0, (long)(last.ttl_left_ms + 20) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     CALL(sbx_lease_acquire(LS, "p4", "q", "j", "w", 1000, 5000, on_rep, NULL));
     assert_int_equal(last.status, SBX_LEASE_OK);
     assert_int_equal(last.token, 5001);
@@ -647,28 +660,6 @@ static void test_redis_errors_fail_each_call_once(void **state)
     assert_int_equal(last.status, SBX_LEASE_OK);
 }
 
-static void restart_server(void)
-{
-    struct timespec ts = {0, 50 * 1000000};
-    char port[16];
-    pid_t pid;
-    snprintf(port, sizeof(port), "%d", srv.port);
-    pid = fork();
-    if (pid == 0) {
-        freopen("/dev/null", "w", stdout);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", srv.dir, (char *)NULL);
-        _exit(127);
-    }
-    srv.pid = pid;
-    nanosleep(&ts, NULL);
-    assert_true(test_run_until(L, &connected, 10000));
-    for (int i = 0; i < 250 && !sbx_redis_connected(R2); i++)
-        sbx_loop_once(L, 20);
-}
-
-/* The connection drops with a batch sent and unanswered: every call of it,
- * and every call waiting behind one, gets ERROR exactly once. */
 static void test_connection_lost_mid_batch(void **state)
 {
     (void)state;
