@@ -22,6 +22,27 @@
  * Every call carries the lease's fencing token (req->token): a provider that
  * talks to a remote agent sends it along so the remote side can refuse a
  * stale owner.
+ *
+ * Sessions (issue 13). A job may name a session (req->session, a name-safe
+ * key the caller derives from project and session id: [a-z0-9-], at most
+ * SBX_SESSION_NAME_MAX characters). Its sandbox lives on one slot, held by
+ * the session between its jobs (the lease layer never gives that slot to
+ * anyone else meanwhile), and the provider:
+ *  - on start(): runs the job in the session's sandbox on req->slot when
+ *    there is one (resuming it first if paused), else creates it; the
+ *    result's `sandbox` says which (NEW, REUSED, RESUMED), so the run can say
+ *    its session lost its sandbox. The workspace (/workspace) is the
+ *    session's: what earlier jobs wrote is there; job->files are written
+ *    over it. Limits, image and network come from the job that created the
+ *    sandbox.
+ *  - after FINISHED: keeps the sandbox. On cancel or timeout it kills the
+ *    job's processes; it may destroy the sandbox to do so (the next job then
+ *    reports NEW).
+ *  - session_op(PAUSE | DESTROY): called by the worker's session sweeper,
+ *    under a lease of the session's slot with its own newer token.
+ *  - sweep(): never removes a session's sandbox (sessions end by DESTROY).
+ *  - destroy(): sandboxes that live in this process (local) die with it;
+ *    remote ones (agent, engine, Fly) stay for the session's next owner.
  */
 #ifndef SBX_PROVIDER_H
 #define SBX_PROVIDER_H
@@ -49,6 +70,16 @@ typedef enum sbx_outcome {
                               * "Whose fault" above): final, never retried */
 } sbx_outcome;
 
+/* Session names (req->session) are at most this long: "s-" + 32 hex. */
+#define SBX_SESSION_NAME_MAX 34
+
+typedef enum sbx_sandbox_use {
+    SBX_SANDBOX_ONE_OFF = 0, /* no session: a fresh sandbox, gone after the run */
+    SBX_SANDBOX_NEW,         /* the session had no sandbox on the slot (first job, or it died) */
+    SBX_SANDBOX_REUSED,      /* the session's sandbox, as the last job left it */
+    SBX_SANDBOX_RESUMED,     /* the session's sandbox, paused until this run */
+} sbx_sandbox_use;
+
 typedef struct sbx_result {
     sbx_outcome outcome;
     int exit_code;                 /* -1 when there is none */
@@ -57,6 +88,8 @@ typedef struct sbx_result {
     size_t log_tail_len;           /* bytes in log_tail, which is NUL-terminated */
     char preview_url[256];         /* "" when the provider has none */
     char instance[128];            /* vm / machine / container id, "" if none */
+    sbx_sandbox_use sandbox;       /* a session's run: was its sandbox new? */
+    int resume_ms;                 /* SBX_SANDBOX_RESUMED: how long resuming took */
 } sbx_result;
 
 typedef enum sbx_run_event { SBX_RUN_STARTED, SBX_RUN_FINISHED } sbx_run_event;
@@ -86,7 +119,16 @@ typedef struct sbx_run_req {
     int attempt;             /* 1-based */
     sbx_output_fn output;    /* NULL: nobody reads the output live */
     void *output_arg;
+    const char *session;     /* NULL, or the session's sandbox name (see "Sessions") */
 } sbx_run_req;
+
+typedef enum sbx_session_op { SBX_SESSION_PAUSE, SBX_SESSION_DESTROY } sbx_session_op;
+
+/* rc: 0 done (DESTROY: nothing of the session is left on the slot, which
+ * includes "there was nothing"); -ENOTSUP, PAUSE is not something this
+ * provider can do (the session stays idle until it ends); anything else, it
+ * failed (why says so): the sweeper tries again later. */
+typedef void (*sbx_session_cb)(void *arg, int rc, const char *why);
 
 /* Providers call this rather than the pointer (it may be NULL). */
 static inline void sbx_run_output(sbx_output_fn fn, void *arg, sbx_stream stream,
@@ -124,6 +166,12 @@ typedef struct sbx_provider_ops {
      * process is frozen; FINISHED then reports SBX_OUTCOME_ERROR ("killed by
      * its supervisor"). Cheap and non-blocking: no network call. */
     void (*trust)(sbx_provider *p, sbx_run *r, uint64_t until_ms);
+    /* Optional (NULL: the provider has no sessions, and a job naming one
+     * ends failed, the job's own error). Pauses or destroys the session's
+     * sandbox on slot. Returns 0 and calls cb once, from the loop, never from
+     * inside this call; or an errno-style code, and cb is never called. */
+    int (*session_op)(sbx_provider *p, sbx_session_op op, const char *slot,
+                      const char *session, int64_t token, sbx_session_cb cb, void *arg);
     /* Kills every run at once (worker exit); no callbacks follow. */
     void (*destroy)(sbx_provider *p);
 } sbx_provider_ops;

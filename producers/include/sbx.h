@@ -47,6 +47,11 @@ const char *sbx_strerror(sbx_err e);
 #define SBX_EGRESS_ITEMS_MAX  32            /* "egress" entries */
 #define SBX_EGRESS_ITEM_MAX   253           /* one entry: a DNS name is at most 253 */
 #define SBX_DEFAULT_TIMEOUT_S 600
+/* "session": defaults and bounds of its timeouts, in seconds. */
+#define SBX_SESSION_PAUSE_S      300     /* idle this long: paused */
+#define SBX_SESSION_IDLE_S       900     /* idle this long: ended, its sandbox destroyed */
+#define SBX_SESSION_LIFETIME_S   86400   /* at most this long from its first job */
+#define SBX_SESSION_TIMEOUT_MAX_S 604800
 
 /* Why a message was refused: the "reason" of a dead-letter envelope. */
 typedef enum sbx_reject {
@@ -86,6 +91,12 @@ typedef struct sbx_job {
     char *tracestate;    /* "trace.tracestate" or NULL */
     sbx_kv *metadata;    /* "metadata": labels for the run and the sandbox */
     size_t nmetadata;
+    /* "session": the job runs in its project's session of this id, in the
+     * sandbox (and workspace) its earlier jobs used; "" when absent. */
+    char session_id[SBX_ID_MAX + 1];
+    int session_pause_s;     /* "session.pause_after_s": idle this long, paused */
+    int session_idle_s;      /* "session.idle_timeout_s": idle this long, ended */
+    int session_lifetime_s;  /* "session.max_lifetime_s": ended this long after it began */
 } sbx_job;
 
 /* Parses and validates one message. On refusal returns SBX_EINVAL, sets

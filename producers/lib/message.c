@@ -1020,6 +1020,47 @@ static sbx_err f_provider(json_object *v, sbx_job *job, char *err, size_t errlen
     return bad(&p, err, errlen, "must be one of any, local, vmpool, docker, fly");
 }
 
+/* "session": {id, pause_after_s, idle_timeout_s, max_lifetime_s}. The id
+ * follows the job id's rule, so it is safe in keys, names and paths. */
+static sbx_err f_session(json_object *v, sbx_job *job, char *err, size_t errlen)
+{
+    struct path p = { "session", NULL, NULL, -1 };
+    if (want_type(v, json_type_object, "an object", &p, err, errlen))
+        return SBX_EINVAL;
+    job->session_pause_s = SBX_SESSION_PAUSE_S;
+    job->session_idle_s = SBX_SESSION_IDLE_S;
+    job->session_lifetime_s = SBX_SESSION_LIFETIME_S;
+    struct json_object_iterator it = json_object_iter_begin(v), end = json_object_iter_end(v);
+    for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
+        const char *k = json_object_iter_peek_name(&it);
+        json_object *x = json_object_iter_peek_value(&it);
+        sbx_err rc;
+        p.sub = k;
+        if (strcmp(k, "id") == 0)
+            rc = f_id(x, "session.id", job->session_id, err, errlen);
+        else if (strcmp(k, "pause_after_s") == 0)
+            rc = get_int(x, 1, SBX_SESSION_TIMEOUT_MAX_S, &p, &job->session_pause_s, err, errlen);
+        else if (strcmp(k, "idle_timeout_s") == 0)
+            rc = get_int(x, 1, SBX_SESSION_TIMEOUT_MAX_S, &p, &job->session_idle_s, err, errlen);
+        else if (strcmp(k, "max_lifetime_s") == 0)
+            rc = get_int(x, 1, SBX_SESSION_TIMEOUT_MAX_S, &p, &job->session_lifetime_s, err,
+                         errlen);
+        else {
+            char q[QUOTE_MAX + 4];
+            quote(q, k);
+            p.sub = NULL;
+            return bad(&p, err, errlen, "unknown property \"%s\"", q);
+        }
+        if (rc)
+            return rc;
+    }
+    if (!job->session_id[0]) {
+        p.sub = "id";
+        return bad(&p, err, errlen, "required");
+    }
+    return SBX_OK;
+}
+
 static sbx_err f_trace(json_object *v, sbx_job *job, char *err, size_t errlen)
 {
     struct path p = { "trace", NULL, NULL, -1 };
@@ -1089,6 +1130,7 @@ static const struct field {
     { "provider", f_provider },
     { "trace", f_trace },
     { "metadata", f_metadata },
+    { "session", f_session },
     { "submitted_at", f_submitted_at },
 };
 
