@@ -40,6 +40,7 @@
  *                                (acquire SPOPs one). Writers: every script;
  *                                provider_vmpool.c (dead VM).
  *   {sbx}:lease:<slot>           hash job, project, worker, token, pool,
+ *                                session (a session's job or sweeper),
  *                                expires (ms, Redis clock). Written by
  *                                acquire and renew (which also restores a
  *                                lease Redis lost), deleted by release or
@@ -47,6 +48,17 @@
  *                                scripts only test it exists.
  *   {sbx}:project:<project>      string: the slot the project's one build
  *                                holds. Same life as its lease.
+ *   {sbx}:session:<name>         hash slot, pool: the slot a session's sandbox
+ *                                lives on (<name>: worker/session.h). Set by
+ *                                acquire when the session's first job leases
+ *                                a slot; deleted by release mode "end" (the
+ *                                sweeper ended it) or by acquire when the slot
+ *                                left its pool. Writer: worker.
+ *   {sbx}:kept                   hash slot -> session name: the same, the
+ *                                other way round. A kept slot is never put
+ *                                in {sbx}:free: (acquire's reaping, release,
+ *                                register and beat all skip it); only its
+ *                                session's jobs and sweeper lease it.
  *   {sbx}:deadlines              sorted set slot -> lease expiry (ms, Redis
  *                                clock): what the reaping looks at.
  *   {sbx}:vm:<vm id>             hash base_url, capacity, labels,
@@ -72,6 +84,7 @@
 #define SBX_RKEY_FENCE     "{sbx}:fence"
 #define SBX_RKEY_DEADLINES "{sbx}:deadlines"
 #define SBX_RKEY_QUIET     "{sbx}:quiet_until"
+#define SBX_RKEY_KEPT      "{sbx}:kept"
 
 /* Prefixes: the key is the prefix followed by the id named above. */
 #define SBX_RKEY_SLOTS     "{sbx}:slots:"
@@ -80,6 +93,7 @@
 #define SBX_RKEY_LEASE     "{sbx}:lease:"
 #define SBX_RKEY_PROJECT   "{sbx}:project:"
 #define SBX_RKEY_VM        "{sbx}:vm:"
+#define SBX_RKEY_SESSION   "{sbx}:session:"
 
 /* The pool whose slots the agents register (worker provider "vmpool"). */
 #define SBX_VMPOOL_POOL "vmpool"

@@ -59,6 +59,7 @@
 #include "log.h"
 #include "runlog.h"
 #include "sbx_redact.h"
+#include "session.h"
 #include "text.h"
 #include "worker.h"
 
@@ -183,6 +184,7 @@ struct job {
     /* lease */
     int have_lease;
     char slot[SBX_LEASE_SLOT_MAX + 1];
+    char session[SBX_SESSION_NAME_MAX + 1]; /* its session's sandbox name, "" none */
     int64_t token;
     uint64_t lease_until_ms;
     uint64_t renew_sent_ms;
@@ -719,10 +721,12 @@ static void acquire(job *j)
     int rc;
     j->renew_sent_ms = sbx_now_ms();
     j->releases_seen = w->releases;
-    rc = sbx_lease_acquire(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id, j->id,
-                           w->cfg.worker_id, w->cfg.lease_ttl_ms,
-                           j->row_token > w->tokens_seen ? j->row_token : w->tokens_seen,
-                           on_acquired, j);
+    if (j->spec->session_id[0] && !j->session[0])
+        sbx__session_name(j->spec->project_id, j->spec->session_id, j->session);
+    rc = sbx_lease_acquire_session(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id,
+                                   j->id, w->cfg.worker_id, w->cfg.lease_ttl_ms,
+                                   j->row_token > w->tokens_seen ? j->row_token : w->tokens_seen,
+                                   j->session, on_acquired, j);
     if (rc) {
         if (!transition(j, J_WAITING))
             return;
@@ -867,6 +871,7 @@ static void start_build(job *j)
     req.slot = j->slot;
     req.token = j->token;
     req.attempt = j->attempt;
+    req.session = j->session[0] ? j->session : NULL;
     if (!transition(j, J_STARTING))
         return;
     j->started_ms = sbx_now_ms();
@@ -883,7 +888,12 @@ static void start_build(job *j)
     }
     req.output = j->log ? sbx__runlog_output : NULL;
     req.output_arg = j->log;
-    rc = w->prov->ops->start(w->prov, &req, on_provider, j, &j->run, err, sizeof(err));
+    if (req.session && !w->prov->ops->session_op) {
+        snprintf(err, sizeof(err), "provider %s does not keep sessions", w->prov->ops->name);
+        rc = -EINVAL;
+    } else {
+        rc = w->prov->ops->start(w->prov, &req, on_provider, j, &j->run, err, sizeof(err));
+    }
     if (rc) {
         sbx__runlog_end(j->log);
         j->log = NULL;
@@ -1156,10 +1166,33 @@ static void requeue(job *j, const char *why)
     hand_claim_back(j, "SELECT sbx.requeue_run($1,$2,$3,$4)", why);
 }
 
+/* The "running" history row's detail: the instance, and for a session's
+ * run whether its sandbox was new (the first job, or the old one died),
+ * reused or resumed (and how long resuming took). */
+static const char *running_detail(const job *j, const sbx_result *res, char *buf, size_t len)
+{
+    static const char *const use[] = {
+        [SBX_SANDBOX_NEW] = "new sandbox",
+        [SBX_SANDBOX_REUSED] = "sandbox reused",
+        [SBX_SANDBOX_RESUMED] = "sandbox resumed",
+    };
+    const char *inst = res && res->instance[0] ? res->instance : NULL;
+    if (!j->session[0] || !res || res->sandbox == SBX_SANDBOX_ONE_OFF)
+        return inst;
+    if (res->sandbox == SBX_SANDBOX_RESUMED)
+        snprintf(buf, len, "%s%ssession %s: %s in %d ms", inst ? inst : "", inst ? "; " : "",
+                 j->spec->session_id, use[res->sandbox], res->resume_ms);
+    else
+        snprintf(buf, len, "%s%ssession %s: %s", inst ? inst : "", inst ? "; " : "",
+                 j->spec->session_id, use[res->sandbox]);
+    return buf;
+}
+
 static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
 {
     job *j = arg;
     sbx_worker *w = j->w;
+    char detail[SBX_ID_MAX + 256];
 
     if (ev == SBX_RUN_STARTED) {
         if (j->st != J_STARTING)
@@ -1168,7 +1201,7 @@ static void on_provider(void *arg, sbx_run_event ev, const sbx_result *res)
             return;
         observe_since_enqueue(j, &w->stats.to_running, SEEN_RUNNING);
         if (!j->lost)
-            write_fenced(j, "running", res && res->instance[0] ? res->instance : NULL, res,
+            write_fenced(j, "running", running_detail(j, res, detail, sizeof(detail)), res,
                          LATE_RUNNING);
         return;
     }

@@ -74,7 +74,7 @@
 #define HOLDER_BUCKETS 4096
 
 enum kind { K_ACQUIRE, K_RENEW, K_RELEASE, K_BATCHED, K_ONE = K_BATCHED };
-static const int NARGS[K_BATCHED] = {6, 7, 2};
+static const int NARGS[K_BATCHED] = {7, 7, 3};
 
 typedef struct holder holder;
 
@@ -317,6 +317,7 @@ static const char *parse(const redisReply *rep, sbx_lease_reply *out)
     static const struct { const char *word; sbx_lease_status st; } words[] = {
         {"OK", SBX_LEASE_OK},       {"BUSY", SBX_LEASE_BUSY}, {"HELD", SBX_LEASE_HELD},
         {"NOCAP", SBX_LEASE_NOCAP}, {"LOST", SBX_LEASE_LOST}, {"QUIET", SBX_LEASE_QUIET},
+        {"GONE", SBX_LEASE_GONE},
     };
 
     memset(out, 0, sizeof(*out));
@@ -702,8 +703,17 @@ int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, cons
                       const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
                       void *arg)
 {
+    return sbx_lease_acquire_session(l, pool, project, job, worker, ttl_ms, token_floor, "",
+                                     cb, arg);
+}
+
+int sbx_lease_acquire_session(sbx_leases *l, const char *pool, const char *project,
+                              const char *job, const char *worker, int64_t ttl_ms,
+                              int64_t token_floor, const char *session, sbx_lease_cb cb,
+                              void *arg)
+{
     char ttl[24], floor[24];
-    const char *argv[] = {pool, project, job, worker, ttl, floor};
+    const char *argv[] = {pool, project, job, worker, ttl, floor, session};
     call *c;
     int rc;
     snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
@@ -732,8 +742,14 @@ int sbx_lease_renew(sbx_leases *l, const sbx_lease_id *id, int64_t ttl_ms, sbx_l
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
                       void *arg)
 {
+    return sbx_lease_release_session(l, slot, token, 0, cb, arg);
+}
+
+int sbx_lease_release_session(sbx_leases *l, const char *slot, int64_t token, int end,
+                              sbx_lease_cb cb, void *arg)
+{
     char tok[24];
-    const char *argv[] = {slot, tok};
+    const char *argv[] = {slot, tok, end ? "end" : ""};
     call *c;
     int rc;
     snprintf(tok, sizeof(tok), "%" PRId64, token);

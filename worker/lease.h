@@ -25,6 +25,8 @@ typedef enum sbx_lease_status {
     SBX_LEASE_NOCAP,     /* no free slot in the pool */
     SBX_LEASE_QUIET,     /* Redis lost its data just now: no new lease for ttl_left_ms */
     SBX_LEASE_LOST,      /* renew/release: the token is no longer the slot's */
+    SBX_LEASE_GONE,      /* a sweeper's acquire: the session keeps no slot (token: a
+                            fresh one, to fence the sweeper's write with) */
     SBX_LEASE_ERROR,     /* Redis down or a script error: retry later */
 } sbx_lease_status;
 
@@ -60,6 +62,15 @@ void sbx_leases_free(sbx_leases *l);
 int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
                       const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
                       void *arg);
+/* The same for a job of a session (session: its sandbox name, "" none): the
+ * session's slot again when it keeps one (kept from its last job; BUSY while
+ * someone leases it), else a free slot that the session then keeps. With
+ * session "!<name>" it is the session sweeper's: the session's slot or
+ * GONE, never another slot. The project's one-lease rule holds either way. */
+int sbx_lease_acquire_session(sbx_leases *l, const char *pool, const char *project,
+                              const char *job, const char *worker, int64_t ttl_ms,
+                              int64_t token_floor, const char *session, sbx_lease_cb cb,
+                              void *arg);
 /* Who holds a lease: what renew needs to take a lease back that Redis lost
  * (restarted without its data). */
 typedef struct sbx_lease_id {
@@ -77,6 +88,10 @@ int sbx_lease_fence_floor(sbx_leases *l, int64_t floor, int64_t ttl_ms, sbx_leas
                           void *arg);
 int sbx_lease_release(sbx_leases *l, const char *slot, int64_t token, sbx_lease_cb cb,
                       void *arg);
+/* A session's lease leaves its slot kept for the session (release does that
+ * by itself); end != 0 also ends the session's hold: the slot is free. */
+int sbx_lease_release_session(sbx_leases *l, const char *slot, int64_t token, int end,
+                              sbx_lease_cb cb, void *arg);
 /* Makes the pool's slot set exactly `slots` (free unless leased, or marked
  * busy as "!<slot>" by the registrant); any
  * number of slots (sent in chunks). registrant names the caller (its worker

@@ -29,6 +29,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "runlog.h"
+#include "session.h"
 #include "worker.h"
 
 /* After the grace period, how long stopping builds, requeueing and releasing
@@ -183,6 +184,9 @@ static void cron(sbx_timer *t)
         last_sweep = now;
         sbx__provider_sweep(w);
     }
+    /* Idle sessions pause and end within a second of their time. */
+    if (w->sessions && !w->stopping && sbx_redis_connected(w->redis) && sbx_db_connected(w->db))
+        sbx_sessions_pass(w->sessions);
     if (w->prune && !w->stopping && (last_prune == 0 || now - last_prune >= PRUNE_PERIOD_MS)) {
         last_prune = now;
         sbx_prune_pass(w->prune);
@@ -298,6 +302,15 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    {
+        sbx_sessions_cfg sc = {w.loop, w.db, w.leases, w.prov, w.prov->ops->name,
+                               w.cfg.worker_id, w.cfg.lease_ttl_ms};
+        if (sbx_sessions_new(&sc, &w.sessions) != 0) {
+            fprintf(stderr, "sbx-worker: out of memory\n");
+            goto out;
+        }
+    }
+
     if (sbx__config_kafka_settings(&w.cfg, &ks, err, sizeof(err)) != 0) {
         fprintf(stderr, "sbx-worker: %s\n", err);
         status = 2;
@@ -350,6 +363,7 @@ out:
     sbx_kafka_close(w.kafka);
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);
+    sbx_sessions_free(w.sessions); /* after redis and db: no callback of theirs is left */
     sbx__runlog_free_all(&w.runlogs);
     sbx_prune_free(w.prune);
     sbx_prune_free(w.prune_dlq);

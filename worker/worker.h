@@ -45,6 +45,7 @@ struct sbx_worker {
     sbx_prune *prune;             /* NULL: SBX_RETENTION=0 */
     sbx_prune *prune_dlq;         /* sbx.dead_letters; NULL: SBX_DLQ_RETENTION=0 */
     sbx_deps *deps;               /* group membership by dependency state; NULL in unit tests */
+    struct sbx_sessions *sessions; /* the idle-session sweeper (session.c); NULL in unit tests */
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */

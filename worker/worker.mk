@@ -4,7 +4,7 @@
 # with the benchmark provider (tests/bench/bench.mk).
 WORKER_CORE_SRCS := worker/offsets.c worker/lease.c worker/db.c worker/config.c worker/kafka.c \
                     worker/jobtable.c worker/waitq.c worker/dlq.c \
-                    worker/jobfiles.c worker/prune.c worker/deps.c worker/checks.c \
+                    worker/jobfiles.c worker/prune.c worker/session.c worker/deps.c worker/checks.c \
                     worker/job.c worker/provider_local.c worker/http.c \
                     worker/provider_docker.c worker/provider_fly.c \
                     worker/provider_vmpool.c worker/admin.c

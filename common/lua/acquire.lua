@@ -2,9 +2,13 @@
 -- lease.c sbx_lease_acquire, up to its BATCH_MAX jobs per call). rkeys.h
 -- describes every key named here.
 --
--- ARGV: six per job: pool, project, job, worker, ttl_ms, token floor
+-- ARGV: seven per job: pool, project, job, worker, ttl_ms, token floor,
+--       session ("" none; "<name>" a job of that session; "!<name>" the
+--       session sweeper, which wants the session's own slot or nothing)
 -- Reply: one {status, slot, token, ttl_left_ms, reaped} per job, in order
 --   OK     slot leased: its token and the lease's ttl
+--   GONE   "!<name>": the session holds no slot (a fresh token to fence the
+--          sweeper's write with; nothing leased)
 --   HELD   this very job holds the project's lease (slot, time left)
 --   BUSY   another job of the project holds it (slot, time left)
 --   NOCAP  no free slot in the pool
@@ -26,17 +30,27 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local function lease(slot, pool, project, job, worker, ttl, now, session, reaped)
+  local token = redis.call('INCR', '{sbx}:fence')
+  local lk = '{sbx}:lease:' .. slot
+  redis.call('HSET', lk, 'job', job, 'project', project, 'worker', worker, 'token', token, 'pool', pool, 'expires', now + ttl)
+  if session ~= '' then redis.call('HSET', lk, 'session', session) end
+  redis.call('SET', '{sbx}:project:' .. project, slot)
+  redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)
+  return {'OK', slot, token, ttl, reaped}
+end
+
 local function reap()
   local reaped = 0
   for _, slot in ipairs(redis.call('ZRANGEBYSCORE', '{sbx}:deadlines', '-inf', now, 'LIMIT', 0, 64)) do
     local lk = '{sbx}:lease:' .. slot
-    local l = redis.call('HMGET', lk, 'project', 'pool')
+    local l = redis.call('HMGET', lk, 'project', 'pool', 'session')
     if l[1] and redis.call('GET', '{sbx}:project:' .. l[1]) == slot then
       redis.call('DEL', '{sbx}:project:' .. l[1])
     end
     redis.call('DEL', lk)
     redis.call('ZREM', '{sbx}:deadlines', slot)
-    if l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then
+    if redis.call('HEXISTS', '{sbx}:kept', slot) == 0 and l[2] and redis.call('SISMEMBER', '{sbx}:slots:' .. l[2], slot) == 1 then
       redis.call('SADD', '{sbx}:free:' .. l[2], slot)
     end
     reaped = reaped + 1
@@ -44,7 +58,44 @@ local function reap()
   return reaped
 end
 
-local function acquire(pool, project, job, worker, ttl, floor)
+-- Sessions: {sbx}:session:<name> (hash slot, pool) is the slot a session's
+-- sandbox lives on, and {sbx}:kept (hash slot -> name) the same the other
+-- way round. A kept slot is never free: a job of the session leases it
+-- again, the sweeper too, nobody else (every script that frees a slot skips
+-- kept ones). Set when the session's first job leases a slot; deleted by
+-- release.lua (mode "end") when the sweeper ended the session, or here when
+-- the slot left the pool or its VM died (its sandbox went with it).
+local function alive(slot, pool)
+  local vm = string.match(slot, '^[^#]+')
+  local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')
+  if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then return true end
+  redis.call('SREM', '{sbx}:slots:' .. pool, slot)
+  redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')
+  return false
+end
+
+local function session_slot(name, pool, sweeper)
+  local sk = '{sbx}:session:' .. name
+  local s = redis.call('HMGET', sk, 'slot', 'pool')
+  if not s[1] then return nil end
+  -- Another pool's sweeper leaves it to that pool's.
+  if sweeper and s[2] ~= pool then return nil, true end
+  if s[2] == pool and redis.call('SISMEMBER', '{sbx}:slots:' .. pool, s[1]) == 1
+     and alive(s[1], pool) then
+    return s[1]
+  end
+  -- Another pool's slot, or one that left this pool: that sandbox is gone
+  -- for this job; the slot goes back to its own pool if it is still there.
+  redis.call('DEL', sk)
+  redis.call('HDEL', '{sbx}:kept', s[1])
+  if s[2] and redis.call('EXISTS', '{sbx}:lease:' .. s[1]) == 0
+     and redis.call('SISMEMBER', '{sbx}:slots:' .. s[2], s[1]) == 1 then
+    redis.call('SADD', '{sbx}:free:' .. s[2], s[1])
+  end
+  return nil
+end
+
+local function acquire(pool, project, job, worker, ttl, floor, session)
   local reaped = reap()
   -- Tokens must outgrow every token PostgreSQL has seen, even after Redis
   -- lost its data: the caller passes the newest token it knows as a floor.
@@ -68,34 +119,45 @@ local function acquire(pool, project, job, worker, ttl, floor)
   end
   local quiet = (tonumber(redis.call('GET', '{sbx}:quiet_until')) or 0) - now
   if quiet > 0 then return {'QUIET', '', 0, quiet, reaped} end
+  local sweeper = string.sub(session, 1, 1) == '!'
+  if sweeper then session = string.sub(session, 2) end
+  local slot, elsewhere
+  if session ~= '' then slot, elsewhere = session_slot(session, pool, sweeper) end
+  if elsewhere then return {'BUSY', '', 0, 0, reaped} end
+  if slot then
+    if redis.call('EXISTS', '{sbx}:lease:' .. slot) == 1 then
+      local left = (tonumber(redis.call('HGET', '{sbx}:lease:' .. slot, 'expires')) or now) - now
+      return {'BUSY', slot, 0, left, reaped}
+    end
+  elseif sweeper then
+    return {'GONE', '', redis.call('INCR', '{sbx}:fence'), 0, reaped}
+  end
+  if slot then
+    return lease(slot, pool, project, job, worker, ttl, now, session, reaped)
+  end
   -- A slot on a VM whose agent stopped heartbeating is never handed out: it
   -- leaves the pool (the agent registers again when it comes back). Slots
   -- without a {sbx}:vm: hash (local, docker, fly) skip the check.
-  local slot
   for _ = 1, 64 do
     slot = redis.call('SPOP', '{sbx}:free:' .. pool)
     if not slot then return {'NOCAP', '', 0, 0, reaped} end
-    local vm = string.match(slot, '^[^#]+')
-    local hb = redis.call('HMGET', '{sbx}:vm:' .. vm, 'heartbeat_ms', 'ttl_ms')
-    if not hb[1] or tonumber(hb[1]) + tonumber(hb[2] or 90000) >= now then break end
-    redis.call('SREM', '{sbx}:slots:' .. pool, slot)
-    redis.call('HSET', '{sbx}:vm:' .. vm, 'state', 'dead')
+    if alive(slot, pool) then break end
     slot = nil
   end
   if not slot then return {'NOCAP', '', 0, 0, reaped} end
-  local token = redis.call('INCR', '{sbx}:fence')
-  redis.call('HSET', '{sbx}:lease:' .. slot, 'job', job, 'project', project, 'worker', worker, 'token', token, 'pool', pool, 'expires', now + ttl)
-  redis.call('SET', '{sbx}:project:' .. project, slot)
-  redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)
-  return {'OK', slot, token, ttl, reaped}
+  if session ~= '' then
+    redis.call('HSET', '{sbx}:session:' .. session, 'slot', slot, 'pool', pool)
+    redis.call('HSET', '{sbx}:kept', slot, session)
+  end
+  return lease(slot, pool, project, job, worker, ttl, now, session, reaped)
 end
 
 -- A job whose decision raises (a bad argument, a key of the wrong type)
 -- gets ERR; what it wrote before the error stays, as it would for a call of
 -- its own, and the jobs after it are still decided.
 local out = {}
-for i = 1, #ARGV, 6 do
-  local ok, r = pcall(acquire, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5])
+for i = 1, #ARGV, 7 do
+  local ok, r = pcall(acquire, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
   if not ok then r = {'ERR', type(r) == 'table' and tostring(r.err) or tostring(r), 0, 0, 0} end
   out[#out + 1] = r
 end

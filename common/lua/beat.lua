@@ -31,7 +31,7 @@ for i = 1, cap do
   local s = slot(i)
   redis.call('SADD', '{sbx}:slots:vmpool', s)
   if redis.call('EXISTS', '{sbx}:lease:' .. s) == 0 then
-    if string.sub(ARGV[7], i, i) == '0' then
+    if string.sub(ARGV[7], i, i) == '0' and redis.call('HEXISTS', '{sbx}:kept', s) == 0 then
       freed = freed + redis.call('SADD', '{sbx}:free:vmpool', s)
     else
       -- A build runs here whose lease is gone (its worker died and the

@@ -134,6 +134,61 @@ static void test_one_build_per_project_and_tokens_grow(void **state)
     assert_true(last.token > t2);
 }
 
+/* A session keeps its slot between its jobs: nobody else gets it, its
+ * next job does, so does its sweeper; release "end" frees it, after which
+ * the sweeper hears GONE (with a fresh token) and a new job of the session
+ * takes any free slot. An expired session lease keeps the slot too, and
+ * re-registering the pool does not free it. */
+static void test_session_keeps_its_slot(void **state)
+{
+    int64_t t1, t;
+    char s1[192];
+    (void)state;
+    reg("ps", 1);
+    CALL(sbx_lease_acquire_session(LS, "ps", "projS", "j1", "w", 10000, 0, "s-aa", on_rep,
+                                   NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    t1 = last.token;
+    snprintf(s1, sizeof(s1), "%s", last_slot);
+    CALL(sbx_lease_release(LS, s1, t1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    /* Kept: another project finds no capacity, even after a re-registration. */
+    reg("ps", 1);
+    CALL(sbx_lease_acquire(LS, "ps", "projKept", "jx", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+    /* Its next job gets that very slot; a sweeper meanwhile is told BUSY. */
+    CALL(sbx_lease_acquire_session(LS, "ps", "projS", "j2", "w", 300, 0, "s-aa", on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last_slot, s1);
+    assert_true(last.token > t1);
+    CALL(sbx_lease_acquire_session(LS2, "ps", "projS", "session:s-aa", "w2", 10000, 0, "!s-aa",
+                                   on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_BUSY);
+    /* The job's worker dies: its lease expires and is reaped, the slot stays kept. */
+    usleep(400 * 1000);
+    CALL(sbx_lease_acquire(LS2, "ps", "projKept", "jx", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+    /* Another pool's sweeper leaves it alone. */
+    CALL(sbx_lease_acquire_session(LS2, "elsewhere", "projS", "session:s-aa", "w2", 10000, 0,
+                                   "!s-aa", on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_BUSY);
+    CALL(sbx_lease_acquire_session(LS2, "ps", "projS", "session:s-aa", "w2", 10000, 0, "!s-aa",
+                                   on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last_slot, s1);
+    t = last.token;
+    CALL(sbx_lease_release_session(LS2, s1, t, 1, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    CALL(sbx_lease_acquire_session(LS2, "ps", "projS", "session:s-aa", "w2", 10000, 0, "!s-aa",
+                                   on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_GONE);
+    assert_true(last.token > t);
+    /* Free for anyone again. */
+    CALL(sbx_lease_acquire(LS, "ps", "projKept", "jx", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last_slot, s1);
+}
+
 static void test_expired_lease_is_reaped(void **state)
 {
     int64_t t;
@@ -704,6 +759,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_build_per_project_and_tokens_grow),
         cmocka_unit_test(test_expired_lease_is_reaped),
+        cmocka_unit_test(test_session_keeps_its_slot),
         cmocka_unit_test(test_register_shrinks_pool),
         cmocka_unit_test(test_register_many_slots_in_chunks),
         cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),

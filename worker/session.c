@@ -1,0 +1,314 @@
+/* session.c — the session sweeper: idle sessions are paused, then ended.
+ *
+ * A session (migrations/0010_sessions.sql) keeps its sandbox on one slot
+ * between its jobs; its jobs move it busy <-> idle through the trigger on
+ * sbx.runs, with no code here. What no job does is the idle end of its
+ * life: past pause_after_s its sandbox is paused (where the provider can),
+ * past idle_timeout_s, max_lifetime_s or `sbx session stop` it is destroyed
+ * and the slot freed. Every worker runs this sweeper for its own provider,
+ * once a second from the cron (main.c); a pass works through what
+ * sbx.sessions_due() returns, one session after the other:
+ *
+ *   LEASING    acquire "!<name>": the session's own slot, under the
+ *              project's one lease, with a token newer than its last job's
+ *              (BUSY: a job or another sweeper has it, or it is another
+ *              pool's: skip; GONE: Redis keeps no slot for it, so there is
+ *              no sandbox to touch: straight to PARKING with GONE's token)
+ *   OP         provider->session_op(PAUSE | DESTROY) with that token
+ *   RELEASING  release; after a DESTROY with mode "end", so the slot is free
+ *   PARKING    sbx.park_session(token): paused / ended, fenced: a job that
+ *              claimed the session meanwhile holds a newer token and the
+ *              write changes nothing (that job resumes a paused sandbox, or
+ *              finds none and makes a new one)
+ *
+ * Why this order: the slot is given back before the row says ended, so a
+ * worker that dies in between leaves a row still due, which the next pass
+ * ends with GONE's token; the other order would leave a slot kept for a
+ * session the row says ended, which nothing would ever free.
+ *
+ * Failures: a provider that cannot pause (-ENOTSUP) is not asked again by
+ * this worker (its idle sessions wait for their end); any other failure is
+ * logged and the session is simply still due at the next pass.
+ */
+#include "session.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "sbx.h"
+#include "sbx_sha256.h"
+
+/* Sessions per pass: a pass is sequential and a pause or destroy takes up to
+ * a provider call (a second on Fly), so a small batch keeps a pass short;
+ * the next pass takes the rest a second later. */
+#define PASS_MAX 16
+
+typedef enum sstate { S_LEASING, S_OP, S_RELEASING, S_PARKING, S_DONE } sstate;
+
+static const char *const sstate_names[] = {"leasing", "op", "releasing", "parking", "done"};
+
+typedef struct item {
+    sbx_sessions *s;
+    sstate st;
+    char project[SBX_ID_MAX + 1], sid[SBX_ID_MAX + 1];
+    char name[SBX_SESSION_NAME_MAX + 1];
+    char slot[SBX_LEASE_SLOT_MAX + 1];
+    char reason[16];
+    sbx_session_op op;
+    int64_t token;
+    int then_park;            /* RELEASING: the op was done, PARKING follows */
+} item;
+
+struct sbx_sessions {
+    sbx_sessions_cfg cfg;
+    int pause_ok;             /* 0 once the provider said it cannot pause */
+    int busy;                 /* a pass is under way */
+    int n, cur;               /* the pass's items, the one in hand */
+    item items[PASS_MAX];
+    sbx_timer next;           /* the next item, from the loop */
+    sbx_sessions_stats st;
+};
+
+void sbx__session_name(const char *project, const char *session_id,
+                       char out[SBX_SESSION_NAME_MAX + 1])
+{
+    char key[2 * SBX_ID_MAX + 2], hex[65];
+    size_t pl = strlen(project), sl = strlen(session_id);
+    /* A NUL between the two: no project/session pair spells another's. */
+    memcpy(key, project, pl);
+    key[pl] = '\0';
+    memcpy(key + pl + 1, session_id, sl);
+    sbx__sha256_hex(key, pl + 1 + sl, hex);
+    snprintf(out, SBX_SESSION_NAME_MAX + 1, "s-%.32s", hex);
+}
+
+static void move(item *it, sstate to)
+{
+    sbx_debug("session", "session %s/%s (%s): %s -> %s", it->project, it->sid, it->name,
+              sstate_names[it->st], sstate_names[to]);
+    it->st = to;
+}
+
+/* The item is over; the pass goes on with the next one from the loop. */
+static void finish(item *it)
+{
+    sbx_sessions *s = it->s;
+    move(it, S_DONE);
+    s->cur++;
+    sbx_timer_start(s->cfg.loop, &s->next, 0);
+}
+
+static void on_parked(void *arg, PGresult *res, const char *err)
+{
+    item *it = arg;
+    const char *to = it->op == SBX_SESSION_PAUSE ? "paused" : "ended";
+    if (!res || PQntuples(res) != 1) {
+        sbx_warn("session", "session %s/%s: recording it %s failed: %s", it->project, it->sid,
+                 to, err ? err : "no row");
+        it->s->st.failed++;
+    } else if (strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        sbx_info("session", "session %s/%s %s (%s) on %s", it->project, it->sid, to, it->reason,
+                 it->slot[0] ? it->slot : "no slot");
+        if (it->op == SBX_SESSION_PAUSE)
+            it->s->st.paused++;
+        else
+            it->s->st.ended++;
+    } else {
+        sbx_info("session", "session %s/%s: not %s, a job took it meanwhile", it->project,
+                 it->sid, to);
+    }
+    finish(it);
+}
+
+static void park(item *it)
+{
+    char tok[24];
+    const char *p[6];
+    snprintf(tok, sizeof(tok), "%" PRId64, it->token);
+    p[0] = it->project;
+    p[1] = it->sid;
+    p[2] = tok;
+    p[3] = it->op == SBX_SESSION_PAUSE ? "paused" : "ended";
+    p[4] = it->reason;
+    p[5] = it->s->cfg.worker_id;
+    move(it, S_PARKING);
+    if (sbx_db_query(it->s->cfg.db, "SELECT sbx.park_session($1,$2,$3,$4,$5,$6)", 6, p,
+                     on_parked, it) != 0) {
+        it->s->st.failed++;
+        finish(it);
+    }
+}
+
+static void on_released(void *arg, const sbx_lease_reply *rep)
+{
+    item *it = arg;
+    if (rep->status != SBX_LEASE_OK)
+        sbx_warn("session", "session %s/%s: releasing %s: %s", it->project, it->sid, it->slot,
+                 rep->error ? rep->error : "lease lost");
+    /* A failed op leaves the row as it was: due again at the next pass. */
+    if (it->then_park && rep->status == SBX_LEASE_OK)
+        park(it);
+    else
+        finish(it);
+}
+
+static void release(item *it, int end, int then_park)
+{
+    move(it, S_RELEASING);
+    it->then_park = then_park;
+    /* Redis down: the lease expires by itself; the session is due again. */
+    if (sbx_lease_release_session(it->s->cfg.leases, it->slot, it->token, end, on_released,
+                                  it) != 0)
+        finish(it);
+}
+
+static void on_op(void *arg, int rc, const char *why)
+{
+    item *it = arg;
+    sbx_sessions *s = it->s;
+    if (rc == -ENOTSUP && it->op == SBX_SESSION_PAUSE) {
+        sbx_info("session", "provider %s cannot pause sessions: idle ones wait for their end",
+                 s->cfg.provider);
+        s->pause_ok = 0;
+        release(it, 0, 0);
+        return;
+    }
+    if (rc != 0) {
+        sbx_warn("session", "session %s/%s: %s on %s failed: %s", it->project, it->sid,
+                 it->op == SBX_SESSION_PAUSE ? "pause" : "destroy", it->slot,
+                 why && *why ? why : strerror(rc < 0 ? -rc : rc));
+        s->st.failed++;
+        release(it, 0, 0);
+        return;
+    }
+    release(it, it->op == SBX_SESSION_DESTROY, 1);
+}
+
+static void on_leased(void *arg, const sbx_lease_reply *rep)
+{
+    item *it = arg;
+    sbx_sessions *s = it->s;
+    int rc;
+
+    if (rep->status == SBX_LEASE_GONE) {
+        /* No slot kept: there is no sandbox of it anywhere to pause or
+         * destroy. An idle row without one is over. */
+        it->token = rep->token;
+        it->op = SBX_SESSION_DESTROY;
+        if (strcmp(it->reason, "idle") == 0)
+            snprintf(it->reason, sizeof(it->reason), "%s", "no_sandbox");
+        park(it);
+        return;
+    }
+    if (rep->status != SBX_LEASE_OK) {
+        finish(it); /* a job or another sweeper has it: due again later */
+        return;
+    }
+    it->token = rep->token;
+    snprintf(it->slot, sizeof(it->slot), "%s", rep->slot);
+    move(it, S_OP);
+    if (!s->cfg.prov->ops->session_op) {
+        on_op(it, it->op == SBX_SESSION_PAUSE ? -ENOTSUP : 0, NULL);
+        return;
+    }
+    rc = s->cfg.prov->ops->session_op(s->cfg.prov, it->op, it->slot, it->name, it->token, on_op,
+                                      it);
+    if (rc)
+        on_op(it, rc, "could not ask the provider");
+}
+
+static void step(item *it)
+{
+    sbx_sessions *s = it->s;
+    char job[SBX_SESSION_NAME_MAX + 16], sweeper[SBX_SESSION_NAME_MAX + 2];
+    snprintf(job, sizeof(job), "session:%s", it->name);
+    snprintf(sweeper, sizeof(sweeper), "!%s", it->name);
+    if (sbx_lease_acquire_session(s->cfg.leases, s->cfg.prov->ops->pool(s->cfg.prov),
+                                  it->project, job, s->cfg.worker_id, s->cfg.lease_ttl_ms, 0,
+                                  sweeper, on_leased, it) != 0)
+        finish(it);
+}
+
+static void on_next(sbx_timer *t)
+{
+    sbx_sessions *s = t->data;
+    if (s->cur >= s->n) {
+        s->busy = 0;
+        return;
+    }
+    step(&s->items[s->cur]);
+}
+
+static void on_due(void *arg, PGresult *res, const char *err)
+{
+    sbx_sessions *s = arg;
+    int rows;
+    if (!res) {
+        /* Before `sbx migrate` 0010, or the database is away: quietly later. */
+        sbx_debug("session", "sessions_due: %s", err ? err : "no result");
+        s->busy = 0;
+        return;
+    }
+    rows = PQntuples(res);
+    s->n = 0;
+    s->cur = 0;
+    for (int i = 0; i < rows && s->n < PASS_MAX; i++) {
+        item *it = &s->items[s->n++];
+        memset(it, 0, sizeof(*it));
+        it->s = s;
+        snprintf(it->project, sizeof(it->project), "%s", PQgetvalue(res, i, 0));
+        snprintf(it->sid, sizeof(it->sid), "%s", PQgetvalue(res, i, 1));
+        it->op = strcmp(PQgetvalue(res, i, 3), "pause") == 0 ? SBX_SESSION_PAUSE
+                                                             : SBX_SESSION_DESTROY;
+        snprintf(it->reason, sizeof(it->reason), "%s", PQgetvalue(res, i, 4));
+        sbx__session_name(it->project, it->sid, it->name);
+    }
+    if (s->n == 0) {
+        s->busy = 0;
+        return;
+    }
+    step(&s->items[0]);
+}
+
+void sbx_sessions_pass(sbx_sessions *s)
+{
+    char lim[8];
+    const char *p[3];
+    if (s->busy)
+        return;
+    snprintf(lim, sizeof(lim), "%d", PASS_MAX);
+    p[0] = s->cfg.provider;
+    p[1] = s->pause_ok ? "true" : "false";
+    p[2] = lim;
+    if (sbx_db_query(s->cfg.db,
+                     "SELECT project_id, session_id, slot, op, reason"
+                     " FROM sbx.sessions_due($1, $2::boolean, $3::integer)",
+                     3, p, on_due, s) == 0)
+        s->busy = 1;
+}
+
+int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out)
+{
+    sbx_sessions *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->cfg = *cfg;
+    s->pause_ok = cfg->prov->ops->session_op != NULL;
+    sbx_timer_init(&s->next, on_next, s);
+    *out = s;
+    return 0;
+}
+
+void sbx_sessions_get_stats(const sbx_sessions *s, sbx_sessions_stats *out) { *out = s->st; }
+
+void sbx_sessions_free(sbx_sessions *s)
+{
+    if (!s)
+        return;
+    sbx_timer_stop(s->cfg.loop, &s->next);
+    free(s);
+}
