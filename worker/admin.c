@@ -19,6 +19,7 @@
 #include "hist.h"
 #include "log.h"
 #include "sbx.h"
+#include "session.h"
 #include "worker.h"
 
 /* /metrics with a few dozen series and three histograms (~1.5 KiB each)
@@ -210,6 +211,18 @@ static void metrics(sbx_worker *w, page *p)
     metric(p, "sbx_dead_letters_pending", "gauge",
            "dead letters not yet recorded and published (their offsets wait)",
            sbx__dead_letters_pending(w));
+    {
+        sbx_sessions_stats ss = {0};
+        if (w->sessions)
+            sbx_sessions_get_stats(w->sessions, &ss);
+        metric(p, "sbx_sessions_paused_total", "counter",
+               "idle sessions this worker's sweeper paused", ss.paused);
+        metric(p, "sbx_sessions_ended_total", "counter",
+               "sessions this worker's sweeper ended (idle, lifetime, stopped)", ss.ended);
+        metric(p, "sbx_sessions_sweep_failures_total", "counter",
+               "pauses or ends of a session that failed (tried again a second later)",
+               ss.failed);
+    }
     metric(p, "sbx_jobs_in_flight", "gauge", "jobs this worker holds", sbx__jobs_count(w));
     metric(p, "sbx_offsets_pending", "gauge", "consumed offsets not yet finished",
            sbx_kafka_pending(w->kafka));

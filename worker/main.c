@@ -147,12 +147,15 @@ static void log_stats(sbx_worker *w, const char *why)
     sbx_stats *s = &w->stats;
     sbx_db_count c;
     sbx_leases_stats ls = {0};
+    sbx_sessions_stats ss = {0};
     uint64_t waits;
     int wait50 = sbx_kafka_intake_wait_ms(w->kafka, 50, &waits);
     int wait99 = sbx_kafka_intake_wait_ms(w->kafka, 99, &waits);
     sbx_db_counts(w->db, &c);
     if (w->leases)
         sbx_leases_get_stats(w->leases, &ls);
+    if (w->sessions)
+        sbx_sessions_get_stats(w->sessions, &ss);
     /* tests/bench/bench.py reads this line: keep its key=value shape. */
     sbx_info("stats", "%s: jobs=%zu pending_offsets=%zu received=%" PRIu64 " succeeded=%" PRIu64
              " failed=%" PRIu64 " timed_out=%" PRIu64 " canceled=%" PRIu64 " dead_lettered=%" PRIu64
@@ -160,13 +163,14 @@ static void log_stats(sbx_worker *w, const char *why)
              " db_queue=%zu intake_wait_n=%" PRIu64 " intake_wait_p50_ms=%d intake_wait_p99_ms=%d"
              " db_calls=%" PRIu64 " db_statements=%" PRIu64 " db_wait_us=%" PRIu64
              " db_round_us=%" PRIu64 " redis=%s db=%s lease_script_calls=%" PRIu64
-             " lease_refused_redis=%" PRIu64 " lease_answered_here=%" PRIu64,
+             " lease_refused_redis=%" PRIu64 " lease_answered_here=%" PRIu64
+             " sessions_paused=%" PRIu64 " sessions_ended=%" PRIu64,
              why, sbx__jobs_count(w), sbx_kafka_pending(w->kafka), s->received, s->succeeded,
              s->failed, s->timed_out, s->canceled, s->dead_lettered, s->duplicates, s->lease_waits,
              s->fenced_out, s->retries, sbx_db_queued(w->db), waits, wait50 < 0 ? 0 : wait50,
              wait99 < 0 ? 0 : wait99, c.calls, c.statements, c.wait_us, c.round_us,
              sbx_redis_connected(w->redis) ? "up" : "down", sbx_db_connected(w->db) ? "up" : "down",
-             ls.script_calls, ls.refused_remote, ls.local_busy);
+             ls.script_calls, ls.refused_remote, ls.local_busy, ss.paused, ss.ended);
 }
 
 /* Periodic duties, each with its own period (redis serverCron). */
