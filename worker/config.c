@@ -42,6 +42,8 @@ static const sbx_opt opts[] = {
     {"SBX_EGRESS_DENY", "egress-deny", "", "networked builds may never reach these CIDRs and host names, on top of loopback, private, link-local, CGNAT and metadata ranges and this host's addresses", STR, S(egress_deny), 0, 0, 0, 0},
     {"SBX_LEASE_TTL_MS", "lease-ttl-ms", "30000", "lease time-to-live; renewed every third of it", INT, I(lease_ttl_ms), 1000, 3600000, 0, 0},
     {"SBX_MAX_INFLIGHT", "max-inflight", "1000", "unfinished jobs before intake pauses", INT, I(max_inflight), 1, 1000000, 0, 0},
+    {"SBX_PRICE_PER_HOUR", "price-per-hour", "", "what one of this provider's sandboxes costs per hour held (a decimal, any currency), recorded in sbx.prices for sbx.project_costs(); empty: leave sbx.prices as it is", STR, S(price_per_hour), 0, 0, 0, 0},
+    {"SBX_PRICE_PAUSED_PER_HOUR", "price-paused-per-hour", "0", "the same for a paused session's sandbox (with SBX_PRICE_PER_HOUR)", STR, S(price_paused_per_hour), 0, 0, 0, 0},
     {"SBX_MAX_ATTEMPTS", "max-attempts", "3", "tries of a job whose provider failed (not the build)", INT, I(max_attempts), 1, 100, 0, 0},
     {"SBX_RETRY_BASE_MS", "retry-base-ms", "200", "first retry delay; doubles, with jitter, up to 30 s", INT, I(retry_base_ms), 1, 60000, 0, 0},
     {"SBX_KAFKA_SESSION_TIMEOUT_MS", "kafka-session-timeout-ms", "10000", "how soon a dead worker's partitions move", INT, I(session_timeout_ms), 1000, 3600000, 0, 0},
@@ -109,6 +111,22 @@ static int check_retention(const char *name, const char *s, long long *out, FILE
 }
 
 /* A port as text: digits only, within [min, 65535]. */
+/* A price as PostgreSQL's numeric takes it and sbx.prices allows: digits
+ * with at most one '.', 0..1000000. */
+static int price_ok(const char *s)
+{
+    int dots = 0, digits = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == '.')
+            dots++;
+        else if (*p >= '0' && *p <= '9')
+            digits++;
+        else
+            return 0;
+    }
+    return digits > 0 && dots <= 1 && strtod(s, NULL) <= 1000000;
+}
+
 static int port_ok(const char *s, size_t len, long min)
 {
     long v = 0;
@@ -316,6 +334,16 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
     if (sbx__provider_parse(cfg->provider, &cfg->provider_kind) != 0) {
         fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",
                 cfg->provider);
+        bad = 1;
+    }
+    if (*cfg->price_per_hour && !price_ok(cfg->price_per_hour)) {
+        fprintf(err, "sbx-worker: SBX_PRICE_PER_HOUR=%s is not a price: give a decimal such as "
+                     "0.12 (0 or more, at most 1000000)\n", cfg->price_per_hour);
+        bad = 1;
+    }
+    if (!price_ok(cfg->price_paused_per_hour)) {
+        fprintf(err, "sbx-worker: SBX_PRICE_PAUSED_PER_HOUR=%s is not a price: give a decimal "
+                     "such as 0.01 (0 or more, at most 1000000)\n", cfg->price_paused_per_hour);
         bad = 1;
     }
     if (strcmp(cfg->project_policy, "queue") == 0) {

@@ -51,6 +51,8 @@ typedef struct sbx_config {
     int lease_ttl_ms;
     int max_inflight;
     int max_attempts;
+    char price_per_hour[32];        /* SBX_PRICE_PER_HOUR: a decimal, "" unset */
+    char price_paused_per_hour[32]; /* SBX_PRICE_PAUSED_PER_HOUR */
     int retry_base_ms;
     int session_timeout_ms;
     int shutdown_grace_ms;

@@ -173,6 +173,19 @@ static void log_stats(sbx_worker *w, const char *why)
              ls.script_calls, ls.refused_remote, ls.local_busy, ss.paused, ss.ended);
 }
 
+/* SBX_PRICE_PER_HOUR recorded (migrations/0011_costs.sql). */
+static void on_price(void *arg, PGresult *res, const char *err)
+{
+    sbx_worker *w = arg;
+    if (!res || PQntuples(res) != 1)
+        sbx_warn("worker", "recording SBX_PRICE_PER_HOUR in sbx.prices failed: %s",
+                 err ? err : "no row");
+    else
+        sbx_info("worker", "price of provider %s: %s per hour held, %s paused (%s)",
+                 w->prov->ops->name, w->cfg.price_per_hour, w->cfg.price_paused_per_hour,
+                 strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? "recorded" : "unchanged");
+}
+
 /* Periodic duties, each with its own period (redis serverCron). */
 static void cron(sbx_timer *t)
 {
@@ -306,6 +319,11 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    if (w.cfg.price_per_hour[0]) {
+        const char *p[3] = {w.prov->ops->name, w.cfg.price_per_hour, w.cfg.price_paused_per_hour};
+        sbx_db_query(w.db, "SELECT sbx.set_price($1, $2::numeric, $3::numeric)", 3, p,
+                     on_price, &w);
+    }
     {
         sbx_sessions_cfg sc = {w.loop, w.db, w.leases, w.prov, w.prov->ops->name,
                                w.cfg.worker_id, w.cfg.lease_ttl_ms};

@@ -227,3 +227,40 @@ def test_session_rows_follow_runs_and_fence_the_sweeper(pg):
     assert hist == ["busy", "idle", "paused", "busy", "idle", "ended", "busy", "idle"], hist
     shape = pg.scalar("SELECT sbx.session_v1(s) FROM sbx.sessions s WHERE project_id = %s", p)
     assert shape["state"] == "idle" and shape["generation"] == 2, shape
+
+
+def test_project_costs_from_histories(pg):
+    """sbx.project_costs: a run's attempt and a session's idle and paused
+    time, priced at the provider's price in effect, cut at the window's
+    ends; a new price changes nothing that began before it."""
+    p, prov = "cost-" + uuid.uuid4().hex[:8], "prov-" + uuid.uuid4().hex[:6]
+    # The price in effect since an hour ago (as a worker started then recorded it).
+    pg.execute("INSERT INTO sbx.prices (provider, since, per_hour, paused_per_hour) "
+               "VALUES (%s, now() - interval '1 hour', 3.6, 0.36)", prov)
+    assert pg.scalar("SELECT sbx.set_price(%s, 3.6, 0.36)", prov) is False, "same price: no row"
+    pg.execute("INSERT INTO sbx.runs (job_id, project_id, status, provider, spec, finished_at)"
+               " VALUES (%s, %s, 'succeeded', %s, '{}', now())", p + "-j", p, prov)
+    pg.execute("INSERT INTO sbx.run_events (job_id, to_status, at) VALUES "
+               "(%s, 'provisioning', now() - interval '100 s'), "
+               "(%s, 'running', now() - interval '90 s'), "
+               "(%s, 'succeeded', now() - interval '50 s')", p + "-j", p + "-j", p + "-j")
+    pg.execute("INSERT INTO sbx.sessions (project_id, session_id, state, provider, pause_after_s,"
+               " idle_timeout_s, max_lifetime_s, ends_at) VALUES (%s, 's', 'ended', %s, 1, 1, 1,"
+               " now())", p, prov)
+    pg.execute("INSERT INTO sbx.session_events (project_id, session_id, generation, to_state, at)"
+               " VALUES (%s, 's', 1, 'busy', now() - interval '100 s'),"
+               " (%s, 's', 1, 'idle', now() - interval '50 s'),"
+               " (%s, 's', 1, 'paused', now() - interval '40 s'),"
+               " (%s, 's', 1, 'ended', now() - interval '20 s')", p, p, p, p)
+    assert pg.scalar("SELECT sbx.set_price(%s, 36, 36)", prov) is True
+    row = pg.query("SELECT run_seconds, idle_seconds, paused_seconds, cost FROM "
+                   "sbx.project_costs(now() - interval '1 day', now()) WHERE project_id = %s", p)
+    assert len(row) == 1, row
+    run_s, idle_s, paused_s, cost = row[0]
+    assert abs(run_s - 50) < 1 and abs(idle_s - 10) < 1 and abs(paused_s - 20) < 1, row[0]
+    # 60 s at 3.6/h + 20 s paused at 0.36/h, all begun before the new price.
+    assert abs(float(cost) - (60 * 0.001 + 20 * 0.0001)) < 0.002, cost
+    # A window that cuts the run: only its last 10 s count.
+    row = pg.query("SELECT run_seconds FROM sbx.project_costs(now() - interval '60 s', now()) "
+                   "WHERE project_id = %s", p)
+    assert abs(row[0][0] - 10) < 1, row
