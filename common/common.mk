@@ -6,7 +6,7 @@
 # may include a header from worker/ or agent/.
 COMMON_SRCS := common/loop.c common/log.c common/redis.c common/text.c common/opts.c common/buf.c \
                common/sandbox.c common/supervise.c common/cgroup.c common/seccomp_filter.c common/netns.c \
-               common/egress.c common/hist.c
+               common/egress.c common/hist.c common/preview.c
 COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
 COMMON_INC  := -Icommon
 

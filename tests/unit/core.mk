@@ -12,3 +12,6 @@ TEST_BINS += $(BUILD)/tests/test_rkeys
 TEST_BINS += $(BUILD)/tests/test_log
 # Latency histograms (common/hist.c).
 TEST_BINS += $(BUILD)/tests/test_hist
+# The preview proxy (common/preview.c): a real browser-like client and dev
+# server (tests/unit/preview_check.py) through it, HTTP and WebSocket.
+TEST_BINS += $(BUILD)/tests/test_preview
