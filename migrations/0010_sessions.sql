@@ -132,6 +132,14 @@ BEGIN
                 CASE WHEN s.state = 'ended' THEN s.generation + 1 ELSE s.generation END,
                 s.state, 'busy', NEW.lease_token, NEW.job_id,
                 CASE WHEN s.state = 'ended' THEN 'began again' END);
+    ELSIF NEW.status = 'running' THEN
+        -- The session's preview URL, as its provider gave it to the run.
+        IF NEW.preview_url IS NOT NULL THEN
+            UPDATE sbx.sessions x SET preview_url = NEW.preview_url
+             WHERE x.project_id = NEW.project_id AND x.session_id = sid
+               AND x.lease_token = NEW.lease_token
+               AND x.preview_url IS DISTINCT FROM NEW.preview_url;
+        END IF;
     ELSIF sbx.is_terminal(NEW.status) OR NEW.status = 'queued' THEN
         UPDATE sbx.sessions x SET state = 'idle', updated_at = now(), last_used_at = now(),
                preview_url = COALESCE(NEW.preview_url, x.preview_url)

@@ -42,6 +42,10 @@ static const sbx_opt opts[] = {
     {"SBX_EGRESS_DENY", "egress-deny", "", "networked builds may never reach these CIDRs and host names, on top of loopback, private, link-local, CGNAT and metadata ranges and this host's addresses", STR, S(egress_deny), 0, 0, 0, 0},
     {"SBX_LEASE_TTL_MS", "lease-ttl-ms", "30000", "lease time-to-live; renewed every third of it", INT, I(lease_ttl_ms), 1000, 3600000, 0, 0},
     {"SBX_MAX_INFLIGHT", "max-inflight", "1000", "unfinished jobs before intake pauses", INT, I(max_inflight), 1, 1000000, 0, 0},
+    {"SBX_PREVIEW_LISTEN", "preview-listen", "", "serve sessions' dev servers (session.preview_port) on this IPv4 address, one port per preview from SBX_PREVIEW_PORTS; empty: no previews (local, docker, fly)", STR, S(preview_listen), 0, 0, 0, 0},
+    {"SBX_PREVIEW_PORTS", "preview-ports", "20000-20999", "the ports previews get, first-last", STR, S(preview_ports), 0, 0, 0, 0},
+    {"SBX_PREVIEW_PUBLIC_HOST", "preview-public-host", "", "the host name preview URLs carry (default: SBX_PREVIEW_LISTEN)", STR, S(preview_public_host), 0, 0, 0, 0},
+    {"SBX_PREVIEW_SECRET", NULL, "", "keys the previews' access tokens; give every worker the same so a session keeps its URL when another worker takes it over (default: random per start; environment only; never printed)", STR, S(preview_secret), 0, 0, 0, 1},
     {"SBX_PRICE_PER_HOUR", "price-per-hour", "", "what one of this provider's sandboxes costs per hour held (a decimal, any currency), recorded in sbx.prices for sbx.project_costs(); empty: leave sbx.prices as it is", STR, S(price_per_hour), 0, 0, 0, 0},
     {"SBX_PRICE_PAUSED_PER_HOUR", "price-paused-per-hour", "0", "the same for a paused session's sandbox (with SBX_PRICE_PER_HOUR)", STR, S(price_paused_per_hour), 0, 0, 0, 0},
     {"SBX_MAX_ATTEMPTS", "max-attempts", "3", "tries of a job whose provider failed (not the build)", INT, I(max_attempts), 1, 100, 0, 0},
@@ -334,6 +338,13 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
     if (sbx__provider_parse(cfg->provider, &cfg->provider_kind) != 0) {
         fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",
                 cfg->provider);
+        bad = 1;
+    }
+    if (sscanf(cfg->preview_ports, "%d-%d", &cfg->preview_port_min, &cfg->preview_port_max) != 2 ||
+        cfg->preview_port_min < 1 || cfg->preview_port_max > 65535 ||
+        cfg->preview_port_min > cfg->preview_port_max) {
+        fprintf(err, "sbx-worker: SBX_PREVIEW_PORTS=%s is not a port range: give first-last, "
+                     "such as 20000-20999\n", cfg->preview_ports);
         bad = 1;
     }
     if (*cfg->price_per_hour && !price_ok(cfg->price_per_hour)) {

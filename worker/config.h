@@ -52,6 +52,11 @@ typedef struct sbx_config {
     int max_inflight;
     int max_attempts;
     char price_per_hour[32];        /* SBX_PRICE_PER_HOUR: a decimal, "" unset */
+    char preview_listen[64];        /* SBX_PREVIEW_LISTEN: "" no previews */
+    char preview_ports[32];
+    int preview_port_min, preview_port_max;
+    char preview_public_host[128];
+    char preview_secret[128];
     char price_paused_per_hour[32]; /* SBX_PRICE_PAUSED_PER_HOUR */
     int retry_base_ms;
     int session_timeout_ms;

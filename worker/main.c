@@ -28,6 +28,7 @@
 #include "admin.h"
 #include "daemon.h"
 #include "log.h"
+#include "preview.h"
 #include "runlog.h"
 #include "session.h"
 #include "worker.h"
@@ -269,6 +270,7 @@ int main(int argc, char **argv)
     int rc, status = 1, check_only = 0;
     sbx_timer cron_t;
     sbx_admin *admin = NULL;
+    sbx_previews *previews = NULL;
 
     memset(&w, 0, sizeof(w));
     for (int i = 1; i < argc; i++)
@@ -294,6 +296,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "sbx-worker: provider %s: %s\n", w.cfg.provider, err);
         status = 2;
         goto out;
+    }
+    if (w.cfg.preview_listen[0]) {
+        sbx_previews_cfg pc = {w.loop, w.cfg.preview_listen, w.cfg.preview_public_host,
+                               w.cfg.preview_port_min, w.cfg.preview_port_max,
+                               w.cfg.preview_secret, 0};
+        rc = sbx_previews_new(&pc, &previews, err, sizeof(err));
+        if (rc) {
+            fprintf(stderr, "sbx-worker: SBX_PREVIEW_LISTEN / SBX_PREVIEW_PORTS: %s\n", err);
+            status = 2;
+            goto out;
+        }
+        w.prov->previews = previews;
     }
     if (sbx_daemon_redis(&d, w.cfg.redis_url, on_redis_state, &w, &w.redis) != 0) {
         status = 2;
@@ -382,6 +396,7 @@ out:
     if (w.prov)
         w.prov->ops->destroy(w.prov);
     w.prov = NULL;
+    sbx_previews_free(previews);
     sbx_kafka_close(w.kafka);
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);

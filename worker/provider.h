@@ -41,6 +41,13 @@
  *  - session_op(PAUSE | DESTROY): called by the worker's session sweeper,
  *    under a lease of the session's slot with its own newer token.
  *  - sweep(): never removes a session's sandbox (sessions end by DESTROY).
+ *  - previews: when the job names session.preview_port and the worker serves
+ *    previews (p->previews, common/preview.h; NULL: SBX_PREVIEW_LISTEN is
+ *    unset), start() opens the session's preview under its session name with
+ *    a dial() that connects to that port inside the sandbox (a provider whose
+ *    remote side serves previews itself, vmpool's agent, returns the agent's
+ *    URL instead), and puts the URL in the result's preview_url at STARTED
+ *    and FINISHED; DESTROY closes it. The URL is the session's for its life.
  *  - destroy(): sandboxes that live in this process (local) die with it;
  *    remote ones (agent, engine, Fly) stay for the session's next owner.
  */
@@ -176,9 +183,12 @@ typedef struct sbx_provider_ops {
     void (*destroy)(sbx_provider *p);
 } sbx_provider_ops;
 
+struct sbx_previews;
+
 struct sbx_provider {
     const sbx_provider_ops *ops;
     sbx_loop *loop;
+    struct sbx_previews *previews; /* the worker's preview proxy, or NULL (set after _new) */
 };
 
 /* ---- the local provider (provider_local.c) ---- */

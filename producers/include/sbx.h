@@ -97,6 +97,8 @@ typedef struct sbx_job {
     int session_pause_s;     /* "session.pause_after_s": idle this long, paused */
     int session_idle_s;      /* "session.idle_timeout_s": idle this long, ended */
     int session_lifetime_s;  /* "session.max_lifetime_s": ended this long after it began */
+    int session_preview_port; /* "session.preview_port": the session's dev server listens
+                                 here inside the sandbox, served at its preview URL; 0 none */
 } sbx_job;
 
 /* Parses and validates one message. On refusal returns SBX_EINVAL, sets

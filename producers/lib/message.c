@@ -1020,7 +1020,8 @@ static sbx_err f_provider(json_object *v, sbx_job *job, char *err, size_t errlen
     return bad(&p, err, errlen, "must be one of any, local, vmpool, docker, fly");
 }
 
-/* "session": {id, pause_after_s, idle_timeout_s, max_lifetime_s}. The id
+/* "session": {id, pause_after_s, idle_timeout_s, max_lifetime_s,
+ * preview_port}. The id
  * follows the job id's rule, so it is safe in keys, names and paths. */
 static sbx_err f_session(json_object *v, sbx_job *job, char *err, size_t errlen)
 {
@@ -1045,6 +1046,8 @@ static sbx_err f_session(json_object *v, sbx_job *job, char *err, size_t errlen)
         else if (strcmp(k, "max_lifetime_s") == 0)
             rc = get_int(x, 1, SBX_SESSION_TIMEOUT_MAX_S, &p, &job->session_lifetime_s, err,
                          errlen);
+        else if (strcmp(k, "preview_port") == 0)
+            rc = get_int(x, 1, 65535, &p, &job->session_preview_port, err, errlen);
         else {
             char q[QUOTE_MAX + 4];
             quote(q, k);
