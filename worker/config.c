@@ -46,6 +46,7 @@ static const sbx_opt opts[] = {
     {"SBX_PREVIEW_PORTS", "preview-ports", "20000-20999", "the ports previews get, first-last", STR, S(preview_ports), 0, 0, 0, 0},
     {"SBX_PREVIEW_PUBLIC_HOST", "preview-public-host", "", "the host name preview URLs carry (default: SBX_PREVIEW_LISTEN)", STR, S(preview_public_host), 0, 0, 0, 0},
     {"SBX_PREVIEW_SECRET", NULL, "", "keys the previews' access tokens; give every worker the same so a session keeps its URL when another worker takes it over (default: random per start; environment only; never printed)", STR, S(preview_secret), 0, 0, 0, 1},
+    {"SBX_WARM", "warm", "0", "sandboxes this worker keeps made and paused ahead with the provider's defaults, so a new session (or a job the defaults fit) starts from one", INT, I(warm), 0, 1000, 0, 0},
     {"SBX_PRICE_PER_HOUR", "price-per-hour", "", "what one of this provider's sandboxes costs per hour held (a decimal, any currency), recorded in sbx.prices for sbx.project_costs(); empty: leave sbx.prices as it is", STR, S(price_per_hour), 0, 0, 0, 0},
     {"SBX_PRICE_PAUSED_PER_HOUR", "price-paused-per-hour", "0", "the same for a paused session's sandbox (with SBX_PRICE_PER_HOUR)", STR, S(price_paused_per_hour), 0, 0, 0, 0},
     {"SBX_MAX_ATTEMPTS", "max-attempts", "3", "tries of a job whose provider failed (not the build)", INT, I(max_attempts), 1, 100, 0, 0},

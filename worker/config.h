@@ -52,6 +52,7 @@ typedef struct sbx_config {
     int max_inflight;
     int max_attempts;
     char price_per_hour[32];        /* SBX_PRICE_PER_HOUR: a decimal, "" unset */
+    int warm;                       /* SBX_WARM */
     char preview_listen[64];        /* SBX_PREVIEW_LISTEN: "" no previews */
     char preview_ports[32];
     int preview_port_min, preview_port_max;

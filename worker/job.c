@@ -1175,10 +1175,15 @@ static const char *running_detail(const job *j, const sbx_result *res, char *buf
         [SBX_SANDBOX_NEW] = "new sandbox",
         [SBX_SANDBOX_REUSED] = "sandbox reused",
         [SBX_SANDBOX_RESUMED] = "sandbox resumed",
+        [SBX_SANDBOX_WARM] = "warm sandbox",
     };
     const char *inst = res && res->instance[0] ? res->instance : NULL;
-    if (!j->session[0] || !res || res->sandbox == SBX_SANDBOX_ONE_OFF)
+    if (!res || res->sandbox == SBX_SANDBOX_ONE_OFF)
         return inst;
+    if (!j->session[0]) {
+        snprintf(buf, len, "%s%s%s", inst ? inst : "", inst ? "; " : "", use[res->sandbox]);
+        return buf;
+    }
     if (res->sandbox == SBX_SANDBOX_RESUMED)
         snprintf(buf, len, "%s%ssession %s: %s in %d ms", inst ? inst : "", inst ? "; " : "",
                  j->spec->session_id, use[res->sandbox], res->resume_ms);

@@ -309,6 +309,13 @@ int main(int argc, char **argv)
         }
         w.prov->previews = previews;
     }
+    if (w.cfg.warm > 0) {
+        if (w.prov->ops->warm)
+            w.prov->ops->warm(w.prov, w.cfg.warm);
+        else
+            sbx_warn("worker", "SBX_WARM=%d: provider %s keeps no warm pool; ignored",
+                     w.cfg.warm, w.prov->ops->name);
+    }
     if (sbx_daemon_redis(&d, w.cfg.redis_url, on_redis_state, &w, &w.redis) != 0) {
         status = 2;
         goto out;

@@ -85,6 +85,7 @@ typedef enum sbx_sandbox_use {
     SBX_SANDBOX_NEW,         /* the session had no sandbox on the slot (first job, or it died) */
     SBX_SANDBOX_REUSED,      /* the session's sandbox, as the last job left it */
     SBX_SANDBOX_RESUMED,     /* the session's sandbox, paused until this run */
+    SBX_SANDBOX_WARM,        /* none yet: one of the warm pool's (ops->warm) was taken */
 } sbx_sandbox_use;
 
 typedef struct sbx_result {
@@ -179,6 +180,15 @@ typedef struct sbx_provider_ops {
      * inside this call; or an errno-style code, and cb is never called. */
     int (*session_op)(sbx_provider *p, sbx_session_op op, const char *slot,
                       const char *session, int64_t token, sbx_session_cb cb, void *arg);
+    /* Optional (NULL: no warm pool). SBX_WARM: keep n sandboxes made and
+     * paused ahead, with the provider's defaults (limits, image, network
+     * off), tied to no session; start() of a session with no sandbox yet, and
+     * of a one-off job the defaults fit, takes one (result.sandbox WARM; the
+     * session's own name and slot from then on) and a new one is made in the
+     * background. Called once after _new; the pool is filled in the
+     * background and its sandboxes are destroyed with the provider (they hold
+     * nobody's work). */
+    void (*warm)(sbx_provider *p, int n);
     /* Kills every run at once (worker exit); no callbacks follow. */
     void (*destroy)(sbx_provider *p);
 } sbx_provider_ops;
