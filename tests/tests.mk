@@ -17,16 +17,23 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(WORKER_LIB_OBJS) $(LIBSBX)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(PKG_LIBS) $(UNIT_LIBS)
 
+# The preview tests' dev server (tests/devserver/devserver.c): static, so a
+# test image with no runtime can carry it.
+DEVSERVER := $(BUILD)/bin/sbx-devserver
+$(DEVSERVER): tests/devserver/devserver.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -Werror -static -o $@ $<
+
 # One set of services for every unit program: a real Kafka broker (test_kafka,
 # test_job), Redis, PostgreSQL and a rootful Podman API. Then the docker
 # provider's program once more, on Docker Engine itself (a private dockerd;
 # ~2 s to start and stop, ~25 s of tests).
-unit: $(TEST_BINS) $(BUILD)/bin/sbx
+unit: $(TEST_BINS) $(BUILD)/bin/sbx $(DEVSERVER)
 	tests/services/podman/podman-service.sh -- \
 	    python3 tests/services/sbxsvc.py run -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
 	tests/services/dockerd/dockerd-service.sh -- $(BUILD)/tests/test_docker
 
-e2e: bins
+e2e: bins $(DEVSERVER)
 	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra -p no:cacheprovider tests/e2e
 
 test: bins unit schema-test e2e
