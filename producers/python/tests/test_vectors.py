@@ -115,3 +115,5 @@ def test_fingerprint_is_libsbx_rule():
     other["env"] = {"B": "x", "A": "y"}
     assert fingerprint(json.dumps(other, ensure_ascii=False, separators=(",", ":")))[1] == sha
     assert json.loads(fingerprint('{"job_id":"j","secrets":{"a":1}}')[0])["secrets"] == "<redacted>"
+    # "session" is kept, as libsbx keeps it: the session trigger reads it from sbx.runs.spec.
+    assert json.loads(fingerprint('{"job_id":"j","session":{"id":"dev"}}')[0])["session"] == {"id": "dev"}
