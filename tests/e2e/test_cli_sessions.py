@@ -260,3 +260,25 @@ def test_session_jobs_through_a_worker(run_sbx, pg, start_worker, topics, workdi
     listed = json.loads(run_sbx("session", "list", "--json", "--project", project).stdout)
     assert [x["session_id"] for x in listed] == ["dev"]
     assert listed[0] == {k: v for k, v in s.items() if k != "events"}
+
+
+def test_session_roles(run_sbx, pg, services):
+    """An sbx_reader login reads sessions but cannot stop one; an
+    sbx_submitter login (what `sbx enqueue` needs) can."""
+    from test_console import login
+    project, sid = "p-sess-roles-%s" % tag(), "dev"
+    session_run(pg, project, sid)
+    reader = login(pg, services, "sbx_e2e_session_reader", "sbx_reader")
+    submitter = login(pg, services, "sbx_e2e_session_submitter", "sbx_submitter")
+
+    as_reader = lambda *a: run_sbx(*a, env={"SBX_DATABASE_URL": reader}, check=False)  # noqa: E731
+    s = check_session(json.loads(as_reader("session", "show", "--json", project, sid).stdout))
+    assert s["state"] == "idle"
+    assert [x["session_id"] for x in json.loads(
+        as_reader("session", "list", "--json", "--project", project).stdout)] == [sid]
+    assert "history:" in as_reader("session", "show", project, sid).stdout
+    r = as_reader("session", "stop", project, sid)
+    assert r.returncode == 1 and "permission denied" in r.stderr, r.stderr
+    assert pg.scalar("SELECT stop_requested FROM sbx.sessions WHERE project_id = %s", project) is False
+    r = run_sbx("session", "stop", project, sid, env={"SBX_DATABASE_URL": submitter}, check=False)
+    assert r.returncode == 0 and "stop requested" in r.stdout, r.stderr
