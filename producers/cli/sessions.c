@@ -149,6 +149,8 @@ static int session_list(int argc, char **argv, struct sbx__cli_config *cfg)
         "SELECT s.project_id, s.session_id, s.state, s.generation, s.jobs, s.provider,"
         "       s.stop_requested,"
         "       floor(extract(epoch FROM now() - s.last_used_at))::bigint AS idle";
+    /* sql holds either head and the where clause, and ") x". */
+    _Static_assert(sizeof sql_text <= sizeof sql_json, "sql is sized by sql_json");
     struct list_flags f = { .limit = LIST_DEFAULT };
     char limit[24], sql[sizeof sql_json + sizeof where + 8];
     const char *params[3];

@@ -32,7 +32,7 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union, cast
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
@@ -128,8 +128,8 @@ class Client:
         if session is not None:
             if "session" in job:
                 raise SbxError(f"job {job['job_id']} names a session; give it once")
-            job = dict(job)  # type: ignore[assignment]
-            job["session"] = {"id": session} if isinstance(session, str) else session
+            job = cast(Job, dict(job, session={"id": session} if isinstance(session, str)
+                                 else session))
         text = validate_job(job)
         producer = self._kafka()
         recorded, sha = False, ""
