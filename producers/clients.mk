@@ -21,7 +21,8 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 
 $(NODE_CLIENT)/dist/index.js: $(NODE_CLIENT)/node_modules/.package-lock.json \
     $(wildcard $(NODE_CLIENT)/src/*.ts) $(NODE_CLIENT)/scripts/build.mjs \
-    schemas/job.v1.schema.json schemas/run.v1.schema.json schemas/log.v1.schema.json
+    schemas/job.v1.schema.json schemas/run.v1.schema.json schemas/log.v1.schema.json \
+    schemas/session.v1.schema.json
 	cd $(NODE_CLIENT) && npm run --silent build
 
 $(PYCLIENT)/.stamp: producers/python/requirements.lock

@@ -11,7 +11,8 @@ LIBSBX      := $(BUILD)/lib/libsbx.a
 SBX_CLI_SRCS := producers/cli/sbx.c producers/cli/enqueue.c producers/cli/runs.c producers/cli/migrate.c \
                 producers/cli/dlq.c producers/cli/topics.c \
                 producers/cli/serve.c producers/cli/console_data.c producers/cli/console_feed.c \
-                producers/cli/list.c producers/cli/logs.c
+                producers/cli/list.c producers/cli/logs.c \
+                producers/cli/sessions.c
 SBX_CLI_OBJS := $(SBX_CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 
 # `sbx serve` reads Redis with the key layout and URL forms the daemons

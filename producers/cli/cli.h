@@ -100,6 +100,7 @@ int sbx__cmd_migrate(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_dlq(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_topics(int argc, char **argv, struct sbx__cli_config *cfg);
 int sbx__cmd_serve(int argc, char **argv, struct sbx__cli_config *cfg);
+int sbx__cmd_session(int argc, char **argv, struct sbx__cli_config *cfg);
 
 /* A dead letter id as sbx.dead_letters numbers them: decimal digits, at
  * most 18 (a bigint). */

@@ -32,6 +32,7 @@
 
 struct enqueue_opts {
     const char *project, *job_id, *timeout, *provider, *image, *script, *json;
+    const char *session, *pause_after, *idle_timeout, *max_lifetime;   /* "session" */
     bool network, raw, no_database;
     const char **env, **files, **kafka;   /* argv strings, as given */
     size_t nenv, nfiles, nkafka;
@@ -62,7 +63,8 @@ static int usage_error(const char *fmt, const char *arg)
 static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct enqueue_opts *o)
 {
     enum { O_PROJECT = 1, O_JOB_ID, O_TIMEOUT, O_ENV, O_FILE, O_NETWORK, O_PROVIDER, O_IMAGE,
-           O_SCRIPT, O_JSON, O_RAW, O_DELIVERY, O_NO_DATABASE };
+           O_SCRIPT, O_JSON, O_RAW, O_DELIVERY, O_NO_DATABASE, O_SESSION, O_PAUSE_AFTER,
+           O_IDLE_TIMEOUT, O_MAX_LIFETIME };
     static const struct option opts[] = {
         { "project", required_argument, NULL, O_PROJECT },
         { "job-id", required_argument, NULL, O_JOB_ID },
@@ -76,6 +78,10 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         { "json", required_argument, NULL, O_JSON },
         { "raw", no_argument, NULL, O_RAW },
         { "no-database", no_argument, NULL, O_NO_DATABASE },
+        { "session", required_argument, NULL, O_SESSION },
+        { "pause-after", required_argument, NULL, O_PAUSE_AFTER },
+        { "idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT },
+        { "max-lifetime", required_argument, NULL, O_MAX_LIFETIME },
         { "delivery-timeout", required_argument, NULL, O_DELIVERY },
         { "kafka", required_argument, NULL, 'X' },
         SBX_CLI_COMMON_OPTIONS,
@@ -105,6 +111,10 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         case O_JSON:     o->json = optarg; break;
         case O_RAW:      o->raw = true; break;
         case O_NO_DATABASE: o->no_database = true; break;
+        case O_SESSION:  o->session = optarg; break;
+        case O_PAUSE_AFTER:  o->pause_after = optarg; break;
+        case O_IDLE_TIMEOUT: o->idle_timeout = optarg; break;
+        case O_MAX_LIFETIME: o->max_lifetime = optarg; break;
         case 'X':        o->kafka[o->nkafka++] = optarg; break;
         case O_DELIVERY: {
             char *end;
@@ -139,12 +149,17 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
     if (o->json) {
         const char *builder = o->job_id ? "--job-id" : o->timeout ? "--timeout" : o->nenv ? "--env"
                             : o->nfiles ? "--file" : o->network ? "--network" : o->provider ? "--provider"
-                            : o->image ? "--image" : (o->project && !o->raw) ? "--project" : NULL;
+                            : o->image ? "--image" : o->session ? "--session"
+                            : (o->project && !o->raw) ? "--project" : NULL;
         if (builder)
             return usage_error("%s builds a message; a --json message must say it itself", builder);
     } else if (!o->project) {
         return usage_error("%s", "--project is required");
     }
+    if (!o->session && (o->pause_after || o->idle_timeout || o->max_lifetime))
+        return usage_error("%s", o->pause_after ? "--pause-after needs --session"
+                                 : o->idle_timeout ? "--idle-timeout needs --session"
+                                                   : "--max-lifetime needs --session");
     return SBX_EXIT_OK;
 }
 
@@ -186,6 +201,31 @@ static int add_map(json_object *obj, const char *key, const char **items, size_t
             return -1;
     }
     return 0;
+}
+
+/* A number flag as the message's member: anything but a plain integer goes
+ * in as text, for the schema to refuse clearly. */
+static int add_number(json_object *obj, const char *key, const char *text)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(text, &end, 10);
+    json_object *v = (*text && !*end && !errno) ? json_object_new_int64(n)
+                                                : json_object_new_string(text);
+    return v ? json_object_object_add(obj, key, v) : -1;
+}
+
+/* "session": {"id", and the timeouts given}; the worker's defaults
+ * (SBX_SESSION_*) apply to the others. */
+static int add_session(json_object *obj, const struct enqueue_opts *o)
+{
+    json_object *s = json_object_new_object();
+    if (!s || json_object_object_add(obj, "session", s))
+        return -1;
+    return add_string(s, "id", o->session) ||
+           (o->pause_after && add_number(s, "pause_after_s", o->pause_after)) ||
+           (o->idle_timeout && add_number(s, "idle_timeout_s", o->idle_timeout)) ||
+           (o->max_lifetime && add_number(s, "max_lifetime_s", o->max_lifetime)) ? -1 : 0;
 }
 
 static void now_rfc3339(char out[40])
@@ -233,20 +273,13 @@ static int build_message(const struct enqueue_opts *o, struct message *m)
         }
         goto oom;
     }
-    if (o->timeout) {
-        /* Anything but a plain integer goes in as text, for the schema to refuse clearly. */
-        char *end;
-        errno = 0;
-        long long t = strtoll(o->timeout, &end, 10);
-        json_object *v = (*o->timeout && !*end && !errno) ? json_object_new_int64(t)
-                                                          : json_object_new_string(o->timeout);
-        if (!v || json_object_object_add(obj, "timeout_s", v))
-            goto oom;
-    }
+    if (o->timeout && add_number(obj, "timeout_s", o->timeout))
+        goto oom;
     if (o->network && json_object_object_add(obj, "network", json_object_new_boolean(1)))
         goto oom;
     if ((o->provider && add_string(obj, "provider", o->provider)) ||
         (o->image && add_string(obj, "image", o->image)) ||
+        (o->session && add_session(obj, o)) ||
         add_string(obj, "submitted_at", when))
         goto oom;
 

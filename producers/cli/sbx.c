@@ -1,7 +1,8 @@
 /* sbx.c — the `sbx` command: submit jobs and look at their runs.
  *
  * One program with subcommands, each in its own file: enqueue.c (Kafka),
- * runs.c (status, wait, cancel: the sbx.runs tables), dlq.c (list, show and
+ * runs.c (status, wait, cancel: the sbx.runs tables), sessions.c (the
+ * sbx.sessions table), dlq.c (list, show and
  * replay dead letters: sbx.dead_letters), migrate.c (the schema),
  * topics.c (the Kafka topics) and serve.c (the web console). This file
  * holds what they share: configuration from the environment with flags overriding, usage text, and the database
@@ -40,6 +41,13 @@ static const struct command {
       "  --file PATH=CONTENT    a file written into the workspace (repeatable)\n"
       "  --network              give the sandbox network access\n"
       "  --provider NAME        any, local, vmpool, docker or fly\n"
+      "  --session ID           run in the project's session ID: the same sandbox and\n"
+      "                         workspace as the session's earlier jobs (`sbx session`)\n"
+      "  --pause-after S        with --session: idle seconds before its sandbox is\n"
+      "                         paused (default 300)\n"
+      "  --idle-timeout S       with --session: idle seconds before it ends (default 900)\n"
+      "  --max-lifetime S       with --session: seconds from its first job to its end\n"
+      "                         (default 86400); each at most 604800\n"
       "  --image I              image reference for the provider\n"
       "  -- ARGV...             the command to run (no shell)\n"
       "  --script TEXT          shell text to run with /bin/sh -c\n"
@@ -102,6 +110,30 @@ static const struct command {
       "without a database URL, or not sent yet) is recorded as canceled, so the job\n"
       "never runs when a worker consumes it.\n"
       "Exit status: 0 done (or already finished).\n" },
+    { "session", sbx__cmd_session,
+      "usage: sbx session list [--project P] [--state S] [--limit N] [--json]\n"
+      "       sbx session show PROJECT SESSION [--json]\n"
+      "       sbx session stop PROJECT SESSION\n"
+      "       sbx session watch PROJECT SESSION [--timeout S] [--json]\n"
+      "Sessions from sbx.sessions: many jobs of a project (`sbx enqueue --session`)\n"
+      "run one at a time in one sandbox. States: busy (a job holds it), idle,\n"
+      "paused (after its pause_after_s idle), ended (after idle_timeout_s idle,\n"
+      "max_lifetime_s in all, or `sbx session stop`; its sandbox destroyed). A job\n"
+      "naming an ended session begins it again (generation + 1).\n"
+      "  list      most recently used first: project, session, state (* = stop\n"
+      "            requested), generation, jobs, provider, idle seconds\n"
+      "    --state S   busy, idle, paused, ended, or live (not ended)\n"
+      "    --limit N   at most N, 1..10000 (default 50)\n"
+      "    --json      one JSON array of schemas/session.v1.schema.json objects\n"
+      "  show      the session and its history (sbx.session_events), oldest first;\n"
+      "            --json prints it as one session.v1 object with \"events\"\n"
+      "  stop      asks for its end (sbx.stop_session): a worker ends it and destroys\n"
+      "            its sandbox once no job holds it. Needs sbx_submitter\n"
+      "  watch     prints the session now and each change of its state (LISTEN\n"
+      "            sbx_sessions) until it has ended; --json: one session.v1 a line;\n"
+      "            --timeout S gives up after S seconds (default 30 days)\n"
+      "Exit status: 0 done (an empty list, a session already ended too), 1 failed\n"
+      "or no such session, 2 usage, 3 watch: not ended in time.\n" },
     { "dlq", sbx__cmd_dlq,
       "usage: sbx dlq list [--reason R] [--since DUR] [--limit N]\n"
       "       sbx dlq show ID [--json]\n"
@@ -184,6 +216,7 @@ static const char program_usage[] =
     "  list      list runs\n"
     "  logs      print or follow a build's output\n"
     "  cancel    ask the worker to cancel a run\n"
+    "  session   list, show, stop and watch sessions\n"
     "  dlq       list, show and replay dead letters\n"
     "  migrate   create or upgrade the database schema\n"
     "  topics    create or describe the job and dead-letter topics\n"

@@ -15,10 +15,11 @@
 
 /* The top-level members of schemas/job.v1.schema.json (and "egress", the
  * per-job network allowlist of issue 9). "env" is among them: its values are
- * redacted one by one below. */
+ * redacted one by one below. "session" must be kept: the trigger that
+ * follows a session's runs reads it from sbx.runs.spec (0010). */
 static const char *const known[] = {
     "v", "job_id", "project_id", "command", "script", "env", "files", "image", "timeout_s",
-    "resources", "network", "egress", "provider", "trace", "metadata", "submitted_at",
+    "resources", "network", "egress", "provider", "trace", "metadata", "session", "submitted_at",
 };
 
 static int is_known(const char *name)

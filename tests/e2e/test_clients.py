@@ -138,3 +138,70 @@ def test_client_job_succeeds_and_its_log_streams(client, services, pg, run_sbx, 
     assert out["followed"] == out["logs"], "logs(follow) saw what logs() reads afterwards"
     assert out["rewatch"] == out["logs"] + [runs[-1]["value"]], out["rewatch"]
     assert out["resumed"] == out["rewatch"][1:], "watch(after=) resumes past that chunk"
+
+
+@pytest.mark.parametrize("client", ["node", "python"])
+def test_client_sessions(client, services, pg, run_sbx, start_worker, topics,
+                         workdir):  # noqa: F811
+    """Sessions through each client: two jobs enqueued in one session (with
+    its settings, then by id) run through the worker; getSession/get_session,
+    listSessions/list_sessions read the row the trigger of 0010 keeps;
+    stopSession asks for its end; this test, playing the worker's sweeper,
+    ends it with sbx.park_session, and watchSession/watch_session sees it
+    end. Every session is session.v1 and equals `sbx session show/list --json`."""
+    tag = uuid.uuid4().hex[:10]
+    project, session = "cls-%s-%s" % (client, tag), "dev"
+    jobs = [{"job_id": "e2e-s%d-%s-%s" % (i, client, tag), "project_id": project,
+             "script": "echo %d >> session.txt" % i} for i in range(2)]
+    start_worker(SBX_WORK_DIR=workdir, **topics)
+    argv, extra = driver(client)
+    env = dict(os.environ, **services)
+    env.update(extra, SBX_TOPIC=topics["SBX_TOPIC"], E2E_TIMEOUT_S="60",
+               E2E_SESSION=json.dumps({"project": project, "session": session, "jobs": jobs}))
+    p = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, text=True)
+    try:
+        # The sweeper's part: once the client asked for the stop, end it.
+        wait_until(lambda: p.poll() is not None or pg.scalar(
+            "SELECT stop_requested FROM sbx.sessions WHERE project_id = %s AND session_id = %s",
+            project, session), 90, "the client's stopSession")
+        pg.scalar("SELECT sbx.park_session(%s, %s, lease_token + 1, 'ended', 'stopped', 'w-test')"
+                  " FROM sbx.sessions WHERE project_id = %s AND session_id = %s",
+                  project, session, project, session)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stderr
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert "error" not in out, out["error"]
+    assert out["schema_errors"] == [], out["schema_errors"]
+
+    assert "session" in (out["twice_error"] or ""), out["twice_error"]
+    assert [e["job_id"] for e in out["enqueued"]] == [j["job_id"] for j in jobs]
+    specs = [pg.scalar("SELECT spec->'session' FROM sbx.runs WHERE job_id = %s", j["job_id"])
+             for j in jobs]
+    assert specs == [{"id": session, "pause_after_s": 600, "idle_timeout_s": 1200},
+                     {"id": session}], specs
+
+    s = out["session"]
+    assert (s["state"], s["generation"], s["jobs"], s["pause_after_s"], s["idle_timeout_s"],
+            s["max_lifetime_s"], s["stop_requested"]) == ("idle", 1, 2, 600, 1200, 86400, False), s
+    assert sorted(e["job_id"] for e in s["events"] if e["to_state"] == "busy") == sorted(
+        j["job_id"] for j in jobs)
+    assert out["list"] == [{k: v for k, v in s.items() if k != "events"}]
+    assert out["live"] == [session] and out["unknown"] is None
+    assert out["stop"] == {"outcome": "requested", "state": "idle"}
+    # The watch began before or after the sweeper's end: either way it ends with it.
+    assert [(w["state"], w["stop_requested"]) for w in out["watched"]] in (
+        [("idle", True), ("ended", True)], [("ended", True)]), out["watched"]
+    assert out["stop_again"] == {"outcome": "ended", "state": "ended"}
+    assert out["stop_unknown"] == {"outcome": "unknown", "state": None}
+    final = out["final"]
+    assert (final["state"], final["end_reason"]) == ("ended", "stopped")
+    assert final["events"][-1]["to_state"] == "ended"
+
+    # The same objects as the CLI's --json, member for member.
+    cli = lambda *a: run_sbx(*a).stdout  # noqa: E731
+    assert json.loads(cli("session", "show", "--json", project, session)) == final
+    assert json.loads(cli("session", "list", "--json", "--project", project)) == out["final_list"]
+    assert out["final_list"] == [{k: v for k, v in final.items() if k != "events"}]

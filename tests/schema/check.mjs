@@ -12,8 +12,10 @@
 // vectors (seeded, so runs repeat) and compares C with the reference on each
 // mutant, which finds disagreements no hand-written vector thought of.
 //
-// run.v1 and log.v1 (what sbx reports: `sbx status/list/wait/logs --json`
-// and the clients) have only Ajv: their vectors check the schemas themselves.
+// run.v1, log.v1 and session.v1 (what sbx reports: `sbx status/list/wait/logs
+// --json`, `sbx session show/list --json` and the clients) have only Ajv:
+// their vectors check the schemas themselves (tests/e2e/test_cli_runs.py and
+// test_cli_sessions.py hold what the SQL functions return to them).
 //
 // Usage: node check.mjs [--validator PATH] [--mutants N] [--seed S] [-v]
 // Prints one line per failure and last `schema: N passed, M failed`.
@@ -289,11 +291,12 @@ function main() {
     dlq: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/dlq.v1.schema.json")))),
     run: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/run.v1.schema.json")))),
     log: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/log.v1.schema.json")))),
+    session: ajv.compile(JSON.parse(fs.readFileSync(path.join(repo, "schemas/session.v1.schema.json")))),
   };
-  // run and log are what sbx reports, never messages it parses: no C
+  // run, log and session are what sbx reports, never messages it parses: no C
   // validator and no malformed text to refuse, so only valid/ and invalid/.
   const folders = { job: ["valid", "invalid", "malformed"], dlq: ["valid", "invalid", "malformed"],
-    run: ["valid", "invalid"], log: ["valid", "invalid"] };
+    run: ["valid", "invalid"], log: ["valid", "invalid"], session: ["valid", "invalid"] };
 
   let passed = 0, failed = 0;
   const fail = (what) => { failed++; console.log(`FAIL ${what}`); };

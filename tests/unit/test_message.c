@@ -429,6 +429,15 @@ static void test_sha256_and_fingerprint(void **state)
     assert_string_equal(a, b);
     assert_string_not_equal(a, c);
     assert_int_not_equal(sbx__job_fingerprint("[1]", 3, NULL, c), 0);
+
+    /* "session" is kept: sbx.runs.spec holds the redacted text, and the
+     * trigger that follows a session's runs reads its id there (0010). */
+    const char *js = "{\"job_id\":\"j\",\"project_id\":\"p\",\"script\":\"true\","
+                     "\"session\":{\"id\":\"dev\",\"idle_timeout_s\":60},\"sesion\":1}";
+    assert_int_equal(sbx__job_fingerprint(js, strlen(js), &red, c), 0);
+    assert_non_null(strstr(red, "\"session\":{\"id\":\"dev\",\"idle_timeout_s\":60}"));
+    assert_non_null(strstr(red, "\"sesion\":\"<redacted>\""));
+    free(red);
 }
 
 int main(void)

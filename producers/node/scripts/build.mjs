@@ -1,6 +1,6 @@
 // build.mjs — `npm run build`: types from the schemas, then tsc.
 //
-// The TypeScript types of a job, a run and a log chunk are generated from
+// The TypeScript types of a job, a run, a log chunk and a session are generated from
 // schemas/*.v1.schema.json (json-schema-to-typescript) into src/generated/,
 // never written by hand, so they cannot drift from the contract. The same
 // schema files are copied into dist/schemas/, where enqueue() reads the job
@@ -14,7 +14,7 @@ import { compile } from "json-schema-to-typescript";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkg = path.resolve(here, "..");
 const schemas = path.resolve(pkg, "../../schemas");
-const kinds = { job: "Job", run: "Run", log: "LogChunk" };
+const kinds = { job: "Job", run: "Run", log: "LogChunk", session: "Session" };
 
 const gen = path.join(pkg, "src/generated");
 const dist = path.join(pkg, "dist/schemas");

@@ -24,12 +24,20 @@
  * when it differs from the last one yielded; the terminal status comes last,
  * after the chunks the run wrote, which the worker stores before it
  * finishes the run.
+ *
+ * Sessions (many jobs of a project in one sandbox, migrations/0010) are
+ * read as session.v1 (sbx.session_v1()); enqueue() puts a job in one with
+ * its session option. watchSession() is watch() for a session: LISTEN
+ * sbx_sessions, read, and on each notification for it (or every second)
+ * read again; it yields the session when its state, generation or
+ * stop_requested changed, and ends after it ended.
  */
 import pg from "pg";
 import { Producer, ProduceAcks, stringSerializers, compatibilityPartitioner } from "@platformatic/kafka";
 import type { Job } from "./generated/job.js";
 import type { Run } from "./generated/run.js";
 import type { LogChunk } from "./generated/log.js";
+import type { Session } from "./generated/session.js";
 import { fingerprint, validateJob } from "./job.js";
 import * as SQL from "./sql.js";
 
@@ -69,6 +77,32 @@ export interface CancelResult {
    * recorded (not seen yet: it will not run), finished (already terminal). */
   outcome: "flagged" | "canceled" | "recorded" | "finished";
   status: Run["status"];
+}
+
+/** A job message's "session": its id and, optionally, its timeouts (the
+ * worker's defaults otherwise: 300, 900, 86400 s). */
+export type SessionOptions = NonNullable<Job["session"]>;
+
+export interface EnqueueOptions {
+  /** Run the job in the project's session of this id (or these settings): the
+   * same sandbox and workspace as the session's earlier jobs, as `sbx enqueue --session`. */
+  session?: string | SessionOptions;
+}
+
+export interface SessionFilter {
+  project?: string;
+  /** A state, or "live" (not ended), as `sbx session list --state`. */
+  state?: Session["state"] | "live";
+  /** At most this many, most recently used first; default 50. */
+  limit?: number;
+}
+
+export interface StopSessionResult {
+  /** requested (a worker ends it once no job holds it), ended (it had already
+   * ended: nothing to do), unknown (no such session). */
+  outcome: "requested" | "ended" | "unknown";
+  /** The state it was in; null for an unknown session. */
+  state: Session["state"] | null;
 }
 
 export interface WatchOptions {
@@ -131,7 +165,11 @@ export class SbxClient {
   /** Validates the job (throws JobInvalidError, sending nothing), records it
    * as submitted when a database is configured, publishes it keyed by
    * project_id, and resolves once the brokers acknowledged it. */
-  async enqueue(job: Job): Promise<Enqueued> {
+  async enqueue(job: Job, options: EnqueueOptions = {}): Promise<Enqueued> {
+    if (options.session !== undefined) {
+      if (job.session !== undefined) throw new SbxError(`job ${job.job_id} names a session; give it once`);
+      job = { ...job, session: typeof options.session === "string" ? { id: options.session } : options.session };
+    }
     const text = validateJob(job);
     const producer = this.#kafka();
     let recorded = false;
@@ -254,6 +292,81 @@ export class SbxClient {
             lastStatus = run.status;
             yield run;
             if (SQL.TERMINAL.has(run.status)) return;
+          }
+        }
+        await new Promise<void>((res) => {
+          const t = setTimeout(() => { dirty = true; res(); }, REREAD_MS);
+          wake = () => { clearTimeout(t); res(); };
+        });
+        wake = undefined;
+      }
+    } catch (e) {
+      broken = true;
+      throw e;
+    } finally {
+      options.signal?.removeEventListener("abort", poke);
+      conn.off("notification", onNotify);
+      conn.off("error", onError);
+      if (!broken) await conn.query("UNLISTEN *").catch(() => { broken = true; });
+      conn.release(broken || failed !== undefined);
+    }
+  }
+
+  /** The session (session.v1), with its events if history; null if there is none. */
+  async getSession(projectId: string, sessionId: string, options: { history?: boolean } = {}): Promise<Session | null> {
+    const r = await this.#db().query(SQL.SESSION, [projectId, sessionId, options.history ?? false]);
+    return r.rows.length ? (r.rows[0].session as Session) : null;
+  }
+
+  /** Sessions, most recently used first, as `sbx session list`. */
+  async listSessions(filter: SessionFilter = {}): Promise<Session[]> {
+    const r = await this.#db().query(SQL.SESSIONS, [filter.project ?? null, filter.state ?? null, filter.limit ?? 50]);
+    return r.rows.map((x) => x.session as Session);
+  }
+
+  /** `sbx session stop`: sbx.stop_session (migrations/0010_sessions.sql). */
+  async stopSession(projectId: string, sessionId: string): Promise<StopSessionResult> {
+    const r = await this.#db().query(SQL.STOP_SESSION, [projectId, sessionId]);
+    const state = (r.rows[0].state as string) || null;
+    return {
+      outcome: state === null ? "unknown" : state === "ended" ? "ended" : "requested",
+      state: state as Session["state"] | null,
+    };
+  }
+
+  /** The session (session.v1) as it is now (once it exists), then each change
+   * of its state, generation or stop_requested; ends after it ended. */
+  async *watchSession(projectId: string, sessionId: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Session> {
+    const conn = await this.#db().connect();
+    let wake: (() => void) | undefined;
+    let dirty = true;
+    const poke = () => { dirty = true; wake?.(); };
+    const onNotify = (n: pg.Notification) => {
+      try {
+        const p = JSON.parse(n.payload ?? "{}") as { project_id?: string; session_id?: string };
+        if (p.project_id === projectId && p.session_id === sessionId) poke();
+      } catch { poke(); }
+    };
+    let failed: Error | undefined;
+    const onError = (e: Error) => { failed = e; poke(); };
+    conn.on("notification", onNotify);
+    conn.on("error", onError);
+    options.signal?.addEventListener("abort", poke);
+    let broken = false;
+    try {
+      await conn.query("LISTEN sbx_sessions");
+      let last: string | undefined;
+      while (!options.signal?.aborted) {
+        if (failed) throw new SbxError(`watchSession ${projectId}/${sessionId}: ${failed.message}`, { cause: failed });
+        if (dirty) {
+          dirty = false;
+          const r = await conn.query(SQL.SESSION, [projectId, sessionId, false]);
+          const s = r.rows[0]?.session as Session | undefined;
+          const key = s && `${s.state} ${s.generation} ${s.stop_requested}`;
+          if (s && key !== last) {
+            last = key;
+            yield s;
+            if (s.state === "ended") return;
           }
         }
         await new Promise<void>((res) => {

@@ -32,7 +32,7 @@ const FILES_BYTES_MAX = 512 * 1024;
 
 // The top-level members the job schema names (producers/lib/redact.c).
 const KNOWN = new Set(["v", "job_id", "project_id", "command", "script", "env", "files", "image", "timeout_s",
-  "resources", "network", "egress", "provider", "trace", "metadata", "submitted_at"]);
+  "resources", "network", "egress", "provider", "trace", "metadata", "session", "submitted_at"]);
 export const REDACTED = "<redacted>";
 
 /** Reads one of the schema files shipped in dist/schemas (copied from the

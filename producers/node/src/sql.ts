@@ -4,6 +4,9 @@
  * `sbx` CLI and console use as well, so every reader gets the same members,
  * types and timestamps (RFC 3339 UTC, a Z and microseconds);
  * tests/e2e/test_clients.py compares them with `sbx status/list/logs --json`.
+ * Sessions come out as session.v1 from sbx.session_v1()
+ * (migrations/0010_sessions.sql), with the history `sbx session show --json`
+ * adds (producers/cli/sessions.c holds the same text).
  * producers/python/src/sbx_client/_sql.py holds the same text. */
 
 /** One run.v1 of the job $1; $2 (a boolean) adds its events. */
@@ -27,5 +30,26 @@ export const LOGS_AFTER = `SELECT sbx.log_v1(l) AS chunk
 export const SUBMIT = "SELECT inserted, status, reused, first_sha FROM sbx.submit_run($1, $2, $3::jsonb, $4)";
 export const FORGET = "SELECT sbx.forget_submitted($1, $2)";
 export const CANCEL = "SELECT status, outcome FROM sbx.request_cancel($1)";
+
+/** One session.v1 of project $1, session $2; $3 (a boolean) adds its
+ * sbx.session_events as "events", oldest first. */
+export const SESSION = `SELECT sbx.session_v1(s) || CASE WHEN $3::boolean THEN jsonb_build_object('events', (
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+             'generation', e.generation, 'from_state', e.from_state, 'to_state', e.to_state,
+             'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+             'job_id', e.job_id, 'lease_token', e.lease_token, 'detail', e.detail)
+             ORDER BY e.id), '[]'::jsonb)
+      FROM sbx.session_events e WHERE e.project_id = s.project_id AND e.session_id = s.session_id))
+    ELSE '{}'::jsonb END AS session
+  FROM sbx.sessions s WHERE s.project_id = $1 AND s.session_id = $2`;
+
+/** Most recently used first, as `sbx session list`; $2 a state or 'live' (not ended). */
+export const SESSIONS = `SELECT sbx.session_v1(s) AS session FROM sbx.sessions s
+  WHERE ($1::text IS NULL OR s.project_id = $1)
+    AND ($2::text IS NULL OR s.state = $2 OR ($2 = 'live' AND s.state <> 'ended'))
+  ORDER BY s.last_used_at DESC, s.project_id, s.session_id LIMIT $3`;
+
+/** `sbx session stop`: the state it found, '' for no such session. */
+export const STOP_SESSION = "SELECT sbx.stop_session($1, $2) AS state";
 
 export const TERMINAL = new Set(["succeeded", "failed", "timed_out", "canceled", "dead_lettered"]);

@@ -10,6 +10,12 @@
 // list() and logs(), sends another payload under its id (refused), and
 // cancels a finished and an unknown job. Every run and chunk it got is
 // validated with Ajv against schemas/run.v1 and log.v1.
+//
+// E2E_SESSION ({"project", "session", "jobs"}, alone): enqueues the jobs in
+// that session (the first with settings, the second by id), waits for them,
+// reads the session back with getSession()/listSessions(), stops it, watches
+// it until the test (playing the worker's sweeper) ends it, and stops it
+// again and an unknown one; every session is validated against session.v1.
 import { Ajv2020 } from "ajv/dist/2020.js";
 import addFormatsModule from "ajv-formats";
 import { SbxClient, isLogChunk, loadSchema, fingerprint, validateJob } from "../dist/index.js";
@@ -17,7 +23,8 @@ import { SbxClient, isLogChunk, loadSchema, fingerprint, validateJob } from "../
 const addFormats = addFormatsModule.default ?? addFormatsModule;
 const ajv = new Ajv2020({ strict: true, allErrors: true });
 addFormats(ajv);
-const check = { run: ajv.compile(loadSchema("run.v1.schema.json")), log: ajv.compile(loadSchema("log.v1.schema.json")) };
+const check = { run: ajv.compile(loadSchema("run.v1.schema.json")), log: ajv.compile(loadSchema("log.v1.schema.json")),
+  session: ajv.compile(loadSchema("session.v1.schema.json")) };
 const schemaErrors = [];
 const valid = (kind, v, where) => {
   if (!check[kind](v)) schemaErrors.push(`${where}: ${ajv.errorsText(check[kind].errors)} in ${JSON.stringify(v)}`);
@@ -29,7 +36,40 @@ const out = { schema_errors: schemaErrors,
   fingerprints: JSON.parse(process.env.E2E_FINGERPRINT_JOBS ?? "[]").map((j) => fingerprint(validateJob(j)).sha256) };
 const t0 = Date.now();
 const job = process.env.E2E_JOB ? JSON.parse(process.env.E2E_JOB) : null;
+const sess = process.env.E2E_SESSION ? JSON.parse(process.env.E2E_SESSION) : null;
+
+async function sessions() {
+  const signal = AbortSignal.timeout(Number(process.env.E2E_TIMEOUT_S ?? 60) * 1000);
+  const [j1, j2] = sess.jobs;
+  out.twice_error = await sbx.enqueue({ ...j1, session: { id: sess.session } }, { session: sess.session })
+    .then(() => null, (e) => e.message);
+  out.enqueued = [await sbx.enqueue(j1, { session: { id: sess.session, pause_after_s: 600, idle_timeout_s: 1200 } }),
+    await sbx.enqueue(j2, { session: sess.session })];
+  for (const j of sess.jobs) for await (const e of sbx.watch(j.job_id, { signal })) void e;
+  for (;;) {
+    const s = await sbx.getSession(sess.project, sess.session);
+    if (s && s.jobs === 2 && s.state !== "busy") break;
+    if (signal.aborted) throw new Error("the session never became idle after its two jobs");
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  out.session = valid("session", await sbx.getSession(sess.project, sess.session, { history: true }), "getSession");
+  out.list = (await sbx.listSessions({ project: sess.project })).map((s) => valid("session", s, "listSessions"));
+  out.live = (await sbx.listSessions({ project: sess.project, state: "live" })).map((s) => s.session_id);
+  out.unknown = await sbx.getSession(sess.project, "no-such-session");
+  out.stop = await sbx.stopSession(sess.project, sess.session);
+  out.watched = [];
+  for await (const s of sbx.watchSession(sess.project, sess.session, { signal })) out.watched.push(valid("session", s, "watchSession"));
+  out.stop_again = await sbx.stopSession(sess.project, sess.session);
+  out.stop_unknown = await sbx.stopSession(sess.project, "no-such-session");
+  out.final = valid("session", await sbx.getSession(sess.project, sess.session, { history: true }), "getSession ended");
+  out.final_list = (await sbx.listSessions({ project: sess.project })).map((s) => valid("session", s, "listSessions"));
+}
+
 try {
+  if (sess) {
+    await sessions();
+    throw null;
+  }
   if (!job) throw null;
   out.enqueued = await sbx.enqueue(job);
   out.first_status = valid("run", await sbx.status(job.job_id), "status after enqueue");

@@ -51,4 +51,6 @@ test("the fingerprint redacts env values and unknown members, as libsbx does", (
   assert.equal(other.sha256, fp.sha256, "two messages differing only in env values are one job");
   assert.match(fp.sha256, /^[0-9a-f]{64}$/);
   assert.equal(JSON.parse(fingerprint('{"job_id":"j","secrets":{"a":1}}').redacted).secrets, "<redacted>");
+  // "session" is kept, as libsbx keeps it: the session trigger reads it from sbx.runs.spec.
+  assert.deepEqual(JSON.parse(fingerprint('{"job_id":"j","session":{"id":"dev"}}').redacted).session, { id: "dev" });
 });

@@ -6,7 +6,8 @@ producers/node/test/e2e.mjs.
 Environment: SBX_BROKERS, SBX_DATABASE_URL, SBX_TOPIC, E2E_JOB (the job, as
 JSON), E2E_TIMEOUT_S; E2E_FINGERPRINT_JOBS: jobs whose fingerprints to print
 (alone, without E2E_JOB). Every run and chunk it got is validated with
-jsonschema against schemas/run.v1 and log.v1."""
+jsonschema against schemas/run.v1 and log.v1. E2E_SESSION: the session steps
+of e2e.mjs, every session validated against schemas/session.v1."""
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ import traceback
 
 from sbx_client import Client, fingerprint, is_log_chunk, validate_job, validator_for
 
-check = {k: validator_for("%s.v1.schema.json" % k) for k in ("run", "log")}
+check = {k: validator_for("%s.v1.schema.json" % k) for k in ("run", "log", "session")}
 schema_errors = []
 
 
@@ -26,10 +27,60 @@ def valid(kind, v, where):
     return v
 
 
+def sessions(sbx, sess, out):
+    timeout = float(os.environ.get("E2E_TIMEOUT_S", "60"))
+    deadline = time.monotonic() + timeout
+    j1, j2 = sess["jobs"]
+    try:
+        sbx.enqueue(dict(j1, session={"id": sess["session"]}), session=sess["session"])
+        out["twice_error"] = None
+    except Exception as e:
+        out["twice_error"] = str(e)
+    out["enqueued"] = [sbx.enqueue(j1, session={"id": sess["session"], "pause_after_s": 600,
+                                                "idle_timeout_s": 1200}),
+                       sbx.enqueue(j2, session=sess["session"])]
+    for j in sess["jobs"]:
+        for _ in sbx.watch(j["job_id"], timeout=timeout):
+            pass
+    while True:
+        s = sbx.get_session(sess["project"], sess["session"])
+        if s and s["jobs"] == 2 and s["state"] != "busy":
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the session never became idle after its two jobs")
+        time.sleep(0.2)
+    out["session"] = valid("session", sbx.get_session(sess["project"], sess["session"], history=True),
+                           "get_session")
+    out["list"] = [valid("session", s, "list_sessions")
+                   for s in sbx.list_sessions(project=sess["project"])]
+    out["live"] = [s["session_id"] for s in sbx.list_sessions(project=sess["project"], state="live")]
+    out["unknown"] = sbx.get_session(sess["project"], "no-such-session")
+    out["stop"] = sbx.stop_session(sess["project"], sess["session"])
+    out["watched"] = [valid("session", s, "watch_session")
+                      for s in sbx.watch_session(sess["project"], sess["session"], timeout=timeout)]
+    out["stop_again"] = sbx.stop_session(sess["project"], sess["session"])
+    out["stop_unknown"] = sbx.stop_session(sess["project"], "no-such-session")
+    out["final"] = valid("session", sbx.get_session(sess["project"], sess["session"], history=True),
+                         "get_session ended")
+    out["final_list"] = [valid("session", s, "list_sessions")
+                         for s in sbx.list_sessions(project=sess["project"])]
+
+
 def main():
     out = {"schema_errors": schema_errors,
            "fingerprints": [fingerprint(validate_job(j))[1]
                             for j in json.loads(os.environ.get("E2E_FINGERPRINT_JOBS", "[]"))]}
+    if "E2E_SESSION" in os.environ:
+        sbx = Client(brokers=os.environ["SBX_BROKERS"],
+                     database_url=os.environ["SBX_DATABASE_URL"], topic=os.environ["SBX_TOPIC"])
+        try:
+            sessions(sbx, json.loads(os.environ["E2E_SESSION"]), out)
+        except Exception:
+            out["error"] = traceback.format_exc()
+        finally:
+            sbx.close()
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
     if "E2E_JOB" not in os.environ:
         sys.stdout.write(json.dumps(out) + "\n")
         return

@@ -1,7 +1,7 @@
 """test_vectors.py — the shared job vectors through the Python client's own
 gate: every schemas/examples/job/valid/ job is accepted, every invalid/ one
-is refused by enqueue() before anything is sent; the run/log vectors check
-the validators the e2e test uses; the TypedDicts name what the schemas name;
+is refused by enqueue() before anything is sent; the run/log/session vectors
+check the validators the e2e test uses; the TypedDicts name what the schemas name;
 the fingerprint is libsbx's (the same case as the Node client's test)."""
 import json
 import socket
@@ -82,7 +82,7 @@ def test_invalid_job_refused_before_sending(nowhere, job):
     assert e.value.errors
 
 
-@pytest.mark.parametrize("kind", ["run", "log"])
+@pytest.mark.parametrize("kind", ["run", "log", "session"])
 def test_report_vectors(kind):
     v = validator_for("%s.v1.schema.json" % kind)
     for p in vectors(kind, "valid"):
@@ -92,11 +92,14 @@ def test_report_vectors(kind):
 
 
 @pytest.mark.parametrize("kind,cls", [("run", T.Run), ("log", T.LogChunk), ("job", T.Job),
-                                      ("run", T.RunEvent)])
+                                      ("run", T.RunEvent), ("session", T.Session),
+                                      ("session", T.SessionEvent), ("job", T.SessionOptions)])
 def test_types_name_what_the_schema_names(kind, cls):
     schema = sbx_client.load_schema("%s.v1.schema.json" % kind)
-    if cls is T.RunEvent:
+    if cls in (T.RunEvent, T.SessionEvent):
         schema = schema["properties"]["events"]["items"]
+    if cls is T.SessionOptions:
+        schema = schema["properties"]["session"]
     assert set(get_type_hints(cls)) == set(schema["properties"])
     required = set(schema.get("required", []))
     assert {k for k in cls.__required_keys__} == required
@@ -112,3 +115,5 @@ def test_fingerprint_is_libsbx_rule():
     other["env"] = {"B": "x", "A": "y"}
     assert fingerprint(json.dumps(other, ensure_ascii=False, separators=(",", ":")))[1] == sha
     assert json.loads(fingerprint('{"job_id":"j","secrets":{"a":1}}')[0])["secrets"] == "<redacted>"
+    # "session" is kept, as libsbx keeps it: the session trigger reads it from sbx.runs.spec.
+    assert json.loads(fingerprint('{"job_id":"j","session":{"id":"dev"}}')[0])["session"] == {"id": "dev"}

@@ -6,11 +6,14 @@
         for event in sbx.watch("j1"):
             print(event)
 
-Shapes are schemas/run.v1 and log.v1 (types.Run, types.LogChunk)."""
+Shapes are schemas/run.v1, log.v1 and session.v1 (types.Run, types.LogChunk,
+types.Session)."""
 from ._job import JobInvalidError, fingerprint, load_schema, validate_job, validator_for
 from .client import Client, SbxError, is_log_chunk
-from .types import CancelResult, Enqueued, Job, LogChunk, Run, RunEvent, WatchEvent
+from .types import (CancelResult, Enqueued, Job, LogChunk, Run, RunEvent, Session, SessionEvent,
+                    SessionOptions, StopSessionResult, WatchEvent)
 
 __all__ = ["Client", "SbxError", "JobInvalidError", "is_log_chunk", "validate_job",
            "fingerprint", "load_schema", "validator_for", "Job", "Run", "RunEvent", "LogChunk",
-           "WatchEvent", "CancelResult", "Enqueued"]
+           "WatchEvent", "CancelResult", "Enqueued", "Session", "SessionEvent", "SessionOptions",
+           "StopSessionResult"]

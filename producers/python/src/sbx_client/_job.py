@@ -34,7 +34,7 @@ FILES_BYTES_MAX = 512 * 1024
 REDACTED = "<redacted>"
 KNOWN = frozenset(("v", "job_id", "project_id", "command", "script", "env", "files", "image",
                    "timeout_s", "resources", "network", "egress", "provider", "trace", "metadata",
-                   "submitted_at"))
+                   "session", "submitted_at"))
 
 
 class JobInvalidError(ValueError):

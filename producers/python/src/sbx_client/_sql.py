@@ -3,7 +3,9 @@ run.v1 and log.v1 (schemas/) from sbx.run_v1(), sbx.run_v1_events() and
 sbx.log_v1() (migrations/0008_json_shapes.sql), the one definition the `sbx`
 CLI and console use as well, so every reader gets the same members, types and
 timestamps (RFC 3339 UTC, a Z and microseconds). The same text as
-producers/node/src/sql.ts, with psycopg's named placeholders."""
+producers/node/src/sql.ts, with psycopg's named placeholders. Sessions come
+out as session.v1 from sbx.session_v1() (migrations/0010_sessions.sql), with
+the history `sbx session show --json` adds (producers/cli/sessions.c)."""
 
 STATUS = ("SELECT CASE WHEN %(history)s::boolean THEN sbx.run_v1_events(r)"
           " ELSE sbx.run_v1(r) END AS run FROM sbx.runs r WHERE r.job_id = %(job)s")
@@ -24,5 +26,24 @@ SUBMIT = ("SELECT inserted, status, reused, first_sha"
           " FROM sbx.submit_run(%(job)s, %(project)s, %(spec)s::jsonb, %(sha)s)")
 FORGET = "SELECT sbx.forget_submitted(%(job)s, %(sha)s)"
 CANCEL = "SELECT status, outcome FROM sbx.request_cancel(%(job)s)"
+
+SESSION = """SELECT sbx.session_v1(s) || CASE WHEN %(history)s::boolean
+    THEN jsonb_build_object('events', (
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+             'generation', e.generation, 'from_state', e.from_state, 'to_state', e.to_state,
+             'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+             'job_id', e.job_id, 'lease_token', e.lease_token, 'detail', e.detail)
+             ORDER BY e.id), '[]'::jsonb)
+      FROM sbx.session_events e WHERE e.project_id = s.project_id AND e.session_id = s.session_id))
+    ELSE '{}'::jsonb END AS session
+  FROM sbx.sessions s WHERE s.project_id = %(project)s AND s.session_id = %(session)s"""
+
+SESSIONS = """SELECT sbx.session_v1(s) AS session FROM sbx.sessions s
+  WHERE (%(project)s::text IS NULL OR s.project_id = %(project)s)
+    AND (%(state)s::text IS NULL OR s.state = %(state)s
+         OR (%(state)s = 'live' AND s.state <> 'ended'))
+  ORDER BY s.last_used_at DESC, s.project_id, s.session_id LIMIT %(limit)s"""
+
+STOP_SESSION = "SELECT sbx.stop_session(%(project)s, %(session)s) AS state"
 
 TERMINAL = frozenset(("succeeded", "failed", "timed_out", "canceled", "dead_lettered"))

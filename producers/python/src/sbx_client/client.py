@@ -18,6 +18,13 @@ its chunks so far, then on each notification for the job (or every second,
 NOTIFY being a hint) read again. Every chunk is yielded once in (attempt,
 seq) order; a status when it differs from the last; the terminal status
 last, after the run's chunks, which the worker stores before it ends a run.
+
+Sessions (many jobs of a project in one sandbox, migrations/0010) are read
+as session.v1 (sbx.session_v1()); enqueue(job, session=...) puts a job in
+one. watch_session() is watch() for a session: LISTEN sbx_sessions, read,
+and on each notification for it (or every second) read again; it yields the
+session when its state, generation or stop_requested changed, and ends
+after it ended.
 """
 from __future__ import annotations
 
@@ -25,14 +32,15 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union, cast
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
 
 from . import _sql
 from ._job import fingerprint, validate_job
-from .types import CancelResult, Enqueued, Job, LogChunk, Run, Status, WatchEvent
+from .types import (CancelResult, Enqueued, Job, LogChunk, Run, Session, SessionOptions,
+                    SessionState, Status, StopSessionResult, WatchEvent)
 
 LOG_PAGE = 1000
 REREAD_S = 1.0
@@ -111,10 +119,17 @@ class Client:
 
     # --- operations ------------------------------------------------------
 
-    def enqueue(self, job: Job) -> Enqueued:
+    def enqueue(self, job: Job, session: Union[str, SessionOptions, None] = None) -> Enqueued:
         """Validates the job (JobInvalidError, nothing sent), records it as
         submitted when a database is configured, publishes it keyed by
-        project_id and returns once the brokers acknowledged it."""
+        project_id and returns once the brokers acknowledged it. session:
+        run it in the project's session of this id (or these settings), as
+        `sbx enqueue --session`."""
+        if session is not None:
+            if "session" in job:
+                raise SbxError(f"job {job['job_id']} names a session; give it once")
+            job = cast(Job, dict(job, session={"id": session} if isinstance(session, str)
+                                 else session))
         text = validate_job(job)
         producer = self._kafka()
         recorded, sha = False, ""
@@ -253,6 +268,64 @@ class Client:
                 for n in conn.notifies(timeout=wait, stop_after=1):
                     try:
                         dirty = json.loads(n.payload).get("job_id") == job_id
+                    except ValueError:
+                        dirty = True
+
+    def get_session(self, project: str, session: str, history: bool = False) -> Optional[Session]:
+        """The session (session.v1), with its events if history; None if there is none."""
+        rows = self._query(_sql.SESSION, {"project": project, "session": session,
+                                          "history": history})
+        return rows[0][0] if rows else None
+
+    def list_sessions(self, project: Optional[str] = None,
+                      state: Union[SessionState, Literal["live"], None] = None,
+                      limit: int = 50) -> List[Session]:
+        """Sessions, most recently used first, as `sbx session list`: state may
+        also be "live" (not ended)."""
+        rows = self._query(_sql.SESSIONS, {"project": project, "state": state, "limit": limit})
+        return [r[0] for r in rows]
+
+    def stop_session(self, project: str, session: str) -> StopSessionResult:
+        """`sbx session stop`: sbx.stop_session (migrations/0010_sessions.sql)."""
+        state = self._query(_sql.STOP_SESSION, {"project": project, "session": session})[0][0]
+        if not state:
+            return {"outcome": "unknown", "state": None}
+        return {"outcome": "ended" if state == "ended" else "requested", "state": state}
+
+    def watch_session(self, project: str, session: str,
+                      timeout: Optional[float] = None) -> Iterator[Session]:
+        """The session (session.v1) as it is now (once it exists), then each
+        change of its state, generation or stop_requested; ends after it
+        ended. timeout: give up (TimeoutError) after so many seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        params = {"project": project, "session": session, "history": False}
+        with self._connect() as conn:
+            conn.execute("LISTEN sbx_sessions")
+            last: Optional[Tuple[str, int, bool]] = None
+            dirty, last_read = True, 0.0
+            while True:
+                if dirty or time.monotonic() - last_read >= REREAD_S:
+                    last_read = time.monotonic()
+                    row = conn.execute(_sql.SESSION, params).fetchone()
+                    s: Optional[Session] = row[0] if row else None
+                    if s is not None:
+                        key = (s["state"], s["generation"], s["stop_requested"])
+                        if key != last:
+                            last = key
+                            yield s
+                            if s["state"] == "ended":
+                                return
+                wait = max(0.0, REREAD_S - (time.monotonic() - last_read))
+                if deadline is not None:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"watch_session {project}/{session}: not ended "
+                                           f"after {timeout} s")
+                    wait = min(wait, deadline - time.monotonic())
+                dirty = False
+                for n in conn.notifies(timeout=wait, stop_after=1):
+                    try:
+                        p = json.loads(n.payload)
+                        dirty = p.get("project_id") == project and p.get("session_id") == session
                     except ValueError:
                         dirty = True
 

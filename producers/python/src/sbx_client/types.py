@@ -1,5 +1,6 @@
 """types.py — the shapes of schemas/ as TypedDicts: Run (run.v1), RunEvent,
-LogChunk (log.v1) and Job (job.v1, total=False past its two required keys).
+LogChunk (log.v1), Session (session.v1), SessionEvent, and Job (job.v1,
+total=False past its two required keys).
 Kept by hand and held to the schema files by tests/test_vectors.py, which
 fails when a schema names a member these do not (or the reverse)."""
 
@@ -14,6 +15,7 @@ else:  # pragma: no cover
 Status = Literal["submitted", "queued", "waiting_capacity", "provisioning", "running",
                  "succeeded", "failed", "timed_out", "canceled", "dead_lettered"]
 Stream = Literal["stdout", "stderr", "sbx"]
+SessionState = Literal["busy", "idle", "paused", "ended"]
 
 
 class RunEvent(TypedDict):
@@ -66,6 +68,57 @@ class Trace(TypedDict):
     tracestate: NotRequired[str]
 
 
+class SessionOptions(TypedDict):
+    """A job message's "session": its id and, optionally, its timeouts (the
+    worker's defaults otherwise: 300, 900, 86400 s)."""
+    id: str
+    pause_after_s: NotRequired[int]
+    idle_timeout_s: NotRequired[int]
+    max_lifetime_s: NotRequired[int]
+
+
+class SessionEvent(TypedDict):
+    generation: int
+    from_state: Optional[SessionState]
+    to_state: SessionState
+    at: str
+    job_id: Optional[str]
+    lease_token: Optional[int]
+    detail: Optional[str]
+
+
+class Session(TypedDict):
+    v: Literal[1]
+    project_id: str
+    session_id: str
+    state: SessionState
+    generation: int
+    provider: Optional[str]
+    slot: Optional[str]
+    preview_url: Optional[str]
+    last_job_id: Optional[str]
+    jobs: int
+    pause_after_s: int
+    idle_timeout_s: int
+    max_lifetime_s: int
+    stop_requested: bool
+    end_reason: Optional[str]
+    lease_token: int
+    created_at: str
+    updated_at: str
+    last_used_at: str
+    ends_at: str
+    ended_at: Optional[str]
+    events: NotRequired[List[SessionEvent]]
+
+
+class StopSessionResult(TypedDict):
+    """requested (a worker ends it once no job holds it), ended (it had
+    already ended), unknown (no such session; state None)."""
+    outcome: Literal["requested", "ended", "unknown"]
+    state: Optional[SessionState]
+
+
 class Job(TypedDict):
     job_id: str
     project_id: str
@@ -82,6 +135,7 @@ class Job(TypedDict):
     provider: NotRequired[Literal["any", "local", "vmpool", "docker", "fly"]]
     trace: NotRequired[Trace]
     metadata: NotRequired[Dict[str, str]]
+    session: NotRequired[SessionOptions]
     submitted_at: NotRequired[str]
 
 
