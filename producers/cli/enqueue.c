@@ -32,7 +32,7 @@
 
 struct enqueue_opts {
     const char *project, *job_id, *timeout, *provider, *image, *script, *json;
-    const char *session, *pause_after, *idle_timeout, *max_lifetime;   /* "session" */
+    const char *session, *pause_after, *idle_timeout, *max_lifetime, *preview_port; /* "session" */
     bool network, raw, no_database;
     const char **env, **files, **kafka;   /* argv strings, as given */
     size_t nenv, nfiles, nkafka;
@@ -64,7 +64,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
 {
     enum { O_PROJECT = 1, O_JOB_ID, O_TIMEOUT, O_ENV, O_FILE, O_NETWORK, O_PROVIDER, O_IMAGE,
            O_SCRIPT, O_JSON, O_RAW, O_DELIVERY, O_NO_DATABASE, O_SESSION, O_PAUSE_AFTER,
-           O_IDLE_TIMEOUT, O_MAX_LIFETIME };
+           O_IDLE_TIMEOUT, O_MAX_LIFETIME, O_PREVIEW_PORT };
     static const struct option opts[] = {
         { "project", required_argument, NULL, O_PROJECT },
         { "job-id", required_argument, NULL, O_JOB_ID },
@@ -82,6 +82,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         { "pause-after", required_argument, NULL, O_PAUSE_AFTER },
         { "idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT },
         { "max-lifetime", required_argument, NULL, O_MAX_LIFETIME },
+        { "preview-port", required_argument, NULL, O_PREVIEW_PORT },
         { "delivery-timeout", required_argument, NULL, O_DELIVERY },
         { "kafka", required_argument, NULL, 'X' },
         SBX_CLI_COMMON_OPTIONS,
@@ -115,6 +116,7 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
         case O_PAUSE_AFTER:  o->pause_after = optarg; break;
         case O_IDLE_TIMEOUT: o->idle_timeout = optarg; break;
         case O_MAX_LIFETIME: o->max_lifetime = optarg; break;
+        case O_PREVIEW_PORT: o->preview_port = optarg; break;
         case 'X':        o->kafka[o->nkafka++] = optarg; break;
         case O_DELIVERY: {
             char *end;
@@ -156,10 +158,11 @@ static int parse_opts(int argc, char **argv, struct sbx__cli_config *cfg, struct
     } else if (!o->project) {
         return usage_error("%s", "--project is required");
     }
-    if (!o->session && (o->pause_after || o->idle_timeout || o->max_lifetime))
-        return usage_error("%s", o->pause_after ? "--pause-after needs --session"
+    if (!o->session && (o->pause_after || o->idle_timeout || o->max_lifetime || o->preview_port))
+        return usage_error("%s", o->pause_after    ? "--pause-after needs --session"
                                  : o->idle_timeout ? "--idle-timeout needs --session"
-                                                   : "--max-lifetime needs --session");
+                                 : o->max_lifetime ? "--max-lifetime needs --session"
+                                                   : "--preview-port needs --session");
     return SBX_EXIT_OK;
 }
 
@@ -225,7 +228,8 @@ static int add_session(json_object *obj, const struct enqueue_opts *o)
     return add_string(s, "id", o->session) ||
            (o->pause_after && add_number(s, "pause_after_s", o->pause_after)) ||
            (o->idle_timeout && add_number(s, "idle_timeout_s", o->idle_timeout)) ||
-           (o->max_lifetime && add_number(s, "max_lifetime_s", o->max_lifetime)) ? -1 : 0;
+           (o->max_lifetime && add_number(s, "max_lifetime_s", o->max_lifetime)) ||
+           (o->preview_port && add_number(s, "preview_port", o->preview_port)) ? -1 : 0;
 }
 
 static void now_rfc3339(char out[40])

@@ -48,6 +48,8 @@ static const struct command {
       "  --idle-timeout S       with --session: idle seconds before it ends (default 900)\n"
       "  --max-lifetime S       with --session: seconds from its first job to its end\n"
       "                         (default 86400); each at most 604800\n"
+      "  --preview-port P       with --session: its dev server's port in the sandbox,\n"
+      "                         served at the session's preview URL (sbx session show)\n"
       "  --image I              image reference for the provider\n"
       "  -- ARGV...             the command to run (no shell)\n"
       "  --script TEXT          shell text to run with /bin/sh -c\n"
