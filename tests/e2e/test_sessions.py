@@ -9,7 +9,12 @@ What is asserted is what a UI backend reads: the runs, their history (the
 resumed) and sbx.sessions with its history.
 """
 
+import base64
+import hashlib
+import os
+import socket
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -19,6 +24,8 @@ from test_providers import Harness, backend  # noqa: F401 — the parametrized b
 from test_worker import TERMINAL, enqueue, job, topics  # noqa: F401
 
 RUN_S = 60
+DEVSERVER_PY = os.path.join(os.path.dirname(__file__), "..", "devserver", "devserver.py")
+PREVIEW_PORT = 8000
 
 
 @pytest.fixture
@@ -133,6 +140,106 @@ def test_idle_session_pauses_then_ends(s):
     assert r3[0] == "succeeded" and "fresh" in r3[2], r3
     assert sandbox_use(s, j3)[0] == "new sandbox"
     assert session(s)[2] == 2, "an ended session named again begins a new generation"
+
+
+def dev_server_job(h, **session):
+    """A job that starts the session's dev server in the background: the
+    static sbx-devserver where the image has it (docker), else devserver.py
+    (the sandbox sees the host's python3)."""
+    if h.b.name in ("docker", "dockerd"):
+        start, files = "sbx-devserver %d ." % PREVIEW_PORT, {}
+    else:
+        with open(DEVSERVER_PY) as f:
+            files = {"devserver.py": f.read()}
+        start = "python3 devserver.py %d ." % PREVIEW_PORT
+    script = ("echo hello-from-the-workspace > index.html; "
+              "nohup %s > dev.log 2>&1 & "
+              "for i in $(seq 50); do grep -q listening dev.log && break; sleep 0.1; done; "
+              "cat dev.log" % start)
+    session.setdefault("id", h.sid)
+    session["preview_port"] = PREVIEW_PORT
+    return dict(job(h.project, script, session=session), files=files)
+
+
+def http_get(url, cookie=None):
+    u = urllib.parse.urlsplit(url)
+    c = socket.create_connection((u.hostname, u.port), timeout=10)
+    path = u.path + ("?" + u.query if u.query else "")
+    c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n"
+               % (path or "/", u.netloc, "Cookie: %s\r\n" % cookie if cookie else "")).encode())
+    data = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    return int(lines[0].split(" ")[1]), hdrs, body.decode("utf-8", "replace")
+
+
+def websocket_echo(url, cookie, text):
+    u = urllib.parse.urlsplit(url)
+    c = socket.create_connection((u.hostname, u.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    c.sendall(("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nCookie: %s\r\n\r\n"
+               % (u.netloc, key, cookie)).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    acc = base64.b64encode(hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC11B63")
+                           .digest()).decode()
+    assert acc.encode() in head, "Sec-WebSocket-Accept"
+    m = os.urandom(4)
+    payload = text.encode()
+    c.sendall(bytes([0x81, 0x80 | len(payload)]) + m +
+              bytes(b ^ m[i % 4] for i, b in enumerate(payload)))
+    while len(rest) < 2 or len(rest) < 2 + rest[1]:
+        rest += c.recv(4096)
+    c.close()
+    return rest[2:2 + rest[1]].decode()
+
+
+def open_preview(url):
+    """Signs in as a browser would: the URL's token for the cookie."""
+    st, hdrs, _ = http_get(url)
+    assert st == 302, (st, hdrs)
+    return hdrs["set-cookie"].split(";")[0]
+
+
+def test_preview_serves_the_dev_server(s):
+    """A dev server started by one job of the session is reachable at the
+    session's preview URL by a real HTTP client and over a WebSocket, needs
+    the URL's token (401 without), and still answers after the session was
+    paused and a job resumed it."""
+    s.start(SBX_PREVIEW_LISTEN="127.0.0.1")
+    t = dict(pause_after_s=2, idle_timeout_s=120)
+    j1 = dev_server_job(s, **t)
+    s.enqueue(j1)
+    r = s.wait_terminal(j1["job_id"], RUN_S)
+    assert r[0] == "succeeded", r
+    url = s.pg.scalar("SELECT preview_url FROM sbx.sessions WHERE project_id = %s AND "
+                      "session_id = %s", s.project, s.sid)
+    assert url and "sbx_token=" in url, url
+    assert s.pg.scalar("SELECT preview_url FROM sbx.runs WHERE job_id = %s", j1["job_id"]) == url
+    bare = url.split("?")[0]
+    assert http_get(bare)[0] == 401, "no token, no preview"
+    cookie = open_preview(url)
+    st, _, body = http_get(bare, cookie)
+    assert st == 200 and "hello-from-the-workspace" in body, (st, body)
+    assert websocket_echo(url, cookie, "hot-reload") == "echo:hot-reload"
+    wait_until(lambda: session(s)[0] == "paused", 20, "the idle session to pause")
+    j2, r2 = run(s, "echo again", **t)
+    assert r2[0] == "succeeded", r2
+    st, _, body = http_get(bare, cookie)
+    assert st == 200 and "hello-from-the-workspace" in body, (st, body)
+    assert websocket_echo(url, cookie, "after-resume") == "echo:after-resume"
+    print("%s: preview %s" % (s.b.name, bare))
 
 
 def test_stop_ends_the_session(s):
