@@ -242,6 +242,34 @@ def test_preview_serves_the_dev_server(s):
     print("%s: preview %s" % (s.b.name, bare))
 
 
+def create_to_running_ms(h, job_id):
+    rows = h.pg.query("SELECT to_status, at FROM sbx.run_events WHERE job_id = %s ORDER BY id",
+                      job_id)
+    at = {st: t for st, t in rows}
+    return (at["running"] - at["provisioning"]).total_seconds() * 1000.0
+
+
+def test_warm_pool_cuts_create_to_running(s):
+    """SBX_WARM=1: a new session's first job takes the warm sandbox (its
+    history says so) and its create-to-running is measured against a cold
+    one's on the same backend, in one run."""
+    w = s.start()
+    cold_j, r = run(s, "echo cold")
+    assert r[0] == "succeeded", r
+    assert sandbox_use(s, cold_j)[0] == "new sandbox"
+    cold = create_to_running_ms(s, cold_j)
+    w.stop()
+    s.start(SBX_WARM="1")
+    time.sleep(3)  # the pool fills in the background
+    s.sid = "warm-" + uuid.uuid4().hex[:8]
+    warm_j, r = run(s, "echo warm")
+    assert r[0] == "succeeded", r
+    use, detail = sandbox_use(s, warm_j)
+    assert "warm sandbox" in detail, detail
+    warm = create_to_running_ms(s, warm_j)
+    print("%s: create-to-running cold %.0f ms, warm %.0f ms" % (s.b.name, cold, warm))
+
+
 def test_stop_ends_the_session(s):
     """`sbx.stop_session` (what `sbx session stop` calls) ends an idle
     session within seconds and frees its slot for other projects."""
