@@ -261,6 +261,7 @@ def test_warm_pool_cuts_create_to_running(s):
     w.stop()
     s.start(SBX_WARM="1")
     time.sleep(3)  # the pool fills in the background
+    s.pg.execute("SELECT sbx.stop_session(%s, %s)", s.project, s.sid)
     s.sid = "warm-" + uuid.uuid4().hex[:8]
     warm_j, r = run(s, "echo warm")
     assert r[0] == "succeeded", r
