@@ -262,11 +262,27 @@ LANGUAGE sql STABLE AS $$
         'ended_at', to_char(s.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
 $$;
 
+-- session_v1_events: the same with its history as "events", oldest first
+-- (`sbx session show --json`, the clients' getSession with history).
+CREATE OR REPLACE FUNCTION sbx.session_v1_events(s sbx.sessions) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT sbx.session_v1(s) || jsonb_build_object('events', (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'generation', e.generation, 'from_state', e.from_state,
+                   'to_state', e.to_state,
+                   'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   'job_id', e.job_id, 'lease_token', e.lease_token, 'detail', e.detail)
+                   ORDER BY e.id), '[]'::jsonb)
+          FROM sbx.session_events e
+         WHERE e.project_id = s.project_id AND e.session_id = s.session_id))
+$$;
+
 DO $$
 DECLARE
     f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY[
+        'sbx.session_v1_events(sbx.sessions)',
         'sbx.sessions_due(text, boolean, integer)',
         'sbx.park_session(text, text, bigint, text, text, text)',
         'sbx.stop_session(text, text)',
@@ -279,5 +295,6 @@ GRANT EXECUTE ON FUNCTION sbx.sessions_due(text, boolean, integer),
                           sbx.park_session(text, text, bigint, text, text, text)
     TO sbx_writer;
 GRANT EXECUTE ON FUNCTION sbx.stop_session(text, text) TO sbx_submitter, sbx_writer;
-GRANT EXECUTE ON FUNCTION sbx.session_v1(sbx.sessions) TO sbx_reader, sbx_writer;
+GRANT EXECUTE ON FUNCTION sbx.session_v1(sbx.sessions), sbx.session_v1_events(sbx.sessions)
+    TO sbx_reader, sbx_writer;
 GRANT SELECT ON sbx.sessions, sbx.session_events TO sbx_reader, sbx_writer;

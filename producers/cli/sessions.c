@@ -29,20 +29,11 @@
 #define LIST_MAX 10000
 #define WATCH_MAX_S (30L * 24 * 3600)
 
-/* session.v1 with, when $3, its sbx.session_events as "events" (oldest
- * first). The clients hold the same text (producers/node/src/sql.ts,
- * producers/python/src/sbx_client/_sql.py). */
+/* session.v1, with its history as "events" when $3 (0010's
+ * sbx.session_v1_events; the clients send the same statement). */
 #define SESSION_SQL                                                                          \
-    "SELECT sbx.session_v1(s) || CASE WHEN $3::boolean THEN jsonb_build_object('events', ("  \
-    "SELECT coalesce(jsonb_agg(jsonb_build_object("                                          \
-    "'generation', e.generation, 'from_state', e.from_state, 'to_state', e.to_state,"        \
-    " 'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"           \
-    " 'job_id', e.job_id, 'lease_token', e.lease_token, 'detail', e.detail)"                 \
-    " ORDER BY e.id), '[]'::jsonb)"                                                          \
-    " FROM sbx.session_events e"                                                             \
-    " WHERE e.project_id = s.project_id AND e.session_id = s.session_id))"                   \
-    " ELSE '{}'::jsonb END AS session"                                                       \
-    " FROM sbx.sessions s WHERE s.project_id = $1 AND s.session_id = $2"
+    "SELECT CASE WHEN $3::boolean THEN sbx.session_v1_events(s) ELSE sbx.session_v1(s) END"  \
+    " AS session FROM sbx.sessions s WHERE s.project_id = $1 AND s.session_id = $2"
 
 static const char *const states[] = { "busy", "idle", "paused", "ended", "live" };
 

@@ -32,15 +32,9 @@ export const FORGET = "SELECT sbx.forget_submitted($1, $2)";
 export const CANCEL = "SELECT status, outcome FROM sbx.request_cancel($1)";
 
 /** One session.v1 of project $1, session $2; $3 (a boolean) adds its
- * sbx.session_events as "events", oldest first. */
-export const SESSION = `SELECT sbx.session_v1(s) || CASE WHEN $3::boolean THEN jsonb_build_object('events', (
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-             'generation', e.generation, 'from_state', e.from_state, 'to_state', e.to_state,
-             'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-             'job_id', e.job_id, 'lease_token', e.lease_token, 'detail', e.detail)
-             ORDER BY e.id), '[]'::jsonb)
-      FROM sbx.session_events e WHERE e.project_id = s.project_id AND e.session_id = s.session_id))
-    ELSE '{}'::jsonb END AS session
+ * history as "events", oldest first (sbx.session_v1_events). */
+export const SESSION = `SELECT CASE WHEN $3::boolean THEN sbx.session_v1_events(s)
+    ELSE sbx.session_v1(s) END AS session
   FROM sbx.sessions s WHERE s.project_id = $1 AND s.session_id = $2`;
 
 /** Most recently used first, as `sbx session list`; $2 a state or 'live' (not ended). */

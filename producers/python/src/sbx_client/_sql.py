@@ -27,15 +27,8 @@ SUBMIT = ("SELECT inserted, status, reused, first_sha"
 FORGET = "SELECT sbx.forget_submitted(%(job)s, %(sha)s)"
 CANCEL = "SELECT status, outcome FROM sbx.request_cancel(%(job)s)"
 
-SESSION = """SELECT sbx.session_v1(s) || CASE WHEN %(history)s::boolean
-    THEN jsonb_build_object('events', (
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-             'generation', e.generation, 'from_state', e.from_state, 'to_state', e.to_state,
-             'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-             'job_id', e.job_id, 'lease_token', e.lease_token, 'detail', e.detail)
-             ORDER BY e.id), '[]'::jsonb)
-      FROM sbx.session_events e WHERE e.project_id = s.project_id AND e.session_id = s.session_id))
-    ELSE '{}'::jsonb END AS session
+SESSION = """SELECT CASE WHEN %(history)s::boolean THEN sbx.session_v1_events(s)
+    ELSE sbx.session_v1(s) END AS session
   FROM sbx.sessions s WHERE s.project_id = %(project)s AND s.session_id = %(session)s"""
 
 SESSIONS = """SELECT sbx.session_v1(s) AS session FROM sbx.sessions s
