@@ -302,6 +302,7 @@ struct sbx_run {
     int exec_started;                 /* the build may be running in the container */
     int exec_ended;                   /* ... and the engine said it is not any more */
     int exec_polls;                   /* inspects that still saw it running */
+    int finish_on_kill;               /* the kill (a delete) in flight ends the run */
     sbx_timer exec_timer;             /* the next inspect */
     uint64_t t_unpause_us;
 };
@@ -918,6 +919,20 @@ static void run_remove(sbx_run *r)
     sbx_docker *d = r->d;
     int rc;
 
+    /* A session's kill is its container's delete: the run ends when that
+     * answers (a second delete meanwhile is refused, "removal already in
+     * progress", and would finish the run while the build may still run). */
+    if (r->session && r->kill && !r->finish_on_kill) {
+        r->finish_on_kill = 1;
+        sbx_http_cancel(r->poll);
+        r->poll = NULL;
+        sbx_http_cancel(r->step);
+        r->step = NULL;
+        sbx_timer_stop(d->base.loop, &r->deadline);
+        sbx_timer_stop(d->base.loop, &r->exec_timer);
+        set_state(r, RUN_REMOVING);
+        return;
+    }
     sbx_http_cancel(r->kill);
     r->kill = NULL;
     sbx_http_cancel(r->poll);
@@ -1068,7 +1083,13 @@ static void on_killed(void *arg, const sbx_http_res *res)
         char msg[256];
         engine_error(msg, sizeof(msg), "kill", res);
         sbx_warn(COMP, "kill failed container=%.12s error=\"%s\"", r->id, msg);
+        if (r->finish_on_kill) {
+            run_remove(r); /* a session's: its delete once more, then FINISHED */
+            return;
+        }
     }
+    if (r->finish_on_kill)
+        finish(r);
 }
 
 static void send_kill(sbx_run *r)
