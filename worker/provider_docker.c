@@ -154,7 +154,18 @@
 /* A session's run stages its files in STAGE_DIR/<tag>/workspace, tag
  * "r<token>-<attempt>": 20 digits, '-', 10 digits at most. */
 #define STAGE_TAG_MAX 40
-#define STAGE_COPY_FMT "cp -R " STAGE_DIR "/%s/workspace/. /workspace/ && exec \"$@\""
+#define STAGE_COPY_FMT "cp -R " STAGE_DIR "/%s/workspace/. /workspace/ && "
+/* A session's build runs as `sh -c EXEC_WRAPPER sbx argv...`: the exec's
+ * process leads a process group of its own (runc makes it a session
+ * leader), which EXEC_KILL kills on timeout or cancel, from a second exec
+ * (the engine has no "kill exec"). Runs of a session come one at a time, so
+ * one file holds the group of the run in progress; a background process of
+ * an earlier run is in another group and stays. A pid that is not there
+ * (the file overwritten, or not written yet) leaves the build running:
+ * then the container goes (see run_remove). */
+#define EXEC_PID_FILE "/tmp/.sbx-run"
+#define EXEC_WRAPPER_FMT "echo $$ >" EXEC_PID_FILE "; %sexec \"$@\""
+#define EXEC_KILL "read p <" EXEC_PID_FILE " && [ \"$p\" -gt 1 ] && kill -KILL \"-$p\""
 /* A session's container does nothing but stay alive; runs are execs. */
 #define SESSION_KEEPER "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"
 /* Container names "sbx-<session>-<host>-<i>": 4 + 34 + 1 + 48 + 1 + 10. */
@@ -302,7 +313,6 @@ struct sbx_run {
     int exec_started;                 /* the build may be running in the container */
     int exec_ended;                   /* ... and the engine said it is not any more */
     int exec_polls;                   /* inspects that still saw it running */
-    int finish_on_kill;               /* the kill (a delete) in flight ends the run */
     sbx_timer exec_timer;             /* the next inspect */
     uint64_t t_unpause_us;
 };
@@ -919,20 +929,6 @@ static void run_remove(sbx_run *r)
     sbx_docker *d = r->d;
     int rc;
 
-    /* A session's kill is its container's delete: the run ends when that
-     * answers (a second delete meanwhile is refused, "removal already in
-     * progress", and would finish the run while the build may still run). */
-    if (r->session && r->kill && !r->finish_on_kill) {
-        r->finish_on_kill = 1;
-        sbx_http_cancel(r->poll);
-        r->poll = NULL;
-        sbx_http_cancel(r->step);
-        r->step = NULL;
-        sbx_timer_stop(d->base.loop, &r->deadline);
-        sbx_timer_stop(d->base.loop, &r->exec_timer);
-        set_state(r, RUN_REMOVING);
-        return;
-    }
     sbx_http_cancel(r->kill);
     r->kill = NULL;
     sbx_http_cancel(r->poll);
@@ -1083,14 +1079,10 @@ static void on_killed(void *arg, const sbx_http_res *res)
         char msg[256];
         engine_error(msg, sizeof(msg), "kill", res);
         sbx_warn(COMP, "kill failed container=%.12s error=\"%s\"", r->id, msg);
-        if (r->finish_on_kill) {
-            run_remove(r); /* a session's: its delete once more, then FINISHED */
-            return;
-        }
     }
-    if (r->finish_on_kill)
-        finish(r);
 }
+
+static void session_kill(sbx_run *r);
 
 static void send_kill(sbx_run *r)
 {
@@ -1098,14 +1090,13 @@ static void send_kill(sbx_run *r)
     int rc;
     if (r->kill || r->exited)
         return;
-    /* A session's build is an exec, which the engine cannot kill: its
-     * container goes (the session's next run is NEW). */
-    if (r->session)
-        snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", r->id);
-    else
-        snprintf(path, sizeof(path), "/containers/%s/kill?signal=KILL", r->id);
-    rc = call(r->d, r->host, r->session ? "DELETE" : "POST", path, NULL, NULL, 0, r->d->req_timeout_ms,
-              0, NULL, on_killed, r, &r->kill);
+    if (r->session) {
+        session_kill(r);
+        return;
+    }
+    snprintf(path, sizeof(path), "/containers/%s/kill?signal=KILL", r->id);
+    rc = call(r->d, r->host, "POST", path, NULL, NULL, 0, r->d->req_timeout_ms, 0, NULL, on_killed,
+              r, &r->kill);
     if (rc < 0)
         sbx_warn(COMP, "kill not sent container=%.12s error=\"%s\"", r->id, strerror(-rc));
 }
@@ -1384,7 +1375,7 @@ static void on_exec_inspected(void *arg, const sbx_http_res *res)
         goto out;
     }
     if (json_object_object_get_ex(o, "Running", &v) && json_object_get_boolean(v)) {
-        if (++r->exec_polls < EXEC_POLLS && r->stop == SBX_OUTCOME_SUCCEEDED) {
+        if (++r->exec_polls < EXEC_POLLS) {
             sbx_timer_start(r->d->base.loop, &r->exec_timer, EXEC_POLL_MS);
             json_object_put(o);
             return;
@@ -1429,11 +1420,13 @@ static void on_exec_done(void *arg, const sbx_http_res *res)
 {
     sbx_run *r = arg;
     r->step = NULL;
-    if (r->stop != SBX_OUTCOME_SUCCEEDED) {
-        run_remove(r);
-        return;
-    }
+    /* Stopped: the inspect says whether the kill got it (else the
+     * container goes). */
     if (res->code != SBX_HTTP_OK || res->status != 200) {
+        if (r->stop != SBX_OUTCOME_SUCCEEDED) {
+            run_remove(r);
+            return;
+        }
         fail_engine(r, "exec start", res);
         run_remove(r);
         return;
@@ -1491,11 +1484,14 @@ static void exec_create(sbx_run *r)
     json_object *o = jchk(&b, json_object_new_object());
     json_object *cmd = jchk(&b, json_object_new_array());
     json_object *env = jchk(&b, json_object_new_array());
-    char wrapper[sizeof(STAGE_COPY_FMT) + STAGE_TAG_MAX], path[URL_MAX];
+    char copy[sizeof(STAGE_COPY_FMT) + STAGE_TAG_MAX] = "";
+    char wrapper[sizeof(EXEC_WRAPPER_FMT) + sizeof(copy)], path[URL_MAX];
     int rc = -ENOMEM;
 
-    snprintf(wrapper, sizeof(wrapper), STAGE_COPY_FMT, r->stage);
-    add_command(&b, cmd, r->job, r->job->nfiles > 0 ? wrapper : NULL);
+    if (r->job->nfiles > 0)
+        snprintf(copy, sizeof(copy), STAGE_COPY_FMT, r->stage);
+    snprintf(wrapper, sizeof(wrapper), EXEC_WRAPPER_FMT, copy);
+    add_command(&b, cmd, r->job, wrapper);
     add_env(&b, env, r->job);
     jset(&b, o, "Cmd", cmd);
     jset(&b, o, "Env", env);
@@ -1517,6 +1513,57 @@ static void exec_create(sbx_run *r)
         run_fail(r, "exec create: %s", strerror(-rc));
         run_remove(r);
     }
+}
+
+static void on_kill_exec_created(void *arg, const sbx_http_res *res)
+{
+    sbx_run *r = arg;
+    json_object *o, *id;
+    char path[URL_MAX];
+    static const char body[] = "{\"Detach\":true,\"Tty\":false}";
+
+    r->kill = NULL;
+    if (res->code != SBX_HTTP_OK || (res->status != 201 && res->status != 200) ||
+        !(o = json_tokener_parse(res->body))) {
+        on_killed(r, res);
+        return;
+    }
+    if (json_object_object_get_ex(o, "Id", &id) && id_ok(json_object_get_string(id))) {
+        snprintf(path, sizeof(path), "/exec/%s/start", json_object_get_string(id));
+        if (call(r->d, r->host, "POST", path, "application/json", body, sizeof(body) - 1,
+                 r->d->req_timeout_ms, 0, NULL, on_killed, r, &r->kill) < 0)
+            sbx_warn(COMP, "kill not sent container=%.12s", r->id);
+    }
+    json_object_put(o);
+}
+
+/* Kills the build's process group from a second exec (EXEC_KILL); the
+ * build's stream then ends. What this cannot reach, the kill grace and
+ * run_remove do: the container goes. */
+static void session_kill(sbx_run *r)
+{
+    jb b = {0};
+    json_object *o = jchk(&b, json_object_new_object());
+    json_object *cmd = jchk(&b, json_object_new_array());
+    char path[URL_MAX];
+    int rc = -ENOMEM;
+
+    if (!r->exec_started)
+        return; /* the step in flight sees r->stop */
+    jpush(&b, cmd, json_object_new_string("/bin/sh"));
+    jpush(&b, cmd, json_object_new_string("-c"));
+    jpush(&b, cmd, json_object_new_string(EXEC_KILL));
+    jset(&b, o, "Cmd", cmd);
+    jset(&b, o, "User", json_object_new_string(r->d->user));
+    if (!b.oom) {
+        const char *body = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+        snprintf(path, sizeof(path), "/containers/%s/exec", r->id);
+        rc = call(r->d, r->host, "POST", path, "application/json", body, strlen(body),
+                  r->d->req_timeout_ms, 0, NULL, on_kill_exec_created, r, &r->kill);
+    }
+    json_object_put(o);
+    if (rc < 0)
+        sbx_warn(COMP, "kill not sent container=%.12s error=\"%s\"", r->id, strerror(-rc));
 }
 
 /* The container is running: this run's files go into its staging

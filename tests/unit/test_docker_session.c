@@ -14,8 +14,10 @@
  * engine) and the process survived; DESTROY removes the container and is
  * fine when there is none; the run after it is NEW; a new provider (a
  * worker restarted with the same id, its start-up sweep included) finds the
- * session's container and reuses it; a session's run that times out leaves
- * no build process on the host and the next run is NEW.
+ * session's container and reuses it; a session's run that times out or is
+ * canceled has its processes killed and the session goes on (REUSED), or,
+ * when the kill cannot reach them, its container goes (NEW); either way no
+ * build process is left on the host.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -163,7 +165,7 @@ static void session_run(tjob *t, rec *r, int ms)
     run_until(&r->finished, 1, ms);
     assert_int_equal(r->finished, 1);
     assert_int_equal(r->started, 1);
-    if (r->res.outcome != SBX_OUTCOME_SUCCEEDED && r->res.outcome != SBX_OUTCOME_TIMED_OUT)
+    if (r->res.outcome == SBX_OUTCOME_ERROR || r->res.outcome == SBX_OUTCOME_JOB_ERROR)
         fprintf(stderr, "run: outcome %d exit %d error \"%s\" output \"%s\"\n", (int)r->res.outcome,
                 r->res.exit_code, r->res.error, r->out);
 }
@@ -213,7 +215,7 @@ static sbx_provider *new_provider(int sweep_at_start)
     cfg.default_image = IMAGE;
     cfg.default_memory_mb = 256;
     cfg.request_timeout_ms = 30000;
-    cfg.kill_grace_ms = 10000;
+    cfg.kill_grace_ms = 3000;
     cfg.no_start_sweep = !sweep_at_start;
     if (sbx_docker_new(L, &cfg, &p, err, sizeof(err)) < 0)
         fail_msg("sbx_docker_new: %s", err);
@@ -389,7 +391,56 @@ static void test_new_provider_finds_session(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
 }
 
+/* A timeout kills the run's processes (its process group, background
+ * ones included) and nothing else: the container, its workspace and a
+ * process an earlier run left stay, and the next run is REUSED. */
 static void test_timeout_kills_build(void **state)
+{
+    char st[32];
+    rec r;
+    tjob t;
+    (void)state;
+
+    run_script("echo before > b; sleep 1234569 >/dev/null 2>&1 &", &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    job_init(&t, "sleep 1234570 >/dev/null 2>&1 & echo started; sleep 1234568", 2);
+    session_run(&t, &r, 30000);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_TIMED_OUT);
+    assert_non_null(strstr(r.out, "started"));
+    assert_int_equal(sbx_conformance_procs_with("sleep 1234568", 1), 0);
+    assert_int_equal(sbx_conformance_procs_with("sleep 1234570", 1), 0);
+    assert_int_equal(sbx_conformance_procs_with("sleep 1234569", 1), 1);
+    assert_string_equal(container_status(st, sizeof(st)), "running");
+    run_script("cat b", &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(r.out, "before\n");
+
+    /* Cancel: the same. */
+    job_init(&t, "echo started; sleep 1234571", 60);
+    {
+        char err[256] = "";
+        sbx_run_req req = {.job = &t.job, .slot = SLOT, .token = ++TOKEN, .attempt = 1,
+                           .output = on_output, .session = SESSION};
+        memset(&r, 0, sizeof(r));
+        req.output_arg = &r;
+        assert_int_equal(P->ops->start(P, &req, on_run, &r, &r.run, err, sizeof(err)), 0);
+        for (uint64_t end = sbx_now_ms() + 20000;
+             sbx_conformance_procs_with("sleep 1234571", 1) == 0 && sbx_now_ms() < end;)
+            sbx_loop_once(L, 20);
+        P->ops->cancel(P, r.run);
+        run_until(&r.finished, 1, 30000);
+        assert_int_equal(r.finished, 1);
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    }
+    assert_int_equal(sbx_conformance_procs_with("sleep 1234571", 1), 0);
+    run_script("cat b", &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+}
+
+/* A build that hides from the kill (here: it overwrites the file that
+ * names its process group) is stopped with its container: the next run is
+ * NEW, and nothing is left running. */
+static void test_timeout_unkillable_removes_container(void **state)
 {
     char st[32];
     rec r;
@@ -398,11 +449,10 @@ static void test_timeout_kills_build(void **state)
 
     run_script("echo before > b", &r);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
-    job_init(&t, "echo started; sleep 1234568", 2);
-    session_run(&t, &r, 30000);
+    job_init(&t, "echo 999999 > /tmp/.sbx-run; echo started; sleep 1234572", 2);
+    session_run(&t, &r, 40000);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_TIMED_OUT);
-    assert_non_null(strstr(r.out, "started"));
-    assert_int_equal(sbx_conformance_procs_with("sleep 1234568", 1), 0);
+    assert_int_equal(sbx_conformance_procs_with("sleep 1234572", 1), 0);
     assert_string_equal(container_status(st, sizeof(st)), "");
     run_script("test -f b || echo fresh", &r);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
@@ -435,6 +485,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_background_process_pause_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_provider_finds_session, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_kills_build, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_unkillable_removes_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stopped_container_replaced, setup, teardown),
     };
     SOCK = getenv("SBX_TEST_DOCKER_SOCK");
