@@ -143,7 +143,10 @@
  *    container: the session goes on (REUSED). If the exec is still running
  *    after that (the job overwrote the file, the kill came before the pid
  *    was written), the kill grace deletes the container: nothing of a
- *    stopped run keeps running, and the next run is NEW.
+ *    stopped run keeps running, and the next run is NEW. destroy() (worker
+ *    exit) leaves a session's container and the build in it, as a kill -9
+ *    does: the session's next run, whoever runs it, kills that build first
+ *    (EXEC_WRAPPER_FMT), so it never runs beside a newer one.
  *  - No fencing on the engine's side: it keeps no owner, and the lease
  *    layer gives the session's slot to one owner at a time.
  *
@@ -210,9 +213,18 @@
  * one file holds the group of the run in progress; a background process of
  * an earlier run is in another group and stays. A pid that is not there
  * (the file overwritten, or not written yet) leaves the build running:
- * then the container goes (see run_remove). */
+ * then the container goes (see run_remove).
+ * The wrapper first kills the group of a run before it whose leader is
+ * still alive: a run whose worker died (kill -9, or destroy() at exit,
+ * which leaves session containers) never ran to its end, and its build
+ * must not run beside the next one. A run that ended has no leader left;
+ * its background processes keep the group's number, which Linux does not
+ * give to a new process while the group lives, so `kill -0` on the leader
+ * cannot hit one of them. */
 #define EXEC_PID_FILE "/tmp/.sbx-run"
-#define EXEC_WRAPPER_FMT "echo $$ >" EXEC_PID_FILE "; %sexec \"$@\""
+#define EXEC_WRAPPER_FMT                                                                         \
+    "if [ -f " EXEC_PID_FILE " ] && read p <" EXEC_PID_FILE " && [ \"$p\" -gt 1 ] 2>/dev/null && kill -0 \"$p\" "  \
+    "2>/dev/null; then kill -KILL \"-$p\" 2>/dev/null; fi; echo $$ >" EXEC_PID_FILE "; %sexec \"$@\""
 #define EXEC_KILL "read p <" EXEC_PID_FILE " && [ \"$p\" -gt 1 ] && kill -KILL \"-$p\""
 /* A session's container does nothing but stay alive; runs are execs. */
 #define SESSION_KEEPER "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"

@@ -380,7 +380,24 @@ static void test_new_provider_finds_session(void **state)
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
     snprintf(first, sizeof(first), "%s", r.res.instance);
+    /* The worker goes while a run is in its container: the build keeps
+     * running there until the session's next run starts, which kills it
+     * (it must not run beside the next one). */
+    {
+        tjob t;
+        char err[256] = "";
+        sbx_run_req req = {.job = &t.job, .slot = SLOT, .token = ++TOKEN, .attempt = 1,
+                           .session = SESSION};
+        job_init(&t, "sleep 1234573 >/dev/null 2>&1 & echo started; sleep 1234574", 60);
+        memset(&r, 0, sizeof(r));
+        assert_int_equal(P->ops->start(P, &req, on_run, &r, &r.run, err, sizeof(err)), 0);
+        for (uint64_t end = sbx_now_ms() + 20000;
+             sbx_conformance_procs_with("sleep 1234574", 1) == 0 && sbx_now_ms() < end;)
+            sbx_loop_once(L, 20);
+        assert_int_equal(sbx_conformance_procs_with("sleep 1234574", 1), 1);
+    }
     P->ops->destroy(P);
+    assert_int_equal(sbx_conformance_procs_with("sleep 1234574", 1), 1);
     P = new_provider(1);
     /* Its start-up sweep runs first; ours follows once that is done. */
     for (uint64_t end = sbx_now_ms() + 35000; sbx_docker_sweep(P, on_swept, swept) == -EBUSY &&
@@ -393,6 +410,8 @@ static void test_new_provider_finds_session(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
     assert_string_equal(r.res.instance, first);
     assert_string_equal(r.out, "kept\n");
+    assert_int_equal(procs_after_kill("sleep 1234574"), 0);
+    assert_int_equal(procs_after_kill("sleep 1234573"), 0);
     /* A sweep on demand leaves it too. */
     memset(swept, 0, sizeof(swept));
     assert_int_equal(sbx_docker_sweep(P, on_swept, swept), 0);
