@@ -116,10 +116,11 @@
  *  - The container runs a shell that only waits (SESSION_KEEPER); limits,
  *    image and network are the first run's; each run is an exec as the
  *    configured user in /workspace with its own job's environment. A run's
- *    background processes stay with the container (an exec's stream ends
- *    when every writer of it closed it: a background process that keeps
- *    the build's stdout open holds the run up, as with `docker exec`; dockerd 20.10
- *    ends it ~2 s after the build's exit anyway, measured).
+ *    background processes stay with the container. One that keeps the
+ *    build's stdout open (a dev server started with `&`) does not hold the
+ *    run up: Podman 4.3 ends the exec's stream when the build's process
+ *    exits, dockerd 20.10 about 2 s after (measured with `sleep 5 &` and
+ *    `sleep 8 &`); what it prints after that is not read.
  *  - Files: the staging volume is always mounted; a run's archive goes to
  *    STAGE_DIR/r<token>-<attempt>/workspace (each run apart, as the user
  *    cannot delete what an earlier one staged under the volume's root-owned

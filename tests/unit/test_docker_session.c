@@ -313,9 +313,7 @@ static void test_background_process_pause_resume(void **state)
     rec r;
     (void)state;
 
-    /* The marker sleep outlives the run; its output goes elsewhere (the
-     * exec's stream ends when every writer of it has closed it, as with
-     * `docker exec`). */
+    /* The marker sleep outlives the run. */
     run_script("sleep 1234567 >/dev/null 2>&1 & echo $! > bg.pid; echo started", &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
