@@ -9,7 +9,8 @@
  * What provider.h's "Sessions" promises, seen through start() with
  * req.session and session_op(): five runs share one container and one
  * /workspace (files of later runs written over it); a background process
- * of one run is alive in the next; PAUSE freezes the container and the next
+ * of one run is alive in the next (one that keeps the run's stdout open
+ * does not hold the run up: its time is printed); PAUSE freezes the container and the next
  * start() says RESUMED with the time it took (printed, median of a few, per
  * engine) and the process survived; DESTROY removes the container and is
  * fine when there is none; the run after it is NEW; a new provider (a
@@ -322,6 +323,19 @@ static void test_background_process_pause_resume(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
     assert_non_null(strstr(r.out, "alive"));
     assert_int_equal(sbx_conformance_procs_with("sleep 1234567", 1), 1);
+    /* One that keeps the build's stdout (a dev server started with `&`)
+     * does not hold the run up. */
+    {
+        tjob t;
+        uint64_t t0 = sbx_now_ms();
+        job_init(&t, "sleep 1234575 & echo bg2", 60);
+        session_run(&t, &r, 15000);
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_string_equal(r.out, "bg2\n");
+        printf("docker session run with a background process on stdout (%s): %" PRIu64 " ms\n", ENGINE,
+               sbx_now_ms() - t0);
+        assert_int_equal(sbx_conformance_procs_with("sleep 1234575", 1), 1);
+    }
 
     for (int i = 0; i < 5; i++) {
         assert_int_equal(session_op(SBX_SESSION_PAUSE), 0);
