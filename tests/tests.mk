@@ -20,7 +20,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(WORKER_LIB_OBJS) $(LIBSBX)
 # One set of services for every unit program: a real Kafka broker (test_kafka,
 # test_job), Redis, PostgreSQL and a rootful Podman API. Then the docker
 # provider's programs once more, on Docker Engine itself (a private dockerd;
-# ~2 s to start and stop, ~25 s of tests and ~10 s of sessions).
+# ~2 s to start and stop, ~25 s of tests and ~15 s of sessions).
 unit: $(TEST_BINS) $(BUILD)/bin/sbx
 	tests/services/podman/podman-service.sh -- \
 	    python3 tests/services/sbxsvc.py run -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
