@@ -109,6 +109,8 @@ static const char *container_status(char *out, size_t outlen)
 typedef struct tjob {
     sbx_job job;
     sbx_kv files[2];
+    sbx_kv env[2];
+    char *argv[4];
 } tjob;
 
 typedef struct rec {
@@ -117,6 +119,7 @@ typedef struct rec {
     sbx_run *run;
     char out[8192];
     size_t out_len;
+    size_t total;        /* every byte the sink got */
 } rec;
 
 static void on_output(void *arg, sbx_stream stream, const char *data, size_t len)
@@ -124,6 +127,7 @@ static void on_output(void *arg, sbx_stream stream, const char *data, size_t len
     rec *r = arg;
     (void)stream;
     assert_int_equal(r->finished, 0);
+    r->total += len;
     if (r->out_len + len < sizeof(r->out)) {
         memcpy(r->out + r->out_len, data, len);
         r->out_len += len;
@@ -151,6 +155,7 @@ static void job_init(tjob *t, const char *script, int timeout_s)
     t->job.script = (char *)script;
     t->job.timeout_s = timeout_s;
     t->job.files = t->files;
+    t->job.env = t->env;
 }
 
 /* One run of the session on SLOT, to its end. */
@@ -301,6 +306,31 @@ static void test_five_runs_share_workspace(void **state)
     assert_int_equal(r.res.exit_code, 3);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
     assert_string_equal(r.out, "one\nn2\nn3\nn4\n");
+    /* Each run has its own job's command and environment. */
+    job_init(&t, NULL, 60);
+    t.argv[0] = "/bin/sh";
+    t.argv[1] = "-c";
+    t.argv[2] = "echo \"$FOO $HOME\"; cat w1 | head -1";
+    t.job.argv = t.argv;
+    t.job.argc = 3;
+    t.env[0] = (sbx_kv){"FOO", "bar"};
+    t.job.nenv = 1;
+    session_run(&t, &r, 70000);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_string_equal(r.out, "bar /workspace\none\n");
+    run_script("echo \"[$FOO]\"", &r);
+    assert_string_equal(r.out, "[]\n");
+    /* A bigger output, every byte once, live from the exec's stream. */
+    {
+        size_t want = 0;
+        char num[16];
+        for (int i = 1; i <= 200000; i++)
+            want += (size_t)snprintf(num, sizeof(num), "%d\n", i);
+        run_script("seq 1 200000", &r);
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_int_equal(r.total, want);
+        assert_non_null(strstr(r.res.log_tail, "199999\n200000\n"));
+    }
     /* stderr comes too, apart */
     run_script("echo to-err >&2", &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
