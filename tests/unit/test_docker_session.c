@@ -389,9 +389,13 @@ static void test_background_process_pause_resume(void **state)
     printf("docker session resume_ms (%s): median %d min %d max %d of 5\n", ENGINE, ms[2], ms[0], ms[4]);
     fflush(stdout);
 
+    /* What the sweeper does to an idle session: pause, later destroy. */
+    assert_int_equal(session_op(SBX_SESSION_PAUSE), 0);
+    assert_string_equal(container_status(st, sizeof(st)), "paused");
     assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
     assert_string_equal(container_status(st, sizeof(st)), "");
     assert_int_equal(procs_after_kill("sleep 1234567"), 0);
+    assert_int_equal(procs_after_kill("sleep 1234575"), 0);
     /* Nothing there: still success, for both. */
     assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
     assert_int_equal(session_op(SBX_SESSION_PAUSE), 0);
