@@ -26,12 +26,13 @@ $(DEVSERVER): tests/devserver/devserver.c
 
 # One set of services for every unit program: a real Kafka broker (test_kafka,
 # test_job), Redis, PostgreSQL and a rootful Podman API. Then the docker
-# provider's program once more, on Docker Engine itself (a private dockerd;
-# ~2 s to start and stop, ~25 s of tests).
+# provider's programs once more, on Docker Engine itself (a private dockerd;
+# ~2 s to start and stop, ~25 s of tests and ~15 s of sessions).
 unit: $(TEST_BINS) $(BUILD)/bin/sbx $(DEVSERVER)
 	tests/services/podman/podman-service.sh -- \
 	    python3 tests/services/sbxsvc.py run -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
-	tests/services/dockerd/dockerd-service.sh -- $(BUILD)/tests/test_docker
+	tests/services/dockerd/dockerd-service.sh -- \
+	    sh -c '$(BUILD)/tests/test_docker && $(BUILD)/tests/test_docker_session'
 
 e2e: bins $(DEVSERVER)
 	SBX_BUILD=$(BUILD) $(PYTEST) -q -ra -p no:cacheprovider tests/e2e

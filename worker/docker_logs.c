@@ -48,6 +48,8 @@ void sbx__docker_logs_init(sbx_docker_logs *l, sbx_docker_deliver_fn deliver, vo
     sbx__docker_logs_read(l);
 }
 
+void sbx__docker_logs_plain(sbx_docker_logs *l) { l->plain = 1; }
+
 void sbx__docker_logs_read_done(sbx_docker_logs *l)
 {
     if (l->read_max_ts > l->done_ts)
@@ -165,8 +167,11 @@ void sbx__docker_logs_feed(sbx_docker_logs *l, const char *p, size_t n)
             l->stream = l->hdr[0] == 2 ? SBX_STREAM_STDERR : SBX_STREAM_STDOUT;
             l->frame_left = (uint32_t)l->hdr[4] << 24 | (uint32_t)l->hdr[5] << 16 |
                             (uint32_t)l->hdr[6] << 8 | (uint32_t)l->hdr[7];
-            l->in_ts = l->frame_left > 0;
+            l->in_ts = l->frame_left > 0 && !l->plain;
             l->ts_have = 0;
+            l->skip = 0;
+            if (l->plain)
+                l->deliver_mode = 2;
             continue;
         }
         k = l->frame_left < n ? l->frame_left : n;

@@ -19,6 +19,10 @@
  * place across feeds. Not framed (a TTY stream) or not stamped (an engine
  * that ignored timestamps=1): the bytes are delivered as they come, and
  * nothing can be de-duplicated.
+ *
+ * An exec's output (a session's run, POST /exec/{id}/start) is the same
+ * frames without timestamps, read once as it streams: after
+ * sbx__docker_logs_plain() each frame's payload is delivered as it comes.
  */
 #ifndef SBX_DOCKER_LOGS_H
 #define SBX_DOCKER_LOGS_H
@@ -57,11 +61,14 @@ typedef struct sbx_docker_logs {
     int64_t seen_ts[3];          /* per stream: the last timestamp of this read ... */
     unsigned seen_n[3];          /* ... and messages with it so far */
     int raw;                     /* the stream was not framed */
+    int plain;                   /* frames carry no timestamps (an exec's stream) */
     int64_t read_max_ts;         /* the latest stamp this read saw */
     int64_t done_ts;             /* ... of the last read that went to its end */
 } sbx_docker_logs;
 
 void sbx__docker_logs_init(sbx_docker_logs *l, sbx_docker_deliver_fn deliver, void *arg);
+/* The stream to come is an exec's: frames without timestamps. */
+void sbx__docker_logs_plain(sbx_docker_logs *l);
 /* A new read begins (the cursors stay). */
 void sbx__docker_logs_read(sbx_docker_logs *l);
 /* The read went to the end of the log: what is not delivered is after it. */

@@ -74,15 +74,15 @@ static int tar_add(sbx_buf *t, const char *path, char type, unsigned mode, unsig
     return 0;
 }
 
-/* Adds "workspace/<dir>/" entries for every parent of path not yet in t. */
-static int tar_parents(sbx_buf *t, unsigned uid, unsigned gid, const char *path, char **seen,
-                       size_t *nseen, size_t maxseen)
+/* Adds "<root>/<dir>/" entries for every parent of path not yet in t. */
+static int tar_parents(sbx_buf *t, const char *root, unsigned uid, unsigned gid, const char *path,
+                       char **seen, size_t *nseen, size_t maxseen)
 {
-    char dir[300];
+    char dir[SBX_DOCKER_TAR_ROOT_MAX + 1 + 256 + 1];
     const char *s = path;
     while ((s = strchr(s, '/'))) {
         size_t i;
-        int n = snprintf(dir, sizeof(dir), "workspace/%.*s/", (int)(s - path), path);
+        int n = snprintf(dir, sizeof(dir), "%s/%.*s/", root, (int)(s - path), path);
         if (n < 0 || (size_t)n >= sizeof(dir))
             return -ENAMETOOLONG;
         for (i = 0; i < *nseen && strcmp(seen[i], dir) != 0; i++)
@@ -102,8 +102,8 @@ static int tar_parents(sbx_buf *t, unsigned uid, unsigned gid, const char *path,
     return 0;
 }
 
-int sbx__docker_tar(const sbx_job *job, unsigned uid, unsigned gid, sbx_buf *out, char *err,
-                    size_t errlen)
+int sbx__docker_tar(const sbx_job *job, const char *root, unsigned uid, unsigned gid, sbx_buf *out,
+                    char *err, size_t errlen)
 {
     /* Parent directories: each file adds at most its depth, and a job has at
      * most SBX_FILES_MAX files; SBX_DOCKER_TAR_DEPTH levels each is plenty
@@ -116,21 +116,35 @@ int sbx__docker_tar(const sbx_job *job, unsigned uid, unsigned gid, sbx_buf *out
     sbx_buf_init(out, SBX_DOCKER_TAR_MAX);
     if (!seen)
         goto out;
-    if ((rc = tar_add(out, "workspace/", '5', 0755, uid, gid, NULL, 0)) < 0)
-        goto out;
+    /* root and each directory above it, outermost first. */
+    for (const char *s = root;; s++) {
+        char dir[SBX_DOCKER_TAR_ROOT_MAX + 2];
+        int n;
+        if (*s != '/' && *s != '\0')
+            continue;
+        n = snprintf(dir, sizeof(dir), "%.*s/", (int)(s - root), root);
+        if (n < 0 || (size_t)n >= sizeof(dir)) {
+            rc = -ENAMETOOLONG;
+            goto out;
+        }
+        if ((rc = tar_add(out, dir, '5', 0755, uid, gid, NULL, 0)) < 0)
+            goto out;
+        if (!*s)
+            break;
+    }
     for (size_t i = 0; i < job->nfiles; i++) {
         const char *path = job->files[i].key, *data = job->files[i].value;
         size_t len = strlen(data);
-        char full[300];
+        char full[SBX_DOCKER_TAR_ROOT_MAX + 1 + 256 + 1];
         if (!sbx_job_path_ok(path)) {
             snprintf(err, errlen, "file path \"%.100s\" leaves the workspace", path);
             said = 1;
             rc = -EINVAL;
             goto out;
         }
-        snprintf(full, sizeof(full), "workspace/%s", path);
+        snprintf(full, sizeof(full), "%s/%s", root, path);
         unsigned mode = len >= 2 && data[0] == '#' && data[1] == '!' ? 0755 : 0644;
-        if ((rc = tar_parents(out, uid, gid, path, seen, &nseen, MAX_DIRS)) < 0 ||
+        if ((rc = tar_parents(out, root, uid, gid, path, seen, &nseen, MAX_DIRS)) < 0 ||
             (rc = tar_add(out, full, '0', mode, uid, gid, data, len)) < 0) {
             snprintf(err, errlen, "file \"%.100s\": %s", path, strerror(-rc));
             said = 1;

@@ -34,7 +34,9 @@
  * Every container carries the labels sbx.job, sbx.project, sbx.token,
  * sbx.slot, sbx.worker and sbx.pool=docker, so orphans are found by asking
  * the engine, not our database: sbx_docker_sweep() removes containers of
- * this worker id that no run of this provider owns. It runs once when the
+ * this worker id that no run of this provider owns. A session's container
+ * (provider.h's sessions; named after the session and slot, labelled
+ * sbx.session) is never an orphan: it stays until session_op(DESTROY). It runs once when the
  * provider starts and is meant for the worker's cron.
  */
 #ifndef SBX_PROVIDER_DOCKER_H

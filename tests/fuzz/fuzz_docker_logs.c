@@ -3,7 +3,8 @@
  *
  * The input is used twice:
  *  - as raw bytes, fed to a reader in pieces whose sizes the input picks,
- *    twice (two reads): no crash, no read past the input, each delivery
+ *    twice (two reads), then once to a reader of an exec's stream (no
+ *    timestamps): no crash, no read past the input, each delivery
  *    non-empty and of stream 1 or 2;
  *  - as a program that builds a valid log: messages on stdout or stderr
  *    with text from the input, stamped as the engines stamp them
@@ -102,6 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sbx__docker_logs_read(&la);
     feed(&la, data, size, piece + 3);
     (void)sbx__docker_logs_since_s(&la);
+    /* The same as an exec's stream (frames without timestamps). */
+    memset(&a, 0, sizeof(a));
+    sbx__docker_logs_init(&la, on_out, &a);
+    sbx__docker_logs_plain(&la);
+    feed(&la, data, size, piece);
 
     /* The program: per message 2 bytes (stream and time step; skew) and
      * up to 15 bytes of text. */
