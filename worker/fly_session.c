@@ -79,6 +79,8 @@
 #define FLY_SESS_EXEC_S 30
 #define FLY_SESS_WAIT_S 10
 #define FLY_SESS_WAIT_SLACK_MS 15000
+/* Lists a PAUSE/DESTROY makes before it believes there is no machine. */
+#define FLY_SESS_OP_LOOKS 2
 /* Polls answered with an error in a row before the run is an ERROR. */
 #define FLY_SESS_POLL_ERRORS 5
 #define FLY_SESS_DIR "/tmp/.sbx"
@@ -173,6 +175,7 @@ struct sbx__fly_sop {
     char name[SBX_SESSION_NAME_MAX + 1];
     char (*ids)[SBX_FLY_ID_MAX + 1];
     size_t n, i;
+    int looks;                    /* lists so far: an empty one is looked at twice */
     sbx__fly_call call;
     sbx_timer defer_t;
     int rc;
@@ -755,6 +758,7 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
         (id = jstr(m, "id")) && strlen(id) <= SBX_FLY_ID_MAX) {
         snprintf(s->id, sizeof(s->id), "%s", id);
         snprintf(s->res.instance, sizeof(s->res.instance), "%s", id);
+        s->res.sandbox = SBX_SANDBOX_NEW;
         json_object_put(m);
         sbx_info("fly", "session %s: created machine %s", s->name, s->id);
         if (srun_aborted(s))
@@ -769,7 +773,11 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
     if (res->code != SBX_HTTP_OK || res->status == 408 || res->status >= 500 ||
         (res->status == 409 && strstr(res->body ? res->body : "", "already exists"))) {
         /* another worker made it, or maybe we did: the list will say, once
-         * it caught up (it is eventually consistent) */
+         * it caught up (it is eventually consistent). A 409 is a machine
+         * that was there already (the list had not caught up with it); an
+         * unclear reply may have made a fresh one, which is NEW. */
+        if (res->code != SBX_HTTP_OK || res->status != 409)
+            s->res.sandbox = SBX_SANDBOX_NEW;
         sbx_info("fly", "session %s: create answered %s; looking again", s->name, why);
         if (s->looks >= FLY_SESS_LOOKS) {
             srun_fail(s, "session machine: create answered %s and no machine shows", why);
@@ -790,7 +798,6 @@ static void step_create(sbx__fly_srun *s)
     const char *b = json_object_to_json_string_ext(s->create, JSON_C_TO_STRING_PLAIN |
                                                                   JSON_C_TO_STRING_NOSLASHESCAPE);
     srun_set(s, S_CREATE);
-    s->res.sandbox = SBX_SANDBOX_NEW;
     sbx__fly_call_start(&s->call, "POST", b ? strdup(b) : NULL, SBX_FLY_CALL_TIMEOUT_MS, 0,
                         on_create, "/apps/%s/machines", s->S->app);
 }
@@ -1087,6 +1094,16 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     n = json_object_array_length(list);
+    m = pick(list, &busy);
+    if ((!m || busy) && o->looks < FLY_SESS_OP_LOOKS) {
+        /* The list is eventually consistent (flyctl PR #4618): a machine
+         * created moments ago may not show yet, and ending a session on a
+         * list that missed it would leave the machine running forever. */
+        json_object_put(list);
+        sbx_timer_start(o->S->loop, &o->defer_t, (uint64_t)o->S->settle_ms);
+        return;
+    }
+    free(o->ids);
     o->ids = calloc(n ? n : 1, sizeof(*o->ids));
     if (!o->ids) {
         json_object_put(list);
@@ -1104,7 +1121,6 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
         sop_delete_next(o);
         return;
     }
-    m = pick(list, &busy);
     st = m ? jstr(m, "state") : NULL;
     if (!m || !st || !jstr(m, "id") || strlen(jstr(m, "id")) > SBX_FLY_ID_MAX) {
         json_object_put(list);
@@ -1137,6 +1153,7 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
 static void sop_list(sbx_timer *t)
 {
     sbx__fly_sop *o = t->data;
+    o->looks++;
     sbx__fly_call_start(&o->call, "GET", NULL, SBX_FLY_CALL_TIMEOUT_MS, SBX_FLY_RETRY_5XX,
                         on_sop_list, "/apps/%s/machines?metadata.sbx_session=%s", o->S->app,
                         o->name);

@@ -126,6 +126,7 @@ REQUEST_LOG_MAX = 5000
 # Log entries kept per app (Fly keeps logs for a while, not forever).
 LOG_ENTRIES_MAX = 200000
 MACHINES_MAX = 5000
+EXEC_READY_S = 3
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ADJ = ("aged", "bold", "calm", "dry", "empty", "fancy", "green", "lively", "misty", "quiet")
 NOUN = ("wind", "river", "field", "leaf", "sun", "moon", "stone", "wave", "snow", "fire")
@@ -1195,16 +1196,27 @@ def run_exec(emu, m, body):
     timeout = int(body.get("timeout") or 30)
     if not 1 <= timeout <= 60:
         raise ApiError(400, "invalid timeout %d: must be between 1 and 60 seconds" % timeout)
+    # Emulator detail, not Fly's: `started` is set when the sandbox is spawned,
+    # a moment before its pid is known and its root is mounted; an exec in that
+    # moment waits for it (at most READY_S) rather than failing.
+    ready_by = time.monotonic() + EXEC_READY_S
     with emu.cv:
+        while m.state == "started" and m.init_pid is None and time.monotonic() < ready_by:
+            emu.cv.wait(0.05)
         if m.state != "started" or m.init_pid is None:
             raise ApiError(412, "failed_precondition: machine is not started")
         pid = m.init_pid
-    try:
-        p = subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--"] + cmd,
-                           capture_output=True, timeout=timeout,
-                           input=stdin.encode() if stdin is not None else b"")
-    except subprocess.TimeoutExpired:
-        raise ApiError(408, "deadline_exceeded: exec timed out")
+    while True:
+        try:
+            p = subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--"]
+                               + cmd, capture_output=True, timeout=timeout,
+                               input=stdin.encode() if stdin is not None else b"")
+        except subprocess.TimeoutExpired:
+            raise ApiError(408, "deadline_exceeded: exec timed out")
+        if not (p.returncode in (126, 127) and p.stderr.startswith(b"nsenter:")
+                and time.monotonic() < ready_by):
+            break
+        time.sleep(0.05)
     out = {"exit_code": p.returncode if p.returncode >= 0 else 128 - p.returncode,
            "stdout": p.stdout.decode(errors="replace"), "stderr": p.stderr.decode(errors="replace")}
     if p.returncode < 0:

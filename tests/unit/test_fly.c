@@ -335,6 +335,8 @@ static int setup_sessions(void **state)
 {
     sbx_fly_config c = fast_cfg();
     c.logs_poll_ms = 1000;
+    /* every test starts without the session's machine */
+    emu_post("/_emu/reset", "{\"machines\": true}");
     return setup_with(state, &c);
 }
 
@@ -1137,6 +1139,8 @@ static sbx_outcome sess_job(fenv *e, sbx_provider *p, const char *script, int ti
     assert_true(drive_until(e, &r->finished, 60000));
     assert_int_equal(r->started, 1);
     assert_int_equal(r->after_finish, 0);
+    if (r->res.outcome != SBX_OUTCOME_SUCCEEDED)
+        print_message("    outcome %d: %s\n", (int)r->res.outcome, r->res.error);
     return r->res.outcome;
 }
 
@@ -1273,7 +1277,9 @@ static void t_session_destroy_then_new(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
     assert_string_not_equal(r.res.instance, inst);
     assert_non_null(strstr(r.out, "empty"));
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
     assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+    assert_true(becomes_destroyed(inst));
     assert_string_equal(session_machine_state(), "none");
 }
 
