@@ -1353,6 +1353,55 @@ static void t_session_pause_big_machine_not_supported(void **state)
     assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
 }
 
+
+/* The worker running a job dies (kill -9: its provider goes without a word);
+ * the session's next owner finds the machine, kills the abandoned job and
+ * everything it started before its own job runs, so nothing runs twice. */
+static void t_session_abandoned_job_killed_by_next_owner(void **state)
+{
+    fenv *e = *state;
+    sbx_fly_config c = fast_cfg();
+    sbx_provider *p1 = NULL;
+    char err[256] = "";
+    frun r1, r;
+
+    c.worker_id = "w-fly-dies";
+    c.logs_poll_ms = 1000;
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p1, err, sizeof(err)), 0);
+    assert_int_equal(sess_run(e, p1, SESSION, "sleep 600 > /dev/null 2>&1 & echo $! > a.pid;"
+                              " echo running > state; sleep 600", 600, &r1, NULL, 0), 0);
+    assert_true(drive_until(e, &r1.started, 30000));
+    p1->ops->destroy(p1);
+    assert_int_equal(sess_job(e, e->p, "cat state; kill -0 $(cat a.pid) 2>/dev/null &&"
+                                       " echo alive || echo dead", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.out, "running\ndead"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+/* cancel() of a session's job: CANCELED, never from inside cancel(), the
+ * job's processes gone, the machine kept. */
+static void t_session_cancel(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    assert_int_equal(sess_run(e, e->p, SESSION, "echo $$ > c.pid; sleep 600", 600, &r, NULL, 0),
+                     0);
+    assert_true(drive_until(e, &r.started, 30000));
+    e->p->ops->cancel(e->p, r.run);
+    assert_int_equal(r.finished, 0);
+    assert_true(drive_until(e, &r.finished, 30000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_int_equal(sess_job(e, e->p, "kill -0 $(cat c.pid) 2>/dev/null && echo alive ||"
+                                       " echo dead", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.out, "dead"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest fly_tests[] = {
@@ -1394,6 +1443,9 @@ int main(void)
                                         setup_sessions, teardown),
         cmocka_unit_test_setup_teardown(t_session_pause_big_machine_not_supported,
                                         setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_abandoned_job_killed_by_next_owner,
+                                        setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_cancel, setup_sessions, teardown),
     };
     sbx_conformance_opts opts;
     int failed = 0;
