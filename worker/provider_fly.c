@@ -129,6 +129,11 @@
  * each one is followed by a GET that says what the machine is doing. */
 #define FLY_WAIT_ERRORS_MAX 5
 #define FLY_DEFAULT_LOGS_URL "https://api.fly.io"
+/* Fly's bucket counts from when our requests arrive, ours from when they
+ * leave: a request delayed on the way (a loaded host, a slow link) makes
+ * Fly's refill later than ours. This much behind it costs nothing and keeps
+ * a paced create from being the one answered 429. */
+#define FLY_PACE_MARGIN_MS 25
 #define FLY_WORKSPACE "/workspace"
 
 typedef struct fly_provider fly_provider;
@@ -522,7 +527,7 @@ static uint64_t pace_take(fly_provider *f)
         f->pace_tokens -= 1.0;
         return 0;
     }
-    return (uint64_t)((1.0 - f->pace_tokens) * 1000.0 / f->create_rate) + 1;
+    return (uint64_t)((1.0 - f->pace_tokens) * 1000.0 / f->create_rate) + FLY_PACE_MARGIN_MS;
 }
 
 static void step_create_now(sbx_run *r);
