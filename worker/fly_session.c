@@ -827,7 +827,7 @@ static void on_find(sbx__fly_call *c, const sbx_http_res *res)
     sbx__fly_srun *s = c->owner;
     json_object *list = NULL, *m;
     const char *st, *id;
-    char why[200];
+    char why[200], state[32];
     int busy;
 
     if (srun_aborted(s))
@@ -841,7 +841,8 @@ static void on_find(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     m = pick(list, &busy);
-    st = m ? jstr(m, "state") : NULL;
+    snprintf(state, sizeof(state), "%s", m && jstr(m, "state") ? jstr(m, "state") : "");
+    st = state;                   /* the list is freed below; the state is needed after */
     id = m ? jstr(m, "id") : NULL;
     if (!m || !id || strlen(id) > SBX_FLY_ID_MAX) {
         json_object_put(list);
@@ -1082,6 +1083,7 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
     sbx__fly_sop *o = c->owner;
     json_object *list = NULL, *m;
     const char *st, *why;
+    char state[32];
     size_t n;
     int busy;
 
@@ -1121,8 +1123,9 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
         sop_delete_next(o);
         return;
     }
-    st = m ? jstr(m, "state") : NULL;
-    if (!m || !st || !jstr(m, "id") || strlen(jstr(m, "id")) > SBX_FLY_ID_MAX) {
+    snprintf(state, sizeof(state), "%s", m && jstr(m, "state") ? jstr(m, "state") : "");
+    st = state;                   /* the list is freed below; the state is needed after */
+    if (!m || !st[0] || !jstr(m, "id") || strlen(jstr(m, "id")) > SBX_FLY_ID_MAX) {
         json_object_put(list);
         sop_end(o, 0, "no machine");
         return;
