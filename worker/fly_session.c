@@ -48,9 +48,11 @@
  * would silently lose it. DESTROY is DELETE ?force=true of every machine of
  * the session; 404 is success.
  *
- * Fencing: the Machines API keeps no token of ours; one worker at a time
- * drives a session because the lease layer says so. The job's sbx_token is
- * on the machine's metadata for whoever looks.
+ * Fencing: the Machines API keeps no token of ours, so the machine does:
+ * the launch records the lease's token in /tmp/.sbx/token and refuses (BUSY,
+ * provider.h) a token older than the newest it saw, as the agent does for
+ * vmpool. PAUSE and DESTROY carry no check (a suspended machine runs no
+ * exec); the sweeper runs them under its own lease.
  *
  * The image needs /bin/sh, setsid, base64, head and tail (any coreutils or
  * busybox).
@@ -89,11 +91,15 @@
  * base64 makes 4 bytes of 3; a margin for the paths. */
 #define FLY_SESS_STDIN_MAX (SBX_MSG_MAX_BYTES / 3 * 4 + 64 * 1024)
 
-/* $1: run id. stdin: "<b64 path> <b64 content>" lines, the job script first.
- * Exits 0 once the job runs (its pid file written). */
+/* $1: run id, $2: the lease's token. stdin: "<b64 path> <b64 content>"
+ * lines, the job script first. Exits 0 once the job runs (its pid file
+ * written), 124 when the machine saw a newer token. */
 static const char launch_sh[] =
     "S=" FLY_SESS_DIR "; R=$S/$1\n"
     "mkdir -p \"$R\" /workspace || exit 120\n"
+    /* fencing: a stale owner never starts a job after a newer one did */
+    "if [ -s \"$S/token\" ] && [ \"$(cat \"$S/token\")\" -gt \"$2\" ]; then exit 124; fi\n"
+    "echo \"$2\" > \"$S/token\"\n"
     /* the job before this one never ended (its worker died): kill it first */
     "if [ -f \"$S/cur\" ]; then o=$(cat \"$S/cur\");"
     " if [ ! -f \"$S/$o/rc\" ] && [ -s \"$S/$o/pid\" ]; then"
@@ -157,6 +163,8 @@ struct sbx__fly_srun {
     uint64_t boot_deadline_ms, resume_t0;
     int timeout_s;
     int launched, started, aborting, error, job_fault;
+    int busy;                     /* the machine knows a newer token: BUSY */
+    int64_t token;
     sbx_outcome abort;
     sbx_result res;
     sbx_output_fn out;
@@ -471,6 +479,8 @@ static void srun_finish(sbx__fly_srun *s)
         if (!res->error[0])
             snprintf(res->error, sizeof(res->error), "%s",
                      s->abort == SBX_OUTCOME_TIMED_OUT ? "timed out" : "canceled");
+    } else if (s->busy) {
+        res->outcome = SBX_OUTCOME_BUSY;
     } else if (s->error) {
         res->outcome = s->job_fault ? SBX_OUTCOME_JOB_ERROR : SBX_OUTCOME_ERROR;
     } else {
@@ -662,7 +672,12 @@ static void on_launch(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     sbx__fly_api_error(res, why, sizeof(why));
-    if (code > 0)
+    if (code == 124) {
+        s->busy = 1;
+        snprintf(s->res.error, sizeof(s->res.error),
+                 "session machine %s has seen a newer lease than token %lld", s->id,
+                 (long long)s->token);
+    } else if (code > 0)
         srun_fail(s, "starting the job in session machine %s: exit %d", s->id, code);
     else
         srun_fail(s, "starting the job in session machine %s: %s", s->id, why);
@@ -671,13 +686,15 @@ static void on_launch(sbx__fly_call *c, const sbx_http_res *res)
 
 static void step_launch(sbx__fly_srun *s)
 {
-    const char *args[1] = {s->run_id};
+    char tok[24];
+    const char *args[2] = {s->run_id, tok};
     char *body;
 
     if (srun_aborted(s))
         return;
     srun_set(s, S_LAUNCH);
-    body = exec_body(launch_sh, args, 1, s->stdin_blob, FLY_SESS_EXEC_S);
+    snprintf(tok, sizeof(tok), "%lld", (long long)s->token);
+    body = exec_body(launch_sh, args, 2, s->stdin_blob, FLY_SESS_EXEC_S);
     sbx__fly_call_start(&s->call, "POST", body, FLY_SESS_EXEC_S * 1000u + FLY_SESS_WAIT_SLACK_MS,
                         0, on_launch, "/apps/%s/machines/%s/exec", s->S->app, s->id);
 }
@@ -955,6 +972,7 @@ int sbx__fly_srun_start(sbx__fly_sessions *S, const sbx_run_req *req, const char
     s->out_arg = req->output_arg;
     snprintf(s->name, sizeof(s->name), "%s", req->session);
     snprintf(s->job_id, sizeof(s->job_id), "%s", job->job_id);
+    s->token = req->token;
     snprintf(s->run_id, sizeof(s->run_id), "%016llx", (unsigned long long)sbx__fly_api_rand(S->api));
     s->res.exit_code = -1;
     s->res.sandbox = SBX_SANDBOX_REUSED;

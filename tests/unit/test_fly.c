@@ -1402,6 +1402,27 @@ static void t_session_cancel(void **state)
     assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
 }
 
+
+/* Fencing: the session's machine remembers the newest lease token that
+ * started a job in it; an older one (a stale owner) gets BUSY, no job. */
+static void t_session_stale_token_busy(void **state)
+{
+    fenv *e = *state;
+    int64_t saved = next_token;
+    frun r;
+
+    assert_int_equal(sess_job(e, e->p, "echo new-owner > owner", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    next_token = 10;                  /* far older than any token used so far */
+    assert_int_equal(sess_run(e, e->p, SESSION, "echo stale > owner", 30, &r, NULL, 0), 0);
+    next_token = saved;
+    assert_true(drive_until(e, &r.finished, 60000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_BUSY);
+    assert_non_null(strstr(r.res.error, "newer lease"));
+    assert_int_equal(sess_job(e, e->p, "cat owner", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.out, "new-owner"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest fly_tests[] = {
@@ -1446,6 +1467,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_session_abandoned_job_killed_by_next_owner,
                                         setup_sessions, teardown),
         cmocka_unit_test_setup_teardown(t_session_cancel, setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_stale_token_busy, setup_sessions, teardown),
     };
     sbx_conformance_opts opts;
     int failed = 0;
