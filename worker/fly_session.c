@@ -572,6 +572,8 @@ static void on_poll(sbx__fly_call *c, const sbx_http_res *res)
         (text = jstr(o, "stdout")) && (r = take_poll(s, text)) >= 0) {
         json_object_put(o);
         s->poll_errors = 0;
+        if (s->aborting)
+            return;               /* canceled from the output sink: the kill is on its way */
         if (r == 1) {
             srun_finish(s);
             return;
