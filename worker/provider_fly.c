@@ -65,6 +65,12 @@
  * Machines get auto_destroy so a lost worker leaves nothing billing after
  * its builds end; builds that never end are what sbx_fly_sweep() is for.
  *
+ * Sessions (provider.h): a job naming one runs in the session's long-lived
+ * machine through exec, not in a machine of its own; fly_session.c owns
+ * that and PAUSE/DESTROY. Here a session run is only a slot and a callback
+ * (sbx_run.sess); the sweep skips machines with sbx_session metadata, and
+ * destroy() leaves them for the session's next owner.
+ *
  * Not available on Fly and ignored: job->pids, job->disk_mb, and network=false
  * (Machines always have a network; the VM is the isolation boundary). Jobs run
  * under /bin/sh in /workspace, where job->files are written (config.files),
@@ -84,6 +90,7 @@
 #include "buf.h"
 #include "fly_api.h"
 #include "fly_logs.h"
+#include "fly_session.h"
 #include "http.h"
 #include "jobfiles.h"
 #include "log.h"
@@ -122,6 +129,11 @@
  * each one is followed by a GET that says what the machine is doing. */
 #define FLY_WAIT_ERRORS_MAX 5
 #define FLY_DEFAULT_LOGS_URL "https://api.fly.io"
+/* Fly's bucket counts from when our requests arrive, ours from when they
+ * leave: a request delayed on the way (a loaded host, a slow link) makes
+ * Fly's refill later than ours. This much behind it costs nothing and keeps
+ * a paced create from being the one answered 429. */
+#define FLY_PACE_MARGIN_MS 25
 #define FLY_WORKSPACE "/workspace"
 
 typedef struct fly_provider fly_provider;
@@ -183,6 +195,7 @@ struct sbx_run {
     sbx_run_cb cb;
     void *arg;
     sbx__fly_logs logs;           /* output: polled while it runs, drained in LOGS */
+    sbx__fly_srun *sess;          /* a session's run (fly_session.c), or NULL */
 };
 
 struct fly_sweep {
@@ -224,6 +237,7 @@ struct fly_provider {
     sbx_run *runs;
     size_t nruns;
     fly_sweep *sweeps;
+    sbx__fly_sessions sessions;   /* what session runs and PAUSE/DESTROY share */
 };
 
 /* ---- small helpers ---- */
@@ -371,6 +385,7 @@ static int wait_slice(long want, long left)
 }
 
 static void pace_remove(sbx_run *r);
+static void run_unlink(sbx_run *r);
 
 static void run_finish(sbx_run *r)
 {
@@ -409,14 +424,7 @@ static void run_finish(sbx_run *r)
         snprintf(res->error, sizeof(res->error), "%s", r->logs.error);
     sbx_info("fly", "run %s machine=%s outcome=%d exit=%d %s", r->job_id,
              r->id[0] ? r->id : "-", (int)res->outcome, res->exit_code, res->error);
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        f->runs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    f->nruns--;
-    f->slot_runs[r->slot] = NULL;
+    run_unlink(r);
     json_object_put(r->create);
     r->create = NULL;
     cb(arg, SBX_RUN_FINISHED, res);
@@ -519,7 +527,7 @@ static uint64_t pace_take(fly_provider *f)
         f->pace_tokens -= 1.0;
         return 0;
     }
-    return (uint64_t)((1.0 - f->pace_tokens) * 1000.0 / f->create_rate) + 1;
+    return (uint64_t)((1.0 - f->pace_tokens) * 1000.0 / f->create_rate) + FLY_PACE_MARGIN_MS;
 }
 
 static void step_create_now(sbx_run *r);
@@ -1219,6 +1227,61 @@ fail:
     return NULL;
 }
 
+/* ---- session runs (fly_session.c) ---- */
+
+static void run_unlink(sbx_run *r)
+{
+    fly_provider *f = r->f;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        f->runs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    f->nruns--;
+    f->slot_runs[r->slot] = NULL;
+}
+
+static void run_link(sbx_run *r, size_t slot)
+{
+    fly_provider *f = r->f;
+    r->slot = slot;
+    r->next = f->runs;
+    if (f->runs)
+        f->runs->prev = r;
+    f->runs = r;
+    f->nruns++;
+    f->slot_runs[slot] = r;
+}
+
+static void on_sess_event(void *owner, sbx_run_event ev, sbx_result *res)
+{
+    sbx_run *r = owner;
+    sbx_run_cb cb = r->cb;
+    void *arg = r->arg;
+
+    if (ev == SBX_RUN_STARTED) {
+        cb(arg, ev, res);
+        return;
+    }
+    run_unlink(r);                /* the session run frees itself after this */
+    free(r);
+    cb(arg, ev, res);
+}
+
+static int sess_start(fly_provider *f, sbx_run *r, const sbx_run_req *req, const char *image,
+                      int cpus, int mem, size_t slot, char *err, size_t errlen)
+{
+    int rc;
+
+    snprintf(r->job_id, sizeof(r->job_id), "%s", req->job->job_id);
+    rc = sbx__fly_srun_start(&f->sessions, req, image, cpus, mem, on_sess_event, r, &r->sess,
+                             err, errlen);
+    if (rc == 0)
+        run_link(r, slot);
+    return rc;
+}
+
 /* ---- the provider ops ---- */
 
 static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
@@ -1269,6 +1332,14 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
     r->cb = cb;
     r->arg = arg;
     r->token = req->token;
+    if (req->session) {
+        rc = sess_start(f, r, req, image, cpus, mem, slot, err, errlen);
+        if (rc == 0)
+            *out = r;
+        else
+            free(r);
+        return rc;
+    }
     r->timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     snprintf(r->job_id, sizeof(r->job_id), "%s", job->job_id);
     r->slot = slot;
@@ -1310,7 +1381,24 @@ out:
 static void fly_cancel(sbx_provider *p, sbx_run *r)
 {
     (void)p;
-    run_abort(r, SBX_OUTCOME_CANCELED);
+    if (r->sess)
+        sbx__fly_srun_abort(r->sess, SBX_OUTCOME_CANCELED);
+    else
+        run_abort(r, SBX_OUTCOME_CANCELED);
+}
+
+static int fly_session_op(sbx_provider *p, sbx_session_op op, const char *slot,
+                          const char *session, int64_t token, sbx_session_cb cb, void *arg)
+{
+    fly_provider *f = (fly_provider *)p;
+    size_t i = 0;
+
+    (void)token;                  /* fly_session.c, "Fencing" */
+    while (i < f->nslots && strcmp(f->slot_ids[i], slot) != 0)
+        i++;
+    if (i == f->nslots)
+        return -ENOENT;
+    return sbx__fly_sop_start(&f->sessions, op, session, cb, arg);
 }
 
 static size_t fly_slots(sbx_provider *p, const char ***ids)
@@ -1383,6 +1471,12 @@ static void fly_destroy(sbx_provider *p)
     while (f->runs) {
         sbx_run *r = f->runs;
         f->runs = r->next;
+        if (r->sess) {
+            /* the session's machine stays for its next owner (provider.h) */
+            sbx__fly_srun_free(r->sess);
+            free(r);
+            continue;
+        }
         if (r->id[0] && ids)
             memcpy(ids[n++], r->id, sizeof(r->id));
         sbx__fly_call_free(&r->call);
@@ -1394,6 +1488,7 @@ static void fly_destroy(sbx_provider *p)
     }
     if (p->loop)
         sbx_timer_stop(p->loop, &f->pace_t);
+    sbx__fly_sessions_close(&f->sessions);
     while (f->sweeps) {
         fly_sweep *s = f->sweeps;
         f->sweeps = s->next;
@@ -1426,6 +1521,7 @@ static const sbx_provider_ops fly_ops = {
     .slots = fly_slots,
     .pool = fly_pool,
     .sweep = fly_sweep_op,
+    .session_op = fly_session_op,
     .destroy = fly_destroy,
 };
 
@@ -1518,6 +1614,9 @@ static void on_sweep_list(sbx__fly_call *c, const sbx_http_res *res)
             strcmp(st, "destroying") == 0)
             continue;
         if (known_machine(s->f, id, jobj(jobj(m, "config"), "metadata")))
+            continue;
+        /* a session's machine outlives every run; only DESTROY ends it */
+        if (jstr(jobj(jobj(m, "config"), "metadata"), "sbx_session"))
             continue;
         snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
     }
@@ -1733,6 +1832,14 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
                            dflt(cfg->backoff_base_ms, 200), dflt(cfg->backoff_max_ms, 10000));
     if (rc)
         goto out;
+    f->sessions.api = &f->api;
+    f->sessions.loop = loop;
+    f->sessions.app = f->app;
+    f->sessions.cpu_kind = f->cpu_kind;
+    f->sessions.poll_ms = f->logs_poll_ms;
+    f->sessions.stop_grace_s = f->stop_grace_s;
+    f->sessions.boot_timeout_s = f->boot_timeout_s;
+    f->sessions.settle_ms = f->settle_ms;
     sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s creates=%d/s burst %d",
              f->api.url, f->app, cfg->regions && *cfg->regions ? cfg->regions : "(fly picks)",
              f->nslots, f->logs_url ? f->logs_url : "off", f->create_rate, f->create_burst);

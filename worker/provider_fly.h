@@ -17,6 +17,10 @@
  * apps/{app}/logs?instance=<machine id>&next_token=..., what `flyctl logs`
  * polls), while the machine runs and to the end after it stopped; it feeds
  * the live-output sink and the result's log tail. See provider_fly.c.
+ *
+ * Sessions (provider.h): one long-lived machine per session, named after it,
+ * found by metadata sbx_session by any worker; jobs run in it through exec;
+ * PAUSE suspends it, DESTROY deletes it. See fly_session.c.
  */
 #ifndef SBX_PROVIDER_FLY_H
 #define SBX_PROVIDER_FLY_H

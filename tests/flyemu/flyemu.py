@@ -11,10 +11,12 @@ machine_types.go); where the docs are silent it says so next to the code.
 What it owns:
   - The documented routes under /v1/apps/{app}/machines: list (metadata.k=v,
     region and include_deleted filters), create, get, update, wait, start,
-    stop, delete (?force=true), lease (create/get/release), events, exec.
+    stop, suspend, delete (?force=true), lease (create/get/release), events,
+    exec (with stdin).
   - The machine life cycle with small real delays:
         created -> starting -> started -> stopping -> stopped
                 -> destroying -> destroyed        (+ failed, replacing)
+        started -> suspending -> suspended -> (start) starting -> started
     `started` means a real process is running: config.init (exec, or
     entrypoint + cmd) runs in a bubblewrap sandbox with no network, a
     read-only /usr, a private /tmp, config.files written where they ask
@@ -41,7 +43,13 @@ What it does not do (and says so):
     the raw output is also at GET /_emu/machines/{id}/logs (text/plain, the
     last --max-log-bytes; ?tail=N for fewer). Both need the bearer token.
   - guest limits are validated but not enforced on the process; there is no
-    6PN network, no services, volumes, checks or suspend.
+    6PN network, no services, volumes or checks.
+  - suspend (fly.io/docs/reference/suspend-resume) freezes every process of
+    the machine with SIGSTOP and start thaws them with SIGCONT after
+    resume_ms: memory and the root filesystem are kept, as a Firecracker
+    snapshot keeps them. stop discards that (the processes die; the next
+    start boots a fresh root filesystem, as Fly's ephemeral rootfs is reset
+    on every start: fly.io/docs/volumes/overview, docs/apps/restart).
 
 Control endpoints (emulator extensions, no auth, for tests):
   GET/POST /_emu/faults  knobs (Emulator.apply_faults): fail_creates +
@@ -51,7 +59,8 @@ Control endpoints (emulator extensions, no auth, for tests):
                          capacity + capacity_status, launch_fails,
                          fail_boots, wait_errors + wait_error_status,
                          list_delay_ms, new_404_ms, log_delay_ms, log_page,
-                         monitor_exit, delay_ms, throttle, rate limits
+                         monitor_exit, delay_ms, throttle, rate limits,
+                         suspend_ms, resume_ms
   POST /_emu/replace/{id}, /_emu/migrate/{id}
                          Fly replaces / migrates the machine: the running
                          version ends, a new instance runs the config again
@@ -104,7 +113,10 @@ SIGNALS = {
 WAIT_STATES = ("started", "stopped", "suspended", "destroyed")
 # States in which a machine holds a process or is about to; DELETE without
 # force refuses them (documented as 409 "not currently stopped").
-LIVE_STATES = ("starting", "started", "stopping", "replacing")
+LIVE_STATES = ("starting", "started", "stopping", "replacing", "suspending", "suspended")
+# fly.io/docs/reference/suspend-resume, "Requirements": a machine can be
+# suspended with at most 2 GB of memory, no swap and no schedule.
+SUSPEND_MAX_MEMORY_MB = 2048
 RESTART_POLICIES = ("no", "always", "on-failure")
 # Fly's default on-failure retry count is not in the docs; 10 is what flyd
 # is commonly observed to use.
@@ -114,6 +126,7 @@ REQUEST_LOG_MAX = 5000
 # Log entries kept per app (Fly keeps logs for a while, not forever).
 LOG_ENTRIES_MAX = 200000
 MACHINES_MAX = 5000
+EXEC_READY_S = 3
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ADJ = ("aged", "bold", "calm", "dry", "empty", "fancy", "green", "lively", "misty", "quiet")
 NOUN = ("wind", "river", "field", "leaf", "sun", "moon", "stone", "wave", "snow", "fire")
@@ -316,6 +329,10 @@ class Emulator:
             "get_rate": a.get_rate, "get_burst": a.get_burst,
             "create_rate": a.create_rate, "create_burst": a.create_burst,
             "boot_ms": [a.boot_min_ms, a.boot_max_ms],
+            # suspend-resume: "Resume from suspend: a few hundred ms"; how long
+            # taking the snapshot lasts is not documented (a choice)
+            "suspend_ms": [a.suspend_min_ms, a.suspend_max_ms],
+            "resume_ms": [a.resume_min_ms, a.resume_max_ms],
         }
 
     def apply_faults(self, body):
@@ -335,8 +352,9 @@ class Emulator:
         if "rate_limit" in body:
             f["rate_limit"] = bool(body["rate_limit"])
             self.buckets.clear()
-        if "boot_ms" in body:
-            f["boot_ms"] = [int(body["boot_ms"][0]), int(body["boot_ms"][1])]
+        for k in ("boot_ms", "suspend_ms", "resume_ms"):
+            if k in body:
+                f[k] = [int(body[k][0]), int(body[k][1])]
         if "throttle" in body:
             t = body["throttle"]
             f["throttle"][t["action"]] = {"count": int(t.get("count", 1)),
@@ -917,7 +935,16 @@ class Emulator:
         if m.state in ("destroying", "destroyed"):
             raise ApiError(404, "machine not found")
         self.check_lease(m, headers)
-        if m.state in ("created", "stopped", "failed", "suspended"):
+        if m.state == "suspended":
+            # suspend-resume: "the next start will resume the Machine from the
+            # snapshot taken"
+            self.event(m, "start", "requested", "user")
+            m.gen += 1
+            self.set_state(m, "starting")
+            lo, hi = self.faults["resume_ms"]
+            self.sched.call_later(random.uniform(lo, hi) / 1000.0, self.resumed, m, m.gen)
+            return 200, {"previous_state": "suspended", "migrated": False, "new_host": ""}
+        if m.state in ("created", "stopped", "failed"):
             prev = m.state
             self.event(m, "start", "requested", "user")
             m.restart_count = 0
@@ -925,6 +952,76 @@ class Emulator:
             return 200, {"previous_state": prev, "migrated": False, "new_host": ""}
         raise ApiError(412, "failed_precondition: unable to start machine from current state: %r"
                        % m.state)
+
+    def machine_pids(self, m):
+        """Every process of the machine: those in its pid namespace (its init,
+        the build, whatever exec started)."""
+        if m.init_pid is None:
+            return []
+        try:
+            ns = os.readlink("/proc/%d/ns/pid" % m.init_pid)
+        except OSError:
+            return []
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if os.readlink("/proc/%s/ns/pid" % d) == ns:
+                        out.append(int(d))
+                except OSError:
+                    pass
+        return out
+
+    def freeze(self, m, sig):
+        # twice: a process may fork while the first pass runs
+        for _ in range(2):
+            for pid in self.machine_pids(m):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    def suspend(self, m, headers):
+        """POST .../suspend (suspend-resume, "Machines API"): started ->
+        suspending -> suspended, the whole VM state kept."""
+        if m.state in ("destroying", "destroyed"):
+            raise ApiError(404, "machine not found")
+        self.check_lease(m, headers)
+        if m.state != "started" or m.proc is None:
+            # the status and text are a choice: not documented
+            raise ApiError(412, "failed_precondition: unable to suspend machine from current "
+                           "state: %r" % m.state)
+        guest = m.config.get("guest") or {}
+        why = None
+        if int(guest.get("memory_mb", 256)) > SUSPEND_MAX_MEMORY_MB:
+            why = "memory_mb %s is more than %d" % (guest.get("memory_mb"), SUSPEND_MAX_MEMORY_MB)
+        elif (m.config.get("init") or {}).get("swap_size_mb"):
+            why = "swap is configured"
+        elif m.config.get("schedule"):
+            why = "the machine has a schedule"
+        if why:
+            raise ApiError(412, "failed_precondition: machine cannot be suspended: %s" % why)
+        self.event(m, "suspend", "requested", "user")
+        m.gen += 1
+        self.set_state(m, "suspending")
+        self.freeze(m, signal.SIGSTOP)
+        lo, hi = self.faults["suspend_ms"]
+        self.sched.call_later(random.uniform(lo, hi) / 1000.0, self.suspended, m, m.gen)
+        return 200, {"ok": True}
+
+    def suspended(self, m, gen):
+        with self.cv:
+            if m.gen == gen and m.state == "suspending":
+                self.event(m, "suspend", "suspended", "flyd")
+                self.set_state(m, "suspended")
+
+    def resumed(self, m, gen):
+        with self.cv:
+            if m.gen != gen or m.state != "starting":
+                return
+            self.freeze(m, signal.SIGCONT)
+            self.event(m, "start", "started", "flyd")
+            self.set_state(m, "started")
 
     def stop(self, m, body, headers):
         if m.state in ("destroying", "destroyed"):
@@ -943,7 +1040,14 @@ class Emulator:
         if m.state == "replacing":
             raise ApiError(412, "failed_precondition: machine is currently being replaced")
         self.event(m, "stop", "requested", "user")
-        if m.state == "starting":
+        if m.state in ("suspending", "suspended") or (m.state == "starting" and m.proc is not None):
+            # suspend-resume: stop then start is a cold start, the snapshot
+            # is discarded; the frozen processes die
+            m.gen += 1
+            m.stop_requested = True
+            self.set_state(m, "stopping")
+            self.signal(m, signal.SIGKILL)
+        elif m.state == "starting":
             m.gen += 1                      # the pending boot never happens
             self.set_state(m, "stopping")
             self.set_state(m, "stopped")
@@ -1082,16 +1186,37 @@ def run_exec(emu, m, body):
     cmd = body.get("command") or ([] if not body.get("cmd") else ["/bin/sh", "-c", body["cmd"]])
     if not cmd or not all(isinstance(x, str) for x in cmd):
         raise ApiError(400, "command is required")
+    # OpenAPI MachineExecRequest (docs.machines.dev): stdin is one string, not
+    # a stream; no env and no working directory. The timeout's range is not
+    # documented: the emulator takes 1..60 s, the cap every other long request
+    # has behind Fly's proxy (a choice).
+    stdin = body.get("stdin")
+    if stdin is not None and not isinstance(stdin, str):
+        raise ApiError(400, "invalid stdin: must be a string")
     timeout = int(body.get("timeout") or 30)
+    if not 1 <= timeout <= 60:
+        raise ApiError(400, "invalid timeout %d: must be between 1 and 60 seconds" % timeout)
+    # Emulator detail, not Fly's: `started` is set when the sandbox is spawned,
+    # a moment before its pid is known and its root is mounted; an exec in that
+    # moment waits for it (at most READY_S) rather than failing.
+    ready_by = time.monotonic() + EXEC_READY_S
     with emu.cv:
+        while m.state == "started" and m.init_pid is None and time.monotonic() < ready_by:
+            emu.cv.wait(0.05)
         if m.state != "started" or m.init_pid is None:
             raise ApiError(412, "failed_precondition: machine is not started")
         pid = m.init_pid
-    try:
-        p = subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--"] + cmd,
-                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ApiError(408, "deadline_exceeded: exec timed out")
+    while True:
+        try:
+            p = subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--"]
+                               + cmd, capture_output=True, timeout=timeout,
+                               input=stdin.encode() if stdin is not None else b"")
+        except subprocess.TimeoutExpired:
+            raise ApiError(408, "deadline_exceeded: exec timed out")
+        if not (p.returncode in (126, 127) and p.stderr.startswith(b"nsenter:")
+                and time.monotonic() < ready_by):
+            break
+        time.sleep(0.05)
     out = {"exit_code": p.returncode if p.returncode >= 0 else 128 - p.returncode,
            "stdout": p.stdout.decode(errors="replace"), "stderr": p.stderr.decode(errors="replace")}
     if p.returncode < 0:
@@ -1101,7 +1226,8 @@ def run_exec(emu, m, body):
 
 MACHINES_RE = re.compile(r"^/v1/apps/([^/]+)/machines$")
 MACHINE_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)$")
-ACTION_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)/(wait|start|stop|lease|events|exec)$")
+ACTION_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)/"
+                       r"(wait|start|stop|suspend|lease|events|exec)$")
 LOGS_RE = re.compile(r"^/_emu/machines/([^/]+)/logs$")
 FAIL_RE = re.compile(r"^/_emu/fail/([^/]+)$")
 MOVE_RE = re.compile(r"^/_emu/(replace|migrate)/([^/]+)$")
@@ -1219,7 +1345,7 @@ class Handler(BaseHTTPRequestHandler):
         if sub:
             action = sub
             allowed = {"wait": "GET", "events": "GET", "start": "POST", "stop": "POST",
-                       "exec": "POST"}.get(sub)
+                       "suspend": "POST", "exec": "POST"}.get(sub)
             if allowed and method != allowed:
                 raise ApiError(405, "method not allowed")
         else:
@@ -1244,6 +1370,8 @@ class Handler(BaseHTTPRequestHandler):
                 res = emu.start(mach, headers)
             elif action == "stop":
                 res = emu.stop(mach, body, headers)
+            elif action == "suspend":
+                res = emu.suspend(mach, headers)
             elif action == "delete":
                 res = emu.delete(mach, query, headers)
             elif action == "update":
@@ -1325,6 +1453,11 @@ def main(argv=None):
     ap.add_argument("--boot-min-ms", type=int, default=100)
     ap.add_argument("--boot-max-ms", type=int, default=300)
     ap.add_argument("--destroy-ms", type=int, default=100, help="destroying -> destroyed")
+    ap.add_argument("--suspend-min-ms", type=int, default=100)
+    ap.add_argument("--suspend-max-ms", type=int, default=300)
+    ap.add_argument("--resume-min-ms", type=int, default=200,
+                    help="suspended -> started (Fly: 'a few hundred ms')")
+    ap.add_argument("--resume-max-ms", type=int, default=400)
     ap.add_argument("--destroyed-grace-ms", type=int, default=2000,
                     help="how long a destroyed machine is still returned by GET")
     ap.add_argument("--retain-s", type=int, default=600, help="forget destroyed machines after")

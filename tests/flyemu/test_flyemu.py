@@ -546,3 +546,63 @@ def test_shared_cpus_stop_at_8(emu):
     st, _, _ = emu.api("POST", "", {"config": {"image": "x", "init": {"cmd": ["true"]}, "guest": {
         "cpu_kind": "performance", "cpus": 16, "memory_mb": 32768}}})
     assert st == 200
+
+
+def test_suspend_keeps_processes_and_files_stop_discards(emu):
+    """suspend-resume: suspend keeps memory and the running processes; start
+    resumes them; stop then start is a cold start on a fresh root fs."""
+    m = emu.create(["/bin/sh", "-c", "sleep 600"])
+    assert emu.wait(m, "started")[0] == 200
+    mid = m["id"]
+    def exec_(cmd, **kw):
+        return emu.api("POST", "/%s/exec" % mid, dict({"command": ["/bin/sh", "-c", cmd]}, **kw))
+    st, body, _ = exec_("cat > /tmp/f; (sleep 500 >/dev/null 2>&1 &) ; echo ok", stdin="kept\n")
+    assert st == 200 and body["stdout"] == "ok\n", body
+    assert emu.until(lambda: emu.api("POST", "/%s/suspend" % mid)[0] == 200)
+    assert emu.wait(m, "suspended")[0] == 200
+    assert exec_("true")[0] == 412                  # not started: nothing to exec in
+    t0 = time.monotonic()
+    st, body, _ = emu.api("POST", "/%s/start" % mid)
+    assert st == 200 and body["previous_state"] == "suspended"
+    assert emu.wait(m, "started")[0] == 200
+    assert time.monotonic() - t0 < 3
+    st, body, _ = emu.until(lambda: (lambda r: r if r[0] == 200 else None)(
+        exec_("cat /tmp/f; pgrep -x sleep | wc -l")))
+    assert body["stdout"].split() == ["kept", "2"], body
+    # stop discards the snapshot; the next start boots afresh
+    assert emu.until(lambda: emu.api("POST", "/%s/suspend" % mid)[0] == 200)
+    assert emu.wait(m, "suspended")[0] == 200
+    assert emu.until(lambda: emu.api("POST", "/%s/stop" % mid, {})[0] == 200)
+    m2 = emu.api("GET", "/%s" % mid)[1]
+    assert emu.wait(m2, "stopped")[0] == 200
+    assert emu.until(lambda: emu.api("POST", "/%s/start" % mid)[0] == 200)
+    assert emu.wait(m, "started")[0] == 200
+    st, body, _ = emu.until(lambda: (lambda r: r if r[0] == 200 else None)(
+        exec_("cat /tmp/f 2>/dev/null; pgrep -x sleep | wc -l")))
+    assert body["stdout"].split() == ["1"], body
+    emu.api("DELETE", "/%s?force=true" % mid)
+
+
+def test_suspend_requirements_and_states(emu):
+    """suspend-resume "Requirements": at most 2 GB of memory, no swap."""
+    big = emu.create(["sleep", "600"], guest={"cpu_kind": "shared", "cpus": 2, "memory_mb": 4096})
+    assert emu.wait(big, "started")[0] == 200
+    st, body, _ = emu.api("POST", "/%s/suspend" % big["id"])
+    assert st == 412 and "cannot be suspended" in body["error"]
+    sw = emu.create(None, init={"cmd": ["sleep", "600"], "swap_size_mb": 512})
+    assert emu.wait(sw, "started")[0] == 200
+    assert emu.api("POST", "/%s/suspend" % sw["id"])[0] == 412
+    done = emu.create(["true"])
+    assert emu.wait(done, "stopped")[0] == 200
+    assert emu.until(lambda: emu.api("POST", "/%s/suspend" % done["id"])[0] == 412)
+    for x in (big, sw, done):
+        emu.api("DELETE", "/%s?force=true" % x["id"])
+
+
+def test_exec_checks_timeout_and_stdin(emu):
+    m = emu.create(["sleep", "600"])
+    assert emu.wait(m, "started")[0] == 200
+    assert emu.api("POST", "/%s/exec" % m["id"], {"command": ["true"], "timeout": 61})[0] == 400
+    assert emu.until(lambda: emu.api("POST", "/%s/exec" % m["id"],
+                                     {"command": ["true"], "stdin": 5})[0] == 400)
+    emu.api("DELETE", "/%s?force=true" % m["id"])

@@ -329,6 +329,17 @@ static int setup(void **state)
     return setup_with(state, &c);
 }
 
+/* Session jobs poll through exec, which Fly limits to 1 request/s per machine
+ * (burst 3): the provider's default 1 s poll, against the emulator's limit. */
+static int setup_sessions(void **state)
+{
+    sbx_fly_config c = fast_cfg();
+    c.logs_poll_ms = 1000;
+    /* every test starts without the session's machine */
+    emu_post("/_emu/reset", "{\"machines\": true}");
+    return setup_with(state, &c);
+}
+
 static int setup_short_waits(void **state)
 {
     sbx_fly_config c = fast_cfg();
@@ -1086,6 +1097,332 @@ static void t_create_to_running_latency(void **state)
     assert_true(lat[RUNS / 2] < 1000000);   /* the seed plan's p50 < 1 s */
 }
 
+
+/* ---- sessions (fly_session.c): one long-lived machine, jobs through exec ---- */
+
+#define SESSION "s-0123456789abcdef0123456789abcdef"
+
+static int sess_run(fenv *e, sbx_provider *p, const char *session, const char *script,
+                    int timeout_s, frun *r, sbx_kv *files, size_t nfiles)
+{
+    sbx_run_req req = {0};
+    char err[256] = "";
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    memset(&e->job, 0, sizeof(e->job));
+    snprintf(e->job.job_id, sizeof(e->job.job_id), "j_sess_%" PRId64, next_token);
+    snprintf(e->job.project_id, sizeof(e->job.project_id), "p_fly");
+    e->job.script = (char *)script;
+    e->job.timeout_s = timeout_s;
+    e->job.files = files;
+    e->job.nfiles = nfiles;
+    req.job = &e->job;
+    req.slot = e->slots[0];
+    req.token = next_token++;
+    req.attempt = 1;
+    req.output = on_output;
+    req.output_arg = r;
+    req.session = session;
+    r->t0_us = sbx_now_us();
+    rc = p->ops->start(p, &req, on_event, r, &r->run, err, sizeof(err));
+    if (rc)
+        fprintf(stderr, "start: %s\n", err);
+    return rc;
+}
+
+/* Runs one job of the session to its end; returns the outcome. */
+static sbx_outcome sess_job(fenv *e, sbx_provider *p, const char *script, int timeout_s,
+                            frun *r)
+{
+    assert_int_equal(sess_run(e, p, SESSION, script, timeout_s, r, NULL, 0), 0);
+    assert_true(drive_until(e, &r->finished, 60000));
+    assert_int_equal(r->started, 1);
+    assert_int_equal(r->after_finish, 0);
+    if (r->res.outcome != SBX_OUTCOME_SUCCEEDED)
+        print_message("    outcome %d: %s\n", (int)r->res.outcome, r->res.error);
+    return r->res.outcome;
+}
+
+typedef struct sop_res {
+    int done, rc;
+    char why[200];
+} sop_res;
+
+static void on_sop(void *arg, int rc, const char *why)
+{
+    sop_res *o = arg;
+    o->done = 1;
+    o->rc = rc;
+    snprintf(o->why, sizeof(o->why), "%s", why);
+}
+
+static int sess_op(fenv *e, sbx_session_op op)
+{
+    sop_res o = {0, 0, ""};
+    assert_int_equal(e->p->ops->session_op(e->p, op, e->slots[0], SESSION, next_token++,
+                                           on_sop, &o), 0);
+    assert_int_equal(o.done, 0);          /* never from inside the call */
+    assert_true(drive_until(e, &o.done, 90000));
+    if (o.rc)
+        print_message("    session_op %d: rc=%d %s\n", (int)op, o.rc, o.why);
+    return o.rc;
+}
+
+static const char *session_machine_state(void)
+{
+    static char st[32];
+    json_object *list = NULL, *v;
+    st[0] = '\0';
+    assert_int_equal(emu_call("GET", "/v1/apps/" APP "/machines?metadata.sbx_session=" SESSION,
+                              NULL, &list), 200);
+    for (size_t i = 0; i < json_object_array_length(list); i++)
+        if (json_object_object_get_ex(json_object_array_get_idx(list, i), "state", &v))
+            snprintf(st, sizeof(st), "%s", json_object_get_string(v));
+    json_object_put(list);
+    return st[0] ? st : "none";
+}
+
+/* Five jobs of one session share /workspace and its machine; job->files are
+ * written over the workspace; a process one job leaves in the background is
+ * still there for the next (the machine keeps running between jobs). */
+static void t_session_five_jobs_share_workspace(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    char inst[128];
+    sbx_kv file = {"sub/f.txt", "from files\n"};
+
+    assert_int_equal(sess_job(e, e->p, "echo one > /workspace/a; sleep 600 > /dev/null 2>&1 &"
+                                       " echo $! > bg.pid; echo first", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_non_null(strstr(r.out, "first"));
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
+    assert_true(inst[0]);
+    for (int i = 2; i <= 4; i++) {
+        if (i == 3) {
+            assert_int_equal(sess_run(e, e->p, SESSION, "cat sub/f.txt; echo $((2+1)) >> a", 30,
+                                      &r, &file, 1), 0);
+            assert_true(drive_until(e, &r.finished, 60000));
+            assert_non_null(strstr(r.out, "from files"));
+        } else {
+            assert_int_equal(sess_job(e, e->p, "echo x >> a; echo >&2 to-stderr", 30, &r),
+                             SBX_OUTCOME_SUCCEEDED);
+            assert_true(r.err_chunks > 0);
+        }
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+        assert_string_equal(r.res.instance, inst);
+    }
+    assert_int_equal(sess_job(e, e->p, "cat a; kill -0 $(cat bg.pid) && echo bg-alive; exit 3",
+                              30, &r),
+                     SBX_OUTCOME_FAILED);
+    assert_int_equal(r.res.exit_code, 3);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.out, "one\nx\n3\nx\n"));
+    assert_non_null(strstr(r.out, "bg-alive"));
+    assert_non_null(strstr(r.res.log_tail, "bg-alive"));
+    assert_string_equal(session_machine_state(), "started");
+    /* the sweep never removes a session's machine */
+    sweep_done = 0;
+    assert_int_equal(sbx_fly_sweep(e->p, NULL, on_sweep, NULL), 0);
+    assert_true(drive_until(e, &sweep_done, 30000));
+    assert_int_equal(swept, 0);
+    assert_string_equal(session_machine_state(), "started");
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+/* PAUSE suspends the machine; the next job resumes it (RESUMED, resume_ms),
+ * and what ran in the background survived with the workspace. */
+static void t_session_pause_then_resume(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    char inst[128];
+
+    assert_int_equal(sess_job(e, e->p, "echo kept > k; sleep 600 > /dev/null 2>&1 &"
+                                       " echo $! > bg.pid", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
+    assert_int_equal(sess_op(e, SBX_SESSION_PAUSE), 0);
+    assert_string_equal(session_machine_state(), "suspended");
+    assert_int_equal(sess_op(e, SBX_SESSION_PAUSE), 0);   /* already paused: done */
+    assert_int_equal(sess_job(e, e->p, "cat k; kill -0 $(cat bg.pid) && echo bg-alive", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_string_equal(r.res.instance, inst);
+    assert_non_null(strstr(r.out, "kept\nbg-alive"));
+    assert_true(r.res.resume_ms > 0 && r.res.resume_ms < 5000);
+    print_message("    fly session resume_ms=%d (emulated resume 200-400 ms: Fly's \"a few "
+                  "hundred ms\")\n", r.res.resume_ms);
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+/* DESTROY removes the machine and all in it; the next job gets a new one
+ * with an empty workspace; DESTROY with nothing there is done too. */
+static void t_session_destroy_then_new(void **state)
+{
+    fenv *e = *state;
+    frun r;
+    char inst[128];
+
+    assert_int_equal(sess_job(e, e->p, "echo gone > g", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+    assert_true(becomes_destroyed(inst));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+    assert_int_equal(sess_job(e, e->p, "test -f g && echo still-there || echo empty", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_not_equal(r.res.instance, inst);
+    assert_non_null(strstr(r.out, "empty"));
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+    assert_true(becomes_destroyed(inst));
+    assert_string_equal(session_machine_state(), "none");
+}
+
+/* Another worker (a second provider, as after a kill -9 of the first) finds
+ * the session's machine by its metadata and runs in it. */
+static void t_session_found_by_second_provider(void **state)
+{
+    fenv *e = *state;
+    sbx_fly_config c = fast_cfg();
+    sbx_provider *p2 = NULL;
+    char err[256] = "", inst[128];
+    frun r;
+
+    assert_int_equal(sess_job(e, e->p, "echo mine > m", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
+    c.worker_id = "w-fly-second";
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p2, err, sizeof(err)), 0);
+    assert_int_equal(sess_job(e, p2, "cat m", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(r.res.instance, inst);
+    assert_non_null(strstr(r.out, "mine"));
+    p2->ops->destroy(p2);           /* worker exit: the session's machine stays */
+    assert_string_equal(session_machine_state(), "started");
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+/* A job that outlives its timeout is killed with everything it started; the
+ * machine and workspace stay for the next job. */
+static void t_session_timeout_kills_job_keeps_machine(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    assert_int_equal(sess_job(e, e->p, "sleep 600 > /dev/null 2>&1 & echo $! > t.pid; sleep 600",
+                              2, &r),
+                     SBX_OUTCOME_TIMED_OUT);
+    assert_true(r.finished_us - r.t0_us < 20000000);
+    assert_int_equal(sess_job(e, e->p, "kill -0 $(cat t.pid) 2>/dev/null && echo alive ||"
+                                       " echo dead", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.out, "dead"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+/* Fly suspends machines of at most 2 GB (suspend-resume, "Requirements"):
+ * PAUSE of a bigger one is -ENOTSUP, and the machine keeps running. */
+static void t_session_pause_big_machine_not_supported(void **state)
+{
+    fenv *e = *state;
+    sbx_run_req req = {0};
+    char err[256] = "";
+    frun r;
+
+    memset(&r, 0, sizeof(r));
+    memset(&e->job, 0, sizeof(e->job));
+    snprintf(e->job.job_id, sizeof(e->job.job_id), "j_sess_big");
+    e->job.script = (char *)"true";
+    e->job.timeout_s = 30;
+    e->job.memory_mb = 4096;
+    req.job = &e->job;
+    req.slot = e->slots[0];
+    req.token = next_token++;
+    req.attempt = 1;
+    req.session = SESSION;
+    assert_int_equal(e->p->ops->start(e->p, &req, on_event, &r, &r.run, err, sizeof(err)), 0);
+    assert_true(drive_until(e, &r.finished, 60000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(sess_op(e, SBX_SESSION_PAUSE), -ENOTSUP);
+    assert_string_equal(session_machine_state(), "started");
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+
+/* The worker running a job dies (kill -9: its provider goes without a word);
+ * the session's next owner finds the machine, kills the abandoned job and
+ * everything it started before its own job runs, so nothing runs twice. */
+static void t_session_abandoned_job_killed_by_next_owner(void **state)
+{
+    fenv *e = *state;
+    sbx_fly_config c = fast_cfg();
+    sbx_provider *p1 = NULL;
+    char err[256] = "";
+    frun r1, r;
+
+    c.worker_id = "w-fly-dies";
+    c.logs_poll_ms = 1000;
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p1, err, sizeof(err)), 0);
+    assert_int_equal(sess_run(e, p1, SESSION, "sleep 600 > /dev/null 2>&1 & echo $! > a.pid;"
+                              " echo running > state; sleep 600", 600, &r1, NULL, 0), 0);
+    assert_true(drive_until(e, &r1.started, 30000));
+    p1->ops->destroy(p1);
+    assert_int_equal(sess_job(e, e->p, "cat state; kill -0 $(cat a.pid) 2>/dev/null &&"
+                                       " echo alive || echo dead", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.out, "running\ndead"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+/* cancel() of a session's job: CANCELED, never from inside cancel(), the
+ * job's processes gone, the machine kept. */
+static void t_session_cancel(void **state)
+{
+    fenv *e = *state;
+    frun r;
+
+    assert_int_equal(sess_run(e, e->p, SESSION, "echo $$ > c.pid; sleep 600", 600, &r, NULL, 0),
+                     0);
+    assert_true(drive_until(e, &r.started, 30000));
+    e->p->ops->cancel(e->p, r.run);
+    assert_int_equal(r.finished, 0);
+    assert_true(drive_until(e, &r.finished, 30000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_int_equal(sess_job(e, e->p, "kill -0 $(cat c.pid) 2>/dev/null && echo alive ||"
+                                       " echo dead", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.out, "dead"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
+
+/* Fencing: the session's machine remembers the newest lease token that
+ * started a job in it; an older one (a stale owner) gets BUSY, no job. */
+static void t_session_stale_token_busy(void **state)
+{
+    fenv *e = *state;
+    int64_t saved = next_token;
+    frun r;
+
+    assert_int_equal(sess_job(e, e->p, "echo new-owner > owner", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    next_token = 10;                  /* far older than any token used so far */
+    assert_int_equal(sess_run(e, e->p, SESSION, "echo stale > owner", 30, &r, NULL, 0), 0);
+    next_token = saved;
+    assert_true(drive_until(e, &r.finished, 60000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_BUSY);
+    assert_non_null(strstr(r.res.error, "newer lease"));
+    assert_int_equal(sess_job(e, e->p, "cat owner", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.out, "new-owner"));
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest fly_tests[] = {
@@ -1117,9 +1454,23 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_sizes_checked_against_presets, setup, teardown),
         cmocka_unit_test_setup_teardown(t_exit_under_monitor_event, setup, teardown),
         cmocka_unit_test_setup_teardown(t_live_output_from_logs_api, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_five_jobs_share_workspace, setup_sessions,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(t_session_pause_then_resume, setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_destroy_then_new, setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_found_by_second_provider, setup_sessions,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(t_session_timeout_kills_job_keeps_machine,
+                                        setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_pause_big_machine_not_supported,
+                                        setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_abandoned_job_killed_by_next_owner,
+                                        setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_cancel, setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_stale_token_busy, setup_sessions, teardown),
     };
     sbx_conformance_opts opts;
-    int failed;
+    int failed = 0;
 
     signal(SIGPIPE, SIG_IGN);
     if (emu_start() != 0)
@@ -1128,7 +1479,11 @@ int main(void)
     opts.host_procs = 1;   /* the emulator's sandboxes run on this host */
     opts.output_lossy = 1; /* the emulator keeps the last 200,000 lines per app */
     opts.image = IMAGE;
-    failed = sbx_conformance_run("fly_conformance", make_provider, &opts);
+    /* SBX_TEST_FILTER=t_session* runs the matching tests only (no conformance run) */
+    if (getenv("SBX_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("SBX_TEST_FILTER"));
+    else
+        failed = sbx_conformance_run("fly_conformance", make_provider, &opts);
     failed += cmocka_run_group_tests_name("fly", fly_tests, NULL, NULL);
     emu_stop();
     return failed ? 1 : 0;
