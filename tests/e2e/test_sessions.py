@@ -103,7 +103,7 @@ def test_background_process_outlives_its_job(s):
     """A process one job starts in the background is still running when the
     next job of the session runs (what a dev server needs)."""
     s.start()
-    _, r1 = run(s, "nohup sh -c 'while :; do date +%s%N > tick; sleep 0.2; done' "
+    _, r1 = run(s, "sh -c 'while :; do date +%s%N > tick; sleep 0.2; done' "
                    ">/dev/null 2>&1 & echo started")
     assert r1[0] == "succeeded", r1
     time.sleep(1.5)
@@ -119,7 +119,7 @@ def test_idle_session_pauses_then_ends(s):
     after the end begins the session again in a new sandbox."""
     s.start()
     t = dict(pause_after_s=2, idle_timeout_s=8)
-    _, r = run(s, "nohup sh -c 'while :; do date +%s%N > tick; sleep 0.2; done' "
+    _, r = run(s, "sh -c 'while :; do date +%s%N > tick; sleep 0.2; done' "
                   ">/dev/null 2>&1 & echo one > keep.txt", **t)
     assert r[0] == "succeeded", r
     wait_until(lambda: session(s)[0] == "paused", 20, "the idle session to pause")
@@ -153,8 +153,9 @@ def dev_server_job(h, **session):
             files = {"devserver.py": f.read()}
         start = "python3 devserver.py %d ." % PREVIEW_PORT
     script = ("echo hello-from-the-workspace > index.html; "
-              "nohup %s > dev.log 2>&1 & "
-              "for i in $(seq 50); do grep -q listening dev.log && break; sleep 0.1; done; "
+              "%s > dev.log 2>&1 & "
+              "for i in $(seq 50); do case $(cat dev.log) in *listening*) break;; esac; "
+              "sleep 0.1; done; "
               "cat dev.log" % start)
     session.setdefault("id", h.sid)
     session["preview_port"] = PREVIEW_PORT
