@@ -43,7 +43,7 @@ DEPS_STAMP := $(BUILD)/.deps-ok
 BINS       :=
 TEST_BINS  :=
 
-.PHONY: all deps test unit e2e run asan clean install check bench chaos
+.PHONY: all deps test unit e2e run asan clean install check bench bench-sessions chaos
 all: bins
 
 $(DEPS_STAMP): docker/install-deps.sh

@@ -39,5 +39,10 @@ e2e: bins $(DEVSERVER)
 
 test: bins unit schema-test e2e
 
+# Sessions' create-to-running per provider, cold / warm / reused / resumed
+# (tests/e2e/bench_sessions.py; a measurement, not part of test).
+bench-sessions: bins $(DEVSERVER)
+	SBX_BUILD=$(BUILD) $(PYTEST) -q -s -p no:cacheprovider tests/e2e/bench_sessions.py
+
 # Tests may look inside any module they test.
 $(BUILD)/obj/tests/%.o: CFLAGS += $(WORKER_INC) $(AGENT_INC) -Itests/bench
