@@ -1228,7 +1228,9 @@ static void on_pid_exit(sbx_io *io, int events)
     if (rc == 0)
         return; /* not yet */
     if (rc < 0) {
-        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
+        /* A killed session's uid sweep may reap a run's process first. */
+        sbx_log(s->session && s->killed ? SBX_LOG_DEBUG : SBX_LOG_WARN, "sandbox",
+                "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
         s->exit_code = -1;
     } else {
         s->exit_code = status;
@@ -1247,6 +1249,13 @@ static void on_pid_exit(sbx_io *io, int events)
                 snprintf(s->error, sizeof(s->error), "killed by its supervisor: the owner's "
                          "trust in its lease ran out");
         }
+    }
+    /* A session run canceled (or timed out) that exited by itself within its
+     * grace: what it left in the background is the job's too, and only the
+     * session's end is sure to take it. */
+    if (s->session && s->end_set && !s->killed) {
+        s->killed = 1;
+        session_kill_now(s->session);
     }
     sbx__netns_stop(s->ns); /* the NAT has nothing left to carry */
     sbx_io_stop(&s->pid_io);
