@@ -1227,10 +1227,12 @@ static void on_pid_exit(sbx_io *io, int events)
     rc = sbx_sandbox_try_reap(s->pidfd, &status, &killed);
     if (rc == 0)
         return; /* not yet */
-    if (rc < 0) {
-        /* A killed session's uid sweep may reap a run's process first. */
-        sbx_log(s->session && s->killed ? SBX_LOG_DEBUG : SBX_LOG_WARN, "sandbox",
-                "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
+    if (rc == -ECHILD && s->session && (s->killed || !sbx_sandbox_session_alive(s->session))) {
+        /* The killed session's uid sweep reaped our run's process first:
+         * it died with the session. */
+        s->exit_code = 128 + SIGKILL;
+    } else if (rc < 0) {
+        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
         s->exit_code = -1;
     } else {
         s->exit_code = status;

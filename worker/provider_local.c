@@ -191,6 +191,8 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     void *cb_arg = r->arg;
     sbx_result res;
 
+    if (!r->pid)
+        r->pid = (int)sbx_sandbox_pid(sb);
     memset(&res, 0, sizeof(res));
     res.exit_code = st->exit_code;
     if (r->canceled)
