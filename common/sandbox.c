@@ -105,6 +105,13 @@
  * waitid(P_PIDFD), so the worker must not reap children it did not spawn
  * (no SIGCHLD = SIG_IGN, no waitpid(-1)).
  *
+ * Sessions (sbx_sandbox_session_*, the last section): the same sandbox
+ * kept between runs. A holder (the above, its command waiting forever)
+ * owns it all; each run enters the holder's namespaces, cgroup and uid with
+ * the same seccomp filter and no capabilities, and ends when its command
+ * exits, leaving its background processes to the holder's pid 1. That
+ * section's comment says how and why.
+ *
  * Cost: each spawn and each end of a run scans /proc (a few hundred small
  * reads on a build host) in the loop; forks happen only to exec bwrap and
  * rm, and to sweep a uid that is not empty.

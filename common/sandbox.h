@@ -15,6 +15,8 @@
  * process of the sandbox's uid is left, and the workspace is removed. When
  * spawn returns an error, neither callback is called.
  *
+ * A sandbox may also be kept between runs: see "Sessions" below.
+ *
  * Memory: the sandbox is the caller's to free with sbx_sandbox_free(), which
  * may be called from inside on_exit (both callbacks run from timers, never
  * from an fd callback). Freeing a sandbox that has not finished kills it,

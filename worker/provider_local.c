@@ -424,6 +424,14 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
         snprintf(err, errlen, "job has neither command nor script");
         return -EINVAL;
     }
+    if (!req->session && p->sess[i]) {
+        /* A one-off on a slot a session left behind: that session has ended
+         * without DESTROY. Killed here, not by the spawn's uid sweep behind
+         * its back. */
+        sbx_info("local", "session sandbox dropped for a one-off slot=%s session=%s", p->ids[i],
+                 p->sess[i]->name);
+        session_drop(p->sess[i]);
+    }
     r = calloc(1, sizeof(*r));
     if (!r) {
         snprintf(err, errlen, "out of memory");

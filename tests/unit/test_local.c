@@ -1221,8 +1221,25 @@ static void t_session_destroy_then_new(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
     assert_non_null(strstr(r.res.log_tail, "fresh"));
     /* Another session on the slot replaces an ended one left there. */
-    run_s(&e, 0, SESS_B, "echo b", 60, &r);
+    snprintf(script, sizeof(script), "(%s >/dev/null 2>&1 &); echo b", m);
+    run_s(&e, 0, SESS_B, script, 60, &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_true(procs_become(m, 1));
+    /* And so does a one-off. */
+    {
+        sbx_job job;
+        char err[256] = "";
+        job_init(&job, "ls /workspace | wc -l", 60);
+        assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+        assert_true(wait_done(&e, &r, 30000));
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_string_equal(r.res.log_tail, "0\n");
+        assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+        session_ws(0, SESS_B, ws);
+        assert_int_not_equal(access(ws, F_OK), 0);
+    }
+    run_s(&e, 0, SESS_B, "echo b", 60, &r);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
     env_close(&e);
     /* destroy() took the session's sandbox with it. */
@@ -1423,6 +1440,7 @@ static void t_session_killed_owner(void **state)
         lenv e;
         lrun r;
         sbx_job job;
+        sop paused = {0};
         char err[256] = "", script[256];
         if (env_open(&e, NULL) != 0)
             _exit(1);
@@ -1436,10 +1454,11 @@ static void t_session_killed_owner(void **state)
             _exit(3);
         if (!procs_become(m2, 1) ||
             e.p->ops->session_op(e.p, SBX_SESSION_PAUSE, e.slots[1], SESS_B, 1, on_sop,
-                                 &(sop){0}) != 0)
+                                 &paused) != 0)
             _exit(4);
-        sbx_loop_once(e.loop, 10);
-        _exit(0 * (int)write(1, "", 0) + 100);
+        while (!paused.done)
+            sbx_loop_once(e.loop, 10);
+        _exit(paused.rc == 0 ? 100 : 5);
     }
     assert_int_equal(waitpid(owner, &status, 0), owner);
     assert_int_equal(WEXITSTATUS(status), 100);
