@@ -1074,7 +1074,7 @@ static void t_session_five_jobs(void **state)
     assert_int_equal(env_open(&e, NULL), 0);
     snprintf(script, sizeof(script),
              "echo one > first.txt; (%s >/dev/null 2>&1 & echo $! > bg.pid); "
-             "(while :; do echo tick; sleep 0.05; done &); echo started", m);
+             "(while :; do echo tick; sleep 0.05; done & echo $! > tick.pid); echo started", m);
     run_s(&e, 0, SESS_A, script, 60, &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
@@ -1096,6 +1096,11 @@ static void t_session_five_jobs(void **state)
         assert_non_null(strstr(r.res.log_tail, "one\nbg-alive\n"));
     }
     assert_non_null(strstr(r.res.log_tail, "bg-alive\n4\n"));
+    /* The ticker kept writing into the first job's output after it ended:
+     * still alive (drained, not SIGPIPEd), and none of it in later jobs. */
+    assert_null(strstr(r.res.log_tail, "tick"));
+    run_s(&e, 0, SESS_A, "kill -0 $(cat tick.pid) && echo ticker-alive", 60, &r);
+    assert_string_equal(r.res.log_tail, "ticker-alive\n");
     assert_true(procs_become(m, 1));
     /* Job files land over the workspace, replacing what is there. */
     {
