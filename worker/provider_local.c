@@ -105,6 +105,7 @@ typedef struct local_provider {
     int kill_grace_ms;
     struct sbx_run **busy;       /* per slot, NULL when free */
     struct local_session **sess; /* per slot, NULL when no session sandbox */
+    struct local_op *ops;        /* session_op answers not yet delivered */
 } local_provider;
 
 /* A session's sandbox on one slot. */
@@ -118,7 +119,8 @@ typedef struct local_session {
 
 /* One session_op, answered from the loop. */
 typedef struct local_op {
-    sbx_loop *loop;
+    local_provider *p;
+    struct local_op *next;       /* in p->ops once answered, until delivered */
     sbx_timer t;
     sbx_session_cb cb;
     void *arg;
@@ -255,22 +257,28 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
 
 static void op_fire(sbx_timer *t)
 {
-    local_op *op = t->data;
+    local_op *op = t->data, **pp;
     sbx_session_cb cb = op->cb;
     void *arg = op->arg;
     int rc = op->rc;
     char why[sizeof(op->why)];
 
+    for (pp = &op->p->ops; *pp != op; pp = &(*pp)->next)
+        ;
+    *pp = op->next;
     memcpy(why, op->why, sizeof(why));
     free(op);
     cb(arg, rc, why);
 }
 
+/* From the loop, never from inside session_op (provider.h). */
 static void op_answer(local_op *op, int rc, const char *why)
 {
     op->rc = rc;
     snprintf(op->why, sizeof(op->why), "%s", why);
-    sbx_timer_start(op->loop, &op->t, 0);
+    op->next = op->p->ops;
+    op->p->ops = op;
+    sbx_timer_start(op->p->base.loop, &op->t, 0);
 }
 
 /* Synchronous: what is left of it is killed, reaped and removed. */
@@ -360,7 +368,7 @@ static int local_session_op(sbx_provider *bp, sbx_session_op op, const char *slo
     o = calloc(1, sizeof(*o));
     if (!o)
         return -ENOMEM;
-    o->loop = p->base.loop;
+    o->p = p;
     o->cb = cb;
     o->arg = arg;
     sbx_timer_init(&o->t, op_fire, o);
@@ -582,6 +590,12 @@ static void local_destroy(sbx_provider *bp)
             ls->destroying = NULL;
         }
         session_drop(ls);
+    }
+    while (p->ops) {
+        local_op *op = p->ops;
+        p->ops = op->next;
+        sbx_timer_stop(p->base.loop, &op->t);
+        free(op);
     }
     sbx_info("local", "provider closed pool=%s killed=%d", p->pool, killed);
     free_provider(p);
