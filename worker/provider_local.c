@@ -311,7 +311,10 @@ static int session_for(local_provider *p, int i, const char *name, const sbx_san
     local_session *ls = p->sess[i];
     int rc;
 
-    if (strlen(name) > SBX_SESSION_NAME_MAX || !name[0] || strchr(name, '/')) {
+    /* The workspace's name, which a restarted worker's clean-up must know
+     * as ours (is_workspace_name), and the cgroup's. */
+    if (strlen(name) > SBX_SESSION_NAME_MAX || strncmp(name, "s-", 2) != 0 || !name[2] ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(name)) {
         snprintf(err, errlen, "session name %.64s: not a session sandbox name", name);
         return -EINVAL;
     }
