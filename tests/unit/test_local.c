@@ -1562,8 +1562,12 @@ static void t_sandbox_session_api(void **state)
     assert_int_equal(a.exit_code, 0);
     assert_string_equal(a.tail, "42\n");
     assert_false(sbx_sandbox_session_busy(ss));
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     assert_int_equal(sbx_sandbox_session_pause(ss), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     assert_true(sbx_sandbox_session_paused(ss));
+    print_message("    sandbox session pause: %.3f ms\n",
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     assert_int_equal(sbx_sandbox_session_resume(ss, &ms), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
