@@ -15,12 +15,16 @@
  * memory, cpu and pids in our cgroup (we enable them for our subtree; the
  * kernel refuses that while our own cgroup holds processes and is not the
  * root, and we then fall back); else v1, one directory per hierarchy
- * (memory is required, cpu and pids are used when mounted; controllers
+ * (memory is required, cpu, pids and freezer are used when mounted; controllers
  * co-mounted in one hierarchy share a directory). The probe runs once per
  * process and checks that we can create directories there: anything else
  * (not root, read-only cgroupfs) means "no cgroups", and the caller keeps
  * its rlimits. Under systemd (Delegate=yes) the unit's cgroup holds our own
  * process, so we first move into a leaf of it (move_to_leaf()).
+ *
+ * Pausing (a session's sandbox, sbx_cgroup_freeze): v2's cgroup.freeze, or
+ * v1's freezer hierarchy. A frozen v1 task takes SIGKILL only once thawed,
+ * so every removal thaws first, a crashed predecessor's leftovers too.
  *
  * Ending. The caller frees the cgroup only once the sandbox's processes are
  * gone (its uid sweep), so rmdir normally succeeds at once; whatever is
@@ -56,8 +60,11 @@
 /* Control files we read (memory.events, oom_control...): a few lines. */
 #define CG_SMALL_READ 1024
 
-enum { CG_MEM, CG_CPU, CG_PIDS, CG_N };
-static const char *const ctl_names[CG_N] = {"memory", "cpu", "pids"};
+enum { CG_MEM, CG_CPU, CG_PIDS, CG_FRZ, CG_N };
+static const char *const ctl_names[CG_N] = {"memory", "cpu", "pids", "freezer"};
+/* How long freezing may take: the kernel stops each task at its next
+ * return to user space, normally within a few ms. */
+#define CG_FREEZE_MS 2000
 
 /* The probe's answer: our own cgroup's directory per controller. */
 static struct {
@@ -71,6 +78,7 @@ struct sbx_cgroup {
     char dir[CG_N][PATH_MAX];
     int ctl[CG_N];          /* which controller dir[i] is for (v1); CG_MEM for v2 */
     int procs[CG_N];        /* dir[i]/cgroup.procs, open for the child's join */
+    int frozen;             /* sbx_cgroup_freeze(cg, 1) last */
 };
 
 /* ---- files ---- */
@@ -296,6 +304,10 @@ static int remove_dir(const char *dir)
 
     if ((size_t)snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= sizeof(path))
         return -ENAMETOOLONG;
+    /* A frozen task takes SIGKILL only once thawed (v1): a paused session's,
+     * or a crashed predecessor's. Neither file exists elsewhere. */
+    put(dir, "freezer.state", "THAWED");
+    put(dir, "cgroup.freeze", "0");
     for (;;) {
         FILE *f;
         int pid;
@@ -478,6 +490,8 @@ int sbx_cgroup_free(sbx_cgroup *cg)
 
     if (!cg)
         return 0;
+    if (cg->frozen)
+        sbx_cgroup_freeze(cg, 0);
     for (int i = 0; i < cg->ndirs; i++) {
         if (cg->procs[i] >= 0)
             close(cg->procs[i]);
@@ -497,6 +511,77 @@ int sbx_cgroup_free(sbx_cgroup *cg)
     return rc;
 }
 
+/* v2: cgroup.freeze, and "frozen 1" in cgroup.events once done; v1:
+ * freezer.state reads FREEZING until every task is stopped. */
+static int freeze_done(const sbx_cgroup *cg, int i, int frozen)
+{
+    char buf[CG_SMALL_READ];
+    if (g.version == 2)
+        return get(cg->dir[i], "cgroup.events", buf, sizeof(buf)) == 0 &&
+               keyed(buf, "frozen") == (uint64_t)frozen;
+    return get(cg->dir[i], "freezer.state", buf, sizeof(buf)) == 0 &&
+           strncmp(buf, frozen ? "FROZEN" : "THAWED", 6) == 0;
+}
+
+int sbx_cgroup_freeze(sbx_cgroup *cg, int frozen)
+{
+    int i = -1, waited = 0, rc;
+
+    if (!cg)
+        return -ENOTSUP;
+    for (int j = 0; j < cg->ndirs; j++)
+        if (g.version == 2 || cg->ctl[j] == CG_FRZ)
+            i = j;
+    if (i < 0)
+        return -ENOTSUP;
+    rc = g.version == 2 ? put(cg->dir[i], "cgroup.freeze", frozen ? "1" : "0")
+                        : put(cg->dir[i], "freezer.state", frozen ? "FROZEN" : "THAWED");
+    if (rc)
+        return rc == -ENOENT ? -ENOTSUP : rc;
+    cg->frozen = frozen;
+    while (!freeze_done(cg, i, frozen)) {
+        if (waited >= CG_FREEZE_MS)
+            return -ETIMEDOUT;
+        /* v1: a write of FROZEN again retries tasks that were busy. */
+        if (frozen && g.version == 1)
+            put(cg->dir[i], "freezer.state", "FROZEN");
+        sleep_ms(1);
+        waited += 1;
+    }
+    return 0;
+}
+
+void sbx_cgroup_thaw_of(pid_t pid)
+{
+    char path[64], line[CG_LINE_MAX], dir[PATH_MAX];
+    int i = g.version == 2 ? CG_MEM : CG_FRZ;
+    FILE *f;
+
+    if (!sbx_cgroup_mode() || !g.base[i][0])
+        return;
+    snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+    f = fopen(path, "re");
+    if (!f)
+        return;
+    while (fgets(line, sizeof(line), f)) {
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL, *sbx;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        if (g.version == 2 ? c1[1] != '\0' : !has_token(c1 + 1, "freezer", ','))
+            continue;
+        c2[1 + strcspn(c2 + 1, "\n")] = '\0';
+        /* Ours live at <our base>/sbx/...: the same base as a predecessor's
+         * when we run where it ran; anything else is left alone. */
+        sbx = strstr(c2 + 1, "/sbx/");
+        if (sbx && (size_t)snprintf(dir, sizeof(dir), "%s%s", g.base[i], sbx) < sizeof(dir))
+            put(dir, g.version == 2 ? "cgroup.freeze" : "freezer.state",
+                g.version == 2 ? "0" : "THAWED");
+        break;
+    }
+    fclose(f);
+}
+
 void sbx_cgroup_sweep(const char *group)
 {
     char gdir[PATH_MAX], d[PATH_MAX];
@@ -504,7 +589,9 @@ void sbx_cgroup_sweep(const char *group)
 
     if (!sbx_cgroup_mode() || !group[0] || strchr(group, '/'))
         return;
-    for (int i = 0; i < CG_N; i++) {
+    /* The freezer hierarchy first: its remove_dir thaws what a frozen
+     * leftover holds, so the others' SIGKILLs take. */
+    for (int i = CG_N - 1; i >= 0; i--) {
         DIR *dir;
         struct dirent *de;
         if (!g.base[i][0] ||
