@@ -1917,10 +1917,14 @@ static void on_found(void *arg, const sbx_http_res *res)
 static void on_network(void *arg, const sbx_http_res *res)
 {
     sbx_run *r = arg;
+    char msg[256];
     r->step = NULL;
-    /* 409: it is there already (an earlier run, another worker). */
-    if (res->code != SBX_HTTP_OK || (res->status >= 300 && res->status != 409)) {
-        fail_engine(r, "create the preview network " PREVIEW_NET, res);
+    /* It is there already (an earlier run, another worker): dockerd says
+     * 409, Podman 4.3 500 "network already exists". */
+    engine_error(msg, sizeof(msg), "create the preview network " PREVIEW_NET, res);
+    if (res->code != SBX_HTTP_OK ||
+        (res->status >= 300 && res->status != 409 && !strstr(msg, "already exists"))) {
+        run_fail(r, "%s", msg);
         run_remove(r);
         return;
     }
