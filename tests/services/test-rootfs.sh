@@ -24,7 +24,7 @@ ROOTFS=${1:?usage: test-rootfs.sh DIR}
 mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp"
 chmod 1777 "$ROOTFS/tmp"
 # The files themselves, not shell builtins: argv jobs exec "echo" directly.
-for tool in sh echo printf true false cat cp sleep id ls head tail yes dd wc tr seq mkdir touch env date grep; do
+for tool in sh echo printf true false cat cp sleep id ls head tail yes dd wc tr seq mkdir touch env date grep nohup; do
     path=
     for dir in /usr/bin /bin; do
         if [ -x "$dir/$tool" ]; then path=$dir/$tool; break; fi
