@@ -191,9 +191,11 @@
  * predecessor's); a renamed one is a session's. destroy() deletes the
  * pool. A failed step drops that container; the sweep (every minute)
  * fills the pool again. A missing default image is not pulled for it.
- * Measured (test_docker_session, start() to STARTED, median of 3):
- * Podman 4.3 cold 106-129 ms, warm 18-37 ms; dockerd 20.10 cold 104 ms,
- * warm 32 ms.
+ * Measured, start() to STARTED (test_docker_session, medians of 3 over
+ * five runs each, ASan included): Podman 4.3 cold 79-135 ms, warm 18-37
+ * ms; dockerd 20.10 cold 90-104 ms, warm 16-32 ms. Through the whole
+ * worker (test_sessions.py, provisioning to running): Podman cold 127 ms,
+ * warm 19 ms; dockerd cold 159 ms, warm 26 ms.
  *
  * The log stream is Docker's multiplexed format (Tty false), read by
  * docker_logs.c. Only the last SBX_LOG_TAIL_MAX bytes are kept for the
