@@ -1300,6 +1300,12 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     emu = None
 
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            pass                  # the client went away (a worker that exited)
+
     def log_message(self, fmt, *args):
         if self.emu.args.verbose:
             sys.stderr.write("flyemu: %s\n" % (fmt % args))
