@@ -74,6 +74,8 @@ def serve(c, port, root):
                     body = ("devserver %d saw %s\n" % (port, path)).encode()
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                           b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                if hdrs.get("connection", "").lower() == "close":
+                    return        # HTTP/1.1: the client reads to the end
         except (EOFError, OSError):
             return
 
