@@ -577,8 +577,9 @@ class Emulator:
             "link add %s type veth peer name eth0 netns %d\n"
             "addr add %s/%d dev %s nodad\n"
             "link set %s up\n" % (m.host_if, pid, host_ip, NET_PREFIX, m.host_if, m.host_if))
-        inner = ("addr add %s/%d dev eth0 nodad\nlink set eth0 up\nlink set lo up\n"
-                 % (m.private_ip, NET_PREFIX))
+        # lo is bwrap's: it brings it up itself, racing this, and fails if the
+        # kernel's 127.0.0.1 (added when lo goes up) is there first
+        inner = "addr add %s/%d dev eth0 nodad\nlink set eth0 up\n" % (m.private_ip, NET_PREFIX)
         try:
             p1 = subprocess.run(["ip", "-force", "-batch", "-"], input=cmds.encode(),
                                 capture_output=True, timeout=10)
