@@ -55,11 +55,12 @@
  * exec); the sweeper runs them under its own lease.
  *
  * Previews (provider.h, "previews"). A machine's dev server is reached at
- * its 6PN address, private_ip in the API (fly.io/docs/networking/private-
+ * its 6PN address, private_ip in the API (fly.io/docs/reference/private-
  * networking: every machine has one, and the org's WireGuard peers reach
- * any port an app listens on, bound to ::); the worker sits on that network
- * as a peer, so its preview proxy dials private_ip:preview_port and the
- * browser still needs the preview's token. No Fly proxy service is
+ * it; docs/getting-started/app-services, "A note on IPv4 and IPv6
+ * wildcards": an app listens on fly-local-6pn or [::]); the worker sits on
+ * that network as a peer, so its preview proxy dials private_ip:
+ * preview_port and the browser still needs the preview's token. No Fly proxy service is
  * configured: a public port would be one without our token in front. The
  * address is read from the list or the create reply on every run, so a
  * worker that takes a session over opens its preview again; the proxy's
@@ -188,6 +189,8 @@ struct sbx__fly_srun {
     char id[SBX_FLY_ID_MAX + 1];
     char ip[SBX_FLY_IP_MAX + 1];  /* the machine's private_ip, "" until known */
     int preview_port;             /* the job's session.preview_port, 0: none */
+    int machine_port;             /* the machine's sbx_preview_port metadata, 0: none */
+    sbx__fly_call meta_call;      /* records preview_port on the machine */
     char image[256];              /* what the job asks for: does a warm machine fit? */
     int cpus, mem_mb;
     json_object *create;          /* the create body, if the session has no machine */
@@ -448,11 +451,14 @@ json_object *sbx__fly_idle_machine(const sbx__fly_sessions *S, const char *name,
 static json_object *build_create(const sbx__fly_sessions *S, const sbx_run_req *req,
                                  const char *image, int cpus, int mem)
 {
-    char tok[24];
+    char tok[24], port[16];
     const char *meta[] = {"sbx_session", req->session, "sbx_slot", req->slot,
-                          "sbx_token", tok, "sbx_job", req->job->job_id};
+                          "sbx_token", tok, "sbx_job", req->job->job_id,
+                          "sbx_preview_port", port};
     snprintf(tok, sizeof(tok), "%lld", (long long)req->token);
-    return sbx__fly_idle_machine(S, req->session, image, cpus, mem, meta, 4);
+    snprintf(port, sizeof(port), "%d", req->job->session_preview_port);
+    return sbx__fly_idle_machine(S, req->session, image, cpus, mem, meta,
+                                 req->job->session_preview_port > 0 ? 5 : 4);
 }
 
 /* ---- previews ---- */
@@ -497,6 +503,28 @@ static int pv_dial(void *arg, char *err, size_t errlen)
     return fd;
 }
 
+static void on_port_recorded(sbx__fly_call *c, const sbx_http_res *res)
+{
+    sbx__fly_srun *s = c->owner;
+    char why[200];
+    if (res->code == SBX_HTTP_OK && (res->status == 200 || res->status == 204))
+        return;
+    sbx__fly_api_error(res, why, sizeof(why));
+    sbx_warn("fly", "session %s: recording preview port on machine %s: %s", s->name, s->id, why);
+}
+
+/* The machine remembers its dev server's port (metadata sbx_preview_port),
+ * so a worker that takes the session over opens its preview again even
+ * when its job names no port. Off the run's path: a run does not wait. */
+static void record_port(sbx__fly_srun *s)
+{
+    char body[48];
+    snprintf(body, sizeof(body), "{\"value\":\"%d\"}", s->preview_port);
+    sbx__fly_call_start(&s->meta_call, "POST", strdup(body), SBX_FLY_CALL_TIMEOUT_MS,
+                        SBX_FLY_RETRY_5XX, on_port_recorded,
+                        "/apps/%s/machines/%s/metadata/sbx_preview_port", s->S->app, s->id);
+}
+
 /* Opens (again: sbx_preview_open keeps its port) the session's preview when
  * the job names a port or an earlier run did, and puts the URL in the
  * result. A preview that cannot open is logged; the run goes on. */
@@ -526,6 +554,8 @@ static void srun_preview(sbx__fly_srun *s)
     }
     if (sbx_preview_open(pp, s->name, pv_dial, v, s->res.preview_url, err, sizeof(err)) != 0)
         sbx_warn("fly", "session %s: preview: %s", s->name, err);
+    if (s->preview_port > 0 && s->preview_port != s->machine_port)
+        record_port(s);
 }
 
 static void pv_close(sbx__fly_sessions *S, const char *name)
@@ -540,6 +570,16 @@ static void pv_close(sbx__fly_sessions *S, const char *name)
         *pp = v->next;
         free(v);
     }
+}
+
+/* The preview port the machine recorded; the job's own port wins. */
+static void take_port(sbx__fly_srun *s, json_object *m)
+{
+    const char *p = jstr(jobj(jobj(m, "config"), "metadata"), "sbx_preview_port");
+    int n = p ? atoi(p) : 0;
+    s->machine_port = n > 0 && n < 65536 ? n : 0;
+    if (s->preview_port <= 0)
+        s->preview_port = s->machine_port;
 }
 
 /* The machine's private_ip from a machine object, if it has one that fits. */
@@ -591,6 +631,7 @@ void sbx__fly_srun_free(sbx__fly_srun *s)
     if (!s)
         return;
     sbx__fly_call_free(&s->call);
+    sbx__fly_call_free(&s->meta_call);
     sbx_timer_stop(s->S->loop, &s->deadline_t);
     sbx_timer_stop(s->S->loop, &s->defer_t);
     json_object_put(s->create);
@@ -921,6 +962,7 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
         snprintf(s->id, sizeof(s->id), "%s", id);
         snprintf(s->res.instance, sizeof(s->res.instance), "%s", id);
         s->res.sandbox = SBX_SANDBOX_NEW;
+        s->machine_port = s->preview_port;
         take_ip(s, m);
         json_object_put(m);
         sbx_info("fly", "session %s: created machine %s", s->name, s->id);
@@ -1065,6 +1107,7 @@ static void on_find(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     take_ip(s, m);
+    take_port(s, m);
     snprintf(s->id, sizeof(s->id), "%s", id);
     snprintf(s->res.instance, sizeof(s->res.instance), "%s", id);
     if (strcmp(st, "started") == 0) {
@@ -1188,6 +1231,7 @@ int sbx__fly_srun_start(sbx__fly_sessions *S, const sbx_run_req *req, const char
         return rc;
     }
     sbx__fly_call_init(&s->call, S->api, s);
+    sbx__fly_call_init(&s->meta_call, S->api, s);
     sbx_timer_init(&s->deadline_t, srun_deadline, s);
     sbx_timer_init(&s->defer_t, srun_defer_fire, s);
     s->boot_deadline_ms = sbx_now_ms() + (uint64_t)S->boot_timeout_s * 1000u;

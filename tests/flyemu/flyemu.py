@@ -12,13 +12,14 @@ What it owns:
   - The documented routes under /v1/apps/{app}/machines: list (metadata.k=v,
     region and include_deleted filters), create, get, update, wait, start,
     stop, suspend, delete (?force=true), lease (create/get/release), events,
-    exec (with stdin).
+    exec (with stdin), metadata (get, set and delete a key).
   - The machine life cycle with small real delays:
         created -> starting -> started -> stopping -> stopped
                 -> destroying -> destroyed        (+ failed, replacing)
         started -> suspending -> suspended -> (start) starting -> started
     `started` means a real process is running: config.init (exec, or
-    entrypoint + cmd) runs in a bubblewrap sandbox with no network, a
+    entrypoint + cmd) runs in a bubblewrap sandbox whose only network is
+    its 6PN address (private_ip, reachable from this host: Emulator.net_up), a
     read-only /usr, a private /tmp, config.files written where they ask
     (raw_value only) and the machine's env. Its exit is recorded
     as an `exit` event, in the shape the real API uses:
@@ -42,8 +43,9 @@ What it does not do (and says so):
     visible --log-delay-ms after they were written. As an EMULATOR EXTENSION
     the raw output is also at GET /_emu/machines/{id}/logs (text/plain, the
     last --max-log-bytes; ?tail=N for fewer). Both need the bearer token.
-  - guest limits are validated but not enforced on the process; there is no
-    6PN network, no services, volumes or checks.
+  - guest limits are validated but not enforced on the process; 6PN is one
+    veth per machine to this host only (no machine-to-machine traffic, no
+    .internal DNS); no services, volumes or checks.
   - suspend (fly.io/docs/reference/suspend-resume) freezes every process of
     the machine with SIGSTOP and start thaws them with SIGCONT after
     resume_ms: memory and the root filesystem are kept, as a Firecracker
@@ -274,7 +276,7 @@ class Machine:
         self.config = config
         self.state = "created"
         self.instance_id = ulid()
-        # 6PN: a ULA per machine inside the org's fdaa::/16 (fly.io/docs/networking/
+        # 6PN: a ULA per machine inside the org's fdaa::/16 (fly.io/docs/reference/
         # private-networking); the emulator's org is one random group, so two
         # emulators on a host do not share addresses.
         self.private_ip = "fdaa:0:%x:a7b:%x:%x:%x:2" % ((ORG,) + tuple(
@@ -558,7 +560,7 @@ class Emulator:
                          daemon=True).start()
 
     def net_up(self, m, pid):
-        """The machine's 6PN address (fly.io/docs/networking/private-networking:
+        """The machine's 6PN address (fly.io/docs/reference/private-networking:
         every machine has a private IPv6 address, reachable by the org's other
         machines and its WireGuard peers on any port the app listens on, as
         `private_ip` in the API). Here: a veth pair from the host into the

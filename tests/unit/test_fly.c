@@ -1469,11 +1469,11 @@ static int browse(fenv *e, const char *url, const char *text)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static sbx_previews *previews_on(fenv *e)
+static sbx_previews *previews_on(fenv *e, sbx_provider *p, int off)
 {
     sbx_previews_cfg cfg = {0};
     sbx_previews *ps = NULL;
-    int base = 22000 + (int)(getpid() % 1000) * 10;
+    int base = 22000 + (int)(getpid() % 1000) * 20 + off;
     char err[256] = "";
 
     cfg.loop = e->loop;
@@ -1482,7 +1482,7 @@ static sbx_previews *previews_on(fenv *e)
     cfg.port_max = base + 9;
     cfg.secret = "fly-test-secret";
     assert_int_equal(sbx_previews_new(&cfg, &ps, err, sizeof(err)), 0);
-    e->p->previews = ps;
+    p->previews = ps;
     return ps;
 }
 
@@ -1499,13 +1499,17 @@ static int url_answers(const char *url)
  * 6PN address) and the dev server's port; a real client needs the URL's
  * token (401 without), gets the page and a WebSocket echo; after PAUSE, a
  * job that resumes the machine (naming no port) still has the preview, and
- * it answers again; DESTROY closes it. */
+ * it answers again; another worker that takes the session over with a job
+ * naming no port opens it too (the machine recorded the port); DESTROY
+ * closes it. */
 static void t_session_preview_through_proxy(void **state)
 {
     fenv *e = *state;
-    sbx_previews *ps = previews_on(e);
+    sbx_previews *ps = previews_on(e, e->p, 0), *ps2;
     sbx_kv file = {"devserver.py", NULL};
-    char url[SBX_PREVIEW_URL_MAX];
+    sbx_fly_config c = fast_cfg();
+    sbx_provider *p2 = NULL;
+    char url[SBX_PREVIEW_URL_MAX], url1[SBX_PREVIEW_URL_MAX], err[256] = "";
     frun r;
 
     file.value = slurp(DEVSERVER_PY);
@@ -1530,12 +1534,26 @@ static void t_session_preview_through_proxy(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
     assert_string_equal(r.res.preview_url, url);
     assert_int_equal(browse(e, url, "hello-from-the-machine"), 0);
-    print_message("    fly preview %s: HTTP and WebSocket through private_ip, before and after "
-                  "a pause (resume_ms=%d)\n", strtok(url, "?"), r.res.resume_ms);
+    snprintf(url1, sizeof(url1), "%s", url);
+    print_message("    fly preview %.*s: HTTP and WebSocket through private_ip, before and "
+                  "after a pause (resume_ms=%d)\n", (int)strcspn(url, "?"), url,
+                  r.res.resume_ms);
+
+    c.worker_id = "w-fly-second";
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p2, err, sizeof(err)), 0);
+    ps2 = previews_on(e, p2, 10);
+    assert_int_equal(sess_job(e, p2, "echo taken-over", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.res.preview_url, "?sbx_token="));
+    assert_string_not_equal(r.res.preview_url, url);      /* its own proxy's port */
+    snprintf(url, sizeof(url), "%s", r.res.preview_url);
+    assert_int_equal(browse(e, url, "hello-from-the-machine"), 0);
+    p2->ops->destroy(p2);
+    sbx_previews_free(ps2);
 
     assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
     sbx_loop_once(e->loop, 0);
-    assert_false(url_answers(r.res.preview_url));
+    assert_false(url_answers(url1));
     free((char *)file.value);
     e->p->previews = NULL;
     sbx_previews_free(ps);
