@@ -1178,6 +1178,11 @@ void sbx__fly_srun_abort(sbx__fly_srun *s, sbx_outcome why)
     case S_LAUNCH:
     case S_KILL:
         return;                   /* the launch's reply says whether there is a job to kill */
+    case S_ADOPT:
+        /* the warm machine may or may not be the session's yet: the pool
+         * destroys it (the session's next run then reports NEW) */
+        sbx__fly_warm_done(s->S->warm, s->id, 0);
+        /* fall through */
     default:
         /* nothing of the job runs yet; a create or start in flight is the
          * session's, harmless to let finish */

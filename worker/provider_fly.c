@@ -72,7 +72,11 @@
  * destroy() leaves them for the session's next owner. Previews and the warm
  * pool (ops->warm, fly_warm.c) are fly_session.c's too; here the sweep
  * passes over this pool's warm machines (metadata sbx_warm = its tag) and
- * destroys an earlier process's, and destroy() reaps the pool's.
+ * destroys an earlier process's, and destroy() reaps the pool's. One-off
+ * jobs take no warm machine: each runs as its machine's main process
+ * (config.init, auto_destroy, output from the logs API), and turning a warm
+ * machine's idle init into that is an update, which restarts it: a cold
+ * boot, nothing gained.
  *
  * Not available on Fly and ignored: job->pids, job->disk_mb, and network=false
  * (Machines always have a network; the VM is the isolation boundary). Jobs run
