@@ -565,6 +565,11 @@ static json_object *run_json(sbx_server *s, const sbx_run_view *v)
         json_object_object_add(o, "preview_url", NULL);
     }
     json_object_object_add(o, "error", v->error[0] ? json_object_new_string(v->error) : NULL);
+    if (v->session[0]) {
+        json_object_object_add(o, "session", json_object_new_string(v->session));
+        json_object_object_add(o, "sandbox", json_object_new_string(sbx_runs_sandbox_name(v->sandbox)));
+        json_object_object_add(o, "resume_ms", json_object_new_int(v->resume_ms));
+    }
     return o;
 }
 
@@ -732,7 +737,8 @@ static int fence_ok(sbx_server *s, req *q, struct MHD_Connection *c, int64_t tok
 
 static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
 {
-    json_object *body, *slot, *job, *o;
+    json_object *body, *slot, *job, *o, *session = NULL;
+    sbx_run_view v;
     char err[512], run_id[SBX_RUN_ID_MAX];
     const char *job_txt;
     int64_t token = 0, attempt = 1, newest = 0;
@@ -753,6 +759,14 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
         return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid",
                            "need slot (string), token (integer), job (object), attempt (integer)");
     }
+    if (json_object_object_get_ex(body, "session", &session) &&
+        (!json_object_is_type(session, json_type_string) ||
+         !sbx_runs_session_ok(json_object_get_string(session),
+                              (size_t)json_object_get_string_len(session)))) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid",
+                           "session: a sandbox name of [a-z0-9-], at most 34 characters");
+    }
     /* A slot name is compared as a C string: one with a NUL inside
      * ("a\u0000b") would name another slot. */
     if (strlen(json_object_get_string(slot)) != (size_t)json_object_get_string_len(slot)) {
@@ -770,6 +784,7 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
     w.attempt = attempt > 0 && attempt < INT_MAX ? (int)attempt : 1;
     w.job = job_txt;
     w.job_len = job_txt ? strlen(job_txt) : 0;
+    w.session = session ? json_object_get_string(session) : NULL;
     run_id[0] = '\0';
     st = sbx_runs_wake(s->runs, &w, run_id, &newest, err, sizeof(err));
     json_object_put(body);
@@ -782,6 +797,10 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
             return MHD_NO;
         json_object_object_add(o, "run_id", json_object_new_string(run_id));
         json_object_object_add(o, "existing", json_object_new_boolean(st == SBX_WAKE_EXISTING));
+        if (sbx_runs_view(s->runs, run_id, &v) == 0 && v.session[0]) {
+            json_object_object_add(o, "sandbox", json_object_new_string(sbx_runs_sandbox_name(v.sandbox)));
+            json_object_object_add(o, "resume_ms", json_object_new_int(v.resume_ms));
+        }
         return reply_json(c, MHD_HTTP_OK, o);
     case SBX_WAKE_STALE:
     case SBX_WAKE_BUSY:
@@ -840,6 +859,65 @@ static enum MHD_Result h_cancel(sbx_server *s, req *q, struct MHD_Connection *c,
         break;
     }
     return reply_run(s, c, id);
+}
+
+/* POST /sessions/{name}/pause|destroy {"slot","token"}: fenced like a
+ * wake (stale, future tokens). */
+static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c, const char *name,
+                                 sbx_sop op)
+{
+    json_object *body, *slot, *o;
+    char err[512], slot_id[256];
+    int64_t token = 0, newest = 0;
+    enum MHD_Result ret;
+    sbx_sop_status st;
+
+    if (q->too_big)
+        return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "request body too large");
+    body = parse_body(q, err, sizeof(err));
+    if (!body)
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", err);
+    if (!json_object_object_get_ex(body, "slot", &slot) || !json_object_is_type(slot, json_type_string) ||
+        get_int64(body, "token", &token) != 0 ||
+        strlen(json_object_get_string(slot)) != (size_t)json_object_get_string_len(slot) ||
+        (size_t)json_object_get_string_len(slot) >= sizeof(slot_id)) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "need slot (string), token (integer)");
+    }
+    snprintf(slot_id, sizeof(slot_id), "%s", json_object_get_string(slot));
+    json_object_put(body);
+    if (!fence_ok(s, q, c, token, &ret))
+        return ret;
+    st = sbx_runs_session_op(s->runs, op, slot_id, name, token, &newest, err, sizeof(err));
+    switch (st) {
+    case SBX_SOP_DONE:
+    case SBX_SOP_ABSENT:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "session", json_object_new_string(name));
+        json_object_object_add(o, "slot", json_object_new_string(slot_id));
+        json_object_object_add(o, "state", json_object_new_string(
+                                               st == SBX_SOP_ABSENT ? "absent"
+                                               : op == SBX_SOP_PAUSE ? "paused" : "destroyed"));
+        return reply_json(c, MHD_HTTP_OK, o);
+    case SBX_SOP_STALE:
+    case SBX_SOP_BUSY:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "error", json_object_new_string(st == SBX_SOP_STALE ? "stale_token" : "busy"));
+        json_object_object_add(o, "message", json_object_new_string(err));
+        json_object_object_add(o, "newest_token", json_object_new_int64(newest));
+        return reply_json(c, MHD_HTTP_CONFLICT, o);
+    case SBX_SOP_NO_SLOT:
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_slot", err);
+    case SBX_SOP_UNSUPPORTED:
+        return reply_error(c, MHD_HTTP_NOT_IMPLEMENTED, "not_supported", err);
+    case SBX_SOP_FAILED:
+        break;
+    }
+    return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", err);
 }
 
 static enum MHD_Result h_run(sbx_server *s, req *q, struct MHD_Connection *c, const char *id)
@@ -1098,6 +1176,21 @@ static enum MHD_Result route(sbx_server *s, req *q, struct MHD_Connection *c, co
         return get ? h_metrics(s, c) : method_not_allowed(c, "GET, HEAD");
     if (!strcmp(url, "/wake"))
         return post ? h_wake(s, q, c) : method_not_allowed(c, "POST");
+    if (!strncmp(url, "/sessions/", 10)) {
+        char name[SBX_RUNS_SESSION_MAX + 1];
+        p = url + 10;
+        slash = strchr(p, '/');
+        n = slash ? (size_t)(slash - p) : strlen(p);
+        if (!slash || n > SBX_RUNS_SESSION_MAX || !sbx_runs_session_ok(p, n))
+            return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
+        memcpy(name, p, n);
+        name[n] = '\0';
+        if (strcmp(slash, "/pause") && strcmp(slash, "/destroy"))
+            return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
+        if (!post)
+            return method_not_allowed(c, "POST");
+        return h_session(s, q, c, name, slash[1] == 'p' ? SBX_SOP_PAUSE : SBX_SOP_DESTROY);
+    }
     if (!strncmp(url, "/runs/", 6) || !strncmp(url, "/preview/", 9)) {
         int preview = url[1] == 'p';
         p = url + (preview ? 9 : 6);
