@@ -1680,3 +1680,31 @@ char *sbx_sandbox_resolve_exe(const char *name)
     }
     return NULL;
 }
+
+/* ---- sessions (stubs until the implementation lands) ---- */
+
+int sbx_sandbox_session_new(sbx_loop *loop, const sbx_sandbox_spec *spec,
+                            sbx_sandbox_session_cb on_end, void *arg,
+                            sbx_sandbox_session **out, char *err, size_t errlen)
+{
+    (void)loop, (void)spec, (void)on_end, (void)arg, (void)out;
+    snprintf(err, errlen, "sessions: not implemented yet");
+    return -ENOSYS;
+}
+
+int sbx_sandbox_session_alive(const sbx_sandbox_session *ss) { (void)ss; return 0; }
+int sbx_sandbox_session_busy(const sbx_sandbox_session *ss) { (void)ss; return 0; }
+int sbx_sandbox_session_pause(sbx_sandbox_session *ss) { (void)ss; return -ENOSYS; }
+int sbx_sandbox_session_paused(const sbx_sandbox_session *ss) { (void)ss; return 0; }
+
+int sbx_sandbox_session_resume(sbx_sandbox_session *ss, int *resume_ms)
+{
+    (void)ss;
+    if (resume_ms)
+        *resume_ms = 0;
+    return -ENOSYS;
+}
+
+void sbx_sandbox_session_kill(sbx_sandbox_session *ss) { (void)ss; }
+void sbx_sandbox_session_free(sbx_sandbox_session *ss) { (void)ss; }
+const char *sbx_sandbox_session_workspace(const sbx_sandbox_session *ss) { (void)ss; return ""; }

@@ -36,6 +36,7 @@
 #define SBX_SANDBOX_TAIL_MAX SBX_LOG_TAIL_MAX
 
 typedef struct sbx_sandbox sbx_sandbox;
+typedef struct sbx_sandbox_session sbx_sandbox_session;
 
 /* Live output: stream 1 is stdout, 2 stderr; data is raw, as read. Called
  * from the loop (an fd callback), after spawn returned and before on_exit. */
@@ -73,6 +74,11 @@ typedef struct sbx_sandbox_spec {
                                      the tail is kept; else two pipes, each read
                                      handed over as it comes */
     void *output_arg;
+    sbx_sandbox_session *session; /* NULL: a one-off sandbox, as above. Else
+                                     the command runs inside that session (see
+                                     "Sessions" below): only argv, script, env,
+                                     files, cpu_s, timeout_s, kill_grace_ms and
+                                     output are read; the rest is the session's */
 } sbx_sandbox_spec;
 
 typedef enum sbx_sandbox_end {
@@ -127,6 +133,69 @@ pid_t sbx_sandbox_pid(const sbx_sandbox *s);
 int sbx_sandbox_trust(sbx_sandbox *s, uint64_t until_ms);
 const char *sbx_sandbox_workspace(const sbx_sandbox *s);
 void sbx_sandbox_free(sbx_sandbox *s);
+
+/* ---- Sessions ----
+ *
+ * A session sandbox is kept between runs: its workspace (and disk_total
+ * tmpfs), uid, cgroup (limits), namespaces (network included) and the
+ * processes a run leaves in the background (a dev server), so a later run
+ * sees them alive. A holder process (bwrap whose command waits forever) owns
+ * it; each run enters the holder's namespaces and cgroup, with the same
+ * seccomp filter, uid and rlimits:
+ *
+ *   sbx_sandbox_session_new(spec)            the holder; workspace created
+ *   spec.session = ss; sbx_sandbox_spawn()   one run at a time, as often as
+ *                                            wanted: on_start -> on_exit
+ *   sbx_sandbox_session_pause() / _resume()  freeze / thaw its cgroup
+ *   sbx_sandbox_session_kill() -> on_end     everything killed and removed
+ *   sbx_sandbox_session_free()
+ *
+ * A run in a session: job files are written over the workspace (replacing
+ * files of the same name); on_exit fires once the command itself has exited
+ * (plus a short drain of its output: background processes may keep the pipe
+ * open, and their later output is read and dropped, never left to block or
+ * SIGPIPE them); no uid sweep before or after it. Timeout and cancel (after
+ * kill_grace_ms) kill the whole session: on_end follows, and the caller's
+ * next run needs a new session. Spawn returns -EBUSY while the session has
+ * a run, -ESRCH when the session is dead or dying, and resumes a paused
+ * session first (call _resume() yourself to learn how long that took).
+ * A spawn right after _new() is fine: the command waits until the holder is
+ * up (network set up included); if the holder dies first, the run ends with
+ * ran = 0.
+ *
+ * on_end(arg, ss) fires exactly once, from the loop, when the session died
+ * (killed, its holder lost, or its supervisor fired) and everything is gone:
+ * processes, uid, cgroup, workspace. A run still going then has had its
+ * on_exit before. The caller frees ss (may do so inside on_end).
+ */
+typedef void (*sbx_sandbox_session_cb)(void *arg, sbx_sandbox_session *ss);
+
+/* Reads every field of spec but argv, script, env, files, cpu_s,
+ * timeout_s, output and session. Errors as sbx_sandbox_spawn(). */
+int sbx_sandbox_session_new(sbx_loop *loop, const sbx_sandbox_spec *spec,
+                            sbx_sandbox_session_cb on_end, void *arg,
+                            sbx_sandbox_session **out, char *err, size_t errlen);
+/* 1 while the session can take a run (starting, running, idle or paused);
+ * 0 once it is dying or dead. */
+int sbx_sandbox_session_alive(const sbx_sandbox_session *ss);
+/* 1 when it has a run (spawned and not yet on_exit'ed). */
+int sbx_sandbox_session_busy(const sbx_sandbox_session *ss);
+/* Freezes every process of the session (cgroup freezer: v1 freezer.state,
+ * v2 cgroup.freeze), synchronously. 0 (also when already paused), -EBUSY
+ * while a run is going, -ENOTSUP without a freezer, -ESRCH when dead. */
+int sbx_sandbox_session_pause(sbx_sandbox_session *ss);
+int sbx_sandbox_session_paused(const sbx_sandbox_session *ss);
+/* Thaws it, synchronously; *resume_ms (may be NULL) is how long that took,
+ * 0 when it was not paused. 0 or a negative errno. */
+int sbx_sandbox_session_resume(sbx_sandbox_session *ss, int *resume_ms);
+/* Kills everything of the session (a run going ends first, CANCELED);
+ * cleanup runs from the loop and on_end follows. No-op when dying. */
+void sbx_sandbox_session_kill(sbx_sandbox_session *ss);
+/* Kills, reaps and removes synchronously what is left, without callbacks;
+ * a run still going must have been freed first. NULL is fine. */
+void sbx_sandbox_session_free(sbx_sandbox_session *ss);
+/* The workspace on the host (what /workspace is inside). */
+const char *sbx_sandbox_session_workspace(const sbx_sandbox_session *ss);
 
 /* Host chores, synchronous, for startup and shutdown. */
 /* SIGKILLs every process of uid (the caller must be root; uid must be one
