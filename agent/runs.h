@@ -107,6 +107,9 @@ void sbx_runs_free(sbx_runs *r);
 size_t sbx_runs_capacity(const sbx_runs *r);
 const char *sbx_runs_slot_id(const sbx_runs *r, size_t i);
 int sbx_runs_slot_busy(const sbx_runs *r, size_t i);
+/* Slot i's session sandbox: 1 and its name and state ("idle", "running",
+ * "paused", "dying"), or 0 when it has none. */
+int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const char **state);
 size_t sbx_runs_active(const sbx_runs *r);
 /* Ids of the running builds into ids (at most max), returns the count. */
 size_t sbx_runs_running_ids(const sbx_runs *r, const char **ids, size_t max);

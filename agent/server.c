@@ -609,7 +609,7 @@ static int authorized(const sbx_server *s, struct MHD_Connection *c)
 
 static enum MHD_Result h_health(sbx_server *s, struct MHD_Connection *c)
 {
-    json_object *o = json_object_new_object(), *running, *slots;
+    json_object *o = json_object_new_object(), *running, *slots, *sessions;
     const char *ids[SBX_AGENT_CAPACITY_MAX];
     size_t n, cap = sbx_runs_capacity(s->runs);
 
@@ -629,6 +629,18 @@ static enum MHD_Result h_health(sbx_server *s, struct MHD_Connection *c)
     json_object_object_add(o, "capacity", json_object_new_int((int)cap));
     json_object_object_add(o, "slots", slots);
     json_object_object_add(o, "running", running);
+    sessions = json_object_new_array();
+    for (size_t i = 0; i < cap; i++) {
+        const char *name, *state;
+        json_object *e;
+        if (!sbx_runs_slot_session(s->runs, i, &name, &state) || !(e = json_object_new_object()))
+            continue;
+        json_object_object_add(e, "slot", json_object_new_string(sbx_runs_slot_id(s->runs, i)));
+        json_object_object_add(e, "session", json_object_new_string(name));
+        json_object_object_add(e, "state", json_object_new_string(state));
+        json_object_array_add(sessions, e);
+    }
+    json_object_object_add(o, "sessions", sessions);
     return reply_json(c, MHD_HTTP_OK, o);
 }
 

@@ -5,7 +5,8 @@
  *
  *   GET  /livez                     200 "ok" without the key: the process
  *                                   answers HTTP (nothing about runs)
- *   GET  /health                    {"id","state","capacity","slots","running":[...]}
+ *   GET  /health                    {"id","state","capacity","slots","running":[...],
+ *                                   "sessions":[{"slot","session","state"}]}
  *   GET  /metrics                   Prometheus text (metrics.h): capacity, runs
  *                                   active, builds by outcome, build duration,
  *                                   version. Behind the key too: the port is open
