@@ -1017,7 +1017,6 @@ typedef struct sop {
     int64_t token;
     char base_url[BASE_URL_MAX + 1];
     sbx_http_handle *h;
-    int lookup_pending;           /* a Redis reply is due */
     sbx_timer t;
     uint64_t backoff_ms, silent_since_ms, busy_since_ms;
     sbx_session_cb cb;
@@ -1161,7 +1160,6 @@ static void on_sop_lookup(void *arg, redisReply *rep)
 {
     sop *o = arg;
 
-    o->lookup_pending = 0;
     if (!rep || rep->type == REDIS_REPLY_ERROR) {
         sop_silent(o, rep ? rep->str : "redis connection lost");
         return;
@@ -1193,9 +1191,9 @@ static void on_sop_timer(sbx_timer *t)
     snprintf(key, sizeof(key), SBX_RKEY_VM "%s", o->vm);
     for (int i = 0; i < 3; i++)
         lens[i] = strlen(argv[i]);
-    if (sbx_redis_cmd(o->p->redis, on_sop_lookup, o, 3, argv, lens) == 0)
-        o->lookup_pending = 1;
-    else
+    /* A reply due cannot be withdrawn; destroy() frees the connection,
+     * which drops it, before it frees the op. */
+    if (sbx_redis_cmd(o->p->redis, on_sop_lookup, o, 3, argv, lens) != 0)
         sop_silent(o, "redis unreachable");
 }
 
