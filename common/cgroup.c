@@ -56,8 +56,11 @@
 /* Control files we read (memory.events, oom_control...): a few lines. */
 #define CG_SMALL_READ 1024
 
-enum { CG_MEM, CG_CPU, CG_PIDS, CG_N };
-static const char *const ctl_names[CG_N] = {"memory", "cpu", "pids"};
+enum { CG_MEM, CG_CPU, CG_PIDS, CG_FRZ, CG_N };
+static const char *const ctl_names[CG_N] = {"memory", "cpu", "pids", "freezer"};
+/* How long freezing may take: the kernel stops each task at its next
+ * return to user space, normally within a few ms. */
+#define CG_FREEZE_MS 2000
 
 /* The probe's answer: our own cgroup's directory per controller. */
 static struct {
@@ -71,6 +74,7 @@ struct sbx_cgroup {
     char dir[CG_N][PATH_MAX];
     int ctl[CG_N];          /* which controller dir[i] is for (v1); CG_MEM for v2 */
     int procs[CG_N];        /* dir[i]/cgroup.procs, open for the child's join */
+    int frozen;             /* sbx_cgroup_freeze(cg, 1) last */
 };
 
 /* ---- files ---- */
@@ -296,6 +300,10 @@ static int remove_dir(const char *dir)
 
     if ((size_t)snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= sizeof(path))
         return -ENAMETOOLONG;
+    /* A frozen task takes SIGKILL only once thawed (v1): a paused session's,
+     * or a crashed predecessor's. Neither file exists elsewhere. */
+    put(dir, "freezer.state", "THAWED");
+    put(dir, "cgroup.freeze", "0");
     for (;;) {
         FILE *f;
         int pid;
@@ -478,6 +486,8 @@ int sbx_cgroup_free(sbx_cgroup *cg)
 
     if (!cg)
         return 0;
+    if (cg->frozen)
+        sbx_cgroup_freeze(cg, 0);
     for (int i = 0; i < cg->ndirs; i++) {
         if (cg->procs[i] >= 0)
             close(cg->procs[i]);
@@ -497,6 +507,46 @@ int sbx_cgroup_free(sbx_cgroup *cg)
     return rc;
 }
 
+/* v2: cgroup.freeze, and "frozen 1" in cgroup.events once done; v1:
+ * freezer.state reads FREEZING until every task is stopped. */
+static int freeze_done(const sbx_cgroup *cg, int i, int frozen)
+{
+    char buf[CG_SMALL_READ];
+    if (g.version == 2)
+        return get(cg->dir[i], "cgroup.events", buf, sizeof(buf)) == 0 &&
+               keyed(buf, "frozen") == (uint64_t)frozen;
+    return get(cg->dir[i], "freezer.state", buf, sizeof(buf)) == 0 &&
+           strncmp(buf, frozen ? "FROZEN" : "THAWED", 6) == 0;
+}
+
+int sbx_cgroup_freeze(sbx_cgroup *cg, int frozen)
+{
+    int i = -1, waited = 0, rc;
+
+    if (!cg)
+        return -ENOTSUP;
+    for (int j = 0; j < cg->ndirs; j++)
+        if (g.version == 2 || cg->ctl[j] == CG_FRZ)
+            i = j;
+    if (i < 0)
+        return -ENOTSUP;
+    rc = g.version == 2 ? put(cg->dir[i], "cgroup.freeze", frozen ? "1" : "0")
+                        : put(cg->dir[i], "freezer.state", frozen ? "FROZEN" : "THAWED");
+    if (rc)
+        return rc == -ENOENT ? -ENOTSUP : rc;
+    cg->frozen = frozen;
+    while (!freeze_done(cg, i, frozen)) {
+        if (waited >= CG_FREEZE_MS)
+            return -ETIMEDOUT;
+        /* v1: a write of FROZEN again retries tasks that were busy. */
+        if (frozen && g.version == 1)
+            put(cg->dir[i], "freezer.state", "FROZEN");
+        sleep_ms(1);
+        waited += 1;
+    }
+    return 0;
+}
+
 void sbx_cgroup_sweep(const char *group)
 {
     char gdir[PATH_MAX], d[PATH_MAX];
@@ -504,7 +554,9 @@ void sbx_cgroup_sweep(const char *group)
 
     if (!sbx_cgroup_mode() || !group[0] || strchr(group, '/'))
         return;
-    for (int i = 0; i < CG_N; i++) {
+    /* The freezer hierarchy first: its remove_dir thaws what a frozen
+     * leftover holds, so the others' SIGKILLs take. */
+    for (int i = CG_N - 1; i >= 0; i--) {
         DIR *dir;
         struct dirent *de;
         if (!g.base[i][0] ||

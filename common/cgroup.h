@@ -10,7 +10,7 @@
  * restarted one can sweep what its crashed predecessor left:
  * <own cgroup>/sbx/<group>/s-<name>. Needs a writable cgroup hierarchy
  * (root): cgroup v2 when the unified hierarchy offers memory, cpu and pids,
- * else the v1 memory (required), cpu and pids hierarchies.
+ * else the v1 memory (required), cpu, pids and freezer hierarchies.
  */
 #ifndef SBX_CGROUP_H
 #define SBX_CGROUP_H
@@ -51,6 +51,11 @@ void sbx_cgroup_usage_of(const sbx_cgroup *cg, sbx_cgroup_usage *u);
  * 5.14+), and cgroup.procs for reading (v1's memory hierarchy, or v2's);
  * each -1 when not available. The caller closes them. */
 void sbx_cgroup_kill_fds(const sbx_cgroup *cg, int *kill_fd, int *procs_fd);
+/* Freezes (frozen = 1) or thaws (0) every process inside, and returns once
+ * the kernel reports it done (bounded by a couple of seconds: -ETIMEDOUT).
+ * v2's cgroup.freeze, or v1's freezer hierarchy when mounted; -ENOTSUP
+ * without either. Freed cgroups are thawed first, so their SIGKILLs take. */
+int sbx_cgroup_freeze(sbx_cgroup *cg, int frozen);
 /* SIGKILLs anything still inside, removes the cgroup, frees cg. 0, or
  * -EBUSY when it could not be removed (logged). NULL is fine. */
 int sbx_cgroup_free(sbx_cgroup *cg);

@@ -120,6 +120,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/nsfs.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -131,6 +136,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "assert.h"
 #include "buf.h"
 #include "cgroup.h"
 #include "log.h"
@@ -177,6 +183,21 @@
  * become the command with our private fds closed. */
 #define SB_WRAPPER "printf x >&6 && exec \"$@\" 3>&- 4>&- 5>&- 6>&-"
 
+/* Sessions. After a run's command exits, how long its output may still
+ * come: background processes keep the pipe open, so EOF may never come. */
+#define SS_DRAIN_MS 100
+/* Output pipes of finished runs still held by background processes, kept
+ * open and drained per session: closing them would SIGPIPE a dev server.
+ * Past this many, the oldest is closed. */
+#define SS_SINKS_MAX 8
+/* Processes of a session beyond the job's pids: the holder's command and
+ * a run's waiting parent (see child_enter). */
+#define SS_EXTRA_PROCS 2
+/* The holder's command: waits forever; bwrap's pid 1 reaps the orphans
+ * runs leave. */
+#define SS_HOLD_CMD "sleep"
+#define SS_HOLD_ARG "infinity"
+
 typedef enum sb_state {
     SB_RUNNING,   /* bwrap alive; output flows into the ring */
     SB_REAPING,   /* bwrap reaped; waiting for output EOF and an empty uid */
@@ -185,6 +206,23 @@ typedef enum sb_state {
 } sb_state;
 
 static const char *const state_names[] = {"running", "reaping", "cleaning", "done"};
+
+/* Namespaces a session run enters, in this order: the holder's outer user
+ * namespace (it owns all the others), those others, then the inner user
+ * namespace bwrap made for --disable-userns, where the holder's processes
+ * live. */
+enum { NS_USER_OUTER, NS_CGROUP, NS_IPC, NS_UTS, NS_NET, NS_PID, NS_MNT, NS_USER, NS_N };
+static const char *const ns_names[NS_N] = {"user", "cgroup", "ipc", "uts", "net", "pid", "mnt",
+                                           "user"};
+static const int ns_types[NS_N] = {CLONE_NEWUSER, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWUTS,
+                                   CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWNS, CLONE_NEWUSER};
+
+typedef enum ss_state {
+    SS_STARTING,  /* the holder's command not yet running */
+    SS_READY,     /* runs may enter */
+    SS_DYING,     /* killed; the holder's cleanup runs */
+    SS_DEAD,      /* the holder has ended */
+} ss_state;
 
 struct sbx_sandbox {
     sbx_loop *loop;
@@ -244,7 +282,39 @@ struct sbx_sandbox {
     char error[256];
     int oom_killed, disk_full;
     char limit[128];      /* see sbx_sandbox_status.limit */
+
+    sbx_sandbox_session *holds;   /* this sandbox is that session's holder */
+    sbx_io mark_io;               /* holder: the "command runs" byte = session up */
+    sbx_sandbox_session *session; /* a run inside that session; NULL otherwise */
+    char **run_argv, **run_envp;  /* session run: what it execs, one malloc'd block */
+    char *bpf;                    /* session run: the seccomp filter's instructions */
+    size_t bpf_len;
+    int launched;                 /* session run: its process was forked */
+    int run_memory_mb, run_pids, run_cpu_s, run_disk_mb; /* session run: rlimits */
+    uint64_t oom_base;            /* session run: the session's OOM kills at spawn */
 };
+
+struct sbx_sandbox_session {
+    sbx_loop *loop;
+    ss_state state;
+    sbx_sandbox *holder;          /* owns workspace, uid, cgroup, namespaces */
+    sbx_sandbox_session_cb on_end;
+    void *arg;
+    sbx_sandbox *run;             /* the run spawned and not yet on_exit'ed */
+    int paused;
+    int ns[NS_N];                 /* the holder's namespaces, open once it is up */
+    int uid, gid, memory_mb, pids, disk_mb, network;
+    int sinks[SS_SINKS_MAX];      /* see SS_SINKS_MAX; -1 when free */
+    sbx_io sink_io[SS_SINKS_MAX];
+    int next_sink;
+    sbx_timer end_t;              /* on_end */
+    int ended;
+};
+
+static void session_kill_now(sbx_sandbox_session *ss);
+static void session_adopt_output(sbx_sandbox_session *ss, sbx_sandbox *s);
+static void session_run_detached(sbx_sandbox_session *ss, sbx_sandbox *s);
+static void on_mark(sbx_io *io, int events);
 
 /* ---- small helpers ---- */
 
@@ -477,7 +547,8 @@ int sbx_sandbox_write_all(int fd, const char *p, size_t n)
 }
 
 /* Creates path (already checked) under root, with its missing parents. */
-static int write_file(int root, const char *path, const char *content, int uid, int gid)
+static int write_file(int root, const char *path, const char *content, int uid, int gid,
+                      int replace)
 {
     char comp[PATH_MAX];
     const char *c = path;
@@ -510,6 +581,12 @@ static int write_file(int root, const char *path, const char *content, int uid, 
             close(dir);
         dir = next;
         c = e + 1;
+    }
+    /* A session's workspace: the job's file replaces what is there (a
+     * symlink the build made included: unlinked, never followed). */
+    if (replace && unlinkat(dir, c, 0) < 0 && errno != ENOENT) {
+        rc = -errno;
+        goto out;
     }
     fd = openat(dir, c, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -586,7 +663,7 @@ static int make_workspace(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *er
     }
     for (size_t i = 0; i < spec->nfiles; i++) {
         rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
-                        s->uid, s->gid);
+                        s->uid, s->gid, 0);
         if (rc) {
             /* A clash or a name the filesystem refuses is the job's own
              * doing: -EINVAL, as for a path that escapes. */
@@ -733,9 +810,10 @@ static int memfd_with(const char *name, const char *data, size_t len)
 
 /* ---- the child between fork and exec: async-signal-safe calls only ---- */
 
-enum { STAGE_SIGNALS = 1, STAGE_FDS, STAGE_LIMITS, STAGE_IDS, STAGE_EXEC, STAGE_CGROUP };
+enum { STAGE_SIGNALS = 1, STAGE_FDS, STAGE_LIMITS, STAGE_IDS, STAGE_EXEC, STAGE_CGROUP,
+       STAGE_NS, STAGE_CAPS, STAGE_N };
 static const char *const stage_names[] = {"", "signals", "fds", "rlimits", "uid/gid", "exec",
-                                          "cgroup"};
+                                          "cgroup", "setns", "capabilities/seccomp"};
 
 /* out_w, args, passwd, group, mark_w, seccomp -> fds 1(+2), 3, 4, 5, 6, 7;
  * then netns's SBX_NETNS_NFDS at SBX_NETNS_FD_INFO (8) on. */
@@ -901,6 +979,21 @@ static int open_init(pid_t bwrap, pid_t *init_out)
  * RLIMIT_NPROC until that init reaps it (container inits often never do). */
 static void kill_all(sbx_sandbox *s)
 {
+    /* A session run's processes live in the session's pid namespace, so
+     * they die with it; its own process outside follows, else SIGKILL. */
+    if (s->session) {
+        if (!s->killed) {
+            s->killed = 1;
+            session_kill_now(s->session);
+            if (s->pid > 0 && !s->reaped) {
+                sbx_timer_start(s->loop, &s->kill_t, SB_KILL_WAIT_MS);
+                return;
+            }
+        }
+        if (s->pid > 0 && !s->reaped && s->pidfd >= 0)
+            pidfd_kill(s->pidfd, SIGKILL);
+        return;
+    }
     if (s->pid > 0 && !s->reaped && !s->killed) {
         pid_t init;
         int fd = open_init(s->pid, &init);
@@ -1008,6 +1101,20 @@ static void on_rm_exit(sbx_io *io, int events)
  * do not keep the cgroup alive). */
 static void release_limits(sbx_sandbox *s)
 {
+    sbx_sandbox *h = s->session ? s->session->holder : NULL;
+
+    if (h) {
+        /* A session run: what the session's limits did since it began. */
+        struct statfs fs;
+        if (h->cg) {
+            sbx_cgroup_usage u;
+            sbx_cgroup_usage_of(h->cg, &u);
+            s->oom_killed = u.oom_kills > s->oom_base;
+        }
+        if (h->mounted && s->exit_code != 0 && statfs(h->root, &fs) == 0 &&
+            (unsigned long long)fs.f_bavail * (unsigned long long)fs.f_bsize < SB_DISK_FULL_SLACK)
+            s->disk_full = 1;
+    }
     if (s->cg) {
         sbx_cgroup_usage u;
         sbx_cgroup_usage_of(s->cg, &u);
@@ -1073,9 +1180,13 @@ static void advance(sbx_sandbox *s)
     if (s->state != SB_REAPING)
         return;
     if (output_open(s) && now >= s->drain_deadline_ms) {
-        sbx_warn("sandbox", "output still open %d ms after exit, cut pid=%d", SB_DRAIN_MS,
-                 (int)s->pid);
-        close_output(s);
+        if (s->session) {
+            session_adopt_output(s->session, s); /* a background process holds it */
+        } else {
+            sbx_warn("sandbox", "output still open %d ms after exit, cut pid=%d", SB_DRAIN_MS,
+                     (int)s->pid);
+            close_output(s);
+        }
     }
     if (s->uid >= 0 && !s->uid_clear) {
         int n = scan_uid((uid_t)s->uid, 1);
@@ -1098,6 +1209,7 @@ static void advance(sbx_sandbox *s)
     sbx_timer_stop(s->loop, &s->reap_t);
     if (s->mark_fd >= 0) {
         char c;
+        sbx_io_stop(&s->mark_io);
         s->ran = read(s->mark_fd, &c, 1) == 1;
         close_fd(&s->mark_fd);
     }
@@ -1116,7 +1228,9 @@ static void on_pid_exit(sbx_io *io, int events)
     if (rc == 0)
         return; /* not yet */
     if (rc < 0) {
-        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
+        /* A killed session's uid sweep may reap a run's process first. */
+        sbx_log(s->session && s->killed ? SBX_LOG_DEBUG : SBX_LOG_WARN, "sandbox",
+                "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
         s->exit_code = -1;
     } else {
         s->exit_code = status;
@@ -1136,13 +1250,20 @@ static void on_pid_exit(sbx_io *io, int events)
                          "trust in its lease ran out");
         }
     }
+    /* A session run canceled (or timed out) that exited by itself within its
+     * grace: what it left in the background is the job's too, and only the
+     * session's end is sure to take it. */
+    if (s->session && s->end_set && !s->killed) {
+        s->killed = 1;
+        session_kill_now(s->session);
+    }
     sbx__netns_stop(s->ns); /* the NAT has nothing left to carry */
     sbx_io_stop(&s->pid_io);
     close_fd(&s->pidfd);
     sbx_timer_stop(s->loop, &s->wall_t);
     sbx_timer_stop(s->loop, &s->kill_t);
     set_state(s, SB_REAPING);
-    s->drain_deadline_ms = s->t_exit_ms + SB_DRAIN_MS;
+    s->drain_deadline_ms = s->t_exit_ms + (s->session ? SS_DRAIN_MS : SB_DRAIN_MS);
     s->reap_deadline_ms = s->t_exit_ms + SB_REAP_MS;
     /* bwrap's pid namespace is gone or going (its pid 1 may still be
      * exiting); advance() waits for the uid to empty and sweeps it if
@@ -1197,6 +1318,12 @@ static void on_done(sbx_timer *t)
         on_start_timer(&s->start_t);
         return;
     }
+    if (s->session) {
+        /* The session takes its next run from inside on_exit. */
+        sbx_sandbox_session *ss = s->session;
+        s->session = NULL;
+        session_run_detached(ss, s);
+    }
     memset(&st, 0, sizeof(st));
     st.end = s->end_set ? s->end : SBX_SANDBOX_EXITED;
     st.ran = s->ran;
@@ -1225,6 +1352,15 @@ void sbx_sandbox_cancel(sbx_sandbox *s)
     }
     if (s->state != SB_RUNNING || s->killed || sbx_timer_active(&s->kill_t))
         return;
+    if (s->session) {
+        /* Its waiting parent relays SIGTERM to the command's group. */
+        if (s->grace_ms > 0 && s->pid > 0 && !s->reaped && pidfd_kill(s->pidfd, SIGTERM) == 0) {
+            sbx_timer_start(s->loop, &s->kill_t, (uint64_t)s->grace_ms);
+            return;
+        }
+        kill_all(s);
+        return;
+    }
     /* With --new-session the command is in a session and process group whose
      * id is bwrap's pid 1, which ignores SIGTERM as a namespace init without
      * a handler does. A pid cannot be reused while a group carries its id. */
@@ -1265,7 +1401,8 @@ void sbx_sandbox_sweep_cgroups(const char *work_dir, int uid)
     sbx_cgroup_sweep(group);
 }
 
-static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, size_t errlen)
+static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, int extra, char *err,
+                       size_t errlen)
 {
     static int warned;
     sbx_cgroup_limits lim;
@@ -1281,7 +1418,7 @@ static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *err, 
     memset(&lim, 0, sizeof(lim));
     lim.memory_mb = spec->memory_mb;
     lim.cpus = spec->cpus;
-    lim.pids = spec->pids > 0 ? spec->pids + SB_BWRAP_PROCS : 0;
+    lim.pids = spec->pids > 0 ? spec->pids + SB_BWRAP_PROCS + extra : 0;
     cgroup_group(spec->work_dir, spec->uid, group);
     /* The slot's uid was just swept: anything left in its group is a
      * killed predecessor's, so callers need no start-up call. */
@@ -1367,12 +1504,14 @@ static void init_handles(sbx_sandbox *s)
     sbx_timer_init(&s->kill_t, on_grace, s);
     sbx_timer_init(&s->reap_t, on_reap_timer, s);
     sbx_timer_init(&s->done_t, on_done, s);
+    sbx_io_init(&s->mark_io, -1, on_mark, s);
     sbx_tail_init(&s->tail, s->tail_mem, SBX_SANDBOX_TAIL_MAX);
 }
 
-int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
-                      sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,
-                      sbx_sandbox **out, char *err, size_t errlen)
+/* A one-off sandbox, or (holds set) a session's holder. */
+static int spawn_bwrap(sbx_loop *loop, const sbx_sandbox_spec *spec, sbx_sandbox_session *holds,
+                       sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,
+                       sbx_sandbox **out, char *err, size_t errlen)
 {
     sbx_sandbox *s = NULL;
     abuf opts = {.err = 0};
@@ -1414,6 +1553,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     s->grace_ms = spec->kill_grace_ms;
     s->memory_mb = spec->memory_mb;
     s->disk_mb = spec->disk_mb;
+    s->holds = holds;
     if ((size_t)snprintf(s->root, sizeof(s->root), "%s/%s", spec->work_dir, spec->name) >=
         sizeof(s->root)) {
         rc = -ENAMETOOLONG;
@@ -1423,7 +1563,7 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     snprintf(s->ws, sizeof(s->ws), "%s", s->root);
 
     /* 0. The cgroup, before anything is charged to it. */
-    rc = make_cgroup(s, spec, err, errlen);
+    rc = make_cgroup(s, spec, holds ? SS_EXTRA_PROCS : 0, err, errlen);
     if (rc)
         goto out;
 
@@ -1495,6 +1635,8 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
     cp.gid = spec->gid;
     cp.memory_mb = spec->memory_mb;
     cp.pids = spec->pids > 0 && s->ns ? spec->pids + SBX_NETNS_PROCS : spec->pids;
+    if (cp.pids > 0 && holds)
+        cp.pids += SS_EXTRA_PROCS;
     cp.cpu_s = spec->cpu_s;
     cp.disk_mb = spec->disk_mb;
     cp.cg = s->cg;
@@ -1558,6 +1700,14 @@ int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
+    if (holds) {
+        /* The session is up once its command runs (network set up too). */
+        sbx_io_init(&s->mark_io, s->mark_fd, on_mark, s);
+        if ((rc = sbx_io_set(loop, &s->mark_io, SBX_READ)) != 0) {
+            snprintf(err, errlen, "loop: %s", strerror(-rc));
+            goto out;
+        }
+    }
     sbx_timer_start(loop, &s->start_t, 0);
     if (spec->timeout_s > 0)
         sbx_timer_start(loop, &s->wall_t, (uint64_t)spec->timeout_s * 1000u);
@@ -1595,7 +1745,8 @@ int sbx_sandbox_trust(sbx_sandbox *s, uint64_t until_ms)
     }
     if (s->state != SB_RUNNING || s->reaped)
         return 0; /* bwrap is gone: nothing left for a supervisor to kill */
-    sbx_cgroup_kill_fds(s->cg, &t.cgroup_kill, &t.cgroup_procs);
+    sbx_cgroup_kill_fds(s->session ? s->session->holder->cg : s->cg, &t.cgroup_kill,
+                        &t.cgroup_procs);
     rc = sbx_supervisor_start(&t, until_ms, &s->sv);
     close_fd(&t.cgroup_kill);
     close_fd(&t.cgroup_procs);
@@ -1619,7 +1770,10 @@ void sbx_sandbox_free(sbx_sandbox *s)
     sbx_timer_stop(s->loop, &s->done_t);
     sbx_io_stop(&s->pid_io);
     sbx_io_stop(&s->rm_io);
+    sbx_io_stop(&s->mark_io);
     close_output(s);
+    if (s->session && s->state != SB_DONE)
+        session_kill_now(s->session); /* what killing a session run means */
     if (s->pid > 0 && !s->reaped) {
         uint64_t until = sbx_now_ms() + SB_KILL_WAIT_MS;
         pid_t r;
@@ -1655,6 +1809,13 @@ void sbx_sandbox_free(sbx_sandbox *s)
     close_fd(&s->pidfd);
     close_fd(&s->rm_pidfd);
     close_fd(&s->mark_fd);
+    if (s->session) {
+        sbx_sandbox_session *ss = s->session;
+        s->session = NULL;
+        session_run_detached(ss, s);
+    }
+    free(s->run_argv);
+    free(s->bpf);
     free(s);
 }
 
@@ -1681,30 +1842,786 @@ char *sbx_sandbox_resolve_exe(const char *name)
     return NULL;
 }
 
-/* ---- sessions (stubs until the implementation lands) ---- */
+/* ---- sessions ----
+ *
+ * The holder is an ordinary sandbox (spawn_bwrap) whose command waits
+ * forever: it owns the workspace, the uid, the cgroup and the namespaces,
+ * and its end (killed, or lost) cleans them all up as a one-off's end does.
+ * A run does not go through bwrap: a forked child joins the session's
+ * cgroup, drops to its uid, enters the holder's namespaces (setns: the
+ * outer user namespace first, which owns the others, then the inner one
+ * where the holder's processes live), and forks the command, which drops
+ * every capability, sets no_new_privs and loads the same seccomp filter
+ * before it execs the wrapper. So the command sees the holder's /, /tmp and
+ * /workspace, its network and its processes; what it leaves running is
+ * reparented to the holder's pid 1 (bwrap's, which reaps). The child stays
+ * outside the pid namespace and waits for the command, so the run ends when
+ * the command exits, whatever it left behind; SIGTERM to it is relayed to
+ * the command's process group (cancel).
+ *
+ * Killing a run (timeout, cancel past its grace, free) kills the session:
+ * SIGKILL to the holder's pid 1 takes its whole pid namespace, the run's
+ * command included. Pause is the cgroup freezer: nothing of the session
+ * runs, memory and workspace stay; a kill thaws after signalling, as v1
+ * delivers SIGKILL to a frozen task only once it is thawed.
+ */
+
+typedef struct enter_plan {
+    int out_w, serr_w, mark_w, err_w;   /* serr_w: -1, stderr shares out_w */
+    const int *ns;                      /* NS_N descriptors */
+    const sbx_cgroup *cg;
+    int uid, gid;
+    int memory_mb, pids, cpu_s, disk_mb;
+    char **argv, **envp;
+    const char *bpf;
+    size_t bpf_len;
+    pid_t parent;
+} enter_plan;
+
+/* The command's pid, for relay_term; set in the forked child only. */
+static volatile pid_t enter_cmd;
+
+static void relay_term(int sig)
+{
+    (void)sig;
+    if (enter_cmd > 0)
+        kill(-enter_cmd, SIGTERM);
+}
+
+/* Between fork and exec, async-signal-safe calls only: see the comment at
+ * the top of this section. */
+static _Noreturn void child_enter(const enter_plan *ep)
+{
+    struct sigaction sa;
+    sigset_t none;
+    int src[3 + NS_N], hi[3 + NS_N], n = 0, err_w, nul, status;
+    rlim_t mb = 1024 * 1024;
+    pid_t pid, r;
+
+    if (ep->cg) {
+        int rc = sbx_cgroup_join(ep->cg);
+        if (rc < 0) {
+            errno = -rc;
+            child_fail(ep->err_w, STAGE_CGROUP);
+        }
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        sigaction(sig, &sa, NULL);
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0 || setsid() < 0)
+        child_fail(ep->err_w, STAGE_SIGNALS);
+
+    /* Above every target first, so no dup2 clobbers a source. */
+    err_w = fcntl(ep->err_w, F_DUPFD_CLOEXEC, 16);
+    if (err_w < 0)
+        child_fail(ep->err_w, STAGE_FDS);
+    src[n++] = ep->out_w;
+    src[n++] = ep->serr_w >= 0 ? ep->serr_w : ep->out_w;
+    src[n++] = ep->mark_w;
+    for (int i = 0; i < NS_N; i++)
+        src[n++] = ep->ns[i];
+    for (int i = 0; i < n; i++)
+        if ((hi[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0)
+            child_fail(err_w, STAGE_FDS);
+    nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (nul < 0 || dup2(nul, 0) < 0 || dup2(hi[0], 1) < 0 || dup2(hi[1], 2) < 0 ||
+        dup2(hi[2], 6) < 0 || close_range(3, 5, 0) < 0 ||
+        close_range(7, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+        child_fail(err_w, STAGE_FDS);
+
+    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
+        (ep->memory_mb > 0 &&
+         set_limit(RLIMIT_AS, (rlim_t)ep->memory_mb * mb, (rlim_t)ep->memory_mb * mb) < 0) ||
+        (ep->pids > 0 && set_limit(RLIMIT_NPROC, (rlim_t)ep->pids, (rlim_t)ep->pids) < 0) ||
+        (ep->cpu_s > 0 && set_limit(RLIMIT_CPU, (rlim_t)ep->cpu_s,
+                                    (rlim_t)ep->cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
+        (ep->disk_mb > 0 &&
+         set_limit(RLIMIT_FSIZE, (rlim_t)ep->disk_mb * mb, (rlim_t)ep->disk_mb * mb) < 0))
+        child_fail(err_w, STAGE_LIMITS);
+    if (ep->uid >= 0 &&
+        (setgroups(0, NULL) < 0 || setresgid((gid_t)ep->gid, (gid_t)ep->gid, (gid_t)ep->gid) < 0 ||
+         setresuid((uid_t)ep->uid, (uid_t)ep->uid, (uid_t)ep->uid) < 0))
+        child_fail(err_w, STAGE_IDS);
+    /* As the session's uid, which owns the outer user namespace. */
+    for (int i = 0; i < NS_N; i++)
+        if (setns(hi[3 + i], ns_types[i]) < 0)
+            child_fail(err_w, STAGE_NS);
+    /* After the credential changes, which clear it. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != ep->parent)
+        child_fail(err_w, STAGE_IDS);
+    if (chdir("/workspace") < 0)
+        child_fail(err_w, STAGE_EXEC);
+    sa.sa_handler = relay_term;
+    sigaction(SIGTERM, &sa, NULL);
+
+    pid = fork();
+    if (pid < 0)
+        child_fail(err_w, STAGE_EXEC);
+    if (pid == 0) {
+        struct sock_fprog prog = {(unsigned short)(ep->bpf_len / sizeof(struct sock_filter)),
+                                  (struct sock_filter *)ep->bpf};
+        sa.sa_handler = SIG_DFL;
+        sigaction(SIGTERM, &sa, NULL);
+        if (setsid() < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+            child_fail(err_w, STAGE_SIGNALS);
+        /* Entering the user namespace gave us every capability in it:
+         * none may reach the command (bwrap drops them the same way). */
+        for (int c = 0; c < 64; c++)
+            if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+                child_fail(err_w, STAGE_CAPS);
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 ||
+            prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
+            child_fail(err_w, STAGE_CAPS);
+        execve("/bin/sh", ep->argv, ep->envp);
+        child_fail(err_w, STAGE_EXEC);
+    }
+    enter_cmd = pid;
+    /* Only the command holds the output, the mark and the error pipe now
+     * (our copies, the originals too: the worker reads to EOF). */
+    close_range(0, ~0U, 0);
+    do
+        r = waitpid(pid, &status, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        _exit(127);
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+}
+
+/* A session run that could not start: it ends as one bwrap never ran. */
+static void end_unlaunched(sbx_sandbox *s, const char *why)
+{
+    if (!s->error[0])
+        snprintf(s->error, sizeof(s->error), "%.200s", why);
+    s->launched = 1;
+    s->exit_code = -1;
+    s->reaped = 1;
+    s->t_exit_ms = sbx_now_ms();
+    sbx_timer_stop(s->loop, &s->wall_t);
+    sbx_timer_stop(s->loop, &s->kill_t);
+    set_state(s, SB_REAPING);
+    advance(s);
+}
+
+/* Forks the run into its session, which is up. On failure the run ends
+ * (ran = 0) from the loop. */
+static void launch_run(sbx_sandbox *s)
+{
+    sbx_sandbox_session *ss = s->session;
+    enter_plan ep;
+    child_err ce;
+    int outp[2] = {-1, -1}, serrp[2] = {-1, -1}, markp[2] = {-1, -1}, errp[2] = {-1, -1};
+    int rc = 0;
+    ssize_t n;
+
+    s->launched = 1;
+    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(markp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 ||
+        (s->output && pipe2(serrp, O_CLOEXEC) < 0)) {
+        rc = -errno;
+        snprintf(s->error, sizeof(s->error), "pipe: %s", strerror(errno));
+        goto out;
+    }
+    memset(&ep, 0, sizeof(ep));
+    ep.out_w = outp[1];
+    ep.serr_w = serrp[1];
+    ep.mark_w = markp[1];
+    ep.err_w = errp[1];
+    ep.ns = ss->ns;
+    ep.cg = ss->holder->cg;
+    ep.uid = ss->uid;
+    ep.gid = ss->gid;
+    ep.memory_mb = s->run_memory_mb;
+    ep.pids = s->run_pids;
+    ep.cpu_s = s->run_cpu_s;
+    ep.disk_mb = s->run_disk_mb;
+    ep.argv = s->run_argv;
+    ep.envp = s->run_envp;
+    ep.bpf = s->bpf;
+    ep.bpf_len = s->bpf_len;
+    ep.parent = getpid();
+    s->pid = fork();
+    if (s->pid < 0) {
+        rc = -errno;
+        s->pid = 0;
+        snprintf(s->error, sizeof(s->error), "fork: %s", strerror(errno));
+        goto out;
+    }
+    if (s->pid == 0)
+        child_enter(&ep);
+    close_fd(&outp[1]);
+    close_fd(&serrp[1]);
+    close_fd(&markp[1]);
+    close_fd(&errp[1]);
+    do
+        n = read(errp[0], &ce, sizeof(ce));
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof(ce)) {
+        int status;
+        wait_blocking(s->pid, &status);
+        s->pid = 0;
+        rc = ce.err ? -ce.err : -EIO;
+        snprintf(s->error, sizeof(s->error), "entering the session: %s: %s",
+                 stage_names[ce.stage >= 1 && ce.stage < STAGE_N ? ce.stage : 0],
+                 strerror(ce.err));
+        goto out;
+    }
+    s->pidfd = pidfd_open_(s->pid);
+    if (s->pidfd < 0) {
+        int status;
+        rc = -errno;
+        kill(s->pid, SIGKILL);
+        wait_blocking(s->pid, &status);
+        s->pid = 0;
+        snprintf(s->error, sizeof(s->error), "pidfd_open: %s", strerror(-rc));
+        goto out;
+    }
+    s->out_fd = outp[0];
+    outp[0] = -1;
+    s->err_fd = serrp[0];
+    serrp[0] = -1;
+    s->mark_fd = markp[0];
+    markp[0] = -1;
+    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
+    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
+    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
+    if (s->err_fd >= 0) {
+        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
+        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
+    }
+    if ((rc = sbx_io_set(s->loop, &s->pid_io, SBX_READ)) != 0 ||
+        (rc = sbx_io_set(s->loop, &s->out_io, SBX_READ)) != 0 ||
+        (s->err_fd >= 0 && (rc = sbx_io_set(s->loop, &s->err_io, SBX_READ)) != 0)) {
+        /* Nothing watches it: end it here. */
+        int status;
+        pidfd_kill(s->pidfd, SIGKILL);
+        wait_blocking(s->pid, &status);
+        s->pid = 0;
+        close_fd(&s->pidfd);
+        close_output(s);
+        close_fd(&s->mark_fd);
+        snprintf(s->error, sizeof(s->error), "loop: %s", strerror(-rc));
+        goto out;
+    }
+    sbx_debug("sandbox", "session run pid=%d ws=%s uid=%d", (int)s->pid, s->ws, ss->uid);
+out:
+    for (int i = 0; i < 2; i++) {
+        close_fd(&outp[i]);
+        close_fd(&serrp[i]);
+        close_fd(&markp[i]);
+        close_fd(&errp[i]);
+    }
+    if (rc)
+        end_unlaunched(s, s->error);
+}
+
+/* argv and envp of the wrapper, in one block: pointers, then strings. */
+static int build_run_exec(sbx_sandbox *s, const sbx_sandbox_spec *spec)
+{
+    static const char *const head[] = {"/bin/sh", "-c", SB_WRAPPER, "sbx-start"};
+    size_t nhead = sizeof(head) / sizeof(head[0]), ncmd = 0, nenv = 2 + spec->nenv, bytes = 0;
+    const char *cmd3[3];
+    const char *const *cmd;
+    char **v, *p;
+
+    if (spec->argv && spec->argv[0]) {
+        while (spec->argv[ncmd])
+            ncmd++;
+        cmd = (const char *const *)spec->argv;
+    } else {
+        cmd3[0] = "/bin/sh";
+        cmd3[1] = "-c";
+        cmd3[2] = spec->script;
+        cmd = cmd3;
+        ncmd = 3;
+    }
+    for (size_t i = 0; i < nhead; i++)
+        bytes += strlen(head[i]) + 1;
+    for (size_t i = 0; i < ncmd; i++)
+        bytes += strlen(cmd[i]) + 1;
+    bytes += sizeof("PATH=" SB_PATH) + sizeof("HOME=/workspace");
+    for (size_t i = 0; i < spec->nenv; i++)
+        bytes += strlen(spec->env[i].key) + 2 +
+                 (spec->env[i].value ? strlen(spec->env[i].value) : 0);
+    v = malloc((nhead + ncmd + 1 + nenv + 1) * sizeof(*v) + bytes);
+    if (!v)
+        return -ENOMEM;
+    p = (char *)(v + nhead + ncmd + 1 + nenv + 1);
+    s->run_argv = v;
+    for (size_t i = 0; i < nhead + ncmd; i++) {
+        const char *a = i < nhead ? head[i] : cmd[i - nhead];
+        size_t l = strlen(a) + 1;
+        memcpy(p, a, l);
+        *v++ = p;
+        p += l;
+    }
+    *v++ = NULL;
+    s->run_envp = v;
+    p += sprintf(p, "PATH=%s", SB_PATH) + 1;
+    *v++ = p - sizeof("PATH=" SB_PATH);
+    p += sprintf(p, "HOME=/workspace") + 1;
+    *v++ = p - sizeof("HOME=/workspace");
+    for (size_t i = 0; i < spec->nenv; i++) {
+        char *e = p;
+        p += sprintf(p, "%s=%s", spec->env[i].key, spec->env[i].value ? spec->env[i].value : "") +
+             1;
+        *v++ = e;
+    }
+    *v = NULL;
+    return 0;
+}
+
+/* The seccomp filter's instructions, read from the memfd bwrap would get. */
+static int read_filter(sbx_sandbox *s)
+{
+    size_t cap = BPF_MAXINSNS * sizeof(struct sock_filter); /* the kernel's limit */
+    int fd = sbx_seccomp_fd(), rc = 0;
+    ssize_t n;
+
+    if (fd < 0)
+        return fd;
+    s->bpf = malloc(cap);
+    if (!s->bpf) {
+        close(fd);
+        return -ENOMEM;
+    }
+    while (s->bpf_len < cap && (n = read(fd, s->bpf + s->bpf_len, cap - s->bpf_len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = -errno;
+            break;
+        }
+        s->bpf_len += (size_t)n;
+    }
+    close(fd);
+    if (!rc && (s->bpf_len == 0 || s->bpf_len % sizeof(struct sock_filter)))
+        rc = -EINVAL;
+    return rc;
+}
+
+static int spawn_in_session(sbx_loop *loop, const sbx_sandbox_spec *spec,
+                            sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,
+                            sbx_sandbox **out, char *err, size_t errlen)
+{
+    sbx_sandbox_session *ss = spec->session;
+    sbx_sandbox *s = NULL;
+    int rc = 0, dir = -1;
+
+    if (!sbx_sandbox_session_alive(ss)) {
+        snprintf(err, errlen, "the session's sandbox has ended");
+        return -ESRCH;
+    }
+    if (ss->run) {
+        snprintf(err, errlen, "the session already has a run");
+        return -EBUSY;
+    }
+    if (!(spec->argv && spec->argv[0] && spec->argv[0][0]) && !spec->script) {
+        snprintf(err, errlen, "nothing to run: need argv or script");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < spec->nenv; i++) {
+        const char *k = spec->env[i].key;
+        if (!k || !k[0] || strchr(k, '=')) {
+            snprintf(err, errlen, "env: invalid variable name");
+            return -EINVAL;
+        }
+    }
+    for (size_t i = 0; i < spec->nfiles; i++) {
+        if (!spec->files[i].key || !sbx_job_path_ok(spec->files[i].key)) {
+            snprintf(err, errlen, "files: path %.128s escapes the workspace",
+                     spec->files[i].key ? spec->files[i].key : "(null)");
+            return -EINVAL;
+        }
+    }
+    if (ss->paused && (rc = sbx_sandbox_session_resume(ss, NULL)) != 0) {
+        snprintf(err, errlen, "resuming the session: %s", strerror(-rc));
+        return rc;
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    init_handles(s);
+    s->loop = loop;
+    s->on_start = on_start;
+    s->on_exit = on_exit;
+    s->arg = arg;
+    s->uid = s->gid = -1; /* the uid is the session's: no sweeps per run */
+    s->grace_ms = spec->kill_grace_ms;
+    s->memory_mb = ss->memory_mb;
+    s->disk_mb = ss->disk_mb;
+    s->run_memory_mb = ss->memory_mb;
+    s->run_disk_mb = ss->disk_mb;
+    s->run_cpu_s = spec->cpu_s;
+    s->run_pids = ss->pids > 0 ? ss->pids + SB_BWRAP_PROCS + SS_EXTRA_PROCS +
+                                     (ss->network ? SBX_NETNS_PROCS : 0)
+                               : 0;
+    s->output = spec->output;
+    s->output_arg = spec->output_arg;
+    snprintf(s->root, sizeof(s->root), "%s", ss->holder->root);
+    snprintf(s->ws, sizeof(s->ws), "%s", ss->holder->ws);
+
+    dir = open(s->ws, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
+        goto out;
+    }
+    for (size_t i = 0; i < spec->nfiles; i++) {
+        rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
+                        ss->uid, ss->gid, 1);
+        if (rc) {
+            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG ||
+                       rc == -EISDIR;
+            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
+                     rc == -ENAMETOOLONG ? "file name too long"
+                     : jobs              ? "clashes with what the workspace holds"
+                                         : strerror(-rc));
+            if (jobs)
+                rc = -EINVAL;
+            goto out;
+        }
+    }
+    if ((rc = build_run_exec(s, spec)) != 0 || (rc = read_filter(s)) != 0) {
+        snprintf(err, errlen, "%s: %s", s->run_argv ? "seccomp filter" : "exec", strerror(-rc));
+        goto out;
+    }
+    if (ss->holder->cg) {
+        sbx_cgroup_usage u;
+        sbx_cgroup_usage_of(ss->holder->cg, &u);
+        s->oom_base = u.oom_kills;
+    }
+    s->session = ss;
+    ss->run = s;
+    s->t0_ms = sbx_now_ms();
+    sbx_timer_start(loop, &s->start_t, 0);
+    if (spec->timeout_s > 0)
+        sbx_timer_start(loop, &s->wall_t, (uint64_t)spec->timeout_s * 1000u);
+    if (ss->state == SS_READY)
+        launch_run(s); /* else on_mark does, once the holder is up */
+    *out = s;
+    s = NULL;
+out:
+    if (dir >= 0)
+        close(dir);
+    if (s)
+        sbx_sandbox_free(s);
+    return rc;
+}
+
+int sbx_sandbox_spawn(sbx_loop *loop, const sbx_sandbox_spec *spec,
+                      sbx_sandbox_start_cb on_start, sbx_sandbox_exit_cb on_exit, void *arg,
+                      sbx_sandbox **out, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (spec->session)
+        return spawn_in_session(loop, spec, on_start, on_exit, arg, out, err, errlen);
+    return spawn_bwrap(loop, spec, NULL, on_start, on_exit, arg, out, err, errlen);
+}
+
+/* The holder's namespaces, through its pid 1 (bwrap's, a child of the
+ * bwrap we forked: open_init checks that after opening its pidfd). */
+static int open_session_ns(sbx_sandbox_session *ss)
+{
+    char path[64];
+    pid_t init;
+    int pfd = open_init(ss->holder->pid, &init), rc = 0;
+
+    if (pfd < 0)
+        return -ESRCH;
+    for (int i = 1; i < NS_N && !rc; i++) {
+        snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)init, ns_names[i]);
+        ss->ns[i] = open(path, O_RDONLY | O_CLOEXEC);
+        if (ss->ns[i] < 0)
+            rc = -errno;
+    }
+    if (!rc && (ss->ns[NS_USER_OUTER] = ioctl(ss->ns[NS_USER], NS_GET_PARENT)) < 0)
+        rc = -errno;
+    if (!rc)
+        fcntl(ss->ns[NS_USER_OUTER], F_SETFD, FD_CLOEXEC);
+    /* Still alive after the opens: they are its namespaces, not a recycled pid's. */
+    if (!rc && pidfd_kill(pfd, 0) < 0)
+        rc = -ESRCH;
+    close(pfd);
+    return rc;
+}
+
+/* Holder: the wrapper's byte says the command runs; EOF, that it never will. */
+static void on_mark(sbx_io *io, int events)
+{
+    sbx_sandbox *h = io->data;
+    sbx_sandbox_session *ss = h->holds;
+    char c;
+    ssize_t n;
+    int rc;
+    (void)events;
+
+    n = read(h->mark_fd, &c, 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    sbx_io_stop(&h->mark_io);
+    close_fd(&h->mark_fd);
+    h->ran = n == 1;
+    if (n != 1 || ss->state != SS_STARTING)
+        return; /* its end (on_exit) tells the session */
+    rc = open_session_ns(ss);
+    if (rc) {
+        sbx_warn("sandbox", "session namespaces pid=%d: %s", (int)h->pid, strerror(-rc));
+        if (ss->run && !ss->run->error[0])
+            snprintf(ss->run->error, sizeof(ss->run->error), "session namespaces: %s",
+                     strerror(-rc));
+        session_kill_now(ss);
+        return;
+    }
+    ss->state = SS_READY;
+    sbx_debug("sandbox", "session up pid=%d ws=%s", (int)h->pid, h->ws);
+    if (ss->run && !ss->run->launched)
+        launch_run(ss->run);
+}
+
+static void on_sink(sbx_io *io, int events)
+{
+    sbx_sandbox_session *ss = io->data;
+    int i = (int)(io - ss->sink_io);
+    char buf[SB_READ_CHUNK];
+    (void)events;
+
+    for (int k = 0; k < SB_READS_PER_TURN; k++) {
+        ssize_t n = read(ss->sinks[i], buf, sizeof(buf));
+        if (n > 0 || (n < 0 && errno == EINTR))
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        break;
+    }
+    sbx_io_stop(io);
+    close_fd(&ss->sinks[i]);
+}
+
+static void close_sinks(sbx_sandbox_session *ss)
+{
+    for (int i = 0; i < SS_SINKS_MAX; i++) {
+        sbx_io_stop(&ss->sink_io[i]);
+        close_fd(&ss->sinks[i]);
+    }
+}
+
+static void session_adopt_output(sbx_sandbox_session *ss, sbx_sandbox *s)
+{
+    int *fds[2] = {&s->out_fd, &s->err_fd};
+
+    sbx_io_stop(&s->out_io);
+    sbx_io_stop(&s->err_io);
+    for (int k = 0; k < 2; k++) {
+        int i = ss->next_sink;
+        if (*fds[k] < 0)
+            continue;
+        if (ss->state == SS_DYING || ss->state == SS_DEAD) {
+            close_fd(fds[k]);
+            continue;
+        }
+        ss->next_sink = (i + 1) % SS_SINKS_MAX;
+        sbx_io_stop(&ss->sink_io[i]);
+        close_fd(&ss->sinks[i]);
+        ss->sinks[i] = *fds[k];
+        *fds[k] = -1;
+        sbx_io_init(&ss->sink_io[i], ss->sinks[i], on_sink, ss);
+        if (sbx_io_set(ss->loop, &ss->sink_io[i], SBX_READ) != 0)
+            close_fd(&ss->sinks[i]);
+    }
+}
+
+static void on_session_end(sbx_timer *t)
+{
+    sbx_sandbox_session *ss = t->data;
+    if (ss->ended)
+        return;
+    ss->ended = 1;
+    ss->on_end(ss->arg, ss);
+}
+
+static void session_run_detached(sbx_sandbox_session *ss, sbx_sandbox *s)
+{
+    if (ss->run != s)
+        return;
+    ss->run = NULL;
+    if (ss->state == SS_DEAD && !ss->ended)
+        sbx_timer_start(ss->loop, &ss->end_t, 0);
+}
+
+static void holder_start(void *arg, sbx_sandbox *h)
+{
+    (void)arg;
+    (void)h;
+}
+
+static void holder_exit(void *arg, sbx_sandbox *h, const sbx_sandbox_status *st)
+{
+    sbx_sandbox_session *ss = arg;
+
+    sbx_log(st->error[0] || ss->state != SS_DYING ? SBX_LOG_WARN : SBX_LOG_INFO, "sandbox",
+            "session ended pid=%d ws=%s killed=%d%s%s", (int)h->pid, h->ws,
+            ss->state == SS_DYING, st->error[0] ? " error=" : "", st->error);
+    ss->state = SS_DEAD;
+    ss->paused = 0;
+    for (int i = 0; i < NS_N; i++)
+        close_fd(&ss->ns[i]);
+    close_sinks(ss);
+    if (ss->run && !ss->run->launched)
+        end_unlaunched(ss->run, "the session's sandbox ended before the command started");
+    if (!ss->run)
+        sbx_timer_start(ss->loop, &ss->end_t, 0);
+}
+
+static void session_kill_now(sbx_sandbox_session *ss)
+{
+    if (ss->state == SS_DYING || ss->state == SS_DEAD)
+        return;
+    ss->state = SS_DYING;
+    if (ss->holder->state == SB_RUNNING)
+        kill_all(ss->holder); /* its pid 1: the whole pid namespace goes */
+    if (ss->paused) {
+        sbx_cgroup_freeze(ss->holder->cg, 0); /* frozen tasks take SIGKILL once thawed */
+        ss->paused = 0;
+    }
+}
 
 int sbx_sandbox_session_new(sbx_loop *loop, const sbx_sandbox_spec *spec,
                             sbx_sandbox_session_cb on_end, void *arg,
                             sbx_sandbox_session **out, char *err, size_t errlen)
 {
-    (void)loop, (void)spec, (void)on_end, (void)arg, (void)out;
-    snprintf(err, errlen, "sessions: not implemented yet");
-    return -ENOSYS;
+    static char *const hold_argv[] = {SS_HOLD_CMD, SS_HOLD_ARG, NULL};
+    sbx_sandbox_spec hs = *spec;
+    sbx_sandbox_session *ss;
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    ss = calloc(1, sizeof(*ss));
+    if (!ss) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    ss->loop = loop;
+    ss->on_end = on_end;
+    ss->arg = arg;
+    for (int i = 0; i < NS_N; i++)
+        ss->ns[i] = -1;
+    for (int i = 0; i < SS_SINKS_MAX; i++) {
+        ss->sinks[i] = -1;
+        sbx_io_init(&ss->sink_io[i], -1, on_sink, ss);
+    }
+    sbx_timer_init(&ss->end_t, on_session_end, ss);
+    ss->uid = spec->uid;
+    ss->gid = spec->gid;
+    ss->memory_mb = spec->memory_mb;
+    ss->pids = spec->pids;
+    ss->disk_mb = spec->disk_mb;
+    ss->network = spec->network;
+    hs.argv = hold_argv;
+    hs.script = NULL;
+    hs.env = NULL;
+    hs.nenv = 0;
+    hs.files = NULL;
+    hs.nfiles = 0;
+    hs.cpu_s = 0;
+    hs.timeout_s = 0;
+    hs.output = NULL;
+    hs.output_arg = NULL;
+    hs.session = NULL;
+    rc = spawn_bwrap(loop, &hs, ss, holder_start, holder_exit, ss, &ss->holder, err, errlen);
+    if (rc) {
+        free(ss);
+        return rc;
+    }
+    *out = ss;
+    return 0;
 }
 
-int sbx_sandbox_session_alive(const sbx_sandbox_session *ss) { (void)ss; return 0; }
-int sbx_sandbox_session_busy(const sbx_sandbox_session *ss) { (void)ss; return 0; }
-int sbx_sandbox_session_pause(sbx_sandbox_session *ss) { (void)ss; return -ENOSYS; }
-int sbx_sandbox_session_paused(const sbx_sandbox_session *ss) { (void)ss; return 0; }
+int sbx_sandbox_session_alive(const sbx_sandbox_session *ss)
+{
+    return ss && (ss->state == SS_STARTING || ss->state == SS_READY) &&
+           ss->holder->state == SB_RUNNING && !ss->holder->reaped;
+}
+
+int sbx_sandbox_session_busy(const sbx_sandbox_session *ss) { return ss && ss->run != NULL; }
+
+int sbx_sandbox_session_pause(sbx_sandbox_session *ss)
+{
+    int rc;
+
+    if (!sbx_sandbox_session_alive(ss))
+        return -ESRCH;
+    if (ss->run)
+        return -EBUSY;
+    if (ss->paused)
+        return 0;
+    rc = sbx_cgroup_freeze(ss->holder->cg, 1);
+    if (rc) {
+        sbx_cgroup_freeze(ss->holder->cg, 0);
+        return rc;
+    }
+    ss->paused = 1;
+    sbx_debug("sandbox", "session paused pid=%d", (int)ss->holder->pid);
+    return 0;
+}
+
+int sbx_sandbox_session_paused(const sbx_sandbox_session *ss) { return ss && ss->paused; }
 
 int sbx_sandbox_session_resume(sbx_sandbox_session *ss, int *resume_ms)
 {
-    (void)ss;
+    struct timespec a, b;
+    int rc;
+
     if (resume_ms)
         *resume_ms = 0;
-    return -ENOSYS;
+    if (!sbx_sandbox_session_alive(ss))
+        return -ESRCH;
+    if (!ss->paused)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    rc = sbx_cgroup_freeze(ss->holder->cg, 0);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (rc)
+        return rc;
+    ss->paused = 0;
+    if (resume_ms)
+        *resume_ms = (int)((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000);
+    sbx_debug("sandbox", "session resumed pid=%d", (int)ss->holder->pid);
+    return 0;
 }
 
-void sbx_sandbox_session_kill(sbx_sandbox_session *ss) { (void)ss; }
-void sbx_sandbox_session_free(sbx_sandbox_session *ss) { (void)ss; }
-const char *sbx_sandbox_session_workspace(const sbx_sandbox_session *ss) { (void)ss; return ""; }
+void sbx_sandbox_session_kill(sbx_sandbox_session *ss)
+{
+    if (ss->run && !ss->run->end_set) {
+        ss->run->end = SBX_SANDBOX_CANCELED;
+        ss->run->end_set = 1;
+    }
+    session_kill_now(ss);
+}
+
+void sbx_sandbox_session_free(sbx_sandbox_session *ss)
+{
+    if (!ss)
+        return;
+    if (!SBX_ASSERT(ss->run == NULL))
+        ss->run->session = NULL;
+    sbx_timer_stop(ss->loop, &ss->end_t);
+    if (ss->paused)
+        sbx_cgroup_freeze(ss->holder->cg, 0);
+    sbx_sandbox_free(ss->holder); /* kills, reaps, sweeps, removes; no callbacks */
+    for (int i = 0; i < NS_N; i++)
+        close_fd(&ss->ns[i]);
+    close_sinks(ss);
+    free(ss);
+}
+
+const char *sbx_sandbox_session_workspace(const sbx_sandbox_session *ss)
+{
+    return ss->holder->ws;
+}

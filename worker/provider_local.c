@@ -37,6 +37,19 @@
  * egress.c): the operator's SBX_EGRESS_ALLOW / SBX_EGRESS_DENY, resolved
  * here at start-up, narrowed by the job's "egress" list.
  *
+ * Sessions (provider.h). A slot held by a session keeps its sandbox between
+ * jobs: a session sandbox of sandbox.c (a holder process owning workspace
+ * <work_dir>/<slot>-<session>, the slot's uid, cgroup and namespaces), in
+ * which each job of the session runs; what a job leaves running stays.
+ * Limits, network and disk come from the job that created it. PAUSE freezes
+ * its cgroup; the next start() thaws it (RESUMED, resume_ms). DESTROY, or a
+ * timeout or cancel of one of its jobs, kills it all (the next job: NEW).
+ * A session of another name found on the slot is an ended one nobody
+ * destroyed: it is killed first. Sessions live in this process: they die
+ * with the worker (destroy()), and a restarted worker removes what is left
+ * like any crashed predecessor's workspace. The token is not checked: there
+ * is no remote side, and the lease gives the slot to one owner at a time.
+ *
  * Lease: trust() gives the sandbox's supervisor (common/supervise.c) the
  * end of the lease's trust window; a build it killed ends ERROR ("killed by
  * its supervisor"), which the worker, past that window, never writes.
@@ -91,7 +104,27 @@ typedef struct local_provider {
     double default_cpus;
     int kill_grace_ms;
     struct sbx_run **busy;       /* per slot, NULL when free */
+    struct local_session **sess; /* per slot, NULL when no session sandbox */
 } local_provider;
+
+/* A session's sandbox on one slot. */
+typedef struct local_session {
+    local_provider *p;
+    int slot;
+    char name[SBX_SESSION_NAME_MAX + 1];
+    sbx_sandbox_session *ss;
+    struct local_op *destroying; /* a DESTROY waiting for its end */
+} local_session;
+
+/* One session_op, answered from the loop. */
+typedef struct local_op {
+    sbx_loop *loop;
+    sbx_timer t;
+    sbx_session_cb cb;
+    void *arg;
+    int rc;
+    char why[128];
+} local_op;
 
 struct sbx_run {
     local_provider *p;
@@ -105,6 +138,9 @@ struct sbx_run {
     int pid;
     sbx_output_fn output;        /* req->output: the sandbox's reads go there */
     void *output_arg;
+    local_session *ls;           /* a session's run; NULL for a one-off */
+    sbx_sandbox_use use;
+    int resume_ms;
 };
 
 static const char *const outcome_names[] = {"succeeded", "failed", "timed_out", "canceled",
@@ -123,14 +159,16 @@ static int slot_index(const local_provider *p, const char *slot)
 static void set_instance(const struct sbx_run *r, sbx_result *res)
 {
     snprintf(res->instance, sizeof(res->instance), "%s:%d", r->p->node, r->pid);
+    res->sandbox = r->use;
+    res->resume_ms = r->resume_ms;
 }
 
 static void on_sb_start(void *arg, sbx_sandbox *sb)
 {
     struct sbx_run *r = arg;
     sbx_result res;
-    (void)sb;
 
+    r->pid = (int)sbx_sandbox_pid(sb); /* a session's run forks once its sandbox is up */
     memset(&res, 0, sizeof(res));
     res.exit_code = -1;
     set_instance(r, &res);
@@ -185,6 +223,12 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     } else if (res.outcome == SBX_OUTCOME_TIMED_OUT) {
         snprintf(res.error, sizeof(res.error), "killed after the timeout");
     }
+    if (r->ls && !sbx_sandbox_session_alive(r->ls->ss) &&
+        (res.outcome == SBX_OUTCOME_SUCCEEDED || res.outcome == SBX_OUTCOME_FAILED)) {
+        size_t n = strlen(res.error);
+        snprintf(res.error + n, sizeof(res.error) - n, "%sthe session's sandbox ended",
+                 n ? "; " : "");
+    }
     memcpy(res.log_tail, st->tail, st->tail_len);
     res.log_tail[st->tail_len] = '\0';
     res.log_tail_len = st->tail_len;
@@ -192,9 +236,10 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     sbx_log(st->error[0] || res.outcome == SBX_OUTCOME_ERROR ? SBX_LOG_WARN : SBX_LOG_INFO,
         "local",
         "run end slot=%s token=%" PRId64 " job=%s pid=%d outcome=%s exit_code=%d out_bytes=%" PRIu64
-        " duration_ms=%" PRIu64 "%s%s",
+        " duration_ms=%" PRIu64 "%s%s%s%s",
         p->ids[r->slot], r->token, r->job_id, r->pid, outcome_names[res.outcome], st->exit_code,
-        st->out_bytes, st->duration_ms, res.error[0] ? " error=" : "", res.error);
+        st->out_bytes, st->duration_ms, r->ls ? " session=" : "", r->ls ? r->ls->name : "",
+        res.error[0] ? " error=" : "", res.error);
 
     /* Forget the run before telling: the callback may start the next build
      * in this slot, and the sbx_run pointer is dangling once it is told. */
@@ -202,6 +247,153 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     sbx_sandbox_free(sb);
     free(r);
     cb(cb_arg, SBX_RUN_FINISHED, &res);
+}
+
+/* ---- sessions ---- */
+
+static void op_fire(sbx_timer *t)
+{
+    local_op *op = t->data;
+    sbx_session_cb cb = op->cb;
+    void *arg = op->arg;
+    int rc = op->rc;
+    char why[sizeof(op->why)];
+
+    memcpy(why, op->why, sizeof(why));
+    free(op);
+    cb(arg, rc, why);
+}
+
+static void op_answer(local_op *op, int rc, const char *why)
+{
+    op->rc = rc;
+    snprintf(op->why, sizeof(op->why), "%s", why);
+    sbx_timer_start(op->loop, &op->t, 0);
+}
+
+/* Synchronous: what is left of it is killed, reaped and removed. */
+static void session_drop(local_session *ls)
+{
+    local_provider *p = ls->p;
+
+    p->sess[ls->slot] = NULL;
+    sbx_sandbox_session_free(ls->ss);
+    if (ls->destroying)
+        op_answer(ls->destroying, 0, "");
+    free(ls);
+}
+
+/* sandbox.c: the session's sandbox is gone, everything cleaned up. */
+static void on_session_end(void *arg, sbx_sandbox_session *ss)
+{
+    local_session *ls = arg;
+    (void)ss;
+
+    sbx_info("local", "session sandbox ended slot=%s session=%s", ls->p->ids[ls->slot], ls->name);
+    session_drop(ls);
+}
+
+/* The session's sandbox on slot i, found (resumed if paused) or made.
+ * Returns 0 and sets r->ls, r->use, r->resume_ms. */
+static int session_for(local_provider *p, int i, const char *name, const sbx_sandbox_spec *spec,
+                       struct sbx_run *r, char *err, size_t errlen)
+{
+    local_session *ls = p->sess[i];
+    int rc;
+
+    if (strlen(name) > SBX_SESSION_NAME_MAX || !name[0] || strchr(name, '/')) {
+        snprintf(err, errlen, "session name %.64s: not a session sandbox name", name);
+        return -EINVAL;
+    }
+    if (ls && (strcmp(ls->name, name) != 0 || !sbx_sandbox_session_alive(ls->ss))) {
+        sbx_info("local", "session sandbox replaced slot=%s old=%s alive=%d new=%s", p->ids[i],
+                 ls->name, sbx_sandbox_session_alive(ls->ss), name);
+        session_drop(ls);
+        ls = NULL;
+    }
+    if (ls) {
+        if (sbx_sandbox_session_paused(ls->ss)) {
+            rc = sbx_sandbox_session_resume(ls->ss, &r->resume_ms);
+            if (rc) {
+                snprintf(err, errlen, "session %s: resume: %s", name, strerror(-rc));
+                return rc;
+            }
+            r->use = SBX_SANDBOX_RESUMED;
+        } else {
+            r->use = SBX_SANDBOX_REUSED;
+        }
+        r->ls = ls;
+        return 0;
+    }
+    ls = calloc(1, sizeof(*ls));
+    if (!ls) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    ls->p = p;
+    ls->slot = i;
+    snprintf(ls->name, sizeof(ls->name), "%s", name);
+    rc = sbx_sandbox_session_new(p->base.loop, spec, on_session_end, ls, &ls->ss, err, errlen);
+    if (rc) {
+        free(ls);
+        return rc;
+    }
+    p->sess[i] = ls;
+    r->ls = ls;
+    r->use = SBX_SANDBOX_NEW;
+    return 0;
+}
+
+static int local_session_op(sbx_provider *bp, sbx_session_op op, const char *slot,
+                            const char *session, int64_t token, sbx_session_cb cb, void *arg)
+{
+    local_provider *p = (local_provider *)bp;
+    int i = slot_index(p, slot);
+    local_session *ls;
+    local_op *o;
+    int rc;
+
+    if (i < 0 || !session)
+        return -ENOENT;
+    o = calloc(1, sizeof(*o));
+    if (!o)
+        return -ENOMEM;
+    o->loop = p->base.loop;
+    o->cb = cb;
+    o->arg = arg;
+    sbx_timer_init(&o->t, op_fire, o);
+    ls = p->sess[i];
+    if (ls && strcmp(ls->name, session) != 0)
+        ls = NULL; /* another session's: not this op's business */
+    sbx_info("local", "session %s slot=%s session=%s token=%" PRId64 " sandbox=%s",
+             op == SBX_SESSION_PAUSE ? "pause" : "destroy", p->ids[i], session, token,
+             !ls ? "none" : sbx_sandbox_session_alive(ls->ss) ? "alive" : "ended");
+    if (op == SBX_SESSION_PAUSE) {
+        if (!ls || !sbx_sandbox_session_alive(ls->ss)) {
+            op_answer(o, 0, "no sandbox");
+        } else if (p->busy[i]) {
+            op_answer(o, -EBUSY, "a job of the session is running");
+        } else {
+            rc = sbx_sandbox_session_pause(ls->ss);
+            op_answer(o, rc, rc ? strerror(-rc) : "");
+        }
+        return 0;
+    }
+    if (!ls) {
+        op_answer(o, 0, "no sandbox");
+        return 0;
+    }
+    if (ls->destroying) {
+        op_answer(o, -EBUSY, "being destroyed");
+        return 0;
+    }
+    /* Answered once its end has cleaned everything up (on_session_end). A
+     * job still running there ends CANCELED first. */
+    ls->destroying = o;
+    if (p->busy[i])
+        p->busy[i]->canceled = 1;
+    sbx_sandbox_session_kill(ls->ss);
+    return 0;
 }
 
 static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, void *arg,
@@ -244,7 +436,10 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
 
     timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
     cpus = job->cpus > 0 ? job->cpus : p->default_cpus;
-    snprintf(name, sizeof(name), "%d-%" PRId64, i, req->token);
+    if (req->session)
+        snprintf(name, sizeof(name), "%d-%.*s", i, SBX_SESSION_NAME_MAX, req->session);
+    else
+        snprintf(name, sizeof(name), "%d-%" PRId64, i, req->token);
     memset(&spec, 0, sizeof(spec));
     spec.bwrap = p->bwrap;
     spec.work_dir = p->work_dir;
@@ -276,7 +471,14 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
         spec.output_arg = r;
     }
 
-    rc = sbx_sandbox_spawn(p->base.loop, &spec, on_sb_start, on_sb_exit, r, &r->sb, err, errlen);
+    rc = 0;
+    if (req->session) {
+        rc = session_for(p, i, req->session, &spec, r, err, errlen);
+        spec.session = rc ? NULL : r->ls->ss;
+    }
+    if (!rc)
+        rc = sbx_sandbox_spawn(p->base.loop, &spec, on_sb_start, on_sb_exit, r, &r->sb, err,
+                               errlen);
     if (rc) {
         sbx_warn("local", "run refused slot=%s token=%" PRId64 " job=%s: %s", p->ids[i],
                  req->token, r->job_id, err);
@@ -287,9 +489,11 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     p->busy[i] = r;
     sbx_info("local",
              "run start slot=%s token=%" PRId64 " job=%s attempt=%d pid=%d uid=%d network=%d "
-             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d",
+             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d%s%s%s%d",
              p->ids[i], req->token, r->job_id, req->attempt, r->pid, spec.uid, spec.network,
-             spec.memory_mb, spec.pids, cpus, spec.disk_mb, timeout_s);
+             spec.memory_mb, spec.pids, cpus, spec.disk_mb, timeout_s,
+             r->ls ? " session=" : "", r->ls ? r->ls->name : "",
+             r->ls ? " sandbox=" : "", (int)r->use);
     if (job->network && !p->allow_network)
         sbx_info("local", "run job=%s asked for network; this host allows none", r->job_id);
     *out = r;
@@ -331,6 +535,7 @@ static void free_provider(local_provider *p)
             free(p->ids[i]);
     free(p->ids);
     free(p->busy);
+    free(p->sess);
     sbx_netns_host_free(&p->net);
     free(p->node);
     free(p->work_dir);
@@ -355,6 +560,19 @@ static void local_destroy(sbx_provider *bp)
         p->busy[i] = NULL;
         killed++;
     }
+    /* Session sandboxes are this process's children: they go with it. */
+    for (int i = 0; i < p->nslots; i++) {
+        local_session *ls = p->sess[i];
+        if (!ls)
+            continue;
+        sbx_info("local", "session sandbox killed at shutdown slot=%s session=%s", p->ids[i],
+                 ls->name);
+        if (ls->destroying) {
+            free(ls->destroying); /* no callbacks follow destroy() */
+            ls->destroying = NULL;
+        }
+        session_drop(ls);
+    }
     sbx_info("local", "provider closed pool=%s killed=%d", p->pool, killed);
     free_provider(p);
 }
@@ -364,12 +582,14 @@ static const sbx_provider_ops local_ops = {
     .start = local_start,
     .cancel = local_cancel,
     .trust = local_trust,
+    .session_op = local_session_op,
     .slots = local_slots,
     .pool = local_pool,
     .destroy = local_destroy,
 };
 
-/* "<digits>-<token>": what a workspace is named; anything else is not ours. */
+/* "<digits>-<token>" or a session's "<digits>-s-<name>": what a workspace
+ * is named; anything else is not ours. */
 static int is_workspace_name(const char *n)
 {
     const char *c = n;
@@ -379,6 +599,12 @@ static int is_workspace_name(const char *n)
         c++;
     if (*c++ != '-')
         return 0;
+    if (c[0] == 's' && c[1] == '-') {
+        for (c += 2; *c; c++)
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-'))
+                return 0;
+        return 1;
+    }
     if (*c == '-')
         c++;
     if (*c < '0' || *c > '9')
@@ -483,7 +709,8 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
     p->pool = malloc(n);
     p->ids = calloc((size_t)p->nslots, sizeof(*p->ids));
     p->busy = calloc((size_t)p->nslots, sizeof(*p->busy));
-    if (!p->node || !p->work_dir || !p->pool || !p->ids || !p->busy) {
+    p->sess = calloc((size_t)p->nslots, sizeof(*p->sess));
+    if (!p->node || !p->work_dir || !p->pool || !p->ids || !p->busy || !p->sess) {
         rc = -ENOMEM;
         snprintf(err, errlen, "out of memory");
         goto out;
@@ -516,7 +743,12 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
                  p->net.egress.allow_set ? "set" : "any public IPv4");
     }
 
-    /* Whatever a crashed predecessor left: its processes, then its disk. */
+    /* Whatever a crashed predecessor left: its processes, then its disk.
+     * Its cgroups first: a paused session's processes are frozen, and
+     * take the uid sweep's SIGKILL only once thawed (cgroup.c does). */
+    if (as_root)
+        for (int i = 0; i < p->nslots; i++)
+            sbx_sandbox_sweep_cgroups(p->work_dir, p->uid_base + i);
     if (as_root)
         for (int i = 0; i < p->nslots; i++)
             if (sbx_sandbox_sweep_uid((uid_t)(p->uid_base + i), LOCAL_SWEEP_MS) != 0)

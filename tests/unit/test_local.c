@@ -34,6 +34,7 @@
 #include "conformance.h"
 #include "log.h"
 #include "provider.h"
+#include "cgroup.h"
 #include "sandbox.h"
 
 static char g_work_dir[256];
@@ -961,6 +962,359 @@ static void t_killed_owner_build_killed(void **state)
     }
 }
 
+/* ---- sessions (issue 13) ---- */
+
+#define SESS_A "s-0123456789abcdef0123456789abcdef"
+#define SESS_B "s-fedcba9876543210fedcba9876543210"
+
+static int start_s(lenv *e, int slot, const sbx_job *job, const char *session, lrun *r, char *err,
+                   size_t errlen)
+{
+    sbx_run_req req = {0};
+    memset(r, 0, sizeof(*r));
+    r->token = g_token++;
+    req.job = job;
+    req.slot = e->slots[slot];
+    req.token = r->token;
+    req.attempt = 1;
+    req.session = session;
+    r->t_start_ms = sbx_now_ms();
+    return e->p->ops->start(e->p, &req, on_event, r, &r->run, err, errlen);
+}
+
+static void run_s(lenv *e, int slot, const char *session, const char *script, int timeout_s,
+                  lrun *r)
+{
+    sbx_job job;
+    char err[256] = "";
+    int rc;
+    job_init(&job, script, timeout_s);
+    rc = start_s(e, slot, &job, session, r, err, sizeof(err));
+    if (rc)
+        print_error("start: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_true(wait_done(e, r, 30000));
+    assert_int_equal(r->started, 1);
+    assert_int_equal(r->finished, 1);
+    assert_false(r->order_bad);
+}
+
+typedef struct sop {
+    int done, rc;
+    char why[128];
+} sop;
+
+static void on_sop(void *arg, int rc, const char *why)
+{
+    sop *o = arg;
+    o->done++;
+    o->rc = rc;
+    snprintf(o->why, sizeof(o->why), "%s", why);
+}
+
+static int session_op(lenv *e, sbx_session_op op, int slot, const char *session)
+{
+    sop o = {0};
+    uint64_t until = sbx_now_ms() + 15000;
+    int rc = e->p->ops->session_op(e->p, op, e->slots[slot], session, g_token++, on_sop, &o);
+    if (rc)
+        return rc;
+    assert_int_equal(o.done, 0); /* never from inside the call */
+    while (!o.done && sbx_now_ms() < until)
+        sbx_loop_once(e->loop, 10);
+    assert_int_equal(o.done, 1);
+    if (o.rc)
+        print_message("    session_op: %d %s\n", o.rc, o.why);
+    return o.rc;
+}
+
+/* A background process may exec just after the job's command exited. */
+static int procs_become(const char *marker, int n)
+{
+    uint64_t until = sbx_now_ms() + 3000;
+    while (sbx_now_ms() < until) {
+        if (sbx_conformance_procs_with(marker, 1) == n)
+            return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+static void session_ws(int slot, const char *session, char out[512])
+{
+    snprintf(out, 512, "%s/%d-%s", g_work_dir, slot, session);
+}
+
+/* The slot's uid has no process left, within a few seconds (cleanup of a
+ * killed session runs from the loop). */
+static int uid_empties(lenv *e, int slot)
+{
+    uint64_t until = sbx_now_ms() + 5000;
+    if (!g_root)
+        return 1;
+    while (sbx_now_ms() < until) {
+        if (sbx_sandbox_count_uid((uid_t)(g_uid_base + slot)) == 0)
+            return 1;
+        sbx_loop_once(e->loop, 10);
+    }
+    return 0;
+}
+
+/* Five jobs of one session: one workspace, a background process left by
+ * the first is alive in every later one, the job's files land over it. */
+static void t_session_five_jobs(void **state)
+{
+    lenv e;
+    lrun r;
+    char m[64], script[512], ws[512];
+    struct stat st;
+    (void)state;
+
+    sbx_conformance_marker(m, 40);
+    assert_int_equal(env_open(&e, NULL), 0);
+    snprintf(script, sizeof(script),
+             "echo one > first.txt; (%s >/dev/null 2>&1 & echo $! > bg.pid); "
+             "(while :; do echo tick; sleep 0.05; done &); echo started", m);
+    run_s(&e, 0, SESS_A, script, 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_non_null(strstr(r.res.log_tail, "started"));
+    /* Ended at the command's exit although the loop keeps the pipe open. */
+    assert_true(r.t_finished_ms - r.t_start_ms < 5000);
+    assert_true(procs_become(m, 1));
+    session_ws(0, SESS_A, ws);
+    assert_int_equal(stat(ws, &st), 0);
+    for (int k = 2; k <= 5; k++) {
+        snprintf(script, sizeof(script),
+                 "cat first.txt && kill -0 $(cat bg.pid) && echo bg-alive && echo %d >> runs.txt "
+                 "&& cat runs.txt | wc -l", k);
+        run_s(&e, 0, SESS_A, script, 60, &r);
+        if (r.res.outcome != SBX_OUTCOME_SUCCEEDED)
+            print_error("job %d: %s / %s\n", k, r.res.error, r.res.log_tail);
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+        assert_non_null(strstr(r.res.log_tail, "one\nbg-alive\n"));
+    }
+    assert_non_null(strstr(r.res.log_tail, "bg-alive\n4\n"));
+    assert_true(procs_become(m, 1));
+    /* Job files land over the workspace, replacing what is there. */
+    {
+        sbx_job job;
+        sbx_kv files[1] = {{"first.txt", "replaced"}};
+        char err[256] = "";
+        job_init(&job, "cat first.txt; echo; ls", 60);
+        job.files = files;
+        job.nfiles = 1;
+        assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+        assert_true(wait_done(&e, &r, 30000));
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_non_null(strstr(r.res.log_tail, "replaced\n"));
+        assert_non_null(strstr(r.res.log_tail, "runs.txt"));
+    }
+    /* A one-off on the other slot is unaffected by, and does not touch, the session. */
+    {
+        sbx_job job;
+        char err[256] = "";
+        job_init(&job, "ls /workspace | wc -l", 60);
+        assert_int_equal(start(&e, 1, &job, &r, err, sizeof(err)), 0);
+        assert_true(wait_done(&e, &r, 30000));
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_ONE_OFF);
+        assert_string_equal(r.res.log_tail, "0\n");
+    }
+    assert_true(procs_become(m, 1));
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    assert_int_not_equal(stat(ws, &st), 0);
+    assert_true(uid_empties(&e, 0));
+    env_close(&e);
+}
+
+/* PAUSE freezes everything of the session; start() resumes it (RESUMED,
+ * resume_ms) and the background process carries on. */
+static void t_session_pause_resume(void **state)
+{
+    lenv e;
+    lrun r;
+    char m[64], script[512], ws[512], path[600], a[64] = "", b[64] = "";
+    long long t;
+    FILE *f;
+    (void)state;
+
+    if (!sbx_cgroup_mode()) {
+        print_message("    no writable cgroups: pause not testable here\n");
+        skip();
+    }
+    sbx_conformance_marker(m, 41);
+    assert_int_equal(env_open(&e, NULL), 0);
+    snprintf(script, sizeof(script),
+             "(%s >/dev/null 2>&1 & echo $! > bg.pid); "
+             "(n=0; while :; do n=$((n+1)); echo $n > count.tmp; mv count.tmp count; sleep 0.02; "
+             "done) >/dev/null 2>&1 & while [ ! -s count ]; do sleep 0.01; done; echo started", m);
+    run_s(&e, 0, SESS_A, script, 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_int_equal(session_op(&e, SBX_SESSION_PAUSE, 0, SESS_A), 0);
+    /* Paused: the counter stands still. */
+    session_ws(0, SESS_A, ws);
+    snprintf(path, sizeof(path), "%s/%scount", ws, g_root ? "ws/" : "");
+    f = fopen(path, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(a, sizeof(a), f));
+    fclose(f);
+    usleep(300000);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(b, sizeof(b), f));
+    fclose(f);
+    assert_string_equal(a, b);
+    /* PAUSE again, and of a session with no sandbox here: both fine. */
+    assert_int_equal(session_op(&e, SBX_SESSION_PAUSE, 0, SESS_A), 0);
+    assert_int_equal(session_op(&e, SBX_SESSION_PAUSE, 1, SESS_B), 0);
+    t = wall_ns();
+    {
+        sbx_job job;
+        char err[256] = "";
+        job_init(&job, "kill -0 $(cat bg.pid) && echo bg-alive; c=$(cat count); sleep 0.3; "
+                       "[ $(cat count) -gt $c ] && echo counting", 60);
+        assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+        t = wall_ns() - t;
+        assert_true(wait_done(&e, &r, 30000));
+    }
+    print_message("    local session resume_ms=%d (PAUSE -> start(): RESUMED; start() returned "
+                  "after %.2f ms, thaw included)\n", r.res.resume_ms, (double)t / 1e6);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_true(r.res.resume_ms >= 0 && r.res.resume_ms < 2000);
+    assert_non_null(strstr(r.res.log_tail, "bg-alive\ncounting\n"));
+    /* A paused session is destroyed as well. */
+    assert_int_equal(session_op(&e, SBX_SESSION_PAUSE, 0, SESS_A), 0);
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    assert_true(uid_empties(&e, 0));
+    assert_int_not_equal(access(ws, F_OK), 0);
+    env_close(&e);
+}
+
+/* DESTROY leaves nothing; the next job of the session gets a new sandbox;
+ * DESTROY of nothing is success. */
+static void t_session_destroy_then_new(void **state)
+{
+    lenv e;
+    lrun r;
+    char m[64], script[256], ws[512];
+    (void)state;
+
+    sbx_conformance_marker(m, 42);
+    assert_int_equal(env_open(&e, NULL), 0);
+    snprintf(script, sizeof(script), "echo x > keep; setsid %s >/dev/null 2>&1 < /dev/null &", m);
+    run_s(&e, 0, SESS_A, script, 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_true(procs_become(m, 1));
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    assert_true(uid_empties(&e, 0));
+    session_ws(0, SESS_A, ws);
+    assert_int_not_equal(access(ws, F_OK), 0);
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    run_s(&e, 0, SESS_A, "ls keep || echo fresh", 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_non_null(strstr(r.res.log_tail, "fresh"));
+    /* Another session on the slot replaces an ended one left there. */
+    run_s(&e, 0, SESS_B, "echo b", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    env_close(&e);
+    /* destroy() took the session's sandbox with it. */
+    session_ws(0, SESS_B, ws);
+    assert_int_not_equal(access(ws, F_OK), 0);
+    if (g_root)
+        assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
+}
+
+/* A timeout kills the job's processes (here: its whole sandbox); the next
+ * job of the session reports NEW. Cancel likewise. */
+static void t_session_timeout_and_cancel(void **state)
+{
+    lenv e;
+    lrun r;
+    sbx_job job;
+    char m[64], m2[64], script[256], err[256] = "";
+    (void)state;
+
+    sbx_conformance_marker(m, 43);
+    sbx_conformance_marker(m2, 44);
+    assert_int_equal(env_open(&e, NULL), 0);
+    snprintf(script, sizeof(script), "(%s >/dev/null 2>&1 &); echo ok", m);
+    run_s(&e, 0, SESS_A, script, 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    snprintf(script, sizeof(script), "trap '' TERM; %s", m2);
+    run_s(&e, 0, SESS_A, script, 1, &r);
+    print_message("    session timeout_s=1 -> FINISHED after %" PRIu64 " ms\n",
+                  r.t_finished_ms - r.t_start_ms);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_TIMED_OUT);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_int_equal(sbx_conformance_procs_with(m2, 0), 0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    assert_true(uid_empties(&e, 0));
+    run_s(&e, 0, SESS_A, "echo again", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    /* Cancel: SIGTERM to the job's command first (it exits by itself). */
+    snprintf(script, sizeof(script), "trap 'echo got-term; exit 0' TERM; %s & wait", m2);
+    job_init(&job, script, 600);
+    assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m2));
+    e.p->ops->cancel(e.p, r.run);
+    assert_true(wait_done(&e, &r, 10000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_non_null(strstr(r.res.log_tail, "got-term"));
+    assert_int_equal(sbx_conformance_procs_with(m2, 0), 0);
+    assert_true(uid_empties(&e, 0));
+    run_s(&e, 0, SESS_A, "echo after-cancel", 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    /* DESTROY while a job of the session runs: it ends CANCELED. */
+    job_init(&job, script, 600);
+    assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m2));
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    assert_true(wait_done(&e, &r, 10000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_int_equal(sbx_conformance_procs_with(m2, 0), 0);
+    assert_true(uid_empties(&e, 0));
+    env_close(&e);
+}
+
+/* The session's limits hold across its jobs: the cgroup is the session's,
+ * the seccomp filter and no capabilities in every job, the slot's uid. */
+static void t_session_confined(void **state)
+{
+    lenv e;
+    lrun r;
+    char want[64];
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    run_s(&e, 0, SESS_A, "true", 60, &r);
+    run_s(&e, 0, SESS_A,
+          "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
+          "unshare -U true 2>/dev/null && echo userns-allowed; hostname; "
+          "touch /usr/x 2>/dev/null && echo usr-writable; ls /proc | grep -c '^[0-9]'", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    if (g_root) {
+        snprintf(want, sizeof(want), "%d\n", g_uid_base);
+        assert_true(strncmp(r.res.log_tail, want, strlen(want)) == 0);
+    }
+    assert_non_null(strstr(r.res.log_tail, "CapEff:\t0000000000000000"));
+    assert_non_null(strstr(r.res.log_tail, "CapBnd:\t0000000000000000"));
+    assert_non_null(strstr(r.res.log_tail, "NoNewPrivs:\t1"));
+    assert_non_null(strstr(r.res.log_tail, "Seccomp:\t2"));
+    assert_null(strstr(r.res.log_tail, "userns-allowed"));
+    assert_null(strstr(r.res.log_tail, "usr-writable"));
+    assert_non_null(strstr(r.res.log_tail, "sbx\n"));
+    env_close(&e);
+}
+
 static void t_slots_and_pool(void **state)
 {
     lenv e;
@@ -979,6 +1333,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_slots_and_pool),
+        cmocka_unit_test(t_session_five_jobs),
+        cmocka_unit_test(t_session_pause_resume),
+        cmocka_unit_test(t_session_destroy_then_new),
+        cmocka_unit_test(t_session_timeout_and_cancel),
+        cmocka_unit_test(t_session_confined),
         cmocka_unit_test(t_identity),
         cmocka_unit_test(t_second_slot_uid),
         cmocka_unit_test(t_read_only_host),
@@ -1011,9 +1370,11 @@ int main(void)
     /* SBX_TEST_FILTER=t_cancel* runs only the matching scenarios. */
     if (getenv("SBX_TEST_FILTER"))
         cmocka_set_test_filter(getenv("SBX_TEST_FILTER"));
-    sbx_log_set_level(SBX_LOG_WARN);
+    sbx_log_set_level(getenv("SBX_TEST_DEBUG") ? SBX_LOG_DEBUG : SBX_LOG_WARN);
     g_root = geteuid() == 0;
-    g_uid_base = 200000 + (int)(getpid() % 100000) * 4;
+    /* SBX_TEST_UID_SHIFT keeps parallel test runs' uids apart, as in e2e. */
+    g_uid_base = 200000 + (getenv("SBX_TEST_UID_SHIFT") ? atoi(getenv("SBX_TEST_UID_SHIFT")) : 0) +
+                 (int)(getpid() % 100000) * 4;
     snprintf(g_work_dir, sizeof(g_work_dir), "/tmp/sbx-test-local-%d", (int)getpid());
     if (mkdir(g_work_dir, 0711) < 0 || chmod(g_work_dir, 0711) < 0) {
         fprintf(stderr, "mkdir %s: %s\n", g_work_dir, strerror(errno));
