@@ -177,6 +177,7 @@ struct arun {
     char session[SBX_RUNS_SESSION_MAX + 1];
     sbx_runs_sandbox sandbox;
     int resume_ms;
+    uint64_t resume_us;          /* the same, finer, for the log */
     sbx_run_state state;
     int canceled;
     int exit_code;
@@ -965,7 +966,7 @@ static int spawn(arun *a, const sbx_job *job, sbx_sandbox_session *ss, char *err
     slot *s = &r->slots[a->slot];
     sbx_sandbox_spec spec;
     sbx_kv *files = NULL;
-    char **argv = NULL, path[PATH_MAX];
+    char **argv = NULL, path[PATH_MAX], sess[SBX_RUNS_SESSION_MAX + 64] = "";
     size_t n = 0;
     int rc;
 
@@ -1028,13 +1029,14 @@ static int spawn(arun *a, const sbx_job *job, sbx_sandbox_session *ss, char *err
                                                    IN_DONT_FOLLOW);
     if (a->wd < 0)
         sbx_warn("runs", "run %s: inotify: %s (the 1 s sweep takes over)", a->id, strerror(errno));
+    if (ss)
+        snprintf(sess, sizeof(sess), " session=%s sandbox=%s resume_us=%" PRIu64, a->session,
+                 sandbox_names[a->sandbox], a->resume_us);
     sbx_info("runs",
              "run start id=%s slot=%s token=%" PRId64 " job=%s attempt=%d pid=%d uid=%d network=%d "
-             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d%s%s%s%s",
+             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d%s",
              a->id, s->id, a->token, a->job_id, a->attempt, (int)sbx_sandbox_pid(a->sb), spec.uid,
-             spec.network, spec.memory_mb, spec.pids, spec.cpus, spec.disk_mb, spec.timeout_s,
-             ss ? " session=" : "", ss ? a->session : "", ss ? " sandbox=" : "",
-             ss ? sandbox_names[a->sandbox] : "");
+             spec.network, spec.memory_mb, spec.pids, spec.cpus, spec.disk_mb, spec.timeout_s, sess);
 out:
     free(files);
     free(argv);
@@ -1115,7 +1117,9 @@ static int session_for_run(sbx_runs *r, slot *s, arun *a, const char *session, c
     snprintf(a->session, sizeof(a->session), "%s", session);
     if (s->sess == SS_LIVE) {
         int paused = sbx_sandbox_session_paused(s->ss);
+        uint64_t t0 = sbx_now_us();
         rc = sbx_sandbox_session_resume(s->ss, &a->resume_ms);
+        a->resume_us = paused ? sbx_now_us() - t0 : 0;
         if (rc) {
             snprintf(err, errlen, "slot %s: session %s does not resume: %s", s->id, session, strerror(-rc));
             session_kill(s, "it did not resume");

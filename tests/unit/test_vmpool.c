@@ -1097,19 +1097,46 @@ static void session_name(char out[40], int k)
     snprintf(out, 40, "s-%024x%08x", (unsigned)getpid(), (unsigned)k);
 }
 
+/* Size of a file in the workspace of a session sandbox of agent a's slot
+ * index i, seen from the host (-1 if absent): the workspace is ws/ of the
+ * sandbox's tmpfs (sandbox.c, disk_total as root). */
+static long long ws_file_size(const agent_proc *a, const char *session, int i, const char *name)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/ws/%s-%d/ws/%s", a->dir, session, i, name);
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* The resume_us= of the agent's last "sandbox=resumed" run line, or -1. */
+static long long agent_resume_us(const agent_proc *a)
+{
+    char *log = read_file(a->log), *p, *last = NULL;
+    long long us = -1;
+    for (p = log; p && (p = strstr(p, "sandbox=resumed resume_us=")) != NULL; p++)
+        last = p;
+    if (last)
+        us = atoll(last + strlen("sandbox=resumed resume_us="));
+    free(log);
+    return us;
+}
+
 static void t_session(void **state)
 {
     tenv *e = *state;
     agent_proc *a = &g_agents[0];
     char ss[40], m[64], script[512], st[32], id[32];
     int64_t t_pause;
+    long long size;
     vrun v;
 
     session_name(ss, 1);
     sbx_conformance_marker(m, 60);
-    /* Run 1: a file and a process that outlives the run. */
+    /* Run 1: a file, a process that outlives the run, and one that ticks
+     * into a file every 50 ms (to see the pause). */
     snprintf(script, sizeof(script),
              "echo from-run-1 > /workspace/f1; %s </dev/null >/dev/null 2>&1 & echo $! > bg.pid; "
+             "(while :; do echo t >> tick; sleep 0.05; done) </dev/null >/dev/null 2>&1 & "
              "echo one", m);
     session_run(e, a->id, ss, "j-sess-1", script, &v);
     assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
@@ -1134,6 +1161,11 @@ static void t_session(void **state)
     assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, t_pause), 0);
     agent_session(e, a, a->id, st, sizeof(st));
     assert_string_equal(st, "paused");
+    /* Frozen: the ticker writes nothing while paused. */
+    size = ws_file_size(a, ss, 0, "tick");
+    assert_true(size > 0);
+    sleep_ms(400);
+    assert_int_equal(ws_file_size(a, ss, 0, "tick"), size);
     assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, t_pause - 1), -ESTALE);
     assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, t_pause - 1), -ESTALE);
     agent_session(e, a, a->id, st, sizeof(st));
@@ -1147,9 +1179,16 @@ static void t_session(void **state)
     assert_int_equal(v.res.sandbox, SBX_SANDBOX_RESUMED);
     assert_string_equal(v.res.log_tail, "from-run-1\n");
     assert_true(v.res.resume_ms >= 0);
-    print_message("    vmpool session: PAUSE then start() -> RESUMED, resume_ms=%d "
-                  "(start -> STARTED %.1f ms)\n",
-                  v.res.resume_ms, (double)(v.t_started_us - v.t0_us) / 1000.0);
+    print_message("    vmpool session: PAUSE then start() -> RESUMED, resume_ms=%d (agent: thaw "
+                  "%lld us; start -> STARTED %.1f ms, start -> FINISHED %.1f ms)\n",
+                  v.res.resume_ms, agent_resume_us(a), (double)(v.t_started_us - v.t0_us) / 1000.0,
+                  (double)(v.t_finished_us - v.t0_us) / 1000.0);
+    /* Thawed: the ticker goes on. */
+    size = ws_file_size(a, ss, 0, "tick");
+    for (uint64_t until = sbx_now_ms() + 3000;
+         ws_file_size(a, ss, 0, "tick") == size && sbx_now_ms() < until;)
+        sleep_ms(20);
+    assert_true(ws_file_size(a, ss, 0, "tick") > size);
     agent_session(e, a, a->id, st, sizeof(st));
     assert_string_equal(st, "idle");
 
@@ -1158,6 +1197,7 @@ static void t_session(void **state)
     assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
     agent_session(e, a, a->id, st, sizeof(st));
     assert_string_equal(st, "");
+    assert_int_equal(ws_file_size(a, ss, 0, "."), -1);
     /* A session the agent does not have: DESTROY is done, PAUSE has nothing to do. */
     assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
     assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, next_token()), 0);
