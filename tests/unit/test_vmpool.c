@@ -1240,6 +1240,71 @@ static void t_session_takeover(void **state)
     assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, s1, next_token()), 0);
 }
 
+/* Cancel and timeout kill the session's processes with its sandbox (the
+ * agent's choice, provider.h allows it): the next run is NEW. */
+static void t_session_cancel(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char ss[40], m[64], script[256], st[32];
+    sbx_job job;
+    vrun v;
+
+    session_name(ss, 5);
+    sbx_conformance_marker(m, 62);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 & echo x > f1", m);
+    session_run(e, a->id, ss, "j-scan-1", script, &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    job_init(&job, "j-scan-2", "sleep 30", 60);
+    assert_int_equal(start_in(e, a->id, next_token(), &job, ss, &v), 0);
+    assert_true(wait_started(e, &v, 10000));
+    e->p->ops->cancel(e->p, v.run);
+    assert_true(wait_one(e, &v, 20000));
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+    session_run(e, a->id, ss, "j-scan-3", "test ! -e f1 && echo after-cancel", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "after-cancel\n");
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+
+    /* Timeout: the same. */
+    job_init(&job, "j-scan-4", "echo y > f2; sleep 30", 1);
+    assert_int_equal(start_in(e, a->id, next_token(), &job, ss, &v), 0);
+    assert_true(wait_one(e, &v, 20000));
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_TIMED_OUT);
+    session_run(e, a->id, ss, "j-scan-5", "test ! -e f2 && echo after-timeout", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "");
+}
+
+/* A session's sandbox does not outlive its agent: after kill -9 and a
+ * restart nothing of it runs, and the session's next run is NEW. */
+static void t_session_agent_restart(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[1];
+    char ss[40], m[64], script[256];
+    vrun v;
+
+    session_name(ss, 6);
+    sbx_conformance_marker(m, 63);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 & echo x > f1", m);
+    session_run(e, a->id, ss, "j-srst-1", script, &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    kill(a->pid, SIGKILL);
+    waitpid(a->pid, NULL, 0);
+    a->pid = 0;
+    assert_int_equal(agent_start(a), 0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    session_run(e, a->id, ss, "j-srst-2", "test ! -e f1 && echo fresh", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "fresh\n");
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+}
+
 /* The agent's side of the protocol, raw: names, bodies, tokens. */
 static void t_session_http(void **state)
 {
@@ -1637,6 +1702,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_session, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_takeover, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_http, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_agent_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_heartbeat_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(t_bad_config, setup, teardown),
