@@ -15,12 +15,16 @@
  * memory, cpu and pids in our cgroup (we enable them for our subtree; the
  * kernel refuses that while our own cgroup holds processes and is not the
  * root, and we then fall back); else v1, one directory per hierarchy
- * (memory is required, cpu and pids are used when mounted; controllers
+ * (memory is required, cpu, pids and freezer are used when mounted; controllers
  * co-mounted in one hierarchy share a directory). The probe runs once per
  * process and checks that we can create directories there: anything else
  * (not root, read-only cgroupfs) means "no cgroups", and the caller keeps
  * its rlimits. Under systemd (Delegate=yes) the unit's cgroup holds our own
  * process, so we first move into a leaf of it (move_to_leaf()).
+ *
+ * Pausing (a session's sandbox, sbx_cgroup_freeze): v2's cgroup.freeze, or
+ * v1's freezer hierarchy. A frozen v1 task takes SIGKILL only once thawed,
+ * so every removal thaws first, a crashed predecessor's leftovers too.
  *
  * Ending. The caller frees the cgroup only once the sandbox's processes are
  * gone (its uid sweep), so rmdir normally succeeds at once; whatever is

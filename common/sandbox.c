@@ -105,6 +105,13 @@
  * waitid(P_PIDFD), so the worker must not reap children it did not spawn
  * (no SIGCHLD = SIG_IGN, no waitpid(-1)).
  *
+ * Sessions (sbx_sandbox_session_*, the last section): the same sandbox
+ * kept between runs. A holder (the above, its command waiting forever)
+ * owns it all; each run enters the holder's namespaces, cgroup and uid with
+ * the same seccomp filter and no capabilities, and ends when its command
+ * exits, leaving its background processes to the holder's pid 1. That
+ * section's comment says how and why.
+ *
  * Cost: each spawn and each end of a run scans /proc (a few hundred small
  * reads on a build host) in the loop; forks happen only to exec bwrap and
  * rm, and to sweep a uid that is not empty.
@@ -1227,10 +1234,12 @@ static void on_pid_exit(sbx_io *io, int events)
     rc = sbx_sandbox_try_reap(s->pidfd, &status, &killed);
     if (rc == 0)
         return; /* not yet */
-    if (rc < 0) {
-        /* A killed session's uid sweep may reap a run's process first. */
-        sbx_log(s->session && s->killed ? SBX_LOG_DEBUG : SBX_LOG_WARN, "sandbox",
-                "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
+    if (rc == -ECHILD && s->session && (s->killed || !sbx_sandbox_session_alive(s->session))) {
+        /* The killed session's uid sweep reaped our run's process first:
+         * it died with the session. */
+        s->exit_code = 128 + SIGKILL;
+    } else if (rc < 0) {
+        sbx_warn("sandbox", "waitid failed pid=%d: %s", (int)s->pid, strerror(-rc));
         s->exit_code = -1;
     } else {
         s->exit_code = status;

@@ -15,6 +15,8 @@
  * process of the sandbox's uid is left, and the workspace is removed. When
  * spawn returns an error, neither callback is called.
  *
+ * A sandbox may also be kept between runs: see "Sessions" below.
+ *
  * Memory: the sandbox is the caller's to free with sbx_sandbox_free(), which
  * may be called from inside on_exit (both callbacks run from timers, never
  * from an fd callback). Freeing a sandbox that has not finished kills it,
@@ -154,11 +156,15 @@ void sbx_sandbox_free(sbx_sandbox *s);
  * files of the same name); on_exit fires once the command itself has exited
  * (plus a short drain of its output: background processes may keep the pipe
  * open, and their later output is read and dropped, never left to block or
- * SIGPIPE them); no uid sweep before or after it. Timeout and cancel (after
- * kill_grace_ms) kill the whole session: on_end follows, and the caller's
- * next run needs a new session. Spawn returns -EBUSY while the session has
- * a run, -ESRCH when the session is dead or dying, and resumes a paused
- * session first (call _resume() yourself to learn how long that took).
+ * SIGPIPE them); no uid sweep before or after it. A timeout kills the whole
+ * session; so does a cancel, after SIGTERM to the command's process group
+ * and up to kill_grace_ms for it to exit (what the job left in the
+ * background is the job's too). on_end follows, and the caller's next run
+ * needs a new session. A run's on_exit may come before the session's
+ * cleanup has finished; on_end says when it has. Spawn returns -EBUSY
+ * while the session has a run, -ESRCH when the session is dead or dying,
+ * and resumes a paused session first (call _resume() yourself to learn how
+ * long that took).
  * A spawn right after _new() is fine: the command waits until the holder is
  * up (network set up included); if the holder dies first, the run ends with
  * ran = 0.

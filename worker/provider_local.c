@@ -105,6 +105,7 @@ typedef struct local_provider {
     int kill_grace_ms;
     struct sbx_run **busy;       /* per slot, NULL when free */
     struct local_session **sess; /* per slot, NULL when no session sandbox */
+    struct local_op *ops;        /* session_op answers not yet delivered */
 } local_provider;
 
 /* A session's sandbox on one slot. */
@@ -118,7 +119,8 @@ typedef struct local_session {
 
 /* One session_op, answered from the loop. */
 typedef struct local_op {
-    sbx_loop *loop;
+    local_provider *p;
+    struct local_op *next;       /* in p->ops once answered, until delivered */
     sbx_timer t;
     sbx_session_cb cb;
     void *arg;
@@ -191,6 +193,8 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     void *cb_arg = r->arg;
     sbx_result res;
 
+    if (!r->pid)
+        r->pid = (int)sbx_sandbox_pid(sb);
     memset(&res, 0, sizeof(res));
     res.exit_code = st->exit_code;
     if (r->canceled)
@@ -253,22 +257,28 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
 
 static void op_fire(sbx_timer *t)
 {
-    local_op *op = t->data;
+    local_op *op = t->data, **pp;
     sbx_session_cb cb = op->cb;
     void *arg = op->arg;
     int rc = op->rc;
     char why[sizeof(op->why)];
 
+    for (pp = &op->p->ops; *pp != op; pp = &(*pp)->next)
+        ;
+    *pp = op->next;
     memcpy(why, op->why, sizeof(why));
     free(op);
     cb(arg, rc, why);
 }
 
+/* From the loop, never from inside session_op (provider.h). */
 static void op_answer(local_op *op, int rc, const char *why)
 {
     op->rc = rc;
     snprintf(op->why, sizeof(op->why), "%s", why);
-    sbx_timer_start(op->loop, &op->t, 0);
+    op->next = op->p->ops;
+    op->p->ops = op;
+    sbx_timer_start(op->p->base.loop, &op->t, 0);
 }
 
 /* Synchronous: what is left of it is killed, reaped and removed. */
@@ -301,7 +311,10 @@ static int session_for(local_provider *p, int i, const char *name, const sbx_san
     local_session *ls = p->sess[i];
     int rc;
 
-    if (strlen(name) > SBX_SESSION_NAME_MAX || !name[0] || strchr(name, '/')) {
+    /* The workspace's name, which a restarted worker's clean-up must know
+     * as ours (is_workspace_name), and the cgroup's. */
+    if (strlen(name) > SBX_SESSION_NAME_MAX || strncmp(name, "s-", 2) != 0 || !name[2] ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(name)) {
         snprintf(err, errlen, "session name %.64s: not a session sandbox name", name);
         return -EINVAL;
     }
@@ -358,7 +371,7 @@ static int local_session_op(sbx_provider *bp, sbx_session_op op, const char *slo
     o = calloc(1, sizeof(*o));
     if (!o)
         return -ENOMEM;
-    o->loop = p->base.loop;
+    o->p = p;
     o->cb = cb;
     o->arg = arg;
     sbx_timer_init(&o->t, op_fire, o);
@@ -421,6 +434,14 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     if (!job || (!job->script && !(job->argv && job->argv[0]))) {
         snprintf(err, errlen, "job has neither command nor script");
         return -EINVAL;
+    }
+    if (!req->session && p->sess[i]) {
+        /* A one-off on a slot a session left behind: that session has ended
+         * without DESTROY. Killed here, not by the spawn's uid sweep behind
+         * its back. */
+        sbx_info("local", "session sandbox dropped for a one-off slot=%s session=%s", p->ids[i],
+                 p->sess[i]->name);
+        session_drop(p->sess[i]);
     }
     r = calloc(1, sizeof(*r));
     if (!r) {
@@ -572,6 +593,12 @@ static void local_destroy(sbx_provider *bp)
             ls->destroying = NULL;
         }
         session_drop(ls);
+    }
+    while (p->ops) {
+        local_op *op = p->ops;
+        p->ops = op->next;
+        sbx_timer_stop(p->base.loop, &op->t);
+        free(op);
     }
     sbx_info("local", "provider closed pool=%s killed=%d", p->pool, killed);
     free_provider(p);

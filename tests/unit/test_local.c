@@ -1074,7 +1074,7 @@ static void t_session_five_jobs(void **state)
     assert_int_equal(env_open(&e, NULL), 0);
     snprintf(script, sizeof(script),
              "echo one > first.txt; (%s >/dev/null 2>&1 & echo $! > bg.pid); "
-             "(while :; do echo tick; sleep 0.05; done &); echo started", m);
+             "(while :; do echo tick; sleep 0.05; done & echo $! > tick.pid); echo started", m);
     run_s(&e, 0, SESS_A, script, 60, &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
@@ -1096,6 +1096,11 @@ static void t_session_five_jobs(void **state)
         assert_non_null(strstr(r.res.log_tail, "one\nbg-alive\n"));
     }
     assert_non_null(strstr(r.res.log_tail, "bg-alive\n4\n"));
+    /* The ticker kept writing into the first job's output after it ended:
+     * still alive (drained, not SIGPIPEd), and none of it in later jobs. */
+    assert_null(strstr(r.res.log_tail, "tick"));
+    run_s(&e, 0, SESS_A, "kill -0 $(cat tick.pid) && echo ticker-alive", 60, &r);
+    assert_string_equal(r.res.log_tail, "ticker-alive\n");
     assert_true(procs_become(m, 1));
     /* Job files land over the workspace, replacing what is there. */
     {
@@ -1221,8 +1226,25 @@ static void t_session_destroy_then_new(void **state)
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
     assert_non_null(strstr(r.res.log_tail, "fresh"));
     /* Another session on the slot replaces an ended one left there. */
-    run_s(&e, 0, SESS_B, "echo b", 60, &r);
+    snprintf(script, sizeof(script), "(%s >/dev/null 2>&1 &); echo b", m);
+    run_s(&e, 0, SESS_B, script, 60, &r);
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_true(procs_become(m, 1));
+    /* And so does a one-off. */
+    {
+        sbx_job job;
+        char err[256] = "";
+        job_init(&job, "ls /workspace | wc -l", 60);
+        assert_int_equal(start(&e, 0, &job, &r, err, sizeof(err)), 0);
+        assert_true(wait_done(&e, &r, 30000));
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_string_equal(r.res.log_tail, "0\n");
+        assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+        session_ws(0, SESS_B, ws);
+        assert_int_not_equal(access(ws, F_OK), 0);
+    }
+    run_s(&e, 0, SESS_B, "echo b", 60, &r);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
     env_close(&e);
     /* destroy() took the session's sandbox with it. */
@@ -1315,6 +1337,273 @@ static void t_session_confined(void **state)
     env_close(&e);
 }
 
+/* A server one job starts in the background answers the next job of the
+ * session on its loopback (the session's network namespace), with and
+ * without network. */
+static void session_server(int network)
+{
+    lcfg o = {1, 1000, "bwrap"};
+    lenv e;
+    lrun r;
+    sbx_job job;
+    char err[256] = "";
+    const char *serve =
+        "python3 -c \"import socket\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', 8080)); s.listen(5); open('up','w').close()\n"
+        "while True:\n"
+        "    c,_=s.accept(); c.sendall(b'hello from the dev server'); c.close()\n"
+        "\" >/dev/null 2>&1 & while [ ! -e up ]; do sleep 0.02; done; echo serving";
+    const char *ask = "python3 -c \"import socket\n"
+                      "s=socket.create_connection(('127.0.0.1', 8080)); print(s.recv(100).decode())\"";
+
+    assert_int_equal(env_open(&e, &o), 0);
+    job_init(&job, serve, 60);
+    job.network = network;
+    assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+    assert_true(wait_done(&e, &r, 30000));
+    if (r.res.outcome != SBX_OUTCOME_SUCCEEDED)
+        print_error("serve: %s / %s\n", r.res.error, r.res.log_tail);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    for (int k = 0; k < 2; k++) {
+        if (k == 1)
+            assert_int_equal(session_op(&e, SBX_SESSION_PAUSE, 0, SESS_A), 0);
+        job_init(&job, ask, 60);
+        assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+        assert_true(wait_done(&e, &r, 30000));
+        if (r.res.outcome != SBX_OUTCOME_SUCCEEDED)
+            print_error("ask: %s / %s\n", r.res.error, r.res.log_tail);
+        assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+        assert_int_equal(r.res.sandbox, k ? SBX_SANDBOX_RESUMED : SBX_SANDBOX_REUSED);
+        assert_string_equal(r.res.log_tail, "hello from the dev server\n");
+    }
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    assert_true(uid_empties(&e, 0));
+    env_close(&e);
+}
+
+static void t_session_server_loopback(void **state)
+{
+    (void)state;
+    session_server(0);
+}
+
+static void t_session_server_network(void **state)
+{
+    (void)state;
+    session_server(1);
+}
+
+/* The lease's supervisor guards a session's job as a one-off's: a frozen
+ * owner's session is killed at the deadline; the next job gets a new one. */
+static void t_session_frozen_owner(void **state)
+{
+    lenv e;
+    sbx_job job;
+    lrun r;
+    char err[256] = "", m[64], script[256];
+    (void)state;
+
+    sbx_conformance_marker(m, 45);
+    snprintf(script, sizeof(script), "(%s >/dev/null 2>&1 &); sleep 600", m);
+    assert_int_equal(env_open(&e, NULL), 0);
+    job_init(&job, script, 600);
+    assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+    assert_true(wait_marker(&e, &r, m));
+    e.p->ops->trust(e.p, r.run, sbx_now_ms() + 500);
+    usleep(1500 * 1000); /* frozen: no loop turn */
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    assert_true(wait_done(&e, &r, 10000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_ERROR);
+    assert_non_null(strstr(r.res.error, "supervisor"));
+    assert_true(uid_empties(&e, 0));
+    run_s(&e, 0, SESS_A, "echo next", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    env_close(&e);
+}
+
+/* kill -9 of the worker: its sessions die with it (they are its children);
+ * a paused one is frozen and cannot die until thawed, which the next
+ * provider's start-up sweep does. */
+static void t_session_killed_owner(void **state)
+{
+    char m[64], m2[64];
+    pid_t owner;
+    int status;
+    (void)state;
+
+    if (!g_root) {
+        print_message("    not root: no per-slot uids or cgroups to sweep\n");
+        skip();
+    }
+    sbx_conformance_marker(m, 46);
+    sbx_conformance_marker(m2, 47);
+    owner = fork();
+    assert_true(owner >= 0);
+    if (owner == 0) {
+        lenv e;
+        lrun r;
+        sbx_job job;
+        sop paused = {0};
+        char err[256] = "", script[256];
+        if (env_open(&e, NULL) != 0)
+            _exit(1);
+        snprintf(script, sizeof(script), "(%s >/dev/null 2>&1 &); echo ok", m);
+        job_init(&job, script, 60);
+        if (start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)) != 0 || !wait_done(&e, &r, 30000))
+            _exit(2);
+        snprintf(script, sizeof(script), "(%s >/dev/null 2>&1 &); echo ok", m2);
+        job_init(&job, script, 60);
+        if (start_s(&e, 1, &job, SESS_B, &r, err, sizeof(err)) != 0 || !wait_done(&e, &r, 30000))
+            _exit(3);
+        if (!procs_become(m2, 1) ||
+            e.p->ops->session_op(e.p, SBX_SESSION_PAUSE, e.slots[1], SESS_B, 1, on_sop,
+                                 &paused) != 0)
+            _exit(4);
+        while (!paused.done)
+            sbx_loop_once(e.loop, 10);
+        _exit(paused.rc == 0 ? 100 : 5);
+    }
+    assert_int_equal(waitpid(owner, &status, 0), owner);
+    assert_int_equal(WEXITSTATUS(status), 100);
+    /* _exit is as sudden as kill -9 for the children: no cleanup ran. */
+    {
+        uint64_t until = sbx_now_ms() + 3000;
+        while (sbx_conformance_procs_with(m, 1) > 0 && sbx_now_ms() < until)
+            usleep(10000);
+    }
+    assert_int_equal(sbx_conformance_procs_with(m, 1), 0);
+    assert_int_equal(sbx_conformance_procs_with(m2, 1), 1); /* frozen */
+    {
+        lenv e;
+        assert_int_equal(env_open(&e, NULL), 0);
+        assert_int_equal(sbx_conformance_procs_with(m2, 1), 0);
+        assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
+        assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base + 1), 0);
+        assert_int_equal(dir_entries(g_work_dir), 0);
+        env_close(&e);
+    }
+}
+
+/* The sandbox API itself, as the VM agent uses it: a run spawned before the
+ * session is up waits for it; one run at a time; pause/resume timed;
+ * kill ends it with on_end once, everything removed. */
+typedef struct sapi {
+    int started, exited, ended, exit_code, ran;
+    char tail[256];
+} sapi;
+
+static void sapi_start(void *arg, sbx_sandbox *s)
+{
+    (void)s;
+    ((sapi *)arg)->started++;
+}
+
+static void sapi_exit(void *arg, sbx_sandbox *s, const sbx_sandbox_status *st)
+{
+    sapi *a = arg;
+    a->exited++;
+    a->exit_code = st->exit_code;
+    a->ran = st->ran;
+    snprintf(a->tail, sizeof(a->tail), "%s", st->tail);
+    sbx_sandbox_free(s);
+}
+
+static void sapi_end(void *arg, sbx_sandbox_session *ss)
+{
+    (void)ss;
+    ((sapi *)arg)->ended++;
+}
+
+static void t_sandbox_session_api(void **state)
+{
+    sbx_loop *loop;
+    sbx_sandbox_session *ss;
+    sbx_sandbox *sb, *sb2;
+    sbx_sandbox_spec spec;
+    sapi end = {0}, a = {0};
+    char err[256] = "", ws[600], *bwrap = sbx_sandbox_resolve_exe("bwrap");
+    char *const argv[] = {"sh", "-c", "echo $((6 * 7)) > answer; cat answer", NULL};
+    struct timespec t0, t1;
+    int ms = -1;
+    uint64_t until;
+    (void)state;
+
+    assert_non_null(bwrap);
+    assert_int_equal(sbx_loop_new(&loop), 0);
+    memset(&spec, 0, sizeof(spec));
+    spec.bwrap = bwrap;
+    spec.work_dir = g_work_dir;
+    spec.name = "api-session";
+    spec.uid = spec.gid = g_root ? g_uid_base : -1;
+    spec.memory_mb = 256;
+    spec.pids = 32;
+    spec.disk_mb = 64;
+    spec.disk_total = 1;
+    assert_int_equal(sbx_sandbox_session_new(loop, &spec, sapi_end, &end, &ss, err, sizeof(err)), 0);
+    snprintf(ws, sizeof(ws), "%s", sbx_sandbox_session_workspace(ss));
+    assert_int_equal(access(ws, F_OK), 0);
+    spec.session = ss;
+    spec.argv = argv;
+    spec.timeout_s = 30;
+    assert_int_equal(sbx_sandbox_spawn(loop, &spec, sapi_start, sapi_exit, &a, &sb, err,
+                                       sizeof(err)), 0);
+    assert_true(sbx_sandbox_session_busy(ss));
+    assert_int_equal(sbx_sandbox_spawn(loop, &spec, sapi_start, sapi_exit, &a, &sb2, err,
+                                       sizeof(err)), -EBUSY);
+    assert_int_equal(sbx_sandbox_session_pause(ss), -EBUSY);
+    until = sbx_now_ms() + 10000;
+    while (!a.exited && sbx_now_ms() < until)
+        sbx_loop_once(loop, 10);
+    assert_int_equal(a.started, 1);
+    assert_int_equal(a.exited, 1);
+    assert_int_equal(a.ran, 1);
+    assert_int_equal(a.exit_code, 0);
+    assert_string_equal(a.tail, "42\n");
+    assert_false(sbx_sandbox_session_busy(ss));
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(sbx_sandbox_session_pause(ss), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(sbx_sandbox_session_paused(ss));
+    print_message("    sandbox session pause: %.3f ms\n",
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(sbx_sandbox_session_resume(ss, &ms), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    print_message("    sandbox session resume: %.3f ms (resume_ms=%d)\n",
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+                  ms);
+    /* Paused again: spawn resumes by itself. */
+    assert_int_equal(sbx_sandbox_session_pause(ss), 0);
+    memset(&a, 0, sizeof(a));
+    spec.argv = (char *const[]){"cat", "answer", NULL};
+    assert_int_equal(sbx_sandbox_spawn(loop, &spec, sapi_start, sapi_exit, &a, &sb, err,
+                                       sizeof(err)), 0);
+    assert_false(sbx_sandbox_session_paused(ss));
+    until = sbx_now_ms() + 10000;
+    while (!a.exited && sbx_now_ms() < until)
+        sbx_loop_once(loop, 10);
+    assert_string_equal(a.tail, "42\n");
+    sbx_sandbox_session_kill(ss);
+    assert_false(sbx_sandbox_session_alive(ss));
+    assert_int_equal(sbx_sandbox_spawn(loop, &spec, sapi_start, sapi_exit, &a, &sb, err,
+                                       sizeof(err)), -ESRCH);
+    until = sbx_now_ms() + 10000;
+    while (!end.ended && sbx_now_ms() < until)
+        sbx_loop_once(loop, 10);
+    assert_int_equal(end.ended, 1);
+    for (int i = 0; i < 10; i++)
+        sbx_loop_once(loop, 5);
+    assert_int_equal(end.ended, 1);
+    assert_int_not_equal(access(ws, F_OK), 0);
+    if (g_root)
+        assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
+    sbx_sandbox_session_free(ss);
+    sbx_loop_free(loop);
+    free(bwrap);
+}
+
 static void t_slots_and_pool(void **state)
 {
     lenv e;
@@ -1338,6 +1627,11 @@ int main(void)
         cmocka_unit_test(t_session_destroy_then_new),
         cmocka_unit_test(t_session_timeout_and_cancel),
         cmocka_unit_test(t_session_confined),
+        cmocka_unit_test(t_session_server_loopback),
+        cmocka_unit_test(t_session_server_network),
+        cmocka_unit_test(t_session_frozen_owner),
+        cmocka_unit_test(t_session_killed_owner),
+        cmocka_unit_test(t_sandbox_session_api),
         cmocka_unit_test(t_identity),
         cmocka_unit_test(t_second_slot_uid),
         cmocka_unit_test(t_read_only_host),
