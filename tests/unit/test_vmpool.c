@@ -1127,6 +1127,7 @@ static void t_session(void **state)
     agent_proc *a = &g_agents[0];
     char ss[40], m[64], script[512], st[32], id[32];
     int64_t t_pause;
+    uint64_t t0, pause_us;
     long long size;
     vrun v;
 
@@ -1158,7 +1159,9 @@ static void t_session(void **state)
 
     /* PAUSE: frozen, the process kept; a stale token is refused for both ops. */
     t_pause = next_token();
+    t0 = sbx_now_us();
     assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, t_pause), 0);
+    pause_us = sbx_now_us() - t0;
     agent_session(e, a, a->id, st, sizeof(st));
     assert_string_equal(st, "paused");
     /* Frozen: the ticker writes nothing while paused. */
@@ -1193,7 +1196,10 @@ static void t_session(void **state)
     assert_string_equal(st, "idle");
 
     /* DESTROY: nothing left; then NEW, with an empty workspace. */
+    t0 = sbx_now_us();
     assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+    print_message("    vmpool session_op round trips: PAUSE %.1f ms, DESTROY %.1f ms (until gone)\n",
+                  (double)pause_us / 1000.0, (double)(sbx_now_us() - t0) / 1000.0);
     assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
     agent_session(e, a, a->id, st, sizeof(st));
     assert_string_equal(st, "");
