@@ -58,9 +58,10 @@
  * so a new sandbox never shares the uid with the remains of an old one. A
  * wake for another session (or none) on a slot whose sandbox is live kills
  * it and answers busy: the worker retries, and the new owner gets the slot
- * once it is empty (see runs.h for why not refuse). DESTROY does the same
- * and answers busy until the sandbox is gone, then "absent": the worker's
- * DESTROY is done when nothing is left. A run in a session uses the same
+ * once it is empty (see runs.h for why not refuse). DESTROY kills it too
+ * and answers "removing" until on_end, which emits SBX_RUNS_SESSION_END
+ * (server.c holds the request until then): the worker's DESTROY is done
+ * when nothing is left. A run in a session uses the same
  * wrapper, log and gate as any run; the workspace stays, so before each run
  * the previous run's log and gate are unlinked (the previous run's log
  * descriptor keeps its file), and its preview is always copied out, never
@@ -1057,6 +1058,7 @@ static void on_session_end(void *arg, sbx_sandbox_session *ss)
     s->ss = NULL;
     s->session[0] = '\0';
     sbx_sandbox_session_free(ss);
+    emit(s->r, s->id, SBX_RUNS_SESSION_END);
 }
 
 /* Ends the slot's session sandbox (live -> dying); on_session_end follows. */
@@ -1343,14 +1345,12 @@ sbx_sop_status sbx_runs_session_op(sbx_runs *r, sbx_sop op, const char *slot_id,
         snprintf(err, errlen, "slot %s holds no sandbox of session %s", s->id, session);
         return SBX_SOP_ABSENT;
     }
-    if (s->sess == SS_DYING) {
-        snprintf(err, errlen, "slot %s: the sandbox of session %s is being removed", s->id, session);
-        return SBX_SOP_BUSY;
-    }
-    if (op == SBX_SOP_DESTROY) {
+    if (op == SBX_SOP_DESTROY)
         session_kill(s, "DESTROY");
+    if (s->sess == SS_DYING) {
+        /* Done once on_end has removed it all: then "absent". */
         snprintf(err, errlen, "slot %s: the sandbox of session %s is being removed", s->id, session);
-        return SBX_SOP_BUSY; /* until on_end: then "absent", i.e. gone */
+        return SBX_SOP_REMOVING;
     }
     rc = sbx_sandbox_session_pause(s->ss);
     switch (rc) {

@@ -92,6 +92,7 @@ typedef struct sbx_runs_config {
 typedef enum sbx_runs_event {
     SBX_RUNS_LOG,              /* the run's log grew */
     SBX_RUNS_END,              /* the run reached a terminal state */
+    SBX_RUNS_SESSION_END,      /* a slot's session sandbox is gone; the id is the slot's */
 } sbx_runs_event;
 
 typedef void (*sbx_runs_event_cb)(void *arg, const char *run_id, sbx_runs_event ev);
@@ -167,6 +168,9 @@ typedef enum sbx_sop_status {
     SBX_SOP_STALE,         /* a newer token was seen for the slot */
     SBX_SOP_BUSY,          /* a run is on the slot (an older lease's is being
                               canceled): retry shortly */
+    SBX_SOP_REMOVING,      /* the sandbox is being removed (DESTROY, now or
+                              before): SBX_RUNS_SESSION_END follows, then it is
+                              absent */
     SBX_SOP_NO_SLOT,
     SBX_SOP_UNSUPPORTED,   /* PAUSE: no freezer here (not root, no cgroup) */
     SBX_SOP_FAILED,        /* could not persist the token, or the sandbox said no */

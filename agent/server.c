@@ -111,12 +111,16 @@
 #define FOLLOW_KEEPALIVE_MS 10000
 /* One read of a followed log: MHD's chunk. */
 #define FOLLOW_BLOCK (64 * 1024)
+/* A DESTROY waits for the sandbox to be gone (processes killed, tmpfs
+ * emptied: well under a second) at most this long, below the worker's
+ * request timeout (provider_vmpool.c SESSION_TIMEOUT_MS); past it, busy. */
+#define SESSION_WAIT_MS 10000
 /* MHD asks to be run again within this at the latest (a safety net). */
 #define MHD_RUN_MAX_MS 1000
 /* GET /metrics: about 40 lines (metrics.h), well under 8 KiB. */
 #define METRICS_PAGE_MAX 8192
 
-typedef enum wkind { W_POLL, W_FOLLOW, W_FENCE } wkind;
+typedef enum wkind { W_POLL, W_FOLLOW, W_FENCE, W_SESSION } wkind;
 
 typedef struct waiter {
     struct waiter *prev, *next;
@@ -259,6 +263,17 @@ void sbx_server_notify(sbx_server *s, const char *run_id, sbx_runs_event ev)
     waiter *w = s->waiters;
     sbx_run_view v;
 
+    if (ev == SBX_RUNS_SESSION_END) {
+        /* run_id is a slot's: the DESTROYs waiting look again. */
+        while (w) {
+            waiter *next = w->next;
+            if (w->kind == W_SESSION)
+                waiter_resume(s, w);
+            w = next;
+        }
+        rearm_wait(s);
+        return;
+    }
     if (ev == SBX_RUNS_END && sbx_runs_view(s->runs, run_id, &v) == 0)
         sbx__metrics_run_ended(&s->metrics, &v);
     while (w) {
@@ -874,7 +889,10 @@ static enum MHD_Result h_cancel(sbx_server *s, req *q, struct MHD_Connection *c,
 }
 
 /* POST /sessions/{name}/pause|destroy {"slot","token"}: fenced like a
- * wake (stale, future tokens). */
+ * wake (stale, future tokens). A sandbox being removed holds the request
+ * (suspended, like a long poll) until it is gone, then the handler runs
+ * again and finds it absent: the worker's DESTROY is answered when nothing
+ * is left, without polling. */
 static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c, const char *name,
                                  sbx_sop op)
 {
@@ -901,6 +919,15 @@ static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c
     if (!fence_ok(s, q, c, token, &ret))
         return ret;
     st = sbx_runs_session_op(s->runs, op, slot_id, name, token, &newest, err, sizeof(err));
+    if (st == SBX_SOP_REMOVING && !q->waited && !s->closing) {
+        q->waited = 1;
+        q->w.conn = c;
+        q->w.kind = W_SESSION;
+        q->w.run_id[0] = '\0';
+        waiter_add(s, &q->w, SESSION_WAIT_MS);
+        MHD_suspend_connection(c);
+        return MHD_YES;
+    }
     switch (st) {
     case SBX_SOP_DONE:
     case SBX_SOP_ABSENT:
@@ -909,12 +936,14 @@ static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c
             return MHD_NO;
         json_object_object_add(o, "session", json_object_new_string(name));
         json_object_object_add(o, "slot", json_object_new_string(slot_id));
+        /* Absent after waiting for the removal: this DESTROY's doing. */
         json_object_object_add(o, "state", json_object_new_string(
-                                               st == SBX_SOP_ABSENT ? "absent"
+                                               st == SBX_SOP_ABSENT && !q->waited ? "absent"
                                                : op == SBX_SOP_PAUSE ? "paused" : "destroyed"));
         return reply_json(c, MHD_HTTP_OK, o);
     case SBX_SOP_STALE:
     case SBX_SOP_BUSY:
+    case SBX_SOP_REMOVING:
         o = json_object_new_object();
         if (!o)
             return MHD_NO;

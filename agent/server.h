@@ -20,8 +20,10 @@
  *                                   409 {"error":"stale_token"|"busy"|"future_token"},
  *                                   503 draining or token_unverified
  *   POST /sessions/{name}/pause     {"slot","token"} -> {"session","slot","state":
- *   POST /sessions/{name}/destroy   "paused"|"destroyed"|"absent"}; 409 stale_token,
- *                                   future_token or busy (a run is on the slot);
+ *   POST /sessions/{name}/destroy   "paused"|"destroyed"|"absent"}, destroy answered
+ *                                   once the sandbox is gone (at most 10 s, else busy);
+ *                                   409 stale_token, future_token or busy (a run is
+ *                                   on the slot: an older lease's is canceled);
  *                                   404 unknown_slot; 501 not_supported (pause
  *                                   without a freezer); 503 token_unverified
  *   GET  /runs/{id}[?wait_ms=N]     the run; with wait_ms, answers when the run

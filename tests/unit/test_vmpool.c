@@ -1352,6 +1352,19 @@ static void t_session_http(void **state)
     assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
     assert_int_equal(h.status, 409);
     assert_non_null(strstr(h.body, "\"future_token\""));
+    /* A DESTROY of a live sandbox is answered once it is gone, in one request. */
+    {
+        vrun v;
+        char st[32];
+        session_run(e, a->id, ss, "j-shttp-1", "echo x > f1", &v);
+        snprintf(url, sizeof(url), "%s/sessions/%s/destroy", a->url, ss);
+        snprintf(body, sizeof(body), "{\"slot\":\"%s\",\"token\":%" PRId64 "}", a->id, next_token());
+        assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+        assert_int_equal(h.status, 200);
+        assert_non_null(strstr(h.body, "\"state\":\"destroyed\""));
+        agent_session(e, a, a->id, st, sizeof(st));
+        assert_string_equal(st, "");
+    }
     /* A wake naming a bad session is the job's fault: 400. */
     snprintf(url, sizeof(url), "%s/wake", a->url);
     snprintf(body, sizeof(body),
