@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 typedef struct sbx_cgroup sbx_cgroup;
 
@@ -56,6 +57,9 @@ void sbx_cgroup_kill_fds(const sbx_cgroup *cg, int *kill_fd, int *procs_fd);
  * v2's cgroup.freeze, or v1's freezer hierarchy when mounted; -ENOTSUP
  * without either. Freed cgroups are thawed first, so their SIGKILLs take. */
 int sbx_cgroup_freeze(sbx_cgroup *cg, int frozen);
+/* Thaws the cgroup process pid is in when it is one of ours (below sbx/):
+ * for uid sweeps, whose SIGKILL a frozen task takes only once thawed. */
+void sbx_cgroup_thaw_of(pid_t pid);
 /* SIGKILLs anything still inside, removes the cgroup, frees cg. 0, or
  * -EBUSY when it could not be removed (logged). NULL is fine. */
 int sbx_cgroup_free(sbx_cgroup *cg);

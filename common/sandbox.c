@@ -368,7 +368,7 @@ static pid_t wait_blocking(pid_t pid, int *status)
  * live ones; zombies that are our children (bwrap's pid 1, adopted, see
  * adopt_orphans) are reaped when reap is set; other zombies run nothing and
  * are not ours to reap. */
-static int scan_uid(uid_t uid, int reap)
+static int scan_uid(uid_t uid, int reap, int thaw)
 {
     DIR *d = opendir("/proc");
     struct dirent *de;
@@ -408,13 +408,15 @@ static int scan_uid(uid_t uid, int reap)
                 waitpid((pid_t)atoi(de->d_name), &status, WNOHANG);
             continue;
         }
+        if (thaw)
+            sbx_cgroup_thaw_of((pid_t)atoi(de->d_name));
         n++;
     }
     closedir(d);
     return n;
 }
 
-int sbx_sandbox_count_uid(uid_t uid) { return scan_uid(uid, 0); }
+int sbx_sandbox_count_uid(uid_t uid) { return scan_uid(uid, 0, 0); }
 
 /* bwrap does not always outlive its pid 1: it exits as soon as pid 1 reports
  * the command's status, and pid 1 is then reparented. Without a subreaper it
@@ -454,16 +456,18 @@ int sbx_sandbox_sweep_uid(uid_t uid, int wait_ms)
     int n;
 
     adopt_orphans();
-    n = scan_uid(uid, 1);
+    n = scan_uid(uid, 1, 0);
 
-    while (n != 0) {
+    for (int round = 0; n != 0; round++) {
         int rc = kill_uid(uid, SIGKILL);
         if (rc < 0)
             return rc;
         if (sbx_now_ms() >= deadline)
             return -EBUSY;
         sleep_ms(5);
-        n = scan_uid(uid, 1);
+        /* Still there after a few rounds: maybe frozen (a paused session
+         * whose owner died), which takes SIGKILL only once thawed. */
+        n = scan_uid(uid, 1, round >= 3);
     }
     return 0;
 }
@@ -1196,7 +1200,7 @@ static void advance(sbx_sandbox *s)
         }
     }
     if (s->uid >= 0 && !s->uid_clear) {
-        int n = scan_uid((uid_t)s->uid, 1);
+        int n = scan_uid((uid_t)s->uid, 1, 0);
         if (n == 0) {
             s->uid_clear = 1;
         } else if (now >= s->reap_deadline_ms) {
