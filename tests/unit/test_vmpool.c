@@ -1286,7 +1286,9 @@ static void t_session_cancel(void **state)
 }
 
 /* A session's sandbox does not outlive its agent: after kill -9 and a
- * restart nothing of it runs, and the session's next run is NEW. */
+ * restart nothing of it runs, and the session's next run is NEW. Paused
+ * first, the hard case: a frozen process does not die of SIGKILL until it
+ * is thawed, so the restart's sweep has to thaw it. */
 static void t_session_agent_restart(void **state)
 {
     tenv *e = *state;
@@ -1300,6 +1302,7 @@ static void t_session_agent_restart(void **state)
     session_run(e, a->id, ss, "j-srst-1", script, &v);
     assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
     assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, next_token()), 0);
     kill(a->pid, SIGKILL);
     waitpid(a->pid, NULL, 0);
     a->pid = 0;
@@ -1635,12 +1638,20 @@ static void t_drain(void **state)
 {
     tenv *e = *state;
     agent_proc *a = &g_agents[2];
-    char url[160], body[1024], run[64], s0[64], s1[64], st[32];
+    char url[160], body[1024], run[64], s0[64], s1[64], st[32], ss[40], m[64], script[256];
     hres h;
+    vrun v;
     int status;
 
     snprintf(s0, sizeof(s0), "%s#0", a->id);
     snprintf(s1, sizeof(s1), "%s#1", a->id);
+    /* A paused session's sandbox on the other slot goes with the agent. */
+    session_name(ss, 7);
+    sbx_conformance_marker(m, 64);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 &", m);
+    session_run(e, s1, ss, "j-drain-sess", script, &v);
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, s1, ss, next_token()), 0);
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
     snprintf(url, sizeof(url), "%s/wake", a->url);
     wake_body(body, sizeof(body), s0, next_token(), "j-drain", "sleep 1; echo drained");
     assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
@@ -1667,6 +1678,7 @@ static void t_drain(void **state)
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     assert_false(is_member("{sbx}:slots:vmpool", s0));
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
 }
 
 /* Whatever the agents did, their logs hold no sanitizer report (ASan
