@@ -1194,6 +1194,16 @@ static void t_session(void **state)
     assert_true(ws_file_size(a, ss, 0, "tick") > size);
     agent_session(e, a, a->id, st, sizeof(st));
     assert_string_equal(st, "idle");
+    {
+        char url[160];
+        hres h;
+        snprintf(url, sizeof(url), "%s/metrics", a->url);
+        assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+        assert_int_equal(h.status, 200);
+        assert_non_null(strstr(h.body, "sbx_agent_sessions{state=\"idle\"} 1\n"));
+        assert_non_null(strstr(h.body, "sbx_agent_session_runs_total{sandbox=\"resumed\"} 1\n"));
+        assert_non_null(strstr(h.body, "sbx_agent_session_runs_total{sandbox=\"reused\"} 4\n"));
+    }
 
     /* DESTROY: nothing left; then NEW, with an empty workspace. */
     t0 = sbx_now_us();
