@@ -936,10 +936,12 @@ static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c
             return MHD_NO;
         json_object_object_add(o, "session", json_object_new_string(name));
         json_object_object_add(o, "slot", json_object_new_string(slot_id));
-        /* Absent after waiting for the removal: this DESTROY's doing. */
+        /* Absent after waiting for the removal: a DESTROY's doing. */
         json_object_object_add(o, "state", json_object_new_string(
-                                               st == SBX_SOP_ABSENT && !q->waited ? "absent"
-                                               : op == SBX_SOP_PAUSE ? "paused" : "destroyed"));
+                                               op == SBX_SOP_PAUSE
+                                                   ? (st == SBX_SOP_DONE ? "paused" : "absent")
+                                                   : (st == SBX_SOP_DONE || q->waited ? "destroyed"
+                                                                                      : "absent")));
         return reply_json(c, MHD_HTTP_OK, o);
     case SBX_SOP_STALE:
     case SBX_SOP_BUSY:
