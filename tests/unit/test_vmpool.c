@@ -29,7 +29,10 @@
  * RESUMED with resume_ms (printed), the process still alive;
  * session_op(DESTROY) leaves nothing running and the next run is NEW; both
  * refuse a stale token; a run of another session, or of none, on a slot
- * holding a session's sandbox gets the slot once that sandbox is gone.
+ * holding a session's sandbox gets the slot once that sandbox is gone; a
+ * canceled or timed-out run takes the sandbox with it; a session's sandbox,
+ * even paused, dies with its agent (kill -9 and restart, or SIGTERM); the
+ * /sessions endpoints raw, and the agent's session metrics.
  */
 #include <setjmp.h>
 #include <stdarg.h>
