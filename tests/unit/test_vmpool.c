@@ -1327,6 +1327,28 @@ static void t_session_agent_restart(void **state)
     assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
 }
 
+/* A session run's public/ becomes its preview by a copy: the workspace
+ * keeps it for the next run. */
+static void t_session_preview(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char ss[40];
+    hres h;
+    vrun v;
+
+    session_name(ss, 8);
+    session_run(e, a->id, ss, "j-sprev-1", "mkdir -p public && echo hi > public/index.html", &v);
+    assert_true(v.res.preview_url[0] != '\0');
+    assert_int_equal(http(e, "GET", v.res.preview_url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 200);
+    assert_string_equal(h.body, "hi\n");
+    session_run(e, a->id, ss, "j-sprev-2", "cat public/index.html", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(v.res.log_tail, "hi\n");
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+}
+
 /* The agent's side of the protocol, raw: names, bodies, tokens. */
 static void t_session_http(void **state)
 {
@@ -1747,6 +1769,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_session_takeover, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_http, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_preview, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_agent_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_heartbeat_stale, setup, teardown),
