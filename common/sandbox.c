@@ -2122,6 +2122,9 @@ static void launch_run(sbx_sandbox *s)
         goto out;
     }
     sbx_debug("sandbox", "session run pid=%d ws=%s uid=%d", (int)s->pid, s->ws, ss->uid);
+    /* on_start says the command runs: a new session's first run waits for
+     * its holder, and a caller's create-to-running counts that wait. */
+    sbx_timer_start(s->loop, &s->start_t, 0);
 out:
     for (int i = 0; i < 2; i++) {
         close_fd(&outp[i]);
@@ -2314,7 +2317,6 @@ static int spawn_in_session(sbx_loop *loop, const sbx_sandbox_spec *spec,
     s->session = ss;
     ss->run = s;
     s->t0_ms = sbx_now_ms();
-    sbx_timer_start(loop, &s->start_t, 0);
     if (spec->timeout_s > 0)
         sbx_timer_start(loop, &s->wall_t, (uint64_t)spec->timeout_s * 1000u);
     if (ss->state == SS_READY)

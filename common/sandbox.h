@@ -166,8 +166,9 @@ void sbx_sandbox_free(sbx_sandbox *s);
  * and resumes a paused session first (call _resume() yourself to learn how
  * long that took).
  * A spawn right after _new() is fine: the command waits until the holder is
- * up (network set up included); if the holder dies first, the run ends with
- * ran = 0.
+ * up (network set up included), and on_start comes once it runs (so it
+ * marks create-to-running); if the holder dies first, the run ends with
+ * ran = 0 (on_start, then on_exit).
  *
  * on_end(arg, ss) fires exactly once, from the loop, when the session died
  * (killed, its holder lost, or its supervisor fired) and everything is gone:
