@@ -115,6 +115,10 @@ _Static_assert(SBX_SANDBOX_TAIL_MAX == SBX_LOG_TAIL_MAX, "the sandbox keeps what
 /* After a warm sandbox failed to come up: wait this long before the next,
  * so a broken host does not spin making them. */
 #define LOCAL_WARM_RETRY_MS 5000
+/* A new warm sandbox once one was taken or a slot freed, this much later:
+ * making one forks bwrap on the loop, which must not delay the run that
+ * just started (its STARTED, its first output). */
+#define LOCAL_WARM_AFTER_MS 250
 
 typedef struct local_provider {
     sbx_provider base;
@@ -292,7 +296,7 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     p->busy[r->slot] = NULL;
     sbx_sandbox_free(sb);
     if (!r->ls)
-        warm_soon(p, 0); /* a slot came free */
+        warm_soon(p, LOCAL_WARM_AFTER_MS); /* a slot came free */
     free(r);
     cb(cb_arg, SBX_RUN_FINISHED, &res);
 }
@@ -337,7 +341,7 @@ static void session_drop(local_session *ls)
     sbx_sandbox_session_free(ls->ss);
     if (ls->destroying)
         op_answer(ls->destroying, 0, "");
-    warm_soon(p, ls->failed ? LOCAL_WARM_RETRY_MS : 0);
+    warm_soon(p, ls->failed ? LOCAL_WARM_RETRY_MS : LOCAL_WARM_AFTER_MS);
     free(ls);
 }
 
@@ -443,10 +447,13 @@ static void warm_away(local_provider *p, int i)
     session_drop(p->sess[i]);
 }
 
+/* Never later than it already is: a stream of one-offs freeing slots must
+ * not keep pushing the pool's fill away. */
 static void warm_soon(local_provider *p, uint64_t after_ms)
 {
-    if (p->warm_n > 0)
-        sbx_timer_start(p->base.loop, &p->warm_t, after_ms);
+    if (p->warm_n <= 0 || (p->warm_t.active && p->warm_t.due_ms <= sbx_now_ms() + after_ms))
+        return;
+    sbx_timer_start(p->base.loop, &p->warm_t, after_ms);
 }
 
 static void warm_started(void *arg, sbx_sandbox *sb)
@@ -565,7 +572,7 @@ static int warm_take(local_provider *p, local_session *ls, const char *name, str
     ls->warm = 0;
     r->ls = ls;
     r->use = SBX_SANDBOX_WARM;
-    warm_soon(p, 0);
+    warm_soon(p, LOCAL_WARM_AFTER_MS);
     return 0;
 }
 
