@@ -786,6 +786,15 @@ static json_object *job_json(const sbx_job *j)
     }
     if (j->nmetadata)
         json_object_object_add(o, "metadata", kv_object(j->metadata, j->nmetadata));
+    if (j->session_id[0]) {
+        /* The agent opens the live preview of the dev server's port; the
+         * timeouts are the worker's business (worker/session.c). */
+        json_object *s = json_object_new_object();
+        json_object_object_add(s, "id", json_object_new_string(j->session_id));
+        if (j->session_preview_port > 0)
+            json_object_object_add(s, "preview_port", json_object_new_int(j->session_preview_port));
+        json_object_object_add(o, "session", s);
+    }
     return o;
 }
 
