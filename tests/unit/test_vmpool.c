@@ -33,6 +33,16 @@
  * canceled or timed-out run takes the sandbox with it; a session's sandbox,
  * even paused, dies with its agent (kill -9 and restart, or SIGTERM); the
  * /sessions endpoints raw, and the agent's session metrics.
+ *
+ * Previews and the warm pool (issue 13, items 3 and 4), both the agent's:
+ * a dev server (tests/devserver/devserver.py with the host's python3,
+ * shipped in the job's files) started by one session run is served by the
+ * agent's proxy at the URL in the result (STARTED and FINISHED), to a real
+ * client over HTTP and a WebSocket (tests/unit/preview_client.py), 401
+ * without the token, still after PAUSE and a resuming run, closed by
+ * DESTROY; with SBX_AGENT_WARM=1 a session's first run takes the frozen
+ * holder (WARM, moved to the leased slot), a replacement follows, a one-off
+ * displaces it, and create-to-running is printed cold and warm.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1859,6 +1869,9 @@ static void t_bad_config(void **state)
     const char *bad_listen[] = {"SBX_AGENT_LISTEN", "localhost", NULL};
     const char *bad_ttl[] = {"SBX_AGENT_TTL_MS", "100", NULL};
     const char *bad_cap[] = {"SBX_AGENT_CAPACITY", "0", NULL};
+    const char *bad_pl[] = {"SBX_AGENT_PREVIEW_LISTEN", "example.com", NULL};
+    const char *bad_pp[] = {"SBX_AGENT_PREVIEW_PORTS", "30000-2000", NULL};
+    const char *bad_warm[] = {"SBX_AGENT_CAPACITY", "1", "SBX_AGENT_WARM", "2", NULL};
     char err[1024];
     (void)state;
 
@@ -1877,6 +1890,15 @@ static void t_bad_config(void **state)
     assert_true(one_line(err));
     assert_int_equal(run_agent_cfg(bad_cap, err, sizeof(err)), 2);
     assert_non_null(strstr(err, "SBX_AGENT_CAPACITY"));
+    assert_true(one_line(err));
+    assert_int_equal(run_agent_cfg(bad_pl, err, sizeof(err)), 2);
+    assert_non_null(strstr(err, "SBX_AGENT_PREVIEW_LISTEN"));
+    assert_true(one_line(err));
+    assert_int_equal(run_agent_cfg(bad_pp, err, sizeof(err)), 2);
+    assert_non_null(strstr(err, "SBX_AGENT_PREVIEW_PORTS"));
+    assert_true(one_line(err));
+    assert_int_equal(run_agent_cfg(bad_warm, err, sizeof(err)), 2);
+    assert_non_null(strstr(err, "SBX_AGENT_WARM"));
     assert_true(one_line(err));
 
     /* A token file it cannot read back: starting from zero would obey
