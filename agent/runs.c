@@ -1669,6 +1669,14 @@ int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const 
     return 1;
 }
 size_t sbx_runs_active(const sbx_runs *r) { return r->active; }
+
+size_t sbx_runs_warm_ready(const sbx_runs *r)
+{
+    size_t n = 0;
+    for (int i = 0; i < r->capacity; i++)
+        n += warm_ready(&r->slots[i]);
+    return n;
+}
 void sbx_runs_drain(sbx_runs *r) { r->draining = 1; }
 int sbx_runs_draining(const sbx_runs *r) { return r->draining; }
 

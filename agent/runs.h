@@ -127,6 +127,8 @@ int sbx_runs_slot_busy(const sbx_runs *r, size_t i);
  * "paused", "dying"), or 0 when it has none. */
 int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const char **state);
 size_t sbx_runs_active(const sbx_runs *r);
+/* Warm sandboxes up, frozen and not yet taken. */
+size_t sbx_runs_warm_ready(const sbx_runs *r);
 /* Ids of the running builds into ids (at most max), returns the count. */
 size_t sbx_runs_running_ids(const sbx_runs *r, const char **ids, size_t max);
 /* From now on /wake is refused (shutdown). */
