@@ -67,6 +67,18 @@
  * descriptor keeps its file), and its preview is always copied out, never
  * renamed away from the workspace.
  *
+ * Warm holders (runs.h) use the same slot states with warm set and no
+ * session name: made on a free slot (warm_fill, from a timer: it forks
+ * bwrap, which must not delay the run just started), warmed by a `true`
+ * run, then frozen. A session's first run with the default limits takes
+ * the one on its slot, or moves a ready one there from another slot: the
+ * two slots swap uids, neither having a process outside what moves, so a
+ * uid still belongs to one slot and what runs under it. Any other run on a
+ * warm slot moves the holder to a free slot, or kills it (busy until it is
+ * gone, as for a session). A slot's callbacks from sandbox.h therefore
+ * carry the runs and find the slot by the sandbox, never a slot pointer.
+ * A session's live preview is dialed with its slot (sessions never move).
+ *
  * Run states: running -> succeeded | failed | timed_out | canceled | error,
  * logged as "run <id> state a -> b" in set_state().
  */
