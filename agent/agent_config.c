@@ -57,7 +57,7 @@ static const sbx_opt opts[] = {
     {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
     {"SBX_LOG_FORMAT", "log-format", "text", "text, or json: one JSON object per line (ts, level, area, msg, job and project ids, the line's key=value fields)", STR, S(log_format), 0, 0, 0, 0},
-    {"SBX_AGENT_PREVIEW_LISTEN", "preview-listen", "", "IPv4 address sessions' live previews (session.preview_port) listen on, one port each (default: the host of SBX_AGENT_URL when it is an IPv4 address, else 127.0.0.1)", STR, S(preview_listen), 0, 0, 0, 0},
+    {"SBX_AGENT_PREVIEW_LISTEN", "preview-listen", "", "IPv4 address sessions' live previews (session.preview_port) listen on, one port each (default: the host of SBX_AGENT_URL when it is an IPv4 address, else that of SBX_AGENT_LISTEN, else 127.0.0.1)", STR, S(preview_listen), 0, 0, 0, 0},
     {"SBX_AGENT_PREVIEW_PORTS", "preview-ports", "20000-20999", "the ports previews get, first-last", STR, S(preview_ports), 0, 0, 0, 0},
     {"SBX_AGENT_PREVIEW_PUBLIC_HOST", "preview-public-host", "", "the host name preview URLs carry (default: the host of SBX_AGENT_URL)", STR, S(preview_public_host), 0, 0, 0, 0},
     {"SBX_AGENT_PREVIEW_SECRET", NULL, "", "keys the previews' access tokens (default: random per start; environment only; never printed)", STR, S(preview_secret), 0, 0, 0, 1},
@@ -153,9 +153,12 @@ static int preview_checks(sbx_agent_config *cfg, FILE *err)
     int bad = 0;
 
     url_host(cfg->url, host, sizeof(host));
+    /* A URL naming the VM by name: where the API listens, if IPv4. */
     if (!*cfg->preview_listen)
         snprintf(cfg->preview_listen, sizeof(cfg->preview_listen), "%s",
-                 inet_pton(AF_INET, host, &a) == 1 ? host : "127.0.0.1");
+                 inet_pton(AF_INET, host, &a) == 1            ? host
+                 : inet_pton(AF_INET, cfg->listen_host, &a) == 1 ? cfg->listen_host
+                                                                 : "127.0.0.1");
     if (inet_pton(AF_INET, cfg->preview_listen, &a) != 1) {
         fprintf(err, "sbx-agent: SBX_AGENT_PREVIEW_LISTEN=%s is not valid: use an IPv4 address\n",
                 cfg->preview_listen);
