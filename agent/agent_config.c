@@ -57,6 +57,12 @@ static const sbx_opt opts[] = {
     {"SBX_BWRAP", "bwrap", "bwrap", "bubblewrap executable", STR, S(bwrap), 0, 0, 0, 0},
     {"SBX_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", STR, S(log_level), 0, 0, 0, 0},
     {"SBX_LOG_FORMAT", "log-format", "text", "text, or json: one JSON object per line (ts, level, area, msg, job and project ids, the line's key=value fields)", STR, S(log_format), 0, 0, 0, 0},
+    {"SBX_AGENT_PREVIEW_LISTEN", "preview-listen", "", "IPv4 address sessions' live previews (session.preview_port) listen on, one port each (default: the host of SBX_AGENT_URL when it is an IPv4 address, else that of SBX_AGENT_LISTEN, else 127.0.0.1)", STR, S(preview_listen), 0, 0, 0, 0},
+    {"SBX_AGENT_PREVIEW_PORTS", "preview-ports", "20000-20999", "the ports previews get, first-last", STR, S(preview_ports), 0, 0, 0, 0},
+    {"SBX_AGENT_PREVIEW_PUBLIC_HOST", "preview-public-host", "", "the host name preview URLs carry (default: the host of SBX_AGENT_URL)", STR, S(preview_public_host), 0, 0, 0, 0},
+    {"SBX_AGENT_PREVIEW_SECRET", NULL, "", "keys the previews' access tokens (default: random per start; environment only; never printed)", STR, S(preview_secret), 0, 0, 0, 1},
+    /* A warm holder is one slot's sandbox made ahead: at most every slot. */
+    {"SBX_AGENT_WARM", "warm", "0", "session sandboxes kept made and frozen ahead on free slots, with the defaults; a session's first run takes one", INT, I(warm), 0, SBX_AGENT_CAPACITY_MAX, 0, 0},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -115,6 +121,74 @@ static int key_ok(const char *k)
         if (k[i] < '!' || k[i] > '~')
             return 0;
     return 1;
+}
+
+/* The host of a http(s) URL ("[v6]" keeps its brackets), or "" when it
+ * does not fit. */
+static void url_host(const char *url, char *host, size_t cap)
+{
+    const char *h = strstr(url, "://"), *end;
+    size_t n;
+
+    host[0] = '\0';
+    if (!h)
+        return;
+    h += 3;
+    end = *h == '[' ? strchr(h, ']') : NULL;
+    end = end ? end + 1 : h + strcspn(h, ":/");
+    n = (size_t)(end - h);
+    if (n > 0 && n < cap) {
+        memcpy(host, h, n);
+        host[n] = '\0';
+    }
+}
+
+/* Previews: the bind address, the port range and the URLs' host. The
+ * defaults follow the advertised URL, which is where browsers reach this
+ * VM already. */
+static int preview_checks(sbx_agent_config *cfg, FILE *err)
+{
+    char host[256];
+    struct in_addr a;
+    int bad = 0;
+
+    url_host(cfg->url, host, sizeof(host));
+    /* A URL naming the VM by name: where the API listens, if IPv4. */
+    if (!*cfg->preview_listen)
+        snprintf(cfg->preview_listen, sizeof(cfg->preview_listen), "%s",
+                 inet_pton(AF_INET, host, &a) == 1            ? host
+                 : inet_pton(AF_INET, cfg->listen_host, &a) == 1 ? cfg->listen_host
+                                                                 : "127.0.0.1");
+    if (inet_pton(AF_INET, cfg->preview_listen, &a) != 1) {
+        fprintf(err, "sbx-agent: SBX_AGENT_PREVIEW_LISTEN=%s is not valid: use an IPv4 address\n",
+                cfg->preview_listen);
+        bad = 1;
+    }
+    if (!*cfg->preview_public_host)
+        snprintf(cfg->preview_public_host, sizeof(cfg->preview_public_host), "%s",
+                 *host && strcmp(host, "0.0.0.0") != 0 ? host : cfg->preview_listen);
+    if (strpbrk(cfg->preview_public_host, " \t\r\n/?#@")) {
+        fprintf(err, "sbx-agent: SBX_AGENT_PREVIEW_PUBLIC_HOST=%s is not valid: use a host name "
+                     "or address\n", cfg->preview_public_host);
+        bad = 1;
+    }
+    {
+        char tail;
+        if (sscanf(cfg->preview_ports, "%d-%d%c", &cfg->preview_port_min, &cfg->preview_port_max,
+                   &tail) != 2 ||
+            cfg->preview_port_min < 1 || cfg->preview_port_max > 65535 ||
+            cfg->preview_port_min > cfg->preview_port_max) {
+            fprintf(err, "sbx-agent: SBX_AGENT_PREVIEW_PORTS=%s is not a port range: give "
+                         "first-last, such as 20000-20999\n", cfg->preview_ports);
+            bad = 1;
+        }
+    }
+    if (cfg->warm > cfg->capacity) {
+        fprintf(err, "sbx-agent: SBX_AGENT_WARM=%d is not valid: at most SBX_AGENT_CAPACITY=%d "
+                     "(a warm sandbox holds a slot's uid)\n", cfg->warm, cfg->capacity);
+        bad = 1;
+    }
+    return bad;
 }
 
 static int checks(sbx_agent_config *cfg, FILE *err)
@@ -194,6 +268,8 @@ static int checks(sbx_agent_config *cfg, FILE *err)
             bad = 1;
         }
     }
+    if (preview_checks(cfg, err))
+        bad = 1;
     if (sbx_opts_log_level("sbx-agent", cfg->log_level, err))
         bad = 1;
     if (sbx_opts_log_format("sbx-agent", cfg->log_format, err))

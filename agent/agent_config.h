@@ -45,6 +45,13 @@ typedef struct sbx_agent_config {
     char bwrap[256];
     char log_level[16];
     char log_format[8];         /* SBX_LOG_FORMAT: text or json */
+    /* Live previews of sessions (common/preview.h), served by the agent. */
+    char preview_listen[64];    /* IPv4; default: the advertised URL's host, else 127.0.0.1 */
+    char preview_ports[32];     /* "first-last" */
+    int preview_port_min, preview_port_max;   /* parsed */
+    char preview_public_host[256];            /* default: the advertised URL's host */
+    char preview_secret[256];
+    int warm;                   /* SBX_AGENT_WARM: session sandboxes kept made ahead */
 } sbx_agent_config;
 
 /* Fills cfg from the environment and argv. Returns 0, 1 after printing one

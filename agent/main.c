@@ -27,6 +27,7 @@
 #include "daemon.h"
 #include "leasewatch.h"
 #include "log.h"
+#include "preview.h"
 #include "redis.h"
 #include "registry.h"
 #include "rkeys.h"
@@ -45,6 +46,7 @@ typedef struct agent {
     sbx_daemon d;
     sbx_loop *loop;          /* d.loop */
     sbx_runs *runs;
+    sbx_previews *previews;      /* sessions' live previews (runs.h) */
     sbx_server *server;
     sbx_redis *redis;
     sbx_registry *reg;
@@ -217,8 +219,9 @@ int main(int argc, char **argv)
     sbx_timer_init(&a.stop_t, on_stop_timer, &a);
     sbx_log_redact(a.cfg.redis_url, redacted, sizeof(redacted));
     sbx_info("agent", "starting %s: listen=%s url=%s capacity=%d redis=%s work_dir=%s "
-             "heartbeat_ms=%d ttl_ms=%d", a.cfg.id, a.cfg.listen, a.cfg.url, a.cfg.capacity,
-             redacted, a.cfg.work_dir, a.cfg.heartbeat_ms, a.cfg.ttl_ms);
+             "heartbeat_ms=%d ttl_ms=%d previews=%s:%s warm=%d", a.cfg.id, a.cfg.listen, a.cfg.url,
+             a.cfg.capacity, redacted, a.cfg.work_dir, a.cfg.heartbeat_ms, a.cfg.ttl_ms,
+             a.cfg.preview_listen, a.cfg.preview_ports, a.cfg.warm);
 
     memset(&rc_cfg, 0, sizeof(rc_cfg));
     rc_cfg.agent_id = a.cfg.id;
@@ -230,6 +233,23 @@ int main(int argc, char **argv)
     rc_cfg.egress_allow = a.cfg.egress_allow;
     rc_cfg.egress_deny = a.cfg.egress_deny;
     rc_cfg.kill_grace_ms = AGENT_KILL_GRACE_MS;
+    rc_cfg.warm = a.cfg.warm;
+    {
+        sbx_previews_cfg pc = {
+            .loop = a.loop,
+            .bind_host = a.cfg.preview_listen,
+            .public_host = a.cfg.preview_public_host,
+            .port_min = a.cfg.preview_port_min,
+            .port_max = a.cfg.preview_port_max,
+            .secret = a.cfg.preview_secret,
+        };
+        if (sbx_previews_new(&pc, &a.previews, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sbx-agent: SBX_AGENT_PREVIEW_LISTEN=%s: %s\n", a.cfg.preview_listen, err);
+            status = 2;
+            goto out;
+        }
+    }
+    rc_cfg.previews = a.previews;
     rc = sbx_runs_new(a.loop, &rc_cfg, on_runs_event, &a, &a.runs, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sbx-agent: SBX_WORK_DIR=%s: %s\n", a.cfg.work_dir, err);
@@ -300,6 +320,7 @@ out:
     sbx_server_free(a.server);
     sbx_leasewatch_stop(a.lw);
     sbx_runs_free(a.runs);
+    sbx_previews_free(a.previews);
     sbx_redis_free(a.redis);
     sbx_registry_free(a.reg);
     sbx_leasewatch_free(a.lw);

@@ -39,7 +39,7 @@ void sbx__metrics_run_ended(sbx_agent_metrics *m, const sbx_run_view *v)
     if (v->state <= SBX_RS_RUNNING || v->state >= SBX_AGENT_OUTCOMES)
         return;
     m->builds[v->state]++;
-    if (v->sandbox > SBX_RUNS_ONE_OFF && v->sandbox <= SBX_RUNS_RESUMED)
+    if (v->sandbox > SBX_RUNS_ONE_OFF && v->sandbox <= SBX_RUNS_WARM)
         m->session_runs[v->sandbox]++;
     if (v->finished_ms >= v->started_ms && v->started_ms)
         sbx_hist_observe(&m->build, (double)(v->finished_ms - v->started_ms) / 1000.0);
@@ -83,9 +83,12 @@ size_t sbx__metrics_page(const sbx_agent_metrics *m, sbx_runs *runs, char *out, 
     }
     put(&p, "# HELP sbx_agent_session_runs_total runs of sessions that ended, by the sandbox "
             "they got\n# TYPE sbx_agent_session_runs_total counter\n");
-    for (int k = SBX_RUNS_NEW; k <= SBX_RUNS_RESUMED; k++)
+    for (int k = SBX_RUNS_NEW; k <= SBX_RUNS_WARM; k++)
         put(&p, "sbx_agent_session_runs_total{sandbox=\"%s\"} %" PRIu64 "\n",
             sbx_runs_sandbox_name((sbx_runs_sandbox)k), m->session_runs[k]);
+    put(&p, "# HELP sbx_agent_warm_sandboxes warm sandboxes made, frozen and not yet taken\n"
+            "# TYPE sbx_agent_warm_sandboxes gauge\nsbx_agent_warm_sandboxes %zu\n",
+        sbx_runs_warm_ready(runs));
     hn = sbx_hist_format(&m->build, "sbx_agent_build_duration_seconds",
                          "from a build's sandbox start to its end", "", h, sizeof(h));
     if (hn > 0 && (size_t)hn < sizeof(h))

@@ -67,6 +67,18 @@
  * descriptor keeps its file), and its preview is always copied out, never
  * renamed away from the workspace.
  *
+ * Warm holders (runs.h) use the same slot states with warm set and no
+ * session name: made on a free slot (warm_fill, from a timer: it forks
+ * bwrap, which must not delay the run just started), warmed by a `true`
+ * run, then frozen. A session's first run with the default limits takes
+ * the one on its slot, or moves a ready one there from another slot: the
+ * two slots swap uids, neither having a process outside what moves, so a
+ * uid still belongs to one slot and what runs under it. Any other run on a
+ * warm slot moves the holder to a free slot, or kills it (busy until it is
+ * gone, as for a session). A slot's callbacks from sandbox.h therefore
+ * carry the runs and find the slot by the sandbox, never a slot pointer.
+ * A session's live preview is dialed with its slot (sessions never move).
+ *
  * Run states: running -> succeeded | failed | timed_out | canceled | error,
  * logged as "run <id> state a -> b" in set_state().
  */
@@ -106,6 +118,13 @@
 #define RUN_SWEEP_MS 2000
 /* Fallback for lost inotify events (gate) and the trash remover's pace. */
 #define RUN_CRON_MS 1000
+/* A warm holder's `true` run: far more than a holder takes to come up. */
+#define RUN_WARMUP_TIMEOUT_S 60
+/* A new warm holder this long after one was taken or a slot came free: it
+ * forks bwrap from the loop, which must not delay the run just started. */
+#define RUN_WARM_AFTER_MS 250
+/* After a warm holder failed to come up, before the next try. */
+#define RUN_WARM_RETRY_MS 5000
 /* One read of the inotify fd; events are small (16 bytes + name). */
 #define RUN_INOTIFY_BUF 16384
 /* Reads per callback, so a chatty build's log events cannot hold the loop;
@@ -145,7 +164,7 @@ enum { COPY_OK, COPY_DEPTH, COPY_ENTRIES, COPY_BYTES, COPY_FAILED };
 
 static const char *const state_names[] = {"running", "succeeded", "failed",
                                           "timed_out", "canceled", "error"};
-static const char *const sandbox_names[] = {"one_off", "new", "reused", "resumed"};
+static const char *const sandbox_names[] = {"one_off", "new", "reused", "resumed", "warm"};
 
 typedef struct arun arun;
 
@@ -166,6 +185,10 @@ typedef struct slot {
     char last_run_id[SBX_RUN_ID_MAX];
     char last_job_id[SBX_ID_MAX + 1];
     char preview_run[SBX_RUN_ID_MAX];   /* whose preview is kept, "" if none */
+    int warm;                    /* ss is a warm holder, tied to no session yet */
+    sbx_sandbox *warmup;         /* a warm holder's `true` run, until it ends */
+    int preview_port;            /* the session's dev server port; 0: no live preview */
+    char live_url[SBX_PREVIEW_URL_MAX];  /* its URL while open */
 } slot;
 
 struct arun {
@@ -179,6 +202,7 @@ struct arun {
     sbx_runs_sandbox sandbox;
     int resume_ms;
     uint64_t resume_us;          /* the same, finer, for the log */
+    char live_url[SBX_PREVIEW_URL_MAX];  /* the session's live preview, "" none */
     sbx_run_state state;
     int canceled;
     int exit_code;
@@ -231,6 +255,11 @@ struct sbx_runs {
     uint64_t trash_seq;
     int draining;
     int no_sessions;             /* the sandbox has no session support: said once */
+    sbx_previews *previews;      /* NULL: no live previews */
+    int warm_n;                  /* warm holders to keep */
+    unsigned warm_seq;           /* names them apart */
+    int warm_failed;             /* the last one did not come up: retry later */
+    sbx_timer warm_t;            /* makes the missing ones */
 };
 
 const char *sbx_run_state_name(sbx_run_state s)
@@ -803,6 +832,8 @@ static void read_tail(arun *a)
         a->tail_len = read_log_tail(a->log_fd, a->tail, SBX_RUNS_TAIL_MAX);
 }
 
+static void warm_soon(sbx_runs *r, uint64_t after_ms);
+
 static void on_sb_start(void *arg, sbx_sandbox *sb)
 {
     arun *a = arg;
@@ -879,6 +910,7 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
     s->last = a;
     r->active--;
     hist_push(r, a);
+    warm_soon(r, RUN_WARM_AFTER_MS);
     emit(r, a->id, SBX_RUNS_END);
 }
 
@@ -1046,19 +1078,41 @@ out:
 
 /* ---- session sandboxes ---- */
 
+/* The slot holding ss: a warm holder moves between slots, so the
+ * callbacks of sandbox.h carry the runs, not a slot. */
+static slot *slot_of_ss(sbx_runs *r, const sbx_sandbox_session *ss)
+{
+    for (int i = 0; i < r->capacity; i++)
+        if (r->slots[i].ss == ss)
+            return &r->slots[i];
+    return NULL;
+}
+
+static void preview_close(slot *s)
+{
+    if (s->live_url[0] && s->r->previews)
+        sbx_preview_close(s->r->previews, s->session);
+    s->live_url[0] = '\0';
+    s->preview_port = 0;
+}
+
 static void on_session_end(void *arg, sbx_sandbox_session *ss)
 {
-    slot *s = arg;
+    sbx_runs *r = arg;
+    slot *s = slot_of_ss(r, ss);
 
-    if (!SBX_ASSERT(ss == s->ss)) {
+    if (!SBX_ASSERT(s != NULL)) {
         sbx_sandbox_session_free(ss);
         return;
     }
+    preview_close(s);
     set_sess(s, SS_NONE);
     s->ss = NULL;
     s->session[0] = '\0';
+    s->warm = 0;
     sbx_sandbox_session_free(ss);
-    emit(s->r, s->id, SBX_RUNS_SESSION_END);
+    warm_soon(r, r->warm_failed ? RUN_WARM_RETRY_MS : RUN_WARM_AFTER_MS);
+    emit(r, s->id, SBX_RUNS_SESSION_END);
 }
 
 /* Ends the slot's session sandbox (live -> dying); on_session_end follows. */
@@ -1066,7 +1120,8 @@ static void session_kill(slot *s, const char *why)
 {
     if (s->sess != SS_LIVE)
         return;
-    sbx_info("runs", "slot %s session %s: destroying its sandbox (%s)", s->id, s->session, why);
+    sbx_info("runs", "slot %s session %s: destroying its sandbox (%s)", s->id,
+             s->warm ? "(warm)" : s->session, why);
     set_sess(s, SS_DYING);
     sbx_sandbox_session_kill(s->ss);
 }
@@ -1084,7 +1139,7 @@ static int session_open(sbx_runs *r, slot *s, const char *session, const sbx_job
     job_spec(r, s, job, &spec);
     snprintf(name, sizeof(name), "%s-%d", session, s->index);
     spec.name = name;
-    rc = sbx_sandbox_session_new(r->loop, &spec, on_session_end, s, &s->ss, err, errlen);
+    rc = sbx_sandbox_session_new(r->loop, &spec, on_session_end, r, &s->ss, err, errlen);
     if (rc) {
         s->ss = NULL;
         return rc;
@@ -1092,6 +1147,211 @@ static int session_open(sbx_runs *r, slot *s, const char *session, const sbx_job
     snprintf(s->session, sizeof(s->session), "%s", session);
     set_sess(s, SS_LIVE);
     return 0;
+}
+
+/* ---- the warm pool ---- */
+
+static int slot_free(const slot *s) { return !s->run && s->sess == SS_NONE; }
+
+static int warm_ready(const slot *s)
+{
+    return s->sess == SS_LIVE && s->warm && !s->warmup && sbx_sandbox_session_alive(s->ss) &&
+           sbx_sandbox_session_paused(s->ss);
+}
+
+/* A job's holder would be what a warm one is: the defaults, no network
+ * (cpu_s and timeout_s are per run, not the holder's). */
+static int fits_warm(sbx_runs *r, const slot *s, const sbx_job *job)
+{
+    sbx_sandbox_spec a, b;
+    sbx_job none;
+
+    memset(&none, 0, sizeof(none));
+    job_spec(r, s, job, &a);
+    job_spec(r, s, &none, &b);
+    return !a.network && a.memory_mb == b.memory_mb && a.pids == b.pids && a.cpus == b.cpus &&
+           a.disk_mb == b.disk_mb;
+}
+
+/* Slot from's warm holder goes to slot to, which holds nothing, with its
+ * uid: the two swap uids. Neither uid has a process outside what moves (a
+ * slot with no run and no sandbox has none), so every uid still belongs to
+ * one slot and what runs under it. */
+static void warm_move(slot *from, slot *to)
+{
+    int uid = from->uid;
+
+    from->uid = to->uid;
+    to->uid = uid;
+    to->ss = from->ss;
+    to->warm = 1;
+    to->warmup = from->warmup;
+    to->sess = SS_LIVE;
+    from->ss = NULL;
+    from->warm = 0;
+    from->warmup = NULL;
+    from->sess = SS_NONE;
+    sbx_debug("runs", "warm sandbox moved %s -> %s uid=%d", from->id, to->id, uid);
+}
+
+/* Slot s is wanted for something its warm holder cannot be: the holder
+ * moves to a free slot, or, with none, is destroyed (the caller answers
+ * busy until it is gone, as for a session's sandbox). */
+static void warm_away(sbx_runs *r, slot *s)
+{
+    for (int k = 0; k < r->capacity; k++)
+        if (&r->slots[k] != s && slot_free(&r->slots[k])) {
+            warm_move(s, &r->slots[k]);
+            return;
+        }
+    session_kill(s, "its slot is wanted and no other is free");
+}
+
+/* Never later than it already is: a stream of one-offs freeing slots must
+ * not keep pushing the fill away. */
+static void warm_soon(sbx_runs *r, uint64_t after_ms)
+{
+    if (r->warm_n <= 0 || r->draining ||
+        (r->warm_t.active && r->warm_t.due_ms <= sbx_now_ms() + after_ms))
+        return;
+    sbx_timer_start(r->loop, &r->warm_t, after_ms);
+}
+
+static void warm_started(void *arg, sbx_sandbox *sb)
+{
+    (void)arg;
+    (void)sb;
+}
+
+/* The `true` run ended: the holder is up and warm, so frozen until taken;
+ * anything else, it goes and the pool tries again later. */
+static void warm_exited(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
+{
+    sbx_runs *r = arg;
+    slot *s = NULL;
+    int rc = -EIO;
+
+    for (int i = 0; i < r->capacity && !s; i++)
+        if (r->slots[i].warmup == sb)
+            s = &r->slots[i];
+    if (!SBX_ASSERT(s != NULL)) {
+        sbx_sandbox_free(sb);
+        return;
+    }
+    s->warmup = NULL;
+    if (s->sess != SS_LIVE) { /* ended under it (wanted slot, shutdown) */
+        sbx_sandbox_free(sb);
+        return;
+    }
+    if (st->ran && st->end == SBX_SANDBOX_EXITED && st->exit_code == 0)
+        rc = sbx_sandbox_session_pause(s->ss);
+    if (rc == -ENOTSUP)
+        rc = 0; /* no freezer: kept warm and running (sandbox.h) */
+    if (rc) {
+        sbx_warn("runs", "warm sandbox did not come up slot=%s exit_code=%d: %s", s->id,
+                 st->exit_code, st->error && st->error[0] ? st->error : strerror(-rc));
+        r->warm_failed = 1;
+        sbx_sandbox_free(sb);
+        session_kill(s, "it did not come up");
+        return;
+    }
+    r->warm_failed = 0;
+    sbx_info("runs", "warm sandbox ready slot=%s uid=%d ms=%" PRIu64, s->id, s->uid,
+             st->duration_ms);
+    sbx_sandbox_free(sb);
+}
+
+/* A holder on free slot s with the defaults, warmed by one `true` run
+ * (the holder up, the run's path in the page cache). */
+static int warm_make(sbx_runs *r, slot *s)
+{
+    sbx_sandbox_spec spec;
+    sbx_job none;
+    char name[64], err[256];
+    int rc;
+
+    memset(&none, 0, sizeof(none));
+    job_spec(r, s, &none, &spec);
+    /* Never a session's name ("s-..."): the workspace keeps it once taken. */
+    snprintf(name, sizeof(name), "warm-%u-%d", ++r->warm_seq, s->index);
+    spec.name = name;
+    rc = sbx_sandbox_session_new(r->loop, &spec, on_session_end, r, &s->ss, err, sizeof(err));
+    if (rc) {
+        s->ss = NULL;
+        sbx_warn("runs", "warm sandbox not made slot=%s: %s", s->id, err);
+        return rc;
+    }
+    s->warm = 1;
+    s->session[0] = '\0';
+    set_sess(s, SS_LIVE);
+    spec.script = "true";
+    spec.timeout_s = RUN_WARMUP_TIMEOUT_S;
+    spec.session = s->ss;
+    rc = sbx_sandbox_spawn(r->loop, &spec, warm_started, warm_exited, r, &s->warmup, err,
+                           sizeof(err));
+    if (rc) {
+        s->warmup = NULL;
+        sbx_warn("runs", "warm sandbox not warmed slot=%s: %s", s->id, err);
+        r->warm_failed = 1;
+        session_kill(s, "it was not warmed");
+        return rc;
+    }
+    sbx_debug("runs", "warm sandbox making slot=%s name=%s uid=%d", s->id, name, s->uid);
+    return 0;
+}
+
+static void warm_fill(sbx_timer *t)
+{
+    sbx_runs *r = t->data;
+    int have = 0;
+
+    if (r->draining)
+        return;
+    for (int i = 0; i < r->capacity; i++)
+        have += r->slots[i].warm;
+    for (int i = 0; i < r->capacity && have < r->warm_n; i++) {
+        if (!slot_free(&r->slots[i]))
+            continue;
+        if (warm_make(r, &r->slots[i]) != 0)
+            return; /* on_session_end tries again later */
+        have++;
+    }
+}
+
+/* ---- live previews ---- */
+
+static int preview_dial(void *arg, char *err, size_t errlen)
+{
+    slot *s = arg;
+
+    if (s->sess != SS_LIVE || !s->ss || !s->preview_port) {
+        snprintf(err, errlen, "slot %s: the session's sandbox is gone", s->id);
+        return -ESRCH;
+    }
+    return sbx_sandbox_session_dial(s->ss, s->preview_port, err, errlen);
+}
+
+/* A session run naming a preview port opens (or keeps) the session's
+ * preview; a run naming none keeps what an earlier run opened. */
+static void preview_for_run(sbx_runs *r, slot *s, arun *a, const sbx_job *job)
+{
+    char err[256];
+    int rc;
+
+    if (r->previews && job->session_preview_port > 0 && s->sess == SS_LIVE && !s->warm) {
+        s->preview_port = job->session_preview_port;
+        rc = sbx_preview_open(r->previews, s->session, preview_dial, s, s->live_url, err,
+                              sizeof(err));
+        if (rc) {
+            sbx_warn("runs", "slot %s session %s: no preview: %s", s->id, s->session, err);
+            s->live_url[0] = '\0';
+            s->preview_port = 0;
+        } else {
+            sbx_info("runs", "slot %s session %s preview port=%d", s->id, s->session,
+                     s->preview_port);
+        }
+    }
+    snprintf(a->live_url, sizeof(a->live_url), "%s", s->live_url);
 }
 
 /* Gets the slot ready for a run of session (NULL: a one-off run). Returns
@@ -1107,7 +1367,9 @@ static int session_for_run(sbx_runs *r, slot *s, arun *a, const char *session, c
     a->resume_ms = 0;
     if (s->sess == SS_LIVE && !sbx_sandbox_session_alive(s->ss))
         set_sess(s, SS_DYING); /* its holder died; on_end is on its way */
-    if (s->sess == SS_LIVE && (!session || strcmp(session, s->session) != 0))
+    if (s->sess == SS_LIVE && s->warm && !(session && warm_ready(s) && fits_warm(r, s, job)))
+        warm_away(r, s);
+    if (s->sess == SS_LIVE && !s->warm && (!session || strcmp(session, s->session) != 0))
         session_kill(s, session ? "the slot was leased to another session" : "a run without a session");
     if (s->sess == SS_DYING) {
         snprintf(err, errlen, "slot %s: the sandbox of session %s is being removed", s->id, s->session);
@@ -1117,6 +1379,29 @@ static int session_for_run(sbx_runs *r, slot *s, arun *a, const char *session, c
     if (!session)
         return 0;
     snprintf(a->session, sizeof(a->session), "%s", session);
+    if (s->sess == SS_NONE && fits_warm(r, s, job))
+        for (int k = 0; k < r->capacity; k++)
+            if (warm_ready(&r->slots[k])) {
+                warm_move(&r->slots[k], s);
+                break;
+            }
+    if (s->sess == SS_LIVE && s->warm) {
+        rc = sbx_sandbox_session_resume(s->ss, &a->resume_ms);
+        if (rc) {
+            snprintf(err, errlen, "slot %s: warm sandbox does not resume: %s", s->id, strerror(-rc));
+            session_kill(s, "it did not resume");
+            *st = SBX_WAKE_BUSY;
+            return -1;
+        }
+        sbx_info("runs", "warm sandbox taken slot=%s session=%s uid=%d resume_ms=%d", s->id,
+                 session, s->uid, a->resume_ms);
+        s->warm = 0;
+        snprintf(s->session, sizeof(s->session), "%s", session);
+        a->sandbox = SBX_RUNS_WARM;
+        *ss = s->ss;
+        warm_soon(r, RUN_WARM_AFTER_MS);
+        return 0;
+    }
     if (s->sess == SS_LIVE) {
         int paused = sbx_sandbox_session_paused(s->ss);
         uint64_t t0 = sbx_now_us();
@@ -1254,6 +1539,8 @@ sbx_wake_status sbx_runs_wake(sbx_runs *r, const sbx_wake_req *w, char run_id[SB
             session_kill(s, "a run could not start in it");
         goto out;
     }
+    if (ss)
+        preview_for_run(r, s, a, job);
     if (s->last)
         close_fd(&s->last->log_fd);
     s->run = a;
@@ -1384,6 +1671,8 @@ int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const 
     const slot *s = &r->slots[i];
     if (s->sess == SS_NONE)
         return 0;
+    if (s->warm)
+        return 0;
     *name = s->session;
     *state = s->sess == SS_DYING                      ? "dying"
              : s->run                                 ? "running"
@@ -1392,6 +1681,14 @@ int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const 
     return 1;
 }
 size_t sbx_runs_active(const sbx_runs *r) { return r->active; }
+
+size_t sbx_runs_warm_ready(const sbx_runs *r)
+{
+    size_t n = 0;
+    for (int i = 0; i < r->capacity; i++)
+        n += warm_ready(&r->slots[i]);
+    return n;
+}
 void sbx_runs_drain(sbx_runs *r) { r->draining = 1; }
 int sbx_runs_draining(const sbx_runs *r) { return r->draining; }
 
@@ -1434,6 +1731,7 @@ int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v)
     v->session = a->session;
     v->sandbox = a->sandbox;
     v->resume_ms = a->resume_ms;
+    v->live_url = a->live_url;
     if (a->log_fd >= 0 && fstat(a->log_fd, &st) == 0)
         v->log_bytes = (uint64_t)st.st_size;
     else
@@ -1557,6 +1855,9 @@ int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb c
     r->allow_network = cfg->allow_network;
     r->kill_grace_ms = cfg->kill_grace_ms;
     sbx_timer_init(&r->cron_t, on_cron, r);
+    sbx_timer_init(&r->warm_t, warm_fill, r);
+    r->previews = cfg->previews;
+    r->warm_n = cfg->warm < 0 ? 0 : cfg->warm > cfg->capacity ? cfg->capacity : cfg->warm;
     if (getrandom(&r->nonce, sizeof(r->nonce), 0) != sizeof(r->nonce))
         r->nonce = (uint32_t)(sbx_wall_ms() ^ (uint64_t)getpid() << 16);
     if (cfg->capacity < 1 ||
@@ -1620,6 +1921,7 @@ int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb c
         goto out;
     }
     sbx_timer_start(loop, &r->cron_t, RUN_CRON_MS);
+    warm_soon(r, 0);
     *out = r;
     r = NULL;
 out:
@@ -1633,6 +1935,7 @@ void sbx_runs_free(sbx_runs *r)
     if (!r)
         return;
     sbx_timer_stop(r->loop, &r->cron_t);
+    sbx_timer_stop(r->loop, &r->warm_t);
     sbx_io_stop(&r->ino_io);
     sbx_io_stop(&r->rm_io);
     if (r->slots) {
@@ -1647,9 +1950,13 @@ void sbx_runs_free(sbx_runs *r)
         }
         for (int i = 0; i < r->capacity; i++) {
             slot *s = &r->slots[i];
+            sbx_sandbox_free(s->warmup); /* runs go before their session */
+            s->warmup = NULL;
             if (!s->ss)
                 continue;
-            sbx_info("runs", "slot %s session %s: sandbox removed at shutdown", s->id, s->session);
+            preview_close(s);
+            sbx_info("runs", "slot %s session %s: sandbox removed at shutdown", s->id,
+                     s->warm ? "(warm)" : s->session);
             sbx_sandbox_session_free(s->ss); /* SIGKILL, reap, remove; no callbacks */
             s->ss = NULL;
         }

@@ -28,6 +28,17 @@
  * the sandbox; the next run says NEW). Pause and destroy are fenced like
  * wake and cancel.
  *
+ * Live previews (issue 13, item 3): a session run whose job names
+ * session.preview_port opens the session's preview (common/preview.h) on
+ * the agent's proxy, dialed inside the sandbox's network namespace; the
+ * run's view carries its URL (live_url) until the sandbox ends, which
+ * closes it.
+ *
+ * Warm pool: config.warm holders are made ahead on free slots with the
+ * defaults and frozen; a session's first run whose limits are the defaults
+ * takes one (WARM). A warm holder is no session: it never makes a slot
+ * busy, and a run that cannot use it moves it to a free slot or ends it.
+ *
  * Events (log grew, run ended) go to one callback, always from the loop and
  * never from inside a call into this module; they carry the run id, not a
  * pointer, because a run may be gone by the time a listener looks.
@@ -40,6 +51,7 @@
 
 #include "buf.h"
 #include "loop.h"
+#include "preview.h"
 #include "sbx.h"
 
 /* Finished runs answered by GET /runs/{id}. */
@@ -71,6 +83,7 @@ typedef enum sbx_runs_sandbox {
     SBX_RUNS_NEW,          /* the session had no sandbox on the slot */
     SBX_RUNS_REUSED,
     SBX_RUNS_RESUMED,      /* it was paused; thawed for this run */
+    SBX_RUNS_WARM,         /* the session's first run took a warm sandbox */
 } sbx_runs_sandbox;
 
 const char *sbx_runs_sandbox_name(sbx_runs_sandbox s);
@@ -87,6 +100,8 @@ typedef struct sbx_runs_config {
     const char *egress_allow;  /* SBX_EGRESS_ALLOW / _DENY (common/egress.h) */
     const char *egress_deny;
     int kill_grace_ms;
+    sbx_previews *previews;    /* live previews of sessions; NULL: off */
+    int warm;                  /* warm sandboxes to keep (at most capacity) */
 } sbx_runs_config;
 
 typedef enum sbx_runs_event {
@@ -112,6 +127,8 @@ int sbx_runs_slot_busy(const sbx_runs *r, size_t i);
  * "paused", "dying"), or 0 when it has none. */
 int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const char **state);
 size_t sbx_runs_active(const sbx_runs *r);
+/* Warm sandboxes up, frozen and not yet taken. */
+size_t sbx_runs_warm_ready(const sbx_runs *r);
 /* Ids of the running builds into ids (at most max), returns the count. */
 size_t sbx_runs_running_ids(const sbx_runs *r, const char **ids, size_t max);
 /* From now on /wake is refused (shutdown). */
@@ -195,6 +212,7 @@ typedef struct sbx_run_view {
     const char *session;         /* "" for a run without one */
     sbx_runs_sandbox sandbox;
     int resume_ms;               /* RESUMED: how long thawing took */
+    const char *live_url;        /* "" or the session's live preview (preview.h) */
 } sbx_run_view;
 
 int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v);

@@ -573,7 +573,11 @@ static json_object *run_json(sbx_server *s, const sbx_run_view *v)
     } else {
         json_object_object_add(o, "finished_at", NULL);
     }
-    if (v->has_preview) {
+    /* A session's live preview wins over the static copy of public/: it
+     * is what the session is for, and the copy is still at /preview/. */
+    if (v->live_url && v->live_url[0]) {
+        json_object_object_add(o, "preview_url", json_object_new_string(v->live_url));
+    } else if (v->has_preview) {
         snprintf(url, sizeof(url), "%s/preview/%s/", s->base_url, v->id);
         json_object_object_add(o, "preview_url", json_object_new_string(url));
     } else {
@@ -827,6 +831,8 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
         if (sbx_runs_view(s->runs, run_id, &v) == 0 && v.session[0]) {
             json_object_object_add(o, "sandbox", json_object_new_string(sbx_runs_sandbox_name(v.sandbox)));
             json_object_object_add(o, "resume_ms", json_object_new_int(v.resume_ms));
+            if (v.live_url[0])
+                json_object_object_add(o, "preview_url", json_object_new_string(v.live_url));
         }
         return reply_json(c, MHD_HTTP_OK, o);
     case SBX_WAKE_STALE:

@@ -166,8 +166,9 @@ void sbx_sandbox_free(sbx_sandbox *s);
  * and resumes a paused session first (call _resume() yourself to learn how
  * long that took).
  * A spawn right after _new() is fine: the command waits until the holder is
- * up (network set up included); if the holder dies first, the run ends with
- * ran = 0.
+ * up (network set up included), and on_start comes once it runs (so it
+ * marks create-to-running); if the holder dies first, the run ends with
+ * ran = 0 (on_start, then on_exit).
  *
  * on_end(arg, ss) fires exactly once, from the loop, when the session died
  * (killed, its holder lost, or its supervisor fired) and everything is gone:
@@ -202,6 +203,17 @@ void sbx_sandbox_session_kill(sbx_sandbox_session *ss);
 void sbx_sandbox_session_free(sbx_sandbox_session *ss);
 /* The workspace on the host (what /workspace is inside). */
 const char *sbx_sandbox_session_workspace(const sbx_sandbox_session *ss);
+/* A TCP socket to 127.0.0.1:port inside the session's network namespace
+ * (a dev server's, for the preview proxy), non-blocking, its connect
+ * started (poll for writable, then SO_ERROR says how it went). The socket is
+ * made by a short-lived thread that enters the namespace, so the caller's
+ * thread never changes namespace. The caller needs CAP_SYS_ADMIN over the
+ * holder's user namespace (root, as whoever spawns sessions with a uid is).
+ * Works with network on or off (loopback is always up). Returns the fd, or
+ * -errno with a line in err: -EAGAIN before the session is up, -ESRCH when
+ * it is dead or dying. A paused session's kernel still accepts the
+ * connection; its server answers once resumed. */
+int sbx_sandbox_session_dial(sbx_sandbox_session *ss, int port, char *err, size_t errlen);
 
 /* Host chores, synchronous, for startup and shutdown. */
 /* SIGKILLs every process of uid (the caller must be root; uid must be one

@@ -50,6 +50,28 @@
  * like any crashed predecessor's workspace. The token is not checked: there
  * is no remote side, and the lease gives the slot to one owner at a time.
  *
+ * Previews. A session job naming session.preview_port opens the session's
+ * preview (p->previews, common/preview.c) under its name; the proxy's dial
+ * makes its socket inside the session's network namespace
+ * (sbx_sandbox_session_dial), so the dev server needs no port of the host's
+ * and another session's 127.0.0.1 is out of reach. The session's end closes
+ * it; a new sandbox of the same session opens it again, on the same port
+ * (the proxy's ports follow the name).
+ *
+ * Warm pool (ops->warm). Up to n session sandboxes are made ahead on free
+ * slots with the provider's defaults (no network), each warmed by one `true`
+ * run (the holder up, the run path in the page cache) and then frozen, tied
+ * to no session. A session's first job whose limits are the defaults takes
+ * one: thawed, renamed to the session (result WARM; its workspace directory
+ * keeps its warm name). A warm sandbox belongs to a uid, not really to a
+ * slot: slots that hold nothing may swap uids, so the pool serves whichever
+ * free slot the lease picked (the warm sandbox moves to it with its uid),
+ * and a one-off landing on a warm slot moves the warm sandbox to another
+ * free slot, or, with none free, destroys it. Slot i starts with uid
+ * uid_base + i; the uid range and the start-up sweep are unchanged. A new
+ * warm sandbox is made from a timer after one is taken or a slot frees up.
+ * They die with the provider.
+ *
  * Lease: trust() gives the sandbox's supervisor (common/supervise.c) the
  * end of the lease's trust window; a build it killed ends ERROR ("killed by
  * its supervisor"), which the worker, past that window, never writes.
@@ -76,6 +98,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "preview.h"
 #include "sandbox.h"
 
 _Static_assert(SBX_SANDBOX_TAIL_MAX == SBX_LOG_TAIL_MAX, "the sandbox keeps what the runs table stores");
@@ -87,6 +110,15 @@ _Static_assert(SBX_SANDBOX_TAIL_MAX == SBX_LOG_TAIL_MAX, "the sandbox keeps what
 #define LOCAL_SLOTS_MAX 1024
 /* uid sweep at startup: how long orphans of a crashed worker may take. */
 #define LOCAL_SWEEP_MS 2000
+/* A warm sandbox's `true` run: far more than a holder takes to come up. */
+#define LOCAL_WARMUP_TIMEOUT_S 60
+/* After a warm sandbox failed to come up: wait this long before the next,
+ * so a broken host does not spin making them. */
+#define LOCAL_WARM_RETRY_MS 5000
+/* A new warm sandbox once one was taken or a slot freed, this much later:
+ * making one forks bwrap on the loop, which must not delay the run that
+ * just started (its STARTED, its first output). */
+#define LOCAL_WARM_AFTER_MS 250
 
 typedef struct local_provider {
     sbx_provider base;
@@ -106,6 +138,11 @@ typedef struct local_provider {
     struct sbx_run **busy;       /* per slot, NULL when free */
     struct local_session **sess; /* per slot, NULL when no session sandbox */
     struct local_op *ops;        /* session_op answers not yet delivered */
+    int *uids;                   /* per slot, the uid its sandboxes run as (-1: not
+                                  * root); a permutation of the range (warm pool) */
+    int warm_n;                  /* ops->warm: how many to keep; 0 none */
+    unsigned warm_seq;           /* names warm sandboxes apart */
+    sbx_timer warm_t;            /* makes the missing ones */
 } local_provider;
 
 /* A session's sandbox on one slot. */
@@ -115,6 +152,11 @@ typedef struct local_session {
     char name[SBX_SESSION_NAME_MAX + 1];
     sbx_sandbox_session *ss;
     struct local_op *destroying; /* a DESTROY waiting for its end */
+    int warm;                    /* in the warm pool: tied to no session yet */
+    int failed;                  /* a warm one that did not come up: retry later */
+    sbx_sandbox *warmup;         /* a warm one's `true` run, until it ends */
+    int preview_port;            /* the dev server's, inside; 0: no preview */
+    char preview_url[SBX_PREVIEW_URL_MAX]; /* "" while none is open */
 } local_session;
 
 /* One session_op, answered from the loop. */
@@ -163,7 +205,11 @@ static void set_instance(const struct sbx_run *r, sbx_result *res)
     snprintf(res->instance, sizeof(res->instance), "%s:%d", r->p->node, r->pid);
     res->sandbox = r->use;
     res->resume_ms = r->resume_ms;
+    if (r->ls)
+        snprintf(res->preview_url, sizeof(res->preview_url), "%s", r->ls->preview_url);
 }
+
+static void warm_soon(local_provider *p, uint64_t after_ms);
 
 static void on_sb_start(void *arg, sbx_sandbox *sb)
 {
@@ -249,6 +295,8 @@ static void on_sb_exit(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
      * in this slot, and the sbx_run pointer is dangling once it is told. */
     p->busy[r->slot] = NULL;
     sbx_sandbox_free(sb);
+    if (!r->ls)
+        warm_soon(p, LOCAL_WARM_AFTER_MS); /* a slot came free */
     free(r);
     cb(cb_arg, SBX_RUN_FINISHED, &res);
 }
@@ -287,10 +335,39 @@ static void session_drop(local_session *ls)
     local_provider *p = ls->p;
 
     p->sess[ls->slot] = NULL;
+    if (ls->preview_url[0] && p->base.previews)
+        sbx_preview_close(p->base.previews, ls->name);
+    sbx_sandbox_free(ls->warmup); /* a run of the session: freed before it */
     sbx_sandbox_session_free(ls->ss);
     if (ls->destroying)
         op_answer(ls->destroying, 0, "");
+    warm_soon(p, ls->failed ? LOCAL_WARM_RETRY_MS : LOCAL_WARM_AFTER_MS);
     free(ls);
+}
+
+/* The preview proxy's way in (preview.h): a socket made in the session's
+ * network namespace. */
+static int local_dial(void *arg, char *err, size_t errlen)
+{
+    local_session *ls = arg;
+    return sbx_sandbox_session_dial(ls->ss, ls->preview_port, err, errlen);
+}
+
+/* Opening again is fine (preview.h): same port, the new dial. A preview
+ * that cannot open costs the job nothing; it just has no URL. */
+static void preview_open(local_provider *p, local_session *ls, int port)
+{
+    char err[256];
+    int rc;
+
+    ls->preview_port = port;
+    rc = sbx_preview_open(p->base.previews, ls->name, local_dial, ls, ls->preview_url, err,
+                          sizeof(err));
+    if (rc) {
+        ls->preview_url[0] = '\0';
+        sbx_warn("local", "preview not opened slot=%s session=%s port=%d: %s", p->ids[ls->slot],
+                 ls->name, port, err);
+    }
 }
 
 /* sandbox.c: the session's sandbox is gone, everything cleaned up. */
@@ -303,13 +380,209 @@ static void on_session_end(void *arg, sbx_sandbox_session *ss)
     session_drop(ls);
 }
 
-/* The session's sandbox on slot i, found (resumed if paused) or made.
- * Returns 0 and sets r->ls, r->use, r->resume_ms. */
+/* ---- the warm pool ---- */
+
+/* What every sandbox of the provider starts from: the slot's uid and the
+ * defaults; the job's own values go over it (local_start). */
+static void base_spec(const local_provider *p, int i, const char *name, sbx_sandbox_spec *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    spec->bwrap = p->bwrap;
+    spec->work_dir = p->work_dir;
+    spec->name = name;
+    spec->uid = p->uids[i];
+    spec->gid = spec->uid;
+    spec->net = &p->net;
+    spec->memory_mb = p->default_memory_mb;
+    spec->pids = p->default_pids;
+    spec->cpus = p->default_cpus;
+    spec->disk_mb = LOCAL_DEFAULT_DISK_MB;
+    spec->disk_total = 1;
+    spec->kill_grace_ms = p->kill_grace_ms;
+}
+
+/* A job's session sandbox would be what a warm one is. */
+static int fits_warm(const local_provider *p, const sbx_sandbox_spec *spec)
+{
+    return !spec->network && spec->memory_mb == p->default_memory_mb &&
+           spec->pids == p->default_pids && spec->cpus == p->default_cpus &&
+           spec->disk_mb == LOCAL_DEFAULT_DISK_MB;
+}
+
+static int warm_ready(const local_session *ls)
+{
+    return ls && ls->warm && !ls->warmup && sbx_sandbox_session_alive(ls->ss) &&
+           sbx_sandbox_session_paused(ls->ss);
+}
+
+static int slot_free(const local_provider *p, int i) { return !p->busy[i] && !p->sess[i]; }
+
+/* Slot from's warm sandbox goes to slot to, which holds nothing, with its
+ * uid: the two swap uids. Neither uid has a process outside what moves (a
+ * slot with no run and no sandbox has none), so every uid still belongs to
+ * one slot and what runs under it. */
+static void warm_move(local_provider *p, int from, int to)
+{
+    local_session *ls = p->sess[from];
+    int uid = p->uids[from];
+
+    p->uids[from] = p->uids[to];
+    p->uids[to] = uid;
+    p->sess[to] = ls;
+    p->sess[from] = NULL;
+    ls->slot = to;
+    sbx_debug("local", "warm sandbox moved %s -> %s uid=%d", p->ids[from], p->ids[to], uid);
+}
+
+/* Slot i is wanted for something the warm sandbox on it cannot be: it moves
+ * to another free slot, or, with none, is destroyed. */
+static void warm_away(local_provider *p, int i)
+{
+    for (int k = 0; k < p->nslots; k++)
+        if (k != i && slot_free(p, k)) {
+            warm_move(p, i, k);
+            return;
+        }
+    sbx_info("local", "warm sandbox dropped: its slot %s is wanted and none is free", p->ids[i]);
+    session_drop(p->sess[i]);
+}
+
+/* Never later than it already is: a stream of one-offs freeing slots must
+ * not keep pushing the pool's fill away. */
+static void warm_soon(local_provider *p, uint64_t after_ms)
+{
+    if (p->warm_n <= 0 || (p->warm_t.active && p->warm_t.due_ms <= sbx_now_ms() + after_ms))
+        return;
+    sbx_timer_start(p->base.loop, &p->warm_t, after_ms);
+}
+
+static void warm_started(void *arg, sbx_sandbox *sb)
+{
+    (void)arg;
+    (void)sb;
+}
+
+/* The `true` run ended: up and warm, so frozen until taken; anything else,
+ * the sandbox goes and the pool tries again later. */
+static void warm_exited(void *arg, sbx_sandbox *sb, const sbx_sandbox_status *st)
+{
+    local_session *ls = arg;
+    local_provider *p = ls->p;
+    int rc = -EIO;
+
+    ls->warmup = NULL;
+    if (st->ran && st->end == SBX_SANDBOX_EXITED && st->exit_code == 0)
+        rc = sbx_sandbox_session_pause(ls->ss);
+    if (rc) {
+        sbx_warn("local", "warm sandbox did not come up slot=%s exit_code=%d: %s",
+                 p->ids[ls->slot], st->exit_code, st->error[0] ? st->error : strerror(-rc));
+        ls->failed = 1;
+        sbx_sandbox_free(sb);
+        sbx_sandbox_session_kill(ls->ss); /* on_session_end drops it */
+        return;
+    }
+    sbx_info("local", "warm sandbox ready slot=%s name=%s uid=%d ms=%" PRIu64, p->ids[ls->slot],
+             ls->name, p->uids[ls->slot], st->duration_ms);
+    sbx_sandbox_free(sb);
+}
+
+static int warm_make(local_provider *p, int i)
+{
+    sbx_sandbox_spec spec;
+    local_session *ls;
+    char name[64], err[256];
+    int rc;
+
+    ls = calloc(1, sizeof(*ls));
+    if (!ls)
+        return -ENOMEM;
+    ls->p = p;
+    ls->slot = i;
+    ls->warm = 1;
+    /* Never a session's name ("s-..."): session_op and start() pass it by. */
+    snprintf(ls->name, sizeof(ls->name), "warm-%u", ++p->warm_seq);
+    snprintf(name, sizeof(name), "%d-s-%s", i, ls->name);
+    base_spec(p, i, name, &spec);
+    rc = sbx_sandbox_session_new(p->base.loop, &spec, on_session_end, ls, &ls->ss, err,
+                                 sizeof(err));
+    if (rc) {
+        sbx_warn("local", "warm sandbox not made slot=%s: %s", p->ids[i], err);
+        free(ls);
+        return rc;
+    }
+    p->sess[i] = ls;
+    spec.script = "true";
+    spec.timeout_s = LOCAL_WARMUP_TIMEOUT_S;
+    spec.session = ls->ss;
+    rc = sbx_sandbox_spawn(p->base.loop, &spec, warm_started, warm_exited, ls, &ls->warmup, err,
+                           sizeof(err));
+    if (rc) {
+        sbx_warn("local", "warm sandbox not warmed slot=%s: %s", p->ids[i], err);
+        ls->failed = 1;
+        session_drop(ls);
+        return rc;
+    }
+    sbx_debug("local", "warm sandbox making slot=%s name=%s uid=%d", p->ids[i], ls->name,
+              spec.uid);
+    return 0;
+}
+
+static void warm_fill(sbx_timer *t)
+{
+    local_provider *p = t->data;
+    int have = 0;
+
+    for (int i = 0; i < p->nslots; i++)
+        have += p->sess[i] && p->sess[i]->warm;
+    for (int i = 0; i < p->nslots && have < p->warm_n; i++) {
+        if (!slot_free(p, i))
+            continue;
+        if (warm_make(p, i) != 0) {
+            warm_soon(p, LOCAL_WARM_RETRY_MS);
+            return;
+        }
+        have++;
+    }
+}
+
+static void local_warm(sbx_provider *bp, int n)
+{
+    local_provider *p = (local_provider *)bp;
+
+    p->warm_n = n < 0 ? 0 : n > p->nslots ? p->nslots : n;
+    sbx_info("local", "warm pool of %d (asked %d)", p->warm_n, n);
+    warm_soon(p, 0);
+}
+
+/* The session takes the warm sandbox on slot i: thawed and renamed. On
+ * failure it is dropped and the caller makes a new one. */
+static int warm_take(local_provider *p, local_session *ls, const char *name, struct sbx_run *r)
+{
+    int rc = sbx_sandbox_session_resume(ls->ss, &r->resume_ms);
+
+    if (rc) {
+        sbx_warn("local", "warm sandbox not taken slot=%s: resume: %s", p->ids[ls->slot],
+                 strerror(-rc));
+        session_drop(ls);
+        return rc;
+    }
+    sbx_info("local", "warm sandbox taken slot=%s warm=%s session=%s uid=%d resume_ms=%d",
+             p->ids[ls->slot], ls->name, name, p->uids[ls->slot], r->resume_ms);
+    snprintf(ls->name, sizeof(ls->name), "%s", name);
+    ls->warm = 0;
+    r->ls = ls;
+    r->use = SBX_SANDBOX_WARM;
+    warm_soon(p, LOCAL_WARM_AFTER_MS);
+    return 0;
+}
+
+/* The session's sandbox on slot i, found (resumed if paused), taken from
+ * the warm pool, or made. Returns 0 and sets r->ls, r->use, r->resume_ms. */
 static int session_for(local_provider *p, int i, const char *name, const sbx_sandbox_spec *spec,
                        struct sbx_run *r, char *err, size_t errlen)
 {
-    local_session *ls = p->sess[i];
-    int rc;
+    local_session *ls;
+    int rc, fits = fits_warm(p, spec);
 
     /* The workspace's name, which a restarted worker's clean-up must know
      * as ours (is_workspace_name), and the cgroup's. */
@@ -318,10 +591,28 @@ static int session_for(local_provider *p, int i, const char *name, const sbx_san
         snprintf(err, errlen, "session name %.64s: not a session sandbox name", name);
         return -EINVAL;
     }
-    if (ls && (strcmp(ls->name, name) != 0 || !sbx_sandbox_session_alive(ls->ss))) {
+    ls = p->sess[i];
+    if (ls && ls->warm && !(fits && warm_ready(ls))) {
+        warm_away(p, i);
+        ls = NULL;
+    }
+    if (ls && !ls->warm && (strcmp(ls->name, name) != 0 || !sbx_sandbox_session_alive(ls->ss))) {
         sbx_info("local", "session sandbox replaced slot=%s old=%s alive=%d new=%s", p->ids[i],
                  ls->name, sbx_sandbox_session_alive(ls->ss), name);
         session_drop(ls);
+        ls = NULL;
+    }
+    if (!ls && fits) {
+        for (int k = 0; k < p->nslots; k++)
+            if (warm_ready(p->sess[k])) {
+                warm_move(p, k, i);
+                ls = p->sess[i];
+                break;
+            }
+    }
+    if (ls && ls->warm) {
+        if (warm_take(p, ls, name, r) == 0)
+            return 0;
         ls = NULL;
     }
     if (ls) {
@@ -435,7 +726,9 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
         snprintf(err, errlen, "job has neither command nor script");
         return -EINVAL;
     }
-    if (!req->session && p->sess[i]) {
+    if (!req->session && p->sess[i] && p->sess[i]->warm) {
+        warm_away(p, i); /* before the uid is read: moving swaps it */
+    } else if (!req->session && p->sess[i]) {
         /* A one-off on a slot a session left behind: that session has ended
          * without DESTROY. Killed here, not by the spawn's uid sweep behind
          * its back. */
@@ -461,20 +754,14 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
         snprintf(name, sizeof(name), "%d-%.*s", i, SBX_SESSION_NAME_MAX, req->session);
     else
         snprintf(name, sizeof(name), "%d-%" PRId64, i, req->token);
-    memset(&spec, 0, sizeof(spec));
-    spec.bwrap = p->bwrap;
-    spec.work_dir = p->work_dir;
-    spec.name = name;
+    base_spec(p, i, name, &spec);
     spec.argv = job->script ? NULL : job->argv;
     spec.script = job->script;
     spec.env = job->env;
     spec.nenv = job->nenv;
     spec.files = job->files;
     spec.nfiles = job->nfiles;
-    spec.uid = p->uid_base >= 0 ? p->uid_base + i : -1;
-    spec.gid = spec.uid;
     spec.network = job->network && p->allow_network;
-    spec.net = &p->net;
     spec.egress = job->egress;
     spec.memory_mb = job->memory_mb > 0 ? job->memory_mb : p->default_memory_mb;
     spec.pids = job->pids > 0 ? job->pids : p->default_pids;
@@ -482,9 +769,7 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
     spec.cpus = cpus;
     spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : LOCAL_DEFAULT_DISK_MB;
-    spec.disk_total = 1;
     spec.timeout_s = timeout_s;
-    spec.kill_grace_ms = p->kill_grace_ms;
     if (req->output) {
         r->output = req->output;
         r->output_arg = req->output_arg;
@@ -496,6 +781,9 @@ static int local_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, 
     if (req->session) {
         rc = session_for(p, i, req->session, &spec, r, err, errlen);
         spec.session = rc ? NULL : r->ls->ss;
+        spec.uid = p->uids[i]; /* a warm sandbox brought its own (and the session's is used) */
+        if (!rc && job->session_preview_port > 0 && p->base.previews)
+            preview_open(p, r->ls, job->session_preview_port);
     }
     if (!rc)
         rc = sbx_sandbox_spawn(p->base.loop, &spec, on_sb_start, on_sb_exit, r, &r->sb, err,
@@ -557,6 +845,7 @@ static void free_provider(local_provider *p)
     free(p->ids);
     free(p->busy);
     free(p->sess);
+    free(p->uids);
     sbx_netns_host_free(&p->net);
     free(p->node);
     free(p->work_dir);
@@ -570,6 +859,8 @@ static void local_destroy(sbx_provider *bp)
     local_provider *p = (local_provider *)bp;
     int killed = 0;
 
+    p->warm_n = 0; /* no new ones while the old go */
+    sbx_timer_stop(p->base.loop, &p->warm_t);
     for (int i = 0; i < p->nslots; i++) {
         struct sbx_run *r = p->busy[i];
         if (!r)
@@ -610,6 +901,7 @@ static const sbx_provider_ops local_ops = {
     .cancel = local_cancel,
     .trust = local_trust,
     .session_op = local_session_op,
+    .warm = local_warm,
     .slots = local_slots,
     .pool = local_pool,
     .destroy = local_destroy,
@@ -737,7 +1029,9 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
     p->ids = calloc((size_t)p->nslots, sizeof(*p->ids));
     p->busy = calloc((size_t)p->nslots, sizeof(*p->busy));
     p->sess = calloc((size_t)p->nslots, sizeof(*p->sess));
-    if (!p->node || !p->work_dir || !p->pool || !p->ids || !p->busy || !p->sess) {
+    p->uids = calloc((size_t)p->nslots, sizeof(*p->uids));
+    sbx_timer_init(&p->warm_t, warm_fill, p);
+    if (!p->node || !p->work_dir || !p->pool || !p->ids || !p->busy || !p->sess || !p->uids) {
         rc = -ENOMEM;
         snprintf(err, errlen, "out of memory");
         goto out;
@@ -749,6 +1043,8 @@ int sbx_local_new(sbx_loop *loop, const sbx_local_config *cfg, sbx_provider **ou
         goto out;
     }
     snprintf(p->pool, n, "local/%s", cfg->node);
+    for (int i = 0; i < p->nslots; i++)
+        p->uids[i] = as_root ? p->uid_base + i : -1;
     for (int i = 0; i < p->nslots; i++) {
         char id[128];
         snprintf(id, sizeof(id), "%s/%d", p->pool, i);

@@ -55,6 +55,12 @@
  * an older lease's, still on the slot; the agent stops the older one) for
  * up to busy_retry_ms. The callback always comes from the loop.
  *
+ * Previews and the warm pool live on the agent (issue 13: its proxy
+ * reaches into its sandboxes; SBX_AGENT_PREVIEW_*, SBX_AGENT_WARM): the wake
+ * answer's preview_url is the session's live preview, carried at STARTED
+ * and (from GET /runs) at FINISHED; "sandbox":"warm" is SBX_SANDBOX_WARM.
+ * The worker's p->previews and ops->warm are not used here.
+ *
  * The service key only ever goes into the Authorization header; it is not
  * logged and not part of any error text.
  */
@@ -137,6 +143,7 @@ struct sbx_run {
     int has_session;              /* req->session was given */
     sbx_sandbox_use sandbox;      /* what the agent said in its wake answer */
     int resume_ms;
+    char preview_url[256];        /* the session's live preview, from the wake answer */
     sbx_http_handle *h;           /* wake or poll in flight */
     sbx_http_handle *hc;          /* cancel in flight */
     int lookup_pending;           /* a Redis reply is due (it cannot be withdrawn) */
@@ -176,6 +183,7 @@ static void init_result(const struct sbx_run *r, sbx_result *res)
     snprintf(res->instance, sizeof(res->instance), "%s", r->vm);
     res->sandbox = r->sandbox;
     res->resume_ms = r->sandbox == SBX_SANDBOX_RESUMED ? r->resume_ms : 0;
+    snprintf(res->preview_url, sizeof(res->preview_url), "%s", r->preview_url);
 }
 
 static void report_started(struct sbx_run *r)
@@ -628,7 +636,7 @@ static void poll_run(struct sbx_run *r)
 
 /* ---- wake ---- */
 
-static const char *const sandbox_names[] = {"one_off", "new", "reused", "resumed"};
+static const char *const sandbox_names[] = {"one_off", "new", "reused", "resumed", "warm"};
 
 /* The wake answer's "sandbox" and "resume_ms". An agent that does not say
  * (one from before sessions) ran the job in a fresh sandbox: NEW. */
@@ -643,6 +651,8 @@ static void sandbox_of(json_object *o, sbx_sandbox_use *use, int *resume_ms)
         *use = SBX_SANDBOX_REUSED;
     else if (s && strcmp(s, "resumed") == 0)
         *use = SBX_SANDBOX_RESUMED;
+    else if (s && strcmp(s, "warm") == 0)
+        *use = SBX_SANDBOX_WARM;
     if (*use == SBX_SANDBOX_RESUMED && json_object_object_get_ex(o, "resume_ms", &v) &&
         json_object_is_type(v, json_type_int)) {
         int64_t ms = json_object_get_int64(v);
@@ -666,8 +676,12 @@ static void on_wake_done(void *arg, const sbx_http_res *res)
     o = parse_reply(res);
     if (res->status == 200 && (id = str_field(o, "run_id")) != NULL && strlen(id) < sizeof(r->run_id)) {
         snprintf(r->run_id, sizeof(r->run_id), "%s", id);
-        if (r->has_session)
+        if (r->has_session) {
+            const char *u = str_field(o, "preview_url");
             sandbox_of(o, &r->sandbox, &r->resume_ms);
+            /* The agent serves the session's live preview (its proxy). */
+            snprintf(r->preview_url, sizeof(r->preview_url), "%s", u ? u : "");
+        }
         json_object_put(o);
         r->started_ms = sbx_now_ms();
         set_state(r, V_FOLLOW);
@@ -772,6 +786,15 @@ static json_object *job_json(const sbx_job *j)
     }
     if (j->nmetadata)
         json_object_object_add(o, "metadata", kv_object(j->metadata, j->nmetadata));
+    if (j->session_id[0]) {
+        /* The agent opens the live preview of the dev server's port; the
+         * timeouts are the worker's business (worker/session.c). */
+        json_object *s = json_object_new_object();
+        json_object_object_add(s, "id", json_object_new_string(j->session_id));
+        if (j->session_preview_port > 0)
+            json_object_object_add(s, "preview_port", json_object_new_int(j->session_preview_port));
+        json_object_object_add(o, "session", s);
+    }
     return o;
 }
 

@@ -48,6 +48,8 @@ def h(backend, start_worker, topics, run_sbx, pg):  # noqa: F811
     yield hh
     for sid in getattr(hh, "sids", []):
         pg.execute("SELECT sbx.stop_session(%s, %s)", hh.project, sid)
+    if backend.name == "vmpool":
+        backend.set_warm(0)
 
 
 def test_bench_sessions(h):
@@ -72,6 +74,8 @@ def test_bench_sessions(h):
             resume_ms.append(int(m.group(1)))
         h.run_sbx("session", "stop", h.project, sid)
     w.stop()
+    if h.b.name == "vmpool":
+        h.b.set_warm(1)  # vmpool's pool is the agents' (SBX_AGENT_WARM)
     h.start(SBX_WARM="1")
     for i in range(N):
         time.sleep(2)  # the pool makes the next warm sandbox in the background

@@ -383,6 +383,13 @@ class Agent:
                 out.append(run)
         return out
 
+    def restart(self, **env):
+        """SIGTERM and start again with env over the settings (same id,
+        port, work dir and uids); the sessions it held die with it."""
+        _stop_proc(self.proc)
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.start()
+
     def stop(self):
         _stop_proc(self.proc)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -414,6 +421,13 @@ class VmpoolBackend(Backend):
         for a in self.agents:
             if not a.running:
                 a.start()
+
+    def set_warm(self, n):
+        """The warm pool of vmpool lives on the agents (SBX_AGENT_WARM; the
+        worker's SBX_WARM does not apply): restarts every agent with n."""
+        for a in self.agents:
+            if a.env.get("SBX_AGENT_WARM", "0") != str(n) or not a.running:
+                a.restart(SBX_AGENT_WARM=n)
 
     def sandboxes(self, job_id):
         return ["run %s on %s (%s)" % (r["id"], a.id, r["state"])

@@ -51,6 +51,7 @@ $(FUZZ_DIR)/fuzz_docker_logs: $(call fuzzobj,tests/fuzz/fuzz_docker_logs.c worke
 FUZZ_AGENT_SRCS := tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c \
                    common/loop.c common/log.c common/sandbox.c common/supervise.c common/cgroup.c common/seccomp_filter.c \
                    common/netns.c common/egress.c common/text.c common/buf.c common/hist.c \
+                   common/preview.c producers/lib/sha256.c \
                    producers/lib/message.c producers/lib/utf8.c producers/lib/version.c
 $(call fuzzobj,tests/fuzz/fuzz_agent.c agent/server.c agent/runs.c agent/tokens.c agent/metrics.c): \
     FUZZ_EXTRA := -Iagent $(shell pkg-config --cflags libmicrohttpd)

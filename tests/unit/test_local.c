@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #include "log.h"
 #include "provider.h"
 #include "cgroup.h"
+#include "preview.h"
 #include "sandbox.h"
 
 static char g_work_dir[256];
@@ -85,9 +87,11 @@ static sbx_provider *make_default(sbx_loop *loop)
 typedef struct lrun {
     sbx_run *run;
     int started, finished, order_bad;
-    uint64_t t_start_ms, t_finished_ms;
+    uint64_t t_start_ms, t_started_ms, t_finished_ms;
     int64_t token;
     sbx_result res;
+    char started_url[256];    /* preview_url at STARTED */
+    sbx_sandbox_use started_use;
 } lrun;
 
 typedef struct lenv {
@@ -103,6 +107,9 @@ static void on_event(void *arg, sbx_run_event ev, const sbx_result *res)
         r->order_bad = 1;
     if (ev == SBX_RUN_STARTED) {
         r->started++;
+        r->t_started_ms = sbx_now_ms();
+        snprintf(r->started_url, sizeof(r->started_url), "%s", res->preview_url);
+        r->started_use = res->sandbox;
         return;
     }
     if (!r->started)
@@ -1606,6 +1613,342 @@ static void t_sandbox_session_api(void **state)
     free(bwrap);
 }
 
+/* ---- previews and the warm pool (issue 13, items 3 and 4) ---- */
+
+#define PREVIEW_PORT 8000
+
+/* A job starting tests/devserver/devserver.py in the background (shipped in
+ * the job's files: the sandbox sees the host's python3, not our tree). */
+static char *g_devserver;
+
+static int load_devserver(void)
+{
+    FILE *f;
+    long n;
+
+    if (g_devserver)
+        return 0;
+    f = fopen("tests/devserver/devserver.py", "r");
+    if (!f)
+        return -1;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    g_devserver = calloc(1, (size_t)n + 1);
+    if (!g_devserver || fread(g_devserver, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* Runs tests/unit/preview_client.py against url while our loop (the
+ * proxy's) turns; 1 when every check held. */
+static int browser_checks(lenv *e, const char *url, const char *text)
+{
+    int status = -1;
+    pid_t child = fork();
+
+    if (child < 0)
+        return 0;
+    if (child == 0) {
+        execlp("python3", "python3", "tests/unit/preview_client.py", url, text, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 3000 && waitpid(child, &status, WNOHANG) == 0; i++)
+        sbx_loop_once(e->loop, 10);
+    if (waitpid(child, &status, WNOHANG) == 0) {
+        kill(child, SIGKILL);
+        waitpid(child, &status, 0);
+        return 0;
+    }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+static int url_connects(const char *url)
+{
+    const char *c = strrchr(url, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)(c ? atoi(c + 1) : 0)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* A dev server one job starts is reachable through the session's preview
+ * URL (HTTP and WebSocket, the token needed), between jobs and after PAUSE
+ * and a run that resumed it; DESTROY closes the preview. */
+static void session_preview(int network)
+{
+    lcfg o = {1, 1000, "bwrap"};
+    lenv e;
+    lrun r;
+    sbx_job job;
+    sbx_previews *ps;
+    sbx_previews_cfg pc = {0};
+    sbx_kv files[1];
+    char err[256] = "", url[256];
+    int base = 30000 + (int)(getpid() % 1000) * 10;
+    const char *serve =
+        "echo hello-from-the-workspace > index.html; "
+        "python3 devserver.py 8000 . > dev.log 2>&1 & "
+        "for i in $(seq 50); do case $(cat dev.log) in *listening*) break;; esac; "
+        "sleep 0.1; done; cat dev.log";
+
+    assert_int_equal(load_devserver(), 0);
+    assert_int_equal(env_open(&e, &o), 0);
+    pc.loop = e.loop;
+    pc.bind_host = "127.0.0.1";
+    pc.port_min = base;
+    pc.port_max = base + 9;
+    pc.secret = "test-local-secret";
+    assert_int_equal(sbx_previews_new(&pc, &ps, err, sizeof(err)), 0);
+    e.p->previews = ps;
+
+    job_init(&job, serve, 60);
+    job.network = network;
+    job.session_preview_port = PREVIEW_PORT;
+    files[0].key = "devserver.py";
+    files[0].value = g_devserver;
+    job.files = files;
+    job.nfiles = 1;
+    assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+    assert_true(wait_done(&e, &r, 30000));
+    if (r.res.outcome != SBX_OUTCOME_SUCCEEDED)
+        print_error("serve: %s / %s\n", r.res.error, r.res.log_tail);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.res.log_tail, "listening"));
+    snprintf(url, sizeof(url), "%s", r.res.preview_url);
+    assert_non_null(strstr(url, "?sbx_token="));
+    assert_string_equal(r.started_url, url);
+    assert_true(browser_checks(&e, url, "hello-from-the-workspace"));
+
+    /* A job that names no preview port still reports the session's URL. */
+    run_s(&e, 0, SESS_A, "echo between", 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(r.res.preview_url, url);
+    assert_true(browser_checks(&e, url, "hello-from-the-workspace"));
+
+    assert_int_equal(session_op(&e, SBX_SESSION_PAUSE, 0, SESS_A), 0);
+    run_s(&e, 0, SESS_A, "echo again > index.html", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_string_equal(r.res.preview_url, url);
+    assert_true(browser_checks(&e, url, "again"));
+
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    sbx_loop_once(e.loop, 0);
+    assert_false(url_connects(url));
+    assert_true(uid_empties(&e, 0));
+    env_close(&e);
+    sbx_previews_free(ps); /* after the provider, as the worker does */
+}
+
+static void t_session_preview_loopback(void **state)
+{
+    (void)state;
+    session_preview(0);
+}
+
+static void t_session_preview_network(void **state)
+{
+    (void)state;
+    session_preview(1);
+}
+
+/* Waits for the dialed socket's connect; returns what SO_ERROR says. */
+static int dial_result(int fd)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLOUT};
+    int e = -1;
+    socklen_t len = sizeof(e);
+
+    if (poll(&pf, 1, 5000) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0)
+        return -1;
+    return e;
+}
+
+/* sbx_sandbox_session_dial: a socket in the session's network namespace
+ * reaches its loopback (a server a run left there), not the host's (a port
+ * the host listens on is refused inside); -EAGAIN before the session is up,
+ * -ESRCH once it is gone. The caller's namespace stays the host's. */
+static void t_session_dial(void **state)
+{
+    sbx_loop *loop;
+    sbx_sandbox_session *ss;
+    sbx_sandbox *sb;
+    sbx_sandbox_spec spec;
+    sapi end = {0}, a = {0};
+    char err[256] = "", buf[64] = "", *bwrap = sbx_sandbox_resolve_exe("bwrap");
+    char host_ns[64] = "", ns_after[64] = "";
+    char *const argv[] = {"sh", "-c",
+        "python3 -c \"import socket\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', 8001)); s.listen(5); open('up','w').close()\n"
+        "while True:\n"
+        "    c,_=s.accept(); c.sendall(b'inside'); c.close()\n"
+        "\" >/dev/null 2>&1 & while [ ! -e up ]; do sleep 0.02; done", NULL};
+    int host_port, hl = listen_local(&host_port), fd;
+    uint64_t until;
+    ssize_t n;
+    (void)state;
+
+    assert_true(hl >= 0);
+    assert_non_null(bwrap);
+    assert_true(readlink("/proc/thread-self/ns/net", host_ns, sizeof(host_ns) - 1) > 0);
+    assert_int_equal(sbx_loop_new(&loop), 0);
+    memset(&spec, 0, sizeof(spec));
+    spec.bwrap = bwrap;
+    spec.work_dir = g_work_dir;
+    spec.name = "dial-session";
+    spec.uid = spec.gid = g_root ? g_uid_base : -1;
+    spec.memory_mb = 256;
+    spec.pids = 32;
+    spec.disk_mb = 64;
+    spec.disk_total = 1;
+    assert_int_equal(sbx_sandbox_session_new(loop, &spec, sapi_end, &end, &ss, err, sizeof(err)), 0);
+    assert_int_equal(sbx_sandbox_session_dial(ss, 8001, err, sizeof(err)), -EAGAIN);
+    spec.session = ss;
+    spec.argv = argv;
+    spec.timeout_s = 30;
+    assert_int_equal(sbx_sandbox_spawn(loop, &spec, sapi_start, sapi_exit, &a, &sb, err,
+                                       sizeof(err)), 0);
+    until = sbx_now_ms() + 10000;
+    while (!a.exited && sbx_now_ms() < until)
+        sbx_loop_once(loop, 10);
+    assert_int_equal(a.exit_code, 0);
+
+    fd = sbx_sandbox_session_dial(ss, 8001, err, sizeof(err));
+    if (fd < 0)
+        print_error("dial: %s\n", err);
+    assert_true(fd >= 0);
+    assert_int_equal(dial_result(fd), 0);
+    for (int i = 0; i < 500 && (n = read(fd, buf, sizeof(buf) - 1)) < 0 && errno == EAGAIN; i++)
+        usleep(10000);
+    assert_string_equal(buf, "inside");
+    close(fd);
+    fd = sbx_sandbox_session_dial(ss, host_port, err, sizeof(err));
+    assert_true(fd >= 0 || fd == -ECONNREFUSED);
+    if (fd >= 0) {
+        assert_int_equal(dial_result(fd), ECONNREFUSED);
+        close(fd);
+    }
+    assert_true(readlink("/proc/thread-self/ns/net", ns_after, sizeof(ns_after) - 1) > 0);
+    assert_string_equal(ns_after, host_ns);
+    /* Paused: the kernel still connects (the server answers once thawed). */
+    assert_int_equal(sbx_sandbox_session_pause(ss), 0);
+    fd = sbx_sandbox_session_dial(ss, 8001, err, sizeof(err));
+    assert_true(fd >= 0);
+    assert_int_equal(dial_result(fd), 0);
+    close(fd);
+
+    sbx_sandbox_session_kill(ss);
+    assert_int_equal(sbx_sandbox_session_dial(ss, 8001, err, sizeof(err)), -ESRCH);
+    until = sbx_now_ms() + 10000;
+    while (!end.ended && sbx_now_ms() < until)
+        sbx_loop_once(loop, 10);
+    assert_int_equal(end.ended, 1);
+    sbx_sandbox_session_free(ss);
+    sbx_loop_free(loop);
+    free(bwrap);
+    close(hl);
+}
+
+/* start() to the first line of the job's command: the job prints the
+ * wall clock in ns first (a `date`, the same in both measurements). */
+static double to_running_ms(lenv *e, int slot, const char *session, const char *rest, lrun *r)
+{
+    struct timespec t0;
+    char script[256];
+    long long ns;
+
+    snprintf(script, sizeof(script), "date +%%s%%N; %s", rest);
+    clock_gettime(CLOCK_REALTIME, &t0);
+    run_s(e, slot, session, script, 60, r);
+    assert_int_equal(r->res.outcome, SBX_OUTCOME_SUCCEEDED);
+    ns = atoll(r->res.log_tail);
+    return (double)(ns - (t0.tv_sec * 1000000000LL + t0.tv_nsec)) / 1e6;
+}
+
+/* SBX_WARM=1: a session's first job on either slot takes the warm sandbox
+ * (WARM; on the other slot it moves there with its uid), a new one is made
+ * behind it, a one-off or a session with other limits never takes one, and
+ * nothing is left after destroy(). Prints create-to-running cold and warm:
+ * start() to the job's command running, and start() to STARTED. */
+static void t_warm_pool(void **state)
+{
+    lenv e;
+    lrun r;
+    sbx_job job;
+    char err[256] = "", want[32];
+    const char *nl;
+    uint64_t cold_ms, warm_ms, until;
+    double cold_run, warm_run;
+    (void)state;
+
+    assert_int_equal(env_open(&e, NULL), 0);
+    cold_run = to_running_ms(&e, 0, SESS_A, "echo cold", &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    cold_ms = r.t_started_ms - r.t_start_ms;
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+
+    e.p->ops->warm(e.p, 1);
+    until = sbx_now_ms() + 3000; /* made, warmed and frozen in the background */
+    while (sbx_now_ms() < until)
+        sbx_loop_once(e.loop, 20);
+    /* Slot 1: the warm sandbox was made on slot 0, the first free one. */
+    warm_run = to_running_ms(&e, 1, SESS_B, "id -u; echo warm > w.txt", &r);
+    assert_int_equal(r.started_use, SBX_SANDBOX_WARM);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_WARM);
+    warm_ms = r.t_started_ms - r.t_start_ms;
+    nl = strchr(r.res.log_tail, '\n');
+    assert_non_null(nl);
+    if (g_root) {
+        snprintf(want, sizeof(want), "%d\n", g_uid_base); /* slot 0's uid came with it */
+        assert_true(strncmp(nl + 1, want, strlen(want)) == 0);
+    }
+    print_message("    local: create-to-running (start() to the command) cold %.1f ms, warm %.1f ms;"
+                  " to STARTED cold %" PRIu64 " ms, warm %" PRIu64 " ms (thaw %d ms)\n",
+                  cold_run, warm_run, cold_ms, warm_ms, r.res.resume_ms);
+    run_s(&e, 1, SESS_B, "cat w.txt", 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(r.res.log_tail, "warm\n");
+
+    /* A new warm one on slot 0; a one-off there drops it (no other slot is
+     * free), and runs as the slot's uid now, slot 1's old one. */
+    until = sbx_now_ms() + 3000;
+    while (sbx_now_ms() < until)
+        sbx_loop_once(e.loop, 20);
+    job_init(&job, "id -u", 60);
+    run_job(&e, 0, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_ONE_OFF);
+    if (g_root) {
+        snprintf(want, sizeof(want), "%d\n", g_uid_base + 1);
+        assert_string_equal(r.res.log_tail, want);
+    }
+
+    /* A session whose limits are not the defaults: a sandbox of its own. */
+    until = sbx_now_ms() + 3000;
+    while (sbx_now_ms() < until)
+        sbx_loop_once(e.loop, 20);
+    job_init(&job, "echo own", 60);
+    job.memory_mb = 256;
+    assert_int_equal(start_s(&e, 0, &job, SESS_A, &r, err, sizeof(err)), 0);
+    assert_true(wait_done(&e, &r, 30000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+
+    env_close(&e); /* the sessions and any warm sandbox die with it */
+    if (g_root) {
+        assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
+        assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base + 1), 0);
+    }
+}
+
 static void t_slots_and_pool(void **state)
 {
     lenv e;
@@ -1634,6 +1977,10 @@ int main(void)
         cmocka_unit_test(t_session_frozen_owner),
         cmocka_unit_test(t_session_killed_owner),
         cmocka_unit_test(t_sandbox_session_api),
+        cmocka_unit_test(t_session_dial),
+        cmocka_unit_test(t_session_preview_loopback),
+        cmocka_unit_test(t_session_preview_network),
+        cmocka_unit_test(t_warm_pool),
         cmocka_unit_test(t_identity),
         cmocka_unit_test(t_second_slot_uid),
         cmocka_unit_test(t_read_only_host),

@@ -33,6 +33,16 @@
  * canceled or timed-out run takes the sandbox with it; a session's sandbox,
  * even paused, dies with its agent (kill -9 and restart, or SIGTERM); the
  * /sessions endpoints raw, and the agent's session metrics.
+ *
+ * Previews and the warm pool (issue 13, items 3 and 4), both the agent's:
+ * a dev server (tests/devserver/devserver.py with the host's python3,
+ * shipped in the job's files) started by one session run is served by the
+ * agent's proxy at the URL in the result (STARTED and FINISHED), to a real
+ * client over HTTP and a WebSocket (tests/unit/preview_client.py), 401
+ * without the token, still after PAUSE and a resuming run, closed by
+ * DESTROY; with SBX_AGENT_WARM=1 a session's first run takes the frozen
+ * holder (WARM, moved to the leased slot), a replacement follows, a one-off
+ * displaces it, and create-to-running is printed cold and warm.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -188,6 +198,12 @@ static pid_t spawn_agent(const agent_proc *a, const char *const *env_over)
         setenv("SBX_AGENT_TTL_MS", v, 1);
         setenv("SBX_SHUTDOWN_GRACE_MS", "10000", 1);
         setenv("SBX_AGENT_LABELS", "zone=test", 1);
+        /* Live previews: ports of this test process's own, so parallel
+         * runs do not take each other's. */
+        snprintf(v, sizeof(v), "%d-%d", 40000 + (int)(getppid() % 1000) * 20,
+                 40000 + (int)(getppid() % 1000) * 20 + 19);
+        setenv("SBX_AGENT_PREVIEW_PORTS", v, 1);
+        setenv("SBX_AGENT_PREVIEW_SECRET", "vmpool-test-preview-secret", 1);
         for (const char *const *e = env_over; e && *e; e += 2) {
             if (e[1])
                 setenv(e[0], e[1], 1);
@@ -200,13 +216,14 @@ static pid_t spawn_agent(const agent_proc *a, const char *const *env_over)
     return pid;
 }
 
-/* Starts the agent and waits until it heartbeats after its start. */
-static int agent_start(agent_proc *a)
+/* Starts the agent (env_over: name/value pairs over the defaults) and
+ * waits until it heartbeats after its start. */
+static int agent_start_env(agent_proc *a, const char *const *env_over)
 {
     uint64_t t0 = redis_now_ms(), until = sbx_now_ms() + 15000;
     char hb[32], url[96];
 
-    a->pid = spawn_agent(a, NULL);
+    a->pid = spawn_agent(a, env_over);
     if (a->pid < 0)
         return -1;
     while (sbx_now_ms() < until) {
@@ -223,6 +240,8 @@ static int agent_start(agent_proc *a)
     }
     return -1;
 }
+
+static int agent_start(agent_proc *a) { return agent_start_env(a, NULL); }
 
 /* Waits for the agent to exit; its status, or -1 after timeout_ms. */
 static int agent_wait(agent_proc *a, int timeout_ms)
@@ -386,6 +405,8 @@ typedef struct vrun {
     sbx_run *run;
     int started, finished;
     uint64_t t0_us, t_started_us, t_finished_us;
+    uint64_t t0_wall_us;          /* CLOCK_REALTIME at start(), as `date` inside sees it */
+    char started_url[256];        /* the preview_url at STARTED */
     sbx_result res;
 } vrun;
 
@@ -395,6 +416,7 @@ static void on_ev(void *arg, sbx_run_event ev, const sbx_result *res)
     if (ev == SBX_RUN_STARTED) {
         v->started++;
         v->t_started_us = sbx_now_us();
+        snprintf(v->started_url, sizeof(v->started_url), "%s", res->preview_url);
         return;
     }
     v->finished++;
@@ -424,6 +446,11 @@ static int start_in(tenv *e, const char *slot, int64_t token, const sbx_job *job
     req.token = token;
     req.attempt = 1;
     req.session = session;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v->t0_wall_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    }
     v->t0_us = sbx_now_us();
     rc = e->p->ops->start(e->p, &req, on_ev, v, &v->run, err, sizeof(err));
     if (rc)
@@ -1349,6 +1376,247 @@ static void t_session_preview(void **state)
     assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
 }
 
+/* ---- live previews and the warm pool (issue 13, items 3 and 4) ---- */
+
+#define DEV_PORT 8000
+
+/* tests/devserver/devserver.py, shipped in the job's files: the sandbox
+ * sees the host's python3, not our tree. */
+static char *g_devserver;
+
+static const char *devserver(void)
+{
+    if (!g_devserver)
+        g_devserver = read_file("tests/devserver/devserver.py");
+    return g_devserver;
+}
+
+/* tests/unit/preview_client.py against url: 401 without the token, 302 and
+ * a cookie with it, GET / answering text, a WebSocket echo. 1 when every
+ * check held. The proxy is the agent's: nothing of ours needs to turn. */
+static int browser_checks(const char *url, const char *text)
+{
+    int status = -1;
+    pid_t child = fork();
+
+    if (child < 0)
+        return 0;
+    if (child == 0) {
+        execlp("python3", "python3", "tests/unit/preview_client.py", url, text, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 3000 && waitpid(child, &status, WNOHANG) == 0; i++)
+        sleep_ms(10);
+    if (waitpid(child, &status, WNOHANG) == 0) {
+        kill(child, SIGKILL);
+        waitpid(child, &status, 0);
+        return 0;
+    }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+static int url_connects(const char *url)
+{
+    const char *c = strrchr(url, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)(c ? atoi(c + 1) : 0)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* A dev server one session run starts in the background is served by the
+ * agent's proxy at the session's URL (in the result at STARTED and
+ * FINISHED, and in GET /runs), over HTTP and a WebSocket, with the token
+ * (401 without); a run naming no port keeps the URL; after PAUSE and a
+ * run that resumed the sandbox it still serves (the new content); DESTROY
+ * closes it. */
+static void t_live_preview(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char ss[40], url[256], rurl[200];
+    sbx_kv files[1];
+    sbx_job job;
+    hres h;
+    vrun v;
+
+    assert_non_null(devserver());
+    session_name(ss, 20);
+    job_init(&job, "j-live-1",
+             "echo hello-from-the-workspace > index.html; "
+             "python3 devserver.py 8000 . > dev.log 2>&1 & "
+             "for i in $(seq 50); do case $(cat dev.log) in *listening*) break;; esac; "
+             "sleep 0.1; done; cat dev.log", 60);
+    snprintf(job.session_id, sizeof(job.session_id), "live");
+    job.session_preview_port = DEV_PORT;
+    files[0].key = "devserver.py";
+    files[0].value = g_devserver;
+    job.files = files;
+    job.nfiles = 1;
+    assert_int_equal(start_in(e, a->id, next_token(), &job, ss, &v), 0);
+    assert_true(wait_one(e, &v, 40000));
+    if (v.res.outcome != SBX_OUTCOME_SUCCEEDED)
+        print_error("serve: %s / %s\n", v.res.error, v.res.log_tail);
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(v.res.log_tail, "listening"));
+    snprintf(url, sizeof(url), "%s", v.res.preview_url);
+    print_message("    vmpool live preview: %s\n", url);
+    if (!url[0])
+        assert_agent_said(&v, "preview port=");
+    assert_int_equal(strncmp(url, "http://127.0.0.1:", 17), 0);
+    assert_non_null(strstr(url, "/?sbx_token="));
+    assert_string_equal(v.started_url, url);
+    assert_true(browser_checks(url, "hello-from-the-workspace"));
+
+    /* A run naming no port: the session's URL still. */
+    session_run(e, a->id, ss, "j-live-2", "echo between", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(v.res.preview_url, url);
+    assert_true(browser_checks(url, "hello-from-the-workspace"));
+
+    /* Paused, then a run resumes it: the same URL serves the new page. */
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, next_token()), 0);
+    session_run(e, a->id, ss, "j-live-3", "echo again > index.html", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_string_equal(v.res.preview_url, url);
+    assert_true(browser_checks(url, "again"));
+
+    /* Raw, without the token: 401 (preview_client checks it too). */
+    snprintf(rurl, sizeof(rurl), "%.*s", (int)(strstr(url, "?") - url), url);
+    assert_int_equal(http(e, "GET", rurl, "", NULL, &h), 0);
+    assert_int_equal(h.status, 401);
+
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+    assert_false(url_connects(url));
+}
+
+/* Milliseconds from start() to the first line the command printed
+ * (`date +%s%N` inside, the same clock). */
+static double create_to_running_ms(const vrun *v)
+{
+    unsigned long long ns = strtoull(v->res.log_tail, NULL, 10);
+    return ((double)ns / 1000.0 - (double)v->t0_wall_us) / 1000.0;
+}
+
+#define WARM_SAMPLES 5
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_ms(double *v)
+{
+    qsort(v, WARM_SAMPLES, sizeof(*v), cmp_double);
+    return v[WARM_SAMPLES / 2];
+}
+
+static double min_ms(const double *v)
+{
+    double m = v[0];
+    for (int i = 1; i < WARM_SAMPLES; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static int log_count(const agent_proc *a, const char *what)
+{
+    char *log = read_file(a->log), *p;
+    int n = 0;
+    for (p = log; p && (p = strstr(p, what)) != NULL; p++)
+        n++;
+    free(log);
+    return n;
+}
+
+static int wait_log_count(const agent_proc *a, const char *what, int n, int timeout_ms)
+{
+    uint64_t until = sbx_now_ms() + (uint64_t)timeout_ms;
+    while (log_count(a, what) < n && sbx_now_ms() < until)
+        sleep_ms(50);
+    return log_count(a, what) >= n;
+}
+
+static void agent_restart(agent_proc *a, const char *const *env_over)
+{
+    kill(a->pid, SIGTERM);
+    assert_true(agent_wait(a, 20000) != -1);
+    assert_int_equal(agent_start_env(a, env_over), 0);
+}
+
+/* SBX_AGENT_WARM=1 on the two-slot agent: a holder is made and frozen
+ * ahead; a session's first run on the other slot takes it (moved there
+ * with its uid: WARM) and a replacement is made; a one-off on the slot
+ * the replacement holds gets the slot (the holder goes: no other is
+ * free). Create-to-running (start() to the command's first line) is
+ * measured cold (the same agent without a pool) and warm. */
+static void t_warm_pool(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[2];
+    static const char *const warm_env[] = {"SBX_AGENT_WARM", "1", NULL};
+    char s0[128], s1[128], ss[40], st[32];
+    const char *stamp = "date +%s%N";
+    double cold[WARM_SAMPLES], warm[WARM_SAMPLES];
+    int ready0;
+    vrun v;
+
+    snprintf(s0, sizeof(s0), "%s#0", a->id);
+    snprintf(s1, sizeof(s1), "%s#1", a->id);
+    /* Cold: new sessions on the agent without a pool. */
+    for (int k = 0; k < WARM_SAMPLES; k++) {
+        session_name(ss, 30 + k);
+        session_run(e, s1, ss, "j-cold", stamp, &v);
+        assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+        cold[k] = create_to_running_ms(&v);
+        assert_int_equal(sop(e, SBX_SESSION_DESTROY, s1, ss, next_token()), 0);
+    }
+
+    ready0 = log_count(a, "warm sandbox ready");
+    agent_restart(a, warm_env);
+    assert_true(wait_log_count(a, "warm sandbox ready", ready0 + 1, 15000));
+    /* A warm holder is no session. */
+    agent_session(e, a, s0, st, sizeof(st));
+    assert_string_equal(st, "");
+    {
+        char url[160];
+        hres h;
+        snprintf(url, sizeof(url), "%s/metrics", a->url);
+        assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+        assert_non_null(strstr(h.body, "sbx_agent_warm_sandboxes 1\n"));
+    }
+
+    /* Takes, each on the other slot (moved there), each followed by a
+     * replacement; the last session goes on below. */
+    for (int k = 0; k < WARM_SAMPLES; k++) {
+        session_name(ss, 40 + k);
+        session_run(e, s1, ss, "j-warm", stamp, &v);
+        assert_int_equal(v.res.sandbox, SBX_SANDBOX_WARM);
+        warm[k] = create_to_running_ms(&v);
+        assert_true(wait_log_count(a, "warm sandbox ready", ready0 + 2 + k, 15000));
+        if (k < WARM_SAMPLES - 1)
+            assert_int_equal(sop(e, SBX_SESSION_DESTROY, s1, ss, next_token()), 0);
+    }
+    print_message("    vmpool create-to-running (start() -> the command's first line), median of "
+                  "%d: cold %.1f ms (min %.1f), warm %.1f ms (min %.1f)\n", WARM_SAMPLES,
+                  median_ms(cold), min_ms(cold), median_ms(warm), min_ms(warm));
+    /* The session goes on in it as any. */
+    session_run(e, s1, ss, "j-warm-2", "echo x > f && cat f", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+    /* A one-off there: the holder goes (no other slot is free), the run
+     * gets the slot. */
+    session_run(e, s0, NULL, "j-warm-oneoff", "echo plain", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_ONE_OFF);
+    assert_string_equal(v.res.log_tail, "plain\n");
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, s1, ss, next_token()), 0);
+    /* Back to no pool, for the tests after this one. */
+    agent_restart(a, NULL);
+}
+
 /* The agent's side of the protocol, raw: names, bodies, tokens. */
 static void t_session_http(void **state)
 {
@@ -1630,6 +1898,9 @@ static void t_bad_config(void **state)
     const char *bad_listen[] = {"SBX_AGENT_LISTEN", "localhost", NULL};
     const char *bad_ttl[] = {"SBX_AGENT_TTL_MS", "100", NULL};
     const char *bad_cap[] = {"SBX_AGENT_CAPACITY", "0", NULL};
+    const char *bad_pl[] = {"SBX_AGENT_PREVIEW_LISTEN", "example.com", NULL};
+    const char *bad_pp[] = {"SBX_AGENT_PREVIEW_PORTS", "30000-2000", NULL};
+    const char *bad_warm[] = {"SBX_AGENT_CAPACITY", "1", "SBX_AGENT_WARM", "2", NULL};
     char err[1024];
     (void)state;
 
@@ -1648,6 +1919,15 @@ static void t_bad_config(void **state)
     assert_true(one_line(err));
     assert_int_equal(run_agent_cfg(bad_cap, err, sizeof(err)), 2);
     assert_non_null(strstr(err, "SBX_AGENT_CAPACITY"));
+    assert_true(one_line(err));
+    assert_int_equal(run_agent_cfg(bad_pl, err, sizeof(err)), 2);
+    assert_non_null(strstr(err, "SBX_AGENT_PREVIEW_LISTEN"));
+    assert_true(one_line(err));
+    assert_int_equal(run_agent_cfg(bad_pp, err, sizeof(err)), 2);
+    assert_non_null(strstr(err, "SBX_AGENT_PREVIEW_PORTS"));
+    assert_true(one_line(err));
+    assert_int_equal(run_agent_cfg(bad_warm, err, sizeof(err)), 2);
+    assert_non_null(strstr(err, "SBX_AGENT_WARM"));
     assert_true(one_line(err));
 
     /* A token file it cannot read back: starting from zero would obey
@@ -1770,6 +2050,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_session_http, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_preview, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_live_preview, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_warm_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(t_session_agent_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_heartbeat_stale, setup, teardown),
