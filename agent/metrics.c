@@ -39,6 +39,8 @@ void sbx__metrics_run_ended(sbx_agent_metrics *m, const sbx_run_view *v)
     if (v->state <= SBX_RS_RUNNING || v->state >= SBX_AGENT_OUTCOMES)
         return;
     m->builds[v->state]++;
+    if (v->sandbox > SBX_RUNS_ONE_OFF && v->sandbox <= SBX_RUNS_RESUMED)
+        m->session_runs[v->sandbox]++;
     if (v->finished_ms >= v->started_ms && v->started_ms)
         sbx_hist_observe(&m->build, (double)(v->finished_ms - v->started_ms) / 1000.0);
 }
@@ -64,6 +66,26 @@ size_t sbx__metrics_page(const sbx_agent_metrics *m, sbx_runs *runs, char *out, 
     for (int s = SBX_RS_SUCCEEDED; s < SBX_AGENT_OUTCOMES; s++)
         put(&p, "sbx_agent_builds_total{outcome=\"%s\"} %" PRIu64 "\n",
             sbx_run_state_name((sbx_run_state)s), m->builds[s]);
+    {
+        static const char *const states[] = {"idle", "running", "paused", "dying"};
+        size_t count[4] = {0, 0, 0, 0};
+        for (size_t i = 0; i < sbx_runs_capacity(runs); i++) {
+            const char *name, *state;
+            if (!sbx_runs_slot_session(runs, i, &name, &state))
+                continue;
+            for (size_t k = 0; k < 4; k++)
+                count[k] += strcmp(state, states[k]) == 0;
+        }
+        put(&p, "# HELP sbx_agent_sessions session sandboxes kept on this agent's slots, by state\n"
+                "# TYPE sbx_agent_sessions gauge\n");
+        for (size_t k = 0; k < 4; k++)
+            put(&p, "sbx_agent_sessions{state=\"%s\"} %zu\n", states[k], count[k]);
+    }
+    put(&p, "# HELP sbx_agent_session_runs_total runs of sessions that ended, by the sandbox "
+            "they got\n# TYPE sbx_agent_session_runs_total counter\n");
+    for (int k = SBX_RUNS_NEW; k <= SBX_RUNS_RESUMED; k++)
+        put(&p, "sbx_agent_session_runs_total{sandbox=\"%s\"} %" PRIu64 "\n",
+            sbx_runs_sandbox_name((sbx_runs_sandbox)k), m->session_runs[k]);
     hn = sbx_hist_format(&m->build, "sbx_agent_build_duration_seconds",
                          "from a build's sandbox start to its end", "", h, sizeof(h));
     if (hn > 0 && (size_t)hn < sizeof(h))

@@ -1,6 +1,8 @@
 /* metrics.h — what the agent's GET /metrics reports (Prometheus text):
  *   sbx_agent_capacity, sbx_agent_runs_active, sbx_agent_draining  gauges
  *   sbx_agent_builds_total{outcome}                                counter
+ *   sbx_agent_sessions{state}                                      gauge
+ *   sbx_agent_session_runs_total{sandbox} (new, reused, resumed)   counter
  *   sbx_agent_build_duration_seconds                               histogram
  *   sbx_build_info{program="sbx-agent",version,git}                gauge (1)
  * The counts live here, fed by server.c with every run that ends (runs.h's
@@ -22,6 +24,7 @@
 
 typedef struct sbx_agent_metrics {
     uint64_t builds[SBX_AGENT_OUTCOMES];
+    uint64_t session_runs[SBX_RUNS_RESUMED + 1]; /* by runs.h's sbx_runs_sandbox */
     sbx_hist build;
 } sbx_agent_metrics;
 

@@ -45,6 +45,28 @@
  * slot's current or last run answers with that run (the worker retried a
  * request whose answer it lost); the same token with another job is stale.
  *
+ * Sessions (runs.h). A slot holds at most one session sandbox
+ * (sandbox.h "Sessions": a holder process keeps workspace, namespaces,
+ * cgroup and background processes), created by the session's first run and
+ * named "<session>-<slot index>" in ws/. Per slot it is
+ *
+ *   none -> live (idle, running a run, or paused) -> dying -> none
+ *
+ * logged as "slot <id> session <name> a -> b" in set_sess(). dying is the
+ * time between sbx_sandbox_session_kill() and its on_end (processes, uid,
+ * cgroup and workspace being removed): the slot takes no wake then (busy),
+ * so a new sandbox never shares the uid with the remains of an old one. A
+ * wake for another session (or none) on a slot whose sandbox is live kills
+ * it and answers busy: the worker retries, and the new owner gets the slot
+ * once it is empty (see runs.h for why not refuse). DESTROY kills it too
+ * and answers "removing" until on_end, which emits SBX_RUNS_SESSION_END
+ * (server.c holds the request until then): the worker's DESTROY is done
+ * when nothing is left. A run in a session uses the same
+ * wrapper, log and gate as any run; the workspace stays, so before each run
+ * the previous run's log and gate are unlinked (the previous run's log
+ * descriptor keeps its file), and its preview is always copied out, never
+ * renamed away from the workspace.
+ *
  * Run states: running -> succeeded | failed | timed_out | canceled | error,
  * logged as "run <id> state a -> b" in set_state().
  */
@@ -68,6 +90,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "assert.h"
 #include "buf.h"
 #include "log.h"
 #include "sandbox.h"
@@ -122,12 +145,21 @@ enum { COPY_OK, COPY_DEPTH, COPY_ENTRIES, COPY_BYTES, COPY_FAILED };
 
 static const char *const state_names[] = {"running", "succeeded", "failed",
                                           "timed_out", "canceled", "error"};
+static const char *const sandbox_names[] = {"one_off", "new", "reused", "resumed"};
 
 typedef struct arun arun;
 
+typedef enum sess_state { SS_NONE, SS_LIVE, SS_DYING } sess_state;
+static const char *const sess_names[] = {"none", "live", "dying"};
+
 typedef struct slot {
+    sbx_runs *r;
+    int index;
     char id[128];
     int uid;                     /* -1: build as the agent's uid */
+    sess_state sess;
+    char session[SBX_RUNS_SESSION_MAX + 1]; /* whose sandbox ss is, "" when none */
+    sbx_sandbox_session *ss;     /* live or dying */
     arun *run;                   /* running, or NULL */
     arun *last;                  /* the last finished run of this slot (in history) */
     int64_t last_token;          /* token of the newest run this slot had */
@@ -143,6 +175,10 @@ struct arun {
     int64_t token;
     int attempt;
     char job_id[SBX_ID_MAX + 1];
+    char session[SBX_RUNS_SESSION_MAX + 1];
+    sbx_runs_sandbox sandbox;
+    int resume_ms;
+    uint64_t resume_us;          /* the same, finer, for the log */
     sbx_run_state state;
     int canceled;
     int exit_code;
@@ -194,6 +230,7 @@ struct sbx_runs {
     uint64_t seq;                /* run ids */
     uint64_t trash_seq;
     int draining;
+    int no_sessions;             /* the sandbox has no session support: said once */
 };
 
 const char *sbx_run_state_name(sbx_run_state s)
@@ -205,6 +242,28 @@ static void set_state(arun *a, sbx_run_state to)
 {
     sbx_debug("runs", "run %s state %s -> %s", a->id, state_names[a->state], state_names[to]);
     a->state = to;
+}
+
+const char *sbx_runs_sandbox_name(sbx_runs_sandbox s)
+{
+    return (unsigned)s < sizeof(sandbox_names) / sizeof(sandbox_names[0]) ? sandbox_names[s] : "?";
+}
+
+int sbx_runs_session_ok(const char *s, size_t len)
+{
+    if (!s || len == 0 || len > SBX_RUNS_SESSION_MAX || strlen(s) < len)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static void set_sess(slot *s, sess_state to)
+{
+    sbx_info("runs", "slot %s session %s %s -> %s", s->id, s->session[0] ? s->session : "-",
+             sess_names[s->sess], sess_names[to]);
+    s->sess = to;
 }
 
 static void close_fd(int *fd)
@@ -560,7 +619,8 @@ out:
 
 /* Takes the workspace's public/ or dist/ to previews/<run id>: one
  * renameat (neither follows a symlink nor copies) when both are on one
- * filesystem, else a copy. Returns 1 while the copy runs. */
+ * filesystem, else a copy. A session's workspace keeps its public/ for the
+ * next run, so there it is always a copy. Returns 1 while the copy runs. */
 static int capture_preview(arun *a)
 {
     static const char *const names[] = {"public", "dist"};
@@ -570,6 +630,8 @@ static int capture_preview(arun *a)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (fstatat(a->ws_fd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
             continue;
+        if (a->session[0])
+            return copy_start(a, names[i]) == 0;
         if (renameat(a->ws_fd, names[i], r->preview_fd, a->id) == 0) {
             keep_preview(a, names[i]);
             return 0;
@@ -850,17 +912,64 @@ static int ensure_dir(const char *path, mode_t mode, int own, char *err, size_t 
     return 0;
 }
 
-/* Everything the build needs from the job, as sandbox.h wants it. */
-static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
+/* The sandbox's side of a job: limits, network, uid, where; the same for a
+ * one-off run and for a session's holder (whose first job sets them). */
+static void job_spec(sbx_runs *r, const slot *s, const sbx_job *job, sbx_sandbox_spec *spec)
+{
+    int timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
+    double cpus = job->cpus > 0 ? job->cpus : RUN_DEFAULT_CPUS;
+    double cpu_s;
+
+    memset(spec, 0, sizeof(*spec));
+    spec->bwrap = r->bwrap;
+    spec->work_dir = r->ws_dir;
+    spec->uid = s->uid;
+    spec->gid = s->uid;
+    spec->network = job->network && r->allow_network;
+    spec->net = &r->net;
+    spec->egress = job->egress;
+    spec->memory_mb = job->memory_mb > 0 ? job->memory_mb : RUN_DEFAULT_MEMORY_MB;
+    spec->pids = job->pids > 0 ? job->pids : RUN_DEFAULT_PIDS;
+    /* As the local provider: one process may use its whole wall time. */
+    cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
+    spec->cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
+    spec->cpus = cpus; /* the cgroup's quota, when the agent runs as root */
+    spec->disk_mb = job->disk_mb > 0 ? job->disk_mb : RUN_DEFAULT_DISK_MB;
+    spec->disk_total = 1; /* as root: workspace and /tmp share one tmpfs of disk_mb */
+    spec->timeout_s = timeout_s;
+    spec->kill_grace_ms = r->kill_grace_ms;
+}
+
+/* The previous run of a session left its log and gate in the workspace:
+ * unlinked, so this run's wrapper makes fresh ones (the earlier run keeps
+ * its log through its descriptor). Relative to descriptors, following no
+ * symlink: the build owns the workspace. */
+static void session_ws_reset(const char *ws)
+{
+    int wfd = open(ws, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), afd;
+
+    if (wfd < 0)
+        return;
+    afd = openat(wfd, AGENT_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (afd >= 0) {
+        unlinkat(afd, "log", 0);
+        unlinkat(afd, "gate", 0);
+        close(afd);
+    }
+    close(wfd);
+}
+
+/* Everything the build needs from the job, as sandbox.h wants it; ss: the
+ * session sandbox to run in, or NULL for a one-off. */
+static int spawn(arun *a, const sbx_job *job, sbx_sandbox_session *ss, char *err, size_t errlen)
 {
     sbx_runs *r = a->r;
     slot *s = &r->slots[a->slot];
     sbx_sandbox_spec spec;
     sbx_kv *files = NULL;
-    char **argv = NULL, path[PATH_MAX];
+    char **argv = NULL, path[PATH_MAX], sess[SBX_RUNS_SESSION_MAX + 64] = "";
     size_t n = 0;
-    double cpus, cpu_s;
-    int timeout_s, rc;
+    int rc;
 
     files = calloc(job->nfiles + 1, sizeof(*files));
     argv = calloc(job->argc + 8, sizeof(*argv));
@@ -887,40 +996,25 @@ static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
     }
     argv[n] = NULL;
 
-    timeout_s = job->timeout_s > 0 ? job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
-    cpus = job->cpus > 0 ? job->cpus : RUN_DEFAULT_CPUS;
-    memset(&spec, 0, sizeof(spec));
-    spec.bwrap = r->bwrap;
-    spec.work_dir = r->ws_dir;
+    job_spec(r, s, job, &spec);
     spec.name = a->id;
     spec.argv = argv;
     spec.env = job->env;
     spec.nenv = job->nenv;
     spec.files = files;
     spec.nfiles = job->nfiles + 1;
-    spec.uid = s->uid;
-    spec.gid = s->uid;
-    spec.network = job->network && r->allow_network;
-    spec.net = &r->net;
-    spec.egress = job->egress;
-    spec.memory_mb = job->memory_mb > 0 ? job->memory_mb : RUN_DEFAULT_MEMORY_MB;
-    spec.pids = job->pids > 0 ? job->pids : RUN_DEFAULT_PIDS;
-    /* As the local provider: one process may use its whole wall time. */
-    cpu_s = (double)timeout_s * (cpus > 1 ? cpus : 1);
-    spec.cpu_s = cpu_s < INT32_MAX ? (int)cpu_s + ((double)(int)cpu_s < cpu_s) : INT32_MAX;
-    spec.cpus = cpus; /* the cgroup's quota, when the agent runs as root */
-    spec.disk_mb = job->disk_mb > 0 ? job->disk_mb : RUN_DEFAULT_DISK_MB;
-    spec.disk_total = 1; /* as root: workspace and /tmp share one tmpfs of disk_mb */
+    spec.session = ss;
     a->disk_mb = spec.disk_mb;
-    spec.timeout_s = timeout_s;
-    spec.kill_grace_ms = r->kill_grace_ms;
+    if (ss)
+        session_ws_reset(sbx_sandbox_session_workspace(ss));
 
     rc = sbx_sandbox_spawn(r->loop, &spec, on_sb_start, on_sb_exit, a, &a->sb, err, errlen);
     if (rc)
         goto out;
 
     /* The log and the gate live in the workspace; hold on to both now. */
-    snprintf(path, sizeof(path), "%s", sbx_sandbox_workspace(a->sb));
+    snprintf(path, sizeof(path), "%s",
+             ss ? sbx_sandbox_session_workspace(ss) : sbx_sandbox_workspace(a->sb));
     a->ws_fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     a->adir_fd = a->ws_fd >= 0 ? openat(a->ws_fd, AGENT_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
     a->log_fd = a->adir_fd >= 0 ? openat(a->adir_fd, "log", O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
@@ -931,26 +1025,136 @@ static int spawn(arun *a, const sbx_job *job, char *err, size_t errlen)
         a->sb = NULL;
         goto out;
     }
-    snprintf(path, sizeof(path), "%s/" AGENT_DIR, sbx_sandbox_workspace(a->sb));
+    snprintf(path + strlen(path), sizeof(path) - strlen(path), "/" AGENT_DIR);
     a->wd = inotify_add_watch(r->ino_fd, path, IN_CREATE | IN_MOVED_TO | IN_MODIFY | IN_ONLYDIR |
                                                    IN_DONT_FOLLOW);
     if (a->wd < 0)
         sbx_warn("runs", "run %s: inotify: %s (the 1 s sweep takes over)", a->id, strerror(errno));
+    if (ss)
+        snprintf(sess, sizeof(sess), " session=%s sandbox=%s resume_us=%" PRIu64, a->session,
+                 sandbox_names[a->sandbox], a->resume_us);
     sbx_info("runs",
              "run start id=%s slot=%s token=%" PRId64 " job=%s attempt=%d pid=%d uid=%d network=%d "
-             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d",
+             "memory_mb=%d pids=%d cpus=%g disk_mb=%d timeout_s=%d%s",
              a->id, s->id, a->token, a->job_id, a->attempt, (int)sbx_sandbox_pid(a->sb), spec.uid,
-             spec.network, spec.memory_mb, spec.pids, cpus, spec.disk_mb, timeout_s);
+             spec.network, spec.memory_mb, spec.pids, spec.cpus, spec.disk_mb, spec.timeout_s, sess);
 out:
     free(files);
     free(argv);
     return rc;
 }
 
+/* ---- session sandboxes ---- */
+
+static void on_session_end(void *arg, sbx_sandbox_session *ss)
+{
+    slot *s = arg;
+
+    if (!SBX_ASSERT(ss == s->ss)) {
+        sbx_sandbox_session_free(ss);
+        return;
+    }
+    set_sess(s, SS_NONE);
+    s->ss = NULL;
+    s->session[0] = '\0';
+    sbx_sandbox_session_free(ss);
+    emit(s->r, s->id, SBX_RUNS_SESSION_END);
+}
+
+/* Ends the slot's session sandbox (live -> dying); on_session_end follows. */
+static void session_kill(slot *s, const char *why)
+{
+    if (s->sess != SS_LIVE)
+        return;
+    sbx_info("runs", "slot %s session %s: destroying its sandbox (%s)", s->id, s->session, why);
+    set_sess(s, SS_DYING);
+    sbx_sandbox_session_kill(s->ss);
+}
+
+/* The holder of a session's first run on slot s (none -> live). Returns 0,
+ * -ENOSYS/-ENOTSUP when the sandbox has no sessions, or another negative
+ * errno (-EINVAL: the job's own fault). */
+static int session_open(sbx_runs *r, slot *s, const char *session, const sbx_job *job, char *err,
+                        size_t errlen)
+{
+    sbx_sandbox_spec spec;
+    char name[SBX_RUNS_SESSION_MAX + 16];
+    int rc;
+
+    job_spec(r, s, job, &spec);
+    snprintf(name, sizeof(name), "%s-%d", session, s->index);
+    spec.name = name;
+    rc = sbx_sandbox_session_new(r->loop, &spec, on_session_end, s, &s->ss, err, errlen);
+    if (rc) {
+        s->ss = NULL;
+        return rc;
+    }
+    snprintf(s->session, sizeof(s->session), "%s", session);
+    set_sess(s, SS_LIVE);
+    return 0;
+}
+
+/* Gets the slot ready for a run of session (NULL: a one-off run). Returns
+ * 0 with *ss the sandbox to run in (NULL: one-off) and a->sandbox,
+ * a->resume_ms set; or a wake status to answer, with err. */
+static int session_for_run(sbx_runs *r, slot *s, arun *a, const char *session, const sbx_job *job,
+                           sbx_sandbox_session **ss, sbx_wake_status *st, char *err, size_t errlen)
+{
+    int rc;
+
+    *ss = NULL;
+    a->sandbox = session ? SBX_RUNS_NEW : SBX_RUNS_ONE_OFF;
+    a->resume_ms = 0;
+    if (s->sess == SS_LIVE && !sbx_sandbox_session_alive(s->ss))
+        set_sess(s, SS_DYING); /* its holder died; on_end is on its way */
+    if (s->sess == SS_LIVE && (!session || strcmp(session, s->session) != 0))
+        session_kill(s, session ? "the slot was leased to another session" : "a run without a session");
+    if (s->sess == SS_DYING) {
+        snprintf(err, errlen, "slot %s: the sandbox of session %s is being removed", s->id, s->session);
+        *st = SBX_WAKE_BUSY;
+        return -1;
+    }
+    if (!session)
+        return 0;
+    snprintf(a->session, sizeof(a->session), "%s", session);
+    if (s->sess == SS_LIVE) {
+        int paused = sbx_sandbox_session_paused(s->ss);
+        uint64_t t0 = sbx_now_us();
+        rc = sbx_sandbox_session_resume(s->ss, &a->resume_ms);
+        a->resume_us = paused ? sbx_now_us() - t0 : 0;
+        if (rc) {
+            snprintf(err, errlen, "slot %s: session %s does not resume: %s", s->id, session, strerror(-rc));
+            session_kill(s, "it did not resume");
+            *st = SBX_WAKE_BUSY;
+            return -1;
+        }
+        a->sandbox = paused ? SBX_RUNS_RESUMED : SBX_RUNS_REUSED;
+        *ss = s->ss;
+        return 0;
+    }
+    rc = session_open(r, s, session, job, err, errlen);
+    if (rc == -ENOSYS || rc == -ENOTSUP) {
+        /* A sandbox without sessions: each run of the session is new. */
+        if (!r->no_sessions)
+            sbx_warn("runs", "session sandboxes unavailable (%s): session runs get a fresh sandbox each",
+                     err);
+        r->no_sessions = 1;
+        err[0] = '\0';
+        return 0;
+    }
+    if (rc) {
+        *st = rc == -EINVAL ? SBX_WAKE_INVALID : SBX_WAKE_FAILED;
+        return -1;
+    }
+    *ss = s->ss;
+    return 0;
+}
+
 sbx_wake_status sbx_runs_wake(sbx_runs *r, const sbx_wake_req *w, char run_id[SBX_RUN_ID_MAX],
                               int64_t *newest, char *err, size_t errlen)
 {
     sbx_job *job = NULL;
+    sbx_sandbox_session *ss = NULL;
     sbx_reject reject;
     arun *a = NULL;
     slot *s;
@@ -1035,11 +1239,19 @@ sbx_wake_status sbx_runs_wake(sbx_runs *r, const sbx_wake_req *w, char run_id[SB
     a->started_ms = sbx_wall_ms();
     snprintf(a->id, sizeof(a->id), "r%08" PRIx32 "-%" PRIu64, r->nonce, ++r->seq);
     snprintf(a->job_id, sizeof(a->job_id), "%s", job->job_id);
-    rc = spawn(a, job, err, errlen);
+    if (session_for_run(r, s, a, w->session, job, &ss, &st, err, errlen) != 0) {
+        if (st != SBX_WAKE_BUSY)
+            sbx_warn("runs", "wake failed slot=%s token=%" PRId64 " job=%s session=%s: %s", s->id,
+                     w->token, a->job_id, w->session ? w->session : "-", err);
+        goto out;
+    }
+    rc = spawn(a, job, ss, err, errlen);
     if (rc) {
         sbx_warn("runs", "wake failed slot=%s token=%" PRId64 " job=%s: %s", s->id, w->token,
                  a->job_id, err);
         st = rc == -EINVAL ? SBX_WAKE_INVALID : SBX_WAKE_FAILED;
+        if (ss && rc != -EINVAL)
+            session_kill(s, "a run could not start in it");
         goto out;
     }
     if (s->last)
@@ -1084,11 +1296,101 @@ sbx_cancel_status sbx_runs_cancel(sbx_runs *r, const char *run_id, int64_t token
     return SBX_CANCEL_OK;
 }
 
+sbx_sop_status sbx_runs_session_op(sbx_runs *r, sbx_sop op, const char *slot_id, const char *session,
+                                   int64_t token, int64_t *newest, char *err, size_t errlen)
+{
+    const char *what = op == SBX_SOP_PAUSE ? "pause" : "destroy";
+    int i = slot_id ? find_slot(r, slot_id) : -1;
+    slot *s;
+    int rc;
+
+    err[0] = '\0';
+    if (i < 0) {
+        snprintf(err, errlen, "slot %.128s is not on this agent", slot_id ? slot_id : "(none)");
+        return SBX_SOP_NO_SLOT;
+    }
+    s = &r->slots[i];
+    *newest = sbx_tokens_get(r->tokens, s->id);
+    if (token <= 0 || token < *newest) {
+        snprintf(err, errlen, "token %" PRId64 " is older than %" PRId64 " for slot %s", token,
+                 *newest, s->id);
+        sbx_warn("runs", "session %s refused: stale token slot=%s session=%s token=%" PRId64
+                 " newest=%" PRId64, what, s->id, session, token, *newest);
+        return SBX_SOP_STALE;
+    }
+    /* Recorded before it is acted on, as for a wake. */
+    if (token > *newest) {
+        rc = sbx_tokens_raise(r->tokens, s->id, token);
+        if (rc) {
+            snprintf(err, errlen, "cannot record the token: %s", strerror(-rc));
+            return SBX_SOP_FAILED;
+        }
+        *newest = token;
+    }
+    if (s->run) {
+        /* The sweeper holds the slot's lease: a run of an older token has
+         * lost it (as in a wake); one of this token is the caller's own. */
+        snprintf(err, errlen, "slot %s runs %s (token %" PRId64 ")", s->id, s->run->id, s->run->token);
+        if (token > s->run->token && !s->run->canceled) {
+            sbx_warn("runs", "run %s lost its lease to token %" PRId64 " (session %s): canceling",
+                     s->run->id, token, what);
+            s->run->canceled = 1;
+            sbx_sandbox_cancel(s->run->sb);
+        }
+        return SBX_SOP_BUSY;
+    }
+    if (s->sess == SS_LIVE && !sbx_sandbox_session_alive(s->ss))
+        set_sess(s, SS_DYING);
+    if (s->sess == SS_NONE || strcmp(s->session, session) != 0) {
+        snprintf(err, errlen, "slot %s holds no sandbox of session %s", s->id, session);
+        return SBX_SOP_ABSENT;
+    }
+    if (op == SBX_SOP_DESTROY)
+        session_kill(s, "DESTROY");
+    if (s->sess == SS_DYING) {
+        /* Done once on_end has removed it all: then "absent". */
+        snprintf(err, errlen, "slot %s: the sandbox of session %s is being removed", s->id, session);
+        return SBX_SOP_REMOVING;
+    }
+    rc = sbx_sandbox_session_pause(s->ss);
+    switch (rc) {
+    case 0:
+        sbx_info("runs", "slot %s session %s paused token=%" PRId64, s->id, session, token);
+        return SBX_SOP_DONE;
+    case -ENOTSUP:
+    case -ENOSYS:
+        snprintf(err, errlen, "no cgroup freezer on this agent: %s", strerror(-rc));
+        return SBX_SOP_UNSUPPORTED;
+    case -EBUSY:
+        snprintf(err, errlen, "slot %s: session %s has a run", s->id, session);
+        return SBX_SOP_BUSY;
+    case -ESRCH:
+        snprintf(err, errlen, "slot %s: session %s is gone", s->id, session);
+        return SBX_SOP_ABSENT;
+    default:
+        snprintf(err, errlen, "slot %s: session %s not paused: %s", s->id, session, strerror(-rc));
+        return SBX_SOP_FAILED;
+    }
+}
+
 /* ---- queries ---- */
 
 size_t sbx_runs_capacity(const sbx_runs *r) { return (size_t)r->capacity; }
 const char *sbx_runs_slot_id(const sbx_runs *r, size_t i) { return r->slots[i].id; }
 int sbx_runs_slot_busy(const sbx_runs *r, size_t i) { return r->slots[i].run != NULL; }
+
+int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const char **state)
+{
+    const slot *s = &r->slots[i];
+    if (s->sess == SS_NONE)
+        return 0;
+    *name = s->session;
+    *state = s->sess == SS_DYING                      ? "dying"
+             : s->run                                 ? "running"
+             : sbx_sandbox_session_paused(s->ss)      ? "paused"
+                                                      : "idle";
+    return 1;
+}
 size_t sbx_runs_active(const sbx_runs *r) { return r->active; }
 void sbx_runs_drain(sbx_runs *r) { r->draining = 1; }
 int sbx_runs_draining(const sbx_runs *r) { return r->draining; }
@@ -1129,6 +1431,9 @@ int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v)
     v->finished_ms = a->finished_ms;
     v->error = a->error;
     v->has_preview = a->has_preview && strcmp(r->slots[a->slot].preview_run, a->id) == 0;
+    v->session = a->session;
+    v->sandbox = a->sandbox;
+    v->resume_ms = a->resume_ms;
     if (a->log_fd >= 0 && fstat(a->log_fd, &st) == 0)
         v->log_bytes = (uint64_t)st.st_size;
     else
@@ -1285,6 +1590,8 @@ int sbx_runs_new(sbx_loop *loop, const sbx_runs_config *cfg, sbx_runs_event_cb c
         else
             snprintf(s->id, sizeof(s->id), "%s#%d", cfg->agent_id, i);
         s->uid = root ? cfg->uid_base + i : -1;
+        s->r = r;
+        s->index = i;
     }
 
     rc = ensure_dir(r->work_dir, 0711, 0, err, errlen);
@@ -1337,6 +1644,14 @@ void sbx_runs_free(sbx_runs *r)
             sbx_info("runs", "run killed at shutdown id=%s slot=%s token=%" PRId64, a->id,
                      r->slots[i].id, a->token);
             run_free(a);
+        }
+        for (int i = 0; i < r->capacity; i++) {
+            slot *s = &r->slots[i];
+            if (!s->ss)
+                continue;
+            sbx_info("runs", "slot %s session %s: sandbox removed at shutdown", s->id, s->session);
+            sbx_sandbox_session_free(s->ss); /* SIGKILL, reap, remove; no callbacks */
+            s->ss = NULL;
         }
     }
     while (r->hist_head) {

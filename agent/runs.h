@@ -16,6 +16,18 @@
  *    directories only, within the copy caps of runs.c): per slot, the last
  *    run that produced one.
  *
+ * Sessions (issue 13; worker/provider.h "Sessions"). A wake may name a
+ * session (a sandbox name). Its sandbox then outlives the run: the slot
+ * keeps it, with its workspace and whatever the runs left running, and the
+ * session's next run on the slot goes into it (REUSED, or RESUMED when it
+ * was paused). One sandbox per slot: a run naming another session, or
+ * none, destroys the slot's session sandbox first (the lease layer never
+ * does that; when it happens anyway, the newest lease owns the slot, as
+ * fencing says). A session's sandbox ends by DESTROY, the agent's exit, or
+ * a cancel/timeout of one of its runs (the run's processes are killed with
+ * the sandbox; the next run says NEW). Pause and destroy are fenced like
+ * wake and cancel.
+ *
  * Events (log grew, run ended) go to one callback, always from the loop and
  * never from inside a call into this module; they carry the run id, not a
  * pointer, because a run may be gone by the time a listener looks.
@@ -36,6 +48,9 @@
 #define SBX_RUN_ID_MAX 40
 /* Bytes of log a run keeps as its tail: what the runs table stores. */
 #define SBX_RUNS_TAIL_MAX SBX_LOG_TAIL_MAX
+/* A session's sandbox name: worker/provider.h's SBX_SESSION_NAME_MAX
+ * ("s-" + 32 hex), [a-z0-9-]. */
+#define SBX_RUNS_SESSION_MAX 34
 
 typedef struct sbx_runs sbx_runs;
 
@@ -49,6 +64,18 @@ typedef enum sbx_run_state {
 } sbx_run_state;
 
 const char *sbx_run_state_name(sbx_run_state s);
+
+/* Which sandbox a run got (worker/provider.h's sbx_sandbox_use). */
+typedef enum sbx_runs_sandbox {
+    SBX_RUNS_ONE_OFF,      /* no session */
+    SBX_RUNS_NEW,          /* the session had no sandbox on the slot */
+    SBX_RUNS_REUSED,
+    SBX_RUNS_RESUMED,      /* it was paused; thawed for this run */
+} sbx_runs_sandbox;
+
+const char *sbx_runs_sandbox_name(sbx_runs_sandbox s);
+/* Whether s is a session name this agent accepts. */
+int sbx_runs_session_ok(const char *s, size_t len);
 
 typedef struct sbx_runs_config {
     const char *agent_id;
@@ -65,6 +92,7 @@ typedef struct sbx_runs_config {
 typedef enum sbx_runs_event {
     SBX_RUNS_LOG,              /* the run's log grew */
     SBX_RUNS_END,              /* the run reached a terminal state */
+    SBX_RUNS_SESSION_END,      /* a slot's session sandbox is gone; the id is the slot's */
 } sbx_runs_event;
 
 typedef void (*sbx_runs_event_cb)(void *arg, const char *run_id, sbx_runs_event ev);
@@ -80,6 +108,9 @@ void sbx_runs_free(sbx_runs *r);
 size_t sbx_runs_capacity(const sbx_runs *r);
 const char *sbx_runs_slot_id(const sbx_runs *r, size_t i);
 int sbx_runs_slot_busy(const sbx_runs *r, size_t i);
+/* Slot i's session sandbox: 1 and its name and state ("idle", "running",
+ * "paused", "dying"), or 0 when it has none. */
+int sbx_runs_slot_session(const sbx_runs *r, size_t i, const char **name, const char **state);
 size_t sbx_runs_active(const sbx_runs *r);
 /* Ids of the running builds into ids (at most max), returns the count. */
 size_t sbx_runs_running_ids(const sbx_runs *r, const char **ids, size_t max);
@@ -105,6 +136,7 @@ typedef struct sbx_wake_req {
     int attempt;
     const char *job;       /* the job message JSON, validated here */
     size_t job_len;
+    const char *session;   /* NULL, or the session's sandbox name (sbx_runs_session_ok) */
 } sbx_wake_req;
 
 /* run_id receives the run (STARTED, EXISTING, BUSY); for STALE, *newest
@@ -126,6 +158,29 @@ sbx_cancel_status sbx_runs_cancel(sbx_runs *r, const char *run_id, int64_t token
  * process kills the sandbox); called again to move it. 0, -ENOENT when the
  * run is not running, or another negative errno. */
 int sbx_runs_trust(sbx_runs *r, const char *run_id, uint64_t until_ms);
+
+typedef enum sbx_sop { SBX_SOP_PAUSE, SBX_SOP_DESTROY } sbx_sop;
+
+typedef enum sbx_sop_status {
+    SBX_SOP_DONE,          /* paused (or already), destroyed */
+    SBX_SOP_ABSENT,        /* the slot holds no sandbox of this session: for
+                              DESTROY that is done too; PAUSE has nothing to do */
+    SBX_SOP_STALE,         /* a newer token was seen for the slot */
+    SBX_SOP_BUSY,          /* a run is on the slot (an older lease's is being
+                              canceled): retry shortly */
+    SBX_SOP_REMOVING,      /* the sandbox is being removed (DESTROY, now or
+                              before): SBX_RUNS_SESSION_END follows, then it is
+                              absent */
+    SBX_SOP_NO_SLOT,
+    SBX_SOP_UNSUPPORTED,   /* PAUSE: no freezer here (not root, no cgroup) */
+    SBX_SOP_FAILED,        /* could not persist the token, or the sandbox said no */
+} sbx_sop_status;
+
+/* Pauses or destroys the sandbox of session on slot, fenced by token like
+ * a wake. For STALE, *newest receives the newest token; err gets one line
+ * for anything but DONE. */
+sbx_sop_status sbx_runs_session_op(sbx_runs *r, sbx_sop op, const char *slot, const char *session,
+                                   int64_t token, int64_t *newest, char *err, size_t errlen);
 /* A snapshot of a run; strings stay valid until the loop turns. */
 typedef struct sbx_run_view {
     const char *id, *slot, *job_id;
@@ -137,6 +192,9 @@ typedef struct sbx_run_view {
     const char *error;           /* "" or why */
     int has_preview;
     uint64_t log_bytes;          /* output so far */
+    const char *session;         /* "" for a run without one */
+    sbx_runs_sandbox sandbox;
+    int resume_ms;               /* RESUMED: how long thawing took */
 } sbx_run_view;
 
 int sbx_runs_view(sbx_runs *r, const char *run_id, sbx_run_view *v);

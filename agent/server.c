@@ -111,12 +111,16 @@
 #define FOLLOW_KEEPALIVE_MS 10000
 /* One read of a followed log: MHD's chunk. */
 #define FOLLOW_BLOCK (64 * 1024)
+/* A DESTROY waits for the sandbox to be gone (processes killed, tmpfs
+ * emptied: well under a second) at most this long, below the worker's
+ * request timeout (provider_vmpool.c SESSION_TIMEOUT_MS); past it, busy. */
+#define SESSION_WAIT_MS 10000
 /* MHD asks to be run again within this at the latest (a safety net). */
 #define MHD_RUN_MAX_MS 1000
 /* GET /metrics: about 40 lines (metrics.h), well under 8 KiB. */
 #define METRICS_PAGE_MAX 8192
 
-typedef enum wkind { W_POLL, W_FOLLOW, W_FENCE } wkind;
+typedef enum wkind { W_POLL, W_FOLLOW, W_FENCE, W_SESSION } wkind;
 
 typedef struct waiter {
     struct waiter *prev, *next;
@@ -259,6 +263,17 @@ void sbx_server_notify(sbx_server *s, const char *run_id, sbx_runs_event ev)
     waiter *w = s->waiters;
     sbx_run_view v;
 
+    if (ev == SBX_RUNS_SESSION_END) {
+        /* run_id is a slot's: the DESTROYs waiting look again. */
+        while (w) {
+            waiter *next = w->next;
+            if (w->kind == W_SESSION)
+                waiter_resume(s, w);
+            w = next;
+        }
+        rearm_wait(s);
+        return;
+    }
     if (ev == SBX_RUNS_END && sbx_runs_view(s->runs, run_id, &v) == 0)
         sbx__metrics_run_ended(&s->metrics, &v);
     while (w) {
@@ -565,6 +580,11 @@ static json_object *run_json(sbx_server *s, const sbx_run_view *v)
         json_object_object_add(o, "preview_url", NULL);
     }
     json_object_object_add(o, "error", v->error[0] ? json_object_new_string(v->error) : NULL);
+    if (v->session[0]) {
+        json_object_object_add(o, "session", json_object_new_string(v->session));
+        json_object_object_add(o, "sandbox", json_object_new_string(sbx_runs_sandbox_name(v->sandbox)));
+        json_object_object_add(o, "resume_ms", json_object_new_int(v->resume_ms));
+    }
     return o;
 }
 
@@ -604,7 +624,7 @@ static int authorized(const sbx_server *s, struct MHD_Connection *c)
 
 static enum MHD_Result h_health(sbx_server *s, struct MHD_Connection *c)
 {
-    json_object *o = json_object_new_object(), *running, *slots;
+    json_object *o = json_object_new_object(), *running, *slots, *sessions;
     const char *ids[SBX_AGENT_CAPACITY_MAX];
     size_t n, cap = sbx_runs_capacity(s->runs);
 
@@ -624,6 +644,18 @@ static enum MHD_Result h_health(sbx_server *s, struct MHD_Connection *c)
     json_object_object_add(o, "capacity", json_object_new_int((int)cap));
     json_object_object_add(o, "slots", slots);
     json_object_object_add(o, "running", running);
+    sessions = json_object_new_array();
+    for (size_t i = 0; i < cap; i++) {
+        const char *name, *state;
+        json_object *e;
+        if (!sbx_runs_slot_session(s->runs, i, &name, &state) || !(e = json_object_new_object()))
+            continue;
+        json_object_object_add(e, "slot", json_object_new_string(sbx_runs_slot_id(s->runs, i)));
+        json_object_object_add(e, "session", json_object_new_string(name));
+        json_object_object_add(e, "state", json_object_new_string(state));
+        json_object_array_add(sessions, e);
+    }
+    json_object_object_add(o, "sessions", sessions);
     return reply_json(c, MHD_HTTP_OK, o);
 }
 
@@ -732,7 +764,8 @@ static int fence_ok(sbx_server *s, req *q, struct MHD_Connection *c, int64_t tok
 
 static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
 {
-    json_object *body, *slot, *job, *o;
+    json_object *body, *slot, *job, *o, *session = NULL;
+    sbx_run_view v;
     char err[512], run_id[SBX_RUN_ID_MAX];
     const char *job_txt;
     int64_t token = 0, attempt = 1, newest = 0;
@@ -753,6 +786,14 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
         return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid",
                            "need slot (string), token (integer), job (object), attempt (integer)");
     }
+    if (json_object_object_get_ex(body, "session", &session) &&
+        (!json_object_is_type(session, json_type_string) ||
+         !sbx_runs_session_ok(json_object_get_string(session),
+                              (size_t)json_object_get_string_len(session)))) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid",
+                           "session: a sandbox name of [a-z0-9-], at most 34 characters");
+    }
     /* A slot name is compared as a C string: one with a NUL inside
      * ("a\u0000b") would name another slot. */
     if (strlen(json_object_get_string(slot)) != (size_t)json_object_get_string_len(slot)) {
@@ -770,6 +811,7 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
     w.attempt = attempt > 0 && attempt < INT_MAX ? (int)attempt : 1;
     w.job = job_txt;
     w.job_len = job_txt ? strlen(job_txt) : 0;
+    w.session = session ? json_object_get_string(session) : NULL;
     run_id[0] = '\0';
     st = sbx_runs_wake(s->runs, &w, run_id, &newest, err, sizeof(err));
     json_object_put(body);
@@ -782,6 +824,10 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
             return MHD_NO;
         json_object_object_add(o, "run_id", json_object_new_string(run_id));
         json_object_object_add(o, "existing", json_object_new_boolean(st == SBX_WAKE_EXISTING));
+        if (sbx_runs_view(s->runs, run_id, &v) == 0 && v.session[0]) {
+            json_object_object_add(o, "sandbox", json_object_new_string(sbx_runs_sandbox_name(v.sandbox)));
+            json_object_object_add(o, "resume_ms", json_object_new_int(v.resume_ms));
+        }
         return reply_json(c, MHD_HTTP_OK, o);
     case SBX_WAKE_STALE:
     case SBX_WAKE_BUSY:
@@ -840,6 +886,81 @@ static enum MHD_Result h_cancel(sbx_server *s, req *q, struct MHD_Connection *c,
         break;
     }
     return reply_run(s, c, id);
+}
+
+/* POST /sessions/{name}/pause|destroy {"slot","token"}: fenced like a
+ * wake (stale, future tokens). A sandbox being removed holds the request
+ * (suspended, like a long poll) until it is gone, then the handler runs
+ * again and finds it absent: the worker's DESTROY is answered when nothing
+ * is left, without polling. */
+static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c, const char *name,
+                                 sbx_sop op)
+{
+    json_object *body, *slot, *o;
+    char err[512], slot_id[256];
+    int64_t token = 0, newest = 0;
+    enum MHD_Result ret;
+    sbx_sop_status st;
+
+    if (q->too_big)
+        return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "request body too large");
+    body = parse_body(q, err, sizeof(err));
+    if (!body)
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", err);
+    if (!json_object_object_get_ex(body, "slot", &slot) || !json_object_is_type(slot, json_type_string) ||
+        get_int64(body, "token", &token) != 0 ||
+        strlen(json_object_get_string(slot)) != (size_t)json_object_get_string_len(slot) ||
+        (size_t)json_object_get_string_len(slot) >= sizeof(slot_id)) {
+        json_object_put(body);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid", "need slot (string), token (integer)");
+    }
+    snprintf(slot_id, sizeof(slot_id), "%s", json_object_get_string(slot));
+    json_object_put(body);
+    if (!fence_ok(s, q, c, token, &ret))
+        return ret;
+    st = sbx_runs_session_op(s->runs, op, slot_id, name, token, &newest, err, sizeof(err));
+    if (st == SBX_SOP_REMOVING && !q->waited && !s->closing) {
+        q->waited = 1;
+        q->w.conn = c;
+        q->w.kind = W_SESSION;
+        q->w.run_id[0] = '\0';
+        waiter_add(s, &q->w, SESSION_WAIT_MS);
+        MHD_suspend_connection(c);
+        return MHD_YES;
+    }
+    switch (st) {
+    case SBX_SOP_DONE:
+    case SBX_SOP_ABSENT:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "session", json_object_new_string(name));
+        json_object_object_add(o, "slot", json_object_new_string(slot_id));
+        /* Absent after waiting for the removal: a DESTROY's doing. */
+        json_object_object_add(o, "state", json_object_new_string(
+                                               op == SBX_SOP_PAUSE
+                                                   ? (st == SBX_SOP_DONE ? "paused" : "absent")
+                                                   : (st == SBX_SOP_DONE || q->waited ? "destroyed"
+                                                                                      : "absent")));
+        return reply_json(c, MHD_HTTP_OK, o);
+    case SBX_SOP_STALE:
+    case SBX_SOP_BUSY:
+    case SBX_SOP_REMOVING:
+        o = json_object_new_object();
+        if (!o)
+            return MHD_NO;
+        json_object_object_add(o, "error", json_object_new_string(st == SBX_SOP_STALE ? "stale_token" : "busy"));
+        json_object_object_add(o, "message", json_object_new_string(err));
+        json_object_object_add(o, "newest_token", json_object_new_int64(newest));
+        return reply_json(c, MHD_HTTP_CONFLICT, o);
+    case SBX_SOP_NO_SLOT:
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_slot", err);
+    case SBX_SOP_UNSUPPORTED:
+        return reply_error(c, MHD_HTTP_NOT_IMPLEMENTED, "not_supported", err);
+    case SBX_SOP_FAILED:
+        break;
+    }
+    return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", err);
 }
 
 static enum MHD_Result h_run(sbx_server *s, req *q, struct MHD_Connection *c, const char *id)
@@ -1098,6 +1219,21 @@ static enum MHD_Result route(sbx_server *s, req *q, struct MHD_Connection *c, co
         return get ? h_metrics(s, c) : method_not_allowed(c, "GET, HEAD");
     if (!strcmp(url, "/wake"))
         return post ? h_wake(s, q, c) : method_not_allowed(c, "POST");
+    if (!strncmp(url, "/sessions/", 10)) {
+        char name[SBX_RUNS_SESSION_MAX + 1];
+        p = url + 10;
+        slash = strchr(p, '/');
+        n = slash ? (size_t)(slash - p) : strlen(p);
+        if (!slash || n > SBX_RUNS_SESSION_MAX || !sbx_runs_session_ok(p, n))
+            return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
+        memcpy(name, p, n);
+        name[n] = '\0';
+        if (strcmp(slash, "/pause") && strcmp(slash, "/destroy"))
+            return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
+        if (!post)
+            return method_not_allowed(c, "POST");
+        return h_session(s, q, c, name, slash[1] == 'p' ? SBX_SOP_PAUSE : SBX_SOP_DESTROY);
+    }
     if (!strncmp(url, "/runs/", 6) || !strncmp(url, "/preview/", 9)) {
         int preview = url[1] == 'p';
         p = url + (preview ? 9 : 6);

@@ -5,7 +5,8 @@
  *
  *   GET  /livez                     200 "ok" without the key: the process
  *                                   answers HTTP (nothing about runs)
- *   GET  /health                    {"id","state","capacity","slots","running":[...]}
+ *   GET  /health                    {"id","state","capacity","slots","running":[...],
+ *                                   "sessions":[{"slot","session","state"}]}
  *   GET  /metrics                   Prometheus text (metrics.h): capacity, runs
  *                                   active, builds by outcome, build duration,
  *                                   version. Behind the key too: the port is open
@@ -13,9 +14,18 @@
  *                                   and timings say what the tenants on this VM
  *                                   are doing; Prometheus sends the key with
  *                                   `authorization: {credentials_file: ...}`
- *   POST /wake                      {"slot","token","job":{...},"attempt"} -> {"run_id"}
+ *   POST /wake                      {"slot","token","job":{...},"attempt"[,"session"]}
+ *                                   -> {"run_id","existing"[,"sandbox","resume_ms"]}
+ *                                   (sandbox: "new"|"reused"|"resumed", a session's run)
  *                                   409 {"error":"stale_token"|"busy"|"future_token"},
  *                                   503 draining or token_unverified
+ *   POST /sessions/{name}/pause     {"slot","token"} -> {"session","slot","state":
+ *   POST /sessions/{name}/destroy   "paused"|"destroyed"|"absent"}, destroy answered
+ *                                   once the sandbox is gone (at most 10 s, else busy);
+ *                                   409 stale_token, future_token or busy (a run is
+ *                                   on the slot: an older lease's is canceled);
+ *                                   404 unknown_slot; 501 not_supported (pause
+ *                                   without a freezer); 503 token_unverified
  *   GET  /runs/{id}[?wait_ms=N]     the run; with wait_ms, answers when the run
  *                                   ends or N ms (at most 30 s) pass: a long poll
  *   GET  /runs/{id}/log[?follow=1][&offset=N]  the whole log, or from byte N

@@ -29,9 +29,9 @@ $(DEVSERVER): tests/devserver/devserver.c
 # provider's programs once more, on Docker Engine itself (a private dockerd;
 # ~2 s to start and stop, ~25 s of tests and ~15 s of sessions).
 unit: $(TEST_BINS) $(BUILD)/bin/sbx $(DEVSERVER)
-	tests/services/podman/podman-service.sh -- \
+	SBX_BUILD=$(BUILD) tests/services/podman/podman-service.sh -- \
 	    python3 tests/services/sbxsvc.py run -- sh tests/unit/run.sh $(BUILD) $(TEST_BINS)
-	tests/services/dockerd/dockerd-service.sh -- \
+	SBX_BUILD=$(BUILD) tests/services/dockerd/dockerd-service.sh -- \
 	    sh -c '$(BUILD)/tests/test_docker && $(BUILD)/tests/test_docker_session'
 
 e2e: bins $(DEVSERVER)

@@ -54,6 +54,26 @@
  * vmpool. PAUSE and DESTROY carry no check (a suspended machine runs no
  * exec); the sweeper runs them under its own lease.
  *
+ * Previews (provider.h, "previews"). A machine's dev server is reached at
+ * its 6PN address, private_ip in the API (fly.io/docs/reference/private-
+ * networking: every machine has one, and the org's WireGuard peers reach
+ * it; docs/getting-started/app-services, "A note on IPv4 and IPv6
+ * wildcards": an app listens on fly-local-6pn or [::]); the worker sits on
+ * that network as a peer, so its preview proxy dials private_ip:
+ * preview_port and the browser still needs the preview's token. No Fly proxy service is
+ * configured: a public port would be one without our token in front. The
+ * address is read from the list or the create reply on every run, so a
+ * worker that takes a session over opens its preview again; the proxy's
+ * dial target lives here until DESTROY closes it.
+ *
+ * The warm pool (fly_warm.c): a session with no machine yet, whose job fits
+ * the provider's defaults, takes a suspended warm machine instead of a
+ * create. Its name stays (Fly cannot rename a machine); it becomes the
+ * session's by metadata sbx_session, set with POST .../metadata/{key}
+ * (fly-go SetMetadata), which is what every lookup here goes by. If that
+ * fails the run creates a machine as usual and the pool destroys the warm
+ * one.
+ *
  * The image needs /bin/sh, setsid, base64, head and tail (any coreutils or
  * busybox).
  */
@@ -67,8 +87,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "buf.h"
+#include "fly_warm.h"
 #include "log.h"
+#include "preview.h"
 #include "text.h"
 
 /* Bytes of each stream one poll returns: 2 x 64 KiB in base64 is ~175 KB, far
@@ -136,11 +162,20 @@ static const char kill_sh[] =
 static const char idle_sh[] = "mkdir -p /workspace; while :; do sleep 3600; done";
 
 typedef enum srun_state {
-    S_FIND, S_CREATE, S_START, S_BOOT, S_LAUNCH, S_POLL, S_KILL, S_DONE,
+    S_FIND, S_CREATE, S_ADOPT, S_START, S_BOOT, S_LAUNCH, S_POLL, S_KILL, S_DONE,
 } srun_state;
 
 static const char *const srun_names[] = {
-    "find", "create", "start", "boot", "launch", "poll", "kill", "done",
+    "find", "create", "adopt", "start", "boot", "launch", "poll", "kill", "done",
+};
+
+/* Where a session's preview goes: the proxy's dial argument, kept until the
+ * session is destroyed (the preview outlives every run). */
+struct sbx__fly_pv {
+    sbx__fly_pv *next;
+    char name[SBX_SESSION_NAME_MAX + 1];
+    char ip[SBX_FLY_IP_MAX + 1];
+    int port;
 };
 
 typedef void (*srun_step)(sbx__fly_srun *s);
@@ -152,6 +187,12 @@ struct sbx__fly_srun {
     char job_id[SBX_ID_MAX + 1];
     char run_id[17];
     char id[SBX_FLY_ID_MAX + 1];
+    char ip[SBX_FLY_IP_MAX + 1];  /* the machine's private_ip, "" until known */
+    int preview_port;             /* the job's session.preview_port, 0: none */
+    int machine_port;             /* the machine's sbx_preview_port metadata, 0: none */
+    sbx__fly_call meta_call;      /* records preview_port on the machine */
+    char image[256];              /* what the job asks for: does a warm machine fit? */
+    int cpus, mem_mb;
     json_object *create;          /* the create body, if the session has no machine */
     char *stdin_blob;             /* the launch exec's stdin: job script and files */
     int looks;                    /* finds since the last create refused or unclear */
@@ -381,34 +422,172 @@ static char *exec_body(const char *script, const char *const *args, size_t nargs
     return s;
 }
 
-static json_object *build_create(const sbx__fly_sessions *S, const sbx_run_req *req,
-                                 const char *image, int cpus, int mem)
+json_object *sbx__fly_idle_machine(const sbx__fly_sessions *S, const char *name, const char *image,
+                                   int cpus, int mem_mb, const char *const *meta, size_t nmeta)
 {
     json_object *body = json_object_new_object(), *cfg = json_object_new_object();
-    json_object *guest = json_object_new_object(), *meta = json_object_new_object();
+    json_object *guest = json_object_new_object(), *md = json_object_new_object();
     json_object *init = json_object_new_object(), *restart = json_object_new_object();
     const char *exec[] = {"/bin/sh", "-c", idle_sh};
-    char tok[24];
 
     json_object_object_add(cfg, "image", json_object_new_string(image));
     json_object_object_add(guest, "cpu_kind", json_object_new_string(S->cpu_kind));
     json_object_object_add(guest, "cpus", json_object_new_int(cpus));
-    json_object_object_add(guest, "memory_mb", json_object_new_int(mem));
+    json_object_object_add(guest, "memory_mb", json_object_new_int(mem_mb));
     json_object_object_add(cfg, "guest", guest);
     json_object_object_add(init, "exec", str_array(exec, 3));
     json_object_object_add(cfg, "init", init);
-    snprintf(tok, sizeof(tok), "%lld", (long long)req->token);
-    json_object_object_add(meta, "sbx_session", json_object_new_string(req->session));
-    json_object_object_add(meta, "sbx_slot", json_object_new_string(req->slot));
-    json_object_object_add(meta, "sbx_token", json_object_new_string(tok));
-    json_object_object_add(meta, "sbx_job", json_object_new_string(req->job->job_id));
-    json_object_object_add(cfg, "metadata", meta);
+    for (size_t i = 0; i + 1 < nmeta * 2; i += 2)
+        json_object_object_add(md, meta[i], json_object_new_string(meta[i + 1]));
+    json_object_object_add(cfg, "metadata", md);
     json_object_object_add(cfg, "auto_destroy", json_object_new_boolean(0));
     json_object_object_add(restart, "policy", json_object_new_string("no"));
     json_object_object_add(cfg, "restart", restart);
     json_object_object_add(body, "config", cfg);
-    json_object_object_add(body, "name", json_object_new_string(req->session));
+    json_object_object_add(body, "name", json_object_new_string(name));
     return body;
+}
+
+static json_object *build_create(const sbx__fly_sessions *S, const sbx_run_req *req,
+                                 const char *image, int cpus, int mem)
+{
+    char tok[24], port[16];
+    const char *meta[] = {"sbx_session", req->session, "sbx_slot", req->slot,
+                          "sbx_token", tok, "sbx_job", req->job->job_id,
+                          "sbx_preview_port", port};
+    snprintf(tok, sizeof(tok), "%lld", (long long)req->token);
+    snprintf(port, sizeof(port), "%d", req->job->session_preview_port);
+    return sbx__fly_idle_machine(S, req->session, image, cpus, mem, meta,
+                                 req->job->session_preview_port > 0 ? 5 : 4);
+}
+
+/* ---- previews ---- */
+
+static sbx__fly_pv *pv_find(sbx__fly_sessions *S, const char *name)
+{
+    for (sbx__fly_pv *v = S->pvs; v; v = v->next)
+        if (strcmp(v->name, name) == 0)
+            return v;
+    return NULL;
+}
+
+/* The proxy's dial: a non-blocking connect to the machine's 6PN address. */
+static int pv_dial(void *arg, char *err, size_t errlen)
+{
+    const sbx__fly_pv *v = arg;
+    struct addrinfo hints, *ai = NULL;
+    char port[8];
+    int fd = -1, rc;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    snprintf(port, sizeof(port), "%d", v->port);
+    if ((rc = getaddrinfo(v->ip, port, &hints, &ai)) != 0) {
+        snprintf(err, errlen, "machine address %s: %s", v->ip, gai_strerror(rc));
+        return -EINVAL;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        rc = -errno;
+    } else if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+        rc = -errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) {
+        snprintf(err, errlen, "connecting to [%s]:%d: %s", v->ip, v->port, strerror(-rc));
+        return rc;
+    }
+    return fd;
+}
+
+static void on_port_recorded(sbx__fly_call *c, const sbx_http_res *res)
+{
+    sbx__fly_srun *s = c->owner;
+    char why[200];
+    if (res->code == SBX_HTTP_OK && (res->status == 200 || res->status == 204))
+        return;
+    sbx__fly_api_error(res, why, sizeof(why));
+    sbx_warn("fly", "session %s: recording preview port on machine %s: %s", s->name, s->id, why);
+}
+
+/* The machine remembers its dev server's port (metadata sbx_preview_port),
+ * so a worker that takes the session over opens its preview again even
+ * when its job names no port. Off the run's path: a run does not wait. */
+static void record_port(sbx__fly_srun *s)
+{
+    char body[48];
+    snprintf(body, sizeof(body), "{\"value\":\"%d\"}", s->preview_port);
+    sbx__fly_call_start(&s->meta_call, "POST", strdup(body), SBX_FLY_CALL_TIMEOUT_MS,
+                        SBX_FLY_RETRY_5XX, on_port_recorded,
+                        "/apps/%s/machines/%s/metadata/sbx_preview_port", s->S->app, s->id);
+}
+
+/* Opens (again: sbx_preview_open keeps its port) the session's preview when
+ * the job names a port or an earlier run did, and puts the URL in the
+ * result. A preview that cannot open is logged; the run goes on. */
+static void srun_preview(sbx__fly_srun *s)
+{
+    sbx__fly_sessions *S = s->S;
+    sbx_previews *pp = S->prov ? S->prov->previews : NULL;
+    sbx__fly_pv *v = pv_find(S, s->name);
+    char err[200];
+
+    if (!pp || (s->preview_port <= 0 && !v))
+        return;
+    if (!v) {
+        if (!(v = calloc(1, sizeof(*v))))
+            return;
+        snprintf(v->name, sizeof(v->name), "%s", s->name);
+        v->next = S->pvs;
+        S->pvs = v;
+    }
+    if (s->preview_port > 0)
+        v->port = s->preview_port;
+    if (s->ip[0])
+        snprintf(v->ip, sizeof(v->ip), "%s", s->ip);
+    if (!v->ip[0] || v->port <= 0) {
+        sbx_warn("fly", "session %s: machine %s has no private_ip; no preview", s->name, s->id);
+        return;
+    }
+    if (sbx_preview_open(pp, s->name, pv_dial, v, s->res.preview_url, err, sizeof(err)) != 0)
+        sbx_warn("fly", "session %s: preview: %s", s->name, err);
+    if (s->preview_port > 0 && s->preview_port != s->machine_port)
+        record_port(s);
+}
+
+static void pv_close(sbx__fly_sessions *S, const char *name)
+{
+    sbx__fly_pv **pp = &S->pvs;
+    if (S->prov && S->prov->previews)
+        sbx_preview_close(S->prov->previews, name);
+    while (*pp && strcmp((*pp)->name, name) != 0)
+        pp = &(*pp)->next;
+    if (*pp) {
+        sbx__fly_pv *v = *pp;
+        *pp = v->next;
+        free(v);
+    }
+}
+
+/* The preview port the machine recorded; the job's own port wins. */
+static void take_port(sbx__fly_srun *s, json_object *m)
+{
+    const char *p = jstr(jobj(jobj(m, "config"), "metadata"), "sbx_preview_port");
+    int n = p ? atoi(p) : 0;
+    s->machine_port = n > 0 && n < 65536 ? n : 0;
+    if (s->preview_port <= 0)
+        s->preview_port = s->machine_port;
+}
+
+/* The machine's private_ip from a machine object, if it has one that fits. */
+static void take_ip(sbx__fly_srun *s, json_object *m)
+{
+    const char *ip = jstr(m, "private_ip");
+    if (ip && strlen(ip) <= SBX_FLY_IP_MAX)
+        snprintf(s->ip, sizeof(s->ip), "%s", ip);
 }
 
 /* ---- a session run ---- */
@@ -452,6 +631,7 @@ void sbx__fly_srun_free(sbx__fly_srun *s)
     if (!s)
         return;
     sbx__fly_call_free(&s->call);
+    sbx__fly_call_free(&s->meta_call);
     sbx_timer_stop(s->S->loop, &s->deadline_t);
     sbx_timer_stop(s->S->loop, &s->defer_t);
     json_object_put(s->create);
@@ -498,6 +678,9 @@ static void srun_finish(sbx__fly_srun *s)
 }
 
 static void step_find(sbx__fly_srun *s);
+static void step_adopt(sbx__fly_srun *s);
+static void step_start(sbx__fly_srun *s);
+static void step_create(sbx__fly_srun *s);
 static void step_boot(sbx__fly_srun *s);
 static void step_launch(sbx__fly_srun *s);
 static void step_poll(sbx__fly_srun *s);
@@ -667,6 +850,7 @@ static void on_launch(sbx__fly_call *c, const sbx_http_res *res)
             return;
         }
         s->started = 1;
+        srun_preview(s);
         s->cb(s->owner, SBX_RUN_STARTED, &s->res);
         if (s->aborting)          /* canceled from the callback */
             return;
@@ -709,7 +893,7 @@ static void on_boot(sbx__fly_call *c, const sbx_http_res *res)
     if (srun_aborted(s))
         return;
     if (res->code == SBX_HTTP_OK && res->status == 200) {
-        if (s->res.sandbox == SBX_SANDBOX_RESUMED) {
+        if (s->res.sandbox == SBX_SANDBOX_RESUMED || s->res.sandbox == SBX_SANDBOX_WARM) {
             s->res.resume_ms = (int)(sbx_now_ms() - s->resume_t0);
             sbx_info("fly", "session %s: machine %s resumed in %d ms", s->name, s->id,
                      s->res.resume_ms);
@@ -778,6 +962,8 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
         snprintf(s->id, sizeof(s->id), "%s", id);
         snprintf(s->res.instance, sizeof(s->res.instance), "%s", id);
         s->res.sandbox = SBX_SANDBOX_NEW;
+        s->machine_port = s->preview_port;
+        take_ip(s, m);
         json_object_put(m);
         sbx_info("fly", "session %s: created machine %s", s->name, s->id);
         if (srun_aborted(s))
@@ -819,6 +1005,49 @@ static void step_create(sbx__fly_srun *s)
     srun_set(s, S_CREATE);
     sbx__fly_call_start(&s->call, "POST", b ? strdup(b) : NULL, SBX_FLY_CALL_TIMEOUT_MS, 0,
                         on_create, "/apps/%s/machines", s->S->app);
+}
+
+static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
+{
+    sbx__fly_srun *s = c->owner;
+    char why[200];
+
+    if (res->code == SBX_HTTP_OK && (res->status == 200 || res->status == 204)) {
+        sbx__fly_warm_done(s->S->warm, s->id, 1);
+        sbx_info("fly", "session %s: took warm machine %s", s->name, s->id);
+        if (srun_aborted(s))
+            return;
+        s->res.sandbox = SBX_SANDBOX_WARM;
+        snprintf(s->res.instance, sizeof(s->res.instance), "%s", s->id);
+        step_start(s);
+        return;
+    }
+    if (res->code == SBX_HTTP_EABORTED)
+        return;
+    sbx__fly_api_error(res, why, sizeof(why));
+    sbx_warn("fly", "session %s: warm machine %s not taken (%s); creating one", s->name, s->id,
+             why);
+    sbx__fly_warm_done(s->S->warm, s->id, 0);
+    s->id[0] = s->ip[0] = '\0';
+    if (srun_aborted(s))
+        return;
+    step_create(s);
+}
+
+/* The warm machine becomes the session's: its metadata is what every
+ * lookup of the session goes by (its name cannot change). */
+static void step_adopt(sbx__fly_srun *s)
+{
+    json_object *o = json_object_new_object();
+    const char *b;
+
+    srun_set(s, S_ADOPT);
+    json_object_object_add(o, "value", json_object_new_string(s->name));
+    b = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    sbx__fly_call_start(&s->call, "POST", b ? strdup(b) : NULL, SBX_FLY_CALL_TIMEOUT_MS,
+                        SBX_FLY_RETRY_5XX, on_adopt, "/apps/%s/machines/%s/metadata/sbx_session",
+                        s->S->app, s->id);
+    json_object_put(o);
 }
 
 /* The live machine of a list, or NULL; *busy when one is on its way out. */
@@ -869,9 +1098,16 @@ static void on_find(sbx__fly_call *c, const sbx_http_res *res)
             srun_defer(s, step_find, (uint64_t)s->S->settle_ms);
             return;
         }
+        if (s->S->warm && s->res.sandbox != SBX_SANDBOX_NEW &&
+            sbx__fly_warm_take(s->S->warm, s->image, s->cpus, s->mem_mb, s->id, s->ip)) {
+            step_adopt(s);
+            return;
+        }
         step_create(s);
         return;
     }
+    take_ip(s, m);
+    take_port(s, m);
     snprintf(s->id, sizeof(s->id), "%s", id);
     snprintf(s->res.instance, sizeof(s->res.instance), "%s", id);
     if (strcmp(st, "started") == 0) {
@@ -942,6 +1178,11 @@ void sbx__fly_srun_abort(sbx__fly_srun *s, sbx_outcome why)
     case S_LAUNCH:
     case S_KILL:
         return;                   /* the launch's reply says whether there is a job to kill */
+    case S_ADOPT:
+        /* the warm machine may or may not be the session's yet: the pool
+         * destroys it (the session's next run then reports NEW) */
+        sbx__fly_warm_done(s->S->warm, s->id, 0);
+        /* fall through */
     default:
         /* nothing of the job runs yet; a create or start in flight is the
          * session's, harmless to let finish */
@@ -975,6 +1216,10 @@ int sbx__fly_srun_start(sbx__fly_sessions *S, const sbx_run_req *req, const char
     snprintf(s->name, sizeof(s->name), "%s", req->session);
     snprintf(s->job_id, sizeof(s->job_id), "%s", job->job_id);
     s->token = req->token;
+    s->preview_port = job->session_preview_port;
+    snprintf(s->image, sizeof(s->image), "%s", image);
+    s->cpus = cpus;
+    s->mem_mb = mem_mb;
     snprintf(s->run_id, sizeof(s->run_id), "%016llx", (unsigned long long)sbx__fly_api_rand(S->api));
     s->res.exit_code = -1;
     s->res.sandbox = SBX_SANDBOX_REUSED;
@@ -991,6 +1236,7 @@ int sbx__fly_srun_start(sbx__fly_sessions *S, const sbx_run_req *req, const char
         return rc;
     }
     sbx__fly_call_init(&s->call, S->api, s);
+    sbx__fly_call_init(&s->meta_call, S->api, s);
     sbx_timer_init(&s->deadline_t, srun_deadline, s);
     sbx_timer_init(&s->defer_t, srun_defer_fire, s);
     s->boot_deadline_ms = sbx_now_ms() + (uint64_t)S->boot_timeout_s * 1000u;
@@ -1013,6 +1259,8 @@ static void sop_end(sbx__fly_sop *o, int rc, const char *why)
     char msg[200];
 
     snprintf(msg, sizeof(msg), "%s", why);
+    if (o->op == SBX_SESSION_DESTROY && rc == 0)
+        pv_close(S, o->name);
     while (*pp != o)
         pp = &(*pp)->next;
     *pp = o->next;
@@ -1208,6 +1456,11 @@ int sbx__fly_sop_start(sbx__fly_sessions *S, sbx_session_op op, const char *sess
 
 void sbx__fly_sessions_close(sbx__fly_sessions *S)
 {
+    while (S->pvs) {
+        sbx__fly_pv *v = S->pvs;
+        S->pvs = v->next;
+        free(v);
+    }
     while (S->ops) {
         sbx__fly_sop *o = S->ops;
         S->ops = o->next;

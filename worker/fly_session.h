@@ -8,8 +8,10 @@
  * the exec endpoint. See fly_session.c for why exec is used the way it is.
  *
  * One sbx__fly_sessions per provider holds what the session runs and the
- * sweeper's PAUSE/DESTROY operations share, and the list of operations in
- * flight (so closing the provider can drop them without callbacks).
+ * sweeper's PAUSE/DESTROY operations share, the list of operations in
+ * flight (so closing the provider can drop them without callbacks), the
+ * sessions' previews (the machine's 6PN address and the dev server's port,
+ * what the worker's proxy dials) and the warm pool (fly_warm.h), if any.
  */
 #ifndef SBX_FLY_SESSION_H
 #define SBX_FLY_SESSION_H
@@ -17,11 +19,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <json-c/json.h>
+
 #include "fly_api.h"
 #include "provider.h"
 
 typedef struct sbx__fly_srun sbx__fly_srun;
 typedef struct sbx__fly_sop sbx__fly_sop;
+typedef struct sbx__fly_pv sbx__fly_pv;
+typedef struct sbx__fly_warm sbx__fly_warm;
+
+/* A machine's private_ip: an IPv6 address in text. */
+#define SBX_FLY_IP_MAX 45
 
 typedef struct sbx__fly_sessions {
     sbx__fly_api *api;
@@ -33,7 +42,15 @@ typedef struct sbx__fly_sessions {
     int boot_timeout_s;           /* starting or resuming longer than this is wedged */
     int settle_ms;                /* the list is eventually consistent: look again after */
     sbx__fly_sop *ops;            /* PAUSE/DESTROY in flight */
+    sbx_provider *prov;           /* its previews (set after _new; NULL: off) */
+    sbx__fly_pv *pvs;             /* the sessions' open previews */
+    sbx__fly_warm *warm;          /* the warm pool, or NULL */
 } sbx__fly_sessions;
+
+/* The body of a create for an idle machine (a session's, or a warm one):
+ * name, image, size and metadata (key, value pairs, nmeta of them). */
+json_object *sbx__fly_idle_machine(const sbx__fly_sessions *S, const char *name, const char *image,
+                                   int cpus, int mem_mb, const char *const *meta, size_t nmeta);
 
 /* What a session run tells its owner; res is valid only during the call.
  * FINISHED comes exactly once, from the loop; after it the run is freed. */

@@ -69,7 +69,14 @@
  * machine through exec, not in a machine of its own; fly_session.c owns
  * that and PAUSE/DESTROY. Here a session run is only a slot and a callback
  * (sbx_run.sess); the sweep skips machines with sbx_session metadata, and
- * destroy() leaves them for the session's next owner.
+ * destroy() leaves them for the session's next owner. Previews and the warm
+ * pool (ops->warm, fly_warm.c) are fly_session.c's too; here the sweep
+ * passes over this pool's warm machines (metadata sbx_warm = its tag) and
+ * destroys an earlier process's, and destroy() reaps the pool's. One-off
+ * jobs take no warm machine: each runs as its machine's main process
+ * (config.init, auto_destroy, output from the logs API), and turning a warm
+ * machine's idle init into that is an update, which restarts it: a cold
+ * boot, nothing gained.
  *
  * Not available on Fly and ignored: job->pids, job->disk_mb, and network=false
  * (Machines always have a network; the VM is the isolation boundary). Jobs run
@@ -91,6 +98,7 @@
 #include "fly_api.h"
 #include "fly_logs.h"
 #include "fly_session.h"
+#include "fly_warm.h"
 #include "http.h"
 #include "jobfiles.h"
 #include "log.h"
@@ -1462,10 +1470,32 @@ out:
     sbx_loop_free(loop);
 }
 
+static void fly_warm(sbx_provider *p, int n)
+{
+    fly_provider *f = (fly_provider *)p;
+    sbx_job none;
+    char err[200];
+    int cpus, mem, rc;
+
+    if (n <= 0 || f->sessions.warm)
+        return;
+    /* the size a job that asks for none gets: what the pool's machines fit */
+    memset(&none, 0, sizeof(none));
+    if (size_guest(f, &none, &cpus, &mem, err, sizeof(err)) != 0) {
+        sbx_warn("fly", "warm pool off: %s", err);
+        return;
+    }
+    rc = sbx__fly_warm_new(&f->sessions, f->worker_id, f->image, cpus, mem, n,
+                           &f->sessions.warm);
+    if (rc != 0)
+        sbx_warn("fly", "warm pool off: %s", rc == -EINVAL ? "no SBX_FLY_IMAGE" : strerror(-rc));
+}
+
 static void fly_destroy(sbx_provider *p)
 {
     fly_provider *f = (fly_provider *)p;
-    char (*ids)[SBX_FLY_ID_MAX + 1] = calloc(f->nruns ? f->nruns : 1, sizeof(*ids));
+    size_t cap = f->nruns + 64;   /* 64: fly_warm.c's FLY_WARM_MAX */
+    char (*ids)[SBX_FLY_ID_MAX + 1] = calloc(cap, sizeof(*ids));
     size_t n = 0;
 
     while (f->runs) {
@@ -1488,6 +1518,13 @@ static void fly_destroy(sbx_provider *p)
     }
     if (p->loop)
         sbx_timer_stop(p->loop, &f->pace_t);
+    if (f->sessions.warm) {
+        /* they hold nobody's work (provider.h) */
+        if (ids)
+            n += sbx__fly_warm_ids(f->sessions.warm, ids + n, cap - n);
+        sbx__fly_warm_free(f->sessions.warm);
+        f->sessions.warm = NULL;
+    }
     sbx__fly_sessions_close(&f->sessions);
     while (f->sweeps) {
         fly_sweep *s = f->sweeps;
@@ -1522,6 +1559,7 @@ static const sbx_provider_ops fly_ops = {
     .pool = fly_pool,
     .sweep = fly_sweep_op,
     .session_op = fly_session_op,
+    .warm = fly_warm,
     .destroy = fly_destroy,
 };
 
@@ -1609,7 +1647,7 @@ static void on_sweep_list(sbx__fly_call *c, const sbx_http_res *res)
     }
     for (size_t i = 0; i < n && s->n < FLY_SWEEP_MAX; i++) {
         json_object *m = json_object_array_get_idx(list, i);
-        const char *id = jstr(m, "id"), *st = jstr(m, "state");
+        const char *id = jstr(m, "id"), *st = jstr(m, "state"), *warm;
         if (!id || !valid_chars(id, SBX_FLY_ID_MAX, "") || !st || strcmp(st, "destroyed") == 0 ||
             strcmp(st, "destroying") == 0)
             continue;
@@ -1617,6 +1655,11 @@ static void on_sweep_list(sbx__fly_call *c, const sbx_http_res *res)
             continue;
         /* a session's machine outlives every run; only DESTROY ends it */
         if (jstr(jobj(jobj(m, "config"), "metadata"), "sbx_session"))
+            continue;
+        /* this pool's warm machines are ours while we live; another tag is
+         * a pool that died with its process */
+        if (s->f->sessions.warm && (warm = jstr(jobj(jobj(m, "config"), "metadata"), "sbx_warm")) &&
+            strcmp(warm, sbx__fly_warm_tag(s->f->sessions.warm)) == 0)
             continue;
         snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
     }
@@ -1840,6 +1883,7 @@ int sbx_fly_new(sbx_loop *loop, const sbx_fly_config *cfg, sbx_provider **out, c
     f->sessions.stop_grace_s = f->stop_grace_s;
     f->sessions.boot_timeout_s = f->boot_timeout_s;
     f->sessions.settle_ms = f->settle_ms;
+    f->sessions.prov = &f->base;
     sbx_info("fly", "provider: api=%s app=%s regions=%s slots=%zu logs=%s creates=%d/s burst %d",
              f->api.url, f->app, cfg->regions && *cfg->regions ? cfg->regions : "(fly picks)",
              f->nslots, f->logs_url ? f->logs_url : "off", f->create_rate, f->create_burst);

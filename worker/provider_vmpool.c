@@ -43,6 +43,18 @@
  * when the agent is reachable; when it is not, the lease expires and the
  * next owner's newer token makes the agent stop it (runs.c on the agent).
  *
+ * Sessions (provider.h "Sessions"). A session's run sends its sandbox name
+ * along ("session" in the wake body); the agent keeps that sandbox on the
+ * slot between runs and says in its answer whether the run got it new,
+ * reused or resumed (with resume_ms), which the result carries. An agent
+ * that says nothing (one from before sessions) ran it in a fresh sandbox:
+ * NEW. session_op() is a small state machine of its own (an `sop`):
+ * LOOKUP the VM's base_url as a run does, then POST /sessions/<name>/pause
+ * or /destroy {slot, token}; transport errors and 503 are retried with the
+ * same backoff for up to unreachable_ms, 409 busy (a run of the session, or
+ * an older lease's, still on the slot; the agent stops the older one) for
+ * up to busy_retry_ms. The callback always comes from the loop.
+ *
  * The service key only ever goes into the Authorization header; it is not
  * logged and not part of any error text.
  */
@@ -73,6 +85,9 @@
 /* A wake forks a sandbox on the agent: seconds at worst. */
 #define WAKE_TIMEOUT_MS 15000
 #define CANCEL_TIMEOUT_MS 5000
+/* Pausing freezes a cgroup; destroying kills a sandbox and empties its
+ * tmpfs: the agent answers when that is done, seconds at worst. */
+#define SESSION_TIMEOUT_MS 15000
 #define CONNECT_TIMEOUT_MS 2000
 /* Agent replies we parse are small JSON objects (an 8 KiB tail at most);
  * 64 KiB is ample and keeps a confused server from costing memory. */
@@ -103,6 +118,7 @@ typedef struct vmpool {
     char *auth;                   /* "Authorization: Bearer <key>" */
     int unreachable_ms, busy_retry_ms, poll_ms;
     struct sbx_run *runs;         /* every run not yet FINISHED */
+    struct sop *sops;             /* every session_op not yet answered */
 } vmpool;
 
 struct sbx_run {
@@ -118,6 +134,9 @@ struct sbx_run {
     char *wake_body;
     char base_url[BASE_URL_MAX + 1];
     char run_id[64];
+    int has_session;              /* req->session was given */
+    sbx_sandbox_use sandbox;      /* what the agent said in its wake answer */
+    int resume_ms;
     sbx_http_handle *h;           /* wake or poll in flight */
     sbx_http_handle *hc;          /* cancel in flight */
     int lookup_pending;           /* a Redis reply is due (it cannot be withdrawn) */
@@ -155,6 +174,8 @@ static void init_result(const struct sbx_run *r, sbx_result *res)
     memset(res, 0, sizeof(*res));
     res->exit_code = -1;
     snprintf(res->instance, sizeof(res->instance), "%s", r->vm);
+    res->sandbox = r->sandbox;
+    res->resume_ms = r->sandbox == SBX_SANDBOX_RESUMED ? r->resume_ms : 0;
 }
 
 static void report_started(struct sbx_run *r)
@@ -253,12 +274,18 @@ static void refused(struct sbx_run *r, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The next wait of a backoff that starts at BACKOFF_MIN_MS and doubles to
+ * BACKOFF_MAX_MS, with +-20 % jitter. */
+static uint64_t backoff_next(uint64_t *backoff_ms)
+{
+    uint64_t d = *backoff_ms ? *backoff_ms : BACKOFF_MIN_MS;
+    *backoff_ms = d * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : d * 2;
+    return d * 4 / 5 + (uint64_t)(rand() % (int)(d * 2 / 5 + 1));
+}
+
 static void retry_later(struct sbx_run *r)
 {
-    uint64_t d = r->backoff_ms ? r->backoff_ms : BACKOFF_MIN_MS;
-    r->backoff_ms = d * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : d * 2;
-    d = d * 4 / 5 + (uint64_t)(rand() % (int)(d * 2 / 5 + 1));
-    sbx_timer_start(r->p->base.loop, &r->t, d);
+    sbx_timer_start(r->p->base.loop, &r->t, backoff_next(&r->backoff_ms));
 }
 
 static void redis_do(vmpool *p, int argc, const char **argv)
@@ -347,14 +374,15 @@ static void agent_error(const sbx_http_res *res, char *out, size_t len)
     json_object_put(o);
 }
 
-static int request(struct sbx_run *r, const char *method, const char *path, const char *body,
-                   uint32_t timeout_ms, sbx_http_done_cb cb, sbx_http_handle **h)
+static int agent_request(vmpool *p, const char *base_url, const char *method, const char *path,
+                         const char *body, uint32_t timeout_ms, sbx_http_done_cb cb, void *arg,
+                         sbx_http_handle **h)
 {
-    const char *headers[] = {r->p->auth, "Content-Type: application/json", NULL};
+    const char *headers[] = {p->auth, "Content-Type: application/json", NULL};
     char url[BASE_URL_MAX + 128];
     sbx_http_req req;
 
-    snprintf(url, sizeof(url), "%s%s", r->base_url, path);
+    snprintf(url, sizeof(url), "%s%s", base_url, path);
     memset(&req, 0, sizeof(req));
     req.method = method;
     req.url = url;
@@ -364,7 +392,13 @@ static int request(struct sbx_run *r, const char *method, const char *path, cons
     req.timeout_ms = timeout_ms;
     req.connect_timeout_ms = CONNECT_TIMEOUT_MS;
     req.max_response_bytes = REPLY_MAX;
-    return sbx_http_request(r->p->http, &req, cb, r, h);
+    return sbx_http_request(p->http, &req, cb, arg, h);
+}
+
+static int request(struct sbx_run *r, const char *method, const char *path, const char *body,
+                   uint32_t timeout_ms, sbx_http_done_cb cb, sbx_http_handle **h)
+{
+    return agent_request(r->p, r->base_url, method, path, body, timeout_ms, cb, r, h);
 }
 
 /* ---- cancel ---- */
@@ -594,6 +628,28 @@ static void poll_run(struct sbx_run *r)
 
 /* ---- wake ---- */
 
+static const char *const sandbox_names[] = {"one_off", "new", "reused", "resumed"};
+
+/* The wake answer's "sandbox" and "resume_ms". An agent that does not say
+ * (one from before sessions) ran the job in a fresh sandbox: NEW. */
+static void sandbox_of(json_object *o, sbx_sandbox_use *use, int *resume_ms)
+{
+    const char *s = str_field(o, "sandbox");
+    json_object *v;
+
+    *use = SBX_SANDBOX_NEW;
+    *resume_ms = 0;
+    if (s && strcmp(s, "reused") == 0)
+        *use = SBX_SANDBOX_REUSED;
+    else if (s && strcmp(s, "resumed") == 0)
+        *use = SBX_SANDBOX_RESUMED;
+    if (*use == SBX_SANDBOX_RESUMED && json_object_object_get_ex(o, "resume_ms", &v) &&
+        json_object_is_type(v, json_type_int)) {
+        int64_t ms = json_object_get_int64(v);
+        *resume_ms = ms < 0 ? 0 : ms > INT32_MAX ? INT32_MAX : (int)ms;
+    }
+}
+
 static void on_wake_done(void *arg, const sbx_http_res *res)
 {
     struct sbx_run *r = arg;
@@ -610,11 +666,14 @@ static void on_wake_done(void *arg, const sbx_http_res *res)
     o = parse_reply(res);
     if (res->status == 200 && (id = str_field(o, "run_id")) != NULL && strlen(id) < sizeof(r->run_id)) {
         snprintf(r->run_id, sizeof(r->run_id), "%s", id);
+        if (r->has_session)
+            sandbox_of(o, &r->sandbox, &r->resume_ms);
         json_object_put(o);
         r->started_ms = sbx_now_ms();
         set_state(r, V_FOLLOW);
-        sbx_info("vmpool", "run start job=%s slot=%s token=%" PRId64 " attempt=%d run=%s agent=%s",
-                 r->job_id, r->slot, r->token, r->attempt, r->run_id, r->base_url);
+        sbx_info("vmpool", "run start job=%s slot=%s token=%" PRId64 " attempt=%d run=%s agent=%s%s%s",
+                 r->job_id, r->slot, r->token, r->attempt, r->run_id, r->base_url,
+                 r->has_session ? " sandbox=" : "", r->has_session ? sandbox_names[r->sandbox] : "");
         report_started(r);
         /* The callback may have canceled us; the run is still ours either way. */
         if (r->canceled)
@@ -723,6 +782,8 @@ static char *wake_body(const sbx_run_req *req)
 
     if (o && job) {
         json_object_object_add(o, "slot", json_object_new_string(req->slot));
+        if (req->session)
+            json_object_object_add(o, "session", json_object_new_string(req->session));
         json_object_object_add(o, "token", json_object_new_int64(req->token));
         json_object_object_add(o, "attempt", json_object_new_int(req->attempt));
         json_object_object_add(o, "job", job);
@@ -818,6 +879,18 @@ static void on_timer(sbx_timer *t) { step(t->data); }
 
 /* ---- ops ---- */
 
+/* What provider.h promises a session name is; the agent checks it too. */
+static int session_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > SBX_SESSION_NAME_MAX)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+            return 0;
+    return 1;
+}
+
 /* "<id>" or "<id>#<digits>", id as an agent's SBX_AGENT_ID. */
 static int slot_vm(const char *slot, char vm[VM_ID_MAX + 1])
 {
@@ -865,6 +938,11 @@ static int vm_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, voi
         snprintf(err, errlen, "job has neither command nor script");
         return -EINVAL;
     }
+    if (req->session && !session_name_ok(req->session)) {
+        snprintf(err, errlen, "session name %.64s is not [a-z0-9-]{1,%d}", req->session,
+                 SBX_SESSION_NAME_MAX);
+        return -EINVAL;
+    }
     r = calloc(1, sizeof(*r));
     if (!r || !(r->wake_body = wake_body(req))) {
         free(r);
@@ -876,6 +954,7 @@ static int vm_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, voi
     r->arg = arg;
     r->token = req->token;
     r->attempt = req->attempt;
+    r->has_session = req->session != NULL;
     r->out = req->output;
     r->out_arg = req->output_arg;
     r->timeout_s = req->job->timeout_s > 0 ? req->job->timeout_s : SBX_DEFAULT_TIMEOUT_S;
@@ -921,6 +1000,236 @@ static void vm_cancel(sbx_provider *bp, sbx_run *r)
     case V_DONE:
         return;
     }
+}
+
+/* ---- session_op ---- */
+
+typedef enum sopstate { S_LOOKUP, S_SEND } sopstate;
+
+typedef struct sop {
+    vmpool *p;
+    struct sop *prev, *next;
+    sopstate st;
+    sbx_session_op op;
+    char slot[SLOT_MAX + 1];
+    char vm[VM_ID_MAX + 1];
+    char session[SBX_SESSION_NAME_MAX + 1];
+    int64_t token;
+    char base_url[BASE_URL_MAX + 1];
+    sbx_http_handle *h;
+    sbx_timer t;
+    uint64_t backoff_ms, silent_since_ms, busy_since_ms;
+    sbx_session_cb cb;
+    void *arg;
+} sop;
+
+static const char *sop_name(const sop *o) { return o->op == SBX_SESSION_PAUSE ? "pause" : "destroy"; }
+
+static void sop_unlink(sop *o)
+{
+    vmpool *p = o->p;
+    if (o->prev)
+        o->prev->next = o->next;
+    else if (p->sops == o)
+        p->sops = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    o->prev = o->next = NULL;
+}
+
+static void sop_free(sop *o)
+{
+    sbx_timer_stop(o->p->base.loop, &o->t);
+    if (o->h)
+        sbx_http_cancel(o->h);
+    free(o);
+}
+
+/* The answer, once; always from the loop (a timer, an HTTP or Redis reply). */
+static void sop_done(sop *o, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void sop_done(sop *o, int rc, const char *fmt, ...)
+{
+    sbx_session_cb cb = o->cb;
+    void *arg = o->arg;
+    char why[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    sbx_log(rc ? SBX_LOG_WARN : SBX_LOG_INFO, "vmpool",
+            "session %s %s slot=%s token=%" PRId64 " rc=%d%s%s", sop_name(o), o->session, o->slot,
+            o->token, rc, why[0] ? " " : "", why);
+    sop_unlink(o);
+    sop_free(o);
+    cb(arg, rc, why);
+}
+
+/* No answer (Redis or the agent): again after a backoff, until
+ * unreachable_ms of silence. */
+static void sop_silent(sop *o, const char *what)
+{
+    uint64_t now = sbx_now_ms();
+    if (!o->silent_since_ms)
+        o->silent_since_ms = now;
+    if (now - o->silent_since_ms >= (uint64_t)o->p->unreachable_ms) {
+        sop_done(o, -EHOSTUNREACH, "%s of %s unreachable for %" PRIu64 " ms: %s",
+                 o->st == S_LOOKUP ? "redis, asked for the agent" : "agent", o->vm,
+                 now - o->silent_since_ms, what);
+        return;
+    }
+    sbx_timer_start(o->p->base.loop, &o->t, backoff_next(&o->backoff_ms));
+}
+
+static void on_sop_done(void *arg, const sbx_http_res *res)
+{
+    sop *o = arg;
+    json_object *j;
+    const char *e, *st;
+    char why[256];
+    uint64_t now = sbx_now_ms();
+
+    o->h = NULL;
+    if (res->code != SBX_HTTP_OK) {
+        sop_silent(o, res->error);
+        return;
+    }
+    if (res->status == 503) {
+        /* Stopping, or its Redis did not confirm the token yet: a pause
+         * could come through later; the agent stays the one to ask. */
+        agent_error(res, why, sizeof(why));
+        sop_silent(o, why);
+        return;
+    }
+    o->silent_since_ms = 0;
+    o->backoff_ms = 0;
+    j = parse_reply(res);
+    e = str_field(j, "error");
+    if (res->status == 200) {
+        st = str_field(j, "state");
+        sop_done(o, 0, "%s", st ? st : "");
+        json_object_put(j);
+        return;
+    }
+    if (res->status == 409 && e && strcmp(e, "busy") == 0) {
+        json_object_put(j);
+        if (!o->busy_since_ms)
+            o->busy_since_ms = now;
+        if (now - o->busy_since_ms < (uint64_t)o->p->busy_retry_ms) {
+            sbx_timer_start(o->p->base.loop, &o->t, backoff_next(&o->backoff_ms));
+            return;
+        }
+        agent_error(res, why, sizeof(why));
+        sop_done(o, -EBUSY, "slot stayed busy for %" PRIu64 " ms: %s", now - o->busy_since_ms, why);
+        return;
+    }
+    agent_error(res, why, sizeof(why));
+    if (res->status == 409 && e && (strcmp(e, "stale_token") == 0 || strcmp(e, "future_token") == 0))
+        sop_done(o, -ESTALE, "agent of %s refused the token: %s", o->vm, why);
+    else if (res->status == 404 && e && strcmp(e, "unknown_slot") == 0)
+        sop_done(o, -ENOENT, "agent of %s: %s", o->vm, why);
+    else if (res->status == 501)
+        sop_done(o, -ENOTSUP, "agent of %s: %s", o->vm, why);
+    else
+        sop_done(o, -EIO, "agent of %s: %s", o->vm, why);
+    json_object_put(j);
+}
+
+static void sop_send(sop *o)
+{
+    char path[SBX_SESSION_NAME_MAX + 32], body[SLOT_MAX + 64];
+    json_object *j = json_object_new_object();
+    const char *txt;
+
+    snprintf(path, sizeof(path), "/sessions/%s/%s", o->session, sop_name(o));
+    if (!j) {
+        sop_done(o, -ENOMEM, "out of memory");
+        return;
+    }
+    json_object_object_add(j, "slot", json_object_new_string(o->slot));
+    json_object_object_add(j, "token", json_object_new_int64(o->token));
+    txt = json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN);
+    snprintf(body, sizeof(body), "%s", txt ? txt : "");
+    json_object_put(j);
+    if (agent_request(o->p, o->base_url, "POST", path, body, SESSION_TIMEOUT_MS, on_sop_done, o,
+                      &o->h) != 0)
+        sop_silent(o, "cannot start a request");
+}
+
+static void on_sop_lookup(void *arg, redisReply *rep)
+{
+    sop *o = arg;
+
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        sop_silent(o, rep ? rep->str : "redis connection lost");
+        return;
+    }
+    if (rep->type != REDIS_REPLY_STRING || rep->len == 0 || rep->len > BASE_URL_MAX) {
+        sop_done(o, -ENOENT, "vm %s is not registered ({sbx}:vm:%s has no usable base_url)", o->vm,
+                 o->vm);
+        return;
+    }
+    memcpy(o->base_url, rep->str, rep->len);
+    o->base_url[rep->len] = '\0';
+    o->silent_since_ms = 0;
+    o->backoff_ms = 0;
+    o->st = S_SEND;
+    sop_send(o);
+}
+
+static void on_sop_timer(sbx_timer *t)
+{
+    sop *o = t->data;
+    char key[VM_ID_MAX + 16];
+    const char *argv[] = {"HGET", key, SBX_RKEY_VM_BASE_URL};
+    size_t lens[3];
+
+    if (o->st == S_SEND) {
+        sop_send(o);
+        return;
+    }
+    snprintf(key, sizeof(key), SBX_RKEY_VM "%s", o->vm);
+    for (int i = 0; i < 3; i++)
+        lens[i] = strlen(argv[i]);
+    /* A reply due cannot be withdrawn; destroy() frees the connection,
+     * which drops it, before it frees the op. */
+    if (sbx_redis_cmd(o->p->redis, on_sop_lookup, o, 3, argv, lens) != 0)
+        sop_silent(o, "redis unreachable");
+}
+
+static int vm_session_op(sbx_provider *bp, sbx_session_op op, const char *slot, const char *session,
+                         int64_t token, sbx_session_cb cb, void *arg)
+{
+    vmpool *p = (vmpool *)bp;
+    char vm[VM_ID_MAX + 1];
+    sop *o;
+
+    if (slot_vm(slot, vm) != 0)
+        return -ENOENT;
+    if (!session || !session_name_ok(session) || token <= 0 ||
+        (op != SBX_SESSION_PAUSE && op != SBX_SESSION_DESTROY))
+        return -EINVAL;
+    o = calloc(1, sizeof(*o));
+    if (!o)
+        return -ENOMEM;
+    o->p = p;
+    o->op = op;
+    o->token = token;
+    o->cb = cb;
+    o->arg = arg;
+    o->st = S_LOOKUP;
+    snprintf(o->slot, sizeof(o->slot), "%s", slot);
+    snprintf(o->vm, sizeof(o->vm), "%s", vm);
+    snprintf(o->session, sizeof(o->session), "%s", session);
+    sbx_timer_init(&o->t, on_sop_timer, o);
+    /* The first step runs from the loop: no callback from inside the call. */
+    sbx_timer_start(bp->loop, &o->t, 0);
+    o->next = p->sops;
+    if (p->sops)
+        p->sops->prev = o;
+    p->sops = o;
+    sbx_debug("vmpool", "session %s %s slot=%s token=%" PRId64, sop_name(o), session, slot, token);
+    return 0;
 }
 
 static size_t vm_slots(sbx_provider *bp, const char ***ids)
@@ -1006,6 +1315,14 @@ static void vm_destroy(sbx_provider *bp)
         run_free(r);
         n++;
     }
+    while (p->sops) {
+        sop *o = p->sops;
+        p->sops = o->next;
+        o->h = NULL; /* went with p->http */
+        sbx_info("vmpool", "session %s %s abandoned at shutdown slot=%s", sop_name(o), o->session,
+                 o->slot);
+        sop_free(o);
+    }
     sbx_info("vmpool", "provider closed abandoned=%d", n);
     free(p->auth);
     free(p);
@@ -1017,6 +1334,7 @@ static const sbx_provider_ops vmpool_ops = {
     .cancel = vm_cancel,
     .slots = vm_slots,
     .pool = vm_pool,
+    .session_op = vm_session_op,
     .destroy = vm_destroy,
 };
 

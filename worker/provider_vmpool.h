@@ -15,6 +15,11 @@
  * the worker retries, on another VM since the lease moves. A cancel()ed run
  * always ends CANCELED, as with every provider. sbx_result.instance is the
  * VM id; preview_url is the agent's, so it points at the VM that built it.
+ *
+ * Sessions: the agent keeps a session's sandbox on its slot between runs
+ * (agent/runs.h) and says which sandbox a run got; session_op() pauses
+ * (cgroup freezer) or destroys it through the agent, fenced by the token.
+ * Cancel and timeout of a session's run end its sandbox (the next is NEW).
  */
 #ifndef SBX_PROVIDER_VMPOOL_H
 #define SBX_PROVIDER_VMPOOL_H

@@ -8,7 +8,7 @@ WORKER_CORE_SRCS := worker/offsets.c worker/lease.c worker/db.c worker/config.c 
                     worker/job.c worker/provider_local.c worker/http.c \
                     worker/provider_docker.c worker/provider_fly.c \
                     worker/provider_vmpool.c worker/admin.c
-WORKER_CORE_SRCS += worker/docker_tar.c worker/docker_logs.c worker/fly_api.c worker/fly_logs.c worker/fly_session.c
+WORKER_CORE_SRCS += worker/docker_tar.c worker/docker_logs.c worker/fly_api.c worker/fly_logs.c worker/fly_session.c worker/fly_warm.c
 WORKER_CORE_SRCS += worker/ssh_tunnel.c worker/docker_hosts.c
 WORKER_CORE_SRCS += worker/runlog.c
 WORKER_CORE_OBJS := $(WORKER_CORE_SRCS:%.c=$(BUILD)/obj/%.o) $(COMMON_OBJS)

@@ -176,6 +176,11 @@ static void serve(int fd)
                 len);
         if (write(fd, body, (size_t)len) != len)
             return;
+        /* A client that asked to close (HTTP/1.1 keep-alive otherwise)
+         * reads to the end of the connection. */
+        *end = '\0';
+        if (strcasestr(head, "\nConnection: close"))
+            return;
         n -= (size_t)(end + 4 - head);
         memmove(head, end + 4, n);
     }

@@ -74,6 +74,8 @@ def serve(c, port, root):
                     body = ("devserver %d saw %s\n" % (port, path)).encode()
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                           b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                if hdrs.get("connection", "").lower() == "close":
+                    return        # HTTP/1.1: the client reads to the end
         except (EOFError, OSError):
             return
 
@@ -81,9 +83,18 @@ def serve(c, port, root):
 def main():
     port = int(sys.argv[1])
     root = sys.argv[2] if len(sys.argv) > 2 else "."
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
+    # Both families where the host has IPv6: a Fly Machine is reached at its
+    # 6PN address (IPv6 only; Fly's private-networking doc: bind to ::), the
+    # others at an IPv4 one.
+    try:
+        ls = socket.socket(socket.AF_INET6)
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("::", port))
+    except OSError:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("0.0.0.0", port))
     ls.listen(64)
     print("devserver.py listening on %d" % port, flush=True)
     while True:

@@ -12,13 +12,14 @@ What it owns:
   - The documented routes under /v1/apps/{app}/machines: list (metadata.k=v,
     region and include_deleted filters), create, get, update, wait, start,
     stop, suspend, delete (?force=true), lease (create/get/release), events,
-    exec (with stdin).
+    exec (with stdin), metadata (get, set and delete a key).
   - The machine life cycle with small real delays:
         created -> starting -> started -> stopping -> stopped
                 -> destroying -> destroyed        (+ failed, replacing)
         started -> suspending -> suspended -> (start) starting -> started
     `started` means a real process is running: config.init (exec, or
-    entrypoint + cmd) runs in a bubblewrap sandbox with no network, a
+    entrypoint + cmd) runs in a bubblewrap sandbox whose only network is
+    its 6PN address (private_ip, reachable from this host: Emulator.net_up), a
     read-only /usr, a private /tmp, config.files written where they ask
     (raw_value only) and the machine's env. Its exit is recorded
     as an `exit` event, in the shape the real API uses:
@@ -42,8 +43,9 @@ What it does not do (and says so):
     visible --log-delay-ms after they were written. As an EMULATOR EXTENSION
     the raw output is also at GET /_emu/machines/{id}/logs (text/plain, the
     last --max-log-bytes; ?tail=N for fewer). Both need the bearer token.
-  - guest limits are validated but not enforced on the process; there is no
-    6PN network, no services, volumes or checks.
+  - guest limits are validated but not enforced on the process; 6PN is one
+    veth per machine to this host only (no machine-to-machine traffic, no
+    .internal DNS); no services, volumes or checks.
   - suspend (fly.io/docs/reference/suspend-resume) freezes every process of
     the machine with SIGSTOP and start thaws them with SIGCONT after
     resume_ms: memory and the root filesystem are kept, as a Firecracker
@@ -127,6 +129,11 @@ REQUEST_LOG_MAX = 5000
 LOG_ENTRIES_MAX = 200000
 MACHINES_MAX = 5000
 EXEC_READY_S = 3
+# The emulator's 6PN "organization": the third group of every private_ip.
+ORG = random.randrange(1, 0xffff)
+# A machine's address and the host's end share this prefix; nothing else is
+# routed (the machine has no default route), so traffic stays on this host.
+NET_PREFIX = 112
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ADJ = ("aged", "bold", "calm", "dry", "empty", "fancy", "green", "lively", "misty", "quiet")
 NOUN = ("wind", "river", "field", "leaf", "sun", "moon", "stone", "wave", "snow", "fire")
@@ -269,7 +276,12 @@ class Machine:
         self.config = config
         self.state = "created"
         self.instance_id = ulid()
-        self.private_ip = "fdaa:0:%x:a7b:%x:%x:%x:2" % tuple(random.randrange(1, 0xffff) for _ in range(4))
+        # 6PN: a ULA per machine inside the org's fdaa::/16 (fly.io/docs/reference/
+        # private-networking); the emulator's org is one random group, so two
+        # emulators on a host do not share addresses.
+        self.private_ip = "fdaa:0:%x:a7b:%x:%x:%x:2" % ((ORG,) + tuple(
+            random.randrange(1, 0xffff) for _ in range(3)))
+        self.host_if = None        # the host end of the machine's veth, while it has one
         self.created_at = self.updated_at = iso()
         self.events = []           # newest first, like the API
         self.history = []          # (state, instance_id) in order, for wait
@@ -295,6 +307,7 @@ class Machine:
 class Emulator:
     def __init__(self, args):
         self.args = args
+        self.net_warned = False
         self.cv = threading.Condition()
         self.machines = collections.OrderedDict()   # id -> Machine
         self.initial_regions = []
@@ -517,8 +530,10 @@ class Emulator:
                               "--file", str(fd), f["guest_path"]]
             info_r, info_w = os.pipe()
             out_r, out_w = os.pipe()
+            block_r, block_w = os.pipe()
+            file_fds.append(block_r)
             argv = [self.args.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-                    "--info-fd", str(info_w),
+                    "--info-fd", str(info_w), "--block-fd", str(block_r),
                     "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
                     "--symlink", "usr/sbin", "/sbin",
                     "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -531,6 +546,7 @@ class Emulator:
             except OSError:
                 os.close(info_r)
                 os.close(out_r)
+                os.close(block_w)
                 raise
             finally:
                 os.close(info_w)
@@ -540,9 +556,46 @@ class Emulator:
                 os.close(fd)
         m.proc = proc
         m.init_pid = None
-        threading.Thread(target=self.reader, args=(m, proc, info_r, out_r), daemon=True).start()
+        threading.Thread(target=self.reader, args=(m, proc, info_r, out_r, block_w),
+                         daemon=True).start()
 
-    def reader(self, m, proc, info_r, out_r):
+    def net_up(self, m, pid):
+        """The machine's 6PN address (fly.io/docs/reference/private-networking:
+        every machine has a private IPv6 address, reachable by the org's other
+        machines and its WireGuard peers on any port the app listens on, as
+        `private_ip` in the API). Here: a veth pair from the host into the
+        machine's network namespace, the machine's end at private_ip, the
+        host's at the same address ending :1, one /112 between them and no
+        other route, so the host reaches the machine and the machine reaches
+        nothing else. Needs CAP_NET_ADMIN; without it the machine has only
+        loopback and the address is unreachable (said once on stderr)."""
+        if self.args.no_network or pid is None:
+            return
+        host_ip = m.private_ip.rsplit(":", 1)[0] + ":1"
+        old, m.host_if = m.host_if, "fly" + secrets.token_hex(5)
+        if old:                   # a stop/start: the old namespace may not be gone yet
+            subprocess.run(["ip", "link", "del", old], capture_output=True, timeout=10)
+        cmds = (
+            "link add %s type veth peer name eth0 netns %d\n"
+            "addr add %s/%d dev %s nodad\n"
+            "link set %s up\n" % (m.host_if, pid, host_ip, NET_PREFIX, m.host_if, m.host_if))
+        # lo is bwrap's: it brings it up itself, racing this, and fails if the
+        # kernel's 127.0.0.1 (added when lo goes up) is there first
+        inner = "addr add %s/%d dev eth0 nodad\nlink set eth0 up\n" % (m.private_ip, NET_PREFIX)
+        try:
+            p1 = subprocess.run(["ip", "-force", "-batch", "-"], input=cmds.encode(),
+                                capture_output=True, timeout=10)
+            p2 = subprocess.run(["nsenter", "-t", str(pid), "-n", "--", "ip", "-batch", "-"],
+                                input=inner.encode(), capture_output=True, timeout=10)
+            err = (p1.stderr if p1.returncode else b"") + (p2.stderr if p2.returncode else b"")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            err = str(e).encode()
+        if err and not self.net_warned:
+            self.net_warned = True
+            sys.stderr.write("flyemu: machine networks unavailable (%s); private_ip is not "
+                             "reachable\n" % err.decode(errors="replace").strip())
+
+    def reader(self, m, proc, info_r, out_r, block_w):
         info = b""
         while True:
             b = os.read(info_r, 4096)
@@ -554,6 +607,13 @@ class Emulator:
             pid = json.loads(info.decode())["child-pid"]
         except (ValueError, KeyError):
             pid = None
+        # the command runs once bwrap reads block_fd: after its network is up
+        self.net_up(m, pid)
+        try:
+            os.write(block_w, b"x")
+        except OSError:
+            pass
+        os.close(block_w)
         with self.cv:
             if m.proc is proc:
                 m.init_pid = pid
@@ -1228,6 +1288,7 @@ MACHINES_RE = re.compile(r"^/v1/apps/([^/]+)/machines$")
 MACHINE_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)$")
 ACTION_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)/"
                        r"(wait|start|stop|suspend|lease|events|exec)$")
+METADATA_RE = re.compile(r"^/v1/apps/([^/]+)/machines/([^/]+)/metadata(?:/([^/]+))?$")
 LOGS_RE = re.compile(r"^/_emu/machines/([^/]+)/logs$")
 FAIL_RE = re.compile(r"^/_emu/fail/([^/]+)$")
 MOVE_RE = re.compile(r"^/_emu/(replace|migrate)/([^/]+)$")
@@ -1241,6 +1302,12 @@ class Handler(BaseHTTPRequestHandler):
     # clients would see a delayed-ACK stall (~40 ms) on every reply.
     disable_nagle_algorithm = True
     emu = None
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            pass                  # the client went away (a worker that exited)
 
     def log_message(self, fmt, *args):
         if self.emu.args.verbose:
@@ -1257,6 +1324,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def reply(self, status, body, headers=None, ctype="application/json"):
         data = body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode()
+        if status == 204:
+            data = b""
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -1337,6 +1406,9 @@ class Handler(BaseHTTPRequestHandler):
                 if action == "list":
                     return emu.list(app, query)
                 return emu.create(app, body)
+        m = METADATA_RE.match(path)
+        if m:
+            return self.metadata(method, m.group(1), m.group(2), m.group(3), body, headers)
         m = MACHINE_RE.match(path) or ACTION_RE.match(path)
         if not m:
             raise ApiError(404, "404 page not found")
@@ -1380,6 +1452,35 @@ class Handler(BaseHTTPRequestHandler):
                 res = emu.lease(method, mach, body, headers)
             # serialize under the lock: the machine keeps changing afterwards
             return res[0], json.loads(json.dumps(res[1]))
+
+    def metadata(self, method, app, mid, key, body, headers):
+        """GET .../metadata, POST .../metadata/{key} {"value": ...}, DELETE
+        .../metadata/{key} (fly-go flaps_machines.go: GetMetadata, SetMetadata,
+        DeleteMetadata; Fly's OpenAPI spec, "Update Metadata"/"Delete Metadata",
+        answers 204). The keys live in config.metadata, where list's
+        metadata.k=v filter and GET read them; no new version, no restart."""
+        emu = self.emu
+        action = {("GET", False): "metadata_get", ("POST", True): "metadata_set",
+                  ("DELETE", True): "metadata_del"}.get((method, key is not None))
+        self.ctx.update(action=action or "", app=app, machine=mid)
+        if not action:
+            raise ApiError(405, "method not allowed")
+        self.authorize(headers)
+        with emu.cv:
+            emu.rate_check(app, action, mid)
+            mach = emu.find(app, mid, allow_destroyed=False)
+            md = mach.config.setdefault("metadata", {})
+            if action == "metadata_get":
+                return 200, dict(md)
+            if action == "metadata_set":
+                value = (body or {}).get("value") if isinstance(body, dict) else None
+                if not isinstance(value, str):
+                    raise ApiError(400, "value is required and must be a string")
+                md[key] = value
+            else:
+                md.pop(key, None)
+            mach.updated_at = iso()
+            return 204, None
 
     def control(self, method, path, query, body, headers):
         emu = self.emu
@@ -1482,6 +1583,8 @@ def main(argv=None):
     ap.add_argument("--default-cmd", default="sleep 3600",
                     help="what a machine runs without init.cmd (stands in for the image CMD)")
     ap.add_argument("--bwrap", default="bwrap")
+    ap.add_argument("--no-network", action="store_true",
+                    help="machines get only loopback (no 6PN address reachable from the host)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     args.token = args.token or ["test-token"]

@@ -149,15 +149,67 @@ def test_clean_exit_omits_exit_code(emu):
     assert "exit_code" not in ee                    # Go omitempty: 0 is left out
 
 
-def test_sandbox_has_no_network_and_env(emu):
+def test_sandbox_env_and_6pn_only(emu):
     m = emu.create(["/bin/sh", "-c",
-                    'echo "G=$GREETING"; cat /sys/class/net/*/operstate 2>/dev/null | wc -l; '
-                    'ls /sys/class/net'],
+                    'echo "G=$GREETING IP=$FLY_PRIVATE_IP"; cat /proc/net/dev; '
+                    'ip -6 route show | grep -c default'],
                    env={"GREETING": "hi"})
     assert emu.wait(m, "stopped")[0] == 200
     logs = emu.call("GET", "/_emu/machines/%s/logs" % m["id"])[1]
     assert b"G=hi" in logs
-    assert b"eth" not in logs                       # only loopback in the sandbox
+    assert ("IP=%s" % m["private_ip"]).encode() in logs
+    assert b"eth0" in logs                          # 6PN, up before the command runs
+    assert logs.rstrip().endswith(b"0")             # no default route: nothing else reachable
+
+
+def test_private_ip_reachable_from_host(emu):
+    """private-networking: the app is reached at private_ip on the port it
+    listens on (bound to ::); suspend freezes it, start brings it back."""
+    import socket
+    srv = ("import socket,sys\n"
+           "s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+           "s.bind(('::',8080));s.listen(8)\n"
+           "while True:\n c,_=s.accept();c.sendall(b'hello from the machine');c.close()\n")
+    m = emu.create(["python3", "-c", srv])
+    assert emu.wait(m, "started")[0] == 200
+
+    def fetch():
+        with socket.create_connection((m["private_ip"], 8080), timeout=2) as c:
+            return c.recv(100)
+    emu.until(lambda: _ok(fetch), 10)
+    assert fetch() == b"hello from the machine"
+    assert emu.api("POST", "/%s/suspend" % m["id"])[0] == 200
+    assert emu.wait(m, "suspended")[0] == 200
+    assert emu.api("POST", "/%s/start" % m["id"])[0] == 200
+    assert emu.wait(m, "started")[0] == 200
+    assert fetch() == b"hello from the machine"
+    assert emu.api("DELETE", "/%s?force=true" % m["id"])[0] == 200
+
+
+def _ok(fn):
+    try:
+        fn()
+        return True
+    except OSError:
+        return False
+
+
+def test_metadata_set_get_delete(emu):
+    """fly-go flaps_machines.go SetMetadata/GetMetadata/DeleteMetadata: POST
+    .../metadata/{key} {"value"}, 204; the list's metadata filter sees it."""
+    m = emu.create(["sleep", "30"], metadata={"a": "1"})
+    assert emu.wait(m, "started")[0] == 200
+    st, body, _ = emu.api("POST", "/%s/metadata/sbx_session" % m["id"], {"value": "s-1"})
+    assert st == 204
+    assert emu.api("GET", "/%s/metadata" % m["id"])[1] == {"a": "1", "sbx_session": "s-1"}
+    time.sleep(0.4)                                  # list_delay_ms of a new machine
+    ids = [x["id"] for x in emu.api("GET", "?metadata.sbx_session=s-1")[1]]
+    assert ids == [m["id"]]
+    assert emu.api("DELETE", "/%s/metadata/a" % m["id"])[0] == 204
+    assert emu.api("GET", "/" + m["id"])[1]["config"]["metadata"] == {"sbx_session": "s-1"}
+    assert emu.api("POST", "/%s/metadata/x" % m["id"], {})[0] == 400
+    assert emu.api("GET", "/%s/metadata" % m["id"], token="bad")[0] == 401
+    assert emu.api("DELETE", "/%s?force=true" % m["id"])[0] == 200
 
 
 def test_wait_timeout_408_and_validation(emu):

@@ -38,10 +38,12 @@
  *  - no answer ever contains the secret file kept beside the previews
  *    (a preview path that leaves its root, by "..", an absolute path or a
  *    symlink the build made);
- *  - afterwards every build ends (by itself, else canceled), every server
- *    connection is closed once its client is (the process holds no more
- *    descriptors than before the input), and /health with the key answers
- *    200 "idle" within HEALTH_MS.
+ *  - afterwards every build ends (by itself, else canceled), every session
+ *    sandbox a wake made goes when destroyed as the worker's sweeper would
+ *    (DESTROY with the slot's newest token), every server connection is
+ *    closed once its client is (the process holds no more descriptors than
+ *    before the input), and /health with the key answers 200 "idle" within
+ *    HEALTH_MS.
  * Between inputs the fixture is rebuilt when a run replaced its preview or
  * pushed it out of the history, and the whole agent is rebuilt when the
  * newest token passes TOKEN_RESET (a fuzzed huge token would make every
@@ -787,9 +789,29 @@ static void cancel_running(void)
                    "cannot cancel run %s (newest token %" PRId64 ")", id, newest);
 }
 
+/* A session's sandbox stays between runs, with its descriptors: DESTROY
+ * it as the sweeper would. A run still on the slot makes that busy (the
+ * cancel above ends it); a dying sandbox is gone at its on_end. */
+static int end_sessions(void)
+{
+    int none = 1;
+    for (size_t i = 0; i < sbx_runs_capacity(g.runs); i++) {
+        const char *name, *state;
+        char n[SBX_RUNS_SESSION_MAX + 1], err[256];
+        int64_t newest = newest_token();
+        if (!sbx_runs_slot_session(g.runs, i, &name, &state))
+            continue;
+        none = 0;
+        snprintf(n, sizeof(n), "%s", name);
+        sbx_runs_session_op(g.runs, SBX_SOP_DESTROY, sbx_runs_slot_id(g.runs, i), n,
+                            newest > 0 ? newest : 1, &newest, err, sizeof(err));
+    }
+    return none;
+}
+
 static int fds_back(void) { return count_fds() <= g.base_fds; }
 
-static int agent_quiet(void) { return runs_idle() && fds_back(); }
+static int agent_quiet(void) { return runs_idle() && end_sessions() && fds_back(); }
 
 /* Once the client sides are closed: nothing is left that could act later.
  * A pipelined wake behind a suspended long poll starts its build only when
@@ -804,6 +826,8 @@ static void quiesce(void)
         sbx_loop_once(g.loop, 5);
     }
     FUZZ_CHECK(runs_idle(), "a build is still running %d ms after its cancel", KILL_GRACE_MS + END_MS);
+    FUZZ_CHECK(end_sessions(), "a session sandbox is still there %d ms after its DESTROY",
+               KILL_GRACE_MS + END_MS);
     if (!fds_back())
         list_fds();
     FUZZ_CHECK(fds_back(), "%d descriptors open after the input, %d before", count_fds(), g.base_fds);

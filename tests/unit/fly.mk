@@ -7,7 +7,7 @@ TEST_BINS += $(BUILD)/tests/test_fly
 $(BUILD)/obj/tests/unit/test_fly.o: CFLAGS += -DSBX_FLYEMU_PATH='"$(CURDIR)/tests/flyemu/flyemu.py"'
 $(BUILD)/tests/test_fly: $(BUILD)/obj/worker/http.o $(BUILD)/obj/worker/provider_fly.o \
                          $(BUILD)/obj/worker/fly_api.o $(BUILD)/obj/worker/fly_logs.o \
-                         $(BUILD)/obj/worker/fly_session.o \
+                         $(BUILD)/obj/worker/fly_session.o $(BUILD)/obj/worker/fly_warm.o \
                          $(BUILD)/obj/tests/unit/conformance.o
 
 .PHONY: flyemu-test

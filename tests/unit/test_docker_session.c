@@ -19,11 +19,24 @@
  * canceled has its processes killed and the session goes on (REUSED), or,
  * when the kill cannot reach them, its container goes (NEW); either way no
  * build process is left on the host.
+ *
+ * Previews (issue 13, item 3): a dev server (the image's static
+ * /bin/sbx-devserver, tests/devserver/devserver.c) started in the background
+ * by one run is reachable through the worker's proxy (common/preview.h) at
+ * the run's preview_url by a real HTTP client and over a WebSocket (a small
+ * Python client, PREVIEW_CLIENT), 401 without the token, still after PAUSE
+ * and a run that resumes it and after a restart of the provider; DESTROY
+ * closes it. The warm pool (item 4): with warm(1) a session's first run
+ * takes the paused warm container (WARM), another one is made, a job that
+ * does not fit the defaults gets a new one; create-to-running (start() to
+ * STARTED) cold and warm is printed per engine.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include <curl/curl.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -31,11 +44,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <signal.h>
 
 #include "conformance.h"
 #include "http.h"
 #include "loop.h"
+#include "preview.h"
 #include "provider.h"
 #include "provider_docker.h"
 
@@ -85,6 +104,20 @@ static long engine(const char *method, const char *path, reply *r)
     return r->status;
 }
 
+static long engine_json(const char *path, const char *body, reply *r)
+{
+    char url[512];
+    const char *hdrs[] = {"Content-Type: application/json", NULL};
+    sbx_http_req q = {.method = "POST", .url = url, .unix_socket_path = SOCK, .timeout_ms = 30000,
+                      .headers = hdrs, .body = body, .body_len = strlen(body)};
+    snprintf(url, sizeof(url), "http://d/v1.41%s", path);
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(sbx_http_request(H, &q, on_reply, r, NULL), 0);
+    run_until(&r->done, 1, 35000);
+    assert_true(r->done);
+    return r->status;
+}
+
 static char NAME[128]; /* the session's container on SLOT */
 
 /* The session container's State.Status, or "" when there is none. */
@@ -115,6 +148,7 @@ typedef struct tjob {
 
 typedef struct rec {
     int started, finished;
+    uint64_t t_started_ms;   /* when STARTED came */
     sbx_result res;
     sbx_run *run;
     char out[8192];
@@ -140,6 +174,7 @@ static void on_run(void *arg, sbx_run_event ev, const sbx_result *res)
     rec *r = arg;
     if (ev == SBX_RUN_STARTED) {
         r->started++;
+        r->t_started_ms = sbx_now_ms();
         return;
     }
     r->finished++;
@@ -555,6 +590,278 @@ static void test_stopped_container_replaced(void **state)
     assert_string_equal(r.out, "fresh\n");
 }
 
+/* ---- previews ---- */
+
+/* The browser: argv[1] the preview URL, argv[2] what the page must hold.
+ * No token: 401; the URL's token: 302 with the cookie; with the cookie the
+ * dev server's page, then a WebSocket echo. Exit 0 when all held. */
+static const char PREVIEW_CLIENT[] =
+    "import base64,hashlib,os,socket,sys,urllib.parse\n"
+    "url,want=sys.argv[1],sys.argv[2]\n"
+    "u=urllib.parse.urlsplit(url)\n"
+    "def req(path,hdr=''):\n"
+    "    s=socket.create_connection((u.hostname,u.port),timeout=10)\n"
+    "    s.sendall(('GET %s HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n%s\\r\\n'%(path,hdr)).encode())\n"
+    "    d=b''\n"
+    "    while True:\n"
+    "        c=s.recv(65536)\n"
+    "        if not c: break\n"
+    "        d+=c\n"
+    "    h,_,b=d.partition(b'\\r\\n\\r\\n')\n"
+    "    h=h.decode('latin-1').split('\\r\\n')\n"
+    "    return int(h[0].split(' ')[1]),{k.lower():v.strip() for k,_,v in (l.partition(':') for l in h[1:])},b.decode('latin-1')\n"
+    "st,h,b=req('/')\n"
+    "assert st==401,('no token',st)\n"
+    "st,h,b=req('/?'+u.query)\n"
+    "assert st==302,('token',st,h)\n"
+    "ck=h['set-cookie'].split(';')[0]\n"
+    "st,h,b=req('/','Cookie: %s\\r\\n'%ck)\n"
+    "assert st==200 and want in b,('page',st,b)\n"
+    "s=socket.create_connection((u.hostname,u.port),timeout=10)\n"
+    "k=base64.b64encode(os.urandom(16)).decode()\n"
+    "s.sendall(('GET /ws HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
+    "  'Sec-WebSocket-Key: %s\\r\\nSec-WebSocket-Version: 13\\r\\nCookie: %s\\r\\n\\r\\n'%(k,ck)).encode())\n"
+    "d=b''\n"
+    "while b'\\r\\n\\r\\n' not in d: d+=s.recv(4096)\n"
+    "h,_,rest=d.partition(b'\\r\\n\\r\\n')\n"
+    "assert h.startswith(b'HTTP/1.1 101'),h\n"
+    "m=os.urandom(4);p=b'hot-reload'\n"
+    "s.sendall(bytes([0x81,0x80|len(p)])+m+bytes(x^m[i%4] for i,x in enumerate(p)))\n"
+    "while len(rest)<2 or len(rest)<2+rest[1]: rest+=s.recv(4096)\n"
+    "assert rest[2:2+rest[1]]==b'echo:hot-reload',rest\n"
+    "print('preview client: all checks held')\n";
+
+/* Runs PREVIEW_CLIENT against url while the loop (the proxy) turns; its
+ * exit status. */
+static int preview_client(const char *url, const char *want)
+{
+    int status = -1;
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        execlp("python3", "python3", "-c", PREVIEW_CLIENT, url, want, (char *)NULL);
+        _exit(127);
+    }
+    for (uint64_t end = sbx_now_ms() + 30000; sbx_now_ms() < end;) {
+        if (waitpid(child, &status, WNOHANG) == child)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        sbx_loop_once(L, 10);
+    }
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+    fail_msg("preview client did not finish in 30 s");
+    return -1;
+}
+
+static int url_connects(const char *url)
+{
+    const char *c = strrchr(url, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(c + 1)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+#define DEV_PORT 8000
+#define DEV_START "echo hello-preview > index.html; sbx-devserver 8000 . > dev.log 2>&1 & " \
+                  "for i in $(seq 50); do grep -q listening dev.log && break; sleep 0.1; done; cat dev.log"
+
+static void test_preview_through_proxy(void **state)
+{
+    sbx_previews *ps;
+    sbx_previews_cfg cfg = {0};
+    int base = 30000 + (int)(getpid() % 1000) * 10;
+    char err[256] = "", url[SBX_PREVIEW_URL_MAX];
+    rec r;
+    tjob t;
+    (void)state;
+
+    cfg.loop = L;
+    cfg.bind_host = "127.0.0.1";
+    cfg.port_min = base;
+    cfg.port_max = base + 9;
+    cfg.secret = "test-docker-session";
+    assert_int_equal(sbx_previews_new(&cfg, &ps, err, sizeof(err)), 0);
+    P->previews = ps;
+
+    job_init(&t, DEV_START, 60);
+    t.job.session_preview_port = DEV_PORT;
+    session_run(&t, &r, 70000);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_non_null(strstr(r.out, "listening"));
+    assert_non_null(strstr(r.res.preview_url, "?sbx_token="));
+    snprintf(url, sizeof(url), "%s", r.res.preview_url);
+    printf("docker preview (%s): %s\n", ENGINE, url);
+    assert_int_equal(preview_client(url, "hello-preview"), 0);
+
+    /* Paused, then a run resumes it: the same URL, the same dev server. */
+    assert_int_equal(session_op(SBX_SESSION_PAUSE), 0);
+    job_init(&t, "echo again", 60);
+    t.job.session_preview_port = DEV_PORT;
+    session_run(&t, &r, 70000);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_string_equal(r.res.preview_url, url);
+    assert_int_equal(preview_client(url, "hello-preview"), 0);
+
+    /* A restarted worker opens it again from what inspect says. */
+    P->ops->destroy(P);
+    P = new_provider(1);
+    P->previews = ps;
+    session_run(&t, &r, 70000);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.res.preview_url, "?sbx_token="));
+    snprintf(url, sizeof(url), "%s", r.res.preview_url);
+    assert_int_equal(preview_client(url, "hello-preview"), 0);
+
+    /* DESTROY closes it. */
+    assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
+    sbx_loop_once(L, 0);
+    assert_false(url_connects(url));
+    P->ops->destroy(P);
+    P = new_provider(0);
+    sbx_previews_free(ps);
+}
+
+/* ---- the warm pool ---- */
+
+/* This worker's warm containers not taken yet, and of those, paused. */
+static int warm_count(int *paused)
+{
+    static reply rp;
+    char filters[256], path[512], *esc;
+    json_object *arr;
+    int n = 0;
+    snprintf(filters, sizeof(filters), "{\"label\":[\"sbx.warm=1\",\"sbx.worker=%s\"]}", WORKER);
+    esc = curl_escape(filters, 0);
+    snprintf(path, sizeof(path), "/containers/json?all=1&filters=%s", esc);
+    curl_free(esc);
+    assert_int_equal(engine("GET", path, &rp), 200);
+    arr = json_tokener_parse(rp.body);
+    *paused = 0;
+    for (size_t i = 0; arr && i < json_object_array_length(arr); i++) {
+        json_object *c = json_object_array_get_idx(arr, i), *v;
+        if (!json_object_object_get_ex(c, "Names", &v) ||
+            strncmp(json_object_get_string(json_object_array_get_idx(v, 0)), "/sbx-warm-", 10) != 0)
+            continue;
+        n++;
+        if (json_object_object_get_ex(c, "State", &v) && strcmp(json_object_get_string(v), "paused") == 0)
+            (*paused)++;
+    }
+    json_object_put(arr);
+    return n;
+}
+
+static void wait_warm_paused(int want)
+{
+    int paused = 0;
+    for (uint64_t end = sbx_now_ms() + 30000; sbx_now_ms() < end;) {
+        warm_count(&paused);
+        if (paused >= want)
+            break;
+        for (int i = 0; i < 10; i++)
+            sbx_loop_once(L, 10);
+    }
+    assert_true(paused >= want);
+}
+
+/* start() to STARTED of a session's first run; the run's sandbox use. */
+static int first_run_ms(rec *r, const char *script, int memory_mb)
+{
+    tjob t;
+    uint64_t t0 = sbx_now_ms();
+    job_init(&t, script, 60);
+    t.job.memory_mb = memory_mb;
+    session_run(&t, r, 70000);
+    assert_int_equal(r->res.outcome, SBX_OUTCOME_SUCCEEDED);
+    return (int)(r->t_started_ms - t0);
+}
+
+static void test_warm_pool(void **state)
+{
+    int cold[3], warm[3], paused, swept[3] = {0};
+    rec r;
+    (void)state;
+
+    /* Cold: a new container per session (each destroyed after). */
+    for (int i = 0; i < 3; i++) {
+        cold[i] = first_run_ms(&r, "echo cold", 0);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+        assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
+    }
+    P->ops->warm(P, 1);
+    for (int i = 0; i < 3; i++) {
+        wait_warm_paused(1);
+        warm[i] = first_run_ms(&r, "echo warm > w; cat w; id -u", 0);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_WARM);
+        assert_string_equal(r.out, "warm\n65534\n");
+        /* The session's own from now on: found by its name, REUSED. */
+        run_script("cat w", &r);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+        assert_string_equal(r.out, "warm\n");
+        if (i == 0) {
+            /* Paused and resumed like any session's. */
+            assert_int_equal(session_op(SBX_SESSION_PAUSE), 0);
+            run_script("cat w", &r);
+            assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
+        }
+        assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
+    }
+    /* Another one is made in the background. */
+    wait_warm_paused(1);
+    assert_int_equal(warm_count(&paused), 1);
+    /* A job off the defaults gets a container of its own. */
+    first_run_ms(&r, "echo own", 128);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_int_equal(warm_count(&paused), 1);
+    assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
+    /* The sweeper leaves the pool of a live provider and a session that
+     * took a warm container; it removes the warm one a dead predecessor
+     * with this worker id left (made here as it would have). */
+    {
+        static reply rp;
+        char body[512], st[32];
+        snprintf(body, sizeof(body),
+                 "{\"Image\":\"%s\",\"Cmd\":[\"/bin/sh\",\"-c\",\"sleep 1234576\"],"
+                 "\"Labels\":{\"sbx.warm\":\"1\",\"sbx.worker\":\"%s\",\"sbx.pool\":\"docker\"},"
+                 "\"HostConfig\":{\"NetworkMode\":\"none\"}}", IMAGE, WORKER);
+        assert_int_equal(engine_json("/containers/create?name=sbx-warm-a-dead0000-1", body, &rp), 201);
+        first_run_ms(&r, "echo taken", 0);
+        assert_int_equal(r.res.sandbox, SBX_SANDBOX_WARM);
+        wait_warm_paused(1);
+        assert_int_equal(warm_count(&paused), 2); /* ours and the dead one's */
+        assert_int_equal(sbx_docker_sweep(P, on_swept, swept), 0);
+        run_until(&swept[0], 1, 35000);
+        assert_int_equal(swept[1], 1);
+        assert_int_equal(warm_count(&paused), 1);
+        assert_int_equal(paused, 1);
+        assert_string_equal(container_status(st, sizeof(st)), "running");
+        assert_int_equal(session_op(SBX_SESSION_DESTROY), 0);
+    }
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++) {
+            if (cold[j] < cold[i]) {
+                int x = cold[i];
+                cold[i] = cold[j];
+                cold[j] = x;
+            }
+            if (warm[j] < warm[i]) {
+                int x = warm[i];
+                warm[i] = warm[j];
+                warm[j] = x;
+            }
+        }
+    printf("docker create-to-running (%s): cold median %d ms (min %d max %d), warm median %d ms "
+           "(min %d max %d), of 3\n", ENGINE, cold[1], cold[0], cold[2], warm[1], warm[0], warm[2]);
+    fflush(stdout);
+    /* The pool dies with the provider. */
+    P->ops->destroy(P);
+    P = new_provider(0);
+    assert_int_equal(warm_count(&paused), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -564,6 +871,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeout_kills_build, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_unkillable_removes_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stopped_container_replaced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_preview_through_proxy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_warm_pool, setup, teardown),
     };
     SOCK = getenv("SBX_TEST_DOCKER_SOCK");
     IMAGE = getenv("SBX_TEST_DOCKER_IMAGE");
@@ -578,5 +887,7 @@ int main(void)
     snprintf(WORKER, sizeof(WORKER), "test-sess-%d", (int)getpid());
     snprintf(ENDPOINT, sizeof(ENDPOINT), "unix://%s", SOCK);
     HOSTS[0].endpoint = ENDPOINT;
+    if (getenv("SBX_TEST_FILTER")) /* one scenario, e.g. SBX_TEST_FILTER=test_warm_pool */
+        cmocka_set_test_filter(getenv("SBX_TEST_FILTER"));
     return cmocka_run_group_tests_name("docker sessions", tests, NULL, NULL);
 }

@@ -37,6 +37,7 @@
 #include "conformance.h"
 #include "http.h"
 #include "loop.h"
+#include "preview.h"
 #include "provider_fly.h"
 
 #ifndef SBX_FLYEMU_PATH
@@ -1102,6 +1103,8 @@ static void t_create_to_running_latency(void **state)
 
 #define SESSION "s-0123456789abcdef0123456789abcdef"
 
+static int sess_preview_port;     /* session.preview_port of the next sess_run */
+
 static int sess_run(fenv *e, sbx_provider *p, const char *session, const char *script,
                     int timeout_s, frun *r, sbx_kv *files, size_t nfiles)
 {
@@ -1117,6 +1120,7 @@ static int sess_run(fenv *e, sbx_provider *p, const char *session, const char *s
     e->job.timeout_s = timeout_s;
     e->job.files = files;
     e->job.nfiles = nfiles;
+    e->job.session_preview_port = sess_preview_port;
     req.job = &e->job;
     req.slot = e->slots[0];
     req.token = next_token++;
@@ -1423,6 +1427,244 @@ static void t_session_stale_token_busy(void **state)
     assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
 }
 
+/* ---- previews and the warm pool ---- */
+
+#define DEVSERVER_PY "tests/devserver/devserver.py"
+#define PREVIEW_PORT 8000
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    n = ftell(f);
+    rewind(f);
+    buf = calloc(1, (size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return buf;
+}
+
+/* The browser (fly_preview_check.py) against the proxy, while our loop runs
+ * the proxy. Returns its exit status. */
+static int browse(fenv *e, const char *url, const char *text)
+{
+    int status = -1;
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        execlp("python3", "python3", "tests/unit/fly_preview_check.py", url, text, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 3000 && waitpid(child, &status, WNOHANG) != child; i++)
+        sbx_loop_once(e->loop, 10);
+    if (!WIFEXITED(status) && waitpid(child, &status, WNOHANG) == 0) {
+        kill(child, SIGKILL);
+        waitpid(child, &status, 0);
+        fail_msg("fly_preview_check.py did not finish in 30 s");
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static sbx_previews *previews_on(fenv *e, sbx_provider *p, int off)
+{
+    sbx_previews_cfg cfg = {0};
+    sbx_previews *ps = NULL;
+    int base = 22000 + (int)(getpid() % 1000) * 20 + off;
+    char err[256] = "";
+
+    cfg.loop = e->loop;
+    cfg.bind_host = "127.0.0.1";
+    cfg.port_min = base;
+    cfg.port_max = base + 9;
+    cfg.secret = "fly-test-secret";
+    assert_int_equal(sbx_previews_new(&cfg, &ps, err, sizeof(err)), 0);
+    p->previews = ps;
+    return ps;
+}
+
+static int url_answers(const char *url)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "python3 -c \"import socket,sys; socket.create_connection("
+             "('127.0.0.1', %d), timeout=2)\" 2>/dev/null", atoi(strrchr(url, ':') + 1));
+    return system(cmd) == 0;
+}
+
+/* A dev server started in the background by one job of the session is the
+ * session's preview: the worker's proxy dials the machine's private_ip (its
+ * 6PN address) and the dev server's port; a real client needs the URL's
+ * token (401 without), gets the page and a WebSocket echo; after PAUSE, a
+ * job that resumes the machine (naming no port) still has the preview, and
+ * it answers again; another worker that takes the session over with a job
+ * naming no port opens it too (the machine recorded the port); DESTROY
+ * closes it. */
+static void t_session_preview_through_proxy(void **state)
+{
+    fenv *e = *state;
+    sbx_previews *ps = previews_on(e, e->p, 0), *ps2;
+    sbx_kv file = {"devserver.py", NULL};
+    sbx_fly_config c = fast_cfg();
+    sbx_provider *p2 = NULL;
+    char url[SBX_PREVIEW_URL_MAX], url1[SBX_PREVIEW_URL_MAX], err[256] = "";
+    frun r;
+
+    file.value = slurp(DEVSERVER_PY);
+    sess_preview_port = PREVIEW_PORT;
+    assert_int_equal(sess_run(e, e->p, SESSION,
+                              "echo hello-from-the-machine > index.html; "
+                              "nohup python3 devserver.py 8000 . > dev.log 2>&1 & "
+                              "for i in $(seq 50); do grep -q listening dev.log && break; "
+                              "sleep 0.1; done; cat dev.log",
+                              30, &r, &file, 1), 0);
+    sess_preview_port = 0;
+    assert_true(drive_until(e, &r.finished, 60000));
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_non_null(strstr(r.out, "listening on 8000"));
+    assert_non_null(strstr(r.res.preview_url, "?sbx_token="));
+    snprintf(url, sizeof(url), "%s", r.res.preview_url);
+    assert_int_equal(browse(e, url, "hello-from-the-machine"), 0);
+
+    assert_int_equal(sess_op(e, SBX_SESSION_PAUSE), 0);
+    assert_string_equal(session_machine_state(), "suspended");
+    assert_int_equal(sess_job(e, e->p, "echo again", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_string_equal(r.res.preview_url, url);
+    assert_int_equal(browse(e, url, "hello-from-the-machine"), 0);
+    snprintf(url1, sizeof(url1), "%s", url);
+    print_message("    fly preview %.*s: HTTP and WebSocket through private_ip, before and "
+                  "after a pause (resume_ms=%d)\n", (int)strcspn(url, "?"), url,
+                  r.res.resume_ms);
+
+    c.worker_id = "w-fly-second";
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p2, err, sizeof(err)), 0);
+    ps2 = previews_on(e, p2, 10);
+    assert_int_equal(sess_job(e, p2, "echo taken-over", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_non_null(strstr(r.res.preview_url, "?sbx_token="));
+    assert_string_not_equal(r.res.preview_url, url);      /* its own proxy's port */
+    snprintf(url, sizeof(url), "%s", r.res.preview_url);
+    assert_int_equal(browse(e, url, "hello-from-the-machine"), 0);
+    p2->ops->destroy(p2);
+    sbx_previews_free(ps2);
+
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+    sbx_loop_once(e->loop, 0);
+    assert_false(url_answers(url1));
+    free((char *)file.value);
+    e->p->previews = NULL;
+    sbx_previews_free(ps);
+}
+
+/* Machines of the emulator with metadata sbx_warm, and how many are in st. */
+static size_t warm_machines(const char *st, size_t *in_state)
+{
+    json_object *list = NULL, *v;
+    size_t n = 0;
+    *in_state = 0;
+    assert_int_equal(emu_call("GET", "/_emu/machines", NULL, &list), 200);
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *m = json_object_array_get_idx(list, i), *cfg, *md;
+        if (!json_object_object_get_ex(m, "config", &cfg) ||
+            !json_object_object_get_ex(cfg, "metadata", &md) ||
+            !json_object_object_get_ex(md, "sbx_warm", &v) ||
+            json_object_object_get_ex(md, "sbx_session", &v))
+            continue;
+        json_object_object_get_ex(m, "state", &v);
+        if (strcmp(json_object_get_string(v), "destroyed") == 0)
+            continue;
+        n++;
+        if (strcmp(json_object_get_string(v), st) == 0)
+            (*in_state)++;
+    }
+    json_object_put(list);
+    return n;
+}
+
+static int warm_ready(fenv *e, uint64_t ms)
+{
+    uint64_t until = sbx_now_ms() + ms;
+    size_t ready = 0;
+    while (sbx_now_ms() < until) {
+        sbx_loop_once(e->loop, 50);
+        warm_machines("suspended", &ready);
+        if (ready)
+            return 1;
+    }
+    return 0;
+}
+
+/* The warm pool: with warm(p, 1) a session's first job takes the suspended
+ * machine made ahead (WARM, resumed instead of created and booted), a new
+ * one is made behind it, the sweep passes over this pool's and destroys a
+ * dead pool's (same worker id, another tag), and destroy() reaps the pool.
+ * Create-to-running (start() to STARTED) cold against warm is printed. */
+static void t_session_warm_pool(void **state)
+{
+    fenv *e = *state;
+    sbx_fly_config c = fast_cfg();
+    sbx_provider *p2 = NULL;
+    char err[256] = "", inst[128];
+    size_t n, ready;
+    double cold_ms, warm_ms;
+    frun r;
+
+    assert_int_equal(sess_job(e, e->p, "echo cold", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    cold_ms = (double)(r.started_us - r.t0_us) / 1000.0;
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+
+    e->p->ops->warm(e->p, 1);
+    assert_true(warm_ready(e, 30000));
+    assert_int_equal(sess_job(e, e->p, "echo warm; test -d /workspace && echo ws", 30, &r),
+                     SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_WARM);
+    assert_non_null(strstr(r.out, "warm\nws"));
+    warm_ms = (double)(r.started_us - r.t0_us) / 1000.0;
+    snprintf(inst, sizeof(inst), "%s", r.res.instance);
+    print_message("    fly create-to-running: cold %.0f ms, warm %.0f ms (resume %d ms; "
+                  "emulated boot 100-300 ms, resume 200-400 ms)\n",
+                  cold_ms, warm_ms, r.res.resume_ms);
+    /* the session keeps it: found again by its metadata */
+    assert_int_equal(sess_job(e, e->p, "echo again", 30, &r), SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(r.res.instance, inst);
+    /* a replacement was made behind it */
+    assert_true(warm_ready(e, 30000));
+
+    /* our sweep passes over our pool (and the session's machine) */
+    sweep_done = 0;
+    assert_int_equal(sbx_fly_sweep(e->p, NULL, on_sweep, NULL), 0);
+    assert_true(drive_until(e, &sweep_done, 30000));
+    assert_int_equal(swept, 0);
+    assert_int_equal(warm_machines("suspended", &ready), 1);
+    /* a later process with this worker id: the pool before it is dead */
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p2, err, sizeof(err)), 0);
+    sweep_done = 0;
+    assert_int_equal(sbx_fly_sweep(p2, NULL, on_sweep, NULL), 0);
+    assert_true(drive_until(e, &sweep_done, 30000));
+    assert_int_equal(swept, 1);
+    assert_string_equal(session_machine_state(), "started");
+    p2->ops->destroy(p2);
+
+    assert_int_equal(sess_op(e, SBX_SESSION_DESTROY), 0);
+
+    /* destroy() reaps the pool: a new warm machine, made and then left */
+    assert_int_equal(sbx_fly_new(e->loop, &c, &p2, err, sizeof(err)), 0);
+    p2->ops->warm(p2, 1);
+    assert_true(warm_ready(e, 30000));
+    p2->ops->destroy(p2);
+    n = warm_machines("suspended", &ready);
+    for (int i = 0; i < 50 && n; i++) {
+        usleep(100000);
+        n = warm_machines("suspended", &ready);
+    }
+    assert_int_equal(n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest fly_tests[] = {
@@ -1468,6 +1710,9 @@ int main(void)
                                         setup_sessions, teardown),
         cmocka_unit_test_setup_teardown(t_session_cancel, setup_sessions, teardown),
         cmocka_unit_test_setup_teardown(t_session_stale_token_busy, setup_sessions, teardown),
+        cmocka_unit_test_setup_teardown(t_session_preview_through_proxy, setup_sessions,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(t_session_warm_pool, setup_sessions, teardown),
     };
     sbx_conformance_opts opts;
     int failed = 0;

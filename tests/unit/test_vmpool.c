@@ -22,6 +22,17 @@
  * heartbeat keeping a VM out of the pool, and registration bringing it
  * back; bad configuration; draining on SIGTERM; and the start -> STARTED
  * latency (median of 20).
+ *
+ * Sessions (issue 13): five runs of one session share the sandbox (a file
+ * of run 1 read by run 5) and a background process of run 1 is alive in
+ * the later runs; session_op(PAUSE) freezes it and the next run reports
+ * RESUMED with resume_ms (printed), the process still alive;
+ * session_op(DESTROY) leaves nothing running and the next run is NEW; both
+ * refuse a stale token; a run of another session, or of none, on a slot
+ * holding a session's sandbox gets the slot once that sandbox is gone; a
+ * canceled or timed-out run takes the sandbox with it; a session's sandbox,
+ * even paused, dies with its agent (kill -9 and restart, or SIGTERM); the
+ * /sessions endpoints raw, and the agent's session metrics.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -293,6 +304,13 @@ static const char *shim_pool(sbx_provider *bp)
     return s->inner->ops->pool(s->inner);
 }
 
+static int shim_session_op(sbx_provider *bp, sbx_session_op op, const char *slot,
+                           const char *session, int64_t token, sbx_session_cb cb, void *arg)
+{
+    shim *s = (shim *)bp;
+    return s->inner->ops->session_op(s->inner, op, slot, session, token, cb, arg);
+}
+
 static void shim_destroy(sbx_provider *bp)
 {
     shim *s = (shim *)bp;
@@ -302,7 +320,8 @@ static void shim_destroy(sbx_provider *bp)
 
 static const sbx_provider_ops shim_ops = {
     .name = "vmpool-test", .start = shim_start, .cancel = shim_cancel,
-    .slots = shim_slots, .pool = shim_pool, .destroy = shim_destroy,
+    .slots = shim_slots, .pool = shim_pool, .session_op = shim_session_op,
+    .destroy = shim_destroy,
 };
 
 static sbx_provider *make_vmpool(sbx_loop *loop)
@@ -392,7 +411,8 @@ static void job_init(sbx_job *j, const char *id, const char *script, int timeout
     j->timeout_s = timeout_s;
 }
 
-static int start_job(tenv *e, const char *slot, int64_t token, const sbx_job *job, vrun *v)
+static int start_in(tenv *e, const char *slot, int64_t token, const sbx_job *job,
+                    const char *session, vrun *v)
 {
     sbx_run_req req = {0}; /* output: NULL unless a test sets it */
     char err[256] = "";
@@ -403,11 +423,17 @@ static int start_job(tenv *e, const char *slot, int64_t token, const sbx_job *jo
     req.slot = slot;
     req.token = token;
     req.attempt = 1;
+    req.session = session;
     v->t0_us = sbx_now_us();
     rc = e->p->ops->start(e->p, &req, on_ev, v, &v->run, err, sizeof(err));
     if (rc)
         print_error("start on %s: %s\n", slot, err);
     return rc;
+}
+
+static int start_job(tenv *e, const char *slot, int64_t token, const sbx_job *job, vrun *v)
+{
+    return start_in(e, slot, token, job, NULL, v);
 }
 
 static int wait_finished(tenv *e, vrun *const *vs, size_t n, int timeout_ms)
@@ -1006,6 +1032,387 @@ static void t_log_follow(void **state)
     assert_string_equal(h.body, "follow-1\nfollow-2\nfollow-3\nfollow-4\nfollow-5\n");
 }
 
+/* ---- sessions ---- */
+
+typedef struct sopres {
+    int done, rc;
+    char why[256];
+} sopres;
+
+static void on_sop(void *arg, int rc, const char *why)
+{
+    sopres *o = arg;
+    o->done++;
+    o->rc = rc;
+    snprintf(o->why, sizeof(o->why), "%s", why ? why : "");
+}
+
+/* session_op to its answer; the answer never comes from inside the call. */
+static int sop(tenv *e, sbx_session_op op, const char *slot, const char *session, int64_t token)
+{
+    sopres o;
+    int rc;
+    memset(&o, 0, sizeof(o));
+    rc = e->p->ops->session_op(e->p, op, slot, session, token, on_sop, &o);
+    if (rc)
+        return rc;
+    assert_int_equal(o.done, 0);
+    test_run_until(e->loop, &o.done, 30000);
+    assert_int_equal(o.done, 1);
+    if (o.rc)
+        print_message("    session %s: rc=%d %s\n", op == SBX_SESSION_PAUSE ? "pause" : "destroy",
+                      o.rc, o.why);
+    return o.rc;
+}
+
+/* One job of session (NULL: none) on slot under a fresh token, to its end. */
+static void session_run(tenv *e, const char *slot, const char *session, const char *id,
+                        const char *script, vrun *v)
+{
+    sbx_job job;
+    job_init(&job, id, script, 60);
+    assert_int_equal(start_in(e, slot, next_token(), &job, session, v), 0);
+    assert_true(wait_one(e, v, 40000));
+    if (v->res.outcome != SBX_OUTCOME_SUCCEEDED)
+        print_error("%s: outcome %d error %s log %s\n", id, v->res.outcome, v->res.error,
+                    v->res.log_tail);
+    assert_int_equal(v->res.outcome, SBX_OUTCOME_SUCCEEDED);
+}
+
+/* The agent's /health "sessions" entry for slot: its state, "" if none. */
+static void agent_session(tenv *e, const agent_proc *a, const char *slot, char *state, size_t len)
+{
+    char url[160], pat[128];
+    const char *p;
+    hres h;
+    snprintf(url, sizeof(url), "%s/health", a->url);
+    assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 200);
+    state[0] = '\0';
+    snprintf(pat, sizeof(pat), "{\"slot\":\"%s\",\"session\":", slot);
+    p = strstr(h.body, pat);
+    if (p)
+        json_str(p, "state", state, len);
+}
+
+static void session_name(char out[40], int k)
+{
+    snprintf(out, 40, "s-%024x%08x", (unsigned)getpid(), (unsigned)k);
+}
+
+/* Size of a file in the workspace of a session sandbox of agent a's slot
+ * index i, seen from the host (-1 if absent): the workspace is ws/ of the
+ * sandbox's tmpfs (sandbox.c, disk_total as root). */
+static long long ws_file_size(const agent_proc *a, const char *session, int i, const char *name)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/ws/%s-%d/ws/%s", a->dir, session, i, name);
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* The resume_us= of the agent's last "sandbox=resumed" run line, or -1. */
+static long long agent_resume_us(const agent_proc *a)
+{
+    char *log = read_file(a->log), *p, *last = NULL;
+    long long us = -1;
+    for (p = log; p && (p = strstr(p, "sandbox=resumed resume_us=")) != NULL; p++)
+        last = p;
+    if (last)
+        us = atoll(last + strlen("sandbox=resumed resume_us="));
+    free(log);
+    return us;
+}
+
+static void t_session(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char ss[40], m[64], script[512], st[32], id[32];
+    int64_t t_pause;
+    uint64_t t0, pause_us;
+    long long size;
+    vrun v;
+
+    session_name(ss, 1);
+    sbx_conformance_marker(m, 60);
+    /* Run 1: a file, a process that outlives the run, and one that ticks
+     * into a file every 50 ms (to see the pause). */
+    snprintf(script, sizeof(script),
+             "echo from-run-1 > /workspace/f1; %s </dev/null >/dev/null 2>&1 & echo $! > bg.pid; "
+             "(while :; do echo t >> tick; sleep 0.05; done) </dev/null >/dev/null 2>&1 & "
+             "echo one", m);
+    session_run(e, a->id, ss, "j-sess-1", script, &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "one\n");
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "idle");
+    /* Runs 2-5: the same sandbox, the same workspace, run 1's process alive. */
+    for (int i = 2; i <= 5; i++) {
+        snprintf(id, sizeof(id), "j-sess-%d", i);
+        snprintf(script, sizeof(script),
+                 "kill -0 $(cat bg.pid) && echo $(cat f1) alive-%d", i);
+        session_run(e, a->id, ss, id, script, &v);
+        assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+        snprintf(script, sizeof(script), "from-run-1 alive-%d\n", i);
+        assert_string_equal(v.res.log_tail, script);
+        assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    }
+
+    /* PAUSE: frozen, the process kept; a stale token is refused for both ops. */
+    t_pause = next_token();
+    t0 = sbx_now_us();
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, t_pause), 0);
+    pause_us = sbx_now_us() - t0;
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "paused");
+    /* Frozen: the ticker writes nothing while paused. */
+    size = ws_file_size(a, ss, 0, "tick");
+    assert_true(size > 0);
+    sleep_ms(400);
+    assert_int_equal(ws_file_size(a, ss, 0, "tick"), size);
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, t_pause - 1), -ESTALE);
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, t_pause - 1), -ESTALE);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "paused");
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    /* Pausing again is fine. */
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, t_pause), 0);
+
+    /* The next run resumes it. */
+    session_run(e, a->id, ss, "j-sess-6", "kill -0 $(cat bg.pid) && cat f1", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_RESUMED);
+    assert_string_equal(v.res.log_tail, "from-run-1\n");
+    assert_true(v.res.resume_ms >= 0);
+    print_message("    vmpool session: PAUSE then start() -> RESUMED, resume_ms=%d (agent: thaw "
+                  "%lld us; start -> STARTED %.1f ms, start -> FINISHED %.1f ms)\n",
+                  v.res.resume_ms, agent_resume_us(a), (double)(v.t_started_us - v.t0_us) / 1000.0,
+                  (double)(v.t_finished_us - v.t0_us) / 1000.0);
+    /* Thawed: the ticker goes on. */
+    size = ws_file_size(a, ss, 0, "tick");
+    for (uint64_t until = sbx_now_ms() + 3000;
+         ws_file_size(a, ss, 0, "tick") == size && sbx_now_ms() < until;)
+        sleep_ms(20);
+    assert_true(ws_file_size(a, ss, 0, "tick") > size);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "idle");
+    {
+        char url[160];
+        hres h;
+        snprintf(url, sizeof(url), "%s/metrics", a->url);
+        assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+        assert_int_equal(h.status, 200);
+        assert_non_null(strstr(h.body, "sbx_agent_sessions{state=\"idle\"} 1\n"));
+        assert_non_null(strstr(h.body, "sbx_agent_session_runs_total{sandbox=\"resumed\"} 1\n"));
+        assert_non_null(strstr(h.body, "sbx_agent_session_runs_total{sandbox=\"reused\"} 4\n"));
+    }
+
+    /* DESTROY: nothing left; then NEW, with an empty workspace. */
+    t0 = sbx_now_us();
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+    print_message("    vmpool session_op round trips: PAUSE %.1f ms, DESTROY %.1f ms (until gone)\n",
+                  (double)pause_us / 1000.0, (double)(sbx_now_us() - t0) / 1000.0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "");
+    assert_int_equal(ws_file_size(a, ss, 0, "."), -1);
+    /* A session the agent does not have: DESTROY is done, PAUSE has nothing to do. */
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, next_token()), 0);
+    session_run(e, a->id, ss, "j-sess-7", "test ! -e f1 && echo fresh", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "fresh\n");
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+}
+
+/* The slot holds one session's sandbox; a run of another session, or of
+ * none, ends it first (the agent answers busy until it is gone, the
+ * provider retries), and nothing of it is left. */
+static void t_session_takeover(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[1];
+    char s1[40], s2[40], m[64], script[256], st[32];
+    vrun v;
+
+    session_name(s1, 2);
+    session_name(s2, 3);
+    sbx_conformance_marker(m, 61);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 & echo x > f1", m);
+    session_run(e, a->id, s1, "j-take-1", script, &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    session_run(e, a->id, s2, "j-take-2", "test ! -e f1 && echo other", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "other\n");
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "idle");
+    /* A one-off run: the session's sandbox goes, the run is ONE_OFF. */
+    session_run(e, a->id, NULL, "j-take-3", "test ! -e f1 && echo plain", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_ONE_OFF);
+    assert_string_equal(v.res.log_tail, "plain\n");
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "");
+    /* DESTROY of s1 (long gone) on the slot: done. */
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, s1, next_token()), 0);
+}
+
+/* Cancel and timeout kill the session's processes with its sandbox (the
+ * agent's choice, provider.h allows it): the next run is NEW. */
+static void t_session_cancel(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char ss[40], m[64], script[256], st[32];
+    sbx_job job;
+    vrun v;
+
+    session_name(ss, 5);
+    sbx_conformance_marker(m, 62);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 & echo x > f1", m);
+    session_run(e, a->id, ss, "j-scan-1", script, &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    job_init(&job, "j-scan-2", "sleep 30", 60);
+    assert_int_equal(start_in(e, a->id, next_token(), &job, ss, &v), 0);
+    assert_true(wait_started(e, &v, 10000));
+    e->p->ops->cancel(e->p, v.run);
+    assert_true(wait_one(e, &v, 20000));
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_CANCELED);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+    session_run(e, a->id, ss, "j-scan-3", "test ! -e f1 && echo after-cancel", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "after-cancel\n");
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+
+    /* Timeout: the same. */
+    job_init(&job, "j-scan-4", "echo y > f2; sleep 30", 1);
+    assert_int_equal(start_in(e, a->id, next_token(), &job, ss, &v), 0);
+    assert_true(wait_one(e, &v, 20000));
+    assert_int_equal(v.res.outcome, SBX_OUTCOME_TIMED_OUT);
+    session_run(e, a->id, ss, "j-scan-5", "test ! -e f2 && echo after-timeout", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+    agent_session(e, a, a->id, st, sizeof(st));
+    assert_string_equal(st, "");
+}
+
+/* A session's sandbox does not outlive its agent: after kill -9 and a
+ * restart nothing of it runs, and the session's next run is NEW. Paused
+ * first, the hard case: a frozen process does not die of SIGKILL until it
+ * is thawed, so the restart's sweep has to thaw it. */
+static void t_session_agent_restart(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[1];
+    char ss[40], m[64], script[256];
+    vrun v;
+
+    session_name(ss, 6);
+    sbx_conformance_marker(m, 63);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 & echo x > f1", m);
+    session_run(e, a->id, ss, "j-srst-1", script, &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, a->id, ss, next_token()), 0);
+    kill(a->pid, SIGKILL);
+    waitpid(a->pid, NULL, 0);
+    a->pid = 0;
+    assert_int_equal(agent_start(a), 0);
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    session_run(e, a->id, ss, "j-srst-2", "test ! -e f1 && echo fresh", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_NEW);
+    assert_string_equal(v.res.log_tail, "fresh\n");
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+}
+
+/* A session run's public/ becomes its preview by a copy: the workspace
+ * keeps it for the next run. */
+static void t_session_preview(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char ss[40];
+    hres h;
+    vrun v;
+
+    session_name(ss, 8);
+    session_run(e, a->id, ss, "j-sprev-1", "mkdir -p public && echo hi > public/index.html", &v);
+    assert_true(v.res.preview_url[0] != '\0');
+    assert_int_equal(http(e, "GET", v.res.preview_url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 200);
+    assert_string_equal(h.body, "hi\n");
+    session_run(e, a->id, ss, "j-sprev-2", "cat public/index.html", &v);
+    assert_int_equal(v.res.sandbox, SBX_SANDBOX_REUSED);
+    assert_string_equal(v.res.log_tail, "hi\n");
+    assert_int_equal(sop(e, SBX_SESSION_DESTROY, a->id, ss, next_token()), 0);
+}
+
+/* The agent's side of the protocol, raw: names, bodies, tokens. */
+static void t_session_http(void **state)
+{
+    tenv *e = *state;
+    agent_proc *a = &g_agents[0];
+    char url[200], body[1024], ss[40];
+    int64_t t = next_token();
+    hres h;
+
+    session_name(ss, 4);
+    snprintf(url, sizeof(url), "%s/sessions/%s/destroy", a->url, ss);
+    snprintf(body, sizeof(body), "{\"slot\":\"%s\",\"token\":%" PRId64 "}", a->id, t);
+    assert_int_equal(http(e, "POST", url, "", body, &h), 0);
+    assert_int_equal(h.status, 401);
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 200);
+    assert_non_null(strstr(h.body, "\"state\":\"absent\""));
+    snprintf(body, sizeof(body), "{\"slot\":\"%s\",\"token\":%" PRId64 "}", a->id, t - 1);
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 409);
+    assert_non_null(strstr(h.body, "\"stale_token\""));
+    snprintf(body, sizeof(body), "{\"slot\":\"nope\",\"token\":%" PRId64 "}", t);
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 404);
+    assert_int_equal(http(e, "POST", url, NULL, "{\"slot\":\"x\"}", &h), 0);
+    assert_int_equal(h.status, 400);
+    assert_int_equal(http(e, "GET", url, NULL, NULL, &h), 0);
+    assert_int_equal(h.status, 405);
+    snprintf(url, sizeof(url), "%s/sessions/%s/explode", a->url, ss);
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 404);
+    snprintf(url, sizeof(url), "%s/sessions/Not_A_Name/pause", a->url);
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 404);
+    /* A token far above anything issued is refused (tokens.c). */
+    snprintf(url, sizeof(url), "%s/sessions/%s/pause", a->url, ss);
+    snprintf(body, sizeof(body), "{\"slot\":\"%s\",\"token\":%" PRId64 "}", a->id,
+             (int64_t)1 << 60);
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 409);
+    assert_non_null(strstr(h.body, "\"future_token\""));
+    /* A DESTROY of a live sandbox is answered once it is gone, in one request. */
+    {
+        vrun v;
+        char st[32];
+        session_run(e, a->id, ss, "j-shttp-1", "echo x > f1", &v);
+        snprintf(url, sizeof(url), "%s/sessions/%s/destroy", a->url, ss);
+        snprintf(body, sizeof(body), "{\"slot\":\"%s\",\"token\":%" PRId64 "}", a->id, next_token());
+        assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+        assert_int_equal(h.status, 200);
+        assert_non_null(strstr(h.body, "\"state\":\"destroyed\""));
+        agent_session(e, a, a->id, st, sizeof(st));
+        assert_string_equal(st, "");
+    }
+    /* A wake naming a bad session is the job's fault: 400. */
+    snprintf(url, sizeof(url), "%s/wake", a->url);
+    snprintf(body, sizeof(body),
+             "{\"slot\":\"%s\",\"token\":%" PRId64 ",\"session\":\"BAD/../x\",\"job\":{\"job_id\":"
+             "\"j-badsess\",\"project_id\":\"p\",\"script\":\"true\"}}",
+             a->id, next_token());
+    assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
+    assert_int_equal(h.status, 400);
+}
+
 /* Acquires until NOCAP; no returned slot may be one of `never`'s. Releases
  * what it took. Returns the number acquired. */
 static int acquire_all(tenv *e, const char *tag, const char *never)
@@ -1266,12 +1673,20 @@ static void t_drain(void **state)
 {
     tenv *e = *state;
     agent_proc *a = &g_agents[2];
-    char url[160], body[1024], run[64], s0[64], s1[64], st[32];
+    char url[160], body[1024], run[64], s0[64], s1[64], st[32], ss[40], m[64], script[256];
     hres h;
+    vrun v;
     int status;
 
     snprintf(s0, sizeof(s0), "%s#0", a->id);
     snprintf(s1, sizeof(s1), "%s#1", a->id);
+    /* A paused session's sandbox on the other slot goes with the agent. */
+    session_name(ss, 7);
+    sbx_conformance_marker(m, 64);
+    snprintf(script, sizeof(script), "%s </dev/null >/dev/null 2>&1 &", m);
+    session_run(e, s1, ss, "j-drain-sess", script, &v);
+    assert_int_equal(sop(e, SBX_SESSION_PAUSE, s1, ss, next_token()), 0);
+    assert_true(sbx_conformance_procs_with(m, 1) > 0);
     snprintf(url, sizeof(url), "%s/wake", a->url);
     wake_body(body, sizeof(body), s0, next_token(), "j-drain", "sleep 1; echo drained");
     assert_int_equal(http(e, "POST", url, NULL, body, &h), 0);
@@ -1298,6 +1713,7 @@ static void t_drain(void **state)
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     assert_false(is_member("{sbx}:slots:vmpool", s0));
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
 }
 
 /* Whatever the agents did, their logs hold no sanitizer report (ASan
@@ -1336,6 +1752,9 @@ static void stop_all(void)
 int main(void)
 {
     sbx_conformance_opts opts;
+    const char *shift = getenv("SBX_TEST_UID_SHIFT");
+    /* Moves the uid ranges, as the e2e tests' (helpers of one host apart). */
+    int uid_shift = shift ? atoi(shift) : 0;
     int failed = 0;
     const struct CMUnitTest own[] = {
         cmocka_unit_test_setup_teardown(t_spread, setup, teardown),
@@ -1346,6 +1765,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_preview_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(t_log_follow, setup, teardown),
         cmocka_unit_test_setup_teardown(t_latency20, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_takeover, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_http, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_preview, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_session_agent_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(t_heartbeat_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(t_bad_config, setup, teardown),
@@ -1381,7 +1806,7 @@ int main(void)
         a->capacity = i == 2 ? 2 : 1;
         a->port = test_free_port();
         /* Disjoint per agent and per test process (see the top comment). */
-        a->uid_base = 300000 + (int)(getpid() % 5000) * 100 + i * 10;
+        a->uid_base = 300000 + uid_shift + (int)(getpid() % 5000) * 100 + i * 10;
         snprintf(a->dir, sizeof(a->dir), "%.63s/%.39s", g_root, a->id);
         snprintf(a->log, sizeof(a->log), "%.63s/%.39s.log", g_root, a->id);
         snprintf(a->url, sizeof(a->url), "http://127.0.0.1:%d", a->port);
