@@ -1809,7 +1809,8 @@ static void t_session_dial(void **state)
     spec.pids = 32;
     spec.disk_mb = 64;
     spec.disk_total = 1;
-    assert_int_equal(sbx_sandbox_session_new(loop, &spec, sapi_end, &end, &ss, err, sizeof(err)), 0);
+    assert_int_equal(sbx_sandbox_session_new(loop, &spec, sapi_end, &end, &ss, err, sizeof(err)),
+                     0);
     assert_int_equal(sbx_sandbox_session_dial(ss, 8001, err, sizeof(err)), -EAGAIN);
     spec.session = ss;
     spec.argv = argv;
@@ -1910,8 +1911,8 @@ static void t_warm_pool(void **state)
         snprintf(want, sizeof(want), "%d\n", g_uid_base); /* slot 0's uid came with it */
         assert_true(strncmp(nl + 1, want, strlen(want)) == 0);
     }
-    print_message("    local: create-to-running (start() to the command) cold %.1f ms, warm %.1f ms;"
-                  " to STARTED cold %" PRIu64 " ms, warm %" PRIu64 " ms (thaw %d ms)\n",
+    print_message("    local: create-to-running (start() to the command) cold %.1f ms, "
+                  "warm %.1f ms; to STARTED cold %" PRIu64 " ms, warm %" PRIu64 " ms (thaw %d ms)\n",
                   cold_run, warm_run, cold_ms, warm_ms, r.res.resume_ms);
     run_s(&e, 1, SESS_B, "cat w.txt", 60, &r);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
