@@ -1943,6 +1943,21 @@ static void t_warm_pool(void **state)
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
 
+    /* Slot 0 busy with that session: the new warm one is made on slot 1. A
+     * one-off there, once slot 0 is free, moves it to slot 0, where the next
+     * session finds it. */
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 1, SESS_B), 0);
+    until = sbx_now_ms() + 3000;
+    while (sbx_now_ms() < until)
+        sbx_loop_once(e.loop, 20);
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    job_init(&job, "echo one-off", 60);
+    run_job(&e, 1, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    run_s(&e, 0, SESS_B, "echo again", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_WARM);
+
     env_close(&e); /* the sessions and any warm sandbox die with it */
     if (g_root) {
         assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
