@@ -168,23 +168,16 @@ def http_get(url, cookie=None):
     path = u.path + ("?" + u.query if u.query else "")
     c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n"
                % (path or "/", u.netloc, "Cookie: %s\r\n" % cookie if cookie else "")).encode())
-    # Until Content-Length, not EOF: the dev servers keep the connection
-    # alive whatever the request says.
     data = b""
-    while b"\r\n\r\n" not in data:
+    while True:
         chunk = c.recv(65536)
         if not chunk:
             break
         data += chunk
+    c.close()
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
-    while len(body) < int(hdrs.get("content-length", "0")):
-        chunk = c.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    c.close()
     return int(lines[0].split(" ")[1]), hdrs, body.decode("utf-8", "replace")
 
 

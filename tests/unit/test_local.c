@@ -1809,7 +1809,8 @@ static void t_session_dial(void **state)
     spec.pids = 32;
     spec.disk_mb = 64;
     spec.disk_total = 1;
-    assert_int_equal(sbx_sandbox_session_new(loop, &spec, sapi_end, &end, &ss, err, sizeof(err)), 0);
+    assert_int_equal(sbx_sandbox_session_new(loop, &spec, sapi_end, &end, &ss, err, sizeof(err)),
+                     0);
     assert_int_equal(sbx_sandbox_session_dial(ss, 8001, err, sizeof(err)), -EAGAIN);
     spec.session = ss;
     spec.argv = argv;
@@ -1910,8 +1911,8 @@ static void t_warm_pool(void **state)
         snprintf(want, sizeof(want), "%d\n", g_uid_base); /* slot 0's uid came with it */
         assert_true(strncmp(nl + 1, want, strlen(want)) == 0);
     }
-    print_message("    local: create-to-running (start() to the command) cold %.1f ms, warm %.1f ms;"
-                  " to STARTED cold %" PRIu64 " ms, warm %" PRIu64 " ms (thaw %d ms)\n",
+    print_message("    local: create-to-running (start() to the command) cold %.1f ms, "
+                  "warm %.1f ms; to STARTED cold %" PRIu64 " ms, warm %" PRIu64 " ms (thaw %d ms)\n",
                   cold_run, warm_run, cold_ms, warm_ms, r.res.resume_ms);
     run_s(&e, 1, SESS_B, "cat w.txt", 60, &r);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_REUSED);
@@ -1941,6 +1942,21 @@ static void t_warm_pool(void **state)
     assert_true(wait_done(&e, &r, 30000));
     assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
     assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+
+    /* Slot 0 busy with that session: the new warm one is made on slot 1. A
+     * one-off there, once slot 0 is free, moves it to slot 0, where the next
+     * session finds it. */
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 1, SESS_B), 0);
+    until = sbx_now_ms() + 3000;
+    while (sbx_now_ms() < until)
+        sbx_loop_once(e.loop, 20);
+    assert_int_equal(session_op(&e, SBX_SESSION_DESTROY, 0, SESS_A), 0);
+    job_init(&job, "echo one-off", 60);
+    run_job(&e, 1, &job, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    run_s(&e, 0, SESS_B, "echo again", 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_WARM);
 
     env_close(&e); /* the sessions and any warm sandbox die with it */
     if (g_root) {
