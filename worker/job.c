@@ -658,7 +658,11 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         /* A lease of ours was released after this acquire left: its wake-up
          * found nobody waiting yet, so ask again now. */
         d = w->releases != j->releases_seen ? 0 : WAIT_MAX_MS;
-        if (rep->status == SBX_LEASE_BUSY && !sbx__waitq_park(&w->waits, &j->wt)) {
+        /* Busy project or no free slot alike: a later job of the project
+         * parks behind its earliest, which alone asks, so the project's jobs
+         * take slots in their order (each polling on its own, the quickest
+         * timer won: sessions' jobs ran 1,3,4,2,5 on a full pool). */
+        if (!sbx__waitq_park(&w->waits, &j->wt)) {
             /* Parked behind an earlier job of the project, which asks for
              * both; it wakes us when it leaves the queue. */
             if (transition(j, J_WAITING))

@@ -141,9 +141,11 @@ void sbx__waitq_wake(sbx_waitq *q, const char *project)
     sbx_waiter *same = pp && *pp ? (*pp)->head : NULL, *any = q->head;
     if (same)
         wake(same);
-    /* The oldest waiter, unless it is parked behind another of its project
-     * (that one asks for it). */
-    if (any && any != same && (!any->pq || any->pq->head == any))
+    /* The oldest waiter that asks on its own: not one parked behind another
+     * of its project (that one asks for it). */
+    while (any && any->pq && any->pq->head != any)
+        any = any->next;
+    if (any && any != same)
         wake(any);
 }
 

@@ -141,6 +141,24 @@ def test_200_jobs_20_projects(run_sbx, pg, start_worker, topics, workdir):
     print("200 jobs in %.1f s (%.0f jobs/s) over workers %s" % (elapsed, 200 / elapsed, sorted(used)))
 
 
+def test_project_order_holds_on_a_full_pool(run_sbx, pg, start_worker, topics, workdir):
+    """Jobs of one project that find no free slot take the slot in their
+    order: the later ones park behind the earliest rather than each polling
+    (the quickest timer used to win)."""
+    w = start_worker(SBX_LOCAL_SLOTS=1, SBX_WORK_DIR=workdir, **topics)
+    blocker = job("p-blocker", "sleep 3")
+    enqueue(run_sbx, topics, [blocker])
+    wait_until(lambda: statuses(pg, [blocker["job_id"]]).get(blocker["job_id"]) == "running",
+               30, "the blocker to run")
+    jobs = [job("p-order", "echo %d" % i) for i in range(8)]
+    ids = enqueue(run_sbx, topics, jobs)
+    wait_terminal(pg, ids + [blocker["job_id"]], 90, [w])
+    order = [r[0] for r in pg.query("SELECT job_id FROM sbx.runs WHERE job_id = ANY(%s) "
+                                    "ORDER BY started_at", ids)]
+    assert order == ids, "ran as %s" % [ids.index(i) for i in order]
+    assert set(statuses(pg, ids).values()) == {"succeeded"}
+
+
 def test_exit_code_and_timeout(run_sbx, pg, start_worker, topics, workdir):
     """exit 3 ends failed with exit_code 3; a build that outlives its timeout
     ends timed_out and none of its processes survive."""
