@@ -297,7 +297,7 @@ static void decide(conn *c)
     preview *pv = c->pv;
     const char *sp1 = memchr(c->head, ' ', c->headlen), *sp2, *tok, *up;
     size_t tlen, toklen = 0, uplen = 0;
-    char err[160] = "", extra[256], loc[SBX_PREVIEW_HEAD_MAX];
+    char err[160] = "", extra[SBX_PREVIEW_HEAD_MAX + 256], loc[SBX_PREVIEW_HEAD_MAX];
     int fd, websocket;
 
     sp2 = sp1 ? memchr(sp1 + 1, ' ', c->headlen - (size_t)(sp1 + 1 - c->head)) : NULL;
@@ -334,7 +334,7 @@ static void decide(conn *c)
         loc[n] = '\0';
         snprintf(extra, sizeof(extra),
                  "Location: %.*s\r\nSet-Cookie: sbx_preview_%d=%s; Path=/; HttpOnly; "
-                 "SameSite=Lax\r\n", (int)(n > 200 ? 200 : n), n ? loc : "/", pv->port,
+                 "SameSite=Lax\r\n", (int)(n ? n : 1), n ? loc : "/", pv->port,
                  pv->token);
         reply(c, "302 Found", extra, "sbx preview: signed in; go on\n");
         return;

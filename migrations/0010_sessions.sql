@@ -164,7 +164,12 @@ CREATE TRIGGER runs_follow_session AFTER UPDATE OF status ON sbx.runs
 -- op 'destroy' (reason 'stopped', 'lifetime' or 'idle_timeout') for idle or
 -- paused sessions, op 'pause' for idle ones past pause_after_s (when the
 -- provider can pause: p_pause).
-CREATE OR REPLACE FUNCTION sbx.sessions_due(p_provider text, p_pause boolean, p_limit integer)
+-- p_slots: the slots the calling worker serves (NULL: any of the provider's,
+-- vmpool, whose agents register theirs), so a worker never fills its batch
+-- with sessions only another host can end.
+DROP FUNCTION IF EXISTS sbx.sessions_due(text, boolean, integer);
+CREATE OR REPLACE FUNCTION sbx.sessions_due(p_provider text, p_pause boolean, p_limit integer,
+                                            p_slots text[])
 RETURNS TABLE (project_id text, session_id text, slot text, op text, reason text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT d.project_id, d.session_id, d.slot, d.op, d.reason FROM (
@@ -179,7 +184,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                     ELSE 'idle' END AS reason,
                s.state
           FROM sbx.sessions s
-         WHERE s.provider = p_provider AND s.state IN ('idle', 'paused')) d
+         WHERE s.provider = p_provider AND s.state IN ('idle', 'paused')
+           AND (p_slots IS NULL OR s.slot = ANY (p_slots))) d
      WHERE d.op = 'destroy'
         OR (p_pause AND d.state = 'idle'
             AND now() >= d.last_used_at + make_interval(secs => (
@@ -283,7 +289,7 @@ DECLARE
 BEGIN
     FOREACH f IN ARRAY ARRAY[
         'sbx.session_v1_events(sbx.sessions)',
-        'sbx.sessions_due(text, boolean, integer)',
+        'sbx.sessions_due(text, boolean, integer, text[])',
         'sbx.park_session(text, text, bigint, text, text, text)',
         'sbx.stop_session(text, text)',
         'sbx.session_v1(sbx.sessions)']
@@ -291,7 +297,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;
-GRANT EXECUTE ON FUNCTION sbx.sessions_due(text, boolean, integer),
+GRANT EXECUTE ON FUNCTION sbx.sessions_due(text, boolean, integer, text[]),
                           sbx.park_session(text, text, bigint, text, text, text)
     TO sbx_writer;
 GRANT EXECUTE ON FUNCTION sbx.stop_session(text, text) TO sbx_submitter, sbx_writer;

@@ -65,6 +65,7 @@ typedef struct item {
 
 struct sbx_sessions {
     sbx_sessions_cfg cfg;
+    char *slots;              /* the slots we serve as a text[] literal; NULL: any */
     int pause_ok;             /* 0 once the provider said it cannot pause */
     int busy;                 /* a pass is under way */
     int n, cur;               /* the pass's items, the one in hand */
@@ -277,18 +278,53 @@ static void on_due(void *arg, PGresult *res, const char *err)
 void sbx_sessions_pass(sbx_sessions *s)
 {
     char lim[8];
-    const char *p[3];
-    if (s->busy)
+    const char *p[4];
+    /* A provider without sessions has none to end (its jobs that name one
+     * fail before a sandbox exists). */
+    if (s->busy || !s->cfg.prov->ops->session_op)
         return;
     snprintf(lim, sizeof(lim), "%d", PASS_MAX);
     p[0] = s->cfg.provider;
     p[1] = s->pause_ok ? "true" : "false";
     p[2] = lim;
+    p[3] = s->slots;
     if (sbx_db_query(s->cfg.db,
                      "SELECT project_id, session_id, slot, op, reason"
-                     " FROM sbx.sessions_due($1, $2::boolean, $3::integer)",
-                     3, p, on_due, s) == 0)
+                     " FROM sbx.sessions_due($1, $2::boolean, $3::integer, $4::text[])",
+                     4, p, on_due, s) == 0)
         s->busy = 1;
+}
+
+/* The provider's slots as a PostgreSQL array literal, each element quoted
+ * ("a","b#1"); NULL when it offers none (vmpool: any slot of the pool). */
+static int slots_literal(sbx_provider *prov, char **out)
+{
+    const char **ids;
+    size_t n = prov->ops->slots(prov, &ids), len = 3;
+    char *lit, *w;
+    *out = NULL;
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        len += 2 * strlen(ids[i]) + 3;
+    if (!(lit = w = malloc(len)))
+        return -ENOMEM;
+    *w++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *w++ = ',';
+        *w++ = '"';
+        for (const char *c = ids[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                *w++ = '\\';
+            *w++ = *c;
+        }
+        *w++ = '"';
+    }
+    *w++ = '}';
+    *w = '\0';
+    *out = lit;
+    return 0;
 }
 
 int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out)
@@ -299,6 +335,10 @@ int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out)
     s->cfg = *cfg;
     s->pause_ok = cfg->prov->ops->session_op != NULL;
     sbx_timer_init(&s->next, on_next, s);
+    if (slots_literal(cfg->prov, &s->slots) != 0) {
+        free(s);
+        return -ENOMEM;
+    }
     *out = s;
     return 0;
 }
@@ -310,5 +350,6 @@ void sbx_sessions_free(sbx_sessions *s)
     if (!s)
         return;
     sbx_timer_stop(s->cfg.loop, &s->next);
+    free(s->slots);
     free(s);
 }

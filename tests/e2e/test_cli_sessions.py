@@ -143,7 +143,7 @@ def test_session_show_list_stop(run_sbx, pg):
     s = check_session(json.loads(sbx("session", "show", "--json", project, sid).stdout))
     assert s["stop_requested"] is True and s["state"] == "idle"
     assert "idle*" in sbx("session", "list", "--project", project).stdout
-    due = pg.query("SELECT op, reason FROM sbx.sessions_due('local', true, 100)"
+    due = pg.query("SELECT op, reason FROM sbx.sessions_due('local', true, 100, NULL)"
                    " WHERE project_id = %s AND session_id = %s", project, sid)
     assert due == [("destroy", "stopped")]
     assert park(pg, project, sid, "ended", "stopped") is True

@@ -341,11 +341,15 @@ def test_session_rows_follow_runs_and_fence_the_sweeper(pg):
     assert state() == "idle"
     assert state("jobs") == 1 and state("slot") == "slot-a"
     time.sleep(1.2)
-    due = pg.query("SELECT op, reason FROM sbx.sessions_due('local', true, 100) "
+    due = pg.query("SELECT op, reason FROM sbx.sessions_due('local', true, 100, NULL) "
                    "WHERE project_id = %s", p)
     assert due == [("pause", "idle")], due
-    assert not pg.query("SELECT 1 FROM sbx.sessions_due('local', false, 100) "
+    assert not pg.query("SELECT 1 FROM sbx.sessions_due('local', false, 100, NULL) "
                         "WHERE project_id = %s", p), "no pause asked of a provider that cannot"
+    assert not pg.query("SELECT 1 FROM sbx.sessions_due('local', true, 100, ARRAY['slot-b']) "
+                        "WHERE project_id = %s", p), "another host's slot: not this worker's"
+    assert pg.query("SELECT 1 FROM sbx.sessions_due('local', true, 100, ARRAY['slot-b', "
+                    "'slot-a']) WHERE project_id = %s", p)
     # A sweeper with a token older than the session's last job is refused.
     assert pg.scalar("SELECT sbx.park_session(%s, %s, %s, 'paused', 'idle', 'w')",
                      p, sid, base) is False
@@ -355,7 +359,7 @@ def test_session_rows_follow_runs_and_fence_the_sweeper(pg):
     run_once(p + "-j2", base + 3)
     assert state() == "idle" and state("jobs") == 2
     assert pg.scalar("SELECT sbx.stop_session(%s, %s)", p, sid) == "idle"
-    due = pg.query("SELECT op, reason FROM sbx.sessions_due('local', true, 100) "
+    due = pg.query("SELECT op, reason FROM sbx.sessions_due('local', true, 100, NULL) "
                    "WHERE project_id = %s", p)
     assert due == [("destroy", "stopped")], due
     assert pg.scalar("SELECT sbx.park_session(%s, %s, %s, 'ended', 'stopped', 'w')",
