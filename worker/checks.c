@@ -45,12 +45,13 @@
  * the settings (1 KiB). */
 #define LINE_MAX 2048
 
-/* The functions of schema sbx the worker calls (job.c, prune.c); a
- * migration that adds one the worker starts to call adds it here. */
+/* The functions of schema sbx the worker calls (job.c, prune.c, session.c,
+ * main.c); a migration that adds one the worker starts to call adds it here. */
 static const char *const SCHEMA_FUNCTIONS =
     "{record_run,wait_run,cancel_unclaimed,reject_run,supersede_older,claim_run,transition,"
     "requeue_run,unclaim_run,dead_letter_run,prune_runs,record_dead_letter,dead_letter_published,"
-    "prune_dead_letters}";
+    "prune_dead_letters,record_runs,wait_runs,claim_runs,transitions,sessions_due,park_session,"
+    "set_price}";
 
 static int report(FILE *out, const char *what, int ok, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
