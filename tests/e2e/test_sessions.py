@@ -308,6 +308,11 @@ def test_kill9_hands_the_session_over(s):
     assert tok2 > tok1, (tok1, tok2)
     _, r2 = run(s, "cat runs.txt 2>/dev/null; echo next")
     assert r2[0] == "succeeded" and "next" in r2[2], r2
+    # Never two builds of the job at once: where the sandbox outlived the
+    # killed worker, its build ended (or was stopped: a begin with no end)
+    # before the new owner's began; two that overlapped would both end.
+    marks = "\n".join(l for l in r2[2].split("\n") if l in ("begin", "end"))
+    assert "begin\nbegin\nend\nend" not in marks, marks
     hist = s.pg.query("SELECT to_status, lease_token FROM sbx.run_events WHERE job_id = %s "
                       "ORDER BY id", j1["job_id"])
     assert sum(1 for st, _ in hist if st in TERMINAL) == 1, hist
