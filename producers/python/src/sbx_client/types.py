@@ -70,11 +70,13 @@ class Trace(TypedDict):
 
 class SessionOptions(TypedDict):
     """A job message's "session": its id and, optionally, its timeouts (the
-    worker's defaults otherwise: 300, 900, 86400 s)."""
+    worker's defaults otherwise: 300, 900, 86400 s) and its dev server's
+    port (served at the session's preview URL)."""
     id: str
     pause_after_s: NotRequired[int]
     idle_timeout_s: NotRequired[int]
     max_lifetime_s: NotRequired[int]
+    preview_port: NotRequired[int]
 
 
 class SessionEvent(TypedDict):
