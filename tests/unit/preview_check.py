@@ -15,7 +15,7 @@ import threading
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from preview_client import (GUID, check, read_head, recv_exact, request,  # noqa: E402
+from preview_client import (GUID, check, read_head, read_response, request,  # noqa: E402
                             ws_frame, ws_open, ws_read)
 
 
@@ -61,19 +61,6 @@ def dev_server(port):
     threading.Thread(target=loop, daemon=True).start()
 
 
-def request(host, port, path, headers=""):
-    s = socket.create_connection((host, port), timeout=10)
-    s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (path, host, port, headers)).encode())
-    head, rest = read_head(s)
-    hdrs = {}
-    for l in head.split("\r\n")[1:]:
-        k, _, v = l.partition(":")
-        hdrs[k.lower()] = v.strip()
-    n = int(hdrs.get("content-length", "0"))
-    body = recv_exact(s, n, rest)
-    return s, head.split("\r\n")[0], hdrs, body.decode()
-
-
 def main():
     url, dev_port = sys.argv[1], int(sys.argv[2])
     u = urllib.parse.urlsplit(url)
@@ -100,11 +87,8 @@ def main():
     for i in range(2):
         s.sendall(("GET /page%d HTTP/1.1\r\nHost: x\r\nCookie: a=b; %s=%s\r\n\r\n"
                    % (i, cookie, token)).encode())
-        head, rest = read_head(s)
-        check(head.startswith("HTTP/1.1 200"), "cookie: 200, got %r" % head)
-        n = int([l.split(":")[1] for l in head.split("\r\n") if l.lower().startswith(
-            "content-length")][0])
-        body = recv_exact(s, n, rest).decode()
+        status, _, body = read_response(s)
+        check(status.startswith("HTTP/1.1 200"), "cookie: 200, got %r" % status)
         check(body.startswith("dev server saw /page%d" % i), "proxied body: %r" % body)
     s.close()
     # A WebSocket (hot reload), with the cookie, then with the token in its URL.

@@ -77,6 +77,11 @@ def request(host, port, path, headers=""):
     read to Content-Length, not EOF: dev servers keep the connection alive."""
     s = socket.create_connection((host, port), timeout=10)
     s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (path, host, port, headers)).encode())
+    return (s,) + read_response(s)
+
+
+def read_response(s):
+    """The next response on s: (status line, lowercased headers, body)."""
     head, rest = read_head(s)
     hdrs = {}
     for l in head.split("\r\n")[1:]:
@@ -84,7 +89,7 @@ def request(host, port, path, headers=""):
         hdrs[k.strip().lower()] = v.strip()
     n = int(hdrs.get("content-length", "0"))
     body = recv_exact(s, n, rest)
-    return s, head.split("\r\n")[0], hdrs, body.decode("utf-8", "replace")
+    return head.split("\r\n")[0], hdrs, body.decode("utf-8", "replace")
 
 
 def ws_open(host, port, path, headers=""):
