@@ -81,6 +81,9 @@ PGconn *sbx__cli_db_connect(const struct sbx__cli_config *cfg, int *exit_code);
  * or to f). */
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res);
 void sbx__cli_pg_error_to(FILE *f, const char *what, PGconn *conn, const PGresult *res);
+/* Waits up to timeout_ms for conn to have input (a NOTIFY) and reads it;
+ * -1 after printing the error when the connection broke. */
+int sbx__cli_pg_await(PGconn *conn, int timeout_ms, const char *what);
 
 /* Prints text someone else wrote (a build's output, a producer's message)
  * to the terminal, each line after indent: control characters (terminal

@@ -15,7 +15,6 @@
 
 #include <json-c/json.h>
 
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -420,11 +419,8 @@ int sbx__cmd_wait(int argc, char **argv, struct sbx__cli_config *cfg)
             break;
         }
         long long until = next_check < deadline ? next_check : deadline;
-        struct pollfd pfd = { .fd = PQsocket(conn), .events = POLLIN };
-        if (poll(&pfd, 1, (int)(until - now)) > 0 && !PQconsumeInput(conn)) {
-            sbx__cli_pg_error("wait", conn, NULL);
+        if (sbx__cli_pg_await(conn, (int)(until - now), "wait"))
             goto out;
-        }
         drain_notifications(conn, t, n);
     }
     for (int i = 0; i < nids && !f.json; i++) {

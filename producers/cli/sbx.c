@@ -13,6 +13,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -330,6 +331,17 @@ int sbx__cli_parse_duration(const char *s, long long max_s, long long *out)
 void sbx__cli_pg_error(const char *what, PGconn *conn, const PGresult *res)
 {
     sbx__cli_pg_error_to(stderr, what, conn, res);
+}
+
+int sbx__cli_pg_await(PGconn *conn, int timeout_ms, const char *what)
+{
+    struct pollfd pfd = { .fd = PQsocket(conn), .events = POLLIN };
+
+    if (poll(&pfd, 1, timeout_ms) > 0 && !PQconsumeInput(conn)) {
+        sbx__cli_pg_error(what, conn, NULL);
+        return -1;
+    }
+    return 0;
 }
 
 void sbx__cli_pg_error_to(FILE *f, const char *what, PGconn *conn, const PGresult *res)

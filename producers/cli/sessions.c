@@ -18,7 +18,6 @@
 
 #include <json-c/json.h>
 
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +73,24 @@ static int two_ids(const char *cmd, int argc, char **argv, const char **project,
         }
     }
     return SBX_EXIT_OK;
+}
+
+/* The start of show, stop and watch: the options, PROJECT SESSION, a
+ * connection. NULL when the command ends here, *rc its exit code. */
+static PGconn *session_open(const char *cmd, int argc, char **argv, struct sbx__cli_config *cfg,
+                            const struct option *opts,
+                            int (*flag)(int c, const char *arg, void *ctx), void *ctx,
+                            const char **project, const char **session, int *rc)
+{
+    int o = sbx__cli_options("session", argc, argv, cfg, opts, flag, ctx);
+
+    if (o) {
+        *rc = o < 0 ? SBX_EXIT_OK : o;
+        return NULL;
+    }
+    if ((*rc = two_ids(cmd, argc, argv, project, session)))
+        return NULL;
+    return sbx__cli_db_connect(cfg, rc);
 }
 
 /* ---- list ---- */
@@ -268,13 +285,9 @@ static int session_show(int argc, char **argv, struct sbx__cli_config *cfg)
     const char *params[3], *project, *session;
     PGconn *conn = NULL;
     PGresult *r = NULL, *ev = NULL;
-    int rc = sbx__cli_options("session", argc, argv, cfg, opts, show_flag, &f);
+    int rc;
 
-    if (rc)
-        return rc < 0 ? SBX_EXIT_OK : rc;
-    if ((rc = two_ids("show", argc, argv, &project, &session)))
-        return rc;
-    if (!(conn = sbx__cli_db_connect(cfg, &rc)))
+    if (!(conn = session_open("show", argc, argv, cfg, opts, show_flag, &f, &project, &session, &rc)))
         return rc;
     rc = SBX_EXIT_FAIL;
     params[0] = project;
@@ -318,13 +331,9 @@ static int session_stop(int argc, char **argv, struct sbx__cli_config *cfg)
     const char *params[2], *project, *session, *st;
     PGconn *conn = NULL;
     PGresult *r = NULL;
-    int rc = sbx__cli_options("session", argc, argv, cfg, opts, NULL, NULL);
+    int rc;
 
-    if (rc)
-        return rc < 0 ? SBX_EXIT_OK : rc;
-    if ((rc = two_ids("stop", argc, argv, &project, &session)))
-        return rc;
-    if (!(conn = sbx__cli_db_connect(cfg, &rc)))
+    if (!(conn = session_open("stop", argc, argv, cfg, opts, NULL, NULL, &project, &session, &rc)))
         return rc;
     rc = SBX_EXIT_FAIL;
     params[0] = project;
@@ -465,13 +474,9 @@ static int session_watch(int argc, char **argv, struct sbx__cli_config *cfg)
     char seen[SEEN_MAX] = "";
     PGconn *conn = NULL;
     PGresult *l;
-    int rc = sbx__cli_options("session", argc, argv, cfg, opts, watch_flag, &f);
+    int rc;
 
-    if (rc)
-        return rc < 0 ? SBX_EXIT_OK : rc;
-    if ((rc = two_ids("watch", argc, argv, &project, &session)))
-        return rc;
-    if (!(conn = sbx__cli_db_connect(cfg, &rc)))
+    if (!(conn = session_open("watch", argc, argv, cfg, opts, watch_flag, &f, &project, &session, &rc)))
         return rc;
     rc = SBX_EXIT_FAIL;
     /* LISTEN before the first read: a change between the two is then seen. */
@@ -502,11 +507,8 @@ static int session_watch(int argc, char **argv, struct sbx__cli_config *cfg)
             break;
         }
         long long until = next_read < deadline ? next_read : deadline;
-        struct pollfd pfd = { .fd = PQsocket(conn), .events = POLLIN };
-        if (poll(&pfd, 1, (int)(until - now)) > 0 && !PQconsumeInput(conn)) {
-            sbx__cli_pg_error("session watch", conn, NULL);
+        if (sbx__cli_pg_await(conn, (int)(until - now), "session watch"))
             goto out;
-        }
         if (drain(conn, project, session))
             next_read = 0;
     }

@@ -3,7 +3,8 @@
 Started by the test with the proxy's URL and a port for the dev server: it
 serves HTTP and a WebSocket echo on that port (the "dev server" inside the
 sandbox), then talks to the proxy as a browser would, and exits 0 when every
-check held (the failing check's text on stderr otherwise).
+check held (the failing check's text on stderr otherwise). The browser
+side is preview_client.py's helpers.
 """
 import base64
 import hashlib
@@ -13,48 +14,9 @@ import sys
 import threading
 import urllib.parse
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B63"
-
-
-def read_head(sock):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head.decode("latin-1"), rest
-
-
-def recv_exact(sock, n, buf=b""):
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("closed")
-        buf += chunk
-    return buf
-
-
-def ws_read(sock, pending=b""):
-    hdr = recv_exact(sock, 2, pending[:2])
-    rest = pending[2:]
-    ln = hdr[1] & 0x7F
-    masked = hdr[1] & 0x80
-    mask = recv_exact(sock, 4, rest[:4]) if masked else b""
-    rest = rest[4:] if masked else rest
-    payload = recv_exact(sock, ln, rest[:ln])
-    if masked:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return payload
-
-
-def ws_frame(payload, mask):
-    if not mask:
-        return bytes([0x81, len(payload)]) + payload
-    key = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + key + bytes(
-        b ^ key[i % 4] for i, b in enumerate(payload))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from preview_client import (GUID, check, read_head, read_response, request,  # noqa: E402
+                            ws_frame, ws_open, ws_read)
 
 
 def serve(conn):
@@ -99,25 +61,6 @@ def dev_server(port):
     threading.Thread(target=loop, daemon=True).start()
 
 
-def request(host, port, path, headers=""):
-    s = socket.create_connection((host, port), timeout=10)
-    s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (path, host, port, headers)).encode())
-    head, rest = read_head(s)
-    hdrs = {}
-    for l in head.split("\r\n")[1:]:
-        k, _, v = l.partition(":")
-        hdrs[k.lower()] = v.strip()
-    n = int(hdrs.get("content-length", "0"))
-    body = recv_exact(s, n, rest)
-    return s, head.split("\r\n")[0], hdrs, body.decode()
-
-
-def check(cond, what):
-    if not cond:
-        sys.stderr.write("preview_check: FAILED: %s\n" % what)
-        sys.exit(1)
-
-
 def main():
     url, dev_port = sys.argv[1], int(sys.argv[2])
     u = urllib.parse.urlsplit(url)
@@ -144,22 +87,14 @@ def main():
     for i in range(2):
         s.sendall(("GET /page%d HTTP/1.1\r\nHost: x\r\nCookie: a=b; %s=%s\r\n\r\n"
                    % (i, cookie, token)).encode())
-        head, rest = read_head(s)
-        check(head.startswith("HTTP/1.1 200"), "cookie: 200, got %r" % head)
-        n = int([l.split(":")[1] for l in head.split("\r\n") if l.lower().startswith(
-            "content-length")][0])
-        body = recv_exact(s, n, rest).decode()
+        status, _, body = read_response(s)
+        check(status.startswith("HTTP/1.1 200"), "cookie: 200, got %r" % status)
         check(body.startswith("dev server saw /page%d" % i), "proxied body: %r" % body)
     s.close()
     # A WebSocket (hot reload), with the cookie, then with the token in its URL.
     for path, hdr in (("/ws", "Cookie: %s=%s\r\n" % (cookie, token)),
                       ("/ws?sbx_token=%s" % token, "")):
-        s = socket.create_connection((host, port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
-                   % (path, key, hdr)).encode())
-        head, rest = read_head(s)
+        s, head, rest, _ = ws_open(host, port, path, hdr)
         check(head.startswith("HTTP/1.1 101"), "websocket %s: 101, got %r" % (path, head))
         for msg in (b"ping", b"hello again"):
             s.sendall(ws_frame(msg, True))

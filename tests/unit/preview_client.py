@@ -1,13 +1,17 @@
-"""preview_client.py — a browser at a session's preview URL, for the
-provider tests whose dev server is tests/devserver/devserver.py running
-inside a sandbox (test_local.c).
+"""preview_client.py — a browser at a session's preview URL, and the
+browser-side helpers the other preview test scripts import from it.
 
     python3 preview_client.py URL TEXT
 
-Checks, in order: without the token, 401; with the URL's token, 302 and a
-cookie; with the cookie, GET / answers 200 with TEXT in the body (the dev
-server's index.html); a WebSocket with the cookie echoes a message. Exits 0
-when every check held, else 1 with the failing check on stderr.
+For the provider tests whose dev server is tests/devserver/devserver.py
+running inside a sandbox (test_local.c, test_vmpool.c; test_fly.c through
+fly_preview_check.py). Checks, in order: without the token, 401; with the
+URL's token, 302 and a cookie; with the cookie, GET / answers 200 with TEXT
+in the body (the dev server's index.html); a WebSocket with the cookie
+echoes a message. Exits 0 when every check held, else 1 with the failing
+check on stderr.
+
+devserver.py does not import from here: it is shipped into sandboxes alone.
 """
 import base64
 import hashlib
@@ -21,14 +25,15 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B63"
 
 def check(cond, what):
     if not cond:
-        sys.stderr.write("preview_client: FAILED: %s\n" % what)
+        name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        sys.stderr.write("%s: FAILED: %s\n" % (name, what))
         sys.exit(1)
 
 
-def read_head(c):
+def read_head(sock):
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = c.recv(4096)
+        chunk = sock.recv(4096)
         if not chunk:
             break
         data += chunk
@@ -36,65 +41,103 @@ def read_head(c):
     return head.decode("latin-1"), rest
 
 
-def get(host, port, path, cookie=None):
-    c = socket.create_connection((host, port), timeout=10)
-    c.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n%s\r\n"
-               % (path, host, port, "Cookie: %s\r\n" % cookie if cookie else "")).encode())
-    # Until Content-Length, not EOF: the dev servers keep the connection
-    # alive whatever the request says.
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = c.recv(65536)
+def recv_exact(sock, n, buf=b""):
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
         if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
-    while len(body) < int(hdrs.get("content-length", "0")):
-        chunk = c.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    c.close()
-    return int(lines[0].split(" ")[1]), hdrs, body.decode("utf-8", "replace")
+            raise EOFError("closed")
+        buf += chunk
+    return buf
 
 
-def ws_echo(host, port, cookie, text):
-    c = socket.create_connection((host, port), timeout=10)
+def ws_read(sock, pending=b""):
+    """One frame of at most 125 bytes (all our tests send)."""
+    hdr = recv_exact(sock, 2, pending[:2])
+    rest = pending[2:]
+    ln = hdr[1] & 0x7F
+    masked = hdr[1] & 0x80
+    mask = recv_exact(sock, 4, rest[:4]) if masked else b""
+    rest = rest[4:] if masked else rest
+    payload = recv_exact(sock, ln, rest[:ln])
+    if masked:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return payload
+
+
+def ws_frame(payload, mask):
+    if not mask:
+        return bytes([0x81, len(payload)]) + payload
+    key = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + key + bytes(
+        b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def request(host, port, path, headers=""):
+    """GET path; (socket, status line, lowercased headers, body). The body is
+    read to Content-Length, not EOF: dev servers keep the connection alive."""
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (path, host, port, headers)).encode())
+    return (s,) + read_response(s)
+
+
+def read_response(s):
+    """The next response on s: (status line, lowercased headers, body)."""
+    head, rest = read_head(s)
+    hdrs = {}
+    for l in head.split("\r\n")[1:]:
+        k, _, v = l.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    n = int(hdrs.get("content-length", "0"))
+    body = recv_exact(s, n, rest)
+    return head.split("\r\n")[0], hdrs, body.decode("utf-8", "replace")
+
+
+def ws_open(host, port, path, headers=""):
+    """A WebSocket upgrade of path; (socket, response head, bytes past it, key)."""
+    s = socket.create_connection((host, port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
-    c.sendall(("GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nCookie: %s\r\n\r\n"
-               % (host, port, key, cookie)).encode())
-    head, rest = read_head(c)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+               % (path, host, port, key, headers)).encode())
+    head, rest = read_head(s)
+    return s, head, rest, key
+
+
+def status_of(status_line):
+    return int(status_line.split(" ")[1])
+
+
+def browse(url, text):
+    """The checks of this file's docstring, against url."""
+    u = urllib.parse.urlsplit(url)
+    host, port = u.hostname, u.port
+    s, st, _, _ = request(host, port, "/", "Connection: close\r\n")
+    s.close()
+    check(status_of(st) == 401, "no token: 401, got %s" % st)
+    s, st, hdrs, _ = request(host, port, "/?" + u.query, "Connection: close\r\n")
+    s.close()
+    check(status_of(st) == 302 and "set-cookie" in hdrs,
+          "token: 302 with a cookie, got %s %r" % (st, hdrs))
+    cookie = "Cookie: %s\r\n" % hdrs["set-cookie"].split(";")[0]
+    s, st, _, body = request(host, port, "/", "Connection: close\r\n" + cookie)
+    s.close()
+    check(status_of(st) == 200 and text in body,
+          "cookie: 200 with %r, got %s %r" % (text, st, body[:200]))
+    s, head, rest, key = ws_open(host, port, "/ws", cookie)
     check(head.startswith("HTTP/1.1 101"), "websocket: 101, got %r" % head)
     acc = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
     check(acc in head, "Sec-WebSocket-Accept")
-    m = os.urandom(4)
-    payload = text.encode()
-    c.sendall(bytes([0x81, 0x80 | len(payload)]) + m +
-              bytes(b ^ m[i % 4] for i, b in enumerate(payload)))
-    while len(rest) < 2 or len(rest) < 2 + rest[1]:
-        chunk = c.recv(4096)
-        check(chunk, "websocket: closed before the echo")
-        rest += chunk
-    c.close()
-    return rest[2:2 + rest[1]].decode()
+    s.sendall(ws_frame(b"hot-reload", True))
+    try:
+        got = ws_read(s, rest)
+    except EOFError:
+        check(False, "websocket: closed before the echo")
+    s.close()
+    check(got == b"echo:hot-reload", "websocket echo: %r" % got)
 
 
 def main():
-    url, text = sys.argv[1], sys.argv[2]
-    u = urllib.parse.urlsplit(url)
-    host, port = u.hostname, u.port
-    st, _, _ = get(host, port, "/")
-    check(st == 401, "no token: 401, got %d" % st)
-    st, hdrs, _ = get(host, port, "/?" + u.query)
-    check(st == 302 and "set-cookie" in hdrs, "token: 302 with a cookie, got %d %r" % (st, hdrs))
-    cookie = hdrs["set-cookie"].split(";")[0]
-    st, _, body = get(host, port, "/", cookie)
-    check(st == 200 and text in body, "cookie: 200 with %r, got %d %r" % (text, st, body[:200]))
-    got = ws_echo(host, port, cookie, "hot-reload")
-    check(got == "echo:hot-reload", "websocket echo: %r" % got)
+    browse(sys.argv[1], sys.argv[2])
     print("preview_client: all checks held")
 
 

@@ -249,50 +249,66 @@ export class SbxClient {
    * order, starting with the run as it is now (once it exists); ends after
    * the terminal status, which follows the run's last chunk. */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<WatchEvent> {
+    let lastStatus: string | undefined;
+    let cur: [number, number] = options.after ?? [0, -1];
+    const drain = async function* (self: SbxClient, conn: pg.PoolClient): AsyncGenerator<LogChunk> {
+      for (;;) {
+        const page = await self.#chunks(conn, jobId, cur);
+        for (const c of page) {
+          cur = [c.attempt, c.seq];
+          yield c;
+        }
+        if (page.length < LOG_PAGE) return;
+      }
+    };
+    const self = this;
+    yield* this.#listen(`watch ${jobId}`, ["sbx_runs", "sbx_logs"],
+      (p) => p.job_id === jobId, options.signal,
+      async function* (conn): AsyncGenerator<WatchEvent, boolean> {
+        const r = await conn.query(SQL.STATUS, [jobId, false]);
+        const run = r.rows[0]?.run as Run | undefined;
+        // Chunks first: those stored before this status was read belong before it.
+        yield* drain(self, conn);
+        if (run && run.status !== lastStatus) {
+          if (SQL.TERMINAL.has(run.status)) yield* drain(self, conn);
+          lastStatus = run.status;
+          yield run;
+          if (SQL.TERMINAL.has(run.status)) return true;
+        }
+        return false;
+      });
+  }
+
+  /** The loop of watch and watchSession: a pooled connection that LISTENs on
+   * channels; read(conn) runs at once, then after each notification whose
+   * payload matches (or that does not parse) and every REREAD_MS without
+   * one, yields what changed and returns true when the watched thing is done. */
+  async *#listen<T>(what: string, channels: string[],
+                    matches: (payload: Record<string, unknown>) => boolean,
+                    signal: AbortSignal | undefined,
+                    read: (conn: pg.PoolClient) => AsyncGenerator<T, boolean>): AsyncGenerator<T> {
     const conn = await this.#db().connect();
     let wake: (() => void) | undefined;
     let dirty = true;
     const poke = () => { dirty = true; wake?.(); };
     const onNotify = (n: pg.Notification) => {
       try {
-        if ((JSON.parse(n.payload ?? "{}") as { job_id?: string }).job_id === jobId) poke();
+        if (matches(JSON.parse(n.payload ?? "{}") as Record<string, unknown>)) poke();
       } catch { poke(); }
     };
     let failed: Error | undefined;
     const onError = (e: Error) => { failed = e; poke(); };
     conn.on("notification", onNotify);
     conn.on("error", onError);
-    options.signal?.addEventListener("abort", poke);
+    signal?.addEventListener("abort", poke);
     let broken = false;
     try {
-      await conn.query("LISTEN sbx_runs");
-      await conn.query("LISTEN sbx_logs");
-      let lastStatus: string | undefined;
-      let cur: [number, number] = options.after ?? [0, -1];
-      const drain = async function* (self: SbxClient): AsyncGenerator<LogChunk> {
-        for (;;) {
-          const page = await self.#chunks(conn, jobId, cur);
-          for (const c of page) {
-            cur = [c.attempt, c.seq];
-            yield c;
-          }
-          if (page.length < LOG_PAGE) return;
-        }
-      };
-      while (!options.signal?.aborted) {
-        if (failed) throw new SbxError(`watch ${jobId}: ${failed.message}`, { cause: failed });
+      for (const c of channels) await conn.query(`LISTEN ${c}`);
+      while (!signal?.aborted) {
+        if (failed) throw new SbxError(`${what}: ${failed.message}`, { cause: failed });
         if (dirty) {
           dirty = false;
-          const r = await conn.query(SQL.STATUS, [jobId, false]);
-          const run = r.rows[0]?.run as Run | undefined;
-          // Chunks first: those stored before this status was read belong before it.
-          yield* drain(this);
-          if (run && run.status !== lastStatus) {
-            if (SQL.TERMINAL.has(run.status)) yield* drain(this);
-            lastStatus = run.status;
-            yield run;
-            if (SQL.TERMINAL.has(run.status)) return;
-          }
+          if (yield* read(conn)) return;
         }
         await new Promise<void>((res) => {
           const t = setTimeout(() => { dirty = true; res(); }, REREAD_MS);
@@ -304,7 +320,7 @@ export class SbxClient {
       broken = true;
       throw e;
     } finally {
-      options.signal?.removeEventListener("abort", poke);
+      signal?.removeEventListener("abort", poke);
       conn.off("notification", onNotify);
       conn.off("error", onError);
       if (!broken) await conn.query("UNLISTEN *").catch(() => { broken = true; });
@@ -337,54 +353,20 @@ export class SbxClient {
   /** The session (session.v1) as it is now (once it exists), then each change
    * of its state, generation or stop_requested; ends after it ended. */
   async *watchSession(projectId: string, sessionId: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Session> {
-    const conn = await this.#db().connect();
-    let wake: (() => void) | undefined;
-    let dirty = true;
-    const poke = () => { dirty = true; wake?.(); };
-    const onNotify = (n: pg.Notification) => {
-      try {
-        const p = JSON.parse(n.payload ?? "{}") as { project_id?: string; session_id?: string };
-        if (p.project_id === projectId && p.session_id === sessionId) poke();
-      } catch { poke(); }
-    };
-    let failed: Error | undefined;
-    const onError = (e: Error) => { failed = e; poke(); };
-    conn.on("notification", onNotify);
-    conn.on("error", onError);
-    options.signal?.addEventListener("abort", poke);
-    let broken = false;
-    try {
-      await conn.query("LISTEN sbx_sessions");
-      let last: string | undefined;
-      while (!options.signal?.aborted) {
-        if (failed) throw new SbxError(`watchSession ${projectId}/${sessionId}: ${failed.message}`, { cause: failed });
-        if (dirty) {
-          dirty = false;
-          const r = await conn.query(SQL.SESSION, [projectId, sessionId, false]);
-          const s = r.rows[0]?.session as Session | undefined;
-          const key = s && `${s.state} ${s.generation} ${s.stop_requested}`;
-          if (s && key !== last) {
-            last = key;
-            yield s;
-            if (s.state === "ended") return;
-          }
+    let last: string | undefined;
+    yield* this.#listen(`watchSession ${projectId}/${sessionId}`, ["sbx_sessions"],
+      (p) => p.project_id === projectId && p.session_id === sessionId, options.signal,
+      async function* (conn): AsyncGenerator<Session, boolean> {
+        const r = await conn.query(SQL.SESSION, [projectId, sessionId, false]);
+        const s = r.rows[0]?.session as Session | undefined;
+        const key = s && `${s.state} ${s.generation} ${s.stop_requested}`;
+        if (s && key !== last) {
+          last = key;
+          yield s;
+          if (s.state === "ended") return true;
         }
-        await new Promise<void>((res) => {
-          const t = setTimeout(() => { dirty = true; res(); }, REREAD_MS);
-          wake = () => { clearTimeout(t); res(); };
-        });
-        wake = undefined;
-      }
-    } catch (e) {
-      broken = true;
-      throw e;
-    } finally {
-      options.signal?.removeEventListener("abort", poke);
-      conn.off("notification", onNotify);
-      conn.off("error", onError);
-      if (!broken) await conn.query("UNLISTEN *").catch(() => { broken = true; });
-      conn.release(broken || failed !== undefined);
-    }
+        return false;
+      });
   }
 
   /** Closes the producer (after in-flight sends) and the pool. */

@@ -32,7 +32,8 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union, cast
+from typing import (Any, Callable, Dict, Generator, Iterator, List, Literal, Optional, Tuple,
+                    TypeVar, Union, cast)
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
@@ -44,6 +45,7 @@ from .types import (CancelResult, Enqueued, Job, LogChunk, Run, Session, Session
 
 LOG_PAGE = 1000
 REREAD_S = 1.0
+_T = TypeVar("_T")
 
 
 class SbxError(RuntimeError):
@@ -227,47 +229,64 @@ class Client:
         chunk. timeout: give up (TimeoutError) after so many seconds. after:
         resume past this (attempt, seq), the last chunk a reader kept before
         its connection broke (a broken connection raises psycopg.Error)."""
+        last_status: Optional[str] = None
+
+        def drain(conn: psycopg.Connection) -> Iterator[LogChunk]:
+            nonlocal after
+            while True:
+                page = self._chunks(conn, job_id, after)
+                for c in page:
+                    after = (c["attempt"], c["seq"])
+                    yield c
+                if len(page) < LOG_PAGE:
+                    return
+
+        def read(conn: psycopg.Connection) -> Generator[WatchEvent, None, bool]:
+            nonlocal last_status
+            row = conn.execute(_sql.STATUS, {"job": job_id, "history": False}).fetchone()
+            run: Optional[Run] = row[0] if row else None
+            # Chunks stored before this status was read belong before it.
+            yield from drain(conn)
+            if run is not None and run["status"] != last_status:
+                terminal = run["status"] in _sql.TERMINAL
+                if terminal:
+                    yield from drain(conn)
+                last_status = run["status"]
+                yield run
+                if terminal:
+                    return True
+            return False
+
+        return self._listen(f"watch {job_id}: not terminal", ("LISTEN sbx_runs", "LISTEN sbx_logs"),
+                            lambda p: p.get("job_id") == job_id, timeout, read)
+
+    def _listen(self, what: str, listens: Tuple[str, ...],
+                matches: Callable[[Dict[str, Any]], bool], timeout: Optional[float],
+                read: Callable[[psycopg.Connection], Generator[_T, None, bool]]) -> Iterator[_T]:
+        """The loop of watch and watch_session, on a connection of its own:
+        read(conn) runs at once, then after each notification whose payload
+        matches (or does not parse) and every REREAD_S without one; it yields
+        what changed and returns True when the watched thing is done. what
+        names it in the TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._connect() as conn:
-            conn.execute("LISTEN sbx_runs")
-            conn.execute("LISTEN sbx_logs")
-            last_status: Optional[str] = None
-
-            def drain() -> Iterator[LogChunk]:
-                nonlocal after
-                while True:
-                    page = self._chunks(conn, job_id, after)
-                    for c in page:
-                        after = (c["attempt"], c["seq"])
-                        yield c
-                    if len(page) < LOG_PAGE:
-                        return
-
+            for q in listens:
+                conn.execute(q)
             dirty, last_read = True, 0.0
             while True:
                 if dirty or time.monotonic() - last_read >= REREAD_S:
                     last_read = time.monotonic()
-                    row = conn.execute(_sql.STATUS, {"job": job_id, "history": False}).fetchone()
-                    run: Optional[Run] = row[0] if row else None
-                    # Chunks stored before this status was read belong before it.
-                    yield from drain()
-                    if run is not None and run["status"] != last_status:
-                        terminal = run["status"] in _sql.TERMINAL
-                        if terminal:
-                            yield from drain()
-                        last_status = run["status"]
-                        yield run
-                        if terminal:
-                            return
+                    if (yield from read(conn)):
+                        return
                 wait = max(0.0, REREAD_S - (time.monotonic() - last_read))
                 if deadline is not None:
                     if time.monotonic() >= deadline:
-                        raise TimeoutError(f"watch {job_id}: not terminal after {timeout} s")
+                        raise TimeoutError(f"{what} after {timeout} s")
                     wait = min(wait, deadline - time.monotonic())
                 dirty = False
                 for n in conn.notifies(timeout=wait, stop_after=1):
                     try:
-                        dirty = json.loads(n.payload).get("job_id") == job_id
+                        dirty = matches(json.loads(n.payload))
                     except ValueError:
                         dirty = True
 
@@ -297,37 +316,26 @@ class Client:
         """The session (session.v1) as it is now (once it exists), then each
         change of its state, generation or stop_requested; ends after it
         ended. timeout: give up (TimeoutError) after so many seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         params = {"project": project, "session": session, "history": False}
-        with self._connect() as conn:
-            conn.execute("LISTEN sbx_sessions")
-            last: Optional[Tuple[str, int, bool]] = None
-            dirty, last_read = True, 0.0
-            while True:
-                if dirty or time.monotonic() - last_read >= REREAD_S:
-                    last_read = time.monotonic()
-                    row = conn.execute(_sql.SESSION, params).fetchone()
-                    s: Optional[Session] = row[0] if row else None
-                    if s is not None:
-                        key = (s["state"], s["generation"], s["stop_requested"])
-                        if key != last:
-                            last = key
-                            yield s
-                            if s["state"] == "ended":
-                                return
-                wait = max(0.0, REREAD_S - (time.monotonic() - last_read))
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(f"watch_session {project}/{session}: not ended "
-                                           f"after {timeout} s")
-                    wait = min(wait, deadline - time.monotonic())
-                dirty = False
-                for n in conn.notifies(timeout=wait, stop_after=1):
-                    try:
-                        p = json.loads(n.payload)
-                        dirty = p.get("project_id") == project and p.get("session_id") == session
-                    except ValueError:
-                        dirty = True
+        last: Optional[Tuple[str, int, bool]] = None
+
+        def read(conn: psycopg.Connection) -> Generator[Session, None, bool]:
+            nonlocal last
+            row = conn.execute(_sql.SESSION, params).fetchone()
+            s: Optional[Session] = row[0] if row else None
+            if s is not None:
+                key = (s["state"], s["generation"], s["stop_requested"])
+                if key != last:
+                    last = key
+                    yield s
+                    if s["state"] == "ended":
+                        return True
+            return False
+
+        return self._listen(f"watch_session {project}/{session}: not ended",
+                            ("LISTEN sbx_sessions",),
+                            lambda p: p.get("project_id") == project
+                            and p.get("session_id") == session, timeout, read)
 
     def close(self) -> None:
         """Flushes the producer and closes the database connection."""
