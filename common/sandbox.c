@@ -617,6 +617,30 @@ out:
     return rc;
 }
 
+/* The spec's files into the workspace dir. A clash or a name the
+ * filesystem refuses is the job's own doing: -EINVAL, as for a path that
+ * escapes. In a session (replace) a directory the build left where a file
+ * goes is such a clash too. */
+static int write_files(int dir, const sbx_sandbox_spec *spec, int uid, int gid, int replace,
+                       char *err, size_t errlen)
+{
+    for (size_t i = 0; i < spec->nfiles; i++) {
+        int rc = write_file(dir, spec->files[i].key,
+                            spec->files[i].value ? spec->files[i].value : "", uid, gid, replace);
+        if (rc) {
+            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG ||
+                       (replace && rc == -EISDIR);
+            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
+                     rc == -ENAMETOOLONG ? "file name too long"
+                     : !jobs             ? strerror(-rc)
+                     : replace           ? "clashes with what the workspace holds"
+                                         : "clashes with another file");
+            return jobs ? -EINVAL : rc;
+        }
+    }
+    return 0;
+}
+
 /* One tmpfs of disk_mb on root for the workspace and /tmp. Returns 0, 1
  * when mounting is not permitted here (the caller keeps a plain workspace),
  * or a negative errno. */
@@ -675,22 +699,7 @@ static int make_workspace(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *er
         snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
         goto out;
     }
-    for (size_t i = 0; i < spec->nfiles; i++) {
-        rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
-                        s->uid, s->gid, 0);
-        if (rc) {
-            /* A clash or a name the filesystem refuses is the job's own
-             * doing: -EINVAL, as for a path that escapes. */
-            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG;
-            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
-                     rc == -ENAMETOOLONG ? "file name too long"
-                     : jobs              ? "clashes with another file"
-                                         : strerror(-rc));
-            if (jobs)
-                rc = -EINVAL;
-            goto out;
-        }
-    }
+    rc = write_files(dir, spec, s->uid, s->gid, 0, err, errlen);
 out:
     if (dir >= 0)
         close(dir);
@@ -1444,27 +1453,12 @@ static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, int extra, 
     return rc == -ENOTSUP ? 0 : rc;
 }
 
-static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
+/* What a run needs of its spec, checked alike by a one-shot sandbox and
+ * a run in a session: a command, env names, files inside the workspace. */
+static int check_command(const sbx_sandbox_spec *spec, char *err, size_t errlen)
 {
-    if (!spec->bwrap || spec->bwrap[0] != '/') {
-        snprintf(err, errlen, "bwrap: need an absolute path");
-        return -EINVAL;
-    }
-    if (!spec->work_dir || spec->work_dir[0] != '/') {
-        snprintf(err, errlen, "work_dir: need an absolute path");
-        return -EINVAL;
-    }
-    if (!spec->name || !spec->name[0] || strchr(spec->name, '/') || !strcmp(spec->name, ".") ||
-        !strcmp(spec->name, "..")) {
-        snprintf(err, errlen, "workspace name: need one path component");
-        return -EINVAL;
-    }
     if (!(spec->argv && spec->argv[0] && spec->argv[0][0]) && !spec->script) {
         snprintf(err, errlen, "nothing to run: need argv or script");
-        return -EINVAL;
-    }
-    if ((spec->uid >= 0) != (spec->gid >= 0)) {
-        snprintf(err, errlen, "uid and gid: set both or neither");
         return -EINVAL;
     }
     for (size_t i = 0; i < spec->nenv; i++) {
@@ -1482,6 +1476,28 @@ static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
+{
+    if (!spec->bwrap || spec->bwrap[0] != '/') {
+        snprintf(err, errlen, "bwrap: need an absolute path");
+        return -EINVAL;
+    }
+    if (!spec->work_dir || spec->work_dir[0] != '/') {
+        snprintf(err, errlen, "work_dir: need an absolute path");
+        return -EINVAL;
+    }
+    if (!spec->name || !spec->name[0] || strchr(spec->name, '/') || !strcmp(spec->name, ".") ||
+        !strcmp(spec->name, "..")) {
+        snprintf(err, errlen, "workspace name: need one path component");
+        return -EINVAL;
+    }
+    if ((spec->uid >= 0) != (spec->gid >= 0)) {
+        snprintf(err, errlen, "uid and gid: set both or neither");
+        return -EINVAL;
+    }
+    return check_command(spec, err, errlen);
 }
 
 /* argv of bwrap: options come from fd 3; the wrapper then the command. */
@@ -2237,24 +2253,8 @@ static int spawn_in_session(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "the session already has a run");
         return -EBUSY;
     }
-    if (!(spec->argv && spec->argv[0] && spec->argv[0][0]) && !spec->script) {
-        snprintf(err, errlen, "nothing to run: need argv or script");
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < spec->nenv; i++) {
-        const char *k = spec->env[i].key;
-        if (!k || !k[0] || strchr(k, '=')) {
-            snprintf(err, errlen, "env: invalid variable name");
-            return -EINVAL;
-        }
-    }
-    for (size_t i = 0; i < spec->nfiles; i++) {
-        if (!spec->files[i].key || !sbx_job_path_ok(spec->files[i].key)) {
-            snprintf(err, errlen, "files: path %.128s escapes the workspace",
-                     spec->files[i].key ? spec->files[i].key : "(null)");
-            return -EINVAL;
-        }
-    }
+    if ((rc = check_command(spec, err, errlen)) != 0)
+        return rc;
     if (ss->paused && (rc = sbx_sandbox_session_resume(ss, NULL)) != 0) {
         snprintf(err, errlen, "resuming the session: %s", strerror(-rc));
         return rc;
@@ -2290,21 +2290,8 @@ static int spawn_in_session(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
         goto out;
     }
-    for (size_t i = 0; i < spec->nfiles; i++) {
-        rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
-                        ss->uid, ss->gid, 1);
-        if (rc) {
-            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG ||
-                       rc == -EISDIR;
-            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
-                     rc == -ENAMETOOLONG ? "file name too long"
-                     : jobs              ? "clashes with what the workspace holds"
-                                         : strerror(-rc));
-            if (jobs)
-                rc = -EINVAL;
-            goto out;
-        }
-    }
+    if ((rc = write_files(dir, spec, ss->uid, ss->gid, 1, err, errlen)) != 0)
+        goto out;
     if ((rc = build_run_exec(s, spec)) != 0 || (rc = read_filter(s)) != 0) {
         snprintf(err, errlen, "%s: %s", s->run_argv ? "seccomp filter" : "exec", strerror(-rc));
         goto out;
