@@ -874,35 +874,60 @@ static int set_limit(int res, rlim_t soft, rlim_t hard)
     return setrlimit(res, &rl);
 }
 
-static _Noreturn void child_exec(const child_plan *cp)
+/* The start of both children (a sandbox's bwrap, a command entering a
+ * session): into the cgroup first, so all the child starts is inside;
+ * default signal handling, whatever the worker set up; a session of its own. */
+static void child_reset(const sbx_cgroup *cg, int err_w)
 {
-    static const int target[SB_CHILD_FDS] = {1, 3, 4, 5, 6, 7, 8, 9, 10};
-    char *envp[] = {NULL};
     struct sigaction sa;
     sigset_t none;
-    int hi[SB_CHILD_FDS], err_w, fd, errfd;
-    rlim_t mb = 1024 * 1024;
 
-    /* First, so bwrap and all it starts are inside; the cgroup's fds may
-     * have any number the moves below would clobber. */
-    if (cp->cg) {
-        int rc = sbx_cgroup_join(cp->cg);
+    if (cg) {
+        int rc = sbx_cgroup_join(cg);
         if (rc < 0) {
             errno = -rc;
-            child_fail(cp->err_w, STAGE_CGROUP);
+            child_fail(err_w, STAGE_CGROUP);
         }
     }
-
-    /* The build sees default signal handling, whatever the worker set up. */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; sig++)
         sigaction(sig, &sa, NULL);
     sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-        child_fail(cp->err_w, STAGE_SIGNALS);
-    if (setsid() < 0)
-        child_fail(cp->err_w, STAGE_SIGNALS);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0 || setsid() < 0)
+        child_fail(err_w, STAGE_SIGNALS);
+}
+
+/* Per-process limits (0: none) then the uid, which both children drop to
+ * the same way; nproc is what the caller counts for its pids. */
+static void child_limit_and_drop(int memory_mb, int nproc, int cpu_s, int disk_mb, int uid,
+                                 int gid, int err_w)
+{
+    rlim_t mb = 1024 * 1024;
+
+    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
+        (memory_mb > 0 &&
+         set_limit(RLIMIT_AS, (rlim_t)memory_mb * mb, (rlim_t)memory_mb * mb) < 0) ||
+        (nproc > 0 && set_limit(RLIMIT_NPROC, (rlim_t)nproc, (rlim_t)nproc) < 0) ||
+        (cpu_s > 0 &&
+         set_limit(RLIMIT_CPU, (rlim_t)cpu_s, (rlim_t)cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
+        (disk_mb > 0 && set_limit(RLIMIT_FSIZE, (rlim_t)disk_mb * mb, (rlim_t)disk_mb * mb) < 0))
+        child_fail(err_w, STAGE_LIMITS);
+    if (uid >= 0 &&
+        (setgroups(0, NULL) < 0 || setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0 ||
+         setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0))
+        child_fail(err_w, STAGE_IDS);
+}
+
+static _Noreturn void child_exec(const child_plan *cp)
+{
+    static const int target[SB_CHILD_FDS] = {1, 3, 4, 5, 6, 7, 8, 9, 10};
+    char *envp[] = {NULL};
+    int hi[SB_CHILD_FDS], err_w, fd, errfd;
+
+    /* First, as the cgroup's fds may have any number the moves below would
+     * clobber. */
+    child_reset(cp->cg, cp->err_w);
 
     /* Move everything above the targets first, so no dup2 clobbers a source. */
     err_w = fcntl(cp->err_w, F_DUPFD_CLOEXEC, 10);
@@ -923,22 +948,8 @@ static _Noreturn void child_exec(const child_plan *cp)
     if (close_range((unsigned)target[cp->nsrc - 1] + 1, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(err_w, STAGE_FDS);
 
-    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
-        (cp->memory_mb > 0 &&
-         set_limit(RLIMIT_AS, (rlim_t)cp->memory_mb * mb, (rlim_t)cp->memory_mb * mb) < 0) ||
-        (cp->pids > 0 && set_limit(RLIMIT_NPROC, (rlim_t)cp->pids + SB_BWRAP_PROCS,
-                                   (rlim_t)cp->pids + SB_BWRAP_PROCS) < 0) ||
-        (cp->cpu_s > 0 && set_limit(RLIMIT_CPU, (rlim_t)cp->cpu_s,
-                                    (rlim_t)cp->cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
-        (cp->disk_mb > 0 &&
-         set_limit(RLIMIT_FSIZE, (rlim_t)cp->disk_mb * mb, (rlim_t)cp->disk_mb * mb) < 0))
-        child_fail(err_w, STAGE_LIMITS);
-
-    if (cp->uid >= 0) {
-        if (setgroups(0, NULL) < 0 || setresgid((gid_t)cp->gid, (gid_t)cp->gid, (gid_t)cp->gid) < 0 ||
-            setresuid((uid_t)cp->uid, (uid_t)cp->uid, (uid_t)cp->uid) < 0)
-            child_fail(err_w, STAGE_IDS);
-    }
+    child_limit_and_drop(cp->memory_mb, cp->pids > 0 ? cp->pids + SB_BWRAP_PROCS : 0, cp->cpu_s,
+                         cp->disk_mb, cp->uid, cp->gid, err_w);
     /* After the uid change, which clears it. If the worker died before this
      * line, nobody would kill us: check. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != cp->parent)
@@ -1925,25 +1936,10 @@ static void relay_term(int sig)
 static _Noreturn void child_enter(const enter_plan *ep)
 {
     struct sigaction sa;
-    sigset_t none;
     int src[3 + NS_N], hi[3 + NS_N], n = 0, err_w, nul, status;
-    rlim_t mb = 1024 * 1024;
     pid_t pid, r;
 
-    if (ep->cg) {
-        int rc = sbx_cgroup_join(ep->cg);
-        if (rc < 0) {
-            errno = -rc;
-            child_fail(ep->err_w, STAGE_CGROUP);
-        }
-    }
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        sigaction(sig, &sa, NULL);
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0 || setsid() < 0)
-        child_fail(ep->err_w, STAGE_SIGNALS);
+    child_reset(ep->cg, ep->err_w);
 
     /* Above every target first, so no dup2 clobbers a source. */
     err_w = fcntl(ep->err_w, F_DUPFD_CLOEXEC, 16);
@@ -1963,19 +1959,7 @@ static _Noreturn void child_enter(const enter_plan *ep)
         close_range(7, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(err_w, STAGE_FDS);
 
-    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
-        (ep->memory_mb > 0 &&
-         set_limit(RLIMIT_AS, (rlim_t)ep->memory_mb * mb, (rlim_t)ep->memory_mb * mb) < 0) ||
-        (ep->pids > 0 && set_limit(RLIMIT_NPROC, (rlim_t)ep->pids, (rlim_t)ep->pids) < 0) ||
-        (ep->cpu_s > 0 && set_limit(RLIMIT_CPU, (rlim_t)ep->cpu_s,
-                                    (rlim_t)ep->cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
-        (ep->disk_mb > 0 &&
-         set_limit(RLIMIT_FSIZE, (rlim_t)ep->disk_mb * mb, (rlim_t)ep->disk_mb * mb) < 0))
-        child_fail(err_w, STAGE_LIMITS);
-    if (ep->uid >= 0 &&
-        (setgroups(0, NULL) < 0 || setresgid((gid_t)ep->gid, (gid_t)ep->gid, (gid_t)ep->gid) < 0 ||
-         setresuid((uid_t)ep->uid, (uid_t)ep->uid, (uid_t)ep->uid) < 0))
-        child_fail(err_w, STAGE_IDS);
+    child_limit_and_drop(ep->memory_mb, ep->pids, ep->cpu_s, ep->disk_mb, ep->uid, ep->gid, err_w);
     /* As the session's uid, which owns the outer user namespace. */
     for (int i = 0; i < NS_N; i++)
         if (setns(hi[3 + i], ns_types[i]) < 0)
@@ -1985,6 +1969,7 @@ static _Noreturn void child_enter(const enter_plan *ep)
         child_fail(err_w, STAGE_IDS);
     if (chdir("/workspace") < 0)
         child_fail(err_w, STAGE_EXEC);
+    memset(&sa, 0, sizeof(sa));
     sa.sa_handler = relay_term;
     sigaction(SIGTERM, &sa, NULL);
 
