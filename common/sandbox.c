@@ -1309,6 +1309,34 @@ static void on_pid_exit(sbx_io *io, int events)
 
 /* netns.c: setup failed (the command never ran: kill, and report why), or
  * its last helper has been reaped (REAPING waits for that). */
+/* Takes the read ends of a started child's pipes (output, stderr or -1,
+ * mark) and watches them and its pidfd: a sandbox's bwrap and a session's
+ * run alike. Returns 0 or the loop's error; the caller ends the child. */
+static int watch_child(sbx_sandbox *s, int outp[2], int serrp[2], int markp[2])
+{
+    int rc;
+
+    s->out_fd = outp[0];
+    outp[0] = -1;
+    s->err_fd = serrp[0];
+    serrp[0] = -1;
+    s->mark_fd = markp[0];
+    markp[0] = -1;
+    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
+    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
+    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
+    if (s->err_fd >= 0) {
+        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
+        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
+    }
+    if ((rc = sbx_io_set(s->loop, &s->pid_io, SBX_READ)) != 0 ||
+        (rc = sbx_io_set(s->loop, &s->out_io, SBX_READ)) != 0 ||
+        (s->err_fd >= 0 && (rc = sbx_io_set(s->loop, &s->err_io, SBX_READ)) != 0))
+        return rc;
+    return 0;
+}
+
 static void on_netns(void *arg, sbx_netns_event ev, const char *why)
 {
     sbx_sandbox *s = arg;
@@ -1721,25 +1749,9 @@ static int spawn_bwrap(sbx_loop *loop, const sbx_sandbox_spec *spec, sbx_sandbox
         snprintf(err, errlen, "pidfd_open: %s", strerror(errno));
         goto out;
     }
-    s->out_fd = outp[0];
-    outp[0] = -1;
-    s->err_fd = serrp[0];
-    serrp[0] = -1;
     s->output = spec->output;
     s->output_arg = spec->output_arg;
-    s->mark_fd = markp[0];
-    markp[0] = -1;
-    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
-    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
-    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
-    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
-    if (s->err_fd >= 0) {
-        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
-        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
-    }
-    if ((rc = sbx_io_set(loop, &s->pid_io, SBX_READ)) != 0 ||
-        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0 ||
-        (s->err_fd >= 0 && (rc = sbx_io_set(loop, &s->err_io, SBX_READ)) != 0)) {
+    if ((rc = watch_child(s, outp, serrp, markp)) != 0) {
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
@@ -2094,23 +2106,7 @@ static void launch_run(sbx_sandbox *s)
         snprintf(s->error, sizeof(s->error), "pidfd_open: %s", strerror(-rc));
         goto out;
     }
-    s->out_fd = outp[0];
-    outp[0] = -1;
-    s->err_fd = serrp[0];
-    serrp[0] = -1;
-    s->mark_fd = markp[0];
-    markp[0] = -1;
-    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
-    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
-    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
-    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
-    if (s->err_fd >= 0) {
-        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
-        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
-    }
-    if ((rc = sbx_io_set(s->loop, &s->pid_io, SBX_READ)) != 0 ||
-        (rc = sbx_io_set(s->loop, &s->out_io, SBX_READ)) != 0 ||
-        (s->err_fd >= 0 && (rc = sbx_io_set(s->loop, &s->err_io, SBX_READ)) != 0)) {
+    if ((rc = watch_child(s, outp, serrp, markp)) != 0) {
         /* Nothing watches it: end it here. */
         int status;
         pidfd_kill(s->pidfd, SIGKILL);
