@@ -98,6 +98,11 @@ json_object *sbx__fly_str_array(const char *const *v, size_t n)
     return a;
 }
 
+json_object *sbx__fly_meta(json_object *m)
+{
+    return sbx__fly_jobj(sbx__fly_jobj(m, "config"), "metadata");
+}
+
 void sbx__fly_api_error(const sbx_http_res *res, char *out, size_t cap)
 {
     json_object *o, *m;

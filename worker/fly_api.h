@@ -116,6 +116,8 @@ void sbx__fly_api_error(const sbx_http_res *res, char *out, size_t cap);
 const char *sbx__fly_jstr(json_object *o, const char *key);
 json_object *sbx__fly_jobj(json_object *o, const char *key);
 json_object *sbx__fly_str_array(const char *const *v, size_t n);
+/* A machine object's config.metadata, or NULL. */
+json_object *sbx__fly_meta(json_object *m);
 
 void sbx__fly_call_init(sbx__fly_call *c, sbx__fly_api *a, void *owner);
 /* Cancels what c had in flight and starts method on the API's url + the

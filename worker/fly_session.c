@@ -551,8 +551,7 @@ static void pv_close(sbx__fly_sessions *S, const char *name)
 /* The preview port the machine recorded; the job's own port wins. */
 static void take_port(sbx__fly_srun *s, json_object *m)
 {
-    const char *p =
-        sbx__fly_jstr(sbx__fly_jobj(sbx__fly_jobj(m, "config"), "metadata"), "sbx_preview_port");
+    const char *p = sbx__fly_jstr(sbx__fly_meta(m), "sbx_preview_port");
     int n = p ? atoi(p) : 0;
     s->machine_port = n > 0 && n < 65536 ? n : 0;
     if (s->preview_port <= 0)

@@ -1622,16 +1622,14 @@ static void on_sweep_list(sbx__fly_call *c, const sbx_http_res *res)
         if (!id || !valid_chars(id, SBX_FLY_ID_MAX, "") || !st || strcmp(st, "destroyed") == 0 ||
             strcmp(st, "destroying") == 0)
             continue;
-        if (known_machine(s->f, id, sbx__fly_jobj(sbx__fly_jobj(m, "config"), "metadata")))
+        if (known_machine(s->f, id, sbx__fly_meta(m)))
             continue;
         /* a session's machine outlives every run; only DESTROY ends it */
-        if (sbx__fly_jstr(sbx__fly_jobj(sbx__fly_jobj(m, "config"), "metadata"), "sbx_session"))
+        if (sbx__fly_jstr(sbx__fly_meta(m), "sbx_session"))
             continue;
         /* this pool's warm machines are ours while we live; another tag is
          * a pool that died with its process */
-        if (s->f->sessions.warm &&
-            (warm = sbx__fly_jstr(sbx__fly_jobj(sbx__fly_jobj(m, "config"), "metadata"),
-                                  "sbx_warm")) &&
+        if (s->f->sessions.warm && (warm = sbx__fly_jstr(sbx__fly_meta(m), "sbx_warm")) &&
             strcmp(warm, sbx__fly_warm_tag(s->f->sessions.warm)) == 0)
             continue;
         snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
