@@ -617,6 +617,30 @@ out:
     return rc;
 }
 
+/* The spec's files into the workspace dir. A clash or a name the
+ * filesystem refuses is the job's own doing: -EINVAL, as for a path that
+ * escapes. In a session (replace) a directory the build left where a file
+ * goes is such a clash too. */
+static int write_files(int dir, const sbx_sandbox_spec *spec, int uid, int gid, int replace,
+                       char *err, size_t errlen)
+{
+    for (size_t i = 0; i < spec->nfiles; i++) {
+        int rc = write_file(dir, spec->files[i].key,
+                            spec->files[i].value ? spec->files[i].value : "", uid, gid, replace);
+        if (rc) {
+            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG ||
+                       (replace && rc == -EISDIR);
+            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
+                     rc == -ENAMETOOLONG ? "file name too long"
+                     : !jobs             ? strerror(-rc)
+                     : replace           ? "clashes with what the workspace holds"
+                                         : "clashes with another file");
+            return jobs ? -EINVAL : rc;
+        }
+    }
+    return 0;
+}
+
 /* One tmpfs of disk_mb on root for the workspace and /tmp. Returns 0, 1
  * when mounting is not permitted here (the caller keeps a plain workspace),
  * or a negative errno. */
@@ -675,22 +699,7 @@ static int make_workspace(sbx_sandbox *s, const sbx_sandbox_spec *spec, char *er
         snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
         goto out;
     }
-    for (size_t i = 0; i < spec->nfiles; i++) {
-        rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
-                        s->uid, s->gid, 0);
-        if (rc) {
-            /* A clash or a name the filesystem refuses is the job's own
-             * doing: -EINVAL, as for a path that escapes. */
-            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG;
-            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
-                     rc == -ENAMETOOLONG ? "file name too long"
-                     : jobs              ? "clashes with another file"
-                                         : strerror(-rc));
-            if (jobs)
-                rc = -EINVAL;
-            goto out;
-        }
-    }
+    rc = write_files(dir, spec, s->uid, s->gid, 0, err, errlen);
 out:
     if (dir >= 0)
         close(dir);
@@ -865,35 +874,60 @@ static int set_limit(int res, rlim_t soft, rlim_t hard)
     return setrlimit(res, &rl);
 }
 
-static _Noreturn void child_exec(const child_plan *cp)
+/* The start of both children (a sandbox's bwrap, a command entering a
+ * session): into the cgroup first, so all the child starts is inside;
+ * default signal handling, whatever the worker set up; a session of its own. */
+static void child_reset(const sbx_cgroup *cg, int err_w)
 {
-    static const int target[SB_CHILD_FDS] = {1, 3, 4, 5, 6, 7, 8, 9, 10};
-    char *envp[] = {NULL};
     struct sigaction sa;
     sigset_t none;
-    int hi[SB_CHILD_FDS], err_w, fd, errfd;
-    rlim_t mb = 1024 * 1024;
 
-    /* First, so bwrap and all it starts are inside; the cgroup's fds may
-     * have any number the moves below would clobber. */
-    if (cp->cg) {
-        int rc = sbx_cgroup_join(cp->cg);
+    if (cg) {
+        int rc = sbx_cgroup_join(cg);
         if (rc < 0) {
             errno = -rc;
-            child_fail(cp->err_w, STAGE_CGROUP);
+            child_fail(err_w, STAGE_CGROUP);
         }
     }
-
-    /* The build sees default signal handling, whatever the worker set up. */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; sig++)
         sigaction(sig, &sa, NULL);
     sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-        child_fail(cp->err_w, STAGE_SIGNALS);
-    if (setsid() < 0)
-        child_fail(cp->err_w, STAGE_SIGNALS);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0 || setsid() < 0)
+        child_fail(err_w, STAGE_SIGNALS);
+}
+
+/* Per-process limits (0: none) then the uid, which both children drop to
+ * the same way; nproc is what the caller counts for its pids. */
+static void child_limit_and_drop(int memory_mb, int nproc, int cpu_s, int disk_mb, int uid,
+                                 int gid, int err_w)
+{
+    rlim_t mb = 1024 * 1024;
+
+    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
+        (memory_mb > 0 &&
+         set_limit(RLIMIT_AS, (rlim_t)memory_mb * mb, (rlim_t)memory_mb * mb) < 0) ||
+        (nproc > 0 && set_limit(RLIMIT_NPROC, (rlim_t)nproc, (rlim_t)nproc) < 0) ||
+        (cpu_s > 0 &&
+         set_limit(RLIMIT_CPU, (rlim_t)cpu_s, (rlim_t)cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
+        (disk_mb > 0 && set_limit(RLIMIT_FSIZE, (rlim_t)disk_mb * mb, (rlim_t)disk_mb * mb) < 0))
+        child_fail(err_w, STAGE_LIMITS);
+    if (uid >= 0 &&
+        (setgroups(0, NULL) < 0 || setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0 ||
+         setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0))
+        child_fail(err_w, STAGE_IDS);
+}
+
+static _Noreturn void child_exec(const child_plan *cp)
+{
+    static const int target[SB_CHILD_FDS] = {1, 3, 4, 5, 6, 7, 8, 9, 10};
+    char *envp[] = {NULL};
+    int hi[SB_CHILD_FDS], err_w, fd, errfd;
+
+    /* First, as the cgroup's fds may have any number the moves below would
+     * clobber. */
+    child_reset(cp->cg, cp->err_w);
 
     /* Move everything above the targets first, so no dup2 clobbers a source. */
     err_w = fcntl(cp->err_w, F_DUPFD_CLOEXEC, 10);
@@ -914,22 +948,8 @@ static _Noreturn void child_exec(const child_plan *cp)
     if (close_range((unsigned)target[cp->nsrc - 1] + 1, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(err_w, STAGE_FDS);
 
-    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
-        (cp->memory_mb > 0 &&
-         set_limit(RLIMIT_AS, (rlim_t)cp->memory_mb * mb, (rlim_t)cp->memory_mb * mb) < 0) ||
-        (cp->pids > 0 && set_limit(RLIMIT_NPROC, (rlim_t)cp->pids + SB_BWRAP_PROCS,
-                                   (rlim_t)cp->pids + SB_BWRAP_PROCS) < 0) ||
-        (cp->cpu_s > 0 && set_limit(RLIMIT_CPU, (rlim_t)cp->cpu_s,
-                                    (rlim_t)cp->cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
-        (cp->disk_mb > 0 &&
-         set_limit(RLIMIT_FSIZE, (rlim_t)cp->disk_mb * mb, (rlim_t)cp->disk_mb * mb) < 0))
-        child_fail(err_w, STAGE_LIMITS);
-
-    if (cp->uid >= 0) {
-        if (setgroups(0, NULL) < 0 || setresgid((gid_t)cp->gid, (gid_t)cp->gid, (gid_t)cp->gid) < 0 ||
-            setresuid((uid_t)cp->uid, (uid_t)cp->uid, (uid_t)cp->uid) < 0)
-            child_fail(err_w, STAGE_IDS);
-    }
+    child_limit_and_drop(cp->memory_mb, cp->pids > 0 ? cp->pids + SB_BWRAP_PROCS : 0, cp->cpu_s,
+                         cp->disk_mb, cp->uid, cp->gid, err_w);
     /* After the uid change, which clears it. If the worker died before this
      * line, nobody would kill us: check. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != cp->parent)
@@ -1289,6 +1309,34 @@ static void on_pid_exit(sbx_io *io, int events)
 
 /* netns.c: setup failed (the command never ran: kill, and report why), or
  * its last helper has been reaped (REAPING waits for that). */
+/* Takes the read ends of a started child's pipes (output, stderr or -1,
+ * mark) and watches them and its pidfd: a sandbox's bwrap and a session's
+ * run alike. Returns 0 or the loop's error; the caller ends the child. */
+static int watch_child(sbx_sandbox *s, int outp[2], int serrp[2], int markp[2])
+{
+    int rc;
+
+    s->out_fd = outp[0];
+    outp[0] = -1;
+    s->err_fd = serrp[0];
+    serrp[0] = -1;
+    s->mark_fd = markp[0];
+    markp[0] = -1;
+    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
+    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
+    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
+    if (s->err_fd >= 0) {
+        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
+        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
+    }
+    if ((rc = sbx_io_set(s->loop, &s->pid_io, SBX_READ)) != 0 ||
+        (rc = sbx_io_set(s->loop, &s->out_io, SBX_READ)) != 0 ||
+        (s->err_fd >= 0 && (rc = sbx_io_set(s->loop, &s->err_io, SBX_READ)) != 0))
+        return rc;
+    return 0;
+}
+
 static void on_netns(void *arg, sbx_netns_event ev, const char *why)
 {
     sbx_sandbox *s = arg;
@@ -1444,27 +1492,12 @@ static int make_cgroup(sbx_sandbox *s, const sbx_sandbox_spec *spec, int extra, 
     return rc == -ENOTSUP ? 0 : rc;
 }
 
-static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
+/* What a run needs of its spec, checked alike by a one-shot sandbox and
+ * a run in a session: a command, env names, files inside the workspace. */
+static int check_command(const sbx_sandbox_spec *spec, char *err, size_t errlen)
 {
-    if (!spec->bwrap || spec->bwrap[0] != '/') {
-        snprintf(err, errlen, "bwrap: need an absolute path");
-        return -EINVAL;
-    }
-    if (!spec->work_dir || spec->work_dir[0] != '/') {
-        snprintf(err, errlen, "work_dir: need an absolute path");
-        return -EINVAL;
-    }
-    if (!spec->name || !spec->name[0] || strchr(spec->name, '/') || !strcmp(spec->name, ".") ||
-        !strcmp(spec->name, "..")) {
-        snprintf(err, errlen, "workspace name: need one path component");
-        return -EINVAL;
-    }
     if (!(spec->argv && spec->argv[0] && spec->argv[0][0]) && !spec->script) {
         snprintf(err, errlen, "nothing to run: need argv or script");
-        return -EINVAL;
-    }
-    if ((spec->uid >= 0) != (spec->gid >= 0)) {
-        snprintf(err, errlen, "uid and gid: set both or neither");
         return -EINVAL;
     }
     for (size_t i = 0; i < spec->nenv; i++) {
@@ -1482,6 +1515,28 @@ static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+static int check_spec(const sbx_sandbox_spec *spec, char *err, size_t errlen)
+{
+    if (!spec->bwrap || spec->bwrap[0] != '/') {
+        snprintf(err, errlen, "bwrap: need an absolute path");
+        return -EINVAL;
+    }
+    if (!spec->work_dir || spec->work_dir[0] != '/') {
+        snprintf(err, errlen, "work_dir: need an absolute path");
+        return -EINVAL;
+    }
+    if (!spec->name || !spec->name[0] || strchr(spec->name, '/') || !strcmp(spec->name, ".") ||
+        !strcmp(spec->name, "..")) {
+        snprintf(err, errlen, "workspace name: need one path component");
+        return -EINVAL;
+    }
+    if ((spec->uid >= 0) != (spec->gid >= 0)) {
+        snprintf(err, errlen, "uid and gid: set both or neither");
+        return -EINVAL;
+    }
+    return check_command(spec, err, errlen);
 }
 
 /* argv of bwrap: options come from fd 3; the wrapper then the command. */
@@ -1694,25 +1749,9 @@ static int spawn_bwrap(sbx_loop *loop, const sbx_sandbox_spec *spec, sbx_sandbox
         snprintf(err, errlen, "pidfd_open: %s", strerror(errno));
         goto out;
     }
-    s->out_fd = outp[0];
-    outp[0] = -1;
-    s->err_fd = serrp[0];
-    serrp[0] = -1;
     s->output = spec->output;
     s->output_arg = spec->output_arg;
-    s->mark_fd = markp[0];
-    markp[0] = -1;
-    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
-    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
-    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
-    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
-    if (s->err_fd >= 0) {
-        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
-        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
-    }
-    if ((rc = sbx_io_set(loop, &s->pid_io, SBX_READ)) != 0 ||
-        (rc = sbx_io_set(loop, &s->out_io, SBX_READ)) != 0 ||
-        (s->err_fd >= 0 && (rc = sbx_io_set(loop, &s->err_io, SBX_READ)) != 0)) {
+    if ((rc = watch_child(s, outp, serrp, markp)) != 0) {
         snprintf(err, errlen, "loop: %s", strerror(-rc));
         goto out;
     }
@@ -1909,25 +1948,10 @@ static void relay_term(int sig)
 static _Noreturn void child_enter(const enter_plan *ep)
 {
     struct sigaction sa;
-    sigset_t none;
     int src[3 + NS_N], hi[3 + NS_N], n = 0, err_w, nul, status;
-    rlim_t mb = 1024 * 1024;
     pid_t pid, r;
 
-    if (ep->cg) {
-        int rc = sbx_cgroup_join(ep->cg);
-        if (rc < 0) {
-            errno = -rc;
-            child_fail(ep->err_w, STAGE_CGROUP);
-        }
-    }
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        sigaction(sig, &sa, NULL);
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0 || setsid() < 0)
-        child_fail(ep->err_w, STAGE_SIGNALS);
+    child_reset(ep->cg, ep->err_w);
 
     /* Above every target first, so no dup2 clobbers a source. */
     err_w = fcntl(ep->err_w, F_DUPFD_CLOEXEC, 16);
@@ -1947,19 +1971,7 @@ static _Noreturn void child_enter(const enter_plan *ep)
         close_range(7, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(err_w, STAGE_FDS);
 
-    if (set_limit(RLIMIT_CORE, 0, 0) < 0 ||
-        (ep->memory_mb > 0 &&
-         set_limit(RLIMIT_AS, (rlim_t)ep->memory_mb * mb, (rlim_t)ep->memory_mb * mb) < 0) ||
-        (ep->pids > 0 && set_limit(RLIMIT_NPROC, (rlim_t)ep->pids, (rlim_t)ep->pids) < 0) ||
-        (ep->cpu_s > 0 && set_limit(RLIMIT_CPU, (rlim_t)ep->cpu_s,
-                                    (rlim_t)ep->cpu_s + SB_CPU_HARD_SLACK_S) < 0) ||
-        (ep->disk_mb > 0 &&
-         set_limit(RLIMIT_FSIZE, (rlim_t)ep->disk_mb * mb, (rlim_t)ep->disk_mb * mb) < 0))
-        child_fail(err_w, STAGE_LIMITS);
-    if (ep->uid >= 0 &&
-        (setgroups(0, NULL) < 0 || setresgid((gid_t)ep->gid, (gid_t)ep->gid, (gid_t)ep->gid) < 0 ||
-         setresuid((uid_t)ep->uid, (uid_t)ep->uid, (uid_t)ep->uid) < 0))
-        child_fail(err_w, STAGE_IDS);
+    child_limit_and_drop(ep->memory_mb, ep->pids, ep->cpu_s, ep->disk_mb, ep->uid, ep->gid, err_w);
     /* As the session's uid, which owns the outer user namespace. */
     for (int i = 0; i < NS_N; i++)
         if (setns(hi[3 + i], ns_types[i]) < 0)
@@ -1969,6 +1981,7 @@ static _Noreturn void child_enter(const enter_plan *ep)
         child_fail(err_w, STAGE_IDS);
     if (chdir("/workspace") < 0)
         child_fail(err_w, STAGE_EXEC);
+    memset(&sa, 0, sizeof(sa));
     sa.sa_handler = relay_term;
     sigaction(SIGTERM, &sa, NULL);
 
@@ -2093,23 +2106,7 @@ static void launch_run(sbx_sandbox *s)
         snprintf(s->error, sizeof(s->error), "pidfd_open: %s", strerror(-rc));
         goto out;
     }
-    s->out_fd = outp[0];
-    outp[0] = -1;
-    s->err_fd = serrp[0];
-    serrp[0] = -1;
-    s->mark_fd = markp[0];
-    markp[0] = -1;
-    fcntl(s->out_fd, F_SETFL, fcntl(s->out_fd, F_GETFL) | O_NONBLOCK);
-    fcntl(s->mark_fd, F_SETFL, fcntl(s->mark_fd, F_GETFL) | O_NONBLOCK);
-    sbx_io_init(&s->pid_io, s->pidfd, on_pid_exit, s);
-    sbx_io_init(&s->out_io, s->out_fd, on_output, s);
-    if (s->err_fd >= 0) {
-        fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
-        sbx_io_init(&s->err_io, s->err_fd, on_output, s);
-    }
-    if ((rc = sbx_io_set(s->loop, &s->pid_io, SBX_READ)) != 0 ||
-        (rc = sbx_io_set(s->loop, &s->out_io, SBX_READ)) != 0 ||
-        (s->err_fd >= 0 && (rc = sbx_io_set(s->loop, &s->err_io, SBX_READ)) != 0)) {
+    if ((rc = watch_child(s, outp, serrp, markp)) != 0) {
         /* Nothing watches it: end it here. */
         int status;
         pidfd_kill(s->pidfd, SIGKILL);
@@ -2237,24 +2234,8 @@ static int spawn_in_session(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "the session already has a run");
         return -EBUSY;
     }
-    if (!(spec->argv && spec->argv[0] && spec->argv[0][0]) && !spec->script) {
-        snprintf(err, errlen, "nothing to run: need argv or script");
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < spec->nenv; i++) {
-        const char *k = spec->env[i].key;
-        if (!k || !k[0] || strchr(k, '=')) {
-            snprintf(err, errlen, "env: invalid variable name");
-            return -EINVAL;
-        }
-    }
-    for (size_t i = 0; i < spec->nfiles; i++) {
-        if (!spec->files[i].key || !sbx_job_path_ok(spec->files[i].key)) {
-            snprintf(err, errlen, "files: path %.128s escapes the workspace",
-                     spec->files[i].key ? spec->files[i].key : "(null)");
-            return -EINVAL;
-        }
-    }
+    if ((rc = check_command(spec, err, errlen)) != 0)
+        return rc;
     if (ss->paused && (rc = sbx_sandbox_session_resume(ss, NULL)) != 0) {
         snprintf(err, errlen, "resuming the session: %s", strerror(-rc));
         return rc;
@@ -2290,21 +2271,8 @@ static int spawn_in_session(sbx_loop *loop, const sbx_sandbox_spec *spec,
         snprintf(err, errlen, "workspace %s: %s", s->ws, strerror(errno));
         goto out;
     }
-    for (size_t i = 0; i < spec->nfiles; i++) {
-        rc = write_file(dir, spec->files[i].key, spec->files[i].value ? spec->files[i].value : "",
-                        ss->uid, ss->gid, 1);
-        if (rc) {
-            int jobs = rc == -EEXIST || rc == -ENOTDIR || rc == -ELOOP || rc == -ENAMETOOLONG ||
-                       rc == -EISDIR;
-            snprintf(err, errlen, "files: %.128s: %s", spec->files[i].key,
-                     rc == -ENAMETOOLONG ? "file name too long"
-                     : jobs              ? "clashes with what the workspace holds"
-                                         : strerror(-rc));
-            if (jobs)
-                rc = -EINVAL;
-            goto out;
-        }
-    }
+    if ((rc = write_files(dir, spec, ss->uid, ss->gid, 1, err, errlen)) != 0)
+        goto out;
     if ((rc = build_run_exec(s, spec)) != 0 || (rc = read_filter(s)) != 0) {
         snprintf(err, errlen, "%s: %s", s->run_argv ? "seccomp filter" : "exec", strerror(-rc));
         goto out;

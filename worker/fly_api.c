@@ -74,6 +74,35 @@ uint64_t sbx__fly_api_rand(sbx__fly_api *a)
     return z ^ (z >> 31);
 }
 
+const char *sbx__fly_jstr(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+json_object *sbx__fly_jobj(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!o || !json_object_object_get_ex(o, key, &v))
+        return NULL;
+    return v;
+}
+
+json_object *sbx__fly_str_array(const char *const *v, size_t n)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(a, json_object_new_string(v[i]));
+    return a;
+}
+
+json_object *sbx__fly_meta(json_object *m)
+{
+    return sbx__fly_jobj(sbx__fly_jobj(m, "config"), "metadata");
+}
+
 void sbx__fly_api_error(const sbx_http_res *res, char *out, size_t cap)
 {
     json_object *o, *m;

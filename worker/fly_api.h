@@ -18,6 +18,9 @@
  * SBX_FLY_MAX_THROTTLED of them (a server that only ever says 429 is broken).
  * A request that cannot even be started counts as a transport error.
  *
+ * It also holds the few readers and writers of Fly's JSON that the provider,
+ * its sessions and its warm pool all use, so there is one copy of each.
+ *
  * Callback rule (libuv's): after sbx__fly_call_start() returns 0 the call's
  * cb runs exactly once, from the loop, never from inside the start; after
  * sbx__fly_call_cancel() or sbx__fly_call_free() it does not run.
@@ -27,6 +30,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <json-c/json.h>
 
 #include "http.h"
 #include "loop.h"
@@ -105,6 +110,14 @@ uint64_t sbx__fly_retry_after_ms(const sbx_http_res *res);
 /* One line for a failed reply: the transport error, or the "error" of a Fly
  * error body, or the start of the raw body. */
 void sbx__fly_api_error(const sbx_http_res *res, char *out, size_t cap);
+/* Fly's JSON, read and written alike by the provider, its sessions and its
+ * warm pool: o's string member key (NULL when o is NULL, key is missing or
+ * not a string), o's member key of any type, and a new array of n strings. */
+const char *sbx__fly_jstr(json_object *o, const char *key);
+json_object *sbx__fly_jobj(json_object *o, const char *key);
+json_object *sbx__fly_str_array(const char *const *v, size_t n);
+/* A machine object's config.metadata, or NULL. */
+json_object *sbx__fly_meta(json_object *m);
 
 void sbx__fly_call_init(sbx__fly_call *c, sbx__fly_api *a, void *owner);
 /* Cancels what c had in flight and starts method on the API's url + the

@@ -235,22 +235,6 @@ struct sbx__fly_sop {
 
 /* ---- helpers ---- */
 
-static const char *jstr(json_object *o, const char *key)
-{
-    json_object *v;
-    if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
-static json_object *jobj(json_object *o, const char *key)
-{
-    json_object *v;
-    if (!o || !json_object_object_get_ex(o, key, &v))
-        return NULL;
-    return v;
-}
-
 static int name_ok(const char *s)
 {
     size_t n = s ? strlen(s) : 0;
@@ -393,14 +377,6 @@ out:
     return out;
 }
 
-static json_object *str_array(const char *const *v, size_t n)
-{
-    json_object *a = json_object_new_array();
-    for (size_t i = 0; i < n; i++)
-        json_object_array_add(a, json_object_new_string(v[i]));
-    return a;
-}
-
 /* An exec request body: sh -c script with args, and stdin. */
 static char *exec_body(const char *script, const char *const *args, size_t nargs,
                        const char *in, int timeout_s)
@@ -409,7 +385,7 @@ static char *exec_body(const char *script, const char *const *args, size_t nargs
     const char *pre[] = {"/bin/sh", "-c", script, "sbx"};
     char *s;
 
-    cmd = str_array(pre, 4);
+    cmd = sbx__fly_str_array(pre, 4);
     for (size_t i = 0; i < nargs; i++)
         json_object_array_add(cmd, json_object_new_string(args[i]));
     json_object_object_add(o, "command", cmd);
@@ -435,7 +411,7 @@ json_object *sbx__fly_idle_machine(const sbx__fly_sessions *S, const char *name,
     json_object_object_add(guest, "cpus", json_object_new_int(cpus));
     json_object_object_add(guest, "memory_mb", json_object_new_int(mem_mb));
     json_object_object_add(cfg, "guest", guest);
-    json_object_object_add(init, "exec", str_array(exec, 3));
+    json_object_object_add(init, "exec", sbx__fly_str_array(exec, 3));
     json_object_object_add(cfg, "init", init);
     for (size_t i = 0; i + 1 < nmeta * 2; i += 2)
         json_object_object_add(md, meta[i], json_object_new_string(meta[i + 1]));
@@ -575,7 +551,7 @@ static void pv_close(sbx__fly_sessions *S, const char *name)
 /* The preview port the machine recorded; the job's own port wins. */
 static void take_port(sbx__fly_srun *s, json_object *m)
 {
-    const char *p = jstr(jobj(jobj(m, "config"), "metadata"), "sbx_preview_port");
+    const char *p = sbx__fly_jstr(sbx__fly_meta(m), "sbx_preview_port");
     int n = p ? atoi(p) : 0;
     s->machine_port = n > 0 && n < 65536 ? n : 0;
     if (s->preview_port <= 0)
@@ -585,7 +561,7 @@ static void take_port(sbx__fly_srun *s, json_object *m)
 /* The machine's private_ip from a machine object, if it has one that fits. */
 static void take_ip(sbx__fly_srun *s, json_object *m)
 {
-    const char *ip = jstr(m, "private_ip");
+    const char *ip = sbx__fly_jstr(m, "private_ip");
     if (ip && strlen(ip) <= SBX_FLY_IP_MAX)
         snprintf(s->ip, sizeof(s->ip), "%s", ip);
 }
@@ -751,8 +727,8 @@ static void on_poll(sbx__fly_call *c, const sbx_http_res *res)
     }
     /* exit_code may be left out when 0 (Go's omitempty, as on machine events) */
     if (res->code == SBX_HTTP_OK && res->status == 200 && (o = json_tokener_parse(res->body)) &&
-        (!(ec = jobj(o, "exit_code")) || json_object_get_int(ec) == 0) &&
-        (text = jstr(o, "stdout")) && (r = take_poll(s, text)) >= 0) {
+        (!(ec = sbx__fly_jobj(o, "exit_code")) || json_object_get_int(ec) == 0) &&
+        (text = sbx__fly_jstr(o, "stdout")) && (r = take_poll(s, text)) >= 0) {
         json_object_put(o);
         s->poll_errors = 0;
         if (s->aborting)
@@ -841,7 +817,7 @@ static void on_launch(sbx__fly_call *c, const sbx_http_res *res)
     int code = -1;
 
     if (res->code == SBX_HTTP_OK && res->status == 200 && (o = json_tokener_parse(res->body)))
-        code = (ec = jobj(o, "exit_code")) ? json_object_get_int(ec) : 0;
+        code = (ec = sbx__fly_jobj(o, "exit_code")) ? json_object_get_int(ec) : 0;
     json_object_put(o);
     if (code == 0) {
         s->launched = 1;
@@ -958,7 +934,7 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
     char why[200];
 
     if (res->code == SBX_HTTP_OK && res->status == 200 && (m = json_tokener_parse(res->body)) &&
-        (id = jstr(m, "id")) && strlen(id) <= SBX_FLY_ID_MAX) {
+        (id = sbx__fly_jstr(m, "id")) && strlen(id) <= SBX_FLY_ID_MAX) {
         snprintf(s->id, sizeof(s->id), "%s", id);
         snprintf(s->res.instance, sizeof(s->res.instance), "%s", id);
         s->res.sandbox = SBX_SANDBOX_NEW;
@@ -1057,7 +1033,7 @@ static json_object *pick(json_object *list, int *busy)
     *busy = 0;
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *m = json_object_array_get_idx(list, i);
-        const char *st = jstr(m, "state");
+        const char *st = sbx__fly_jstr(m, "state");
         if (!st || strcmp(st, "destroyed") == 0)
             continue;
         if (strcmp(st, "destroying") == 0) {
@@ -1089,9 +1065,10 @@ static void on_find(sbx__fly_call *c, const sbx_http_res *res)
         return;
     }
     m = pick(list, &busy);
-    snprintf(state, sizeof(state), "%s", m && jstr(m, "state") ? jstr(m, "state") : "");
+    snprintf(state, sizeof(state), "%s",
+             m && sbx__fly_jstr(m, "state") ? sbx__fly_jstr(m, "state") : "");
     st = state;                   /* the list is freed below; the state is needed after */
-    id = m ? jstr(m, "id") : NULL;
+    id = m ? sbx__fly_jstr(m, "id") : NULL;
     if (!m || !id || strlen(id) > SBX_FLY_ID_MAX) {
         json_object_put(list);
         if (busy && sbx_now_ms() < s->boot_deadline_ms) {
@@ -1334,14 +1311,14 @@ static void on_sop_suspend(sbx__fly_call *c, const sbx_http_res *res)
  * NULL. */
 static const char *no_suspend(json_object *m)
 {
-    json_object *cfg = jobj(m, "config");
-    json_object *mem = jobj(jobj(cfg, "guest"), "memory_mb");
-    json_object *swap = jobj(jobj(cfg, "init"), "swap_size_mb");
+    json_object *cfg = sbx__fly_jobj(m, "config");
+    json_object *mem = sbx__fly_jobj(sbx__fly_jobj(cfg, "guest"), "memory_mb");
+    json_object *swap = sbx__fly_jobj(sbx__fly_jobj(cfg, "init"), "swap_size_mb");
     if (mem && json_object_get_int(mem) > FLY_SESS_MEM_SUSPEND_MAX)
         return "Fly suspends machines of at most 2048 MB; a stop would lose the workspace";
     if (swap && json_object_get_int(swap) > 0)
         return "Fly does not suspend a machine with swap";
-    if (jobj(cfg, "schedule"))
+    if (sbx__fly_jobj(cfg, "schedule"))
         return "Fly does not suspend a scheduled machine";
     return NULL;
 }
@@ -1383,7 +1360,7 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
     if (o->op == SBX_SESSION_DESTROY) {
         for (size_t i = 0; i < n; i++) {
             json_object *x = json_object_array_get_idx(list, i);
-            const char *id = jstr(x, "id"), *xs = jstr(x, "state");
+            const char *id = sbx__fly_jstr(x, "id"), *xs = sbx__fly_jstr(x, "state");
             if (id && strlen(id) <= SBX_FLY_ID_MAX && (!xs || strcmp(xs, "destroyed") != 0))
                 snprintf(o->ids[o->n++], sizeof(o->ids[0]), "%s", id);
         }
@@ -1391,14 +1368,16 @@ static void on_sop_list(sbx__fly_call *c, const sbx_http_res *res)
         sop_delete_next(o);
         return;
     }
-    snprintf(state, sizeof(state), "%s", m && jstr(m, "state") ? jstr(m, "state") : "");
+    snprintf(state, sizeof(state), "%s",
+             m && sbx__fly_jstr(m, "state") ? sbx__fly_jstr(m, "state") : "");
     st = state;                   /* the list is freed below; the state is needed after */
-    if (!m || !st[0] || !jstr(m, "id") || strlen(jstr(m, "id")) > SBX_FLY_ID_MAX) {
+    if (!m || !st[0] || !sbx__fly_jstr(m, "id") ||
+        strlen(sbx__fly_jstr(m, "id")) > SBX_FLY_ID_MAX) {
         json_object_put(list);
         sop_end(o, 0, "no machine");
         return;
     }
-    snprintf(o->ids[0], sizeof(o->ids[0]), "%s", jstr(m, "id"));
+    snprintf(o->ids[0], sizeof(o->ids[0]), "%s", sbx__fly_jstr(m, "id"));
     o->n = 1;
     if (strcmp(st, "started") != 0) {
         json_object_put(list);

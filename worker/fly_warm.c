@@ -73,14 +73,6 @@ struct sbx__fly_warm {
     wdrop drops[FLY_WARM_DROPS];
 };
 
-static const char *jstr(json_object *o, const char *key)
-{
-    json_object *v;
-    if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 static void wset(wslot *x, wstate st)
 {
     sbx_debug("fly", "warm machine %s %s -> %s", x->id[0] ? x->id : "-", wnames[x->st],
@@ -196,9 +188,9 @@ static void on_create(sbx__fly_call *c, const sbx_http_res *res)
     const char *id, *ip;
 
     if (res->code == SBX_HTTP_OK && res->status == 200 && (m = json_tokener_parse(res->body)) &&
-        (id = jstr(m, "id")) && strlen(id) <= SBX_FLY_ID_MAX) {
+        (id = sbx__fly_jstr(m, "id")) && strlen(id) <= SBX_FLY_ID_MAX) {
         snprintf(x->id, sizeof(x->id), "%s", id);
-        ip = jstr(m, "private_ip");
+        ip = sbx__fly_jstr(m, "private_ip");
         snprintf(x->ip, sizeof(x->ip), "%s", ip && strlen(ip) <= SBX_FLY_IP_MAX ? ip : "");
         json_object_put(m);
         x->deadline_ms = sbx_now_ms() + (uint64_t)x->w->S->boot_timeout_s * 1000u;

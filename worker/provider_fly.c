@@ -281,22 +281,6 @@ static void url_escape(const char *s, char *out, size_t cap)
     out[o] = '\0';
 }
 
-static const char *jstr(json_object *o, const char *key)
-{
-    json_object *v;
-    if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
-static json_object *jobj(json_object *o, const char *key)
-{
-    json_object *v;
-    if (!o || !json_object_object_get_ex(o, key, &v))
-        return NULL;
-    return v;
-}
-
 /* A create refused for lack of room. As Fly's Go client decides it (fly-go
  * flaps/flaps_error.go, CapacityScopeOf): the body's "status" says
  * "insufficient_capacity" whatever the HTTP code; only a body without a
@@ -310,8 +294,8 @@ static int capacity_error(const sbx_http_res *res)
     if (res->code != SBX_HTTP_OK || !res->body)
         return 0;
     o = json_tokener_parse(res->body);
-    st = jstr(o, "status");
-    msg = jstr(o, "error");
+    st = sbx__fly_jstr(o, "status");
+    msg = sbx__fly_jstr(o, "error");
     if (st && *st)
         yes = strcmp(st, "insufficient_capacity") == 0;
     else if (res->status == 409 && msg)
@@ -462,7 +446,7 @@ static void step_destroy(sbx_run *r);
  * is no exit event. */
 static int parse_exit(sbx_run *r, json_object *m)
 {
-    json_object *events = jobj(m, "events"), *best = NULL, *req, *ee, *v;
+    json_object *events = sbx__fly_jobj(m, "events"), *best = NULL, *req, *ee, *v;
     int64_t best_ts = INT64_MIN;
     size_t n;
 
@@ -471,8 +455,8 @@ static int parse_exit(sbx_run *r, json_object *m)
     n = json_object_array_length(events);
     for (size_t i = 0; i < n; i++) {
         json_object *ev = json_object_array_get_idx(events, i);
-        const char *type = jstr(ev, "type");
-        int64_t ts = json_object_get_int64(jobj(ev, "timestamp"));
+        const char *type = sbx__fly_jstr(ev, "type");
+        int64_t ts = json_object_get_int64(sbx__fly_jobj(ev, "timestamp"));
         if (type && strcmp(type, "exit") == 0 && ts > best_ts) {
             best = ev;
             best_ts = ts;
@@ -480,13 +464,13 @@ static int parse_exit(sbx_run *r, json_object *m)
     }
     if (!best)
         return -1;
-    req = jobj(best, "request");
-    ee = jobj(jobj(req, "MonitorEvent"), "exit_event");
+    req = sbx__fly_jobj(best, "request");
+    ee = sbx__fly_jobj(sbx__fly_jobj(req, "MonitorEvent"), "exit_event");
     if (!ee)
-        ee = jobj(req, "exit_event");
-    v = jobj(ee, "exit_code");
+        ee = sbx__fly_jobj(req, "exit_event");
+    v = sbx__fly_jobj(ee, "exit_code");
     r->res.exit_code = v ? json_object_get_int(v) : 0;
-    v = jobj(ee, "oom_killed");
+    v = sbx__fly_jobj(ee, "oom_killed");
     if (v && json_object_get_boolean(v)) {
         if (r->res.exit_code == 0)
             r->res.exit_code = 137;
@@ -607,7 +591,7 @@ static void pace_remove(sbx_run *r)
 
 static int take_machine(sbx_run *r, json_object *m)
 {
-    const char *id = jstr(m, "id"), *iid = jstr(m, "instance_id");
+    const char *id = sbx__fly_jstr(m, "id"), *iid = sbx__fly_jstr(m, "instance_id");
     if (!id || !valid_chars(id, SBX_FLY_ID_MAX, "") || !iid || strlen(iid) > FLY_IID_MAX)
         return -1;
     snprintf(r->id, sizeof(r->id), "%s", id);
@@ -625,7 +609,7 @@ static void on_created(sbx_run *r, json_object *m)
         return;
     }
     sbx_info("fly", "run %s machine=%s region=%s", r->job_id, r->id,
-             jstr(m, "region") ? jstr(m, "region") : "?");
+             sbx__fly_jstr(m, "region") ? sbx__fly_jstr(m, "region") : "?");
     if (r->aborting) {
         step_destroy(r);
         return;
@@ -659,11 +643,11 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
      * again would run it twice. A live one is preferred. */
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *m = json_object_array_get_idx(list, i);
-        const char *ms = jstr(m, "state");
+        const char *ms = sbx__fly_jstr(m, "state");
         if (!found || (ms && strcmp(ms, "destroyed") != 0 && strcmp(ms, "destroying") != 0))
             found = m;
     }
-    st = found ? jstr(found, "state") : NULL;
+    st = found ? sbx__fly_jstr(found, "state") : NULL;
     if (found && st && strcmp(st, "started") != 0 && strcmp(st, "starting") != 0 &&
         strcmp(st, "created") != 0 && take_machine(r, found) == 0 && parse_exit(r, found) == 0) {
         /* it already ran (and may be gone): its exit is in the list's events */
@@ -674,7 +658,7 @@ static void on_adopt(sbx__fly_call *c, const sbx_http_res *res)
             step_after_stop(r);
     } else if (found) {
         sbx_info("fly", "run %s: adopting machine %s from a create whose reply proved nothing",
-                 r->job_id, jstr(found, "id") ? jstr(found, "id") : "?");
+                 r->job_id, sbx__fly_jstr(found, "id") ? sbx__fly_jstr(found, "id") : "?");
         on_created(r, found);
     } else if (r->looks < FLY_ADOPT_LOOKS) {
         /* the list may not show it yet: settle once more and look again */
@@ -801,22 +785,22 @@ static void step_create_now(sbx_run *r)
  * (machine-states: replaced, migrated). Returns what happened, or NULL. */
 static const char *version_lost(const sbx_run *r, json_object *m)
 {
-    const char *st = jstr(m, "state"), *iid = jstr(m, "instance_id");
+    const char *st = sbx__fly_jstr(m, "state"), *iid = sbx__fly_jstr(m, "instance_id");
 
     if (st && (strcmp(st, "replaced") == 0 || strcmp(st, "migrated") == 0 ||
                strcmp(st, "replacing") == 0))
         return st;
     if (iid && r->instance_id[0] && strcmp(iid, r->instance_id) != 0) {
         /* the newest event that says how, if any */
-        json_object *evs = jobj(m, "events");
+        json_object *evs = sbx__fly_jobj(m, "events");
         size_t n = evs && json_object_is_type(evs, json_type_array)
                        ? json_object_array_length(evs) : 0;
         int64_t best_ts = INT64_MIN;
         const char *how = "replaced by a new version";
         for (size_t i = 0; i < n; i++) {
             json_object *ev = json_object_array_get_idx(evs, i);
-            const char *es = jstr(ev, "status");
-            int64_t ts = json_object_get_int64(jobj(ev, "timestamp"));
+            const char *es = sbx__fly_jstr(ev, "status");
+            int64_t ts = json_object_get_int64(sbx__fly_jobj(ev, "timestamp"));
             if (es && (strcmp(es, "migrated") == 0 || strcmp(es, "replaced") == 0) &&
                 ts > best_ts) {
                 best_ts = ts;
@@ -852,7 +836,7 @@ static void on_probe(sbx__fly_call *c, const sbx_http_res *res)
             step_destroy(r);
         return;
     }
-    st = jstr(m, "state");
+    st = sbx__fly_jstr(m, "state");
     st = st ? st : "";
     if ((lost = version_lost(r, m)) != NULL) {
         /* DELETE ?force=true also stops the new version's second run */
@@ -965,7 +949,7 @@ static void on_inspect(sbx__fly_call *c, const sbx_http_res *res)
             step_destroy(r);
         return;
     }
-    st = jstr(m, "state");
+    st = sbx__fly_jstr(m, "state");
     if ((lost = version_lost(r, m)) != NULL) {
         run_fail(r, "machine %s: the build's version was %s by Fly; retried", r->id, lost);
         json_object_put(m);
@@ -1136,14 +1120,6 @@ static int size_guest(const fly_provider *f, const sbx_job *job, int *cpus, int 
     return 0;
 }
 
-static json_object *str_array(const char *const *v, size_t n)
-{
-    json_object *a = json_object_new_array();
-    for (size_t i = 0; i < n; i++)
-        json_object_array_add(a, json_object_new_string(v[i]));
-    return a;
-}
-
 static json_object *build_create(fly_provider *f, const sbx_run_req *req, const char *image,
                                  int cpus, int mem, const char *run_id)
 {
@@ -1168,7 +1144,7 @@ static json_object *build_create(fly_provider *f, const sbx_run_req *req, const 
         static const char *const pre[] = {
             "/bin/sh", "-c",
             "mkdir -p " FLY_WORKSPACE " && cd " FLY_WORKSPACE " || exit 126; exec \"$@\"", "sbx"};
-        exec = str_array(pre, 4);
+        exec = sbx__fly_str_array(pre, 4);
         for (size_t i = 0; i < job->argc; i++)
             json_object_array_add(exec, json_object_new_string(job->argv[i]));
     } else {
@@ -1180,7 +1156,7 @@ static json_object *build_create(fly_provider *f, const sbx_run_req *req, const 
         if (!s)
             goto fail;
         snprintf(s, n, "%s%s", prefix, job->script);
-        exec = str_array(sh, 3);
+        exec = sbx__fly_str_array(sh, 3);
         free(s);
     }
     json_object_object_add(init, "exec", exec);
@@ -1367,12 +1343,7 @@ static int fly_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, voi
     r->deadline_ms = sbx_now_ms() + (uint64_t)r->timeout_s * 1000u;
     r->boot_deadline_ms = sbx_now_ms() + (uint64_t)f->boot_timeout_s * 1000u;
     sbx_timer_start(p->loop, &r->deadline_t, (uint64_t)r->timeout_s * 1000u);
-    r->next = f->runs;
-    if (f->runs)
-        f->runs->prev = r;
-    f->runs = r;
-    f->nruns++;
-    f->slot_runs[slot] = r;
+    run_link(r, slot);
     sbx_info("fly", "run %s slot=%s attempt=%d image=%s cpus=%d memory_mb=%d", r->job_id,
              req->slot, req->attempt, image, cpus, mem);
     step_create(r);
@@ -1616,7 +1587,7 @@ static void sweep_next(fly_sweep *s)
  * (a run still creating has no id yet, but its machine already has metadata). */
 static int known_machine(const fly_provider *f, const char *id, json_object *meta)
 {
-    const char *job = jstr(meta, "sbx_job"), *run = jstr(meta, "sbx_run");
+    const char *job = sbx__fly_jstr(meta, "sbx_job"), *run = sbx__fly_jstr(meta, "sbx_run");
     for (const sbx_run *r = f->runs; r; r = r->next)
         if ((id && strcmp(r->id, id) == 0) || (job && strcmp(r->job_id, job) == 0) ||
             (run && strcmp(r->run_id, run) == 0))
@@ -1647,18 +1618,18 @@ static void on_sweep_list(sbx__fly_call *c, const sbx_http_res *res)
     }
     for (size_t i = 0; i < n && s->n < FLY_SWEEP_MAX; i++) {
         json_object *m = json_object_array_get_idx(list, i);
-        const char *id = jstr(m, "id"), *st = jstr(m, "state"), *warm;
+        const char *id = sbx__fly_jstr(m, "id"), *st = sbx__fly_jstr(m, "state"), *warm;
         if (!id || !valid_chars(id, SBX_FLY_ID_MAX, "") || !st || strcmp(st, "destroyed") == 0 ||
             strcmp(st, "destroying") == 0)
             continue;
-        if (known_machine(s->f, id, jobj(jobj(m, "config"), "metadata")))
+        if (known_machine(s->f, id, sbx__fly_meta(m)))
             continue;
         /* a session's machine outlives every run; only DESTROY ends it */
-        if (jstr(jobj(jobj(m, "config"), "metadata"), "sbx_session"))
+        if (sbx__fly_jstr(sbx__fly_meta(m), "sbx_session"))
             continue;
         /* this pool's warm machines are ours while we live; another tag is
          * a pool that died with its process */
-        if (s->f->sessions.warm && (warm = jstr(jobj(jobj(m, "config"), "metadata"), "sbx_warm")) &&
+        if (s->f->sessions.warm && (warm = sbx__fly_jstr(sbx__fly_meta(m), "sbx_warm")) &&
             strcmp(warm, sbx__fly_warm_tag(s->f->sessions.warm)) == 0)
             continue;
         snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
