@@ -235,17 +235,6 @@ struct sbx__fly_sop {
 
 /* ---- helpers ---- */
 
-static int name_ok(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > SBX_SESSION_NAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!(isdigit((unsigned char)s[i]) || (s[i] >= 'a' && s[i] <= 'z') || s[i] == '-'))
-            return 0;
-    return 1;
-}
-
 static int b64val(int c)
 {
     if (c >= 'A' && c <= 'Z')
@@ -1178,7 +1167,7 @@ int sbx__fly_srun_start(sbx__fly_sessions *S, const sbx_run_req *req, const char
     sbx__fly_srun *s;
     int rc;
 
-    if (!name_ok(req->session)) {
+    if (!sbx_session_name_ok(req->session)) {
         snprintf(err, errlen, "session name %.40s is not name-safe", req->session);
         return -EINVAL;
     }
@@ -1414,7 +1403,7 @@ int sbx__fly_sop_start(sbx__fly_sessions *S, sbx_session_op op, const char *sess
 {
     sbx__fly_sop *o;
 
-    if (!name_ok(session) || !cb)
+    if (!sbx_session_name_ok(session) || !cb)
         return -EINVAL;
     o = calloc(1, sizeof(*o));
     if (!o)

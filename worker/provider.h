@@ -56,6 +56,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "sbx.h"
 #include "buf.h"
@@ -79,6 +80,16 @@ typedef enum sbx_outcome {
 
 /* Session names (req->session) are at most this long: "s-" + 32 hex. */
 #define SBX_SESSION_NAME_MAX 34
+
+/* What the promise above says a session name is: 1..SBX_SESSION_NAME_MAX of
+ * [a-z0-9-]; it goes into container and machine names, paths and URLs as
+ * it is. */
+static inline int sbx_session_name_ok(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    return n > 0 && n <= SBX_SESSION_NAME_MAX &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == n;
+}
 
 typedef enum sbx_sandbox_use {
     SBX_SANDBOX_ONE_OFF = 0, /* no session: a fresh sandbox, gone after the run */

@@ -2056,14 +2056,6 @@ static int parse_slot(sbx_docker *d, const char *slot, host **h, int *idx)
     return -1;
 }
 
-/* What provider.h promises of a session's name: it goes into container
- * names and URLs as it is. */
-static int session_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    return n > 0 && n <= SBX_SESSION_NAME_MAX && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == n;
-}
-
 static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, void *arg,
                         sbx_run **out, char *err, size_t errlen)
 {
@@ -2102,7 +2094,7 @@ static int docker_start(sbx_provider *p, const sbx_run_req *req, sbx_run_cb cb, 
                  MEMORY_MIN_MB);
         return -EINVAL;
     }
-    if (req->session && !session_name_ok(req->session)) {
+    if (req->session && !sbx_session_name_ok(req->session)) {
         snprintf(err, errlen, "session name \"%.40s\" is not [a-z0-9-]{1,%d}", req->session,
                  SBX_SESSION_NAME_MAX);
         return -EINVAL;
@@ -2525,7 +2517,7 @@ static int docker_session_op(sbx_provider *p, sbx_session_op op, const char *slo
     (void)token; /* the engine keeps no owner: the lease around this call fences */
     if (parse_slot(d, slot, &h, &idx) < 0)
         return -ENOENT;
-    if (!session_name_ok(session) || (op != SBX_SESSION_PAUSE && op != SBX_SESSION_DESTROY))
+    if (!sbx_session_name_ok(session) || (op != SBX_SESSION_PAUSE && op != SBX_SESSION_DESTROY))
         return -EINVAL;
     if (h->busy[idx])
         return -EBUSY;

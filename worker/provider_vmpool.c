@@ -902,18 +902,6 @@ static void on_timer(sbx_timer *t) { step(t->data); }
 
 /* ---- ops ---- */
 
-/* What provider.h promises a session name is; the agent checks it too. */
-static int session_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > SBX_SESSION_NAME_MAX)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
-            return 0;
-    return 1;
-}
-
 /* "<id>" or "<id>#<digits>", id as an agent's SBX_AGENT_ID. */
 static int slot_vm(const char *slot, char vm[VM_ID_MAX + 1])
 {
@@ -961,7 +949,7 @@ static int vm_start(sbx_provider *bp, const sbx_run_req *req, sbx_run_cb cb, voi
         snprintf(err, errlen, "job has neither command nor script");
         return -EINVAL;
     }
-    if (req->session && !session_name_ok(req->session)) {
+    if (req->session && !sbx_session_name_ok(req->session)) {
         snprintf(err, errlen, "session name %.64s is not [a-z0-9-]{1,%d}", req->session,
                  SBX_SESSION_NAME_MAX);
         return -EINVAL;
@@ -1229,7 +1217,7 @@ static int vm_session_op(sbx_provider *bp, sbx_session_op op, const char *slot, 
 
     if (slot_vm(slot, vm) != 0)
         return -ENOENT;
-    if (!session || !session_name_ok(session) || token <= 0 ||
+    if (!session || !sbx_session_name_ok(session) || token <= 0 ||
         (op != SBX_SESSION_PAUSE && op != SBX_SESSION_DESTROY))
         return -EINVAL;
     o = calloc(1, sizeof(*o));
