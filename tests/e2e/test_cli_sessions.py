@@ -260,6 +260,10 @@ def test_session_jobs_through_a_worker(run_sbx, pg, start_worker, topics, workdi
     listed = json.loads(run_sbx("session", "list", "--json", "--project", project).stdout)
     assert [x["session_id"] for x in listed] == ["dev"]
     assert listed[0] == {k: v for k, v in s.items() if k != "events"}
+    # `sbx session stop`: the worker's sweeper ends it and gives its slot back.
+    run_sbx("session", "stop", project, "dev")
+    wait_until(lambda: pg.scalar("SELECT state FROM sbx.sessions WHERE project_id = %s",
+                                 project) == "ended", 30, "the stopped session to end")
 
 
 def test_session_roles(run_sbx, pg, services):
