@@ -591,6 +591,17 @@ static int session_for(local_provider *p, int i, const char *name, const sbx_san
         snprintf(err, errlen, "session name %.64s: not a session sandbox name", name);
         return -EINVAL;
     }
+    /* One sandbox per session: when the lease layer gave the session
+     * another slot (its binding in Redis was dropped), the sandbox it left
+     * on the old one must not serve a later job again (CI once saw jobs 3
+     * and 4 of a session in a new sandbox and job 5 back in the old one). */
+    for (int k = 0; k < p->nslots; k++)
+        if (k != i && p->sess[k] && !p->sess[k]->warm && !p->busy[k] &&
+            strcmp(p->sess[k]->name, name) == 0) {
+            sbx_warn("local", "session sandbox moved slot=%s from=%s session=%s: the old one "
+                     "is destroyed", p->ids[i], p->ids[k], name);
+            session_drop(p->sess[k]);
+        }
     ls = p->sess[i];
     if (ls && ls->warm && !(fits && warm_ready(ls))) {
         warm_away(p, i);

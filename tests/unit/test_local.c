@@ -1261,6 +1261,36 @@ static void t_session_destroy_then_new(void **state)
         assert_int_equal(sbx_sandbox_count_uid((uid_t)g_uid_base), 0);
 }
 
+/* The lease layer may give a session another slot (its slot left the
+ * pool): its job there gets a new sandbox, and the old slot's is destroyed,
+ * so no later job of the session ever runs in it again. */
+static void t_session_moved_to_another_slot(void **state)
+{
+    lenv e;
+    lrun r;
+    char m[64], script[256], ws[512];
+    (void)state;
+
+    sbx_conformance_marker(m, 43);
+    assert_int_equal(env_open(&e, NULL), 0);
+    snprintf(script, sizeof(script), "echo one >> notes; setsid %s >/dev/null 2>&1 < /dev/null &",
+             m);
+    run_s(&e, 0, SESS_A, script, 60, &r);
+    assert_int_equal(r.res.outcome, SBX_OUTCOME_SUCCEEDED);
+    assert_true(procs_become(m, 1));
+    run_s(&e, 1, SESS_A, "cat notes 2>/dev/null || echo fresh", 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_non_null(strstr(r.res.log_tail, "fresh"));
+    assert_int_equal(sbx_conformance_procs_with(m, 0), 0);
+    session_ws(0, SESS_A, ws);
+    assert_int_not_equal(access(ws, F_OK), 0);
+    /* Back on slot 0 it is new again, never the old one. */
+    run_s(&e, 0, SESS_A, "cat notes 2>/dev/null || echo fresh", 60, &r);
+    assert_int_equal(r.res.sandbox, SBX_SANDBOX_NEW);
+    assert_non_null(strstr(r.res.log_tail, "fresh"));
+    env_close(&e);
+}
+
 /* A timeout kills the job's processes (here: its whole sandbox); the next
  * job of the session reports NEW. Cancel likewise. */
 static void t_session_timeout_and_cancel(void **state)
@@ -1986,6 +2016,7 @@ int main(void)
         cmocka_unit_test(t_session_five_jobs),
         cmocka_unit_test(t_session_pause_resume),
         cmocka_unit_test(t_session_destroy_then_new),
+        cmocka_unit_test(t_session_moved_to_another_slot),
         cmocka_unit_test(t_session_timeout_and_cancel),
         cmocka_unit_test(t_session_confined),
         cmocka_unit_test(t_session_server_loopback),
