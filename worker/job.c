@@ -694,6 +694,14 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
          * the old owner was finishing (bench runs with two workers capped). */
         if (rep->status == SBX_LEASE_HELD && d > WAIT_MAX_MS)
             d = WAIT_MAX_MS;
+        /* The project's later jobs park behind its earliest here too: each
+         * polling on its own after a Redis wipe's quiet period, the quickest
+         * won (a session's fifth job ran first in CI). */
+        if (!sbx__waitq_park(&w->waits, &j->wt)) {
+            if (transition(j, J_WAITING))
+                wait_for_capacity(j);
+            return;
+        }
         break;
     default:
         if (!transition(j, J_WAITING))
