@@ -417,8 +417,8 @@ static void restart_server(void)
         sbx_loop_once(L, 20);
 }
 
-/* The connection drops with a batch sent and unanswered: every call of it,
- * and every call waiting behind one, gets ERROR exactly once. */
+/* Redis killed and started again empty: calls are refused while it is
+ * down, scripts load again after, and tokens keep growing from the floor. */
 static void test_survives_redis_restart(void **state)
 {
     (void)state;
@@ -715,6 +715,8 @@ static void test_redis_errors_fail_each_call_once(void **state)
     assert_int_equal(last.status, SBX_LEASE_OK);
 }
 
+/* The connection drops with a batch sent and unanswered: every call of it,
+ * and every call waiting behind one, gets ERROR exactly once. */
 static void test_connection_lost_mid_batch(void **state)
 {
     (void)state;
