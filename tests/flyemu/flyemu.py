@@ -619,6 +619,11 @@ class Emulator:
                 m.init_pid = pid
                 if m.pending_signal is not None:
                     self.signal(m, m.pending_signal)
+            elif pid and getattr(proc, "kill_on_info", False):
+                try:
+                    os.kill(pid, signal.SIGKILL)      # killed before its pid was known
+                except ProcessLookupError:
+                    pass
         cap = self.args.max_log_bytes
         while True:
             b = os.read(out_r, 65536)
@@ -698,13 +703,11 @@ class Emulator:
         if m.proc is None or m.proc.returncode is not None:
             return
         if m.init_pid is None:
-            if sig == signal.SIGKILL:
-                try:
-                    os.killpg(m.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            else:
-                m.pending_signal = sig
+            # Not bwrap itself, even for SIGKILL: killed between its clone and
+            # the child's PR_SET_PDEATHSIG, the command would outlive it and
+            # hold the log pipe open. The reader delivers it once bwrap tells
+            # the pid (--info-fd), which it does right after the clone.
+            m.pending_signal = sig
             return
         try:
             if sig == signal.SIGKILL:
@@ -810,11 +813,9 @@ class Emulator:
             return
         proc = m.proc
         m.proc = None
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if m.init_pid:
+        if m.init_pid is None:
+            proc.kill_on_info = True            # the reader kills it (see signal())
+        else:
             try:
                 os.kill(m.init_pid, signal.SIGKILL)
             except ProcessLookupError:
