@@ -82,24 +82,35 @@ static void histogram(page *p, const sbx_hist *h, const char *name, const char *
         put(p, "%s", buf);
 }
 
-/* Slots of this worker's provider: how many it offers (0 for vmpool, whose
- * agents register their own slots) and how many this worker's jobs lease. */
+void sbx__sessions_stats(const sbx_worker *w, sbx_sessions_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < w->nprov; i++)
+        if (w->sessions[i])
+            sbx_sessions_add_stats(w->sessions[i], out);
+}
+
+/* Slots of each of this worker's providers: how many it offers (0 for
+ * vmpool, whose agents register their own slots) and how many this
+ * worker's jobs lease. */
 static void slots(sbx_worker *w, page *p)
 {
-    const char **ids, **held;
-    size_t total = w->prov ? w->prov->ops->slots(w->prov, &ids) : 0, busy = 0;
+    const char **ids, **held = NULL;
     size_t njobs = sbx__jobs_count(w);
 
-    if (njobs && (held = malloc(njobs * sizeof(*held)))) {
-        busy = sbx__jobs_leased_slots(w, held, njobs);
-        free(held);
-    }
+    if (njobs)
+        held = malloc(njobs * sizeof(*held));
     put(p, "# HELP sbx_slots_total build slots this worker's provider offers (vmpool: 0, the "
-           "agents offer theirs)\n# TYPE sbx_slots_total gauge\n"
-           "sbx_slots_total{provider=\"%s\"} %zu\n", w->cfg.provider, total);
+           "agents offer theirs)\n# TYPE sbx_slots_total gauge\n");
+    for (int i = 0; i < w->nprov; i++)
+        put(p, "sbx_slots_total{provider=\"%s\"} %zu\n", w->provs[i]->ops->name,
+            w->provs[i]->ops->slots(w->provs[i], &ids));
     put(p, "# HELP sbx_slots_busy slots this worker's jobs hold a lease on\n"
-           "# TYPE sbx_slots_busy gauge\nsbx_slots_busy{provider=\"%s\"} %zu\n",
-        w->cfg.provider, busy);
+           "# TYPE sbx_slots_busy gauge\n");
+    for (int i = 0; i < w->nprov; i++)
+        put(p, "sbx_slots_busy{provider=\"%s\"} %zu\n", w->provs[i]->ops->name,
+            held ? sbx__jobs_leased_slots(w, w->provs[i], held, njobs) : 0);
+    free(held);
 }
 
 /* Per partition: the oldest unfinished offset and its age (a long build
@@ -212,9 +223,8 @@ static void metrics(sbx_worker *w, page *p)
            "dead letters not yet recorded and published (their offsets wait)",
            sbx__dead_letters_pending(w));
     {
-        sbx_sessions_stats ss = {0};
-        if (w->sessions)
-            sbx_sessions_get_stats(w->sessions, &ss);
+        sbx_sessions_stats ss;
+        sbx__sessions_stats(w, &ss);
         metric(p, "sbx_sessions_paused_total", "counter",
                "idle sessions this worker's sweeper paused", ss.paused);
         metric(p, "sbx_sessions_ended_total", "counter",

@@ -373,7 +373,7 @@ int sbx__check_services(const sbx_config *cfg, FILE *out)
     problems += check_redis(cfg, out);
     problems += check_postgres(cfg, out);
     problems += check_kafka(cfg, out);
-    if (cfg->provider_kind == SBX_PROVIDER_DOCKER)
+    if (sbx__config_runs(cfg, SBX_PROVIDER_DOCKER))
         problems += check_docker(cfg, out);
     fflush(out);
     return problems;

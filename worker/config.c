@@ -33,7 +33,7 @@ static const sbx_opt opts[] = {
     {"SBX_DATABASE_URL", "database-url", NULL, "PostgreSQL conninfo or URL (postgresql://user@host:port/db)", STR, S(database_url), 0, 0, 1, 0},
     {"SBX_WORKER_ID", "worker-id", "", "this worker's name in leases and run rows (default: node-pid)", STR, S(worker_id), 0, 0, 0, 0},
     {"SBX_NODE", "node", "", "host name for the local pool (default: hostname)", STR, S(node), 0, 0, 0, 0},
-    {"SBX_PROVIDER", "provider", "local", "build provider: local, vmpool (reads SBX_VMPOOL_KEY), docker or fly (reads SBX_FLY_*)", STR, S(provider), 0, 0, 0, 0},
+    {"SBX_PROVIDER", "provider", "local", "build provider: local, vmpool (reads SBX_VMPOOL_KEY), docker or fly (reads SBX_FLY_*); or several, comma-separated, in spill-over order (fly,vmpool,docker): a job with provider any takes the first with a free slot", STR, S(provider), 0, 0, 0, 0},
     {"SBX_LOCAL_SLOTS", "local-slots", "4", "concurrent builds on this host (local provider)", INT, I(local_slots), 1, 64, 0, 0},
     {"SBX_WORK_DIR", "work-dir", "/var/tmp/sbx-work", "parent dir of build workspaces (local provider)", STR, S(work_dir), 0, 0, 0, 0},
     {"SBX_UID_BASE", "uid-base", "60000", "when root, slot i builds as uid/gid base+i", INT, I(uid_base), 1000, 4000000000L / 2, 0, 0},
@@ -47,7 +47,7 @@ static const sbx_opt opts[] = {
     {"SBX_PREVIEW_PUBLIC_HOST", "preview-public-host", "", "the host name preview URLs carry (default: SBX_PREVIEW_LISTEN)", STR, S(preview_public_host), 0, 0, 0, 0},
     {"SBX_PREVIEW_SECRET", NULL, "", "keys the previews' access tokens; give every worker the same so a session keeps its URL when another worker takes it over (default: random per start; environment only; never printed)", STR, S(preview_secret), 0, 0, 0, 1},
     {"SBX_WARM", "warm", "0", "sandboxes this worker keeps made and paused ahead with the provider's defaults, so a new session (or a job the defaults fit) starts from one (vmpool: SBX_AGENT_WARM on the agents)", INT, I(warm), 0, 1000, 0, 0},
-    {"SBX_PRICE_PER_HOUR", "price-per-hour", "", "what one of this provider's sandboxes costs per hour held (a decimal, any currency), recorded in sbx.prices for sbx.project_costs(); empty: leave sbx.prices as it is", STR, S(price_per_hour), 0, 0, 0, 0},
+    {"SBX_PRICE_PER_HOUR", "price-per-hour", "", "what one of this provider's sandboxes costs per hour held (a decimal, any currency), recorded in sbx.prices for sbx.project_costs(); name=price,... gives each of several providers its own (fly=0.10,docker=0.02); empty: leave sbx.prices as it is", STR, S(price_per_hour), 0, 0, 0, 0},
     {"SBX_PRICE_PAUSED_PER_HOUR", "price-paused-per-hour", "0", "the same for a paused session's sandbox (with SBX_PRICE_PER_HOUR)", STR, S(price_paused_per_hour), 0, 0, 0, 0},
     {"SBX_MAX_ATTEMPTS", "max-attempts", "3", "tries of a job whose provider failed (not the build)", INT, I(max_attempts), 1, 100, 0, 0},
     {"SBX_RETRY_BASE_MS", "retry-base-ms", "200", "first retry delay; doubles, with jitter, up to 30 s", INT, I(retry_base_ms), 1, 60000, 0, 0},
@@ -115,21 +115,112 @@ static int check_retention(const char *name, const char *s, long long *out, FILE
     return 0;
 }
 
-/* A port as text: digits only, within [min, 65535]. */
 /* A price as PostgreSQL's numeric takes it and sbx.prices allows: digits
- * with at most one '.', 0..1000000. */
-static int price_ok(const char *s)
+ * with at most one '.', 0..1000000; len bytes of s. */
+static int price_ok(const char *s, size_t len)
 {
     int dots = 0, digits = 0;
-    for (const char *p = s; *p; p++) {
-        if (*p == '.')
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '.')
             dots++;
-        else if (*p >= '0' && *p <= '9')
+        else if (s[i] >= '0' && s[i] <= '9')
             digits++;
         else
             return 0;
     }
-    return digits > 0 && dots <= 1 && strtod(s, NULL) <= 1000000;
+    return digits > 0 && dots <= 1 && len < 32 && strtod(s, NULL) <= 1000000;
+}
+
+int sbx__config_price(const char *list, const char *provider, char *out, size_t outlen)
+{
+    size_t plen = strlen(provider);
+    const char *p = list;
+
+    if (!*list)
+        return 0;
+    if (!strchr(list, '=')) {
+        snprintf(out, outlen, "%s", list);
+        return 1;
+    }
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n > plen + 1 && strncmp(p, provider, plen) == 0 && p[plen] == '=') {
+            snprintf(out, outlen, "%.*s", (int)(n - plen - 1), p + plen + 1);
+            return 1;
+        }
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+/* SBX_PRICE_PER_HOUR and SBX_PRICE_PAUSED_PER_HOUR: one price, or
+ * name=price for providers this worker runs, comma-separated. */
+static int check_prices(const sbx_config *cfg, const char *name, const char *list,
+                        const char *example, FILE *err)
+{
+    const char *p = list;
+    if (!strchr(list, '=')) {
+        if (price_ok(list, strlen(list)))
+            return 0;
+        fprintf(err, "sbx-worker: %s=%s is not a price: give a decimal such as %s (0 or more, at "
+                     "most 1000000), or name=price for each provider\n", name, list, example);
+        return 1;
+    }
+    while (*p) {
+        size_t n = strcspn(p, ","), k = strcspn(p, "=");
+        sbx_provider_kind kind;
+        char prov[16];
+        int known = 0;
+        snprintf(prov, sizeof(prov), "%.*s", (int)(k < sizeof(prov) ? k : sizeof(prov) - 1), p);
+        if (k < n && sbx__provider_parse(prov, &kind) == 0)
+            for (int i = 0; i < cfg->nproviders; i++)
+                known |= cfg->provider_kinds[i] == kind;
+        if (k >= n || !known || !price_ok(p + k + 1, n - k - 1)) {
+            fprintf(err, "sbx-worker: %s: \"%.*s\" is not name=price for a provider of "
+                         "SBX_PROVIDER=%s: give such as %s=%s\n", name, (int)n, p, cfg->provider,
+                    prov[0] && k < n && known ? prov : "local", example);
+            return 1;
+        }
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+/* SBX_PROVIDER: names, comma-separated, each once. */
+static int check_providers(sbx_config *cfg, FILE *err)
+{
+    const char *p = cfg->provider;
+    cfg->nproviders = 0;
+    while (1) {
+        size_t n = strcspn(p, ",");
+        char name[16];
+        sbx_provider_kind kind;
+        snprintf(name, sizeof(name), "%.*s", (int)(n < sizeof(name) ? n : sizeof(name) - 1), p);
+        if (n >= sizeof(name) || sbx__provider_parse(name, &kind) != 0) {
+            fprintf(err, "sbx-worker: SBX_PROVIDER=%s: \"%.*s\" is not known: use local, "
+                         "vmpool, docker or fly, or several comma-separated (fly,vmpool,docker)\n",
+                    cfg->provider, (int)n, p);
+            return 1;
+        }
+        for (int i = 0; i < cfg->nproviders; i++)
+            if (cfg->provider_kinds[i] == kind) {
+                fprintf(err, "sbx-worker: SBX_PROVIDER=%s names %s twice: name each provider "
+                             "once\n", cfg->provider, name);
+                return 1;
+            }
+        cfg->provider_kinds[cfg->nproviders++] = kind;
+        if (!p[n])
+            return 0;
+        p += n + 1;
+    }
+}
+
+int sbx__config_runs(const sbx_config *cfg, sbx_provider_kind kind)
+{
+    for (int i = 0; i < cfg->nproviders; i++)
+        if (cfg->provider_kinds[i] == kind)
+            return 1;
+    return 0;
 }
 
 static int port_ok(const char *s, size_t len, long min)
@@ -336,11 +427,8 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
         bad = 1;
     if (sbx_opts_log_format("sbx-worker", cfg->log_format, err))
         bad = 1;
-    if (sbx__provider_parse(cfg->provider, &cfg->provider_kind) != 0) {
-        fprintf(err, "sbx-worker: SBX_PROVIDER=%s is not known: use local, vmpool, docker or fly\n",
-                cfg->provider);
+    if (check_providers(cfg, err))
         bad = 1;
-    }
     if (sscanf(cfg->preview_ports, "%d-%d", &cfg->preview_port_min, &cfg->preview_port_max) != 2 ||
         cfg->preview_port_min < 1 || cfg->preview_port_max > 65535 ||
         cfg->preview_port_min > cfg->preview_port_max) {
@@ -348,16 +436,12 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
                      "such as 20000-20999\n", cfg->preview_ports);
         bad = 1;
     }
-    if (*cfg->price_per_hour && !price_ok(cfg->price_per_hour)) {
-        fprintf(err, "sbx-worker: SBX_PRICE_PER_HOUR=%s is not a price: give a decimal such as "
-                     "0.12 (0 or more, at most 1000000)\n", cfg->price_per_hour);
+    if (!bad && *cfg->price_per_hour &&
+        check_prices(cfg, "SBX_PRICE_PER_HOUR", cfg->price_per_hour, "0.12", err))
         bad = 1;
-    }
-    if (!price_ok(cfg->price_paused_per_hour)) {
-        fprintf(err, "sbx-worker: SBX_PRICE_PAUSED_PER_HOUR=%s is not a price: give a decimal "
-                     "such as 0.01 (0 or more, at most 1000000)\n", cfg->price_paused_per_hour);
+    if (!bad && check_prices(cfg, "SBX_PRICE_PAUSED_PER_HOUR", cfg->price_paused_per_hour, "0.01",
+                             err))
         bad = 1;
-    }
     if (strcmp(cfg->project_policy, "queue") == 0) {
         cfg->policy = SBX_POLICY_QUEUE;
     } else if (strcmp(cfg->project_policy, "reject") == 0) {
@@ -402,16 +486,22 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err)
         }
         sbx__config_kafka_settings_wipe(&ks);
     }
-    if (cfg->provider_kind == SBX_PROVIDER_DOCKER && !*cfg->docker_hosts) {
+    if (sbx__config_runs(cfg, SBX_PROVIDER_DOCKER) && !*cfg->docker_hosts) {
         fprintf(err, "sbx-worker: SBX_DOCKER_HOSTS is not set: the docker provider needs "
                      "name=unix:///path/docker.sock@capacity[,...]\n");
         bad = 1;
-    } else if (cfg->provider_kind == SBX_PROVIDER_DOCKER) {
+    } else if (sbx__config_runs(cfg, SBX_PROVIDER_DOCKER)) {
         char e[1024];
         if (sbx__docker_check(cfg, e, sizeof(e)) != 0) {
             fprintf(err, "sbx-worker: %s\n", e);
             bad = 1;
         }
+    }
+    if (strpbrk(cfg->node, ", \t")) {
+        /* A local pool is local/<node>, and pools are listed with commas. */
+        fprintf(err, "sbx-worker: SBX_NODE=%s has a comma or a space: give a host name\n",
+                cfg->node);
+        bad = 1;
     }
     if (!*cfg->node) {
         if (gethostname(cfg->node, sizeof(cfg->node)) != 0)

@@ -18,6 +18,9 @@ typedef enum sbx_provider_kind {
     SBX_PROVIDER_BENCH,         /* only in sbx-worker-bench (make bench) */
 } sbx_provider_kind;
 
+/* A worker runs each kind at most once. */
+#define SBX_PROVIDERS_MAX 5
+
 /* SBX_PROJECT_POLICY: what a job does when its project already has a build. */
 typedef enum sbx_project_policy {
     SBX_POLICY_QUEUE,           /* wait for the running build */
@@ -40,8 +43,9 @@ typedef struct sbx_config {
     char database_url[1024];
     char worker_id[128];
     char node[128];
-    char provider[16];
-    sbx_provider_kind provider_kind;
+    char provider[64];          /* SBX_PROVIDER as given: one name, or several in spill-over order */
+    sbx_provider_kind provider_kinds[SBX_PROVIDERS_MAX];
+    int nproviders;
     int local_slots;
     char work_dir[512];
     int uid_base;
@@ -51,14 +55,14 @@ typedef struct sbx_config {
     int lease_ttl_ms;
     int max_inflight;
     int max_attempts;
-    char price_per_hour[32];        /* SBX_PRICE_PER_HOUR: a decimal, "" unset */
+    char price_per_hour[128];       /* SBX_PRICE_PER_HOUR: a decimal or name=decimal,...; "" unset */
     int warm;                       /* SBX_WARM */
     char preview_listen[64];        /* SBX_PREVIEW_LISTEN: "" no previews */
     char preview_ports[32];
     int preview_port_min, preview_port_max;
     char preview_public_host[128];
     char preview_secret[128];
-    char price_paused_per_hour[32]; /* SBX_PRICE_PAUSED_PER_HOUR */
+    char price_paused_per_hour[128]; /* SBX_PRICE_PAUSED_PER_HOUR, the same form */
     int retry_base_ms;
     int session_timeout_ms;
     int shutdown_grace_ms;
@@ -99,6 +103,11 @@ int sbx_config_load(sbx_config *cfg, int argc, char **argv, FILE *err);
 /* The provider name's kind (providers.c); -EINVAL when not built in. */
 int sbx__provider_parse(const char *name, sbx_provider_kind *out);
 void sbx_config_print(const sbx_config *cfg, FILE *out);
+/* Whether SBX_PROVIDER names kind. */
+int sbx__config_runs(const sbx_config *cfg, sbx_provider_kind kind);
+/* provider's price in list (SBX_PRICE_PER_HOUR or ..._PAUSED_...: one
+ * price for all, or name=price,...) into out: 1, or 0 when it has none. */
+int sbx__config_price(const char *list, const char *provider, char *out, size_t outlen);
 /* The SBX_DOCKER_* settings checked as the docker provider will check them
  * (providers.c); 0, or -EINVAL with one line in err. */
 int sbx__docker_check(const sbx_config *cfg, char *err, size_t errlen);

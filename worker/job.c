@@ -183,6 +183,11 @@ struct job {
     char end_detail[SBX_ID_MAX + SBX_LEASE_SLOT_MAX + 80];
     /* lease */
     int have_lease;
+    /* The provider of the lease (the pool's); NULL until one is leased.
+     * pools: what acquire asks for, the worker's pools in spill-over order
+     * for a job of provider "any", else its provider's one. */
+    sbx_provider *prov;
+    const char *pools;
     char slot[SBX_LEASE_SLOT_MAX + 1];
     char session[SBX_SESSION_NAME_MAX + 1]; /* its session's sandbox name, "" none */
     int64_t token;
@@ -263,7 +268,7 @@ static void end_safely(job *j)
         return;
     j->lost = 1;
     if (j->run)
-        j->w->prov->ops->cancel(j->w->prov, j->run);
+        j->prov->ops->cancel(j->prov, j->run);
     j->st = J_HANDED_BACK;
     forget(j);
 }
@@ -343,6 +348,7 @@ void sbx__jobs_reap(sbx_worker *w)
 size_t sbx__jobs_count(const sbx_worker *w) { return w->jobs.count; }
 
 typedef struct leased {
+    const sbx_provider *prov;
     const char **out;
     size_t n, max;
 } leased;
@@ -350,13 +356,14 @@ typedef struct leased {
 static void add_leased(job *j, void *arg)
 {
     leased *l = arg;
-    if (j->have_lease && l->n < l->max)
+    if (j->have_lease && (!l->prov || j->prov == l->prov) && l->n < l->max)
         l->out[l->n++] = j->slot;
 }
 
-size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max)
+size_t sbx__jobs_leased_slots(const sbx_worker *w, const sbx_provider *prov, const char **out,
+                              size_t max)
 {
-    leased l = {out, 0, max};
+    leased l = {prov, out, 0, max};
     sbx__jobtab_each((sbx_jobtab *)&w->jobs, add_leased, &l);
     return l.n;
 }
@@ -610,6 +617,20 @@ static void mark_waiting(job *j, const char *why)
 static void release(job *j, after_release after);
 static void reject(job *j, const char *busy_slot);
 
+/* An OK: the lease is the job's, on the provider whose pool gave it. */
+static int take_lease(job *j, const sbx_lease_reply *rep)
+{
+    snprintf(j->slot, sizeof(j->slot), "%s", rep->slot);
+    j->token = rep->token;
+    j->have_lease = 1;
+    j->lost = 0;
+    j->prov = sbx__provider_of_pool(j->w, rep->pool);
+    if (SBX_ASSERT(j->prov != NULL))
+        return 0;
+    end_safely(j); /* a pool we did not ask for: leave the lease to expire */
+    return -1;
+}
+
 static void on_acquired(void *arg, const sbx_lease_reply *rep)
 {
     job *j = arg;
@@ -622,10 +643,8 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
         return;
     if (w->stopping) {
         if (rep->status == SBX_LEASE_OK) {
-            snprintf(j->slot, sizeof(j->slot), "%s", rep->slot);
-            j->token = rep->token;
-            j->have_lease = 1;
-            release(j, AR_HANDBACK);
+            if (take_lease(j, rep) == 0)
+                release(j, AR_HANDBACK);
         } else {
             hand_back(j);
         }
@@ -633,16 +652,15 @@ static void on_acquired(void *arg, const sbx_lease_reply *rep)
     }
     switch (rep->status) {
     case SBX_LEASE_OK:
-        j->have_lease = 1;
-        j->lost = 0;
-        snprintf(j->slot, sizeof(j->slot), "%s", rep->slot);
-        j->token = rep->token;
+        if (take_lease(j, rep) != 0)
+            return;
         if (j->token > w->tokens_seen)
             w->tokens_seen = j->token;
         j->lease_until_ms = j->renew_sent_ms + (uint64_t)w->cfg.lease_ttl_ms * 9 / 10;
         j->backoff = 0;
         sbx__waitq_unlist(&w->waits, &j->wt);
-        jlog(SBX_LOG_INFO, j, "leased %s token=%" PRId64, j->slot, j->token);
+        jlog(SBX_LOG_INFO, j, "leased %s token=%" PRId64 " provider=%s", j->slot, j->token,
+             j->prov->ops->name);
         if (transition(j, J_CLAIMING))
             step(j);
         return;
@@ -735,7 +753,7 @@ static void acquire(job *j)
     j->releases_seen = w->releases;
     if (j->spec->session_id[0] && !j->session[0])
         sbx__session_name(j->spec->project_id, j->spec->session_id, j->session);
-    rc = sbx_lease_acquire_session(w->leases, w->prov->ops->pool(w->prov), j->spec->project_id,
+    rc = sbx_lease_acquire_session(w->leases, j->pools, j->spec->project_id,
                                    j->id, w->cfg.worker_id, w->cfg.lease_ttl_ms,
                                    j->row_token > w->tokens_seen ? j->row_token : w->tokens_seen,
                                    j->session, on_acquired, j);
@@ -760,15 +778,15 @@ static void lose_lease(job *j, const char *why)
              j->slot, why);
     sbx_timer_stop(j->w->loop, &j->renew);
     if (j->run)
-        j->w->prov->ops->cancel(j->w->prov, j->run);
+        j->prov->ops->cancel(j->prov, j->run);
 }
 
 /* The provider's watchdog kills the build when our trust window ends
  * without a renewal, even if we are frozen then (provider.h trust). */
 static void trust_build(job *j)
 {
-    if (j->run && j->w->prov->ops->trust)
-        j->w->prov->ops->trust(j->w->prov, j->run, j->lease_until_ms);
+    if (j->run && j->prov->ops->trust)
+        j->prov->ops->trust(j->prov, j->run, j->lease_until_ms);
 }
 
 static void on_renewed(void *arg, const sbx_lease_reply *rep)
@@ -805,7 +823,7 @@ static void on_renew_timer(sbx_timer *t)
         return;
     }
     j->renew_sent_ms = sbx_now_ms();
-    id.pool = w->prov->ops->pool(w->prov);
+    id.pool = j->prov->ops->pool(j->prov);
     id.slot = j->slot;
     id.project = j->spec->project_id;
     id.job = j->id;
@@ -900,11 +918,11 @@ static void start_build(job *j)
     }
     req.output = j->log ? sbx__runlog_output : NULL;
     req.output_arg = j->log;
-    if (req.session && !w->prov->ops->session_op) {
-        snprintf(err, sizeof(err), "provider %s does not keep sessions", w->prov->ops->name);
+    if (req.session && !j->prov->ops->session_op) {
+        snprintf(err, sizeof(err), "provider %s does not keep sessions", j->prov->ops->name);
         rc = -EINVAL;
     } else {
-        rc = w->prov->ops->start(w->prov, &req, on_provider, j, &j->run, err, sizeof(err));
+        rc = j->prov->ops->start(j->prov, &req, on_provider, j, &j->run, err, sizeof(err));
     }
     if (rc) {
         sbx__runlog_end(j->log);
@@ -974,7 +992,7 @@ static void claim(job *j)
     p[0] = j->id;
     p[1] = tok;
     p[2] = w->cfg.worker_id;
-    p[3] = w->prov->ops->name;
+    p[3] = j->prov->ops->name;
     p[4] = j->slot;
     if (sbx_db_batched(w->db, &CLAIM, p, on_claimed, j) != 0) {
         release(j, AR_WAIT);
@@ -1371,7 +1389,8 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
 {
     sbx_job *spec = NULL;
     sbx_reject why = SBX_REJECT_NONE;
-    char err[256];
+    sbx_provider *named;
+    char err[512];
     job *j;
 
     w->stats.received++;
@@ -1386,6 +1405,17 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
          * unfinished so it is redelivered, rather than dead-letter it. */
         sbx_error("job", "p%d@%" PRId64 " not parsed: %s; left unfinished", (int)m->partition,
                   m->offset, err);
+        return;
+    }
+    named = spec->provider[0] ? sbx__provider_named(w, spec->provider) : NULL;
+    if (spec->provider[0] && !named) {
+        /* Valid, but not for this group: kept whole for a replay to one
+         * that runs its provider (workers of a group run the same list). */
+        snprintf(err, sizeof(err), "provider %s is not run by worker %s (SBX_PROVIDER=%s): "
+                 "replay it to a consumer group whose workers run it", spec->provider,
+                 w->cfg.worker_id, w->cfg.provider);
+        sbx_job_free(spec);
+        sbx__dead_letter(w, m, "provider_unavailable", err, 0, 1);
         return;
     }
     j = sbx__jobtab_find(&w->jobs, spec->job_id);
@@ -1431,6 +1461,7 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     }
     j->w = w;
     j->spec = spec;
+    j->pools = named ? named->ops->pool(named) : w->pools;
     snprintf(j->id, sizeof(j->id), "%s", spec->job_id);
     memcpy(j->raw, m->payload, m->len);
     j->raw[m->len] = '\0';
@@ -1466,7 +1497,7 @@ void sbx__jobs_cancel(sbx_worker *w, const char *job_id)
     case J_STARTING:
     case J_RUNNING:
         if (j->run && !j->lost)
-            w->prov->ops->cancel(w->prov, j->run);
+            j->prov->ops->cancel(j->prov, j->run);
         break;
     case J_WAITING:
         cancel_unclaimed(j);
@@ -1485,7 +1516,7 @@ static void shut_down(job *j, void *arg)
     } else if (hard && (j->st == J_STARTING || j->st == J_RUNNING) && !j->handback) {
         j->handback = 1;
         if (j->run)
-            j->w->prov->ops->cancel(j->w->prov, j->run);
+            j->prov->ops->cancel(j->prov, j->run);
     }
 }
 

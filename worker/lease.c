@@ -311,7 +311,8 @@ static int64_t int_elem(const redisReply *e)
     return 0;
 }
 
-/* One job's {status, slot, token, ttl, reaped}; error NULL when it parsed. */
+/* One job's {status, slot, token, ttl, reaped[, pool]}; error NULL when it
+ * parsed. */
 static const char *parse(const redisReply *rep, sbx_lease_reply *out)
 {
     static const struct { const char *word; sbx_lease_status st; } words[] = {
@@ -324,7 +325,7 @@ static const char *parse(const redisReply *rep, sbx_lease_reply *out)
     out->status = SBX_LEASE_ERROR;
     if (rep->type == REDIS_REPLY_ERROR)
         return rep->str;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 5 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 5 || rep->elements > 6 ||
         rep->element[0]->type != REDIS_REPLY_STRING)
         return "unexpected reply shape from lease script";
     if (strcmp(rep->element[0]->str, "ERR") == 0)
@@ -338,6 +339,8 @@ static const char *parse(const redisReply *rep, sbx_lease_reply *out)
     out->token = int_elem(rep->element[2]);
     out->ttl_left_ms = int_elem(rep->element[3]);
     out->reaped = (int)int_elem(rep->element[4]);
+    if (rep->elements == 6 && rep->element[5]->type == REDIS_REPLY_STRING)
+        snprintf(out->pool, sizeof(out->pool), "%s", rep->element[5]->str);
     return out->status == SBX_LEASE_ERROR ? "unknown status word from lease script" : NULL;
 }
 

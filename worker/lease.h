@@ -37,6 +37,7 @@ typedef enum sbx_lease_status {
 typedef struct sbx_lease_reply {
     sbx_lease_status status;
     char slot[SBX_LEASE_SLOT_MAX + 1]; /* OK on acquire */
+    char pool[SBX_LEASE_SLOT_MAX + 1]; /* OK on acquire: the pool slot is in */
     int64_t token;          /* OK on acquire */
     int64_t ttl_left_ms;    /* BUSY/HELD: how long the holder's lease still runs;
                                QUIET: how long new leases are held back */
@@ -62,6 +63,8 @@ void sbx_leases_free(sbx_leases *l);
 int sbx_lease_acquire(sbx_leases *l, const char *pool, const char *project, const char *job,
                       const char *worker, int64_t ttl_ms, int64_t token_floor, sbx_lease_cb cb,
                       void *arg);
+/* pool may name several pools, comma-separated, tried in that order: the
+ * first with a free slot gives it (spill-over; reply.pool says which). */
 /* The same for a job of a session (session: its sandbox name, "" none): the
  * session's slot again when it keeps one (kept from its last job; BUSY while
  * someone leases it), else a free slot that the session then keeps. With

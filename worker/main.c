@@ -49,26 +49,28 @@ static void on_message(void *arg, const sbx_kafka_msg *m) { sbx__job_intake(arg,
 
 static void on_registered(void *arg, const sbx_lease_reply *rep)
 {
-    sbx_worker *w = arg;
+    sbx_provider *prov = arg;
     if (rep->status == SBX_LEASE_OK)
-        sbx_info("lease", "pool %s registered", w->prov->ops->pool(w->prov));
+        sbx_info("lease", "pool %s registered", prov->ops->pool(prov));
     else
-        sbx_warn("lease", "pool registration failed: %s", rep->error ? rep->error : "?");
+        sbx_warn("lease", "pool %s registration failed: %s", prov->ops->pool(prov),
+                 rep->error ? rep->error : "?");
 }
+
 
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Registers the provider's slots; the ones our running jobs hold are marked
+/* Registers a provider's slots; the ones our running jobs hold are marked
  * busy, so a Redis that lost its data (and with it our leases) does not
  * hand them to someone else before our renewals restore the leases. */
-static void register_pool(sbx_worker *w)
+static void register_pool(sbx_worker *w, sbx_provider *prov)
 {
     const char **ids, **list = NULL, **leased = NULL;
     char *marks = NULL;
-    size_t n = w->prov->ops->slots(w->prov, &ids), nleased, off = 0;
+    size_t n = prov->ops->slots(prov, &ids), nleased, off = 0;
 
     /* Providers whose slots register themselves (VM agents) offer none. */
     if (n == 0)
@@ -77,7 +79,7 @@ static void register_pool(sbx_worker *w)
     leased = malloc(n * sizeof(*leased));
     if (!list || !leased)
         goto out;
-    nleased = sbx__jobs_leased_slots(w, leased, n);
+    nleased = sbx__jobs_leased_slots(w, prov, leased, n);
     qsort(leased, nleased, sizeof(*leased), cmp_str);
     marks = malloc(nleased * (SBX_LEASE_SLOT_MAX + 2) + 1);
     if (!marks)
@@ -90,8 +92,8 @@ static void register_pool(sbx_worker *w)
             off += (size_t)k + 1;
         }
     }
-    if (sbx_lease_register(w->leases, w->prov->ops->pool(w->prov), w->cfg.worker_id, list,
-                           (int)n, on_registered, w) != 0)
+    if (sbx_lease_register(w->leases, prov->ops->pool(prov), w->cfg.worker_id, list, (int)n,
+                           on_registered, prov) != 0)
         sbx_warn("lease", "pool registration deferred: redis unavailable");
 out:
     free(list);
@@ -129,9 +131,10 @@ static void on_max_token(void *arg, PGresult *res, const char *err)
 static void on_redis_state(void *arg, int up)
 {
     sbx_worker *w = arg;
-    if (!up || !w->leases || !w->prov)
+    if (!up || !w->leases || !w->nprov)
         return;
-    register_pool(w);
+    for (int i = 0; i < w->nprov; i++)
+        register_pool(w, w->provs[i]);
     if (w->db)
         sbx_db_query(w->db, "SELECT coalesce(max(lease_token), 0) FROM sbx.runs", 0, NULL,
                      on_max_token, w);
@@ -148,15 +151,14 @@ static void log_stats(sbx_worker *w, const char *why)
     sbx_stats *s = &w->stats;
     sbx_db_count c;
     sbx_leases_stats ls = {0};
-    sbx_sessions_stats ss = {0};
+    sbx_sessions_stats ss;
     uint64_t waits;
     int wait50 = sbx_kafka_intake_wait_ms(w->kafka, 50, &waits);
     int wait99 = sbx_kafka_intake_wait_ms(w->kafka, 99, &waits);
     sbx_db_counts(w->db, &c);
     if (w->leases)
         sbx_leases_get_stats(w->leases, &ls);
-    if (w->sessions)
-        sbx_sessions_get_stats(w->sessions, &ss);
+    sbx__sessions_stats(w, &ss);
     /* tests/bench/bench.py reads this line: keep its key=value shape. */
     sbx_info("stats", "%s: jobs=%zu pending_offsets=%zu received=%" PRIu64 " succeeded=%" PRIu64
              " failed=%" PRIu64 " timed_out=%" PRIu64 " canceled=%" PRIu64 " dead_lettered=%" PRIu64
@@ -177,14 +179,29 @@ static void log_stats(sbx_worker *w, const char *why)
 /* SBX_PRICE_PER_HOUR recorded (migrations/0011_costs.sql). */
 static void on_price(void *arg, PGresult *res, const char *err)
 {
-    sbx_worker *w = arg;
+    sbx_provider *prov = arg;
     if (!res || PQntuples(res) != 1)
-        sbx_warn("worker", "recording SBX_PRICE_PER_HOUR in sbx.prices failed: %s",
-                 err ? err : "no row");
+        sbx_warn("worker", "recording provider %s's SBX_PRICE_PER_HOUR in sbx.prices failed: %s",
+                 prov->ops->name, err ? err : "no row");
     else
         sbx_info("worker", "price of provider %s: %s per hour held, %s paused (%s)",
-                 w->prov->ops->name, w->cfg.price_per_hour, w->cfg.price_paused_per_hour,
+                 prov->ops->name, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
                  strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? "recorded" : "unchanged");
+}
+
+/* Each provider's SBX_PRICE_PER_HOUR (and paused) into sbx.prices. */
+static void record_prices(sbx_worker *w)
+{
+    for (int i = 0; i < w->nprov; i++) {
+        const char *name = w->provs[i]->ops->name;
+        char run[32], paused[32] = "0";
+        const char *p[3] = {name, run, paused};
+        if (!sbx__config_price(w->cfg.price_per_hour, name, run, sizeof(run)))
+            continue;
+        sbx__config_price(w->cfg.price_paused_per_hour, name, paused, sizeof(paused));
+        sbx_db_query(w->db, "SELECT sbx.set_price($1, $2::numeric, $3::numeric), $2, $3", 3, p,
+                     on_price, w->provs[i]);
+    }
 }
 
 /* Periodic duties, each with its own period (redis serverCron). */
@@ -203,8 +220,10 @@ static void cron(sbx_timer *t)
         sbx__provider_sweep(w);
     }
     /* Idle sessions pause and end within a second of their time. */
-    if (w->sessions && !w->stopping && sbx_redis_connected(w->redis) && sbx_db_connected(w->db))
-        sbx_sessions_pass(w->sessions);
+    for (int i = 0; i < w->nprov && !w->stopping && sbx_redis_connected(w->redis) &&
+                    sbx_db_connected(w->db); i++)
+        if (w->sessions[i])
+            sbx_sessions_pass(w->sessions[i]);
     if (w->prune && !w->stopping && (last_prune == 0 || now - last_prune >= PRUNE_PERIOD_MS)) {
         last_prune = now;
         sbx_prune_pass(w->prune);
@@ -293,7 +312,7 @@ int main(int argc, char **argv)
 
     rc = sbx__provider_new(&w, err, sizeof(err));
     if (rc) {
-        fprintf(stderr, "sbx-worker: provider %s: %s\n", w.cfg.provider, err);
+        fprintf(stderr, "sbx-worker: %s\n", err);
         status = 2;
         goto out;
     }
@@ -307,14 +326,15 @@ int main(int argc, char **argv)
             status = 2;
             goto out;
         }
-        w.prov->previews = previews;
+        for (int i = 0; i < w.nprov; i++)
+            w.provs[i]->previews = previews;
     }
-    if (w.cfg.warm > 0) {
-        if (w.prov->ops->warm)
-            w.prov->ops->warm(w.prov, w.cfg.warm);
+    for (int i = 0; i < w.nprov && w.cfg.warm > 0; i++) {
+        if (w.provs[i]->ops->warm)
+            w.provs[i]->ops->warm(w.provs[i], w.cfg.warm);
         else
             sbx_warn("worker", "SBX_WARM=%d: provider %s keeps no warm pool; ignored",
-                     w.cfg.warm, w.prov->ops->name);
+                     w.cfg.warm, w.provs[i]->ops->name);
     }
     if (sbx_daemon_redis(&d, w.cfg.redis_url, on_redis_state, &w, &w.redis) != 0) {
         status = 2;
@@ -340,15 +360,11 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    if (w.cfg.price_per_hour[0]) {
-        const char *p[3] = {w.prov->ops->name, w.cfg.price_per_hour, w.cfg.price_paused_per_hour};
-        sbx_db_query(w.db, "SELECT sbx.set_price($1, $2::numeric, $3::numeric)", 3, p,
-                     on_price, &w);
-    }
-    {
-        sbx_sessions_cfg sc = {w.loop, w.db, w.leases, w.prov, w.prov->ops->name,
+    record_prices(&w);
+    for (int i = 0; i < w.nprov; i++) {
+        sbx_sessions_cfg sc = {w.loop, w.db, w.leases, w.provs[i], w.provs[i]->ops->name,
                                w.cfg.worker_id, w.cfg.lease_ttl_ms};
-        if (sbx_sessions_new(&sc, &w.sessions) != 0) {
+        if (sbx_sessions_new(&sc, &w.sessions[i]) != 0) {
             fprintf(stderr, "sbx-worker: out of memory\n");
             goto out;
         }
@@ -400,14 +416,15 @@ out:
     sbx_admin_free(admin);
     sbx__deps_free(w.deps);
     sbx_timer_stop(w.loop, &cron_t);
-    if (w.prov)
-        w.prov->ops->destroy(w.prov);
-    w.prov = NULL;
+    for (int i = 0; i < w.nprov; i++)
+        w.provs[i]->ops->destroy(w.provs[i]);
+    w.nprov = 0;
     sbx_previews_free(previews);
     sbx_kafka_close(w.kafka);
     sbx_redis_free(w.redis);
     sbx_db_free(w.db);
-    sbx_sessions_free(w.sessions); /* after redis and db: no callback of theirs is left */
+    for (int i = 0; i < SBX_PROVIDERS_MAX; i++)
+        sbx_sessions_free(w.sessions[i]); /* after redis and db: no callback of theirs is left */
     sbx__runlog_free_all(&w.runlogs);
     sbx_prune_free(w.prune);
     sbx_prune_free(w.prune_dlq);

@@ -1,6 +1,7 @@
-/* providers.c — builds the provider named by SBX_PROVIDER from the worker's
- * configuration. The job state machine sees only provider.h; this is the one
- * place that knows every backend, and the one table of their names.
+/* providers.c — builds the providers SBX_PROVIDER names from the worker's
+ * configuration (one, or several in spill-over order). The job state machine
+ * sees only provider.h; this is the one place that knows every backend, and
+ * the one table of their names.
  *
  * The benchmark provider (tests/bench/provider_bench.c) is compiled in only
  * when this file is built with SBX_WITH_BENCH, for the sbx-worker-bench
@@ -23,7 +24,7 @@
 /* SBX_DOCKER_HOSTS entries; a worker drives a handful of engines. */
 #define DOCKER_HOSTS_MAX 32
 
-static int make_local(sbx_worker *w, char *err, size_t errlen)
+static int make_local(sbx_worker *w, sbx_provider **out, char *err, size_t errlen)
 {
     sbx_local_config lc;
     memset(&lc, 0, sizeof(lc));
@@ -39,7 +40,7 @@ static int make_local(sbx_worker *w, char *err, size_t errlen)
     lc.default_cpus = 1;
     lc.kill_grace_ms = 2000;
     lc.bwrap = "bwrap";
-    return sbx_local_new(w->loop, &lc, &w->prov, err, errlen);
+    return sbx_local_new(w->loop, &lc, out, err, errlen);
 }
 
 /* The docker provider's config from SBX_DOCKER_*; hosts point into buf. */
@@ -86,7 +87,7 @@ int sbx__docker_probe(const sbx_config *cfg, int timeout_ms,
     return rc ? rc : sbx_docker_probe(&dc, timeout_ms, report, arg, err, errlen);
 }
 
-static int make_docker(sbx_worker *w, char *err, size_t errlen)
+static int make_docker(sbx_worker *w, sbx_provider **out, char *err, size_t errlen)
 {
     /* static: the provider keeps pointers into neither, but its config
      * names them while it is made. */
@@ -96,19 +97,19 @@ static int make_docker(sbx_worker *w, char *err, size_t errlen)
     int rc = docker_settings(&w->cfg, buf, sizeof(buf), hosts, &dc, err, errlen);
     if (rc)
         return rc;
-    return sbx_docker_new(w->loop, &dc, &w->prov, err, errlen);
+    return sbx_docker_new(w->loop, &dc, out, err, errlen);
 }
 
-static int make_fly(sbx_worker *w, char *err, size_t errlen)
+static int make_fly(sbx_worker *w, sbx_provider **out, char *err, size_t errlen)
 {
     sbx_fly_config fc;
     int rc = sbx_fly_config_from_env(&fc, w->cfg.worker_id, err, errlen);
     if (rc)
         return rc;
-    return sbx_fly_new(w->loop, &fc, &w->prov, err, errlen);
+    return sbx_fly_new(w->loop, &fc, out, err, errlen);
 }
 
-static int make_vmpool(sbx_worker *w, char *err, size_t errlen)
+static int make_vmpool(sbx_worker *w, sbx_provider **out, char *err, size_t errlen)
 {
     sbx_vmpool_config vc;
     /* From the environment only, so the key never shows in `ps`. */
@@ -120,7 +121,7 @@ static int make_vmpool(sbx_worker *w, char *err, size_t errlen)
     memset(&vc, 0, sizeof(vc));
     vc.redis_url = w->cfg.redis_url;
     vc.service_key = key;
-    return sbx_vmpool_new(w->loop, &vc, &w->prov, err, errlen);
+    return sbx_vmpool_new(w->loop, &vc, out, err, errlen);
 }
 
 #ifdef SBX_WITH_BENCH
@@ -144,20 +145,20 @@ static int bench_env(const char *name, int def, int min, int max, int *out, char
     return 0;
 }
 
-static int make_bench(sbx_worker *w, char *err, size_t errlen)
+static int make_bench(sbx_worker *w, sbx_provider **out, char *err, size_t errlen)
 {
     int slots, hold_ms, rc;
     if ((rc = bench_env("SBX_BENCH_SLOTS", 100000, 1, 10000000, &slots, err, errlen)) ||
         (rc = bench_env("SBX_BENCH_HOLD_MS", 0, 0, 86400000, &hold_ms, err, errlen)))
         return rc;
-    return sbx_bench_new(w->loop, w->cfg.node, slots, hold_ms, &w->prov, err, errlen);
+    return sbx_bench_new(w->loop, w->cfg.node, slots, hold_ms, out, err, errlen);
 }
 #endif
 
 static const struct {
     const char *name;
     sbx_provider_kind kind;
-    int (*make)(sbx_worker *w, char *err, size_t errlen);
+    int (*make)(sbx_worker *w, sbx_provider **out, char *err, size_t errlen);
 } kinds[] = {
     {"local", SBX_PROVIDER_LOCAL, make_local},
     {"vmpool", SBX_PROVIDER_VMPOOL, make_vmpool},
@@ -181,15 +182,51 @@ int sbx__provider_parse(const char *name, sbx_provider_kind *out)
 
 void sbx__provider_sweep(sbx_worker *w)
 {
-    if (w->prov->ops->sweep)
-        w->prov->ops->sweep(w->prov);
+    for (int i = 0; i < w->nprov; i++)
+        if (w->provs[i]->ops->sweep)
+            w->provs[i]->ops->sweep(w->provs[i]);
+}
+
+sbx_provider *sbx__provider_named(const sbx_worker *w, const char *name)
+{
+    for (int i = 0; i < w->nprov; i++)
+        if (strcmp(w->provs[i]->ops->name, name) == 0)
+            return w->provs[i];
+    return NULL;
+}
+
+sbx_provider *sbx__provider_of_pool(const sbx_worker *w, const char *pool)
+{
+    for (int i = 0; i < w->nprov; i++)
+        if (strcmp(w->provs[i]->ops->pool(w->provs[i]), pool) == 0)
+            return w->provs[i];
+    return NULL;
 }
 
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen)
 {
-    for (size_t i = 0; i < NKINDS; i++)
-        if (kinds[i].kind == w->cfg.provider_kind)
-            return kinds[i].make(w, err, errlen);
-    snprintf(err, errlen, "provider %s is not built into this binary", w->cfg.provider);
-    return -EINVAL;
+    size_t off = 0;
+    for (int k = 0; k < w->cfg.nproviders; k++) {
+        size_t i = 0;
+        const char *pool;
+        int rc;
+        while (i < NKINDS && kinds[i].kind != w->cfg.provider_kinds[k])
+            i++;
+        if (i == NKINDS) {
+            snprintf(err, errlen, "a provider of %s is not built into this binary",
+                     w->cfg.provider);
+            return -EINVAL;
+        }
+        if ((rc = kinds[i].make(w, &w->provs[w->nprov], err, errlen)) != 0) {
+            char why[512];
+            snprintf(why, sizeof(why), "%s", err);
+            snprintf(err, errlen, "provider %s: %s", kinds[i].name, why);
+            return rc;
+        }
+        pool = w->provs[w->nprov]->ops->pool(w->provs[w->nprov]);
+        w->nprov++;
+        off += (size_t)snprintf(w->pools + off, sizeof(w->pools) - off, "%s%s", off ? "," : "",
+                                pool);
+    }
+    return 0;
 }

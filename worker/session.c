@@ -343,7 +343,12 @@ int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out)
     return 0;
 }
 
-void sbx_sessions_get_stats(const sbx_sessions *s, sbx_sessions_stats *out) { *out = s->st; }
+void sbx_sessions_add_stats(const sbx_sessions *s, sbx_sessions_stats *out)
+{
+    out->paused += s->st.paused;
+    out->ended += s->st.ended;
+    out->failed += s->st.failed;
+}
 
 void sbx_sessions_free(sbx_sessions *s)
 {

@@ -37,7 +37,8 @@ int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out);
 /* One pass: asks PostgreSQL which sessions are due and works through them;
  * a pass under way is never started twice (the cron calls it each second). */
 void sbx_sessions_pass(sbx_sessions *s);
-void sbx_sessions_get_stats(const sbx_sessions *s, sbx_sessions_stats *out);
+/* Adds this sweeper's counters to out. */
+void sbx_sessions_add_stats(const sbx_sessions *s, sbx_sessions_stats *out);
 /* Drops what is under way without callbacks (leases expire). */
 void sbx_sessions_free(sbx_sessions *s);
 

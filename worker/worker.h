@@ -18,6 +18,7 @@
 #include "loop.h"
 #include "provider.h"
 #include "prune.h"
+#include "session.h"
 #include "redis.h"
 #include "waitq.h"
 
@@ -41,11 +42,18 @@ struct sbx_worker {
     sbx_db *db;
     sbx_redis *redis;
     sbx_leases *leases;
-    sbx_provider *prov;
+    /* SBX_PROVIDER's providers, in its (spill-over) order; pools: their
+     * pools comma-separated in that order, what a job of provider "any"
+     * asks acquire.lua for. */
+    sbx_provider *provs[SBX_PROVIDERS_MAX];
+    int nprov;
+    char pools[SBX_PROVIDERS_MAX * (SBX_LEASE_SLOT_MAX + 1)];
     sbx_prune *prune;             /* NULL: SBX_RETENTION=0 */
     sbx_prune *prune_dlq;         /* sbx.dead_letters; NULL: SBX_DLQ_RETENTION=0 */
     sbx_deps *deps;               /* group membership by dependency state; NULL in unit tests */
-    struct sbx_sessions *sessions; /* the idle-session sweeper (session.c); NULL in unit tests */
+    /* the idle-session sweepers (session.c), one per provider that keeps
+     * sessions; none in unit tests */
+    struct sbx_sessions *sessions[SBX_PROVIDERS_MAX];
     sbx_jobtab jobs;              /* every job not yet finished, by id */
     sbx_waitq waits;              /* those waiting for capacity */
     uint64_t releases;            /* leases released by this worker so far */
@@ -71,9 +79,12 @@ void sbx__jobs_abandon(sbx_worker *w);
 /* `sbx cancel` (NOTIFY sbx_cancel): stops the job if this worker holds it. */
 void sbx__jobs_cancel(sbx_worker *w, const char *job_id);
 size_t sbx__jobs_count(const sbx_worker *w);
-/* Slots this worker's jobs hold leases on (pointers into the jobs, valid
- * until the loop runs again); at most max. */
-size_t sbx__jobs_leased_slots(const sbx_worker *w, const char **out, size_t max);
+/* Slots this worker's jobs hold leases on from prov (NULL: any provider);
+ * pointers into the jobs, valid until the loop runs again; at most max. */
+size_t sbx__jobs_leased_slots(const sbx_worker *w, const sbx_provider *prov, const char **out,
+                              size_t max);
+/* The session sweepers' counters, summed (admin.c). */
+void sbx__sessions_stats(const sbx_worker *w, sbx_sessions_stats *out);
 
 /* The job state machine seen from tests (job.c): its states are numbered
  * 0 .. sbx__job_nstates()-1 and named by sbx__job_state_name(). */
@@ -91,8 +102,12 @@ int sbx__job_state(const sbx_worker *w, const char *job_id);
  * of problems. */
 int sbx__check_services(const sbx_config *cfg, FILE *out);
 
-/* Builds w->prov from w->cfg (providers.c). */
+/* Builds w->provs and w->pools from w->cfg (providers.c). */
 int sbx__provider_new(sbx_worker *w, char *err, size_t errlen);
+/* The provider of this name, or of this pool; NULL when this worker runs
+ * none such. */
+sbx_provider *sbx__provider_named(const sbx_worker *w, const char *name);
+sbx_provider *sbx__provider_of_pool(const sbx_worker *w, const char *pool);
 /* Removes sandboxes orphaned by a crashed predecessor (docker, fly). */
 void sbx__provider_sweep(sbx_worker *w);
 

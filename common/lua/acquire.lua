@@ -2,16 +2,19 @@
 -- lease.c sbx_lease_acquire, up to its BATCH_MAX jobs per call). rkeys.h
 -- describes every key named here.
 --
--- ARGV: seven per job: pool, project, job, worker, ttl_ms, token floor,
+-- ARGV: seven per job: pools, project, job, worker, ttl_ms, token floor,
 --       session ("" none; "<name>" a job of that session; "!<name>" the
---       session sweeper, which wants the session's own slot or nothing)
--- Reply: one {status, slot, token, ttl_left_ms, reaped} per job, in order
---   OK     slot leased: its token and the lease's ttl
+--       session sweeper, which wants the session's own slot or nothing).
+--       pools: one pool, or several comma-separated in the order they are
+--       tried (spill-over: the first with a free slot wins; the sweeper
+--       names one)
+-- Reply: one {status, slot, token, ttl_left_ms, reaped, pool} per job, in order
+--   OK     slot leased: its token and the lease's ttl, and the pool it is in
 --   GONE   "!<name>": the session holds no slot (a fresh token to fence the
 --          sweeper's write with; nothing leased)
 --   HELD   this very job holds the project's lease (slot, time left)
 --   BUSY   another job of the project holds it (slot, time left)
---   NOCAP  no free slot in the pool
+--   NOCAP  no free slot in any of the pools
 --   QUIET  Redis lost its data a moment ago: no new lease until every live
 --          owner had a renewal's chance to take its lease back (time left)
 --   ERR    this job's decision raised an error (slot holds its text); the
@@ -37,7 +40,7 @@ local function lease(slot, pool, project, job, worker, ttl, now, session, reaped
   if session ~= '' then redis.call('HSET', lk, 'session', session) end
   redis.call('SET', '{sbx}:project:' .. project, slot)
   redis.call('ZADD', '{sbx}:deadlines', now + ttl, slot)
-  return {'OK', slot, token, ttl, reaped}
+  return {'OK', slot, token, ttl, reaped, pool}
 end
 
 local function reap()
@@ -74,18 +77,21 @@ local function alive(slot, pool)
   return false
 end
 
-local function session_slot(name, pool, sweeper)
+local function session_slot(name, pools, sweeper)
   local sk = '{sbx}:session:' .. name
   local s = redis.call('HMGET', sk, 'slot', 'pool')
   if not s[1] then return nil end
+  local mine = false
+  for _, p in ipairs(pools) do mine = mine or p == s[2] end
   -- Another pool's sweeper leaves it to that pool's.
-  if sweeper and s[2] ~= pool then return nil, true end
-  if s[2] == pool and redis.call('SISMEMBER', '{sbx}:slots:' .. pool, s[1]) == 1
-     and alive(s[1], pool) then
-    return s[1]
+  if sweeper and not mine then return nil, nil, true end
+  if mine and redis.call('SISMEMBER', '{sbx}:slots:' .. s[2], s[1]) == 1
+     and alive(s[1], s[2]) then
+    return s[1], s[2]
   end
-  -- Another pool's slot, or one that left this pool: that sandbox is gone
-  -- for this job; the slot goes back to its own pool if it is still there.
+  -- A pool this job may not use, or a slot that left its pool: that
+  -- sandbox is gone for this job; the slot goes back to its own pool if it
+  -- is still there.
   redis.call('DEL', sk)
   redis.call('HDEL', '{sbx}:kept', s[1])
   if s[2] and redis.call('EXISTS', '{sbx}:lease:' .. s[1]) == 0
@@ -121,8 +127,10 @@ local function acquire(pool, project, job, worker, ttl, floor, session)
   if quiet > 0 then return {'QUIET', '', 0, quiet, reaped} end
   local sweeper = string.sub(session, 1, 1) == '!'
   if sweeper then session = string.sub(session, 2) end
-  local slot, elsewhere
-  if session ~= '' then slot, elsewhere = session_slot(session, pool, sweeper) end
+  local pools = {}
+  for p in string.gmatch(pool, '[^,]+') do pools[#pools + 1] = p end
+  local slot, at, elsewhere
+  if session ~= '' then slot, at, elsewhere = session_slot(session, pools, sweeper) end
   if elsewhere then return {'BUSY', '', 0, 0, reaped} end
   if slot then
     if redis.call('EXISTS', '{sbx}:lease:' .. slot) == 1 then
@@ -133,23 +141,27 @@ local function acquire(pool, project, job, worker, ttl, floor, session)
     return {'GONE', '', redis.call('INCR', '{sbx}:fence'), 0, reaped}
   end
   if slot then
-    return lease(slot, pool, project, job, worker, ttl, now, session, reaped)
+    return lease(slot, at, project, job, worker, ttl, now, session, reaped)
   end
-  -- A slot on a VM whose agent stopped heartbeating is never handed out: it
-  -- leaves the pool (the agent registers again when it comes back). Slots
-  -- without a {sbx}:vm: hash (local, docker, fly) skip the check.
-  for _ = 1, 64 do
-    slot = redis.call('SPOP', '{sbx}:free:' .. pool)
-    if not slot then return {'NOCAP', '', 0, 0, reaped} end
-    if alive(slot, pool) then break end
-    slot = nil
+  -- The pools in their order: the first with a free slot gives it. A slot
+  -- on a VM whose agent stopped heartbeating is never handed out: it leaves
+  -- the pool (the agent registers again when it comes back). Slots without
+  -- a {sbx}:vm: hash (local, docker, fly) skip the check. At most 64 dead
+  -- slots are looked at per pool.
+  for _, p in ipairs(pools) do
+    for _ = 1, 64 do
+      slot = redis.call('SPOP', '{sbx}:free:' .. p)
+      if not slot or alive(slot, p) then break end
+      slot = nil
+    end
+    if slot then at = p break end
   end
   if not slot then return {'NOCAP', '', 0, 0, reaped} end
   if session ~= '' then
-    redis.call('HSET', '{sbx}:session:' .. session, 'slot', slot, 'pool', pool)
+    redis.call('HSET', '{sbx}:session:' .. session, 'slot', slot, 'pool', at)
     redis.call('HSET', '{sbx}:kept', slot, session)
   end
-  return lease(slot, pool, project, job, worker, ttl, now, session, reaped)
+  return lease(slot, at, project, job, worker, ttl, now, session, reaped)
 end
 
 -- A job whose decision raises (a bad argument, a key of the wrong type)

@@ -352,7 +352,9 @@ static int worker_up(sbx_worker *w, int with_kafka)
         return -1;
     TP.base.ops = &tp_ops;
     TP.base.loop = w->loop;
-    w->prov = &TP.base;
+    w->provs[0] = &TP.base;
+    w->nprov = 1;
+    snprintf(w->pools, sizeof(w->pools), "%s", TP.pool);
     redis_up = db_up = pool_ok = 0;
     if (sbx_redis_new(w->loop, w->cfg.redis_url, on_redis_state, w, &w->redis, err,
                       sizeof(err)) != 0 ||
@@ -396,7 +398,7 @@ static int worker_up(sbx_worker *w, int with_kafka)
 
 static void worker_down(sbx_worker *w)
 {
-    w->prov->ops->destroy(w->prov);
+    w->provs[0]->ops->destroy(w->provs[0]);
     sbx_kafka_close(w->kafka);
     sbx_redis_free(w->redis);
     sbx_db_free(w->db);

@@ -189,6 +189,54 @@ static void test_session_keeps_its_slot(void **state)
     assert_string_equal(last_slot, s1);
 }
 
+/* Spill-over: with several pools, comma-separated, the first with a free
+ * slot gives it and the reply names that pool; NOCAP only when all are
+ * full. A session's later jobs go back to its pool even when an earlier
+ * pool has room again, and a job that may not use the session's pool drops
+ * the binding (the slot goes back to its own pool). */
+static void test_pools_in_order_spill_over(void **state)
+{
+    int64_t ta;
+    char sa[192], sb[192];
+    (void)state;
+    reg("sp-a", 1);
+    reg("sp-b", 2);
+    CALL(sbx_lease_acquire(LS, "sp-a,sp-b", "spA", "ja", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last.pool, "sp-a");
+    assert_string_equal(last_slot, "sp-a/0");
+    ta = last.token;
+    snprintf(sa, sizeof(sa), "%s", last_slot);
+    CALL(sbx_lease_acquire_session(LS, "sp-a,sp-b", "spB", "jb", "w", 10000, 0, "s-sp", on_rep,
+                                   NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last.pool, "sp-b");
+    snprintf(sb, sizeof(sb), "%s", last_slot);
+    CALL(sbx_lease_release(LS, sb, last.token, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS, "sp-a,sp-b", "spC", "jc", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last.pool, "sp-b");
+    assert_string_not_equal(last_slot, sb); /* kept for the session */
+    CALL(sbx_lease_acquire(LS, "sp-a,sp-b", "spD", "jd", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+    /* sp-a frees; the session's next job still goes to its slot in sp-b. */
+    CALL(sbx_lease_release(LS, sa, ta, on_rep, NULL));
+    CALL(sbx_lease_acquire_session(LS, "sp-a,sp-b", "spB", "jb2", "w", 10000, 0, "s-sp", on_rep,
+                                   NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last.pool, "sp-b");
+    assert_string_equal(last_slot, sb);
+    CALL(sbx_lease_release(LS, sb, last.token, on_rep, NULL));
+    /* A job of the session that may use sp-a only: a new slot there, and
+     * the old one is free again for anyone. */
+    CALL(sbx_lease_acquire_session(LS, "sp-a", "spB", "jb3", "w", 10000, 0, "s-sp", on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last.pool, "sp-a");
+    CALL(sbx_lease_acquire(LS, "sp-b", "spD", "jd", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last_slot, sb);
+}
+
 static void test_expired_lease_is_reaped(void **state)
 {
     int64_t t;
@@ -762,6 +810,7 @@ int main(void)
         cmocka_unit_test(test_one_build_per_project_and_tokens_grow),
         cmocka_unit_test(test_expired_lease_is_reaped),
         cmocka_unit_test(test_session_keeps_its_slot),
+        cmocka_unit_test(test_pools_in_order_spill_over),
         cmocka_unit_test(test_register_shrinks_pool),
         cmocka_unit_test(test_register_many_slots_in_chunks),
         cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),
