@@ -1385,12 +1385,38 @@ static int same_job(job *j, const sbx_kafka_msg *m)
     return same;
 }
 
+static void on_run_dead_lettered(void *arg, PGresult *res, const char *err)
+{
+    (void)arg;
+    (void)res;
+    if (err)
+        sbx_warn("job", "ending a run dead_lettered: %s", err);
+}
+
+/* A job for a provider this worker does not run: dead-lettered whole (the
+ * operator replays it to a group that runs it) and its run, which its
+ * producer may have recorded, ends dead_lettered with the reason. */
+static void dead_letter_elsewhere(sbx_worker *w, const sbx_kafka_msg *m, const sbx_job *spec)
+{
+    char detail[512], *raw = strndup(m->payload, m->len);
+    const char *p[5] = {spec->job_id, spec->project_id, raw, w->cfg.worker_id, detail};
+
+    snprintf(detail, sizeof(detail), "provider %s is not run by worker %s (SBX_PROVIDER=%s): "
+             "replay it to a consumer group whose workers run it", spec->provider,
+             w->cfg.worker_id, w->cfg.provider);
+    sbx__dead_letter(w, m, "provider_unavailable", detail, 0, 1);
+    if (raw)
+        sbx_db_query(w->db, "SELECT sbx.dead_letter_run($1, $2, $3::jsonb, $4, $5)", 5, p,
+                     on_run_dead_lettered, NULL);
+    free(raw);
+}
+
 void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
 {
     sbx_job *spec = NULL;
     sbx_reject why = SBX_REJECT_NONE;
     sbx_provider *named;
-    char err[512];
+    char err[256];
     job *j;
 
     w->stats.received++;
@@ -1409,13 +1435,9 @@ void sbx__job_intake(sbx_worker *w, const sbx_kafka_msg *m)
     }
     named = spec->provider[0] ? sbx__provider_named(w, spec->provider) : NULL;
     if (spec->provider[0] && !named) {
-        /* Valid, but not for this group: kept whole for a replay to one
-         * that runs its provider (workers of a group run the same list). */
-        snprintf(err, sizeof(err), "provider %s is not run by worker %s (SBX_PROVIDER=%s): "
-                 "replay it to a consumer group whose workers run it", spec->provider,
-                 w->cfg.worker_id, w->cfg.provider);
+        /* Valid, but not for this group (its workers run the same list). */
+        dead_letter_elsewhere(w, m, spec);
         sbx_job_free(spec);
-        sbx__dead_letter(w, m, "provider_unavailable", err, 0, 1);
         return;
     }
     j = sbx__jobtab_find(&w->jobs, spec->job_id);
