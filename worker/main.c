@@ -362,8 +362,8 @@ int main(int argc, char **argv)
 
     record_prices(&w);
     for (int i = 0; i < w.nprov; i++) {
-        sbx_sessions_cfg sc = {w.loop, w.db, w.leases, w.provs[i], w.provs[i]->ops->name,
-                               w.cfg.worker_id, w.cfg.lease_ttl_ms};
+        sbx_sessions_cfg sc = {w.loop, w.db, w.leases, w.redis, w.provs[i],
+                               w.provs[i]->ops->name, w.cfg.worker_id, w.cfg.lease_ttl_ms};
         if (sbx_sessions_new(&sc, &w.sessions[i]) != 0) {
             fprintf(stderr, "sbx-worker: out of memory\n");
             goto out;

@@ -29,6 +29,19 @@
  * Failures: a provider that cannot pause (-ENOTSUP) is not asked again by
  * this worker (its idle sessions wait for their end); any other failure is
  * logged and the session is simply still due at the next pass.
+ *
+ * Reconciliation. A row ended by anything but this sweeper (a hand-written
+ * UPDATE, park_session called from outside, a restore of the database)
+ * would leave its slot kept in Redis forever, and its sandbox alive: the
+ * pool shrinks by one for good. So every RECONCILE_MS a pass reads a page
+ * of {sbx}:kept instead (HSCAN, RECONCILE_PAGE at a time, the cursor kept
+ * between passes) and asks PostgreSQL which of those slots no live session
+ * row names. Each such slot goes through LEASING, OP (DESTROY) and
+ * RELEASING (mode "end") like an ended session, without PARKING: there is
+ * no row to write. The lease is what makes this safe: a job of the session
+ * holds it from before its claim (which writes the slot on the row) until
+ * its release, so a slot between those steps answers BUSY and is left; and
+ * a slot of another provider's pool answers BUSY too (acquire.lua).
  */
 #include "session.h"
 
@@ -38,7 +51,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "log.h"
+#include "rkeys.h"
 #include "sbx.h"
 #include "sbx_sha256.h"
 
@@ -46,6 +61,10 @@
  * a provider call (a second on Fly), so a small batch keeps a pass short;
  * the next pass takes the rest a second later. */
 #define PASS_MAX 16
+/* How often a pass reconciles {sbx}:kept with sbx.sessions, and how many
+ * entries of it one such pass reads. */
+#define RECONCILE_MS 10000
+#define RECONCILE_PAGE "64"
 
 typedef enum sstate { S_LEASING, S_OP, S_RELEASING, S_PARKING, S_DONE } sstate;
 
@@ -61,6 +80,7 @@ typedef struct item {
     sbx_session_op op;
     int64_t token;
     int then_park;            /* RELEASING: the op was done, PARKING follows */
+    int orphan;               /* a kept slot no live row names: no PARKING */
 } item;
 
 struct sbx_sessions {
@@ -72,6 +92,8 @@ struct sbx_sessions {
     item items[PASS_MAX];
     sbx_timer next;           /* the next item, from the loop */
     sbx_sessions_stats st;
+    uint64_t reconciled_ms;   /* when the last reconciliation began */
+    char cursor[24];          /* HSCAN's cursor over {sbx}:kept ("0": from the start) */
 };
 
 void sbx__session_name(const char *project, const char *session_id,
@@ -150,8 +172,13 @@ static void on_released(void *arg, const sbx_lease_reply *rep)
     if (rep->status != SBX_LEASE_OK)
         sbx_warn("session", "session %s/%s: releasing %s: %s", it->project, it->sid, it->slot,
                  rep->error ? rep->error : "lease lost");
+    if (it->orphan && it->then_park && rep->status == SBX_LEASE_OK) {
+        sbx_info("session", "slot %s was kept for %s, whose session is over: sandbox destroyed, "
+                 "slot freed", it->slot, it->name);
+        it->s->st.ended++;
+    }
     /* A failed op leaves the row as it was: due again at the next pass. */
-    if (it->then_park && rep->status == SBX_LEASE_OK)
+    if (it->then_park && rep->status == SBX_LEASE_OK && !it->orphan)
         park(it);
     else
         finish(it);
@@ -195,6 +222,10 @@ static void on_leased(void *arg, const sbx_lease_reply *rep)
     sbx_sessions *s = it->s;
     int rc;
 
+    if (rep->status == SBX_LEASE_GONE && it->orphan) {
+        finish(it); /* freed meanwhile */
+        return;
+    }
     if (rep->status == SBX_LEASE_GONE) {
         /* No slot kept: there is no sandbox of it anywhere to pause or
          * destroy. An idle row without one is over. */
@@ -232,6 +263,102 @@ static void step(item *it)
                                   it->project, job, s->cfg.worker_id, s->cfg.lease_ttl_ms, 0,
                                   sweeper, on_leased, it) != 0)
         finish(it);
+}
+
+/* The slots of the page that no live session row names: orphans. */
+static void on_orphans(void *arg, PGresult *res, const char *err)
+{
+    sbx_sessions *s = arg;
+    s->n = 0;
+    s->cur = 0;
+    if (!res) {
+        sbx_debug("session", "reconciling kept slots: %s", err ? err : "no result");
+        s->busy = 0;
+        return;
+    }
+    for (int i = 0; i < PQntuples(res) && s->n < PASS_MAX; i++) {
+        item *it = &s->items[s->n++];
+        memset(it, 0, sizeof(*it));
+        it->s = s;
+        it->orphan = 1;
+        it->op = SBX_SESSION_DESTROY;
+        snprintf(it->slot, sizeof(it->slot), "%s", PQgetvalue(res, i, 0));
+        snprintf(it->name, sizeof(it->name), "%s", PQgetvalue(res, i, 1));
+        /* The lease's project: the row (and so the project) may be gone. */
+        snprintf(it->project, sizeof(it->project), "kept:%s", PQgetvalue(res, i, 1));
+        snprintf(it->sid, sizeof(it->sid), "%s", PQgetvalue(res, i, 1));
+        snprintf(it->reason, sizeof(it->reason), "%s", "reconciled");
+    }
+    if (s->n == 0) {
+        s->busy = 0;
+        return;
+    }
+    step(&s->items[0]);
+}
+
+/* Appends s (a slot or a name: no quotes or backslashes) to an array
+ * literal being built in b; -E2BIG past the cap. */
+static int lit_add(sbx_buf *b, const char *s)
+{
+    int rc = sbx_buf_add(b, b->len ? ",\"" : "{\"", 2);
+    if (rc == 0)
+        rc = sbx_buf_add(b, s, strlen(s));
+    return rc ? rc : sbx_buf_add(b, "\"", 1);
+}
+
+/* What one page of {sbx}:kept may take as text: a page is a hint to Redis
+ * (COUNT), so this caps it; entries past it wait for the next round. */
+#define KEPT_TEXT_MAX (256 * 1024)
+
+static void on_kept(void *arg, redisReply *rep)
+{
+    sbx_sessions *s = arg;
+    sbx_buf slots, names;
+    const char *p[2];
+    redisReply *kv;
+
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_ARRAY) {
+        s->busy = 0;
+        return;
+    }
+    snprintf(s->cursor, sizeof(s->cursor), "%s", rep->element[0]->str);
+    kv = rep->element[1];
+    sbx_buf_init(&slots, KEPT_TEXT_MAX);
+    sbx_buf_init(&names, KEPT_TEXT_MAX);
+    for (size_t i = 0; i + 1 < kv->elements; i += 2) {
+        const redisReply *k = kv->element[i], *v = kv->element[i + 1];
+        size_t sl = slots.len, nl = names.len;
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+            strpbrk(k->str, "\"\\") || strpbrk(v->str, "\"\\"))
+            continue;
+        if (lit_add(&slots, k->str) || lit_add(&names, v->str)) {
+            slots.len = sl; /* back to the last whole entry */
+            names.len = nl;
+            break;
+        }
+    }
+    p[0] = slots.len && sbx_buf_add(&slots, "}", 1) == 0 ? sbx_buf_str(&slots) : NULL;
+    p[1] = names.len && sbx_buf_add(&names, "}", 1) == 0 ? sbx_buf_str(&names) : NULL;
+    if (!p[0] || !p[1] ||
+        sbx_db_query(s->cfg.db,
+                     "SELECT k.slot, k.name FROM unnest($1::text[], $2::text[]) AS k(slot, name)"
+                     " WHERE NOT EXISTS (SELECT 1 FROM sbx.sessions x WHERE x.slot = k.slot"
+                     " AND x.state <> 'ended')",
+                     2, p, on_orphans, s) != 0)
+        s->busy = 0;
+    sbx_buf_free(&slots);
+    sbx_buf_free(&names);
+}
+
+/* One page of {sbx}:kept; 0 when it was asked. */
+static int reconcile(sbx_sessions *s)
+{
+    const char *argv[6] = {"HSCAN", SBX_RKEY_KEPT, s->cursor, "COUNT", RECONCILE_PAGE, NULL};
+    if (!s->cfg.redis)
+        return -1;
+    return sbx_redis_cmd(s->cfg.redis, on_kept, s, 5, argv, NULL);
 }
 
 static void on_next(sbx_timer *t)
@@ -283,6 +410,13 @@ void sbx_sessions_pass(sbx_sessions *s)
      * fail before a sandbox exists). */
     if (s->busy || !s->cfg.prov->ops->session_op)
         return;
+    if (sbx_now_ms() - s->reconciled_ms >= RECONCILE_MS) {
+        s->reconciled_ms = sbx_now_ms();
+        if (reconcile(s) == 0) {
+            s->busy = 1;
+            return;
+        }
+    }
     snprintf(lim, sizeof(lim), "%d", PASS_MAX);
     p[0] = s->cfg.provider;
     p[1] = s->pause_ok ? "true" : "false";
@@ -334,6 +468,7 @@ int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out)
         return -ENOMEM;
     s->cfg = *cfg;
     s->pause_ok = cfg->prov->ops->session_op != NULL;
+    snprintf(s->cursor, sizeof(s->cursor), "0");
     sbx_timer_init(&s->next, on_next, s);
     if (slots_literal(cfg->prov, &s->slots) != 0) {
         free(s);

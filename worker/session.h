@@ -23,6 +23,7 @@ typedef struct sbx_sessions_cfg {
     sbx_loop *loop;
     sbx_db *db;
     sbx_leases *leases;
+    sbx_redis *redis;         /* reads {sbx}:kept for the reconciliation */
     sbx_provider *prov;
     const char *provider;     /* its name, as runs record it (SBX_PROVIDER) */
     const char *worker_id;

@@ -172,6 +172,27 @@ def test_a_session_stays_on_its_provider(sp, pg):
                "the session to end")
 
 
+def test_a_slot_kept_for_a_session_ended_elsewhere_comes_back(sp, pg):
+    """A session row ended by a hand-written UPDATE (not the sweeper) left
+    its slot kept in Redis and its sandbox alive: the sweeper's
+    reconciliation destroys the sandbox and frees the slot, so local's one
+    slot takes builds again."""
+    project, sid = sp.project("kept"), "sess-kept-" + sp.tag
+    s1 = job(project, "echo kept > notes.txt", session={"id": sid}, provider="local")
+    sp.enqueue(s1)
+    assert sp.wait(s1["job_id"], TERMINAL)[:2] == ("succeeded", "local")
+    slot = pg.scalar("SELECT slot FROM sbx.sessions WHERE project_id = %s AND session_id = %s",
+                     project, sid)
+    pg.execute("UPDATE sbx.sessions SET state = 'ended', end_reason = 'stop', ended_at = now() "
+               "WHERE project_id = %s AND session_id = %s", project, sid)
+    after = job(sp.project("after"), "echo after", provider="local")
+    sp.enqueue(after)
+    st, prov, got, _ = sp.wait(after["job_id"], TERMINAL, timeout=45)
+    assert (st, prov, got) == ("succeeded", "local", slot)
+    sp.w.wait_log(r"slot %s was kept for s-[0-9a-f]+, whose session is over: sandbox "
+                  r"destroyed, slot freed" % slot, 5)
+
+
 @pytest.mark.parametrize("env, words", [
     ({"SBX_PROVIDER": "local,podman"}, ['SBX_PROVIDER=local,podman: "podman" is not known',
                                         "fly,vmpool,docker"]),
