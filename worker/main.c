@@ -57,7 +57,6 @@ static void on_registered(void *arg, const sbx_lease_reply *rep)
                  rep->error ? rep->error : "?");
 }
 
-
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
