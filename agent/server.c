@@ -519,6 +519,22 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
     return reply_json(c, status, o);
 }
 
+/* 409 for a token older than the slot's newest (stale) or a slot in use
+ * (busy): the newest token seen, and the run in the way when there is one. */
+static enum MHD_Result reply_conflict(struct MHD_Connection *c, int stale, const char *msg,
+                                      int64_t newest, const char *run_id)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return MHD_NO;
+    json_object_object_add(o, "error", json_object_new_string(stale ? "stale_token" : "busy"));
+    json_object_object_add(o, "message", json_object_new_string(msg));
+    json_object_object_add(o, "newest_token", json_object_new_int64(newest));
+    if (run_id && run_id[0])
+        json_object_object_add(o, "run_id", json_object_new_string(run_id));
+    return reply_json(c, MHD_HTTP_CONFLICT, o);
+}
+
 static enum MHD_Result reply_401(struct MHD_Connection *c)
 {
     static const char msg[] = "{\"error\":\"unauthorized\"}";
@@ -837,15 +853,7 @@ static enum MHD_Result h_wake(sbx_server *s, req *q, struct MHD_Connection *c)
         return reply_json(c, MHD_HTTP_OK, o);
     case SBX_WAKE_STALE:
     case SBX_WAKE_BUSY:
-        o = json_object_new_object();
-        if (!o)
-            return MHD_NO;
-        json_object_object_add(o, "error", json_object_new_string(st == SBX_WAKE_STALE ? "stale_token" : "busy"));
-        json_object_object_add(o, "message", json_object_new_string(err));
-        json_object_object_add(o, "newest_token", json_object_new_int64(newest));
-        if (run_id[0])
-            json_object_object_add(o, "run_id", json_object_new_string(run_id));
-        return reply_json(c, MHD_HTTP_CONFLICT, o);
+        return reply_conflict(c, st == SBX_WAKE_STALE, err, newest, run_id);
     case SBX_WAKE_NO_SLOT:
         return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_slot", err);
     case SBX_WAKE_INVALID:
@@ -952,13 +960,7 @@ static enum MHD_Result h_session(sbx_server *s, req *q, struct MHD_Connection *c
     case SBX_SOP_STALE:
     case SBX_SOP_BUSY:
     case SBX_SOP_REMOVING:
-        o = json_object_new_object();
-        if (!o)
-            return MHD_NO;
-        json_object_object_add(o, "error", json_object_new_string(st == SBX_SOP_STALE ? "stale_token" : "busy"));
-        json_object_object_add(o, "message", json_object_new_string(err));
-        json_object_object_add(o, "newest_token", json_object_new_int64(newest));
-        return reply_json(c, MHD_HTTP_CONFLICT, o);
+        return reply_conflict(c, st == SBX_SOP_STALE, err, newest, NULL);
     case SBX_SOP_NO_SLOT:
         return reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_slot", err);
     case SBX_SOP_UNSUPPORTED:
