@@ -307,6 +307,31 @@ static bool name_is(const ref_member *m, const char *name)
     return m->name_len == strlen(name) && memcmp(m->name, name, m->name_len) == 0;
 }
 
+/* "session": an id (required) and three timeouts and a port, nothing else. */
+static bool session_ok(const ref_val *v)
+{
+    bool id = false;
+    if (v->type != REF_OBJ)
+        return false;
+    for (size_t i = 0; i < v->n; i++) {
+        const ref_member *m = &v->members[i];
+        const ref_val *x = m->val;
+        bool ok;
+        if (name_is(m, "id"))
+            ok = id = x->type == REF_STR && id_pattern(x->str, x->len);
+        else if (name_is(m, "pause_after_s") || name_is(m, "idle_timeout_s") ||
+                 name_is(m, "max_lifetime_s"))
+            ok = is_int(x, 1, SBX_SESSION_TIMEOUT_MAX_S);
+        else if (name_is(m, "preview_port"))
+            ok = is_int(x, 1, 65535);
+        else
+            ok = false;
+        if (!ok)
+            return false;
+    }
+    return id;
+}
+
 static bool schema_ok(const ref_val *root)
 {
     static const char *const providers[] = { "any", "local", "vmpool", "docker", "fly" };
@@ -354,6 +379,8 @@ static bool schema_ok(const ref_val *root)
             ok = trace_ok(v);
         } else if (name_is(m, "metadata")) {
             ok = map_ok(v, 32, SIZE_MAX, meta_pattern, 1024, &bytes);
+        } else if (name_is(m, "session")) {
+            ok = session_ok(v);
         } else if (name_is(m, "submitted_at")) {
             ok = v->type == REF_STR && timestamp_pattern(v->str, v->len);
         }
@@ -452,6 +479,20 @@ static void check_matches_message(const sbx_job *job, const ref_val *root)
     const ref_val *tp = ref_obj_get(trace, "traceparent"), *ts = ref_obj_get(trace, "tracestate");
     FUZZ_CHECK(tp ? same(job->traceparent, tp) : !job->traceparent, "traceparent differs");
     FUZZ_CHECK(ts ? same(job->tracestate, ts) : !job->tracestate, "tracestate differs");
+    const ref_val *sess = ref_obj_get(root, "session");
+    FUZZ_CHECK(sess ? same(job->session_id, ref_obj_get(sess, "id")) : !job->session_id[0],
+               "session id differs");
+    FUZZ_CHECK(job->session_pause_s ==
+                   (int)num_or(ref_obj_get(sess, "pause_after_s"), sess ? SBX_SESSION_PAUSE_S : 0),
+               "session pause_after_s %d differs", job->session_pause_s);
+    FUZZ_CHECK(job->session_idle_s ==
+                   (int)num_or(ref_obj_get(sess, "idle_timeout_s"), sess ? SBX_SESSION_IDLE_S : 0),
+               "session idle_timeout_s %d differs", job->session_idle_s);
+    FUZZ_CHECK(job->session_lifetime_s == (int)num_or(ref_obj_get(sess, "max_lifetime_s"),
+                                                      sess ? SBX_SESSION_LIFETIME_S : 0),
+               "session max_lifetime_s %d differs", job->session_lifetime_s);
+    FUZZ_CHECK(job->session_preview_port == (int)num_or(ref_obj_get(sess, "preview_port"), 0),
+               "session preview_port differs");
 }
 
 static bool text_ok(const char *s)
