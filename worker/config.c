@@ -153,6 +153,14 @@ int sbx__config_price(const char *list, const char *provider, char *out, size_t 
     return 0;
 }
 
+int sbx__config_runs(const sbx_config *cfg, sbx_provider_kind kind)
+{
+    for (int i = 0; i < cfg->nproviders; i++)
+        if (cfg->provider_kinds[i] == kind)
+            return 1;
+    return 0;
+}
+
 /* SBX_PRICE_PER_HOUR and SBX_PRICE_PAUSED_PER_HOUR: one price, or
  * name=price for providers this worker runs, comma-separated. */
 static int check_prices(const sbx_config *cfg, const char *name, const char *list,
@@ -170,11 +178,9 @@ static int check_prices(const sbx_config *cfg, const char *name, const char *lis
         size_t n = strcspn(p, ","), k = strcspn(p, "=");
         sbx_provider_kind kind;
         char prov[16];
-        int known = 0;
+        int known;
         snprintf(prov, sizeof(prov), "%.*s", (int)(k < sizeof(prov) ? k : sizeof(prov) - 1), p);
-        if (k < n && sbx__provider_parse(prov, &kind) == 0)
-            for (int i = 0; i < cfg->nproviders; i++)
-                known |= cfg->provider_kinds[i] == kind;
+        known = k < n && sbx__provider_parse(prov, &kind) == 0 && sbx__config_runs(cfg, kind);
         if (k >= n || !known || !price_ok(p + k + 1, n - k - 1)) {
             fprintf(err, "sbx-worker: %s: \"%.*s\" is not name=price for a provider of "
                          "SBX_PROVIDER=%s: give such as %s=%s\n", name, (int)n, p, cfg->provider,
@@ -215,14 +221,7 @@ static int check_providers(sbx_config *cfg, FILE *err)
     }
 }
 
-int sbx__config_runs(const sbx_config *cfg, sbx_provider_kind kind)
-{
-    for (int i = 0; i < cfg->nproviders; i++)
-        if (cfg->provider_kinds[i] == kind)
-            return 1;
-    return 0;
-}
-
+/* A port as text: digits only, within [min, 65535]. */
 static int port_ok(const char *s, size_t len, long min)
 {
     long v = 0;
