@@ -59,6 +59,12 @@
  *                                in {sbx}:free: (acquire's reaping, release,
  *                                register and beat all skip it); only its
  *                                session's jobs and sweeper lease it.
+ *   {sbx}:marked                 hash slot -> pool: slots register.lua
+ *                                marked busy ("!<slot>") for a build whose
+ *                                lease Redis lost. renew.lua drops the mark
+ *                                when it takes the lease back; release.lua
+ *                                drops it too, and frees a marked slot that
+ *                                has no lease (its owner is done with it).
  *   {sbx}:deadlines              sorted set slot -> lease expiry (ms, Redis
  *                                clock): what the reaping looks at.
  *   {sbx}:vm:<vm id>             hash base_url, capacity, labels,
@@ -85,6 +91,7 @@
 #define SBX_RKEY_DEADLINES "{sbx}:deadlines"
 #define SBX_RKEY_QUIET     "{sbx}:quiet_until"
 #define SBX_RKEY_KEPT      "{sbx}:kept"
+#define SBX_RKEY_MARKED    "{sbx}:marked"
 
 /* Prefixes: the key is the prefix followed by the id named above. */
 #define SBX_RKEY_SLOTS     "{sbx}:slots:"

@@ -21,6 +21,7 @@ for i = 4, #ARGV do
   redis.call('SADD', '{sbx}:slots:' .. pool, s)
   if busy then
     redis.call('SREM', '{sbx}:free:' .. pool, s)
+    redis.call('HSET', '{sbx}:marked', s, pool)
   elseif redis.call('EXISTS', '{sbx}:lease:' .. s) == 0
          and redis.call('HEXISTS', '{sbx}:kept', s) == 0 then
     redis.call('SADD', '{sbx}:free:' .. pool, s)

@@ -8,7 +8,14 @@
 --          unless a session keeps it ({sbx}:kept, see acquire.lua): a
 --          session's lease leaves the slot to the session, and mode "end"
 --          (the sweeper ended the session) ends the session's hold on it
---   LOST   the token is no longer the slot's: nothing changed
+--   LOST   the token is no longer the slot's: nothing changed, except
+--          for a slot with no lease at all that register.lua marked busy
+--          ({sbx}:marked): Redis lost the lease (restarted without its
+--          data) before its owner's renewal took it back, and this is that
+--          owner done with the slot, so it is free again. Without this the
+--          slot stayed out of the pool until the worker registered again
+--          (chaos: a build ending within a renewal of a Redis restart left
+--          its worker's pool empty)
 --   ERR    this release raised an error (slot holds its text)
 --
 -- Each release is the same steps a call of its own would take; Redis runs
@@ -16,7 +23,15 @@
 local function release(slot, tok, mode)
   local lk = '{sbx}:lease:' .. slot
   local l = redis.call('HMGET', lk, 'token', 'project', 'pool', 'session')
-  if l[1] ~= tok then return {'LOST', '', 0, 0, 0} end
+  local marked = redis.call('HGET', '{sbx}:marked', slot)
+  if marked then redis.call('HDEL', '{sbx}:marked', slot) end
+  if l[1] ~= tok then
+    if not l[1] and marked and redis.call('HEXISTS', '{sbx}:kept', slot) == 0
+       and redis.call('SISMEMBER', '{sbx}:slots:' .. marked, slot) == 1 then
+      redis.call('SADD', '{sbx}:free:' .. marked, slot)
+    end
+    return {'LOST', '', 0, 0, 0}
+  end
   if redis.call('GET', '{sbx}:project:' .. l[2]) == slot then
     redis.call('DEL', '{sbx}:project:' .. l[2])
   end

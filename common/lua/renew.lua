@@ -35,6 +35,7 @@ local function renew(slot, tok, ttl, job, project, worker, pool)
     end
     redis.call('HSET', lk, 'job', job, 'project', project, 'worker', worker, 'token', tok, 'pool', pool)
     redis.call('SREM', '{sbx}:free:' .. pool, slot)
+    redis.call('HDEL', '{sbx}:marked', slot)
     redis.call('SET', '{sbx}:project:' .. project, slot)
     restored = 1
   elseif l[1] ~= tok or tonumber(l[2]) < now then

@@ -404,6 +404,30 @@ static void test_renew_restores_a_lease_redis_lost(void **state)
  * than the counter (another job of the same project, the same job after a
  * rebalance) gets no lease for one ttl, in which the owner's renewal takes
  * its lease back: the project is then busy, not handed out twice. */
+/* Redis lost a lease and the worker registered its slot busy; the build
+ * ends before its renewal took the lease back. The release finds no lease
+ * (LOST), and the slot is free again all the same: before, it stayed out
+ * of the pool until the worker registered again (chaos_short, asan). */
+static void test_release_after_data_loss_frees_a_marked_slot(void **state)
+{
+    const char *busy[1] = {"!ml/0"};
+    (void)state;
+    redis_do("FLUSHALL", NULL, NULL, NULL, NULL, NULL);
+    CALL(sbx_lease_register(LS, "ml", "t", busy, 1, on_rep, NULL));
+    CALL(sbx_lease_acquire(LS, "ml", "projM", "jobM", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+    CALL(sbx_lease_release(LS, "ml/0", 77, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+    CALL(sbx_lease_acquire(LS, "ml", "projM", "jobM", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_OK);
+    assert_string_equal(last_slot, "ml/0");
+    /* A stale release of a slot someone leases changes nothing. */
+    CALL(sbx_lease_release(LS, "ml/0", 77, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_LOST);
+    CALL(sbx_lease_acquire(LS, "ml", "projN", "jobN", "w", 10000, 0, on_rep, NULL));
+    assert_int_equal(last.status, SBX_LEASE_NOCAP);
+}
+
 static void test_data_loss_holds_new_leases_back(void **state)
 {
     char s1[192];
@@ -815,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_register_many_slots_in_chunks),
         cmocka_unit_test(test_vm_without_heartbeat_is_never_handed_out),
         cmocka_unit_test(test_renew_restores_a_lease_redis_lost),
+        cmocka_unit_test(test_release_after_data_loss_frees_a_marked_slot),
         cmocka_unit_test(test_data_loss_holds_new_leases_back),
         cmocka_unit_test(test_survives_redis_restart),
         cmocka_unit_test(test_batch_of_many_acquires),

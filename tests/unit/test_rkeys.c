@@ -23,7 +23,7 @@ static const struct { const char *name, *lua; } scripts[] = {
 
 /* Whole keys, then prefixes (a prefix is followed by an id in the script). */
 static const char *const whole[] = {SBX_RKEY_FENCE, SBX_RKEY_DEADLINES, SBX_RKEY_QUIET,
-                                    SBX_RKEY_KEPT, SBX_RKEY_SLOTS SBX_VMPOOL_POOL,
+                                    SBX_RKEY_KEPT, SBX_RKEY_MARKED, SBX_RKEY_SLOTS SBX_VMPOOL_POOL,
                                     SBX_RKEY_FREE SBX_VMPOOL_POOL};
 static const char *const prefixes[] = {SBX_RKEY_SLOTS, SBX_RKEY_SLOTS_NEW, SBX_RKEY_FREE,
                                        SBX_RKEY_LEASE, SBX_RKEY_PROJECT,   SBX_RKEY_VM,
