@@ -62,9 +62,9 @@
  *   {sbx}:marked                 hash slot -> pool: slots register.lua
  *                                marked busy ("!<slot>") for a build whose
  *                                lease Redis lost. renew.lua drops the mark
- *                                when it takes the lease back; release.lua
- *                                drops it too, and frees a marked slot that
- *                                has no lease (its owner is done with it).
+ *                                when it takes the lease back; a release
+ *                                that finds no lease drops it and frees the
+ *                                slot (its owner is done with it).
  *   {sbx}:deadlines              sorted set slot -> lease expiry (ms, Redis
  *                                clock): what the reaping looks at.
  *   {sbx}:vm:<vm id>             hash base_url, capacity, labels,

@@ -51,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
 #include "log.h"
 #include "rkeys.h"
 #include "sbx.h"
@@ -296,25 +295,18 @@ static void on_orphans(void *arg, PGresult *res, const char *err)
     step(&s->items[0]);
 }
 
-/* Appends s (a slot or a name: no quotes or backslashes) to an array
- * literal being built in b; -E2BIG past the cap. */
-static int lit_add(sbx_buf *b, const char *s)
-{
-    int rc = sbx_buf_add(b, b->len ? ",\"" : "{\"", 2);
-    if (rc == 0)
-        rc = sbx_buf_add(b, s, strlen(s));
-    return rc ? rc : sbx_buf_add(b, "\"", 1);
-}
+static int text_array(const char *const *ids, size_t n, char **out);
 
-/* What one page of {sbx}:kept may take as text: a page is a hint to Redis
+/* Entries of one page of {sbx}:kept looked at: a page is a hint to Redis
  * (COUNT), so this caps it; entries past it wait for the next round. */
-#define KEPT_TEXT_MAX (256 * 1024)
+#define KEPT_PAGE_MAX 256
 
 static void on_kept(void *arg, redisReply *rep)
 {
     sbx_sessions *s = arg;
-    sbx_buf slots, names;
-    const char *p[2];
+    const char *slots[KEPT_PAGE_MAX], *names[KEPT_PAGE_MAX];
+    char *p[2] = {NULL, NULL};
+    size_t n = 0;
     redisReply *kv;
 
     if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
@@ -325,31 +317,22 @@ static void on_kept(void *arg, redisReply *rep)
     }
     snprintf(s->cursor, sizeof(s->cursor), "%s", rep->element[0]->str);
     kv = rep->element[1];
-    sbx_buf_init(&slots, KEPT_TEXT_MAX);
-    sbx_buf_init(&names, KEPT_TEXT_MAX);
-    for (size_t i = 0; i + 1 < kv->elements; i += 2) {
-        const redisReply *k = kv->element[i], *v = kv->element[i + 1];
-        size_t sl = slots.len, nl = names.len;
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
-            strpbrk(k->str, "\"\\") || strpbrk(v->str, "\"\\"))
+    for (size_t i = 0; i + 1 < kv->elements && n < KEPT_PAGE_MAX; i += 2) {
+        if (kv->element[i]->type != REDIS_REPLY_STRING ||
+            kv->element[i + 1]->type != REDIS_REPLY_STRING)
             continue;
-        if (lit_add(&slots, k->str) || lit_add(&names, v->str)) {
-            slots.len = sl; /* back to the last whole entry */
-            names.len = nl;
-            break;
-        }
+        slots[n] = kv->element[i]->str;
+        names[n++] = kv->element[i + 1]->str;
     }
-    p[0] = slots.len && sbx_buf_add(&slots, "}", 1) == 0 ? sbx_buf_str(&slots) : NULL;
-    p[1] = names.len && sbx_buf_add(&names, "}", 1) == 0 ? sbx_buf_str(&names) : NULL;
-    if (!p[0] || !p[1] ||
+    if (text_array(slots, n, &p[0]) != 0 || text_array(names, n, &p[1]) != 0 || !p[0] ||
         sbx_db_query(s->cfg.db,
                      "SELECT k.slot, k.name FROM unnest($1::text[], $2::text[]) AS k(slot, name)"
                      " WHERE NOT EXISTS (SELECT 1 FROM sbx.sessions x WHERE x.slot = k.slot"
                      " AND x.state <> 'ended')",
-                     2, p, on_orphans, s) != 0)
+                     2, (const char *const *)p, on_orphans, s) != 0)
         s->busy = 0;
-    sbx_buf_free(&slots);
-    sbx_buf_free(&names);
+    free(p[0]);
+    free(p[1]);
 }
 
 /* One page of {sbx}:kept; 0 when it was asked. */
@@ -429,12 +412,11 @@ void sbx_sessions_pass(sbx_sessions *s)
         s->busy = 1;
 }
 
-/* The provider's slots as a PostgreSQL array literal, each element quoted
- * ("a","b#1"); NULL when it offers none (vmpool: any slot of the pool). */
-static int slots_literal(sbx_provider *prov, char **out)
+/* ids as a PostgreSQL text[] literal, each element quoted ("a","b#1");
+ * NULL when n is 0. */
+static int text_array(const char *const *ids, size_t n, char **out)
 {
-    const char **ids;
-    size_t n = prov->ops->slots(prov, &ids), len = 3;
+    size_t len = 3;
     char *lit, *w;
     *out = NULL;
     if (n == 0)
@@ -459,6 +441,15 @@ static int slots_literal(sbx_provider *prov, char **out)
     *w = '\0';
     *out = lit;
     return 0;
+}
+
+/* The provider's slots as a text[] literal; NULL when it offers none
+ * (vmpool: any slot of the pool). */
+static int slots_literal(sbx_provider *prov, char **out)
+{
+    const char **ids;
+    size_t n = prov->ops->slots(prov, &ids);
+    return text_array(ids, n, out);
 }
 
 int sbx_sessions_new(const sbx_sessions_cfg *cfg, sbx_sessions **out)

@@ -23,12 +23,18 @@
 local function release(slot, tok, mode)
   local lk = '{sbx}:lease:' .. slot
   local l = redis.call('HMGET', lk, 'token', 'project', 'pool', 'session')
-  local marked = redis.call('HGET', '{sbx}:marked', slot)
-  if marked then redis.call('HDEL', '{sbx}:marked', slot) end
   if l[1] ~= tok then
-    if not l[1] and marked and redis.call('HEXISTS', '{sbx}:kept', slot) == 0
-       and redis.call('SISMEMBER', '{sbx}:slots:' .. marked, slot) == 1 then
-      redis.call('SADD', '{sbx}:free:' .. marked, slot)
+    -- Only a release that finds no lease looks for a mark (renew.lua drops
+    -- the mark of a lease it takes back). A mark left beside a live lease
+    -- (registered again while Redis kept its data) does no harm: it only
+    -- ever frees a slot that has no lease, here.
+    local marked = not l[1] and redis.call('HGET', '{sbx}:marked', slot)
+    if marked then
+      redis.call('HDEL', '{sbx}:marked', slot)
+      if redis.call('HEXISTS', '{sbx}:kept', slot) == 0
+         and redis.call('SISMEMBER', '{sbx}:slots:' .. marked, slot) == 1 then
+        redis.call('SADD', '{sbx}:free:' .. marked, slot)
+      end
     end
     return {'LOST', '', 0, 0, 0}
   end
